@@ -1,0 +1,247 @@
+//! Reading identities out of certificates.
+
+use std::fmt;
+use std::str::FromStr;
+
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+/// URI scheme prefix of every identity the fleet CA issues.
+const AGENT_PREFIX: &str = "outpost://agent/";
+const OPERATOR_PREFIX: &str = "outpost://operator/";
+
+/// What an operator may do. Ordered: a higher role can do everything a lower one can.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// Read-only.
+    Viewer,
+    /// Actions on servers.
+    Support,
+    /// Tokens, provisioning, revocation.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Support => "support",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "viewer" => Ok(Role::Viewer),
+            "support" => Ok(Role::Support),
+            "admin" => Ok(Role::Admin),
+            other => Err(format!(
+                "unknown role {other:?}; expected viewer, support or admin"
+            )),
+        }
+    }
+}
+
+/// Who is on the other end of an mTLS connection.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Identity {
+    Agent { id: String },
+    Operator { name: String, role: Role },
+}
+
+impl Identity {
+    /// The SAN URI that carries this identity.
+    pub fn uri(&self) -> String {
+        match self {
+            Identity::Agent { id } => format!("{AGENT_PREFIX}{id}"),
+            Identity::Operator { name, role } => format!("{OPERATOR_PREFIX}{name}?role={role}"),
+        }
+    }
+
+    fn from_uri(uri: &str) -> Option<Identity> {
+        if let Some(id) = uri.strip_prefix(AGENT_PREFIX) {
+            return valid_name(id).then(|| Identity::Agent { id: id.to_string() });
+        }
+        let rest = uri.strip_prefix(OPERATOR_PREFIX)?;
+        let (name, role) = rest.split_once("?role=")?;
+        let role = role.parse().ok()?;
+        valid_name(name).then(|| Identity::Operator {
+            name: name.to_string(),
+            role,
+        })
+    }
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Identity::Agent { id } => write!(f, "agent {id}"),
+            Identity::Operator { name, role } => write!(f, "operator {name} ({role})"),
+        }
+    }
+}
+
+/// Names of servers, operators and agent ids: 1–63 characters of `[a-z0-9-]`, not starting or ending with
+/// `-` (a DNS label, so a name is safe in a URI, a path and a hostname).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IdentityError {
+    #[error("the certificate could not be parsed: {0}")]
+    Unparseable(String),
+    #[error(
+        "the certificate carries no outpost identity (expected a SAN URI outpost://agent/<id> or outpost://operator/<name>?role=<role>)"
+    )]
+    NoIdentity,
+}
+
+/// The facts the hub needs from a verified peer certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertInfo {
+    pub identity: Identity,
+    /// Lower-case hex, no separators.
+    pub serial: String,
+    /// Unix seconds.
+    pub not_after: i64,
+}
+
+impl CertInfo {
+    pub fn from_der(der: &[u8]) -> Result<CertInfo, IdentityError> {
+        let (_, cert) = X509Certificate::from_der(der)
+            .map_err(|e| IdentityError::Unparseable(e.to_string()))?;
+        let identity = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .into_iter()
+            .flat_map(|san| san.value.general_names.iter())
+            .find_map(|name| match name {
+                GeneralName::URI(uri) => Identity::from_uri(uri),
+                _ => None,
+            })
+            .ok_or(IdentityError::NoIdentity)?;
+        Ok(CertInfo {
+            identity,
+            serial: hex(cert.raw_serial()),
+            not_after: cert.validity().not_after.timestamp(),
+        })
+    }
+
+    /// Parses the first certificate of a PEM chain.
+    pub fn from_pem(pem: &str) -> Result<CertInfo, IdentityError> {
+        let der = first_cert_der(pem)
+            .ok_or_else(|| IdentityError::Unparseable("no CERTIFICATE block in PEM".into()))?;
+        CertInfo::from_der(&der)
+    }
+}
+
+/// The DER of the first `CERTIFICATE` block of a PEM text.
+pub fn first_cert_der(pem: &str) -> Option<Vec<u8>> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()?
+        .ok()
+        .map(|c| c.to_vec())
+}
+
+/// Every `CERTIFICATE` block of a PEM text, as DER.
+pub fn all_certs_der(pem: &str) -> Vec<Vec<u8>> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .filter_map(Result::ok)
+        .map(|c| c.to_vec())
+        .collect()
+}
+
+/// The CA pin: `sha256:` and the lower-case hex SHA-256 of the CA certificate's DER.
+pub fn ca_pin(ca_der: &[u8]) -> String {
+    format!(
+        "sha256:{}",
+        hex(ring::digest::digest(&ring::digest::SHA256, ca_der).as_ref())
+    )
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_uris_round_trip() {
+        for id in [
+            Identity::Agent { id: "a1b2".into() },
+            Identity::Operator {
+                name: "alice".into(),
+                role: Role::Viewer,
+            },
+            Identity::Operator {
+                name: "bob-2".into(),
+                role: Role::Admin,
+            },
+        ] {
+            assert_eq!(Identity::from_uri(&id.uri()), Some(id));
+        }
+    }
+
+    #[test]
+    fn foreign_or_malformed_uris_are_not_identities() {
+        for uri in [
+            "spiffe://agent/x",
+            "outpost://agent/",
+            "outpost://agent/UPPER",
+            "outpost://operator/alice",
+            "outpost://operator/alice?role=root",
+            "outpost://agent/a/../b",
+        ] {
+            assert_eq!(Identity::from_uri(uri), None, "{uri}");
+        }
+    }
+
+    #[test]
+    fn roles_are_ordered() {
+        assert!(Role::Viewer < Role::Support && Role::Support < Role::Admin);
+        assert_eq!("admin".parse::<Role>(), Ok(Role::Admin));
+        assert!(
+            "root"
+                .parse::<Role>()
+                .unwrap_err()
+                .contains("viewer, support or admin")
+        );
+    }
+
+    #[test]
+    fn names_are_dns_labels() {
+        assert!(valid_name("web-1"));
+        for bad in ["", "-a", "a-", "A", "a_b", "a.b", &"x".repeat(64)] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! Who is calling: identity and role from the verified peer certificate, revocation, role checks.
+//!
+//! The TLS layer has already verified the chain against the fleet CA and the validity window; this module
+//! adds what TLS cannot: the outpost identity in the SAN, the revoked-serial denylist and the role.
+
+use outpost_common::{CertInfo, Identity, Role};
+use tonic::{Request, Status};
+
+use crate::state::HubState;
+
+pub fn peer<T>(state: &HubState, req: &Request<T>) -> Result<CertInfo, Status> {
+    let certs = req.peer_certs().ok_or_else(|| {
+        Status::unauthenticated("this RPC needs a client certificate from the fleet CA (mTLS): use an agent identity or an operator bundle")
+    })?;
+    let leaf = certs.first().ok_or_else(|| {
+        Status::unauthenticated("the client presented an empty certificate chain")
+    })?;
+    let info = CertInfo::from_der(leaf).map_err(|e| Status::unauthenticated(e.to_string()))?;
+    if state.is_revoked(&info.serial) {
+        return Err(Status::permission_denied(format!(
+            "certificate {} ({}) was revoked; {}",
+            info.serial,
+            info.identity,
+            match info.identity {
+                Identity::Agent { .. } =>
+                    "enroll this agent again with a new join token (`hubd token create --server NAME`)",
+                Identity::Operator { .. } =>
+                    "ask an admin for a new operator bundle (`hubd operator issue`)",
+            }
+        )));
+    }
+    Ok(info)
+}
+
+/// An operator with at least `need`. `what` completes "… needs <role> to <what>".
+pub fn operator<T>(
+    state: &HubState,
+    req: &Request<T>,
+    need: Role,
+    what: &str,
+) -> Result<(String, Role), Status> {
+    match peer(state, req)?.identity {
+        Identity::Operator { name, role } if role >= need => Ok((name, role)),
+        Identity::Operator { name, role } => Err(Status::permission_denied(format!(
+            "operator {name} has role {role}; {what} needs role {need} or higher"
+        ))),
+        Identity::Agent { id } => Err(Status::permission_denied(format!(
+            "agent {id} presented an agent certificate; the operator API needs an operator certificate"
+        ))),
+    }
+}

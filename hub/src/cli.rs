@@ -1,0 +1,228 @@
+//! The `hubd` command line: serve, and the admin commands that work next to a running hub.
+//!
+//! Admin commands read the CA from the data directory (so they need the same file access as hubd itself),
+//! mint a five-minute admin certificate in memory, and talk to the running hub over its operator API: the
+//! hub stays the only writer of its store.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use outpost_common::Role;
+use outpost_common::bundle::{Bundle, BundleMeta};
+use outpost_proto::v1::operator_client::OperatorClient;
+
+use crate::ca::FleetCa;
+use crate::config::{DEFAULT_CONFIG_PATH, HubConfig};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hubd",
+    version,
+    about = "The Outpost hub: registry, fleet CA, join tokens, agent gateway, operator API."
+)]
+pub struct Cli {
+    /// Config file (TOML). A missing file at the default path means defaults.
+    #[arg(long, global = true, default_value = DEFAULT_CONFIG_PATH, env = "OUTPOST_HUBD_CONFIG")]
+    pub config: PathBuf,
+    /// Overrides `data_dir`.
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Overrides `listen`.
+    #[arg(long, global = true)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Overrides `advertise`.
+    #[arg(long, global = true)]
+    pub advertise: Option<String>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the hub (the default).
+    Serve,
+    /// Join tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Operator certificates.
+    #[command(subcommand)]
+    Operator(OperatorCmd),
+    /// Revoke a server's certificate; its live stream is closed at once.
+    Revoke {
+        #[arg(long)]
+        server: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Create a one-time join token for a server record (created if new). Prints the token.
+    Create(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[arg(long)]
+    pub server: String,
+    /// Lifetime: 90s, 30m, 1h, 7d.
+    #[arg(long, default_value = "1h", value_parser = outpost_common::parse_duration)]
+    pub ttl: Duration,
+    #[arg(long, default_value = "")]
+    pub customer: String,
+    #[arg(long, default_value = "")]
+    pub plan: String,
+    /// key=value; repeatable.
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OperatorCmd {
+    /// Write an operator bundle (CA, certificate, 0600 key, hub address) for the console.
+    Issue {
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_parser = |s: &str| s.parse::<Role>())]
+        role: Role,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "30d", value_parser = outpost_common::parse_duration)]
+        ttl: Duration,
+    },
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("label {s:?} is not key=value"))
+}
+
+impl Cli {
+    pub fn config(&self) -> Result<HubConfig, crate::config::ConfigError> {
+        let mut c = HubConfig::load(&self.config)?;
+        if let Some(d) = &self.data_dir {
+            c.data_dir = d.clone();
+        }
+        if let Some(l) = self.listen {
+            c.listen = l;
+        }
+        if let Some(a) = &self.advertise {
+            c.advertise = Some(a.clone());
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+fn load_ca(config: &HubConfig) -> anyhow::Result<FleetCa> {
+    let external = config.ca_cert.as_deref().zip(config.ca_key.as_deref());
+    FleetCa::load(&config.data_dir.join("ca"), external).map_err(|e| {
+        anyhow::anyhow!("{e}\n(has hubd been started once with this data_dir? it creates the CA)")
+    })
+}
+
+/// A bundle for `name` with `role`, signed by the CA on disk.
+pub fn issue_bundle(
+    config: &HubConfig,
+    ca: &FleetCa,
+    name: &str,
+    role: Role,
+    ttl: Duration,
+) -> anyhow::Result<Bundle> {
+    if !outpost_common::cert::valid_name(name) {
+        anyhow::bail!("operator name {name:?} must be 1-63 of a-z, 0-9 and '-'");
+    }
+    let (issued, key_pem) = ca.issue_operator(name, role, ttl)?;
+    let hub = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| config.advertise_url(config.listen));
+    Ok(Bundle {
+        meta: BundleMeta {
+            hub,
+            name: name.to_string(),
+            role: role.to_string(),
+        },
+        ca_pem: ca.cert_pem().to_string(),
+        cert_pem: issued.chain_pem,
+        key_pem,
+    })
+}
+
+async fn admin_client(
+    config: &HubConfig,
+) -> anyhow::Result<(OperatorClient<tonic::transport::Channel>, String)> {
+    let ca = load_ca(config)?;
+    let bundle = issue_bundle(
+        config,
+        &ca,
+        "hubd-cli",
+        Role::Admin,
+        Duration::from_secs(300),
+    )?;
+    let client = OperatorClient::new(bundle.channel()?);
+    Ok((client, bundle.meta.hub))
+}
+
+fn rpc_error(hub: &str, s: tonic::Status) -> anyhow::Error {
+    if s.code() == tonic::Code::Unavailable {
+        anyhow::anyhow!(
+            "cannot reach hubd at {hub}: {}; is it running? (`systemctl status outpost-hubd`)",
+            s.message()
+        )
+    } else {
+        anyhow::anyhow!("{}", s.message())
+    }
+}
+
+/// Runs an admin command; returns what to print.
+pub async fn admin(cli: &Cli, config: &HubConfig) -> anyhow::Result<String> {
+    match cli.command.as_ref() {
+        Some(Command::Token(TokenCmd::Create(a))) => {
+            let (mut client, hub) = admin_client(config).await?;
+            let req = outpost_proto::v1::CreateJoinTokenRequest {
+                server_name: a.server.clone(),
+                ttl_secs: u32::try_from(a.ttl.as_secs()).unwrap_or(u32::MAX),
+                customer: a.customer.clone(),
+                plan: a.plan.clone(),
+                labels: a.labels.iter().cloned().collect(),
+            };
+            let r = client
+                .create_join_token(req)
+                .await
+                .map_err(|s| rpc_error(&hub, s))?
+                .into_inner();
+            Ok(r.token)
+        }
+        Some(Command::Revoke { server }) => {
+            let (mut client, hub) = admin_client(config).await?;
+            let req = outpost_proto::v1::RevokeServerRequest {
+                name: server.clone(),
+            };
+            let r = client
+                .revoke_server(req)
+                .await
+                .map_err(|s| rpc_error(&hub, s))?
+                .into_inner();
+            Ok(format!(
+                "revoked certificate {} of {server}",
+                r.revoked_serial
+            ))
+        }
+        Some(Command::Operator(OperatorCmd::Issue {
+            name,
+            role,
+            out,
+            ttl,
+        })) => {
+            let ca = load_ca(config)?;
+            issue_bundle(config, &ca, name, *role, *ttl)?.write(out)?;
+            Ok(format!(
+                "wrote operator bundle for {name} ({role}) to {}",
+                out.display()
+            ))
+        }
+        Some(Command::Serve) | None => unreachable!("serve is handled by main"),
+    }
+}

@@ -1,0 +1,54 @@
+//! `hubd`: parse, validate, log, run until SIGTERM/SIGINT, drain. Exit codes: 0 ok, 1 runtime error,
+//! 2 usage or config error.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use hub::cli::{Cli, Command};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    outpost_common::install_crypto_provider();
+    let cli = Cli::parse();
+    let config = match cli.config() {
+        Ok(c) => c,
+        Err(error) => {
+            eprintln!("hubd: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    if !matches!(cli.command, None | Some(Command::Serve)) {
+        return match hub::cli::admin(&cli, &config).await {
+            Ok(out) => {
+                println!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("hubd: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let _log = match outpost_common::logging::init("hubd", config.log_dir.as_deref(), "info") {
+        Ok(g) => g,
+        Err(error) => {
+            eprintln!("hubd: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let signals = shutdown.clone();
+    tokio::spawn(async move {
+        outpost_common::shutdown_signal().await;
+        tracing::info!("signal received; draining");
+        signals.cancel();
+    });
+    match hub::run(config, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = %format!("{error:#}"), "hubd failed");
+            eprintln!("hubd: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

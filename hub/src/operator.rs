@@ -1,0 +1,210 @@
+//! The operator API (gRPC edge): fleet reads and watch for every role, tokens and revocation for admins.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use outpost_common::Role;
+use outpost_proto::v1 as pb;
+use outpost_proto::v1::operator_server::Operator;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use crate::auth;
+use crate::registry::{FleetDelta, Liveness, ServerView};
+use crate::state::HubState;
+use crate::tokens::TokenRequest;
+
+/// Most history points one GetServer returns.
+const MAX_HISTORY: u32 = 10_000;
+
+#[derive(Clone)]
+pub struct OperatorApi {
+    pub state: Arc<HubState>,
+}
+
+impl From<Liveness> for pb::Liveness {
+    fn from(l: Liveness) -> Self {
+        match l {
+            Liveness::Pending => pb::Liveness::Pending,
+            Liveness::Connected => pb::Liveness::Connected,
+            Liveness::Disconnected => pb::Liveness::Disconnected,
+            Liveness::Lost => pb::Liveness::Lost,
+        }
+    }
+}
+
+impl From<&ServerView> for pb::Server {
+    fn from(v: &ServerView) -> Self {
+        let r = &v.record;
+        pb::Server {
+            name: r.name.clone(),
+            labels: r.labels.clone().into_iter().collect(),
+            customer: r.customer.clone(),
+            plan: r.plan.clone(),
+            agent_id: r.agent_id.clone(),
+            cert_serial: r.cert_serial.clone(),
+            cert_not_after: r.cert_not_after,
+            agent_version: r.agent_version.clone(),
+            first_seen_ms: r.first_seen_ms,
+            last_seen_ms: r.last_seen_ms,
+            liveness: pb::Liveness::from(v.liveness) as i32,
+            liveness_since_ms: v.liveness_since_ms,
+            health: v.health.clone(),
+            last_seq: r.last_seq,
+            reports_received: r.reports_received,
+            connections: r.connections,
+            dropped_reports: r.dropped_reports,
+            host: Some(pb::HostFacts {
+                hostname: r.hostname.clone(),
+                os: r.os.clone(),
+                kernel: r.kernel.clone(),
+                arch: r.arch.clone(),
+                agent_version: r.agent_version.clone(),
+            }),
+        }
+    }
+}
+
+fn event(e: pb::fleet_event::Event) -> Result<pb::FleetEvent, Status> {
+    Ok(pb::FleetEvent { event: Some(e) })
+}
+
+#[tonic::async_trait]
+impl Operator for OperatorApi {
+    async fn list_servers(
+        &self,
+        req: Request<pb::ListServersRequest>,
+    ) -> Result<Response<pb::ListServersResponse>, Status> {
+        auth::operator(&self.state, &req, Role::Viewer, "listing servers")?;
+        let servers = self
+            .state
+            .registry
+            .list()
+            .iter()
+            .map(|v| pb::Server::from(v.as_ref()))
+            .collect();
+        Ok(Response::new(pb::ListServersResponse { servers }))
+    }
+
+    async fn get_server(
+        &self,
+        req: Request<pb::GetServerRequest>,
+    ) -> Result<Response<pb::ServerDetail>, Status> {
+        auth::operator(&self.state, &req, Role::Viewer, "reading a server")?;
+        let r = req.into_inner();
+        if r.history > MAX_HISTORY {
+            return Err(Status::invalid_argument(format!(
+                "history {} is over the limit of {MAX_HISTORY} points",
+                r.history
+            )));
+        }
+        let view = self
+            .state
+            .registry
+            .get(&r.name)
+            .ok_or_else(|| Status::not_found(format!("no server named {:?}", r.name)))?;
+        let history = self.state.history(&r.name, r.history as usize)?;
+        Ok(Response::new(pb::ServerDetail {
+            server: Some(pb::Server::from(view.as_ref())),
+            history,
+        }))
+    }
+
+    type WatchFleetStream = ReceiverStream<Result<pb::FleetEvent, Status>>;
+
+    async fn watch_fleet(
+        &self,
+        req: Request<pb::WatchFleetRequest>,
+    ) -> Result<Response<Self::WatchFleetStream>, Status> {
+        let (name, _) = auth::operator(&self.state, &req, Role::Viewer, "watching the fleet")?;
+        let (tx, rx) = mpsc::channel(1024);
+        let state = self.state.clone();
+        let span = tracing::info_span!("watch", operator = %name);
+        self.state.tasks.spawn(watch(state, tx).instrument(span));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn create_join_token(
+        &self,
+        req: Request<pb::CreateJoinTokenRequest>,
+    ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
+        let (by, _) = auth::operator(&self.state, &req, Role::Admin, "creating join tokens")?;
+        let r = req.into_inner();
+        let request = TokenRequest {
+            server: r.server_name,
+            ttl: Duration::from_secs(u64::from(r.ttl_secs)),
+            customer: r.customer,
+            plan: r.plan,
+            labels: r.labels.into_iter().collect(),
+        };
+        let (token, expires_at_ms) = self.state.create_token(request, &by).await?;
+        Ok(Response::new(pb::CreateJoinTokenResponse {
+            token,
+            expires_at_ms,
+        }))
+    }
+
+    async fn revoke_server(
+        &self,
+        req: Request<pb::RevokeServerRequest>,
+    ) -> Result<Response<pb::RevokeServerResponse>, Status> {
+        let (by, _) = auth::operator(&self.state, &req, Role::Admin, "revoking certificates")?;
+        let serial = self
+            .state
+            .revoke_server(&req.into_inner().name, &by)
+            .await?;
+        Ok(Response::new(pb::RevokeServerResponse {
+            revoked_serial: serial,
+        }))
+    }
+
+    async fn who_am_i(
+        &self,
+        req: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        let (name, role) = auth::operator(&self.state, &req, Role::Viewer, "asking who you are")?;
+        Ok(Response::new(pb::WhoAmIResponse {
+            name,
+            role: role.to_string(),
+        }))
+    }
+}
+
+/// Snapshot, then deltas. A watcher that falls behind gets a fresh snapshot instead of a gap.
+async fn watch(state: Arc<HubState>, tx: mpsc::Sender<Result<pb::FleetEvent, Status>>) {
+    let snapshot = |views: Vec<Arc<ServerView>>| {
+        event(pb::fleet_event::Event::Snapshot(pb::FleetSnapshot {
+            servers: views.iter().map(|v| pb::Server::from(v.as_ref())).collect(),
+        }))
+    };
+    let (views, mut rx) = state.registry.watch();
+    if tx.send(snapshot(views)).await.is_err() {
+        return;
+    }
+    loop {
+        let delta = tokio::select! {
+            _ = state.shutdown.cancelled() => break,
+            _ = tx.closed() => break,
+            d = rx.recv() => d,
+        };
+        let out = match delta {
+            Ok(FleetDelta::Upsert(v)) => {
+                event(pb::fleet_event::Event::Upsert(pb::Server::from(v.as_ref())))
+            }
+            Ok(FleetDelta::Removed(name)) => event(pb::fleet_event::Event::Removed(name)),
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "watcher fell behind; sending a fresh snapshot");
+                let (views, fresh) = state.registry.watch();
+                rx = fresh;
+                snapshot(views)
+            }
+            Err(broadcast::error::RecvError::Closed) => break,
+        };
+        if tx.send(out).await.is_err() {
+            break;
+        }
+    }
+    tracing::debug!("watch ended");
+}

@@ -1,0 +1,377 @@
+//! The server registry: persisted records plus live state (liveness, latest health, the current stream).
+//!
+//! Architecture invariant: liveness is honest and derived in one place. `Connected` means a Connect stream
+//! is attached right now; `Disconnected` means it went away less than `grace` ago; `Lost` means longer.
+//! A hub that restarts knows nobody is attached, so every enrolled server starts `Disconnected` and becomes
+//! `Lost` after the grace unless its agent comes back.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use outpost_proto::v1::Health;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{ServerRecord, now_ms};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    /// A token is out; no agent has enrolled yet.
+    Pending,
+    Connected,
+    Disconnected,
+    Lost,
+}
+
+/// What an operator sees of one server.
+#[derive(Clone, Debug)]
+pub struct ServerView {
+    pub record: ServerRecord,
+    pub liveness: Liveness,
+    pub liveness_since_ms: i64,
+    pub health: Option<Health>,
+}
+
+/// A change the fleet watch broadcasts.
+#[derive(Clone, Debug)]
+pub enum FleetDelta {
+    Upsert(Arc<ServerView>),
+    Removed(String),
+}
+
+/// The attached Connect stream of one server.
+struct Attached {
+    conn_id: u64,
+    cert_serial: String,
+    close: CancellationToken,
+}
+
+struct Entry {
+    view: Arc<ServerView>,
+    stream: Option<Attached>,
+}
+
+pub struct Registry {
+    inner: Mutex<Inner>,
+    deltas: broadcast::Sender<FleetDelta>,
+    grace: Duration,
+}
+
+struct Inner {
+    servers: HashMap<String, Entry>,
+    by_agent: HashMap<String, String>,
+    next_conn: u64,
+}
+
+/// Deltas buffered per watcher before it is considered lagging (it then gets a fresh snapshot).
+const WATCH_BUFFER: usize = 16 * 1024;
+
+impl Registry {
+    pub fn new(
+        records: Vec<ServerRecord>,
+        latest: impl Fn(&str) -> Option<Health>,
+        grace: Duration,
+    ) -> Registry {
+        let now = now_ms();
+        let mut servers = HashMap::new();
+        let mut by_agent = HashMap::new();
+        for record in records {
+            let liveness = if record.agent_id.is_empty() {
+                Liveness::Pending
+            } else {
+                Liveness::Disconnected
+            };
+            if !record.agent_id.is_empty() {
+                by_agent.insert(record.agent_id.clone(), record.name.clone());
+            }
+            let health = latest(&record.name);
+            let view = ServerView {
+                record,
+                liveness,
+                liveness_since_ms: now,
+                health,
+            };
+            servers.insert(
+                view.record.name.clone(),
+                Entry {
+                    view: Arc::new(view),
+                    stream: None,
+                },
+            );
+        }
+        Registry {
+            inner: Mutex::new(Inner {
+                servers,
+                by_agent,
+                next_conn: 1,
+            }),
+            deltas: broadcast::channel(WATCH_BUFFER).0,
+            grace,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding this lock is a bug elsewhere; the data is still consistent per operation.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<ServerView>> {
+        self.lock().servers.get(name).map(|e| e.view.clone())
+    }
+
+    pub fn server_of_agent(&self, agent_id: &str) -> Option<String> {
+        self.lock().by_agent.get(agent_id).cloned()
+    }
+
+    pub fn list(&self) -> Vec<Arc<ServerView>> {
+        let mut v: Vec<_> = self
+            .lock()
+            .servers
+            .values()
+            .map(|e| e.view.clone())
+            .collect();
+        v.sort_by(|a, b| a.record.name.cmp(&b.record.name));
+        v
+    }
+
+    /// A snapshot and a receiver that sees every change after it (taken under one lock: nothing is missed).
+    pub fn watch(&self) -> (Vec<Arc<ServerView>>, broadcast::Receiver<FleetDelta>) {
+        let inner = self.lock();
+        let rx = self.deltas.subscribe();
+        let mut v: Vec<_> = inner.servers.values().map(|e| e.view.clone()).collect();
+        v.sort_by(|a, b| a.record.name.cmp(&b.record.name));
+        (v, rx)
+    }
+
+    /// Replaces a server's record (after it was durably stored), keeping its live state.
+    pub fn put_record(&self, record: ServerRecord) {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let old = inner.servers.get(&record.name).map(|e| e.view.clone());
+        if let Some(old) = &old
+            && old.record.agent_id != record.agent_id
+        {
+            inner.by_agent.remove(&old.record.agent_id);
+        }
+        if !record.agent_id.is_empty() {
+            inner
+                .by_agent
+                .insert(record.agent_id.clone(), record.name.clone());
+        }
+        let (mut liveness, mut since, health) = old
+            .map(|o| (o.liveness, o.liveness_since_ms, o.health.clone()))
+            .unwrap_or((Liveness::Pending, now_ms(), None));
+        if liveness == Liveness::Pending && !record.agent_id.is_empty() {
+            (liveness, since) = (Liveness::Disconnected, now_ms());
+        }
+        let name = record.name.clone();
+        let view = Arc::new(ServerView {
+            record,
+            liveness,
+            liveness_since_ms: since,
+            health,
+        });
+        inner
+            .servers
+            .entry(name)
+            .or_insert_with(|| Entry {
+                view: view.clone(),
+                stream: None,
+            })
+            .view = view.clone();
+        let _ = self.deltas.send(FleetDelta::Upsert(view));
+    }
+
+    /// A report was durably stored: new record and health.
+    pub fn put_report(&self, record: ServerRecord, health: Health) {
+        let mut inner = self.lock();
+        let Some(entry) = inner.servers.get_mut(&record.name) else {
+            return;
+        };
+        let view = Arc::new(ServerView {
+            record,
+            health: Some(health),
+            ..(*entry.view).clone()
+        });
+        entry.view = view.clone();
+        let _ = self.deltas.send(FleetDelta::Upsert(view));
+    }
+
+    /// Attaches a new stream, closing any previous one of the same server. Returns the connection id and
+    /// the token that closes this stream (revocation, replacement, shutdown).
+    pub fn attach(
+        &self,
+        name: &str,
+        cert_serial: &str,
+        parent: &CancellationToken,
+    ) -> Option<(u64, CancellationToken)> {
+        let mut inner = self.lock();
+        let conn_id = inner.next_conn;
+        inner.next_conn += 1;
+        let entry = inner.servers.get_mut(name)?;
+        let close = parent.child_token();
+        if let Some(old) = entry.stream.replace(Attached {
+            conn_id,
+            cert_serial: cert_serial.to_string(),
+            close: close.clone(),
+        }) {
+            tracing::info!(
+                server = name,
+                old_conn = old.conn_id,
+                "a new stream replaces the old one"
+            );
+            old.close.cancel();
+        }
+        let view = Arc::new(ServerView {
+            liveness: Liveness::Connected,
+            liveness_since_ms: now_ms(),
+            ..(*entry.view).clone()
+        });
+        entry.view = view.clone();
+        let _ = self.deltas.send(FleetDelta::Upsert(view));
+        Some((conn_id, close))
+    }
+
+    /// The stream `conn_id` ended. A newer stream of the same server is left alone.
+    pub fn detach(&self, name: &str, conn_id: u64) {
+        let mut inner = self.lock();
+        let Some(entry) = inner.servers.get_mut(name) else {
+            return;
+        };
+        if entry.stream.as_ref().map(|s| s.conn_id) != Some(conn_id) {
+            return;
+        }
+        entry.stream = None;
+        let view = Arc::new(ServerView {
+            liveness: Liveness::Disconnected,
+            liveness_since_ms: now_ms(),
+            ..(*entry.view).clone()
+        });
+        entry.view = view.clone();
+        let _ = self.deltas.send(FleetDelta::Upsert(view));
+    }
+
+    /// The renewed certificate of the live stream.
+    pub fn set_stream_serial(&self, name: &str, conn_id: u64, serial: &str) {
+        let mut inner = self.lock();
+        if let Some(s) = inner
+            .servers
+            .get_mut(name)
+            .and_then(|e| e.stream.as_mut())
+            .filter(|s| s.conn_id == conn_id)
+        {
+            s.cert_serial = serial.to_string();
+        }
+    }
+
+    /// Closes every live stream authenticated with `serial`. Returns how many were closed.
+    pub fn close_serial(&self, serial: &str) -> usize {
+        let inner = self.lock();
+        let mut n = 0;
+        for e in inner.servers.values() {
+            if let Some(s) = e.stream.as_ref().filter(|s| s.cert_serial == serial) {
+                s.close.cancel();
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Promotes `Disconnected` servers whose grace has passed to `Lost`. Called on a timer.
+    pub fn sweep(&self) {
+        let now = now_ms();
+        let grace = self.grace.as_millis() as i64;
+        let mut inner = self.lock();
+        for entry in inner.servers.values_mut() {
+            if entry.view.liveness == Liveness::Disconnected
+                && now - entry.view.liveness_since_ms >= grace
+            {
+                let view = Arc::new(ServerView {
+                    liveness: Liveness::Lost,
+                    liveness_since_ms: now,
+                    ..(*entry.view).clone()
+                });
+                entry.view = view.clone();
+                let _ = self.deltas.send(FleetDelta::Upsert(view));
+            }
+        }
+    }
+
+    /// How often [`Registry::sweep`] must run for `Lost` to appear within 10 % of the grace.
+    pub fn sweep_every(&self) -> Duration {
+        (self.grace / 10).clamp(Duration::from_millis(50), Duration::from_secs(5))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(name: &str, agent: &str) -> ServerRecord {
+        ServerRecord {
+            name: name.into(),
+            agent_id: agent.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn liveness_moves_connected_disconnected_lost() {
+        let reg = Registry::new(vec![rec("a", "x")], |_| None, Duration::from_millis(0));
+        let root = CancellationToken::new();
+        assert_eq!(reg.get("a").unwrap().liveness, Liveness::Disconnected);
+        let (conn, _close) = reg.attach("a", "s1", &root).unwrap();
+        assert_eq!(reg.get("a").unwrap().liveness, Liveness::Connected);
+        reg.sweep();
+        assert_eq!(
+            reg.get("a").unwrap().liveness,
+            Liveness::Connected,
+            "connected never goes lost"
+        );
+        reg.detach("a", conn);
+        assert_eq!(reg.get("a").unwrap().liveness, Liveness::Disconnected);
+        reg.sweep();
+        assert_eq!(reg.get("a").unwrap().liveness, Liveness::Lost);
+    }
+
+    #[test]
+    fn a_new_stream_closes_the_old_and_old_detach_is_ignored() {
+        let reg = Registry::new(vec![rec("a", "x")], |_| None, Duration::from_secs(60));
+        let root = CancellationToken::new();
+        let (c1, close1) = reg.attach("a", "s1", &root).unwrap();
+        let (_c2, close2) = reg.attach("a", "s1", &root).unwrap();
+        assert!(close1.is_cancelled() && !close2.is_cancelled());
+        reg.detach("a", c1);
+        assert_eq!(reg.get("a").unwrap().liveness, Liveness::Connected);
+    }
+
+    #[test]
+    fn revocation_closes_only_matching_streams() {
+        let reg = Registry::new(
+            vec![rec("a", "x"), rec("b", "y")],
+            |_| None,
+            Duration::from_secs(60),
+        );
+        let root = CancellationToken::new();
+        let (_, ca) = reg.attach("a", "s1", &root).unwrap();
+        let (_, cb) = reg.attach("b", "s2", &root).unwrap();
+        assert_eq!(reg.close_serial("s1"), 1);
+        assert!(ca.is_cancelled() && !cb.is_cancelled());
+    }
+
+    #[test]
+    fn watch_sees_every_change_after_its_snapshot() {
+        let reg = Registry::new(vec![rec("a", "x")], |_| None, Duration::from_secs(60));
+        let (snap, mut rx) = reg.watch();
+        assert_eq!(snap.len(), 1);
+        reg.put_record(rec("b", ""));
+        match rx.try_recv().unwrap() {
+            FleetDelta::Upsert(v) => assert_eq!(
+                (v.record.name.as_str(), v.liveness),
+                ("b", Liveness::Pending)
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+}

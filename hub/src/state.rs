@@ -1,0 +1,75 @@
+//! The hub's shared state: everything a request handler needs, behind one `Arc`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::ca::FleetCa;
+use crate::registry::Registry;
+use crate::store::Store;
+
+pub struct HubState {
+    pub ca: FleetCa,
+    pub store: Store,
+    pub registry: Registry,
+    /// Serials refused at connect. Loaded from the store at start; written through on revoke.
+    pub revoked: RwLock<HashSet<String>>,
+    /// `https://host:port` that goes into tokens and bundles.
+    pub advertise: String,
+    pub agent_cert_ttl: Duration,
+    pub history_len: u32,
+    /// Cancelled on shutdown: every stream ends.
+    pub shutdown: CancellationToken,
+    pub tasks: TaskTracker,
+    /// Enrollment is rare; serialising it makes "single use" trivially true.
+    pub enroll_lock: tokio::sync::Mutex<()>,
+    /// One lock per server around read-modify-write of its record (report, renew, token, revoke).
+    server_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl HubState {
+    #[allow(clippy::too_many_arguments)] // built once, in one place (lib::start)
+    pub fn new(
+        ca: FleetCa,
+        store: Store,
+        registry: Registry,
+        revoked: HashSet<String>,
+        advertise: String,
+        agent_cert_ttl: Duration,
+        history_len: u32,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) -> HubState {
+        HubState {
+            ca,
+            store,
+            registry,
+            revoked: RwLock::new(revoked),
+            advertise,
+            agent_cert_ttl,
+            history_len,
+            shutdown,
+            tasks,
+            enroll_lock: tokio::sync::Mutex::new(()),
+            server_locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub async fn lock_server(&self, name: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.server_locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks.entry(name.to_string()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
+    pub fn is_revoked(&self, serial: &str) -> bool {
+        self.revoked
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(serial)
+    }
+}

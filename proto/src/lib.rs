@@ -1,0 +1,14 @@
+//! The Outpost gRPC contract, package `outpost.v1`: the `.proto` file and the code generated from it.
+//!
+//! No logic lives here. Only the gRPC edge modules of hub, agent and console import these types; the
+//! domain converts at that edge.
+
+/// Generated from `proto/outpost/v1/outpost.proto`.
+pub mod v1 {
+    #![allow(clippy::all, missing_docs)] // generated code
+    tonic::include_proto!("outpost.v1");
+}
+
+/// Largest encoded message either side accepts (1 MiB). Reports are a few KiB; CSRs and certificate chains
+/// a few KiB; nothing legitimate comes near this.
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
