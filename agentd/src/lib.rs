@@ -1,1 +1,150 @@
-//! placeholder
+//! agentd: the Outpost agent on every customer server.
+//!
+//! It enrolls once ([`identity`]), then keeps one outbound mTLS stream to the hub ([`link`]) over which it
+//! sends health reports ([`collect`]) from a durable [`outbox`]. Nothing is acknowledged until the hub has
+//! stored it; nothing is deleted until it is acknowledged.
+
+pub mod collect;
+pub mod config;
+pub mod identity;
+pub mod link;
+pub mod outbox;
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::AgentConfig;
+use identity::AgentIdentity;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// sled page cache for the agent: small, the agent shares a server with K3s.
+const CACHE_BYTES: u64 = 4 * 1024 * 1024;
+/// Shutdown waits this long for tasks, then stops anyway.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("not enrolled: run `agentd enroll --token TOKEN`, or write a join token to {0}")]
+    NotEnrolled(String),
+    #[error(transparent)]
+    Enroll(#[from] identity::EnrollError),
+    #[error(
+        "cannot open the instance database in {path}: {error}; is another agentd running on this data_dir?"
+    )]
+    Store { path: String, error: String },
+    #[error("{0}")]
+    Collect(String),
+}
+
+/// Enrolls with the token in `config.token_file` if there is one; deletes the file on success (the token
+/// is burned anyway). Returns whether a new identity was saved.
+pub async fn try_enroll_from_token_file(config: &AgentConfig) -> bool {
+    let Ok(token) = std::fs::read_to_string(&config.token_file) else {
+        return false;
+    };
+    match identity::enroll(token.trim(), config.hub.as_deref())
+        .await
+        .and_then(|id| id.save(&config.data_dir).map(|()| id))
+    {
+        Ok(id) => {
+            tracing::info!(server = %id.server, agent_id = %id.agent_id, "enrolled from token file");
+            if let Err(error) = std::fs::remove_file(&config.token_file) {
+                tracing::warn!(%error, path = %config.token_file.display(), "could not delete the used token file");
+            }
+            true
+        }
+        Err(error) => {
+            tracing::error!(%error, path = %config.token_file.display(), "enrollment from token file failed");
+            false
+        }
+    }
+}
+
+/// Runs the agent until `shutdown`.
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), RunError> {
+    if AgentIdentity::load(&config.data_dir)?.is_none()
+        && !try_enroll_from_token_file(&config).await
+    {
+        return Err(RunError::NotEnrolled(
+            config.token_file.display().to_string(),
+        ));
+    }
+    let store_dir = config.data_dir.join("instance.db");
+    let db = sled::Config::new()
+        .path(&store_dir)
+        .cache_capacity(CACHE_BYTES)
+        .open()
+        .map_err(|e| RunError::Store {
+            path: store_dir.display().to_string(),
+            error: e.to_string(),
+        })?;
+    let outbox = outbox::Outbox::open(&db, config.outbox_max).map_err(|e| RunError::Store {
+        path: store_dir.display().to_string(),
+        error: e.to_string(),
+    })?;
+    let mut collector = collect::Collector::new(&config.k3s_unit).map_err(RunError::Collect)?;
+    let tasks = TaskTracker::new();
+
+    let link = link::Link {
+        config: config.clone(),
+        outbox: outbox.clone(),
+        stats: Default::default(),
+    };
+    let link_stop = shutdown.clone();
+    tasks.spawn(async move {
+        link.run(link_stop).await;
+        tracing::info!("hub link stopped");
+    });
+
+    let interval = config.report_interval();
+    let data_dir = config.data_dir.clone();
+    let collect_stop = shutdown.clone();
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await; // the first tick is immediate; give the CPU counter one interval
+        loop {
+            tokio::select! {
+                _ = collect_stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let not_after = AgentIdentity::load(&data_dir)
+                .ok()
+                .flatten()
+                .and_then(|i| i.cert().ok())
+                .map(|c| c.not_after)
+                .unwrap_or(0);
+            let health = collector.sample(not_after).await;
+            match outbox.push(now_ms(), health).await {
+                Ok(seq) => tracing::debug!(seq, "report queued"),
+                Err(error) => tracing::error!(%error, "cannot store report"),
+            }
+        }
+        tracing::info!("collector stopped");
+    });
+
+    tracing::info!(version = VERSION, "agentd running");
+    shutdown.cancelled().await;
+    tasks.close();
+    if tokio::time::timeout(DRAIN_DEADLINE, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("tasks did not stop within the drain deadline");
+    }
+    if let Err(error) = db.flush_async().await {
+        tracing::error!(%error, "final flush failed");
+    }
+    tracing::info!("agentd stopped");
+    Ok(())
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

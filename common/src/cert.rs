@@ -119,6 +119,8 @@ pub struct CertInfo {
     /// Lower-case hex, no separators.
     pub serial: String,
     /// Unix seconds.
+    pub not_before: i64,
+    /// Unix seconds.
     pub not_after: i64,
 }
 
@@ -140,6 +142,7 @@ impl CertInfo {
         Ok(CertInfo {
             identity,
             serial: hex(cert.raw_serial()),
+            not_before: cert.validity().not_before.timestamp(),
             not_after: cert.validity().not_after.timestamp(),
         })
     }

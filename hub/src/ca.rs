@@ -21,7 +21,9 @@ use x509_parser::prelude::FromDer;
 
 /// Largest CSR accepted, PEM bytes. A P-256 CSR is about 400 bytes.
 pub const MAX_CSR_BYTES: usize = 16 * 1024;
-/// Clock skew tolerated between hub and agents: certificates start this long before issuance.
+/// Clock skew tolerated between hub and agents: certificates start up to this long before issuance
+/// (at most a tenth of their lifetime, so "two thirds of not_before..not_after" stays meaningful for the
+/// seconds-long certificates of renewal tests).
 const BACKDATE: Duration = Duration::from_secs(300);
 const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 const SERVER_CERT_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
@@ -240,7 +242,7 @@ impl FleetCa {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
         let now = OffsetDateTime::now_utc();
-        params.not_before = now - BACKDATE;
+        params.not_before = now - BACKDATE.min(ttl / 10);
         params.not_after = now + ttl;
         params.serial_number = Some(random_serial());
         let cert = params

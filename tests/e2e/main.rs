@@ -1,1 +1,5 @@
+//! Cross-process tests: real hubd and agentd processes on loopback, real mTLS, real sled.
 
+mod bad_input;
+mod fleet;
+mod renewal;

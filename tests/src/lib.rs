@@ -1,1 +1,296 @@
-//! harness
+//! The shared test harness: real `hubd` and `agentd` processes on loopback, a throwaway data directory per
+//! test, admin access minted from the hub's own CA, and waits that follow the hub's fleet watch stream (an
+//! event) instead of sleeping.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use outpost_common::Role;
+use outpost_common::bundle::Bundle;
+use outpost_proto::v1::operator_client::OperatorClient;
+use outpost_proto::v1::{
+    CreateJoinTokenRequest, FleetEvent, Liveness, Server, WatchFleetRequest, fleet_event,
+};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tonic::transport::Channel;
+
+/// Generous: debug builds on a 2-core machine under parallel tests.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+pub fn init() {
+    outpost_common::install_crypto_provider();
+}
+
+/// A built binary of this workspace (`cargo build --workspace --bins` comes first in the test command).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|d| {
+            if d.ends_with("deps") {
+                d.parent()
+            } else {
+                Some(d)
+            }
+        })
+        .expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (the README's test command does)",
+        path.display()
+    );
+    path
+}
+
+/// A port free right now on loopback (the hub must come back on the same port after a restart).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+pub struct HubProc {
+    pub child: Child,
+    pub dir: PathBuf,
+    pub port: u16,
+    pub url: String,
+    pub pin: String,
+    config: PathBuf,
+}
+
+impl HubProc {
+    /// Starts hubd with `extra` TOML lines and waits for its READY line.
+    pub async fn start(dir: &Path, port: u16, extra: &str) -> HubProc {
+        std::fs::create_dir_all(dir).unwrap();
+        let config = dir.join("hubd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n{extra}\n",
+                dir.join("data").display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("hubd.log"))
+            .unwrap();
+        let mut child = Command::new(bin("hubd"))
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn hubd");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .expect("hubd READY in time")
+            .unwrap()
+            .unwrap_or_else(|| {
+                panic!(
+                    "hubd exited before READY; see {}",
+                    dir.join("hubd.log").display()
+                )
+            });
+        let mut parts = line.split_whitespace();
+        assert_eq!(
+            parts.next(),
+            Some("READY"),
+            "unexpected first line {line:?}"
+        );
+        let url = parts.next().unwrap().to_string();
+        let pin = parts.next().unwrap().to_string();
+        HubProc {
+            child,
+            dir: dir.to_path_buf(),
+            port,
+            url,
+            pin,
+            config,
+        }
+    }
+
+    pub async fn kill9(&mut self) {
+        self.child.start_kill().unwrap(); // SIGKILL
+        self.child.wait().await.unwrap();
+    }
+
+    pub async fn restart(&mut self) {
+        let extra = std::fs::read_to_string(&self.config).unwrap();
+        let extra: String = extra.lines().skip(2).map(|l| format!("{l}\n")).collect();
+        *self = HubProc::start(&self.dir, self.port, &extra).await;
+    }
+
+    /// An operator bundle signed by this hub's CA (read from its data dir, as `hubd operator issue` does).
+    pub fn bundle(&self, name: &str, role: Role) -> Bundle {
+        let config = hub::HubConfig {
+            listen: format!("127.0.0.1:{}", self.port).parse().unwrap(),
+            data_dir: self.dir.join("data"),
+            ..Default::default()
+        };
+        let ca = hub::ca::FleetCa::load(&config.data_dir.join("ca"), None).unwrap();
+        hub::cli::issue_bundle(&config, &ca, name, role, Duration::from_secs(3600)).unwrap()
+    }
+
+    pub fn client(&self, role: Role) -> OperatorClient<Channel> {
+        OperatorClient::new(
+            self.bundle(&format!("test-{role}"), role)
+                .channel()
+                .unwrap(),
+        )
+    }
+
+    pub async fn token(&self, server: &str) -> String {
+        create_token(&mut self.client(Role::Admin), server).await
+    }
+}
+
+pub async fn create_token(client: &mut OperatorClient<Channel>, server: &str) -> String {
+    let req = CreateJoinTokenRequest {
+        server_name: server.into(),
+        ttl_secs: 600,
+        customer: "acme".into(),
+        plan: "pro".into(),
+        ..Default::default()
+    };
+    client
+        .create_join_token(req)
+        .await
+        .expect("create token")
+        .into_inner()
+        .token
+}
+
+pub struct AgentProc {
+    pub child: Child,
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+impl AgentProc {
+    /// Starts agentd with a token file (the cloud-init path: enroll on first start) and `extra` TOML.
+    pub fn start(root: &Path, name: &str, token: &str, extra: &str) -> AgentProc {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("join-token"), token).unwrap();
+        let config = dir.join("agentd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = \"{0}/data\"\ntoken_file = \"{0}/join-token\"\nreport_interval_ms = 200\nbackoff_initial_ms = 100\nbackoff_max_ms = 1000\n{extra}\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("agentd.log"))
+            .unwrap();
+        let child = Command::new(bin("agentd"))
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn agentd");
+        AgentProc {
+            child,
+            name: name.to_string(),
+            dir,
+        }
+    }
+
+    pub async fn kill9(&mut self) {
+        self.child.start_kill().unwrap();
+        self.child.wait().await.unwrap();
+    }
+}
+
+/// The fleet as a watcher sees it.
+pub type Fleet = BTreeMap<String, Server>;
+
+/// Follows `WatchFleet` until `done(fleet)` holds; returns that fleet. Panics with the last state on timeout.
+pub async fn watch_until(
+    client: &mut OperatorClient<Channel>,
+    what: &str,
+    mut done: impl FnMut(&Fleet) -> bool,
+) -> Fleet {
+    let mut stream = client
+        .watch_fleet(WatchFleetRequest {})
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut fleet = Fleet::new();
+    let result = tokio::time::timeout(WAIT, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(FleetEvent { event: Some(e) })) => apply(&mut fleet, e),
+                Ok(_) => panic!("watch ended while waiting for {what}"),
+                Err(s) => panic!("watch failed while waiting for {what}: {s}"),
+            }
+            if done(&fleet) {
+                return;
+            }
+        }
+    })
+    .await;
+    if result.is_err() {
+        panic!(
+            "timed out waiting for {what}; last fleet: {:#?}",
+            summary(&fleet)
+        );
+    }
+    fleet
+}
+
+fn apply(fleet: &mut Fleet, e: fleet_event::Event) {
+    match e {
+        fleet_event::Event::Snapshot(s) => {
+            fleet.clear();
+            fleet.extend(s.servers.into_iter().map(|s| (s.name.clone(), s)));
+        }
+        fleet_event::Event::Upsert(s) => {
+            fleet.insert(s.name.clone(), s);
+        }
+        fleet_event::Event::Removed(n) => {
+            fleet.remove(&n);
+        }
+    }
+}
+
+pub fn summary(fleet: &Fleet) -> Vec<String> {
+    fleet
+        .values()
+        .map(|s| {
+            format!(
+                "{} {:?} seq={} received={} conns={}",
+                s.name,
+                liveness(s),
+                s.last_seq,
+                s.reports_received,
+                s.connections
+            )
+        })
+        .collect()
+}
+
+pub fn liveness(s: &Server) -> Liveness {
+    Liveness::try_from(s.liveness).unwrap_or(Liveness::Unspecified)
+}
+
+pub fn is(fleet: &Fleet, name: &str, l: Liveness) -> bool {
+    fleet.get(name).is_some_and(|s| liveness(s) == l)
+}

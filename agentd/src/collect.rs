@@ -1,0 +1,161 @@
+//! Health collection: one long-lived sysinfo `System` (CPU % needs two samples), plus K3s state.
+
+use std::path::Path;
+use std::time::Duration;
+
+use outpost_proto::v1::{Disk, Health, K3s, k3s};
+use sysinfo::{Disks, Networks, System};
+
+/// At most this many mounts per report (the hub refuses more).
+const MAX_DISKS: usize = 64;
+/// Where a K3s unit file would be if K3s were installed.
+const UNIT_DIRS: [&str; 3] = [
+    "/etc/systemd/system",
+    "/lib/systemd/system",
+    "/usr/lib/systemd/system",
+];
+
+pub struct Collector {
+    sys: System,
+    disks: Disks,
+    networks: Networks,
+    k3s_unit: String,
+}
+
+impl Collector {
+    pub fn new(k3s_unit: &str) -> Result<Collector, String> {
+        let mut sys = System::new().map_err(|e| format!("sysinfo: {e}"))?;
+        sys.refresh_cpu_usage(); // first CPU sample; the next refresh gives a real percentage
+        Ok(Collector {
+            sys,
+            disks: Disks::new_with_refreshed_list().map_err(|e| format!("sysinfo disks: {e}"))?,
+            networks: Networks::new_with_refreshed_list()
+                .map_err(|e| format!("sysinfo networks: {e}"))?,
+            k3s_unit: k3s_unit.to_string(),
+        })
+    }
+
+    pub async fn sample(&mut self, cert_not_after: i64) -> Health {
+        self.sys.refresh_cpu_usage();
+        self.sys.refresh_memory();
+        self.disks.refresh(true);
+        self.networks.refresh(true);
+        let load = System::load_average().unwrap_or_default();
+        let disks = self
+            .disks
+            .iter()
+            .take(MAX_DISKS)
+            .map(|d| Disk {
+                mount: d
+                    .mount_point()
+                    .to_string_lossy()
+                    .chars()
+                    .take(256)
+                    .collect(),
+                total_bytes: d.total_space(),
+                available_bytes: d.available_space().min(d.total_space()),
+            })
+            .collect();
+        let (rx, tx) = self
+            .networks
+            .iter()
+            .filter(|(name, _)| name.as_os_str() != "lo")
+            .fold((0u64, 0u64), |(rx, tx), (_, n)| {
+                (rx + n.total_received(), tx + n.total_transmitted())
+            });
+        Health {
+            cpu_percent: self.sys.global_cpu_usage().clamp(0.0, 100.0),
+            load1: load.one as f32,
+            load5: load.five as f32,
+            load15: load.fifteen as f32,
+            mem_total_bytes: self.sys.total_memory(),
+            mem_used_bytes: self.sys.used_memory().min(self.sys.total_memory()),
+            swap_total_bytes: self.sys.total_swap(),
+            swap_used_bytes: self.sys.used_swap().min(self.sys.total_swap()),
+            disks,
+            net_rx_bytes: rx,
+            net_tx_bytes: tx,
+            uptime_secs: System::uptime().unwrap_or(0),
+            process_count: process_count(),
+            k3s: Some(k3s_state(&self.k3s_unit).await),
+            agent_version: crate::VERSION.to_string(),
+            cert_not_after,
+        }
+    }
+}
+
+/// Numeric entries of /proc: cheaper than a full process refresh, and all we need.
+fn process_count() -> u32 {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .bytes()
+                        .all(|b| b.is_ascii_digit())
+                })
+                .count() as u32
+        })
+        .unwrap_or(0)
+}
+
+/// K3s absent (no unit file) is a valid state, reported as such; otherwise ask systemd.
+async fn k3s_state(unit: &str) -> K3s {
+    let file = format!("{unit}.service");
+    if !UNIT_DIRS.iter().any(|d| Path::new(d).join(&file).exists()) {
+        return K3s {
+            state: k3s::State::Absent as i32,
+            detail: format!("no {file} unit installed"),
+        };
+    }
+    let out = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::process::Command::new("systemctl")
+            .args(["is-active", &file])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await;
+    let text = match out {
+        Ok(Ok(o)) => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        Ok(Err(e)) => {
+            return K3s {
+                state: k3s::State::Unspecified as i32,
+                detail: format!("systemctl: {e}"),
+            };
+        }
+        Err(_) => {
+            return K3s {
+                state: k3s::State::Unspecified as i32,
+                detail: "systemctl timed out".into(),
+            };
+        }
+    };
+    let state = match text.as_str() {
+        "active" | "reloading" => k3s::State::Active,
+        "inactive" | "deactivating" => k3s::State::Inactive,
+        "failed" => k3s::State::Failed,
+        "activating" => k3s::State::Activating,
+        _ => k3s::State::Unspecified,
+    };
+    K3s {
+        state: state as i32,
+        detail: text.chars().take(256).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_sample_is_plausible() {
+        let mut c = Collector::new("outpost-test-no-such-unit").unwrap();
+        let h = c.sample(42).await;
+        assert!(h.mem_total_bytes > 0 && h.mem_used_bytes <= h.mem_total_bytes);
+        assert!(h.process_count > 0 && h.uptime_secs > 0);
+        assert_eq!(h.k3s.unwrap().state, k3s::State::Absent as i32);
+        assert_eq!(h.cert_not_after, 42);
+    }
+}

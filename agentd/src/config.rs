@@ -1,0 +1,160 @@
+//! agentd configuration: `/etc/outpost/agentd.toml` plus flags; every field validated, all problems at once.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/outpost/agentd.toml";
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Overrides the hub address that came with the join token (e.g. after the hub moved).
+    pub hub: Option<String>,
+    /// Identity, outbox and instance database.
+    pub data_dir: PathBuf,
+    /// A join token written here (by cloud-init) is used to enroll on start, then deleted.
+    pub token_file: PathBuf,
+    /// How often a health report is taken.
+    pub report_interval_ms: u64,
+    /// Most reports kept while the hub is unreachable; beyond it the oldest are dropped (and counted).
+    pub outbox_max: u64,
+    /// Rolling log files go here when set.
+    pub log_dir: Option<PathBuf>,
+    /// The systemd unit that is K3s on this server.
+    pub k3s_unit: String,
+    /// First reconnect delay; doubles per failure up to `backoff_max_ms`, with full jitter.
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            hub: None,
+            data_dir: PathBuf::from("/var/lib/outpost-agentd"),
+            token_file: PathBuf::from("/etc/outpost/join-token"),
+            report_interval_ms: 10_000,
+            outbox_max: 50_000,
+            log_dir: None,
+            k3s_unit: "k3s".into(),
+            backoff_initial_ms: 500,
+            backoff_max_ms: 60_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {error}")]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("config file {path} is invalid: {error}")]
+    Parse { path: PathBuf, error: String },
+    #[error("config is invalid:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<String>),
+}
+
+impl AgentConfig {
+    /// Reads `path`; a missing file at the default path means "all defaults".
+    pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => AgentConfig::from_toml(&text).map_err(|error| ConfigError::Parse {
+                path: path.into(),
+                error,
+            }),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && path == Path::new(DEFAULT_CONFIG_PATH) =>
+            {
+                Ok(AgentConfig::default())
+            }
+            Err(error) => Err(ConfigError::Read {
+                path: path.into(),
+                error,
+            }),
+        }
+    }
+
+    pub fn from_toml(text: &str) -> Result<AgentConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut p = Vec::new();
+        if let Some(h) = &self.hub
+            && let Err(e) = outpost_common::tls::HubAddr::parse(h)
+        {
+            p.push(format!("hub: {e}"));
+        }
+        if !(100..=3_600_000).contains(&self.report_interval_ms) {
+            p.push(format!(
+                "report_interval_ms: {} is outside 100..=3600000",
+                self.report_interval_ms
+            ));
+        }
+        if !(10..=10_000_000).contains(&self.outbox_max) {
+            p.push(format!(
+                "outbox_max: {} is outside 10..=10000000",
+                self.outbox_max
+            ));
+        }
+        if self.backoff_initial_ms == 0 || self.backoff_initial_ms > self.backoff_max_ms {
+            p.push(format!(
+                "backoff_initial_ms: {} must be at least 1 and at most backoff_max_ms ({})",
+                self.backoff_initial_ms, self.backoff_max_ms
+            ));
+        }
+        if self.k3s_unit.is_empty()
+            || !self
+                .k3s_unit
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
+        {
+            p.push(format!(
+                "k3s_unit: {:?} is not a systemd unit name",
+                self.k3s_unit
+            ));
+        }
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(p))
+        }
+    }
+
+    pub fn report_interval(&self) -> Duration {
+        Duration::from_millis(self.report_interval_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_field_is_named() {
+        let e = AgentConfig::from_toml("report_intervall_ms = 5\n").unwrap_err();
+        assert!(e.contains("unknown field `report_intervall_ms`"), "{e}");
+    }
+
+    #[test]
+    fn invalid_values_are_all_named() {
+        let e = AgentConfig::from_toml("report_interval_ms = \"ten\"\n").unwrap_err();
+        assert!(e.contains("report_interval_ms"), "{e}");
+        let c = AgentConfig {
+            report_interval_ms: 5,
+            hub: Some("http://h:1".into()),
+            k3s_unit: "k3s; rm".into(),
+            ..Default::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        for f in ["report_interval_ms", "hub:", "k3s_unit"] {
+            assert!(e.contains(f), "{f} not in {e}");
+        }
+        assert!(AgentConfig::default().validate().is_ok());
+    }
+}

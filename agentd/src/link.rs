@@ -1,0 +1,317 @@
+//! The hub link: one outbound mTLS `Connect` stream, replaying the outbox in order, renewing the
+//! certificate over the stream, reconnecting with capped exponential backoff and full jitter.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use outpost_common::tls::TlsError;
+use outpost_proto::v1::agent_link_client::AgentLinkClient;
+use outpost_proto::v1::{
+    AgentMessage, Hello, HubMessage, RenewRequest, agent_message, hub_message,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::AgentConfig;
+use crate::identity::{AgentIdentity, EnrollError, new_key_and_csr};
+use crate::outbox::{Outbox, OutboxError};
+
+/// Reports sent but not yet acknowledged, at most.
+const WINDOW: u64 = 256;
+/// A session that lasted this long resets the backoff.
+const STABLE: Duration = Duration::from_secs(30);
+/// After a refused renewal, try again this much later.
+const RENEW_RETRY: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("hub refused the stream: {0}")]
+    Refused(tonic::Status),
+    #[error("stream broke: {0}")]
+    Broken(String),
+    #[error("hub broke the protocol: {0}")]
+    Protocol(String),
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    #[error(transparent)]
+    Identity(#[from] EnrollError),
+}
+
+/// How a session ended.
+#[derive(Debug)]
+pub enum Ended {
+    Shutdown,
+    /// The hub asked us to come back after a while.
+    Reconnect(Duration, String),
+}
+
+/// Full jitter: uniform in [0, min(max, initial * 2^attempt)].
+pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
+    let cap = initial
+        .saturating_mul(1u32.checked_shl(attempt.min(30)).unwrap_or(u32::MAX))
+        .min(max);
+    let mut b = [0u8; 8];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    let frac = (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64;
+    cap.mul_f64(frac)
+}
+
+/// Observable link state, for `agentd status`-style reporting and tests.
+#[derive(Clone, Debug, Default)]
+pub struct LinkStats {
+    pub sessions: u64,
+    pub renewals: u64,
+}
+
+pub struct Link {
+    pub config: AgentConfig,
+    pub outbox: Outbox,
+    pub stats: Arc<std::sync::Mutex<LinkStats>>,
+}
+
+impl Link {
+    /// Runs until `shutdown`. Never gives up: a hub outage only grows the outbox.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let initial = Duration::from_millis(self.config.backoff_initial_ms);
+        let max = Duration::from_millis(self.config.backoff_max_ms);
+        let mut attempt = 0u32;
+        let mut expired_logged = false;
+        while !shutdown.is_cancelled() {
+            let identity = match AgentIdentity::load(&self.config.data_dir) {
+                Ok(Some(id)) => id,
+                Ok(None) => {
+                    tracing::error!("no identity: enroll with `agentd enroll --token TOKEN`");
+                    return;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot load identity");
+                    return;
+                }
+            };
+            let cert = match identity.cert() {
+                Ok(c) => c,
+                Err(error) => {
+                    tracing::error!(%error, "identity certificate unreadable");
+                    return;
+                }
+            };
+            if cert.not_after <= now_secs() {
+                if !expired_logged {
+                    tracing::error!(
+                        not_after = cert.not_after,
+                        "certificate expired while offline; this agent cannot reconnect by itself. Recover: create a new \
+                         join token (`hubd token create --server {}`) and run `agentd enroll --token TOKEN` (or write it \
+                         to {}); reports keep accumulating in the outbox meanwhile",
+                        identity.server,
+                        self.config.token_file.display()
+                    );
+                    expired_logged = true;
+                }
+                if crate::try_enroll_from_token_file(&self.config).await {
+                    expired_logged = false;
+                    continue;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(10)) => continue,
+                }
+            }
+            let started = Instant::now();
+            let delay = match self.session(identity, &shutdown).await {
+                Ok(Ended::Shutdown) => return,
+                Ok(Ended::Reconnect(after, reason)) => {
+                    tracing::info!(%reason, after_ms = after.as_millis() as u64, "hub asked us to reconnect");
+                    attempt = 0;
+                    after
+                }
+                Err(error) => {
+                    if started.elapsed() >= STABLE {
+                        attempt = 0;
+                    }
+                    let d = backoff(attempt, initial, max);
+                    attempt = attempt.saturating_add(1);
+                    tracing::warn!(%error, retry_in_ms = d.as_millis() as u64, attempt, "hub link down");
+                    d
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    async fn session(
+        &self,
+        mut identity: AgentIdentity,
+        shutdown: &CancellationToken,
+    ) -> Result<Ended, LinkError> {
+        let addr = identity.addr(self.config.hub.as_deref())?;
+        let channel = addr.channel(
+            &identity.ca_pem,
+            Some((&identity.cert_pem, &identity.key_pem)),
+        )?;
+        let mut client = AgentLinkClient::new(channel)
+            .max_decoding_message_size(outpost_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(outpost_proto::MAX_MESSAGE_BYTES);
+        let (tx, rx) = mpsc::channel::<AgentMessage>(WINDOW as usize + 16);
+        let hello = Hello {
+            agent_version: crate::VERSION.to_string(),
+            host: Some(crate::identity::host_facts()),
+            last_seq: self.outbox.last_seq(),
+            dropped_reports: self.outbox.dropped(),
+        };
+        let send = |body| AgentMessage { body: Some(body) };
+        tx.send(send(agent_message::Body::Hello(hello)))
+            .await
+            .map_err(|_| LinkError::Broken("sender closed".into()))?;
+        let mut inbound = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
+            r = client.connect(ReceiverStream::new(rx)) => r.map_err(LinkError::Refused)?.into_inner(),
+        };
+        let welcome = match next(&mut inbound, shutdown).await? {
+            None => return Ok(Ended::Shutdown),
+            Some(hub_message::Body::Welcome(w)) => w,
+            Some(other) => {
+                return Err(LinkError::Protocol(format!(
+                    "expected Welcome, got {other:?}"
+                )));
+            }
+        };
+        self.stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sessions += 1;
+        let mut acked = welcome.acked_seq;
+        self.outbox.ack(acked)?;
+        let mut next_seq = acked + 1;
+        tracing::info!(server = %welcome.server_name, acked, backlog = self.outbox.len(), "connected to hub");
+
+        let mut cert = identity.cert()?;
+        let mut renew_at = renewal_instant(cert.not_before, cert.not_after);
+        let mut pending_key: Option<rcgen::KeyPair> = None;
+        loop {
+            // Fill the window from the outbox, in order.
+            while next_seq <= self.outbox.last_seq() && next_seq - acked - 1 < WINDOW {
+                let batch = self
+                    .outbox
+                    .pending_from(next_seq, (WINDOW - (next_seq - acked - 1)) as usize)?;
+                let Some(last) = batch.last().map(|r| r.seq) else {
+                    next_seq = self.outbox.last_seq() + 1; // evicted while we were away
+                    break;
+                };
+                for r in batch {
+                    tx.send(send(agent_message::Body::Report(r)))
+                        .await
+                        .map_err(|_| LinkError::Broken("stream closed".into()))?;
+                }
+                next_seq = last + 1;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
+                _ = self.outbox.pushed.notified() => {}
+                _ = tokio::time::sleep_until(renew_at.into()), if pending_key.is_none() => {
+                    let (key, csr_pem) = new_key_and_csr()?;
+                    tracing::info!(not_after = cert.not_after, "renewing certificate over the stream");
+                    tx.send(send(agent_message::Body::Renew(RenewRequest { csr_pem }))).await.map_err(|_| LinkError::Broken("stream closed".into()))?;
+                    pending_key = Some(key);
+                }
+                m = next(&mut inbound, shutdown) => match m? {
+                    None => return Ok(Ended::Shutdown),
+                    Some(hub_message::Body::Ack(a)) => {
+                        if a.up_to_seq > acked {
+                            acked = a.up_to_seq.min(next_seq - 1);
+                            self.outbox.ack(acked)?;
+                        }
+                    }
+                    Some(hub_message::Body::Renewed(r)) => {
+                        let Some(key) = pending_key.take() else {
+                            return Err(LinkError::Protocol("Renewed without a renewal request".into()));
+                        };
+                        if !r.error.is_empty() {
+                            tracing::warn!(error = %r.error, "hub refused renewal; retrying later");
+                            renew_at = Instant::now() + RENEW_RETRY;
+                            continue;
+                        }
+                        let mut renewed = identity.clone();
+                        renewed.cert_pem = r.cert_chain_pem;
+                        renewed.key_pem = key.serialize_pem();
+                        let info = renewed.cert()?;
+                        if info.identity != (outpost_common::Identity::Agent { id: identity.agent_id.clone() }) {
+                            return Err(LinkError::Protocol(format!("renewed certificate is for {}", info.identity)));
+                        }
+                        renewed.save(&self.config.data_dir)?;
+                        tracing::info!(serial = %info.serial, not_after = info.not_after, "certificate renewed; the stream stays up");
+                        self.stats.lock().unwrap_or_else(|p| p.into_inner()).renewals += 1;
+                        renew_at = renewal_instant(info.not_before, info.not_after);
+                        cert = info;
+                        identity = renewed;
+                    }
+                    Some(hub_message::Body::RenewCertificate(r)) => {
+                        tracing::info!(reason = %r.reason, "hub asked for renewal");
+                        renew_at = Instant::now();
+                    }
+                    Some(hub_message::Body::Reconnect(r)) => {
+                        return Ok(Ended::Reconnect(Duration::from_secs(u64::from(r.after_secs.min(3600))), r.reason));
+                    }
+                    Some(hub_message::Body::Command(c)) => {
+                        tracing::warn!(command_id = %c.command_id, action = %c.action, "remote actions are not supported by this agent yet");
+                    }
+                    Some(hub_message::Body::Welcome(_)) => return Err(LinkError::Protocol("a second Welcome".into())),
+                },
+            }
+        }
+    }
+}
+
+/// The next message body; `None` on shutdown.
+async fn next(
+    inbound: &mut tonic::Streaming<HubMessage>,
+    shutdown: &CancellationToken,
+) -> Result<Option<hub_message::Body>, LinkError> {
+    tokio::select! {
+        _ = shutdown.cancelled() => Ok(None),
+        m = inbound.message() => match m {
+            Ok(Some(HubMessage { body: Some(b) })) => Ok(Some(b)),
+            Ok(Some(HubMessage { body: None })) => Err(LinkError::Protocol("a message without a body".into())),
+            Ok(None) => Err(LinkError::Broken("hub closed the stream".into())),
+            Err(s) if matches!(s.code(), tonic::Code::PermissionDenied | tonic::Code::Unauthenticated | tonic::Code::InvalidArgument) => Err(LinkError::Refused(s)),
+            Err(s) => Err(LinkError::Broken(s.to_string())),
+        }
+    }
+}
+
+/// About two thirds into the certificate's life.
+fn renewal_instant(not_before: i64, not_after: i64) -> Instant {
+    let at = not_before + (not_after - not_before) * 2 / 3;
+    Instant::now() + Duration::from_secs((at - now_secs()).max(0) as u64)
+}
+
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_capped_and_jittered() {
+        let (i, m) = (Duration::from_millis(100), Duration::from_secs(5));
+        for attempt in 0..40 {
+            let d = backoff(attempt, i, m);
+            assert!(
+                d <= m.min(i * 2u32.saturating_pow(attempt.min(20))),
+                "attempt {attempt}: {d:?}"
+            );
+        }
+        let samples: std::collections::HashSet<_> = (0..20).map(|_| backoff(10, i, m)).collect();
+        assert!(samples.len() > 10, "full jitter spreads reconnects");
+    }
+}
