@@ -9,11 +9,7 @@ use sysinfo::{Disks, Networks, System};
 /// At most this many mounts per report (the hub refuses more).
 const MAX_DISKS: usize = 64;
 /// Where a K3s unit file would be if K3s were installed.
-const UNIT_DIRS: [&str; 3] = [
-    "/etc/systemd/system",
-    "/lib/systemd/system",
-    "/usr/lib/systemd/system",
-];
+const UNIT_DIRS: [&str; 3] = ["/etc/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system"];
 
 pub struct Collector {
     sys: System,
@@ -29,8 +25,7 @@ impl Collector {
         Ok(Collector {
             sys,
             disks: Disks::new_with_refreshed_list().map_err(|e| format!("sysinfo disks: {e}"))?,
-            networks: Networks::new_with_refreshed_list()
-                .map_err(|e| format!("sysinfo networks: {e}"))?,
+            networks: Networks::new_with_refreshed_list().map_err(|e| format!("sysinfo networks: {e}"))?,
             k3s_unit: k3s_unit.to_string(),
         })
     }
@@ -46,12 +41,7 @@ impl Collector {
             .iter()
             .take(MAX_DISKS)
             .map(|d| Disk {
-                mount: d
-                    .mount_point()
-                    .to_string_lossy()
-                    .chars()
-                    .take(256)
-                    .collect(),
+                mount: d.mount_point().to_string_lossy().chars().take(256).collect(),
                 total_bytes: d.total_space(),
                 available_bytes: d.available_space().min(d.total_space()),
             })
@@ -60,9 +50,7 @@ impl Collector {
             .networks
             .iter()
             .filter(|(name, _)| name.as_os_str() != "lo")
-            .fold((0u64, 0u64), |(rx, tx), (_, n)| {
-                (rx + n.total_received(), tx + n.total_transmitted())
-            });
+            .fold((0u64, 0u64), |(rx, tx), (_, n)| (rx + n.total_received(), tx + n.total_transmitted()));
         Health {
             cpu_percent: self.sys.global_cpu_usage().clamp(0.0, 100.0),
             load1: load.one as f32,
@@ -89,12 +77,7 @@ fn process_count() -> u32 {
     std::fs::read_dir("/proc")
         .map(|d| {
             d.filter_map(Result::ok)
-                .filter(|e| {
-                    e.file_name()
-                        .to_string_lossy()
-                        .bytes()
-                        .all(|b| b.is_ascii_digit())
-                })
+                .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
                 .count() as u32
         })
         .unwrap_or(0)
@@ -104,32 +87,20 @@ fn process_count() -> u32 {
 async fn k3s_state(unit: &str) -> K3s {
     let file = format!("{unit}.service");
     if !UNIT_DIRS.iter().any(|d| Path::new(d).join(&file).exists()) {
-        return K3s {
-            state: k3s::State::Absent as i32,
-            detail: format!("no {file} unit installed"),
-        };
+        return K3s { state: k3s::State::Absent as i32, detail: format!("no {file} unit installed") };
     }
     let out = tokio::time::timeout(
         Duration::from_secs(5),
-        tokio::process::Command::new("systemctl")
-            .args(["is-active", &file])
-            .kill_on_drop(true)
-            .output(),
+        tokio::process::Command::new("systemctl").args(["is-active", &file]).kill_on_drop(true).output(),
     )
     .await;
     let text = match out {
         Ok(Ok(o)) => String::from_utf8_lossy(&o.stdout).trim().to_string(),
         Ok(Err(e)) => {
-            return K3s {
-                state: k3s::State::Unspecified as i32,
-                detail: format!("systemctl: {e}"),
-            };
+            return K3s { state: k3s::State::Unspecified as i32, detail: format!("systemctl: {e}") };
         }
         Err(_) => {
-            return K3s {
-                state: k3s::State::Unspecified as i32,
-                detail: "systemctl timed out".into(),
-            };
+            return K3s { state: k3s::State::Unspecified as i32, detail: "systemctl timed out".into() };
         }
     };
     let state = match text.as_str() {
@@ -139,10 +110,7 @@ async fn k3s_state(unit: &str) -> K3s {
         "activating" => k3s::State::Activating,
         _ => k3s::State::Unspecified,
     };
-    K3s {
-        state: state as i32,
-        detail: text.chars().take(256).collect(),
-    }
+    K3s { state: state as i32, detail: text.chars().take(256).collect() }
 }
 
 #[cfg(test)]

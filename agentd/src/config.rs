@@ -48,10 +48,7 @@ impl Default for AgentConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {error}")]
-    Read {
-        path: PathBuf,
-        error: std::io::Error,
-    },
+    Read { path: PathBuf, error: std::io::Error },
     #[error("config file {path} is invalid: {error}")]
     Parse { path: PathBuf, error: String },
     #[error("config is invalid:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
@@ -62,20 +59,11 @@ impl AgentConfig {
     /// Reads `path`; a missing file at the default path means "all defaults".
     pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
         match std::fs::read_to_string(path) {
-            Ok(text) => AgentConfig::from_toml(&text).map_err(|error| ConfigError::Parse {
-                path: path.into(),
-                error,
-            }),
-            Err(e)
-                if e.kind() == std::io::ErrorKind::NotFound
-                    && path == Path::new(DEFAULT_CONFIG_PATH) =>
-            {
+            Ok(text) => AgentConfig::from_toml(&text).map_err(|error| ConfigError::Parse { path: path.into(), error }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && path == Path::new(DEFAULT_CONFIG_PATH) => {
                 Ok(AgentConfig::default())
             }
-            Err(error) => Err(ConfigError::Read {
-                path: path.into(),
-                error,
-            }),
+            Err(error) => Err(ConfigError::Read { path: path.into(), error }),
         }
     }
 
@@ -91,16 +79,10 @@ impl AgentConfig {
             p.push(format!("hub: {e}"));
         }
         if !(100..=3_600_000).contains(&self.report_interval_ms) {
-            p.push(format!(
-                "report_interval_ms: {} is outside 100..=3600000",
-                self.report_interval_ms
-            ));
+            p.push(format!("report_interval_ms: {} is outside 100..=3600000", self.report_interval_ms));
         }
         if !(10..=10_000_000).contains(&self.outbox_max) {
-            p.push(format!(
-                "outbox_max: {} is outside 10..=10000000",
-                self.outbox_max
-            ));
+            p.push(format!("outbox_max: {} is outside 10..=10000000", self.outbox_max));
         }
         if self.backoff_initial_ms == 0 || self.backoff_initial_ms > self.backoff_max_ms {
             p.push(format!(
@@ -108,22 +90,10 @@ impl AgentConfig {
                 self.backoff_initial_ms, self.backoff_max_ms
             ));
         }
-        if self.k3s_unit.is_empty()
-            || !self
-                .k3s_unit
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
-        {
-            p.push(format!(
-                "k3s_unit: {:?} is not a systemd unit name",
-                self.k3s_unit
-            ));
+        if self.k3s_unit.is_empty() || !self.k3s_unit.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c)) {
+            p.push(format!("k3s_unit: {:?} is not a systemd unit name", self.k3s_unit));
         }
-        if p.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(p))
-        }
+        if p.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(p)) }
     }
 
     pub fn report_interval(&self) -> Duration {

@@ -48,14 +48,8 @@ pub enum EnrollError {
     #[error("cannot generate a key: {0}")]
     Key(String),
     #[error("cannot {what} {path}: {error}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        error: std::io::Error,
-    },
-    #[error(
-        "identity file {path} is invalid: {reason}; enroll again with `agentd enroll --token TOKEN`"
-    )]
+    Io { what: &'static str, path: PathBuf, error: std::io::Error },
+    #[error("identity file {path} is invalid: {reason}; enroll again with `agentd enroll --token TOKEN`")]
     Corrupt { path: PathBuf, reason: String },
 }
 
@@ -67,31 +61,18 @@ impl AgentIdentity {
     pub fn load(data_dir: &Path) -> Result<Option<AgentIdentity>, EnrollError> {
         let path = identity_path(data_dir);
         match std::fs::read(&path) {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|e| EnrollError::Corrupt {
-                        path,
-                        reason: e.to_string(),
-                    })
-            }
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| EnrollError::Corrupt { path, reason: e.to_string() }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(error) => Err(EnrollError::Io {
-                what: "read",
-                path,
-                error,
-            }),
+            Err(error) => Err(EnrollError::Io { what: "read", path, error }),
         }
     }
 
     /// Writes the identity 0600, atomically.
     pub fn save(&self, data_dir: &Path) -> Result<(), EnrollError> {
         let path = identity_path(data_dir);
-        let io = |what, error| EnrollError::Io {
-            what,
-            path: path.clone(),
-            error,
-        };
+        let io = |what, error| EnrollError::Io { what, path: path.clone(), error };
         std::fs::create_dir_all(data_dir).map_err(|e| io("create the directory of", e))?;
         let tmp = path.with_extension("tmp");
         let _ = std::fs::remove_file(&tmp);
@@ -101,17 +82,14 @@ impl AgentIdentity {
             .mode(0o600)
             .open(&tmp)
             .map_err(|e| io("create", e))?;
-        f.write_all(&serde_json::to_vec_pretty(self).expect("strings serialise"))
-            .map_err(|e| io("write", e))?;
+        f.write_all(&serde_json::to_vec_pretty(self).expect("strings serialise")).map_err(|e| io("write", e))?;
         f.sync_all().map_err(|e| io("sync", e))?;
         std::fs::rename(&tmp, &path).map_err(|e| io("replace", e))
     }
 
     pub fn cert(&self) -> Result<CertInfo, EnrollError> {
-        CertInfo::from_pem(&self.cert_pem).map_err(|e| EnrollError::Corrupt {
-            path: "identity.json".into(),
-            reason: e.to_string(),
-        })
+        CertInfo::from_pem(&self.cert_pem)
+            .map_err(|e| EnrollError::Corrupt { path: "identity.json".into(), reason: e.to_string() })
     }
 
     pub fn addr(&self, hub_override: Option<&str>) -> Result<HubAddr, TlsError> {
@@ -124,10 +102,7 @@ pub fn new_key_and_csr() -> Result<(KeyPair, String), EnrollError> {
     let key = KeyPair::generate().map_err(|e| EnrollError::Key(e.to_string()))?;
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
-    let csr = params
-        .serialize_request(&key)
-        .and_then(|c| c.pem())
-        .map_err(|e| EnrollError::Key(e.to_string()))?;
+    let csr = params.serialize_request(&key).and_then(|c| c.pem()).map_err(|e| EnrollError::Key(e.to_string()))?;
     Ok((key, csr))
 }
 
@@ -148,11 +123,7 @@ pub async fn enroll(token: &str, hub_override: Option<&str>) -> Result<AgentIden
     let ca_pem = fetch_pinned_ca(&addr, &token.pin).await?;
     let (key, csr_pem) = new_key_and_csr()?;
     let channel = addr.channel(&ca_pem, None)?;
-    let req = EnrollRequest {
-        join_token: token.secret.clone(),
-        csr_pem,
-        host: Some(host_facts()),
-    };
+    let req = EnrollRequest { join_token: token.secret.clone(), csr_pem, host: Some(host_facts()) };
     let resp = EnrollmentClient::new(channel)
         .max_decoding_message_size(outpost_proto::MAX_MESSAGE_BYTES)
         .enroll(req)
@@ -163,17 +134,10 @@ pub async fn enroll(token: &str, hub_override: Option<&str>) -> Result<AgentIden
     let ca_der = outpost_common::cert::first_cert_der(&resp.ca_bundle_pem)
         .ok_or_else(|| EnrollError::BadAnswer("no CA certificate".into()))?;
     if ca_pin(&ca_der) != token.pin {
-        return Err(EnrollError::BadAnswer(
-            "the CA in the answer does not match the token's pin".into(),
-        ));
+        return Err(EnrollError::BadAnswer("the CA in the answer does not match the token's pin".into()));
     }
-    let info = CertInfo::from_pem(&resp.cert_chain_pem)
-        .map_err(|e| EnrollError::BadAnswer(e.to_string()))?;
-    if info.identity
-        != (Identity::Agent {
-            id: resp.agent_id.clone(),
-        })
-    {
+    let info = CertInfo::from_pem(&resp.cert_chain_pem).map_err(|e| EnrollError::BadAnswer(e.to_string()))?;
+    if info.identity != (Identity::Agent { id: resp.agent_id.clone() }) {
         return Err(EnrollError::BadAnswer(format!(
             "certificate is for {} not agent {}",
             info.identity, resp.agent_id

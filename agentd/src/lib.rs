@@ -31,9 +31,7 @@ pub enum RunError {
     NotEnrolled(String),
     #[error(transparent)]
     Enroll(#[from] identity::EnrollError),
-    #[error(
-        "cannot open the instance database in {path}: {error}; is another agentd running on this data_dir?"
-    )]
+    #[error("cannot open the instance database in {path}: {error}; is another agentd running on this data_dir?")]
     Store { path: String, error: String },
     #[error("{0}")]
     Collect(String),
@@ -65,34 +63,21 @@ pub async fn try_enroll_from_token_file(config: &AgentConfig) -> bool {
 
 /// Runs the agent until `shutdown`.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), RunError> {
-    if AgentIdentity::load(&config.data_dir)?.is_none()
-        && !try_enroll_from_token_file(&config).await
-    {
-        return Err(RunError::NotEnrolled(
-            config.token_file.display().to_string(),
-        ));
+    if AgentIdentity::load(&config.data_dir)?.is_none() && !try_enroll_from_token_file(&config).await {
+        return Err(RunError::NotEnrolled(config.token_file.display().to_string()));
     }
     let store_dir = config.data_dir.join("instance.db");
     let db = sled::Config::new()
         .path(&store_dir)
         .cache_capacity(CACHE_BYTES)
         .open()
-        .map_err(|e| RunError::Store {
-            path: store_dir.display().to_string(),
-            error: e.to_string(),
-        })?;
-    let outbox = outbox::Outbox::open(&db, config.outbox_max).map_err(|e| RunError::Store {
-        path: store_dir.display().to_string(),
-        error: e.to_string(),
-    })?;
+        .map_err(|e| RunError::Store { path: store_dir.display().to_string(), error: e.to_string() })?;
+    let outbox = outbox::Outbox::open(&db, config.outbox_max)
+        .map_err(|e| RunError::Store { path: store_dir.display().to_string(), error: e.to_string() })?;
     let mut collector = collect::Collector::new(&config.k3s_unit).map_err(RunError::Collect)?;
     let tasks = TaskTracker::new();
 
-    let link = link::Link {
-        config: config.clone(),
-        outbox: outbox.clone(),
-        stats: Default::default(),
-    };
+    let link = link::Link { config: config.clone(), outbox: outbox.clone(), stats: Default::default() };
     let link_stop = shutdown.clone();
     tasks.spawn(async move {
         link.run(link_stop).await;
@@ -129,10 +114,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     tracing::info!(version = VERSION, "agentd running");
     shutdown.cancelled().await;
     tasks.close();
-    if tokio::time::timeout(DRAIN_DEADLINE, tasks.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(DRAIN_DEADLINE, tasks.wait()).await.is_err() {
         tracing::warn!("tasks did not stop within the drain deadline");
     }
     if let Err(error) = db.flush_async().await {
@@ -143,8 +125,5 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
 }
 
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

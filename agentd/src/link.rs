@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 
 use outpost_common::tls::TlsError;
 use outpost_proto::v1::agent_link_client::AgentLinkClient;
-use outpost_proto::v1::{
-    AgentMessage, Hello, HubMessage, RenewRequest, agent_message, hub_message,
-};
+use outpost_proto::v1::{AgentMessage, Hello, HubMessage, RenewRequest, agent_message, hub_message};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+
+use outpost_common::backoff;
 
 use crate::config::AgentConfig;
 use crate::identity::{AgentIdentity, EnrollError, new_key_and_csr};
@@ -46,17 +46,6 @@ pub enum Ended {
     Shutdown,
     /// The hub asked us to come back after a while.
     Reconnect(Duration, String),
-}
-
-/// Full jitter: uniform in [0, min(max, initial * 2^attempt)].
-pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
-    let cap = initial
-        .saturating_mul(1u32.checked_shl(attempt.min(30)).unwrap_or(u32::MAX))
-        .min(max);
-    let mut b = [0u8; 8];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
-    let frac = (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64;
-    cap.mul_f64(frac)
 }
 
 /// Observable link state, for `agentd status`-style reporting and tests.
@@ -144,16 +133,9 @@ impl Link {
         }
     }
 
-    async fn session(
-        &self,
-        mut identity: AgentIdentity,
-        shutdown: &CancellationToken,
-    ) -> Result<Ended, LinkError> {
+    async fn session(&self, mut identity: AgentIdentity, shutdown: &CancellationToken) -> Result<Ended, LinkError> {
         let addr = identity.addr(self.config.hub.as_deref())?;
-        let channel = addr.channel(
-            &identity.ca_pem,
-            Some((&identity.cert_pem, &identity.key_pem)),
-        )?;
+        let channel = addr.channel(&identity.ca_pem, Some((&identity.cert_pem, &identity.key_pem)))?;
         let mut client = AgentLinkClient::new(channel)
             .max_decoding_message_size(outpost_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(outpost_proto::MAX_MESSAGE_BYTES);
@@ -176,15 +158,10 @@ impl Link {
             None => return Ok(Ended::Shutdown),
             Some(hub_message::Body::Welcome(w)) => w,
             Some(other) => {
-                return Err(LinkError::Protocol(format!(
-                    "expected Welcome, got {other:?}"
-                )));
+                return Err(LinkError::Protocol(format!("expected Welcome, got {other:?}")));
             }
         };
-        self.stats
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .sessions += 1;
+        self.stats.lock().unwrap_or_else(|p| p.into_inner()).sessions += 1;
         let mut acked = welcome.acked_seq;
         self.outbox.ack(acked)?;
         let mut next_seq = acked + 1;
@@ -196,9 +173,7 @@ impl Link {
         loop {
             // Fill the window from the outbox, in order.
             while next_seq <= self.outbox.last_seq() && next_seq - acked - 1 < WINDOW {
-                let batch = self
-                    .outbox
-                    .pending_from(next_seq, (WINDOW - (next_seq - acked - 1)) as usize)?;
+                let batch = self.outbox.pending_from(next_seq, (WINDOW - (next_seq - acked - 1)) as usize)?;
                 let Some(last) = batch.last().map(|r| r.seq) else {
                     next_seq = self.outbox.last_seq() + 1; // evicted while we were away
                     break;
@@ -291,27 +266,5 @@ fn renewal_instant(not_before: i64, not_after: i64) -> Instant {
 }
 
 pub fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_is_capped_and_jittered() {
-        let (i, m) = (Duration::from_millis(100), Duration::from_secs(5));
-        for attempt in 0..40 {
-            let d = backoff(attempt, i, m);
-            assert!(
-                d <= m.min(i * 2u32.saturating_pow(attempt.min(20))),
-                "attempt {attempt}: {d:?}"
-            );
-        }
-        let samples: std::collections::HashSet<_> = (0..20).map(|_| backoff(10, i, m)).collect();
-        assert!(samples.len() > 10, "full jitter spreads reconnects");
-    }
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }

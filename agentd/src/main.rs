@@ -8,11 +8,7 @@ use agentd::AgentConfig;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "agentd",
-    version,
-    about = "The Outpost agent: enrolls, reports health, never loses a report."
-)]
+#[command(name = "agentd", version, about = "The Outpost agent: enrolls, reports health, never loses a report.")]
 struct Cli {
     /// Config file (TOML). A missing file at the default path means defaults.
     #[arg(long, global = true, default_value = agentd::config::DEFAULT_CONFIG_PATH, env = "OUTPOST_AGENTD_CONFIG")]
@@ -37,11 +33,7 @@ enum Command {
     /// Enroll with a one-time join token and store the identity.
     Enroll {
         /// The token string `hubd token create` printed.
-        #[arg(
-            long,
-            conflicts_with = "token_file",
-            required_unless_present = "token_file"
-        )]
+        #[arg(long, conflicts_with = "token_file", required_unless_present = "token_file")]
         token: Option<String>,
         #[arg(long)]
         token_file: Option<PathBuf>,
@@ -73,17 +65,14 @@ fn main() -> ExitCode {
         }
     };
     // One thread: the agent shares a small server with K3s.
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(error) => {
             eprintln!("agentd: cannot start the runtime: {error}");
             return ExitCode::FAILURE;
         }
     };
-    let _log = match outpost_common::logging::init("agentd", config.log_dir.as_deref(), "info") {
+    let _log = match outpost_common::logging::init("agentd", config.log_dir.as_deref(), "info", true) {
         Ok(g) => g,
         Err(error) => {
             eprintln!("agentd: {error}");
@@ -104,7 +93,10 @@ fn main() -> ExitCode {
                     },
                     (None, None) => unreachable!("clap requires one"),
                 };
-                match agentd::identity::enroll(token.trim(), config.hub.as_deref()).await.and_then(|id| id.save(&config.data_dir).map(|()| id)) {
+                match agentd::identity::enroll(token.trim(), config.hub.as_deref())
+                    .await
+                    .and_then(|id| id.save(&config.data_dir).map(|()| id))
+                {
                     Ok(id) => {
                         println!("enrolled as {} (agent {}) with {}", id.server, id.agent_id, id.hub);
                         ExitCode::SUCCESS
@@ -121,7 +113,12 @@ fn main() -> ExitCode {
                     println!("server:   {}\nagent id: {}\nhub:      {}", id.server, id.agent_id, id.hub);
                     if let Some(c) = cert {
                         let left = c.not_after - agentd::link::now_secs();
-                        println!("cert:     serial {} expires in {}s{}", c.serial, left, if left <= 0 { " (EXPIRED: enroll again)" } else { "" });
+                        println!(
+                            "cert:     serial {} expires in {}s{}",
+                            c.serial,
+                            left,
+                            if left <= 0 { " (EXPIRED: enroll again)" } else { "" }
+                        );
                     }
                     ExitCode::SUCCESS
                 }

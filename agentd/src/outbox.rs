@@ -37,11 +37,7 @@ pub struct Outbox {
 }
 
 fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<u64, sled::Error> {
-    Ok(tree
-        .get(key)?
-        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-        .map(u64::from_be_bytes)
-        .unwrap_or(0))
+    Ok(tree.get(key)?.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map(u64::from_be_bytes).unwrap_or(0))
 }
 
 impl Outbox {
@@ -72,13 +68,8 @@ impl Outbox {
     /// Assigns the next seq, stores the report durably, and wakes the link. Only one task pushes.
     pub async fn push(&self, taken_at_ms: i64, health: Health) -> Result<u64, OutboxError> {
         let seq = self.last_seq.load(Ordering::SeqCst) + 1;
-        let report = Report {
-            seq,
-            taken_at_ms,
-            health: Some(health),
-        };
-        self.reports
-            .insert(seq.to_be_bytes(), report.encode_to_vec())?;
+        let report = Report { seq, taken_at_ms, health: Some(health) };
+        self.reports.insert(seq.to_be_bytes(), report.encode_to_vec())?;
         self.meta.insert(LAST_SEQ, &seq.to_be_bytes())?;
         self.last_seq.store(seq, Ordering::SeqCst);
         let mut len = self.len.fetch_add(1, Ordering::SeqCst) + 1;
@@ -100,9 +91,7 @@ impl Outbox {
         let mut out = Vec::new();
         for item in self.reports.range(from.to_be_bytes()..).take(limit) {
             let (k, v) = item?;
-            let seq = <[u8; 8]>::try_from(k.as_ref())
-                .map(u64::from_be_bytes)
-                .unwrap_or(0);
+            let seq = <[u8; 8]>::try_from(k.as_ref()).map(u64::from_be_bytes).unwrap_or(0);
             out.push(Report::decode(v.as_ref()).map_err(|e| OutboxError::Corrupt(seq, e))?);
         }
         Ok(out)
@@ -110,11 +99,7 @@ impl Outbox {
 
     /// Removes every report with seq <= `up_to` (the hub has them).
     pub fn ack(&self, up_to: u64) -> Result<(), OutboxError> {
-        let keys: Vec<_> = self
-            .reports
-            .range(..=up_to.to_be_bytes())
-            .keys()
-            .collect::<Result<_, _>>()?;
+        let keys: Vec<_> = self.reports.range(..=up_to.to_be_bytes()).keys().collect::<Result<_, _>>()?;
         for k in keys {
             if self.reports.remove(k)?.is_some() {
                 self.len.fetch_sub(1, Ordering::SeqCst);
@@ -145,11 +130,7 @@ mod tests {
     use super::*;
 
     fn open(dir: &std::path::Path, max: u64) -> Outbox {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(1 << 20)
-            .open()
-            .unwrap();
+        let db = sled::Config::new().path(dir).cache_capacity(1 << 20).open().unwrap();
         Outbox::open(&db, max).unwrap()
     }
 
@@ -165,18 +146,9 @@ mod tests {
         }
         let o = open(dir.path(), 100);
         assert_eq!(o.last_seq(), 5);
-        let seqs: Vec<u64> = o
-            .pending_from(0, 100)
-            .unwrap()
-            .iter()
-            .map(|r| r.seq)
-            .collect();
+        let seqs: Vec<u64> = o.pending_from(0, 100).unwrap().iter().map(|r| r.seq).collect();
         assert_eq!(seqs, vec![3, 4, 5]);
-        assert_eq!(
-            o.push(9, Health::default()).await.unwrap(),
-            6,
-            "seq continues after restart"
-        );
+        assert_eq!(o.push(9, Health::default()).await.unwrap(), 6, "seq continues after restart");
         assert_eq!(o.len(), 4);
     }
 

@@ -31,20 +31,14 @@ pub struct Bundle {
 
 impl std::fmt::Debug for Bundle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Bundle")
-            .field("meta", &self.meta)
-            .finish_non_exhaustive()
+        f.debug_struct("Bundle").field("meta", &self.meta).finish_non_exhaustive()
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
     #[error("cannot {what} {path}: {error}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        error: std::io::Error,
-    },
+    Io { what: &'static str, path: PathBuf, error: std::io::Error },
     #[error("{path} is invalid: {reason}")]
     Invalid { path: PathBuf, reason: String },
     #[error("{path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}`")]
@@ -55,59 +49,30 @@ impl Bundle {
     pub fn load(dir: &Path) -> Result<Bundle, BundleError> {
         let read = |name: &str| {
             let path = dir.join(name);
-            std::fs::read_to_string(&path).map_err(|error| BundleError::Io {
-                what: "read",
-                path,
-                error,
-            })
+            std::fs::read_to_string(&path).map_err(|error| BundleError::Io { what: "read", path, error })
         };
         let meta_path = dir.join("bundle.toml");
-        let meta: BundleMeta =
-            toml_lite(&read("bundle.toml")?).map_err(|reason| BundleError::Invalid {
-                path: meta_path.clone(),
-                reason,
-            })?;
-        crate::tls::HubAddr::parse(&meta.hub).map_err(|e| BundleError::Invalid {
-            path: meta_path,
-            reason: e.to_string(),
-        })?;
+        let meta: BundleMeta = toml_lite(&read("bundle.toml")?)
+            .map_err(|reason| BundleError::Invalid { path: meta_path.clone(), reason })?;
+        crate::tls::HubAddr::parse(&meta.hub)
+            .map_err(|e| BundleError::Invalid { path: meta_path, reason: e.to_string() })?;
         let key_path = dir.join("operator.key");
         let mode = std::fs::metadata(&key_path)
-            .map_err(|error| BundleError::Io {
-                what: "read",
-                path: key_path.clone(),
-                error,
-            })?
+            .map_err(|error| BundleError::Io { what: "read", path: key_path.clone(), error })?
             .permissions()
             .mode()
             & 0o777;
         if mode & 0o077 != 0 {
-            return Err(BundleError::KeyTooOpen {
-                path: key_path,
-                mode,
-            });
+            return Err(BundleError::KeyTooOpen { path: key_path, mode });
         }
-        Ok(Bundle {
-            meta,
-            ca_pem: read("ca.pem")?,
-            cert_pem: read("operator.pem")?,
-            key_pem: read("operator.key")?,
-        })
+        Ok(Bundle { meta, ca_pem: read("ca.pem")?, cert_pem: read("operator.pem")?, key_pem: read("operator.key")? })
     }
 
     pub fn write(&self, dir: &Path) -> Result<(), BundleError> {
-        let io = |what, path: &Path, error| BundleError::Io {
-            what,
-            path: path.to_path_buf(),
-            error,
-        };
+        let io = |what, path: &Path, error| BundleError::Io { what, path: path.to_path_buf(), error };
         std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| io("chmod", dir, e))?;
-        let meta = format!(
-            "hub = {:?}\nname = {:?}\nrole = {:?}\n",
-            self.meta.hub, self.meta.name, self.meta.role
-        );
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| io("chmod", dir, e))?;
+        let meta = format!("hub = {:?}\nname = {:?}\nrole = {:?}\n", self.meta.hub, self.meta.name, self.meta.role);
         for (name, body, mode) in [
             ("bundle.toml", meta.as_str(), 0o644),
             ("ca.pem", self.ca_pem.as_str(), 0o644),
@@ -122,15 +87,13 @@ impl Bundle {
                 .mode(mode)
                 .open(&path)
                 .map_err(|e| io("create", &path, e))?;
-            f.write_all(body.as_bytes())
-                .map_err(|e| io("write", &path, e))?;
+            f.write_all(body.as_bytes()).map_err(|e| io("write", &path, e))?;
         }
         Ok(())
     }
 
     pub fn channel(&self) -> Result<tonic::transport::Channel, crate::tls::TlsError> {
-        crate::tls::HubAddr::parse(&self.meta.hub)?
-            .channel(&self.ca_pem, Some((&self.cert_pem, &self.key_pem)))
+        crate::tls::HubAddr::parse(&self.meta.hub)?.channel(&self.ca_pem, Some((&self.cert_pem, &self.key_pem)))
     }
 }
 
@@ -142,30 +105,17 @@ fn toml_lite(text: &str) -> Result<BundleMeta, String> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let (k, v) = line
-            .split_once('=')
-            .ok_or_else(|| format!("line {}: expected key = \"value\"", n + 1))?;
-        let v: String = serde_json::from_str(v.trim())
-            .map_err(|_| format!("line {}: value must be a quoted string", n + 1))?;
+        let (k, v) = line.split_once('=').ok_or_else(|| format!("line {}: expected key = \"value\"", n + 1))?;
+        let v: String =
+            serde_json::from_str(v.trim()).map_err(|_| format!("line {}: value must be a quoted string", n + 1))?;
         let k = k.trim();
         if !["hub", "name", "role"].contains(&k) {
-            return Err(format!(
-                "line {}: unknown field `{k}` (expected hub, name, role)",
-                n + 1
-            ));
+            return Err(format!("line {}: unknown field `{k}` (expected hub, name, role)", n + 1));
         }
         fields.insert(k.to_string(), v);
     }
-    let mut take = |k: &str| {
-        fields
-            .remove(k)
-            .ok_or_else(|| format!("missing field `{k}`"))
-    };
-    Ok(BundleMeta {
-        hub: take("hub")?,
-        name: take("name")?,
-        role: take("role")?,
-    })
+    let mut take = |k: &str| fields.remove(k).ok_or_else(|| format!("missing field `{k}`"));
+    Ok(BundleMeta { hub: take("hub")?, name: take("name")?, role: take("role")? })
 }
 
 #[cfg(test)]
@@ -176,15 +126,7 @@ mod tests {
     fn meta_parses_and_rejects_unknown_fields() {
         let m = toml_lite("hub = \"https://h:1\"\nname = \"a\"\nrole = \"viewer\"\n").unwrap();
         assert_eq!((m.hub.as_str(), m.role.as_str()), ("https://h:1", "viewer"));
-        assert!(
-            toml_lite("hub = \"x\"\nnme = \"a\"")
-                .unwrap_err()
-                .contains("unknown field `nme`")
-        );
-        assert!(
-            toml_lite("hub = \"x\"\nname = \"a\"")
-                .unwrap_err()
-                .contains("missing field `role`")
-        );
+        assert!(toml_lite("hub = \"x\"\nnme = \"a\"").unwrap_err().contains("unknown field `nme`"));
+        assert!(toml_lite("hub = \"x\"\nname = \"a\"").unwrap_err().contains("missing field `role`"));
     }
 }

@@ -44,9 +44,7 @@ impl FromStr for Role {
             "viewer" => Ok(Role::Viewer),
             "support" => Ok(Role::Support),
             "admin" => Ok(Role::Admin),
-            other => Err(format!(
-                "unknown role {other:?}; expected viewer, support or admin"
-            )),
+            other => Err(format!("unknown role {other:?}; expected viewer, support or admin")),
         }
     }
 }
@@ -74,10 +72,7 @@ impl Identity {
         let rest = uri.strip_prefix(OPERATOR_PREFIX)?;
         let (name, role) = rest.split_once("?role=")?;
         let role = role.parse().ok()?;
-        valid_name(name).then(|| Identity::Operator {
-            name: name.to_string(),
-            role,
-        })
+        valid_name(name).then(|| Identity::Operator { name: name.to_string(), role })
     }
 }
 
@@ -97,9 +92,7 @@ pub fn valid_name(name: &str) -> bool {
         && name.len() <= 63
         && !name.starts_with('-')
         && !name.ends_with('-')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -126,8 +119,7 @@ pub struct CertInfo {
 
 impl CertInfo {
     pub fn from_der(der: &[u8]) -> Result<CertInfo, IdentityError> {
-        let (_, cert) = X509Certificate::from_der(der)
-            .map_err(|e| IdentityError::Unparseable(e.to_string()))?;
+        let (_, cert) = X509Certificate::from_der(der).map_err(|e| IdentityError::Unparseable(e.to_string()))?;
         let identity = cert
             .subject_alternative_name()
             .ok()
@@ -149,8 +141,8 @@ impl CertInfo {
 
     /// Parses the first certificate of a PEM chain.
     pub fn from_pem(pem: &str) -> Result<CertInfo, IdentityError> {
-        let der = first_cert_der(pem)
-            .ok_or_else(|| IdentityError::Unparseable("no CERTIFICATE block in PEM".into()))?;
+        let der =
+            first_cert_der(pem).ok_or_else(|| IdentityError::Unparseable("no CERTIFICATE block in PEM".into()))?;
         CertInfo::from_der(&der)
     }
 }
@@ -159,38 +151,27 @@ impl CertInfo {
 pub fn first_cert_der(pem: &str) -> Option<Vec<u8>> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
-    CertificateDer::pem_slice_iter(pem.as_bytes())
-        .next()?
-        .ok()
-        .map(|c| c.to_vec())
+    CertificateDer::pem_slice_iter(pem.as_bytes()).next()?.ok().map(|c| c.to_vec())
 }
 
 /// Every `CERTIFICATE` block of a PEM text, as DER.
 pub fn all_certs_der(pem: &str) -> Vec<Vec<u8>> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
-    CertificateDer::pem_slice_iter(pem.as_bytes())
-        .filter_map(Result::ok)
-        .map(|c| c.to_vec())
-        .collect()
+    CertificateDer::pem_slice_iter(pem.as_bytes()).filter_map(Result::ok).map(|c| c.to_vec()).collect()
 }
 
 /// The CA pin: `sha256:` and the lower-case hex SHA-256 of the CA certificate's DER.
 pub fn ca_pin(ca_der: &[u8]) -> String {
-    format!(
-        "sha256:{}",
-        hex(ring::digest::digest(&ring::digest::SHA256, ca_der).as_ref())
-    )
+    format!("sha256:{}", hex(ring::digest::digest(&ring::digest::SHA256, ca_der).as_ref()))
 }
 
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 #[cfg(test)]
@@ -201,14 +182,8 @@ mod tests {
     fn identity_uris_round_trip() {
         for id in [
             Identity::Agent { id: "a1b2".into() },
-            Identity::Operator {
-                name: "alice".into(),
-                role: Role::Viewer,
-            },
-            Identity::Operator {
-                name: "bob-2".into(),
-                role: Role::Admin,
-            },
+            Identity::Operator { name: "alice".into(), role: Role::Viewer },
+            Identity::Operator { name: "bob-2".into(), role: Role::Admin },
         ] {
             assert_eq!(Identity::from_uri(&id.uri()), Some(id));
         }
@@ -232,12 +207,7 @@ mod tests {
     fn roles_are_ordered() {
         assert!(Role::Viewer < Role::Support && Role::Support < Role::Admin);
         assert_eq!("admin".parse::<Role>(), Ok(Role::Admin));
-        assert!(
-            "root"
-                .parse::<Role>()
-                .unwrap_err()
-                .contains("viewer, support or admin")
-        );
+        assert!("root".parse::<Role>().unwrap_err().contains("viewer, support or admin"));
     }
 
     #[test]

@@ -23,13 +23,8 @@ pub fn install_crypto_provider() {
 /// Parses `90s`, `5m`, `1h`, `30d` (a bare number is seconds).
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map(|i| s.split_at(i))
-        .unwrap_or((s, "s"));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 90s, 5m, 1h or 30d"))?;
+    let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map(|i| s.split_at(i)).unwrap_or((s, "s"));
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 90s, 5m, 1h or 30d"))?;
     let secs = match unit {
         "s" => n,
         "m" => n * 60,
@@ -40,34 +35,20 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs(secs))
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn durations() {
-        assert_eq!(
-            super::parse_duration("1h"),
-            Ok(std::time::Duration::from_secs(3600))
-        );
-        assert_eq!(
-            super::parse_duration("45"),
-            Ok(std::time::Duration::from_secs(45))
-        );
-        assert!(
-            super::parse_duration("1w")
-                .unwrap_err()
-                .contains("unknown unit")
-        );
-        assert!(super::parse_duration("soon").is_err());
-    }
+/// Reconnect delay with full jitter: uniform in [0, min(max, initial * 2^attempt)]. Spreads a fleet's
+/// reconnects after a hub outage instead of synchronising them (no reconnect storms).
+pub fn backoff(attempt: u32, initial: std::time::Duration, max: std::time::Duration) -> std::time::Duration {
+    let cap = initial.saturating_mul(1u32.checked_shl(attempt.min(30)).unwrap_or(u32::MAX)).min(max);
+    let mut b = [0u8; 8];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    let frac = (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64;
+    cap.mul_f64(frac)
 }
 
 /// Resolves on the first SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}
@@ -77,5 +58,34 @@ pub async fn shutdown_signal() {
         _ => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_is_capped_and_jittered() {
+        let (i, m) = (Duration::from_millis(100), Duration::from_secs(5));
+        for attempt in 0..40 {
+            let d = super::backoff(attempt, i, m);
+            assert!(d <= m.min(i * 2u32.saturating_pow(attempt.min(20))), "attempt {attempt}: {d:?}");
+        }
+        let samples: std::collections::HashSet<_> = (0..20).map(|_| super::backoff(10, i, m)).collect();
+        assert!(samples.len() > 10, "full jitter spreads reconnects");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(super::parse_duration("1h"), Ok(std::time::Duration::from_secs(3600)));
+        assert_eq!(super::parse_duration("45"), Ok(std::time::Duration::from_secs(45)));
+        assert!(super::parse_duration("1w").unwrap_err().contains("unknown unit"));
+        assert!(super::parse_duration("soon").is_err());
     }
 }

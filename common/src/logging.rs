@@ -12,13 +12,11 @@ const KEEP_FILES: usize = 7;
 /// Keeps the file writer flushing; drop it last (at the end of `main`).
 pub struct LogGuard(#[allow(dead_code)] Option<tracing_appender::non_blocking::WorkerGuard>); // held for its Drop
 
-/// `RUST_LOG` overrides `default_filter`.
-pub fn init(name: &str, log_dir: Option<&Path>, default_filter: &str) -> Result<LogGuard, String> {
-    let filter =
-        || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let stderr = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_filter(filter());
+/// `RUST_LOG` overrides `default_filter`. `to_stderr` is false for full-screen programs (the log would
+/// tear the screen); they log to `log_dir` only.
+pub fn init(name: &str, log_dir: Option<&Path>, default_filter: &str, to_stderr: bool) -> Result<LogGuard, String> {
+    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let stderr = to_stderr.then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter()));
     let (file, guard) = match log_dir {
         Some(dir) => {
             let appender = tracing_appender::rolling::RollingFileAppender::builder()
@@ -29,18 +27,11 @@ pub fn init(name: &str, log_dir: Option<&Path>, default_filter: &str) -> Result<
                 .build(dir)
                 .map_err(|e| format!("cannot log to {}: {e}", dir.display()))?;
             let (writer, guard) = tracing_appender::non_blocking(appender);
-            let layer = tracing_subscriber::fmt::layer()
-                .with_ansi(false)
-                .with_writer(writer)
-                .with_filter(filter());
+            let layer = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(writer).with_filter(filter());
             (Some(layer), Some(guard))
         }
         None => (None, None),
     };
-    tracing_subscriber::registry()
-        .with(stderr)
-        .with(file)
-        .try_init()
-        .map_err(|e| e.to_string())?;
+    tracing_subscriber::registry().with(stderr).with(file).try_init().map_err(|e| e.to_string())?;
     Ok(LogGuard(guard))
 }

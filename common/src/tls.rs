@@ -9,9 +9,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
-use tonic::transport::{
-    Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TlsIdentity, Uri,
-};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TlsIdentity, Uri};
 
 use crate::cert::ca_pin;
 
@@ -29,14 +27,8 @@ pub enum TlsError {
     #[error(
         "the hub at {addr} did not present a CA matching the pin {expected} (it presented {presented}); the token is for another hub, or the connection is being intercepted: get a fresh token from your hub"
     )]
-    PinMismatch {
-        addr: String,
-        expected: String,
-        presented: String,
-    },
-    #[error(
-        "the hub at {addr} presented a certificate that does not verify against the pinned CA: {reason}"
-    )]
+    PinMismatch { addr: String, expected: String, presented: String },
+    #[error("the hub at {addr} presented a certificate that does not verify against the pinned CA: {reason}")]
     BadHubCertificate { addr: String, reason: String },
     #[error("invalid TLS material: {0}")]
     Material(String),
@@ -56,36 +48,23 @@ impl HubAddr {
         if !addr.starts_with("https://") {
             return Err(TlsError::NotHttps(addr.to_string()));
         }
-        let bad = |reason: &str| TlsError::BadAddress {
-            addr: addr.to_string(),
-            reason: reason.to_string(),
-        };
-        let uri: Uri = addr
-            .parse()
-            .map_err(|e: tonic::codegen::http::uri::InvalidUri| bad(&e.to_string()))?;
+        let bad = |reason: &str| TlsError::BadAddress { addr: addr.to_string(), reason: reason.to_string() };
+        let uri: Uri = addr.parse().map_err(|e: tonic::codegen::http::uri::InvalidUri| bad(&e.to_string()))?;
         let host = uri.host().ok_or_else(|| bad("no host"))?;
-        let port = uri
-            .port_u16()
-            .ok_or_else(|| bad("no port (write https://HOST:PORT)"))?;
+        let port = uri.port_u16().ok_or_else(|| bad("no port (write https://HOST:PORT)"))?;
         if uri.path() != "/" && !uri.path().is_empty() {
             return Err(bad("a hub address has no path"));
         }
         Ok(HubAddr {
             url: format!("https://{host}:{port}"),
-            host: host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string(),
+            host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
             port,
         })
     }
 
     fn endpoint(&self) -> Result<Endpoint, TlsError> {
         Ok(Endpoint::from_shared(self.url.clone())
-            .map_err(|e| TlsError::BadAddress {
-                addr: self.url.clone(),
-                reason: e.to_string(),
-            })?
+            .map_err(|e| TlsError::BadAddress { addr: self.url.clone(), reason: e.to_string() })?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(20))
@@ -100,10 +79,7 @@ impl HubAddr {
         if let Some((cert_pem, key_pem)) = client {
             tls = tls.identity(TlsIdentity::from_pem(cert_pem, key_pem));
         }
-        let endpoint = self
-            .endpoint()?
-            .tls_config(tls)
-            .map_err(|e| TlsError::Material(e.to_string()))?;
+        let endpoint = self.endpoint()?.tls_config(tls).map_err(|e| TlsError::Material(e.to_string()))?;
         Ok(endpoint.connect_lazy())
     }
 }
@@ -113,33 +89,21 @@ impl HubAddr {
 /// certificate issued by the pinned CA, so a man in the middle learns nothing and gets nothing.
 pub async fn fetch_pinned_ca(addr: &HubAddr, pin: &str) -> Result<String, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = Arc::new(PinnedVerifier {
-        pin: pin.to_string(),
-        provider: provider.clone(),
-        outcome: Mutex::new(None),
-    });
+    let verifier =
+        Arc::new(PinnedVerifier { pin: pin.to_string(), provider: provider.clone(), outcome: Mutex::new(None) });
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Material(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(verifier.clone())
         .with_no_client_auth();
-    let server_name =
-        ServerName::try_from(addr.host.clone()).map_err(|e| TlsError::BadAddress {
-            addr: addr.url.clone(),
-            reason: e.to_string(),
-        })?;
-    let unreachable = |reason: String| TlsError::Unreachable {
-        addr: addr.url.clone(),
-        reason,
-    };
-    let tcp = tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        tokio::net::TcpStream::connect((addr.host.as_str(), addr.port)),
-    )
-    .await
-    .map_err(|_| unreachable("timed out".into()))?
-    .map_err(|e| unreachable(e.to_string()))?;
+    let server_name = ServerName::try_from(addr.host.clone())
+        .map_err(|e| TlsError::BadAddress { addr: addr.url.clone(), reason: e.to_string() })?;
+    let unreachable = |reason: String| TlsError::Unreachable { addr: addr.url.clone(), reason };
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect((addr.host.as_str(), addr.port)))
+        .await
+        .map_err(|_| unreachable("timed out".into()))?
+        .map_err(|e| unreachable(e.to_string()))?;
     let handshake = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(server_name, tcp);
     let result = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
         .await
@@ -148,20 +112,13 @@ pub async fn fetch_pinned_ca(addr: &HubAddr, pin: &str) -> Result<String, TlsErr
     match (result, outcome) {
         (Ok(_stream), Some(Ok(ca_der))) => Ok(pem_encode("CERTIFICATE", &ca_der)),
         (_, Some(Err(e))) => Err(match e {
-            PinFailure::Mismatch(presented) => TlsError::PinMismatch {
-                addr: addr.url.clone(),
-                expected: pin.to_string(),
-                presented,
-            },
-            PinFailure::Invalid(reason) => TlsError::BadHubCertificate {
-                addr: addr.url.clone(),
-                reason,
-            },
+            PinFailure::Mismatch(presented) => {
+                TlsError::PinMismatch { addr: addr.url.clone(), expected: pin.to_string(), presented }
+            }
+            PinFailure::Invalid(reason) => TlsError::BadHubCertificate { addr: addr.url.clone(), reason },
         }),
         (Err(e), _) => Err(unreachable(e.to_string())),
-        (Ok(_), None) => Err(unreachable(
-            "the hub's certificate was never checked".into(),
-        )),
+        (Ok(_), None) => Err(unreachable("the hub's certificate was never checked".into())),
     }
 }
 
@@ -178,9 +135,7 @@ struct PinnedVerifier {
 
 impl std::fmt::Debug for PinnedVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PinnedVerifier")
-            .field("pin", &self.pin)
-            .finish_non_exhaustive()
+        f.debug_struct("PinnedVerifier").field("pin", &self.pin).finish_non_exhaustive()
     }
 }
 
@@ -194,25 +149,14 @@ impl PinnedVerifier {
         now: UnixTime,
     ) -> Result<Vec<u8>, PinFailure> {
         let Some(ca) = intermediates.iter().find(|c| ca_pin(c) == self.pin) else {
-            let presented = intermediates
-                .iter()
-                .map(|c| ca_pin(c))
-                .collect::<Vec<_>>()
-                .join(", ");
-            return Err(PinFailure::Mismatch(if presented.is_empty() {
-                "no CA".into()
-            } else {
-                presented
-            }));
+            let presented = intermediates.iter().map(|c| ca_pin(c)).collect::<Vec<_>>().join(", ");
+            return Err(PinFailure::Mismatch(if presented.is_empty() { "no CA".into() } else { presented }));
         };
         let mut roots = RootCertStore::empty();
-        roots
-            .add(ca.clone().into_owned())
+        roots.add(ca.clone().into_owned()).map_err(|e| PinFailure::Invalid(e.to_string()))?;
+        let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+            .build()
             .map_err(|e| PinFailure::Invalid(e.to_string()))?;
-        let webpki =
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-                .build()
-                .map_err(|e| PinFailure::Invalid(e.to_string()))?;
         webpki
             .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
             .map_err(|e| PinFailure::Invalid(e.to_string()))?;
@@ -235,9 +179,7 @@ impl ServerCertVerifier for PinnedVerifier {
         if ok {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::General(
-                "hub certificate failed the CA pin check".into(),
-            ))
+            Err(rustls::Error::General("hub certificate failed the CA pin check".into()))
         }
     }
 
@@ -247,12 +189,7 @@ impl ServerCertVerifier for PinnedVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -261,18 +198,11 @@ impl ServerCertVerifier for PinnedVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -295,14 +225,8 @@ mod tests {
 
     #[test]
     fn plaintext_addresses_are_refused() {
-        assert!(matches!(
-            HubAddr::parse("http://127.0.0.1:7443"),
-            Err(TlsError::NotHttps(_))
-        ));
-        assert!(matches!(
-            HubAddr::parse("127.0.0.1:7443"),
-            Err(TlsError::NotHttps(_))
-        ));
+        assert!(matches!(HubAddr::parse("http://127.0.0.1:7443"), Err(TlsError::NotHttps(_))));
+        assert!(matches!(HubAddr::parse("127.0.0.1:7443"), Err(TlsError::NotHttps(_))));
         let err = HubAddr::parse("https://127.0.0.1").unwrap_err().to_string();
         assert!(err.contains("no port"), "{err}");
         let a = HubAddr::parse("https://[::1]:7443").unwrap();

@@ -27,10 +27,7 @@ pub struct JoinToken {
 impl std::fmt::Debug for JoinToken {
     // The secret never reaches a log line.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JoinToken")
-            .field("hub", &self.hub)
-            .field("pin", &self.pin)
-            .finish_non_exhaustive()
+        f.debug_struct("JoinToken").field("hub", &self.hub).field("pin", &self.pin).finish_non_exhaustive()
     }
 }
 
@@ -65,30 +62,21 @@ impl JoinToken {
             return Err(TokenError::TooLong);
         }
         let body = s.strip_prefix(PREFIX).ok_or(TokenError::Prefix)?;
-        let json = URL_SAFE_NO_PAD
-            .decode(body)
-            .map_err(|e| TokenError::Damaged(format!("base64: {e}")))?;
-        let token: JoinToken = serde_json::from_slice(&json)
-            .map_err(|e| TokenError::Damaged(format!("contents: {e}")))?;
+        let json = URL_SAFE_NO_PAD.decode(body).map_err(|e| TokenError::Damaged(format!("base64: {e}")))?;
+        let token: JoinToken =
+            serde_json::from_slice(&json).map_err(|e| TokenError::Damaged(format!("contents: {e}")))?;
         if !token.hub.starts_with("https://") {
-            return Err(TokenError::Damaged(format!(
-                "hub address {:?} is not https://",
-                token.hub
-            )));
+            return Err(TokenError::Damaged(format!("hub address {:?} is not https://", token.hub)));
         }
         let pin_ok = token
             .pin
             .strip_prefix("sha256:")
             .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
         if !pin_ok {
-            return Err(TokenError::Damaged(
-                "CA pin is not sha256:<64 hex digits>".into(),
-            ));
+            return Err(TokenError::Damaged("CA pin is not sha256:<64 hex digits>".into()));
         }
         if token.secret.len() < 32 || !token.secret.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(TokenError::Damaged(
-                "secret is not at least 32 hex digits".into(),
-            ));
+            return Err(TokenError::Damaged("secret is not at least 32 hex digits".into()));
         }
         Ok(token)
     }
@@ -125,17 +113,10 @@ mod tests {
         );
         let mut t = sample();
         t.hub = "http://127.0.0.1:1".into();
-        assert!(
-            matches!(JoinToken::parse(&t.encode()), Err(TokenError::Damaged(m)) if m.contains("not https"))
-        );
+        assert!(matches!(JoinToken::parse(&t.encode()), Err(TokenError::Damaged(m)) if m.contains("not https")));
         let mut t = sample();
         t.pin = "md5:00".into();
-        assert!(
-            matches!(JoinToken::parse(&t.encode()), Err(TokenError::Damaged(m)) if m.contains("CA pin"))
-        );
-        assert_eq!(
-            JoinToken::parse(&"x".repeat(5000)),
-            Err(TokenError::TooLong)
-        );
+        assert!(matches!(JoinToken::parse(&t.encode()), Err(TokenError::Damaged(m)) if m.contains("CA pin")));
+        assert_eq!(JoinToken::parse(&"x".repeat(5000)), Err(TokenError::TooLong));
     }
 }

@@ -1,1 +1,9 @@
-//! placeholder
+//! outpost: the support console. [`state`] is the model (no ratatui), [`view`] draws it (no tonic),
+//! [`conn`] keeps the hub stream alive, [`app`] is the one event loop. [`demo`] runs a whole local fleet.
+
+pub mod app;
+pub mod cli;
+pub mod conn;
+pub mod demo;
+pub mod state;
+pub mod view;

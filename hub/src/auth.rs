@@ -10,11 +10,12 @@ use crate::state::HubState;
 
 pub fn peer<T>(state: &HubState, req: &Request<T>) -> Result<CertInfo, Status> {
     let certs = req.peer_certs().ok_or_else(|| {
-        Status::unauthenticated("this RPC needs a client certificate from the fleet CA (mTLS): use an agent identity or an operator bundle")
+        Status::unauthenticated(
+            "this RPC needs a client certificate from the fleet CA (mTLS): use an agent identity or an operator bundle",
+        )
     })?;
-    let leaf = certs.first().ok_or_else(|| {
-        Status::unauthenticated("the client presented an empty certificate chain")
-    })?;
+    let leaf =
+        certs.first().ok_or_else(|| Status::unauthenticated("the client presented an empty certificate chain"))?;
     let info = CertInfo::from_der(leaf).map_err(|e| Status::unauthenticated(e.to_string()))?;
     if state.is_revoked(&info.serial) {
         return Err(Status::permission_denied(format!(
@@ -24,8 +25,7 @@ pub fn peer<T>(state: &HubState, req: &Request<T>) -> Result<CertInfo, Status> {
             match info.identity {
                 Identity::Agent { .. } =>
                     "enroll this agent again with a new join token (`hubd token create --server NAME`)",
-                Identity::Operator { .. } =>
-                    "ask an admin for a new operator bundle (`hubd operator issue`)",
+                Identity::Operator { .. } => "ask an admin for a new operator bundle (`hubd operator issue`)",
             }
         )));
     }
@@ -33,12 +33,7 @@ pub fn peer<T>(state: &HubState, req: &Request<T>) -> Result<CertInfo, Status> {
 }
 
 /// An operator with at least `need`. `what` completes "… needs <role> to <what>".
-pub fn operator<T>(
-    state: &HubState,
-    req: &Request<T>,
-    need: Role,
-    what: &str,
-) -> Result<(String, Role), Status> {
+pub fn operator<T>(state: &HubState, req: &Request<T>, need: Role, what: &str) -> Result<(String, Role), Status> {
     match peer(state, req)?.identity {
         Identity::Operator { name, role } if role >= need => Ok((name, role)),
         Identity::Operator { name, role } => Err(Status::permission_denied(format!(

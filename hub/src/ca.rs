@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use outpost_common::{CertInfo, Identity, ca_pin};
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls_pki_types::CertificateSigningRequestDer;
 use rustls_pki_types::pem::PemObject;
@@ -31,11 +31,7 @@ const SERVER_CERT_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
     #[error("cannot {what} {path}: {error}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        error: std::io::Error,
-    },
+    Io { what: &'static str, path: PathBuf, error: std::io::Error },
     #[error("CA key {path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}`")]
     KeyTooOpen { path: PathBuf, mode: u32 },
     #[error("CA material in {path} is invalid: {reason}")]
@@ -59,9 +55,7 @@ pub enum CsrError {
     KeyType(String),
     #[error("the CSR requests subject {0:?}; leave the subject empty: the hub assigns names")]
     Subject(String),
-    #[error(
-        "the CSR requests extensions (names or usages); send none: the hub assigns names and usages"
-    )]
+    #[error("the CSR requests extensions (names or usages); send none: the hub assigns names and usages")]
     Extensions,
 }
 
@@ -82,32 +76,22 @@ pub struct FleetCa {
 
 impl FleetCa {
     /// Loads the CA from `cert`/`key`, or creates one in `dir` on first start (key written 0600).
-    pub fn load_or_create(
-        dir: &Path,
-        external: Option<(&Path, &Path)>,
-    ) -> Result<FleetCa, CaError> {
+    pub fn load_or_create(dir: &Path, external: Option<(&Path, &Path)>) -> Result<FleetCa, CaError> {
         let (cert_path, key_path) = paths(dir, external);
         if external.is_none() && !cert_path.exists() && !key_path.exists() {
             create_dir(dir)?;
             let key = KeyPair::generate().map_err(|e| CaError::Sign(e.to_string()))?;
             let mut params = CertificateParams::default();
             params.distinguished_name = DistinguishedName::new();
-            params
-                .distinguished_name
-                .push(DnType::CommonName, "Outpost fleet CA");
+            params.distinguished_name.push(DnType::CommonName, "Outpost fleet CA");
             params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-            params.key_usages = vec![
-                KeyUsagePurpose::KeyCertSign,
-                KeyUsagePurpose::CrlSign,
-                KeyUsagePurpose::DigitalSignature,
-            ];
+            params.key_usages =
+                vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
             let now = OffsetDateTime::now_utc();
             params.not_before = now - BACKDATE;
             params.not_after = now + CA_VALIDITY;
             params.serial_number = Some(random_serial());
-            let cert = params
-                .self_signed(&key)
-                .map_err(|e| CaError::Sign(e.to_string()))?;
+            let cert = params.self_signed(&key).map_err(|e| CaError::Sign(e.to_string()))?;
             write_private(&key_path, key.serialize_pem().as_bytes())?;
             write_public(&cert_path, cert.pem().as_bytes())?;
             tracing::info!(path = %cert_path.display(), "created fleet CA");
@@ -121,22 +105,14 @@ impl FleetCa {
         let cert_pem = read(&cert_path)?;
         check_private(&key_path)?;
         let key_pem = read(&key_path)?;
-        let invalid = |path: &Path, reason: String| CaError::Invalid {
-            path: path.to_path_buf(),
-            reason,
-        };
+        let invalid = |path: &Path, reason: String| CaError::Invalid { path: path.to_path_buf(), reason };
         let key = KeyPair::from_pem(&key_pem).map_err(|e| invalid(&key_path, e.to_string()))?;
         let cert_der = outpost_common::cert::first_cert_der(&cert_pem)
             .ok_or_else(|| invalid(&cert_path, "no CERTIFICATE block".into()))?;
-        let issuer = Issuer::from_ca_cert_der(&cert_der.clone().into(), key)
-            .map_err(|e| invalid(&cert_path, e.to_string()))?;
+        let issuer =
+            Issuer::from_ca_cert_der(&cert_der.clone().into(), key).map_err(|e| invalid(&cert_path, e.to_string()))?;
         let pin = ca_pin(&cert_der);
-        Ok(FleetCa {
-            cert_pem,
-            cert_der,
-            issuer,
-            pin,
-        })
+        Ok(FleetCa { cert_pem, cert_der, issuer, pin })
     }
 
     pub fn cert_pem(&self) -> &str {
@@ -157,23 +133,14 @@ impl FleetCa {
         if csr_pem.len() > MAX_CSR_BYTES {
             return Err(CsrError::TooLarge(csr_pem.len()));
         }
-        let der = CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
-            .map_err(|_| CsrError::NotPem)?;
-        let (_, parsed) =
-            x509_parser::certification_request::X509CertificationRequest::from_der(der.as_ref())
-                .map_err(|_| CsrError::Unparseable)?;
-        parsed
-            .verify_signature()
-            .map_err(|_| CsrError::BadSignature)?;
+        let der = CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes()).map_err(|_| CsrError::NotPem)?;
+        let (_, parsed) = x509_parser::certification_request::X509CertificationRequest::from_der(der.as_ref())
+            .map_err(|_| CsrError::Unparseable)?;
+        parsed.verify_signature().map_err(|_| CsrError::BadSignature)?;
         let info = &parsed.certification_request_info;
         let key_oid = info.subject_pki.algorithm.algorithm.to_id_string();
-        let curve = info
-            .subject_pki
-            .algorithm
-            .parameters
-            .as_ref()
-            .and_then(|p| p.as_oid().ok())
-            .map(|o| o.to_id_string());
+        let curve =
+            info.subject_pki.algorithm.parameters.as_ref().and_then(|p| p.as_oid().ok()).map(|o| o.to_id_string());
         // id-ecPublicKey with prime256v1.
         if key_oid != "1.2.840.10045.2.1" || curve.as_deref() != Some("1.2.840.10045.3.1.7") {
             return Err(CsrError::KeyType(key_name(&key_oid, curve.as_deref())));
@@ -181,30 +148,18 @@ impl FleetCa {
         if info.subject.iter().next().is_some() {
             return Err(CsrError::Subject(info.subject.to_string()));
         }
-        if parsed
-            .requested_extensions()
-            .is_some_and(|mut e| e.next().is_some())
-        {
+        if parsed.requested_extensions().is_some_and(|mut e| e.next().is_some()) {
             return Err(CsrError::Extensions);
         }
-        let params =
-            CertificateSigningRequestParams::from_der(&der).map_err(|_| CsrError::BadSignature)?;
+        let params = CertificateSigningRequestParams::from_der(&der).map_err(|_| CsrError::BadSignature)?;
         Ok(params.public_key)
     }
 
     /// Issues an agent client certificate for `agent_id` from a checked CSR.
-    pub fn sign_agent(
-        &self,
-        csr_pem: &str,
-        agent_id: &str,
-        ttl: Duration,
-    ) -> Result<Issued, SignError> {
+    pub fn sign_agent(&self, csr_pem: &str, agent_id: &str, ttl: Duration) -> Result<Issued, SignError> {
         let public_key = Self::check_csr(csr_pem)?;
-        let identity = Identity::Agent {
-            id: agent_id.to_string(),
-        };
-        self.issue(&public_key, &identity, agent_id, ttl)
-            .map_err(SignError::Ca)
+        let identity = Identity::Agent { id: agent_id.to_string() };
+        self.issue(&public_key, &identity, agent_id, ttl).map_err(SignError::Ca)
     }
 
     /// Issues an operator certificate with a fresh key; returns (chain, key PEM).
@@ -215,10 +170,7 @@ impl FleetCa {
         ttl: Duration,
     ) -> Result<(Issued, String), CaError> {
         let key = KeyPair::generate().map_err(|e| CaError::Sign(e.to_string()))?;
-        let identity = Identity::Operator {
-            name: name.to_string(),
-            role,
-        };
+        let identity = Identity::Operator { name: name.to_string(), role };
         let issued = self.issue(&key, &identity, name, ttl)?;
         Ok((issued, key.serialize_pem()))
     }
@@ -233,10 +185,7 @@ impl FleetCa {
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, cn);
-        let uri = identity
-            .uri()
-            .try_into()
-            .map_err(|e: rcgen::Error| CaError::Sign(e.to_string()))?;
+        let uri = identity.uri().try_into().map_err(|e: rcgen::Error| CaError::Sign(e.to_string()))?;
         params.subject_alt_names = vec![SanType::URI(uri)];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
@@ -245,33 +194,25 @@ impl FleetCa {
         params.not_before = now - BACKDATE.min(ttl / 10);
         params.not_after = now + ttl;
         params.serial_number = Some(random_serial());
-        let cert = params
-            .signed_by(public_key, &self.issuer)
-            .map_err(|e| CaError::Sign(e.to_string()))?;
+        let cert = params.signed_by(public_key, &self.issuer).map_err(|e| CaError::Sign(e.to_string()))?;
         let info = CertInfo::from_der(cert.der()).map_err(|e| CaError::Sign(e.to_string()))?;
-        Ok(Issued {
-            chain_pem: format!("{}{}", cert.pem(), self.cert_pem),
-            info,
-        })
+        Ok(Issued { chain_pem: format!("{}{}", cert.pem(), self.cert_pem), info })
     }
 
     /// The hub's own server certificate (fresh key each start; the key never touches disk).
     pub fn issue_server(&self, names: &[String]) -> Result<(String, String), CaError> {
         let key = KeyPair::generate().map_err(|e| CaError::Sign(e.to_string()))?;
-        let mut params = CertificateParams::new(Vec::<String>::new())
-            .map_err(|e| CaError::Sign(e.to_string()))?;
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(|e| CaError::Sign(e.to_string()))?;
         params.distinguished_name = DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "outpost hubd");
+        params.distinguished_name.push(DnType::CommonName, "outpost hubd");
         for name in names {
             let san = match name.parse::<std::net::IpAddr>() {
                 Ok(ip) => SanType::IpAddress(ip),
-                Err(_) => {
-                    SanType::DnsName(name.clone().try_into().map_err(|e: rcgen::Error| {
-                        CaError::Sign(format!("tls name {name:?}: {e}"))
-                    })?)
-                }
+                Err(_) => SanType::DnsName(
+                    name.clone()
+                        .try_into()
+                        .map_err(|e: rcgen::Error| CaError::Sign(format!("tls name {name:?}: {e}")))?,
+                ),
             };
             if !params.subject_alt_names.contains(&san) {
                 params.subject_alt_names.push(san);
@@ -284,13 +225,8 @@ impl FleetCa {
         params.not_before = now - BACKDATE;
         params.not_after = now + SERVER_CERT_VALIDITY;
         params.serial_number = Some(random_serial());
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .map_err(|e| CaError::Sign(e.to_string()))?;
-        Ok((
-            format!("{}{}", cert.pem(), self.cert_pem),
-            key.serialize_pem(),
-        ))
+        let cert = params.signed_by(&key, &self.issuer).map_err(|e| CaError::Sign(e.to_string()))?;
+        Ok((format!("{}{}", cert.pem(), self.cert_pem), key.serialize_pem()))
     }
 }
 
@@ -330,26 +266,16 @@ fn random_serial() -> SerialNumber {
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     use ring::rand::SecureRandom;
     let mut out = [0u8; N];
-    ring::rand::SystemRandom::new()
-        .fill(&mut out)
-        .expect("the OS random source works");
+    ring::rand::SystemRandom::new().fill(&mut out).expect("the OS random source works");
     out
 }
 
 fn read(path: &Path) -> Result<String, CaError> {
-    fs::read_to_string(path).map_err(|error| CaError::Io {
-        what: "read",
-        path: path.into(),
-        error,
-    })
+    fs::read_to_string(path).map_err(|error| CaError::Io { what: "read", path: path.into(), error })
 }
 
 fn create_dir(dir: &Path) -> Result<(), CaError> {
-    fs::create_dir_all(dir).map_err(|error| CaError::Io {
-        what: "create",
-        path: dir.into(),
-        error,
-    })?;
+    fs::create_dir_all(dir).map_err(|error| CaError::Io { what: "create", path: dir.into(), error })?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|error| CaError::Io {
         what: "chmod",
         path: dir.into(),
@@ -358,17 +284,10 @@ fn create_dir(dir: &Path) -> Result<(), CaError> {
 }
 
 fn check_private(path: &Path) -> Result<(), CaError> {
-    let meta = fs::metadata(path).map_err(|error| CaError::Io {
-        what: "read",
-        path: path.into(),
-        error,
-    })?;
+    let meta = fs::metadata(path).map_err(|error| CaError::Io { what: "read", path: path.into(), error })?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(CaError::KeyTooOpen {
-            path: path.into(),
-            mode,
-        });
+        return Err(CaError::KeyTooOpen { path: path.into(), mode });
     }
     Ok(())
 }
@@ -384,18 +303,10 @@ pub fn write_public(path: &Path, bytes: &[u8]) -> Result<(), CaError> {
 
 fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CaError> {
     let tmp = path.with_extension("tmp");
-    let io = |what, error| CaError::Io {
-        what,
-        path: path.into(),
-        error,
-    };
+    let io = |what, error| CaError::Io { what, path: path.into(), error };
     let _ = fs::remove_file(&tmp);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|e| io("create", e))?;
+    let mut f =
+        fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(|e| io("create", e))?;
     f.write_all(bytes).map_err(|e| io("write", e))?;
     f.sync_all().map_err(|e| io("sync", e))?;
     fs::rename(&tmp, path).map_err(|e| io("rename", e))
@@ -424,11 +335,7 @@ mod tests {
     #[test]
     fn key_is_private_and_ca_reloads_with_same_pin() {
         let (dir, ca) = ca();
-        let mode = fs::metadata(dir.path().join("ca/ca.key"))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777;
+        let mode = fs::metadata(dir.path().join("ca/ca.key")).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let again = FleetCa::load_or_create(&dir.path().join("ca"), None).unwrap();
         assert_eq!(ca.pin(), again.pin());
@@ -439,10 +346,7 @@ mod tests {
         let (dir, _) = ca();
         let key = dir.path().join("ca/ca.key");
         fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
-        let err = FleetCa::load_or_create(&dir.path().join("ca"), None)
-            .err()
-            .unwrap()
-            .to_string();
+        let err = FleetCa::load_or_create(&dir.path().join("ca"), None).err().unwrap().to_string();
         assert!(err.contains("chmod 600"), "{err}");
     }
 
@@ -450,19 +354,8 @@ mod tests {
     fn hub_decides_names_usages_and_lifetime() {
         let (_d, ca) = ca();
         let key = KeyPair::generate().unwrap();
-        let issued = ca
-            .sign_agent(
-                &csr(&key, empty_params()),
-                "abc123",
-                Duration::from_secs(600),
-            )
-            .unwrap();
-        assert_eq!(
-            issued.info.identity,
-            Identity::Agent {
-                id: "abc123".into()
-            }
-        );
+        let issued = ca.sign_agent(&csr(&key, empty_params()), "abc123", Duration::from_secs(600)).unwrap();
+        assert_eq!(issued.info.identity, Identity::Agent { id: "abc123".into() });
         let now = OffsetDateTime::now_utc().unix_timestamp();
         assert!((issued.info.not_after - now - 600).abs() <= 2);
         let der = outpost_common::cert::first_cert_der(&issued.chain_pem).unwrap();
@@ -475,36 +368,20 @@ mod tests {
     fn bad_csrs_are_refused_precisely() {
         let (_d, ca) = ca();
         let ed = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
-        assert_eq!(
-            FleetCa::check_csr(&csr(&ed, empty_params())).unwrap_err(),
-            CsrError::KeyType("Ed25519".into())
-        );
+        assert_eq!(FleetCa::check_csr(&csr(&ed, empty_params())).unwrap_err(), CsrError::KeyType("Ed25519".into()));
         let key = KeyPair::generate().unwrap();
         let named = CertificateParams::default(); // rcgen's default has a CN
-        assert!(matches!(
-            FleetCa::check_csr(&csr(&key, named)),
-            Err(CsrError::Subject(_))
-        ));
+        assert!(matches!(FleetCa::check_csr(&csr(&key, named)), Err(CsrError::Subject(_))));
         let sans = {
             let mut p = CertificateParams::new(vec!["evil.example".to_string()]).unwrap();
             p.distinguished_name = DistinguishedName::new();
             p
         };
-        assert_eq!(
-            FleetCa::check_csr(&csr(&key, sans)).unwrap_err(),
-            CsrError::Extensions
-        );
+        assert_eq!(FleetCa::check_csr(&csr(&key, sans)).unwrap_err(), CsrError::Extensions);
         assert_eq!(FleetCa::check_csr("hello").unwrap_err(), CsrError::NotPem);
-        let garbage =
-            "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n";
-        assert_eq!(
-            FleetCa::check_csr(garbage).unwrap_err(),
-            CsrError::Unparseable
-        );
-        assert!(matches!(
-            FleetCa::check_csr(&"x".repeat(MAX_CSR_BYTES + 1)),
-            Err(CsrError::TooLarge(_))
-        ));
+        let garbage = "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n";
+        assert_eq!(FleetCa::check_csr(garbage).unwrap_err(), CsrError::Unparseable);
+        assert!(matches!(FleetCa::check_csr(&"x".repeat(MAX_CSR_BYTES + 1)), Err(CsrError::TooLarge(_))));
         let _ = ca;
     }
 }

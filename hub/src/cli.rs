@@ -117,60 +117,35 @@ impl Cli {
 
 fn load_ca(config: &HubConfig) -> anyhow::Result<FleetCa> {
     let external = config.ca_cert.as_deref().zip(config.ca_key.as_deref());
-    FleetCa::load(&config.data_dir.join("ca"), external).map_err(|e| {
-        anyhow::anyhow!("{e}\n(has hubd been started once with this data_dir? it creates the CA)")
-    })
+    FleetCa::load(&config.data_dir.join("ca"), external)
+        .map_err(|e| anyhow::anyhow!("{e}\n(has hubd been started once with this data_dir? it creates the CA)"))
 }
 
 /// A bundle for `name` with `role`, signed by the CA on disk.
-pub fn issue_bundle(
-    config: &HubConfig,
-    ca: &FleetCa,
-    name: &str,
-    role: Role,
-    ttl: Duration,
-) -> anyhow::Result<Bundle> {
+pub fn issue_bundle(config: &HubConfig, ca: &FleetCa, name: &str, role: Role, ttl: Duration) -> anyhow::Result<Bundle> {
     if !outpost_common::cert::valid_name(name) {
         anyhow::bail!("operator name {name:?} must be 1-63 of a-z, 0-9 and '-'");
     }
     let (issued, key_pem) = ca.issue_operator(name, role, ttl)?;
-    let hub = config
-        .advertise
-        .clone()
-        .unwrap_or_else(|| config.advertise_url(config.listen));
+    let hub = config.advertise.clone().unwrap_or_else(|| config.advertise_url(config.listen));
     Ok(Bundle {
-        meta: BundleMeta {
-            hub,
-            name: name.to_string(),
-            role: role.to_string(),
-        },
+        meta: BundleMeta { hub, name: name.to_string(), role: role.to_string() },
         ca_pem: ca.cert_pem().to_string(),
         cert_pem: issued.chain_pem,
         key_pem,
     })
 }
 
-async fn admin_client(
-    config: &HubConfig,
-) -> anyhow::Result<(OperatorClient<tonic::transport::Channel>, String)> {
+async fn admin_client(config: &HubConfig) -> anyhow::Result<(OperatorClient<tonic::transport::Channel>, String)> {
     let ca = load_ca(config)?;
-    let bundle = issue_bundle(
-        config,
-        &ca,
-        "hubd-cli",
-        Role::Admin,
-        Duration::from_secs(300),
-    )?;
+    let bundle = issue_bundle(config, &ca, "hubd-cli", Role::Admin, Duration::from_secs(300))?;
     let client = OperatorClient::new(bundle.channel()?);
     Ok((client, bundle.meta.hub))
 }
 
 fn rpc_error(hub: &str, s: tonic::Status) -> anyhow::Error {
     if s.code() == tonic::Code::Unavailable {
-        anyhow::anyhow!(
-            "cannot reach hubd at {hub}: {}; is it running? (`systemctl status outpost-hubd`)",
-            s.message()
-        )
+        anyhow::anyhow!("cannot reach hubd at {hub}: {}; is it running? (`systemctl status outpost-hubd`)", s.message())
     } else {
         anyhow::anyhow!("{}", s.message())
     }
@@ -188,40 +163,19 @@ pub async fn admin(cli: &Cli, config: &HubConfig) -> anyhow::Result<String> {
                 plan: a.plan.clone(),
                 labels: a.labels.iter().cloned().collect(),
             };
-            let r = client
-                .create_join_token(req)
-                .await
-                .map_err(|s| rpc_error(&hub, s))?
-                .into_inner();
+            let r = client.create_join_token(req).await.map_err(|s| rpc_error(&hub, s))?.into_inner();
             Ok(r.token)
         }
         Some(Command::Revoke { server }) => {
             let (mut client, hub) = admin_client(config).await?;
-            let req = outpost_proto::v1::RevokeServerRequest {
-                name: server.clone(),
-            };
-            let r = client
-                .revoke_server(req)
-                .await
-                .map_err(|s| rpc_error(&hub, s))?
-                .into_inner();
-            Ok(format!(
-                "revoked certificate {} of {server}",
-                r.revoked_serial
-            ))
+            let req = outpost_proto::v1::RevokeServerRequest { name: server.clone() };
+            let r = client.revoke_server(req).await.map_err(|s| rpc_error(&hub, s))?.into_inner();
+            Ok(format!("revoked certificate {} of {server}", r.revoked_serial))
         }
-        Some(Command::Operator(OperatorCmd::Issue {
-            name,
-            role,
-            out,
-            ttl,
-        })) => {
+        Some(Command::Operator(OperatorCmd::Issue { name, role, out, ttl })) => {
             let ca = load_ca(config)?;
             issue_bundle(config, &ca, name, *role, *ttl)?.write(out)?;
-            Ok(format!(
-                "wrote operator bundle for {name} ({role}) to {}",
-                out.display()
-            ))
+            Ok(format!("wrote operator bundle for {name} ({role}) to {}", out.display()))
         }
         Some(Command::Serve) | None => unreachable!("serve is handled by main"),
     }

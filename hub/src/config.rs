@@ -59,10 +59,7 @@ impl Default for HubConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {error}")]
-    Read {
-        path: PathBuf,
-        error: std::io::Error,
-    },
+    Read { path: PathBuf, error: std::io::Error },
     #[error("config file {path} is invalid: {error}")]
     Parse { path: PathBuf, error: String },
     #[error("config is invalid:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
@@ -73,20 +70,11 @@ impl HubConfig {
     /// Reads `path`; a missing file at the default path means "all defaults".
     pub fn load(path: &Path) -> Result<HubConfig, ConfigError> {
         match std::fs::read_to_string(path) {
-            Ok(text) => HubConfig::from_toml(&text).map_err(|error| ConfigError::Parse {
-                path: path.into(),
-                error,
-            }),
-            Err(e)
-                if e.kind() == std::io::ErrorKind::NotFound
-                    && path == Path::new(DEFAULT_CONFIG_PATH) =>
-            {
+            Ok(text) => HubConfig::from_toml(&text).map_err(|error| ConfigError::Parse { path: path.into(), error }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && path == Path::new(DEFAULT_CONFIG_PATH) => {
                 Ok(HubConfig::default())
             }
-            Err(error) => Err(ConfigError::Read {
-                path: path.into(),
-                error,
-            }),
+            Err(error) => Err(ConfigError::Read { path: path.into(), error }),
         }
     }
 
@@ -103,57 +91,31 @@ impl HubConfig {
             problems.push(format!("advertise: {e}"));
         }
         if self.ca_cert.is_some() != self.ca_key.is_some() {
-            problems.push(
-                "ca_cert and ca_key: set both (an external CA) or neither (the hub creates one)"
-                    .into(),
-            );
+            problems.push("ca_cert and ca_key: set both (an external CA) or neither (the hub creates one)".into());
         }
         // Seconds-long lifetimes are legitimate in tests of renewal; 90 days is the ceiling for "short-lived".
         if !(3..=90 * 24 * 3600).contains(&self.agent_cert_ttl_secs) {
-            problems.push(format!(
-                "agent_cert_ttl_secs: {} is outside 3..=7776000",
-                self.agent_cert_ttl_secs
-            ));
+            problems.push(format!("agent_cert_ttl_secs: {} is outside 3..=7776000", self.agent_cert_ttl_secs));
         }
         if self.grace_secs == 0 {
             problems.push("grace_secs: must be at least 1".into());
         }
         if !(1..=100_000).contains(&self.history_len) {
-            problems.push(format!(
-                "history_len: {} is outside 1..=100000",
-                self.history_len
-            ));
+            problems.push(format!("history_len: {} is outside 1..=100000", self.history_len));
         }
         if !(4..=65536).contains(&self.cache_mib) {
-            problems.push(format!(
-                "cache_mib: {} is outside 4..=65536",
-                self.cache_mib
-            ));
+            problems.push(format!("cache_mib: {} is outside 4..=65536", self.cache_mib));
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(problems))
-        }
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
     }
 
     /// The address that goes into join tokens and bundles.
     pub fn advertise_url(&self, bound: SocketAddr) -> String {
         match &self.advertise {
-            Some(a) => outpost_common::tls::HubAddr::parse(a)
-                .map(|a| a.url)
-                .unwrap_or_else(|_| a.clone()),
+            Some(a) => outpost_common::tls::HubAddr::parse(a).map(|a| a.url).unwrap_or_else(|_| a.clone()),
             None => {
-                let ip = if bound.ip().is_unspecified() {
-                    "127.0.0.1".to_string()
-                } else {
-                    bound.ip().to_string()
-                };
-                let host = if ip.contains(':') {
-                    format!("[{ip}]")
-                } else {
-                    ip
-                };
+                let ip = if bound.ip().is_unspecified() { "127.0.0.1".to_string() } else { bound.ip().to_string() };
+                let host = if ip.contains(':') { format!("[{ip}]") } else { ip };
                 format!("https://{host}:{}", bound.port())
             }
         }
@@ -178,12 +140,8 @@ mod tests {
     fn invalid_value_is_named() {
         let err = HubConfig::from_toml("listen = \"not an address\"\n").unwrap_err();
         assert!(err.contains("listen"), "{err}");
-        let c = HubConfig {
-            grace_secs: 0,
-            history_len: 0,
-            advertise: Some("http://x:1".into()),
-            ..HubConfig::default()
-        };
+        let c =
+            HubConfig { grace_secs: 0, history_len: 0, advertise: Some("http://x:1".into()), ..HubConfig::default() };
         let err = c.validate().unwrap_err().to_string();
         for field in ["grace_secs", "history_len", "advertise"] {
             assert!(err.contains(field), "{field} missing from {err}");
@@ -193,13 +151,7 @@ mod tests {
     #[test]
     fn advertise_defaults_to_loopback_for_wildcard() {
         let c = HubConfig::default();
-        assert_eq!(
-            c.advertise_url("0.0.0.0:7443".parse().unwrap()),
-            "https://127.0.0.1:7443"
-        );
-        assert_eq!(
-            c.advertise_url("[::1]:9".parse().unwrap()),
-            "https://[::1]:9"
-        );
+        assert_eq!(c.advertise_url("0.0.0.0:7443".parse().unwrap()), "https://127.0.0.1:7443");
+        assert_eq!(c.advertise_url("[::1]:9".parse().unwrap()), "https://[::1]:9");
     }
 }

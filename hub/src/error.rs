@@ -7,22 +7,14 @@ use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
-    #[error(
-        "join token not recognised: this hub never issued it; create one with `hubd token create --server NAME`"
-    )]
+    #[error("join token not recognised: this hub never issued it; create one with `hubd token create --server NAME`")]
     TokenUnknown,
-    #[error(
-        "join token expired at {at}; create a new one with `hubd token create --server {server}`"
-    )]
+    #[error("join token expired at {at}; create a new one with `hubd token create --server {server}`")]
     TokenExpired { at: String, server: String },
     #[error(
         "join token was already used at {at} by agent {agent_id}; tokens are single-use: create a new one with `hubd token create --server {server}`"
     )]
-    TokenUsed {
-        at: String,
-        agent_id: String,
-        server: String,
-    },
+    TokenUsed { at: String, agent_id: String, server: String },
     #[error("invalid CSR: {0}")]
     Csr(#[from] CsrError),
     #[error("{0}")]
@@ -60,9 +52,6 @@ impl From<HubError> for Status {
 pub fn rfc3339_ms(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
         .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_else(|| format!("{ms} ms"))
 }

@@ -7,8 +7,8 @@ use outpost_common::Identity;
 use outpost_proto::v1::agent_link_server::AgentLink;
 use outpost_proto::v1::enrollment_server::Enrollment;
 use outpost_proto::v1::{
-    Ack, AgentMessage, EnrollRequest, EnrollResponse, HubMessage, Reconnect, Renewed, Welcome,
-    agent_message, hub_message,
+    Ack, AgentMessage, EnrollRequest, EnrollResponse, HubMessage, Reconnect, Renewed, Welcome, agent_message,
+    hub_message,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -32,31 +32,18 @@ pub struct Gateway {
 
 impl From<outpost_proto::v1::HostFacts> for HostFacts {
     fn from(h: outpost_proto::v1::HostFacts) -> Self {
-        HostFacts {
-            hostname: h.hostname,
-            os: h.os,
-            kernel: h.kernel,
-            arch: h.arch,
-            agent_version: h.agent_version,
-        }
+        HostFacts { hostname: h.hostname, os: h.os, kernel: h.kernel, arch: h.arch, agent_version: h.agent_version }
     }
 }
 
 #[tonic::async_trait]
 impl Enrollment for Gateway {
-    async fn enroll(
-        &self,
-        req: Request<EnrollRequest>,
-    ) -> Result<Response<EnrollResponse>, Status> {
+    async fn enroll(&self, req: Request<EnrollRequest>) -> Result<Response<EnrollResponse>, Status> {
         let r = req.into_inner();
         let host = r.host.map(HostFacts::from).unwrap_or_default();
-        let e = self
-            .state
-            .enroll(&r.join_token, &r.csr_pem, host)
-            .await
-            .inspect_err(|error| {
-                tracing::warn!(%error, "enrollment refused");
-            })?;
+        let e = self.state.enroll(&r.join_token, &r.csr_pem, host).await.inspect_err(|error| {
+            tracing::warn!(%error, "enrollment refused");
+        })?;
         Ok(Response::new(EnrollResponse {
             agent_id: e.agent_id,
             server_name: e.server,
@@ -74,16 +61,11 @@ fn msg(body: hub_message::Body) -> Result<HubMessage, Status> {
 impl AgentLink for Gateway {
     type ConnectStream = ReceiverStream<Result<HubMessage, Status>>;
 
-    async fn connect(
-        &self,
-        req: Request<Streaming<AgentMessage>>,
-    ) -> Result<Response<Self::ConnectStream>, Status> {
+    async fn connect(&self, req: Request<Streaming<AgentMessage>>) -> Result<Response<Self::ConnectStream>, Status> {
         let state = &self.state;
         let cert = auth::peer(state, &req)?;
         let Identity::Agent { id: agent_id } = cert.identity.clone() else {
-            return Err(Status::permission_denied(
-                "an operator certificate cannot open an agent stream",
-            ));
+            return Err(Status::permission_denied("an operator certificate cannot open an agent stream"));
         };
         let server = state.registry.server_of_agent(&agent_id).ok_or_else(|| {
             Status::permission_denied(format!(
@@ -93,20 +75,14 @@ impl AgentLink for Gateway {
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
-            .map_err(|_| {
-                Status::deadline_exceeded("no Hello within 10 s of opening the stream")
-            })??;
+            .map_err(|_| Status::deadline_exceeded("no Hello within 10 s of opening the stream"))??;
         let hello = match first.and_then(|m| m.body) {
             Some(agent_message::Body::Hello(h)) => h,
             Some(_) => {
-                return Err(Status::invalid_argument(
-                    "the first message on Connect must be Hello",
-                ));
+                return Err(Status::invalid_argument("the first message on Connect must be Hello"));
             }
             None => {
-                return Err(Status::invalid_argument(
-                    "the stream ended (or sent an empty message) before Hello",
-                ));
+                return Err(Status::invalid_argument("the stream ended (or sent an empty message) before Hello"));
             }
         };
         let acked = state.note_connect(&server, hello.dropped_reports).await?;
@@ -121,22 +97,12 @@ impl AgentLink for Gateway {
             acked_seq: acked,
             report_interval_secs: 0,
         };
-        tx.send(msg(hub_message::Body::Welcome(welcome)))
-            .await
-            .map_err(|_| Status::cancelled("agent went away"))?;
+        tx.send(msg(hub_message::Body::Welcome(welcome))).await.map_err(|_| Status::cancelled("agent went away"))?;
         tracing::info!(%server, %agent_id, conn_id, acked, backlog = hello.last_seq.saturating_sub(acked), "agent connected");
-        let session = Session {
-            state: state.clone(),
-            server: server.clone(),
-            agent_id,
-            conn_id,
-            serial: cert.serial,
-            tx,
-        };
+        let session =
+            Session { state: state.clone(), server: server.clone(), agent_id, conn_id, serial: cert.serial, tx };
         let span = tracing::info_span!("session", %server, conn_id);
-        state
-            .tasks
-            .spawn(session.run(inbound, close, cert.not_after).instrument(span));
+        state.tasks.spawn(session.run(inbound, close, cert.not_after).instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -190,10 +156,7 @@ impl Session {
 
     async fn closed(&self) -> &'static str {
         if self.state.shutdown.is_cancelled() {
-            let r = Reconnect {
-                after_secs: 1,
-                reason: "hub shutting down".into(),
-            };
+            let r = Reconnect { after_secs: 1, reason: "hub shutting down".into() };
             let _ = self.tx.send(msg(hub_message::Body::Reconnect(r))).await;
             "hub shutdown"
         } else if self.state.is_revoked(&self.serial) {
@@ -204,10 +167,7 @@ impl Session {
             let _ = self.tx.send(Err(s)).await;
             "revoked"
         } else {
-            let r = Reconnect {
-                after_secs: 0,
-                reason: "replaced by a newer stream of the same agent".into(),
-            };
+            let r = Reconnect { after_secs: 0, reason: "replaced by a newer stream of the same agent".into() };
             let _ = self.tx.send(msg(hub_message::Body::Reconnect(r))).await;
             "replaced"
         }
@@ -227,40 +187,33 @@ impl Session {
                     Err(e) => Err(Status::unavailable(e.to_string())),
                 }
             }
-            Some(agent_message::Body::Renew(r)) => match self
-                .state
-                .renew(&self.server, &self.agent_id, &r.csr_pem)
-                .await
-            {
-                Ok((chain, serial, not_after)) => {
-                    self.state
-                        .registry
-                        .set_stream_serial(&self.server, self.conn_id, &serial);
-                    self.serial = serial;
-                    self.send(hub_message::Body::Renewed(Renewed {
-                        cert_chain_pem: chain,
-                        error: String::new(),
-                    }))
-                    .await?;
-                    Ok(Some(not_after))
+            Some(agent_message::Body::Renew(r)) => {
+                match self.state.renew(&self.server, &self.agent_id, &r.csr_pem).await {
+                    Ok((chain, serial, not_after)) => {
+                        self.state.registry.set_stream_serial(&self.server, self.conn_id, &serial);
+                        self.serial = serial;
+                        self.send(hub_message::Body::Renewed(Renewed { cert_chain_pem: chain, error: String::new() }))
+                            .await?;
+                        Ok(Some(not_after))
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "renewal refused");
+                        self.send(hub_message::Body::Renewed(Renewed {
+                            cert_chain_pem: String::new(),
+                            error: error.to_string(),
+                        }))
+                        .await?;
+                        Ok(None)
+                    }
                 }
-                Err(error) => {
-                    tracing::warn!(%error, "renewal refused");
-                    self.send(hub_message::Body::Renewed(Renewed {
-                        cert_chain_pem: String::new(),
-                        error: error.to_string(),
-                    }))
-                    .await?;
-                    Ok(None)
-                }
-            },
+            }
             Some(agent_message::Body::CommandUpdate(u)) => {
                 tracing::debug!(command_id = %u.command_id, "command update (remote actions are not wired yet)");
                 Ok(None)
             }
-            Some(agent_message::Body::Hello(_)) => Err(Status::invalid_argument(
-                "Hello may be sent only once, as the first message",
-            )),
+            Some(agent_message::Body::Hello(_)) => {
+                Err(Status::invalid_argument("Hello may be sent only once, as the first message"))
+            }
             None => Err(Status::invalid_argument(
                 "an AgentMessage must carry a body (hello, report, command_update or renew)",
             )),
@@ -268,18 +221,13 @@ impl Session {
     }
 
     async fn send(&self, body: hub_message::Body) -> Result<(), Status> {
-        self.tx
-            .send(msg(body))
-            .await
-            .map_err(|_| Status::cancelled("agent went away"))
+        self.tx.send(msg(body)).await.map_err(|_| Status::cancelled("agent went away"))
     }
 }
 
 /// The instant a certificate with `not_after` (unix seconds) stops being valid.
 fn deadline(not_after: i64) -> Instant {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     Instant::now() + Duration::from_secs((not_after - now).max(0) as u64 + 1)
 }

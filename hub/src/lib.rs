@@ -25,8 +25,7 @@ use std::time::Duration;
 
 use outpost_proto::MAX_MESSAGE_BYTES;
 use outpost_proto::v1::{
-    Health, agent_link_server::AgentLinkServer, enrollment_server::EnrollmentServer,
-    operator_server::OperatorServer,
+    Health, agent_link_server::AgentLinkServer, enrollment_server::EnrollmentServer, operator_server::OperatorServer,
 };
 use prost::Message;
 use tokio_util::sync::CancellationToken;
@@ -51,10 +50,7 @@ pub enum StartError {
     #[error(transparent)]
     Store(#[from] store::StoreError),
     #[error("cannot listen on {addr}: {error}")]
-    Bind {
-        addr: SocketAddr,
-        error: std::io::Error,
-    },
+    Bind { addr: SocketAddr, error: std::io::Error },
     #[error("TLS set-up failed: {0}")]
     Tls(String),
 }
@@ -73,54 +69,27 @@ pub struct Hub {
 pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub, StartError> {
     config.validate()?;
     let data_dir = &config.data_dir;
-    std::fs::create_dir_all(data_dir).map_err(|error| StartError::DataDir {
-        path: data_dir.display().to_string(),
-        error,
-    })?;
+    std::fs::create_dir_all(data_dir)
+        .map_err(|error| StartError::DataDir { path: data_dir.display().to_string(), error })?;
     let tasks = TaskTracker::new();
     let external = config.ca_cert.as_deref().zip(config.ca_key.as_deref());
     let ca = ca::FleetCa::load_or_create(&data_dir.join("ca"), external)?;
-    let store = Store::open(&data_dir.join("store"), config.cache_mib, &tasks)?;
-    let records: Vec<ServerRecord> = store
-        .all_json(Tree::Servers)?
-        .into_iter()
-        .map(|(_, r)| r)
-        .collect();
-    let revoked: HashSet<String> = store
-        .all_json::<Revoked>(Tree::Revoked)?
-        .into_iter()
-        .map(|(k, _)| k)
-        .collect();
+    let store = Store::open(&data_dir.join("store"), config.cache_mib)?;
+    let records: Vec<ServerRecord> = store.all_json(Tree::Servers)?.into_iter().map(|(_, r)| r).collect();
+    let revoked: HashSet<String> = store.all_json::<Revoked>(Tree::Revoked)?.into_iter().map(|(k, _)| k).collect();
     let latest = |name: &str| {
-        store
-            .get_raw(Tree::Latest, name.as_bytes())
-            .ok()
-            .flatten()
-            .and_then(|v| Health::decode(v.as_ref()).ok())
+        store.get_raw(Tree::Latest, name.as_bytes()).ok().flatten().and_then(|v| Health::decode(v.as_ref()).ok())
     };
     let registry = registry::Registry::new(records, latest, config.grace());
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|error| StartError::Bind {
-            addr: config.listen,
-            error,
-        })?;
-    let addr = listener.local_addr().map_err(|error| StartError::Bind {
-        addr: config.listen,
-        error,
-    })?;
+        .map_err(|error| StartError::Bind { addr: config.listen, error })?;
+    let addr = listener.local_addr().map_err(|error| StartError::Bind { addr: config.listen, error })?;
     let advertise = config.advertise_url(addr);
     let mut names = config.tls_names.clone();
-    let adv_host = outpost_common::tls::HubAddr::parse(&advertise)
-        .map(|a| a.host)
-        .unwrap_or_default();
-    names.extend([
-        adv_host,
-        "localhost".into(),
-        "127.0.0.1".into(),
-        "::1".into(),
-    ]);
+    let adv_host = outpost_common::tls::HubAddr::parse(&advertise).map(|a| a.host).unwrap_or_default();
+    names.extend([adv_host, "localhost".into(), "127.0.0.1".into(), "::1".into()]);
     let (chain, key) = ca.issue_server(&names)?;
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(chain, key))
@@ -152,12 +121,8 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         tracing::debug!("liveness sweeper stopped");
     });
 
-    let gateway = gateway::Gateway {
-        state: state.clone(),
-    };
-    let operator = operator::OperatorApi {
-        state: state.clone(),
-    };
+    let gateway = gateway::Gateway { state: state.clone() };
+    let operator = operator::OperatorApi { state: state.clone() };
     let router = Server::builder()
         .tls_config(tls)
         .map_err(|e| StartError::Tls(e.to_string()))?
@@ -181,16 +146,9 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         );
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let stop = shutdown.clone();
-    let serve = tokio::spawn(
-        router.serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await }),
-    );
+    let serve = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await }));
     tracing::info!(%addr, %advertise, pin = %state.ca.pin(), "hubd listening");
-    Ok(Hub {
-        addr,
-        advertise,
-        state,
-        serve,
-    })
+    Ok(Hub { addr, advertise, state, serve })
 }
 
 impl Hub {
@@ -200,22 +158,23 @@ impl Hub {
         state.shutdown.cancelled().await;
         let tasks = state.tasks.clone();
         tasks.close();
-        let drained = tokio::time::timeout(DRAIN_DEADLINE, async {
-            let served = serve.await;
+        let writer = state.store.writer_task();
+        let drained = tokio::time::timeout(DRAIN_DEADLINE, async move {
+            let served = serve.await; // the services (and their Store clones) are gone after this
             tasks.wait().await;
+            drop(state); // the last Store clone: the writer flushes and stops
+            if let Some(w) = writer {
+                let _ = w.await;
+            }
             served
         })
         .await;
-        drop(state); // last Store clone: the writer flushes and stops
         match drained {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(e))) => Err(anyhow::anyhow!("server error: {e}")),
             Ok(Err(e)) => Err(anyhow::anyhow!("server task failed: {e}")),
             Err(_) => {
-                tracing::warn!(
-                    deadline_secs = DRAIN_DEADLINE.as_secs(),
-                    "drain deadline passed; stopping anyway"
-                );
+                tracing::warn!(deadline_secs = DRAIN_DEADLINE.as_secs(), "drain deadline passed; stopping anyway");
                 Ok(())
             }
         }

@@ -29,7 +29,7 @@ async fn main() -> ExitCode {
             }
         };
     }
-    let _log = match outpost_common::logging::init("hubd", config.log_dir.as_deref(), "info") {
+    let _log = match outpost_common::logging::init("hubd", config.log_dir.as_deref(), "info", true) {
         Ok(g) => g,
         Err(error) => {
             eprintln!("hubd: {error}");

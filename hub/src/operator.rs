@@ -78,20 +78,11 @@ impl Operator for OperatorApi {
         req: Request<pb::ListServersRequest>,
     ) -> Result<Response<pb::ListServersResponse>, Status> {
         auth::operator(&self.state, &req, Role::Viewer, "listing servers")?;
-        let servers = self
-            .state
-            .registry
-            .list()
-            .iter()
-            .map(|v| pb::Server::from(v.as_ref()))
-            .collect();
+        let servers = self.state.registry.list().iter().map(|v| pb::Server::from(v.as_ref())).collect();
         Ok(Response::new(pb::ListServersResponse { servers }))
     }
 
-    async fn get_server(
-        &self,
-        req: Request<pb::GetServerRequest>,
-    ) -> Result<Response<pb::ServerDetail>, Status> {
+    async fn get_server(&self, req: Request<pb::GetServerRequest>) -> Result<Response<pb::ServerDetail>, Status> {
         auth::operator(&self.state, &req, Role::Viewer, "reading a server")?;
         let r = req.into_inner();
         if r.history > MAX_HISTORY {
@@ -106,10 +97,7 @@ impl Operator for OperatorApi {
             .get(&r.name)
             .ok_or_else(|| Status::not_found(format!("no server named {:?}", r.name)))?;
         let history = self.state.history(&r.name, r.history as usize)?;
-        Ok(Response::new(pb::ServerDetail {
-            server: Some(pb::Server::from(view.as_ref())),
-            history,
-        }))
+        Ok(Response::new(pb::ServerDetail { server: Some(pb::Server::from(view.as_ref())), history }))
     }
 
     type WatchFleetStream = ReceiverStream<Result<pb::FleetEvent, Status>>;
@@ -140,10 +128,7 @@ impl Operator for OperatorApi {
             labels: r.labels.into_iter().collect(),
         };
         let (token, expires_at_ms) = self.state.create_token(request, &by).await?;
-        Ok(Response::new(pb::CreateJoinTokenResponse {
-            token,
-            expires_at_ms,
-        }))
+        Ok(Response::new(pb::CreateJoinTokenResponse { token, expires_at_ms }))
     }
 
     async fn revoke_server(
@@ -151,24 +136,13 @@ impl Operator for OperatorApi {
         req: Request<pb::RevokeServerRequest>,
     ) -> Result<Response<pb::RevokeServerResponse>, Status> {
         let (by, _) = auth::operator(&self.state, &req, Role::Admin, "revoking certificates")?;
-        let serial = self
-            .state
-            .revoke_server(&req.into_inner().name, &by)
-            .await?;
-        Ok(Response::new(pb::RevokeServerResponse {
-            revoked_serial: serial,
-        }))
+        let serial = self.state.revoke_server(&req.into_inner().name, &by).await?;
+        Ok(Response::new(pb::RevokeServerResponse { revoked_serial: serial }))
     }
 
-    async fn who_am_i(
-        &self,
-        req: Request<pb::WhoAmIRequest>,
-    ) -> Result<Response<pb::WhoAmIResponse>, Status> {
+    async fn who_am_i(&self, req: Request<pb::WhoAmIRequest>) -> Result<Response<pb::WhoAmIResponse>, Status> {
         let (name, role) = auth::operator(&self.state, &req, Role::Viewer, "asking who you are")?;
-        Ok(Response::new(pb::WhoAmIResponse {
-            name,
-            role: role.to_string(),
-        }))
+        Ok(Response::new(pb::WhoAmIResponse { name, role: role.to_string() }))
     }
 }
 
@@ -190,9 +164,7 @@ async fn watch(state: Arc<HubState>, tx: mpsc::Sender<Result<pb::FleetEvent, Sta
             d = rx.recv() => d,
         };
         let out = match delta {
-            Ok(FleetDelta::Upsert(v)) => {
-                event(pb::fleet_event::Event::Upsert(pb::Server::from(v.as_ref())))
-            }
+            Ok(FleetDelta::Upsert(v)) => event(pb::fleet_event::Event::Upsert(pb::Server::from(v.as_ref()))),
             Ok(FleetDelta::Removed(name)) => event(pb::fleet_event::Event::Removed(name)),
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 tracing::warn!(missed = n, "watcher fell behind; sending a fresh snapshot");

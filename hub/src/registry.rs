@@ -68,44 +68,21 @@ struct Inner {
 const WATCH_BUFFER: usize = 16 * 1024;
 
 impl Registry {
-    pub fn new(
-        records: Vec<ServerRecord>,
-        latest: impl Fn(&str) -> Option<Health>,
-        grace: Duration,
-    ) -> Registry {
+    pub fn new(records: Vec<ServerRecord>, latest: impl Fn(&str) -> Option<Health>, grace: Duration) -> Registry {
         let now = now_ms();
         let mut servers = HashMap::new();
         let mut by_agent = HashMap::new();
         for record in records {
-            let liveness = if record.agent_id.is_empty() {
-                Liveness::Pending
-            } else {
-                Liveness::Disconnected
-            };
+            let liveness = if record.agent_id.is_empty() { Liveness::Pending } else { Liveness::Disconnected };
             if !record.agent_id.is_empty() {
                 by_agent.insert(record.agent_id.clone(), record.name.clone());
             }
             let health = latest(&record.name);
-            let view = ServerView {
-                record,
-                liveness,
-                liveness_since_ms: now,
-                health,
-            };
-            servers.insert(
-                view.record.name.clone(),
-                Entry {
-                    view: Arc::new(view),
-                    stream: None,
-                },
-            );
+            let view = ServerView { record, liveness, liveness_since_ms: now, health };
+            servers.insert(view.record.name.clone(), Entry { view: Arc::new(view), stream: None });
         }
         Registry {
-            inner: Mutex::new(Inner {
-                servers,
-                by_agent,
-                next_conn: 1,
-            }),
+            inner: Mutex::new(Inner { servers, by_agent, next_conn: 1 }),
             deltas: broadcast::channel(WATCH_BUFFER).0,
             grace,
         }
@@ -125,12 +102,7 @@ impl Registry {
     }
 
     pub fn list(&self) -> Vec<Arc<ServerView>> {
-        let mut v: Vec<_> = self
-            .lock()
-            .servers
-            .values()
-            .map(|e| e.view.clone())
-            .collect();
+        let mut v: Vec<_> = self.lock().servers.values().map(|e| e.view.clone()).collect();
         v.sort_by(|a, b| a.record.name.cmp(&b.record.name));
         v
     }
@@ -155,9 +127,7 @@ impl Registry {
             inner.by_agent.remove(&old.record.agent_id);
         }
         if !record.agent_id.is_empty() {
-            inner
-                .by_agent
-                .insert(record.agent_id.clone(), record.name.clone());
+            inner.by_agent.insert(record.agent_id.clone(), record.name.clone());
         }
         let (mut liveness, mut since, health) = old
             .map(|o| (o.liveness, o.liveness_since_ms, o.health.clone()))
@@ -166,20 +136,8 @@ impl Registry {
             (liveness, since) = (Liveness::Disconnected, now_ms());
         }
         let name = record.name.clone();
-        let view = Arc::new(ServerView {
-            record,
-            liveness,
-            liveness_since_ms: since,
-            health,
-        });
-        inner
-            .servers
-            .entry(name)
-            .or_insert_with(|| Entry {
-                view: view.clone(),
-                stream: None,
-            })
-            .view = view.clone();
+        let view = Arc::new(ServerView { record, liveness, liveness_since_ms: since, health });
+        inner.servers.entry(name).or_insert_with(|| Entry { view: view.clone(), stream: None }).view = view.clone();
         let _ = self.deltas.send(FleetDelta::Upsert(view));
     }
 
@@ -189,11 +147,7 @@ impl Registry {
         let Some(entry) = inner.servers.get_mut(&record.name) else {
             return;
         };
-        let view = Arc::new(ServerView {
-            record,
-            health: Some(health),
-            ..(*entry.view).clone()
-        });
+        let view = Arc::new(ServerView { record, health: Some(health), ..(*entry.view).clone() });
         entry.view = view.clone();
         let _ = self.deltas.send(FleetDelta::Upsert(view));
     }
@@ -211,16 +165,10 @@ impl Registry {
         inner.next_conn += 1;
         let entry = inner.servers.get_mut(name)?;
         let close = parent.child_token();
-        if let Some(old) = entry.stream.replace(Attached {
-            conn_id,
-            cert_serial: cert_serial.to_string(),
-            close: close.clone(),
-        }) {
-            tracing::info!(
-                server = name,
-                old_conn = old.conn_id,
-                "a new stream replaces the old one"
-            );
+        if let Some(old) =
+            entry.stream.replace(Attached { conn_id, cert_serial: cert_serial.to_string(), close: close.clone() })
+        {
+            tracing::info!(server = name, old_conn = old.conn_id, "a new stream replaces the old one");
             old.close.cancel();
         }
         let view = Arc::new(ServerView {
@@ -255,12 +203,7 @@ impl Registry {
     /// The renewed certificate of the live stream.
     pub fn set_stream_serial(&self, name: &str, conn_id: u64, serial: &str) {
         let mut inner = self.lock();
-        if let Some(s) = inner
-            .servers
-            .get_mut(name)
-            .and_then(|e| e.stream.as_mut())
-            .filter(|s| s.conn_id == conn_id)
-        {
+        if let Some(s) = inner.servers.get_mut(name).and_then(|e| e.stream.as_mut()).filter(|s| s.conn_id == conn_id) {
             s.cert_serial = serial.to_string();
         }
     }
@@ -284,14 +227,9 @@ impl Registry {
         let grace = self.grace.as_millis() as i64;
         let mut inner = self.lock();
         for entry in inner.servers.values_mut() {
-            if entry.view.liveness == Liveness::Disconnected
-                && now - entry.view.liveness_since_ms >= grace
-            {
-                let view = Arc::new(ServerView {
-                    liveness: Liveness::Lost,
-                    liveness_since_ms: now,
-                    ..(*entry.view).clone()
-                });
+            if entry.view.liveness == Liveness::Disconnected && now - entry.view.liveness_since_ms >= grace {
+                let view =
+                    Arc::new(ServerView { liveness: Liveness::Lost, liveness_since_ms: now, ..(*entry.view).clone() });
                 entry.view = view.clone();
                 let _ = self.deltas.send(FleetDelta::Upsert(view));
             }
@@ -309,11 +247,7 @@ mod tests {
     use super::*;
 
     fn rec(name: &str, agent: &str) -> ServerRecord {
-        ServerRecord {
-            name: name.into(),
-            agent_id: agent.into(),
-            ..Default::default()
-        }
+        ServerRecord { name: name.into(), agent_id: agent.into(), ..Default::default() }
     }
 
     #[test]
@@ -324,11 +258,7 @@ mod tests {
         let (conn, _close) = reg.attach("a", "s1", &root).unwrap();
         assert_eq!(reg.get("a").unwrap().liveness, Liveness::Connected);
         reg.sweep();
-        assert_eq!(
-            reg.get("a").unwrap().liveness,
-            Liveness::Connected,
-            "connected never goes lost"
-        );
+        assert_eq!(reg.get("a").unwrap().liveness, Liveness::Connected, "connected never goes lost");
         reg.detach("a", conn);
         assert_eq!(reg.get("a").unwrap().liveness, Liveness::Disconnected);
         reg.sweep();
@@ -348,11 +278,7 @@ mod tests {
 
     #[test]
     fn revocation_closes_only_matching_streams() {
-        let reg = Registry::new(
-            vec![rec("a", "x"), rec("b", "y")],
-            |_| None,
-            Duration::from_secs(60),
-        );
+        let reg = Registry::new(vec![rec("a", "x"), rec("b", "y")], |_| None, Duration::from_secs(60));
         let root = CancellationToken::new();
         let (_, ca) = reg.attach("a", "s1", &root).unwrap();
         let (_, cb) = reg.attach("b", "s2", &root).unwrap();
@@ -367,10 +293,7 @@ mod tests {
         assert_eq!(snap.len(), 1);
         reg.put_record(rec("b", ""));
         match rx.try_recv().unwrap() {
-            FleetDelta::Upsert(v) => assert_eq!(
-                (v.record.name.as_str(), v.liveness),
-                ("b", Liveness::Pending)
-            ),
+            FleetDelta::Upsert(v) => assert_eq!((v.record.name.as_str(), v.liveness), ("b", Liveness::Pending)),
             other => panic!("{other:?}"),
         }
     }

@@ -15,46 +15,23 @@ const MAX_TEXT: usize = 256;
 /// Checks a report before anything is stored.
 pub fn validate_report(r: &Report) -> Result<&Health, HubError> {
     if r.seq == 0 {
-        return Err(HubError::Invalid(
-            "report.seq must be at least 1 (sequences start at 1)".into(),
-        ));
+        return Err(HubError::Invalid("report.seq must be at least 1 (sequences start at 1)".into()));
     }
-    let h = r
-        .health
-        .as_ref()
-        .ok_or_else(|| HubError::Invalid(format!("report {} has no health", r.seq)))?;
+    let h = r.health.as_ref().ok_or_else(|| HubError::Invalid(format!("report {} has no health", r.seq)))?;
     if h.disks.len() > MAX_DISKS {
-        return Err(HubError::Invalid(format!(
-            "report {} lists {} disks; at most {MAX_DISKS}",
-            r.seq,
-            h.disks.len()
-        )));
+        return Err(HubError::Invalid(format!("report {} lists {} disks; at most {MAX_DISKS}", r.seq, h.disks.len())));
     }
-    let texts = h
-        .disks
-        .iter()
-        .map(|d| &d.mount)
-        .chain([&h.agent_version])
-        .chain(h.k3s.iter().map(|k| &k.detail));
+    let texts = h.disks.iter().map(|d| &d.mount).chain([&h.agent_version]).chain(h.k3s.iter().map(|k| &k.detail));
     for t in texts {
         if t.len() > MAX_TEXT {
-            return Err(HubError::Invalid(format!(
-                "report {} has a text field over {MAX_TEXT} bytes",
-                r.seq
-            )));
+            return Err(HubError::Invalid(format!("report {} has a text field over {MAX_TEXT} bytes", r.seq)));
         }
     }
     if !h.cpu_percent.is_finite() || !(0.0..=100.0 * 1024.0).contains(&h.cpu_percent) {
-        return Err(HubError::Invalid(format!(
-            "report {}: cpu_percent {} is not a percentage",
-            r.seq, h.cpu_percent
-        )));
+        return Err(HubError::Invalid(format!("report {}: cpu_percent {} is not a percentage", r.seq, h.cpu_percent)));
     }
     if h.mem_used_bytes > h.mem_total_bytes || h.swap_used_bytes > h.swap_total_bytes {
-        return Err(HubError::Invalid(format!(
-            "report {}: used memory exceeds total",
-            r.seq
-        )));
+        return Err(HubError::Invalid(format!("report {}: used memory exceeds total", r.seq)));
     }
     Ok(h)
 }
@@ -65,10 +42,8 @@ impl HubState {
     pub async fn store_report(&self, server: &str, report: &Report) -> Result<u64, HubError> {
         let health = validate_report(report)?.clone();
         let _server = self.lock_server(server).await;
-        let view = self
-            .registry
-            .get(server)
-            .ok_or_else(|| HubError::NotFound(format!("server {server} was removed")))?;
+        let view =
+            self.registry.get(server).ok_or_else(|| HubError::NotFound(format!("server {server} was removed")))?;
         let mut record = view.record.clone();
         if report.seq <= record.last_seq {
             return Ok(record.last_seq); // already stored: idempotent
@@ -83,30 +58,14 @@ impl HubState {
         if !health.agent_version.is_empty() {
             record.agent_version = health.agent_version.clone();
         }
-        let point = HistoryPoint {
-            seq: report.seq,
-            taken_at_ms: report.taken_at_ms,
-            health: Some(health.clone()),
-        };
+        let point = HistoryPoint { seq: report.seq, taken_at_ms: report.taken_at_ms, health: Some(health.clone()) };
         let mut ops = vec![
-            Op::Put(
-                Tree::History,
-                history_key(server, report.seq),
-                point.encode_to_vec(),
-            ),
-            Op::Put(
-                Tree::Latest,
-                server.as_bytes().to_vec(),
-                health.encode_to_vec(),
-            ),
+            Op::Put(Tree::History, history_key(server, report.seq), point.encode_to_vec()),
+            Op::Put(Tree::Latest, server.as_bytes().to_vec(), health.encode_to_vec()),
         ];
         let keep = u64::from(self.history_len);
         if report.seq > keep {
-            ops.push(Op::DelRange(
-                Tree::History,
-                history_key(server, 0),
-                history_key(server, report.seq + 1 - keep),
-            ));
+            ops.push(Op::DelRange(Tree::History, history_key(server, 0), history_key(server, report.seq + 1 - keep)));
         }
         // Last: the high-water mark, so any recovered prefix of this batch is safe.
         ops.push(Op::put_json(Tree::Servers, server.to_string(), &record));
@@ -118,60 +77,36 @@ impl HubState {
     /// Notes a new stream of `server` (connection counter, host facts from Hello).
     pub async fn note_connect(&self, server: &str, dropped_reports: u64) -> Result<u64, HubError> {
         let _server = self.lock_server(server).await;
-        let view = self
-            .registry
-            .get(server)
-            .ok_or_else(|| HubError::NotFound(format!("server {server} was removed")))?;
+        let view =
+            self.registry.get(server).ok_or_else(|| HubError::NotFound(format!("server {server} was removed")))?;
         let mut record = view.record.clone();
         record.connections += 1;
         record.dropped_reports = dropped_reports;
         record.last_seen_ms = now_ms();
-        self.store
-            .commit(vec![Op::put_json(
-                Tree::Servers,
-                server.to_string(),
-                &record,
-            )])
-            .await?;
+        self.store.commit(vec![Op::put_json(Tree::Servers, server.to_string(), &record)]).await?;
         let acked = record.last_seq;
         self.registry.put_record(record);
         Ok(acked)
     }
 
     /// Signs a fresh certificate for the agent of a live stream. Returns (chain, serial, not_after).
-    pub async fn renew(
-        &self,
-        server: &str,
-        agent_id: &str,
-        csr_pem: &str,
-    ) -> Result<(String, String, i64), HubError> {
+    pub async fn renew(&self, server: &str, agent_id: &str, csr_pem: &str) -> Result<(String, String, i64), HubError> {
         let _server = self.lock_server(server).await;
-        let view = self
-            .registry
-            .get(server)
-            .ok_or_else(|| HubError::NotFound(format!("server {server} was removed")))?;
+        let view =
+            self.registry.get(server).ok_or_else(|| HubError::NotFound(format!("server {server} was removed")))?;
         let mut record = view.record.clone();
         if record.agent_id != agent_id {
             return Err(HubError::Denied(format!(
                 "agent {agent_id} no longer owns server {server}; it was enrolled again"
             )));
         }
-        let issued = self
-            .ca
-            .sign_agent(csr_pem, agent_id, self.agent_cert_ttl)
-            .map_err(|e| match e {
-                SignError::Csr(c) => HubError::Csr(c),
-                SignError::Ca(c) => HubError::Internal(c.to_string()),
-            })?;
+        let issued = self.ca.sign_agent(csr_pem, agent_id, self.agent_cert_ttl).map_err(|e| match e {
+            SignError::Csr(c) => HubError::Csr(c),
+            SignError::Ca(c) => HubError::Internal(c.to_string()),
+        })?;
         record.cert_serial = issued.info.serial.clone();
         record.cert_not_after = issued.info.not_after;
-        self.store
-            .commit(vec![Op::put_json(
-                Tree::Servers,
-                server.to_string(),
-                &record,
-            )])
-            .await?;
+        self.store.commit(vec![Op::put_json(Tree::Servers, server.to_string(), &record)]).await?;
         self.registry.put_record(record);
         tracing::info!(server, serial = %issued.info.serial, not_after = issued.info.not_after, "certificate renewed");
         Ok((issued.chain_pem, issued.info.serial, issued.info.not_after))
@@ -179,9 +114,7 @@ impl HubState {
 
     /// The last `n` history points of a server, oldest first.
     pub fn history(&self, server: &str, n: usize) -> Result<Vec<HistoryPoint>, HubError> {
-        let raw =
-            self.store
-                .scan_prefix_last(Tree::History, &crate::store::history_prefix(server), n)?;
+        let raw = self.store.scan_prefix_last(Tree::History, &crate::store::history_prefix(server), n)?;
         raw.iter()
             .map(|v| {
                 HistoryPoint::decode(v.as_ref())
@@ -197,43 +130,16 @@ mod tests {
 
     #[test]
     fn ill_formed_reports_are_named() {
-        let ok = Report {
-            seq: 1,
-            taken_at_ms: 1,
-            health: Some(Health::default()),
-        };
+        let ok = Report { seq: 1, taken_at_ms: 1, health: Some(Health::default()) };
         assert!(validate_report(&ok).is_ok());
-        let e = validate_report(&Report {
-            seq: 0,
-            ..ok.clone()
-        })
-        .unwrap_err()
-        .to_string();
+        let e = validate_report(&Report { seq: 0, ..ok.clone() }).unwrap_err().to_string();
         assert!(e.contains("seq must be at least 1"), "{e}");
-        let e = validate_report(&Report {
-            health: None,
-            ..ok.clone()
-        })
-        .unwrap_err()
-        .to_string();
+        let e = validate_report(&Report { health: None, ..ok.clone() }).unwrap_err().to_string();
         assert!(e.contains("has no health"), "{e}");
-        let mut h = Health::default();
-        h.mem_used_bytes = 2;
-        let e = validate_report(&Report {
-            health: Some(h),
-            ..ok.clone()
-        })
-        .unwrap_err()
-        .to_string();
+        let h = Health { mem_used_bytes: 2, ..Default::default() };
+        let e = validate_report(&Report { health: Some(h), ..ok.clone() }).unwrap_err().to_string();
         assert!(e.contains("exceeds total"), "{e}");
-        let mut h = Health::default();
-        h.cpu_percent = f32::NAN;
-        assert!(
-            validate_report(&Report {
-                health: Some(h),
-                ..ok
-            })
-            .is_err()
-        );
+        let h = Health { cpu_percent: f32::NAN, ..Default::default() };
+        assert!(validate_report(&Report { health: Some(h), ..ok }).is_err());
     }
 }

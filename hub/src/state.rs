@@ -67,9 +67,6 @@ impl HubState {
     }
 
     pub fn is_revoked(&self, serial: &str) -> bool {
-        self.revoked
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(serial)
+        self.revoked.read().unwrap_or_else(|p| p.into_inner()).contains(serial)
     }
 }

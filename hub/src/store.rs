@@ -33,14 +33,7 @@ pub enum Tree {
 }
 
 impl Tree {
-    const ALL: [Tree; 6] = [
-        Tree::Servers,
-        Tree::Tokens,
-        Tree::Burned,
-        Tree::Revoked,
-        Tree::Latest,
-        Tree::History,
-    ];
+    const ALL: [Tree; 6] = [Tree::Servers, Tree::Tokens, Tree::Burned, Tree::Revoked, Tree::Latest, Tree::History];
 
     fn name(self) -> &'static str {
         match self {
@@ -64,11 +57,7 @@ pub enum Op {
 
 impl Op {
     pub fn put_json<T: Serialize>(tree: Tree, key: impl Into<Vec<u8>>, value: &T) -> Op {
-        Op::Put(
-            tree,
-            key.into(),
-            serde_json::to_vec(value).expect("store records serialise"),
-        )
+        Op::Put(tree, key.into(), serde_json::to_vec(value).expect("store records serialise"))
     }
 }
 
@@ -79,11 +68,7 @@ pub enum StoreError {
     #[error("store write failed: {0}")]
     Write(String),
     #[error("store record {key:?} in {tree} is corrupt: {error}")]
-    Corrupt {
-        tree: &'static str,
-        key: String,
-        error: String,
-    },
+    Corrupt { tree: &'static str, key: String, error: String },
     #[error("the store writer has stopped (the hub is shutting down)")]
     Closed,
 }
@@ -146,88 +131,54 @@ pub struct Store {
     db: sled::Db,
     trees: std::sync::Arc<[sled::Tree; 6]>,
     writer: mpsc::Sender<Batch>,
+    /// The writer task; it ends (after a final flush) when the last `Store` clone is dropped.
+    writer_task: std::sync::Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 /// How many batches one flush may cover at most.
 const GROUP_MAX: usize = 1024;
 
 impl Store {
-    /// Opens (or creates) the store and starts its writer on `tracker`. The writer stops when every
-    /// `Store` clone is dropped.
-    pub fn open(
-        dir: &Path,
-        cache_mib: u64,
-        tracker: &tokio_util::task::TaskTracker,
-    ) -> Result<Store, StoreError> {
-        let open_err = |error| StoreError::Open {
-            path: dir.display().to_string(),
-            error,
-        };
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_mib * 1024 * 1024)
-            .open()
-            .map_err(open_err)?;
+    /// Opens (or creates) the store and starts its writer. The writer stops, after a final flush, when every
+    /// `Store` clone is dropped; [`Store::writer_task`] lets shutdown wait for that.
+    pub fn open(dir: &Path, cache_mib: u64) -> Result<Store, StoreError> {
+        let open_err = |error| StoreError::Open { path: dir.display().to_string(), error };
+        let db = sled::Config::new().path(dir).cache_capacity(cache_mib * 1024 * 1024).open().map_err(open_err)?;
         let mut trees = Vec::new();
         for t in Tree::ALL {
             trees.push(db.open_tree(t.name()).map_err(open_err)?);
         }
-        let trees: std::sync::Arc<[sled::Tree; 6]> = std::sync::Arc::new(
-            trees
-                .try_into()
-                .unwrap_or_else(|_| unreachable!("six trees opened")),
-        );
+        let trees: std::sync::Arc<[sled::Tree; 6]> =
+            std::sync::Arc::new(trees.try_into().unwrap_or_else(|_| unreachable!("six trees opened")));
         let (tx, rx) = mpsc::channel(4096);
-        tracker.spawn(writer(db.clone(), trees.clone(), rx));
-        Ok(Store {
-            db,
-            trees,
-            writer: tx,
-        })
+        let task = tokio::spawn(writer(db.clone(), trees.clone(), rx));
+        Ok(Store { db, trees, writer: tx, writer_task: std::sync::Arc::new(std::sync::Mutex::new(Some(task))) })
     }
 
     fn tree(&self, t: Tree) -> &sled::Tree {
-        &self.trees[Tree::ALL
-            .iter()
-            .position(|x| *x == t)
-            .expect("every tree is opened")]
+        &self.trees[Tree::ALL.iter().position(|x| *x == t).expect("every tree is opened")]
     }
 
     /// Applies `ops` in order and returns once they are on disk.
     pub async fn commit(&self, ops: Vec<Op>) -> Result<(), StoreError> {
         let (done, wait) = oneshot::channel();
-        self.writer
-            .send(Batch { ops, done })
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        self.writer.send(Batch { ops, done }).await.map_err(|_| StoreError::Closed)?;
         wait.await.map_err(|_| StoreError::Closed)?
     }
 
-    pub fn get_json<T: DeserializeOwned>(
-        &self,
-        t: Tree,
-        key: &[u8],
-    ) -> Result<Option<T>, StoreError> {
-        match self
-            .tree(t)
-            .get(key)
-            .map_err(|e| StoreError::Write(e.to_string()))?
-        {
+    pub fn get_json<T: DeserializeOwned>(&self, t: Tree, key: &[u8]) -> Result<Option<T>, StoreError> {
+        match self.tree(t).get(key).map_err(|e| StoreError::Write(e.to_string()))? {
             None => Ok(None),
-            Some(v) => serde_json::from_slice(&v)
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt {
-                    tree: t.name(),
-                    key: String::from_utf8_lossy(key).into_owned(),
-                    error: e.to_string(),
-                }),
+            Some(v) => serde_json::from_slice(&v).map(Some).map_err(|e| StoreError::Corrupt {
+                tree: t.name(),
+                key: String::from_utf8_lossy(key).into_owned(),
+                error: e.to_string(),
+            }),
         }
     }
 
     pub fn get_raw(&self, t: Tree, key: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
-        self.tree(t)
-            .get(key)
-            .map_err(|e| StoreError::Write(e.to_string()))
+        self.tree(t).get(key).map_err(|e| StoreError::Write(e.to_string()))
     }
 
     /// Every record of a JSON tree.
@@ -247,12 +198,7 @@ impl Store {
     }
 
     /// Values of `t` whose keys start with `prefix`, in key order; at most the last `last` of them.
-    pub fn scan_prefix_last(
-        &self,
-        t: Tree,
-        prefix: &[u8],
-        last: usize,
-    ) -> Result<Vec<sled::IVec>, StoreError> {
+    pub fn scan_prefix_last(&self, t: Tree, prefix: &[u8], last: usize) -> Result<Vec<sled::IVec>, StoreError> {
         let mut out = std::collections::VecDeque::with_capacity(last.min(4096));
         if last == 0 {
             return Ok(Vec::new());
@@ -275,23 +221,19 @@ impl Store {
         }
     }
 
+    /// The writer task, once (for shutdown: drop every `Store`, then await it).
+    pub fn writer_task(&self) -> Option<tokio::task::JoinHandle<()>> {
+        self.writer_task.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
     /// Bytes sled occupies on disk (for space-amplification watching).
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
     }
 }
 
-async fn writer(
-    db: sled::Db,
-    trees: std::sync::Arc<[sled::Tree; 6]>,
-    mut rx: mpsc::Receiver<Batch>,
-) {
-    let tree = |t: Tree| {
-        &trees[Tree::ALL
-            .iter()
-            .position(|x| *x == t)
-            .expect("every tree is opened")]
-    };
+async fn writer(db: sled::Db, trees: std::sync::Arc<[sled::Tree; 6]>, mut rx: mpsc::Receiver<Batch>) {
+    let tree = |t: Tree| &trees[Tree::ALL.iter().position(|x| *x == t).expect("every tree is opened")];
     let mut group = Vec::with_capacity(GROUP_MAX);
     while rx.recv_many(&mut group, GROUP_MAX).await > 0 {
         let mut results = Vec::with_capacity(group.len());
@@ -319,11 +261,7 @@ async fn writer(
             }
             results.push(result);
         }
-        let flushed = db
-            .flush_async()
-            .await
-            .map(drop)
-            .map_err(|e| StoreError::Write(format!("flush: {e}")));
+        let flushed = db.flush_async().await.map(drop).map_err(|e| StoreError::Write(format!("flush: {e}")));
         for (batch, result) in group.drain(..).zip(results) {
             let result = match (&flushed, result) {
                 (Err(e), _) => Err(StoreError::Write(e.to_string())),
@@ -355,10 +293,7 @@ pub fn history_prefix(server: &str) -> Vec<u8> {
 }
 
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -368,49 +303,28 @@ mod tests {
     #[tokio::test]
     async fn commits_are_durable_and_readable_after_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let tracker = tokio_util::task::TaskTracker::new();
-        {
-            let store = Store::open(dir.path(), 8, &tracker).unwrap();
-            let rec = ServerRecord {
-                name: "a".into(),
-                last_seq: 7,
-                ..Default::default()
-            };
-            store
-                .commit(vec![Op::put_json(Tree::Servers, "a", &rec)])
-                .await
-                .unwrap();
+        let writer = {
+            let store = Store::open(dir.path(), 8).unwrap();
+            let rec = ServerRecord { name: "a".into(), last_seq: 7, ..Default::default() };
+            store.commit(vec![Op::put_json(Tree::Servers, "a", &rec)]).await.unwrap();
             let many: Vec<_> = (0..50)
                 .map(|i| {
                     let s = store.clone();
-                    tokio::spawn(async move {
-                        s.commit(vec![Op::Put(Tree::History, history_key("a", i), vec![1])])
-                            .await
-                    })
+                    tokio::spawn(
+                        async move { s.commit(vec![Op::Put(Tree::History, history_key("a", i), vec![1])]).await },
+                    )
                 })
                 .collect();
             for h in many {
                 h.await.unwrap().unwrap();
             }
-        }
-        tracker.close();
-        tracker.wait().await;
-        let store = Store::open(dir.path(), 8, &tokio_util::task::TaskTracker::new()).unwrap();
+            store.writer_task().unwrap()
+        };
+        writer.await.unwrap(); // every clone dropped: the writer flushed and stopped
+        let store = Store::open(dir.path(), 8).unwrap();
         let rec: ServerRecord = store.get_json(Tree::Servers, b"a").unwrap().unwrap();
         assert_eq!(rec.last_seq, 7);
-        assert_eq!(
-            store
-                .scan_prefix_last(Tree::History, &history_prefix("a"), 1000)
-                .unwrap()
-                .len(),
-            50
-        );
-        assert_eq!(
-            store
-                .scan_prefix_last(Tree::History, &history_prefix("a"), 3)
-                .unwrap()
-                .len(),
-            3
-        );
+        assert_eq!(store.scan_prefix_last(Tree::History, &history_prefix("a"), 1000).unwrap().len(), 50);
+        assert_eq!(store.scan_prefix_last(Tree::History, &history_prefix("a"), 3).unwrap().len(), 3);
     }
 }

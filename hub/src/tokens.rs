@@ -43,38 +43,26 @@ impl TokenRequest {
             }
         }
         if self.labels.len() > MAX_LABELS {
-            problems.push(format!(
-                "{} labels; at most {MAX_LABELS}",
-                self.labels.len()
-            ));
+            problems.push(format!("{} labels; at most {MAX_LABELS}", self.labels.len()));
         }
         for (k, v) in &self.labels {
             if !valid_label_key(k) || v.len() > 255 || v.chars().any(char::is_control) {
                 problems.push(format!("label {k:?}={v:?}: keys are 1-63 of a-z, 0-9, '-', '_', '.', '/'; values at most 255 printable characters"));
             }
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(HubError::Invalid(problems.join("; ")))
-        }
+        if problems.is_empty() { Ok(()) } else { Err(HubError::Invalid(problems.join("; "))) }
     }
 }
 
 fn valid_label_key(k: &str) -> bool {
     !k.is_empty()
         && k.len() <= 63
-        && k.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_./".contains(&b))
+        && k.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_./".contains(&b))
 }
 
 impl HubState {
     /// Creates (or updates) the server record and a token for it. Returns the token string and its expiry.
-    pub async fn create_token(
-        &self,
-        req: TokenRequest,
-        by: &str,
-    ) -> Result<(String, i64), HubError> {
+    pub async fn create_token(&self, req: TokenRequest, by: &str) -> Result<(String, i64), HubError> {
         req.validate()?;
         let _server = self.lock_server(&req.server).await;
         let now = now_ms();
@@ -82,11 +70,7 @@ impl HubState {
         let expires_ms = now + req.ttl.as_millis() as i64;
         let mut record = match self.registry.get(&req.server) {
             Some(v) => v.record.clone(),
-            None => ServerRecord {
-                name: req.server.clone(),
-                created_ms: now,
-                ..Default::default()
-            },
+            None => ServerRecord { name: req.server.clone(), created_ms: now, ..Default::default() },
         };
         if !req.customer.is_empty() {
             record.customer = req.customer.clone();
@@ -95,12 +79,7 @@ impl HubState {
             record.plan = req.plan.clone();
         }
         record.labels.extend(req.labels.clone());
-        let token = TokenRecord {
-            server: req.server.clone(),
-            created_ms: now,
-            expires_ms,
-            created_by: by.to_string(),
-        };
+        let token = TokenRecord { server: req.server.clone(), created_ms: now, expires_ms, created_by: by.to_string() };
         self.store
             .commit(vec![
                 Op::put_json(Tree::Tokens, JoinToken::hash_secret(&secret), &token),
@@ -109,11 +88,7 @@ impl HubState {
             .await?;
         self.registry.put_record(record);
         tracing::info!(server = %req.server, ttl_secs = req.ttl.as_secs(), by, "join token created");
-        let token = JoinToken {
-            hub: self.advertise.clone(),
-            pin: self.ca.pin().to_string(),
-            secret,
-        };
+        let token = JoinToken { hub: self.advertise.clone(), pin: self.ca.pin().to_string(), secret };
         Ok((token.encode(), expires_ms))
     }
 }

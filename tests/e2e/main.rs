@@ -2,4 +2,5 @@
 
 mod bad_input;
 mod fleet;
+mod ops;
 mod renewal;

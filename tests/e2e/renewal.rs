@@ -10,42 +10,27 @@ async fn short_lived_certificate_renews_on_the_live_stream() {
     let tmp = tempfile::tempdir().unwrap();
     // 6 s certificates: renewal at ~4 s. The hub closes a stream whose certificate expired unless it was
     // renewed on that stream, so surviving two lifetimes on one connection proves renewal in place.
-    let hub = HubProc::start(
-        &tmp.path().join("hub"),
-        harness::free_port(),
-        "agent_cert_ttl_secs = 6",
-    )
-    .await;
+    let hub = HubProc::start(&tmp.path().join("hub"), harness::free_port(), "agent_cert_ttl_secs = 6").await;
     let token = hub.token("renew-1").await;
     let _agent = AgentProc::start(tmp.path(), "renew-1", &token, "");
     let mut ops = hub.client(Role::Viewer);
-    let f = watch_until(&mut ops, "agent connected", |f| {
-        is(f, "renew-1", Liveness::Connected)
-    })
-    .await;
+    let f = watch_until(&mut ops, "agent connected", |f| is(f, "renew-1", Liveness::Connected)).await;
     let first = f["renew-1"].clone();
     let mut serials = vec![first.cert_serial.clone()];
-    let f = watch_until(
-        &mut ops,
-        "two renewals past the first certificate's expiry",
-        |f| {
-            let s = &f["renew-1"];
-            if serials.last() != Some(&s.cert_serial) {
-                serials.push(s.cert_serial.clone());
-            }
-            serials.len() >= 3 && hub::store::now_ms() / 1000 > first.cert_not_after + 1
-        },
-    )
+    let f = watch_until(&mut ops, "two renewals past the first certificate's expiry", |f| {
+        let s = &f["renew-1"];
+        if serials.last() != Some(&s.cert_serial) {
+            serials.push(s.cert_serial.clone());
+        }
+        serials.len() >= 3 && hub::store::now_ms() / 1000 > first.cert_not_after + 1
+    })
     .await;
     let s = &f["renew-1"];
     assert_eq!(s.connections, 1, "renewal must not reconnect");
     assert!(is(&f, "renew-1", Liveness::Connected));
     assert!(s.cert_not_after > first.cert_not_after);
     assert_eq!(
-        serials
-            .iter()
-            .collect::<std::collections::HashSet<_>>()
-            .len(),
+        serials.iter().collect::<std::collections::HashSet<_>>().len(),
         serials.len(),
         "each renewal is a new certificate"
     );

@@ -10,9 +10,7 @@ use std::time::Duration;
 use outpost_common::Role;
 use outpost_common::bundle::Bundle;
 use outpost_proto::v1::operator_client::OperatorClient;
-use outpost_proto::v1::{
-    CreateJoinTokenRequest, FleetEvent, Liveness, Server, WatchFleetRequest, fleet_event,
-};
+use outpost_proto::v1::{CreateJoinTokenRequest, FleetEvent, Liveness, Server, WatchFleetRequest, fleet_event};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tonic::transport::Channel;
@@ -27,16 +25,7 @@ pub fn init() {
 /// A built binary of this workspace (`cargo build --workspace --bins` comes first in the test command).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(|d| {
-            if d.ends_with("deps") {
-                d.parent()
-            } else {
-                Some(d)
-            }
-        })
-        .expect("target dir");
+    let dir = exe.parent().and_then(|d| if d.ends_with("deps") { d.parent() } else { Some(d) }).expect("target dir");
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -48,10 +37,7 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// A port free right now on loopback (the hub must come back on the same port after a restart).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
 pub struct HubProc {
@@ -70,17 +56,10 @@ impl HubProc {
         let config = dir.join("hubd.toml");
         std::fs::write(
             &config,
-            format!(
-                "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n{extra}\n",
-                dir.join("data").display()
-            ),
+            format!("listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n{extra}\n", dir.join("data").display()),
         )
         .unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("hubd.log"))
-            .unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("hubd.log")).unwrap();
         let mut child = Command::new(bin("hubd"))
             .arg("--config")
             .arg(&config)
@@ -96,28 +75,12 @@ impl HubProc {
             .await
             .expect("hubd READY in time")
             .unwrap()
-            .unwrap_or_else(|| {
-                panic!(
-                    "hubd exited before READY; see {}",
-                    dir.join("hubd.log").display()
-                )
-            });
+            .unwrap_or_else(|| panic!("hubd exited before READY; see {}", dir.join("hubd.log").display()));
         let mut parts = line.split_whitespace();
-        assert_eq!(
-            parts.next(),
-            Some("READY"),
-            "unexpected first line {line:?}"
-        );
+        assert_eq!(parts.next(), Some("READY"), "unexpected first line {line:?}");
         let url = parts.next().unwrap().to_string();
         let pin = parts.next().unwrap().to_string();
-        HubProc {
-            child,
-            dir: dir.to_path_buf(),
-            port,
-            url,
-            pin,
-            config,
-        }
+        HubProc { child, dir: dir.to_path_buf(), port, url, pin, config }
     }
 
     pub async fn kill9(&mut self) {
@@ -143,11 +106,7 @@ impl HubProc {
     }
 
     pub fn client(&self, role: Role) -> OperatorClient<Channel> {
-        OperatorClient::new(
-            self.bundle(&format!("test-{role}"), role)
-                .channel()
-                .unwrap(),
-        )
+        OperatorClient::new(self.bundle(&format!("test-{role}"), role).channel().unwrap())
     }
 
     pub async fn token(&self, server: &str) -> String {
@@ -163,12 +122,7 @@ pub async fn create_token(client: &mut OperatorClient<Channel>, server: &str) ->
         plan: "pro".into(),
         ..Default::default()
     };
-    client
-        .create_join_token(req)
-        .await
-        .expect("create token")
-        .into_inner()
-        .token
+    client.create_join_token(req).await.expect("create token").into_inner().token
 }
 
 pub struct AgentProc {
@@ -192,11 +146,7 @@ impl AgentProc {
             ),
         )
         .unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("agentd.log"))
-            .unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("agentd.log")).unwrap();
         let child = Command::new(bin("agentd"))
             .arg("--config")
             .arg(&config)
@@ -206,11 +156,7 @@ impl AgentProc {
             .kill_on_drop(true)
             .spawn()
             .expect("spawn agentd");
-        AgentProc {
-            child,
-            name: name.to_string(),
-            dir,
-        }
+        AgentProc { child, name: name.to_string(), dir }
     }
 
     pub async fn kill9(&mut self) {
@@ -228,11 +174,7 @@ pub async fn watch_until(
     what: &str,
     mut done: impl FnMut(&Fleet) -> bool,
 ) -> Fleet {
-    let mut stream = client
-        .watch_fleet(WatchFleetRequest {})
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut stream = client.watch_fleet(WatchFleetRequest {}).await.expect("watch").into_inner();
     let mut fleet = Fleet::new();
     let result = tokio::time::timeout(WAIT, async {
         loop {
@@ -248,10 +190,7 @@ pub async fn watch_until(
     })
     .await;
     if result.is_err() {
-        panic!(
-            "timed out waiting for {what}; last fleet: {:#?}",
-            summary(&fleet)
-        );
+        panic!("timed out waiting for {what}; last fleet: {:#?}", summary(&fleet));
     }
     fleet
 }

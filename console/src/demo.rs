@@ -1,0 +1,124 @@
+//! `outpost demo`: a whole local fleet from one command. An embedded hub (sled in a temporary directory),
+//! N real `agentd` processes enrolled through real join tokens over loopback mTLS, and the live console.
+//! Quitting stops the agents, the hub, and removes the directory; agents also exit by themselves if this
+//! process dies (`--exit-with-parent`), so nothing is left behind.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use hub::HubConfig;
+use hub::tokens::TokenRequest;
+use outpost_common::Role;
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+const CUSTOMERS: [&str; 5] = ["acme", "globex", "initech", "umbrella", "hooli"];
+const PLANS: [&str; 3] = ["starter", "pro", "team"];
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct DemoArgs {
+    /// How many agents to run.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=200))]
+    pub agents: u16,
+    /// How often each agent reports, in milliseconds.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    pub report_interval_ms: u64,
+}
+
+/// `agentd` next to this executable (both come from `cargo build --release --bins`).
+fn agentd_path() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating this executable")?;
+    let path = exe.with_file_name("agentd");
+    anyhow::ensure!(
+        path.exists(),
+        "{} not found: build every binary first (`cargo build --release --bins`)",
+        path.display()
+    );
+    Ok(path)
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let agentd = agentd_path()?;
+    let dir = tempfile::Builder::new().prefix("outpost-demo-").tempdir().context("creating the demo directory")?;
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let _log = outpost_common::logging::init("hubd", Some(&logs), "info", false).map_err(anyhow::Error::msg)?;
+
+    let stop = CancellationToken::new();
+    let mut config = HubConfig {
+        listen: "127.0.0.1:0".parse().expect("literal"),
+        data_dir: dir.path().join("hub"),
+        grace_secs: 10,
+        ..HubConfig::default()
+    };
+    let hub = hub::start(config.clone(), stop.clone()).await.context("starting the embedded hub")?;
+    config.advertise = Some(hub.advertise.clone());
+    let bundle =
+        hub::cli::issue_bundle(&config, &hub.state.ca, "demo-admin", Role::Admin, Duration::from_secs(86_400))?;
+
+    let mut agents: Vec<Child> = Vec::new();
+    let started = start_agents(&args, &hub, &agentd, dir.path(), &mut agents).await;
+    let result = match started {
+        Ok(()) => {
+            let fleet = crate::state::Fleet::new(&hub.advertise, &bundle.meta.name, &bundle.meta.role);
+            crate::app::run(fleet, bundle.channel()?).await
+        }
+        Err(e) => Err(e),
+    };
+    for a in &mut agents {
+        let _ = a.start_kill();
+    }
+    for mut a in agents {
+        let _ = a.wait().await;
+    }
+    stop.cancel();
+    hub.wait().await?;
+    result
+}
+
+async fn start_agents(
+    args: &DemoArgs,
+    hub: &hub::Hub,
+    agentd: &std::path::Path,
+    root: &std::path::Path,
+    agents: &mut Vec<Child>,
+) -> anyhow::Result<()> {
+    for i in 0..usize::from(args.agents) {
+        let name = format!("demo-{:02}", i + 1);
+        let req = TokenRequest {
+            server: name.clone(),
+            ttl: Duration::from_secs(600),
+            customer: CUSTOMERS[i % CUSTOMERS.len()].into(),
+            plan: PLANS[i % PLANS.len()].into(),
+            labels: [("env".to_string(), "demo".to_string())].into(),
+        };
+        let (token, _) = hub.state.create_token(req, "outpost-demo").await?;
+        let adir = root.join("agents").join(&name);
+        std::fs::create_dir_all(&adir)?;
+        std::fs::write(adir.join("join-token"), token)?;
+        let config = adir.join("agentd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = \"{0}/data\"\ntoken_file = \"{0}/join-token\"\nreport_interval_ms = {1}\n",
+                adir.display(),
+                args.report_interval_ms
+            ),
+        )?;
+        let log = std::fs::File::create(root.join("logs").join(format!("{name}.log")))?;
+        let child = Command::new(agentd)
+            .arg("--config")
+            .arg(&config)
+            .arg("--exit-with-parent")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", agentd.display()))?;
+        agents.push(child);
+    }
+    Ok(())
+}

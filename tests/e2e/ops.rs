@@ -1,0 +1,121 @@
+//! Ops files and the one-command demo.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn tool(name: &str) {
+    assert!(
+        Command::new("sh").arg("-c").arg(format!("command -v {name}")).output().unwrap().status.success(),
+        "{name} is not installed: the README's test command (scripts/test) installs it"
+    );
+}
+
+#[test]
+fn shell_scripts_are_shellcheck_clean() {
+    tool("shellcheck");
+    let r = repo();
+    let out = Command::new("shellcheck")
+        .args(["provision-scripts/install-agentd.sh", "scripts/test", "scripts/demo", ".ci/run"])
+        .current_dir(&r)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn install_script_is_idempotent_and_keeps_edits_and_secrets_private() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let install = |extra: &[&str]| {
+        let out = Command::new(repo().join("provision-scripts/install-agentd.sh"))
+            .args(["--binary", harness::bin("agentd").to_str().unwrap(), "--root", root.to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let token = "outpost-join-v1.eyJhIjoxfQ";
+    let (code, out) = install(&["--token", token]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(mode(&root.join("usr/local/bin/agentd")), 0o755);
+    assert_eq!(mode(&root.join("etc/outpost/join-token")), 0o600);
+    assert_eq!(std::fs::read_to_string(root.join("etc/outpost/join-token")).unwrap().trim(), token);
+    let unit = std::fs::read_to_string(root.join("etc/systemd/system/outpost-agentd.service")).unwrap();
+    assert_eq!(unit, std::fs::read_to_string(repo().join("systemd/outpost-agentd.service")).unwrap());
+
+    let config = root.join("etc/outpost/agentd.toml");
+    std::fs::write(&config, "report_interval_ms = 5000\n").unwrap();
+    let (code, out) = install(&["--token", token]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("nothing to change"), "second run changed something: {out}");
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), "report_interval_ms = 5000\n", "an edited config is kept");
+
+    // Enrolled servers never get a token written again.
+    std::fs::create_dir_all(root.join("var/lib/outpost-agentd")).unwrap();
+    std::fs::write(root.join("var/lib/outpost-agentd/identity.json"), "{}").unwrap();
+    std::fs::remove_file(root.join("etc/outpost/join-token")).unwrap();
+    let (code, out) = install(&["--token", token]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("already enrolled") && !root.join("etc/outpost/join-token").exists(), "{out}");
+
+    let (code, out) = install(&["--token", "not-a-token"]);
+    assert_eq!(code, Some(2));
+    assert!(out.contains("must start with outpost-join-v1."), "{out}");
+}
+
+/// Polls a tmux pane (the only window into a full-screen program) until `want` shows.
+fn wait_for_pane(socket: &str, want: &str) -> String {
+    let deadline = Instant::now() + harness::WAIT;
+    loop {
+        let out = Command::new("tmux").args(["-L", socket, "capture-pane", "-p", "-t", "demo"]).output().unwrap();
+        let screen = String::from_utf8_lossy(&out.stdout).into_owned();
+        if screen.contains(want) {
+            return screen;
+        }
+        assert!(Instant::now() < deadline, "never saw {want:?}; screen:\n{screen}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn demo_processes() -> Vec<String> {
+    let out = Command::new("pgrep").args(["-af", "outpost-demo-"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains("agentd")).map(String::from).collect()
+}
+
+#[test]
+fn demo_runs_a_live_fleet_and_leaves_nothing_behind() {
+    tool("tmux");
+    harness::bin("agentd");
+    let socket = format!("outpost-test-{}", std::process::id());
+    let cmd = format!("{} demo --agents 3 --report-interval-ms 300", harness::bin("outpost").display());
+    let ok = Command::new("tmux")
+        .args(["-L", &socket, "new-session", "-d", "-s", "demo", "-x", "160", "-y", "30", &cmd])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let screen = wait_for_pane(&socket, "3 servers: 3 connected");
+    for name in ["demo-01", "demo-02", "demo-03"] {
+        assert!(screen.contains(name), "{screen}");
+    }
+    assert!(screen.contains("● connected") && screen.contains("as demo-admin (admin)"), "{screen}");
+    assert_eq!(demo_processes().len(), 3, "three real agentd processes");
+    Command::new("tmux").args(["-L", &socket, "send-keys", "-t", "demo", "q"]).status().unwrap();
+    // The session ends when outpost exits.
+    let deadline = Instant::now() + harness::WAIT;
+    while Command::new("tmux").args(["-L", &socket, "has-session", "-t", "demo"]).output().unwrap().status.success() {
+        assert!(Instant::now() < deadline, "outpost demo did not exit after q");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(demo_processes(), Vec::<String>::new(), "agents left behind");
+    let _ = Command::new("tmux").args(["-L", &socket, "kill-server"]).status();
+}
