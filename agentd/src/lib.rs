@@ -103,7 +103,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
                 .map(|c| c.not_after)
                 .unwrap_or(0);
             let health = collector.sample(not_after).await;
-            match outbox.push(now_ms(), health).await {
+            match outbox.push(outpost_common::now_ms(), health).await {
                 Ok(seq) => tracing::debug!(seq, "report queued"),
                 Err(error) => tracing::error!(%error, "cannot store report"),
             }
@@ -122,8 +122,4 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     }
     tracing::info!("agentd stopped");
     Ok(())
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

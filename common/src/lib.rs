@@ -45,6 +45,16 @@ pub fn backoff(attempt: u32, initial: std::time::Duration, max: std::time::Durat
     cap.mul_f64(frac)
 }
 
+/// Like [`parse_duration`], also accepting milliseconds (`250ms`).
+pub fn parse_duration_ms(s: &str) -> Result<std::time::Duration, String> {
+    match s.trim().strip_suffix("ms") {
+        Some(n) => {
+            n.parse().map(std::time::Duration::from_millis).map_err(|_| format!("{s:?} is not a duration like 250ms"))
+        }
+        None => parse_duration(s),
+    }
+}
+
 /// Resolves on the first SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};

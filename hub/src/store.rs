@@ -292,9 +292,7 @@ pub fn history_prefix(server: &str) -> Vec<u8> {
     k
 }
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
+pub use outpost_common::now_ms;
 
 #[cfg(test)]
 mod tests {

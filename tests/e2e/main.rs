@@ -4,3 +4,4 @@ mod bad_input;
 mod fleet;
 mod ops;
 mod renewal;
+mod sim;

@@ -146,6 +146,11 @@ impl AgentProc {
             ),
         )
         .unwrap();
+        AgentProc::spawn(name, &dir, &config)
+    }
+
+    /// Starts agentd with an existing config file; logs go to `dir/agentd.log`.
+    pub fn spawn(name: &str, dir: &Path, config: &Path) -> AgentProc {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("agentd.log")).unwrap();
         let child = Command::new(bin("agentd"))
             .arg("--config")
@@ -156,7 +161,7 @@ impl AgentProc {
             .kill_on_drop(true)
             .spawn()
             .expect("spawn agentd");
-        AgentProc { child, name: name.to_string(), dir }
+        AgentProc { child, name: name.to_string(), dir: dir.to_path_buf() }
     }
 
     pub async fn kill9(&mut self) {
@@ -169,14 +174,20 @@ impl AgentProc {
 pub type Fleet = BTreeMap<String, Server>;
 
 /// Follows `WatchFleet` until `done(fleet)` holds; returns that fleet. Panics with the last state on timeout.
-pub async fn watch_until(
+pub async fn watch_until(client: &mut OperatorClient<Channel>, what: &str, done: impl FnMut(&Fleet) -> bool) -> Fleet {
+    watch_until_for(client, what, WAIT, done).await
+}
+
+/// [`watch_until`] with an explicit time limit.
+pub async fn watch_until_for(
     client: &mut OperatorClient<Channel>,
     what: &str,
+    limit: Duration,
     mut done: impl FnMut(&Fleet) -> bool,
 ) -> Fleet {
     let mut stream = client.watch_fleet(WatchFleetRequest {}).await.expect("watch").into_inner();
     let mut fleet = Fleet::new();
-    let result = tokio::time::timeout(WAIT, async {
+    let result = tokio::time::timeout(limit, async {
         loop {
             match stream.message().await {
                 Ok(Some(FleetEvent { event: Some(e) })) => apply(&mut fleet, e),
@@ -190,7 +201,9 @@ pub async fn watch_until(
     })
     .await;
     if result.is_err() {
-        panic!("timed out waiting for {what}; last fleet: {:#?}", summary(&fleet));
+        let mut s = summary(&fleet);
+        s.truncate(50);
+        panic!("timed out waiting for {what}; last fleet (first 50): {s:#?}");
     }
     fleet
 }

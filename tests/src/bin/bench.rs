@@ -1,1 +1,217 @@
-fn main() {}
+//! outpost-bench: resource benchmarks with real release processes.
+//!
+//!     cargo build --release --bins
+//!     target/release/outpost-bench agent-idle --minutes 5
+//!     target/release/outpost-bench hub --agents 1000 --interval 10s --minutes 5
+//!
+//! CPU is the process's own user+system time over the window (percent of one core); RSS is VmRSS sampled
+//! every 5 s. Figures are for the machine printed in the header.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use harness::{AgentProc, HubProc, is, watch_until_for};
+use outpost_common::Role;
+use outpost_proto::v1::Liveness;
+
+#[derive(Debug, Parser)]
+#[command(name = "outpost-bench", about = "Measure agentd and hubd CPU and memory with real processes.")]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// One real agentd at its default 10 s interval, connected to a real hub.
+    AgentIdle {
+        #[arg(long, default_value_t = 5.0)]
+        minutes: f64,
+    },
+    /// hubd with N simulated agents (outpost-sim, a separate process) reporting every interval.
+    Hub {
+        #[arg(long, default_value_t = 1000)]
+        agents: u32,
+        #[arg(long, default_value = "10s")]
+        interval: String,
+        #[arg(long, default_value_t = 5.0)]
+        minutes: f64,
+    },
+}
+
+struct Sample {
+    ticks: u64,
+    rss_kib: u64,
+}
+
+fn clk_tck() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn sample(pid: u32) -> Sample {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("process alive");
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th fields.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap_or(0);
+    Sample { ticks, rss_kib }
+}
+
+/// CPU % of one core and RSS (min/avg/max MiB) of `pid` over `window`.
+async fn measure(pid: u32, window: Duration) -> (f64, f64, f64, f64) {
+    let start = sample(pid);
+    let t0 = Instant::now();
+    let mut rss = vec![start.rss_kib];
+    while t0.elapsed() < window {
+        tokio::time::sleep(Duration::from_secs(5).min(window)).await;
+        rss.push(sample(pid).rss_kib);
+    }
+    let end = sample(pid);
+    let cpu = (end.ticks - start.ticks) as f64 / clk_tck() / t0.elapsed().as_secs_f64() * 100.0;
+    let mib = |k: u64| k as f64 / 1024.0;
+    let min = rss.iter().copied().min().unwrap_or(0);
+    let max = rss.iter().copied().max().unwrap_or(0);
+    let avg = rss.iter().sum::<u64>() as f64 / rss.len() as f64;
+    (cpu, mib(min), avg / 1024.0, mib(max))
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_string()))
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<u64>().unwrap_or(0) / 1024 / 1024)
+        })
+        .unwrap_or(0);
+    format!("{cores} cores ({cpu}), {mem} GiB RAM, {}", std::env::consts::ARCH)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    harness::init();
+    let args = Args::parse();
+    let tmp = tempfile::tempdir()?;
+    println!("machine: {}", machine());
+    match args.cmd {
+        Cmd::AgentIdle { minutes } => agent_idle(tmp.path(), minutes).await,
+        Cmd::Hub { agents, interval, minutes } => hub(tmp.path(), agents, &interval, minutes).await,
+    }
+}
+
+async fn agent_idle(root: &Path, minutes: f64) -> anyhow::Result<()> {
+    let hub = HubProc::start(&root.join("hub"), harness::free_port(), "").await;
+    let token = hub.token("bench-agent").await;
+    let dir = root.join("agent");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("join-token"), token)?;
+    let config = dir.join("agentd.toml");
+    std::fs::write(&config, format!("data_dir = \"{0}/data\"\ntoken_file = \"{0}/join-token\"\n", dir.display()))?;
+    let agent = AgentProc::spawn("bench-agent", &dir, &config);
+    let mut ops = hub.client(Role::Viewer);
+    watch_until_for(&mut ops, "agent reporting", Duration::from_secs(60), |f| {
+        is(f, "bench-agent", Liveness::Connected) && f["bench-agent"].reports_received >= 1
+    })
+    .await;
+    let pid = agent.child.id().expect("agent running");
+    let window = Duration::from_secs_f64(minutes * 60.0);
+    println!("measuring agentd (pid {pid}, default 10 s report interval) for {minutes} min…");
+    let (cpu, min, avg, max) = measure(pid, window).await;
+    println!("agentd idle: CPU {cpu:.3}% of one core; RSS min {min:.1} / avg {avg:.1} / max {max:.1} MiB");
+    let store = dir_size(&dir.join("data"));
+    println!("agentd data dir after the window: {:.1} MiB", store as f64 / (1 << 20) as f64);
+    Ok(())
+}
+
+async fn hub(root: &Path, agents: u32, interval: &str, minutes: f64) -> anyhow::Result<()> {
+    let hub = HubProc::start(&root.join("hub"), harness::free_port(), "").await;
+    let admin = root.join("admin");
+    hub.bundle("bench-admin", Role::Admin).write(&admin)?;
+    let sim_log = std::fs::File::create(root.join("sim.log"))?;
+    let mut sim = tokio::process::Command::new(harness::bin("outpost-sim"))
+        .args(["--bundle", admin.to_str().unwrap(), "--agents", &agents.to_string(), "--interval", interval])
+        .stdout(std::process::Stdio::null())
+        .stderr(sim_log)
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut ops = hub.client(Role::Viewer);
+    let t = Instant::now();
+    watch_until_for(&mut ops, "all simulated agents connected", Duration::from_secs(600), |f| {
+        f.values().filter(|s| harness::liveness(s) == Liveness::Connected).count() == agents as usize
+    })
+    .await;
+    println!("{agents} agents enrolled and connected in {:.1} s", t.elapsed().as_secs_f64());
+    // Let every agent reach its steady reporting rhythm.
+    tokio::time::sleep(outpost_common::parse_duration_ms(interval).map_err(anyhow::Error::msg)? * 2).await;
+    let count = |ops: &mut outpost_proto::v1::operator_client::OperatorClient<tonic::transport::Channel>| {
+        let mut ops = ops.clone();
+        async move {
+            let list = ops.list_servers(outpost_proto::v1::ListServersRequest {}).await.unwrap().into_inner().servers;
+            list.iter().map(|s| s.reports_received).sum::<u64>()
+        }
+    };
+    let before = count(&mut ops).await;
+    let pid = hub.child.id().expect("hub running");
+    let sim_pid = sim.id().expect("sim running");
+    let window = Duration::from_secs_f64(minutes * 60.0);
+    println!("measuring hubd (pid {pid}) with {agents} agents every {interval} for {minutes} min…");
+    let t = Instant::now();
+    let sim_start = sample(sim_pid);
+    let (cpu, min, avg, max) = measure(pid, window).await;
+    let sim_cpu = (sample(sim_pid).ticks - sim_start.ticks) as f64 / clk_tck() / t.elapsed().as_secs_f64() * 100.0;
+    let stored = count(&mut ops).await - before;
+    let connected = ops
+        .list_servers(outpost_proto::v1::ListServersRequest {})
+        .await?
+        .into_inner()
+        .servers
+        .iter()
+        .filter(|s| harness::liveness(s) == Liveness::Connected)
+        .count();
+    println!(
+        "hubd with {agents} agents: CPU {cpu:.2}% of one core; RSS min {min:.1} / avg {avg:.1} / max {max:.1} MiB"
+    );
+    println!(
+        "reports durably stored: {stored} in {:.0} s = {:.1}/s; still connected at the end: {connected}",
+        t.elapsed().as_secs_f64(),
+        stored as f64 / t.elapsed().as_secs_f64()
+    );
+    println!("(the simulator itself used {sim_cpu:.1}% of one core)");
+    println!("hub store on disk: {:.1} MiB", dir_size(&root.join("hub/data/store")) as f64 / (1 << 20) as f64);
+    sim.start_kill()?;
+    Ok(())
+}
+
+fn dir_size(p: &Path) -> u64 {
+    std::fs::read_dir(p)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_size(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}

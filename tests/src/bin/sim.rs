@@ -1,1 +1,247 @@
-fn main() {}
+//! outpost-sim: N simulated agents in one process over the real protocol. Each one is enrolled through a real
+//! join token (pinned first contact, its own P-256 key and CSR), then keeps its own mTLS `Connect` stream and
+//! sends plausible synthetic reports that the hub acknowledges for real. For benchmarks and for exercising
+//! the console with thousands of servers.
+//!
+//!     outpost-sim --bundle ADMIN_BUNDLE --agents 1000 --interval 10s
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use outpost_common::bundle::Bundle;
+use outpost_proto::v1::agent_link_client::AgentLinkClient;
+use outpost_proto::v1::operator_client::OperatorClient;
+use outpost_proto::v1::{
+    AgentMessage, CreateJoinTokenRequest, Disk, Health, Hello, K3s, Report, agent_message, hub_message, k3s,
+};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(name = "outpost-sim", about = "Simulate a fleet of agents over the real protocol and real mTLS.")]
+struct Args {
+    /// An admin operator bundle for the hub (to create join tokens).
+    #[arg(long)]
+    bundle: PathBuf,
+    #[arg(long, default_value_t = 100)]
+    agents: u32,
+    /// Report interval per agent.
+    #[arg(long, default_value = "10s", value_parser = outpost_common::parse_duration_ms)]
+    interval: Duration,
+    /// Server name prefix.
+    #[arg(long, default_value = "sim")]
+    prefix: String,
+    /// Enrollments in flight at once.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Stop after this long (0: until Ctrl-C).
+    #[arg(long, default_value = "0", value_parser = outpost_common::parse_duration_ms)]
+    duration: Duration,
+}
+
+#[derive(Default)]
+struct Stats {
+    enrolled: AtomicU64,
+    connected: AtomicU64,
+    sent: AtomicU64,
+    acked: AtomicU64,
+    errors: AtomicU64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    outpost_common::install_crypto_provider();
+    let args = Args::parse();
+    anyhow::ensure!(args.agents > 0 && args.concurrency > 0, "--agents and --concurrency must be at least 1");
+    anyhow::ensure!(args.interval >= Duration::from_millis(10), "--interval must be at least 10ms");
+    let bundle = Bundle::load(&args.bundle).with_context(|| format!("loading bundle {}", args.bundle.display()))?;
+    let admin = OperatorClient::new(bundle.channel()?);
+    let stats = Arc::new(Stats::default());
+    let stop = CancellationToken::new();
+    let gate = Arc::new(Semaphore::new(args.concurrency));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..args.agents {
+        let name = format!("{}-{i:05}", args.prefix);
+        let (admin, stats, stop, gate, interval) =
+            (admin.clone(), stats.clone(), stop.clone(), gate.clone(), args.interval);
+        tasks.spawn(async move { agent(name, i, admin, stats, stop, gate, interval).await });
+    }
+    let ctrl_c = stop.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        ctrl_c.cancel();
+    });
+    if !args.duration.is_zero() {
+        let s = stop.clone();
+        let d = args.duration;
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            s.cancel();
+        });
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => println!(
+                "enrolled={} connected={} sent={} acked={} errors={}",
+                stats.enrolled.load(Ordering::Relaxed),
+                stats.connected.load(Ordering::Relaxed),
+                stats.sent.load(Ordering::Relaxed),
+                stats.acked.load(Ordering::Relaxed),
+                stats.errors.load(Ordering::Relaxed),
+            ),
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Counts a live session for as long as it exists.
+struct Live<'a>(&'a Stats);
+
+impl<'a> Live<'a> {
+    fn new(stats: &'a Stats) -> Self {
+        stats.connected.fetch_add(1, Ordering::Relaxed);
+        Live(stats)
+    }
+}
+
+impl Drop for Live<'_> {
+    fn drop(&mut self) {
+        self.0.connected.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A deterministic, plausible random walk per agent.
+struct Metrics {
+    state: u64,
+    cpu: f32,
+    mem: f32,
+}
+
+impl Metrics {
+    fn next(&mut self) -> f32 {
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        (self.state % 1000) as f32 / 1000.0 - 0.5
+    }
+
+    fn health(&mut self, uptime: u64) -> Health {
+        self.cpu = (self.cpu + self.next() * 10.0).clamp(1.0, 95.0);
+        self.mem = (self.mem + self.next() * 0.02).clamp(0.2, 0.9);
+        let total = 4u64 << 30;
+        Health {
+            cpu_percent: self.cpu,
+            load1: self.cpu / 50.0,
+            load5: self.cpu / 60.0,
+            load15: self.cpu / 70.0,
+            mem_total_bytes: total,
+            mem_used_bytes: (total as f32 * self.mem) as u64,
+            disks: vec![Disk { mount: "/".into(), total_bytes: 40 << 30, available_bytes: 25 << 30 }],
+            uptime_secs: uptime,
+            process_count: 120,
+            k3s: Some(K3s { state: k3s::State::Active as i32, detail: "active".into() }),
+            agent_version: "sim".into(),
+            ..Default::default()
+        }
+    }
+}
+
+async fn agent(
+    name: String,
+    i: u32,
+    mut admin: OperatorClient<tonic::transport::Channel>,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+    gate: Arc<Semaphore>,
+    interval: Duration,
+) {
+    let identity = {
+        let _permit = gate.acquire().await;
+        let req = CreateJoinTokenRequest {
+            server_name: name.clone(),
+            ttl_secs: 600,
+            customer: format!("cust-{}", i % 97),
+            plan: ["starter", "pro", "team"][i as usize % 3].into(),
+            ..Default::default()
+        };
+        let token = match admin.create_join_token(req).await {
+            Ok(t) => t.into_inner().token,
+            Err(s) => {
+                eprintln!("{name}: token: {}", s.message());
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        match agentd::identity::enroll(&token, None).await {
+            Ok(id) => id,
+            Err(e) => {
+                eprintln!("{name}: enroll: {e}");
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+    };
+    stats.enrolled.fetch_add(1, Ordering::Relaxed);
+    let mut metrics = Metrics { state: u64::from(i) * 2_654_435_761 + 1, cpu: 20.0, mem: 0.5 };
+    let mut seq = 0u64;
+    let mut attempt = 0;
+    let started = std::time::Instant::now();
+    while !stop.is_cancelled() {
+        let channel = match outpost_common::tls::HubAddr::parse(&identity.hub)
+            .and_then(|a| a.channel(&identity.ca_pem, Some((&identity.cert_pem, &identity.key_pem))))
+        {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("{name}: {e}");
+                return;
+            }
+        };
+        let (tx, rx) = mpsc::channel(64);
+        let _ = tx
+            .send(AgentMessage {
+                body: Some(agent_message::Body::Hello(Hello { last_seq: seq, ..Default::default() })),
+            })
+            .await;
+        let session = async {
+            let mut inbound = AgentLinkClient::new(channel).connect(ReceiverStream::new(rx)).await?.into_inner();
+            let _live = Live::new(&stats);
+            attempt = 0;
+            // Spread the first reports over one interval, as a real fleet's would be.
+            let offset = interval.mul_f64(f64::from(i % 1000) / 1000.0);
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, interval);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok::<_, tonic::Status>(()),
+                    _ = tick.tick() => {
+                        seq += 1;
+                        let r = Report { seq, taken_at_ms: outpost_common::now_ms(), health: Some(metrics.health(started.elapsed().as_secs() + 3600)) };
+                        if tx.send(AgentMessage { body: Some(agent_message::Body::Report(r)) }).await.is_err() {
+                            return Err(tonic::Status::cancelled("stream closed"));
+                        }
+                        stats.sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                    m = inbound.message() => match m? {
+                        Some(m) => if let Some(hub_message::Body::Ack(_)) = m.body { stats.acked.fetch_add(1, Ordering::Relaxed); },
+                        None => return Err(tonic::Status::unavailable("hub closed the stream")),
+                    },
+                }
+            }
+        };
+        let result = session.await;
+        if let Err(s) = result {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+            let d = outpost_common::backoff(attempt, Duration::from_millis(500), Duration::from_secs(30));
+            attempt += 1;
+            eprintln!("{name}: {}; retry in {d:?}", s.message());
+            tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(d) => {} }
+        }
+    }
+}
