@@ -154,7 +154,7 @@ impl AgentProc {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("agentd.log")).unwrap();
         let child = Command::new(bin("agentd"))
             .arg("--config")
-            .arg(&config)
+            .arg(config)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
