@@ -45,30 +45,16 @@ impl Default for AgentConfig {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {error}")]
-    Read { path: PathBuf, error: std::io::Error },
-    #[error("config file {path} is invalid: {error}")]
-    Parse { path: PathBuf, error: String },
-    #[error("config is invalid:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
-    Invalid(Vec<String>),
-}
+pub use outpost_common::config::ConfigError;
 
 impl AgentConfig {
     /// Reads `path`; a missing file at the default path means "all defaults".
     pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => AgentConfig::from_toml(&text).map_err(|error| ConfigError::Parse { path: path.into(), error }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && path == Path::new(DEFAULT_CONFIG_PATH) => {
-                Ok(AgentConfig::default())
-            }
-            Err(error) => Err(ConfigError::Read { path: path.into(), error }),
-        }
+        outpost_common::config::load(path, DEFAULT_CONFIG_PATH)
     }
 
     pub fn from_toml(text: &str) -> Result<AgentConfig, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+        outpost_common::config::from_toml(text)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -93,7 +79,7 @@ impl AgentConfig {
         if self.k3s_unit.is_empty() || !self.k3s_unit.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c)) {
             p.push(format!("k3s_unit: {:?} is not a systemd unit name", self.k3s_unit));
         }
-        if p.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(p)) }
+        outpost_common::config::problems(p)
     }
 
     pub fn report_interval(&self) -> Duration {

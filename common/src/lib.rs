@@ -6,6 +6,7 @@
 
 pub mod bundle;
 pub mod cert;
+pub mod config;
 pub mod logging;
 pub mod tls;
 pub mod token;

@@ -56,30 +56,16 @@ impl Default for HubConfig {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {error}")]
-    Read { path: PathBuf, error: std::io::Error },
-    #[error("config file {path} is invalid: {error}")]
-    Parse { path: PathBuf, error: String },
-    #[error("config is invalid:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
-    Invalid(Vec<String>),
-}
+pub use outpost_common::config::ConfigError;
 
 impl HubConfig {
     /// Reads `path`; a missing file at the default path means "all defaults".
     pub fn load(path: &Path) -> Result<HubConfig, ConfigError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => HubConfig::from_toml(&text).map_err(|error| ConfigError::Parse { path: path.into(), error }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && path == Path::new(DEFAULT_CONFIG_PATH) => {
-                Ok(HubConfig::default())
-            }
-            Err(error) => Err(ConfigError::Read { path: path.into(), error }),
-        }
+        outpost_common::config::load(path, DEFAULT_CONFIG_PATH)
     }
 
     pub fn from_toml(text: &str) -> Result<HubConfig, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+        outpost_common::config::from_toml(text)
     }
 
     /// Checks every field; returns all problems at once.
@@ -106,7 +92,7 @@ impl HubConfig {
         if !(4..=65536).contains(&self.cache_mib) {
             problems.push(format!("cache_mib: {} is outside 4..=65536", self.cache_mib));
         }
-        if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
+        outpost_common::config::problems(problems)
     }
 
     /// The address that goes into join tokens and bundles.
