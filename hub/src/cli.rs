@@ -63,13 +63,16 @@ pub enum TokenCmd {
 
 #[derive(Debug, Args)]
 pub struct TokenArgs {
+    /// Server record the token enrolls (1-63 of a-z, 0-9, '-'); created if new.
     #[arg(long)]
     pub server: String,
     /// Lifetime: 90s, 30m, 1h, 7d.
     #[arg(long, default_value = "1h", value_parser = outpost_common::parse_duration)]
     pub ttl: Duration,
+    /// Customer the server belongs to (kept if empty).
     #[arg(long, default_value = "")]
     pub customer: String,
+    /// Plan: starter, pro, team… (kept if empty).
     #[arg(long, default_value = "")]
     pub plan: String,
     /// key=value; repeatable.
@@ -81,12 +84,16 @@ pub struct TokenArgs {
 pub enum OperatorCmd {
     /// Write an operator bundle (CA, certificate, 0600 key, hub address) for the console.
     Issue {
+        /// Operator name (shown in every audit record).
         #[arg(long)]
         name: String,
+        /// viewer (read-only), support (actions) or admin (tokens, revocation).
         #[arg(long, value_parser = |s: &str| s.parse::<Role>())]
         role: Role,
+        /// Directory to write the bundle to (created 0700; key 0600).
         #[arg(long)]
         out: PathBuf,
+        /// Certificate lifetime.
         #[arg(long, default_value = "30d", value_parser = outpost_common::parse_duration)]
         ttl: Duration,
     },

@@ -4,4 +4,5 @@ mod bad_input;
 mod fleet;
 mod ops;
 mod renewal;
+mod shutdown;
 mod sim;
