@@ -163,6 +163,9 @@ impl Link {
         };
         self.stats.lock().unwrap_or_else(|p| p.into_inner()).sessions += 1;
         let mut acked = welcome.acked_seq;
+        if self.outbox.advance_to(acked).await? {
+            tracing::warn!(acked, "the hub has reports beyond this outbox (was it lost?); continuing after them");
+        }
         self.outbox.ack(acked)?;
         let mut next_seq = acked + 1;
         tracing::info!(server = %welcome.server_name, acked, backlog = self.outbox.len(), "connected to hub");

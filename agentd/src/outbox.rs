@@ -86,6 +86,19 @@ impl Outbox {
         Ok(seq)
     }
 
+    /// Moves the sequence past `seq` if it is behind (the hub has stored reports up to `seq`, e.g. because
+    /// this outbox was lost while the identity survived): otherwise every new report would look like a
+    /// duplicate to the hub and be dropped.
+    pub async fn advance_to(&self, seq: u64) -> Result<bool, OutboxError> {
+        if self.last_seq.load(Ordering::SeqCst) >= seq {
+            return Ok(false);
+        }
+        self.meta.insert(LAST_SEQ, &seq.to_be_bytes())?;
+        self.db.flush_async().await?;
+        self.last_seq.store(seq, Ordering::SeqCst);
+        Ok(true)
+    }
+
     /// Up to `limit` reports with seq >= `from`, in order.
     pub fn pending_from(&self, from: u64, limit: usize) -> Result<Vec<Report>, OutboxError> {
         let mut out = Vec::new();
@@ -150,6 +163,15 @@ mod tests {
         assert_eq!(seqs, vec![3, 4, 5]);
         assert_eq!(o.push(9, Health::default()).await.unwrap(), 6, "seq continues after restart");
         assert_eq!(o.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_lost_outbox_continues_after_the_hubs_high_water_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = open(dir.path(), 100);
+        assert!(o.advance_to(500).await.unwrap());
+        assert!(!o.advance_to(10).await.unwrap(), "never goes back");
+        assert_eq!(o.push(0, Health::default()).await.unwrap(), 501);
     }
 
     #[tokio::test]
