@@ -1,0 +1,115 @@
+//! The `/` filter: space-separated terms, all of which must match.
+//!
+//! - `status:lost`, `plan:pro`, `customer:acme`, `label:env=prod` (or `label:env` for "has the label")
+//! - `/regex/` matched against the name, customer, plan and hostname
+//! - anything else: case-insensitive substring of the name, customer, plan or hostname
+
+use outpost_proto::v1::Server;
+
+#[derive(Debug)]
+enum Term {
+    Status(String),
+    Plan(String),
+    Customer(String),
+    Label(String, Option<String>),
+    Regex(regex_lite::Regex),
+    Text(String),
+}
+
+#[derive(Debug, Default)]
+pub struct Filter {
+    text: String,
+    terms: Vec<Term>,
+}
+
+const STATUSES: [&str; 5] = ["connected", "disconnected", "lost", "pending", "unknown"];
+
+impl Filter {
+    /// Parses `text`; the error names the bad term.
+    pub fn parse(text: &str) -> Result<Filter, String> {
+        let mut terms = Vec::new();
+        for raw in text.split_whitespace() {
+            let lower = raw.to_lowercase();
+            let term = if let Some(v) = lower.strip_prefix("status:") {
+                if !STATUSES.contains(&v) {
+                    return Err(format!("status:{v}: expected one of {}", STATUSES.join(", ")));
+                }
+                Term::Status(v.to_string())
+            } else if let Some(v) = lower.strip_prefix("plan:") {
+                Term::Plan(v.to_string())
+            } else if let Some(v) = lower.strip_prefix("customer:") {
+                Term::Customer(v.to_string())
+            } else if let Some(v) = raw.strip_prefix("label:") {
+                match v.split_once('=') {
+                    Some((k, val)) => Term::Label(k.to_string(), Some(val.to_string())),
+                    None if !v.is_empty() => Term::Label(v.to_string(), None),
+                    None => return Err("label: needs a key, as in label:env=prod".into()),
+                }
+            } else if raw.len() >= 2 && raw.starts_with('/') && raw.ends_with('/') {
+                let re = regex_lite::Regex::new(&raw[1..raw.len() - 1]).map_err(|e| format!("{raw}: {e}"))?;
+                Term::Regex(re)
+            } else {
+                Term::Text(lower)
+            };
+            terms.push(term);
+        }
+        Ok(Filter { text: text.to_string(), terms })
+    }
+
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.terms.is_empty()
+    }
+
+    pub fn matches(&self, s: &Server, status: &str) -> bool {
+        self.terms.iter().all(|t| match t {
+            Term::Status(v) => status == v,
+            Term::Plan(v) => s.plan.eq_ignore_ascii_case(v),
+            Term::Customer(v) => s.customer.eq_ignore_ascii_case(v),
+            Term::Label(k, v) => s.labels.get(k).is_some_and(|have| v.as_ref().is_none_or(|want| have == want)),
+            Term::Regex(re) => haystack(s).any(|h| re.is_match(h)),
+            Term::Text(t) => haystack(s).any(|h| h.to_lowercase().contains(t.as_str())),
+        })
+    }
+}
+
+fn haystack(s: &Server) -> impl Iterator<Item = &str> {
+    [s.name.as_str(), s.customer.as_str(), s.plan.as_str()].into_iter().chain(s.host.as_ref().map(|h| h.hostname.as_str()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(name: &str, customer: &str, plan: &str) -> Server {
+        Server {
+            name: name.into(),
+            customer: customer.into(),
+            plan: plan.into(),
+            labels: [("env".to_string(), "prod".to_string())].into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn terms_combine_with_and() {
+        let s = server("web-1", "Acme", "pro");
+        assert!(Filter::parse("").unwrap().matches(&s, "lost"));
+        assert!(Filter::parse("acme").unwrap().matches(&s, "lost"));
+        assert!(Filter::parse("status:lost plan:pro customer:acme label:env=prod label:env").unwrap().matches(&s, "lost"));
+        assert!(!Filter::parse("status:connected").unwrap().matches(&s, "lost"));
+        assert!(!Filter::parse("label:env=dev").unwrap().matches(&s, "lost"));
+        assert!(Filter::parse("/^web-[0-9]$/").unwrap().matches(&s, "lost"));
+        assert!(!Filter::parse("/^db/ acme").unwrap().matches(&s, "lost"));
+    }
+
+    #[test]
+    fn bad_terms_are_named() {
+        assert!(Filter::parse("status:gone").unwrap_err().contains("status:gone"));
+        assert!(Filter::parse("/(/").unwrap_err().starts_with("/(/"));
+        assert!(Filter::parse("label:").unwrap_err().contains("label:env=prod"));
+    }
+}
