@@ -1,19 +1,29 @@
-//! The live console: one `select!` loop over keys, hub events and a render tick; redraws only when
-//! something changed; the terminal is restored on exit and on panic.
+//! The live console: one `select!` loop over keys, hub events and a render tick. Redraws only when
+//! something changed, at most every 50 ms under a flood of deltas (keys redraw at once); the terminal is
+//! restored on exit and on panic.
 
 use std::time::Duration;
 
-use crossterm::event::{Event, EventStream, KeyCode, KeyEventKind, KeyModifiers};
+use crossterm::event::{Event, EventStream, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use futures::StreamExt;
+use outpost_proto::v1::GetServerRequest;
+use outpost_proto::v1::operator_client::OperatorClient;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 use crate::conn::{self, ConnEvent};
-use crate::state::{Action, Conn, Fleet};
-use crate::view;
+use crate::state::{App, Conn, DETAIL_POINTS, Key, Message, Request};
+use crate::view::{self, Theme};
 
-/// Restores the terminal however the loop ends (ratatui::init also restores on panic).
+/// Most frames per second while deltas stream in.
+const FRAME: Duration = Duration::from_millis(50);
+/// Deltas applied per wake-up before drawing (keeps keys responsive under 10k updates/s).
+const BATCH: usize = 20_000;
+
+/// Restores the terminal however the loop ends (`ratatui::init` also restores on panic).
 struct Restore;
 
 impl Drop for Restore {
@@ -22,68 +32,100 @@ impl Drop for Restore {
     }
 }
 
-pub fn keymap(code: KeyCode, mods: KeyModifiers) -> Option<Action> {
-    Some(match code {
-        KeyCode::Char('q') | KeyCode::Esc => Action::Quit,
-        KeyCode::Char('c') if mods.contains(KeyModifiers::CONTROL) => Action::Quit,
-        KeyCode::Char('j') | KeyCode::Down => Action::Down,
-        KeyCode::Char('k') | KeyCode::Up => Action::Up,
-        KeyCode::Char('g') | KeyCode::Home => Action::Top,
-        KeyCode::Char('G') | KeyCode::End => Action::Bottom,
-        KeyCode::Char(' ') => Action::TogglePause,
+pub fn key(k: KeyEvent) -> Option<Key> {
+    Some(match k.code {
+        KeyCode::Char(c) if k.modifiers.contains(KeyModifiers::CONTROL) => Key::Ctrl(c),
+        KeyCode::Char(c) => Key::Char(c),
+        KeyCode::Up => Key::Up,
+        KeyCode::Down => Key::Down,
+        KeyCode::PageUp => Key::PageUp,
+        KeyCode::PageDown => Key::PageDown,
+        KeyCode::Home => Key::Home,
+        KeyCode::End => Key::End,
+        KeyCode::Enter => Key::Enter,
+        KeyCode::Esc => Key::Esc,
+        KeyCode::Tab => Key::Tab,
+        KeyCode::Backspace => Key::Backspace,
         _ => return None,
     })
 }
 
-pub async fn run(mut fleet: Fleet, channel: Channel) -> anyhow::Result<()> {
-    let color = std::env::var_os("NO_COLOR").is_none();
+/// Applies one connection event to the model.
+pub fn apply(app: &mut App, ev: ConnEvent) {
+    match ev {
+        ConnEvent::Live => app.conn = Conn::Live,
+        ConnEvent::Fleet(e) => app.apply(*e, outpost_common::now_ms()),
+        ConnEvent::Detail(d) => app.apply_detail(*d),
+        ConnEvent::Error(text) => app.message = Some(Message { text, error: true }),
+        ConnEvent::Down { error, retry_in } => {
+            app.conn = Conn::Reconnecting { error, retry_in_ms: retry_in.as_millis() as u64 }
+        }
+    }
+}
+
+pub async fn run(mut app: App, channel: Channel) -> anyhow::Result<()> {
+    let theme = Theme::from_env();
     let mut terminal = ratatui::init();
     let _restore = Restore;
     let stop = CancellationToken::new();
-    let (tx, mut rx) = mpsc::channel(8192);
-    let conn = tokio::spawn(conn::watch(channel, tx, stop.clone()));
+    let (tx, mut rx) = mpsc::channel(BATCH);
+    let mut tasks = JoinSet::new();
+    tasks.spawn(conn::watch(channel.clone(), tx.clone(), stop.clone()));
     let mut keys = EventStream::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1)); // "last seen" ages
     let mut dirty = true;
+    let mut next_frame = Instant::now();
     let result = loop {
-        if dirty {
-            if let Err(e) = terminal.draw(|f| view::render(f, &fleet, outpost_common::now_ms(), color)) {
+        if dirty && Instant::now() >= next_frame {
+            if let Err(e) = terminal.draw(|f| view::render(f, &mut app, outpost_common::now_ms(), theme)) {
                 break Err(e.into());
             }
             dirty = false;
+            next_frame = Instant::now() + FRAME;
+        }
+        for r in app.requests.drain(..) {
+            let Request::Detail(name) = r;
+            let (ch, tx) = (channel.clone(), tx.clone());
+            tasks.spawn(async move {
+                let req = GetServerRequest { name, history: DETAIL_POINTS as u32 };
+                let ev = match OperatorClient::new(ch).get_server(req).await {
+                    Ok(d) => ConnEvent::Detail(Box::new(d.into_inner())),
+                    Err(s) => ConnEvent::Error(format!("server detail: {}", s.message())),
+                };
+                let _ = tx.send(ev).await;
+            });
         }
         tokio::select! {
             k = keys.next() => match k {
                 Some(Ok(Event::Key(k))) if k.kind == KeyEventKind::Press => {
-                    if let Some(a) = keymap(k.code, k.modifiers) {
-                        if !fleet.act(a) {
+                    if let Some(k) = key(k) {
+                        if !app.key(k) {
                             break Ok(());
                         }
                         dirty = true;
+                        next_frame = Instant::now();
                     }
                 }
-                Some(Ok(Event::Resize(..))) => dirty = true,
+                Some(Ok(Event::Resize(..))) => { dirty = true; next_frame = Instant::now(); }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => break Err(e.into()),
                 None => break Ok(()),
             },
             Some(first) = rx.recv() => {
-                // Apply everything that is waiting, then draw once.
-                let mut next = Some(first);
-                while let Some(ev) = next {
-                    match ev {
-                        ConnEvent::Live => fleet.conn = Conn::Live,
-                        ConnEvent::Fleet(e) => fleet.apply(*e),
-                        ConnEvent::Down { error, retry_in } => fleet.conn = Conn::Reconnecting { error, retry_in_ms: retry_in.as_millis() as u64 },
-                    }
-                    next = rx.try_recv().ok();
+                apply(&mut app, first);
+                let mut n = 1;
+                while n < BATCH && let Ok(ev) = rx.try_recv() {
+                    apply(&mut app, ev);
+                    n += 1;
                 }
                 dirty = true;
             }
+            _ = tokio::time::sleep_until(next_frame), if dirty => {}
             _ = tick.tick() => dirty = true,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
     };
     stop.cancel();
-    let _ = conn.await;
+    tasks.shutdown().await;
     result
 }

@@ -1,11 +1,15 @@
-//! The `outpost` command line.
+//! The `outpost` command line: the live console and scriptable subcommands.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use outpost_common::bundle::Bundle;
 use outpost_proto::v1::operator_client::OperatorClient;
-use outpost_proto::v1::{ListServersRequest, Server};
+use outpost_proto::v1::{FleetEvent, GetServerRequest, ListServersRequest, Server, WatchFleetRequest, fleet_event};
+use serde::Deserialize;
+
+use crate::state::{disk_pct, k3s_word, mem_pct, status_word};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -14,7 +18,8 @@ use outpost_proto::v1::{ListServersRequest, Server};
     about = "The Outpost console: a live view of the fleet, and scriptable subcommands."
 )]
 pub struct Cli {
-    /// Operator bundle directory (from `hubd operator issue`). Default: $XDG_CONFIG_HOME/outpost/bundle.
+    /// Operator bundle directory (from `hubd operator issue`). Default: `bundle` in
+    /// $XDG_CONFIG_HOME/outpost/config.toml, else $XDG_CONFIG_HOME/outpost/bundle.
     #[arg(long, global = true, env = "OUTPOST_BUNDLE")]
     pub bundle: Option<PathBuf>,
     #[command(subcommand)]
@@ -25,13 +30,26 @@ pub struct Cli {
 pub enum Command {
     /// A local fleet in one command: embedded hub, real agents, the live console.
     Demo(crate::demo::DemoArgs),
-    /// The live fleet view (the default).
+    /// The live fleet console (the default).
     Fleet,
     /// List the fleet.
     Servers {
         #[arg(long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// One server, with its recent history.
+    Server {
+        name: String,
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        /// History points to include (newest last).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=2000))]
+        history: u32,
+    },
+    /// Stream the fleet as JSON lines: one snapshot, then one line per change.
+    Watch,
+    /// Print shell completions.
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -40,15 +58,38 @@ pub enum Output {
     Json,
 }
 
+/// `$XDG_CONFIG_HOME/outpost/config.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsoleConfig {
+    /// Operator bundle directory.
+    bundle: Option<PathBuf>,
+}
+
+fn config_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .map(|d| d.join("outpost"))
+}
+
 pub fn bundle_dir(cli: &Cli) -> anyhow::Result<PathBuf> {
     if let Some(b) = &cli.bundle {
         return Ok(b.clone());
     }
-    let base = std::env::var_os("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
-        .ok_or_else(|| anyhow::anyhow!("no --bundle given and neither XDG_CONFIG_HOME nor HOME is set"))?;
-    Ok(base.join("outpost").join("bundle"))
+    let dir =
+        config_dir().ok_or_else(|| anyhow::anyhow!("no --bundle given and neither XDG_CONFIG_HOME nor HOME is set"))?;
+    let path = dir.join("config.toml");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let c: ConsoleConfig = outpost_common::config::from_toml(&text)
+                .map_err(|e| anyhow::anyhow!("{} is invalid: {e}", path.display()))?;
+            Ok(c.bundle.unwrap_or_else(|| dir.join("bundle")))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(dir.join("bundle")),
+        Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+    }
 }
 
 pub fn load_bundle(cli: &Cli) -> anyhow::Result<Bundle> {
@@ -60,59 +101,138 @@ pub fn load_bundle(cli: &Cli) -> anyhow::Result<Bundle> {
     })
 }
 
-fn liveness(s: &Server) -> &'static str {
-    crate::view::status(s).1
+fn client(bundle: &Bundle) -> anyhow::Result<OperatorClient<tonic::transport::Channel>> {
+    Ok(OperatorClient::new(bundle.channel()?).max_decoding_message_size(256 << 20))
+}
+
+fn rpc(bundle: &Bundle, s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("hub {}: {}", bundle.meta.hub, s.message())
 }
 
 pub fn server_json(s: &Server) -> serde_json::Value {
     let h = s.health.clone().unwrap_or_default();
     serde_json::json!({
         "name": s.name, "customer": s.customer, "plan": s.plan, "labels": s.labels,
-        "status": liveness(s), "status_since_ms": s.liveness_since_ms,
+        "status": status_word(s), "status_since_ms": s.liveness_since_ms,
         "agent_id": s.agent_id, "agent_version": s.agent_version,
         "cert_serial": s.cert_serial, "cert_not_after": s.cert_not_after,
         "first_seen_ms": s.first_seen_ms, "last_seen_ms": s.last_seen_ms,
         "last_seq": s.last_seq, "reports_received": s.reports_received, "connections": s.connections,
-        "cpu_percent": h.cpu_percent, "mem_used_bytes": h.mem_used_bytes, "mem_total_bytes": h.mem_total_bytes,
-        "load1": h.load1,
+        "dropped_reports": s.dropped_reports,
+        "health": s.health.as_ref().map(|_| serde_json::json!({
+            "cpu_percent": h.cpu_percent, "load1": h.load1, "load5": h.load5, "load15": h.load15,
+            "mem_used_bytes": h.mem_used_bytes, "mem_total_bytes": h.mem_total_bytes,
+            "swap_used_bytes": h.swap_used_bytes, "swap_total_bytes": h.swap_total_bytes,
+            "disks": h.disks.iter().map(|d| serde_json::json!({"mount": d.mount, "total_bytes": d.total_bytes, "available_bytes": d.available_bytes})).collect::<Vec<_>>(),
+            "net_rx_bytes": h.net_rx_bytes, "net_tx_bytes": h.net_tx_bytes, "uptime_secs": h.uptime_secs,
+            "process_count": h.process_count, "k3s": k3s_word(&h),
+        })),
     })
 }
 
+fn pct(v: Option<f64>) -> String {
+    v.map(|p| format!("{p:.0}%")).unwrap_or_else(|| "-".into())
+}
+
+fn table(servers: &[Server]) -> String {
+    let mut out = format!(
+        "{:<24} {:<13} {:<12} {:<8} {:>5} {:>5} {:>5} {:<8} {:<8}\n",
+        "NAME", "STATUS", "CUSTOMER", "PLAN", "CPU", "MEM", "DISK", "K3S", "VERSION"
+    );
+    for s in servers {
+        let h = s.health.clone().unwrap_or_default();
+        let cpu = if s.health.is_some() { format!("{:.0}%", h.cpu_percent) } else { "-".into() };
+        out.push_str(&format!(
+            "{:<24} {:<13} {:<12} {:<8} {:>5} {:>5} {:>5} {:<8} {:<8}\n",
+            s.name,
+            status_word(s),
+            s.customer,
+            s.plan,
+            cpu,
+            pct(mem_pct(&h)),
+            pct(disk_pct(&h)),
+            k3s_word(&h),
+            s.agent_version
+        ));
+    }
+    out
+}
+
 pub async fn servers(bundle: &Bundle, output: Output) -> anyhow::Result<String> {
-    let mut client = OperatorClient::new(bundle.channel()?).max_decoding_message_size(64 << 20);
-    let servers = client
-        .list_servers(ListServersRequest {})
-        .await
-        .map_err(|s| anyhow::anyhow!("hub {}: {}", bundle.meta.hub, s.message()))?
-        .into_inner()
-        .servers;
+    let servers =
+        client(bundle)?.list_servers(ListServersRequest {}).await.map_err(|s| rpc(bundle, s))?.into_inner().servers;
     Ok(match output {
-        Output::Json => serde_json::to_string_pretty(&servers.iter().map(server_json).collect::<Vec<_>>())?,
+        Output::Json => serde_json::to_string_pretty(&servers.iter().map(server_json).collect::<Vec<_>>())? + "\n",
+        Output::Table => table(&servers),
+    })
+}
+
+pub async fn server(bundle: &Bundle, name: &str, output: Output, history: u32) -> anyhow::Result<String> {
+    let d = client(bundle)?
+        .get_server(GetServerRequest { name: name.to_string(), history })
+        .await
+        .map_err(|s| rpc(bundle, s))?
+        .into_inner();
+    let s = d.server.unwrap_or_default();
+    Ok(match output {
+        Output::Json => {
+            let mut v = server_json(&s);
+            v["history"] = d
+                .history
+                .iter()
+                .map(|p| {
+                    let h = p.health.clone().unwrap_or_default();
+                    serde_json::json!({"seq": p.seq, "taken_at_ms": p.taken_at_ms, "cpu_percent": h.cpu_percent, "mem_used_bytes": h.mem_used_bytes})
+                })
+                .collect();
+            serde_json::to_string_pretty(&v)? + "\n"
+        }
         Output::Table => {
-            let mut out = format!(
-                "{:<24} {:<13} {:<12} {:<8} {:>5} {:>5} {:<8}\n",
-                "NAME", "STATUS", "CUSTOMER", "PLAN", "CPU", "MEM", "VERSION"
-            );
-            for s in &servers {
-                let h = s.health.clone().unwrap_or_default();
-                let mem = if h.mem_total_bytes == 0 {
-                    "-".into()
-                } else {
-                    format!("{:.0}%", h.mem_used_bytes as f64 * 100.0 / h.mem_total_bytes as f64)
-                };
-                let cpu = if s.health.is_some() { format!("{:.0}%", h.cpu_percent) } else { "-".into() };
+            let mut out = table(std::slice::from_ref(&s));
+            out.push_str(&format!(
+                "\nagent {} · cert {} until {} · last seq {} · {} reports · {} connections\n",
+                s.agent_id, s.cert_serial, s.cert_not_after, s.last_seq, s.reports_received, s.connections
+            ));
+            for p in &d.history {
+                let h = p.health.clone().unwrap_or_default();
                 out.push_str(&format!(
-                    "{:<24} {:<13} {:<12} {:<8} {:>5} {:>5} {:<8}\n",
-                    s.name,
-                    liveness(s),
-                    s.customer,
-                    s.plan,
-                    cpu,
-                    mem,
-                    s.agent_version
+                    "{:>8} {:>14} cpu {:>5.1}% mem {}\n",
+                    p.seq,
+                    p.taken_at_ms,
+                    h.cpu_percent,
+                    pct(mem_pct(&h))
                 ));
             }
             out
         }
     })
+}
+
+/// One JSON line per event, flushed as it arrives (for `jq`, runbooks and CI).
+pub async fn watch(bundle: &Bundle) -> anyhow::Result<String> {
+    let mut stream = client(bundle)?.watch_fleet(WatchFleetRequest {}).await.map_err(|s| rpc(bundle, s))?.into_inner();
+    let mut out = std::io::stdout().lock();
+    loop {
+        let line = match stream.message().await.map_err(|s| rpc(bundle, s))? {
+            None => return Ok(String::new()),
+            Some(FleetEvent { event: None }) => continue,
+            Some(FleetEvent { event: Some(e) }) => match e {
+                fleet_event::Event::Snapshot(s) => {
+                    serde_json::json!({"type": "snapshot", "servers": s.servers.iter().map(server_json).collect::<Vec<_>>()})
+                }
+                fleet_event::Event::Upsert(s) => serde_json::json!({"type": "upsert", "server": server_json(&s)}),
+                fleet_event::Event::Removed(n) => serde_json::json!({"type": "removed", "name": n}),
+            },
+        };
+        if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+            return Ok(String::new()); // the reader went away (e.g. `| head`)
+        }
+    }
+}
+
+pub fn completions(shell: clap_complete::Shell) -> String {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    let mut buf = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "outpost", &mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
 }

@@ -13,7 +13,13 @@ use tonic::transport::Channel;
 pub enum ConnEvent {
     Live,
     Fleet(Box<FleetEvent>),
-    Down { error: String, retry_in: Duration },
+    Detail(Box<outpost_proto::v1::ServerDetail>),
+    /// A request failed; the operator should know.
+    Error(String),
+    Down {
+        error: String,
+        retry_in: Duration,
+    },
 }
 
 const INITIAL: Duration = Duration::from_millis(250);

@@ -62,8 +62,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let started = start_agents(&args, &hub, &agentd, dir.path(), &mut agents).await;
     let result = match started {
         Ok(()) => {
-            let fleet = crate::state::Fleet::new(&hub.advertise, &bundle.meta.name, &bundle.meta.role);
-            crate::app::run(fleet, bundle.channel()?).await
+            let app = crate::state::App::new(&hub.advertise, &bundle.meta.name, &bundle.meta.role);
+            crate::app::run(app, bundle.channel()?).await
         }
         Err(e) => Err(e),
     };

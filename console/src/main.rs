@@ -3,30 +3,30 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use console::cli::{Cli, Command};
+use console::cli::{self, Cli, Command};
+
+async fn dispatch(cli: &Cli) -> anyhow::Result<String> {
+    match &cli.command {
+        Some(Command::Demo(args)) => console::demo::run(args.clone()).await.map(|()| String::new()),
+        Some(Command::Completions { shell }) => Ok(cli::completions(*shell)),
+        Some(Command::Servers { output }) => cli::servers(&cli::load_bundle(cli)?, *output).await,
+        Some(Command::Server { name, output, history }) => {
+            cli::server(&cli::load_bundle(cli)?, name, *output, *history).await
+        }
+        Some(Command::Watch) => cli::watch(&cli::load_bundle(cli)?).await,
+        Some(Command::Fleet) | None => {
+            let b = cli::load_bundle(cli)?;
+            let app = console::state::App::new(&b.meta.hub, &b.meta.name, &b.meta.role);
+            console::app::run(app, b.channel()?).await.map(|()| String::new())
+        }
+    }
+}
 
 #[tokio::main]
 async fn main() -> ExitCode {
     outpost_common::install_crypto_provider();
     let cli = Cli::parse();
-    let result = match &cli.command {
-        Some(Command::Demo(args)) => console::demo::run(args.clone()).await.map(|()| String::new()),
-        Some(Command::Servers { output }) => match console::cli::load_bundle(&cli) {
-            Ok(b) => console::cli::servers(&b, *output).await,
-            Err(e) => Err(e),
-        },
-        Some(Command::Fleet) | None => match console::cli::load_bundle(&cli) {
-            Ok(b) => {
-                let fleet = console::state::Fleet::new(&b.meta.hub, &b.meta.name, &b.meta.role);
-                match b.channel() {
-                    Ok(ch) => console::app::run(fleet, ch).await.map(|()| String::new()),
-                    Err(e) => Err(e.into()),
-                }
-            }
-            Err(e) => Err(e),
-        },
-    };
-    match result {
+    match dispatch(&cli).await {
         Ok(out) => {
             print!("{out}");
             ExitCode::SUCCESS

@@ -77,7 +77,9 @@ impl Filter {
 }
 
 fn haystack(s: &Server) -> impl Iterator<Item = &str> {
-    [s.name.as_str(), s.customer.as_str(), s.plan.as_str()].into_iter().chain(s.host.as_ref().map(|h| h.hostname.as_str()))
+    [s.name.as_str(), s.customer.as_str(), s.plan.as_str()]
+        .into_iter()
+        .chain(s.host.as_ref().map(|h| h.hostname.as_str()))
 }
 
 #[cfg(test)]
@@ -99,7 +101,9 @@ mod tests {
         let s = server("web-1", "Acme", "pro");
         assert!(Filter::parse("").unwrap().matches(&s, "lost"));
         assert!(Filter::parse("acme").unwrap().matches(&s, "lost"));
-        assert!(Filter::parse("status:lost plan:pro customer:acme label:env=prod label:env").unwrap().matches(&s, "lost"));
+        assert!(
+            Filter::parse("status:lost plan:pro customer:acme label:env=prod label:env").unwrap().matches(&s, "lost")
+        );
         assert!(!Filter::parse("status:connected").unwrap().matches(&s, "lost"));
         assert!(!Filter::parse("label:env=dev").unwrap().matches(&s, "lost"));
         assert!(Filter::parse("/^web-[0-9]$/").unwrap().matches(&s, "lost"));

@@ -1,33 +1,158 @@
-//! The console's model, fed by hub events and key actions. No ratatui here: this is tested without a
-//! terminal.
+//! The console's model, fed by hub events and keys. No ratatui here: everything is tested without a
+//! terminal. Rows are kept by name, so the selection follows the server, not the row number, whatever
+//! deltas arrive.
 
-use std::collections::BTreeMap;
+pub mod filter;
+pub mod keymap;
 
-use outpost_proto::v1::{FleetEvent, Liveness, Server, fleet_event};
+use std::cmp::Ordering;
+use std::collections::{HashMap, VecDeque};
+
+use outpost_proto::v1::{FleetEvent, Health, Liveness, Server, ServerDetail, fleet_event, k3s};
+
+pub use filter::Filter;
+pub use keymap::{Action, Key};
+
+/// History points kept for the open server (the hub keeps 360 by default: an hour at 10 s).
+pub const DETAIL_POINTS: usize = 360;
+/// Liveness/certificate events remembered per server.
+const EVENTS_PER_SERVER: usize = 20;
 
 /// The link to the hub, as the operator should see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Conn {
     Connecting,
     Live,
-    /// Lost the hub; showing the last known state. `retry_in_ms` until the next attempt.
+    /// Lost the hub; the last known state stays on screen.
     Reconnecting {
         error: String,
         retry_in_ms: u64,
     },
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Column {
+    Name,
+    Customer,
+    Plan,
+    Status,
+    Cpu,
+    Mem,
+    Disk,
+    Load,
+    K3s,
+    Version,
+    Cert,
+    Seen,
+}
+
+impl Column {
+    pub const ALL: [Column; 12] = [
+        Column::Name,
+        Column::Customer,
+        Column::Plan,
+        Column::Status,
+        Column::Cpu,
+        Column::Mem,
+        Column::Disk,
+        Column::Load,
+        Column::K3s,
+        Column::Version,
+        Column::Cert,
+        Column::Seen,
+    ];
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Column::Name => "NAME",
+            Column::Customer => "CUSTOMER",
+            Column::Plan => "PLAN",
+            Column::Status => "STATUS",
+            Column::Cpu => "CPU",
+            Column::Mem => "MEM",
+            Column::Disk => "DISK",
+            Column::Load => "LOAD",
+            Column::K3s => "K3S",
+            Column::Version => "VERSION",
+            Column::Cert => "CERT",
+            Column::Seen => "SEEN",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Screen {
+    Fleet,
+    Server(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Normal,
+    /// Typing a filter (applied live as it parses).
+    Filter(String),
+    /// Typing a `:` command.
+    Command(String),
+    Help,
+}
+
+/// A line for the operator at the bottom of the screen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub text: String,
+    pub error: bool,
+}
+
+/// The open server's chart data.
+#[derive(Clone, Debug, Default)]
+pub struct Detail {
+    pub name: String,
+    /// (unix ms, health), oldest first.
+    pub points: VecDeque<(i64, Health)>,
+    pub loaded: bool,
+    last_seq: u64,
+}
+
+/// What the model asks of the hub connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    Detail(String),
+}
+
+pub const COMMANDS: [(&str, &str); 6] = [
+    ("servers", "the fleet view"),
+    ("alerts", "alerts"),
+    ("audit", "the audit log"),
+    ("jobs", "provisioning jobs"),
+    ("help", "keys and commands"),
+    ("quit", "leave the console"),
+];
+
 #[derive(Debug)]
-pub struct Fleet {
+pub struct App {
     pub hub: String,
     pub operator: String,
     pub role: String,
-    pub servers: BTreeMap<String, Server>,
-    pub selected: usize,
+    servers: HashMap<String, Server>,
+    rows: Vec<String>,
+    rows_dirty: bool,
+    cursor: usize,
+    selected: Option<String>,
+    pub filter: Filter,
+    pub sort: Column,
+    pub descending: bool,
+    pub screen: Screen,
+    pub mode: Mode,
     pub paused: bool,
-    pub conn: Conn,
-    /// Events received while paused are applied on resume, in order.
     held: Vec<fleet_event::Event>,
+    pub conn: Conn,
+    pub message: Option<Message>,
+    pub detail: Option<Detail>,
+    events: HashMap<String, VecDeque<(i64, String)>>,
+    /// Rows per page; the view sets it to what fits.
+    pub page: usize,
+    /// Drained by the event loop.
+    pub requests: Vec<Request>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -37,154 +162,439 @@ pub struct Counts {
     pub disconnected: usize,
     pub lost: usize,
     pub pending: usize,
+    /// Servers that need a look: lost, K3s failed, or a disk over 90 %.
+    pub alerts: usize,
 }
 
-/// What a key asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
-    Up,
-    Down,
-    Top,
-    Bottom,
-    TogglePause,
-    Quit,
+pub fn liveness(s: &Server) -> Liveness {
+    Liveness::try_from(s.liveness).unwrap_or(Liveness::Unspecified)
 }
 
-impl Fleet {
-    pub fn new(hub: &str, operator: &str, role: &str) -> Fleet {
-        Fleet {
+/// Status as a word (the filter's `status:` values).
+pub fn status_word(s: &Server) -> &'static str {
+    match liveness(s) {
+        Liveness::Connected => "connected",
+        Liveness::Disconnected => "disconnected",
+        Liveness::Lost => "lost",
+        Liveness::Pending => "pending",
+        Liveness::Unspecified => "unknown",
+    }
+}
+
+/// Highest disk use in percent, if any disk is known.
+pub fn disk_pct(h: &Health) -> Option<f64> {
+    h.disks
+        .iter()
+        .filter(|d| d.total_bytes > 0)
+        .map(|d| (d.total_bytes - d.available_bytes.min(d.total_bytes)) as f64 * 100.0 / d.total_bytes as f64)
+        .max_by(|a, b| a.total_cmp(b))
+}
+
+pub fn mem_pct(h: &Health) -> Option<f64> {
+    (h.mem_total_bytes > 0).then(|| h.mem_used_bytes as f64 * 100.0 / h.mem_total_bytes as f64)
+}
+
+pub fn k3s_word(h: &Health) -> &'static str {
+    match h.k3s.as_ref().map(|k| k3s::State::try_from(k.state).unwrap_or(k3s::State::Unspecified)) {
+        Some(k3s::State::Absent) => "absent",
+        Some(k3s::State::Active) => "active",
+        Some(k3s::State::Inactive) => "inactive",
+        Some(k3s::State::Failed) => "FAILED",
+        Some(k3s::State::Activating) => "starting",
+        _ => "-",
+    }
+}
+
+pub fn needs_attention(s: &Server) -> bool {
+    let h = s.health.as_ref();
+    liveness(s) == Liveness::Lost
+        || h.is_some_and(|h| k3s_word(h) == "FAILED" || disk_pct(h).is_some_and(|d| d >= 90.0))
+}
+
+fn cmp_f(a: Option<f64>, b: Option<f64>) -> Ordering {
+    a.unwrap_or(-1.0).total_cmp(&b.unwrap_or(-1.0))
+}
+
+fn compare(col: Column, a: &Server, b: &Server) -> Ordering {
+    let (ha, hb) = (a.health.clone().unwrap_or_default(), b.health.clone().unwrap_or_default());
+    let by = match col {
+        Column::Name => Ordering::Equal,
+        Column::Customer => a.customer.cmp(&b.customer),
+        Column::Plan => a.plan.cmp(&b.plan),
+        // Worst first when descending: lost > disconnected > pending > connected.
+        Column::Status => status_rank(a).cmp(&status_rank(b)),
+        Column::Cpu => cmp_f(
+            a.health.as_ref().map(|h| f64::from(h.cpu_percent)),
+            b.health.as_ref().map(|h| f64::from(h.cpu_percent)),
+        ),
+        Column::Mem => cmp_f(mem_pct(&ha), mem_pct(&hb)),
+        Column::Disk => cmp_f(disk_pct(&ha), disk_pct(&hb)),
+        Column::Load => ha.load1.total_cmp(&hb.load1),
+        Column::K3s => k3s_word(&ha).cmp(k3s_word(&hb)),
+        Column::Version => a.agent_version.cmp(&b.agent_version),
+        Column::Cert => a.cert_not_after.cmp(&b.cert_not_after),
+        Column::Seen => a.last_seen_ms.cmp(&b.last_seen_ms),
+    };
+    by.then_with(|| a.name.cmp(&b.name))
+}
+
+fn status_rank(s: &Server) -> u8 {
+    match liveness(s) {
+        Liveness::Connected => 0,
+        Liveness::Pending | Liveness::Unspecified => 1,
+        Liveness::Disconnected => 2,
+        Liveness::Lost => 3,
+    }
+}
+
+impl App {
+    pub fn new(hub: &str, operator: &str, role: &str) -> App {
+        App {
             hub: hub.into(),
             operator: operator.into(),
             role: role.into(),
-            servers: BTreeMap::new(),
-            selected: 0,
+            servers: HashMap::new(),
+            rows: Vec::new(),
+            rows_dirty: false,
+            cursor: 0,
+            selected: None,
+            filter: Filter::default(),
+            sort: Column::Name,
+            descending: false,
+            screen: Screen::Fleet,
+            mode: Mode::Normal,
             paused: false,
-            conn: Conn::Connecting,
             held: Vec::new(),
+            conn: Conn::Connecting,
+            message: None,
+            detail: None,
+            events: HashMap::new(),
+            page: 20,
+            requests: Vec::new(),
         }
     }
 
-    pub fn apply(&mut self, e: FleetEvent) {
+    /// A viewer sees no action and cannot run one.
+    pub fn read_only(&self) -> bool {
+        self.role == "viewer"
+    }
+
+    pub fn server(&self, name: &str) -> Option<&Server> {
+        self.servers.get(name)
+    }
+
+    pub fn len(&self) -> usize {
+        self.servers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.servers.is_empty()
+    }
+
+    pub fn events(&self, name: &str) -> impl DoubleEndedIterator<Item = &(i64, String)> {
+        self.events.get(name).into_iter().flatten()
+    }
+
+    /// A hub event. While paused, events are held and applied in order on resume.
+    pub fn apply(&mut self, e: FleetEvent, now_ms: i64) {
         let Some(e) = e.event else { return };
         if self.paused {
             self.held.push(e);
             return;
         }
-        self.apply_event(e);
+        self.apply_event(e, now_ms);
     }
 
-    fn apply_event(&mut self, e: fleet_event::Event) {
-        let selected = self.selected_name();
+    fn apply_event(&mut self, e: fleet_event::Event, now_ms: i64) {
         match e {
             fleet_event::Event::Snapshot(s) => {
                 self.servers = s.servers.into_iter().map(|s| (s.name.clone(), s)).collect();
+                if let Some(d) = &self.detail {
+                    // Reloaded after a reconnect: the snapshot may have moved on.
+                    self.requests.push(Request::Detail(d.name.clone()));
+                }
             }
             fleet_event::Event::Upsert(s) => {
+                if let Some(old) = self.servers.get(&s.name) {
+                    self.note_changes(old.clone(), &s, now_ms);
+                }
+                if let Some(d) = self.detail.as_mut().filter(|d| d.name == s.name && s.last_seq > d.last_seq)
+                    && let Some(h) = &s.health
+                {
+                    d.last_seq = s.last_seq;
+                    d.points.push_back((s.last_seen_ms, h.clone()));
+                    while d.points.len() > DETAIL_POINTS {
+                        d.points.pop_front();
+                    }
+                }
                 self.servers.insert(s.name.clone(), s);
             }
             fleet_event::Event::Removed(n) => {
                 self.servers.remove(&n);
             }
         }
-        // The selection follows the server, not the row number.
-        if let Some(name) = selected
-            && let Some(i) = self.servers.keys().position(|k| *k == name)
-        {
-            self.selected = i;
+        self.rows_dirty = true;
+    }
+
+    fn note_changes(&mut self, old: Server, new: &Server, now_ms: i64) {
+        let mut notes = Vec::new();
+        if old.liveness != new.liveness {
+            notes.push(format!("{} → {}", status_word(&old), status_word(new)));
         }
-        self.selected = self.selected.min(self.servers.len().saturating_sub(1));
+        if !old.cert_serial.is_empty() && old.cert_serial != new.cert_serial {
+            notes.push("certificate renewed".to_string());
+        }
+        if !notes.is_empty() {
+            let log = self.events.entry(new.name.clone()).or_default();
+            for n in notes {
+                log.push_back((now_ms, n));
+            }
+            while log.len() > EVENTS_PER_SERVER {
+                log.pop_front();
+            }
+        }
     }
 
-    pub fn selected_name(&self) -> Option<String> {
-        self.servers.keys().nth(self.selected).cloned()
+    /// The open server's history, as the hub sent it.
+    pub fn apply_detail(&mut self, d: ServerDetail) {
+        let Some(server) = d.server else { return };
+        if self.detail.as_ref().is_none_or(|x| x.name != server.name) {
+            return; // the operator moved on
+        }
+        let points = d.history.into_iter().filter_map(|p| p.health.map(|h| (p.taken_at_ms, h))).collect();
+        self.detail = Some(Detail { name: server.name.clone(), points, loaded: true, last_seq: server.last_seq });
+        self.servers.insert(server.name.clone(), server);
+        self.rows_dirty = true;
     }
 
-    /// Returns false when the console should quit.
+    /// Filtered, sorted row names (rebuilt only after a change).
+    pub fn rows(&mut self) -> &[String] {
+        if self.rows_dirty {
+            let mut rows: Vec<&Server> =
+                self.servers.values().filter(|s| self.filter.matches(s, status_word(s))).collect();
+            let (col, desc) = (self.sort, self.descending);
+            rows.sort_unstable_by(|a, b| {
+                let o = compare(col, a, b);
+                if desc { o.reverse() } else { o }
+            });
+            self.rows = rows.into_iter().map(|s| s.name.clone()).collect();
+            self.rows_dirty = false;
+            // Follow the selected server to its new row; if it is filtered out, stay at the same row.
+            if let Some(i) = self.selected.as_ref().and_then(|sel| self.rows.iter().position(|r| r == sel)) {
+                self.cursor = i;
+            }
+            self.cursor = self.cursor.min(self.rows.len().saturating_sub(1));
+            self.selected = self.rows.get(self.cursor).cloned();
+        }
+        &self.rows
+    }
+
+    /// Index of the selected row (after [`App::rows`]).
+    pub fn cursor(&mut self) -> usize {
+        self.rows();
+        self.cursor
+    }
+
+    pub fn selected(&mut self) -> Option<String> {
+        self.rows();
+        self.selected.clone()
+    }
+
+    fn move_to(&mut self, i: usize) {
+        self.rows();
+        self.cursor = i.min(self.rows.len().saturating_sub(1));
+        self.selected = self.rows.get(self.cursor).cloned();
+    }
+
+    pub fn counts(&self) -> Counts {
+        let mut c = Counts { total: self.servers.len(), ..Counts::default() };
+        for s in self.servers.values() {
+            match liveness(s) {
+                Liveness::Connected => c.connected += 1,
+                Liveness::Disconnected => c.disconnected += 1,
+                Liveness::Lost => c.lost += 1,
+                _ => c.pending += 1,
+            }
+            if needs_attention(s) {
+                c.alerts += 1;
+            }
+        }
+        c
+    }
+
+    fn say(&mut self, text: impl Into<String>, error: bool) {
+        self.message = Some(Message { text: text.into(), error });
+    }
+
+    /// A key press. Returns false when the console should quit.
+    pub fn key(&mut self, k: Key) -> bool {
+        match self.mode.clone() {
+            Mode::Help => {
+                if keymap::lookup(k, false) == Some(Action::Quit) && k != Key::Char('q') {
+                    return false;
+                }
+                self.mode = Mode::Normal;
+                true
+            }
+            Mode::Filter(mut buf) => {
+                match k {
+                    Key::Enter => self.mode = Mode::Normal,
+                    Key::Esc => {
+                        self.set_filter("");
+                        self.mode = Mode::Normal;
+                    }
+                    Key::Ctrl('c') => return false,
+                    Key::Backspace => {
+                        buf.pop();
+                        self.set_filter(&buf);
+                        self.mode = Mode::Filter(buf);
+                    }
+                    Key::Char(c) => {
+                        buf.push(c);
+                        self.set_filter(&buf);
+                        self.mode = Mode::Filter(buf);
+                    }
+                    _ => {}
+                }
+                true
+            }
+            Mode::Command(mut buf) => {
+                match k {
+                    Key::Enter => {
+                        self.mode = Mode::Normal;
+                        return self.run_command(buf.trim());
+                    }
+                    Key::Esc => self.mode = Mode::Normal,
+                    Key::Ctrl('c') => return false,
+                    Key::Tab => {
+                        buf = complete(&buf);
+                        self.mode = Mode::Command(buf);
+                    }
+                    Key::Backspace => {
+                        buf.pop();
+                        self.mode = Mode::Command(buf);
+                    }
+                    Key::Char(c) => {
+                        buf.push(c);
+                        self.mode = Mode::Command(buf);
+                    }
+                    _ => {}
+                }
+                true
+            }
+            Mode::Normal => match keymap::lookup(k, self.screen == Screen::Fleet) {
+                Some(a) => self.act(a),
+                None => true,
+            },
+        }
+    }
+
+    fn set_filter(&mut self, text: &str) {
+        match Filter::parse(text) {
+            Ok(f) => {
+                self.filter = f;
+                self.rows_dirty = true;
+                self.message = None;
+            }
+            Err(e) => self.say(format!("filter: {e}"), true),
+        }
+    }
+
     pub fn act(&mut self, a: Action) -> bool {
-        let last = self.servers.len().saturating_sub(1);
+        self.message = None;
         match a {
-            Action::Up => self.selected = self.selected.saturating_sub(1),
-            Action::Down => self.selected = (self.selected + 1).min(last),
-            Action::Top => self.selected = 0,
-            Action::Bottom => self.selected = last,
+            Action::Up => self.move_to(self.cursor.saturating_sub(1)),
+            Action::Down => self.move_to(self.cursor + 1),
+            Action::PageUp => self.move_to(self.cursor.saturating_sub(self.page.max(1))),
+            Action::PageDown => self.move_to(self.cursor + self.page.max(1)),
+            Action::Top => self.move_to(0),
+            Action::Bottom => self.move_to(usize::MAX),
+            Action::Open => {
+                if let Some(name) = self.selected() {
+                    self.open(&name);
+                }
+            }
+            Action::Back => match self.screen {
+                Screen::Server(_) => {
+                    self.screen = Screen::Fleet;
+                    self.detail = None;
+                }
+                Screen::Fleet if !self.filter.is_empty() => self.set_filter(""),
+                Screen::Fleet => {}
+            },
+            Action::Filter => self.mode = Mode::Filter(self.filter.text().to_string()),
+            Action::Command => self.mode = Mode::Command(String::new()),
+            Action::Help => self.mode = Mode::Help,
             Action::TogglePause => {
                 self.paused = !self.paused;
                 if !self.paused {
+                    let now = self.servers.values().map(|s| s.last_seen_ms).max().unwrap_or(0);
                     for e in std::mem::take(&mut self.held) {
-                        self.apply_event(e);
+                        self.apply_event(e, now);
                     }
                 }
+            }
+            Action::SortNext => {
+                let i = Column::ALL.iter().position(|c| *c == self.sort).unwrap_or(0);
+                self.sort = Column::ALL[(i + 1) % Column::ALL.len()];
+                self.rows_dirty = true;
+            }
+            Action::SortReverse => {
+                self.descending = !self.descending;
+                self.rows_dirty = true;
             }
             Action::Quit => return false,
         }
         true
     }
 
-    pub fn counts(&self) -> Counts {
-        let mut c = Counts { total: self.servers.len(), ..Counts::default() };
-        for s in self.servers.values() {
-            match Liveness::try_from(s.liveness).unwrap_or(Liveness::Unspecified) {
-                Liveness::Connected => c.connected += 1,
-                Liveness::Disconnected => c.disconnected += 1,
-                Liveness::Lost => c.lost += 1,
-                _ => c.pending += 1,
+    fn open(&mut self, name: &str) {
+        self.screen = Screen::Server(name.to_string());
+        self.detail = Some(Detail { name: name.to_string(), ..Detail::default() });
+        self.requests.push(Request::Detail(name.to_string()));
+    }
+
+    fn run_command(&mut self, cmd: &str) -> bool {
+        match cmd {
+            "" => {}
+            "servers" | "fleet" | "s" => {
+                self.screen = Screen::Fleet;
+                self.detail = None;
             }
+            "quit" | "q" | "q!" => return false,
+            "help" | "h" => self.mode = Mode::Help,
+            "alerts" | "audit" | "jobs" => self.say(format!(":{cmd} is not served by this hub version yet"), true),
+            other => match other.strip_prefix("server ").map(str::trim) {
+                Some(name) if self.servers.contains_key(name) => self.open(name),
+                Some(name) => self.say(format!("no server named {name:?}"), true),
+                None => self.say(
+                    format!(
+                        "unknown command :{other}; try {}",
+                        COMMANDS.iter().map(|(c, _)| format!(":{c}")).collect::<Vec<_>>().join(" ")
+                    ),
+                    true,
+                ),
+            },
         }
-        c
+        true
+    }
+}
+
+/// Completes a command prefix to the one command it names, or to the longest common prefix.
+pub fn complete(prefix: &str) -> String {
+    let matches: Vec<&str> = COMMANDS.iter().map(|(c, _)| *c).filter(|c| c.starts_with(prefix)).collect();
+    match matches.as_slice() {
+        [] => prefix.to_string(),
+        [one] => one.to_string(),
+        many => {
+            let first = many[0];
+            let n = (0..first.len())
+                .take_while(|&i| many.iter().all(|m| m.as_bytes().get(i) == first.as_bytes().get(i)))
+                .count();
+            first[..n].to_string()
+        }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use outpost_proto::v1::FleetSnapshot;
-
-    fn server(name: &str, l: Liveness) -> Server {
-        Server { name: name.into(), liveness: l as i32, ..Default::default() }
-    }
-
-    fn snap(names: &[&str]) -> FleetEvent {
-        let servers = names.iter().map(|n| server(n, Liveness::Connected)).collect();
-        FleetEvent { event: Some(fleet_event::Event::Snapshot(FleetSnapshot { servers })) }
-    }
-
-    fn upsert(s: Server) -> FleetEvent {
-        FleetEvent { event: Some(fleet_event::Event::Upsert(s)) }
-    }
-
-    #[test]
-    fn selection_follows_the_server_across_deltas() {
-        let mut f = Fleet::new("h", "o", "viewer");
-        f.apply(snap(&["b", "c"]));
-        f.act(Action::Down);
-        assert_eq!(f.selected_name().as_deref(), Some("c"));
-        f.apply(upsert(server("a", Liveness::Lost))); // sorts before c
-        assert_eq!(f.selected_name().as_deref(), Some("c"));
-        assert_eq!(f.counts(), Counts { total: 3, connected: 2, lost: 1, ..Default::default() });
-    }
-
-    #[test]
-    fn pause_holds_events_and_resume_applies_them_in_order() {
-        let mut f = Fleet::new("h", "o", "viewer");
-        f.apply(snap(&["a"]));
-        f.act(Action::TogglePause);
-        f.apply(upsert(server("a", Liveness::Disconnected)));
-        f.apply(upsert(server("a", Liveness::Lost)));
-        assert_eq!(f.counts().connected, 1, "paused: nothing changes on screen");
-        f.act(Action::TogglePause);
-        assert_eq!(f.counts().lost, 1);
-    }
-
-    #[test]
-    fn movement_is_bounded_and_quit_says_so() {
-        let mut f = Fleet::new("h", "o", "viewer");
-        f.apply(snap(&["a", "b"]));
-        for _ in 0..5 {
-            f.act(Action::Down);
-        }
-        assert_eq!(f.selected, 1);
-        f.act(Action::Top);
-        assert_eq!(f.selected, 0);
-        assert!(!f.act(Action::Quit));
-    }
-}
+mod tests;

@@ -1,31 +1,55 @@
-//! Widgets. No tonic here: the view reads the [`crate::state::Fleet`] model only. Only the visible rows
-//! are built, so a 10,000-server fleet costs what one screen costs.
+//! Widgets. No tonic here: the view reads the [`crate::state::App`] model only. Only the visible rows are
+//! built, so a 10,000-server fleet costs what one screen costs. Status is always a symbol and a word, never
+//! colour alone; with `NO_COLOR` there is no colour at all.
 
-use outpost_proto::v1::{Liveness, Server, k3s};
+mod fleet;
+mod server;
+
 use ratatui::Frame;
-use ratatui::layout::{Constraint, Layout};
-use ratatui::style::{Modifier, Style, Stylize};
-use ratatui::text::Line;
-use ratatui::widgets::{Row, Table, TableState};
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Clear, Paragraph, Row, Table};
 
-use crate::state::{Conn, Fleet};
+use crate::state::keymap::{KEYMAP, Scope, key_label};
+use crate::state::{App, COMMANDS, Conn, Mode, Screen};
 
-/// Status as symbol and word: colour is never the only signal.
-pub fn status(s: &Server) -> (&'static str, &'static str) {
-    match Liveness::try_from(s.liveness).unwrap_or(Liveness::Unspecified) {
-        Liveness::Connected => ("●", "connected"),
-        Liveness::Disconnected => ("◐", "disconnected"),
-        Liveness::Lost => ("✖", "lost"),
-        Liveness::Pending => ("…", "pending"),
-        Liveness::Unspecified => ("?", "unknown"),
+/// Rendering choices that do not belong to the model.
+#[derive(Clone, Copy, Debug)]
+pub struct Theme {
+    pub color: bool,
+}
+
+impl Theme {
+    pub fn from_env() -> Theme {
+        Theme { color: std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) }
+    }
+
+    fn fg(&self, c: Color) -> Style {
+        if self.color { Style::new().fg(c) } else { Style::new() }
+    }
+
+    fn selected(&self) -> Style {
+        if self.color {
+            Style::new().bg(Color::Blue).fg(Color::White)
+        } else {
+            Style::new().add_modifier(Modifier::REVERSED)
+        }
     }
 }
 
-fn pct(used: u64, total: u64) -> String {
-    if total == 0 { "-".into() } else { format!("{:.0}%", used as f64 * 100.0 / total as f64) }
+/// Status as symbol and word.
+pub fn status_symbol(word: &str) -> &'static str {
+    match word {
+        "connected" => "●",
+        "disconnected" => "◐",
+        "lost" => "✖",
+        "pending" => "…",
+        _ => "?",
+    }
 }
 
-fn ago(now_ms: i64, then_ms: i64) -> String {
+pub fn ago(now_ms: i64, then_ms: i64) -> String {
     if then_ms == 0 {
         return "never".into();
     }
@@ -33,91 +57,122 @@ fn ago(now_ms: i64, then_ms: i64) -> String {
     match s {
         0..=59 => format!("{s}s"),
         60..=3599 => format!("{}m", s / 60),
-        _ => format!("{}h", s / 3600),
+        3600..=172_799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
     }
 }
 
-fn row(s: &Server, now_ms: i64) -> Row<'static> {
-    let (sym, word) = status(s);
-    let h = s.health.clone().unwrap_or_default();
-    let disk = h
-        .disks
-        .iter()
-        .map(|d| pct(d.total_bytes - d.available_bytes.min(d.total_bytes), d.total_bytes))
-        .max_by_key(|p| p.trim_end_matches('%').parse::<u32>().unwrap_or(0))
-        .unwrap_or_else(|| "-".into());
-    let k3s = match h.k3s.map(|k| k3s::State::try_from(k.state).unwrap_or(k3s::State::Unspecified)) {
-        Some(k3s::State::Absent) => "absent",
-        Some(k3s::State::Active) => "active",
-        Some(k3s::State::Inactive) => "inactive",
-        Some(k3s::State::Failed) => "FAILED",
-        Some(k3s::State::Activating) => "starting",
-        _ => "-",
-    };
-    let cert = if s.cert_not_after == 0 {
-        "-".into()
-    } else {
-        format!("{}h", (s.cert_not_after - now_ms / 1000).max(0) / 3600)
-    };
-    Row::new(vec![
-        s.name.clone(),
-        s.customer.clone(),
-        s.plan.clone(),
-        format!("{sym} {word}"),
-        if s.health.is_some() { format!("{:.0}%", h.cpu_percent) } else { "-".into() },
-        pct(h.mem_used_bytes, h.mem_total_bytes),
-        disk,
-        format!("{:.2}", h.load1),
-        k3s.into(),
-        s.agent_version.clone(),
-        cert,
-        ago(now_ms, s.last_seen_ms),
-    ])
+pub fn render(frame: &mut Frame, app: &mut App, now_ms: i64, theme: Theme) {
+    let [header, counts, body, footer] =
+        Layout::vertical([Constraint::Length(1), Constraint::Length(1), Constraint::Min(3), Constraint::Length(1)])
+            .areas(frame.area());
+    render_header(frame, app, header, counts, theme);
+    match app.screen.clone() {
+        Screen::Fleet => fleet::render(frame, app, body, now_ms, theme),
+        Screen::Server(name) => server::render(frame, app, &name, body, now_ms, theme),
+    }
+    render_footer(frame, app, footer, theme);
+    if app.mode == Mode::Help {
+        render_help(frame, app, theme);
+    }
 }
 
-pub fn render(frame: &mut Frame, f: &Fleet, now_ms: i64, color: bool) {
-    let [header, body, footer] =
-        Layout::vertical([Constraint::Length(1), Constraint::Min(1), Constraint::Length(1)]).areas(frame.area());
-    let c = f.counts();
-    let conn = match &f.conn {
-        Conn::Connecting => "connecting…".to_string(),
-        Conn::Live if f.paused => "⏸ paused".to_string(),
-        Conn::Live => "● live".to_string(),
-        Conn::Reconnecting { error, retry_in_ms } => {
-            format!("✖ hub unreachable ({error}); last known state; retry in {}s", retry_in_ms / 1000)
+fn render_header(frame: &mut Frame, app: &App, header: Rect, counts: Rect, theme: Theme) {
+    let (conn, style) = match &app.conn {
+        Conn::Connecting => ("… connecting".to_string(), theme.fg(Color::Yellow)),
+        Conn::Live if app.paused => ("⏸ paused".to_string(), theme.fg(Color::Yellow)),
+        Conn::Live => ("● live".to_string(), theme.fg(Color::Green)),
+        Conn::Reconnecting { retry_in_ms, .. } => {
+            (format!("✖ offline, retry in {}s", retry_in_ms.div_ceil(1000)), theme.fg(Color::Red))
         }
     };
-    let title = format!(
-        " Outpost │ {} as {} ({}) │ {} servers: {} connected, {} disconnected, {} lost │ {conn}",
-        f.hub, f.operator, f.role, c.total, c.connected, c.disconnected, c.lost
-    );
-    frame.render_widget(Line::from(title).add_modifier(Modifier::BOLD), header);
-
-    // Only the window that fits is built.
-    let visible = body.height.saturating_sub(1) as usize;
-    let first = f.selected.saturating_sub(visible.saturating_sub(1));
-    let rows = f.servers.values().skip(first).take(visible).map(|s| row(s, now_ms));
-    let widths = [
-        Constraint::Min(10),
-        Constraint::Length(10),
-        Constraint::Length(8),
-        Constraint::Length(14),
-        Constraint::Length(5),
-        Constraint::Length(5),
-        Constraint::Length(5),
-        Constraint::Length(5),
-        Constraint::Length(8),
-        Constraint::Length(7),
-        Constraint::Length(5),
-        Constraint::Length(6),
+    let ro = if app.read_only() { " read-only" } else { "" };
+    let line = Line::from(vec![
+        Span::styled(" Outpost ", Style::new().add_modifier(Modifier::BOLD)),
+        Span::raw(format!("│ {} │ {} ({}{ro}) │ ", app.hub, app.operator, app.role)),
+        Span::styled(conn, style),
+    ]);
+    frame.render_widget(line, header);
+    let c = app.counts();
+    let mut spans = vec![
+        Span::raw(format!(" {} servers  ", c.total)),
+        Span::styled(format!("● {} connected  ", c.connected), theme.fg(Color::Green)),
+        Span::styled(format!("◐ {} disconnected  ", c.disconnected), theme.fg(Color::Yellow)),
+        Span::styled(format!("✖ {} lost  ", c.lost), theme.fg(Color::Red)),
+        Span::styled(format!("⚠ {} alerts", c.alerts), theme.fg(Color::Magenta)),
     ];
-    let head = Row::new([
-        "NAME", "CUSTOMER", "PLAN", "STATUS", "CPU", "MEM", "DISK", "LOAD", "K3S", "VERSION", "CERT", "SEEN",
-    ])
-    .add_modifier(Modifier::BOLD);
-    let highlight = if color { Style::new().reversed().blue() } else { Style::new().reversed() };
-    let table = Table::new(rows, widths).header(head).row_highlight_style(highlight).highlight_symbol("▶ ");
-    let mut ts = TableState::default().with_selected((!f.servers.is_empty()).then_some(f.selected - first));
-    frame.render_stateful_widget(table, body, &mut ts);
-    frame.render_widget(Line::from(" q quit │ ↑↓/jk move │ g/G top/bottom │ space pause"), footer);
+    if let Conn::Reconnecting { error, .. } = &app.conn {
+        spans.push(Span::styled(format!("  │ last known state; hub: {error}"), theme.fg(Color::Red)));
+    } else if !app.filter.is_empty() {
+        spans.push(Span::raw(format!("  │ filter: {}", app.filter.text())));
+    }
+    frame.render_widget(Line::from(spans), counts);
 }
+
+fn render_footer(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
+    let line = match &app.mode {
+        Mode::Filter(buf) => Line::from(format!("/{buf}▏  (enter keep · esc clear)")),
+        Mode::Command(buf) => {
+            let hint: Vec<&str> =
+                COMMANDS.iter().map(|(c, _)| *c).filter(|c| c.starts_with(buf.as_str()) && !buf.is_empty()).collect();
+            Line::from(format!(
+                ":{buf}▏  {}",
+                if hint.is_empty() { "(tab completes)".to_string() } else { hint.join(" ") }
+            ))
+        }
+        _ => match &app.message {
+            Some(m) if m.error => {
+                Line::styled(format!(" {}", m.text), theme.fg(Color::Red).add_modifier(Modifier::BOLD))
+            }
+            Some(m) => Line::from(format!(" {}", m.text)),
+            None => Line::from(match app.screen {
+                Screen::Fleet => " ? help  / filter  : command  s sort  enter open  space pause  q quit",
+                Screen::Server(_) => " esc back  : command  space pause  ? help  q quit",
+            }),
+        },
+    };
+    frame.render_widget(line, area);
+}
+
+/// Generated from the real keymap and command table.
+fn render_help(frame: &mut Frame, app: &App, theme: Theme) {
+    let area = frame.area();
+    let w = area.width.saturating_sub(4).min(76);
+    let h = area.height.saturating_sub(2).min((KEYMAP.len() + 4) as u16);
+    let popup = Rect { x: area.x + (area.width - w) / 2, y: area.y + (area.height - h) / 2, width: w, height: h };
+    frame.render_widget(Clear, popup);
+    let mut rows: Vec<Row> = KEYMAP
+        .iter()
+        .map(|b| {
+            let keys = b.keys.iter().map(|k| key_label(*k)).collect::<Vec<_>>().join(" ");
+            let scope = if b.scope == Scope::Fleet { " (fleet)" } else { "" };
+            Row::new(vec![keys, format!("{}{scope}", b.help)])
+        })
+        .collect();
+    rows.push(Row::new(vec![
+        "commands".to_string(),
+        COMMANDS.iter().map(|(c, _)| format!(":{c}")).collect::<Vec<_>>().join(" "),
+    ]));
+    let title = format!(" help · {} as {} · any key closes ", app.hub, app.role);
+    let table = Table::new(rows, [Constraint::Length(16), Constraint::Min(10)])
+        .block(Block::bordered().title(title).border_style(theme.fg(Color::Cyan)));
+    frame.render_widget(table, popup);
+}
+
+/// A paragraph of `label: value` lines.
+fn facts(lines: Vec<(String, String)>) -> Paragraph<'static> {
+    Paragraph::new(
+        lines
+            .into_iter()
+            .map(|(k, v)| {
+                Line::from(vec![
+                    Span::styled(format!("{k:<12}"), Style::new().add_modifier(Modifier::BOLD)),
+                    Span::raw(v),
+                ])
+            })
+            .collect::<Vec<_>>(),
+    )
+}
+
+#[cfg(test)]
+mod tests;

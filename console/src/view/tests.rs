@@ -1,0 +1,159 @@
+//! Snapshot tests of rendered frames from a deterministic fixture, at 80×24 and 200×50.
+
+use outpost_proto::v1::{
+    Disk, FleetEvent, FleetSnapshot, HistoryPoint, HostFacts, K3s, Liveness, Server, ServerDetail, fleet_event, k3s,
+};
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+
+use super::{Theme, render};
+use crate::state::{App, Conn, Key};
+
+/// 2026-11-22T12:00:00Z
+const NOW: i64 = 1_795_348_800_000;
+
+fn fixture() -> App {
+    let mut servers = Vec::new();
+    let states =
+        [Liveness::Connected, Liveness::Connected, Liveness::Connected, Liveness::Disconnected, Liveness::Lost];
+    for i in 0..40u64 {
+        let l = states[i as usize % states.len()];
+        let health = (l != Liveness::Lost || i % 2 == 0).then(|| outpost_proto::v1::Health {
+            cpu_percent: (i * 7 % 100) as f32,
+            load1: i as f32 / 10.0,
+            mem_total_bytes: 4 << 30,
+            mem_used_bytes: (4u64 << 30) / 100 * (20 + i % 70),
+            disks: vec![Disk {
+                mount: "/".into(),
+                total_bytes: 40 << 30,
+                available_bytes: (40u64 << 30) / 100 * (5 + i * 3 % 90),
+            }],
+            k3s: Some(K3s {
+                state: if i % 11 == 0 { k3s::State::Failed } else { k3s::State::Active } as i32,
+                detail: "".into(),
+            }),
+            agent_version: "0.1.0".into(),
+            net_rx_bytes: i * 1000,
+            ..Default::default()
+        });
+        servers.push(Server {
+            name: format!("srv-{i:03}"),
+            customer: ["acme", "globex", "initech"][i as usize % 3].into(),
+            plan: ["starter", "pro", "team"][i as usize % 3].into(),
+            labels: [("env".to_string(), "prod".to_string())].into(),
+            liveness: l as i32,
+            liveness_since_ms: NOW - 90_000,
+            last_seen_ms: NOW - (i as i64 * 13_000),
+            cert_not_after: NOW / 1000 + 20 * 3600,
+            cert_serial: "4a1b2c3d4e5f60718293a4b5c6d7e8f9".into(),
+            agent_id: format!("agent{i:04}"),
+            agent_version: "0.1.0".into(),
+            last_seq: 100 + i,
+            reports_received: 100 + i,
+            host: Some(HostFacts {
+                hostname: format!("host-{i}"),
+                os: "Debian 12".into(),
+                arch: "x86_64".into(),
+                ..Default::default()
+            }),
+            health,
+            ..Default::default()
+        });
+    }
+    let mut app = App::new("https://hub.example:7443", "alice", "support");
+    app.apply(FleetEvent { event: Some(fleet_event::Event::Snapshot(FleetSnapshot { servers })) }, NOW);
+    app.conn = Conn::Live;
+    app
+}
+
+fn draw(app: &mut App, w: u16, h: u16) -> String {
+    let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
+    t.draw(|f| render(f, app, NOW, Theme { color: false })).unwrap();
+    t.backend().to_string()
+}
+
+fn both(name: &str, app: &mut App) {
+    insta::assert_snapshot!(format!("{name}_80x24"), draw(app, 80, 24));
+    insta::assert_snapshot!(format!("{name}_200x50"), draw(app, 200, 50));
+}
+
+#[test]
+fn fleet() {
+    let mut app = fixture();
+    app.key(Key::Char('j'));
+    both("fleet", &mut app);
+}
+
+#[test]
+fn fleet_filtered_and_sorted() {
+    let mut app = fixture();
+    app.key(Key::Char('/'));
+    for c in "status:connected plan:pro".chars() {
+        app.key(Key::Char(c));
+    }
+    app.key(Key::Enter);
+    while app.sort != crate::state::Column::Cpu {
+        app.key(Key::Char('s'));
+    }
+    app.key(Key::Char('S'));
+    both("fleet_filtered", &mut app);
+}
+
+#[test]
+fn server() {
+    let mut app = fixture();
+    app.key(Key::Char('j'));
+    app.key(Key::Enter);
+    let s = app.server("srv-001").unwrap().clone();
+    let history = (0..60)
+        .map(|i| HistoryPoint {
+            seq: i,
+            taken_at_ms: NOW - (60 - i as i64) * 10_000,
+            health: Some(outpost_proto::v1::Health {
+                cpu_percent: ((i * 13) % 100) as f32,
+                mem_total_bytes: 100,
+                mem_used_bytes: 30 + i % 40,
+                net_rx_bytes: i * i * 1000,
+                disks: vec![Disk { mount: "/".into(), total_bytes: 100, available_bytes: 60 - i / 2 }],
+                ..Default::default()
+            }),
+        })
+        .collect();
+    app.apply_detail(ServerDetail { server: Some(s), history });
+    both("server", &mut app);
+}
+
+#[test]
+fn help() {
+    let mut app = fixture();
+    app.key(Key::Char('?'));
+    both("help", &mut app);
+}
+
+#[test]
+fn reconnecting_keeps_the_last_known_state() {
+    let mut app = fixture();
+    app.conn = Conn::Reconnecting { error: "connection refused".into(), retry_in_ms: 4000 };
+    both("reconnecting", &mut app);
+}
+
+#[test]
+fn viewer_is_read_only_everywhere() {
+    let mut app = fixture();
+    app.role = "viewer".into();
+    app.key(Key::Enter);
+    let screen = draw(&mut app, 200, 50);
+    assert!(screen.contains("alice (viewer read-only)"), "{screen}");
+    assert!(screen.contains("none: read-only (viewer)"), "{screen}");
+}
+
+#[test]
+fn no_color_means_no_color() {
+    let mut app = fixture();
+    let mut t = Terminal::new(TestBackend::new(120, 30)).unwrap();
+    t.draw(|f| render(f, &mut app, NOW, Theme { color: false })).unwrap();
+    let buf = t.backend().buffer();
+    assert!(buf.content.iter().all(|c| c.fg == ratatui::style::Color::Reset && c.bg == ratatui::style::Color::Reset));
+    t.draw(|f| render(f, &mut app, NOW, Theme { color: true })).unwrap();
+    assert!(t.backend().buffer().content.iter().any(|c| c.fg != ratatui::style::Color::Reset));
+}
