@@ -1,6 +1,7 @@
 //! Cross-process tests: real hubd and agentd processes on loopback, real mTLS, real sled.
 
 mod bad_input;
+mod console;
 mod fleet;
 mod ops;
 mod renewal;

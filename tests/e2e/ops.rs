@@ -9,7 +9,7 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
-fn tool(name: &str) {
+pub fn tool(name: &str) {
     assert!(
         Command::new("sh").arg("-c").arg(format!("command -v {name}")).output().unwrap().status.success(),
         "{name} is not installed: the README's test command (scripts/test) installs it"
@@ -74,7 +74,7 @@ fn install_script_is_idempotent_and_keeps_edits_and_secrets_private() {
 }
 
 /// Polls a tmux pane (the only window into a full-screen program) until `want` shows.
-fn wait_for_pane(socket: &str, want: &str) -> String {
+pub fn wait_for_pane(socket: &str, want: &str) -> String {
     let deadline = Instant::now() + harness::WAIT;
     loop {
         let out = Command::new("tmux").args(["-L", socket, "capture-pane", "-p", "-t", "demo"]).output().unwrap();
@@ -87,9 +87,20 @@ fn wait_for_pane(socket: &str, want: &str) -> String {
     }
 }
 
-fn demo_processes() -> Vec<String> {
-    let out = Command::new("pgrep").args(["-af", "outpost-demo-"]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains("agentd")).map(String::from).collect()
+/// agentd processes whose command line is under `dir` (the demo's TMPDIR in this test).
+fn demo_processes(dir: &Path) -> Vec<String> {
+    let out = Command::new("pgrep").args(["-af", "agentd"]).output().unwrap();
+    let dir = dir.to_string_lossy();
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(dir.as_ref())).map(String::from).collect()
+}
+
+/// Kills the test's tmux server however the test ends.
+pub struct Tmux(pub String);
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux").args(["-L", &self.0, "kill-server"]).output();
+    }
 }
 
 #[test]
@@ -97,18 +108,24 @@ fn demo_runs_a_live_fleet_and_leaves_nothing_behind() {
     tool("tmux");
     harness::bin("agentd");
     let socket = format!("outpost-test-{}", std::process::id());
-    let cmd = format!("{} demo --agents 3 --report-interval-ms 300", harness::bin("outpost").display());
+    let _tmux = Tmux(socket.clone());
+    let tmp = tempfile::tempdir().unwrap();
+    let cmd = format!(
+        "TMPDIR={} {} demo --agents 3 --report-interval-ms 300",
+        tmp.path().display(),
+        harness::bin("outpost").display()
+    );
     let ok = Command::new("tmux")
         .args(["-L", &socket, "new-session", "-d", "-s", "demo", "-x", "160", "-y", "30", &cmd])
         .status()
         .unwrap();
     assert!(ok.success());
-    let screen = wait_for_pane(&socket, "3 servers: 3 connected");
+    let screen = wait_for_pane(&socket, "3 servers  ● 3 connected");
     for name in ["demo-01", "demo-02", "demo-03"] {
         assert!(screen.contains(name), "{screen}");
     }
-    assert!(screen.contains("● connected") && screen.contains("as demo-admin (admin)"), "{screen}");
-    assert_eq!(demo_processes().len(), 3, "three real agentd processes");
+    assert!(screen.contains("● connected") && screen.contains("demo-admin (admin)"), "{screen}");
+    assert_eq!(demo_processes(tmp.path()).len(), 3, "three real agentd processes");
     Command::new("tmux").args(["-L", &socket, "send-keys", "-t", "demo", "q"]).status().unwrap();
     // The session ends when outpost exits.
     let deadline = Instant::now() + harness::WAIT;
@@ -116,6 +133,7 @@ fn demo_runs_a_live_fleet_and_leaves_nothing_behind() {
         assert!(Instant::now() < deadline, "outpost demo did not exit after q");
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(demo_processes(), Vec::<String>::new(), "agents left behind");
-    let _ = Command::new("tmux").args(["-L", &socket, "kill-server"]).status();
+    assert_eq!(demo_processes(tmp.path()), Vec::<String>::new(), "agents left behind");
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert!(leftovers.is_empty(), "the demo directory was not removed: {leftovers:?}");
 }
