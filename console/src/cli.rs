@@ -217,9 +217,10 @@ pub async fn watch(bundle: &Bundle) -> anyhow::Result<String> {
             None => return Ok(String::new()),
             Some(FleetEvent { event: None }) => continue,
             Some(FleetEvent { event: Some(e) }) => match e {
-                fleet_event::Event::Snapshot(s) => {
-                    serde_json::json!({"type": "snapshot", "servers": s.servers.iter().map(server_json).collect::<Vec<_>>()})
-                }
+                fleet_event::Event::Snapshot(s) => serde_json::json!({
+                    "type": "snapshot", "part": s.part, "last": s.last,
+                    "servers": s.servers.iter().map(server_json).collect::<Vec<_>>()
+                }),
                 fleet_event::Event::Upsert(s) => serde_json::json!({"type": "upsert", "server": server_json(&s)}),
                 fleet_event::Event::Removed(n) => serde_json::json!({"type": "removed", "name": n}),
             },

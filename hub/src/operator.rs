@@ -16,6 +16,9 @@ use crate::registry::{FleetDelta, Liveness, ServerView};
 use crate::state::HubState;
 use crate::tokens::TokenRequest;
 
+/// Servers per snapshot part: ~500 B each, so a part stays far below the 1 MiB message limit.
+const SNAPSHOT_PART: usize = 500;
+
 /// Most history points one GetServer returns.
 const MAX_HISTORY: u32 = 2_000; // ~150 B a point: well inside the 1 MiB message limit
 
@@ -49,6 +52,7 @@ impl From<&ServerView> for pb::Server {
             agent_version: r.agent_version.clone(),
             first_seen_ms: r.first_seen_ms,
             last_seen_ms: r.last_seen_ms,
+            last_report_ms: r.last_report_ms,
             liveness: pb::Liveness::from(v.liveness) as i32,
             liveness_since_ms: v.liveness_since_ms,
             health: v.health.clone(),
@@ -65,10 +69,6 @@ impl From<&ServerView> for pb::Server {
             }),
         }
     }
-}
-
-fn event(e: pb::fleet_event::Event) -> Result<pb::FleetEvent, Status> {
-    Ok(pb::FleetEvent { event: Some(e) })
 }
 
 #[tonic::async_trait]
@@ -146,17 +146,33 @@ impl Operator for OperatorApi {
     }
 }
 
+/// A snapshot as bounded parts (at least one, even for an empty fleet).
+fn snapshot(views: &[Arc<ServerView>]) -> Vec<pb::FleetEvent> {
+    let chunks: Vec<&[Arc<ServerView>]> =
+        if views.is_empty() { vec![&[]] } else { views.chunks(SNAPSHOT_PART).collect() };
+    let n = chunks.len();
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| pb::FleetEvent {
+            event: Some(pb::fleet_event::Event::Snapshot(pb::FleetSnapshot {
+                servers: c.iter().map(|v| pb::Server::from(v.as_ref())).collect(),
+                part: i as u32,
+                last: i + 1 == n,
+            })),
+        })
+        .collect()
+}
+
 /// Snapshot, then deltas. A watcher that falls behind gets a fresh snapshot instead of a gap.
 async fn watch(state: Arc<HubState>, tx: mpsc::Sender<Result<pb::FleetEvent, Status>>) {
-    let snapshot = |views: Vec<Arc<ServerView>>| {
-        event(pb::fleet_event::Event::Snapshot(pb::FleetSnapshot {
-            servers: views.iter().map(|v| pb::Server::from(v.as_ref())).collect(),
-        }))
-    };
     let (views, mut rx) = state.registry.watch();
-    if tx.send(snapshot(views)).await.is_err() {
-        return;
+    for part in snapshot(&views) {
+        if tx.send(Ok(part)).await.is_err() {
+            return;
+        }
     }
+    drop(views);
     loop {
         let delta = tokio::select! {
             _ = state.shutdown.cancelled() => break,
@@ -164,19 +180,58 @@ async fn watch(state: Arc<HubState>, tx: mpsc::Sender<Result<pb::FleetEvent, Sta
             d = rx.recv() => d,
         };
         let out = match delta {
-            Ok(FleetDelta::Upsert(v)) => event(pb::fleet_event::Event::Upsert(pb::Server::from(v.as_ref()))),
-            Ok(FleetDelta::Removed(name)) => event(pb::fleet_event::Event::Removed(name)),
+            Ok(FleetDelta::Upsert(v)) => {
+                vec![pb::FleetEvent { event: Some(pb::fleet_event::Event::Upsert(pb::Server::from(v.as_ref()))) }]
+            }
+            Ok(FleetDelta::Removed(name)) => {
+                vec![pb::FleetEvent { event: Some(pb::fleet_event::Event::Removed(name)) }]
+            }
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 tracing::warn!(missed = n, "watcher fell behind; sending a fresh snapshot");
                 let (views, fresh) = state.registry.watch();
                 rx = fresh;
-                snapshot(views)
+                snapshot(&views)
             }
             Err(broadcast::error::RecvError::Closed) => break,
         };
-        if tx.send(out).await.is_err() {
-            break;
+        for e in out {
+            if tx.send(Ok(e)).await.is_err() {
+                return;
+            }
         }
     }
     tracing::debug!("watch ended");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Liveness;
+    use crate::store::ServerRecord;
+
+    #[test]
+    fn snapshots_come_in_bounded_parts() {
+        let views: Vec<Arc<ServerView>> = (0..1201)
+            .map(|i| {
+                Arc::new(ServerView {
+                    record: ServerRecord { name: format!("s{i}"), ..Default::default() },
+                    liveness: Liveness::Pending,
+                    liveness_since_ms: 0,
+                    health: None,
+                })
+            })
+            .collect();
+        let parts: Vec<(usize, u32, bool)> = snapshot(&views)
+            .into_iter()
+            .map(|e| match e.event {
+                Some(pb::fleet_event::Event::Snapshot(s)) => (s.servers.len(), s.part, s.last),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(parts, [(500, 0, false), (500, 1, false), (201, 2, true)]);
+        let empty: Vec<_> = snapshot(&[]).into_iter().map(|e| e.event).collect();
+        assert!(
+            matches!(empty.as_slice(), [Some(pb::fleet_event::Event::Snapshot(s))] if s.last && s.servers.is_empty())
+        );
+    }
 }

@@ -52,6 +52,7 @@ impl HubState {
         record.last_seq = report.seq;
         record.reports_received += 1;
         record.last_seen_ms = now;
+        record.last_report_ms = report.taken_at_ms;
         if record.first_seen_ms == 0 {
             record.first_seen_ms = now;
         }

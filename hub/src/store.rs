@@ -92,6 +92,8 @@ pub struct ServerRecord {
     pub created_ms: i64,
     pub first_seen_ms: i64,
     pub last_seen_ms: i64,
+    /// When the agent took its latest stored report (its clock).
+    pub last_report_ms: i64,
     /// Highest seq durably stored (the ack high-water mark).
     pub last_seq: u64,
     pub reports_received: u64,

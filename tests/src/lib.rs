@@ -211,7 +211,9 @@ pub async fn watch_until_for(
 fn apply(fleet: &mut Fleet, e: fleet_event::Event) {
     match e {
         fleet_event::Event::Snapshot(s) => {
-            fleet.clear();
+            if s.part == 0 {
+                fleet.clear();
+            }
             fleet.extend(s.servers.into_iter().map(|s| (s.name.clone(), s)));
         }
         fleet_event::Event::Upsert(s) => {

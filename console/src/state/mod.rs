@@ -308,15 +308,35 @@ impl App {
     fn apply_event(&mut self, e: fleet_event::Event, now_ms: i64) {
         match e {
             fleet_event::Event::Snapshot(s) => {
-                self.servers = s.servers.into_iter().map(|s| (s.name.clone(), s)).collect();
+                if s.part == 0 {
+                    self.servers.clear();
+                }
+                self.servers.extend(s.servers.into_iter().map(|s| (s.name.clone(), s)));
                 if let Some(d) = &self.detail {
                     // Reloaded after a reconnect: the snapshot may have moved on.
                     self.requests.push(Request::Detail(d.name.clone()));
                 }
+                self.rows_dirty = true;
+            }
+            fleet_event::Event::Removed(n) => {
+                self.servers.remove(&n);
+                self.rows_dirty = true;
             }
             fleet_event::Event::Upsert(s) => {
-                if let Some(old) = self.servers.get(&s.name) {
-                    self.note_changes(old.clone(), &s, now_ms);
+                let old = self.servers.get(&s.name);
+                let existed = old.is_some();
+                let notes = old.map(|old| changes(old, &s)).unwrap_or_default();
+                if !notes.is_empty() {
+                    let log = self.events.entry(s.name.clone()).or_default();
+                    log.extend(notes.into_iter().map(|n| (now_ms, n)));
+                    while log.len() > EVENTS_PER_SERVER {
+                        log.pop_front();
+                    }
+                }
+                // By name with no filter, a known server's update moves no row: skip the rebuild (the
+                // common case at 10k servers reporting every second).
+                if !existed || self.sort != Column::Name || !self.filter.is_empty() {
+                    self.rows_dirty = true;
                 }
                 if let Some(d) = self.detail.as_mut().filter(|d| d.name == s.name && s.last_seq > d.last_seq)
                     && let Some(h) = &s.health
@@ -328,29 +348,6 @@ impl App {
                     }
                 }
                 self.servers.insert(s.name.clone(), s);
-            }
-            fleet_event::Event::Removed(n) => {
-                self.servers.remove(&n);
-            }
-        }
-        self.rows_dirty = true;
-    }
-
-    fn note_changes(&mut self, old: Server, new: &Server, now_ms: i64) {
-        let mut notes = Vec::new();
-        if old.liveness != new.liveness {
-            notes.push(format!("{} → {}", status_word(&old), status_word(new)));
-        }
-        if !old.cert_serial.is_empty() && old.cert_serial != new.cert_serial {
-            notes.push("certificate renewed".to_string());
-        }
-        if !notes.is_empty() {
-            let log = self.events.entry(new.name.clone()).or_default();
-            for n in notes {
-                log.push_back((now_ms, n));
-            }
-            while log.len() > EVENTS_PER_SERVER {
-                log.pop_front();
             }
         }
     }
@@ -578,6 +575,18 @@ impl App {
         }
         true
     }
+}
+
+/// What changed between two versions of a server that an operator would want in "recent events".
+fn changes(old: &Server, new: &Server) -> Vec<String> {
+    let mut notes = Vec::new();
+    if old.liveness != new.liveness {
+        notes.push(format!("{} → {}", status_word(old), status_word(new)));
+    }
+    if !old.cert_serial.is_empty() && old.cert_serial != new.cert_serial {
+        notes.push("certificate renewed".to_string());
+    }
+    notes
 }
 
 /// Completes a command prefix to the one command it names, or to the longest common prefix.

@@ -16,7 +16,7 @@ fn server(name: &str, l: Liveness, cpu: f32, plan: &str) -> Server {
 }
 
 fn snap(servers: Vec<Server>) -> FleetEvent {
-    FleetEvent { event: Some(fleet_event::Event::Snapshot(FleetSnapshot { servers })) }
+    FleetEvent { event: Some(fleet_event::Event::Snapshot(FleetSnapshot { servers, part: 0, last: true })) }
 }
 
 fn upsert(s: Server) -> FleetEvent {
@@ -173,4 +173,19 @@ fn navigation_is_bounded() {
     a.key(Key::End);
     assert_eq!(a.cursor(), 2);
     assert!(!a.key(Key::Char('q')));
+}
+
+#[test]
+fn a_snapshot_in_parts_accumulates_and_part_zero_resets() {
+    let mut a = app();
+    let part = |names: &[&str], part, last| FleetEvent {
+        event: Some(fleet_event::Event::Snapshot(FleetSnapshot {
+            servers: names.iter().map(|n| server(n, Liveness::Connected, 1.0, "pro")).collect(),
+            part,
+            last,
+        })),
+    };
+    a.apply(part(&["x-1", "x-2"], 0, false), 0);
+    a.apply(part(&["x-3"], 1, true), 0);
+    assert_eq!(a.rows(), ["x-1", "x-2", "x-3"], "part 0 dropped the old fleet, part 1 added");
 }

@@ -61,7 +61,10 @@ fn fixture() -> App {
         });
     }
     let mut app = App::new("https://hub.example:7443", "alice", "support");
-    app.apply(FleetEvent { event: Some(fleet_event::Event::Snapshot(FleetSnapshot { servers })) }, NOW);
+    app.apply(
+        FleetEvent { event: Some(fleet_event::Event::Snapshot(FleetSnapshot { servers, part: 0, last: true })) },
+        NOW,
+    );
     app.conn = Conn::Live;
     app
 }

@@ -3,6 +3,7 @@
 //!     cargo build --release --bins
 //!     target/release/outpost-bench agent-idle --minutes 5
 //!     target/release/outpost-bench hub --agents 1000 --interval 10s --minutes 5
+//!     target/release/outpost-bench console --servers 10000 --interval 1s --seconds 60
 //!
 //! CPU is the process's own user+system time over the window (percent of one core); RSS is VmRSS sampled
 //! every 5 s. Figures are for the machine printed in the header.
@@ -37,6 +38,16 @@ enum Cmd {
         interval: String,
         #[arg(long, default_value_t = 5.0)]
         minutes: f64,
+    },
+    /// The console against a real hub with N simulated servers: time to first full screen, frame build
+    /// time, report-to-screen delay, and the real binary's RSS.
+    Console {
+        #[arg(long, default_value_t = 10_000)]
+        servers: u32,
+        #[arg(long, default_value = "1s")]
+        interval: String,
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
     },
 }
 
@@ -116,6 +127,7 @@ async fn main() -> anyhow::Result<()> {
     match args.cmd {
         Cmd::AgentIdle { minutes } => agent_idle(tmp.path(), minutes).await,
         Cmd::Hub { agents, interval, minutes } => hub(tmp.path(), agents, &interval, minutes).await,
+        Cmd::Console { servers, interval, seconds } => console(tmp.path(), servers, &interval, seconds).await,
     }
 }
 
@@ -214,4 +226,178 @@ fn dir_size(p: &Path) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn summary(mut v: Vec<f64>) -> String {
+    v.sort_by(f64::total_cmp);
+    format!(
+        "p50 {:.2} / p99 {:.2} / max {:.2} (n={})",
+        percentile(&v, 0.5),
+        percentile(&v, 0.99),
+        v.last().copied().unwrap_or(f64::NAN),
+        v.len()
+    )
+}
+
+async fn console(root: &Path, servers: u32, interval: &str, seconds: u64) -> anyhow::Result<()> {
+    use console::app::apply;
+    use console::conn::{self, ConnEvent};
+    use console::state::App;
+    use console::view::{self, Theme};
+    use ratatui::Terminal;
+    use ratatui::backend::TestBackend;
+
+    let hub = HubProc::start(&root.join("hub"), harness::free_port(), "").await;
+    let admin = root.join("admin");
+    hub.bundle("bench-admin", Role::Admin).write(&admin)?;
+    let viewer = root.join("viewer");
+    let bundle = hub.bundle("bench-viewer", Role::Viewer);
+    bundle.write(&viewer)?;
+    let sim_log = std::fs::File::create(root.join("sim.log"))?;
+    let mut sim = tokio::process::Command::new(harness::bin("outpost-sim"))
+        .args([
+            "--bundle",
+            admin.to_str().unwrap(),
+            "--agents",
+            &servers.to_string(),
+            "--interval",
+            interval,
+            "--concurrency",
+            "64",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(sim_log)
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut ops = hub.client(Role::Viewer);
+    let t = Instant::now();
+    watch_until_for(&mut ops, "all simulated servers connected", Duration::from_secs(1200), |f| {
+        f.values().filter(|s| harness::liveness(s) == Liveness::Connected).count() == servers as usize
+    })
+    .await;
+    println!("{servers} servers enrolled and connected in {:.1} s", t.elapsed().as_secs_f64());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    // 1. Launch to first full screen (library path: mTLS connect, watch, snapshot, first frame), 5 runs.
+    let mut firsts = Vec::new();
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let mut app = App::new(&bundle.meta.hub, &bundle.meta.name, &bundle.meta.role);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(20_000);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(conn::watch(bundle.channel()?, tx, stop.clone()));
+        while app.len() < servers as usize {
+            let ev = rx.recv().await.expect("watch runs");
+            apply(&mut app, ev);
+        }
+        let mut term = Terminal::new(TestBackend::new(200, 50))?;
+        term.draw(|f| view::render(f, &mut app, outpost_common::now_ms(), Theme { color: true }))?;
+        firsts.push(t0.elapsed().as_secs_f64() * 1000.0);
+        stop.cancel();
+        let _ = task.await;
+    }
+    println!("launch to first full screen (library path, 200x50), ms: {}", summary(firsts));
+
+    // 2 + 3. The app's own loop, headless: apply what arrived, draw at most every 50 ms, time each frame, and
+    // for every report applied, the delay from the agent taking it to the frame that shows it.
+    let mut app = App::new(&bundle.meta.hub, &bundle.meta.name, &bundle.meta.role);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(20_000);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(conn::watch(bundle.channel()?, tx, stop.clone()));
+    let mut term = Terminal::new(TestBackend::new(200, 50))?;
+    let (mut frames, mut delays) = (Vec::new(), Vec::new());
+    let mut pending: Vec<i64> = Vec::new();
+    let mut updates = 0u64;
+    let end = Instant::now() + Duration::from_secs(seconds);
+    let mut next_frame = Instant::now();
+    let mut live = false;
+    while Instant::now() < end {
+        tokio::select! {
+            Some(first) = rx.recv() => {
+                let mut next = Some(first);
+                while let Some(ev) = next {
+                    if let ConnEvent::Fleet(e) = &ev {
+                        match &e.event {
+                            Some(outpost_proto::v1::fleet_event::Event::Upsert(s)) if live && s.last_report_ms > 0 => {
+                                pending.push(s.last_report_ms);
+                                updates += 1;
+                            }
+                            Some(outpost_proto::v1::fleet_event::Event::Snapshot(_)) => live = true,
+                            _ => {}
+                        }
+                    }
+                    apply(&mut app, ev);
+                    next = rx.try_recv().ok();
+                }
+            }
+            _ = tokio::time::sleep_until(next_frame.into()) => {
+                let t0 = Instant::now();
+                term.draw(|f| view::render(f, &mut app, outpost_common::now_ms(), Theme { color: true }))?;
+                frames.push(t0.elapsed().as_secs_f64() * 1000.0);
+                let shown = outpost_common::now_ms();
+                delays.extend(pending.drain(..).map(|taken| (shown - taken) as f64));
+                next_frame = Instant::now() + Duration::from_millis(50);
+            }
+        }
+    }
+    stop.cancel();
+    let _ = task.await;
+    println!("frame build (fleet view, 200x50, live deltas), ms: {}", summary(frames));
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        let t0 = Instant::now();
+        term.draw(|f| view::render(f, &mut app, outpost_common::now_ms(), Theme { color: true }))?;
+        idle.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    println!("frame build (fleet view, 200x50, no change), ms: {}", summary(idle));
+    println!("updates applied: {updates} in {seconds} s = {:.0}/s", updates as f64 / seconds as f64);
+    println!("report taken by agent -> on screen, ms: {}", summary(delays));
+
+    // 4. The real binary in tmux: RSS with the whole fleet loaded.
+    let socket = format!("outpost-bench-{}", std::process::id());
+    let cmd = format!("{} --bundle {}", harness::bin("outpost").display(), viewer.display());
+    let t0 = Instant::now();
+    std::process::Command::new("tmux")
+        .args(["-L", &socket, "new-session", "-d", "-s", "b", "-x", "200", "-y", "50", &cmd])
+        .status()?;
+    let want = format!("{servers} servers");
+    loop {
+        let out = std::process::Command::new("tmux").args(["-L", &socket, "capture-pane", "-p", "-t", "b"]).output()?;
+        if String::from_utf8_lossy(&out.stdout).contains(&want) {
+            break;
+        }
+        anyhow::ensure!(t0.elapsed() < Duration::from_secs(60), "the console never showed the fleet");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!(
+        "real binary in tmux: fleet on screen {:.0} ms after launch (10 ms polling)",
+        t0.elapsed().as_secs_f64() * 1000.0
+    );
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let pid =
+        std::process::Command::new("pgrep").args(["-f", &format!("outpost --bundle {}", viewer.display())]).output()?;
+    // tmux runs the command through `sh -c`: take the process that is outpost itself.
+    let pid: u32 = String::from_utf8_lossy(&pid.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse::<u32>().ok())
+        .find(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "outpost"))
+        .unwrap_or(0);
+    if pid > 0 {
+        let (cpu, min, avg, max) = measure(pid, Duration::from_secs(20)).await;
+        println!(
+            "real binary RSS with {servers} servers: min {min:.1} / avg {avg:.1} / max {max:.1} MiB; CPU {cpu:.1}% of one core"
+        );
+    }
+    let _ = std::process::Command::new("tmux").args(["-L", &socket, "kill-server"]).status();
+    let s = sample(hub.child.id().unwrap());
+    println!("hubd RSS at the end: {:.1} MiB", s.rss_kib as f64 / 1024.0);
+    sim.start_kill()?;
+    Ok(())
 }
