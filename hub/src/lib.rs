@@ -140,9 +140,11 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(
+            // Answers grow with the fleet (ListServers is ~500 B a server) until it is paginated; requests stay
+            // bounded at 1 MiB. The watch stream sends its snapshot in bounded parts.
             OperatorServer::new(operator)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                .max_encoding_message_size(64 << 20),
         );
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let stop = shutdown.clone();

@@ -147,7 +147,13 @@ impl Registry {
         let Some(entry) = inner.servers.get_mut(&record.name) else {
             return;
         };
-        let view = Arc::new(ServerView { record, health: Some(health), ..(*entry.view).clone() });
+        // The hot path (every report): build the view from its parts, cloning nothing of the old one.
+        let view = Arc::new(ServerView {
+            record,
+            health: Some(health),
+            liveness: entry.view.liveness,
+            liveness_since_ms: entry.view.liveness_since_ms,
+        });
         entry.view = view.clone();
         let _ = self.deltas.send(FleetDelta::Upsert(view));
     }

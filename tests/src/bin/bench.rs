@@ -278,8 +278,14 @@ async fn console(root: &Path, servers: u32, interval: &str, seconds: u64) -> any
         .spawn()?;
     let mut ops = hub.client(Role::Viewer);
     let t = Instant::now();
+    let mut said = Instant::now();
     watch_until_for(&mut ops, "all simulated servers connected", Duration::from_secs(1200), |f| {
-        f.values().filter(|s| harness::liveness(s) == Liveness::Connected).count() == servers as usize
+        let n = f.values().filter(|s| harness::liveness(s) == Liveness::Connected).count();
+        if said.elapsed() >= Duration::from_secs(10) {
+            println!("  {n} connected after {:.0} s", t.elapsed().as_secs_f64());
+            said = Instant::now();
+        }
+        n == servers as usize
     })
     .await;
     println!("{servers} servers enrolled and connected in {:.1} s", t.elapsed().as_secs_f64());
