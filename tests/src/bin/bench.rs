@@ -271,6 +271,7 @@ async fn console(root: &Path, servers: u32, interval: &str, seconds: u64) -> any
             interval,
             "--concurrency",
             "64",
+            "--hold-reports",
         ])
         .stdout(std::process::Stdio::null())
         .stderr(sim_log)

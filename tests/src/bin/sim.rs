@@ -39,6 +39,10 @@ struct Args {
     /// Enrollments in flight at once.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
+    /// Agents connect as they enroll but report only once all are enrolled (measures the steady state
+    /// without enrollment competing with a growing report load).
+    #[arg(long)]
+    hold_reports: bool,
     /// Stop after this long (0: until Ctrl-C).
     #[arg(long, default_value = "0", value_parser = outpost_common::parse_duration_ms)]
     duration: Duration,
@@ -64,12 +68,15 @@ async fn main() -> anyhow::Result<()> {
     let stats = Arc::new(Stats::default());
     let stop = CancellationToken::new();
     let gate = Arc::new(Semaphore::new(args.concurrency));
+    let (all_in, all_in_rx) = tokio::sync::watch::channel(!args.hold_reports);
+    let all_in = Arc::new(all_in);
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..args.agents {
         let name = format!("{}-{i:05}", args.prefix);
         let (admin, stats, stop, gate, interval) =
             (admin.clone(), stats.clone(), stop.clone(), gate.clone(), args.interval);
-        tasks.spawn(async move { agent(name, i, admin, stats, stop, gate, interval).await });
+        let go = Go { all_in: all_in.clone(), rx: all_in_rx.clone(), agents: args.agents };
+        tasks.spawn(async move { agent(name, i, admin, stats, stop, gate, interval, go).await });
     }
     let ctrl_c = stop.clone();
     tokio::spawn(async move {
@@ -100,6 +107,13 @@ async fn main() -> anyhow::Result<()> {
     }
     while tasks.join_next().await.is_some() {}
     Ok(())
+}
+
+/// When to start reporting: at once, or when the last agent has enrolled (`--hold-reports`).
+struct Go {
+    all_in: Arc<tokio::sync::watch::Sender<bool>>,
+    rx: tokio::sync::watch::Receiver<bool>,
+    agents: u32,
 }
 
 /// Counts a live session for as long as it exists.
@@ -162,6 +176,7 @@ async fn agent(
     stop: CancellationToken,
     gate: Arc<Semaphore>,
     interval: Duration,
+    mut go: Go,
 ) {
     let identity = {
         let _permit = gate.acquire().await;
@@ -189,7 +204,9 @@ async fn agent(
             }
         }
     };
-    stats.enrolled.fetch_add(1, Ordering::Relaxed);
+    if stats.enrolled.fetch_add(1, Ordering::Relaxed) + 1 == u64::from(go.agents) {
+        let _ = go.all_in.send(true);
+    }
     let mut metrics = Metrics { state: u64::from(i) * 2_654_435_761 + 1, cpu: 20.0, mem: 0.5 };
     let mut seq = 0u64;
     let mut attempt = 0;
@@ -214,6 +231,10 @@ async fn agent(
             let mut inbound = AgentLinkClient::new(channel).connect(ReceiverStream::new(rx)).await?.into_inner();
             let _live = Live::new(&stats);
             attempt = 0;
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                _ = go.rx.wait_for(|all| *all) => {}
+            }
             // Spread the first reports over one interval, as a real fleet's would be.
             let offset = interval.mul_f64(f64::from(i % 1000) / 1000.0);
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, interval);
