@@ -75,8 +75,8 @@ async fn main() -> anyhow::Result<()> {
         let name = format!("{}-{i:05}", args.prefix);
         let (admin, stats, stop, gate, interval) =
             (admin.clone(), stats.clone(), stop.clone(), gate.clone(), args.interval);
-        let go = Go { all_in: all_in.clone(), rx: all_in_rx.clone(), agents: args.agents };
-        tasks.spawn(async move { agent(name, i, admin, stats, stop, gate, interval, go).await });
+        let pace = Pace { interval, all_in: all_in.clone(), rx: all_in_rx.clone(), agents: args.agents };
+        tasks.spawn(async move { agent(name, i, admin, stats, stop, gate, pace).await });
     }
     let ctrl_c = stop.clone();
     tokio::spawn(async move {
@@ -109,8 +109,10 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// When to start reporting: at once, or when the last agent has enrolled (`--hold-reports`).
-struct Go {
+/// How an agent reports: every `interval`, starting at once or when the last agent has enrolled
+/// (`--hold-reports`).
+struct Pace {
+    interval: Duration,
     all_in: Arc<tokio::sync::watch::Sender<bool>>,
     rx: tokio::sync::watch::Receiver<bool>,
     agents: u32,
@@ -175,8 +177,7 @@ async fn agent(
     stats: Arc<Stats>,
     stop: CancellationToken,
     gate: Arc<Semaphore>,
-    interval: Duration,
-    mut go: Go,
+    mut pace: Pace,
 ) {
     let identity = {
         let _permit = gate.acquire().await;
@@ -204,8 +205,8 @@ async fn agent(
             }
         }
     };
-    if stats.enrolled.fetch_add(1, Ordering::Relaxed) + 1 == u64::from(go.agents) {
-        let _ = go.all_in.send(true);
+    if stats.enrolled.fetch_add(1, Ordering::Relaxed) + 1 == u64::from(pace.agents) {
+        let _ = pace.all_in.send(true);
     }
     let mut metrics = Metrics { state: u64::from(i) * 2_654_435_761 + 1, cpu: 20.0, mem: 0.5 };
     let mut seq = 0u64;
@@ -233,11 +234,11 @@ async fn agent(
             attempt = 0;
             tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
-                _ = go.rx.wait_for(|all| *all) => {}
+                _ = pace.rx.wait_for(|all| *all) => {}
             }
             // Spread the first reports over one interval, as a real fleet's would be.
-            let offset = interval.mul_f64(f64::from(i % 1000) / 1000.0);
-            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, interval);
+            let offset = pace.interval.mul_f64(f64::from(i % 1000) / 1000.0);
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, pace.interval);
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return Ok::<_, tonic::Status>(()),
