@@ -149,6 +149,8 @@ pub struct App {
     pub message: Option<Message>,
     pub detail: Option<Detail>,
     events: HashMap<String, VecDeque<(i64, String)>>,
+    /// Kept per event (O(1)), not recounted per frame over the whole fleet.
+    counts: Counts,
     /// Rows per page; the view sets it to what fits.
     pub page: usize,
     /// Drained by the event loop.
@@ -269,6 +271,7 @@ impl App {
             message: None,
             detail: None,
             events: HashMap::new(),
+            counts: Counts::default(),
             page: 20,
             requests: Vec::new(),
         }
@@ -310,8 +313,14 @@ impl App {
             fleet_event::Event::Snapshot(s) => {
                 if s.part == 0 {
                     self.servers.clear();
+                    self.counts = Counts::default();
                 }
-                self.servers.extend(s.servers.into_iter().map(|s| (s.name.clone(), s)));
+                for server in s.servers {
+                    tally(&mut self.counts, &server, true);
+                    if let Some(old) = self.servers.insert(server.name.clone(), server) {
+                        tally(&mut self.counts, &old, false);
+                    }
+                }
                 if let Some(d) = &self.detail {
                     // Reloaded after a reconnect: the snapshot may have moved on.
                     self.requests.push(Request::Detail(d.name.clone()));
@@ -319,7 +328,9 @@ impl App {
                 self.rows_dirty = true;
             }
             fleet_event::Event::Removed(n) => {
-                self.servers.remove(&n);
+                if let Some(old) = self.servers.remove(&n) {
+                    tally(&mut self.counts, &old, false);
+                }
                 self.rows_dirty = true;
             }
             fleet_event::Event::Upsert(s) => {
@@ -347,7 +358,10 @@ impl App {
                         d.points.pop_front();
                     }
                 }
-                self.servers.insert(s.name.clone(), s);
+                tally(&mut self.counts, &s, true);
+                if let Some(old) = self.servers.insert(s.name.clone(), s) {
+                    tally(&mut self.counts, &old, false);
+                }
             }
         }
     }
@@ -360,7 +374,10 @@ impl App {
         }
         let points = d.history.into_iter().filter_map(|p| p.health.map(|h| (p.taken_at_ms, h))).collect();
         self.detail = Some(Detail { name: server.name.clone(), points, loaded: true, last_seq: server.last_seq });
-        self.servers.insert(server.name.clone(), server);
+        tally(&mut self.counts, &server, true);
+        if let Some(old) = self.servers.insert(server.name.clone(), server) {
+            tally(&mut self.counts, &old, false);
+        }
         self.rows_dirty = true;
     }
 
@@ -404,19 +421,7 @@ impl App {
     }
 
     pub fn counts(&self) -> Counts {
-        let mut c = Counts { total: self.servers.len(), ..Counts::default() };
-        for s in self.servers.values() {
-            match liveness(s) {
-                Liveness::Connected => c.connected += 1,
-                Liveness::Disconnected => c.disconnected += 1,
-                Liveness::Lost => c.lost += 1,
-                _ => c.pending += 1,
-            }
-            if needs_attention(s) {
-                c.alerts += 1;
-            }
-        }
-        c
+        self.counts
     }
 
     fn say(&mut self, text: impl Into<String>, error: bool) {
@@ -574,6 +579,21 @@ impl App {
             },
         }
         true
+    }
+}
+
+/// Adds (`add`) or removes one server's contribution to the counts.
+fn tally(c: &mut Counts, s: &Server, add: bool) {
+    let bump = |v: &mut usize| if add { *v += 1 } else { *v -= 1 };
+    bump(&mut c.total);
+    match liveness(s) {
+        Liveness::Connected => bump(&mut c.connected),
+        Liveness::Disconnected => bump(&mut c.disconnected),
+        Liveness::Lost => bump(&mut c.lost),
+        _ => bump(&mut c.pending),
+    }
+    if needs_attention(s) {
+        bump(&mut c.alerts);
     }
 }
 

@@ -189,3 +189,17 @@ fn a_snapshot_in_parts_accumulates_and_part_zero_resets() {
     a.apply(part(&["x-3"], 1, true), 0);
     assert_eq!(a.rows(), ["x-1", "x-2", "x-3"], "part 0 dropped the old fleet, part 1 added");
 }
+
+#[test]
+fn incremental_counts_equal_a_recount() {
+    let mut a = app();
+    a.apply(upsert(server("web-2", Liveness::Connected, 1.0, "pro")), 0);
+    a.apply(upsert(server("new-1", Liveness::Disconnected, 1.0, "pro")), 0);
+    a.apply(FleetEvent { event: Some(fleet_event::Event::Removed("web-1".into())) }, 0);
+    let mut recount = Counts::default();
+    for n in a.rows().to_vec() {
+        super::tally(&mut recount, a.server(&n).unwrap(), true);
+    }
+    assert_eq!(a.counts(), recount);
+    assert_eq!(a.counts(), Counts { total: 3, connected: 2, disconnected: 1, ..Default::default() });
+}

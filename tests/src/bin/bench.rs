@@ -4,6 +4,7 @@
 //!     target/release/outpost-bench agent-idle --minutes 5
 //!     target/release/outpost-bench hub --agents 1000 --interval 10s --minutes 5
 //!     target/release/outpost-bench console --servers 10000 --interval 1s --seconds 60
+//!     target/release/outpost-bench console-frame --servers 10000
 //!
 //! CPU is the process's own user+system time over the window (percent of one core); RSS is VmRSS sampled
 //! every 5 s. Figures are for the machine printed in the header.
@@ -48,6 +49,14 @@ enum Cmd {
         interval: String,
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+    },
+    /// The console's own cost, no hub and no network: N servers, 500 updates between frames (10k/s at
+    /// 20 fps), frame build and update apply times.
+    ConsoleFrame {
+        #[arg(long, default_value_t = 10_000)]
+        servers: u32,
+        #[arg(long, default_value_t = 2000)]
+        frames: u32,
     },
 }
 
@@ -128,6 +137,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::AgentIdle { minutes } => agent_idle(tmp.path(), minutes).await,
         Cmd::Hub { agents, interval, minutes } => hub(tmp.path(), agents, &interval, minutes).await,
         Cmd::Console { servers, interval, seconds } => console(tmp.path(), servers, &interval, seconds).await,
+        Cmd::ConsoleFrame { servers, frames } => console_frame(servers, frames),
     }
 }
 
@@ -406,5 +416,93 @@ async fn console(root: &Path, servers: u32, interval: &str, seconds: u64) -> any
     let s = sample(hub.child.id().unwrap());
     println!("hubd RSS at the end: {:.1} MiB", s.rss_kib as f64 / 1024.0);
     sim.start_kill()?;
+    Ok(())
+}
+
+fn synthetic(i: u32, tick: u64) -> outpost_proto::v1::Server {
+    use outpost_proto::v1::{Disk, Health, K3s, Server, k3s};
+    Server {
+        name: format!("sim-{i:05}"),
+        customer: format!("cust-{}", i % 97),
+        plan: ["starter", "pro", "team"][i as usize % 3].into(),
+        liveness: if i % 50 == 0 { Liveness::Lost } else { Liveness::Connected } as i32,
+        last_seen_ms: outpost_common::now_ms(),
+        last_seq: tick,
+        agent_version: "0.1.0".into(),
+        cert_not_after: outpost_common::now_ms() / 1000 + 86_400,
+        health: Some(Health {
+            cpu_percent: ((u64::from(i) * 7 + tick) % 100) as f32,
+            load1: 0.5,
+            mem_total_bytes: 4 << 30,
+            mem_used_bytes: 2 << 30,
+            disks: vec![Disk { mount: "/".into(), total_bytes: 40 << 30, available_bytes: 20 << 30 }],
+            k3s: Some(K3s { state: k3s::State::Active as i32, detail: String::new() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn console_frame(servers: u32, frames: u32) -> anyhow::Result<()> {
+    use console::state::App;
+    use console::view::{self, Theme};
+    use outpost_proto::v1::{FleetEvent, FleetSnapshot, fleet_event};
+    use ratatui::Terminal;
+    use ratatui::backend::TestBackend;
+
+    let mut app = App::new("https://hub:7443", "bench", "viewer");
+    let t = Instant::now();
+    let all: Vec<_> = (0..servers).map(|i| synthetic(i, 0)).collect();
+    app.apply(
+        FleetEvent { event: Some(fleet_event::Event::Snapshot(FleetSnapshot { servers: all, part: 0, last: true })) },
+        0,
+    );
+    let mut term = Terminal::new(TestBackend::new(200, 50))?;
+    term.draw(|f| view::render(f, &mut app, outpost_common::now_ms(), Theme { color: true }))?;
+    println!(
+        "snapshot of {servers} applied and first frame drawn (no network): {:.1} ms",
+        t.elapsed().as_secs_f64() * 1000.0
+    );
+    for (w, h) in [(200u16, 50u16), (80, 24)] {
+        let mut term = Terminal::new(TestBackend::new(w, h))?;
+        let (mut render, mut apply) = (Vec::new(), Vec::new());
+        let mut next = 0u32;
+        for f in 0..u64::from(frames) {
+            let t = Instant::now();
+            for _ in 0..500 {
+                let s = synthetic(next % servers, f + 1);
+                next += 1;
+                app.apply(FleetEvent { event: Some(fleet_event::Event::Upsert(s)) }, 0);
+            }
+            apply.push(t.elapsed().as_secs_f64() * 1e6 / 500.0);
+            let t = Instant::now();
+            term.draw(|fr| view::render(fr, &mut app, outpost_common::now_ms(), Theme { color: true }))?;
+            render.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        println!("{w}x{h} frame build with 500 updates between frames, ms: {}", summary(render));
+        println!("{w}x{h} update apply, µs each: {}", summary(apply));
+    }
+    // Sorting by CPU (order changes with every update): the rows are rebuilt every frame.
+    app.act(console::state::Action::SortNext);
+    while app.sort != console::state::Column::Cpu {
+        app.act(console::state::Action::SortNext);
+    }
+    let mut term = Terminal::new(TestBackend::new(200, 50))?;
+    let mut render = Vec::new();
+    for f in 0..u64::from(frames / 4) {
+        for i in 0..500 {
+            app.apply(
+                FleetEvent {
+                    event: Some(fleet_event::Event::Upsert(synthetic((f as u32 * 500 + i) % servers, f + 7))),
+                },
+                0,
+            );
+        }
+        let t = Instant::now();
+        term.draw(|fr| view::render(fr, &mut app, outpost_common::now_ms(), Theme { color: true }))?;
+        render.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    println!("200x50 frame build sorted by CPU (rows rebuilt each frame), ms: {}", summary(render));
+    println!("process RSS with {servers} servers: {:.1} MiB", sample(std::process::id()).rss_kib as f64 / 1024.0);
     Ok(())
 }
