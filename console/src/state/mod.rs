@@ -217,8 +217,12 @@ fn cmp_f(a: Option<f64>, b: Option<f64>) -> Ordering {
     a.unwrap_or(-1.0).total_cmp(&b.unwrap_or(-1.0))
 }
 
+/// What a server without a report compares as.
+static NO_HEALTH: std::sync::LazyLock<Health> = std::sync::LazyLock::new(Health::default);
+
 fn compare(col: Column, a: &Server, b: &Server) -> Ordering {
-    let (ha, hb) = (a.health.clone().unwrap_or_default(), b.health.clone().unwrap_or_default());
+    // By reference: a 10k-row sort makes ~280k comparisons; cloning here cost 75 ms a frame.
+    let (ha, hb) = (a.health.as_ref().unwrap_or(&NO_HEALTH), b.health.as_ref().unwrap_or(&NO_HEALTH));
     let by = match col {
         Column::Name => Ordering::Equal,
         Column::Customer => a.customer.cmp(&b.customer),
@@ -229,10 +233,10 @@ fn compare(col: Column, a: &Server, b: &Server) -> Ordering {
             a.health.as_ref().map(|h| f64::from(h.cpu_percent)),
             b.health.as_ref().map(|h| f64::from(h.cpu_percent)),
         ),
-        Column::Mem => cmp_f(mem_pct(&ha), mem_pct(&hb)),
-        Column::Disk => cmp_f(disk_pct(&ha), disk_pct(&hb)),
+        Column::Mem => cmp_f(mem_pct(ha), mem_pct(hb)),
+        Column::Disk => cmp_f(disk_pct(ha), disk_pct(hb)),
         Column::Load => ha.load1.total_cmp(&hb.load1),
-        Column::K3s => k3s_word(&ha).cmp(k3s_word(&hb)),
+        Column::K3s => k3s_word(ha).cmp(k3s_word(hb)),
         Column::Version => a.agent_version.cmp(&b.agent_version),
         Column::Cert => a.cert_not_after.cmp(&b.cert_not_after),
         Column::Seen => a.last_seen_ms.cmp(&b.last_seen_ms),

@@ -425,7 +425,7 @@ fn synthetic(i: u32, tick: u64) -> outpost_proto::v1::Server {
         name: format!("sim-{i:05}"),
         customer: format!("cust-{}", i % 97),
         plan: ["starter", "pro", "team"][i as usize % 3].into(),
-        liveness: if i % 50 == 0 { Liveness::Lost } else { Liveness::Connected } as i32,
+        liveness: if i.is_multiple_of(50) { Liveness::Lost } else { Liveness::Connected } as i32,
         last_seen_ms: outpost_common::now_ms(),
         last_seq: tick,
         agent_version: "0.1.0".into(),
