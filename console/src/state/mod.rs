@@ -213,35 +213,35 @@ pub fn needs_attention(s: &Server) -> bool {
         || h.is_some_and(|h| k3s_word(h) == "FAILED" || disk_pct(h).is_some_and(|d| d >= 90.0))
 }
 
-fn cmp_f(a: Option<f64>, b: Option<f64>) -> Ordering {
-    a.unwrap_or(-1.0).total_cmp(&b.unwrap_or(-1.0))
-}
-
 /// What a server without a report compares as.
 static NO_HEALTH: std::sync::LazyLock<Health> = std::sync::LazyLock::new(Health::default);
 
-fn compare(col: Column, a: &Server, b: &Server) -> Ordering {
-    // By reference: a 10k-row sort makes ~280k comparisons; cloning here cost 75 ms a frame.
-    let (ha, hb) = (a.health.as_ref().unwrap_or(&NO_HEALTH), b.health.as_ref().unwrap_or(&NO_HEALTH));
-    let by = match col {
-        Column::Name => Ordering::Equal,
-        Column::Customer => a.customer.cmp(&b.customer),
-        Column::Plan => a.plan.cmp(&b.plan),
+/// A row's sort key, computed once per rebuild (not per comparison).
+#[derive(PartialEq, PartialOrd)]
+enum SortKey<'a> {
+    Num(f64),
+    Int(i64),
+    Text(&'a str),
+}
+
+fn sort_key(col: Column, s: &Server) -> SortKey<'_> {
+    let h = s.health.as_ref().unwrap_or(&NO_HEALTH);
+    let num = |v: Option<f64>| SortKey::Num(v.unwrap_or(-1.0));
+    match col {
+        Column::Name => SortKey::Int(0),
+        Column::Customer => SortKey::Text(&s.customer),
+        Column::Plan => SortKey::Text(&s.plan),
         // Worst first when descending: lost > disconnected > pending > connected.
-        Column::Status => status_rank(a).cmp(&status_rank(b)),
-        Column::Cpu => cmp_f(
-            a.health.as_ref().map(|h| f64::from(h.cpu_percent)),
-            b.health.as_ref().map(|h| f64::from(h.cpu_percent)),
-        ),
-        Column::Mem => cmp_f(mem_pct(ha), mem_pct(hb)),
-        Column::Disk => cmp_f(disk_pct(ha), disk_pct(hb)),
-        Column::Load => ha.load1.total_cmp(&hb.load1),
-        Column::K3s => k3s_word(ha).cmp(k3s_word(hb)),
-        Column::Version => a.agent_version.cmp(&b.agent_version),
-        Column::Cert => a.cert_not_after.cmp(&b.cert_not_after),
-        Column::Seen => a.last_seen_ms.cmp(&b.last_seen_ms),
-    };
-    by.then_with(|| a.name.cmp(&b.name))
+        Column::Status => SortKey::Int(i64::from(status_rank(s))),
+        Column::Cpu => num(s.health.as_ref().map(|h| f64::from(h.cpu_percent))),
+        Column::Mem => num(mem_pct(h)),
+        Column::Disk => num(disk_pct(h)),
+        Column::Load => SortKey::Num(f64::from(h.load1)),
+        Column::K3s => SortKey::Text(k3s_word(h)),
+        Column::Version => SortKey::Text(&s.agent_version),
+        Column::Cert => SortKey::Int(s.cert_not_after),
+        Column::Seen => SortKey::Int(s.last_seen_ms),
+    }
 }
 
 fn status_rank(s: &Server) -> u8 {
@@ -388,14 +388,19 @@ impl App {
     /// Filtered, sorted row names (rebuilt only after a change).
     pub fn rows(&mut self) -> &[String] {
         if self.rows_dirty {
-            let mut rows: Vec<&Server> =
-                self.servers.values().filter(|s| self.filter.matches(s, status_word(s))).collect();
-            let (col, desc) = (self.sort, self.descending);
+            let col = self.sort;
+            let mut rows: Vec<(SortKey, &str)> = self
+                .servers
+                .values()
+                .filter(|s| self.filter.matches(s, status_word(s)))
+                .map(|s| (sort_key(col, s), s.name.as_str()))
+                .collect();
+            // Keys never mix kinds within a column; NaN cannot occur (percentages of finite numbers).
             rows.sort_unstable_by(|a, b| {
-                let o = compare(col, a, b);
-                if desc { o.reverse() } else { o }
+                let o = a.0.partial_cmp(&b.0).unwrap_or(Ordering::Equal).then_with(|| a.1.cmp(b.1));
+                if self.descending { o.reverse() } else { o }
             });
-            self.rows = rows.into_iter().map(|s| s.name.clone()).collect();
+            self.rows = rows.into_iter().map(|(_, n)| n.to_string()).collect();
             self.rows_dirty = false;
             // Follow the selected server to its new row; if it is filtered out, stay at the same row.
             if let Some(i) = self.selected.as_ref().and_then(|sel| self.rows.iter().position(|r| r == sel)) {
