@@ -82,3 +82,95 @@ async fn filter_open_back_quit_in_tmux() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_survives_the_hub_going_away_and_resumes() {
+    tool("tmux");
+    harness::init();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut hub = HubProc::start(&tmp.path().join("hub"), harness::free_port(), "").await;
+    let _agent = AgentProc::start(tmp.path(), "web-1", &hub.token("web-1").await, "");
+    let mut ops = hub.client(Role::Viewer);
+    watch_until(&mut ops, "agent connected", |f| is(f, "web-1", Liveness::Connected)).await;
+    drop(ops);
+    let bundle = tmp.path().join("support");
+    hub.bundle("sam", Role::Support).write(&bundle).unwrap();
+    let socket = format!("outpost-resume-{}", std::process::id());
+    let _tmux = Tmux(socket.clone());
+    let cmd = format!("{} --bundle {}", harness::bin("outpost").display(), bundle.display());
+    assert!(
+        Command::new("tmux")
+            .args(["-L", &socket, "new-session", "-d", "-s", "demo", "-x", "100", "-y", "30", &cmd])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_for_pane(&socket, "1 servers  ● 1 connected");
+
+    hub.kill9().await;
+    let screen = wait_for_pane(&socket, "✖ offline");
+    assert!(screen.contains("last known state") && screen.contains("web-1"), "the last state stays:\n{screen}");
+
+    hub.restart().await;
+    let screen = wait_for_pane(&socket, "● live");
+    assert!(screen.contains("web-1") && screen.contains("sam (support)"), "{screen}");
+    keys(&socket, &["q"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripting_subcommands() {
+    harness::init();
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = HubProc::start(&tmp.path().join("hub"), harness::free_port(), "").await;
+    let _agent = AgentProc::start(tmp.path(), "web-1", &hub.token("web-1").await, "");
+    let mut ops = hub.client(Role::Viewer);
+    watch_until(&mut ops, "agent reporting", |f| {
+        is(f, "web-1", Liveness::Connected) && f["web-1"].reports_received >= 2
+    })
+    .await;
+    let bundle = tmp.path().join("viewer");
+    hub.bundle("vera", Role::Viewer).write(&bundle).unwrap();
+    let outpost = |args: &[&str]| {
+        let out = Command::new(harness::bin("outpost")).arg("--bundle").arg(&bundle).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let list: serde_json::Value = serde_json::from_str(&outpost(&["servers", "--output", "json"])).unwrap();
+    assert_eq!(list[0]["name"], "web-1");
+    assert_eq!(list[0]["status"], "connected");
+    assert_eq!(list[0]["customer"], "acme");
+    let table = outpost(&["servers"]);
+    assert!(table.starts_with("NAME") && table.contains("web-1") && table.contains("connected"), "{table}");
+    let one: serde_json::Value =
+        serde_json::from_str(&outpost(&["server", "web-1", "--output", "json", "--history", "2"])).unwrap();
+    assert_eq!(one["history"].as_array().unwrap().len(), 2);
+    assert!(one["health"]["mem_total_bytes"].as_u64().unwrap() > 0);
+    assert!(outpost(&["completions", "bash"]).contains("outpost"));
+
+    // watch: one JSON line per event, the snapshot first.
+    let mut child = tokio::process::Command::new(harness::bin("outpost"))
+        .arg("--bundle")
+        .arg(&bundle)
+        .arg("watch")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
+    let first: serde_json::Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    assert_eq!((first["type"].as_str(), first["last"].as_bool()), (Some("snapshot"), Some(true)));
+    let next: serde_json::Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    assert_eq!((next["type"].as_str(), next["server"]["name"].as_str()), (Some("upsert"), Some("web-1")));
+
+    // Bad input: an unknown server and a missing bundle say what to do.
+    let out =
+        Command::new(harness::bin("outpost")).arg("--bundle").arg(&bundle).args(["server", "nope"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no server named \"nope\""));
+    let out = Command::new(harness::bin("outpost")).args(["--bundle", "/nonexistent", "servers"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("hubd operator issue"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
