@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use outpost_proto::MAX_MESSAGE_BYTES;
 use outpost_proto::v1::{
-    Health, agent_link_server::AgentLinkServer, enrollment_server::EnrollmentServer, operator_server::OperatorServer,
+    agent_link_server::AgentLinkServer, enrollment_server::EnrollmentServer, operator_server::OperatorServer,
 };
 use prost::Message;
 use tokio_util::sync::CancellationToken;
@@ -78,7 +78,12 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     let records: Vec<ServerRecord> = store.all_json(Tree::Servers)?.into_iter().map(|(_, r)| r).collect();
     let revoked: HashSet<String> = store.all_json::<Revoked>(Tree::Revoked)?.into_iter().map(|(k, _)| k).collect();
     let latest = |name: &str| {
-        store.get_raw(Tree::Latest, name.as_bytes()).ok().flatten().and_then(|v| Health::decode(v.as_ref()).ok())
+        store
+            .scan_prefix_last(Tree::History, &store::history_prefix(name), 1)
+            .ok()
+            .and_then(|v| v.into_iter().next())
+            .and_then(|v| outpost_proto::v1::HistoryPoint::decode(v.as_ref()).ok())
+            .and_then(|p| p.health)
     };
     let registry = registry::Registry::new(records, latest, config.grace());
 

@@ -26,14 +26,12 @@ pub enum Tree {
     Burned,
     /// certificate serial → [`Revoked`] (JSON)
     Revoked,
-    /// server name → latest `Health` (protobuf)
-    Latest,
     /// server name, 0, seq (u64 BE) → `HistoryPoint` (protobuf)
     History,
 }
 
 impl Tree {
-    const ALL: [Tree; 6] = [Tree::Servers, Tree::Tokens, Tree::Burned, Tree::Revoked, Tree::Latest, Tree::History];
+    const ALL: [Tree; 5] = [Tree::Servers, Tree::Tokens, Tree::Burned, Tree::Revoked, Tree::History];
 
     fn name(self) -> &'static str {
         match self {
@@ -41,7 +39,6 @@ impl Tree {
             Tree::Tokens => "tokens",
             Tree::Burned => "burned",
             Tree::Revoked => "revoked",
-            Tree::Latest => "latest",
             Tree::History => "history",
         }
     }
@@ -131,7 +128,7 @@ struct Batch {
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
-    trees: std::sync::Arc<[sled::Tree; 6]>,
+    trees: std::sync::Arc<[sled::Tree; 5]>,
     writer: mpsc::Sender<Batch>,
     /// The writer task; it ends (after a final flush) when the last `Store` clone is dropped.
     writer_task: std::sync::Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
@@ -150,8 +147,8 @@ impl Store {
         for t in Tree::ALL {
             trees.push(db.open_tree(t.name()).map_err(open_err)?);
         }
-        let trees: std::sync::Arc<[sled::Tree; 6]> =
-            std::sync::Arc::new(trees.try_into().unwrap_or_else(|_| unreachable!("six trees opened")));
+        let trees: std::sync::Arc<[sled::Tree; 5]> =
+            std::sync::Arc::new(trees.try_into().unwrap_or_else(|_| unreachable!("every tree opened")));
         let (tx, rx) = mpsc::channel(4096);
         let task = tokio::spawn(writer(db.clone(), trees.clone(), rx));
         Ok(Store { db, trees, writer: tx, writer_task: std::sync::Arc::new(std::sync::Mutex::new(Some(task))) })
@@ -234,7 +231,7 @@ impl Store {
     }
 }
 
-async fn writer(db: sled::Db, trees: std::sync::Arc<[sled::Tree; 6]>, mut rx: mpsc::Receiver<Batch>) {
+async fn writer(db: sled::Db, trees: std::sync::Arc<[sled::Tree; 5]>, mut rx: mpsc::Receiver<Batch>) {
     let tree = |t: Tree| &trees[Tree::ALL.iter().position(|x| *x == t).expect("every tree is opened")];
     let mut group = Vec::with_capacity(GROUP_MAX);
     while rx.recv_many(&mut group, GROUP_MAX).await > 0 {
