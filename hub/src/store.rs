@@ -6,7 +6,7 @@
 //! not per report.
 //!
 //! Crash consistency: sled recovers a prefix of the operations applied to it, across trees. Each batch is
-//! ordered so that any prefix is safe (for a report: history and latest first, the server record with the
+//! ordered so that any prefix is safe (for a report: the history point first, the server record with the
 //! high-water mark last), so a crash can at worst make the hub ask for a report again, never count it twice.
 
 use std::path::Path;
