@@ -167,22 +167,7 @@ async fn agent_idle(root: &Path, minutes: f64) -> anyhow::Result<()> {
 
 async fn hub(root: &Path, agents: u32, interval: &str, minutes: f64) -> anyhow::Result<()> {
     let hub = HubProc::start(&root.join("hub"), harness::free_port(), "").await;
-    let admin = root.join("admin");
-    hub.bundle("bench-admin", Role::Admin).write(&admin)?;
-    let sim_log = std::fs::File::create(root.join("sim.log"))?;
-    let mut sim = tokio::process::Command::new(harness::bin("outpost-sim"))
-        .args(["--bundle", admin.to_str().unwrap(), "--agents", &agents.to_string(), "--interval", interval])
-        .stdout(std::process::Stdio::null())
-        .stderr(sim_log)
-        .kill_on_drop(true)
-        .spawn()?;
-    let mut ops = hub.client(Role::Viewer);
-    let t = Instant::now();
-    watch_until_for(&mut ops, "all simulated agents connected", Duration::from_secs(600), |f| {
-        f.values().filter(|s| harness::liveness(s) == Liveness::Connected).count() == agents as usize
-    })
-    .await;
-    println!("{agents} agents enrolled and connected in {:.1} s", t.elapsed().as_secs_f64());
+    let (mut sim, mut ops) = start_fleet(&hub, root, agents, interval, &[]).await?;
     // Let every agent reach its steady reporting rhythm.
     tokio::time::sleep(outpost_common::parse_duration_ms(interval).map_err(anyhow::Error::msg)? * 2).await;
     let count = |ops: &mut outpost_proto::v1::operator_client::OperatorClient<tonic::transport::Channel>| {
@@ -222,6 +207,42 @@ async fn hub(root: &Path, agents: u32, interval: &str, minutes: f64) -> anyhow::
     println!("hub store on disk: {:.1} MiB", dir_size(&root.join("hub/data/store")) as f64 / (1 << 20) as f64);
     sim.start_kill()?;
     Ok(())
+}
+
+/// Starts `outpost-sim` with `agents` against `hub` and waits (printing progress) until all are connected.
+async fn start_fleet(
+    hub: &HubProc,
+    root: &Path,
+    agents: u32,
+    interval: &str,
+    extra: &[&str],
+) -> anyhow::Result<(
+    tokio::process::Child,
+    outpost_proto::v1::operator_client::OperatorClient<tonic::transport::Channel>,
+)> {
+    let admin = root.join("admin");
+    hub.bundle("bench-admin", Role::Admin).write(&admin)?;
+    let sim = tokio::process::Command::new(harness::bin("outpost-sim"))
+        .args(["--bundle", admin.to_str().unwrap(), "--agents", &agents.to_string(), "--interval", interval])
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(root.join("sim.log"))?)
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut ops = hub.client(Role::Viewer);
+    let t = Instant::now();
+    let mut said = Instant::now();
+    watch_until_for(&mut ops, "all simulated agents connected", Duration::from_secs(1200), |f| {
+        let n = f.values().filter(|s| harness::liveness(s) == Liveness::Connected).count();
+        if said.elapsed() >= Duration::from_secs(10) {
+            println!("  {n} connected after {:.0} s", t.elapsed().as_secs_f64());
+            said = Instant::now();
+        }
+        n == agents as usize
+    })
+    .await;
+    println!("{agents} agents enrolled and connected in {:.1} s", t.elapsed().as_secs_f64());
+    Ok((sim, ops))
 }
 
 fn dir_size(p: &Path) -> u64 {
@@ -265,41 +286,11 @@ async fn console(root: &Path, servers: u32, interval: &str, seconds: u64) -> any
     use ratatui::backend::TestBackend;
 
     let hub = HubProc::start(&root.join("hub"), harness::free_port(), "").await;
-    let admin = root.join("admin");
-    hub.bundle("bench-admin", Role::Admin).write(&admin)?;
     let viewer = root.join("viewer");
     let bundle = hub.bundle("bench-viewer", Role::Viewer);
     bundle.write(&viewer)?;
-    let sim_log = std::fs::File::create(root.join("sim.log"))?;
-    let mut sim = tokio::process::Command::new(harness::bin("outpost-sim"))
-        .args([
-            "--bundle",
-            admin.to_str().unwrap(),
-            "--agents",
-            &servers.to_string(),
-            "--interval",
-            interval,
-            "--concurrency",
-            "64",
-            "--hold-reports",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(sim_log)
-        .kill_on_drop(true)
-        .spawn()?;
-    let mut ops = hub.client(Role::Viewer);
-    let t = Instant::now();
-    let mut said = Instant::now();
-    watch_until_for(&mut ops, "all simulated servers connected", Duration::from_secs(1200), |f| {
-        let n = f.values().filter(|s| harness::liveness(s) == Liveness::Connected).count();
-        if said.elapsed() >= Duration::from_secs(10) {
-            println!("  {n} connected after {:.0} s", t.elapsed().as_secs_f64());
-            said = Instant::now();
-        }
-        n == servers as usize
-    })
-    .await;
-    println!("{servers} servers enrolled and connected in {:.1} s", t.elapsed().as_secs_f64());
+    let (mut sim, _ops) =
+        start_fleet(&hub, root, servers, interval, &["--concurrency", "64", "--hold-reports"]).await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
 
     // 1. Launch to first full screen (library path: mTLS connect, watch, snapshot, first frame), 5 runs.
