@@ -5,6 +5,7 @@
 //!     target/release/outpost-bench hub --agents 1000 --interval 10s --minutes 5
 //!     target/release/outpost-bench console --servers 10000 --interval 1s --seconds 60
 //!     target/release/outpost-bench console-frame --servers 10000
+//!     target/release/outpost-bench replay --reports 20000
 //!
 //! CPU is the process's own user+system time over the window (percent of one core); RSS is VmRSS sampled
 //! every 5 s. Figures are for the machine printed in the header.
@@ -57,6 +58,11 @@ enum Cmd {
         servers: u32,
         #[arg(long, default_value_t = 2000)]
         frames: u32,
+    },
+    /// An agent back from a long outage: N reports waiting in its outbox, time until the hub has them all.
+    Replay {
+        #[arg(long, default_value_t = 20_000)]
+        reports: u64,
     },
 }
 
@@ -138,6 +144,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Hub { agents, interval, minutes } => hub(tmp.path(), agents, &interval, minutes).await,
         Cmd::Console { servers, interval, seconds } => console(tmp.path(), servers, &interval, seconds).await,
         Cmd::ConsoleFrame { servers, frames } => console_frame(servers, frames),
+        Cmd::Replay { reports } => replay(tmp.path(), reports).await,
     }
 }
 
@@ -495,5 +502,39 @@ fn console_frame(servers: u32, frames: u32) -> anyhow::Result<()> {
     }
     println!("200x50 frame build sorted by CPU (rows rebuilt each frame), ms: {}", summary(render));
     println!("process RSS with {servers} servers: {:.1} MiB", sample(std::process::id()).rss_kib as f64 / 1024.0);
+    Ok(())
+}
+
+async fn replay(root: &Path, reports: u64) -> anyhow::Result<()> {
+    let hub = HubProc::start(&root.join("hub"), harness::free_port(), "").await;
+    let dir = root.join("agent");
+    std::fs::create_dir_all(&dir)?;
+    // Enroll, then fill the outbox as an outage would have (the agent is not running yet).
+    let identity = agentd::identity::enroll(&hub.token("replay-1").await, None).await?;
+    identity.save(&dir.join("data"))?;
+    {
+        let db = sled::Config::new().path(dir.join("data/instance.db")).open()?;
+        let outbox = agentd::outbox::Outbox::open(&db, reports + 10)?;
+        let health =
+            outpost_proto::v1::Health { mem_total_bytes: 1, agent_version: "bench".into(), ..Default::default() };
+        for _ in 0..reports {
+            outbox.push(outpost_common::now_ms(), health.clone()).await?;
+        }
+    }
+    let config = dir.join("agentd.toml");
+    // A long interval: only the backlog flows during the measurement.
+    std::fs::write(&config, format!("data_dir = \"{}/data\"\nreport_interval_ms = 3600000\n", dir.display()))?;
+    let t = Instant::now();
+    let _agent = AgentProc::spawn("replay-1", &dir, &config);
+    let mut ops = hub.client(Role::Viewer);
+    watch_until_for(&mut ops, "the whole backlog stored", Duration::from_secs(1200), |f| {
+        f.get("replay-1").is_some_and(|s| s.last_seq >= reports)
+    })
+    .await;
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "replayed {reports} queued reports in {secs:.1} s = {:.0} reports/s (one agent, durable acks)",
+        reports as f64 / secs
+    );
     Ok(())
 }
