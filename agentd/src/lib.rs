@@ -77,7 +77,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let mut collector = collect::Collector::new(&config.k3s_unit).map_err(RunError::Collect)?;
     let tasks = TaskTracker::new();
 
-    let link = link::Link { config: config.clone(), outbox: outbox.clone(), stats: Default::default() };
+    let link = link::Link { config: config.clone(), outbox: outbox.clone() };
     let link_stop = shutdown.clone();
     tasks.spawn(async move {
         link.run(link_stop).await;

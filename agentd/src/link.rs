@@ -1,7 +1,6 @@
 //! The hub link: one outbound mTLS `Connect` stream, replaying the outbox in order, renewing the
 //! certificate over the stream, reconnecting with capped exponential backoff and full jitter.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use outpost_common::tls::TlsError;
@@ -48,17 +47,9 @@ pub enum Ended {
     Reconnect(Duration, String),
 }
 
-/// Observable link state, for `agentd status`-style reporting and tests.
-#[derive(Clone, Debug, Default)]
-pub struct LinkStats {
-    pub sessions: u64,
-    pub renewals: u64,
-}
-
 pub struct Link {
     pub config: AgentConfig,
     pub outbox: Outbox,
-    pub stats: Arc<std::sync::Mutex<LinkStats>>,
 }
 
 impl Link {
@@ -161,7 +152,6 @@ impl Link {
                 return Err(LinkError::Protocol(format!("expected Welcome, got {other:?}")));
             }
         };
-        self.stats.lock().unwrap_or_else(|p| p.into_inner()).sessions += 1;
         let mut acked = welcome.acked_seq;
         if self.outbox.advance_to(acked).await? {
             tracing::warn!(acked, "the hub has reports beyond this outbox (was it lost?); continuing after them");
@@ -223,7 +213,6 @@ impl Link {
                         }
                         renewed.save(&self.config.data_dir)?;
                         tracing::info!(serial = %info.serial, not_after = info.not_after, "certificate renewed; the stream stays up");
-                        self.stats.lock().unwrap_or_else(|p| p.into_inner()).renewals += 1;
                         renew_at = renewal_instant(info.not_before, info.not_after);
                         cert = info;
                         identity = renewed;

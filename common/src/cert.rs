@@ -154,13 +154,6 @@ pub fn first_cert_der(pem: &str) -> Option<Vec<u8>> {
     CertificateDer::pem_slice_iter(pem.as_bytes()).next()?.ok().map(|c| c.to_vec())
 }
 
-/// Every `CERTIFICATE` block of a PEM text, as DER.
-pub fn all_certs_der(pem: &str) -> Vec<Vec<u8>> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    CertificateDer::pem_slice_iter(pem.as_bytes()).filter_map(Result::ok).map(|c| c.to_vec()).collect()
-}
-
 /// The CA pin: `sha256:` and the lower-case hex SHA-256 of the CA certificate's DER.
 pub fn ca_pin(ca_der: &[u8]) -> String {
     format!("sha256:{}", hex(ring::digest::digest(&ring::digest::SHA256, ca_der).as_ref()))

@@ -20,8 +20,6 @@ pub enum HubError {
     #[error("{0}")]
     Invalid(String),
     #[error("{0}")]
-    Unauthenticated(String),
-    #[error("{0}")]
     Denied(String),
     #[error("{0}")]
     NotFound(String),
@@ -37,7 +35,6 @@ impl From<HubError> for Status {
             HubError::TokenUnknown | HubError::TokenExpired { .. } | HubError::TokenUsed { .. } => {
                 Code::Unauthenticated
             }
-            HubError::Unauthenticated(_) => Code::Unauthenticated,
             HubError::Csr(_) | HubError::Invalid(_) => Code::InvalidArgument,
             HubError::Denied(_) => Code::PermissionDenied,
             HubError::NotFound(_) => Code::NotFound,

@@ -62,9 +62,10 @@ impl HubState {
         if !health.agent_version.is_empty() {
             record.agent_version = health.agent_version.clone();
         }
-        let point = HistoryPoint { seq: report.seq, taken_at_ms: report.taken_at_ms, health: Some(health.clone()) };
+        let point = HistoryPoint { seq: report.seq, taken_at_ms: report.taken_at_ms, health: Some(health) };
         // The latest health is the newest history point: no separate write.
         let mut ops = vec![Op::Put(Tree::History, history_key(server, report.seq), point.encode_to_vec())];
+        let health = point.health.expect("set just above");
         // Trim every TRIM_EVERY reports (a range scan per report was measurable at 10k reports/s): a
         // server keeps between history_len and history_len + TRIM_EVERY points.
         let keep = u64::from(self.history_len);

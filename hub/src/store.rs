@@ -127,7 +127,6 @@ struct Batch {
 
 #[derive(Clone)]
 pub struct Store {
-    db: sled::Db,
     trees: std::sync::Arc<[sled::Tree; 5]>,
     writer: mpsc::Sender<Batch>,
     /// The writer task; it ends (after a final flush) when the last `Store` clone is dropped.
@@ -151,7 +150,7 @@ impl Store {
             std::sync::Arc::new(trees.try_into().unwrap_or_else(|_| unreachable!("every tree opened")));
         let (tx, rx) = mpsc::channel(4096);
         let task = tokio::spawn(writer(db.clone(), trees.clone(), rx));
-        Ok(Store { db, trees, writer: tx, writer_task: std::sync::Arc::new(std::sync::Mutex::new(Some(task))) })
+        Ok(Store { trees, writer: tx, writer_task: std::sync::Arc::new(std::sync::Mutex::new(Some(task))) })
     }
 
     fn tree(&self, t: Tree) -> &sled::Tree {
@@ -174,10 +173,6 @@ impl Store {
                 error: e.to_string(),
             }),
         }
-    }
-
-    pub fn get_raw(&self, t: Tree, key: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
-        self.tree(t).get(key).map_err(|e| StoreError::Write(e.to_string()))
     }
 
     /// Every record of a JSON tree.
@@ -212,22 +207,9 @@ impl Store {
         Ok(out.into())
     }
 
-    /// The first key of `t` starting with `prefix`.
-    pub fn first_key(&self, t: Tree, prefix: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
-        match self.tree(t).scan_prefix(prefix).keys().next() {
-            None => Ok(None),
-            Some(k) => k.map(Some).map_err(|e| StoreError::Write(e.to_string())),
-        }
-    }
-
     /// The writer task, once (for shutdown: drop every `Store`, then await it).
     pub fn writer_task(&self) -> Option<tokio::task::JoinHandle<()>> {
         self.writer_task.lock().unwrap_or_else(|p| p.into_inner()).take()
-    }
-
-    /// Bytes sled occupies on disk (for space-amplification watching).
-    pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
     }
 }
 
