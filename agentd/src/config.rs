@@ -27,6 +27,15 @@ pub struct AgentConfig {
     /// First reconnect delay; doubles per failure up to `backoff_max_ms`, with full jitter.
     pub backoff_initial_ms: u64,
     pub backoff_max_ms: u64,
+    /// Allow the admin-only `exec` action (off by default).
+    pub exec_enabled: bool,
+    /// Units that service-status, service-restart and logs may touch besides k3s and outpost-agentd.
+    pub allowed_units: Vec<String>,
+    /// Files the logs action may read (exact absolute paths).
+    pub log_files: Vec<PathBuf>,
+    /// The systemctl and journalctl programs the actions run.
+    pub systemctl: String,
+    pub journalctl: String,
 }
 
 impl Default for AgentConfig {
@@ -41,6 +50,11 @@ impl Default for AgentConfig {
             k3s_unit: "k3s".into(),
             backoff_initial_ms: 500,
             backoff_max_ms: 60_000,
+            exec_enabled: false,
+            allowed_units: Vec::new(),
+            log_files: Vec::new(),
+            systemctl: "systemctl".into(),
+            journalctl: "journalctl".into(),
         }
     }
 }
@@ -79,6 +93,17 @@ impl AgentConfig {
         if self.k3s_unit.is_empty() || !self.k3s_unit.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c)) {
             p.push(format!("k3s_unit: {:?} is not a systemd unit name", self.k3s_unit));
         }
+        for u in self.allowed_units.iter().filter(|u| !outpost_common::actions::valid_unit(u)) {
+            p.push(format!("allowed_units: {u:?} is not a systemd unit name"));
+        }
+        for f in self.log_files.iter().filter(|f| !f.is_absolute()) {
+            p.push(format!("log_files: {} must be an absolute path", f.display()));
+        }
+        for (field, v) in [("systemctl", &self.systemctl), ("journalctl", &self.journalctl)] {
+            if v.is_empty() {
+                p.push(format!("{field}: must name a program"));
+            }
+        }
         outpost_common::config::problems(p)
     }
 
@@ -105,10 +130,12 @@ mod tests {
             report_interval_ms: 5,
             hub: Some("http://h:1".into()),
             k3s_unit: "k3s; rm".into(),
+            allowed_units: vec!["a b".into()],
+            log_files: vec!["relative.log".into()],
             ..Default::default()
         };
         let e = c.validate().unwrap_err().to_string();
-        for f in ["report_interval_ms", "hub:", "k3s_unit"] {
+        for f in ["report_interval_ms", "hub:", "k3s_unit", "allowed_units", "log_files"] {
             assert!(e.contains(f), "{f} not in {e}");
         }
         assert!(AgentConfig::default().validate().is_ok());

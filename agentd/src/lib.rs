@@ -4,6 +4,7 @@
 //! sends health reports ([`collect`]) from a durable [`outbox`]. Nothing is acknowledged until the hub has
 //! stored it; nothing is deleted until it is acknowledged.
 
+pub mod actions;
 pub mod collect;
 pub mod config;
 pub mod identity;
@@ -74,10 +75,18 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         .map_err(|e| RunError::Store { path: store_dir.display().to_string(), error: e.to_string() })?;
     let outbox = outbox::Outbox::open(&db, config.outbox_max)
         .map_err(|e| RunError::Store { path: store_dir.display().to_string(), error: e.to_string() })?;
+    let journal = actions::journal::Journal::open(&db)
+        .map_err(|e| RunError::Store { path: store_dir.display().to_string(), error: e.to_string() })?;
     let mut collector = collect::Collector::new(&config.k3s_unit).map_err(RunError::Collect)?;
     let tasks = TaskTracker::new();
+    let (runner, runner_link) = actions::Runner::new(config.clone(), journal, tasks.clone(), shutdown.clone());
 
-    let link = link::Link { config: config.clone(), outbox: outbox.clone() };
+    let link = link::Link {
+        config: config.clone(),
+        outbox: outbox.clone(),
+        runner,
+        runner_link: tokio::sync::Mutex::new(runner_link),
+    };
     let link_stop = shutdown.clone();
     tasks.spawn(async move {
         link.run(link_stop).await;

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use outpost_common::backoff;
 
+use crate::actions::{RenewWaiter, Runner, RunnerLink};
 use crate::config::AgentConfig;
 use crate::identity::{AgentIdentity, EnrollError, new_key_and_csr};
 use crate::outbox::{Outbox, OutboxError};
@@ -50,6 +51,9 @@ pub enum Ended {
 pub struct Link {
     pub config: AgentConfig,
     pub outbox: Outbox,
+    pub runner: Runner,
+    /// Held by the current session: command updates to send, renewals `rotate-cert` asked for.
+    pub runner_link: tokio::sync::Mutex<RunnerLink>,
 }
 
 impl Link {
@@ -163,6 +167,9 @@ impl Link {
         let mut cert = identity.cert()?;
         let mut renew_at = renewal_instant(cert.not_before, cert.not_after);
         let mut pending_key: Option<rcgen::KeyPair> = None;
+        let mut renew_waiters: Vec<RenewWaiter> = Vec::new();
+        let mut runner_link = self.runner_link.lock().await;
+        let RunnerLink { updates, renewals } = &mut *runner_link;
         loop {
             // Fill the window from the outbox, in order.
             while next_seq <= self.outbox.last_seq() && next_seq - acked - 1 < WINDOW {
@@ -181,6 +188,15 @@ impl Link {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
                 _ = self.outbox.pushed.notified() => {}
+                Some(u) = updates.recv() => {
+                    tx.send(send(agent_message::Body::CommandUpdate(u))).await.map_err(|_| LinkError::Broken("stream closed".into()))?;
+                }
+                Some(w) = renewals.recv() => {
+                    renew_waiters.push(w);
+                    if pending_key.is_none() {
+                        renew_at = Instant::now();
+                    }
+                }
                 _ = tokio::time::sleep_until(renew_at.into()), if pending_key.is_none() => {
                     let (key, csr_pem) = new_key_and_csr()?;
                     tracing::info!(not_after = cert.not_after, "renewing certificate over the stream");
@@ -201,6 +217,9 @@ impl Link {
                         };
                         if !r.error.is_empty() {
                             tracing::warn!(error = %r.error, "hub refused renewal; retrying later");
+                            for w in renew_waiters.drain(..) {
+                                let _ = w.send(Err(r.error.clone()));
+                            }
                             renew_at = Instant::now() + RENEW_RETRY;
                             continue;
                         }
@@ -214,6 +233,9 @@ impl Link {
                         renewed.save(&self.config.data_dir)?;
                         tracing::info!(serial = %info.serial, not_after = info.not_after, "certificate renewed; the stream stays up");
                         renew_at = renewal_instant(info.not_before, info.not_after);
+                        for w in renew_waiters.drain(..) {
+                            let _ = w.send(Ok(info.serial.clone()));
+                        }
                         cert = info;
                         identity = renewed;
                     }
@@ -224,9 +246,8 @@ impl Link {
                     Some(hub_message::Body::Reconnect(r)) => {
                         return Ok(Ended::Reconnect(Duration::from_secs(u64::from(r.after_secs.min(3600))), r.reason));
                     }
-                    Some(hub_message::Body::Command(c)) => {
-                        tracing::warn!(command_id = %c.command_id, action = %c.action, "remote actions are not supported by this agent yet");
-                    }
+                    Some(hub_message::Body::Command(c)) => self.runner.handle(c).await,
+                    Some(hub_message::Body::Cancel(c)) => self.runner.cancel(&c.command_id),
                     Some(hub_message::Body::Welcome(_)) => return Err(LinkError::Protocol("a second Welcome".into())),
                 },
             }

@@ -4,10 +4,12 @@
 //! certificate (`outpost://agent/<id>`, `outpost://operator/<name>?role=<role>`), how a CA pin is computed,
 //! and what a join-token string looks like. Everything else asks this crate.
 
+pub mod actions;
 pub mod bundle;
 pub mod cert;
 pub mod config;
 pub mod logging;
+pub mod selector;
 pub mod tls;
 pub mod token;
 

@@ -24,6 +24,8 @@ use crate::state::HubState;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Messages queued towards one agent before the hub waits for it.
 const OUTBOUND_QUEUE: usize = 64;
+/// Output per CommandUpdate, at most (agents send chunks of 8 KiB).
+const MAX_UPDATE_OUTPUT: usize = 256 * 1024;
 
 #[derive(Clone)]
 pub struct Gateway {
@@ -101,6 +103,10 @@ impl AgentLink for Gateway {
         tracing::info!(%server, %agent_id, conn_id, acked, backlog = hello.last_seq.saturating_sub(acked), "agent connected");
         let session =
             Session { state: state.clone(), server: server.clone(), agent_id, conn_id, serial: cert.serial, tx };
+        // Commands pending for this server (queued while it was away, or unanswered on its last stream).
+        for m in state.relay.attach(&server, conn_id, session.tx.clone()) {
+            session.tx.send(Ok(m)).await.map_err(|_| Status::cancelled("agent went away"))?;
+        }
         let span = tracing::info_span!("session", %server, conn_id);
         state.tasks.spawn(session.run(inbound, close, cert.not_after).instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -150,6 +156,7 @@ impl Session {
                 },
             }
         };
+        self.state.relay.detach(&self.server, self.conn_id);
         self.state.registry.detach(&self.server, self.conn_id);
         tracing::info!(reason = ended, "agent stream ended");
     }
@@ -208,7 +215,16 @@ impl Session {
                 }
             }
             Some(agent_message::Body::CommandUpdate(u)) => {
-                tracing::debug!(command_id = %u.command_id, "command update (remote actions are not wired yet)");
+                if u.output.len() > MAX_UPDATE_OUTPUT {
+                    return Err(Status::invalid_argument(format!(
+                        "a CommandUpdate carries {} bytes of output; at most {MAX_UPDATE_OUTPUT} per update",
+                        u.output.len()
+                    )));
+                }
+                if let Err(why) = self.state.relay.update(&self.server, u) {
+                    // Stale after a hub restart, or forged: never applied to another server's command.
+                    tracing::warn!(%why, "ignoring a command update");
+                }
                 Ok(None)
             }
             Some(agent_message::Body::Hello(_)) => {

@@ -4,6 +4,7 @@
 //! (mTLS, identity from the peer certificate). State lives in sled ([`store`]) and, live, in the
 //! [`registry`]. See ARCHITECTURE.md for the map and the invariants.
 
+pub mod audit;
 pub mod auth;
 pub mod ca;
 pub mod cli;
@@ -11,8 +12,10 @@ pub mod config;
 pub mod enroll;
 pub mod error;
 pub mod gateway;
+pub mod jobs;
 pub mod operator;
 pub mod registry;
+pub mod relay;
 pub mod reports;
 pub mod state;
 pub mod store;
@@ -103,9 +106,11 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         .client_auth_optional(true)
         .timeout(Duration::from_secs(10));
 
+    let audit = audit::Audit::open(store.clone())?;
     let state = Arc::new(HubState::new(
         ca,
         store,
+        audit,
         registry,
         revoked,
         advertise.clone(),

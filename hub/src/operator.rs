@@ -11,7 +11,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use crate::audit::{self, AuditEntry, Kind};
 use crate::auth;
+use crate::jobs;
 use crate::registry::{FleetDelta, Liveness, ServerView};
 use crate::state::HubState;
 use crate::tokens::TokenRequest;
@@ -21,6 +23,9 @@ const SNAPSHOT_PART: usize = 500;
 
 /// Most history points one GetServer returns.
 const MAX_HISTORY: u32 = 2_000; // ~150 B a point: well inside the 1 MiB message limit
+
+/// Most audit records one query returns.
+const MAX_AUDIT: u32 = 1_000;
 
 #[derive(Clone)]
 pub struct OperatorApi {
@@ -68,6 +73,34 @@ impl From<&ServerView> for pb::Server {
                 agent_version: r.agent_version.clone(),
             }),
         }
+    }
+}
+
+impl From<AuditEntry> for pb::AuditRecord {
+    fn from(e: AuditEntry) -> Self {
+        pb::AuditRecord {
+            id: e.id,
+            at_ms: e.at_ms,
+            operator: e.operator,
+            role: e.role,
+            kind: e.kind.as_str().to_string(),
+            action: e.action,
+            args: e.args.into_iter().collect(),
+            selector: e.selector,
+            servers: e.servers,
+            job_id: e.job_id,
+            command_id: e.command_id,
+            outcome: e.outcome,
+            message: e.message,
+        }
+    }
+}
+
+impl OperatorApi {
+    /// Any operator (the role is checked per action, so a refusal can be audited with who asked).
+    async fn caller<T>(&self, req: &Request<T>) -> Result<jobs::Caller, Status> {
+        let (name, role) = auth::operator(&self.state, req, Role::Viewer, "running actions")?;
+        Ok(jobs::Caller { name, role })
     }
 }
 
@@ -127,7 +160,18 @@ impl Operator for OperatorApi {
             plan: r.plan,
             labels: r.labels.into_iter().collect(),
         };
+        let server = request.server.clone();
         let (token, expires_at_ms) = self.state.create_token(request, &by).await?;
+        let entry = AuditEntry {
+            operator: by,
+            role: Role::Admin.to_string(),
+            kind: Kind::Token,
+            action: "create-join-token".into(),
+            servers: vec![server],
+            message: format!("expires {}", crate::error::rfc3339_ms(expires_at_ms)),
+            ..Default::default()
+        };
+        self.state.audit.append(entry).await.map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(Response::new(pb::CreateJoinTokenResponse { token, expires_at_ms }))
     }
 
@@ -136,8 +180,89 @@ impl Operator for OperatorApi {
         req: Request<pb::RevokeServerRequest>,
     ) -> Result<Response<pb::RevokeServerResponse>, Status> {
         let (by, _) = auth::operator(&self.state, &req, Role::Admin, "revoking certificates")?;
-        let serial = self.state.revoke_server(&req.into_inner().name, &by).await?;
+        let name = req.into_inner().name;
+        let serial = self.state.revoke_server(&name, &by).await?;
+        let entry = AuditEntry {
+            operator: by,
+            role: Role::Admin.to_string(),
+            kind: Kind::Revoke,
+            action: "revoke".into(),
+            servers: vec![name],
+            message: format!("revoked certificate {serial}"),
+            ..Default::default()
+        };
+        self.state.audit.append(entry).await.map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(Response::new(pb::RevokeServerResponse { revoked_serial: serial }))
+    }
+
+    type RunActionStream = ReceiverStream<Result<pb::JobEvent, Status>>;
+
+    async fn run_action(&self, req: Request<pb::RunActionRequest>) -> Result<Response<Self::RunActionStream>, Status> {
+        let caller = self.caller(&req).await?;
+        let job = jobs::submit(&self.state, &caller, req.into_inner()).await?;
+        let (tx, rx) = mpsc::channel(1024);
+        let cancel = self.state.shutdown.child_token();
+        self.state.jobs.insert(&job.id, cancel.clone());
+        let span = tracing::info_span!("job", job = %job.id, action = %job.action, operator = %caller.name);
+        tracing::info!(parent: &span, targets = job.targets.len(), "job accepted");
+        self.state.tasks.spawn(jobs::run(self.state.clone(), job, tx, cancel).instrument(span));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn cancel_job(&self, req: Request<pb::CancelJobRequest>) -> Result<Response<pb::CancelJobResponse>, Status> {
+        let caller = self.caller(&req).await?;
+        let job_id = req.into_inner().job_id;
+        let mut entry = AuditEntry {
+            operator: caller.name.clone(),
+            role: caller.role.to_string(),
+            kind: Kind::Cancel,
+            job_id: job_id.chars().take(64).collect(),
+            ..Default::default()
+        };
+        let refusal = if caller.role < Role::Support {
+            Some(Status::permission_denied(format!(
+                "operator {} has role {}; cancelling a job needs role support or higher",
+                caller.name, caller.role
+            )))
+        } else if self.state.jobs.get(&job_id).is_none() {
+            Some(Status::not_found(format!("no running job {:?} (it finished, or never existed)", entry.job_id)))
+        } else {
+            None
+        };
+        if let Some(status) = refusal {
+            entry.kind = Kind::Refused;
+            entry.action = "cancel".into();
+            entry.outcome = pb::Outcome::Refused as i32;
+            entry.message = status.message().to_string();
+            self.state.audit.append(entry).await.map_err(|e| Status::unavailable(e.to_string()))?;
+            return Err(status);
+        }
+        self.state.audit.append(entry).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        if let Some(t) = self.state.jobs.get(&job_id) {
+            t.cancel();
+        }
+        Ok(Response::new(pb::CancelJobResponse {}))
+    }
+
+    async fn query_audit(
+        &self,
+        req: Request<pb::QueryAuditRequest>,
+    ) -> Result<Response<pb::QueryAuditResponse>, Status> {
+        auth::operator(&self.state, &req, Role::Support, "reading the audit log")?;
+        let r = req.into_inner();
+        if r.limit > MAX_AUDIT {
+            return Err(Status::invalid_argument(format!("limit {} is over the limit of {MAX_AUDIT}", r.limit)));
+        }
+        let q = audit::Query {
+            operator: r.operator,
+            server: r.server,
+            action: r.action,
+            since_ms: r.since_ms,
+            until_ms: r.until_ms,
+            limit: if r.limit == 0 { 100 } else { r.limit as usize },
+        };
+        let records = self.state.audit.query(&q).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::QueryAuditResponse { records: records.into_iter().map(pb::AuditRecord::from).collect() }))
     }
 
     async fn who_am_i(&self, req: Request<pb::WhoAmIRequest>) -> Result<Response<pb::WhoAmIResponse>, Status> {

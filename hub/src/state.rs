@@ -7,14 +7,20 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::audit::Audit;
 use crate::ca::FleetCa;
+use crate::jobs::Jobs;
 use crate::registry::Registry;
+use crate::relay::Relay;
 use crate::store::Store;
 
 pub struct HubState {
     pub ca: FleetCa,
     pub store: Store,
     pub registry: Registry,
+    pub relay: Relay,
+    pub audit: Audit,
+    pub jobs: Jobs,
     /// Serials refused at connect. Loaded from the store at start; written through on revoke.
     pub revoked: RwLock<HashSet<String>>,
     /// `https://host:port` that goes into tokens and bundles.
@@ -35,6 +41,7 @@ impl HubState {
     pub fn new(
         ca: FleetCa,
         store: Store,
+        audit: Audit,
         registry: Registry,
         revoked: HashSet<String>,
         advertise: String,
@@ -47,6 +54,9 @@ impl HubState {
             ca,
             store,
             registry,
+            relay: Relay::default(),
+            audit,
+            jobs: Jobs::default(),
             revoked: RwLock::new(revoked),
             advertise,
             agent_cert_ttl,

@@ -28,10 +28,12 @@ pub enum Tree {
     Revoked,
     /// server name, 0, seq (u64 BE) → `HistoryPoint` (protobuf)
     History,
+    /// id (u64 BE) → [`crate::audit::AuditEntry`] (JSON); append-only
+    Audit,
 }
 
 impl Tree {
-    const ALL: [Tree; 5] = [Tree::Servers, Tree::Tokens, Tree::Burned, Tree::Revoked, Tree::History];
+    const ALL: [Tree; 6] = [Tree::Servers, Tree::Tokens, Tree::Burned, Tree::Revoked, Tree::History, Tree::Audit];
 
     fn name(self) -> &'static str {
         match self {
@@ -40,6 +42,7 @@ impl Tree {
             Tree::Burned => "burned",
             Tree::Revoked => "revoked",
             Tree::History => "history",
+            Tree::Audit => "audit",
         }
     }
 }
@@ -127,7 +130,7 @@ struct Batch {
 
 #[derive(Clone)]
 pub struct Store {
-    trees: std::sync::Arc<[sled::Tree; 5]>,
+    trees: std::sync::Arc<[sled::Tree; 6]>,
     writer: mpsc::Sender<Batch>,
     /// The writer task; it ends (after a final flush) when the last `Store` clone is dropped.
     writer_task: std::sync::Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
@@ -146,7 +149,7 @@ impl Store {
         for t in Tree::ALL {
             trees.push(db.open_tree(t.name()).map_err(open_err)?);
         }
-        let trees: std::sync::Arc<[sled::Tree; 5]> =
+        let trees: std::sync::Arc<[sled::Tree; 6]> =
             std::sync::Arc::new(trees.try_into().unwrap_or_else(|_| unreachable!("every tree opened")));
         let (tx, rx) = mpsc::channel(4096);
         let task = tokio::spawn(writer(db.clone(), trees.clone(), rx));
@@ -207,13 +210,23 @@ impl Store {
         Ok(out.into())
     }
 
+    /// Key-value pairs of `t`, last key first (the audit log is read newest first).
+    pub fn iter_rev(&self, t: Tree) -> impl Iterator<Item = Result<(sled::IVec, sled::IVec), StoreError>> + '_ {
+        self.tree(t).iter().rev().map(|r| r.map_err(|e| StoreError::Write(e.to_string())))
+    }
+
+    /// The last key of `t`, if any.
+    pub fn last_key(&self, t: Tree) -> Result<Option<sled::IVec>, StoreError> {
+        self.tree(t).last().map(|o| o.map(|(k, _)| k)).map_err(|e| StoreError::Write(e.to_string()))
+    }
+
     /// The writer task, once (for shutdown: drop every `Store`, then await it).
     pub fn writer_task(&self) -> Option<tokio::task::JoinHandle<()>> {
         self.writer_task.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 
-async fn writer(db: sled::Db, trees: std::sync::Arc<[sled::Tree; 5]>, mut rx: mpsc::Receiver<Batch>) {
+async fn writer(db: sled::Db, trees: std::sync::Arc<[sled::Tree; 6]>, mut rx: mpsc::Receiver<Batch>) {
     let tree = |t: Tree| &trees[Tree::ALL.iter().position(|x| *x == t).expect("every tree is opened")];
     let mut group = Vec::with_capacity(GROUP_MAX);
     while rx.recv_many(&mut group, GROUP_MAX).await > 0 {

@@ -1,0 +1,209 @@
+//! Remote actions on the agent: commands arrive over the hub stream, are checked against the shared catalog
+//! and this agent's own allow-lists, journaled, run, and answered with streamed output and one result.
+//!
+//! Architecture invariant: an action runs at most once per command id. [`journal::Journal::start`] is
+//! durable before anything runs; a repeat of a known id is answered from the journal (`done`: the recorded
+//! result; `started`: interrupted, because agentd died while it ran) and never runs again.
+
+pub mod journal;
+mod output;
+mod process;
+mod system;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use outpost_common::actions::Action;
+use outpost_proto::v1::{Command, CommandResult, CommandUpdate, Outcome};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::config::AgentConfig;
+use journal::{Entry, Journal};
+pub use output::Output;
+
+/// Updates waiting for the link; a full queue slows the action's output down (backpressure), never drops a
+/// result (results are journaled first and replayed on redelivery).
+const UPDATE_QUEUE: usize = 256;
+
+/// A request to renew the certificate now (from `rotate-cert`), answered with the new serial.
+pub type RenewWaiter = oneshot::Sender<Result<String, String>>;
+
+/// The link's side of the runner: what it must send, and renewals it must start.
+pub struct RunnerLink {
+    pub updates: mpsc::Receiver<CommandUpdate>,
+    pub renewals: mpsc::Receiver<RenewWaiter>,
+}
+
+#[derive(Clone)]
+pub struct Runner {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: AgentConfig,
+    journal: Journal,
+    updates: mpsc::Sender<CommandUpdate>,
+    renew: mpsc::Sender<RenewWaiter>,
+    running: Mutex<HashMap<String, CancellationToken>>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+/// What an action gets to work with.
+pub struct Ctx<'a> {
+    pub config: &'a AgentConfig,
+    pub out: Output,
+    pub cancel: CancellationToken,
+    pub deadline: Instant,
+    renew: mpsc::Sender<RenewWaiter>,
+}
+
+pub fn result(outcome: Outcome, exit_code: i32, message: impl Into<String>) -> CommandResult {
+    CommandResult { outcome: outcome as i32, exit_code, message: message.into(), ..Default::default() }
+}
+
+fn valid_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+impl Runner {
+    pub fn new(
+        config: AgentConfig,
+        journal: Journal,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> (Runner, RunnerLink) {
+        let (updates, updates_rx) = mpsc::channel(UPDATE_QUEUE);
+        let (renew, renewals) = mpsc::channel(4);
+        let inner = Inner { config, journal, updates, renew, running: Mutex::default(), tasks, shutdown };
+        (Runner { inner: Arc::new(inner) }, RunnerLink { updates: updates_rx, renewals })
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
+        self.inner.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a command from the hub. Never blocks on the action itself.
+    pub async fn handle(&self, c: Command) {
+        let id = c.command_id.clone();
+        if !valid_id(&id) {
+            tracing::warn!(command_id = %id.chars().take(40).collect::<String>(), "ignoring a command with an ill-formed id");
+            return;
+        }
+        if self.running().contains_key(&id) {
+            tracing::info!(command_id = %id, "command redelivered while it runs; its result follows when it ends");
+            self.send(CommandUpdate { command_id: id, started: true, ..Default::default() }).await;
+            return;
+        }
+        match self.inner.journal.get(&id) {
+            Ok(Some(Entry::Done(mut last))) => {
+                tracing::info!(command_id = %id, "command redelivered after it ran; answering from the journal");
+                if let Some(r) = last.result.as_mut() {
+                    r.replayed = true;
+                }
+                self.send(last).await;
+                return;
+            }
+            Ok(Some(Entry::Started)) => {
+                let mut r = result(
+                    Outcome::Interrupted,
+                    -1,
+                    "agentd stopped while this command ran; it was not run again (its effect is unknown: check the server)",
+                );
+                r.replayed = true;
+                self.finish(&id, String::new(), r).await;
+                return;
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::error!(%error, command_id = %id, "cannot read the command journal; refusing the command");
+                let r = result(Outcome::Refused, -1, format!("the agent cannot read its command journal: {error}"));
+                self.send(CommandUpdate { command_id: id, result: Some(r), ..Default::default() }).await;
+                return;
+            }
+        }
+        let args = c.args.into_iter().collect();
+        let action = match Action::parse(&c.action, &args) {
+            Ok((a, _)) => a,
+            Err(e) => return self.finish(&id, String::new(), result(Outcome::Refused, -1, e.to_string())).await,
+        };
+        if let Err(why) = system::allowed(&self.inner.config, &action) {
+            return self.finish(&id, String::new(), result(Outcome::Refused, -1, why)).await;
+        }
+        if c.timeout_ms == 0 {
+            let r = result(Outcome::Refused, -1, "its deadline passed before it could start");
+            return self.finish(&id, String::new(), r).await;
+        }
+        if let Err(error) = self.inner.journal.start(&id).await {
+            tracing::error!(%error, command_id = %id, "cannot journal the command; not running it");
+            let r = result(Outcome::Refused, -1, format!("the agent cannot write its command journal: {error}"));
+            self.send(CommandUpdate { command_id: id, result: Some(r), ..Default::default() }).await;
+            return;
+        }
+        let cancel = self.inner.shutdown.child_token();
+        self.running().insert(id.clone(), cancel.clone());
+        let deadline = Instant::now() + Duration::from_millis(c.timeout_ms.min(24 * 3600 * 1000));
+        tracing::info!(command_id = %id, action = %c.action, operator = %c.operator, timeout_ms = c.timeout_ms, "running command");
+        self.send(CommandUpdate { command_id: id.clone(), started: true, ..Default::default() }).await;
+        let runner = self.clone();
+        let span = tracing::info_span!("command", command_id = %id, action = %c.action);
+        self.inner.tasks.spawn(
+            async move {
+                let started = Instant::now();
+                let mut ctx = Ctx {
+                    config: &runner.inner.config,
+                    out: Output::new(&id, runner.inner.updates.clone(), cancel.clone(), deadline, &action),
+                    cancel: cancel.clone(),
+                    deadline,
+                    renew: runner.inner.renew.clone(),
+                };
+                let mut r = system::execute(&action, &mut ctx).await;
+                if cancel.is_cancelled() && r.outcome != Outcome::Succeeded as i32 {
+                    r = if runner.inner.shutdown.is_cancelled() {
+                        result(Outcome::Interrupted, r.exit_code, "agentd is stopping; the command was stopped")
+                    } else {
+                        result(Outcome::Cancelled, r.exit_code, "cancelled by the operator")
+                    };
+                }
+                r.duration_ms = started.elapsed().as_millis() as i64;
+                let (tail, dropped) = ctx.out.finish().await;
+                r.output_dropped_bytes = dropped;
+                tracing::info!(outcome = ?Outcome::try_from(r.outcome).unwrap_or_default(), message = %r.message, "command ended");
+                runner.finish(&id, tail, r).await;
+                runner.running().remove(&id);
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Stops a running command (it then ends as cancelled). Unknown ids are ignored: it may have ended.
+    pub fn cancel(&self, id: &str) {
+        match self.running().get(id) {
+            Some(t) => {
+                tracing::info!(command_id = %id, "cancelling command");
+                t.cancel();
+            }
+            None => tracing::debug!(command_id = %id, "cancel for a command that is not running"),
+        }
+    }
+
+    /// Journals the final update, then sends it.
+    async fn finish(&self, id: &str, tail: String, r: CommandResult) {
+        let last = CommandUpdate { command_id: id.to_string(), output: tail, result: Some(r), started: false };
+        if let Err(error) = self.inner.journal.finish(id, &last).await {
+            tracing::error!(%error, command_id = %id, "cannot journal the result; a redelivery will report it interrupted");
+        }
+        // The output was streamed already; the journaled tail is for a replay only.
+        self.send(CommandUpdate { output: String::new(), ..last }).await;
+    }
+
+    async fn send(&self, u: CommandUpdate) {
+        if self.inner.updates.send(u).await.is_err() {
+            tracing::debug!("update dropped: the agent is stopping");
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! The audit log: append-only, in the hub store, queryable by operator, server, action and time.
+//!
+//! Architecture invariant: every action request and job cancel is written here, durably, before anything
+//! is dispatched, and so is every refusal of one (role, arguments, selector, deadline, confirmation).
+//! Results are appended as records of their own; no record is ever rewritten. Join tokens and revocations
+//! are recorded once they are done.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::{Op, Store, StoreError, Tree};
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// An action accepted and about to be dispatched.
+    #[default]
+    Requested,
+    /// A request refused before dispatch (role, arguments, selector, confirmation, ...).
+    Refused,
+    /// One target's outcome.
+    Result,
+    Cancel,
+    Token,
+    Revoke,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Requested => "requested",
+            Kind::Refused => "refused",
+            Kind::Result => "result",
+            Kind::Cancel => "cancel",
+            Kind::Token => "token",
+            Kind::Revoke => "revoke",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct AuditEntry {
+    pub id: u64,
+    pub at_ms: i64,
+    pub operator: String,
+    pub role: String,
+    pub kind: Kind,
+    pub action: String,
+    /// Redacted (see `outpost_common::actions::redacted`).
+    pub args: BTreeMap<String, String>,
+    pub selector: String,
+    pub servers: Vec<String>,
+    pub job_id: String,
+    pub command_id: String,
+    /// `outpost.v1.Outcome` as its number (0 for requests).
+    pub outcome: i32,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Query {
+    pub operator: String,
+    pub server: String,
+    pub action: String,
+    pub since_ms: i64,
+    pub until_ms: i64,
+    pub limit: usize,
+}
+
+/// Records looked at per query at most (newest first), so one query cannot walk an unbounded log.
+const SCAN_MAX: usize = 200_000;
+
+pub struct Audit {
+    store: Store,
+    next: AtomicU64,
+}
+
+impl Audit {
+    pub fn open(store: Store) -> Result<Audit, StoreError> {
+        let last = store
+            .last_key(Tree::Audit)?
+            .and_then(|k| <[u8; 8]>::try_from(k.as_ref()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        Ok(Audit { store, next: AtomicU64::new(last + 1) })
+    }
+
+    /// Writes `e` (with a fresh id and time) and returns its id once it is on disk.
+    pub async fn append(&self, mut e: AuditEntry) -> Result<u64, StoreError> {
+        e.id = self.next.fetch_add(1, Ordering::Relaxed);
+        e.at_ms = outpost_common::now_ms();
+        let id = e.id;
+        if e.kind == Kind::Refused {
+            tracing::info!(operator = %e.operator, action = %e.action, message = %e.message, "request refused (audited)");
+        }
+        self.store.commit(vec![Op::put_json(Tree::Audit, id.to_be_bytes().to_vec(), &e)]).await?;
+        Ok(id)
+    }
+
+    /// Newest first.
+    pub fn query(&self, q: &Query) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.store.iter_rev(Tree::Audit).take(SCAN_MAX) {
+            let (k, v) = item?;
+            let e: AuditEntry = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+                tree: "audit",
+                key: format!("{k:?}"),
+                error: e.to_string(),
+            })?;
+            if q.since_ms > 0 && e.at_ms < q.since_ms {
+                break; // ids grow with time: everything further is older
+            }
+            let keep = (q.until_ms == 0 || e.at_ms <= q.until_ms)
+                && (q.operator.is_empty() || e.operator == q.operator)
+                && (q.action.is_empty() || e.action == q.action)
+                && (q.server.is_empty() || e.servers.contains(&q.server));
+            if keep {
+                out.push(e);
+                if out.len() >= q.limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn append_then_query_by_each_field_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8).unwrap();
+        let audit = Audit::open(store.clone()).unwrap();
+        let entry = |op: &str, action: &str, server: &str| AuditEntry {
+            operator: op.into(),
+            action: action.into(),
+            servers: vec![server.into()],
+            ..Default::default()
+        };
+        audit.append(entry("ann", "reboot", "a")).await.unwrap();
+        audit.append(entry("bob", "exec", "b")).await.unwrap();
+        let third = audit.append(entry("ann", "exec", "a")).await.unwrap();
+        let q = |f: fn(&mut Query)| {
+            let mut q = Query { limit: 10, ..Default::default() };
+            f(&mut q);
+            audit.query(&q).unwrap().iter().map(|e| e.id).collect::<Vec<_>>()
+        };
+        assert_eq!(q(|_| {}), [3, 2, 1]);
+        assert_eq!(q(|q| q.operator = "ann".into()), [3, 1]);
+        assert_eq!(q(|q| q.action = "exec".into()), [3, 2]);
+        assert_eq!(q(|q| q.server = "b".into()), [2]);
+        assert_eq!(q(|q| q.limit = 1), [3]);
+        assert_eq!(q(|q| q.since_ms = i64::MAX), Vec::<u64>::new());
+        drop(audit);
+        let reopened = Audit::open(store).unwrap();
+        assert_eq!(reopened.next.load(Ordering::Relaxed), third + 1, "ids continue after a restart");
+    }
+}

@@ -1,0 +1,492 @@
+//! Jobs: one action on the servers a selector matches, in batches (an optional canary first), stopping
+//! when the failure rate passes a threshold. Requests are checked and audited here before anything is sent.
+//!
+//! Job events are the wire type (`outpost.v1.JobEvent`): a job's only product is that stream, so building
+//! a parallel domain type would be conversion for its own sake (as with `Health`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use outpost_common::Role;
+use outpost_common::actions::{Action, ActionSpec, redacted};
+use outpost_common::selector::{Candidate, Selector};
+use outpost_proto::v1 as pb;
+use pb::{CommandResult, Outcome, TargetState};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::audit::{AuditEntry, Kind};
+use crate::ca::random_bytes;
+use crate::registry::Liveness;
+use crate::relay::{CmdEvent, refused};
+use crate::state::HubState;
+
+/// Targets per batch when the request does not say.
+const DEFAULT_BATCH: usize = 10;
+const MAX_BATCH: usize = 1000;
+/// Longest a command may wait for an offline server.
+const MAX_QUEUE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long past a command's deadline the hub waits for the agent's answer before giving up on it.
+const ANSWER_GRACE: Duration = Duration::from_secs(10);
+
+pub type EventTx = mpsc::Sender<Result<pb::JobEvent, Status>>;
+
+/// A request that passed every check.
+pub struct Job {
+    pub id: String,
+    pub action: String,
+    pub args: BTreeMap<String, String>,
+    pub targets: Vec<String>,
+    pub batches: Vec<usize>,
+    pub max_failure_rate: f64,
+    pub run_for: Duration,
+    pub hard_deadline: Option<Instant>,
+    pub queue: Option<Duration>,
+    pub operator: String,
+    pub audit_id: u64,
+}
+
+/// The caller, as the audit log names it.
+pub struct Caller {
+    pub name: String,
+    pub role: Role,
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn status_name(l: Liveness) -> &'static str {
+    match l {
+        Liveness::Pending => "pending",
+        Liveness::Connected => "connected",
+        Liveness::Disconnected => "disconnected",
+        Liveness::Lost => "lost",
+    }
+}
+
+pub fn selector_from_pb(s: Option<pb::Selector>) -> Selector {
+    let s = s.unwrap_or_default();
+    Selector {
+        names: s.names,
+        customer: Some(s.customer).filter(|c| !c.is_empty()),
+        plan: Some(s.plan).filter(|c| !c.is_empty()),
+        labels: s.labels.into_iter().collect(),
+        status: s
+            .status
+            .into_iter()
+            .filter_map(|l| pb::Liveness::try_from(l).ok())
+            .map(|l| l.as_str_name().trim_start_matches("LIVENESS_").to_ascii_lowercase())
+            .collect(),
+        all: s.all,
+    }
+}
+
+/// The servers `sel` matches, by name.
+pub fn resolve(state: &HubState, sel: &Selector) -> Vec<String> {
+    state
+        .registry
+        .list()
+        .iter()
+        .filter(|v| {
+            let r = &v.record;
+            let label = |k: &str| r.labels.get(k).map(String::as_str);
+            sel.matches(&Candidate {
+                name: &r.name,
+                customer: &r.customer,
+                plan: &r.plan,
+                status: status_name(v.liveness),
+                label: &label,
+            })
+        })
+        .map(|v| v.record.name.clone())
+        .collect()
+}
+
+/// Batch sizes: the canary (if any) first, then `batch` at a time.
+pub fn plan_batches(n: usize, batch: usize, canary: usize) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut left = n;
+    if canary > 0 && left > 0 {
+        out.push(canary.min(left));
+        left -= canary.min(left);
+    }
+    while left > 0 {
+        out.push(batch.min(left));
+        left -= batch.min(left);
+    }
+    out
+}
+
+/// Checks a request, audits it (accepted or refused), and returns the job to run.
+pub async fn submit(state: &HubState, caller: &Caller, mut req: pb::RunActionRequest) -> Result<Job, Status> {
+    let args: BTreeMap<String, String> = std::mem::take(&mut req.args).into_iter().collect();
+    let sel = selector_from_pb(req.selector.take());
+    let mut entry = AuditEntry {
+        operator: caller.name.clone(),
+        role: caller.role.to_string(),
+        action: req.action.chars().take(64).collect(),
+        args: redacted(&req.action, &args),
+        selector: sel.to_string(),
+        ..Default::default()
+    };
+    let checked = check(state, caller, &req.action, &args, &sel, &mut entry, &req);
+    let (spec, targets) = match checked {
+        Ok(ok) => ok,
+        Err(status) => {
+            entry.kind = Kind::Refused;
+            entry.outcome = Outcome::Refused as i32;
+            entry.message = status.message().to_string();
+            state.audit.append(entry).await.map_err(|e| Status::unavailable(e.to_string()))?;
+            return Err(status);
+        }
+    };
+    let batch = if req.batch == 0 { DEFAULT_BATCH } else { req.batch as usize };
+    let now = Instant::now();
+    let hard_deadline = (req.deadline_ms > 0)
+        .then(|| now + Duration::from_millis((req.deadline_ms - outpost_common::now_ms()).max(0) as u64));
+    let run_for = hard_deadline.map_or(spec.default_deadline, |d| (d - now).min(spec.max_deadline));
+    let id = hex(&random_bytes::<8>());
+    entry.kind = Kind::Requested;
+    entry.servers = targets.clone();
+    entry.job_id = id.clone();
+    entry.message = format!("{} target(s), batch {batch}, canary {}", targets.len(), req.canary);
+    // Durable before anything is dispatched.
+    let audit_id = state.audit.append(entry).await.map_err(|e| Status::unavailable(e.to_string()))?;
+    Ok(Job {
+        id,
+        action: spec.name.to_string(),
+        batches: plan_batches(targets.len(), batch, req.canary as usize),
+        targets,
+        args,
+        max_failure_rate: req.max_failure_rate,
+        run_for,
+        hard_deadline,
+        queue: (req.queue_secs > 0).then(|| Duration::from_secs(u64::from(req.queue_secs))),
+        operator: caller.name.clone(),
+        audit_id,
+    })
+}
+
+fn check(
+    state: &HubState,
+    caller: &Caller,
+    action: &str,
+    args: &BTreeMap<String, String>,
+    sel: &Selector,
+    entry: &mut AuditEntry,
+    req: &pb::RunActionRequest,
+) -> Result<(&'static ActionSpec, Vec<String>), Status> {
+    let (_, spec) = Action::parse(action, args).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    if caller.role < spec.role {
+        return Err(Status::permission_denied(format!(
+            "operator {} has role {}; {} needs role {} or higher",
+            caller.name, caller.role, spec.name, spec.role
+        )));
+    }
+    if sel.is_empty() {
+        return Err(Status::invalid_argument(
+            "the selector is empty: name servers, or use customer:, plan:, label:, status: or all",
+        ));
+    }
+    if req.deadline_ms != 0 && req.deadline_ms <= outpost_common::now_ms() {
+        return Err(Status::invalid_argument(format!(
+            "the deadline {} is in the past; give a future time (or none for the action's default of {} s)",
+            crate::error::rfc3339_ms(req.deadline_ms),
+            spec.default_deadline.as_secs()
+        )));
+    }
+    if req.deadline_ms > outpost_common::now_ms() + spec.max_deadline.as_millis() as i64 {
+        return Err(Status::invalid_argument(format!(
+            "the deadline is more than {} s away; {} allows at most that",
+            spec.max_deadline.as_secs(),
+            spec.name
+        )));
+    }
+    if req.batch as usize > MAX_BATCH {
+        return Err(Status::invalid_argument(format!("batch {} is over the limit of {MAX_BATCH}", req.batch)));
+    }
+    if !(0.0..=1.0).contains(&req.max_failure_rate) {
+        return Err(Status::invalid_argument(format!(
+            "max_failure_rate {} must be between 0.0 and 1.0",
+            req.max_failure_rate
+        )));
+    }
+    if Duration::from_secs(u64::from(req.queue_secs)) > MAX_QUEUE {
+        return Err(Status::invalid_argument(format!("queue time {} s is over 7 days", req.queue_secs)));
+    }
+    let targets = resolve(state, sel);
+    entry.servers = targets.clone();
+    if targets.is_empty() {
+        return Err(Status::not_found(format!("selector {sel:?} matches no server", sel = sel.to_string())));
+    }
+    if spec.destructive {
+        let expected = if targets.len() == 1 { targets[0].clone() } else { targets.len().to_string() };
+        if req.confirm != expected {
+            let what = if targets.len() == 1 { "the server name" } else { "the number of targets" };
+            return Err(Status::failed_precondition(format!(
+                "{} is destructive: confirm with {what} ({expected}); got {:?}",
+                spec.name, req.confirm
+            )));
+        }
+    }
+    Ok((spec, targets))
+}
+
+#[derive(Default)]
+struct Counts {
+    succeeded: u32,
+    failed: u32,
+    running: u32,
+    skipped: u32,
+}
+
+fn event(e: pb::job_event::Event) -> Result<pb::JobEvent, Status> {
+    Ok(pb::JobEvent { event: Some(e) })
+}
+
+/// Runs `job` to its end. The caller may go away; the job and its audit records go on.
+pub async fn run(state: Arc<HubState>, job: Job, tx: EventTx, cancel: CancellationToken) {
+    let job = Arc::new(job);
+    let plan = pb::JobPlan {
+        job_id: job.id.clone(),
+        targets: job.targets.clone(),
+        batches: job.batches.iter().map(|b| *b as u32).collect(),
+        audit_id: job.audit_id,
+        action: job.action.clone(),
+    };
+    let _ = tx.send(event(pb::job_event::Event::Plan(plan))).await;
+    let total = job.targets.len() as u32;
+    let mut c = Counts::default();
+    let progress = |c: &Counts, finished: bool, stopped: &str| {
+        let pending = total - c.succeeded - c.failed - c.running - c.skipped;
+        event(pb::job_event::Event::Progress(pb::JobProgress {
+            total,
+            succeeded: c.succeeded,
+            failed: c.failed,
+            running: c.running,
+            pending,
+            skipped: c.skipped,
+            finished,
+            stopped: stopped.to_string(),
+        }))
+    };
+    let mut stopped = String::new();
+    let mut next = 0;
+    for (bi, &size) in job.batches.iter().enumerate() {
+        if cancel.is_cancelled() {
+            stopped = "cancelled".into();
+        }
+        if !stopped.is_empty() {
+            break;
+        }
+        let batch = &job.targets[next..next + size];
+        next += size;
+        c.running = size as u32;
+        let _ = tx.send(progress(&c, false, "")).await;
+        let mut running: FuturesUnordered<_> =
+            batch.iter().map(|server| target(&state, &job, server, bi as u32, &tx, &cancel)).collect();
+        while let Some(r) = running.next().await {
+            c.running -= 1;
+            if r.outcome == Outcome::Succeeded as i32 {
+                c.succeeded += 1;
+            } else {
+                c.failed += 1;
+            }
+            let _ = tx.send(progress(&c, false, "")).await;
+        }
+        let finished = c.succeeded + c.failed;
+        let rate = f64::from(c.failed) / f64::from(finished.max(1));
+        if c.failed > 0 && rate > job.max_failure_rate && next < job.targets.len() {
+            stopped = format!(
+                "failure rate {:.0}% ({} of {finished}) after batch {} is over the limit of {:.0}%",
+                rate * 100.0,
+                c.failed,
+                bi + 1,
+                job.max_failure_rate * 100.0
+            );
+        }
+    }
+    if cancel.is_cancelled() && stopped.is_empty() && next < job.targets.len() {
+        stopped = "cancelled".into();
+    }
+    let skipped = &job.targets[next..];
+    if !skipped.is_empty() {
+        let why = format!("not run: the job stopped ({stopped})");
+        for (i, server) in skipped.iter().enumerate() {
+            let r = CommandResult {
+                outcome: Outcome::Skipped as i32,
+                exit_code: -1,
+                message: why.clone(),
+                ..Default::default()
+            };
+            let batch = batch_of(&job.batches, next + i);
+            let te = pb::TargetEvent {
+                server: server.clone(),
+                state: TargetState::Done as i32,
+                result: Some(r),
+                batch,
+                ..Default::default()
+            };
+            let _ = tx.send(event(pb::job_event::Event::Target(te))).await;
+        }
+        c.skipped = skipped.len() as u32;
+        let entry = AuditEntry {
+            operator: job.operator.clone(),
+            kind: Kind::Result,
+            action: job.action.clone(),
+            servers: skipped.to_vec(),
+            job_id: job.id.clone(),
+            outcome: Outcome::Skipped as i32,
+            message: why,
+            ..Default::default()
+        };
+        if let Err(error) = state.audit.append(entry).await {
+            tracing::error!(%error, job = %job.id, "cannot audit skipped targets");
+        }
+    }
+    if !stopped.is_empty() {
+        tracing::warn!(job = %job.id, %stopped, "job stopped early");
+    }
+    let _ = tx.send(progress(&c, true, &stopped)).await;
+    state.jobs.remove(&job.id);
+    tracing::info!(job = %job.id, action = %job.action, succeeded = c.succeeded, failed = c.failed, skipped = c.skipped, "job finished");
+}
+
+fn batch_of(batches: &[usize], index: usize) -> u32 {
+    let mut end = 0;
+    for (i, b) in batches.iter().enumerate() {
+        end += b;
+        if index < end {
+            return i as u32;
+        }
+    }
+    batches.len().saturating_sub(1) as u32
+}
+
+/// One target: dispatch, follow, audit the result.
+async fn target(
+    state: &HubState,
+    job: &Job,
+    server: &str,
+    batch: u32,
+    tx: &EventTx,
+    cancel: &CancellationToken,
+) -> CommandResult {
+    let id = hex(&random_bytes::<16>());
+    let te = |state: TargetState, output: String, result: Option<CommandResult>| {
+        event(pb::job_event::Event::Target(pb::TargetEvent {
+            server: server.to_string(),
+            command_id: id.clone(),
+            state: state as i32,
+            output,
+            result,
+            batch,
+        }))
+    };
+    let command = pb::Command {
+        command_id: id.clone(),
+        action: job.action.clone(),
+        args: job.args.clone().into_iter().collect(),
+        timeout_ms: 0,
+        operator: job.operator.clone(),
+    };
+    let started = Instant::now();
+    let r = match state.relay.dispatch(server, command, job.run_for, job.hard_deadline, job.queue.is_some()).await {
+        Err(r) => r,
+        Ok(mut d) => {
+            let queued = !state.relay.is_connected(server);
+            let _ =
+                tx.send(te(if queued { TargetState::Queued } else { TargetState::Pending }, String::new(), None)).await;
+            let mut wake = started + job.queue.unwrap_or(job.run_for) + ANSWER_GRACE;
+            let mut cancel_sent = false;
+            loop {
+                tokio::select! {
+                    r = &mut d.done => break r.unwrap_or_else(|_| refused("the hub dropped this command (internal error)")),
+                    Some(ev) = d.events.recv() => {
+                        let e = match ev {
+                            CmdEvent::Sent => te(TargetState::Sent, String::new(), None),
+                            CmdEvent::Started => te(TargetState::Running, String::new(), None),
+                            CmdEvent::Output(o) => te(TargetState::Running, o, None),
+                        };
+                        // Output to a caller that reads too slowly is dropped rather than stalling the job.
+                        let _ = tx.try_send(e);
+                    }
+                    _ = cancel.cancelled(), if !cancel_sent => {
+                        cancel_sent = true;
+                        state.relay.cancel(&id).await;
+                    }
+                    _ = tokio::time::sleep_until(wake.into()) => {
+                        match state.relay.deadline(&id) {
+                            Some(d) if d + ANSWER_GRACE > Instant::now() => wake = d + ANSWER_GRACE,
+                            _ => {
+                                let (outcome, message) = match state.relay.abandon(&id) {
+                                    Some(true) | None => (Outcome::TimedOut, format!("no result from {server} by the deadline; it may still have run (see the agent's journal)")),
+                                    Some(false) => (Outcome::Expired, format!("{server} did not come back within the queue time; nothing was sent")),
+                                };
+                                break CommandResult { outcome: outcome as i32, exit_code: -1, message, ..Default::default() };
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let mut r = r;
+    if r.duration_ms == 0 {
+        r.duration_ms = started.elapsed().as_millis() as i64;
+    }
+    let entry = AuditEntry {
+        operator: job.operator.clone(),
+        kind: Kind::Result,
+        action: job.action.clone(),
+        servers: vec![server.to_string()],
+        job_id: job.id.clone(),
+        command_id: id.clone(),
+        outcome: r.outcome,
+        message: r.message.clone(),
+        ..Default::default()
+    };
+    if let Err(error) = state.audit.append(entry).await {
+        tracing::error!(%error, %server, command_id = %id, "cannot audit a result");
+    }
+    let _ = tx.send(te(TargetState::Done, String::new(), Some(r.clone()))).await;
+    r
+}
+
+/// Live jobs, for cancel.
+#[derive(Default)]
+pub struct Jobs {
+    inner: std::sync::Mutex<HashMap<String, CancellationToken>>,
+}
+
+impl Jobs {
+    pub fn insert(&self, id: &str, t: CancellationToken) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), t);
+    }
+    pub fn remove(&self, id: &str) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+    pub fn get(&self, id: &str) -> Option<CancellationToken> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_put_the_canary_first() {
+        assert_eq!(plan_batches(50, 10, 5), [5, 10, 10, 10, 10, 5]);
+        assert_eq!(plan_batches(3, 10, 0), [3]);
+        assert_eq!(plan_batches(2, 10, 5), [2]);
+        assert_eq!(plan_batches(0, 10, 0), Vec::<usize>::new());
+        assert_eq!(batch_of(&[5, 10, 10], 4), 0);
+        assert_eq!(batch_of(&[5, 10, 10], 5), 1);
+        assert_eq!(batch_of(&[5, 10, 10], 24), 2);
+    }
+}

@@ -1,0 +1,282 @@
+//! The relay: commands down the agents' streams, their updates back to whoever waits for them.
+//!
+//! Architecture invariant: a command stays pending here until its result arrives or the waiter gives up;
+//! while it is pending, every new stream of its server gets it again (redelivery). The agent's journal
+//! turns that at-least-once delivery into at-most-once execution.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use outpost_proto::v1::{CancelCommand, Command, CommandResult, CommandUpdate, HubMessage, Outcome, hub_message};
+use tokio::sync::{mpsc, oneshot};
+use tonic::Status;
+
+pub type AgentTx = mpsc::Sender<Result<HubMessage, Status>>;
+
+/// What happens to a command before its result.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CmdEvent {
+    Sent,
+    Started,
+    Output(String),
+}
+
+/// A dispatched command: its events, and its result (exactly once).
+pub struct Dispatch {
+    pub events: mpsc::Receiver<CmdEvent>,
+    pub done: oneshot::Receiver<CommandResult>,
+}
+
+/// Output chunks buffered per command for its waiter; beyond it chunks are dropped and counted.
+const EVENT_BUFFER: usize = 512;
+
+struct Pending {
+    server: String,
+    command: Command,
+    run_for: Duration,
+    /// The caller's absolute deadline, if it gave one.
+    hard_deadline: Option<Instant>,
+    /// Set when first sent: the command must have ended by then.
+    deadline: Option<Instant>,
+    cancelled: bool,
+    events: mpsc::Sender<CmdEvent>,
+    done: Option<oneshot::Sender<CommandResult>>,
+    dropped: u64,
+}
+
+impl Pending {
+    /// The message to send now, with the time left; `None` when the deadline passed.
+    fn message(&mut self, now: Instant) -> Option<HubMessage> {
+        let deadline = *self
+            .deadline
+            .get_or_insert_with(|| self.hard_deadline.map_or(now + self.run_for, |h| h.min(now + self.run_for)));
+        let left = deadline.checked_duration_since(now).filter(|d| !d.is_zero())?;
+        let command = Command { timeout_ms: left.as_millis() as u64, ..self.command.clone() };
+        Some(HubMessage { body: Some(hub_message::Body::Command(command)) })
+    }
+}
+
+struct Link {
+    conn_id: u64,
+    tx: AgentTx,
+}
+
+#[derive(Default)]
+pub struct Relay {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    links: HashMap<String, Link>,
+    pending: HashMap<String, Pending>,
+}
+
+pub fn cancel_message(id: &str) -> HubMessage {
+    HubMessage { body: Some(hub_message::Body::Cancel(CancelCommand { command_id: id.to_string() })) }
+}
+
+pub fn refused(message: impl Into<String>) -> CommandResult {
+    CommandResult { outcome: Outcome::Refused as i32, exit_code: -1, message: message.into(), ..Default::default() }
+}
+
+impl Relay {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A stream of `server` is up: it gets commands from now on. Returns what must be (re)delivered on it:
+    /// every pending command of the server whose deadline has not passed (and the cancel of a cancelled one).
+    pub fn attach(&self, server: &str, conn_id: u64, tx: AgentTx) -> Vec<HubMessage> {
+        let mut inner = self.lock();
+        inner.links.insert(server.to_string(), Link { conn_id, tx });
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for (id, p) in inner.pending.iter_mut().filter(|(_, p)| p.server == server) {
+            if let Some(m) = p.message(now) {
+                tracing::info!(command_id = %id, "delivering a pending command on the new stream");
+                out.push(m);
+                if p.cancelled {
+                    out.push(cancel_message(id));
+                }
+                let _ = p.events.try_send(CmdEvent::Sent);
+            }
+        }
+        out
+    }
+
+    pub fn detach(&self, server: &str, conn_id: u64) {
+        let mut inner = self.lock();
+        if inner.links.get(server).is_some_and(|l| l.conn_id == conn_id) {
+            inner.links.remove(server);
+        }
+    }
+
+    pub fn is_connected(&self, server: &str) -> bool {
+        self.lock().links.contains_key(server)
+    }
+
+    /// Sends `command` to `server` now, or keeps it until the server's next stream when `queue` is set.
+    /// `Err` is the result of a command that was never sent (offline and not queued).
+    pub async fn dispatch(
+        &self,
+        server: &str,
+        command: Command,
+        run_for: Duration,
+        hard_deadline: Option<Instant>,
+        queue: bool,
+    ) -> Result<Dispatch, CommandResult> {
+        let (events_tx, events) = mpsc::channel(EVENT_BUFFER);
+        let (done_tx, done) = oneshot::channel();
+        let id = command.command_id.clone();
+        let send = {
+            let mut inner = self.lock();
+            let tx = inner.links.get(server).map(|l| l.tx.clone());
+            if tx.is_none() && !queue {
+                return Err(refused(format!(
+                    "{server} is offline; nothing was sent. Run it again when it is connected, or queue it (--queue 10m)"
+                )));
+            }
+            let mut p = Pending {
+                server: server.to_string(),
+                command,
+                run_for,
+                hard_deadline,
+                deadline: None,
+                cancelled: false,
+                events: events_tx.clone(),
+                done: Some(done_tx),
+                dropped: 0,
+            };
+            let send = tx.and_then(|tx| p.message(Instant::now()).map(|m| (tx, m)));
+            inner.pending.insert(id.clone(), p);
+            send
+        };
+        if let Some((tx, m)) = send {
+            // A stream that just went away keeps the command pending: its next stream gets it.
+            if tx.send(Ok(m)).await.is_ok() {
+                let _ = events_tx.try_send(CmdEvent::Sent);
+            }
+        }
+        Ok(Dispatch { events, done })
+    }
+
+    /// An update from `server`'s agent. `Err` says why it was not accepted (an id this hub did not send to
+    /// this server: stale after a restart, or forged); the stream stays up either way.
+    pub fn update(&self, server: &str, u: CommandUpdate) -> Result<(), String> {
+        let mut inner = self.lock();
+        let Some(p) = inner.pending.get_mut(&u.command_id) else {
+            return Err(format!("no pending command {:?} (finished, abandoned, or never sent)", short(&u.command_id)));
+        };
+        if p.server != server {
+            return Err(format!("command {} was sent to {}, not to {server}", short(&u.command_id), p.server));
+        }
+        if u.started {
+            let _ = p.events.try_send(CmdEvent::Started);
+        }
+        if !u.output.is_empty() {
+            let len = u.output.len() as u64;
+            if p.events.try_send(CmdEvent::Output(u.output)).is_err() {
+                p.dropped += len;
+            }
+        }
+        if let Some(mut r) = u.result {
+            let mut p = inner.pending.remove(&u.command_id).expect("looked up above");
+            r.output_dropped_bytes += p.dropped;
+            if let Some(done) = p.done.take() {
+                let _ = done.send(r);
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks the agent to stop `id`. A command that was never sent ends here and now, as cancelled.
+    pub async fn cancel(&self, id: &str) {
+        let send = {
+            let mut inner = self.lock();
+            let Some(p) = inner.pending.get_mut(id) else { return };
+            p.cancelled = true;
+            if p.deadline.is_none() {
+                let mut p = inner.pending.remove(id).expect("looked up above");
+                if let Some(done) = p.done.take() {
+                    let r = CommandResult {
+                        outcome: Outcome::Cancelled as i32,
+                        exit_code: -1,
+                        message: "cancelled before it was delivered".into(),
+                        ..Default::default()
+                    };
+                    let _ = done.send(r);
+                }
+                return;
+            }
+            let server = p.server.clone();
+            inner.links.get(&server).map(|l| l.tx.clone())
+        };
+        if let Some(tx) = send {
+            let _ = tx.send(Ok(cancel_message(id))).await;
+        }
+    }
+
+    /// When the agent must have answered `id` by (its deadline, once sent).
+    pub fn deadline(&self, id: &str) -> Option<Instant> {
+        self.lock().pending.get(id).and_then(|p| p.deadline)
+    }
+
+    /// The waiter gives up on `id`. Returns whether it had been sent (`None`: it already ended).
+    pub fn abandon(&self, id: &str) -> Option<bool> {
+        self.lock().pending.remove(id).map(|p| p.deadline.is_some())
+    }
+
+    pub fn pending_count(&self) -> usize {
+        self.lock().pending.len()
+    }
+}
+
+fn short(id: &str) -> String {
+    id.chars().take(40).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(id: &str) -> Command {
+        Command { command_id: id.into(), action: "diagnostics".into(), ..Default::default() }
+    }
+
+    #[tokio::test]
+    async fn offline_is_refused_queued_is_delivered_on_attach_and_redelivered() {
+        let relay = Relay::default();
+        let r = relay.dispatch("a", cmd("1"), Duration::from_secs(30), None, false).await.err().unwrap();
+        assert!(r.message.contains("a is offline"), "{}", r.message);
+        let mut d = relay.dispatch("a", cmd("2"), Duration::from_secs(30), None, true).await.ok().unwrap();
+        assert!(d.events.try_recv().is_err(), "queued, not sent");
+        let (tx, mut rx) = mpsc::channel(8);
+        let first = relay.attach("a", 1, tx.clone());
+        assert_eq!(first.len(), 1);
+        assert!(
+            matches!(&first[0].body, Some(hub_message::Body::Command(c)) if c.command_id == "2" && c.timeout_ms > 29_000)
+        );
+        relay.detach("a", 1);
+        assert_eq!(relay.attach("a", 2, tx).len(), 1, "still pending: redelivered on the next stream");
+        // A forged id or another server's id is refused; the real result completes the command once.
+        assert!(relay.update("a", CommandUpdate { command_id: "9".into(), ..Default::default() }).is_err());
+        assert!(relay.update("b", CommandUpdate { command_id: "2".into(), ..Default::default() }).is_err());
+        let done = CommandUpdate { command_id: "2".into(), result: Some(refused("x")), ..Default::default() };
+        relay.update("a", done.clone()).unwrap();
+        assert_eq!(d.done.try_recv().unwrap().message, "x");
+        assert!(relay.update("a", done).is_err(), "a second result is not accepted");
+        assert!(rx.try_recv().is_err(), "attach returns messages; it does not send them itself");
+        assert_eq!(relay.pending_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn cancel_of_an_undelivered_command_ends_it_at_once() {
+        let relay = Relay::default();
+        let mut d = relay.dispatch("a", cmd("1"), Duration::from_secs(30), None, true).await.ok().unwrap();
+        relay.cancel("1").await;
+        assert_eq!(d.done.try_recv().unwrap().outcome, Outcome::Cancelled as i32);
+        assert_eq!(relay.abandon("1"), None);
+    }
+}
