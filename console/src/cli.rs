@@ -48,6 +48,16 @@ pub enum Command {
     },
     /// Stream the fleet as JSON lines: one snapshot, then one line per change.
     Watch,
+    /// Run an action on the servers a selector matches, in batches, with a progress bar.
+    ///
+    /// Examples: `outpost run service-status --on web-1 --arg unit=k3s`;
+    /// `outpost run service-restart --on customer:acme --arg unit=k3s --canary 1 --batch 10 --max-failure-rate 10%`;
+    /// `outpost run exec --on web-1 --yes web-1 -- df -h`. Exit status 1 when any target did not succeed.
+    Run(crate::run::RunArgs),
+    /// The audit log, newest first.
+    Audit(crate::run::AuditArgs),
+    /// The action catalog: names, required role, arguments.
+    Actions,
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
 }
@@ -101,11 +111,11 @@ pub fn load_bundle(cli: &Cli) -> anyhow::Result<Bundle> {
     })
 }
 
-fn client(bundle: &Bundle) -> anyhow::Result<OperatorClient<tonic::transport::Channel>> {
+pub fn client(bundle: &Bundle) -> anyhow::Result<OperatorClient<tonic::transport::Channel>> {
     Ok(OperatorClient::new(bundle.channel()?).max_decoding_message_size(256 << 20))
 }
 
-fn rpc(bundle: &Bundle, s: tonic::Status) -> anyhow::Error {
+pub fn rpc(bundle: &Bundle, s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("hub {}: {}", bundle.meta.hub, s.message())
 }
 

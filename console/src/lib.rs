@@ -5,5 +5,6 @@ pub mod app;
 pub mod cli;
 pub mod conn;
 pub mod demo;
+pub mod run;
 pub mod state;
 pub mod view;

@@ -14,6 +14,9 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<String> {
             cli::server(&cli::load_bundle(cli)?, name, *output, *history).await
         }
         Some(Command::Watch) => cli::watch(&cli::load_bundle(cli)?).await,
+        Some(Command::Run(a)) => console::run::run(&cli::load_bundle(cli)?, a).await,
+        Some(Command::Audit(a)) => console::run::audit(&cli::load_bundle(cli)?, a).await,
+        Some(Command::Actions) => Ok(console::run::catalog()),
         Some(Command::Fleet) | None => {
             let b = cli::load_bundle(cli)?;
             let app = console::state::App::new(&b.meta.hub, &b.meta.name, &b.meta.role);

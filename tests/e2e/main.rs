@@ -1,5 +1,6 @@
 //! Cross-process tests: real hubd and agentd processes on loopback, real mTLS, real sled.
 
+mod actions;
 mod bad_input;
 mod console;
 mod fleet;

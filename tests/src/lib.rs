@@ -260,3 +260,86 @@ pub fn liveness(s: &Server) -> Liveness {
 pub fn is(fleet: &Fleet, name: &str, l: Liveness) -> bool {
     fleet.get(name).is_some_and(|s| liveness(s) == l)
 }
+
+/// A stand-in `systemctl` for agents in tests (no systemd runs in this environment): it appends its
+/// arguments to `calls` next to itself, and `show` reports the unit failed when a `fail` file is there.
+pub fn fake_systemctl(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("systemctl");
+    std::fs::write(
+        &path,
+        "#!/bin/sh\nd=$(dirname \"$0\")\necho \"$*\" >> \"$d/calls\"\nif [ \"$1\" = show ]; then\n  echo LoadState=loaded\n  \
+         if [ -e \"$d/fail\" ]; then echo ActiveState=failed; echo SubState=failed; else echo ActiveState=active; echo SubState=running; fi\n\
+         fi\nexit 0\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// Everything one RunAction stream said.
+#[derive(Debug, Default)]
+pub struct JobRun {
+    pub events: Vec<outpost_proto::v1::job_event::Event>,
+    pub plan: outpost_proto::v1::JobPlan,
+    pub results: BTreeMap<String, outpost_proto::v1::CommandResult>,
+    /// Output per server, concatenated in order.
+    pub output: BTreeMap<String, String>,
+    pub progress: outpost_proto::v1::JobProgress,
+}
+
+impl JobRun {
+    pub fn result(&self, server: &str) -> &outpost_proto::v1::CommandResult {
+        self.results.get(server).unwrap_or_else(|| panic!("no result for {server}: {:#?}", self.events))
+    }
+}
+
+/// Follows a RunAction stream to its end (or panics after [`WAIT`]), feeding each event to `each` as it comes.
+pub async fn follow_job(
+    stream: &mut tonic::Streaming<outpost_proto::v1::JobEvent>,
+    mut each: impl FnMut(&outpost_proto::v1::job_event::Event),
+) -> JobRun {
+    use outpost_proto::v1::job_event::Event;
+    let mut run = JobRun::default();
+    tokio::time::timeout(WAIT, async {
+        while let Some(m) = stream.message().await.expect("job stream") {
+            let Some(e) = m.event else { continue };
+            each(&e);
+            match &e {
+                Event::Plan(p) => run.plan = p.clone(),
+                Event::Target(t) => {
+                    run.output.entry(t.server.clone()).or_default().push_str(&t.output);
+                    if let Some(r) = &t.result {
+                        run.results.insert(t.server.clone(), r.clone());
+                    }
+                }
+                Event::Progress(p) => run.progress = p.clone(),
+            }
+            run.events.push(e);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("job did not finish in time; so far: {:#?}", run.events));
+    assert!(run.progress.finished, "the stream ended before the job finished: {:#?}", run.events);
+    run
+}
+
+/// Runs an action and follows it to its end.
+pub async fn run_job(client: &mut OperatorClient<Channel>, req: outpost_proto::v1::RunActionRequest) -> JobRun {
+    let mut stream = client.run_action(req).await.expect("run action").into_inner();
+    follow_job(&mut stream, |_| {}).await
+}
+
+/// A RunAction request for `action` on `names`.
+pub fn action(action: &str, names: &[&str], args: &[(&str, &str)]) -> outpost_proto::v1::RunActionRequest {
+    outpost_proto::v1::RunActionRequest {
+        action: action.into(),
+        args: args.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        selector: Some(outpost_proto::v1::Selector {
+            names: names.iter().map(|n| n.to_string()).collect(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}

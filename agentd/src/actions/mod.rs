@@ -207,3 +207,67 @@ impl Runner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn final_update(link: &mut RunnerLink) -> CommandUpdate {
+        loop {
+            let u = tokio::time::timeout(Duration::from_secs(30), link.updates.recv()).await.unwrap().unwrap();
+            if u.result.is_some() {
+                return u;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_repeated_command_is_answered_from_the_journal_and_never_runs_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path().join("db")).open().unwrap();
+        let config = AgentConfig { exec_enabled: true, data_dir: dir.path().into(), ..Default::default() };
+        let (runner, mut link) =
+            Runner::new(config, Journal::open(&db).unwrap(), TaskTracker::new(), CancellationToken::new());
+        let counter = dir.path().join("count");
+        let script = format!("echo ran >> {}; echo out", counter.display());
+        let command = Command {
+            command_id: "0123456789abcdef0123456789abcdef".into(),
+            action: "exec".into(),
+            args: [("argv".to_string(), serde_json::to_string(&["sh", "-c", &script]).unwrap())].into(),
+            timeout_ms: 30_000,
+            operator: "test".into(),
+        };
+        runner.handle(command.clone()).await;
+        let first = final_update(&mut link).await;
+        let r = first.result.unwrap();
+        assert_eq!((r.outcome, r.replayed), (Outcome::Succeeded as i32, false), "{r:?}");
+        runner.handle(command).await;
+        let again = final_update(&mut link).await;
+        let r2 = again.result.unwrap();
+        assert_eq!((r2.outcome, r2.replayed, again.output.as_str()), (Outcome::Succeeded as i32, true, "out\n"));
+        assert_eq!(std::fs::read_to_string(&counter).unwrap(), "ran\n");
+    }
+
+    #[tokio::test]
+    async fn an_expired_command_or_a_bad_id_never_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path().join("db")).open().unwrap();
+        let (runner, mut link) = Runner::new(
+            AgentConfig::default(),
+            Journal::open(&db).unwrap(),
+            TaskTracker::new(),
+            CancellationToken::new(),
+        );
+        let c = Command {
+            command_id: "ffffffffffffffffffffffffffffffff".into(),
+            action: "diagnostics".into(),
+            timeout_ms: 0,
+            ..Default::default()
+        };
+        runner.handle(Command { command_id: "../../etc".into(), ..c.clone() }).await;
+        runner.handle(c).await;
+        let u = final_update(&mut link).await;
+        assert_eq!(u.command_id, "ffffffffffffffffffffffffffffffff", "the ill-formed id got no answer");
+        assert!(u.result.unwrap().message.contains("deadline passed before it could start"));
+    }
+}

@@ -1,0 +1,437 @@
+//! `outpost run`, `outpost audit` and `outpost actions`: remote actions from a shell or a runbook.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use outpost_common::actions::{self, Action};
+use outpost_common::bundle::Bundle;
+use outpost_common::selector::Selector;
+use outpost_proto::v1 as pb;
+use pb::job_event::Event;
+
+use crate::cli::{Output, client, rpc};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// The action (see `outpost actions`).
+    pub action: String,
+    /// Which servers: NAME[,NAME…], customer:X, plan:X, label:K=V, status:S, all (space or comma separated).
+    #[arg(long = "on", value_name = "SELECTOR")]
+    pub on: String,
+    /// An argument of the action, KEY=VALUE (repeatable).
+    #[arg(long = "arg", value_name = "KEY=VALUE")]
+    pub args: Vec<String>,
+    /// Targets per batch.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub batch: u32,
+    /// Run this many targets first, alone, as a canary batch.
+    #[arg(long, default_value_t = 0)]
+    pub canary: u32,
+    /// Stop after a batch when failed/finished exceeds this: 0.2 or 20%. Default 0: stop at any failure.
+    #[arg(long, default_value = "0", value_parser = parse_rate)]
+    pub max_failure_rate: f64,
+    /// How long each command may run (e.g. 30s, 5m). Default: the action's own.
+    #[arg(long, value_parser = outpost_common::parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Queue commands for offline servers for this long (e.g. 10m) instead of refusing them.
+    #[arg(long, value_parser = outpost_common::parse_duration)]
+    pub queue: Option<Duration>,
+    /// Confirm a destructive action without a prompt: the server name (one target) or the target count.
+    #[arg(long, value_name = "NAME|COUNT")]
+    pub yes: Option<String>,
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// For exec: the program and its arguments, after `--`.
+    #[arg(last = true)]
+    pub argv: Vec<String>,
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let (n, scale) = match s.strip_suffix('%') {
+        Some(p) => (p, 100.0),
+        None => (s, 1.0),
+    };
+    let v: f64 = n.trim().parse().map_err(|_| format!("{s:?} is not a rate like 0.2 or 20%"))?;
+    let v = v / scale;
+    if (0.0..=1.0).contains(&v) { Ok(v) } else { Err(format!("{s:?} is outside 0..=100%")) }
+}
+
+/// The request, checked locally first (the hub checks it again): unknown actions and bad arguments fail
+/// before anything is sent.
+pub fn request(a: &RunArgs) -> anyhow::Result<(pb::RunActionRequest, Selector)> {
+    let mut args = BTreeMap::new();
+    for kv in &a.args {
+        let (k, v) = kv.split_once('=').ok_or_else(|| anyhow::anyhow!("--arg {kv:?} must be KEY=VALUE"))?;
+        args.insert(k.to_string(), v.to_string());
+    }
+    if !a.argv.is_empty() {
+        args.insert("argv".into(), serde_json::to_string(&a.argv)?);
+    }
+    Action::parse(&a.action, &args)?;
+    let sel: Selector = a.on.parse().map_err(|e| anyhow::anyhow!("--on: {e}"))?;
+    let deadline_ms = a.timeout.map(|t| outpost_common::now_ms() + t.as_millis() as i64).unwrap_or(0);
+    let req = pb::RunActionRequest {
+        action: a.action.clone(),
+        args: args.into_iter().collect(),
+        selector: Some(selector_to_pb(&sel)),
+        batch: a.batch,
+        canary: a.canary,
+        max_failure_rate: a.max_failure_rate,
+        deadline_ms,
+        queue_secs: a.queue.map(|q| q.as_secs().min(u64::from(u32::MAX)) as u32).unwrap_or(0),
+        confirm: a.yes.clone().unwrap_or_default(),
+    };
+    Ok((req, sel))
+}
+
+pub fn selector_to_pb(s: &Selector) -> pb::Selector {
+    pb::Selector {
+        names: s.names.clone(),
+        customer: s.customer.clone().unwrap_or_default(),
+        plan: s.plan.clone().unwrap_or_default(),
+        labels: s.labels.clone().into_iter().collect(),
+        status: s
+            .status
+            .iter()
+            .filter_map(|st| pb::Liveness::from_str_name(&format!("LIVENESS_{}", st.to_ascii_uppercase())))
+            .map(|l| l as i32)
+            .collect(),
+        all: s.all,
+    }
+}
+
+/// The servers `sel` matches in `servers` (the same rule the hub applies).
+pub fn matching(sel: &Selector, servers: &[pb::Server]) -> Vec<String> {
+    let mut out: Vec<String> = servers
+        .iter()
+        .filter(|s| {
+            let label = |k: &str| s.labels.get(k).map(String::as_str);
+            sel.matches(&outpost_common::selector::Candidate {
+                name: &s.name,
+                customer: &s.customer,
+                plan: &s.plan,
+                status: crate::state::status_word(s),
+                label: &label,
+            })
+        })
+        .map(|s| s.name.clone())
+        .collect();
+    out.sort();
+    out
+}
+
+/// What the operator must type to confirm a destructive action on `targets`.
+pub fn confirmation(targets: &[String]) -> String {
+    if targets.len() == 1 { targets[0].clone() } else { targets.len().to_string() }
+}
+
+pub async fn run(bundle: &Bundle, a: &RunArgs) -> anyhow::Result<String> {
+    let (mut req, sel) = request(a)?;
+    let spec = actions::lookup(&a.action).expect("parsed above");
+    let mut c = client(bundle)?;
+    if spec.destructive && a.yes.is_none() {
+        let servers = c.list_servers(pb::ListServersRequest {}).await.map_err(|s| rpc(bundle, s))?.into_inner().servers;
+        let targets = matching(&sel, &servers);
+        if targets.is_empty() {
+            anyhow::bail!("selector {sel} matches no server");
+        }
+        let expected = confirmation(&targets);
+        if !std::io::stdin().is_terminal() {
+            anyhow::bail!("{} is destructive: pass --yes {expected} to confirm (no terminal to ask on)", spec.name);
+        }
+        let shown: Vec<&str> = targets.iter().take(10).map(String::as_str).collect();
+        eprint!(
+            "{} is destructive and will run on {} server(s): {}{}\nType {expected} to confirm: ",
+            spec.name,
+            targets.len(),
+            shown.join(", "),
+            if targets.len() > 10 { ", …" } else { "" }
+        );
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        if line.trim() != expected {
+            anyhow::bail!("not confirmed; nothing was run");
+        }
+        req.confirm = expected;
+    }
+    let mut stream = c.run_action(req).await.map_err(|s| rpc(bundle, s))?.into_inner();
+    let tty = std::io::stderr().is_terminal() && matches!(a.output, Output::Table);
+    let mut job_id = String::new();
+    let mut cancelled = false;
+    let mut last = pb::JobProgress::default();
+    let mut failed: Vec<(String, String)> = Vec::new();
+    let mut out = std::io::stdout().lock();
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    loop {
+        let e = tokio::select! {
+            _ = sigint.recv() => {
+                if cancelled || job_id.is_empty() {
+                    anyhow::bail!("stopped waiting; job {job_id} goes on at the hub (see `outpost audit`)");
+                }
+                cancelled = true;
+                eprintln!("\ncancelling job {job_id} (running commands are stopped; Ctrl-C again to stop waiting)");
+                c.cancel_job(pb::CancelJobRequest { job_id: job_id.clone() }).await.map_err(|s| rpc(bundle, s))?;
+                continue;
+            }
+            m = stream.message() => match m.map_err(|s| rpc(bundle, s))? {
+                None => break,
+                Some(pb::JobEvent { event: None }) => continue,
+                Some(pb::JobEvent { event: Some(e) }) => e,
+            },
+        };
+        if matches!(a.output, Output::Json) {
+            writeln!(out, "{}", event_json(&e))?;
+            out.flush()?;
+        }
+        match e {
+            Event::Plan(p) => {
+                job_id = p.job_id.clone();
+                if matches!(a.output, Output::Table) {
+                    eprintln!(
+                        "job {} · {} on {} server(s) in batches {:?} · audit #{}",
+                        p.job_id,
+                        p.action,
+                        p.targets.len(),
+                        p.batches,
+                        p.audit_id
+                    );
+                }
+            }
+            Event::Target(t) => {
+                if matches!(a.output, Output::Table) {
+                    if tty {
+                        eprint!("\r\x1b[2K");
+                    }
+                    for line in t.output.lines() {
+                        writeln!(out, "{} | {line}", t.server)?;
+                    }
+                    if let Some(r) = &t.result {
+                        let outcome = outcome_word(r.outcome);
+                        writeln!(out, "{} = {outcome}: {}", t.server, r.message)?;
+                    }
+                    out.flush()?;
+                    if tty {
+                        eprint!("{}", bar(&last));
+                    }
+                }
+                if let Some(r) = t.result.filter(|r| r.outcome != pb::Outcome::Succeeded as i32) {
+                    failed.push((t.server, format!("{}: {}", outcome_word(r.outcome), r.message)));
+                }
+            }
+            Event::Progress(p) => {
+                if tty {
+                    eprint!("\r\x1b[2K{}", bar(&p));
+                }
+                last = p;
+            }
+        }
+    }
+    if tty {
+        eprintln!();
+    }
+    if !last.finished {
+        anyhow::bail!("the hub closed the stream before job {job_id} finished; see `outpost audit`");
+    }
+    if matches!(a.output, Output::Table) {
+        eprintln!("{}", summary(&last));
+    }
+    if !failed.is_empty() || !last.stopped.is_empty() {
+        anyhow::bail!(
+            "{} of {} target(s) did not succeed{}",
+            failed.len(),
+            last.total,
+            if last.stopped.is_empty() { String::new() } else { format!("; stopped: {}", last.stopped) }
+        );
+    }
+    Ok(String::new())
+}
+
+pub fn outcome_word(o: i32) -> &'static str {
+    match pb::Outcome::try_from(o).unwrap_or_default() {
+        pb::Outcome::Unspecified => "unknown",
+        pb::Outcome::Succeeded => "succeeded",
+        pb::Outcome::Failed => "failed",
+        pb::Outcome::Refused => "refused",
+        pb::Outcome::Cancelled => "cancelled",
+        pb::Outcome::TimedOut => "timed out",
+        pb::Outcome::Interrupted => "interrupted",
+        pb::Outcome::Expired => "expired",
+        pb::Outcome::Skipped => "skipped",
+    }
+}
+
+pub fn summary(p: &pb::JobProgress) -> String {
+    format!(
+        "{} succeeded · {} failed · {} skipped · {} total{}",
+        p.succeeded,
+        p.failed,
+        p.skipped,
+        p.total,
+        if p.stopped.is_empty() { String::new() } else { format!(" · stopped: {}", p.stopped) }
+    )
+}
+
+/// `[#####-----] 12/50 · 10 ok · 2 failed · 5 running · 33 pending`
+pub fn bar(p: &pb::JobProgress) -> String {
+    const W: u32 = 30;
+    let done = p.succeeded + p.failed + p.skipped;
+    let filled = (done * W).checked_div(p.total).unwrap_or(W).min(W);
+    format!(
+        "[{}{}] {done}/{} · {} ok · {} failed · {} running · {} pending",
+        "#".repeat(filled as usize),
+        "-".repeat((W - filled) as usize),
+        p.total,
+        p.succeeded,
+        p.failed,
+        p.running,
+        p.pending
+    )
+}
+
+fn event_json(e: &Event) -> serde_json::Value {
+    let result = |r: &pb::CommandResult| {
+        serde_json::json!({"outcome": outcome_word(r.outcome), "exit_code": r.exit_code, "message": r.message,
+            "output_dropped_bytes": r.output_dropped_bytes, "replayed": r.replayed, "duration_ms": r.duration_ms})
+    };
+    match e {
+        Event::Plan(p) => serde_json::json!({"type": "plan", "job_id": p.job_id, "action": p.action,
+            "targets": p.targets, "batches": p.batches, "audit_id": p.audit_id}),
+        Event::Target(t) => serde_json::json!({"type": "target", "server": t.server, "command_id": t.command_id,
+            "batch": t.batch,
+            "state": pb::TargetState::try_from(t.state).unwrap_or_default().as_str_name().trim_start_matches("TARGET_STATE_").to_ascii_lowercase(),
+            "output": t.output, "result": t.result.as_ref().map(result)}),
+        Event::Progress(p) => serde_json::json!({"type": "progress", "total": p.total, "succeeded": p.succeeded,
+            "failed": p.failed, "running": p.running, "pending": p.pending, "skipped": p.skipped,
+            "finished": p.finished, "stopped": p.stopped}),
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuditArgs {
+    #[arg(long)]
+    pub operator: Option<String>,
+    #[arg(long)]
+    pub server: Option<String>,
+    #[arg(long)]
+    pub action: Option<String>,
+    /// Only records newer than this (e.g. 1h, 7d).
+    #[arg(long, value_parser = outpost_common::parse_duration)]
+    pub since: Option<Duration>,
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub limit: u32,
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+pub fn audit_request(a: &AuditArgs) -> pb::QueryAuditRequest {
+    pb::QueryAuditRequest {
+        operator: a.operator.clone().unwrap_or_default(),
+        server: a.server.clone().unwrap_or_default(),
+        action: a.action.clone().unwrap_or_default(),
+        since_ms: a.since.map(|d| outpost_common::now_ms() - d.as_millis() as i64).unwrap_or(0),
+        until_ms: 0,
+        limit: a.limit,
+    }
+}
+
+pub fn audit_json(r: &pb::AuditRecord) -> serde_json::Value {
+    serde_json::json!({"id": r.id, "at_ms": r.at_ms, "operator": r.operator, "role": r.role, "kind": r.kind,
+        "action": r.action, "args": r.args, "selector": r.selector, "servers": r.servers, "job_id": r.job_id,
+        "command_id": r.command_id, "outcome": if r.outcome == 0 { "" } else { outcome_word(r.outcome) },
+        "message": r.message})
+}
+
+/// One line of an audit table.
+pub fn audit_line(r: &pb::AuditRecord) -> String {
+    let servers = match r.servers.len() {
+        0 => "-".to_string(),
+        1..=3 => r.servers.join(","),
+        n => format!("{},… ({n})", r.servers[..2].join(",")),
+    };
+    let outcome = if r.outcome == 0 { "" } else { outcome_word(r.outcome) };
+    format!(
+        "{:>6} {:<20} {:<12} {:<9} {:<16} {:<24} {:<11} {}",
+        r.id,
+        crate::state::clock(r.at_ms),
+        r.operator,
+        r.kind,
+        r.action,
+        servers,
+        outcome,
+        r.message
+    )
+}
+
+pub async fn audit(bundle: &Bundle, a: &AuditArgs) -> anyhow::Result<String> {
+    let records = client(bundle)?.query_audit(audit_request(a)).await.map_err(|s| rpc(bundle, s))?.into_inner().records;
+    Ok(match a.output {
+        Output::Json => serde_json::to_string_pretty(&records.iter().map(audit_json).collect::<Vec<_>>())? + "\n",
+        Output::Table => {
+            let mut out = format!(
+                "{:>6} {:<20} {:<12} {:<9} {:<16} {:<24} {:<11} {}\n",
+                "ID", "AT", "OPERATOR", "KIND", "ACTION", "SERVERS", "OUTCOME", "MESSAGE"
+            );
+            for r in &records {
+                out.push_str(&audit_line(r));
+                out.push('\n');
+            }
+            out
+        }
+    })
+}
+
+/// The catalog, for `outpost actions`.
+pub fn catalog() -> String {
+    let mut out = String::new();
+    for s in actions::CATALOG {
+        out.push_str(&format!(
+            "{:<16} {:<8} {:<12} {}\n",
+            s.name,
+            s.role,
+            if s.destructive { "destructive" } else { "" },
+            s.summary
+        ));
+        for a in s.args {
+            let d = a.default.map(|d| format!(" (default {d})")).unwrap_or_else(|| " (required)".into());
+            out.push_str(&format!("    --arg {}=…  {}{d}\n", a.name, a.help));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> RunArgs {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct T {
+            #[command(flatten)]
+            a: RunArgs,
+        }
+        let mut v = vec!["t"];
+        v.extend_from_slice(extra);
+        T::try_parse_from(v).map(|t| t.a).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn requests_are_checked_before_sending() {
+        let (r, _) = request(&args(&["exec", "--on", "web-1", "--", "df", "-h"])).unwrap();
+        assert_eq!(r.args["argv"], "[\"df\",\"-h\"]");
+        let e = |v: &[&str]| request(&args(v)).unwrap_err().to_string();
+        assert!(e(&["nope", "--on", "a"]).contains("unknown action \"nope\""));
+        assert!(e(&["service-status", "--on", "a"]).contains("argument \"unit\" is required"));
+        assert!(e(&["service-status", "--on", "status:up", "--arg", "unit=k3s"]).contains("--on: status:up"));
+        assert!(e(&["service-status", "--on", "a", "--arg", "unit"]).contains("KEY=VALUE"));
+        assert!((parse_rate("20%").unwrap() - 0.2).abs() < 1e-9);
+        assert!(parse_rate("150%").is_err());
+    }
+
+    #[test]
+    fn the_bar_counts() {
+        let p = pb::JobProgress { total: 10, succeeded: 4, failed: 1, running: 2, pending: 3, ..Default::default() };
+        assert_eq!(bar(&p), "[###############---------------] 5/10 · 4 ok · 1 failed · 2 running · 3 pending");
+    }
+}

@@ -1,0 +1,268 @@
+//! Remote actions end to end: real hubd, real agentd processes, real processes run by the agent.
+
+use std::time::{Duration, Instant};
+
+use harness::{AgentProc, HubProc, action, fake_systemctl, follow_job, is, run_job, watch_until};
+use outpost_common::Role;
+use outpost_proto::v1::job_event::Event;
+use outpost_proto::v1::{CancelJobRequest, Liveness, Outcome, QueryAuditRequest, TargetState};
+use tonic::Code;
+
+fn outcome(r: &outpost_proto::v1::CommandResult) -> Outcome {
+    Outcome::try_from(r.outcome).unwrap()
+}
+
+/// The process ended (no /proc entry, or a zombie nobody reaped yet).
+fn gone(pid: &str) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit(") ").next().is_some_and(|rest| rest.starts_with('Z')),
+    }
+}
+
+fn exec_args(argv: &[&str]) -> String {
+    serde_json::to_string(argv).unwrap()
+}
+
+/// One hub, `ops-1` (exec enabled, a log file allowed) and `ops-2` (defaults), both with the fake systemctl.
+async fn two_agents(tmp: &std::path::Path) -> (HubProc, Vec<AgentProc>) {
+    let hub = HubProc::start(&tmp.join("hub"), harness::free_port(), "").await;
+    let mut agents = Vec::new();
+    for (name, extra) in [("ops-1", "exec_enabled = true\n"), ("ops-2", "")] {
+        let dir = tmp.join(name);
+        let systemctl = fake_systemctl(&dir);
+        let log = dir.join("app.log");
+        std::fs::write(&log, "first\nsecond\nthird\n").unwrap();
+        let extra = format!("{extra}systemctl = \"{}\"\nlog_files = [\"{}\"]\n", systemctl.display(), log.display());
+        agents.push(AgentProc::start(tmp, name, &hub.token(name).await, &extra));
+    }
+    let mut ops = hub.client(Role::Viewer);
+    watch_until(&mut ops, "two agents connected", |f| {
+        is(f, "ops-1", Liveness::Connected) && is(f, "ops-2", Liveness::Connected)
+    })
+    .await;
+    (hub, agents)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_streams_back_cancel_and_deadline_work_and_refusals_are_audited() {
+    harness::init();
+    let tmp = tempfile::tempdir().unwrap();
+    let (hub, _agents) = two_agents(tmp.path()).await;
+    let mut admin = hub.client(Role::Admin);
+    let mut support = hub.client(Role::Support);
+
+    // Output streams back while the command runs: "one" arrives before "two" is even printed.
+    let script = "echo one; sleep 0.5; echo two";
+    let mut req = action("exec", &["ops-1"], &[("argv", &exec_args(&["sh", "-c", script]))]);
+    req.confirm = "ops-1".into();
+    let mut stream = admin.run_action(req).await.unwrap().into_inner();
+    let mut chunks = Vec::new();
+    let run = follow_job(&mut stream, |e| {
+        if let Event::Target(t) = e
+            && !t.output.is_empty()
+        {
+            chunks.push((t.output.clone(), t.result.is_some()));
+        }
+    })
+    .await;
+    let r = run.result("ops-1");
+    assert_eq!((outcome(r), r.exit_code), (Outcome::Succeeded, 0), "{r:?}");
+    assert_eq!(run.output["ops-1"], "one\ntwo\n");
+    assert!(chunks.len() >= 2 && chunks[0].0 == "one\n", "output came as one block: {chunks:?}");
+
+    // Typed actions with the agent's own checks.
+    let run = run_job(&mut support, action("service-status", &["ops-1"], &[("unit", "k3s")])).await;
+    assert_eq!(run.result("ops-1").message, "k3s: active (running)");
+    let run = run_job(
+        &mut support,
+        action(
+            "logs",
+            &["ops-2"],
+            &[("source", &format!("file:{}/ops-2/app.log", tmp.path().display())), ("lines", "2")],
+        ),
+    )
+    .await;
+    assert_eq!(run.output["ops-2"], "second\nthird\n");
+    let run = run_job(&mut support, action("service-status", &["ops-1"], &[("unit", "sshd")])).await;
+    let r = run.result("ops-1");
+    assert_eq!(outcome(r), Outcome::Refused);
+    assert!(r.message.contains("unit \"sshd\" is not allow-listed on this agent"), "{}", r.message);
+    let mut req = action("exec", &["ops-2"], &[("argv", &exec_args(&["true"]))]);
+    req.confirm = "ops-2".into();
+    let r = run_job(&mut admin, req).await.results["ops-2"].clone();
+    assert_eq!(outcome(&r), Outcome::Refused);
+    assert!(r.message.contains("exec is disabled on this agent; set exec_enabled = true"), "{}", r.message);
+
+    // Cancel: a long command stops at once, its process group killed.
+    let pidfile = tmp.path().join("sleep.pid");
+    let script = format!("echo $$ > {}; exec sleep 30", pidfile.display());
+    let mut req = action("exec", &["ops-1"], &[("argv", &exec_args(&["sh", "-c", &script]))]);
+    req.confirm = "ops-1".into();
+    let mut stream = admin.run_action(req).await.unwrap().into_inner();
+    let mut job_id = String::new();
+    let mut canceller = hub.client(Role::Support);
+    let started = Instant::now();
+    let (tx, mut running) = tokio::sync::mpsc::unbounded_channel();
+    let follower = tokio::spawn(async move {
+        follow_job(&mut stream, |e| match e {
+            Event::Plan(p) => {
+                let _ = tx.send(p.job_id.clone());
+            }
+            Event::Target(t) if t.state == TargetState::Running as i32 => {
+                let _ = tx.send(String::new());
+            }
+            _ => {}
+        })
+        .await
+    });
+    while let Some(m) = running.recv().await {
+        if m.is_empty() {
+            break;
+        }
+        job_id = m;
+    }
+    canceller.cancel_job(CancelJobRequest { job_id }).await.unwrap();
+    let run = follower.await.unwrap();
+    let r = run.result("ops-1");
+    assert_eq!(outcome(r), Outcome::Cancelled, "{r:?}");
+    assert!(started.elapsed() < Duration::from_secs(20), "cancel took {:?}", started.elapsed());
+    let pid = std::fs::read_to_string(&pidfile).unwrap();
+    assert!(gone(pid.trim()), "sleep {pid} survived the cancel");
+
+    // Deadline: the agent stops the command when it passes.
+    let mut req = action("exec", &["ops-1"], &[("argv", &exec_args(&["sleep", "30"]))]);
+    req.confirm = "ops-1".into();
+    req.deadline_ms = outpost_common::now_ms() + 1500;
+    let started = Instant::now();
+    let run = run_job(&mut admin, req).await;
+    assert_eq!(outcome(run.result("ops-1")), Outcome::TimedOut, "{:?}", run.result("ops-1"));
+    assert!(started.elapsed() < Duration::from_secs(15), "deadline took {:?}", started.elapsed());
+
+    // Refused before dispatch, each with a precise status, each audited as refused.
+    let mut viewer = hub.client(Role::Viewer);
+    let refusals: Vec<(Code, &str, Result<_, tonic::Status>)> = vec![
+        (
+            Code::InvalidArgument,
+            "unknown action \"frobnicate\"",
+            support.run_action(action("frobnicate", &["ops-1"], &[])).await,
+        ),
+        (
+            Code::InvalidArgument,
+            "is not a systemd unit name",
+            support.run_action(action("service-status", &["ops-1"], &[("unit", "k3s;reboot")])).await,
+        ),
+        (
+            Code::InvalidArgument,
+            "at most 32768 are allowed",
+            support.run_action(action("service-status", &["ops-1"], &[("unit", &"k".repeat(40_000))])).await,
+        ),
+        (
+            Code::PermissionDenied,
+            "has role viewer; service-status needs role support",
+            viewer.run_action(action("service-status", &["ops-1"], &[("unit", "k3s")])).await,
+        ),
+        (
+            Code::PermissionDenied,
+            "has role support; reboot needs role admin",
+            support.run_action(action("reboot", &["ops-1"], &[])).await,
+        ),
+        (
+            Code::PermissionDenied,
+            "has role support; exec needs role admin",
+            support.run_action(action("exec", &["ops-1"], &[("argv", "[\"id\"]")])).await,
+        ),
+        (Code::InvalidArgument, "is in the past", {
+            let mut r = action("diagnostics", &["ops-1"], &[]);
+            r.deadline_ms = outpost_common::now_ms() - 1000;
+            support.run_action(r).await
+        }),
+        (Code::NotFound, "matches no server", support.run_action(action("diagnostics", &["nope-1"], &[])).await),
+        (Code::InvalidArgument, "the selector is empty", support.run_action(action("diagnostics", &[], &[])).await),
+        (
+            Code::FailedPrecondition,
+            "service-restart is destructive: confirm with the server name (ops-1)",
+            support.run_action(action("service-restart", &["ops-1"], &[("unit", "k3s")])).await,
+        ),
+    ];
+    let n_refused = refusals.len();
+    for (code, text, r) in refusals {
+        let s = r.err().unwrap_or_else(|| panic!("{text}: accepted"));
+        assert_eq!(s.code(), code, "{text}: {}", s.message());
+        assert!(s.message().contains(text), "{text} not in {}", s.message());
+    }
+    // A forged job id cannot cancel anything, and is audited too.
+    let s = support.cancel_job(CancelJobRequest { job_id: "0123456789abcdef".into() }).await.unwrap_err();
+    assert_eq!(s.code(), Code::NotFound, "{}", s.message());
+
+    let log =
+        admin.query_audit(QueryAuditRequest { limit: 1000, ..Default::default() }).await.unwrap().into_inner().records;
+    let refused: Vec<_> = log.iter().filter(|r| r.kind == "refused").collect();
+    assert_eq!(refused.len(), n_refused + 1, "{refused:#?}");
+    assert!(refused.iter().any(|r| r.operator == "test-viewer" && r.role == "viewer" && r.action == "service-status"));
+    assert!(refused.iter().all(|r| r.outcome == Outcome::Refused as i32 && !r.message.is_empty()));
+    // Accepted requests were written before their results, and every result is there.
+    let requested = log.iter().filter(|r| r.kind == "requested").count();
+    let results = log.iter().filter(|r| r.kind == "result").count();
+    assert_eq!((requested, results), (7, 7), "{log:#?}");
+    for r in log.iter().filter(|r| r.kind == "result") {
+        let req = log.iter().find(|q| q.kind == "requested" && q.job_id == r.job_id).unwrap();
+        assert!(req.id < r.id, "result {} audited before its request {}", r.id, req.id);
+    }
+    let by_viewer = support
+        .query_audit(QueryAuditRequest { operator: "test-viewer".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    assert_eq!(by_viewer.len(), 1);
+    let s = viewer.query_audit(QueryAuditRequest::default()).await.unwrap_err();
+    assert_eq!(s.code(), Code::PermissionDenied);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_agent_mid_action_and_redelivery_never_runs_it_twice() {
+    harness::init();
+    let tmp = tempfile::tempdir().unwrap();
+    let (hub, mut agents) = two_agents(tmp.path()).await;
+    let counter = tmp.path().join("runs");
+    let pidfile = tmp.path().join("shell.pid");
+    let script = format!("echo $$ > {}; echo ran >> {}; sleep 4; echo finished", pidfile.display(), counter.display());
+    let mut req = action("exec", &["ops-1"], &[("argv", &exec_args(&["sh", "-c", &script]))]);
+    req.confirm = "ops-1".into();
+    let mut stream = hub.client(Role::Admin).run_action(req).await.unwrap().into_inner();
+    let (tx, mut running) = tokio::sync::mpsc::unbounded_channel();
+    let follower = tokio::spawn(async move {
+        follow_job(&mut stream, |e| {
+            if let Event::Target(t) = e {
+                let _ = tx.send(t.state);
+            }
+        })
+        .await
+    });
+    while running.recv().await.unwrap() != TargetState::Running as i32 {}
+    // The command runs: its side effect happened once. Kill agentd under it.
+    let deadline = Instant::now() + harness::WAIT;
+    while std::fs::read_to_string(&counter).unwrap_or_default().lines().count() < 1 {
+        assert!(Instant::now() < deadline, "the command never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let agent = &mut agents[0];
+    agent.kill9().await;
+    // Back on the same data: the hub redelivers the pending command on the new stream.
+    *agent = AgentProc::spawn("ops-1", &agent.dir.clone(), &agent.dir.join("agentd.toml"));
+    let run = follower.await.unwrap();
+    let r = run.result("ops-1");
+    assert_eq!(outcome(r), Outcome::Interrupted, "{r:?}");
+    assert!(r.replayed && r.message.contains("it was not run again"), "{r:?}");
+    // Whatever the orphaned shell still does, the command itself started exactly once.
+    let pid = std::fs::read_to_string(&pidfile).unwrap();
+    let deadline = Instant::now() + harness::WAIT;
+    while !gone(pid.trim()) {
+        assert!(Instant::now() < deadline, "the orphaned shell {pid} never ended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(std::fs::read_to_string(&counter).unwrap().lines().count(), 1);
+    let log = std::fs::read_to_string(agent.dir.join("agentd.log")).unwrap();
+    assert!(log.contains("running command") && log.matches("running command").count() == 1, "{log}");
+}
