@@ -387,6 +387,11 @@ async fn target(
             batch,
         }))
     };
+    let te_of = |ev| match ev {
+        CmdEvent::Sent => te(TargetState::Sent, String::new(), None),
+        CmdEvent::Started => te(TargetState::Running, String::new(), None),
+        CmdEvent::Output(o) => te(TargetState::Running, o, None),
+    };
     let command = pb::Command {
         command_id: id.clone(),
         action: job.action.clone(),
@@ -405,16 +410,15 @@ async fn target(
             let mut cancel_sent = false;
             loop {
                 tokio::select! {
-                    r = &mut d.done => break r.unwrap_or_else(|_| refused("the hub dropped this command (internal error)")),
-                    Some(ev) = d.events.recv() => {
-                        let e = match ev {
-                            CmdEvent::Sent => te(TargetState::Sent, String::new(), None),
-                            CmdEvent::Started => te(TargetState::Running, String::new(), None),
-                            CmdEvent::Output(o) => te(TargetState::Running, o, None),
-                        };
-                        // Output to a caller that reads too slowly is dropped rather than stalling the job.
-                        let _ = tx.try_send(e);
+                    r = &mut d.done => {
+                        // Events sent before the result are still queued: they go out first.
+                        while let Ok(ev) = d.events.try_recv() {
+                            let _ = tx.try_send(te_of(ev));
+                        }
+                        break r.unwrap_or_else(|_| refused("the hub dropped this command (internal error)"));
                     }
+                    // Output to a caller that reads too slowly is dropped rather than stalling the job.
+                    Some(ev) = d.events.recv() => { let _ = tx.try_send(te_of(ev)); }
                     _ = cancel.cancelled(), if !cancel_sent => {
                         cancel_sent = true;
                         state.relay.cancel(&id).await;

@@ -3,6 +3,7 @@
 mod actions;
 mod bad_input;
 mod console;
+mod fanout;
 mod fleet;
 mod ops;
 mod renewal;

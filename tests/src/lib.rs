@@ -138,14 +138,16 @@ impl AgentProc {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("join-token"), token).unwrap();
         let config = dir.join("agentd.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "data_dir = \"{0}/data\"\ntoken_file = \"{0}/join-token\"\nreport_interval_ms = 200\nbackoff_initial_ms = 100\nbackoff_max_ms = 1000\n{extra}\n",
-                dir.display()
-            ),
-        )
-        .unwrap();
+        let defaults = format!(
+            "data_dir = \"{0}/data\"\ntoken_file = \"{0}/join-token\"\nreport_interval_ms = 200\nbackoff_initial_ms = 100\nbackoff_max_ms = 1000\n",
+            dir.display()
+        );
+        // `extra` may override a default (TOML refuses a key twice).
+        let key = |l: &str| l.split('=').next().unwrap_or("").trim().to_string();
+        let overridden: Vec<String> = extra.lines().map(key).collect();
+        let kept: String =
+            defaults.lines().filter(|l| !overridden.contains(&key(l))).map(|l| format!("{l}\n")).collect();
+        std::fs::write(&config, format!("{kept}{extra}\n")).unwrap();
         AgentProc::spawn(name, &dir, &config)
     }
 
