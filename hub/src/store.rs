@@ -313,7 +313,18 @@ mod tests {
             store.writer_task().unwrap()
         };
         writer.await.unwrap(); // every clone dropped: the writer flushed and stopped
-        let store = Store::open(dir.path(), 8).unwrap();
+        // sled's background flusher lets go of the file lock shortly after the last handle is dropped.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let store = loop {
+            match Store::open(dir.path(), 8) {
+                Ok(s) => break s,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
         let rec: ServerRecord = store.get_json(Tree::Servers, b"a").unwrap().unwrap();
         assert_eq!(rec.last_seq, 7);
         assert_eq!(store.scan_prefix_last(Tree::History, &history_prefix("a"), 1000).unwrap().len(), 50);
