@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use crossterm::event::{Event, EventStream, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use futures::StreamExt;
-use outpost_proto::v1::GetServerRequest;
 use outpost_proto::v1::operator_client::OperatorClient;
+use outpost_proto::v1::{CancelJobRequest, GetServerRequest, QueryAuditRequest};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -57,6 +57,9 @@ pub fn apply(app: &mut App, ev: ConnEvent) {
         ConnEvent::Fleet(e) => app.apply(*e, outpost_common::now_ms()),
         ConnEvent::Detail(d) => app.apply_detail(*d),
         ConnEvent::Error(text) => app.message = Some(Message { text, error: true }),
+        ConnEvent::Job(e) => app.apply_job(*e),
+        ConnEvent::JobRefused(text) => app.job_refused(text),
+        ConnEvent::Audit(records) => app.apply_audit(records),
         ConnEvent::Down { error, retry_in } => {
             app.conn = Conn::Reconnecting { error, retry_in_ms: retry_in.as_millis() as u64 }
         }
@@ -84,16 +87,7 @@ pub async fn run(mut app: App, channel: Channel) -> anyhow::Result<()> {
             next_frame = Instant::now() + FRAME;
         }
         for r in app.requests.drain(..) {
-            let Request::Detail(name) = r;
-            let (ch, tx) = (channel.clone(), tx.clone());
-            tasks.spawn(async move {
-                let req = GetServerRequest { name, history: DETAIL_POINTS as u32 };
-                let ev = match OperatorClient::new(ch).get_server(req).await {
-                    Ok(d) => ConnEvent::Detail(Box::new(d.into_inner())),
-                    Err(s) => ConnEvent::Error(format!("server detail: {}", s.message())),
-                };
-                let _ = tx.send(ev).await;
-            });
+            tasks.spawn(request(channel.clone(), tx.clone(), r));
         }
         tokio::select! {
             k = keys.next() => match k {
@@ -128,4 +122,56 @@ pub async fn run(mut app: App, channel: Channel) -> anyhow::Result<()> {
     stop.cancel();
     tasks.shutdown().await;
     result
+}
+
+/// Runs one request of the model against the hub; what comes back goes into the loop's channel.
+async fn request(ch: Channel, tx: mpsc::Sender<ConnEvent>, r: Request) {
+    let mut client = OperatorClient::new(ch);
+    match r {
+        Request::Detail(name) => {
+            let req = GetServerRequest { name, history: DETAIL_POINTS as u32 };
+            let ev = match client.get_server(req).await {
+                Ok(d) => ConnEvent::Detail(Box::new(d.into_inner())),
+                Err(s) => ConnEvent::Error(format!("server detail: {}", s.message())),
+            };
+            let _ = tx.send(ev).await;
+        }
+        Request::Run(req) => {
+            let mut stream = match client.run_action(*req).await {
+                Ok(s) => s.into_inner(),
+                Err(s) => {
+                    let _ = tx.send(ConnEvent::JobRefused(s.message().to_string())).await;
+                    return;
+                }
+            };
+            loop {
+                match stream.message().await {
+                    Ok(Some(e)) => {
+                        if tx.send(ConnEvent::Job(Box::new(e))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(s) => {
+                        let msg =
+                            format!("lost the job stream ({}); the job goes on at the hub: see :audit", s.message());
+                        let _ = tx.send(ConnEvent::JobRefused(msg)).await;
+                        return;
+                    }
+                }
+            }
+        }
+        Request::CancelJob(job_id) => {
+            if let Err(s) = client.cancel_job(CancelJobRequest { job_id }).await {
+                let _ = tx.send(ConnEvent::Error(format!("cancel: {}", s.message()))).await;
+            }
+        }
+        Request::Audit => {
+            let ev = match client.query_audit(QueryAuditRequest { limit: 500, ..Default::default() }).await {
+                Ok(r) => ConnEvent::Audit(r.into_inner().records),
+                Err(s) => ConnEvent::Error(format!("audit: {}", s.message())),
+            };
+            let _ = tx.send(ev).await;
+        }
+    }
 }

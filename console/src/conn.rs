@@ -16,6 +16,11 @@ pub enum ConnEvent {
     Detail(Box<outpost_proto::v1::ServerDetail>),
     /// A request failed; the operator should know.
     Error(String),
+    /// An event of the job this console started.
+    Job(Box<outpost_proto::v1::JobEvent>),
+    /// The hub refused (or lost) the job request.
+    JobRefused(String),
+    Audit(Vec<outpost_proto::v1::AuditRecord>),
     Down {
         error: String,
         retry_in: Duration,

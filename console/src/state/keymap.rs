@@ -35,6 +35,10 @@ pub enum Action {
     TogglePause,
     SortNext,
     SortReverse,
+    Actions,
+    Mark,
+    CancelJob,
+    Refresh,
     Quit,
 }
 
@@ -90,6 +94,20 @@ pub const KEYMAP: &[Binding] = &[
         action: Action::TogglePause,
         scope: Scope::Everywhere,
         help: "pause / resume the live feed",
+    },
+    Binding {
+        keys: &[Key::Char('a')],
+        action: Action::Actions,
+        scope: Scope::Everywhere,
+        help: "actions on this server / the marked servers",
+    },
+    Binding { keys: &[Key::Char('m')], action: Action::Mark, scope: Scope::Fleet, help: "mark / unmark for actions" },
+    Binding { keys: &[Key::Char('c')], action: Action::CancelJob, scope: Scope::Everywhere, help: "cancel the job" },
+    Binding {
+        keys: &[Key::Char('r')],
+        action: Action::Refresh,
+        scope: Scope::Everywhere,
+        help: "refresh the audit log",
     },
     Binding { keys: &[Key::Char('?')], action: Action::Help, scope: Scope::Everywhere, help: "this help" },
     Binding { keys: &[Key::Char('q'), Key::Ctrl('c')], action: Action::Quit, scope: Scope::Everywhere, help: "quit" },

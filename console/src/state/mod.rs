@@ -2,14 +2,16 @@
 //! terminal. Rows are kept by name, so the selection follows the server, not the row number, whatever
 //! deltas arrive.
 
+pub mod actions;
 pub mod filter;
 pub mod keymap;
 
 use std::cmp::Ordering;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use outpost_proto::v1::{FleetEvent, Health, Liveness, Server, ServerDetail, fleet_event, k3s};
 
+pub use actions::{ArgsForm, Confirm, JobView, Menu};
 pub use filter::Filter;
 pub use keymap::{Action, Key};
 
@@ -84,6 +86,9 @@ impl Column {
 pub enum Screen {
     Fleet,
     Server(String),
+    /// The job this console started: progress, results, streamed output.
+    Job,
+    Audit,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,6 +99,12 @@ pub enum Mode {
     /// Typing a `:` command.
     Command(String),
     Help,
+    /// Choosing an action for the targets.
+    Actions(Menu),
+    /// Entering its arguments.
+    Args(ArgsForm),
+    /// Typing the target (or count) to run a destructive action.
+    Confirm(Confirm),
 }
 
 /// A line for the operator at the bottom of the screen.
@@ -114,9 +125,12 @@ pub struct Detail {
 }
 
 /// What the model asks of the hub connection.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Request {
     Detail(String),
+    Run(Box<outpost_proto::v1::RunActionRequest>),
+    CancelJob(String),
+    Audit,
 }
 
 pub const COMMANDS: [(&str, &str); 6] = [
@@ -155,6 +169,11 @@ pub struct App {
     pub page: usize,
     /// Drained by the event loop.
     pub requests: Vec<Request>,
+    /// Servers marked in the fleet view for an action on all of them.
+    pub marked: BTreeSet<String>,
+    pub job: Option<JobView>,
+    pub audit: Vec<outpost_proto::v1::AuditRecord>,
+    pub audit_loaded: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -278,6 +297,10 @@ impl App {
             counts: Counts::default(),
             page: 20,
             requests: Vec::new(),
+            marked: BTreeSet::new(),
+            job: None,
+            audit: Vec::new(),
+            audit_loaded: false,
         }
     }
 
@@ -433,7 +456,7 @@ impl App {
         self.counts
     }
 
-    fn say(&mut self, text: impl Into<String>, error: bool) {
+    pub(crate) fn say(&mut self, text: impl Into<String>, error: bool) {
         self.message = Some(Message { text: text.into(), error });
     }
 
@@ -493,6 +516,18 @@ impl App {
                 }
                 true
             }
+            Mode::Actions(m) => {
+                self.menu_key(m, k);
+                true
+            }
+            Mode::Args(f) => {
+                self.args_key(f, k);
+                true
+            }
+            Mode::Confirm(c) => {
+                self.confirm_key(c, k);
+                true
+            }
             Mode::Normal => match keymap::lookup(k, self.screen == Screen::Fleet) {
                 Some(a) => self.act(a),
                 None => true,
@@ -526,6 +561,7 @@ impl App {
                 }
             }
             Action::Back => match self.screen {
+                Screen::Job | Screen::Audit => self.screen = Screen::Fleet,
                 Screen::Server(_) => {
                     self.screen = Screen::Fleet;
                     self.detail = None;
@@ -554,6 +590,11 @@ impl App {
                 self.descending = !self.descending;
                 self.rows_dirty = true;
             }
+            Action::Actions => self.open_actions(),
+            Action::Mark => self.toggle_mark(),
+            Action::CancelJob => self.cancel_job(),
+            Action::Refresh if self.screen == Screen::Audit => self.open_audit(),
+            Action::Refresh => {}
             Action::Quit => return false,
         }
         true
@@ -574,7 +615,9 @@ impl App {
             }
             "quit" | "q" | "q!" => return false,
             "help" | "h" => self.mode = Mode::Help,
-            "alerts" | "audit" | "jobs" => self.say(format!(":{cmd} is not served by this hub version yet"), true),
+            "audit" => self.open_audit(),
+            "job" | "jobs" if self.job.is_some() => self.screen = Screen::Job,
+            "alerts" | "jobs" => self.say(format!(":{cmd} is not served by this hub version yet"), true),
             other => match other.strip_prefix("server ").map(str::trim) {
                 Some(name) if self.servers.contains_key(name) => self.open(name),
                 Some(name) => self.say(format!("no server named {name:?}"), true),

@@ -203,3 +203,103 @@ fn incremental_counts_equal_a_recount() {
     assert_eq!(a.counts(), recount);
     assert_eq!(a.counts(), Counts { total: 3, connected: 2, disconnected: 1, ..Default::default() });
 }
+
+#[test]
+fn actions_menu_args_and_typed_confirmation() {
+    let mut a = app();
+    a.key(Key::Enter); // open db-1 (the first row by name)
+    assert_eq!(a.screen, Screen::Server("db-1".into()));
+    a.key(Key::Char('a'));
+    let Mode::Actions(m) = &a.mode else { panic!("{:?}", a.mode) };
+    assert!(m.items.contains(&"service-restart") && !m.items.contains(&"reboot") && !m.items.contains(&"exec"));
+    let at = m.items.iter().position(|i| *i == "service-restart").unwrap();
+    for _ in 0..at {
+        a.key(Key::Char('j'));
+    }
+    a.key(Key::Enter);
+    assert!(matches!(&a.mode, Mode::Args(f) if f.action == "service-restart"));
+    a.key(Key::Enter); // the unit is required: refused locally
+    assert!(a.message.as_ref().is_some_and(|m| m.error && m.text.contains("\"unit\" is required")), "{:?}", a.message);
+    typ(&mut a, "k3s");
+    a.key(Key::Enter);
+    assert!(matches!(&a.mode, Mode::Confirm(c) if c.expected() == "db-1"));
+    typ(&mut a, "db-2");
+    a.key(Key::Enter);
+    assert!(matches!(&a.mode, Mode::Confirm(_)), "a wrong name does not run it");
+    assert!(!a.requests.iter().any(|r| matches!(r, Request::Run(_))));
+    for _ in 0..4 {
+        a.key(Key::Backspace);
+    }
+    typ(&mut a, "db-1");
+    a.key(Key::Enter);
+    assert_eq!(a.screen, Screen::Job);
+    match a.requests.as_slice() {
+        [Request::Detail(_), Request::Run(r)] => {
+            assert_eq!(
+                (r.action.as_str(), r.confirm.as_str(), r.args["unit"].as_str()),
+                ("service-restart", "db-1", "k3s")
+            );
+            assert_eq!(r.selector.as_ref().unwrap().names, ["db-1"]);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn marked_servers_confirm_by_count_and_the_job_streams_in() {
+    let mut a = app();
+    a.key(Key::Char('m'));
+    a.key(Key::Char('j'));
+    a.key(Key::Char('m'));
+    assert_eq!(a.marked.len(), 2);
+    a.key(Key::Char('a'));
+    a.key(Key::Enter); // service-status: not destructive, runs after its argument
+    typ(&mut a, "k3s");
+    a.key(Key::Enter);
+    assert_eq!(a.screen, Screen::Job);
+    assert!(a.marked.is_empty(), "marks are used up by the run");
+    use outpost_proto::v1::{CommandResult, JobEvent, JobPlan, JobProgress, TargetEvent, job_event::Event};
+    a.apply_job(JobEvent {
+        event: Some(Event::Plan(JobPlan {
+            job_id: "j1".into(),
+            targets: vec!["db-1".into(), "web-1".into()],
+            ..Default::default()
+        })),
+    });
+    a.apply_job(JobEvent {
+        event: Some(Event::Target(TargetEvent {
+            server: "db-1".into(),
+            output: "a\nb\n".into(),
+            ..Default::default()
+        })),
+    });
+    a.key(Key::Char('c'));
+    assert_eq!(a.requests.last(), Some(&Request::CancelJob("j1".into())));
+    let r = CommandResult { outcome: 1, message: "k3s: active (running)".into(), ..Default::default() };
+    a.apply_job(JobEvent {
+        event: Some(Event::Target(TargetEvent { server: "db-1".into(), result: Some(r), ..Default::default() })),
+    });
+    a.apply_job(JobEvent {
+        event: Some(Event::Progress(JobProgress { total: 2, succeeded: 1, finished: true, ..Default::default() })),
+    });
+    let job = a.job.as_ref().unwrap();
+    assert_eq!(job.lines, ["db-1 | a", "db-1 | b"]);
+    assert_eq!(job.results, [("db-1".to_string(), "succeeded", "k3s: active (running)".to_string())]);
+    assert!(job.finished());
+    a.key(Key::Esc);
+    assert_eq!(a.screen, Screen::Fleet);
+}
+
+#[test]
+fn a_viewer_gets_no_actions_menu_and_no_audit() {
+    let mut a = App::new("h", "vera", "viewer");
+    a.apply(snap(vec![server("web-1", Liveness::Connected, 1.0, "pro")]), 0);
+    a.key(Key::Char('a'));
+    assert_eq!(a.mode, Mode::Normal);
+    assert!(a.message.as_ref().unwrap().text.contains("read-only (viewer)"));
+    a.key(Key::Char(':'));
+    typ(&mut a, "audit");
+    a.key(Key::Enter);
+    assert_eq!(a.screen, Screen::Fleet);
+    assert!(a.requests.is_empty());
+}

@@ -63,6 +63,7 @@ pub fn render(frame: &mut Frame, app: &mut App, area: Rect, now_ms: i64, theme: 
         let has = s.health.is_some();
         let word = status_word(s);
         let cells = cols.iter().map(|(c, _)| match c {
+            Column::Name if app.marked.contains(&s.name) => Cell::from(format!("✓ {}", s.name)),
             Column::Name => Cell::from(s.name.clone()),
             Column::Status => {
                 let color = match word {

@@ -3,6 +3,7 @@
 //! colour alone; with `NO_COLOR` there is no colour at all.
 
 mod fleet;
+mod job;
 mod server;
 
 use ratatui::Frame;
@@ -25,11 +26,11 @@ impl Theme {
         Theme { color: std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) }
     }
 
-    fn fg(&self, c: Color) -> Style {
+    pub(crate) fn fg(&self, c: Color) -> Style {
         if self.color { Style::new().fg(c) } else { Style::new() }
     }
 
-    fn selected(&self) -> Style {
+    pub(crate) fn selected(&self) -> Style {
         if self.color {
             Style::new().bg(Color::Blue).fg(Color::White)
         } else {
@@ -70,10 +71,16 @@ pub fn render(frame: &mut Frame, app: &mut App, now_ms: i64, theme: Theme) {
     match app.screen.clone() {
         Screen::Fleet => fleet::render(frame, app, body, now_ms, theme),
         Screen::Server(name) => server::render(frame, app, &name, body, now_ms, theme),
+        Screen::Job => job::render_job(frame, app, body, theme),
+        Screen::Audit => job::render_audit(frame, app, body, theme),
     }
     render_footer(frame, app, footer, theme);
-    if app.mode == Mode::Help {
-        render_help(frame, app, theme);
+    match &app.mode {
+        Mode::Help => render_help(frame, app, theme),
+        Mode::Actions(m) => job::render_menu(frame, m, theme),
+        Mode::Args(f) => job::render_args(frame, f, theme),
+        Mode::Confirm(c) => job::render_confirm(frame, c, theme),
+        _ => {}
     }
 }
 
@@ -126,8 +133,12 @@ fn render_footer(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
             }
             Some(m) => Line::from(format!(" {}", m.text)),
             None => Line::from(match app.screen {
-                Screen::Fleet => " ? help  / filter  : command  s sort  enter open  space pause  q quit",
-                Screen::Server(_) => " esc back  : command  space pause  ? help  q quit",
+                Screen::Fleet => {
+                    " ? help  / filter  : command  s sort  enter open  m mark  a actions  space pause  q quit"
+                }
+                Screen::Server(_) => " esc back  a actions  : command  space pause  ? help  q quit",
+                Screen::Job => " c cancel  esc back  : command  ? help  q quit",
+                Screen::Audit => " r refresh  esc back  : command  ? help  q quit",
             }),
         },
     };

@@ -42,7 +42,7 @@ pub fn render(frame: &mut Frame, app: &App, name: &str, area: Rect, now_ms: i64,
     let actions = if app.read_only() {
         "none: read-only (viewer)".to_string()
     } else {
-        "none yet on this hub version".to_string()
+        "a: service-status/restart, diagnostics, logs, rotate-cert… (by role)".to_string()
     };
     let mut lines = vec![
         ("server".to_string(), s.name.clone()),

@@ -160,3 +160,69 @@ fn no_color_means_no_color() {
     t.draw(|f| render(f, &mut app, NOW, Theme { color: true })).unwrap();
     assert!(t.backend().buffer().content.iter().any(|c| c.fg != ratatui::style::Color::Reset));
 }
+
+#[test]
+fn actions_menu_confirmation_and_job_screen() {
+    use outpost_proto::v1::{CommandResult, JobEvent, JobPlan, JobProgress, TargetEvent, job_event::Event};
+    let mut app = fixture();
+    app.key(Key::Enter);
+    app.key(Key::Char('a'));
+    both("actions_menu", &mut app);
+    app.key(Key::Char('j'));
+    app.key(Key::Enter); // service-restart
+    for c in "k3s".chars() {
+        app.key(Key::Char(c));
+    }
+    app.key(Key::Enter);
+    for c in "srv-0".chars() {
+        app.key(Key::Char(c));
+    }
+    both("confirm", &mut app);
+    for c in "00".chars() {
+        app.key(Key::Char(c));
+    }
+    app.key(Key::Enter);
+    let plan = JobPlan { job_id: "6b1f0c2a9d3e4f51".into(), targets: vec!["srv-000".into()], ..Default::default() };
+    app.apply_job(JobEvent { event: Some(Event::Plan(plan)) });
+    let out = TargetEvent {
+        server: "srv-000".into(),
+        output: "ActiveState=active\nSubState=running\n".into(),
+        ..Default::default()
+    };
+    app.apply_job(JobEvent { event: Some(Event::Target(out)) });
+    let r = CommandResult { outcome: 1, message: "k3s: active (running)".into(), ..Default::default() };
+    app.apply_job(JobEvent {
+        event: Some(Event::Target(TargetEvent { server: "srv-000".into(), result: Some(r), ..Default::default() })),
+    });
+    let p = JobProgress { total: 1, succeeded: 1, finished: true, ..Default::default() };
+    app.apply_job(JobEvent { event: Some(Event::Progress(p)) });
+    both("job", &mut app);
+}
+
+#[test]
+fn audit_view() {
+    use outpost_proto::v1::AuditRecord;
+    let mut app = fixture();
+    for c in ":audit".chars() {
+        app.key(Key::Char(c));
+    }
+    app.key(Key::Enter);
+    let rec = |id, kind: &str, outcome, message: &str| AuditRecord {
+        id,
+        at_ms: NOW - 60_000 + id as i64 * 1000,
+        operator: "sam".into(),
+        role: "support".into(),
+        kind: kind.into(),
+        action: "service-restart".into(),
+        servers: vec!["srv-000".into()],
+        outcome,
+        message: message.into(),
+        ..Default::default()
+    };
+    app.apply_audit(vec![
+        rec(3, "result", 1, "k3s: active (running)"),
+        rec(2, "requested", 0, "1 target(s), batch 10, canary 0"),
+        rec(1, "refused", 3, "service-restart is destructive: confirm with the server name (srv-000)"),
+    ]);
+    both("audit", &mut app);
+}

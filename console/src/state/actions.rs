@@ -1,0 +1,270 @@
+//! Remote actions in the console: the actions menu (for the open server, or the marked servers of the
+//! fleet), argument entry, confirmation by typing the target for destructive actions, the job screen that
+//! streams output and progress, and the audit view.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use outpost_common::Role;
+use outpost_common::actions::{self, Action as CatalogAction, ArgKind};
+use outpost_proto::v1 as pb;
+
+use super::{App, Key, Mode, Request, Screen};
+
+/// Output lines kept on the job screen.
+const JOB_LINES: usize = 2000;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Menu {
+    pub targets: Vec<String>,
+    /// Catalog actions the operator's role allows.
+    pub items: Vec<&'static str>,
+    pub cursor: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArgsForm {
+    pub action: &'static str,
+    pub targets: Vec<String>,
+    /// (argument, value as typed)
+    pub fields: Vec<(&'static str, String)>,
+    pub at: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Confirm {
+    pub action: &'static str,
+    pub targets: Vec<String>,
+    pub args: BTreeMap<String, String>,
+    pub typed: String,
+}
+
+impl Confirm {
+    /// What must be typed: the server name, or the number of servers.
+    pub fn expected(&self) -> String {
+        if self.targets.len() == 1 { self.targets[0].clone() } else { self.targets.len().to_string() }
+    }
+}
+
+/// The job the operator started from this console, as it streams in.
+#[derive(Clone, Debug, Default)]
+pub struct JobView {
+    pub action: String,
+    pub targets: Vec<String>,
+    pub job_id: String,
+    pub progress: pb::JobProgress,
+    /// `server | line`, oldest first.
+    pub lines: VecDeque<String>,
+    /// (server, outcome word, message), in the order they ended.
+    pub results: Vec<(String, &'static str, String)>,
+    /// The hub refused the request (the message says why).
+    pub error: Option<String>,
+    pub cancelling: bool,
+}
+
+impl JobView {
+    pub fn finished(&self) -> bool {
+        self.progress.finished || self.error.is_some()
+    }
+
+    fn push_line(&mut self, line: String) {
+        self.lines.push_back(line);
+        while self.lines.len() > JOB_LINES {
+            self.lines.pop_front();
+        }
+    }
+}
+
+impl App {
+    fn role(&self) -> Role {
+        self.role.parse().unwrap_or(Role::Viewer)
+    }
+
+    /// `a`: the actions menu for the open server, or for the marked (else the selected) servers.
+    pub(super) fn open_actions(&mut self) {
+        if self.read_only() {
+            return self.say("read-only (viewer): actions need role support or admin", true);
+        }
+        let targets = match &self.screen {
+            Screen::Server(name) => vec![name.clone()],
+            Screen::Fleet if !self.marked.is_empty() => self.marked.iter().cloned().collect(),
+            Screen::Fleet => self.selected().into_iter().collect(),
+            _ => Vec::new(),
+        };
+        if targets.is_empty() {
+            return self.say("no server selected: open one, or mark servers with m", true);
+        }
+        let role = self.role();
+        let items = actions::CATALOG.iter().filter(|s| s.role <= role).map(|s| s.name).collect();
+        self.mode = Mode::Actions(Menu { targets, items, cursor: 0 });
+    }
+
+    pub(super) fn toggle_mark(&mut self) {
+        let Some(name) = self.selected() else { return };
+        if !self.marked.remove(&name) {
+            self.marked.insert(name);
+        }
+        let n = self.marked.len();
+        self.say(format!("{n} marked (a: actions on them · m: unmark)"), false);
+    }
+
+    pub(super) fn menu_key(&mut self, mut m: Menu, k: Key) {
+        match k {
+            Key::Esc | Key::Char('q') => self.mode = Mode::Normal,
+            Key::Up | Key::Char('k') => {
+                m.cursor = m.cursor.saturating_sub(1);
+                self.mode = Mode::Actions(m);
+            }
+            Key::Down | Key::Char('j') => {
+                m.cursor = (m.cursor + 1).min(m.items.len().saturating_sub(1));
+                self.mode = Mode::Actions(m);
+            }
+            Key::Enter => {
+                let Some(name) = m.items.get(m.cursor).copied() else { return };
+                let spec = actions::lookup(name).expect("menu items come from the catalog");
+                if spec.args.is_empty() {
+                    self.proceed(name, m.targets, BTreeMap::new());
+                } else {
+                    let fields = spec.args.iter().map(|a| (a.name, a.default.unwrap_or("").to_string())).collect();
+                    self.mode = Mode::Args(ArgsForm { action: name, targets: m.targets, fields, at: 0 });
+                }
+            }
+            _ => self.mode = Mode::Actions(m),
+        }
+    }
+
+    pub(super) fn args_key(&mut self, mut f: ArgsForm, k: Key) {
+        match k {
+            Key::Esc => {
+                self.mode = Mode::Normal;
+                return;
+            }
+            Key::Tab | Key::Down => f.at = (f.at + 1) % f.fields.len(),
+            Key::Up => f.at = (f.at + f.fields.len() - 1) % f.fields.len(),
+            Key::Backspace => {
+                f.fields[f.at].1.pop();
+            }
+            Key::Char(c) => f.fields[f.at].1.push(c),
+            Key::Enter => {
+                let spec = actions::lookup(f.action).expect("catalog action");
+                let mut args = BTreeMap::new();
+                for (name, value) in &f.fields {
+                    if value.is_empty() {
+                        continue;
+                    }
+                    let kind = spec.args.iter().find(|a| a.name == *name).map(|a| a.kind);
+                    let value = if kind == Some(ArgKind::Argv) && !value.trim_start().starts_with('[') {
+                        serde_json::to_string(&value.split_whitespace().collect::<Vec<_>>()).unwrap_or_default()
+                    } else {
+                        value.clone()
+                    };
+                    args.insert(name.to_string(), value);
+                }
+                match CatalogAction::parse(f.action, &args) {
+                    Ok(_) => return self.proceed(f.action, f.targets, args),
+                    Err(e) => self.say(e.to_string(), true),
+                }
+            }
+            _ => {}
+        }
+        self.mode = Mode::Args(f);
+    }
+
+    fn proceed(&mut self, action: &'static str, targets: Vec<String>, args: BTreeMap<String, String>) {
+        let spec = actions::lookup(action).expect("catalog action");
+        if spec.destructive {
+            self.mode = Mode::Confirm(Confirm { action, targets, args, typed: String::new() });
+        } else {
+            self.submit(action, targets, args, String::new());
+        }
+    }
+
+    pub(super) fn confirm_key(&mut self, mut c: Confirm, k: Key) {
+        match k {
+            Key::Esc => {
+                self.mode = Mode::Normal;
+                return self.say(format!("{} not run", c.action), false);
+            }
+            Key::Backspace => {
+                c.typed.pop();
+            }
+            Key::Char(ch) => c.typed.push(ch),
+            Key::Enter if c.typed == c.expected() => {
+                let typed = c.typed.clone();
+                return self.submit(c.action, c.targets, c.args, typed);
+            }
+            Key::Enter => self.say(format!("type {} exactly to confirm (esc: do not run)", c.expected()), true),
+            _ => {}
+        }
+        self.mode = Mode::Confirm(c);
+    }
+
+    fn submit(&mut self, action: &str, targets: Vec<String>, args: BTreeMap<String, String>, confirm: String) {
+        let req = pb::RunActionRequest {
+            action: action.to_string(),
+            args: args.into_iter().collect(),
+            selector: Some(pb::Selector { names: targets.clone(), ..Default::default() }),
+            batch: 10,
+            confirm,
+            ..Default::default()
+        };
+        self.requests.push(Request::Run(Box::new(req)));
+        self.job = Some(JobView { action: action.to_string(), targets, ..Default::default() });
+        self.screen = Screen::Job;
+        self.mode = Mode::Normal;
+        self.marked.clear();
+        self.message = None;
+    }
+
+    pub(super) fn cancel_job(&mut self) {
+        match self.job.as_mut() {
+            Some(j) if self.screen == Screen::Job && !j.finished() && !j.job_id.is_empty() => {
+                j.cancelling = true;
+                let id = j.job_id.clone();
+                self.requests.push(Request::CancelJob(id));
+                self.say("cancelling: running commands are being stopped", false);
+            }
+            _ => self.say("no running job to cancel here", true),
+        }
+    }
+
+    /// One event of the job this console started.
+    pub fn apply_job(&mut self, e: pb::JobEvent) {
+        let Some(job) = self.job.as_mut() else { return };
+        match e.event {
+            Some(pb::job_event::Event::Plan(p)) => {
+                job.job_id = p.job_id;
+                job.progress.total = p.targets.len() as u32;
+            }
+            Some(pb::job_event::Event::Target(t)) => {
+                for l in t.output.lines() {
+                    job.push_line(format!("{} | {l}", t.server));
+                }
+                if let Some(r) = t.result {
+                    job.results.push((t.server, crate::run::outcome_word(r.outcome), r.message));
+                }
+            }
+            Some(pb::job_event::Event::Progress(p)) => job.progress = p,
+            None => {}
+        }
+    }
+
+    pub fn job_refused(&mut self, message: String) {
+        if let Some(j) = self.job.as_mut() {
+            j.error = Some(message);
+        }
+    }
+
+    pub fn apply_audit(&mut self, records: Vec<pb::AuditRecord>) {
+        self.audit = records;
+        self.audit_loaded = true;
+    }
+
+    pub(super) fn open_audit(&mut self) {
+        if self.read_only() {
+            return self.say("the audit log needs role support or admin", true);
+        }
+        self.screen = Screen::Audit;
+        self.audit_loaded = false;
+        self.requests.push(Request::Audit);
+    }
+}
