@@ -174,3 +174,113 @@ async fn scripting_subcommands() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_from_the_console_with_confirmation_streams_its_output() {
+    tool("tmux");
+    harness::init();
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = HubProc::start(&tmp.path().join("hub"), harness::free_port(), "").await;
+    let systemctl = harness::fake_systemctl(&tmp.path().join("web-1"));
+    let extra = format!("systemctl = \"{}\"\n", systemctl.display());
+    let _agent = AgentProc::start(tmp.path(), "web-1", &hub.token("web-1").await, &extra);
+    let mut ops = hub.client(Role::Viewer);
+    watch_until(&mut ops, "agent connected", |f| is(f, "web-1", Liveness::Connected)).await;
+    let bundle = tmp.path().join("support");
+    hub.bundle("sam", Role::Support).write(&bundle).unwrap();
+    let socket = format!("outpost-action-{}", std::process::id());
+    let _tmux = Tmux(socket.clone());
+    let cmd = format!("NO_COLOR=1 {} --bundle {}", harness::bin("outpost").display(), bundle.display());
+    assert!(
+        Command::new("tmux")
+            .args(["-L", &socket, "new-session", "-d", "-s", "demo", "-x", "120", "-y", "32", &cmd])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_for_pane(&socket, "1 servers  ● 1 connected");
+    keys(&socket, &["Enter"]);
+    wait_for_pane(&socket, "┌ identity");
+    keys(&socket, &["a"]);
+    let screen = wait_for_pane(&socket, "actions on web-1");
+    assert!(
+        screen.contains("! service-restart") && !screen.contains("reboot"),
+        "support sees no admin action:\n{screen}"
+    );
+    keys(&socket, &["j", "Enter"]);
+    wait_for_pane(&socket, "service-restart on web-1 · tab next");
+    keys(&socket, &["k3s", "Enter"]);
+    wait_for_pane(&socket, "type web-1 to confirm");
+    keys(&socket, &["web-2", "Enter"]);
+    wait_for_pane(&socket, "type web-1 exactly to confirm");
+    assert!(!tmp.path().join("web-1/calls").exists(), "ran without confirmation");
+    keys(&socket, &["BSpace", "1", "Enter"]);
+    let screen = wait_for_pane(&socket, "✔ finished");
+    assert!(screen.contains("web-1 | ActiveState=active"), "output streamed into the pane:\n{screen}");
+    assert!(screen.contains("succeeded   k3s: active (running)"), "{screen}");
+    let calls = std::fs::read_to_string(tmp.path().join("web-1/calls")).unwrap();
+    assert_eq!(calls.lines().filter(|l| *l == "restart k3s").count(), 1, "{calls}");
+
+    // The audit view shows who did it.
+    keys(&socket, &[":", "audit", "Enter"]);
+    let screen = wait_for_pane(&socket, "audit log · newest first");
+    assert!(screen.contains("sam") && screen.contains("requested") && screen.contains("result"), "{screen}");
+    keys(&socket, &["q"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_and_audit_from_the_command_line() {
+    harness::init();
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = HubProc::start(&tmp.path().join("hub"), harness::free_port(), "").await;
+    let systemctl = harness::fake_systemctl(&tmp.path().join("web-1"));
+    let extra = format!("systemctl = \"{}\"\n", systemctl.display());
+    let _agent = AgentProc::start(tmp.path(), "web-1", &hub.token("web-1").await, &extra);
+    let mut ops = hub.client(Role::Viewer);
+    watch_until(&mut ops, "agent connected", |f| is(f, "web-1", Liveness::Connected)).await;
+    let bundle = tmp.path().join("support");
+    hub.bundle("sam", Role::Support).write(&bundle).unwrap();
+    let outpost = |args: &[&str]| {
+        let out = Command::new(harness::bin("outpost")).arg("--bundle").arg(&bundle).args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) =
+        outpost(&["run", "service-status", "--on", "web-1", "--arg", "unit=k3s", "--output", "json"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let events: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let done = events.iter().find(|e| e["type"] == "target" && e["state"] == "done").unwrap();
+    assert_eq!(done["result"]["outcome"], "succeeded");
+    assert_eq!(done["result"]["message"], "k3s: active (running)");
+    assert!(events.last().unwrap()["finished"].as_bool().unwrap());
+
+    // Destructive without a terminal: nothing runs until --yes names the target.
+    let (code, _, err) = outpost(&["run", "service-restart", "--on", "web-1", "--arg", "unit=k3s"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("service-restart is destructive: pass --yes web-1"), "{err}");
+    let (code, out, err) = outpost(&["run", "service-restart", "--on", "web-1", "--arg", "unit=k3s", "--yes", "web-1"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("web-1 = succeeded: k3s: active (running)"), "{out}");
+    // A failing target exits 1; a bad selector and an unknown action are refused before anything runs.
+    let (code, out, _) = outpost(&["run", "service-status", "--on", "web-1", "--arg", "unit=nginx"]);
+    assert_eq!(code, Some(1));
+    assert!(out.contains("web-1 = refused: unit \"nginx\" is not allow-listed"), "{out}");
+    let (code, _, err) = outpost(&["run", "service-status", "--on", "nope-1", "--arg", "unit=k3s"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("selector \"nope-1\" matches no server"), "{err}");
+    let (code, _, err) = outpost(&["run", "frobnicate", "--on", "web-1"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("unknown action \"frobnicate\""), "{err}");
+
+    let (code, out, err) = outpost(&["audit", "--server", "web-1", "--output", "json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let records: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let kinds: Vec<&str> = records.iter().map(|r| r["kind"].as_str().unwrap()).collect();
+    // Newest first: three runs (a result after each request), then the join token an admin made for it.
+    assert_eq!(kinds, ["result", "requested", "result", "requested", "result", "requested", "token"], "{out}");
+    assert!(records[..6].iter().all(|r| r["operator"] == "sam"));
+    assert_eq!(records[1]["args"]["unit"], "nginx");
+}
