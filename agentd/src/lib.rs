@@ -132,3 +132,17 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     tracing::info!("agentd stopped");
     Ok(())
 }
+
+/// Opens a sled database in a test, waiting for a previous handle's background flusher to let go of the
+/// file lock (it does so shortly after the last handle is dropped).
+#[cfg(test)]
+pub(crate) fn reopen_for_test(path: &std::path::Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match sled::Config::new().path(path).cache_capacity(1 << 20).open() {
+            Ok(db) => return db,
+            Err(e) if std::time::Instant::now() >= deadline => panic!("{e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}

@@ -143,8 +143,7 @@ mod tests {
     use super::*;
 
     fn open(dir: &std::path::Path, max: u64) -> Outbox {
-        let db = sled::Config::new().path(dir).cache_capacity(1 << 20).open().unwrap();
-        Outbox::open(&db, max).unwrap()
+        Outbox::open(&crate::reopen_for_test(dir), max).unwrap()
     }
 
     #[tokio::test]

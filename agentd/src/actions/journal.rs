@@ -108,18 +108,7 @@ mod tests {
             let done = CommandUpdate { command_id: "b".into(), output: "tail".into(), ..Default::default() };
             j.finish("b", &done).await.unwrap();
         }
-        // sled's background flusher lets go of the file lock shortly after the last handle is dropped.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let db = loop {
-            match sled::Config::new().path(dir.path()).open() {
-                Ok(db) => break db,
-                Err(e) if std::time::Instant::now() < deadline => {
-                    let _ = e;
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                Err(e) => panic!("{e}"),
-            }
-        };
+        let db = crate::reopen_for_test(dir.path());
         let j = Journal::open(&db).unwrap();
         assert_eq!(j.get("a").unwrap(), Some(Entry::Started));
         assert!(matches!(j.get("b").unwrap(), Some(Entry::Done(u)) if u.output == "tail"));
