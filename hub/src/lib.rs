@@ -156,7 +156,11 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(64 << 20),
         );
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // `tcp_nodelay` on the builder applies only to sockets tonic accepts itself, not to this stream: without
+    // it, Nagle plus delayed ACKs added ~40 ms to every small message (measured: action round trip 44 ms).
+    let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |s| {
+        s.and_then(|s| s.set_nodelay(true).map(|()| s))
+    });
     let stop = shutdown.clone();
     let serve = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await }));
     tracing::info!(%addr, %advertise, pin = %state.ca.pin(), "hubd listening");

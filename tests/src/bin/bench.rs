@@ -59,6 +59,16 @@ enum Cmd {
         #[arg(long, default_value_t = 2000)]
         frames: u32,
     },
+    /// Action round trip (operator → hub → agent → back) with N connected simulated agents: one action at
+    /// a time on a random agent, then one fan-out over all of them.
+    ActionRtt {
+        #[arg(long, default_value_t = 100)]
+        agents: u32,
+        #[arg(long, default_value_t = 500)]
+        runs: u32,
+        #[arg(long, default_value = "10s")]
+        interval: String,
+    },
     /// An agent back from a long outage: N reports waiting in its outbox, time until the hub has them all.
     Replay {
         #[arg(long, default_value_t = 20_000)]
@@ -145,6 +155,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Console { servers, interval, seconds } => console(tmp.path(), servers, &interval, seconds).await,
         Cmd::ConsoleFrame { servers, frames } => console_frame(servers, frames),
         Cmd::Replay { reports } => replay(tmp.path(), reports).await,
+        Cmd::ActionRtt { agents, runs, interval } => action_rtt(tmp.path(), agents, runs, &interval).await,
     }
 }
 
@@ -536,5 +547,76 @@ async fn replay(root: &Path, reports: u64) -> anyhow::Result<()> {
         "replayed {reports} queued reports in {secs:.1} s = {:.0} reports/s (one agent, durable acks)",
         reports as f64 / secs
     );
+    Ok(())
+}
+
+async fn action_rtt(root: &Path, agents: u32, runs: u32, interval: &str) -> anyhow::Result<()> {
+    use outpost_proto::v1::{RunActionRequest, Selector, job_event::Event};
+    let hub = HubProc::start(&root.join("hub"), harness::free_port(), "").await;
+    let (mut sim, _ops) = start_fleet(&hub, root, agents, interval, &["--concurrency", "64"]).await?;
+    let mut ops = hub.client(Role::Support);
+    let request = |names: Vec<String>, batch: u32| RunActionRequest {
+        action: "service-status".into(),
+        args: [("unit".to_string(), "k3s".to_string())].into(),
+        selector: Some(Selector { names, ..Default::default() }),
+        batch,
+        ..Default::default()
+    };
+    // One real agentd among the simulated ones: its round trip includes the journal flush and the process.
+    let systemctl = harness::fake_systemctl(&root.join("real-1"));
+    let token = harness::create_token(&mut hub.client(Role::Admin), "real-1").await;
+    let extra = format!("systemctl = \"{}\"\nreport_interval_ms = 10000\n", systemctl.display());
+    let _real = harness::AgentProc::start(root, "real-1", &token, &extra);
+    harness::watch_until(&mut hub.client(Role::Viewer), "the real agent connected", |f| {
+        harness::is(f, "real-1", Liveness::Connected)
+    })
+    .await;
+    let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+    let mut once = async |name: String| -> anyhow::Result<f64> {
+        let t = Instant::now();
+        let mut stream = ops.run_action(request(vec![name.clone()], 1)).await?.into_inner();
+        while let Some(e) = stream.message().await? {
+            if let Some(Event::Target(te)) = e.event
+                && let Some(r) = te.result
+            {
+                anyhow::ensure!(r.outcome == outpost_proto::v1::Outcome::Succeeded as i32, "{name}: {}", r.message);
+                return Ok(t.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        anyhow::bail!("{name}: no result")
+    };
+    let mut rtt = Vec::new();
+    for _ in 0..runs {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rtt.push(once(format!("sim-{:05}", rng % u64::from(agents))).await?);
+    }
+    println!("action round trip to a simulated agent, {agents} connected (ms): {}", summary(rtt));
+    let mut real = Vec::new();
+    for _ in 0..runs.min(200) {
+        real.push(once("real-1".into()).await?);
+    }
+    println!(
+        "action round trip to a real agentd (journal fsync + systemctl process), {agents} connected (ms): {}",
+        summary(real)
+    );
+    let all: Vec<String> = (0..agents).map(|i| format!("sim-{i:05}")).collect();
+    let t = Instant::now();
+    let mut stream = ops.run_action(request(all, agents.min(1000))).await?.into_inner();
+    let mut last = None;
+    while let Some(e) = stream.message().await? {
+        if let Some(Event::Progress(p)) = e.event {
+            last = Some(p);
+        }
+    }
+    let p = last.unwrap_or_default();
+    println!(
+        "fan-out to all {agents} agents in one batch: {:.0} ms ({} succeeded, {} failed)",
+        t.elapsed().as_secs_f64() * 1000.0,
+        p.succeeded,
+        p.failed
+    );
+    sim.kill().await?;
     Ok(())
 }
