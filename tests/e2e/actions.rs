@@ -84,6 +84,27 @@ async fn output_streams_back_cancel_and_deadline_work_and_refusals_are_audited()
     )
     .await;
     assert_eq!(run.output["ops-2"], "second\nthird\n");
+    // Follow: lines appended while it runs stream back; the deadline ends the follow as a success.
+    let log = tmp.path().join("ops-2/app.log");
+    let source = format!("file:{}", log.display());
+    let mut req = action("logs", &["ops-2"], &[("source", &source), ("lines", "1"), ("follow", "true")]);
+    req.deadline_ms = outpost_common::now_ms() + 3000;
+    let mut stream = support.run_action(req).await.unwrap().into_inner();
+    let mut appended = false;
+    let run = follow_job(&mut stream, |e| {
+        if let Event::Target(t) = e
+            && t.output.contains("third")
+            && !appended
+        {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+            writeln!(f, "fourth").unwrap();
+            appended = true;
+        }
+    })
+    .await;
+    assert_eq!(run.output["ops-2"], "third\nfourth\n");
+    assert_eq!(run.result("ops-2").message, "followed until the deadline");
     let run = run_job(&mut support, action("service-status", &["ops-1"], &[("unit", "sshd")])).await;
     let r = run.result("ops-1");
     assert_eq!(outcome(r), Outcome::Refused);
@@ -204,7 +225,7 @@ async fn output_streams_back_cancel_and_deadline_work_and_refusals_are_audited()
     // Accepted requests were written before their results, and every result is there.
     let requested = log.iter().filter(|r| r.kind == "requested").count();
     let results = log.iter().filter(|r| r.kind == "result").count();
-    assert_eq!((requested, results), (7, 7), "{log:#?}");
+    assert_eq!((requested, results), (8, 8), "{log:#?}");
     for r in log.iter().filter(|r| r.kind == "result") {
         let req = log.iter().find(|q| q.kind == "requested" && q.job_id == r.job_id).unwrap();
         assert!(req.id < r.id, "result {} audited before its request {}", r.id, req.id);
@@ -249,8 +270,26 @@ async fn killing_the_agent_mid_action_and_redelivery_never_runs_it_twice() {
     }
     let agent = &mut agents[0];
     agent.kill9().await;
+    let mut ops = hub.client(Role::Viewer);
+    watch_until(&mut ops, "ops-1 disconnected", |f| is(f, "ops-1", Liveness::Disconnected)).await;
+    // Offline: refused at once by default; with a queue time it waits for the server.
+    let mut support = hub.client(Role::Support);
+    let run = run_job(&mut support, action("diagnostics", &["ops-1"], &[])).await;
+    let r = run.result("ops-1");
+    assert_eq!(outcome(r), Outcome::Refused);
+    assert!(r.message.contains("ops-1 is offline; nothing was sent"), "{}", r.message);
+    let mut queued = action("diagnostics", &["ops-1"], &[]);
+    queued.queue_secs = 60;
+    let mut queued = support.run_action(queued).await.unwrap().into_inner();
+    let queued = tokio::spawn(async move { follow_job(&mut queued, |_| {}).await });
     // Back on the same data: the hub redelivers the pending command on the new stream.
     *agent = AgentProc::spawn("ops-1", &agent.dir.clone(), &agent.dir.join("agentd.toml"));
+    let queued = queued.await.unwrap();
+    assert_eq!(outcome(queued.result("ops-1")), Outcome::Succeeded, "{:?}", queued.result("ops-1"));
+    assert!(queued.output["ops-1"].contains("== certificate"), "{}", queued.output["ops-1"]);
+    let states: Vec<i32> =
+        queued.events.iter().filter_map(|e| if let Event::Target(t) = e { Some(t.state) } else { None }).collect();
+    assert_eq!(states.first(), Some(&(TargetState::Queued as i32)), "{states:?}");
     let run = follower.await.unwrap();
     let r = run.result("ops-1");
     assert_eq!(outcome(r), Outcome::Interrupted, "{r:?}");
@@ -264,5 +303,5 @@ async fn killing_the_agent_mid_action_and_redelivery_never_runs_it_twice() {
     }
     assert_eq!(std::fs::read_to_string(&counter).unwrap().lines().count(), 1);
     let log = std::fs::read_to_string(agent.dir.join("agentd.log")).unwrap();
-    assert!(log.contains("running command") && log.matches("running command").count() == 1, "{log}");
+    assert_eq!(log.matches("running command").count(), 2, "the exec once, the queued diagnostics once:\n{log}");
 }
