@@ -246,7 +246,7 @@ impl Link {
                     Some(hub_message::Body::Reconnect(r)) => {
                         return Ok(Ended::Reconnect(Duration::from_secs(u64::from(r.after_secs.min(3600))), r.reason));
                     }
-                    Some(hub_message::Body::Command(c)) => self.runner.handle(c).await,
+                    Some(hub_message::Body::Command(c)) => self.runner.handle(c),
                     Some(hub_message::Body::Cancel(c)) => self.runner.cancel(&c.command_id),
                     Some(hub_message::Body::Welcome(_)) => return Err(LinkError::Protocol("a second Welcome".into())),
                 },

@@ -103,12 +103,11 @@ impl AgentLink for Gateway {
         tracing::info!(%server, %agent_id, conn_id, acked, backlog = hello.last_seq.saturating_sub(acked), "agent connected");
         let session =
             Session { state: state.clone(), server: server.clone(), agent_id, conn_id, serial: cert.serial, tx };
-        // Commands pending for this server (queued while it was away, or unanswered on its last stream).
-        for m in state.relay.attach(&server, conn_id, session.tx.clone()) {
-            session.tx.send(Ok(m)).await.map_err(|_| Status::cancelled("agent went away"))?;
-        }
+        // Commands pending for this server (queued while it was away, or unanswered on its last stream). Sent
+        // by the session task: here, before the response is returned, nobody reads the channel yet.
+        let pending = state.relay.attach(&server, conn_id, session.tx.clone());
         let span = tracing::info_span!("session", %server, conn_id);
-        state.tasks.spawn(session.run(inbound, close, cert.not_after).instrument(span));
+        state.tasks.spawn(session.run(inbound, close, cert.not_after, pending).instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -128,7 +127,13 @@ impl Session {
         mut inbound: Streaming<AgentMessage>,
         close: tokio_util::sync::CancellationToken,
         not_after: i64,
+        pending: Vec<HubMessage>,
     ) {
+        for m in pending {
+            if self.tx.send(Ok(m)).await.is_err() {
+                break; // the agent went away; the loop below sees the stream end
+            }
+        }
         let mut expires = deadline(not_after);
         let ended = loop {
             tokio::select! {

@@ -27,6 +27,8 @@ use crate::state::HubState;
 /// Targets per batch when the request does not say.
 const DEFAULT_BATCH: usize = 10;
 const MAX_BATCH: usize = 1000;
+/// Jobs running at once on one hub.
+const MAX_JOBS: usize = 256;
 /// Longest a command may wait for an offline server.
 const MAX_QUEUE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How long past a command's deadline the hub waits for the agent's answer before giving up on it.
@@ -204,6 +206,11 @@ fn check(
             "the deadline is more than {} s away; {} allows at most that",
             spec.max_deadline.as_secs(),
             spec.name
+        )));
+    }
+    if state.jobs.len() >= MAX_JOBS {
+        return Err(Status::resource_exhausted(format!(
+            "{MAX_JOBS} jobs are running on this hub; wait for one to finish (or cancel one) and try again"
         )));
     }
     if req.batch as usize > MAX_BATCH {
@@ -422,6 +429,12 @@ async fn target(
                     _ = cancel.cancelled(), if !cancel_sent => {
                         cancel_sent = true;
                         state.relay.cancel(&id).await;
+                        if state.shutdown.is_cancelled() {
+                            // The streams are closing: record what is known instead of waiting past the drain.
+                            state.relay.abandon(&id);
+                            let message = "the hub shut down while this ran; the agent was asked to stop it (its journal has the outcome)";
+                            break CommandResult { outcome: Outcome::Interrupted as i32, exit_code: -1, message: message.into(), ..Default::default() };
+                        }
                     }
                     _ = tokio::time::sleep_until(wake.into()) => {
                         match state.relay.deadline(&id) {
@@ -473,6 +486,12 @@ impl Jobs {
     }
     pub fn remove(&self, id: &str) {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+    pub fn len(&self) -> usize {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
     pub fn get(&self, id: &str) -> Option<CancellationToken> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()

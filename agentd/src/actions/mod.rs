@@ -29,6 +29,9 @@ pub use output::Output;
 /// result (results are journaled first and replayed on redelivery).
 const UPDATE_QUEUE: usize = 256;
 
+/// Commands running at once on one agent (it shares a small server with K3s).
+const MAX_RUNNING: usize = 16;
+
 /// A request to renew the certificate now (from `rotate-cert`), answered with the new serial.
 pub type RenewWaiter = oneshot::Sender<Result<String, String>>;
 
@@ -49,6 +52,7 @@ struct Inner {
     updates: mpsc::Sender<CommandUpdate>,
     renew: mpsc::Sender<RenewWaiter>,
     running: Mutex<HashMap<String, CancellationToken>>,
+    admission: tokio::sync::Mutex<()>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -79,7 +83,16 @@ impl Runner {
     ) -> (Runner, RunnerLink) {
         let (updates, updates_rx) = mpsc::channel(UPDATE_QUEUE);
         let (renew, renewals) = mpsc::channel(4);
-        let inner = Inner { config, journal, updates, renew, running: Mutex::default(), tasks, shutdown };
+        let inner = Inner {
+            config,
+            journal,
+            updates,
+            renew,
+            running: Mutex::default(),
+            admission: tokio::sync::Mutex::new(()),
+            tasks,
+            shutdown,
+        };
         (Runner { inner: Arc::new(inner) }, RunnerLink { updates: updates_rx, renewals })
     }
 
@@ -87,8 +100,17 @@ impl Runner {
         self.inner.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes a command from the hub. Never blocks on the action itself.
-    pub async fn handle(&self, c: Command) {
+    /// Takes a command from the hub; returns at once. The link must never wait here: it is the only reader
+    /// of the update queue the runner writes to.
+    pub fn handle(&self, c: Command) {
+        let runner = self.clone();
+        self.inner.tasks.spawn(async move { runner.admit(c).await });
+    }
+
+    /// Journal check, agent rules, journal start, then the run in a task of its own. One command at a time
+    /// passes here, so a redelivery racing the first delivery still finds the id running or journaled.
+    async fn admit(&self, c: Command) {
+        let _admission = self.inner.admission.lock().await;
         let id = c.command_id.clone();
         if !valid_id(&id) {
             tracing::warn!(command_id = %id.chars().take(40).collect::<String>(), "ignoring a command with an ill-formed id");
@@ -133,6 +155,15 @@ impl Runner {
         };
         if let Err(why) = system::allowed(&self.inner.config, &action) {
             return self.finish(&id, String::new(), result(Outcome::Refused, -1, why)).await;
+        }
+        let busy = self.running().len();
+        if busy >= MAX_RUNNING {
+            let r = result(
+                Outcome::Refused,
+                -1,
+                format!("the agent is busy: {busy} commands are running; try again later"),
+            );
+            return self.finish(&id, String::new(), r).await;
         }
         if c.timeout_ms == 0 {
             let r = result(Outcome::Refused, -1, "its deadline passed before it could start");
@@ -237,11 +268,11 @@ mod tests {
             timeout_ms: 30_000,
             operator: "test".into(),
         };
-        runner.handle(command.clone()).await;
+        runner.handle(command.clone());
         let first = final_update(&mut link).await;
         let r = first.result.unwrap();
         assert_eq!((r.outcome, r.replayed), (Outcome::Succeeded as i32, false), "{r:?}");
-        runner.handle(command).await;
+        runner.handle(command);
         let again = final_update(&mut link).await;
         let r2 = again.result.unwrap();
         assert_eq!((r2.outcome, r2.replayed, again.output.as_str()), (Outcome::Succeeded as i32, true, "out\n"));
@@ -264,8 +295,8 @@ mod tests {
             timeout_ms: 0,
             ..Default::default()
         };
-        runner.handle(Command { command_id: "../../etc".into(), ..c.clone() }).await;
-        runner.handle(c).await;
+        runner.handle(Command { command_id: "../../etc".into(), ..c.clone() });
+        runner.handle(c);
         let u = final_update(&mut link).await;
         assert_eq!(u.command_id, "ffffffffffffffffffffffffffffffff", "the ill-formed id got no answer");
         assert!(u.result.unwrap().message.contains("deadline passed before it could start"));
