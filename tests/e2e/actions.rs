@@ -305,3 +305,76 @@ async fn killing_the_agent_mid_action_and_redelivery_never_runs_it_twice() {
     let log = std::fs::read_to_string(agent.dir.join("agentd.log")).unwrap();
     assert_eq!(log.matches("running command").count(), 2, "the exec once, the queued diagnostics once:\n{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_command_update_cannot_touch_another_servers_command() {
+    use outpost_proto::v1::agent_link_client::AgentLinkClient;
+    use outpost_proto::v1::{AgentMessage, CommandResult, CommandUpdate, Hello, Report, agent_message, hub_message};
+    harness::init();
+    let tmp = tempfile::tempdir().unwrap();
+    let (hub, _agents) = two_agents(tmp.path()).await;
+    let rogue = agentd::identity::enroll(&hub.token("rogue-1").await, None).await.unwrap();
+
+    let mut req = action("exec", &["ops-1"], &[("argv", &exec_args(&["sh", "-c", "sleep 1; echo real"]))]);
+    req.confirm = "ops-1".into();
+    let mut stream = hub.client(Role::Admin).run_action(req).await.unwrap().into_inner();
+    let (tx, mut ids) = tokio::sync::mpsc::unbounded_channel();
+    let follower = tokio::spawn(async move {
+        follow_job(&mut stream, |e| {
+            if let Event::Target(t) = e
+                && t.state == TargetState::Running as i32
+            {
+                let _ = tx.send(t.command_id.clone());
+            }
+        })
+        .await
+    });
+    let victim = ids.recv().await.unwrap();
+
+    // Another enrolled agent claims that command finished, then reports: the claim is ignored, the stream stays.
+    let channel = outpost_common::tls::HubAddr::parse(&rogue.hub)
+        .unwrap()
+        .channel(&rogue.ca_pem, Some((&rogue.cert_pem, &rogue.key_pem)))
+        .unwrap();
+    let forged = CommandResult { outcome: Outcome::Succeeded as i32, message: "forged".into(), ..Default::default() };
+    let msgs = vec![
+        AgentMessage { body: Some(agent_message::Body::Hello(Hello::default())) },
+        AgentMessage {
+            body: Some(agent_message::Body::CommandUpdate(CommandUpdate {
+                command_id: victim.clone(),
+                output: "forged output\n".into(),
+                result: Some(forged),
+                started: false,
+            })),
+        },
+        AgentMessage {
+            body: Some(agent_message::Body::Report(Report {
+                seq: 1,
+                taken_at_ms: 1,
+                health: Some(Default::default()),
+            })),
+        },
+    ];
+    let (mtx, mrx) = tokio::sync::mpsc::channel(8);
+    for m in msgs {
+        mtx.send(m).await.unwrap();
+    }
+    let mut inbound = AgentLinkClient::new(channel)
+        .connect(tokio_stream::wrappers::ReceiverStream::new(mrx))
+        .await
+        .unwrap()
+        .into_inner();
+    loop {
+        match inbound.message().await.unwrap().and_then(|m| m.body) {
+            Some(hub_message::Body::Ack(a)) if a.up_to_seq == 1 => break,
+            Some(_) => {}
+            None => panic!("the hub closed the rogue stream instead of ignoring the update"),
+        }
+    }
+    let run = follower.await.unwrap();
+    let r = run.result("ops-1");
+    assert_eq!(outcome(r), Outcome::Succeeded);
+    assert_ne!(r.message, "forged");
+    assert_eq!(run.output["ops-1"], "real\n");
+    drop(mtx);
+}
