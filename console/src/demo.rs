@@ -99,15 +99,20 @@ async fn start_agents(
         std::fs::create_dir_all(&adir)?;
         std::fs::write(adir.join("join-token"), token)?;
         let config = adir.join("agentd.toml");
+        let log_path = root.join("logs").join(format!("{name}.log"));
+        // Demo agents run as you, on loopback, in a temp dir: `exec` is on and each agent may show its own
+        // log (`logs` with source file:…/demo-NN.log), so every action can be tried from the console.
         std::fs::write(
             &config,
             format!(
-                "data_dir = \"{0}/data\"\ntoken_file = \"{0}/join-token\"\nreport_interval_ms = {1}\n",
+                "data_dir = \"{0}/data\"\ntoken_file = \"{0}/join-token\"\nreport_interval_ms = {1}\n\
+                 exec_enabled = true\nlog_files = [\"{2}\"]\n",
                 adir.display(),
-                args.report_interval_ms
+                args.report_interval_ms,
+                log_path.display()
             ),
         )?;
-        let log = std::fs::File::create(root.join("logs").join(format!("{name}.log")))?;
+        let log = std::fs::File::create(&log_path)?;
         let child = Command::new(agentd)
             .arg("--config")
             .arg(&config)
