@@ -84,6 +84,12 @@ async fn output_streams_back_cancel_and_deadline_work_and_refusals_are_audited()
     )
     .await;
     assert_eq!(run.output["ops-2"], "second\nthird\n");
+    // rotate-cert: a new certificate over the live stream; the hub's record follows it.
+    let run = run_job(&mut support, action("rotate-cert", &["ops-2"], &[])).await;
+    let r = run.result("ops-2");
+    let serial = r.message.strip_prefix("renewed: new certificate serial ").unwrap_or_else(|| panic!("{r:?}"));
+    let list = support.list_servers(outpost_proto::v1::ListServersRequest {}).await.unwrap().into_inner().servers;
+    assert_eq!(list.iter().find(|s| s.name == "ops-2").unwrap().cert_serial, serial);
     // Follow: lines appended while it runs stream back; the deadline ends the follow as a success.
     let log = tmp.path().join("ops-2/app.log");
     let source = format!("file:{}", log.display());
@@ -225,7 +231,7 @@ async fn output_streams_back_cancel_and_deadline_work_and_refusals_are_audited()
     // Accepted requests were written before their results, and every result is there.
     let requested = log.iter().filter(|r| r.kind == "requested").count();
     let results = log.iter().filter(|r| r.kind == "result").count();
-    assert_eq!((requested, results), (8, 8), "{log:#?}");
+    assert_eq!((requested, results), (9, 9), "{log:#?}");
     for r in log.iter().filter(|r| r.kind == "result") {
         let req = log.iter().find(|q| q.kind == "requested" && q.job_id == r.job_id).unwrap();
         assert!(req.id < r.id, "result {} audited before its request {}", r.id, req.id);
