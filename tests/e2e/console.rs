@@ -234,7 +234,7 @@ async fn run_and_audit_from_the_command_line() {
     let tmp = tempfile::tempdir().unwrap();
     let hub = HubProc::start(&tmp.path().join("hub"), harness::free_port(), "").await;
     let systemctl = harness::fake_systemctl(&tmp.path().join("web-1"));
-    let extra = format!("systemctl = \"{}\"\n", systemctl.display());
+    let extra = format!("systemctl = \"{}\"\nexec_enabled = true\n", systemctl.display());
     let _agent = AgentProc::start(tmp.path(), "web-1", &hub.token("web-1").await, &extra);
     let mut ops = hub.client(Role::Viewer);
     watch_until(&mut ops, "agent connected", |f| is(f, "web-1", Liveness::Connected)).await;
@@ -283,4 +283,37 @@ async fn run_and_audit_from_the_command_line() {
     assert_eq!(kinds, ["result", "requested", "result", "requested", "result", "requested", "token"], "{out}");
     assert!(records[..6].iter().all(|r| r["operator"] == "sam"));
     assert_eq!(records[1]["args"]["unit"], "nginx");
+
+    // Ctrl-C cancels the job at the hub; the command stops long before its 30 s.
+    let admin = tmp.path().join("admin");
+    hub.bundle("ada", Role::Admin).write(&admin).unwrap();
+    let mut child = tokio::process::Command::new(harness::bin("outpost"))
+        .arg("--bundle")
+        .arg(&admin)
+        .args(["run", "exec", "--on", "web-1", "--yes", "web-1", "--", "sleep", "30"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let mut err = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    use tokio::io::AsyncBufReadExt;
+    while let Some(l) = err.next_line().await.unwrap() {
+        if l.starts_with("job ") {
+            break;
+        }
+    }
+    let pid = rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let mut rest = String::new();
+    while let Some(l) = err.next_line().await.unwrap() {
+        rest.push_str(&l);
+        rest.push('\n');
+    }
+    let out = child.wait_with_output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{rest}");
+    assert!(rest.contains("cancelling job"), "{rest}");
+    assert!(stdout.contains("web-1 = cancelled"), "{stdout}{rest}");
+    assert!(started.elapsed() < Duration::from_secs(20), "cancel took {:?}", started.elapsed());
 }

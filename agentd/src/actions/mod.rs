@@ -52,6 +52,9 @@ struct Inner {
     updates: mpsc::Sender<CommandUpdate>,
     renew: mpsc::Sender<RenewWaiter>,
     running: Mutex<HashMap<String, CancellationToken>>,
+    /// Cancels that arrived before their command was admitted (the hub sends Command then Cancel; admission
+    /// runs in its own task, so the cancel can win the race).
+    cancelled_early: Mutex<std::collections::HashSet<String>>,
     admission: tokio::sync::Mutex<()>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
@@ -89,6 +92,7 @@ impl Runner {
             updates,
             renew,
             running: Mutex::default(),
+            cancelled_early: Mutex::default(),
             admission: tokio::sync::Mutex::new(()),
             tasks,
             shutdown,
@@ -156,6 +160,10 @@ impl Runner {
         if let Err(why) = system::allowed(&self.inner.config, &action) {
             return self.finish(&id, String::new(), result(Outcome::Refused, -1, why)).await;
         }
+        if self.inner.cancelled_early.lock().unwrap_or_else(|p| p.into_inner()).remove(&id) {
+            let r = result(Outcome::Cancelled, -1, "cancelled by the operator before it started");
+            return self.finish(&id, String::new(), r).await;
+        }
         let busy = self.running().len();
         if busy >= MAX_RUNNING {
             let r = result(
@@ -218,7 +226,15 @@ impl Runner {
                 tracing::info!(command_id = %id, "cancelling command");
                 t.cancel();
             }
-            None => tracing::debug!(command_id = %id, "cancel for a command that is not running"),
+            None if valid_id(id) => {
+                tracing::debug!(command_id = %id, "cancel for a command not running (yet): remembered");
+                let mut early = self.inner.cancelled_early.lock().unwrap_or_else(|p| p.into_inner());
+                if early.len() >= 1024 {
+                    early.clear(); // bounded; a stale entry only matters for an id that never arrives
+                }
+                early.insert(id.to_string());
+            }
+            None => {}
         }
     }
 
