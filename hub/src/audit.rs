@@ -100,6 +100,30 @@ impl Audit {
         Ok(id)
     }
 
+    /// Deletes records taken before `cutoff_ms` (oldest first, so it stops at the first newer one). The
+    /// newest record always stays: ids continue from it after a restart, so they are never reused.
+    /// Returns how many went.
+    pub async fn trim(&self, cutoff_ms: i64) -> Result<usize, StoreError> {
+        let Some(newest) = self.store.last_key(Tree::Audit)? else { return Ok(0) };
+        let mut n = 0;
+        loop {
+            let mut ops = Vec::new();
+            for item in self.store.iter_from_start(Tree::Audit).take(1000) {
+                let (k, v) = item?;
+                let at = serde_json::from_slice::<AuditEntry>(&v).map(|e| e.at_ms).unwrap_or(0);
+                if at >= cutoff_ms || k == newest {
+                    break;
+                }
+                ops.push(Op::Del(Tree::Audit, k.to_vec()));
+            }
+            if ops.is_empty() {
+                return Ok(n);
+            }
+            n += ops.len();
+            self.store.commit(ops).await?;
+        }
+    }
+
     /// Newest first.
     pub fn query(&self, q: &Query) -> Result<Vec<AuditEntry>, StoreError> {
         let mut out = Vec::new();
@@ -157,6 +181,9 @@ mod tests {
         assert_eq!(q(|q| q.server = "b".into()), [2]);
         assert_eq!(q(|q| q.limit = 1), [3]);
         assert_eq!(q(|q| q.since_ms = i64::MAX), Vec::<u64>::new());
+        assert_eq!(audit.trim(0).await.unwrap(), 0);
+        assert_eq!(audit.trim(i64::MAX).await.unwrap(), 2, "retention removes old records, but not the newest");
+        assert_eq!(q(|_| {}), [3]);
         drop(audit);
         let reopened = Audit::open(store).unwrap();
         assert_eq!(reopened.next.load(Ordering::Relaxed), third + 1, "ids continue after a restart");

@@ -36,6 +36,8 @@ pub struct HubConfig {
     pub log_dir: Option<PathBuf>,
     /// sled page cache, MiB.
     pub cache_mib: u64,
+    /// Audit records older than this are deleted (checked hourly).
+    pub audit_retention_days: u32,
 }
 
 impl Default for HubConfig {
@@ -52,6 +54,7 @@ impl Default for HubConfig {
             history_len: 360,
             log_dir: None,
             cache_mib: 64,
+            audit_retention_days: 400,
         }
     }
 }
@@ -85,6 +88,9 @@ impl HubConfig {
         }
         if self.grace_secs == 0 {
             problems.push("grace_secs: must be at least 1".into());
+        }
+        if !(1..=3650).contains(&self.audit_retention_days) {
+            problems.push(format!("audit_retention_days: {} is outside 1..=3650", self.audit_retention_days));
         }
         if !(1..=100_000).contains(&self.history_len) {
             problems.push(format!("history_len: {} is outside 1..=100000", self.history_len));
@@ -126,10 +132,15 @@ mod tests {
     fn invalid_value_is_named() {
         let err = HubConfig::from_toml("listen = \"not an address\"\n").unwrap_err();
         assert!(err.contains("listen"), "{err}");
-        let c =
-            HubConfig { grace_secs: 0, history_len: 0, advertise: Some("http://x:1".into()), ..HubConfig::default() };
+        let c = HubConfig {
+            grace_secs: 0,
+            history_len: 0,
+            advertise: Some("http://x:1".into()),
+            audit_retention_days: 0,
+            ..HubConfig::default()
+        };
         let err = c.validate().unwrap_err().to_string();
-        for field in ["grace_secs", "history_len", "advertise"] {
+        for field in ["grace_secs", "history_len", "advertise", "audit_retention_days"] {
             assert!(err.contains(field), "{field} missing from {err}");
         }
     }

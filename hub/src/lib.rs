@@ -119,6 +119,25 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         shutdown.clone(),
         tasks.clone(),
     ));
+    let auditor = state.clone();
+    let retention = Duration::from_secs(u64::from(config.audit_retention_days) * 86_400);
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tokio::select! {
+                _ = auditor.shutdown.cancelled() => break,
+                _ = tick.tick() => {
+                    let cutoff = outpost_common::now_ms() - retention.as_millis() as i64;
+                    match auditor.audit.trim(cutoff).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(removed = n, "audit records past their retention removed"),
+                        Err(error) => tracing::error!(%error, "audit retention failed"),
+                    }
+                }
+            }
+        }
+        tracing::debug!("audit retention stopped");
+    });
     let sweeper = state.clone();
     tasks.spawn(async move {
         let mut tick = tokio::time::interval(sweeper.registry.sweep_every());

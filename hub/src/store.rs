@@ -215,6 +215,11 @@ impl Store {
         self.tree(t).iter().rev().map(|r| r.map_err(|e| StoreError::Write(e.to_string())))
     }
 
+    /// Key-value pairs of `t`, first key first.
+    pub fn iter_from_start(&self, t: Tree) -> impl Iterator<Item = Result<(sled::IVec, sled::IVec), StoreError>> + '_ {
+        self.tree(t).iter().map(|r| r.map_err(|e| StoreError::Write(e.to_string())))
+    }
+
     /// The last key of `t`, if any.
     pub fn last_key(&self, t: Tree) -> Result<Option<sled::IVec>, StoreError> {
         self.tree(t).last().map(|o| o.map(|(k, _)| k)).map_err(|e| StoreError::Write(e.to_string()))
