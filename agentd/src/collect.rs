@@ -16,10 +16,11 @@ pub struct Collector {
     disks: Disks,
     networks: Networks,
     k3s_unit: String,
+    systemctl: String,
 }
 
 impl Collector {
-    pub fn new(k3s_unit: &str) -> Result<Collector, String> {
+    pub fn new(k3s_unit: &str, systemctl: &str) -> Result<Collector, String> {
         let mut sys = System::new().map_err(|e| format!("sysinfo: {e}"))?;
         sys.refresh_cpu_usage(); // first CPU sample; the next refresh gives a real percentage
         Ok(Collector {
@@ -27,6 +28,7 @@ impl Collector {
             disks: Disks::new_with_refreshed_list().map_err(|e| format!("sysinfo disks: {e}"))?,
             networks: Networks::new_with_refreshed_list().map_err(|e| format!("sysinfo networks: {e}"))?,
             k3s_unit: k3s_unit.to_string(),
+            systemctl: systemctl.to_string(),
         })
     }
 
@@ -65,7 +67,7 @@ impl Collector {
             net_tx_bytes: tx,
             uptime_secs: System::uptime().unwrap_or(0),
             process_count: process_count(),
-            k3s: Some(k3s_state(&self.k3s_unit).await),
+            k3s: Some(k3s_state(&self.k3s_unit, &self.systemctl).await),
             agent_version: crate::VERSION.to_string(),
             cert_not_after,
         }
@@ -84,14 +86,14 @@ fn process_count() -> u32 {
 }
 
 /// K3s absent (no unit file) is a valid state, reported as such; otherwise ask systemd.
-async fn k3s_state(unit: &str) -> K3s {
+async fn k3s_state(unit: &str, systemctl: &str) -> K3s {
     let file = format!("{unit}.service");
     if !UNIT_DIRS.iter().any(|d| Path::new(d).join(&file).exists()) {
         return K3s { state: k3s::State::Absent as i32, detail: format!("no {file} unit installed") };
     }
     let out = tokio::time::timeout(
         Duration::from_secs(5),
-        tokio::process::Command::new("systemctl").args(["is-active", &file]).kill_on_drop(true).output(),
+        tokio::process::Command::new(systemctl).args(["is-active", &file]).kill_on_drop(true).output(),
     )
     .await;
     let text = match out {
@@ -119,7 +121,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_sample_is_plausible() {
-        let mut c = Collector::new("outpost-test-no-such-unit").unwrap();
+        let mut c = Collector::new("outpost-test-no-such-unit", "systemctl").unwrap();
         let h = c.sample(42).await;
         assert!(h.mem_total_bytes > 0 && h.mem_used_bytes <= h.mem_total_bytes);
         assert!(h.process_count > 0 && h.uptime_secs > 0);

@@ -77,7 +77,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         .map_err(|e| RunError::Store { path: store_dir.display().to_string(), error: e.to_string() })?;
     let journal = actions::journal::Journal::open(&db)
         .map_err(|e| RunError::Store { path: store_dir.display().to_string(), error: e.to_string() })?;
-    let mut collector = collect::Collector::new(&config.k3s_unit).map_err(RunError::Collect)?;
+    let mut collector = collect::Collector::new(&config.k3s_unit, &config.systemctl).map_err(RunError::Collect)?;
     let tasks = TaskTracker::new();
     let (runner, runner_link) = actions::Runner::new(config.clone(), journal, tasks.clone(), shutdown.clone());
 

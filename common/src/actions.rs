@@ -296,6 +296,12 @@ fn check(action: &'static str, a: &ArgSpec, v: &str) -> Result<(), ActionError> 
     }
 }
 
+/// What an operator types to confirm a destructive action on `targets`: the server name for one, the count
+/// for several. The console, the CLI and the hub all apply this one rule.
+pub fn confirmation(targets: &[String]) -> String {
+    if targets.len() == 1 { targets[0].clone() } else { targets.len().to_string() }
+}
+
 pub fn valid_unit(v: &str) -> bool {
     !v.is_empty()
         && v.len() <= 128

@@ -121,11 +121,6 @@ pub fn matching(sel: &Selector, servers: &[pb::Server]) -> Vec<String> {
     out
 }
 
-/// What the operator must type to confirm a destructive action on `targets`.
-pub fn confirmation(targets: &[String]) -> String {
-    if targets.len() == 1 { targets[0].clone() } else { targets.len().to_string() }
-}
-
 pub async fn run(bundle: &Bundle, a: &RunArgs) -> anyhow::Result<String> {
     let (mut req, sel) = request(a)?;
     let spec = actions::lookup(&a.action).expect("parsed above");
@@ -136,7 +131,7 @@ pub async fn run(bundle: &Bundle, a: &RunArgs) -> anyhow::Result<String> {
         if targets.is_empty() {
             anyhow::bail!("selector {sel} matches no server");
         }
-        let expected = confirmation(&targets);
+        let expected = actions::confirmation(&targets);
         if !std::io::stdin().is_terminal() {
             anyhow::bail!("{} is destructive: pass --yes {expected} to confirm (no terminal to ask on)", spec.name);
         }

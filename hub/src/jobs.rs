@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures::stream::{FuturesUnordered, StreamExt};
 use outpost_common::Role;
 use outpost_common::actions::{Action, ActionSpec, redacted};
-use outpost_common::selector::{Candidate, Selector};
+use outpost_common::selector::{Candidate, STATUSES, Selector};
 use outpost_proto::v1 as pb;
 use pb::{CommandResult, Outcome, TargetState};
 use tokio::sync::mpsc;
@@ -27,6 +27,8 @@ use crate::state::HubState;
 /// Targets per batch when the request does not say.
 const DEFAULT_BATCH: usize = 10;
 const MAX_BATCH: usize = 1000;
+/// Server names one selector may list.
+const MAX_SELECTOR_NAMES: usize = 10_000;
 /// Jobs running at once on one hub.
 const MAX_JOBS: usize = 256;
 /// Longest a command may wait for an offline server.
@@ -77,11 +79,15 @@ pub fn selector_from_pb(s: Option<pb::Selector>) -> Selector {
         customer: Some(s.customer).filter(|c| !c.is_empty()),
         plan: Some(s.plan).filter(|c| !c.is_empty()),
         labels: s.labels.into_iter().collect(),
+        // An unknown value stays in (and matches nothing) rather than vanishing and widening the selection;
+        // `check` refuses it by name.
         status: s
             .status
             .into_iter()
-            .filter_map(|l| pb::Liveness::try_from(l).ok())
-            .map(|l| l.as_str_name().trim_start_matches("LIVENESS_").to_ascii_lowercase())
+            .map(|l| match pb::Liveness::try_from(l) {
+                Ok(l) => l.as_str_name().trim_start_matches("LIVENESS_").to_ascii_lowercase(),
+                Err(_) => format!("invalid({l})"),
+            })
             .collect(),
         all: s.all,
     }
@@ -131,8 +137,9 @@ pub async fn submit(state: &HubState, caller: &Caller, mut req: pb::RunActionReq
         operator: caller.name.clone(),
         role: caller.role.to_string(),
         action: req.action.chars().take(64).collect(),
-        args: redacted(&req.action, &args),
-        selector: sel.to_string(),
+        // Bounded: a refused request may carry up to a whole message of junk.
+        args: redacted(&req.action, &args).into_iter().take(32).collect(),
+        selector: sel.to_string().chars().take(1024).collect(),
         ..Default::default()
     };
     let checked = check(state, caller, &req.action, &args, &sel, &mut entry, &req);
@@ -142,7 +149,7 @@ pub async fn submit(state: &HubState, caller: &Caller, mut req: pb::RunActionReq
             entry.kind = Kind::Refused;
             entry.outcome = Outcome::Refused as i32;
             entry.message = status.message().to_string();
-            state.audit.append(entry).await.map_err(|e| Status::unavailable(e.to_string()))?;
+            state.audit.append(entry).await.map_err(crate::error::HubError::from)?;
             return Err(status);
         }
     };
@@ -157,7 +164,7 @@ pub async fn submit(state: &HubState, caller: &Caller, mut req: pb::RunActionReq
     entry.job_id = id.clone();
     entry.message = format!("{} target(s), batch {batch}, canary {}", targets.len(), req.canary);
     // Durable before anything is dispatched.
-    let audit_id = state.audit.append(entry).await.map_err(|e| Status::unavailable(e.to_string()))?;
+    let audit_id = state.audit.append(entry).await.map_err(crate::error::HubError::from)?;
     Ok(Job {
         id,
         action: spec.name.to_string(),
@@ -193,6 +200,19 @@ fn check(
         return Err(Status::invalid_argument(
             "the selector is empty: name servers, or use customer:, plan:, label:, status: or all",
         ));
+    }
+    if let Some(bad) = sel.status.iter().find(|s| !STATUSES.contains(&s.as_str())) {
+        return Err(Status::invalid_argument(format!("selector status {bad} is not one of {}", STATUSES.join(", "))));
+    }
+    if let Some(bad) = sel.names.iter().find(|n| !outpost_common::cert::valid_name(n)) {
+        let bad: String = bad.chars().take(64).collect();
+        return Err(Status::invalid_argument(format!("selector name {bad:?} is not a server name")));
+    }
+    let text_len = sel.customer.iter().chain(&sel.plan).chain(sel.labels.keys()).chain(sel.labels.values());
+    if sel.names.len() > MAX_SELECTOR_NAMES || sel.labels.len() > 64 || text_len.map(String::len).any(|l| l > 256) {
+        return Err(Status::invalid_argument(format!(
+            "the selector is too large: at most {MAX_SELECTOR_NAMES} names, 64 labels, 256 bytes per value"
+        )));
     }
     if req.deadline_ms != 0 && req.deadline_ms <= outpost_common::now_ms() {
         return Err(Status::invalid_argument(format!(
@@ -231,7 +251,7 @@ fn check(
         return Err(Status::not_found(format!("selector {sel:?} matches no server", sel = sel.to_string())));
     }
     if spec.destructive {
-        let expected = if targets.len() == 1 { targets[0].clone() } else { targets.len().to_string() };
+        let expected = outpost_common::actions::confirmation(&targets);
         if req.confirm != expected {
             let what = if targets.len() == 1 { "the server name" } else { "the number of targets" };
             return Err(Status::failed_precondition(format!(
@@ -410,10 +430,11 @@ async fn target(
     let r = match state.relay.dispatch(server, command, job.run_for, job.hard_deadline, job.queue.is_some()).await {
         Err(r) => r,
         Ok(mut d) => {
-            let queued = !state.relay.is_connected(server);
-            let _ =
-                tx.send(te(if queued { TargetState::Queued } else { TargetState::Pending }, String::new(), None)).await;
-            let mut wake = started + job.queue.unwrap_or(job.run_for) + ANSWER_GRACE;
+            let first = if d.queued { TargetState::Queued } else { TargetState::Pending };
+            let _ = tx.send(te(first, String::new(), None)).await;
+            // Queued: give up when the queue time is over unless it was sent by then; sent: see `deadline`.
+            let mut wake =
+                started + if d.queued { job.queue.unwrap_or(job.run_for) } else { job.run_for } + ANSWER_GRACE;
             let mut cancel_sent = false;
             loop {
                 tokio::select! {

@@ -13,6 +13,7 @@ use tracing::Instrument;
 
 use crate::audit::{self, AuditEntry, Kind};
 use crate::auth;
+use crate::error::HubError;
 use crate::jobs;
 use crate::registry::{FleetDelta, Liveness, ServerView};
 use crate::state::HubState;
@@ -97,6 +98,28 @@ impl From<AuditEntry> for pb::AuditRecord {
 }
 
 impl OperatorApi {
+    /// Records an admin operation that was done (join token, revocation).
+    async fn audit_admin(
+        &self,
+        by: String,
+        kind: Kind,
+        action: &str,
+        server: String,
+        message: String,
+    ) -> Result<(), Status> {
+        let entry = AuditEntry {
+            operator: by,
+            role: Role::Admin.to_string(),
+            kind,
+            action: action.into(),
+            servers: vec![server],
+            message,
+            ..Default::default()
+        };
+        self.state.audit.append(entry).await.map_err(HubError::from)?;
+        Ok(())
+    }
+
     /// Any operator (the role is checked per action, so a refusal can be audited with who asked).
     async fn caller<T>(&self, req: &Request<T>) -> Result<jobs::Caller, Status> {
         let (name, role) = auth::operator(&self.state, req, Role::Viewer, "running actions")?;
@@ -162,16 +185,8 @@ impl Operator for OperatorApi {
         };
         let server = request.server.clone();
         let (token, expires_at_ms) = self.state.create_token(request, &by).await?;
-        let entry = AuditEntry {
-            operator: by,
-            role: Role::Admin.to_string(),
-            kind: Kind::Token,
-            action: "create-join-token".into(),
-            servers: vec![server],
-            message: format!("expires {}", crate::error::rfc3339_ms(expires_at_ms)),
-            ..Default::default()
-        };
-        self.state.audit.append(entry).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let expires = format!("expires {}", crate::error::rfc3339_ms(expires_at_ms));
+        self.audit_admin(by, Kind::Token, "create-join-token", server, expires).await?;
         Ok(Response::new(pb::CreateJoinTokenResponse { token, expires_at_ms }))
     }
 
@@ -182,16 +197,7 @@ impl Operator for OperatorApi {
         let (by, _) = auth::operator(&self.state, &req, Role::Admin, "revoking certificates")?;
         let name = req.into_inner().name;
         let serial = self.state.revoke_server(&name, &by).await?;
-        let entry = AuditEntry {
-            operator: by,
-            role: Role::Admin.to_string(),
-            kind: Kind::Revoke,
-            action: "revoke".into(),
-            servers: vec![name],
-            message: format!("revoked certificate {serial}"),
-            ..Default::default()
-        };
-        self.state.audit.append(entry).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        self.audit_admin(by, Kind::Revoke, "revoke", name, format!("revoked certificate {serial}")).await?;
         Ok(Response::new(pb::RevokeServerResponse { revoked_serial: serial }))
     }
 
@@ -234,10 +240,10 @@ impl Operator for OperatorApi {
             entry.action = "cancel".into();
             entry.outcome = pb::Outcome::Refused as i32;
             entry.message = status.message().to_string();
-            self.state.audit.append(entry).await.map_err(|e| Status::unavailable(e.to_string()))?;
+            self.state.audit.append(entry).await.map_err(HubError::from)?;
             return Err(status);
         }
-        self.state.audit.append(entry).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        self.state.audit.append(entry).await.map_err(HubError::from)?;
         if let Some(t) = self.state.jobs.get(&job_id) {
             t.cancel();
         }

@@ -26,6 +26,8 @@ pub enum CmdEvent {
 pub struct Dispatch {
     pub events: mpsc::Receiver<CmdEvent>,
     pub done: oneshot::Receiver<CommandResult>,
+    /// The server was offline: the command waits for its next stream.
+    pub queued: bool,
 }
 
 /// Output chunks buffered per command for its waiter; beyond it chunks are dropped and counted.
@@ -113,10 +115,6 @@ impl Relay {
         }
     }
 
-    pub fn is_connected(&self, server: &str) -> bool {
-        self.lock().links.contains_key(server)
-    }
-
     /// Sends `command` to `server` now, or keeps it until the server's next stream when `queue` is set.
     /// `Err` is the result of a command that was never sent (offline and not queued).
     pub async fn dispatch(
@@ -130,7 +128,7 @@ impl Relay {
         let (events_tx, events) = mpsc::channel(EVENT_BUFFER);
         let (done_tx, done) = oneshot::channel();
         let id = command.command_id.clone();
-        let send = {
+        let (send, queued) = {
             let mut inner = self.lock();
             let tx = inner.links.get(server).map(|l| l.tx.clone());
             if tx.is_none() && !queue {
@@ -149,9 +147,10 @@ impl Relay {
                 done: Some(done_tx),
                 dropped: 0,
             };
+            let queued = tx.is_none();
             let send = tx.and_then(|tx| p.message(Instant::now()).map(|m| (tx, m)));
             inner.pending.insert(id.clone(), p);
-            send
+            (send, queued)
         };
         if let Some((tx, m)) = send {
             // A stream that just went away keeps the command pending: its next stream gets it.
@@ -159,7 +158,7 @@ impl Relay {
                 let _ = events_tx.try_send(CmdEvent::Sent);
             }
         }
-        Ok(Dispatch { events, done })
+        Ok(Dispatch { events, done, queued })
     }
 
     /// An update from `server`'s agent. `Err` says why it was not accepted (an id this hub did not send to
@@ -228,7 +227,8 @@ impl Relay {
         self.lock().pending.remove(id).map(|p| p.deadline.is_some())
     }
 
-    pub fn pending_count(&self) -> usize {
+    #[cfg(test)]
+    fn pending_count(&self) -> usize {
         self.lock().pending.len()
     }
 }

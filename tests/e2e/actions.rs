@@ -204,6 +204,11 @@ async fn output_streams_back_cancel_and_deadline_work_and_refusals_are_audited()
             r.deadline_ms = outpost_common::now_ms() - 1000;
             support.run_action(r).await
         }),
+        (Code::InvalidArgument, "selector status invalid(99) is not one of pending", {
+            let mut r = action("diagnostics", &["ops-1"], &[]);
+            r.selector.as_mut().unwrap().status = vec![99];
+            support.run_action(r).await
+        }),
         (Code::NotFound, "matches no server", support.run_action(action("diagnostics", &["nope-1"], &[])).await),
         (Code::InvalidArgument, "the selector is empty", support.run_action(action("diagnostics", &[], &[])).await),
         (
@@ -254,26 +259,28 @@ async fn killing_the_agent_mid_action_and_redelivery_never_runs_it_twice() {
     let (hub, mut agents) = two_agents(tmp.path()).await;
     let counter = tmp.path().join("runs");
     let pidfile = tmp.path().join("shell.pid");
-    let script = format!("echo $$ > {}; echo ran >> {}; sleep 4; echo finished", pidfile.display(), counter.display());
+    let script = format!(
+        "echo $$ > {}; echo ran >> {}; echo started; sleep 4; echo finished",
+        pidfile.display(),
+        counter.display()
+    );
     let mut req = action("exec", &["ops-1"], &[("argv", &exec_args(&["sh", "-c", &script]))]);
     req.confirm = "ops-1".into();
     let mut stream = hub.client(Role::Admin).run_action(req).await.unwrap().into_inner();
-    let (tx, mut running) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, mut started) = tokio::sync::mpsc::unbounded_channel();
     let follower = tokio::spawn(async move {
         follow_job(&mut stream, |e| {
-            if let Event::Target(t) = e {
-                let _ = tx.send(t.state);
+            if let Event::Target(t) = e
+                && t.output.contains("started")
+            {
+                let _ = tx.send(());
             }
         })
         .await
     });
-    while running.recv().await.unwrap() != TargetState::Running as i32 {}
-    // The command runs: its side effect happened once. Kill agentd under it.
-    let deadline = Instant::now() + harness::WAIT;
-    while std::fs::read_to_string(&counter).unwrap_or_default().lines().count() < 1 {
-        assert!(Instant::now() < deadline, "the command never ran");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The command printed "started" after its side effect: it ran once. Kill agentd under it.
+    started.recv().await.expect("the command never started");
+    assert_eq!(std::fs::read_to_string(&counter).unwrap().lines().count(), 1);
     let agent = &mut agents[0];
     agent.kill9().await;
     let mut ops = hub.client(Role::Viewer);
@@ -302,6 +309,7 @@ async fn killing_the_agent_mid_action_and_redelivery_never_runs_it_twice() {
     assert!(r.replayed && r.message.contains("it was not run again"), "{r:?}");
     // Whatever the orphaned shell still does, the command itself started exactly once.
     let pid = std::fs::read_to_string(&pidfile).unwrap();
+    // Polled: the orphan is not our child, so there is no exit event to await.
     let deadline = Instant::now() + harness::WAIT;
     while !gone(pid.trim()) {
         assert!(Instant::now() < deadline, "the orphaned shell {pid} never ended");
@@ -321,7 +329,10 @@ async fn a_forged_command_update_cannot_touch_another_servers_command() {
     let (hub, _agents) = two_agents(tmp.path()).await;
     let rogue = agentd::identity::enroll(&hub.token("rogue-1").await, None).await.unwrap();
 
-    let mut req = action("exec", &["ops-1"], &[("argv", &exec_args(&["sh", "-c", "sleep 1; echo real"]))]);
+    // The command waits for a file the test creates once the forged update has been handled.
+    let gate = tmp.path().join("go");
+    let script = format!("while [ ! -e {} ]; do sleep 0.05; done; echo real", gate.display());
+    let mut req = action("exec", &["ops-1"], &[("argv", &exec_args(&["sh", "-c", &script]))]);
     req.confirm = "ops-1".into();
     let mut stream = hub.client(Role::Admin).run_action(req).await.unwrap().into_inner();
     let (tx, mut ids) = tokio::sync::mpsc::unbounded_channel();
@@ -377,6 +388,8 @@ async fn a_forged_command_update_cannot_touch_another_servers_command() {
             None => panic!("the hub closed the rogue stream instead of ignoring the update"),
         }
     }
+    // The hub handles one stream's messages in order: the forged update was dealt with before this Ack.
+    std::fs::write(&gate, "").unwrap();
     let run = follower.await.unwrap();
     let r = run.result("ops-1");
     assert_eq!(outcome(r), Outcome::Succeeded);

@@ -175,19 +175,25 @@ async fn scripting_subcommands() {
     );
 }
 
+/// A hub and one connected agent `web-1` with the stand-in systemctl; a support bundle for sam.
+async fn hub_and_web_1(tmp: &std::path::Path, extra: &str) -> (HubProc, AgentProc, std::path::PathBuf) {
+    let hub = HubProc::start(&tmp.join("hub"), harness::free_port(), "").await;
+    let systemctl = harness::fake_systemctl(&tmp.join("web-1"));
+    let extra = format!("systemctl = \"{}\"\n{extra}", systemctl.display());
+    let agent = AgentProc::start(tmp, "web-1", &hub.token("web-1").await, &extra);
+    let mut ops = hub.client(Role::Viewer);
+    watch_until(&mut ops, "agent connected", |f| is(f, "web-1", Liveness::Connected)).await;
+    let bundle = tmp.join("support");
+    hub.bundle("sam", Role::Support).write(&bundle).unwrap();
+    (hub, agent, bundle)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_action_from_the_console_with_confirmation_streams_its_output() {
     tool("tmux");
     harness::init();
     let tmp = tempfile::tempdir().unwrap();
-    let hub = HubProc::start(&tmp.path().join("hub"), harness::free_port(), "").await;
-    let systemctl = harness::fake_systemctl(&tmp.path().join("web-1"));
-    let extra = format!("systemctl = \"{}\"\n", systemctl.display());
-    let _agent = AgentProc::start(tmp.path(), "web-1", &hub.token("web-1").await, &extra);
-    let mut ops = hub.client(Role::Viewer);
-    watch_until(&mut ops, "agent connected", |f| is(f, "web-1", Liveness::Connected)).await;
-    let bundle = tmp.path().join("support");
-    hub.bundle("sam", Role::Support).write(&bundle).unwrap();
+    let (_hub, _agent, bundle) = hub_and_web_1(tmp.path(), "").await;
     let socket = format!("outpost-action-{}", std::process::id());
     let _tmux = Tmux(socket.clone());
     let cmd = format!("NO_COLOR=1 {} --bundle {}", harness::bin("outpost").display(), bundle.display());
@@ -232,14 +238,7 @@ async fn an_action_from_the_console_with_confirmation_streams_its_output() {
 async fn run_and_audit_from_the_command_line() {
     harness::init();
     let tmp = tempfile::tempdir().unwrap();
-    let hub = HubProc::start(&tmp.path().join("hub"), harness::free_port(), "").await;
-    let systemctl = harness::fake_systemctl(&tmp.path().join("web-1"));
-    let extra = format!("systemctl = \"{}\"\nexec_enabled = true\n", systemctl.display());
-    let _agent = AgentProc::start(tmp.path(), "web-1", &hub.token("web-1").await, &extra);
-    let mut ops = hub.client(Role::Viewer);
-    watch_until(&mut ops, "agent connected", |f| is(f, "web-1", Liveness::Connected)).await;
-    let bundle = tmp.path().join("support");
-    hub.bundle("sam", Role::Support).write(&bundle).unwrap();
+    let (hub, _agent, bundle) = hub_and_web_1(tmp.path(), "exec_enabled = true\n").await;
     let outpost = |args: &[&str]| {
         let out = Command::new(harness::bin("outpost")).arg("--bundle").arg(&bundle).args(args).output().unwrap();
         (

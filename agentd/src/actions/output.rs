@@ -53,6 +53,11 @@ impl Output {
 
     /// Raw bytes from a process; a character split across reads is held back until it is whole.
     pub async fn bytes(&mut self, b: &[u8]) {
+        if self.partial.is_empty()
+            && let Ok(s) = std::str::from_utf8(b)
+        {
+            return self.text(s).await; // the common case: no copy
+        }
         self.partial.extend_from_slice(b);
         let valid = match std::str::from_utf8(&self.partial) {
             Ok(_) => self.partial.len(),

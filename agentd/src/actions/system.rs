@@ -40,16 +40,16 @@ fn allowed_units(config: &AgentConfig) -> String {
 /// This agent's own rules; `Err` says what was refused and how to allow it.
 pub fn allowed(config: &AgentConfig, action: &Action) -> Result<(), String> {
     match action {
-        Action::ServiceStatus { unit } | Action::ServiceRestart { unit } if !unit_allowed(config, unit) => {
+        Action::ServiceStatus { unit }
+        | Action::ServiceRestart { unit }
+        | Action::Logs { source: LogSource::Unit(unit), .. }
+            if !unit_allowed(config, unit) =>
+        {
             Err(format!(
                 "unit {unit:?} is not allow-listed on this agent (allowed: {}); add it to allowed_units in agentd.toml",
                 allowed_units(config)
             ))
         }
-        Action::Logs { source: LogSource::Unit(unit), .. } if !unit_allowed(config, unit) => Err(format!(
-            "unit {unit:?} is not allow-listed on this agent (allowed: {}); add it to allowed_units in agentd.toml",
-            allowed_units(config)
-        )),
         Action::Logs { source: LogSource::File(path), .. }
             if !config.log_files.iter().any(|f| f == Path::new(path)) =>
         {

@@ -41,7 +41,7 @@ pub struct Confirm {
 impl Confirm {
     /// What must be typed: the server name, or the number of servers.
     pub fn expected(&self) -> String {
-        if self.targets.len() == 1 { self.targets[0].clone() } else { self.targets.len().to_string() }
+        actions::confirmation(&self.targets)
     }
 }
 

@@ -25,12 +25,8 @@ pub fn render_job(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
     } else {
         Span::styled("● running".to_string(), theme.fg(Color::Yellow))
     };
-    let targets = match job.targets.len() {
-        1 => job.targets[0].clone(),
-        n => format!("{n} servers"),
-    };
-    let title =
-        format!(" {} on {targets} · job {} ", job.action, if job.job_id.is_empty() { "…" } else { &job.job_id });
+    let job_id = if job.job_id.is_empty() { "…" } else { &job.job_id };
+    let title = format!(" {} on {} · job {job_id} ", job.action, on(&job.targets));
     let results_h = (job.results.len().min(8) as u16).max(1);
     let [top, results, output] =
         Layout::vertical([Constraint::Length(4), Constraint::Length(results_h + 2), Constraint::Min(3)]).areas(area);
