@@ -46,15 +46,22 @@ pub struct Runner {
     inner: Arc<Inner>,
 }
 
+#[derive(Default)]
+struct Commands {
+    running: HashMap<String, CancellationToken>,
+    /// Cancels that arrived before their command was admitted (the hub sends Command then Cancel; admission
+    /// runs in its own task, so the cancel can win the race).
+    cancelled_early: std::collections::HashSet<String>,
+}
+
 struct Inner {
     config: AgentConfig,
     journal: Journal,
     updates: mpsc::Sender<CommandUpdate>,
     renew: mpsc::Sender<RenewWaiter>,
-    running: Mutex<HashMap<String, CancellationToken>>,
-    /// Cancels that arrived before their command was admitted (the hub sends Command then Cancel; admission
-    /// runs in its own task, so the cancel can win the race).
-    cancelled_early: Mutex<std::collections::HashSet<String>>,
+    /// One lock for both, so a cancel either finds its command running or is remembered before admission
+    /// looks: never lost in between (admission awaits the journal's fsync after registering).
+    commands: Mutex<Commands>,
     admission: tokio::sync::Mutex<()>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
@@ -91,8 +98,7 @@ impl Runner {
             journal,
             updates,
             renew,
-            running: Mutex::default(),
-            cancelled_early: Mutex::default(),
+            commands: Mutex::default(),
             admission: tokio::sync::Mutex::new(()),
             tasks,
             shutdown,
@@ -100,8 +106,8 @@ impl Runner {
         (Runner { inner: Arc::new(inner) }, RunnerLink { updates: updates_rx, renewals })
     }
 
-    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
-        self.inner.running.lock().unwrap_or_else(|p| p.into_inner())
+    fn commands(&self) -> std::sync::MutexGuard<'_, Commands> {
+        self.inner.commands.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Takes a command from the hub; returns at once. The link must never wait here: it is the only reader
@@ -120,7 +126,7 @@ impl Runner {
             tracing::warn!(command_id = %id.chars().take(40).collect::<String>(), "ignoring a command with an ill-formed id");
             return;
         }
-        if self.running().contains_key(&id) {
+        if self.commands().running.contains_key(&id) {
             tracing::info!(command_id = %id, "command redelivered while it runs; its result follows when it ends");
             self.send(CommandUpdate { command_id: id, started: true, ..Default::default() }).await;
             return;
@@ -160,31 +166,39 @@ impl Runner {
         if let Err(why) = system::allowed(&self.inner.config, &action) {
             return self.finish(&id, String::new(), result(Outcome::Refused, -1, why)).await;
         }
-        if self.inner.cancelled_early.lock().unwrap_or_else(|p| p.into_inner()).remove(&id) {
-            let r = result(Outcome::Cancelled, -1, "cancelled by the operator before it started");
-            return self.finish(&id, String::new(), r).await;
-        }
-        let busy = self.running().len();
-        if busy >= MAX_RUNNING {
-            let r = result(
-                Outcome::Refused,
-                -1,
-                format!("the agent is busy: {busy} commands are running; try again later"),
-            );
-            return self.finish(&id, String::new(), r).await;
-        }
         if c.timeout_ms == 0 {
             let r = result(Outcome::Refused, -1, "its deadline passed before it could start");
             return self.finish(&id, String::new(), r).await;
         }
+        // Registered before the first await, under the lock `cancel` takes.
+        let registered = {
+            let mut commands = self.commands();
+            let busy = commands.running.len();
+            if commands.cancelled_early.remove(&id) {
+                Err(result(Outcome::Cancelled, -1, "cancelled by the operator before it started"))
+            } else if busy >= MAX_RUNNING {
+                Err(result(
+                    Outcome::Refused,
+                    -1,
+                    format!("the agent is busy: {busy} commands are running; try again later"),
+                ))
+            } else {
+                let cancel = self.inner.shutdown.child_token();
+                commands.running.insert(id.clone(), cancel.clone());
+                Ok(cancel)
+            }
+        };
+        let cancel = match registered {
+            Ok(cancel) => cancel,
+            Err(r) => return self.finish(&id, String::new(), r).await,
+        };
         if let Err(error) = self.inner.journal.start(&id).await {
+            self.commands().running.remove(&id);
             tracing::error!(%error, command_id = %id, "cannot journal the command; not running it");
             let r = result(Outcome::Refused, -1, format!("the agent cannot write its command journal: {error}"));
             self.send(CommandUpdate { command_id: id, result: Some(r), ..Default::default() }).await;
             return;
         }
-        let cancel = self.inner.shutdown.child_token();
-        self.running().insert(id.clone(), cancel.clone());
         let deadline = Instant::now() + Duration::from_millis(c.timeout_ms.min(24 * 3600 * 1000));
         tracing::info!(command_id = %id, action = %c.action, operator = %c.operator, timeout_ms = c.timeout_ms, "running command");
         self.send(CommandUpdate { command_id: id.clone(), started: true, ..Default::default() }).await;
@@ -200,7 +214,11 @@ impl Runner {
                     deadline,
                     renew: runner.inner.renew.clone(),
                 };
-                let mut r = system::execute(&action, &mut ctx).await;
+                let mut r = if cancel.is_cancelled() {
+                    result(Outcome::Cancelled, -1, "cancelled before it started") // replaced below when stopping
+                } else {
+                    system::execute(&action, &mut ctx).await
+                };
                 if cancel.is_cancelled() && r.outcome != Outcome::Succeeded as i32 {
                     r = if runner.inner.shutdown.is_cancelled() {
                         result(Outcome::Interrupted, r.exit_code, "agentd is stopping; the command was stopped")
@@ -213,7 +231,7 @@ impl Runner {
                 r.output_dropped_bytes = dropped;
                 tracing::info!(outcome = ?Outcome::try_from(r.outcome).unwrap_or_default(), message = %r.message, "command ended");
                 runner.finish(&id, tail, r).await;
-                runner.running().remove(&id);
+                runner.commands().running.remove(&id);
             }
             .instrument(span),
         );
@@ -221,14 +239,15 @@ impl Runner {
 
     /// Stops a running command (it then ends as cancelled). Unknown ids are ignored: it may have ended.
     pub fn cancel(&self, id: &str) {
-        match self.running().get(id) {
+        let mut commands = self.commands();
+        match commands.running.get(id) {
             Some(t) => {
                 tracing::info!(command_id = %id, "cancelling command");
                 t.cancel();
             }
             None if valid_id(id) => {
                 tracing::debug!(command_id = %id, "cancel for a command not running (yet): remembered");
-                let mut early = self.inner.cancelled_early.lock().unwrap_or_else(|p| p.into_inner());
+                let early = &mut commands.cancelled_early;
                 if early.len() >= 1024 {
                     early.clear(); // bounded; a stale entry only matters for an id that never arrives
                 }
@@ -293,6 +312,37 @@ mod tests {
         let r2 = again.result.unwrap();
         assert_eq!((r2.outcome, r2.replayed, again.output.as_str()), (Outcome::Succeeded as i32, true, "out\n"));
         assert_eq!(std::fs::read_to_string(&counter).unwrap(), "ran\n");
+    }
+
+    /// The cancel is sent at every point of admission (sweeping a delay after `handle`): none may be lost,
+    /// which one was while admission awaited the journal between its check and its registration.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancel_racing_admission_is_never_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path().join("db")).open().unwrap();
+        let config = AgentConfig { exec_enabled: true, data_dir: dir.path().into(), ..Default::default() };
+        let (runner, mut link) =
+            Runner::new(config, Journal::open(&db).unwrap(), TaskTracker::new(), CancellationToken::new());
+        let started = Instant::now();
+        for i in 0..60u32 {
+            let id = format!("{i:032x}");
+            runner.handle(Command {
+                command_id: id.clone(),
+                action: "exec".into(),
+                args: [("argv".to_string(), r#"["sleep","30"]"#.to_string())].into(),
+                timeout_ms: 60_000,
+                operator: "test".into(),
+            });
+            for _ in 0..i * 20 {
+                tokio::task::yield_now().await;
+            }
+            runner.cancel(&id);
+            let u = final_update(&mut link).await;
+            assert_eq!(u.command_id, id);
+            let r = u.result.unwrap();
+            assert_eq!(r.outcome, Outcome::Cancelled as i32, "cancel after {} yields was lost: {r:?}", i * 20);
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
     }
 
     #[tokio::test]
