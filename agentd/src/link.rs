@@ -161,6 +161,7 @@ impl Link {
             tracing::warn!(acked, "the hub has reports beyond this outbox (was it lost?); continuing after them");
         }
         self.outbox.ack(acked)?;
+        self.runner.new_stream(welcome.output_window);
         let mut next_seq = acked + 1;
         tracing::info!(server = %welcome.server_name, acked, backlog = self.outbox.len(), "connected to hub");
 
@@ -248,6 +249,7 @@ impl Link {
                     }
                     Some(hub_message::Body::Command(c)) => self.runner.handle(c),
                     Some(hub_message::Body::Cancel(c)) => self.runner.cancel(&c.command_id),
+                    Some(hub_message::Body::Credit(c)) => self.runner.credit(&c.command_id, c.bytes),
                     Some(hub_message::Body::Welcome(_)) => return Err(LinkError::Protocol("a second Welcome".into())),
                 },
             }

@@ -98,6 +98,7 @@ impl AgentLink for Gateway {
             server_name: server.clone(),
             acked_seq: acked,
             report_interval_secs: 0,
+            output_window: crate::relay::OUTPUT_WINDOW,
         };
         tx.send(msg(hub_message::Body::Welcome(welcome))).await.map_err(|_| Status::cancelled("agent went away"))?;
         tracing::info!(%server, %agent_id, conn_id, acked, backlog = hello.last_seq.saturating_sub(acked), "agent connected");

@@ -38,6 +38,10 @@ const ANSWER_GRACE: Duration = Duration::from_secs(10);
 
 pub type EventTx = mpsc::Sender<Result<pb::JobEvent, Status>>;
 
+/// Events queued for a job's caller. With output flow control this bounds what a slow caller holds at the
+/// hub (at most this many output chunks of up to 16 KiB); beyond it the commands themselves wait.
+pub const EVENT_QUEUE: usize = 64;
+
 /// A request that passed every check.
 pub struct Job {
     pub id: String,
@@ -316,6 +320,10 @@ pub async fn run(state: Arc<HubState>, job: Job, tx: EventTx, cancel: Cancellati
         let _ = tx.send(progress(&c, false, "")).await;
         let mut running: FuturesUnordered<_> =
             batch.iter().map(|server| target(&state, &job, server, bi as u32, &tx, &cancel)).collect();
+        // Never await room in `tx` here while `running` is not polled: its targets wait for room in the same
+        // queue, and the slots it frees go to the first waiter; a frozen target holding them would keep
+        // this send waiting for ever. Progress is cumulative, so a skipped one is sent when the batch ends.
+        let mut owed = false;
         while let Some(r) = running.next().await {
             c.running -= 1;
             if r.outcome == Outcome::Succeeded as i32 {
@@ -323,6 +331,9 @@ pub async fn run(state: Arc<HubState>, job: Job, tx: EventTx, cancel: Cancellati
             } else {
                 c.failed += 1;
             }
+            owed = tx.try_send(progress(&c, false, "")).is_err();
+        }
+        if owed {
             let _ = tx.send(progress(&c, false, "")).await;
         }
         let finished = c.succeeded + c.failed;
@@ -427,6 +438,7 @@ async fn target(
         operator: job.operator.clone(),
     };
     let started = Instant::now();
+    let mut tail = Vec::new();
     let r = match state.relay.dispatch(server, command, job.run_for, job.hard_deadline, job.queue.is_some()).await {
         Err(r) => r,
         Ok(mut d) => {
@@ -436,17 +448,30 @@ async fn target(
             let mut wake =
                 started + if d.queued { job.queue.unwrap_or(job.run_for) } else { job.run_for } + ANSWER_GRACE;
             let mut cancel_sent = false;
+            // Output waiting for room in the caller's stream. Its agent gets the credit back only once it is
+            // passed on, so a slow caller slows the command down (flow control) instead of losing output;
+            // results, cancel and the deadline are still handled meanwhile.
+            let mut held: Option<String> = None;
             loop {
                 tokio::select! {
                     r = &mut d.done => {
-                        // Events sent before the result are still queued: they go out first.
-                        while let Ok(ev) = d.events.try_recv() {
-                            let _ = tx.try_send(te_of(ev));
-                        }
+                        // Events sent before the result are still queued: they go out first (after the audit).
+                        tail.extend(held.take().map(CmdEvent::Output));
+                        tail.extend(std::iter::from_fn(|| d.events.try_recv().ok()));
                         break r.unwrap_or_else(|_| refused("the hub dropped this command (internal error)"));
                     }
-                    // Output to a caller that reads too slowly is dropped rather than stalling the job.
-                    Some(ev) = d.events.recv() => { let _ = tx.try_send(te_of(ev)); }
+                    Some(ev) = d.events.recv(), if held.is_none() => match ev {
+                        CmdEvent::Output(o) => held = Some(o),
+                        other => { let _ = tx.send(te_of(other)).await; }
+                    },
+                    permit = tx.reserve(), if held.is_some() => {
+                        let o = held.take().expect("guarded");
+                        let len = o.len() as u64;
+                        if let Ok(permit) = permit {
+                            permit.send(te(TargetState::Running, o, None));
+                        } // else the caller went away: the job goes on, its output is not wanted
+                        state.relay.passed_on(&id, len).await;
+                    }
                     _ = cancel.cancelled(), if !cancel_sent => {
                         cancel_sent = true;
                         state.relay.cancel(&id).await;
@@ -490,6 +515,9 @@ async fn target(
     };
     if let Err(error) = state.audit.append(entry).await {
         tracing::error!(%error, %server, command_id = %id, "cannot audit a result");
+    }
+    for ev in tail {
+        let _ = tx.send(te_of(ev)).await;
     }
     let _ = tx.send(te(TargetState::Done, String::new(), Some(r.clone()))).await;
     r

@@ -206,7 +206,7 @@ impl Operator for OperatorApi {
     async fn run_action(&self, req: Request<pb::RunActionRequest>) -> Result<Response<Self::RunActionStream>, Status> {
         let caller = self.caller(&req).await?;
         let job = jobs::submit(&self.state, &caller, req.into_inner()).await?;
-        let (tx, rx) = mpsc::channel(1024);
+        let (tx, rx) = mpsc::channel(jobs::EVENT_QUEUE);
         let cancel = self.state.shutdown.child_token();
         self.state.jobs.insert(&job.id, cancel.clone());
         let span = tracing::info_span!("job", job = %job.id, action = %job.action, operator = %caller.name);

@@ -8,7 +8,10 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use outpost_proto::v1::{CancelCommand, Command, CommandResult, CommandUpdate, HubMessage, Outcome, hub_message};
+use outpost_proto::OUTPUT_UPDATE_COST;
+use outpost_proto::v1::{
+    CancelCommand, Command, CommandResult, CommandUpdate, HubMessage, Outcome, OutputCredit, hub_message,
+};
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
@@ -24,14 +27,21 @@ pub enum CmdEvent {
 
 /// A dispatched command: its events, and its result (exactly once).
 pub struct Dispatch {
-    pub events: mpsc::Receiver<CmdEvent>,
+    pub events: mpsc::UnboundedReceiver<CmdEvent>,
     pub done: oneshot::Receiver<CommandResult>,
     /// The server was offline: the command waits for its next stream.
     pub queued: bool,
 }
 
-/// Output chunks buffered per command for its waiter; beyond it chunks are dropped and counted.
-const EVENT_BUFFER: usize = 512;
+/// Output flow control (`Welcome.output_window`): bytes of a command's output the agent may send before the
+/// hub grants more, which it does as the waiter passes output on to its caller ([`Relay::passed_on`]).
+pub const OUTPUT_WINDOW: u64 = 256 * 1024;
+/// Credit is granted in steps of this much. Never stalls: an agent waiting for credit has at least
+/// `OUTPUT_WINDOW - GRANT_STEP` (more than its 16 KiB piece) sent and not granted, so the waiter holds a step.
+const GRANT_STEP: u64 = OUTPUT_WINDOW / 8;
+/// Output buffered per command for its waiter, counted as the window counts. An agent that keeps to its
+/// window never reaches it; beyond it (an agent without flow control) chunks are dropped and counted.
+const BUFFER_LIMIT: u64 = 2 * OUTPUT_WINDOW;
 
 struct Pending {
     server: String,
@@ -42,9 +52,12 @@ struct Pending {
     /// Set when first sent: the command must have ended by then.
     deadline: Option<Instant>,
     cancelled: bool,
-    events: mpsc::Sender<CmdEvent>,
+    events: mpsc::UnboundedSender<CmdEvent>,
     done: Option<oneshot::Sender<CommandResult>>,
     dropped: u64,
+    /// Output in `events` not yet passed on by the waiter (with overhead), and bytes passed on not yet granted.
+    buffered: u64,
+    owed: u64,
 }
 
 impl Pending {
@@ -102,7 +115,8 @@ impl Relay {
                 if p.cancelled {
                     out.push(cancel_message(id));
                 }
-                let _ = p.events.try_send(CmdEvent::Sent);
+                let _ = p.events.send(CmdEvent::Sent);
+                p.owed = 0; // the agent's window starts full on this stream
             }
         }
         out
@@ -125,7 +139,7 @@ impl Relay {
         hard_deadline: Option<Instant>,
         queue: bool,
     ) -> Result<Dispatch, CommandResult> {
-        let (events_tx, events) = mpsc::channel(EVENT_BUFFER);
+        let (events_tx, events) = mpsc::unbounded_channel();
         let (done_tx, done) = oneshot::channel();
         let id = command.command_id.clone();
         let (send, queued) = {
@@ -146,6 +160,8 @@ impl Relay {
                 events: events_tx.clone(),
                 done: Some(done_tx),
                 dropped: 0,
+                buffered: 0,
+                owed: 0,
             };
             let queued = tx.is_none();
             let send = tx.and_then(|tx| p.message(Instant::now()).map(|m| (tx, m)));
@@ -155,7 +171,7 @@ impl Relay {
         if let Some((tx, m)) = send {
             // A stream that just went away keeps the command pending: its next stream gets it.
             if tx.send(Ok(m)).await.is_ok() {
-                let _ = events_tx.try_send(CmdEvent::Sent);
+                let _ = events_tx.send(CmdEvent::Sent);
             }
         }
         Ok(Dispatch { events, done, queued })
@@ -172,12 +188,15 @@ impl Relay {
             return Err(format!("command {} was sent to {}, not to {server}", short(&u.command_id), p.server));
         }
         if u.started {
-            let _ = p.events.try_send(CmdEvent::Started);
+            let _ = p.events.send(CmdEvent::Started);
         }
         if !u.output.is_empty() {
-            let len = u.output.len() as u64;
-            if p.events.try_send(CmdEvent::Output(u.output)).is_err() {
-                p.dropped += len;
+            let cost = u.output.len() as u64 + OUTPUT_UPDATE_COST;
+            if p.buffered + cost > BUFFER_LIMIT {
+                p.dropped += u.output.len() as u64;
+                p.owed += cost; // gone: its credit must come back all the same
+            } else if p.events.send(CmdEvent::Output(u.output)).is_ok() {
+                p.buffered += cost;
             }
         }
         if let Some(mut r) = u.result {
@@ -214,6 +233,27 @@ impl Relay {
         };
         if let Some(tx) = send {
             let _ = tx.send(Ok(cancel_message(id))).await;
+        }
+    }
+
+    /// The waiter passed `bytes` of `id`'s output on (or dropped them: its caller went away): the agent gets
+    /// that credit back, in steps.
+    pub async fn passed_on(&self, id: &str, bytes: u64) {
+        let send = {
+            let mut inner = self.lock();
+            let Some(p) = inner.pending.get_mut(id) else { return };
+            let cost = bytes + OUTPUT_UPDATE_COST;
+            p.buffered = p.buffered.saturating_sub(cost);
+            p.owed += cost;
+            if p.owed < GRANT_STEP {
+                return;
+            }
+            let credit = OutputCredit { command_id: id.to_string(), bytes: std::mem::take(&mut p.owed) };
+            let server = p.server.clone();
+            inner.links.get(&server).map(|l| (l.tx.clone(), credit))
+        };
+        if let Some((tx, credit)) = send {
+            let _ = tx.send(Ok(HubMessage { body: Some(hub_message::Body::Credit(credit)) })).await;
         }
     }
 
@@ -269,6 +309,46 @@ mod tests {
         assert!(relay.update("a", done).is_err(), "a second result is not accepted");
         assert!(rx.try_recv().is_err(), "attach returns messages; it does not send them itself");
         assert_eq!(relay.pending_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn output_credit_is_granted_as_the_waiter_passes_output_on() {
+        let relay = Relay::default();
+        let (tx, mut rx) = mpsc::channel(8);
+        relay.attach("a", 1, tx);
+        let mut d = relay.dispatch("a", cmd("1"), Duration::from_secs(30), None, false).await.ok().unwrap();
+        assert!(matches!(rx.recv().await.unwrap().unwrap().body, Some(hub_message::Body::Command(_))));
+        let chunk = |n: usize| CommandUpdate { command_id: "1".into(), output: "x".repeat(n), ..Default::default() };
+        let credit = |m: HubMessage| match m.body {
+            Some(hub_message::Body::Credit(c)) => (c.command_id, c.bytes),
+            other => panic!("{other:?}"),
+        };
+        for _ in 0..4 {
+            relay.update("a", chunk(10_000)).unwrap();
+        }
+        for _ in 0..3 {
+            relay.passed_on("1", 10_000).await;
+        }
+        assert!(rx.try_recv().is_err(), "credit goes in steps");
+        relay.passed_on("1", 10_000).await;
+        assert_eq!(credit(rx.try_recv().unwrap().unwrap()), ("1".into(), 4 * (10_000 + OUTPUT_UPDATE_COST)));
+        // An agent that ignores its window: buffered output is bounded, the rest dropped and counted.
+        for _ in 0..(BUFFER_LIMIT / 10_000 + 5) {
+            relay.update("a", chunk(10_000)).unwrap();
+        }
+        relay
+            .update("a", CommandUpdate { command_id: "1".into(), result: Some(refused("x")), ..Default::default() })
+            .unwrap();
+        let mut kept = 0;
+        while let Ok(ev) = d.events.try_recv() {
+            if let CmdEvent::Output(o) = ev {
+                kept += o.len() as u64;
+            }
+        }
+        kept -= 40_000; // the first four, passed on above (this test plays the waiter without reading)
+        let r = d.done.try_recv().unwrap();
+        assert!(kept <= BUFFER_LIMIT && r.output_dropped_bytes > 0, "{kept} {r:?}");
+        assert_eq!(kept + r.output_dropped_bytes, (BUFFER_LIMIT / 10_000 + 5) * 10_000);
     }
 
     #[tokio::test]

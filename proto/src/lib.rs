@@ -12,3 +12,7 @@ pub mod v1 {
 /// Largest encoded message either side accepts (1 MiB). Reports are a few KiB; CSRs and certificate chains
 /// a few KiB; nothing legitimate comes near this.
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+/// What an output update costs against the output window (`Welcome.output_window`) besides its bytes, so
+/// that many tiny updates (a follow of short lines) are bounded as well as a few big ones.
+pub const OUTPUT_UPDATE_COST: u64 = 64;

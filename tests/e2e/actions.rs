@@ -252,6 +252,42 @@ async fn output_streams_back_cancel_and_deadline_work_and_refusals_are_audited()
     assert_eq!(s.code(), Code::PermissionDenied);
 }
 
+/// Flow control end to end: a caller that stops reading stops the command's process (its pipe fills once
+/// the agent has no credit), and every byte still arrives, in order, when it reads again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_caller_slows_the_command_down_and_loses_no_output() {
+    harness::init();
+    let tmp = tempfile::tempdir().unwrap();
+    let (hub, _agents) = two_agents(tmp.path()).await;
+    let mut admin = hub.client(Role::Admin);
+    // 6.9 MB: several times what every buffer on the way holds together (about 1.5 MB: the pipe, the agent's
+    // window, the hub's buffer and the caller's queue, HTTP/2 windows).
+    const N: u64 = 1_000_000;
+    let finished = tmp.path().join("seq-finished");
+    let script = format!("seq 1 {N}; touch {}", finished.display());
+    let cap = (16u64 << 20).to_string();
+    let mut req = action("exec", &["ops-1"], &[("argv", &exec_args(&["sh", "-c", &script])), ("output_cap", &cap)]);
+    req.confirm = "ops-1".into();
+    let mut stream = admin.run_action(req).await.unwrap().into_inner();
+    let mut output = String::new();
+    while output.is_empty() {
+        if let Some(Event::Target(t)) = stream.message().await.unwrap().unwrap().event {
+            output.push_str(&t.output);
+        }
+    }
+    // The slow caller: reads nothing for a while (seq alone needs a fraction of that).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!finished.exists(), "seq ran to its end while nobody read its output: nothing held it back");
+    let run = follow_job(&mut stream, |_| {}).await;
+    output.push_str(&run.output["ops-1"]);
+    let r = run.result("ops-1");
+    assert_eq!((outcome(r), r.output_dropped_bytes), (Outcome::Succeeded, 0), "{r:?}");
+    let expected: String = (1..=N).map(|i| format!("{i}\n")).collect();
+    assert_eq!(output.len(), expected.len());
+    assert!(output == expected, "the output is not seq's, in order");
+    assert!(finished.exists());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_agent_mid_action_and_redelivery_never_runs_it_twice() {
     harness::init();

@@ -11,6 +11,7 @@ mod process;
 mod system;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,7 @@ use tracing::Instrument;
 
 use crate::config::AgentConfig;
 use journal::{Entry, Journal};
+use output::Credit;
 pub use output::Output;
 
 /// Updates waiting for the link; a full queue slows the action's output down (backpressure), never drops a
@@ -46,9 +48,14 @@ pub struct Runner {
     inner: Arc<Inner>,
 }
 
+struct Running {
+    cancel: CancellationToken,
+    credit: Arc<Credit>,
+}
+
 #[derive(Default)]
 struct Commands {
-    running: HashMap<String, CancellationToken>,
+    running: HashMap<String, Running>,
     /// Cancels that arrived before their command was admitted (the hub sends Command then Cancel; admission
     /// runs in its own task, so the cancel can win the race).
     cancelled_early: std::collections::HashSet<String>,
@@ -63,6 +70,8 @@ struct Inner {
     /// looks: never lost in between (admission awaits the journal's fsync after registering).
     commands: Mutex<Commands>,
     admission: tokio::sync::Mutex<()>,
+    /// The current stream's output window (`Welcome.output_window`).
+    window: AtomicUsize,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -100,6 +109,7 @@ impl Runner {
             renew,
             commands: Mutex::default(),
             admission: tokio::sync::Mutex::new(()),
+            window: AtomicUsize::new(0),
             tasks,
             shutdown,
         };
@@ -184,12 +194,13 @@ impl Runner {
                 ))
             } else {
                 let cancel = self.inner.shutdown.child_token();
-                commands.running.insert(id.clone(), cancel.clone());
-                Ok(cancel)
+                let credit = Arc::new(Credit::new(self.inner.window.load(Ordering::Relaxed)));
+                commands.running.insert(id.clone(), Running { cancel: cancel.clone(), credit: credit.clone() });
+                Ok((cancel, credit))
             }
         };
-        let cancel = match registered {
-            Ok(cancel) => cancel,
+        let (cancel, credit) = match registered {
+            Ok(registered) => registered,
             Err(r) => return self.finish(&id, String::new(), r).await,
         };
         if let Err(error) = self.inner.journal.start(&id).await {
@@ -209,7 +220,7 @@ impl Runner {
                 let started = Instant::now();
                 let mut ctx = Ctx {
                     config: &runner.inner.config,
-                    out: Output::new(&id, runner.inner.updates.clone(), cancel.clone(), deadline, &action),
+                    out: Output::new(&id, runner.inner.updates.clone(), credit, cancel.clone(), deadline, &action),
                     cancel: cancel.clone(),
                     deadline,
                     renew: runner.inner.renew.clone(),
@@ -241,9 +252,9 @@ impl Runner {
     pub fn cancel(&self, id: &str) {
         let mut commands = self.commands();
         match commands.running.get(id) {
-            Some(t) => {
+            Some(r) => {
                 tracing::info!(command_id = %id, "cancelling command");
-                t.cancel();
+                r.cancel.cancel();
             }
             None if valid_id(id) => {
                 tracing::debug!(command_id = %id, "cancel for a command not running (yet): remembered");
@@ -254,6 +265,22 @@ impl Runner {
                 early.insert(id.to_string());
             }
             None => {}
+        }
+    }
+
+    /// A new stream to the hub: its output window applies to every command, and starts full.
+    pub fn new_stream(&self, output_window: u64) {
+        let window = output_window.min(usize::MAX as u64) as usize;
+        self.inner.window.store(window, Ordering::Relaxed);
+        for r in self.commands().running.values() {
+            r.credit.reset(window);
+        }
+    }
+
+    /// The hub passed `bytes` of `id`'s output on. Unknown ids are ignored: it may have ended.
+    pub fn credit(&self, id: &str, bytes: u64) {
+        if let Some(r) = self.commands().running.get(id) {
+            r.credit.grant(bytes);
         }
     }
 

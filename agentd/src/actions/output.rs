@@ -1,21 +1,76 @@
 //! A command's output: streamed to the hub in chunks, cut at the action's cap, with a bounded tail kept for
 //! the journal (a redelivered command answers with it).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use outpost_common::actions::Action;
+use outpost_proto::OUTPUT_UPDATE_COST;
 use outpost_proto::v1::CommandUpdate;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 /// Output kept in the journal for a replay.
 const TAIL: usize = 64 * 1024;
 /// Output cap of actions that do not set one (diagnostics, logs, service-*).
 const DEFAULT_CAP: u64 = 4 * 1024 * 1024;
+/// Largest update sent: bigger text goes in pieces, each paid for with credit.
+const PIECE: usize = 16 * 1024;
+/// "No flow control": more than any output cap.
+const UNLIMITED: usize = u32::MAX as usize;
+
+/// Output flow control (`Welcome.output_window`): bytes a command may still send before the hub says it
+/// passed some on to the caller. A slow caller thus slows the action itself: its process blocks on a full
+/// pipe, a follow stops reading; nothing is dropped. Window 0 (an older hub): no flow control.
+pub struct Credit {
+    sem: Semaphore,
+    window: AtomicUsize,
+}
+
+impl Credit {
+    pub fn new(window: usize) -> Credit {
+        let c = Credit { sem: Semaphore::new(0), window: AtomicUsize::new(0) };
+        c.reset(window);
+        c
+    }
+
+    /// A new stream: the hub knows nothing of what was sent on the old one, so the window starts full.
+    pub fn reset(&self, window: usize) {
+        let window = if window == 0 { 0 } else { window.max(2 * PIECE) };
+        self.window.store(window, Ordering::Relaxed);
+        let target = if window == 0 { UNLIMITED } else { window };
+        let have = self.sem.available_permits();
+        if have < target {
+            self.sem.add_permits(target - have);
+        } else {
+            self.sem.forget_permits(have - target);
+        }
+    }
+
+    /// The hub passed `n` bytes on. Never more than the window is outstanding (a duplicate grant is harmless).
+    pub fn grant(&self, n: u64) {
+        let window = self.window.load(Ordering::Relaxed);
+        if window > 0 {
+            let room = window.saturating_sub(self.sem.available_permits());
+            self.sem.add_permits((n.min(usize::MAX as u64) as usize).min(room));
+        }
+    }
+
+    async fn take(&self, n: usize) {
+        if self.window.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        if let Ok(p) = self.sem.acquire_many(n as u32).await {
+            p.forget();
+        }
+    }
+}
 
 pub struct Output {
     id: String,
     tx: mpsc::Sender<CommandUpdate>,
+    credit: Arc<Credit>,
     cancel: CancellationToken,
     deadline: Instant,
     cap: u64,
@@ -30,6 +85,7 @@ impl Output {
     pub fn new(
         id: &str,
         tx: mpsc::Sender<CommandUpdate>,
+        credit: Arc<Credit>,
         cancel: CancellationToken,
         deadline: Instant,
         action: &Action,
@@ -41,6 +97,7 @@ impl Output {
         Output {
             id: id.to_string(),
             tx,
+            credit,
             cancel,
             deadline,
             cap,
@@ -72,8 +129,8 @@ impl Output {
         self.text(&format!("{s}\n")).await;
     }
 
-    /// Sends `s` (or the part of it under the cap). Waits while the link is behind (backpressure), but not
-    /// past cancel or the deadline.
+    /// Sends `s` (or the part of it under the cap). Waits while the hub has not passed enough on or the link
+    /// is behind (backpressure), but not past cancel or the deadline: what is left then is dropped, counted.
     pub async fn text(&mut self, s: &str) {
         if s.is_empty() {
             return;
@@ -97,11 +154,28 @@ impl Output {
             }
             self.tail.drain(..from);
         }
-        let u = CommandUpdate { command_id: self.id.clone(), output: s.to_string(), ..Default::default() };
-        tokio::select! {
-            _ = self.tx.send(u) => {}
-            _ = self.cancel.cancelled() => self.dropped += s.len() as u64,
-            _ = tokio::time::sleep_until(self.deadline.into()) => self.dropped += s.len() as u64,
+        let mut rest = s;
+        while !rest.is_empty() {
+            let mut cut = rest.len().min(PIECE);
+            while !rest.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let (piece, after) = rest.split_at(cut);
+            let u = CommandUpdate { command_id: self.id.clone(), output: piece.to_string(), ..Default::default() };
+            let sent = async {
+                self.credit.take(piece.len() + OUTPUT_UPDATE_COST as usize).await;
+                self.tx.send(u).await.is_ok()
+            };
+            let stopped = tokio::select! {
+                ok = sent => !ok,
+                _ = self.cancel.cancelled() => true,
+                _ = tokio::time::sleep_until(self.deadline.into()) => true,
+            };
+            if stopped {
+                self.dropped += rest.len() as u64;
+                return;
+            }
+            rest = after;
         }
     }
 
@@ -133,7 +207,7 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(16);
         let action = Action::Exec { argv: vec!["x".into()], output_cap: 5 };
         let far = Instant::now() + std::time::Duration::from_secs(60);
-        let mut out = Output::new("id", tx, CancellationToken::new(), far, &action);
+        let mut out = Output::new("id", tx, Arc::new(Credit::new(0)), CancellationToken::new(), far, &action);
         let e = "é".as_bytes();
         out.bytes(&[b'a', e[0]]).await;
         out.bytes(&[e[1], b'b', b'c', b'd', b'e']).await;
@@ -141,5 +215,34 @@ mod tests {
         assert_eq!(rx.recv().await.unwrap().output, "a");
         assert_eq!(rx.recv().await.unwrap().output, "ébc", "whole character, cut at 5 bytes");
         assert_eq!((tail.as_str(), dropped), ("aébc", 2));
+    }
+
+    #[tokio::test]
+    async fn output_waits_for_credit_and_goes_in_pieces() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let action = Action::Exec { argv: vec!["x".into()], output_cap: 1 << 20 };
+        let far = Instant::now() + std::time::Duration::from_secs(60);
+        let credit = Arc::new(Credit::new(2 * PIECE));
+        let mut out = Output::new("id", tx, credit.clone(), CancellationToken::new(), far, &action);
+        let big = "x".repeat(2 * PIECE + 10);
+        let send = tokio::spawn(async move {
+            out.text(&big).await;
+            out
+        });
+        let cost = PIECE + OUTPUT_UPDATE_COST as usize;
+        assert_eq!(rx.recv().await.unwrap().output.len(), PIECE, "the first piece fits the window");
+        tokio::task::yield_now().await;
+        assert!(rx.try_recv().is_err(), "the second does not: a piece costs its bytes and 64");
+        credit.grant(2 * cost as u64 - 2 * PIECE as u64);
+        assert_eq!(rx.recv().await.unwrap().output.len(), PIECE);
+        credit.grant(1 << 40); // capped at the window
+        assert_eq!(rx.recv().await.unwrap().output.len(), 10);
+        let out = send.await.unwrap();
+        assert_eq!(out.dropped, 0);
+        assert_eq!(credit.sem.available_permits(), 2 * PIECE - 74, "never more than the window");
+        credit.reset(0);
+        assert_eq!(credit.sem.available_permits(), UNLIMITED);
+        credit.reset(PIECE);
+        assert_eq!(credit.sem.available_permits(), 2 * PIECE, "at least two pieces");
     }
 }

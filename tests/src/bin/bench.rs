@@ -565,7 +565,7 @@ async fn action_rtt(root: &Path, agents: u32, runs: u32, interval: &str) -> anyh
     // One real agentd among the simulated ones: its round trip includes the journal flush and the process.
     let systemctl = harness::fake_systemctl(&root.join("real-1"));
     let token = harness::create_token(&mut hub.client(Role::Admin), "real-1").await;
-    let extra = format!("systemctl = \"{}\"\nreport_interval_ms = 10000\n", systemctl.display());
+    let extra = format!("systemctl = \"{}\"\nreport_interval_ms = 10000\nexec_enabled = true\n", systemctl.display());
     let _real = harness::AgentProc::start(root, "real-1", &token, &extra);
     harness::watch_until(&mut hub.client(Role::Viewer), "the real agent connected", |f| {
         harness::is(f, "real-1", Liveness::Connected)
@@ -580,7 +580,8 @@ async fn action_rtt(root: &Path, agents: u32, runs: u32, interval: &str) -> anyh
                 && let Some(r) = te.result
             {
                 anyhow::ensure!(r.outcome == outpost_proto::v1::Outcome::Succeeded as i32, "{name}: {}", r.message);
-                return Ok(t.elapsed().as_secs_f64() * 1000.0);
+                let ms = t.elapsed().as_secs_f64() * 1000.0;
+                return Ok(ms);
             }
         }
         anyhow::bail!("{name}: no result")
@@ -601,6 +602,27 @@ async fn action_rtt(root: &Path, agents: u32, runs: u32, interval: &str) -> anyh
         "action round trip to a real agentd (journal fsync + systemctl process), {agents} connected (ms): {}",
         summary(real)
     );
+    // Output throughput through the flow control (agent window → hub → caller), 16 MiB from one process.
+    const MIB16: u64 = 16 << 20;
+    let argv = serde_json::to_string(&["sh", "-c", &format!("yes 0123456789abcdef | head -c {MIB16}")])?;
+    let mut admin = hub.client(Role::Admin);
+    let mut req = request(vec!["real-1".into()], 1);
+    req.action = "exec".into();
+    req.args = [("argv".to_string(), argv), ("output_cap".to_string(), MIB16.to_string())].into();
+    req.confirm = "real-1".into();
+    let t = Instant::now();
+    let mut stream = admin.run_action(req).await?.into_inner();
+    let (mut bytes, mut result) = (0u64, None);
+    while let Some(e) = stream.message().await? {
+        if let Some(Event::Target(te)) = e.event {
+            bytes += te.output.len() as u64;
+            result = te.result.or(result);
+        }
+    }
+    let r = result.ok_or_else(|| anyhow::anyhow!("exec: no result"))?;
+    anyhow::ensure!(bytes == MIB16 && r.output_dropped_bytes == 0, "exec: {bytes} bytes, {r:?}");
+    let secs = t.elapsed().as_secs_f64();
+    println!("output streamed from a real agentd to the caller: 16 MiB in {secs:.2} s = {:.0} MiB/s", 16.0 / secs);
     let all: Vec<String> = (0..agents).map(|i| format!("sim-{i:05}")).collect();
     let t = Instant::now();
     let mut stream = ops.run_action(request(all, agents.min(1000))).await?.into_inner();
