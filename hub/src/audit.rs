@@ -89,14 +89,21 @@ impl Audit {
     }
 
     /// Writes `e` (with a fresh id and time) and returns its id once it is on disk.
-    pub async fn append(&self, mut e: AuditEntry) -> Result<u64, StoreError> {
+    pub async fn append(&self, e: AuditEntry) -> Result<u64, StoreError> {
+        self.append_with(e, Vec::new()).await
+    }
+
+    /// Appends `e` and applies `also` in the same durable write.
+    pub async fn append_with(&self, mut e: AuditEntry, also: Vec<Op>) -> Result<u64, StoreError> {
         e.id = self.next.fetch_add(1, Ordering::Relaxed);
         e.at_ms = outpost_common::now_ms();
         let id = e.id;
         if e.kind == Kind::Refused {
             tracing::info!(operator = %e.operator, action = %e.action, message = %e.message, "request refused (audited)");
         }
-        self.store.commit(vec![Op::put_json(Tree::Audit, id.to_be_bytes().to_vec(), &e)]).await?;
+        let mut ops = vec![Op::put_json(Tree::Audit, id.to_be_bytes().to_vec(), &e)];
+        ops.extend(also);
+        self.store.commit(ops).await?;
         Ok(id)
     }
 

@@ -18,11 +18,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
+use serde::{Deserialize, Serialize};
+
 use crate::audit::{AuditEntry, Kind};
 use crate::ca::random_bytes;
 use crate::registry::Liveness;
 use crate::relay::{CmdEvent, refused};
 use crate::state::HubState;
+use crate::store::{Op, Tree};
 
 /// Targets per batch when the request does not say.
 const DEFAULT_BATCH: usize = 10;
@@ -55,6 +58,23 @@ pub struct Job {
     pub queue: Option<Duration>,
     pub operator: String,
     pub audit_id: u64,
+}
+
+/// A dispatched command whose result is not audited yet, kept durably so a restarted hub delivers it
+/// again (the agent's journal answers one it already ran) and audits its result. Arguments are kept as
+/// sent, in the hub's store (0600), until the result is audited.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingRecord {
+    pub server: String,
+    pub job_id: String,
+    pub action: String,
+    pub args: BTreeMap<String, String>,
+    pub operator: String,
+    pub run_for_ms: u64,
+    /// Wall clock: the caller's deadline; for a command sent at once, when it must have ended.
+    pub deadline_ms: Option<i64>,
+    /// Wall clock: a queued command waits for its server until then.
+    pub queue_until_ms: Option<i64>,
 }
 
 /// The caller, as the audit log names it.
@@ -309,7 +329,7 @@ pub async fn run(state: Arc<HubState>, job: Job, tx: EventTx, cancel: Cancellati
     let mut next = 0;
     for (bi, &size) in job.batches.iter().enumerate() {
         if cancel.is_cancelled() {
-            stopped = "cancelled".into();
+            stopped = if state.shutdown.is_cancelled() { "the hub shut down" } else { "cancelled" }.into();
         }
         if !stopped.is_empty() {
             break;
@@ -318,8 +338,16 @@ pub async fn run(state: Arc<HubState>, job: Job, tx: EventTx, cancel: Cancellati
         next += size;
         c.running = size as u32;
         let _ = tx.send(progress(&c, false, "")).await;
-        let mut running: FuturesUnordered<_> =
-            batch.iter().map(|server| target(&state, &job, server, bi as u32, &tx, &cancel)).collect();
+        let ids: Vec<String> = batch.iter().map(|_| hex(&random_bytes::<16>())).collect();
+        let recorded = record_pending(&state, &job, batch, &ids).await;
+        let mut running: FuturesUnordered<_> = batch
+            .iter()
+            .zip(ids)
+            .map(|(server, id)| {
+                let slot = Slot { id, recorded: recorded.clone() };
+                target(&state, &job, server, bi as u32, &tx, &cancel, slot)
+            })
+            .collect();
         // Never await room in `tx` here while `running` is not polled: its targets wait for room in the same
         // queue, and the slots it frees go to the first waiter; a frozen target holding them would keep
         // this send waiting for ever. Progress is cumulative, so a skipped one is sent when the batch ends.
@@ -349,7 +377,7 @@ pub async fn run(state: Arc<HubState>, job: Job, tx: EventTx, cancel: Cancellati
         }
     }
     if cancel.is_cancelled() && stopped.is_empty() && next < job.targets.len() {
-        stopped = "cancelled".into();
+        stopped = if state.shutdown.is_cancelled() { "the hub shut down" } else { "cancelled" }.into();
     }
     let skipped = &job.targets[next..];
     if !skipped.is_empty() {
@@ -413,8 +441,9 @@ async fn target(
     batch: u32,
     tx: &EventTx,
     cancel: &CancellationToken,
+    slot: Slot,
 ) -> CommandResult {
-    let id = hex(&random_bytes::<16>());
+    let Slot { id, recorded } = slot;
     let te = |state: TargetState, output: String, result: Option<CommandResult>| {
         event(pb::job_event::Event::Target(pb::TargetEvent {
             server: server.to_string(),
@@ -439,7 +468,12 @@ async fn target(
     };
     let started = Instant::now();
     let mut tail = Vec::new();
-    let r = match state.relay.dispatch(server, command, job.run_for, job.hard_deadline, job.queue.is_some()).await {
+    let mut keep_pending = false;
+    let dispatched = match recorded {
+        Ok(()) => state.relay.dispatch(server, command, job.run_for, job.hard_deadline, job.queue.is_some()).await,
+        Err(why) => Err(refused(why)),
+    };
+    let r = match dispatched {
         Err(r) => r,
         Ok(mut d) => {
             let first = if d.queued { TargetState::Queued } else { TargetState::Pending };
@@ -474,13 +508,16 @@ async fn target(
                     }
                     _ = cancel.cancelled(), if !cancel_sent => {
                         cancel_sent = true;
-                        state.relay.cancel(&id).await;
                         if state.shutdown.is_cancelled() {
-                            // The streams are closing: record what is known instead of waiting past the drain.
+                            // Not the operator's cancel: the hub is stopping. The command goes on (or stays
+                            // queued), its durable pending record stays, and the next start delivers it again
+                            // and audits its result.
                             state.relay.abandon(&id);
-                            let message = "the hub shut down while this ran; the agent was asked to stop it (its journal has the outcome)";
+                            keep_pending = true;
+                            let message = "the hub is restarting; the command stays pending: the next hub start delivers it again and audits its result (outpost audit)";
                             break CommandResult { outcome: Outcome::Interrupted as i32, exit_code: -1, message: message.into(), ..Default::default() };
                         }
+                        state.relay.cancel(&id).await;
                     }
                     _ = tokio::time::sleep_until(wake.into()) => {
                         match state.relay.deadline(&id) {
@@ -513,7 +550,12 @@ async fn target(
         message: r.message.clone(),
         ..Default::default()
     };
-    if let Err(error) = state.audit.append(entry).await {
+    // The result and the end of the durable pending record, in one write.
+    if keep_pending {
+        tracing::info!(%server, command_id = %id, "hub stopping: the command stays pending for the next start");
+    } else if let Err(error) =
+        state.audit.append_with(entry, vec![Op::Del(Tree::Pending, id.as_bytes().to_vec())]).await
+    {
         tracing::error!(%error, %server, command_id = %id, "cannot audit a result");
     }
     for ev in tail {
@@ -521,6 +563,115 @@ async fn target(
     }
     let _ = tx.send(te(TargetState::Done, String::new(), Some(r.clone()))).await;
     r
+}
+
+/// One command of a job: its id, and whether its pending record is on disk (`Err`: why not; then it is
+/// not sent).
+struct Slot {
+    id: String,
+    recorded: Result<(), String>,
+}
+
+/// Writes the pending records of a batch, durably, before any of it is sent. `Err` is why nothing may be.
+async fn record_pending(state: &HubState, job: &Job, batch: &[String], ids: &[String]) -> Result<(), String> {
+    let now = Instant::now();
+    let wall = |at: Instant| outpost_common::now_ms() + at.saturating_duration_since(now).as_millis() as i64;
+    let deadline = match (job.queue, job.hard_deadline) {
+        (None, hard) => Some(hard.map_or(now + job.run_for, |h| h.min(now + job.run_for))),
+        (Some(_), hard) => hard,
+    };
+    let ops = batch
+        .iter()
+        .zip(ids)
+        .map(|(server, id)| {
+            let r = PendingRecord {
+                server: server.clone(),
+                job_id: job.id.clone(),
+                action: job.action.clone(),
+                args: job.args.clone(),
+                operator: job.operator.clone(),
+                run_for_ms: job.run_for.as_millis() as u64,
+                deadline_ms: deadline.map(wall),
+                queue_until_ms: job.queue.map(|q| wall(now + q)),
+            };
+            Op::put_json(Tree::Pending, id.as_bytes().to_vec(), &r)
+        })
+        .collect();
+    state.store.commit(ops).await.map_err(|e| {
+        tracing::error!(error = %e, job = %job.id, "cannot record dispatched commands");
+        format!("the hub cannot record the command durably ({e}); nothing was sent")
+    })
+}
+
+/// After a restart: every command dispatched and not answered before the hub stopped is delivered again
+/// (the agent's journal answers one it already ran; one it never got runs if its time has not passed), and
+/// its result audited, as it would have been. The rest of a fan-out job (later batches) is not resumed.
+pub fn recover(state: &Arc<HubState>) -> Result<usize, crate::store::StoreError> {
+    let records: Vec<(String, PendingRecord)> = state.store.all_json(Tree::Pending)?;
+    let mut by_job: BTreeMap<String, Vec<(String, PendingRecord)>> = BTreeMap::new();
+    let n = records.len();
+    for (id, r) in records {
+        by_job.entry(r.job_id.clone()).or_default().push((id, r));
+    }
+    let now_ms = outpost_common::now_ms();
+    let now = Instant::now();
+    let at = move |ms: i64| now + Duration::from_millis(ms.saturating_sub(now_ms).max(0) as u64);
+    for (job_id, commands) in by_job {
+        let cancel = state.shutdown.child_token();
+        state.jobs.insert(&job_id, cancel.clone());
+        let state = state.clone();
+        let span = tracing::info_span!("recovered job", job = %job_id);
+        state.tasks.clone().spawn(tracing::Instrument::instrument(
+            async move {
+                // No caller any more: events go nowhere; results go to the audit log.
+                let (tx, _) = mpsc::channel(1);
+                let mut running = FuturesUnordered::new();
+                for (id, r) in commands {
+                    if r.deadline_ms.is_some_and(|d| d <= now_ms) {
+                        let message = "the hub restarted while this command was pending and its deadline has passed; whether it ran is in the agent's journal";
+                        let entry = AuditEntry {
+                            operator: r.operator,
+                            kind: Kind::Result,
+                            action: r.action,
+                            servers: vec![r.server],
+                            job_id: job_id.clone(),
+                            command_id: id.clone(),
+                            outcome: Outcome::TimedOut as i32,
+                            message: message.into(),
+                            ..Default::default()
+                        };
+                        if let Err(error) = state.audit.append_with(entry, vec![Op::Del(Tree::Pending, id.into_bytes())]).await {
+                            tracing::error!(%error, "cannot audit a result");
+                        }
+                        continue;
+                    }
+                    tracing::info!(command_id = %id, server = %r.server, action = %r.action, "delivering a command pending before the restart");
+                    // Wait for the server until the command's queue time (or, sent at once, its deadline) ends.
+                    let until = r.queue_until_ms.or(r.deadline_ms).map_or(now, at);
+                    let job = Job {
+                        id: job_id.clone(),
+                        action: r.action,
+                        args: r.args,
+                        targets: vec![r.server.clone()],
+                        batches: vec![1],
+                        max_failure_rate: 1.0,
+                        run_for: Duration::from_millis(r.run_for_ms),
+                        hard_deadline: r.deadline_ms.map(at),
+                        queue: Some(until.saturating_duration_since(Instant::now())),
+                        operator: r.operator,
+                        audit_id: 0,
+                    };
+                    let (state, tx, cancel) = (state.clone(), tx.clone(), cancel.clone());
+                    let slot = Slot { id, recorded: Ok(()) };
+                    running.push(async move { target(&state, &job, &r.server, 0, &tx, &cancel, slot).await });
+                }
+                while running.next().await.is_some() {}
+                state.jobs.remove(&job_id);
+            },
+            span,
+        ));
+    }
+    Ok(n)
 }
 
 /// Live jobs, for cancel.

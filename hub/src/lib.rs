@@ -119,6 +119,10 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         shutdown.clone(),
         tasks.clone(),
     ));
+    let recovered = jobs::recover(&state)?;
+    if recovered > 0 {
+        tracing::info!(recovered, "commands pending before the restart are delivered again");
+    }
     let auditor = state.clone();
     let retention = Duration::from_secs(u64::from(config.audit_retention_days) * 86_400);
     tasks.spawn(async move {

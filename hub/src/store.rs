@@ -30,10 +30,13 @@ pub enum Tree {
     History,
     /// id (u64 BE) → [`crate::audit::AuditEntry`] (JSON); append-only
     Audit,
+    /// command id → [`crate::jobs::PendingRecord`] (JSON): dispatched, no result audited yet
+    Pending,
 }
 
 impl Tree {
-    const ALL: [Tree; 6] = [Tree::Servers, Tree::Tokens, Tree::Burned, Tree::Revoked, Tree::History, Tree::Audit];
+    const ALL: [Tree; 7] =
+        [Tree::Servers, Tree::Tokens, Tree::Burned, Tree::Revoked, Tree::History, Tree::Audit, Tree::Pending];
 
     fn name(self) -> &'static str {
         match self {
@@ -43,6 +46,7 @@ impl Tree {
             Tree::Revoked => "revoked",
             Tree::History => "history",
             Tree::Audit => "audit",
+            Tree::Pending => "pending",
         }
     }
 }
@@ -130,7 +134,7 @@ struct Batch {
 
 #[derive(Clone)]
 pub struct Store {
-    trees: std::sync::Arc<[sled::Tree; 6]>,
+    trees: std::sync::Arc<[sled::Tree; Tree::ALL.len()]>,
     writer: mpsc::Sender<Batch>,
     /// The writer task; it ends (after a final flush) when the last `Store` clone is dropped.
     writer_task: std::sync::Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
@@ -149,7 +153,7 @@ impl Store {
         for t in Tree::ALL {
             trees.push(db.open_tree(t.name()).map_err(open_err)?);
         }
-        let trees: std::sync::Arc<[sled::Tree; 6]> =
+        let trees: std::sync::Arc<[sled::Tree; Tree::ALL.len()]> =
             std::sync::Arc::new(trees.try_into().unwrap_or_else(|_| unreachable!("every tree opened")));
         let (tx, rx) = mpsc::channel(4096);
         let task = tokio::spawn(writer(db.clone(), trees.clone(), rx));
@@ -231,7 +235,7 @@ impl Store {
     }
 }
 
-async fn writer(db: sled::Db, trees: std::sync::Arc<[sled::Tree; 6]>, mut rx: mpsc::Receiver<Batch>) {
+async fn writer(db: sled::Db, trees: std::sync::Arc<[sled::Tree; Tree::ALL.len()]>, mut rx: mpsc::Receiver<Batch>) {
     let tree = |t: Tree| &trees[Tree::ALL.iter().position(|x| *x == t).expect("every tree is opened")];
     let mut group = Vec::with_capacity(GROUP_MAX);
     while rx.recv_many(&mut group, GROUP_MAX).await > 0 {

@@ -288,6 +288,94 @@ async fn a_slow_caller_slows_the_command_down_and_loses_no_output() {
     assert!(finished.exists());
 }
 
+/// The audit record of `command_id`'s result, once the hub has written it.
+async fn audited_result(hub: &HubProc, command_id: &str) -> outpost_proto::v1::AuditRecord {
+    let mut admin = hub.client(Role::Admin);
+    let until = Instant::now() + harness::WAIT;
+    loop {
+        let log = admin.query_audit(QueryAuditRequest { limit: 1000, ..Default::default() }).await.unwrap();
+        let mut results: Vec<_> =
+            log.into_inner().records.into_iter().filter(|r| r.kind == "result" && r.command_id == command_id).collect();
+        assert!(results.len() <= 1, "one result per command: {results:#?}");
+        if let Some(r) = results.pop() {
+            return r;
+        }
+        assert!(Instant::now() < until, "no result audited for {command_id}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Commands pending at the hub are durable. One running while the hub restarts (SIGTERM) goes on, and the
+/// restarted hub audits its real result; one queued for an offline server survives a hub crash (SIGKILL)
+/// and runs when the server comes back. Each runs exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_pending_at_the_hub_survive_its_restart() {
+    harness::init();
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut hub, mut agents) = two_agents(tmp.path()).await;
+    let exec = |script: &str| {
+        let mut req = action("exec", &["ops-1"], &[("argv", &exec_args(&["sh", "-c", script]))]);
+        req.confirm = "ops-1".into();
+        req
+    };
+    let (runs, gate) = (tmp.path().join("runs"), tmp.path().join("gate"));
+    // Runs until the test opens the gate, after the hub's restart.
+    let script = format!(
+        "echo ran >> {0}; echo started; while [ ! -e {1} ]; do sleep 0.05; done; echo finished",
+        runs.display(),
+        gate.display()
+    );
+    let mut stream = hub.client(Role::Admin).run_action(exec(&script)).await.unwrap().into_inner();
+    let mut id = String::new();
+    while let Some(m) = stream.message().await.unwrap() {
+        if let Some(Event::Target(t)) = m.event {
+            id = t.command_id;
+            if t.output.contains("started") {
+                break;
+            }
+        }
+    }
+    let pid = rustix::process::Pid::from_raw(hub.child.id().unwrap() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let run = follow_job(&mut stream, |_| {}).await;
+    let r = run.result("ops-1");
+    assert_eq!(outcome(r), Outcome::Interrupted);
+    assert!(r.message.contains("stays pending"), "{}", r.message);
+    hub.child.wait().await.unwrap();
+    hub.restart().await;
+    std::fs::write(&gate, "").unwrap();
+    let rec = audited_result(&hub, &id).await;
+    assert_eq!((outcome_of(&rec), rec.operator.as_str()), (Outcome::Succeeded, "test-admin"), "{rec:?}");
+    assert_eq!(std::fs::read_to_string(&runs).unwrap(), "ran\n");
+
+    // Queued for an offline server, then the hub crashes: the restarted hub still delivers it.
+    agents[0].kill9().await;
+    watch_until(&mut hub.client(Role::Viewer), "ops-1 disconnected", |f| !is(f, "ops-1", Liveness::Connected)).await;
+    let queued_runs = tmp.path().join("queued-runs");
+    let mut req = exec(&format!("echo ran >> {}", queued_runs.display()));
+    req.queue_secs = 300;
+    let mut stream = hub.client(Role::Admin).run_action(req).await.unwrap().into_inner();
+    let mut id = String::new();
+    while id.is_empty() {
+        if let Some(Event::Target(t)) = stream.message().await.unwrap().unwrap().event
+            && t.state == TargetState::Queued as i32
+        {
+            id = t.command_id;
+        }
+    }
+    hub.kill9().await;
+    hub.restart().await;
+    let a = &agents[0];
+    agents[0] = AgentProc::spawn(&a.name, &a.dir, &a.dir.join("agentd.toml"));
+    let rec = audited_result(&hub, &id).await;
+    assert_eq!(outcome_of(&rec), Outcome::Succeeded, "{rec:?}");
+    assert_eq!(std::fs::read_to_string(&queued_runs).unwrap(), "ran\n");
+}
+
+fn outcome_of(r: &outpost_proto::v1::AuditRecord) -> Outcome {
+    Outcome::try_from(r.outcome).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_agent_mid_action_and_redelivery_never_runs_it_twice() {
     harness::init();
