@@ -36,6 +36,8 @@ pub enum RunError {
     Store { path: String, error: String },
     #[error("{0}")]
     Collect(String),
+    #[error("cannot make the data directory {path} private (0700): {error}")]
+    DataDir { path: String, error: std::io::Error },
 }
 
 /// Enrolls with the token in `config.token_file` if there is one; deletes the file on success (the token
@@ -68,6 +70,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         return Err(RunError::NotEnrolled(config.token_file.display().to_string()));
     }
     let store_dir = config.data_dir.join("instance.db");
+    outpost_common::private_dir(&config.data_dir)
+        .map_err(|error| RunError::DataDir { path: config.data_dir.display().to_string(), error })?;
     let db = sled::Config::new()
         .path(&store_dir)
         .cache_capacity(CACHE_BYTES)

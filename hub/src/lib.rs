@@ -46,7 +46,7 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] config::ConfigError),
-    #[error("cannot create data directory {path}: {error}")]
+    #[error("cannot create data directory {path} (or make it private, 0700): {error}")]
     DataDir { path: String, error: std::io::Error },
     #[error(transparent)]
     Ca(#[from] ca::CaError),
@@ -72,7 +72,7 @@ pub struct Hub {
 pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub, StartError> {
     config.validate()?;
     let data_dir = &config.data_dir;
-    std::fs::create_dir_all(data_dir)
+    outpost_common::private_dir(data_dir)
         .map_err(|error| StartError::DataDir { path: data_dir.display().to_string(), error })?;
     let tasks = TaskTracker::new();
     let external = config.ca_cert.as_deref().zip(config.ca_key.as_deref());

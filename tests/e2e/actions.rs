@@ -370,6 +370,11 @@ async fn commands_pending_at_the_hub_survive_its_restart() {
     let rec = audited_result(&hub, &id).await;
     assert_eq!(outcome_of(&rec), Outcome::Succeeded, "{rec:?}");
     assert_eq!(std::fs::read_to_string(&queued_runs).unwrap(), "ran\n");
+    // The stores that keep command arguments and output are private to their owner.
+    use std::os::unix::fs::PermissionsExt;
+    for dir in [hub.dir.join("data"), agents[0].dir.join("data")] {
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700, "{}", dir.display());
+    }
 }
 
 fn outcome_of(r: &outpost_proto::v1::AuditRecord) -> Outcome {
