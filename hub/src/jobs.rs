@@ -62,7 +62,7 @@ pub struct Job {
 
 /// A dispatched command whose result is not audited yet, kept durably so a restarted hub delivers it
 /// again (the agent's journal answers one it already ran) and audits its result. Arguments are kept as
-/// sent, in the hub's store (0600), until the result is audited.
+/// sent, in the hub's store (its data directory is 0700), until the result is audited.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PendingRecord {
     pub server: String,
@@ -627,8 +627,9 @@ pub fn recover(state: &Arc<HubState>) -> Result<usize, crate::store::StoreError>
                 let (tx, _) = mpsc::channel(1);
                 let mut running = FuturesUnordered::new();
                 for (id, r) in commands {
-                    if r.deadline_ms.is_some_and(|d| d <= now_ms) {
-                        let message = "the hub restarted while this command was pending and its deadline has passed; whether it ran is in the agent's journal";
+                    let past = |t: Option<i64>| t.is_some_and(|t| t <= now_ms);
+                    if past(r.deadline_ms) || past(r.queue_until_ms) {
+                        let message = "its deadline or queue time passed while the hub was down; if it was delivered before, the agent's journal has its outcome";
                         let entry = AuditEntry {
                             operator: r.operator,
                             kind: Kind::Result,

@@ -363,13 +363,32 @@ async fn commands_pending_at_the_hub_survive_its_restart() {
             id = t.command_id;
         }
     }
+    // A second one may wait only 1 s: that time passes while the hub is down.
+    let expired_runs = tmp.path().join("expired-runs");
+    let mut req = exec(&format!("echo ran >> {}", expired_runs.display()));
+    req.queue_secs = 1;
+    let queued_at = Instant::now();
+    let mut stream = hub.client(Role::Admin).run_action(req).await.unwrap().into_inner();
+    let mut expired_id = String::new();
+    while expired_id.is_empty() {
+        if let Some(Event::Target(t)) = stream.message().await.unwrap().unwrap().event
+            && t.state == TargetState::Queued as i32
+        {
+            expired_id = t.command_id;
+        }
+    }
     hub.kill9().await;
+    tokio::time::sleep_until((queued_at + Duration::from_millis(1500)).into()).await; // the hub is down meanwhile
     hub.restart().await;
+    let rec = audited_result(&hub, &expired_id).await;
+    assert_eq!(outcome_of(&rec), Outcome::TimedOut, "{rec:?}");
+    assert!(rec.message.contains("passed while the hub was down"), "{}", rec.message);
     let a = &agents[0];
     agents[0] = AgentProc::spawn(&a.name, &a.dir, &a.dir.join("agentd.toml"));
     let rec = audited_result(&hub, &id).await;
     assert_eq!(outcome_of(&rec), Outcome::Succeeded, "{rec:?}");
     assert_eq!(std::fs::read_to_string(&queued_runs).unwrap(), "ran\n");
+    assert!(!expired_runs.exists(), "a command whose queue time had passed was sent");
     // The stores that keep command arguments and output are private to their owner.
     use std::os::unix::fs::PermissionsExt;
     for dir in [hub.dir.join("data"), agents[0].dir.join("data")] {
