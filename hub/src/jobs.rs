@@ -607,11 +607,19 @@ async fn record_pending(state: &HubState, job: &Job, batch: &[String], ids: &[St
 /// (the agent's journal answers one it already ran; one it never got runs if its time has not passed), and
 /// its result audited, as it would have been. The rest of a fan-out job (later batches) is not resumed.
 pub fn recover(state: &Arc<HubState>) -> Result<usize, crate::store::StoreError> {
-    let records: Vec<(String, PendingRecord)> = state.store.all_json(Tree::Pending)?;
     let mut by_job: BTreeMap<String, Vec<(String, PendingRecord)>> = BTreeMap::new();
-    let n = records.len();
-    for (id, r) in records {
-        by_job.entry(r.job_id.clone()).or_default().push((id, r));
+    let mut n = 0;
+    for item in state.store.iter_from_start(Tree::Pending) {
+        let (k, v) = item?;
+        let id = String::from_utf8_lossy(&k).into_owned();
+        match serde_json::from_slice::<PendingRecord>(&v) {
+            Ok(r) => {
+                by_job.entry(r.job_id.clone()).or_default().push((id, r));
+                n += 1;
+            }
+            // Kept, not deleted: it is evidence; everything else is still delivered.
+            Err(error) => tracing::error!(command_id = %id, %error, "unreadable pending command; not delivered"),
+        }
     }
     let now_ms = outpost_common::now_ms();
     let now = Instant::now();

@@ -4,19 +4,27 @@ use harness::{HubProc, action, follow_job, watch_until};
 use outpost_common::Role;
 use outpost_proto::v1::{Liveness, Outcome, Selector};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn simulated_agents_enroll_and_report_through_a_real_hub() {
+/// A hub and `outpost-sim` with `args` (agent count, interval, ...), enrolling through an admin bundle.
+async fn hub_and_sim(root: &std::path::Path, args: &[&str]) -> (HubProc, tokio::process::Child) {
     harness::init();
-    let tmp = tempfile::tempdir().unwrap();
-    let hub = HubProc::start(&tmp.path().join("hub"), harness::free_port(), "").await;
-    let admin = tmp.path().join("admin");
+    let hub = HubProc::start(&root.join("hub"), harness::free_port(), "").await;
+    let admin = root.join("admin");
     hub.bundle("sim-admin", Role::Admin).write(&admin).unwrap();
-    let _sim = tokio::process::Command::new(harness::bin("outpost-sim"))
-        .args(["--bundle", admin.to_str().unwrap(), "--agents", "30", "--interval", "200ms"])
+    let sim = tokio::process::Command::new(harness::bin("outpost-sim"))
+        .arg("--bundle")
+        .arg(&admin)
+        .args(args)
         .stdout(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    (hub, sim)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulated_agents_enroll_and_report_through_a_real_hub() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (hub, _sim) = hub_and_sim(tmp.path(), &["--agents", "30", "--interval", "200ms"]).await;
     let mut ops = hub.client(Role::Viewer);
     let f = watch_until(&mut ops, "30 simulated agents reporting", |f| {
         f.len() == 30 && f.values().all(|s| harness::liveness(s) == Liveness::Connected && s.reports_received >= 3)
@@ -36,17 +44,8 @@ async fn simulated_agents_enroll_and_report_through_a_real_hub() {
 /// queue's free slots).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wide_fan_out_to_a_slow_caller_finishes() {
-    harness::init();
     let tmp = tempfile::tempdir().unwrap();
-    let hub = HubProc::start(&tmp.path().join("hub"), harness::free_port(), "").await;
-    let admin = tmp.path().join("admin");
-    hub.bundle("sim-admin", Role::Admin).write(&admin).unwrap();
-    let _sim = tokio::process::Command::new(harness::bin("outpost-sim"))
-        .args(["--bundle", admin.to_str().unwrap(), "--agents", "150", "--interval", "10s", "--concurrency", "32"])
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let (hub, _sim) = hub_and_sim(tmp.path(), &["--agents", "150", "--interval", "10s", "--concurrency", "32"]).await;
     watch_until(&mut hub.client(Role::Viewer), "150 simulated agents connected", |f| {
         f.len() == 150 && f.values().all(|s| harness::liveness(s) == Liveness::Connected)
     })

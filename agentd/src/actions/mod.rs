@@ -314,13 +314,17 @@ mod tests {
         }
     }
 
+    /// A runner with exec enabled, its journal in `dir`.
+    fn exec_runner(dir: &std::path::Path) -> (Runner, RunnerLink) {
+        let db = sled::Config::new().path(dir.join("db")).open().unwrap();
+        let config = AgentConfig { exec_enabled: true, data_dir: dir.into(), ..Default::default() };
+        Runner::new(config, Journal::open(&db).unwrap(), TaskTracker::new(), CancellationToken::new())
+    }
+
     #[tokio::test]
     async fn a_repeated_command_is_answered_from_the_journal_and_never_runs_twice() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path().join("db")).open().unwrap();
-        let config = AgentConfig { exec_enabled: true, data_dir: dir.path().into(), ..Default::default() };
-        let (runner, mut link) =
-            Runner::new(config, Journal::open(&db).unwrap(), TaskTracker::new(), CancellationToken::new());
+        let (runner, mut link) = exec_runner(dir.path());
         let counter = dir.path().join("count");
         let script = format!("echo ran >> {}; echo out", counter.display());
         let command = Command {
@@ -346,10 +350,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_cancel_racing_admission_is_never_lost() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path().join("db")).open().unwrap();
-        let config = AgentConfig { exec_enabled: true, data_dir: dir.path().into(), ..Default::default() };
-        let (runner, mut link) =
-            Runner::new(config, Journal::open(&db).unwrap(), TaskTracker::new(), CancellationToken::new());
+        let (runner, mut link) = exec_runner(dir.path());
         let started = Instant::now();
         for i in 0..60u32 {
             let id = format!("{i:032x}");

@@ -19,6 +19,8 @@ const DEFAULT_CAP: u64 = 4 * 1024 * 1024;
 const PIECE: usize = 16 * 1024;
 /// "No flow control": more than any output cap.
 const UNLIMITED: usize = u32::MAX as usize;
+/// Largest window taken from a hub (a larger one is clamped; the semaphore has a bound of its own).
+const MAX_WINDOW: usize = 64 << 20;
 
 /// Output flow control (`Welcome.output_window`): bytes a command may still send before the hub says it
 /// passed some on to the caller. A slow caller thus slows the action itself: its process blocks on a full
@@ -37,7 +39,7 @@ impl Credit {
 
     /// A new stream: the hub knows nothing of what was sent on the old one, so the window starts full.
     pub fn reset(&self, window: usize) {
-        let window = if window == 0 { 0 } else { window.max(2 * PIECE) };
+        let window = if window == 0 { 0 } else { window.clamp(2 * PIECE, MAX_WINDOW) };
         self.window.store(window, Ordering::Relaxed);
         let target = if window == 0 { UNLIMITED } else { window };
         let have = self.sem.available_permits();
@@ -244,5 +246,7 @@ mod tests {
         assert_eq!(credit.sem.available_permits(), UNLIMITED);
         credit.reset(PIECE);
         assert_eq!(credit.sem.available_permits(), 2 * PIECE, "at least two pieces");
+        credit.reset(usize::MAX); // a hub's absurd window does not overflow the semaphore
+        assert_eq!(credit.sem.available_permits(), MAX_WINDOW);
     }
 }
