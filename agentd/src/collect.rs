@@ -7,7 +7,7 @@ use outpost_proto::v1::{Disk, Health, K3s, k3s};
 use sysinfo::{Disks, Networks, System};
 
 /// At most this many mounts per report (the hub refuses more).
-const MAX_DISKS: usize = 64;
+const MAX_DISKS: usize = outpost_common::report::MAX_DISKS;
 /// Where a K3s unit file would be if K3s were installed.
 const UNIT_DIRS: [&str; 3] = ["/etc/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system"];
 
@@ -43,7 +43,7 @@ impl Collector {
             .iter()
             .take(MAX_DISKS)
             .map(|d| Disk {
-                mount: d.mount_point().to_string_lossy().chars().take(256).collect(),
+                mount: d.mount_point().to_string_lossy().into_owned(),
                 total_bytes: d.total_space(),
                 available_bytes: d.available_space().min(d.total_space()),
             })
@@ -54,7 +54,7 @@ impl Collector {
             .filter(|(name, _)| name.as_os_str() != "lo")
             .fold((0u64, 0u64), |(rx, tx), (_, n)| (rx + n.total_received(), tx + n.total_transmitted()));
         Health {
-            cpu_percent: self.sys.global_cpu_usage().clamp(0.0, 100.0),
+            cpu_percent: self.sys.global_cpu_usage(),
             load1: load.one as f32,
             load5: load.five as f32,
             load15: load.fifteen as f32,
@@ -112,7 +112,7 @@ async fn k3s_state(unit: &str, systemctl: &str) -> K3s {
         "activating" => k3s::State::Activating,
         _ => k3s::State::Unspecified,
     };
-    K3s { state: state as i32, detail: text.chars().take(256).collect() }
+    K3s { state: state as i32, detail: text.to_string() }
 }
 
 #[cfg(test)]

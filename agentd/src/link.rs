@@ -28,8 +28,10 @@ const RENEW_RETRY: Duration = Duration::from_secs(60);
 pub enum LinkError {
     #[error(transparent)]
     Tls(#[from] TlsError),
-    #[error("hub refused the stream: {0}")]
+    #[error("hub refused the stream: {}", outpost_common::text::Inert(.0.message()))]
     Refused(tonic::Status),
+    #[error("hub not reachable ({0})")]
+    Down(String),
     #[error("stream broke: {0}")]
     Broken(String),
     #[error("hub broke the protocol: {0}")]
@@ -111,6 +113,23 @@ impl Link {
                     attempt = 0;
                     after
                 }
+                Err(LinkError::Refused(status)) if status.code() == tonic::Code::PermissionDenied => {
+                    // Revoked or replaced: only a new join token helps. The documented recovery writes one to
+                    // the token file; pick it up as soon as it is there.
+                    if crate::try_enroll_from_token_file(&self.config).await {
+                        attempt = 0;
+                        continue;
+                    }
+                    let d = backoff(attempt, initial, max);
+                    attempt = attempt.saturating_add(1);
+                    tracing::error!(
+                        error = %outpost_common::text::Inert(status.message()),
+                        retry_in_ms = d.as_millis() as u64,
+                        "hub refused this agent's identity. Recover: create a new join token (`hubd token create --server NAME`) and write it to {} (picked up by the running agent) or run `agentd enroll --token TOKEN`",
+                        self.config.token_file.display()
+                    );
+                    d
+                }
                 Err(error) => {
                     if started.elapsed() >= STABLE {
                         attempt = 0;
@@ -140,6 +159,8 @@ impl Link {
             host: Some(crate::identity::host_facts()),
             last_seq: self.outbox.last_seq(),
             dropped_reports: self.outbox.dropped(),
+            refused_reports: self.outbox.refused_count(),
+            log_files: self.config.log_files.iter().map(|f| f.display().to_string()).collect(),
         };
         let send = |body| AgentMessage { body: Some(body) };
         tx.send(send(agent_message::Body::Hello(hello)))
@@ -147,7 +168,11 @@ impl Link {
             .map_err(|_| LinkError::Broken("sender closed".into()))?;
         let mut inbound = tokio::select! {
             _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
-            r = client.connect(ReceiverStream::new(rx)) => r.map_err(LinkError::Refused)?.into_inner(),
+            r = client.connect(ReceiverStream::new(rx)) => r.map_err(|s| match s.code() {
+                // Connection refused, reset, DNS, TLS: the hub is down or unreachable, it refused nothing.
+                tonic::Code::Unavailable | tonic::Code::Unknown => LinkError::Down(format!("{} at {}", unavailable_reason(&s), addr.url)),
+                _ => LinkError::Refused(s),
+            })?.into_inner(),
         };
         let welcome = match next(&mut inbound, shutdown).await? {
             None => return Ok(Ended::Shutdown),
@@ -212,6 +237,15 @@ impl Link {
                             self.outbox.ack(acked)?;
                         }
                     }
+                    Some(hub_message::Body::Refused(r)) => {
+                        // The hub will never take this report: dropping it (counted, reported in Hello) keeps
+                        // it from blocking every report behind it.
+                        tracing::warn!(seq = r.seq, reason = %outpost_common::text::Inert(&r.reason), refused_total = self.outbox.refused_count() + 1, "hub refused a report as invalid; dropped");
+                        if r.seq > acked && r.seq < next_seq {
+                            acked = r.seq;
+                            self.outbox.refused(r.seq)?;
+                        }
+                    }
                     Some(hub_message::Body::Renewed(r)) => {
                         let Some(key) = pending_key.take() else {
                             return Err(LinkError::Protocol("Renewed without a renewal request".into()));
@@ -272,6 +306,18 @@ async fn next(
             Err(s) => Err(LinkError::Broken(s.to_string())),
         }
     }
+}
+
+/// What an `Unavailable` status from the transport means, in words: tonic says "tcp connect error" and
+/// hides the OS error in the source chain.
+fn unavailable_reason(s: &tonic::Status) -> String {
+    let mut reason = s.message().to_string();
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(s);
+    while let Some(e) = source {
+        reason = e.to_string();
+        source = e.source();
+    }
+    reason
 }
 
 /// About two thirds into the certificate's life.

@@ -82,6 +82,7 @@ fn main() -> ExitCode {
     rt.block_on(async move {
         match cli.command {
             Some(Command::Enroll { token, token_file }) => {
+                let spent = token_file.clone();
                 let token = match (token, token_file) {
                     (Some(t), _) => t,
                     (None, Some(f)) => match std::fs::read_to_string(&f) {
@@ -99,6 +100,12 @@ fn main() -> ExitCode {
                 {
                     Ok(id) => {
                         println!("enrolled as {} (agent {}) with {}", id.server, id.agent_id, id.hub);
+                        // A used token is worthless, but it is a secret: it does not stay on disk.
+                        if let Some(f) = spent
+                            && let Err(error) = std::fs::remove_file(&f)
+                        {
+                            eprintln!("agentd: enrolled, but could not delete the used token {}: {error}", f.display());
+                        }
                         ExitCode::SUCCESS
                     }
                     Err(error) => {

@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 
 const LAST_SEQ: &[u8] = b"last_seq";
 const DROPPED: &[u8] = b"dropped";
+const REFUSED: &[u8] = b"refused";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
@@ -31,6 +32,8 @@ pub struct Outbox {
     max: u64,
     last_seq: Arc<AtomicU64>,
     dropped: Arc<AtomicU64>,
+    /// Reports the hub refused as invalid and this outbox therefore dropped (cumulative).
+    refused: Arc<AtomicU64>,
     len: Arc<AtomicU64>,
     /// Signalled on every push; the link waits on it.
     pub pushed: Arc<Notify>,
@@ -52,6 +55,7 @@ impl Outbox {
             .unwrap_or(0);
         let last_seq = read_u64(&meta, LAST_SEQ)?.max(last_key);
         let dropped = read_u64(&meta, DROPPED)?;
+        let refused = read_u64(&meta, REFUSED)?;
         let len = reports.len() as u64;
         Ok(Outbox {
             db: db.clone(),
@@ -60,6 +64,7 @@ impl Outbox {
             max,
             last_seq: Arc::new(AtomicU64::new(last_seq)),
             dropped: Arc::new(AtomicU64::new(dropped)),
+            refused: Arc::new(AtomicU64::new(refused)),
             len: Arc::new(AtomicU64::new(len)),
             pushed: Arc::new(Notify::new()),
         })
@@ -119,6 +124,19 @@ impl Outbox {
             }
         }
         Ok(())
+    }
+
+    /// The hub refused report `seq` as invalid (it will never take it): it is dropped and counted. The hub
+    /// answers in order, so every report before it was acknowledged or refused already; everything up to
+    /// `seq` leaves the outbox.
+    pub fn refused(&self, seq: u64) -> Result<(), OutboxError> {
+        let n = self.refused.fetch_add(1, Ordering::SeqCst) + 1;
+        self.meta.insert(REFUSED, &n.to_be_bytes())?;
+        self.ack(seq)
+    }
+
+    pub fn refused_count(&self) -> u64 {
+        self.refused.load(Ordering::SeqCst)
     }
 
     pub fn last_seq(&self) -> u64 {
@@ -182,5 +200,19 @@ mod tests {
         }
         assert_eq!((o.len(), o.dropped()), (10, 3));
         assert_eq!(o.pending_from(0, 1).unwrap()[0].seq, 4);
+    }
+
+    #[tokio::test]
+    async fn a_refused_report_is_dropped_counted_and_unblocks_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let o = open(dir.path(), 100);
+            for i in 0..4 {
+                o.push(i, Health::default()).await.unwrap();
+            }
+            o.refused(2).unwrap();
+            assert_eq!(o.pending_from(0, 10).unwrap().iter().map(|r| r.seq).collect::<Vec<_>>(), vec![3, 4]);
+        }
+        assert_eq!(open(dir.path(), 100).refused_count(), 1, "the count survives a restart");
     }
 }

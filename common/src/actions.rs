@@ -166,6 +166,19 @@ pub static CATALOG: &[ActionSpec] = &[
 
 /// Most output one command may return.
 pub const MAX_OUTPUT_CAP: u64 = 16 * 1024 * 1024;
+/// Output kept of an action that has no `output_cap` argument.
+pub const DEFAULT_OUTPUT_CAP: u64 = 4 * 1024 * 1024;
+/// `exec`'s `output_cap` when the request leaves it out.
+const EXEC_OUTPUT_CAP: u64 = 1024 * 1024;
+
+/// The output cap of a request as it goes to the agent: the agent stops sending there and the hub drops
+/// whatever an agent sends past it.
+pub fn output_cap<S: std::hash::BuildHasher>(action: &str, args: &std::collections::HashMap<String, String, S>) -> u64 {
+    match action {
+        "exec" => args.get("output_cap").and_then(|v| v.parse().ok()).unwrap_or(EXEC_OUTPUT_CAP).min(MAX_OUTPUT_CAP),
+        _ => DEFAULT_OUTPUT_CAP,
+    }
+}
 /// All argument names and values of one request together, at most.
 pub const MAX_ARGS_BYTES: usize = 32 * 1024;
 const MAX_ARGV: usize = 64;

@@ -43,6 +43,10 @@ pub enum BundleError {
     Invalid { path: PathBuf, reason: String },
     #[error("{path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}`")]
     KeyTooOpen { path: PathBuf, mode: u32 },
+    #[error(
+        "the operator certificate of {name} in {path} expired at {at}; ask an admin for a new bundle (`hubd operator issue --name {name} --role {role} --out DIR`)"
+    )]
+    Expired { path: PathBuf, name: String, role: String, at: String },
 }
 
 impl Bundle {
@@ -65,7 +69,20 @@ impl Bundle {
         if mode & 0o077 != 0 {
             return Err(BundleError::KeyTooOpen { path: key_path, mode });
         }
-        Ok(Bundle { meta, ca_pem: read("ca.pem")?, cert_pem: read("operator.pem")?, key_pem: read("operator.key")? })
+        let bundle =
+            Bundle { meta, ca_pem: read("ca.pem")?, cert_pem: read("operator.pem")?, key_pem: read("operator.key")? };
+        // Checked before dialling: the hub would refuse it in the TLS handshake, which says only "transport error".
+        let cert = crate::CertInfo::from_pem(&bundle.cert_pem)
+            .map_err(|e| BundleError::Invalid { path: dir.join("operator.pem"), reason: e.to_string() })?;
+        if cert.not_after * 1000 <= crate::now_ms() {
+            return Err(BundleError::Expired {
+                path: dir.to_path_buf(),
+                name: bundle.meta.name.clone(),
+                role: bundle.meta.role.clone(),
+                at: crate::when::utc(cert.not_after * 1000),
+            });
+        }
+        Ok(bundle)
     }
 
     pub fn write(&self, dir: &Path) -> Result<(), BundleError> {

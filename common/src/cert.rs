@@ -9,6 +9,14 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 /// URI scheme prefix of every identity the fleet CA issues.
 const AGENT_PREFIX: &str = "outpost://agent/";
 const OPERATOR_PREFIX: &str = "outpost://operator/";
+/// A second SAN URI carries when the certificate was issued (unix ms): an operator's revocation refuses
+/// every certificate of that name issued until then, including ones the hub never saw.
+const ISSUED_PREFIX: &str = "outpost://issued/";
+
+/// The SAN URI that records the issue time `ms`.
+pub fn issued_uri(ms: i64) -> String {
+    format!("{ISSUED_PREFIX}{ms}")
+}
 
 /// What an operator may do. Ordered: a higher role can do everything a lower one can.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -115,27 +123,35 @@ pub struct CertInfo {
     pub not_before: i64,
     /// Unix seconds.
     pub not_after: i64,
+    /// Unix ms when the CA issued it (from its `outpost://issued/` SAN; `not_before` for older certificates).
+    pub issued_ms: i64,
+    /// Whether the extended key usage allows TLS client authentication.
+    pub client_auth: bool,
 }
 
 impl CertInfo {
     pub fn from_der(der: &[u8]) -> Result<CertInfo, IdentityError> {
         let (_, cert) = X509Certificate::from_der(der).map_err(|e| IdentityError::Unparseable(e.to_string()))?;
-        let identity = cert
-            .subject_alternative_name()
-            .ok()
-            .flatten()
-            .into_iter()
-            .flat_map(|san| san.value.general_names.iter())
-            .find_map(|name| match name {
-                GeneralName::URI(uri) => Identity::from_uri(uri),
+        let san = cert.subject_alternative_name().ok().flatten();
+        let uris = || {
+            san.iter().flat_map(|san| san.value.general_names.iter()).filter_map(|name| match name {
+                GeneralName::URI(uri) => Some(*uri),
                 _ => None,
             })
-            .ok_or(IdentityError::NoIdentity)?;
+        };
+        let identity = uris().find_map(Identity::from_uri).ok_or(IdentityError::NoIdentity)?;
+        let not_before = cert.validity().not_before.timestamp();
+        let issued_ms = uris()
+            .find_map(|u| u.strip_prefix(ISSUED_PREFIX).and_then(|ms| ms.parse().ok()))
+            .unwrap_or(not_before * 1000);
+        let client_auth = cert.extended_key_usage().ok().flatten().is_some_and(|e| e.value.client_auth);
         Ok(CertInfo {
             identity,
             serial: hex(cert.raw_serial()),
-            not_before: cert.validity().not_before.timestamp(),
+            not_before,
             not_after: cert.validity().not_after.timestamp(),
+            issued_ms,
+            client_auth,
         })
     }
 

@@ -9,9 +9,12 @@ pub mod bundle;
 pub mod cert;
 pub mod config;
 pub mod logging;
+pub mod report;
 pub mod selector;
+pub mod text;
 pub mod tls;
 pub mod token;
+pub mod when;
 
 pub use cert::{CertInfo, Identity, IdentityError, Role, ca_pin};
 pub use token::{JoinToken, TokenError};

@@ -16,7 +16,10 @@ pub struct LogGuard(#[allow(dead_code)] Option<tracing_appender::non_blocking::W
 /// tear the screen); they log to `log_dir` only.
 pub fn init(name: &str, log_dir: Option<&Path>, default_filter: &str, to_stderr: bool) -> Result<LogGuard, String> {
     let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let stderr = to_stderr.then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter()));
+    // Colour only for a person at a terminal: stderr redirected to a file (or the journal) gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    let stderr = to_stderr
+        .then(|| tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr).with_filter(filter()));
     let (file, guard) = match log_dir {
         Some(dir) => {
             let appender = tracing_appender::rolling::RollingFileAppender::builder()

@@ -116,7 +116,20 @@ pub fn client(bundle: &Bundle) -> anyhow::Result<OperatorClient<tonic::transport
 }
 
 pub fn rpc(bundle: &Bundle, s: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("hub {}: {}", bundle.meta.hub, s.message())
+    if s.code() == tonic::Code::Unavailable {
+        // tonic says "tcp connect error"; the OS error (connection refused, no route) is in the source chain.
+        let mut reason = s.message().to_string();
+        let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&s);
+        while let Some(e) = source {
+            reason = e.to_string();
+            source = e.source();
+        }
+        return anyhow::anyhow!(
+            "hub not reachable at {} ({reason}) — is hubd running? (`systemctl status outpost-hubd`)",
+            bundle.meta.hub
+        );
+    }
+    anyhow::anyhow!("hub {}: {}", bundle.meta.hub, outpost_common::text::inert(s.message()))
 }
 
 pub fn server_json(s: &Server) -> serde_json::Value {
@@ -173,7 +186,7 @@ pub async fn servers(bundle: &Bundle, output: Output) -> anyhow::Result<String> 
         client(bundle)?.list_servers(ListServersRequest {}).await.map_err(|s| rpc(bundle, s))?.into_inner().servers;
     Ok(match output {
         Output::Json => serde_json::to_string_pretty(&servers.iter().map(server_json).collect::<Vec<_>>())? + "\n",
-        Output::Table => table(&servers),
+        Output::Table => outpost_common::text::inert_lines(&table(&servers)).into_owned(),
     })
 }
 
@@ -199,21 +212,33 @@ pub async fn server(bundle: &Bundle, name: &str, output: Output, history: u32) -
         }
         Output::Table => {
             let mut out = table(std::slice::from_ref(&s));
+            let now = outpost_common::now_ms();
             out.push_str(&format!(
                 "\nagent {} · cert {} until {} · last seq {} · {} reports · {} connections\n",
-                s.agent_id, s.cert_serial, s.cert_not_after, s.last_seq, s.reports_received, s.connections
+                s.agent_id,
+                s.cert_serial,
+                outpost_common::when::utc_and_relative(now, s.cert_not_after * 1000),
+                s.last_seq,
+                s.reports_received,
+                s.connections
             ));
+            if s.revoked_ms != 0 {
+                out.push_str(&format!("identity revoked at {}\n", outpost_common::when::utc(s.revoked_ms)));
+            }
+            if !s.log_files.is_empty() {
+                out.push_str(&format!("log files: {}\n", s.log_files.join(", ")));
+            }
             for p in &d.history {
                 let h = p.health.clone().unwrap_or_default();
                 out.push_str(&format!(
-                    "{:>8} {:>14} cpu {:>5.1}% mem {}\n",
+                    "{:>8} {} cpu {:>5.1}% mem {}\n",
                     p.seq,
-                    p.taken_at_ms,
+                    outpost_common::when::utc(p.taken_at_ms),
                     h.cpu_percent,
                     pct(mem_pct(&h))
                 ));
             }
-            out
+            outpost_common::text::inert_lines(&out).into_owned()
         }
     })
 }
@@ -235,7 +260,8 @@ pub async fn watch(bundle: &Bundle) -> anyhow::Result<String> {
                 fleet_event::Event::Removed(n) => serde_json::json!({"type": "removed", "name": n}),
             },
         };
-        if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+        if writeln!(out, "{}", outpost_common::text::json_inert(&line.to_string())).and_then(|()| out.flush()).is_err()
+        {
             return Ok(String::new()); // the reader went away (e.g. `| head`)
         }
     }

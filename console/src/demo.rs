@@ -85,6 +85,7 @@ async fn start_agents(
     root: &std::path::Path,
     agents: &mut Vec<Child>,
 ) -> anyhow::Result<()> {
+    let stand_ins = write_stand_ins(root)?;
     for i in 0..usize::from(args.agents) {
         let name = format!("demo-{:02}", i + 1);
         let req = TokenRequest {
@@ -93,8 +94,9 @@ async fn start_agents(
             customer: CUSTOMERS[i % CUSTOMERS.len()].into(),
             plan: PLANS[i % PLANS.len()].into(),
             labels: [("env".to_string(), "demo".to_string())].into(),
+            replace: false,
         };
-        let (token, _) = hub.state.create_token(req, "outpost-demo").await?;
+        let token = hub.state.create_token(req, "outpost-demo").await?.token;
         let adir = root.join("agents").join(&name);
         std::fs::create_dir_all(&adir)?;
         std::fs::write(adir.join("join-token"), token)?;
@@ -106,10 +108,12 @@ async fn start_agents(
             &config,
             format!(
                 "data_dir = \"{0}/data\"\ntoken_file = \"{0}/join-token\"\nreport_interval_ms = {1}\n\
-                 exec_enabled = true\nlog_files = [\"{2}\"]\n",
+                 exec_enabled = true\nlog_files = [\"{2}\"]\nsystemctl = \"{3}\"\njournalctl = \"{4}\"\n",
                 adir.display(),
                 args.report_interval_ms,
-                log_path.display()
+                log_path.display(),
+                stand_ins.join("systemctl").display(),
+                stand_ins.join("journalctl").display(),
             ),
         )?;
         let log = std::fs::File::create(&log_path)?;
@@ -126,4 +130,46 @@ async fn start_agents(
         agents.push(child);
     }
     Ok(())
+}
+
+/// The demo runs in a container or on a laptop without systemd: its agents get small stand-ins for
+/// `systemctl` and `journalctl` that answer like systemd does for the units the catalog names (every unit is
+/// "active (running)"; a restart is recorded in `calls`), so `service-status`, `service-restart`, `logs`
+/// of a unit and `diagnostics` all work. Real servers use the real programs (the agent's defaults).
+const DEMO_SYSTEMCTL: &str = r#"#!/bin/sh
+# Outpost demo stand-in for systemctl (not systemd): every unit is active.
+d=$(dirname "$0")
+echo "$(date -u +%FT%TZ) systemctl $*" >> "$d/calls"
+case "$1" in
+  show) echo LoadState=loaded; echo ActiveState=active; echo SubState=running ;;
+  is-active) echo active ;;
+  restart|start|stop) echo "demo: $1 $2 (stand-in; nothing was $1ed)" ;;
+  reboot) echo "demo: reboot refused by the stand-in"; exit 1 ;;
+  *) echo "demo systemctl stand-in: $*" ;;
+esac
+exit 0
+"#;
+
+const DEMO_JOURNALCTL: &str = r#"#!/bin/sh
+# Outpost demo stand-in for journalctl (not systemd): a few lines about the unit asked for.
+unit=unknown
+while [ $# -gt 0 ]; do
+  case "$1" in -u|--unit) unit="$2"; shift ;; --unit=*) unit="${1#--unit=}" ;; esac
+  shift
+done
+now=$(date -u +%FT%TZ)
+echo "$now demo[$$]: $unit: started (demo stand-in for journalctl)"
+echo "$now demo[$$]: $unit: healthy"
+"#;
+
+fn write_stand_ins(root: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = root.join("bin");
+    std::fs::create_dir_all(&dir)?;
+    for (name, body) in [("systemctl", DEMO_SYSTEMCTL), ("journalctl", DEMO_JOURNALCTL)] {
+        let path = dir.join(name);
+        std::fs::write(&path, body)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    }
+    Ok(dir)
 }

@@ -25,15 +25,30 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<String> {
     }
 }
 
+/// A write to a closed pipe (streamed `run`/`watch` output into `head`).
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     outpost_common::install_crypto_provider();
     let cli = Cli::parse();
     match dispatch(&cli).await {
         Ok(out) => {
-            print!("{out}");
-            ExitCode::SUCCESS
+            use std::io::Write;
+            // `outpost servers | head` closes the pipe early: that is not an error worth a message.
+            // Table output is inert already; JSON gets its dangerous characters as JSON escapes.
+            let out = outpost_common::text::json_inert(&out);
+            match std::io::stdout().lock().write_all(out.as_bytes()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    eprintln!("outpost: cannot write the output: {e}");
+                    ExitCode::FAILURE
+                }
+                _ => ExitCode::SUCCESS,
+            }
         }
+        Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("outpost: {error:#}");
             ExitCode::FAILURE

@@ -7,6 +7,7 @@ use std::time::Duration;
 use outpost_common::actions::{self, Action};
 use outpost_common::bundle::Bundle;
 use outpost_common::selector::Selector;
+use outpost_common::text::inert;
 use outpost_proto::v1 as pb;
 use pb::job_event::Event;
 
@@ -176,7 +177,7 @@ pub async fn run(bundle: &Bundle, a: &RunArgs) -> anyhow::Result<String> {
             },
         };
         if matches!(a.output, Output::Json) {
-            writeln!(out, "{}", event_json(&e))?;
+            writeln!(out, "{}", outpost_common::text::json_inert(&event_json(&e).to_string()))?;
             out.flush()?;
         }
         match e {
@@ -198,12 +199,13 @@ pub async fn run(bundle: &Bundle, a: &RunArgs) -> anyhow::Result<String> {
                     if tty {
                         eprint!("\r\x1b[2K");
                     }
+                    let server = inert(&t.server);
                     for line in t.output.lines() {
-                        writeln!(out, "{} | {line}", t.server)?;
+                        writeln!(out, "{server} | {}", inert(line))?;
                     }
                     if let Some(r) = &t.result {
                         let outcome = outcome_word(r.outcome);
-                        writeln!(out, "{} = {outcome}: {}", t.server, r.message)?;
+                        writeln!(out, "{server} = {outcome}: {}", inert(&r.message))?;
                     }
                     out.flush()?;
                     if tty {
@@ -211,7 +213,10 @@ pub async fn run(bundle: &Bundle, a: &RunArgs) -> anyhow::Result<String> {
                     }
                 }
                 if let Some(r) = t.result.filter(|r| r.outcome != pb::Outcome::Succeeded as i32) {
-                    failed.push((t.server, format!("{}: {}", outcome_word(r.outcome), r.message)));
+                    failed.push((
+                        inert(&t.server).into_owned(),
+                        format!("{}: {}", outcome_word(r.outcome), inert(&r.message)),
+                    ));
                 }
             }
             Event::Progress(p) => {
@@ -236,7 +241,7 @@ pub async fn run(bundle: &Bundle, a: &RunArgs) -> anyhow::Result<String> {
             "{} of {} target(s) did not succeed{}",
             failed.len(),
             last.total,
-            if last.stopped.is_empty() { String::new() } else { format!("; stopped: {}", last.stopped) }
+            if last.stopped.is_empty() { String::new() } else { format!("; stopped: {}", inert(&last.stopped)) }
         );
     }
     Ok(String::new())
@@ -345,7 +350,8 @@ pub fn audit_line(r: &pb::AuditRecord) -> String {
         n => format!("{},… ({n})", r.servers[..2].join(",")),
     };
     let outcome = if r.outcome == 0 { "" } else { outcome_word(r.outcome) };
-    format!(
+    // Stored for good in the audit log, possibly with what a hostile agent said: one line, inert.
+    let line = format!(
         "{:>6} {:<20} {:<12} {:<9} {:<16} {:<24} {:<11} {}",
         r.id,
         crate::state::clock(r.at_ms),
@@ -355,7 +361,8 @@ pub fn audit_line(r: &pb::AuditRecord) -> String {
         servers,
         outcome,
         r.message
-    )
+    );
+    inert(&line).into_owned()
 }
 
 pub async fn audit(bundle: &Bundle, a: &AuditArgs) -> anyhow::Result<String> {

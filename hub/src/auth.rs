@@ -17,6 +17,31 @@ pub fn peer<T>(state: &HubState, req: &Request<T>) -> Result<CertInfo, Status> {
     let leaf =
         certs.first().ok_or_else(|| Status::unauthenticated("the client presented an empty certificate chain"))?;
     let info = CertInfo::from_der(leaf).map_err(|e| Status::unauthenticated(e.to_string()))?;
+    if !info.client_auth {
+        return Err(Status::unauthenticated(format!(
+            "certificate {} ({}) does not allow TLS client authentication (no clientAuth extended key usage); use a certificate issued by hubd",
+            info.serial, info.identity
+        )));
+    }
+    if let Identity::Operator { name, role } = &info.identity {
+        if let Some(at) = state.operators.revoked_at(name, info.issued_ms) {
+            return Err(Status::permission_denied(format!(
+                "operator {name}'s certificates issued until {} were revoked; ask an admin for a new bundle (`hubd operator issue --name {name} …`)",
+                crate::error::rfc3339_ms(at)
+            )));
+        }
+        let max = state.operator_cert_max_ttl.as_secs() as i64;
+        // The CA backdates by at most five minutes.
+        if info.not_after - info.issued_ms / 1000 > max + 300 {
+            return Err(Status::permission_denied(format!(
+                "operator certificate {} lives {} days, over this hub's ceiling of {} days (operator_cert_max_ttl_secs); ask an admin for a new bundle",
+                info.serial,
+                (info.not_after - info.issued_ms / 1000) / 86_400,
+                max / 86_400
+            )));
+        }
+        state.operators.seen(name, *role, &info);
+    }
     if state.is_revoked(&info.serial) {
         return Err(Status::permission_denied(format!(
             "certificate {} ({}) was revoked; {}",

@@ -136,7 +136,8 @@ impl FleetCa {
         let der = CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes()).map_err(|_| CsrError::NotPem)?;
         let (_, parsed) = x509_parser::certification_request::X509CertificationRequest::from_der(der.as_ref())
             .map_err(|_| CsrError::Unparseable)?;
-        parsed.verify_signature().map_err(|_| CsrError::BadSignature)?;
+        // The key type first: a weak RSA key whose signature the verifier will not even check must be told
+        // what is wrong with it, not "the signature does not verify".
         let info = &parsed.certification_request_info;
         let key_oid = info.subject_pki.algorithm.algorithm.to_id_string();
         let curve =
@@ -145,6 +146,7 @@ impl FleetCa {
         if key_oid != "1.2.840.10045.2.1" || curve.as_deref() != Some("1.2.840.10045.3.1.7") {
             return Err(CsrError::KeyType(key_name(&key_oid, curve.as_deref())));
         }
+        parsed.verify_signature().map_err(|_| CsrError::BadSignature)?;
         if info.subject.iter().next().is_some() {
             return Err(CsrError::Subject(info.subject.to_string()));
         }
@@ -185,8 +187,11 @@ impl FleetCa {
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, cn);
-        let uri = identity.uri().try_into().map_err(|e: rcgen::Error| CaError::Sign(e.to_string()))?;
-        params.subject_alt_names = vec![SanType::URI(uri)];
+        let uri = |u: String| u.try_into().map_err(|e: rcgen::Error| CaError::Sign(e.to_string()));
+        params.subject_alt_names = vec![
+            SanType::URI(uri(identity.uri())?),
+            SanType::URI(uri(outpost_common::cert::issued_uri(outpost_common::now_ms()))?),
+        ];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;

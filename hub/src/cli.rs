@@ -78,6 +78,9 @@ pub struct TokenArgs {
     /// key=value; repeatable.
     #[arg(long = "label", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
+    /// The server is enrolled and connected: enrolling with the new token replaces (revokes) its agent.
+    #[arg(long)]
+    pub replace: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -93,9 +96,17 @@ pub enum OperatorCmd {
         /// Directory to write the bundle to (created 0700; key 0600).
         #[arg(long)]
         out: PathBuf,
-        /// Certificate lifetime.
+        /// Certificate lifetime (at most `operator_cert_max_ttl_secs` of hubd's config, default 30d).
         #[arg(long, default_value = "30d", value_parser = outpost_common::parse_duration)]
         ttl: Duration,
+    },
+    /// List the operators the running hub has seen since it started, and every revoked one.
+    List,
+    /// Refuse every certificate of operator NAME issued until now (a bundle issued later works); its live
+    /// sessions are closed.
+    Revoke {
+        /// Operator name.
+        name: String,
     },
 }
 
@@ -169,6 +180,7 @@ pub async fn admin(cli: &Cli, config: &HubConfig) -> anyhow::Result<String> {
                 customer: a.customer.clone(),
                 plan: a.plan.clone(),
                 labels: a.labels.iter().cloned().collect(),
+                replace: a.replace,
             };
             let r = client.create_join_token(req).await.map_err(|s| rpc_error(&hub, s))?.into_inner();
             Ok(r.token)
@@ -180,9 +192,47 @@ pub async fn admin(cli: &Cli, config: &HubConfig) -> anyhow::Result<String> {
             Ok(format!("revoked certificate {} of {server}", r.revoked_serial))
         }
         Some(Command::Operator(OperatorCmd::Issue { name, role, out, ttl })) => {
+            if ttl.as_secs() > config.operator_cert_max_ttl_secs {
+                anyhow::bail!(
+                    "--ttl {}d is over the ceiling of {}d (operator_cert_max_ttl_secs in {}); operator bundles are short-lived: issue a new one when it expires",
+                    ttl.as_secs() / 86_400,
+                    config.operator_cert_max_ttl_secs / 86_400,
+                    cli.config.display()
+                );
+            }
             let ca = load_ca(config)?;
             issue_bundle(config, &ca, name, *role, *ttl)?.write(out)?;
             Ok(format!("wrote operator bundle for {name} ({role}) to {}", out.display()))
+        }
+        Some(Command::Operator(OperatorCmd::List)) => {
+            let (mut client, hub) = admin_client(config).await?;
+            let r = client
+                .list_operators(outpost_proto::v1::ListOperatorsRequest {})
+                .await
+                .map_err(|s| rpc_error(&hub, s))?
+                .into_inner();
+            let mut out = format!("{:<24} {:<8} {:<24} {:<24} {}", "NAME", "ROLE", "EXPIRES", "LAST SEEN", "REVOKED");
+            for o in r.operators.iter().filter(|o| o.name != "hubd-cli") {
+                let ms = |ms: i64| if ms == 0 { "-".to_string() } else { outpost_common::when::utc(ms) };
+                out.push_str(&format!(
+                    "\n{:<24} {:<8} {:<24} {:<24} {}",
+                    o.name,
+                    if o.role.is_empty() { "-" } else { &o.role },
+                    ms(o.not_after * 1000),
+                    ms(o.last_seen_ms),
+                    ms(o.revoked_ms)
+                ));
+            }
+            Ok(out)
+        }
+        Some(Command::Operator(OperatorCmd::Revoke { name })) => {
+            let (mut client, hub) = admin_client(config).await?;
+            let req = outpost_proto::v1::RevokeOperatorRequest { name: name.clone() };
+            let r = client.revoke_operator(req).await.map_err(|s| rpc_error(&hub, s))?.into_inner();
+            Ok(format!(
+                "revoked operator {name}: every bundle issued until now is refused ({} live session(s) closed)",
+                r.sessions_closed
+            ))
         }
         Some(Command::Serve) | None => unreachable!("serve is handled by main"),
     }

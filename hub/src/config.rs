@@ -38,6 +38,12 @@ pub struct HubConfig {
     pub cache_mib: u64,
     /// Audit records older than this are deleted (checked hourly).
     pub audit_retention_days: u32,
+    /// Enroll calls per second from one source address (0: unlimited); past it, RESOURCE_EXHAUSTED with a
+    /// retry hint. Bursts of `enroll_burst_per_source` are allowed.
+    pub enroll_rate_per_source: u32,
+    pub enroll_burst_per_source: u32,
+    /// Longest lifetime `hubd operator issue` gives an operator certificate.
+    pub operator_cert_max_ttl_secs: u64,
 }
 
 impl Default for HubConfig {
@@ -55,6 +61,9 @@ impl Default for HubConfig {
             log_dir: None,
             cache_mib: 64,
             audit_retention_days: 400,
+            enroll_rate_per_source: 20,
+            enroll_burst_per_source: 200,
+            operator_cert_max_ttl_secs: 30 * 24 * 3600,
         }
     }
 }
@@ -94,6 +103,12 @@ impl HubConfig {
         }
         if !(1..=100_000).contains(&self.history_len) {
             problems.push(format!("history_len: {} is outside 1..=100000", self.history_len));
+        }
+        if !(60..=365 * 24 * 3600).contains(&self.operator_cert_max_ttl_secs) {
+            problems.push(format!(
+                "operator_cert_max_ttl_secs: {} is outside 60..=31536000 (one year)",
+                self.operator_cert_max_ttl_secs
+            ));
         }
         if !(4..=65536).contains(&self.cache_mib) {
             problems.push(format!("cache_mib: {} is outside 4..=65536", self.cache_mib));

@@ -3,10 +3,11 @@
 use outpost_common::JoinToken;
 use outpost_common::cert::hex;
 
+use crate::audit::{AuditEntry, Kind};
 use crate::ca::{FleetCa, SignError, random_bytes};
 use crate::error::{HubError, rfc3339_ms};
 use crate::state::HubState;
-use crate::store::{BurnedToken, Op, Revoked, TokenRecord, Tree, now_ms};
+use crate::store::{BurnedToken, Op, Revoked, ServerRecord, TokenRecord, Tree, now_ms};
 
 /// Facts the agent tells about its host, bounded.
 #[derive(Clone, Debug, Default)]
@@ -27,8 +28,10 @@ impl HostFacts {
             ("host.arch", &self.arch),
             ("host.agent_version", &self.agent_version),
         ] {
-            if v.len() > 256 || v.chars().any(char::is_control) {
-                return Err(HubError::Invalid(format!("{field} must be at most 256 printable characters")));
+            if v.len() > 256 || !outpost_common::text::is_printable(v) {
+                return Err(HubError::Invalid(format!(
+                    "{field} must be at most 256 bytes without control, bidi or invisible characters"
+                )));
             }
         }
         Ok(())
@@ -77,9 +80,15 @@ impl HubState {
             SignError::Csr(c) => HubError::Csr(c),
             SignError::Ca(c) => HubError::Internal(c.to_string()),
         })?;
-        let superseded = (!record.cert_serial.is_empty()).then(|| record.cert_serial.clone());
+        // Every certificate the previous identity could still use dies with this enrollment (its agent id no
+        // longer maps to the server).
+        let superseded: Vec<String> =
+            [&record.cert_serial, &record.prev_serial].into_iter().filter(|s| !s.is_empty()).cloned().collect();
+        let previous_agent = (!record.agent_id.is_empty()).then(|| record.agent_id.clone());
         record.agent_id = agent_id.clone();
         record.cert_serial = issued.info.serial.clone();
+        record.prev_serial = String::new();
+        record.revoked_ms = 0;
         record.cert_not_after = issued.info.not_after;
         record.hostname = host.hostname;
         record.os = host.os;
@@ -91,6 +100,7 @@ impl HubState {
         record.reports_received = 0;
         record.connections = 0;
         record.first_seen_ms = 0;
+        record.refused_reports = 0;
         let mut ops = vec![
             Op::Del(Tree::Tokens, hash.clone().into_bytes()),
             Op::put_json(
@@ -99,35 +109,92 @@ impl HubState {
                 &BurnedToken { server: record.name.clone(), burned_ms: now, agent_id: agent_id.clone() },
             ),
         ];
-        if let Some(old) = &superseded {
-            let rev = Revoked { server: record.name.clone(), revoked_ms: now, by: "re-enrollment".into() };
-            ops.push(Op::put_json(Tree::Revoked, old.clone(), &rev));
-        }
         ops.push(Op::put_json(Tree::Servers, record.name.clone(), &record));
-        self.store.commit(ops).await?;
-        if let Some(old) = superseded {
-            self.revoked.write().unwrap_or_else(|p| p.into_inner()).insert(old.clone());
-            self.registry.close_serial(&old);
+        // A takeover (the server had an identity) is audited in the same write as the enrollment.
+        let takeover = previous_agent.as_ref().map(|old| AuditEntry {
+            operator: format!("token of {}", token.created_by),
+            role: "admin".into(),
+            kind: Kind::Revoke,
+            action: "takeover".into(),
+            servers: vec![record.name.clone()],
+            message: format!(
+                "enrolled agent {agent_id} with a join token created by {} at {}; it replaces agent {old} (certificates {} revoked)",
+                token.created_by,
+                rfc3339_ms(token.created_ms),
+                superseded.join(", ")
+            ),
+            ..Default::default()
+        });
+        match takeover {
+            Some(entry) => {
+                self.audit.append_with(entry, ops).await?;
+            }
+            None => self.store.commit(ops).await?,
         }
+        self.registry.close_server(&record.name);
         let server = record.name.clone();
         self.registry.put_record(record);
-        tracing::info!(server = %server, agent_id = %agent_id, serial = %issued.info.serial, "agent enrolled");
+        match previous_agent {
+            Some(old) => {
+                tracing::warn!(server = %server, %agent_id, replaced = %old, serial = %issued.info.serial, "agent enrolled, replacing the previous identity (audited)")
+            }
+            None => tracing::info!(server = %server, %agent_id, serial = %issued.info.serial, "agent enrolled"),
+        }
         Ok(Enrolled { agent_id, server, chain_pem: issued.chain_pem, ca_pem: self.ca.cert_pem().to_string() })
     }
 
-    /// Revokes the server's current certificate and closes its live stream.
+    /// Revokes the server's identity: every certificate it ever held is refused from now on, at connect and
+    /// at renewal, and its live stream is closed. Only a new enrollment (a new join token) brings it back.
+    /// Returns the serial of its current certificate.
     pub async fn revoke_server(&self, name: &str, by: &str) -> Result<String, HubError> {
         let _server = self.lock_server(name).await;
-        let view = self.registry.get(name).ok_or_else(|| HubError::NotFound(format!("no server named {name:?}")))?;
-        let serial = view.record.cert_serial.clone();
-        if serial.is_empty() {
+        let view = self.registry.get(name).ok_or_else(|| {
+            HubError::NotFound(format!("no server named {}", outpost_common::text::excerpt(name, 64)))
+        })?;
+        let mut record = view.record.clone();
+        if record.agent_id.is_empty() {
             return Err(HubError::Invalid(format!("server {name} has no certificate to revoke (never enrolled)")));
         }
-        let rev = Revoked { server: name.to_string(), revoked_ms: now_ms(), by: by.to_string() };
-        self.store.commit(vec![Op::put_json(Tree::Revoked, serial.clone(), &rev)]).await?;
-        self.revoked.write().unwrap_or_else(|p| p.into_inner()).insert(serial.clone());
-        let closed = self.registry.close_serial(&serial);
-        tracing::warn!(server = name, %serial, by, closed, "certificate revoked");
+        let serial = record.cert_serial.clone();
+        let now = now_ms();
+        let serials: Vec<String> =
+            [&record.cert_serial, &record.prev_serial].into_iter().filter(|s| !s.is_empty()).cloned().collect();
+        let mut ops: Vec<Op> = serials
+            .iter()
+            .map(|s| {
+                Op::put_json(Tree::Revoked, s.clone(), &Revoked { server: name.into(), revoked_ms: now, by: by.into() })
+            })
+            .collect();
+        if record.revoked_ms == 0 {
+            record.revoked_ms = now;
+        }
+        record.prev_serial.clear();
+        ops.push(Op::put_json(Tree::Servers, name.to_string(), &record));
+        self.store.commit(ops).await?;
+        self.revoked.write().unwrap_or_else(|p| p.into_inner()).extend(serials);
+        self.registry.put_record(record);
+        let closed = self.registry.close_server(name);
+        tracing::warn!(server = name, %serial, by, closed, "identity revoked");
         Ok(serial)
+    }
+
+    /// Whether `serial` may still speak for `server`'s identity: the identity is not revoked and `serial` is
+    /// its current certificate or the one the last renewal replaced (until the new one is used).
+    pub fn check_serial(&self, record: &ServerRecord, serial: &str) -> Result<(), HubError> {
+        if record.revoked_ms != 0 || self.is_revoked(serial) {
+            return Err(HubError::Denied(format!(
+                "the identity of server {} was revoked at {} (certificate {serial}); enroll this agent again with a new join token (`hubd token create --server {}`)",
+                record.name,
+                rfc3339_ms(record.revoked_ms),
+                record.name
+            )));
+        }
+        if serial != record.cert_serial && serial != record.prev_serial {
+            return Err(HubError::Denied(format!(
+                "certificate {serial} of server {} was superseded by a renewal (current: {}); use the newest certificate, or enroll again with a new join token",
+                record.name, record.cert_serial
+            )));
+        }
+        Ok(())
     }
 }

@@ -7,8 +7,8 @@ use outpost_common::Identity;
 use outpost_proto::v1::agent_link_server::AgentLink;
 use outpost_proto::v1::enrollment_server::Enrollment;
 use outpost_proto::v1::{
-    Ack, AgentMessage, EnrollRequest, EnrollResponse, HubMessage, Reconnect, Renewed, Welcome, agent_message,
-    hub_message,
+    Ack, AgentMessage, EnrollRequest, EnrollResponse, HubMessage, Reconnect, Renewed, ReportRefused, Welcome,
+    agent_message, hub_message,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -18,6 +18,7 @@ use tracing::Instrument;
 use crate::auth;
 use crate::enroll::HostFacts;
 use crate::error::HubError;
+use crate::relay::Rejected;
 use crate::state::HubState;
 
 /// How long an agent has to send Hello after opening the stream.
@@ -26,6 +27,8 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const OUTBOUND_QUEUE: usize = 64;
 /// Output per CommandUpdate, at most (agents send chunks of 8 KiB).
 const MAX_UPDATE_OUTPUT: usize = 256 * 1024;
+/// Renewals on one stream, at most one per this long.
+const RENEW_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct Gateway {
@@ -41,10 +44,25 @@ impl From<outpost_proto::v1::HostFacts> for HostFacts {
 #[tonic::async_trait]
 impl Enrollment for Gateway {
     async fn enroll(&self, req: Request<EnrollRequest>) -> Result<Response<EnrollResponse>, Status> {
+        let source = req.remote_addr().map(|a| a.ip());
+        let peer = source.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
+        if let Some(ip) = source
+            && let Err(wait) = self.state.enroll_limit.check(ip)
+        {
+            if let Some(repeated) = self.state.log_limit.allow("enroll rate limit", &peer) {
+                tracing::warn!(%peer, repeated, "enrollment rate limit reached for this source address");
+            }
+            return Err(Status::resource_exhausted(format!(
+                "too many enrollment attempts from {peer}; retry in {} ms",
+                wait.as_millis().max(1)
+            )));
+        }
         let r = req.into_inner();
         let host = r.host.map(HostFacts::from).unwrap_or_default();
         let e = self.state.enroll(&r.join_token, &r.csr_pem, host).await.inspect_err(|error| {
-            tracing::warn!(%error, "enrollment refused");
+            if let Some(repeated) = self.state.log_limit.allow("enrollment refused", &peer) {
+                tracing::warn!(%peer, repeated, error = %outpost_common::text::Inert(&error.to_string()), "enrollment refused");
+            }
         })?;
         Ok(Response::new(EnrollResponse {
             agent_id: e.agent_id,
@@ -74,6 +92,12 @@ impl AgentLink for Gateway {
                 "agent {agent_id} is not enrolled at this hub (or a newer enrollment replaced it); enroll again with a new join token"
             ))
         })?;
+        let record = state
+            .registry
+            .get(&server)
+            .map(|v| v.record.clone())
+            .ok_or_else(|| Status::not_found(format!("server {server} was removed")))?;
+        state.check_serial(&record, &cert.serial)?;
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -87,10 +111,11 @@ impl AgentLink for Gateway {
                 return Err(Status::invalid_argument("the stream ended (or sent an empty message) before Hello"));
             }
         };
-        let acked = state.note_connect(&server, hello.dropped_reports).await?;
+        outpost_common::report::validate_hello(&hello).map_err(Status::invalid_argument)?;
+        let acked = state.note_connect(&server, &cert.serial, &hello).await?;
         let (conn_id, close) = state
             .registry
-            .attach(&server, &cert.serial, &state.shutdown)
+            .attach(&server, &state.shutdown)
             .ok_or_else(|| Status::not_found(format!("server {server} was removed")))?;
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
         let welcome = Welcome {
@@ -101,9 +126,16 @@ impl AgentLink for Gateway {
             output_window: crate::relay::OUTPUT_WINDOW,
         };
         tx.send(msg(hub_message::Body::Welcome(welcome))).await.map_err(|_| Status::cancelled("agent went away"))?;
-        tracing::info!(%server, %agent_id, conn_id, acked, backlog = hello.last_seq.saturating_sub(acked), "agent connected");
-        let session =
-            Session { state: state.clone(), server: server.clone(), agent_id, conn_id, serial: cert.serial, tx };
+        tracing::info!(%server, %agent_id, conn_id, acked, backlog = hello.last_seq.saturating_sub(acked), refused_reports = hello.refused_reports, "agent connected");
+        let session = Session {
+            state: state.clone(),
+            server: server.clone(),
+            agent_id,
+            conn_id,
+            serial: cert.serial,
+            last_renewal: None,
+            tx,
+        };
         // Commands pending for this server (queued while it was away, or unanswered on its last stream). Sent
         // by the session task: here, before the response is returned, nobody reads the channel yet.
         let pending = state.relay.attach(&server, conn_id, session.tx.clone());
@@ -118,7 +150,9 @@ struct Session {
     server: String,
     agent_id: String,
     conn_id: u64,
+    /// The certificate this stream was opened with (TLS): renewals are checked against it.
     serial: String,
+    last_renewal: Option<Instant>,
     tx: mpsc::Sender<Result<HubMessage, Status>>,
 }
 
@@ -148,8 +182,15 @@ impl Session {
                     Ok(Some(m)) => match self.handle(m).await {
                         Ok(Some(not_after)) => expires = deadline(not_after),
                         Ok(None) => {}
-                        Err(status) => {
-                            tracing::warn!(error = %status.message(), "closing stream on a bad message");
+                        Err(Close::Gone) => {
+                            self.state.agents_gone.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            tracing::debug!("the agent went away while the hub was answering it");
+                            break "agent went away";
+                        }
+                        Err(Close::Bad(status)) => {
+                            if let Some(repeated) = self.state.log_limit.allow("bad message", &self.server) {
+                                tracing::warn!(repeated, error = %outpost_common::text::Inert(status.message()), "closing stream on a bad message");
+                            }
                             let _ = self.tx.send(Err(status)).await;
                             break "bad message";
                         }
@@ -172,12 +213,10 @@ impl Session {
             let r = Reconnect { after_secs: 1, reason: "hub shutting down".into() };
             let _ = self.tx.send(msg(hub_message::Body::Reconnect(r))).await;
             "hub shutdown"
-        } else if self.state.is_revoked(&self.serial) {
-            let s = Status::permission_denied(format!(
-                "certificate {} was revoked; enroll this agent again with a new join token",
-                self.serial
-            ));
-            let _ = self.tx.send(Err(s)).await;
+        } else if let Some(Err(e)) =
+            self.state.registry.get(&self.server).map(|v| self.state.check_serial(&v.record, &self.serial))
+        {
+            let _ = self.tx.send(Err(e.into())).await;
             "revoked"
         } else {
             let r = Reconnect { after_secs: 0, reason: "replaced by a newer stream of the same agent".into() };
@@ -187,7 +226,7 @@ impl Session {
     }
 
     /// Returns the new certificate expiry after a renewal.
-    async fn handle(&mut self, m: AgentMessage) -> Result<Option<i64>, Status> {
+    async fn handle(&mut self, m: AgentMessage) -> Result<Option<i64>, Close> {
         match m.body {
             Some(agent_message::Body::Report(r)) => {
                 match self.state.store_report(&self.server, &r).await {
@@ -195,22 +234,43 @@ impl Session {
                         self.send(hub_message::Body::Ack(Ack { up_to_seq })).await?;
                         Ok(None)
                     }
-                    Err(e @ HubError::Invalid(_)) => Err(e.into()),
+                    Err(HubError::Invalid(reason)) => {
+                        // Never accepted, so never worth sending again: the agent drops it and goes on with
+                        // the reports behind it.
+                        self.state.reports_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if let Some(repeated) = self.state.log_limit.allow("report refused", &self.server) {
+                            tracing::warn!(seq = r.seq, repeated, reason = %outpost_common::text::Inert(&reason), "report refused as invalid; the agent drops it");
+                        }
+                        self.send(hub_message::Body::Refused(ReportRefused { seq: r.seq, reason })).await?;
+                        Ok(None)
+                    }
                     // Not stored, not acked: the agent keeps it and sends it again on the next stream.
-                    Err(e) => Err(Status::unavailable(e.to_string())),
+                    Err(e) => Err(Close::Bad(Status::unavailable(e.to_string()))),
                 }
             }
             Some(agent_message::Body::Renew(r)) => {
-                match self.state.renew(&self.server, &self.agent_id, &r.csr_pem).await {
-                    Ok((chain, serial, not_after)) => {
-                        self.state.registry.set_stream_serial(&self.server, self.conn_id, &serial);
-                        self.serial = serial;
+                let now = Instant::now();
+                let result = match self.last_renewal {
+                    // Renewal signs a certificate: at most one a second per stream (a burst would only burn CPU;
+                    // each renewal supersedes the one before it anyway).
+                    Some(at) if now.duration_since(at) < RENEW_EVERY => {
+                        Err(HubError::Denied("renewals on one stream are at most one a second; try again later".into()))
+                    }
+                    _ => {
+                        self.last_renewal = Some(now);
+                        self.state.renew(&self.server, &self.agent_id, &self.serial, &r.csr_pem).await
+                    }
+                };
+                match result {
+                    Ok((chain, not_after)) => {
                         self.send(hub_message::Body::Renewed(Renewed { cert_chain_pem: chain, error: String::new() }))
                             .await?;
                         Ok(Some(not_after))
                     }
                     Err(error) => {
-                        tracing::warn!(%error, "renewal refused");
+                        if let Some(repeated) = self.state.log_limit.allow("renewal refused", &self.server) {
+                            tracing::warn!(%error, repeated, "renewal refused");
+                        }
                         self.send(hub_message::Body::Renewed(Renewed {
                             cert_chain_pem: String::new(),
                             error: error.to_string(),
@@ -222,29 +282,43 @@ impl Session {
             }
             Some(agent_message::Body::CommandUpdate(u)) => {
                 if u.output.len() > MAX_UPDATE_OUTPUT {
-                    return Err(Status::invalid_argument(format!(
+                    return Err(Close::Bad(Status::invalid_argument(format!(
                         "a CommandUpdate carries {} bytes of output; at most {MAX_UPDATE_OUTPUT} per update",
                         u.output.len()
-                    )));
+                    ))));
                 }
-                if let Err(why) = self.state.relay.update(&self.server, u) {
+                match self.state.relay.update(&self.server, u) {
+                    Ok(()) => {}
                     // Stale after a hub restart, or forged: never applied to another server's command.
-                    tracing::warn!(%why, "ignoring a command update");
+                    Err(Rejected::Stale(why)) => {
+                        if let Some(repeated) = self.state.log_limit.allow("stale command update", &self.server) {
+                            tracing::warn!(%why, repeated, "ignoring a command update");
+                        }
+                    }
+                    Err(Rejected::Window(why)) => return Err(Close::Bad(Status::resource_exhausted(why))),
                 }
                 Ok(None)
             }
             Some(agent_message::Body::Hello(_)) => {
-                Err(Status::invalid_argument("Hello may be sent only once, as the first message"))
+                Err(Close::Bad(Status::invalid_argument("Hello may be sent only once, as the first message")))
             }
-            None => Err(Status::invalid_argument(
+            None => Err(Close::Bad(Status::invalid_argument(
                 "an AgentMessage must carry a body (hello, report, command_update or renew)",
-            )),
+            ))),
         }
     }
 
-    async fn send(&self, body: hub_message::Body) -> Result<(), Status> {
-        self.tx.send(msg(body)).await.map_err(|_| Status::cancelled("agent went away"))
+    async fn send(&self, body: hub_message::Body) -> Result<(), Close> {
+        self.tx.send(msg(body)).await.map_err(|_| Close::Gone)
     }
+}
+
+/// Why a session ends early.
+enum Close {
+    /// The agent's side is gone (the answer could not be sent): not a protocol error.
+    Gone,
+    /// The agent broke the protocol or a bound: it gets this status.
+    Bad(Status),
 }
 
 /// The instant a certificate with `not_after` (unix seconds) stops being valid.

@@ -626,7 +626,8 @@ pub fn recover(state: &Arc<HubState>) -> Result<usize, crate::store::StoreError>
     let at = move |ms: i64| now + Duration::from_millis(ms.saturating_sub(now_ms).max(0) as u64);
     for (job_id, commands) in by_job {
         let cancel = state.shutdown.child_token();
-        state.jobs.insert(&job_id, cancel.clone());
+        let role = commands.first().map_or(Role::Admin, |(_, r)| action_role(&r.action));
+        state.jobs.insert(&job_id, cancel.clone(), role);
         let state = state.clone();
         let span = tracing::info_span!("recovered job", job = %job_id);
         state.tasks.clone().spawn(tracing::Instrument::instrument(
@@ -686,12 +687,18 @@ pub fn recover(state: &Arc<HubState>) -> Result<usize, crate::store::StoreError>
 /// Live jobs, for cancel.
 #[derive(Default)]
 pub struct Jobs {
-    inner: std::sync::Mutex<HashMap<String, CancellationToken>>,
+    /// Running jobs: their cancel token, and the role their action needs (the role needed to cancel them).
+    inner: std::sync::Mutex<HashMap<String, (CancellationToken, Role)>>,
+}
+
+/// The role an action needs (admin for an action the catalog does not know).
+pub fn action_role(action: &str) -> Role {
+    outpost_common::actions::lookup(action).map_or(Role::Admin, |a| a.role)
 }
 
 impl Jobs {
-    pub fn insert(&self, id: &str, t: CancellationToken) {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), t);
+    pub fn insert(&self, id: &str, t: CancellationToken, role: Role) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), (t, role));
     }
     pub fn remove(&self, id: &str) {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
@@ -702,7 +709,8 @@ impl Jobs {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    pub fn get(&self, id: &str) -> Option<CancellationToken> {
+    /// The job's cancel token and the role needed to cancel it.
+    pub fn get(&self, id: &str) -> Option<(CancellationToken, Role)> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
     }
 }

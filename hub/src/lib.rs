@@ -13,7 +13,9 @@ pub mod enroll;
 pub mod error;
 pub mod gateway;
 pub mod jobs;
+pub mod limits;
 pub mod operator;
+pub mod operators;
 pub mod registry;
 pub mod relay;
 pub mod reports;
@@ -67,10 +69,15 @@ pub struct Hub {
     serve: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
-/// Validates the config, opens the store and the CA, binds, and starts serving. Returns once the port is
+/// Validates the config, binds, opens the store and the CA, and starts serving. Returns once the port is
 /// bound; `shutdown` stops it (then call [`Hub::wait`]).
 pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub, StartError> {
     config.validate()?;
+    // Bind first: with the port taken, nothing (no data directory, CA or store) is created.
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|error| StartError::Bind { addr: config.listen, error })?;
+    let addr = listener.local_addr().map_err(|error| StartError::Bind { addr: config.listen, error })?;
     let data_dir = &config.data_dir;
     outpost_common::private_dir(data_dir)
         .map_err(|error| StartError::DataDir { path: data_dir.display().to_string(), error })?;
@@ -90,10 +97,6 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     };
     let registry = registry::Registry::new(records, latest, config.grace());
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|error| StartError::Bind { addr: config.listen, error })?;
-    let addr = listener.local_addr().map_err(|error| StartError::Bind { addr: config.listen, error })?;
     let advertise = config.advertise_url(addr);
     let mut names = config.tls_names.clone();
     let adv_host = outpost_common::tls::HubAddr::parse(&advertise).map(|a| a.host).unwrap_or_default();
@@ -107,15 +110,16 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         .timeout(Duration::from_secs(10));
 
     let audit = audit::Audit::open(store.clone())?;
+    let operators = operators::Operators::load(&store)?;
     let state = Arc::new(HubState::new(
         ca,
         store,
         audit,
         registry,
+        operators,
         revoked,
         advertise.clone(),
-        Duration::from_secs(config.agent_cert_ttl_secs),
-        config.history_len,
+        &config,
         shutdown.clone(),
         tasks.clone(),
     ));
@@ -148,7 +152,10 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         loop {
             tokio::select! {
                 _ = sweeper.shutdown.cancelled() => break,
-                _ = tick.tick() => sweeper.registry.sweep(),
+                _ = tick.tick() => {
+                    sweeper.registry.sweep();
+                    sweeper.log_limit.flush();
+                }
             }
         }
         tracing::debug!("liveness sweeper stopped");

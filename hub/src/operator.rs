@@ -8,6 +8,7 @@ use outpost_proto::v1 as pb;
 use outpost_proto::v1::operator_server::Operator;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -66,6 +67,9 @@ impl From<&ServerView> for pb::Server {
             reports_received: r.reports_received,
             connections: r.connections,
             dropped_reports: r.dropped_reports,
+            refused_reports: r.refused_reports,
+            log_files: r.log_files.clone(),
+            revoked_ms: r.revoked_ms,
             host: Some(pb::HostFacts {
                 hostname: r.hostname.clone(),
                 os: r.os.clone(),
@@ -166,7 +170,8 @@ impl Operator for OperatorApi {
         let (tx, rx) = mpsc::channel(1024);
         let state = self.state.clone();
         let span = tracing::info_span!("watch", operator = %name);
-        self.state.tasks.spawn(watch(state, tx).instrument(span));
+        let session = self.state.operators.session(&name);
+        self.state.tasks.spawn(watch(state, tx, session).instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -182,11 +187,19 @@ impl Operator for OperatorApi {
             customer: r.customer,
             plan: r.plan,
             labels: r.labels.into_iter().collect(),
+            replace: r.replace,
         };
         let server = request.server.clone();
-        let (token, expires_at_ms) = self.state.create_token(request, &by).await?;
-        let expires = format!("expires {}", crate::error::rfc3339_ms(expires_at_ms));
-        self.audit_admin(by, Kind::Token, "create-join-token", server, expires).await?;
+        let created = self.state.create_token(request, &by).await?;
+        let mut message = format!("expires {}", crate::error::rfc3339_ms(created.expires_ms));
+        if created.invalidated > 0 {
+            message.push_str(&format!("; {} older unused token(s) of this server invalidated", created.invalidated));
+        }
+        if created.replaces_live_agent {
+            message.push_str("; --replace: enrolling with it replaces the connected agent");
+        }
+        self.audit_admin(by, Kind::Token, "create-join-token", server, message).await?;
+        let (token, expires_at_ms) = (created.token, created.expires_ms);
         Ok(Response::new(pb::CreateJoinTokenResponse { token, expires_at_ms }))
     }
 
@@ -201,6 +214,50 @@ impl Operator for OperatorApi {
         Ok(Response::new(pb::RevokeServerResponse { revoked_serial: serial }))
     }
 
+    async fn list_operators(
+        &self,
+        req: Request<pb::ListOperatorsRequest>,
+    ) -> Result<Response<pb::ListOperatorsResponse>, Status> {
+        auth::operator(&self.state, &req, Role::Admin, "listing operators")?;
+        let operators = self
+            .state
+            .operators
+            .list()
+            .into_iter()
+            .map(|o| pb::OperatorInfo {
+                name: o.name,
+                role: o.role,
+                serial: o.serial,
+                not_after: o.not_after,
+                last_seen_ms: o.last_seen_ms,
+                revoked_ms: o.revoked_ms,
+            })
+            .collect();
+        Ok(Response::new(pb::ListOperatorsResponse { operators }))
+    }
+
+    async fn revoke_operator(
+        &self,
+        req: Request<pb::RevokeOperatorRequest>,
+    ) -> Result<Response<pb::RevokeOperatorResponse>, Status> {
+        let (by, _) = auth::operator(&self.state, &req, Role::Admin, "revoking operators")?;
+        let name = req.into_inner().name;
+        if !outpost_common::cert::valid_name(&name) {
+            return Err(Status::invalid_argument(format!(
+                "operator name {} must be 1-63 of a-z, 0-9 and '-'",
+                outpost_common::text::excerpt(&name, 64)
+            )));
+        }
+        if name == by {
+            return Err(Status::invalid_argument("an operator cannot revoke itself; ask another admin"));
+        }
+        let closed = self.state.operators.revoke(&self.state.store, &name, &by).await.map_err(HubError::from)?;
+        tracing::warn!(operator = %name, by = %by, closed, "operator revoked");
+        self.audit_admin(by, Kind::Revoke, "revoke-operator", String::new(), format!("revoked operator {name}"))
+            .await?;
+        Ok(Response::new(pb::RevokeOperatorResponse { sessions_closed: u32::from(closed) }))
+    }
+
     type RunActionStream = ReceiverStream<Result<pb::JobEvent, Status>>;
 
     async fn run_action(&self, req: Request<pb::RunActionRequest>) -> Result<Response<Self::RunActionStream>, Status> {
@@ -208,7 +265,7 @@ impl Operator for OperatorApi {
         let job = jobs::submit(&self.state, &caller, req.into_inner()).await?;
         let (tx, rx) = mpsc::channel(jobs::EVENT_QUEUE);
         let cancel = self.state.shutdown.child_token();
-        self.state.jobs.insert(&job.id, cancel.clone());
+        self.state.jobs.insert(&job.id, cancel.clone(), jobs::action_role(&job.action));
         let span = tracing::info_span!("job", job = %job.id, action = %job.action, operator = %caller.name);
         tracing::info!(parent: &span, targets = job.targets.len(), "job accepted");
         self.state.tasks.spawn(jobs::run(self.state.clone(), job, tx, cancel).instrument(span));
@@ -230,10 +287,19 @@ impl Operator for OperatorApi {
                 "operator {} has role {}; cancelling a job needs role support or higher",
                 caller.name, caller.role
             )))
-        } else if self.state.jobs.get(&job_id).is_none() {
-            Some(Status::not_found(format!("no running job {:?} (it finished, or never existed)", entry.job_id)))
         } else {
-            None
+            match self.state.jobs.get(&job_id) {
+                None => Some(Status::not_found(format!(
+                    "no running job {} (it finished, or never existed)",
+                    outpost_common::text::excerpt(&job_id, 64)
+                ))),
+                // Stopping a job interferes with it as much as starting one: it needs the action's role.
+                Some((_, need)) if caller.role < need => Some(Status::permission_denied(format!(
+                    "operator {} has role {}; cancelling this job needs role {need}, as its action does",
+                    caller.name, caller.role
+                ))),
+                Some(_) => None,
+            }
         };
         if let Some(status) = refusal {
             entry.kind = Kind::Refused;
@@ -244,7 +310,7 @@ impl Operator for OperatorApi {
             return Err(status);
         }
         self.state.audit.append(entry).await.map_err(HubError::from)?;
-        if let Some(t) = self.state.jobs.get(&job_id) {
+        if let Some((t, _)) = self.state.jobs.get(&job_id) {
             t.cancel();
         }
         Ok(Response::new(pb::CancelJobResponse {}))
@@ -296,7 +362,7 @@ fn snapshot(views: &[Arc<ServerView>]) -> Vec<pb::FleetEvent> {
 }
 
 /// Snapshot, then deltas. A watcher that falls behind gets a fresh snapshot instead of a gap.
-async fn watch(state: Arc<HubState>, tx: mpsc::Sender<Result<pb::FleetEvent, Status>>) {
+async fn watch(state: Arc<HubState>, tx: mpsc::Sender<Result<pb::FleetEvent, Status>>, session: CancellationToken) {
     let (views, mut rx) = state.registry.watch();
     for part in snapshot(&views) {
         if tx.send(Ok(part)).await.is_err() {
@@ -308,6 +374,10 @@ async fn watch(state: Arc<HubState>, tx: mpsc::Sender<Result<pb::FleetEvent, Sta
         let delta = tokio::select! {
             _ = state.shutdown.cancelled() => break,
             _ = tx.closed() => break,
+            _ = session.cancelled() => {
+                let _ = tx.send(Err(Status::permission_denied("this operator was revoked; the session is closed"))).await;
+                break;
+            }
             d = rx.recv() => d,
         };
         let out = match delta {

@@ -43,7 +43,6 @@ pub enum FleetDelta {
 /// The attached Connect stream of one server.
 struct Attached {
     conn_id: u64,
-    cert_serial: String,
     close: CancellationToken,
 }
 
@@ -160,20 +159,13 @@ impl Registry {
 
     /// Attaches a new stream, closing any previous one of the same server. Returns the connection id and
     /// the token that closes this stream (revocation, replacement, shutdown).
-    pub fn attach(
-        &self,
-        name: &str,
-        cert_serial: &str,
-        parent: &CancellationToken,
-    ) -> Option<(u64, CancellationToken)> {
+    pub fn attach(&self, name: &str, parent: &CancellationToken) -> Option<(u64, CancellationToken)> {
         let mut inner = self.lock();
         let conn_id = inner.next_conn;
         inner.next_conn += 1;
         let entry = inner.servers.get_mut(name)?;
         let close = parent.child_token();
-        if let Some(old) =
-            entry.stream.replace(Attached { conn_id, cert_serial: cert_serial.to_string(), close: close.clone() })
-        {
+        if let Some(old) = entry.stream.replace(Attached { conn_id, close: close.clone() }) {
             tracing::info!(server = name, old_conn = old.conn_id, "a new stream replaces the old one");
             old.close.cancel();
         }
@@ -206,25 +198,16 @@ impl Registry {
         let _ = self.deltas.send(FleetDelta::Upsert(view));
     }
 
-    /// The renewed certificate of the live stream.
-    pub fn set_stream_serial(&self, name: &str, conn_id: u64, serial: &str) {
-        let mut inner = self.lock();
-        if let Some(s) = inner.servers.get_mut(name).and_then(|e| e.stream.as_mut()).filter(|s| s.conn_id == conn_id) {
-            s.cert_serial = serial.to_string();
-        }
-    }
-
-    /// Closes every live stream authenticated with `serial`. Returns how many were closed.
-    pub fn close_serial(&self, serial: &str) -> usize {
+    /// Closes the live stream of `name`, if any (revocation, re-enrollment). Returns how many were closed.
+    pub fn close_server(&self, name: &str) -> usize {
         let inner = self.lock();
-        let mut n = 0;
-        for e in inner.servers.values() {
-            if let Some(s) = e.stream.as_ref().filter(|s| s.cert_serial == serial) {
+        match inner.servers.get(name).and_then(|e| e.stream.as_ref()) {
+            Some(s) => {
                 s.close.cancel();
-                n += 1;
+                1
             }
+            None => 0,
         }
-        n
     }
 
     /// Promotes `Disconnected` servers whose grace has passed to `Lost`. Called on a timer.
@@ -261,7 +244,7 @@ mod tests {
         let reg = Registry::new(vec![rec("a", "x")], |_| None, Duration::from_millis(0));
         let root = CancellationToken::new();
         assert_eq!(reg.get("a").unwrap().liveness, Liveness::Disconnected);
-        let (conn, _close) = reg.attach("a", "s1", &root).unwrap();
+        let (conn, _close) = reg.attach("a", &root).unwrap();
         assert_eq!(reg.get("a").unwrap().liveness, Liveness::Connected);
         reg.sweep();
         assert_eq!(reg.get("a").unwrap().liveness, Liveness::Connected, "connected never goes lost");
@@ -275,8 +258,8 @@ mod tests {
     fn a_new_stream_closes_the_old_and_old_detach_is_ignored() {
         let reg = Registry::new(vec![rec("a", "x")], |_| None, Duration::from_secs(60));
         let root = CancellationToken::new();
-        let (c1, close1) = reg.attach("a", "s1", &root).unwrap();
-        let (_c2, close2) = reg.attach("a", "s1", &root).unwrap();
+        let (c1, close1) = reg.attach("a", &root).unwrap();
+        let (_c2, close2) = reg.attach("a", &root).unwrap();
         assert!(close1.is_cancelled() && !close2.is_cancelled());
         reg.detach("a", c1);
         assert_eq!(reg.get("a").unwrap().liveness, Liveness::Connected);
@@ -286,9 +269,9 @@ mod tests {
     fn revocation_closes_only_matching_streams() {
         let reg = Registry::new(vec![rec("a", "x"), rec("b", "y")], |_| None, Duration::from_secs(60));
         let root = CancellationToken::new();
-        let (_, ca) = reg.attach("a", "s1", &root).unwrap();
-        let (_, cb) = reg.attach("b", "s2", &root).unwrap();
-        assert_eq!(reg.close_serial("s1"), 1);
+        let (_, ca) = reg.attach("a", &root).unwrap();
+        let (_, cb) = reg.attach("b", &root).unwrap();
+        assert_eq!(reg.close_server("a"), 1);
         assert!(ca.is_cancelled() && !cb.is_cancelled());
     }
 

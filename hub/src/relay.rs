@@ -42,6 +42,17 @@ const GRANT_STEP: u64 = OUTPUT_WINDOW / 8;
 /// Output buffered per command for its waiter, counted as the window counts. An agent that keeps to its
 /// window never reaches it; beyond it (an agent without flow control) chunks are dropped and counted.
 const BUFFER_LIMIT: u64 = 2 * OUTPUT_WINDOW;
+/// An agent with this much output sent beyond its window has its stream closed: it ignores flow control.
+const WINDOW_ABUSE: u64 = 2 * OUTPUT_WINDOW;
+
+/// Why an update was not taken.
+#[derive(Debug)]
+pub enum Rejected {
+    /// Not a command this hub sent to this server (stale after a restart, or forged); ignored.
+    Stale(String),
+    /// The agent keeps sending output far beyond the window the hub announced: its stream is closed.
+    Window(String),
+}
 
 struct Pending {
     server: String,
@@ -54,7 +65,15 @@ struct Pending {
     cancelled: bool,
     events: mpsc::UnboundedSender<CmdEvent>,
     done: Option<oneshot::Sender<CommandResult>>,
+    /// Output dropped at the hub (past the window, the action's output cap or the buffer), in bytes.
     dropped: u64,
+    /// The action's output cap, enforced here too: an agent that ignores it loses the excess.
+    cap: u64,
+    /// Output bytes received for this command, in all.
+    received: u64,
+    /// Output cost received on the current stream and not yet granted back: at most `OUTPUT_WINDOW` for an
+    /// agent that keeps to its window.
+    in_flight: u64,
     /// Output in `events` not yet passed on by the waiter (with overhead), and bytes passed on not yet granted.
     buffered: u64,
     owed: u64,
@@ -117,6 +136,7 @@ impl Relay {
                 }
                 let _ = p.events.send(CmdEvent::Sent);
                 p.owed = 0; // the agent's window starts full on this stream
+                p.in_flight = 0;
             }
         }
         out
@@ -150,6 +170,7 @@ impl Relay {
                     "{server} is offline; nothing was sent. Run it again when it is connected, or queue it (--queue 10m)"
                 )));
             }
+            let cap = outpost_common::actions::output_cap(&command.action, &command.args);
             let mut p = Pending {
                 server: server.to_string(),
                 command,
@@ -160,6 +181,9 @@ impl Relay {
                 events: events_tx.clone(),
                 done: Some(done_tx),
                 dropped: 0,
+                cap,
+                received: 0,
+                in_flight: 0,
                 buffered: 0,
                 owed: 0,
             };
@@ -177,23 +201,53 @@ impl Relay {
         Ok(Dispatch { events, done, queued })
     }
 
-    /// An update from `server`'s agent. `Err` says why it was not accepted (an id this hub did not send to
-    /// this server: stale after a restart, or forged); the stream stays up either way.
-    pub fn update(&self, server: &str, u: CommandUpdate) -> Result<(), String> {
+    /// An update from `server`'s agent. The hub enforces what it announced: output past the window or the
+    /// action's cap is dropped and counted (`output_dropped_bytes`), and an agent that keeps ignoring its
+    /// window gets [`Rejected::Window`].
+    pub fn update(&self, server: &str, u: CommandUpdate) -> Result<(), Rejected> {
         let mut inner = self.lock();
         let Some(p) = inner.pending.get_mut(&u.command_id) else {
-            return Err(format!("no pending command {:?} (finished, abandoned, or never sent)", short(&u.command_id)));
+            return Err(Rejected::Stale(format!(
+                "no pending command {} (finished, abandoned, or never sent)",
+                outpost_common::text::excerpt(&u.command_id, 40)
+            )));
         };
         if p.server != server {
-            return Err(format!("command {} was sent to {}, not to {server}", short(&u.command_id), p.server));
+            return Err(Rejected::Stale(format!(
+                "command {} was sent to {}, not to {server}",
+                outpost_common::text::excerpt(&u.command_id, 40),
+                p.server
+            )));
         }
         if u.started {
             let _ = p.events.send(CmdEvent::Started);
         }
         if !u.output.is_empty() {
-            let cost = u.output.len() as u64 + OUTPUT_UPDATE_COST;
-            if p.buffered + cost > BUFFER_LIMIT {
-                p.dropped += u.output.len() as u64;
+            let len = u.output.len() as u64;
+            let cost = len + OUTPUT_UPDATE_COST;
+            p.in_flight += cost;
+            let within_cap = p.cap.saturating_sub(p.received);
+            p.received += len;
+            if p.in_flight > OUTPUT_WINDOW + WINDOW_ABUSE {
+                p.dropped += len;
+                return Err(Rejected::Window(format!(
+                    "the agent sent {} bytes of output for command {} beyond its {OUTPUT_WINDOW}-byte window",
+                    p.in_flight - OUTPUT_WINDOW,
+                    short(&u.command_id)
+                )));
+            }
+            if p.in_flight > OUTPUT_WINDOW || within_cap == 0 {
+                // Past the window or the cap: dropped, and no credit comes back for it.
+                p.dropped += len;
+            } else if len > within_cap {
+                // The cap falls inside this chunk: keep what fits (on a character boundary).
+                let keep = outpost_common::text::truncate_bytes(&u.output, within_cap as usize).to_string();
+                p.dropped += len - keep.len() as u64;
+                if p.events.send(CmdEvent::Output(keep)).is_ok() {
+                    p.buffered += cost;
+                }
+            } else if p.buffered + cost > BUFFER_LIMIT {
+                p.dropped += len;
                 p.owed += cost; // gone: its credit must come back all the same
             } else if p.events.send(CmdEvent::Output(u.output)).is_ok() {
                 p.buffered += cost;
@@ -201,7 +255,7 @@ impl Relay {
         }
         if let Some(mut r) = u.result {
             let mut p = inner.pending.remove(&u.command_id).expect("looked up above");
-            r.output_dropped_bytes += p.dropped;
+            r.output_dropped_bytes = r.output_dropped_bytes.saturating_add(p.dropped);
             if let Some(done) = p.done.take() {
                 let _ = done.send(r);
             }
@@ -249,6 +303,7 @@ impl Relay {
                 return;
             }
             let credit = OutputCredit { command_id: id.to_string(), bytes: std::mem::take(&mut p.owed) };
+            p.in_flight = p.in_flight.saturating_sub(credit.bytes);
             let server = p.server.clone();
             inner.links.get(&server).map(|l| (l.tx.clone(), credit))
         };

@@ -1,6 +1,6 @@
 //! Storing reports (idempotent on `(agent_id, seq)`) and renewing certificates over the live stream.
 
-use outpost_proto::v1::{Health, HistoryPoint, Report};
+use outpost_proto::v1::{Health, Hello, HistoryPoint, Report};
 use prost::Message;
 
 use crate::ca::SignError;
@@ -11,32 +11,13 @@ use crate::store::{Op, Tree, history_key, now_ms};
 /// History is trimmed once per this many reports of a server.
 const TRIM_EVERY: u64 = 32;
 
-/// Bounds on what one report may carry.
-pub const MAX_DISKS: usize = 64;
-const MAX_TEXT: usize = 256;
+/// Files an agent may announce for `logs`, at most, and the longest path.
+const MAX_LOG_FILES: usize = 64;
+const MAX_PATH: usize = 4096;
 
-/// Checks a report before anything is stored.
+/// Checks a report before anything is stored (the same code the agent checks its samples with).
 pub fn validate_report(r: &Report) -> Result<&Health, HubError> {
-    if r.seq == 0 {
-        return Err(HubError::Invalid("report.seq must be at least 1 (sequences start at 1)".into()));
-    }
-    let h = r.health.as_ref().ok_or_else(|| HubError::Invalid(format!("report {} has no health", r.seq)))?;
-    if h.disks.len() > MAX_DISKS {
-        return Err(HubError::Invalid(format!("report {} lists {} disks; at most {MAX_DISKS}", r.seq, h.disks.len())));
-    }
-    let texts = h.disks.iter().map(|d| &d.mount).chain([&h.agent_version]).chain(h.k3s.iter().map(|k| &k.detail));
-    for t in texts {
-        if t.len() > MAX_TEXT {
-            return Err(HubError::Invalid(format!("report {} has a text field over {MAX_TEXT} bytes", r.seq)));
-        }
-    }
-    if !h.cpu_percent.is_finite() || !(0.0..=100.0 * 1024.0).contains(&h.cpu_percent) {
-        return Err(HubError::Invalid(format!("report {}: cpu_percent {} is not a percentage", r.seq, h.cpu_percent)));
-    }
-    if h.mem_used_bytes > h.mem_total_bytes || h.swap_used_bytes > h.swap_total_bytes {
-        return Err(HubError::Invalid(format!("report {}: used memory exceeds total", r.seq)));
-    }
-    Ok(h)
+    outpost_common::report::validate(r, now_ms()).map_err(HubError::Invalid)
 }
 
 impl HubState {
@@ -49,7 +30,20 @@ impl HubState {
             self.registry.get(server).ok_or_else(|| HubError::NotFound(format!("server {server} was removed")))?;
         let mut record = view.record.clone();
         if report.seq <= record.last_seq {
-            return Ok(record.last_seq); // already stored: idempotent
+            // Already stored: idempotent. The same seq with other content is a broken or hostile agent; the
+            // first one stays.
+            if let Ok(Some(stored)) = self.store.get_raw(Tree::History, &history_key(server, report.seq))
+                && HistoryPoint::decode(stored.as_ref()).ok().and_then(|p| p.health).as_ref() != Some(&health)
+                && let Some(repeated) = self.log_limit.allow("duplicate seq, other content", server)
+            {
+                tracing::warn!(
+                    server,
+                    seq = report.seq,
+                    repeated,
+                    "a report repeats a stored seq with different content; the stored one is kept"
+                );
+            }
+            return Ok(record.last_seq);
         }
         let now = now_ms();
         record.last_seq = report.seq;
@@ -79,23 +73,50 @@ impl HubState {
         Ok(report.seq)
     }
 
-    /// Notes a new stream of `server` (connection counter, host facts from Hello).
-    pub async fn note_connect(&self, server: &str, dropped_reports: u64) -> Result<u64, HubError> {
+    /// Notes a new stream of `server`, opened with certificate `serial`: the connection counter, the agent's
+    /// counters from Hello and, when the agent uses its renewed certificate for the first time, the end of
+    /// the one it replaced.
+    pub async fn note_connect(&self, server: &str, serial: &str, hello: &Hello) -> Result<u64, HubError> {
         let _server = self.lock_server(server).await;
         let view =
             self.registry.get(server).ok_or_else(|| HubError::NotFound(format!("server {server} was removed")))?;
         let mut record = view.record.clone();
+        // Checked again under the lock: a revocation or renewal may have come in between.
+        self.check_serial(&record, serial)?;
+        if hello.log_files.len() > MAX_LOG_FILES
+            || hello.log_files.iter().any(|f| f.len() > MAX_PATH || !outpost_common::text::is_printable(f))
+        {
+            return Err(HubError::Invalid(format!(
+                "Hello: log_files must be at most {MAX_LOG_FILES} paths of at most {MAX_PATH} bytes without control characters"
+            )));
+        }
         record.connections += 1;
-        record.dropped_reports = dropped_reports;
+        record.dropped_reports = hello.dropped_reports;
+        record.refused_reports = hello.refused_reports;
+        record.log_files = hello.log_files.clone();
         record.last_seen_ms = now_ms();
+        // The agent uses its renewed certificate: the one it replaced is dead from now on (it is not the
+        // current or the previous serial any more; no denylist entry is needed).
+        if serial == record.cert_serial {
+            record.prev_serial.clear();
+        }
         self.store.commit(vec![Op::put_json(Tree::Servers, server.to_string(), &record)]).await?;
         let acked = record.last_seq;
         self.registry.put_record(record);
         Ok(acked)
     }
 
-    /// Signs a fresh certificate for the agent of a live stream. Returns (chain, serial, not_after).
-    pub async fn renew(&self, server: &str, agent_id: &str, csr_pem: &str) -> Result<(String, String, i64), HubError> {
+    /// Signs a fresh certificate for the agent of a live stream opened with certificate `presented`.
+    /// Returns (chain, not_after). The new certificate becomes the identity's current one; `presented` stays
+    /// valid until the new one is first used, and every other certificate of the identity stops working
+    /// (so a burst of renewals leaves two valid certificates, not one per renewal).
+    pub async fn renew(
+        &self,
+        server: &str,
+        agent_id: &str,
+        presented: &str,
+        csr_pem: &str,
+    ) -> Result<(String, i64), HubError> {
         let _server = self.lock_server(server).await;
         let view =
             self.registry.get(server).ok_or_else(|| HubError::NotFound(format!("server {server} was removed")))?;
@@ -105,16 +126,20 @@ impl HubState {
                 "agent {agent_id} no longer owns server {server}; it was enrolled again"
             )));
         }
+        self.check_serial(&record, presented)?;
         let issued = self.ca.sign_agent(csr_pem, agent_id, self.agent_cert_ttl).map_err(|e| match e {
             SignError::Csr(c) => HubError::Csr(c),
             SignError::Ca(c) => HubError::Internal(c.to_string()),
         })?;
+        // Whatever this renewal replaces, other than the certificate the agent holds, is dead from now on: the
+        // identity accepts only its current and previous serial.
+        record.prev_serial = presented.to_string();
         record.cert_serial = issued.info.serial.clone();
         record.cert_not_after = issued.info.not_after;
         self.store.commit(vec![Op::put_json(Tree::Servers, server.to_string(), &record)]).await?;
         self.registry.put_record(record);
         tracing::info!(server, serial = %issued.info.serial, not_after = issued.info.not_after, "certificate renewed");
-        Ok((issued.chain_pem, issued.info.serial, issued.info.not_after))
+        Ok((issued.chain_pem, issued.info.not_after))
     }
 
     /// The last `n` history points of a server, oldest first.
@@ -126,25 +151,5 @@ impl HubState {
                     .map_err(|e| HubError::Internal(format!("history of {server} is corrupt: {e}")))
             })
             .collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ill_formed_reports_are_named() {
-        let ok = Report { seq: 1, taken_at_ms: 1, health: Some(Health::default()) };
-        assert!(validate_report(&ok).is_ok());
-        let e = validate_report(&Report { seq: 0, ..ok.clone() }).unwrap_err().to_string();
-        assert!(e.contains("seq must be at least 1"), "{e}");
-        let e = validate_report(&Report { health: None, ..ok.clone() }).unwrap_err().to_string();
-        assert!(e.contains("has no health"), "{e}");
-        let h = Health { mem_used_bytes: 2, ..Default::default() };
-        let e = validate_report(&Report { health: Some(h), ..ok.clone() }).unwrap_err().to_string();
-        assert!(e.contains("exceeds total"), "{e}");
-        let h = Health { cpu_percent: f32::NAN, ..Default::default() };
-        assert!(validate_report(&Report { health: Some(h), ..ok }).is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! The hub's shared state: everything a request handler needs, behind one `Arc`.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -9,7 +10,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::audit::Audit;
 use crate::ca::FleetCa;
+use crate::config::HubConfig;
 use crate::jobs::Jobs;
+use crate::limits::{LogLimiter, RateLimiter};
+use crate::operators::Operators;
 use crate::registry::Registry;
 use crate::relay::Relay;
 use crate::store::Store;
@@ -34,19 +38,31 @@ pub struct HubState {
     pub enroll_lock: tokio::sync::Mutex<()>,
     /// One lock per server around read-modify-write of its record (report, renew, token, revoke).
     server_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Repeated failures of one peer are logged once per interval, then summarised.
+    pub log_limit: LogLimiter,
+    /// Enroll calls per source address.
+    pub enroll_limit: RateLimiter,
+    /// Longest operator certificate lifetime this hub accepts (and `hubd operator issue` gives).
+    pub operator_cert_max_ttl: Duration,
+    /// Agents whose stream went away while the hub was sending to them (not an error; counted).
+    pub agents_gone: AtomicU64,
+    /// Reports refused as invalid (the agent drops them).
+    pub reports_refused: AtomicU64,
+    /// Operators seen, revoked operator names, their live sessions.
+    pub operators: Operators,
 }
 
 impl HubState {
-    #[allow(clippy::too_many_arguments)] // built once, in one place (lib::start)
+    #[allow(clippy::too_many_arguments)] // built once, in one place (lib::start); issue 9 splits it into services
     pub fn new(
         ca: FleetCa,
         store: Store,
         audit: Audit,
         registry: Registry,
+        operators: Operators,
         revoked: HashSet<String>,
         advertise: String,
-        agent_cert_ttl: Duration,
-        history_len: u32,
+        config: &HubConfig,
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) -> HubState {
@@ -59,12 +75,18 @@ impl HubState {
             jobs: Jobs::default(),
             revoked: RwLock::new(revoked),
             advertise,
-            agent_cert_ttl,
-            history_len,
+            agent_cert_ttl: Duration::from_secs(config.agent_cert_ttl_secs),
+            history_len: config.history_len,
             shutdown,
             tasks,
             enroll_lock: tokio::sync::Mutex::new(()),
             server_locks: Mutex::new(HashMap::new()),
+            log_limit: LogLimiter::default(),
+            enroll_limit: RateLimiter::new(config.enroll_rate_per_source, config.enroll_burst_per_source),
+            operator_cert_max_ttl: Duration::from_secs(config.operator_cert_max_ttl_secs),
+            agents_gone: AtomicU64::new(0),
+            reports_refused: AtomicU64::new(0),
+            operators,
         }
     }
 

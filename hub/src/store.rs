@@ -32,11 +32,21 @@ pub enum Tree {
     Audit,
     /// command id → [`crate::jobs::PendingRecord`] (JSON): dispatched, no result audited yet
     Pending,
+    /// operator name → [`crate::operators::OperatorRevocation`] (JSON)
+    Operators,
 }
 
 impl Tree {
-    const ALL: [Tree; 7] =
-        [Tree::Servers, Tree::Tokens, Tree::Burned, Tree::Revoked, Tree::History, Tree::Audit, Tree::Pending];
+    const ALL: [Tree; 8] = [
+        Tree::Servers,
+        Tree::Tokens,
+        Tree::Burned,
+        Tree::Revoked,
+        Tree::History,
+        Tree::Audit,
+        Tree::Pending,
+        Tree::Operators,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -47,6 +57,7 @@ impl Tree {
             Tree::History => "history",
             Tree::Audit => "audit",
             Tree::Pending => "pending",
+            Tree::Operators => "operators",
         }
     }
 }
@@ -86,8 +97,14 @@ pub struct ServerRecord {
     pub customer: String,
     pub plan: String,
     pub agent_id: String,
+    /// The identity's current certificate (the newest issued).
     pub cert_serial: String,
     pub cert_not_after: i64,
+    /// The certificate a renewal replaced, still accepted until the agent first connects with the new one
+    /// (it may not have received or stored it). Every other serial this identity ever held is refused.
+    pub prev_serial: String,
+    /// When the identity was revoked (0: not revoked). Nothing connects or renews until a new enrollment.
+    pub revoked_ms: i64,
     pub agent_version: String,
     pub hostname: String,
     pub os: String,
@@ -103,6 +120,10 @@ pub struct ServerRecord {
     pub reports_received: u64,
     pub connections: u64,
     pub dropped_reports: u64,
+    /// Reports the hub refused as invalid, as the agent counts them (Hello).
+    pub refused_reports: u64,
+    /// Files the agent lets `logs` read (Hello).
+    pub log_files: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -169,6 +190,10 @@ impl Store {
         let (done, wait) = oneshot::channel();
         self.writer.send(Batch { ops, done }).await.map_err(|_| StoreError::Closed)?;
         wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    pub fn get_raw(&self, t: Tree, key: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
+        self.tree(t).get(key).map_err(|e| StoreError::Write(e.to_string()))
     }
 
     pub fn get_json<T: DeserializeOwned>(&self, t: Tree, key: &[u8]) -> Result<Option<T>, StoreError> {

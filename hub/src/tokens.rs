@@ -8,6 +8,7 @@ use outpost_common::cert::{hex, valid_name};
 
 use crate::ca::random_bytes;
 use crate::error::HubError;
+use crate::registry::Liveness;
 use crate::state::HubState;
 use crate::store::{Op, ServerRecord, TokenRecord, Tree, now_ms};
 
@@ -23,6 +24,18 @@ pub struct TokenRequest {
     pub customer: String,
     pub plan: String,
     pub labels: BTreeMap<String, String>,
+    /// The server is enrolled and connected: the admin confirms the new token replaces its agent.
+    pub replace: bool,
+}
+
+/// A token created.
+pub struct Created {
+    pub token: String,
+    pub expires_ms: i64,
+    /// Older unused tokens of the server that no longer work.
+    pub invalidated: usize,
+    /// The server is connected right now: enrolling with this token replaces its agent.
+    pub replaces_live_agent: bool,
 }
 
 impl TokenRequest {
@@ -30,23 +43,25 @@ impl TokenRequest {
         let mut problems = Vec::new();
         if !valid_name(&self.server) {
             problems.push(format!(
-                "server_name {:?} is not a valid name (1-63 of a-z, 0-9 and '-', not starting or ending with '-')",
-                self.server
+                "server_name {} is not a valid name (1-63 of a-z, 0-9 and '-', not starting or ending with '-')",
+                outpost_common::text::excerpt(&self.server, 64)
             ));
         }
         if !(MIN_TTL..=MAX_TTL).contains(&self.ttl) {
             problems.push(format!("ttl {}s is outside 1s..=30d", self.ttl.as_secs()));
         }
         for (field, v) in [("customer", &self.customer), ("plan", &self.plan)] {
-            if v.len() > 64 || v.chars().any(char::is_control) {
-                problems.push(format!("{field} must be at most 64 printable characters"));
+            if v.chars().count() > 64 || v.len() > 256 || !outpost_common::text::is_printable(v) {
+                problems.push(format!(
+                    "{field} must be at most 64 characters without control, bidi or invisible characters"
+                ));
             }
         }
         if self.labels.len() > MAX_LABELS {
             problems.push(format!("{} labels; at most {MAX_LABELS}", self.labels.len()));
         }
         for (k, v) in &self.labels {
-            if !valid_label_key(k) || v.len() > 255 || v.chars().any(char::is_control) {
+            if !valid_label_key(k) || v.len() > 255 || !outpost_common::text::is_printable(v) {
                 problems.push(format!("label {k:?}={v:?}: keys are 1-63 of a-z, 0-9, '-', '_', '.', '/'; values at most 255 printable characters"));
             }
         }
@@ -61,14 +76,25 @@ fn valid_label_key(k: &str) -> bool {
 }
 
 impl HubState {
-    /// Creates (or updates) the server record and a token for it. Returns the token string and its expiry.
-    pub async fn create_token(&self, req: TokenRequest, by: &str) -> Result<(String, i64), HubError> {
+    /// Creates (or updates) the server record and a token for it. At most one token per server is
+    /// outstanding: older unused ones are invalidated in the same write. A server that is enrolled and
+    /// connected needs `replace` (enrolling replaces its agent; the takeover is audited at enrollment).
+    pub async fn create_token(&self, req: TokenRequest, by: &str) -> Result<Created, HubError> {
         req.validate()?;
         let _server = self.lock_server(&req.server).await;
         let now = now_ms();
+        let existing = self.registry.get(&req.server);
+        let live =
+            existing.as_ref().is_some_and(|v| v.liveness == Liveness::Connected && !v.record.agent_id.is_empty());
+        if live && !req.replace {
+            return Err(HubError::Invalid(format!(
+                "server {} is enrolled and connected; a token for it would replace its running agent. Pass --replace (replace = true) if that is what you want",
+                req.server
+            )));
+        }
         let secret = hex(&random_bytes::<32>());
         let expires_ms = now + req.ttl.as_millis() as i64;
-        let mut record = match self.registry.get(&req.server) {
+        let mut record = match existing {
             Some(v) => v.record.clone(),
             None => ServerRecord { name: req.server.clone(), created_ms: now, ..Default::default() },
         };
@@ -79,16 +105,21 @@ impl HubState {
             record.plan = req.plan.clone();
         }
         record.labels.extend(req.labels.clone());
+        let older: Vec<String> = self
+            .store
+            .all_json::<TokenRecord>(Tree::Tokens)?
+            .into_iter()
+            .filter(|(_, t)| t.server == req.server)
+            .map(|(hash, _)| hash)
+            .collect();
         let token = TokenRecord { server: req.server.clone(), created_ms: now, expires_ms, created_by: by.to_string() };
-        self.store
-            .commit(vec![
-                Op::put_json(Tree::Tokens, JoinToken::hash_secret(&secret), &token),
-                Op::put_json(Tree::Servers, record.name.clone(), &record),
-            ])
-            .await?;
+        let mut ops: Vec<Op> = older.iter().map(|h| Op::Del(Tree::Tokens, h.clone().into_bytes())).collect();
+        ops.push(Op::put_json(Tree::Tokens, JoinToken::hash_secret(&secret), &token));
+        ops.push(Op::put_json(Tree::Servers, record.name.clone(), &record));
+        self.store.commit(ops).await?;
         self.registry.put_record(record);
-        tracing::info!(server = %req.server, ttl_secs = req.ttl.as_secs(), by, "join token created");
+        tracing::info!(server = %req.server, ttl_secs = req.ttl.as_secs(), by, invalidated = older.len(), replace = live, "join token created");
         let token = JoinToken { hub: self.advertise.clone(), pin: self.ca.pin().to_string(), secret };
-        Ok((token.encode(), expires_ms))
+        Ok(Created { token: token.encode(), expires_ms, invalidated: older.len(), replaces_live_agent: live })
     }
 }

@@ -198,34 +198,52 @@ async fn stream_error(id: &AgentIdentity, msgs: Vec<AgentMessage>) -> tonic::Sta
     }
 }
 
+/// Opens a stream with `msgs` and returns the reason of the first ReportRefused.
+async fn refusal(id: &AgentIdentity, msgs: Vec<AgentMessage>) -> String {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    for m in msgs {
+        tx.send(m).await.unwrap();
+    }
+    let mut inbound =
+        agent_link(id).connect(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    loop {
+        match inbound.message().await.unwrap().and_then(|m| m.body) {
+            Some(outpost_proto::v1::hub_message::Body::Refused(r)) => return r.reason,
+            Some(_) => {}
+            None => panic!("the stream ended without a ReportRefused"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ill_formed_and_oversized_messages() {
     let tmp = tempfile::tempdir().unwrap();
     let hub = hub(&tmp, "").await;
     let id = enroll(&hub.token("m-1").await, None).await.unwrap();
     let hello = || body(agent_message::Body::Hello(Hello::default()));
-    let report =
-        |seq| body(agent_message::Body::Report(Report { seq, taken_at_ms: 1, health: Some(Health::default()) }));
+    let report = |seq| {
+        body(agent_message::Body::Report(Report {
+            seq,
+            taken_at_ms: outpost_common::now_ms(),
+            health: Some(Health::default()),
+        }))
+    };
 
     let s = stream_error(&id, vec![report(1)]).await;
     assert_eq!((s.code(), s.message()), (Code::InvalidArgument, "the first message on Connect must be Hello"));
-    let s = stream_error(&id, vec![hello(), report(0)]).await;
-    assert_eq!(
-        (s.code(), s.message()),
-        (Code::InvalidArgument, "report.seq must be at least 1 (sequences start at 1)")
-    );
+    // An invalid report is refused on its own (ReportRefused); the stream stays up for the reports behind it.
+    assert_eq!(refusal(&id, vec![hello(), report(0)]).await, "report.seq must be at least 1 (sequences start at 1)");
     let s = stream_error(&id, vec![hello(), AgentMessage { body: None }]).await;
     assert_eq!(s.code(), Code::InvalidArgument);
     assert!(s.message().starts_with("an AgentMessage must carry a body"), "{}", s.message());
     let s = stream_error(&id, vec![hello(), hello()]).await;
     assert_eq!(s.message(), "Hello may be sent only once, as the first message");
     let big = Health { disks: vec![Default::default(); 65], ..Default::default() };
-    let s = stream_error(
-        &id,
-        vec![hello(), body(agent_message::Body::Report(Report { seq: 1, taken_at_ms: 1, health: Some(big) }))],
-    )
-    .await;
-    assert_eq!(s.message(), "report 1 lists 65 disks; at most 64");
+    let big = Report { seq: 1, taken_at_ms: outpost_common::now_ms(), health: Some(big) };
+    assert_eq!(
+        refusal(&id, vec![hello(), body(agent_message::Body::Report(big))]).await,
+        "report 1 lists 65 disks; at most 64"
+    );
 
     // Over the 1 MiB message limit: refused by the codec before any handler runs.
     let ca = id.ca_pem.clone();

@@ -5,6 +5,7 @@ mod bad_input;
 mod console;
 mod fanout;
 mod fleet;
+mod hostile;
 mod ops;
 mod renewal;
 mod shutdown;

@@ -2,6 +2,8 @@
 //! test, admin access minted from the hub's own CA, and waits that follow the hub's fleet watch stream (an
 //! event) instead of sleeping.
 
+pub mod hostile;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -96,13 +98,18 @@ impl HubProc {
 
     /// An operator bundle signed by this hub's CA (read from its data dir, as `hubd operator issue` does).
     pub fn bundle(&self, name: &str, role: Role) -> Bundle {
+        self.bundle_with_ttl(name, role, Duration::from_secs(3600))
+    }
+
+    /// An operator bundle with lifetime `ttl`, signed with the CA directly (as a careless admin might).
+    pub fn bundle_with_ttl(&self, name: &str, role: Role, ttl: Duration) -> Bundle {
         let config = hub::HubConfig {
             listen: format!("127.0.0.1:{}", self.port).parse().unwrap(),
             data_dir: self.dir.join("data"),
             ..Default::default()
         };
         let ca = hub::ca::FleetCa::load(&config.data_dir.join("ca"), None).unwrap();
-        hub::cli::issue_bundle(&config, &ca, name, role, Duration::from_secs(3600)).unwrap()
+        hub::cli::issue_bundle(&config, &ca, name, role, ttl).unwrap()
     }
 
     pub fn client(&self, role: Role) -> OperatorClient<Channel> {
@@ -257,6 +264,20 @@ pub fn summary(fleet: &Fleet) -> Vec<String> {
 
 pub fn liveness(s: &Server) -> Liveness {
     Liveness::try_from(s.liveness).unwrap_or(Liveness::Unspecified)
+}
+
+/// Waits until the file at `path` (another process's log) contains `needle`. A log line is not an event
+/// this process can await, so this polls, with a deadline.
+pub async fn wait_for_file(path: &Path, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(std::time::Instant::now() < deadline, "{} never contained {needle:?}:\n{text}", path.display());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 pub fn is(fleet: &Fleet, name: &str, l: Liveness) -> bool {

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 /// Output kept in the journal for a replay.
 const TAIL: usize = 64 * 1024;
 /// Output cap of actions that do not set one (diagnostics, logs, service-*).
-const DEFAULT_CAP: u64 = 4 * 1024 * 1024;
+const DEFAULT_CAP: u64 = outpost_common::actions::DEFAULT_OUTPUT_CAP;
 /// Largest update sent: bigger text goes in pieces, each paid for with credit.
 const PIECE: usize = 16 * 1024;
 /// "No flow control": more than any output cap.

@@ -241,7 +241,17 @@ async fn diagnostics(ctx: &mut Ctx<'_>) -> CommandResult {
         Err(e) => ctx.out.line(&format!("unreadable: {e}")).await,
     }
     ctx.out.line("== recent agentd log").await;
-    match ctx.config.log_dir.as_deref().and_then(newest_file) {
+    // The log directory when agentd writes one; otherwise the newest of the files `logs` may read (where a
+    // service manager sends agentd's stderr to a file, as the demo does).
+    let newest_log_file = || {
+        ctx.config
+            .log_files
+            .iter()
+            .filter_map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok().map(|t| (t, f.clone())))
+            .max()
+            .map(|(_, f)| f)
+    };
+    match ctx.config.log_dir.as_deref().and_then(newest_file).or_else(newest_log_file) {
         Some(f) => {
             let text = std::fs::read(&f).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
@@ -249,7 +259,9 @@ async fn diagnostics(ctx: &mut Ctx<'_>) -> CommandResult {
                 ctx.out.line(l).await;
             }
         }
-        None => ctx.out.line("(no log_dir configured; agentd logs to the journal: use the logs action)").await,
+        None => {
+            ctx.out.line("(no log_dir or log_files configured; agentd logs to the journal: use the logs action)").await
+        }
     }
     result(Outcome::Succeeded, 0, "diagnostics collected")
 }

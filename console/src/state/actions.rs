@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use outpost_common::Role;
 use outpost_common::actions::{self, Action as CatalogAction, ArgKind};
+use outpost_common::text::inert;
 use outpost_proto::v1 as pb;
 
 use super::{App, Key, Mode, Request, Screen};
@@ -236,11 +237,12 @@ impl App {
                 job.progress.total = p.targets.len() as u32;
             }
             Some(pb::job_event::Event::Target(t)) => {
+                let server = inert(&t.server).into_owned();
                 for l in t.output.lines() {
-                    job.push_line(format!("{} | {l}", t.server));
+                    job.push_line(format!("{server} | {}", inert(l)));
                 }
                 if let Some(r) = t.result {
-                    job.results.push((t.server, crate::run::outcome_word(r.outcome), r.message));
+                    job.results.push((server, crate::run::outcome_word(r.outcome), inert(&r.message).into_owned()));
                 }
             }
             Some(pb::job_event::Event::Progress(p)) => job.progress = p,
@@ -250,11 +252,22 @@ impl App {
 
     pub fn job_refused(&mut self, message: String) {
         if let Some(j) = self.job.as_mut() {
-            j.error = Some(message);
+            j.error = Some(inert(&message).into_owned());
         }
     }
 
-    pub fn apply_audit(&mut self, records: Vec<pb::AuditRecord>) {
+    pub fn apply_audit(&mut self, mut records: Vec<pb::AuditRecord>) {
+        for r in &mut records {
+            for f in [&mut r.operator, &mut r.action, &mut r.selector, &mut r.message, &mut r.job_id, &mut r.command_id]
+            {
+                *f = inert(f).into_owned();
+            }
+            r.servers.iter_mut().for_each(|s| *s = inert(s).into_owned());
+            r.args = std::mem::take(&mut r.args)
+                .into_iter()
+                .map(|(k, v)| (inert(&k).into_owned(), inert(&v).into_owned()))
+                .collect();
+        }
         self.audit = records;
         self.audit_loaded = true;
     }

@@ -327,7 +327,12 @@ impl App {
 
     /// A hub event. While paused, events are held and applied in order on resume.
     pub fn apply(&mut self, e: FleetEvent, now_ms: i64) {
-        let Some(e) = e.event else { return };
+        let Some(mut e) = e.event else { return };
+        match &mut e {
+            fleet_event::Event::Snapshot(s) => s.servers.iter_mut().for_each(crate::inert::server),
+            fleet_event::Event::Upsert(s) => crate::inert::server(s),
+            fleet_event::Event::Removed(name) => *name = outpost_common::text::inert(name).into_owned(),
+        }
         if self.paused {
             self.held.push(e);
             return;
@@ -395,7 +400,8 @@ impl App {
 
     /// The open server's history, as the hub sent it.
     pub fn apply_detail(&mut self, d: ServerDetail) {
-        let Some(server) = d.server else { return };
+        let Some(mut server) = d.server else { return };
+        crate::inert::server(&mut server);
         if self.detail.as_ref().is_none_or(|x| x.name != server.name) {
             return; // the operator moved on
         }

@@ -187,3 +187,25 @@ fn facts(lines: Vec<(String, String)>) -> Paragraph<'static> {
 
 #[cfg(test)]
 mod tests;
+
+/// Renders the fleet, server (the first server), job and audit screens of `app` into an off-screen buffer
+/// of `width`×`height` and returns each as text: for tests and tools that check what an operator would see.
+pub fn render_all_for_test(app: &mut App, width: u16, height: u16) -> Vec<(&'static str, String)> {
+    let first = app.rows().first().cloned();
+    let mut screens = vec![("fleet", Screen::Fleet), ("job", Screen::Job), ("audit", Screen::Audit)];
+    if let Some(name) = first {
+        screens.push(("server", Screen::Server(name)));
+    }
+    let now = outpost_common::now_ms();
+    screens
+        .into_iter()
+        .map(|(label, screen)| {
+            app.screen = screen;
+            let mut terminal = ratatui::Terminal::new(ratatui::backend::TestBackend::new(width, height))
+                .expect("an in-memory terminal");
+            terminal.draw(|f| render(f, app, now, Theme { color: true })).expect("drawing into memory");
+            let text: String = terminal.backend().buffer().content().iter().map(|c| c.symbol()).collect();
+            (label, text)
+        })
+        .collect()
+}

@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use harness::{AgentProc, HubProc, is, watch_until_for};
 use outpost_common::Role;
+
+/// The simulator enrolls thousands of agents from one address (loopback): no per-source enrollment limit.
+const BENCH_HUB: &str = "enroll_rate_per_source = 0";
 use outpost_proto::v1::Liveness;
 
 #[derive(Debug, Parser)]
@@ -160,7 +163,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn agent_idle(root: &Path, minutes: f64) -> anyhow::Result<()> {
-    let hub = HubProc::start(&root.join("hub"), harness::free_port(), "").await;
+    let hub = HubProc::start(&root.join("hub"), harness::free_port(), BENCH_HUB).await;
     let token = hub.token("bench-agent").await;
     let dir = root.join("agent");
     std::fs::create_dir_all(&dir)?;
@@ -184,7 +187,7 @@ async fn agent_idle(root: &Path, minutes: f64) -> anyhow::Result<()> {
 }
 
 async fn hub(root: &Path, agents: u32, interval: &str, minutes: f64) -> anyhow::Result<()> {
-    let hub = HubProc::start(&root.join("hub"), harness::free_port(), "").await;
+    let hub = HubProc::start(&root.join("hub"), harness::free_port(), BENCH_HUB).await;
     let (mut sim, mut ops) = start_fleet(&hub, root, agents, interval, &[]).await?;
     // Let every agent reach its steady reporting rhythm.
     tokio::time::sleep(outpost_common::parse_duration_ms(interval).map_err(anyhow::Error::msg)? * 2).await;
@@ -303,7 +306,7 @@ async fn console(root: &Path, servers: u32, interval: &str, seconds: u64) -> any
     use ratatui::Terminal;
     use ratatui::backend::TestBackend;
 
-    let hub = HubProc::start(&root.join("hub"), harness::free_port(), "").await;
+    let hub = HubProc::start(&root.join("hub"), harness::free_port(), BENCH_HUB).await;
     let viewer = root.join("viewer");
     let bundle = hub.bundle("bench-viewer", Role::Viewer);
     bundle.write(&viewer)?;
@@ -517,7 +520,7 @@ fn console_frame(servers: u32, frames: u32) -> anyhow::Result<()> {
 }
 
 async fn replay(root: &Path, reports: u64) -> anyhow::Result<()> {
-    let hub = HubProc::start(&root.join("hub"), harness::free_port(), "").await;
+    let hub = HubProc::start(&root.join("hub"), harness::free_port(), BENCH_HUB).await;
     let dir = root.join("agent");
     std::fs::create_dir_all(&dir)?;
     // Enroll, then fill the outbox as an outage would have (the agent is not running yet).
@@ -552,7 +555,7 @@ async fn replay(root: &Path, reports: u64) -> anyhow::Result<()> {
 
 async fn action_rtt(root: &Path, agents: u32, runs: u32, interval: &str) -> anyhow::Result<()> {
     use outpost_proto::v1::{RunActionRequest, Selector, job_event::Event};
-    let hub = HubProc::start(&root.join("hub"), harness::free_port(), "").await;
+    let hub = HubProc::start(&root.join("hub"), harness::free_port(), BENCH_HUB).await;
     let (mut sim, _ops) = start_fleet(&hub, root, agents, interval, &["--concurrency", "64"]).await?;
     let mut ops = hub.client(Role::Support);
     let request = |names: Vec<String>, batch: u32| RunActionRequest {

@@ -1,0 +1,195 @@
+//! What a health report may carry: one implementation, used by the hub to refuse a report and by the agent
+//! to make sure it never sends one the hub would refuse (limits in the same unit, bytes, on both sides).
+//!
+//! Architecture invariant: a report the hub refuses never blocks the reports behind it. The agent shapes
+//! every sample with [`conform`] before it enters the outbox and checks it with [`validate`]; should the
+//! hub still refuse one (an older agent, a newer hub), it answers `ReportRefused` and the agent drops it,
+//! counted.
+
+use outpost_proto::v1::{Health, Hello, Report, k3s};
+
+use crate::text;
+
+/// Disks per report, at most.
+pub const MAX_DISKS: usize = 64;
+/// Bytes per text field of a report (mount paths, K3s detail, agent version).
+pub const MAX_TEXT: usize = 256;
+/// Sequences, counters and backlogs are below this (at one report a second, 8.9 million years).
+pub const MAX_SEQ: u64 = 1 << 48;
+/// Earliest plausible sample time: 2000-01-01 (unix ms).
+pub const MIN_TAKEN_AT_MS: i64 = 946_684_800_000;
+/// How far ahead of the hub's clock a sample may be taken (clock skew), in ms.
+pub const MAX_CLOCK_AHEAD_MS: i64 = 24 * 3600 * 1000;
+/// CPU percent is at most this (100 % per core; 1,024 cores).
+pub const MAX_CPU_PERCENT: f32 = 100.0 * 1024.0;
+
+/// Checks a report; the message names the report and the field. `now_ms` is the checker's clock.
+pub fn validate(r: &Report, now_ms: i64) -> Result<&Health, String> {
+    let seq = r.seq;
+    if seq == 0 {
+        return Err("report.seq must be at least 1 (sequences start at 1)".into());
+    }
+    if seq >= MAX_SEQ {
+        return Err(format!("report.seq {seq} is implausibly large (at most 2^48)"));
+    }
+    if r.taken_at_ms < MIN_TAKEN_AT_MS || r.taken_at_ms > now_ms.saturating_add(MAX_CLOCK_AHEAD_MS) {
+        return Err(format!(
+            "report {seq}: taken_at_ms {} is not a plausible unix time in ms (after 2000 and at most a day ahead of the hub's clock)",
+            r.taken_at_ms
+        ));
+    }
+    let h = r.health.as_ref().ok_or_else(|| format!("report {seq} has no health"))?;
+    if h.disks.len() > MAX_DISKS {
+        return Err(format!("report {seq} lists {} disks; at most {MAX_DISKS}", h.disks.len()));
+    }
+    let texts = h
+        .disks
+        .iter()
+        .map(|d| ("disks.mount", &d.mount))
+        .chain([("agent_version", &h.agent_version)])
+        .chain(h.k3s.iter().map(|k| ("k3s.detail", &k.detail)));
+    for (field, t) in texts {
+        if t.len() > MAX_TEXT {
+            return Err(format!("report {seq}: {field} is {} bytes; at most {MAX_TEXT}", t.len()));
+        }
+        if !text::is_printable(t) {
+            return Err(format!("report {seq}: {field} contains control, bidi or invisible characters"));
+        }
+    }
+    for (field, v) in [("cpu_percent", h.cpu_percent), ("load1", h.load1), ("load5", h.load5), ("load15", h.load15)] {
+        if !v.is_finite() || !(0.0..=MAX_CPU_PERCENT).contains(&v) {
+            return Err(format!("report {seq}: {field} {v} is not a finite value in 0..={MAX_CPU_PERCENT}"));
+        }
+    }
+    if h.mem_used_bytes > h.mem_total_bytes || h.swap_used_bytes > h.swap_total_bytes {
+        return Err(format!("report {seq}: used memory exceeds total"));
+    }
+    if let Some(d) = h.disks.iter().find(|d| d.available_bytes > d.total_bytes) {
+        return Err(format!(
+            "report {seq}: disk {:?} has {} bytes available of {} total",
+            text::inert(&d.mount),
+            d.available_bytes,
+            d.total_bytes
+        ));
+    }
+    if let Some(k) = &h.k3s
+        && k3s::State::try_from(k.state).is_err()
+    {
+        return Err(format!("report {seq}: k3s.state {} is not a known state", k.state));
+    }
+    Ok(h)
+}
+
+/// Checks the counters in a Hello.
+pub fn validate_hello(h: &Hello) -> Result<(), String> {
+    if h.last_seq >= MAX_SEQ || h.dropped_reports >= MAX_SEQ || h.refused_reports >= MAX_SEQ {
+        return Err(format!(
+            "Hello: last_seq {}, dropped_reports {}, refused_reports {} must each be below 2^48",
+            h.last_seq, h.dropped_reports, h.refused_reports
+        ));
+    }
+    if !text::is_printable(&h.agent_version) || h.agent_version.len() > MAX_TEXT {
+        return Err(format!(
+            "Hello: agent_version must be at most {MAX_TEXT} bytes without control, bidi or invisible characters"
+        ));
+    }
+    Ok(())
+}
+
+/// Makes a locally taken sample fit [`validate`]: texts cut to [`MAX_TEXT`] bytes on a character boundary
+/// with unsafe characters escaped (and cut again: escaping lengthens), non-finite or negative readings
+/// zeroed and the rest clamped, counts bounded.
+pub fn conform(h: &mut Health) {
+    fn fit(s: &mut String) {
+        if s.len() > MAX_TEXT || !text::is_printable(s) {
+            let safe = text::inert(s).into_owned();
+            *s = text::truncate_bytes(&safe, MAX_TEXT).to_string();
+        }
+    }
+    fn reading(v: &mut f32) {
+        *v = if v.is_finite() { v.clamp(0.0, MAX_CPU_PERCENT) } else { 0.0 };
+    }
+    h.disks.truncate(MAX_DISKS);
+    for d in &mut h.disks {
+        fit(&mut d.mount);
+        d.available_bytes = d.available_bytes.min(d.total_bytes);
+    }
+    fit(&mut h.agent_version);
+    if let Some(k) = &mut h.k3s {
+        fit(&mut k.detail);
+        if k3s::State::try_from(k.state).is_err() {
+            k.state = k3s::State::Unspecified as i32;
+        }
+    }
+    for v in [&mut h.cpu_percent, &mut h.load1, &mut h.load5, &mut h.load15] {
+        reading(v);
+    }
+    h.mem_used_bytes = h.mem_used_bytes.min(h.mem_total_bytes);
+    h.swap_used_bytes = h.swap_used_bytes.min(h.swap_total_bytes);
+}
+
+#[cfg(test)]
+mod tests {
+    use outpost_proto::v1::{Disk, K3s};
+
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    fn report(h: Health) -> Report {
+        Report { seq: 1, taken_at_ms: NOW, health: Some(h) }
+    }
+
+    #[test]
+    fn ill_formed_reports_are_named() {
+        assert!(validate(&report(Health::default()), NOW).is_ok());
+        let e = validate(&Report { seq: 0, ..report(Health::default()) }, NOW).unwrap_err();
+        assert!(e.contains("seq must be at least 1"), "{e}");
+        let e = validate(&Report { health: None, ..report(Health::default()) }, NOW).unwrap_err();
+        assert!(e.contains("has no health"), "{e}");
+        let e = validate(&report(Health { mem_used_bytes: 2, ..Default::default() }), NOW).unwrap_err();
+        assert!(e.contains("exceeds total"), "{e}");
+        for bad in [f32::NAN, f32::INFINITY, -1.0] {
+            assert!(validate(&report(Health { cpu_percent: bad, ..Default::default() }), NOW).is_err());
+            assert!(validate(&report(Health { load5: bad, ..Default::default() }), NOW).is_err());
+        }
+        for t in [-1, 0, 1 << 62] {
+            let e = validate(&Report { taken_at_ms: t, ..report(Health::default()) }, NOW).unwrap_err();
+            assert!(e.contains("taken_at_ms"), "{e}");
+        }
+        let d = Disk { mount: "/".into(), total_bytes: 1, available_bytes: 2 };
+        let e = validate(&report(Health { disks: vec![d], ..Default::default() }), NOW).unwrap_err();
+        assert!(e.contains("available of 1 total"), "{e}");
+        let e =
+            validate(&report(Health { agent_version: "1.0\u{1b}[2J".into(), ..Default::default() }), NOW).unwrap_err();
+        assert!(e.contains("agent_version contains control"), "{e}");
+    }
+
+    #[test]
+    fn a_conformed_sample_always_validates() {
+        let nasty = format!("/mnt/{}\u{202e}\u{1b}[2J", "é".repeat(200));
+        let mut h = Health {
+            cpu_percent: f32::NAN,
+            load1: f32::INFINITY,
+            load5: -3.0,
+            mem_used_bytes: 5,
+            disks: vec![Disk { mount: nasty.clone(), total_bytes: 1, available_bytes: 9 }; 70],
+            k3s: Some(K3s { state: 99, detail: "é".repeat(200) }),
+            agent_version: "\u{7}".repeat(300),
+            ..Default::default()
+        };
+        assert!(validate(&report(h.clone()), NOW).is_err());
+        conform(&mut h);
+        validate(&report(h.clone()), NOW).unwrap();
+        assert_eq!(h.disks.len(), MAX_DISKS);
+        assert!(h.disks[0].mount.len() <= MAX_TEXT && h.disks[0].mount.starts_with("/mnt/é"));
+    }
+
+    #[test]
+    fn hello_counters_are_bounded() {
+        assert!(validate_hello(&Hello { last_seq: 10, ..Default::default() }).is_ok());
+        let e = validate_hello(&Hello { last_seq: u64::MAX, ..Default::default() }).unwrap_err();
+        assert!(e.contains("below 2^48"), "{e}");
+        assert!(validate_hello(&Hello { dropped_reports: u64::MAX, ..Default::default() }).is_err());
+    }
+}
