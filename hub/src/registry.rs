@@ -71,13 +71,21 @@ impl Registry {
         let now = now_ms();
         let mut servers = HashMap::new();
         let mut by_agent = HashMap::new();
+        let grace_ms = grace.as_millis() as i64;
         for record in records {
-            let liveness = if record.agent_id.is_empty() { Liveness::Pending } else { Liveness::Disconnected };
+            // After a restart, tell what happened from what was stored: a server last seen within the grace
+            // is disconnected since then, one seen longer ago is (still) lost; never enrolled is pending.
+            let (liveness, since) = match record.last_seen_ms {
+                _ if record.agent_id.is_empty() => (Liveness::Pending, record.created_ms.max(0)),
+                0 => (Liveness::Pending, now),
+                seen if now - seen >= grace_ms => (Liveness::Lost, seen + grace_ms),
+                seen => (Liveness::Disconnected, seen),
+            };
             if !record.agent_id.is_empty() {
                 by_agent.insert(record.agent_id.clone(), record.name.clone());
             }
             let health = latest(&record.name);
-            let view = ServerView { record, liveness, liveness_since_ms: now, health };
+            let view = ServerView { record, liveness, liveness_since_ms: since, health };
             servers.insert(view.record.name.clone(), Entry { view: Arc::new(view), stream: None });
         }
         Registry {
@@ -128,12 +136,12 @@ impl Registry {
         if !record.agent_id.is_empty() {
             inner.by_agent.insert(record.agent_id.clone(), record.name.clone());
         }
-        let (mut liveness, mut since, health) = old
-            .map(|o| (o.liveness, o.liveness_since_ms, o.health.clone()))
-            .unwrap_or((Liveness::Pending, now_ms(), None));
-        if liveness == Liveness::Pending && !record.agent_id.is_empty() {
-            (liveness, since) = (Liveness::Disconnected, now_ms());
-        }
+        // Enrollment alone changes no liveness: a new server stays pending until its first stream.
+        let (liveness, since, health) = old.map(|o| (o.liveness, o.liveness_since_ms, o.health.clone())).unwrap_or((
+            Liveness::Pending,
+            now_ms(),
+            None,
+        ));
         let name = record.name.clone();
         let view = Arc::new(ServerView { record, liveness, liveness_since_ms: since, health });
         inner.servers.entry(name).or_insert_with(|| Entry { view: view.clone(), stream: None }).view = view.clone();

@@ -137,3 +137,96 @@ fn demo_runs_a_live_fleet_and_leaves_nothing_behind() {
     let leftovers: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
     assert!(leftovers.is_empty(), "the demo directory was not removed: {leftovers:?}");
 }
+
+/// The README's "Running it for real" block, every line in order, as written: only the paths move into a
+/// temporary directory (config files, `~`), and the token printed by `hubd token create` replaces the
+/// placeholder. Long-running lines (`hubd`, `agentd`) are started and left running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_commands_work_as_written() {
+    use tokio::io::AsyncBufReadExt;
+    harness::init();
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).unwrap();
+    let block = readme.split("## Running it for real").nth(1).unwrap();
+    let block = block.split("```sh").nth(1).unwrap().split("```").next().unwrap();
+    let commands: Vec<String> =
+        block.lines().map(|l| l.split(" # ").next().unwrap().trim().to_string()).filter(|l| !l.is_empty()).collect();
+    assert!(commands.len() >= 7, "{commands:?}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let port = harness::free_port();
+    let hub_config = root.join("hubd.toml");
+    std::fs::write(&hub_config, format!("listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}/hub\"\n", root.display()))
+        .unwrap();
+    let systemctl = harness::fake_systemctl(&root.join("bin"));
+    let agent_config = root.join("agentd.toml");
+    std::fs::write(
+        &agent_config,
+        format!(
+            "data_dir = \"{0}/agent\"\ntoken_file = \"{0}/join-token\"\nsystemctl = \"{1}\"\nbackoff_initial_ms = 100\nbackoff_max_ms = 1000\n",
+            root.display(),
+            systemctl.display()
+        ),
+    )
+    .unwrap();
+    let home = root.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let bins = harness::bin("hubd").parent().unwrap().to_path_buf();
+    let path = format!("{}:{}", bins.display(), std::env::var("PATH").unwrap_or_default());
+    let shell = |line: &str| {
+        let mut c = tokio::process::Command::new("sh");
+        c.arg("-c")
+            .arg(
+                line.replace("/etc/outpost/hubd.toml", hub_config.to_str().unwrap())
+                    .replace("/etc/outpost/agentd.toml", agent_config.to_str().unwrap()),
+            )
+            .env("PATH", &path)
+            .env("HOME", &home)
+            .env_remove("XDG_CONFIG_HOME")
+            .env_remove("OUTPOST_BUNDLE")
+            .env("OUTPOST_HUBD_CONFIG", &hub_config)
+            .env("OUTPOST_AGENTD_CONFIG", &agent_config)
+            .kill_on_drop(true);
+        c
+    };
+    let mut token = String::new();
+    let mut daemons = Vec::new();
+    for line in &commands {
+        let line = line.replace("'outpost-join-v1.…'", &format!("'{token}'"));
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let daemon = words.len() == 3 && words[1] == "--config" && ["hubd", "agentd"].contains(&words[0]);
+        if daemon {
+            let mut child =
+                shell(&line).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap();
+            if words[0] == "hubd" {
+                let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+                let first =
+                    tokio::time::timeout(harness::WAIT, lines.next_line()).await.unwrap().unwrap().unwrap_or_default();
+                assert!(first.starts_with("READY "), "{line}: {first}");
+            }
+            daemons.push(child);
+            continue;
+        }
+        if words.first() == Some(&"outpost") && words.get(1) == Some(&"run") {
+            // The agent started two lines up must be connected before an action can reach it.
+            let bundle = outpost_common::bundle::Bundle::load(&home.join(".config/outpost/bundle")).unwrap();
+            let mut client = outpost_proto::v1::operator_client::OperatorClient::new(bundle.channel().unwrap());
+            harness::watch_until(&mut client, "web-1 connected", |f| {
+                harness::is(f, "web-1", outpost_proto::v1::Liveness::Connected)
+            })
+            .await;
+        }
+        let out = shell(&line).output().await.unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "README line failed: {line}\nstdout: {stdout}\nstderr: {stderr}");
+        if words.starts_with(&["hubd", "token", "create"]) {
+            token = stdout.trim().to_string();
+            assert!(token.starts_with("outpost-join-v1."), "{stdout}");
+        }
+    }
+    assert!(
+        std::fs::read_to_string(root.join("bin/calls")).unwrap().contains("show k3s"),
+        "service-status ran systemctl"
+    );
+    drop(daemons);
+}

@@ -29,6 +29,9 @@ pub struct ArgsForm {
     /// (argument, value as typed)
     pub fields: Vec<(&'static str, String)>,
     pub at: usize,
+    /// Values worth offering per argument (ctrl-n / ctrl-p cycle through them): the units every agent
+    /// allows, and for `logs` the files all the targets report in their `log_files`.
+    pub choices: BTreeMap<&'static str, Vec<String>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,14 +122,30 @@ impl App {
                 m.cursor = (m.cursor + 1).min(m.items.len().saturating_sub(1));
                 self.mode = Mode::Actions(m);
             }
+            Key::Char('g') | Key::Home => {
+                m.cursor = 0;
+                self.mode = Mode::Actions(m);
+            }
+            Key::Char('G') | Key::End => {
+                m.cursor = m.items.len().saturating_sub(1);
+                self.mode = Mode::Actions(m);
+            }
             Key::Enter => {
                 let Some(name) = m.items.get(m.cursor).copied() else { return };
                 let spec = actions::lookup(name).expect("menu items come from the catalog");
                 if spec.args.is_empty() {
                     self.proceed(name, m.targets, BTreeMap::new());
                 } else {
-                    let fields = spec.args.iter().map(|a| (a.name, a.default.unwrap_or("").to_string())).collect();
-                    self.mode = Mode::Args(ArgsForm { action: name, targets: m.targets, fields, at: 0 });
+                    let choices = self.choices(spec, &m.targets);
+                    let fields = spec
+                        .args
+                        .iter()
+                        .map(|a| {
+                            let offered = choices.get(a.name).and_then(|c| c.first()).cloned();
+                            (a.name, a.default.map(str::to_string).or(offered).unwrap_or_default())
+                        })
+                        .collect();
+                    self.mode = Mode::Args(ArgsForm { action: name, targets: m.targets, fields, at: 0, choices });
                 }
             }
             _ => self.mode = Mode::Actions(m),
@@ -143,6 +162,20 @@ impl App {
             Key::Up => f.at = (f.at + f.fields.len() - 1) % f.fields.len(),
             Key::Backspace => {
                 f.fields[f.at].1.pop();
+            }
+            Key::Ctrl('u') => f.fields[f.at].1.clear(),
+            Key::Ctrl(c @ ('n' | 'p')) => {
+                let (name, value) = &mut f.fields[f.at];
+                if let Some(options) = f.choices.get(name).filter(|o| !o.is_empty()) {
+                    let i = options.iter().position(|o| o == value);
+                    let n = options.len();
+                    let next = match (i, c) {
+                        (None, _) => 0,
+                        (Some(i), 'n') => (i + 1) % n,
+                        (Some(i), _) => (i + n - 1) % n,
+                    };
+                    *value = options[next].clone();
+                }
             }
             Key::Char(c) => f.fields[f.at].1.push(c),
             Key::Enter => {
@@ -168,6 +201,36 @@ impl App {
             _ => {}
         }
         self.mode = Mode::Args(f);
+    }
+
+    /// What to offer for each argument of `spec` on `targets`.
+    fn choices(&self, spec: &actions::ActionSpec, targets: &[String]) -> BTreeMap<&'static str, Vec<String>> {
+        let units = || vec!["k3s".to_string(), "outpost-agentd".to_string()];
+        let mut out = BTreeMap::new();
+        for a in spec.args {
+            match a.kind {
+                ArgKind::Unit => {
+                    out.insert(a.name, units());
+                }
+                ArgKind::LogSource => {
+                    // Files every target allows (an agent announces its log_files in Hello), then units.
+                    let mut files: Option<Vec<String>> = None;
+                    for t in targets {
+                        let mine = self.server(t).map(|s| s.log_files.clone()).unwrap_or_default();
+                        files = Some(match files {
+                            None => mine,
+                            Some(f) => f.into_iter().filter(|x| mine.contains(x)).collect(),
+                        });
+                    }
+                    let mut offered: Vec<String> =
+                        files.unwrap_or_default().into_iter().map(|f| format!("file:{f}")).collect();
+                    offered.extend(units());
+                    out.insert(a.name, offered);
+                }
+                _ => {}
+            }
+        }
+        out
     }
 
     fn proceed(&mut self, action: &'static str, targets: Vec<String>, args: BTreeMap<String, String>) {

@@ -1,6 +1,7 @@
 //! The `/` filter: space-separated terms, all of which must match.
 //!
-//! - `status:lost`, `plan:pro`, `customer:acme`, `label:env=prod` (or `label:env` for "has the label")
+//! - `status:lost`, `plan:pro`, `customer:acme` (plan and customer match a prefix: `customer:acm`),
+//!   `label:env=prod` (or `label:env` for "has the label"), `is:alert` (what the header counts as alerts)
 //! - `/regex/` matched against the name, customer, plan and hostname
 //! - anything else: case-insensitive substring of the name, customer, plan or hostname
 
@@ -14,6 +15,10 @@ enum Term {
     Label(String, Option<String>),
     Regex(regex_lite::Regex),
     Text(String),
+    /// `is:alert`: what the header counts as alerts.
+    Alert,
+    /// The typed filter does not parse: nothing matches (the console says why).
+    Invalid,
 }
 
 #[derive(Debug, Default)]
@@ -45,6 +50,8 @@ impl Filter {
                     None if !v.is_empty() => Term::Label(v.to_string(), None),
                     None => return Err("label: needs a key, as in label:env=prod".into()),
                 }
+            } else if lower == "is:alert" || lower == "is:alerts" {
+                Term::Alert
             } else if raw.len() >= 2 && raw.starts_with('/') && raw.ends_with('/') {
                 let re = regex_lite::Regex::new(&raw[1..raw.len() - 1]).map_err(|e| format!("{raw}: {e}"))?;
                 Term::Regex(re)
@@ -54,6 +61,16 @@ impl Filter {
             terms.push(term);
         }
         Ok(Filter { text: text.to_string(), terms })
+    }
+
+    /// A filter that was typed wrong: shown as typed, matching nothing.
+    pub fn invalid(text: &str) -> Filter {
+        Filter { text: format!("{text} (invalid)"), terms: vec![Term::Invalid] }
+    }
+
+    /// Whether it selects only alerts (for the empty state).
+    pub fn is_alerts(&self) -> bool {
+        matches!(self.terms.as_slice(), [Term::Alert])
     }
 
     pub fn text(&self) -> &str {
@@ -67,8 +84,10 @@ impl Filter {
     pub fn matches(&self, s: &Server, status: &str) -> bool {
         self.terms.iter().all(|t| match t {
             Term::Status(v) => status == v,
-            Term::Plan(v) => s.plan.eq_ignore_ascii_case(v),
-            Term::Customer(v) => s.customer.eq_ignore_ascii_case(v),
+            Term::Plan(v) => s.plan.to_lowercase().starts_with(v.as_str()),
+            Term::Customer(v) => s.customer.to_lowercase().starts_with(v.as_str()),
+            Term::Alert => super::needs_attention(s),
+            Term::Invalid => false,
             Term::Label(k, v) => s.labels.get(k).is_some_and(|have| v.as_ref().is_none_or(|want| have == want)),
             Term::Regex(re) => haystack(s).any(|h| re.is_match(h)),
             Term::Text(t) => haystack(s).any(|h| h.to_lowercase().contains(t.as_str())),
@@ -106,6 +125,10 @@ mod tests {
         );
         assert!(!Filter::parse("status:connected").unwrap().matches(&s, "lost"));
         assert!(!Filter::parse("label:env=dev").unwrap().matches(&s, "lost"));
+        assert!(Filter::parse("customer:acm plan:p").unwrap().matches(&s, "lost"), "prefixes match");
+        assert!(!Filter::parse("customer:glo").unwrap().matches(&s, "lost"));
+        assert!(!Filter::invalid("status:bogus").matches(&s, "lost"));
+        assert_eq!(Filter::invalid("status:bogus").text(), "status:bogus (invalid)");
         assert!(Filter::parse("/^web-[0-9]$/").unwrap().matches(&s, "lost"));
         assert!(!Filter::parse("/^db/ acme").unwrap().matches(&s, "lost"));
     }

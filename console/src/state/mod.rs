@@ -49,19 +49,20 @@ pub enum Column {
 }
 
 impl Column {
+    /// In the order the fleet table shows them (left to right), so `s` walks the screen.
     pub const ALL: [Column; 12] = [
         Column::Name,
-        Column::Customer,
-        Column::Plan,
         Column::Status,
         Column::Cpu,
         Column::Mem,
         Column::Disk,
-        Column::Load,
+        Column::Customer,
+        Column::Plan,
+        Column::Seen,
         Column::K3s,
+        Column::Load,
         Column::Version,
         Column::Cert,
-        Column::Seen,
     ];
 
     pub fn title(self) -> &'static str {
@@ -484,6 +485,10 @@ impl App {
                         self.mode = Mode::Normal;
                     }
                     Key::Ctrl('c') => return false,
+                    Key::Ctrl('u') => {
+                        self.set_filter("");
+                        self.mode = Mode::Filter(String::new());
+                    }
                     Key::Backspace => {
                         buf.pop();
                         self.set_filter(&buf);
@@ -507,9 +512,16 @@ impl App {
                     Key::Esc => self.mode = Mode::Normal,
                     Key::Ctrl('c') => return false,
                     Key::Tab => {
-                        buf = complete(&buf);
+                        buf = match buf.strip_prefix("server ") {
+                            Some(name) => format!(
+                                "server {}",
+                                longest_common(self.servers.keys().map(String::as_str), name.trim_start())
+                            ),
+                            None => complete(&buf),
+                        };
                         self.mode = Mode::Command(buf);
                     }
+                    Key::Ctrl('u') => self.mode = Mode::Command(String::new()),
                     Key::Backspace => {
                         buf.pop();
                         self.mode = Mode::Command(buf);
@@ -548,7 +560,12 @@ impl App {
                 self.rows_dirty = true;
                 self.message = None;
             }
-            Err(e) => self.say(format!("filter: {e}"), true),
+            Err(e) => {
+                // Say what was typed and why it is wrong; show nothing rather than a stale match.
+                self.filter = Filter::invalid(text);
+                self.rows_dirty = true;
+                self.say(format!("filter: {e}"), true);
+            }
         }
     }
 
@@ -590,6 +607,8 @@ impl App {
             Action::SortNext => {
                 let i = Column::ALL.iter().position(|c| *c == self.sort).unwrap_or(0);
                 self.sort = Column::ALL[(i + 1) % Column::ALL.len()];
+                // `S` reversed the column it was on, not every column after it.
+                self.descending = false;
                 self.rows_dirty = true;
             }
             Action::SortReverse => {
@@ -623,7 +642,13 @@ impl App {
             "help" | "h" => self.mode = Mode::Help,
             "audit" => self.open_audit(),
             "job" | "jobs" if self.job.is_some() => self.screen = Screen::Job,
-            "alerts" | "jobs" => self.say(format!(":{cmd} is not served by this hub version yet"), true),
+            "alerts" => {
+                // The servers the header counts as alerts (lost, K3s failed, a disk ≥ 90 %).
+                self.screen = Screen::Fleet;
+                self.detail = None;
+                self.set_filter("is:alert");
+            }
+            "jobs" => self.say(format!(":{cmd} is not served by this hub version yet"), true),
             other => match other.strip_prefix("server ").map(str::trim) {
                 Some(name) if self.servers.contains_key(name) => self.open(name),
                 Some(name) => self.say(format!("no server named {name:?}"), true),
@@ -669,7 +694,13 @@ fn changes(old: &Server, new: &Server) -> Vec<String> {
 
 /// Completes a command prefix to the one command it names, or to the longest common prefix.
 pub fn complete(prefix: &str) -> String {
-    let matches: Vec<&str> = COMMANDS.iter().map(|(c, _)| *c).filter(|c| c.starts_with(prefix)).collect();
+    longest_common(COMMANDS.iter().map(|(c, _)| *c), prefix)
+}
+
+/// The one candidate starting with `prefix`, or the longest prefix all such candidates share.
+fn longest_common<'a>(candidates: impl Iterator<Item = &'a str>, prefix: &str) -> String {
+    let mut matches: Vec<&str> = candidates.filter(|c| c.starts_with(prefix)).collect();
+    matches.sort_unstable();
     match matches.as_slice() {
         [] => prefix.to_string(),
         [one] => one.to_string(),

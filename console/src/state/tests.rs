@@ -72,14 +72,17 @@ fn filter_with_qualifiers_live_and_esc_clears() {
 }
 
 #[test]
-fn a_bad_filter_says_why_and_keeps_the_last_good_one() {
+fn a_bad_filter_says_why_and_shows_what_was_typed() {
     let mut a = app();
     a.key(Key::Char('/'));
     typ(&mut a, "status:gone");
     assert!(a.message.as_ref().is_some_and(|m| m.error && m.text.contains("status:gone")));
-    // The last prefix that parsed was "status" as plain text, which matches no server.
-    assert_eq!(a.filter.text(), "status");
+    // The header shows the filter as typed, marked invalid, and nothing matches it.
+    assert_eq!(a.filter.text(), "status:gone (invalid)");
     assert_eq!(a.rows().len(), 0);
+    // Ctrl-U clears it.
+    a.key(Key::Ctrl('u'));
+    assert!(a.filter.is_empty() && a.rows().len() == 3);
 }
 
 #[test]
@@ -217,7 +220,13 @@ fn actions_menu_args_and_typed_confirmation() {
         a.key(Key::Char('j'));
     }
     a.key(Key::Enter);
-    assert!(matches!(&a.mode, Mode::Args(f) if f.action == "service-restart"));
+    assert!(
+        matches!(&a.mode, Mode::Args(f) if f.action == "service-restart" && f.fields[0].1 == "k3s"),
+        "the unit is offered"
+    );
+    a.key(Key::Ctrl('n'));
+    assert!(matches!(&a.mode, Mode::Args(f) if f.fields[0].1 == "outpost-agentd"), "ctrl-n offers the next unit");
+    a.key(Key::Ctrl('u'));
     a.key(Key::Enter); // the unit is required: refused locally
     assert!(a.message.as_ref().is_some_and(|m| m.error && m.text.contains("\"unit\" is required")), "{:?}", a.message);
     typ(&mut a, "k3s");
@@ -302,4 +311,39 @@ fn a_viewer_gets_no_actions_menu_and_no_audit() {
     a.key(Key::Enter);
     assert_eq!(a.screen, Screen::Fleet);
     assert!(a.requests.is_empty());
+}
+
+#[test]
+fn first_hour_papercuts() {
+    let mut a = app();
+    // `:server ` + tab completes a server name.
+    a.key(Key::Char(':'));
+    typ(&mut a, "server db");
+    a.key(Key::Tab);
+    assert_eq!(a.mode, Mode::Command("server db-1".into()));
+    a.key(Key::Ctrl('u'));
+    assert_eq!(a.mode, Mode::Command(String::new()), "ctrl-u clears the command line");
+    a.key(Key::Esc);
+    // `s` walks the columns in screen order and `S` reverses only the current one.
+    assert_eq!(a.sort, Column::Name);
+    a.key(Key::Char('S'));
+    assert!(a.descending);
+    a.key(Key::Char('s'));
+    assert_eq!((a.sort, a.descending), (Column::Status, false));
+    a.key(Key::Char('s'));
+    assert_eq!(a.sort, Column::Cpu);
+    // `:alerts` shows the servers that need a look (web-2 is lost), and nothing else.
+    a.key(Key::Char(':'));
+    typ(&mut a, "alerts");
+    a.key(Key::Enter);
+    assert_eq!(a.rows().to_vec(), vec!["web-2".to_string()]);
+    // g / G in the actions menu.
+    a.key(Key::Esc);
+    a.key(Key::Char('a'));
+    a.key(Key::Char('G'));
+    let Mode::Actions(m) = &a.mode else { panic!("{:?}", a.mode) };
+    assert_eq!(m.cursor, m.items.len() - 1);
+    a.key(Key::Char('g'));
+    let Mode::Actions(m) = &a.mode else { panic!("{:?}", a.mode) };
+    assert_eq!(m.cursor, 0);
 }

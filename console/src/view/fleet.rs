@@ -49,6 +49,8 @@ pub fn render(frame: &mut Frame, app: &mut App, area: Rect, now_ms: i64, theme: 
     if total == 0 {
         let text = if app.is_empty() {
             " no servers yet: create a join token (hubd token create)"
+        } else if app.filter.is_alerts() {
+            " no alerts: every server is connected, K3s is not failing, no disk is 90 % full (esc: whole fleet)"
         } else {
             " nothing matches the filter (esc clears it)"
         };

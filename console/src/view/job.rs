@@ -4,7 +4,7 @@ use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Clear, Paragraph};
+use ratatui::widgets::{Block, Clear, Paragraph, Wrap};
 
 use super::Theme;
 use crate::state::{App, ArgsForm, Confirm, Menu};
@@ -92,7 +92,18 @@ fn on(targets: &[String]) -> String {
 }
 
 pub fn render_menu(frame: &mut Frame, m: &Menu, theme: Theme) {
-    let area = popup(frame, 72, m.items.len() as u16 + 2);
+    // As wide as the terminal allows (up to 120): descriptions wrap instead of being cut.
+    let width = frame.area().width.saturating_sub(4).clamp(40, 120);
+    let inner = width.saturating_sub(2) as usize;
+    let rows: u16 = m
+        .items
+        .iter()
+        .map(|name| {
+            let spec = outpost_common::actions::lookup(name).expect("catalog");
+            (22 + spec.summary.len()).div_ceil(inner.max(1)) as u16
+        })
+        .sum();
+    let area = popup(frame, width, rows + 2);
     let lines: Vec<Line> = m
         .items
         .iter()
@@ -106,13 +117,16 @@ pub fn render_menu(frame: &mut Frame, m: &Menu, theme: Theme) {
         .collect();
     let title = format!(" actions on {} · enter choose · esc close · ! asks to confirm ", on(&m.targets));
     frame.render_widget(
-        Paragraph::new(lines).block(Block::bordered().title(title).border_style(theme.fg(Color::Cyan))),
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: false })
+            .block(Block::bordered().title(title).border_style(theme.fg(Color::Cyan))),
         area,
     );
 }
 
 pub fn render_args(frame: &mut Frame, f: &ArgsForm, theme: Theme) {
-    let area = popup(frame, 72, f.fields.len() as u16 * 2 + 2);
+    let width = frame.area().width.saturating_sub(4).clamp(40, 120);
+    let area = popup(frame, width, f.fields.len() as u16 * 3 + 2);
     let spec = outpost_common::actions::lookup(f.action).expect("catalog");
     let mut lines = Vec::new();
     for (i, (name, value)) in f.fields.iter().enumerate() {
@@ -120,11 +134,17 @@ pub fn render_args(frame: &mut Frame, f: &ArgsForm, theme: Theme) {
         let cursor = if i == f.at { "▏" } else { "" };
         let text = format!(" {name:<11} {value}{cursor}");
         lines.push(if i == f.at { Line::styled(text, theme.selected()) } else { Line::from(text) });
+        let help = match f.choices.get(name).filter(|c| c.len() > 1) {
+            Some(c) => format!("{help} · ctrl-n/p: {}", c.join(" · ")),
+            None => help.to_string(),
+        };
         lines.push(Line::styled(format!("             {help}"), theme.fg(Color::DarkGray)));
     }
-    let title = format!(" {} on {} · tab next · enter run · esc cancel ", f.action, on(&f.targets));
+    let title = format!(" {} on {} · tab next · ctrl-u clear · enter run · esc ", f.action, on(&f.targets));
     frame.render_widget(
-        Paragraph::new(lines).block(Block::bordered().title(title).border_style(theme.fg(Color::Cyan))),
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: false })
+            .block(Block::bordered().title(title).border_style(theme.fg(Color::Cyan))),
         area,
     );
 }

@@ -84,7 +84,7 @@ pub fn render(frame: &mut Frame, app: &mut App, now_ms: i64, theme: Theme) {
     }
 }
 
-fn render_header(frame: &mut Frame, app: &App, header: Rect, counts: Rect, theme: Theme) {
+fn render_header(frame: &mut Frame, app: &mut App, header: Rect, counts: Rect, theme: Theme) {
     let (conn, style) = match &app.conn {
         Conn::Connecting => ("… connecting".to_string(), theme.fg(Color::Yellow)),
         Conn::Live if app.paused => ("⏸ paused".to_string(), theme.fg(Color::Yellow)),
@@ -101,8 +101,13 @@ fn render_header(frame: &mut Frame, app: &App, header: Rect, counts: Rect, theme
     ]);
     frame.render_widget(line, header);
     let c = app.counts();
+    let shown = if app.filter.is_empty() { c.total } else { app.rows().len() };
     let mut spans = vec![
-        Span::raw(format!(" {} servers  ", c.total)),
+        Span::raw(if shown == c.total {
+            format!(" {} servers  ", c.total)
+        } else {
+            format!(" {shown} of {} servers  ", c.total)
+        }),
         Span::styled(format!("● {} connected  ", c.connected), theme.fg(Color::Green)),
         Span::styled(format!("◐ {} disconnected  ", c.disconnected), theme.fg(Color::Yellow)),
         Span::styled(format!("✖ {} lost  ", c.lost), theme.fg(Color::Red)),
@@ -133,12 +138,13 @@ fn render_footer(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
             }
             Some(m) => Line::from(format!(" {}", m.text)),
             None => Line::from(match app.screen {
+                // The most needed first: a narrow terminal cuts the end, never `q quit`.
                 Screen::Fleet => {
-                    " ? help  / filter  : command  s sort  enter open  m mark  a actions  space pause  q quit"
+                    " q quit  ? help  / filter  : command  enter open  a actions  s sort  m mark  space pause"
                 }
-                Screen::Server(_) => " esc back  a actions  : command  space pause  ? help  q quit",
-                Screen::Job => " c cancel  esc back  : command  ? help  q quit",
-                Screen::Audit => " r refresh  esc back  : command  ? help  q quit",
+                Screen::Server(_) => " q quit  esc back  a actions  ? help  : command  space pause",
+                Screen::Job => " q quit  esc back  c cancel  ? help  : command",
+                Screen::Audit => " q quit  esc back  r refresh  ? help  : command",
             }),
         },
     };
