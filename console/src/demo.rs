@@ -45,37 +45,61 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let logs = dir.path().join("logs");
     std::fs::create_dir_all(&logs)?;
     let _log = outpost_common::logging::init("hubd", Some(&logs), "info", false).map_err(anyhow::Error::msg)?;
-
-    let stop = CancellationToken::new();
-    let mut config = HubConfig {
-        listen: "127.0.0.1:0".parse().expect("literal"),
-        data_dir: dir.path().join("hub"),
-        grace_secs: 10,
-        ..HubConfig::default()
+    let fleet = DemoFleet::start(&args, &agentd, dir.path()).await?;
+    let app = crate::state::App::new(&fleet.hub.advertise, &fleet.bundle.meta.name, &fleet.bundle.meta.role);
+    let result = match fleet.bundle.channel() {
+        Ok(channel) => crate::app::run(app, channel).await,
+        Err(e) => Err(e.into()),
     };
-    let hub = hub::start(config.clone(), stop.clone()).await.context("starting the embedded hub")?;
-    config.advertise = Some(hub.advertise.clone());
-    let bundle =
-        hub::cli::issue_bundle(&config, &hub.state.ca, "demo-admin", Role::Admin, Duration::from_secs(86_400))?;
-
-    let mut agents: Vec<Child> = Vec::new();
-    let started = start_agents(&args, &hub, &agentd, dir.path(), &mut agents).await;
-    let result = match started {
-        Ok(()) => {
-            let app = crate::state::App::new(&hub.advertise, &bundle.meta.name, &bundle.meta.role);
-            crate::app::run(app, bundle.channel()?).await
-        }
-        Err(e) => Err(e),
-    };
-    for a in &mut agents {
-        let _ = a.start_kill();
-    }
-    for mut a in agents {
-        let _ = a.wait().await;
-    }
-    stop.cancel();
-    hub.wait().await?;
+    fleet.stop().await?;
     result
+}
+
+/// The demo's hub and agents, without the console (tests drive it through the operator API).
+pub struct DemoFleet {
+    pub hub: hub::Hub,
+    /// An admin bundle for this hub (in memory).
+    pub bundle: outpost_common::bundle::Bundle,
+    agents: Vec<Child>,
+    stop: CancellationToken,
+}
+
+impl DemoFleet {
+    /// Starts the embedded hub in `root/hub` and `args.agents` agents (the `agentd` binary at `agentd`)
+    /// under `root/agents`, with their logs in `root/logs`.
+    pub async fn start(args: &DemoArgs, agentd: &std::path::Path, root: &std::path::Path) -> anyhow::Result<DemoFleet> {
+        std::fs::create_dir_all(root.join("logs"))?;
+        let stop = CancellationToken::new();
+        let mut config = HubConfig {
+            listen: "127.0.0.1:0".parse().expect("literal"),
+            data_dir: root.join("hub"),
+            grace_secs: 10,
+            ..HubConfig::default()
+        };
+        let hub = hub::start(config.clone(), stop.clone()).await.context("starting the embedded hub")?;
+        config.advertise = Some(hub.advertise.clone());
+        let bundle =
+            hub::cli::issue_bundle(&config, &hub.state.ca, "demo-admin", Role::Admin, Duration::from_secs(86_400))?;
+        let mut fleet = DemoFleet { hub, bundle, agents: Vec::new(), stop };
+        if let Err(e) = start_agents(args, &fleet.hub, agentd, root, &mut fleet.agents).await {
+            fleet.stop().await?;
+            return Err(e);
+        }
+        Ok(fleet)
+    }
+
+    /// Stops the agents, then the hub.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let DemoFleet { hub, mut agents, stop, .. } = self;
+        for a in &mut agents {
+            let _ = a.start_kill();
+        }
+        for mut a in agents {
+            let _ = a.wait().await;
+        }
+        stop.cancel();
+        hub.wait().await
+    }
 }
 
 async fn start_agents(
@@ -134,8 +158,8 @@ async fn start_agents(
 
 /// The demo runs in a container or on a laptop without systemd: its agents get small stand-ins for
 /// `systemctl` and `journalctl` that answer like systemd does for the units the catalog names (every unit is
-/// "active (running)"; a restart is recorded in `calls`), so `service-status`, `service-restart`, `logs`
-/// of a unit and `diagnostics` all work. Real servers use the real programs (the agent's defaults).
+/// "active (running)"; a restart or reboot is recorded in `calls`, not done), so `service-status`,
+/// `service-restart`, `reboot`, `logs` of a unit and `diagnostics` all work. Real servers use the real programs (the agent's defaults).
 const DEMO_SYSTEMCTL: &str = r#"#!/bin/sh
 # Outpost demo stand-in for systemctl (not systemd): every unit is active.
 d=$(dirname "$0")
@@ -144,7 +168,7 @@ case "$1" in
   show) echo LoadState=loaded; echo ActiveState=active; echo SubState=running ;;
   is-active) echo active ;;
   restart|start|stop) echo "demo: $1 $2 (stand-in; nothing was $1ed)" ;;
-  reboot) echo "demo: reboot refused by the stand-in"; exit 1 ;;
+  reboot) echo "demo: reboot (stand-in; this machine is not rebooted)" ;;
   *) echo "demo systemctl stand-in: $*" ;;
 esac
 exit 0

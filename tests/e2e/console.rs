@@ -53,6 +53,7 @@ async fn filter_open_back_quit_in_tmux() {
     let screen = wait_for_pane(&socket, "filter: db");
     let rows = table_rows(&screen);
     assert!(rows.len() == 1 && rows[0].contains("db-1"), "{screen}");
+    assert!(screen.contains("1 of 3 servers"), "the header counts what the filter shows: {screen}");
 
     // Open it: the server view, with the viewer's (absent) actions.
     keys(&socket, &["Enter"]);
@@ -74,6 +75,25 @@ async fn filter_open_back_quit_in_tmux() {
         assert!(Instant::now() < deadline, "filter not cleared:\n{screen}");
         std::thread::sleep(Duration::from_millis(50));
     }
+
+    // The first hour's papercuts, in the real terminal.
+    keys(&socket, &["/", "status:bogus"]);
+    let screen = wait_for_pane(&socket, "filter: status:bogus (inva");
+    assert!(screen.contains("0 of 3 servers"), "{screen}");
+    keys(&socket, &["C-u", "Enter"]);
+    wait_for_pane(&socket, "3 servers  ●");
+    keys(&socket, &[":", "server w", "Tab"]);
+    wait_for_pane(&socket, ":server web-");
+    keys(&socket, &["1", "Enter"]);
+    let screen = wait_for_pane(&socket, "┌ identity");
+    assert!(screen.contains("server      web-1"), "{screen}");
+    keys(&socket, &[":", "alerts", "Enter"]);
+    wait_for_pane(&socket, "no alerts: every server is connected");
+    keys(&socket, &["Escape"]);
+    wait_for_pane(&socket, "3 servers  ●");
+    Command::new("tmux").args(["-L", &socket, "resize-window", "-t", "demo", "-x", "80", "-y", "24"]).status().unwrap();
+    let screen = wait_for_pane(&socket, " q quit");
+    assert!(screen.lines().last().is_some_and(|l| l.starts_with(" q quit")), "{screen}");
 
     keys(&socket, &["q"]);
     let deadline = Instant::now() + harness::WAIT;

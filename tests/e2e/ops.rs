@@ -197,7 +197,12 @@ async fn the_readme_commands_work_as_written() {
         let daemon = words.len() == 3 && words[1] == "--config" && ["hubd", "agentd"].contains(&words[0]);
         if daemon {
             let mut child =
-                shell(&line).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap();
+                // `exec`: the shell becomes the daemon, so stopping the child stops the daemon itself.
+                shell(&format!("exec {line}"))
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap();
             if words[0] == "hubd" {
                 let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
                 let first =
@@ -229,4 +234,101 @@ async fn the_readme_commands_work_as_written() {
         "service-status ran systemctl"
     );
     drop(daemons);
+}
+
+/// The demo's first hour: every action of the catalog works on a demo agent (stand-ins for systemctl and
+/// journalctl, the agent's own log file offered to `logs` and used by `diagnostics`), and the agent's log
+/// file has no colour codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_catalog_action_works_in_the_demo() {
+    use outpost_proto::v1::{Liveness, Outcome};
+    harness::init();
+    let tmp = tempfile::tempdir().unwrap();
+    let args = console::demo::DemoArgs { agents: 1, report_interval_ms: 500 };
+    let fleet = console::demo::DemoFleet::start(&args, &harness::bin("agentd"), tmp.path()).await.unwrap();
+    let mut client = outpost_proto::v1::operator_client::OperatorClient::new(fleet.bundle.channel().unwrap());
+    let f = harness::watch_until(&mut client, "demo-01 connected", |f| {
+        harness::is(f, "demo-01", Liveness::Connected) && f["demo-01"].log_files.len() == 1
+    })
+    .await;
+    let log_file = f["demo-01"].log_files[0].clone();
+    assert!(log_file.ends_with("demo-01.log"), "the agent announces its log file: {log_file}");
+    let source = format!("file:{log_file}");
+    let cases: Vec<(&str, Vec<(&str, &str)>, &str)> = vec![
+        ("service-status", vec![("unit", "k3s")], ""),
+        ("service-restart", vec![("unit", "outpost-agentd")], ""),
+        ("logs", vec![("source", "k3s")], "demo stand-in for journalctl"),
+        ("logs", vec![("source", source.as_str())], "connected to hub"),
+        ("diagnostics", vec![], "connected to hub"),
+        ("rotate-cert", vec![], ""),
+        ("exec", vec![("argv", "[\"echo\",\"hello\"]")], "hello"),
+        ("reboot", vec![], ""),
+    ];
+    assert_eq!(
+        cases.iter().map(|c| c.0).collect::<std::collections::BTreeSet<_>>().len(),
+        outpost_common::actions::CATALOG.len(),
+        "every catalog action is tried"
+    );
+    for (action, args, expect) in cases {
+        let mut req = harness::action(action, &["demo-01"], &args);
+        let spec = outpost_common::actions::lookup(action).unwrap();
+        if spec.destructive {
+            req.confirm = "demo-01".into();
+        }
+        let run = harness::run_job(&mut client, req).await;
+        let r = run.result("demo-01");
+        assert_eq!(r.outcome, Outcome::Succeeded as i32, "{action} {args:?}: {r:?}\n{:?}", run.output);
+        let out = run.output.get("demo-01").cloned().unwrap_or_default();
+        assert!(out.contains(expect), "{action} {args:?} output lacks {expect:?}: {out}");
+    }
+    let calls = std::fs::read_to_string(tmp.path().join("bin/calls")).unwrap();
+    assert!(calls.contains("restart outpost-agentd"), "{calls}");
+    let log = std::fs::read_to_string(&log_file).unwrap();
+    assert!(!log.contains('\u{1b}'), "colour codes in a log file: {log}");
+    fleet.stop().await.unwrap();
+}
+
+/// Times people read, a closed pipe, a hub that is down: the command line says what a person needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_speaks_plainly() {
+    harness::init();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut hub = harness::HubProc::start(&tmp.path().join("hub"), harness::free_port(), "").await;
+    let agent = harness::AgentProc::start(tmp.path(), "cli-1", &hub.token("cli-1").await, "");
+    let mut ops = hub.client(outpost_common::Role::Viewer);
+    harness::watch_until(&mut ops, "reporting", |f| f.get("cli-1").is_some_and(|s| s.reports_received > 1)).await;
+    let bundle = tmp.path().join("bundle");
+    hub.bundle("pat", outpost_common::Role::Viewer).write(&bundle).unwrap();
+    let outpost = |args: &[&str]| {
+        let out = Command::new(harness::bin("outpost")).arg("--bundle").arg(&bundle).args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // UTC times and "in 23 h", never epoch numbers.
+    let (code, out, err) = outpost(&["server", "cli-1", "--history", "2"]);
+    assert_eq!(code, Some(0), "{err}");
+    let cert = out.lines().find(|l| l.starts_with("agent ")).unwrap();
+    assert!(cert.contains(" UTC (in 23 h)") || cert.contains(" UTC (in 24 h)"), "{cert}");
+    assert!(out.lines().filter(|l| l.contains(" UTC cpu ")).count() == 2, "history in UTC: {out}");
+    // A reader that goes away is not an error.
+    let script = format!(
+        "set -o pipefail; {} --bundle {} servers --output json 2>{}/err | (exec 0<&-; sleep 1)",
+        harness::bin("outpost").display(),
+        bundle.display(),
+        tmp.path().display()
+    );
+    let status = Command::new("bash").args(["-c", &script]).status().unwrap();
+    let err = std::fs::read_to_string(tmp.path().join("err")).unwrap();
+    assert!(status.success() && err.is_empty(), "{status:?}: {err}");
+    // The hub is down: say so, and what to check.
+    hub.kill9().await;
+    let (code, _, err) = outpost(&["servers"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains(&format!("hub not reachable at {}", hub.url)) && err.contains("is hubd running?"), "{err}");
+    let log = harness::wait_for_file(&agent.dir.join("agentd.log"), "hub not reachable").await;
+    assert!(!log.contains("hub refused the stream"), "a hub that is down refused nothing: {log}");
+    assert!(!log.contains('\u{1b}'), "no colour codes in a log file");
 }
