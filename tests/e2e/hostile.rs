@@ -243,18 +243,53 @@ async fn the_hub_enforces_the_output_window_and_cap_it_announces() {
         .await
         .unwrap();
     assert_eq!(cmd2, cmd, "redelivered");
-    // Past the action's 4 MiB cap, even within the window: 40 updates of 200 KiB without waiting for
-    // credit would break the window too, so the cap is tested with credit honoured.
+    // Now it keeps to its window (waiting for credit) but ignores the action's 4 MiB output cap: the hub
+    // passes on no more than the cap, drops the rest, and grants no credit for it, so the agent stalls.
+    let piece = "y".repeat(16 * 1024);
+    let cost = piece.len() as u64 + outpost_proto::OUTPUT_UPDATE_COST;
+    let mut window = 256 * 1024u64;
+    let mut honoured = 0u64;
+    while honoured < 6 << 20 {
+        while window >= cost {
+            again
+                .send(update(CommandUpdate { command_id: cmd.clone(), output: piece.clone(), ..Default::default() }))
+                .await;
+            window -= cost;
+            honoured += piece.len() as u64;
+        }
+        // No credit within 3 s: the hub has stopped granting (the wait is the scenario, not synchronisation).
+        match tokio::time::timeout(
+            Duration::from_secs(3),
+            again.until(|m| match m {
+                hub_message::Body::Credit(c) => Some(c.bytes),
+                _ => None,
+            }),
+        )
+        .await
+        {
+            Ok(Ok(bytes)) => window += bytes,
+            _ => break,
+        }
+    }
     let result = CommandResult { outcome: Outcome::Succeeded as i32, ..Default::default() };
     again.send(update(CommandUpdate { command_id: cmd.clone(), result: Some(result), ..Default::default() })).await;
     let run = job.await.unwrap();
     let r = run.result("fl-1");
     let got = run.output.get("fl-1").map_or(0, String::len) as u64;
     assert!(
-        got < outpost_common::actions::DEFAULT_OUTPUT_CAP,
-        "the caller got {got} bytes of the {sent} sent; the hub took output only as fast as it granted credit"
+        got <= outpost_common::actions::DEFAULT_OUTPUT_CAP,
+        "the caller got {got} bytes of the {} sent; the action's cap is {}",
+        sent as u64 + honoured,
+        outpost_common::actions::DEFAULT_OUTPUT_CAP
     );
-    assert!(r.output_dropped_bytes > 0, "the hub counted what it dropped: {r:?}");
+    assert!(honoured < 6 << 20, "the hub kept granting credit past the cap ({honoured} bytes)");
+    // Everything the hub received is either passed on or counted as dropped (what was still in flight when
+    // the first stream was cut never arrived, so only the second stream's output is summed exactly).
+    assert!(
+        r.output_dropped_bytes + got >= honoured && r.output_dropped_bytes > honoured.saturating_sub(got),
+        "the hub counted what it dropped: {} dropped, {got} passed on, {honoured} sent on the second stream",
+        r.output_dropped_bytes
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

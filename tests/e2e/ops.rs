@@ -254,7 +254,9 @@ async fn every_catalog_action_works_in_the_demo() {
     let log_file = f["demo-01"].log_files[0].clone();
     assert!(log_file.ends_with("demo-01.log"), "the agent announces its log file: {log_file}");
     let source = format!("file:{log_file}");
-    let cases: Vec<(&str, Vec<(&str, &str)>, &str)> = vec![
+    // (action, arguments, a piece of the expected output)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         ("service-status", vec![("unit", "k3s")], ""),
         ("service-restart", vec![("unit", "outpost-agentd")], ""),
         ("logs", vec![("source", "k3s")], "demo stand-in for journalctl"),
