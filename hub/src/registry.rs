@@ -251,7 +251,7 @@ mod tests {
     fn liveness_moves_connected_disconnected_lost() {
         let reg = Registry::new(vec![rec("a", "x")], |_| None, Duration::from_millis(0));
         let root = CancellationToken::new();
-        assert_eq!(reg.get("a").unwrap().liveness, Liveness::Disconnected);
+        assert_eq!(reg.get("a").unwrap().liveness, Liveness::Pending, "enrolled, never seen: pending");
         let (conn, _close) = reg.attach("a", &root).unwrap();
         assert_eq!(reg.get("a").unwrap().liveness, Liveness::Connected);
         reg.sweep();
@@ -281,6 +281,21 @@ mod tests {
         let (_, cb) = reg.attach("b", &root).unwrap();
         assert_eq!(reg.close_server("a"), 1);
         assert!(ca.is_cancelled() && !cb.is_cancelled());
+    }
+
+    #[test]
+    fn after_a_restart_liveness_tells_what_happened() {
+        let now = now_ms();
+        let seen = |name: &str, ago_ms: i64| ServerRecord { last_seen_ms: now - ago_ms, ..rec(name, name) };
+        let reg = Registry::new(vec![seen("recent", 1_000), seen("gone", 600_000)], |_| None, Duration::from_secs(120));
+        let recent = reg.get("recent").unwrap();
+        assert_eq!((recent.liveness, recent.liveness_since_ms), (Liveness::Disconnected, now - 1_000));
+        let gone = reg.get("gone").unwrap();
+        assert_eq!((gone.liveness, gone.liveness_since_ms), (Liveness::Lost, now - 600_000 + 120_000));
+        // Enrollment alone does not move a pending server: its first stream does.
+        reg.put_record(rec("new", ""));
+        reg.put_record(rec("new", "agent-1"));
+        assert_eq!(reg.get("new").unwrap().liveness, Liveness::Pending);
     }
 
     #[test]

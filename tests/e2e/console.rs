@@ -234,8 +234,10 @@ async fn an_action_from_the_console_with_confirmation_streams_its_output() {
         "support sees no admin action:\n{screen}"
     );
     keys(&socket, &["j", "Enter"]);
-    wait_for_pane(&socket, "service-restart on web-1 · tab next");
-    keys(&socket, &["k3s", "Enter"]);
+    // The form offers the allowed units (k3s first); ctrl-u clears it, and typing works as before.
+    let screen = wait_for_pane(&socket, "service-restart on web-1 · tab next");
+    assert!(screen.contains("unit        k3s") && screen.contains("ctrl-n/p: k3s ·"), "{screen}");
+    keys(&socket, &["C-u", "k3s", "Enter"]);
     wait_for_pane(&socket, "type web-1 to confirm");
     keys(&socket, &["web-2", "Enter"]);
     wait_for_pane(&socket, "type web-1 exactly to confirm");
