@@ -170,7 +170,7 @@ impl Link {
             _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
             r = client.connect(ReceiverStream::new(rx)) => r.map_err(|s| match s.code() {
                 // Connection refused, reset, DNS, TLS: the hub is down or unreachable, it refused nothing.
-                tonic::Code::Unavailable | tonic::Code::Unknown => LinkError::Down(format!("{} at {}", unavailable_reason(&s), addr.url)),
+                tonic::Code::Unavailable | tonic::Code::Unknown => LinkError::Down(format!("{} at {}", outpost_common::tls::transport_reason(&s), addr.url)),
                 _ => LinkError::Refused(s),
             })?.into_inner(),
         };
@@ -306,18 +306,6 @@ async fn next(
             Err(s) => Err(LinkError::Broken(s.to_string())),
         }
     }
-}
-
-/// What an `Unavailable` status from the transport means, in words: tonic says "tcp connect error" and
-/// hides the OS error in the source chain.
-fn unavailable_reason(s: &tonic::Status) -> String {
-    let mut reason = s.message().to_string();
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(s);
-    while let Some(e) = source {
-        reason = e.to_string();
-        source = e.source();
-    }
-    reason
 }
 
 /// About two thirds into the certificate's life.

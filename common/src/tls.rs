@@ -219,6 +219,18 @@ pub fn pem_encode(label: &str, der: &[u8]) -> String {
     out
 }
 
+/// Why a call failed at the transport, in the words of the innermost error: tonic says "tcp connect
+/// error" and keeps the OS error ("Connection refused (os error 111)") at the end of the source chain.
+pub fn transport_reason(s: &tonic::Status) -> String {
+    let mut reason = s.message().to_string();
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(s);
+    while let Some(e) = source {
+        reason = e.to_string();
+        source = e.source();
+    }
+    reason
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -117,13 +117,7 @@ pub fn client(bundle: &Bundle) -> anyhow::Result<OperatorClient<tonic::transport
 
 pub fn rpc(bundle: &Bundle, s: tonic::Status) -> anyhow::Error {
     if s.code() == tonic::Code::Unavailable {
-        // tonic says "tcp connect error"; the OS error (connection refused, no route) is in the source chain.
-        let mut reason = s.message().to_string();
-        let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&s);
-        while let Some(e) = source {
-            reason = e.to_string();
-            source = e.source();
-        }
+        let reason = outpost_common::tls::transport_reason(&s);
         return anyhow::anyhow!(
             "hub not reachable at {} ({reason}) — is hubd running? (`systemctl status outpost-hubd`)",
             bundle.meta.hub

@@ -163,7 +163,10 @@ async fn admin_client(config: &HubConfig) -> anyhow::Result<(OperatorClient<toni
 
 fn rpc_error(hub: &str, s: tonic::Status) -> anyhow::Error {
     if s.code() == tonic::Code::Unavailable {
-        anyhow::anyhow!("cannot reach hubd at {hub}: {}; is it running? (`systemctl status outpost-hubd`)", s.message())
+        anyhow::anyhow!(
+            "hubd not reachable at {hub} ({}) — is it running? (`systemctl status outpost-hubd`)",
+            outpost_common::tls::transport_reason(&s)
+        )
     } else {
         anyhow::anyhow!("{}", s.message())
     }

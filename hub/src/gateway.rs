@@ -127,15 +127,8 @@ impl AgentLink for Gateway {
         };
         tx.send(msg(hub_message::Body::Welcome(welcome))).await.map_err(|_| Status::cancelled("agent went away"))?;
         tracing::info!(%server, %agent_id, conn_id, acked, backlog = hello.last_seq.saturating_sub(acked), refused_reports = hello.refused_reports, "agent connected");
-        let session = Session {
-            state: state.clone(),
-            server: server.clone(),
-            agent_id,
-            conn_id,
-            serial: cert.serial,
-            last_renewal: None,
-            tx,
-        };
+        let session =
+            Session { state: state.clone(), server: server.clone(), agent_id, conn_id, last_renewal: None, tx };
         // Commands pending for this server (queued while it was away, or unanswered on its last stream). Sent
         // by the session task: here, before the response is returned, nobody reads the channel yet.
         let pending = state.relay.attach(&server, conn_id, session.tx.clone());
@@ -150,8 +143,6 @@ struct Session {
     server: String,
     agent_id: String,
     conn_id: u64,
-    /// The certificate this stream was opened with (TLS): renewals are checked against it.
-    serial: String,
     last_renewal: Option<Instant>,
     tx: mpsc::Sender<Result<HubMessage, Status>>,
 }
@@ -213,10 +204,21 @@ impl Session {
             let r = Reconnect { after_secs: 1, reason: "hub shutting down".into() };
             let _ = self.tx.send(msg(hub_message::Body::Reconnect(r))).await;
             "hub shutdown"
-        } else if let Some(Err(e)) =
-            self.state.registry.get(&self.server).map(|v| self.state.check_serial(&v.record, &self.serial))
+        } else if let Some(v) = self
+            .state
+            .registry
+            .get(&self.server)
+            .filter(|v| v.record.revoked_ms != 0 || v.record.agent_id != self.agent_id)
         {
-            let _ = self.tx.send(Err(e.into())).await;
+            let why = if v.record.revoked_ms != 0 {
+                format!(
+                    "the identity of server {} was revoked; enroll this agent again with a new join token",
+                    self.server
+                )
+            } else {
+                format!("server {} was enrolled again by another agent; this identity no longer exists", self.server)
+            };
+            let _ = self.tx.send(Err(Status::permission_denied(why))).await;
             "revoked"
         } else {
             let r = Reconnect { after_secs: 0, reason: "replaced by a newer stream of the same agent".into() };
@@ -258,7 +260,7 @@ impl Session {
                     }
                     _ => {
                         self.last_renewal = Some(now);
-                        self.state.renew(&self.server, &self.agent_id, &self.serial, &r.csr_pem).await
+                        self.state.renew(&self.server, &self.agent_id, &r.csr_pem).await
                     }
                 };
                 match result {

@@ -106,17 +106,14 @@ impl HubState {
         Ok(acked)
     }
 
-    /// Signs a fresh certificate for the agent of a live stream opened with certificate `presented`.
-    /// Returns (chain, not_after). The new certificate becomes the identity's current one; `presented` stays
-    /// valid until the new one is first used, and every other certificate of the identity stops working
-    /// (so a burst of renewals leaves two valid certificates, not one per renewal).
-    pub async fn renew(
-        &self,
-        server: &str,
-        agent_id: &str,
-        presented: &str,
-        csr_pem: &str,
-    ) -> Result<(String, i64), HubError> {
+    /// Signs a fresh certificate for the agent of a live stream. Returns (chain, not_after).
+    ///
+    /// The new certificate becomes the identity's current one and the one it replaces stays valid until the
+    /// new one is first used (the answer may be lost on the way); every older certificate stops working, so
+    /// a burst of renewals leaves two valid certificates, not one per renewal. The stream itself was checked
+    /// when it opened and is closed on revocation or re-enrollment, so a long-lived stream may renew again
+    /// after the certificate it opened with was replaced.
+    pub async fn renew(&self, server: &str, agent_id: &str, csr_pem: &str) -> Result<(String, i64), HubError> {
         let _server = self.lock_server(server).await;
         let view =
             self.registry.get(server).ok_or_else(|| HubError::NotFound(format!("server {server} was removed")))?;
@@ -126,14 +123,18 @@ impl HubState {
                 "agent {agent_id} no longer owns server {server}; it was enrolled again"
             )));
         }
-        self.check_serial(&record, presented)?;
+        if record.revoked_ms != 0 {
+            return Err(HubError::Denied(format!(
+                "the identity of server {server} was revoked at {}; enroll again with a new join token",
+                crate::error::rfc3339_ms(record.revoked_ms)
+            )));
+        }
         let issued = self.ca.sign_agent(csr_pem, agent_id, self.agent_cert_ttl).map_err(|e| match e {
             SignError::Csr(c) => HubError::Csr(c),
             SignError::Ca(c) => HubError::Internal(c.to_string()),
         })?;
-        // Whatever this renewal replaces, other than the certificate the agent holds, is dead from now on: the
-        // identity accepts only its current and previous serial.
-        record.prev_serial = presented.to_string();
+        // The identity accepts only its current and previous serial: what came before is dead from now on.
+        record.prev_serial = std::mem::take(&mut record.cert_serial);
         record.cert_serial = issued.info.serial.clone();
         record.cert_not_after = issued.info.not_after;
         self.store.commit(vec![Op::put_json(Tree::Servers, server.to_string(), &record)]).await?;
