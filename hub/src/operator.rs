@@ -151,11 +151,9 @@ impl Operator for OperatorApi {
                 r.history
             )));
         }
-        let view = self
-            .state
-            .registry
-            .get(&r.name)
-            .ok_or_else(|| Status::not_found(format!("no server named {:?}", r.name)))?;
+        let view = self.state.registry.get(&r.name).ok_or_else(|| {
+            Status::not_found(format!("no server named {}", outpost_common::text::excerpt(&r.name, 64)))
+        })?;
         let history = self.state.history(&r.name, r.history as usize)?;
         Ok(Response::new(pb::ServerDetail { server: Some(pb::Server::from(view.as_ref())), history }))
     }
