@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use harness::{AgentProc, HubProc, is, watch_until_for};
 use outpost_common::Role;
+use outpost_proto::v1::Liveness;
 
 /// The simulator enrolls thousands of agents from one address (loopback): no per-source enrollment limit.
 const BENCH_HUB: &str = "enroll_rate_per_source = 0";
-use outpost_proto::v1::Liveness;
 
 #[derive(Debug, Parser)]
 #[command(name = "outpost-bench", about = "Measure agentd and hubd CPU and memory with real processes.")]

@@ -197,12 +197,26 @@ async fn agent(
                 return;
             }
         };
-        match agentd::identity::enroll(&token, None).await {
-            Ok(id) => id,
-            Err(e) => {
-                eprintln!("{name}: enroll: {e}");
-                stats.errors.fetch_add(1, Ordering::Relaxed);
-                return;
+        // A hub with a per-source enrollment limit answers RESOURCE_EXHAUSTED ("retry in …"): wait and retry,
+        // as a fleet provisioned from one address would.
+        let mut tries = 0u32;
+        loop {
+            match agentd::identity::enroll(&token, None).await {
+                Ok(id) => break id,
+                Err(e) if e.to_string().contains("retry in") && tries < 100 => {
+                    tries += 1;
+                    tokio::time::sleep(outpost_common::backoff(
+                        tries.min(6),
+                        Duration::from_millis(50),
+                        Duration::from_secs(2),
+                    ))
+                    .await;
+                }
+                Err(e) => {
+                    eprintln!("{name}: enroll: {e}");
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
             }
         }
     };
