@@ -379,6 +379,15 @@ async fn operator_certificates_have_a_ceiling_a_list_and_a_revocation_that_close
     assert_eq!(end.map(|s| s.code()), Some(Code::PermissionDenied));
     let s = client.who_am_i(outpost_proto::v1::WhoAmIRequest {}).await.unwrap_err();
     assert!(s.message().contains("were revoked"), "{s:?}");
+    // A bundle issued after the revocation works.
+    let again = tmp.path().join("alice-2");
+    let (code, _, err) = issue("alice", "support", &again, "1h");
+    assert_eq!(code, Some(0), "{err}");
+    let alice2 = outpost_common::bundle::Bundle::load(&again).unwrap();
+    outpost_proto::v1::operator_client::OperatorClient::new(alice2.channel().unwrap())
+        .who_am_i(outpost_proto::v1::WhoAmIRequest {})
+        .await
+        .expect("a bundle issued after the revocation is accepted");
     let (_, out, _) = hubd(&["operator", "list"]);
     assert!(out.lines().any(|l| l.starts_with("alice") && l.contains("UTC") && !l.ends_with('-')), "{out}");
     // An admin cannot revoke themselves.
