@@ -8,6 +8,7 @@ pub mod actions;
 pub mod bundle;
 pub mod cert;
 pub mod config;
+pub mod liveness;
 pub mod logging;
 pub mod report;
 pub mod selector;
@@ -17,6 +18,7 @@ pub mod token;
 pub mod when;
 
 pub use cert::{CertInfo, Identity, IdentityError, Role, ca_pin};
+pub use liveness::Liveness;
 pub use token::{JoinToken, TokenError};
 
 /// Installs ring as the process-wide rustls provider. Call first thing in every binary (and test harness):

@@ -6,8 +6,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-pub const STATUSES: [&str; 4] = ["pending", "connected", "disconnected", "lost"];
-
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Selector {
     pub names: Vec<String>,
@@ -60,10 +58,10 @@ impl std::str::FromStr for Selector {
                 None => return Err(format!("{term:?} is not a server name")),
                 Some(("customer", v)) if !v.is_empty() => sel.customer = Some(v.to_string()),
                 Some(("plan", v)) if !v.is_empty() => sel.plan = Some(v.to_string()),
-                Some(("status", v)) if STATUSES.contains(&v) => sel.status.push(v.to_string()),
-                Some(("status", v)) => {
-                    return Err(format!("status:{v} is not one of {}", STATUSES.join(", ")));
-                }
+                Some(("status", v)) => match v.parse::<crate::Liveness>() {
+                    Ok(l) => sel.status.push(l.as_str().to_string()),
+                    Err(_) => return Err(format!("status:{v} is not one of {}", crate::Liveness::words())),
+                },
                 Some(("label", kv)) => {
                     let (k, v) = kv.split_once('=').ok_or_else(|| format!("label:{kv} must be label:KEY=VALUE"))?;
                     sel.labels.insert(k.to_string(), v.to_string());

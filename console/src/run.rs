@@ -95,8 +95,8 @@ pub fn selector_to_pb(s: &Selector) -> pb::Selector {
         status: s
             .status
             .iter()
-            .filter_map(|st| pb::Liveness::from_str_name(&format!("LIVENESS_{}", st.to_ascii_uppercase())))
-            .map(|l| l as i32)
+            .filter_map(|st| st.parse::<outpost_common::Liveness>().ok())
+            .map(|l| pb::Liveness::from(l) as i32)
             .collect(),
         all: s.all,
     }

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use futures::stream::{FuturesUnordered, StreamExt};
 use outpost_common::Role;
 use outpost_common::actions::{Action, ActionSpec, redacted};
-use outpost_common::selector::{Candidate, STATUSES, Selector};
+use outpost_common::cert::hex;
+use outpost_common::selector::{Candidate, Selector};
 use outpost_proto::v1 as pb;
 use pb::{CommandResult, Outcome, TargetState};
 use tokio::sync::mpsc;
@@ -83,19 +84,6 @@ pub struct Caller {
     pub role: Role,
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn status_name(l: Liveness) -> &'static str {
-    match l {
-        Liveness::Pending => "pending",
-        Liveness::Connected => "connected",
-        Liveness::Disconnected => "disconnected",
-        Liveness::Lost => "lost",
-    }
-}
-
 pub fn selector_from_pb(s: Option<pb::Selector>) -> Selector {
     let s = s.unwrap_or_default();
     Selector {
@@ -108,10 +96,7 @@ pub fn selector_from_pb(s: Option<pb::Selector>) -> Selector {
         status: s
             .status
             .into_iter()
-            .map(|l| match pb::Liveness::try_from(l) {
-                Ok(l) => l.as_str_name().trim_start_matches("LIVENESS_").to_ascii_lowercase(),
-                Err(_) => format!("invalid({l})"),
-            })
+            .map(|l| Liveness::try_from(l).map_or_else(|n| format!("invalid({n})"), |l| l.as_str().to_string()))
             .collect(),
         all: s.all,
     }
@@ -130,7 +115,7 @@ pub fn resolve(state: &HubState, sel: &Selector) -> Vec<String> {
                 name: &r.name,
                 customer: &r.customer,
                 plan: &r.plan,
-                status: status_name(v.liveness),
+                status: Liveness::as_str(v.liveness),
                 label: &label,
             })
         })
@@ -225,8 +210,8 @@ fn check(
             "the selector is empty: name servers, or use customer:, plan:, label:, status: or all",
         ));
     }
-    if let Some(bad) = sel.status.iter().find(|s| !STATUSES.contains(&s.as_str())) {
-        return Err(Status::invalid_argument(format!("selector status {bad} is not one of {}", STATUSES.join(", "))));
+    if let Some(bad) = sel.status.iter().find(|s| s.parse::<Liveness>().is_err()) {
+        return Err(Status::invalid_argument(format!("selector status {bad} is not one of {}", Liveness::words())));
     }
     if let Some(bad) = sel.names.iter().find(|n| !outpost_common::cert::valid_name(n)) {
         let bad: String = bad.chars().take(64).collect();

@@ -16,7 +16,7 @@ use crate::audit::{self, AuditEntry, Kind};
 use crate::auth;
 use crate::error::HubError;
 use crate::jobs;
-use crate::registry::{FleetDelta, Liveness, ServerView};
+use crate::registry::{FleetDelta, ServerView};
 use crate::state::HubState;
 use crate::tokens::TokenRequest;
 
@@ -32,17 +32,6 @@ const MAX_AUDIT: u32 = 1_000;
 #[derive(Clone)]
 pub struct OperatorApi {
     pub state: Arc<HubState>,
-}
-
-impl From<Liveness> for pb::Liveness {
-    fn from(l: Liveness) -> Self {
-        match l {
-            Liveness::Pending => pb::Liveness::Pending,
-            Liveness::Connected => pb::Liveness::Connected,
-            Liveness::Disconnected => pb::Liveness::Disconnected,
-            Liveness::Lost => pb::Liveness::Lost,
-        }
-    }
 }
 
 impl From<&ServerView> for pb::Server {

@@ -15,14 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::store::{ServerRecord, now_ms};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Liveness {
-    /// A token is out; no agent has enrolled yet.
-    Pending,
-    Connected,
-    Disconnected,
-    Lost,
-}
+pub use outpost_common::Liveness;
 
 /// What an operator sees of one server.
 #[derive(Clone, Debug)]

@@ -27,8 +27,6 @@ pub struct Filter {
     terms: Vec<Term>,
 }
 
-const STATUSES: [&str; 5] = ["connected", "disconnected", "lost", "pending", "unknown"];
-
 impl Filter {
     /// Parses `text`; the error names the bad term.
     pub fn parse(text: &str) -> Result<Filter, String> {
@@ -36,8 +34,8 @@ impl Filter {
         for raw in text.split_whitespace() {
             let lower = raw.to_lowercase();
             let term = if let Some(v) = lower.strip_prefix("status:") {
-                if !STATUSES.contains(&v) {
-                    return Err(format!("status:{v}: expected one of {}", STATUSES.join(", ")));
+                if v.parse::<outpost_common::Liveness>().is_err() {
+                    return Err(format!("status:{v}: expected one of {}", outpost_common::Liveness::words()));
                 }
                 Term::Status(v.to_string())
             } else if let Some(v) = lower.strip_prefix("plan:") {

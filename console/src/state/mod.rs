@@ -194,13 +194,7 @@ pub fn liveness(s: &Server) -> Liveness {
 
 /// Status as a word (the filter's `status:` values).
 pub fn status_word(s: &Server) -> &'static str {
-    match liveness(s) {
-        Liveness::Connected => "connected",
-        Liveness::Disconnected => "disconnected",
-        Liveness::Lost => "lost",
-        Liveness::Pending => "pending",
-        Liveness::Unspecified => "unknown",
-    }
+    outpost_common::Liveness::try_from(s.liveness).map_or("unknown", outpost_common::Liveness::as_str)
 }
 
 /// Highest disk use in percent, if any disk is known.
@@ -307,7 +301,8 @@ impl App {
 
     /// A viewer sees no action and cannot run one.
     pub fn read_only(&self) -> bool {
-        self.role == "viewer"
+        // An unknown role is treated as the least one.
+        self.role.parse::<outpost_common::Role>().map_or(true, |r| r == outpost_common::Role::Viewer)
     }
 
     pub fn server(&self, name: &str) -> Option<&Server> {
