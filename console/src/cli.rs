@@ -9,7 +9,7 @@ use outpost_proto::v1::operator_client::OperatorClient;
 use outpost_proto::v1::{FleetEvent, GetServerRequest, ListServersRequest, Server, WatchFleetRequest, fleet_event};
 use serde::Deserialize;
 
-use crate::state::{disk_pct, k3s_word, mem_pct, status_word};
+use crate::format::{disk_pct, k3s_word, mem_pct, status_word};
 
 #[derive(Debug, Parser)]
 #[command(

@@ -5,6 +5,7 @@ pub mod app;
 pub mod cli;
 pub mod conn;
 pub mod demo;
+pub mod format;
 pub mod inert;
 pub mod run;
 pub mod state;

@@ -12,6 +12,7 @@ use outpost_proto::v1 as pb;
 use pb::job_event::Event;
 
 use crate::cli::{Output, client, rpc};
+use crate::format::{audit_line, bar, outcome_word, summary};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
@@ -112,7 +113,7 @@ pub fn matching(sel: &Selector, servers: &[pb::Server]) -> Vec<String> {
                 name: &s.name,
                 customer: &s.customer,
                 plan: &s.plan,
-                status: crate::state::status_word(s),
+                status: crate::format::status_word(s),
                 label: &label,
             })
         })
@@ -247,48 +248,6 @@ pub async fn run(bundle: &Bundle, a: &RunArgs) -> anyhow::Result<String> {
     Ok(String::new())
 }
 
-pub fn outcome_word(o: i32) -> &'static str {
-    match pb::Outcome::try_from(o).unwrap_or_default() {
-        pb::Outcome::Unspecified => "unknown",
-        pb::Outcome::Succeeded => "succeeded",
-        pb::Outcome::Failed => "failed",
-        pb::Outcome::Refused => "refused",
-        pb::Outcome::Cancelled => "cancelled",
-        pb::Outcome::TimedOut => "timed out",
-        pb::Outcome::Interrupted => "interrupted",
-        pb::Outcome::Expired => "expired",
-        pb::Outcome::Skipped => "skipped",
-    }
-}
-
-pub fn summary(p: &pb::JobProgress) -> String {
-    format!(
-        "{} succeeded · {} failed · {} skipped · {} total{}",
-        p.succeeded,
-        p.failed,
-        p.skipped,
-        p.total,
-        if p.stopped.is_empty() { String::new() } else { format!(" · stopped: {}", p.stopped) }
-    )
-}
-
-/// `[#####-----] 12/50 · 10 ok · 2 failed · 5 running · 33 pending`
-pub fn bar(p: &pb::JobProgress) -> String {
-    const W: u32 = 30;
-    let done = p.succeeded + p.failed + p.skipped;
-    let filled = (done * W).checked_div(p.total).unwrap_or(W).min(W);
-    format!(
-        "[{}{}] {done}/{} · {} ok · {} failed · {} running · {} pending",
-        "#".repeat(filled as usize),
-        "-".repeat((W - filled) as usize),
-        p.total,
-        p.succeeded,
-        p.failed,
-        p.running,
-        p.pending
-    )
-}
-
 fn event_json(e: &Event) -> serde_json::Value {
     let result = |r: &pb::CommandResult| {
         serde_json::json!({"outcome": outcome_word(r.outcome), "exit_code": r.exit_code, "message": r.message,
@@ -340,29 +299,6 @@ pub fn audit_json(r: &pb::AuditRecord) -> serde_json::Value {
         "action": r.action, "args": r.args, "selector": r.selector, "servers": r.servers, "job_id": r.job_id,
         "command_id": r.command_id, "outcome": if r.outcome == 0 { "" } else { outcome_word(r.outcome) },
         "message": r.message})
-}
-
-/// One line of an audit table.
-pub fn audit_line(r: &pb::AuditRecord) -> String {
-    let servers = match r.servers.len() {
-        0 => "-".to_string(),
-        1..=3 => r.servers.join(","),
-        n => format!("{},… ({n})", r.servers[..2].join(",")),
-    };
-    let outcome = if r.outcome == 0 { "" } else { outcome_word(r.outcome) };
-    // Stored for good in the audit log, possibly with what a hostile agent said: one line, inert.
-    let line = format!(
-        "{:>6} {:<20} {:<12} {:<9} {:<16} {:<24} {:<11} {}",
-        r.id,
-        crate::state::clock(r.at_ms),
-        r.operator,
-        r.kind,
-        r.action,
-        servers,
-        outcome,
-        r.message
-    );
-    inert(&line).into_owned()
 }
 
 pub async fn audit(bundle: &Bundle, a: &AuditArgs) -> anyhow::Result<String> {

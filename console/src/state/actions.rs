@@ -305,7 +305,7 @@ impl App {
                     job.push_line(format!("{server} | {}", inert(l)));
                 }
                 if let Some(r) = t.result {
-                    job.results.push((server, crate::run::outcome_word(r.outcome), inert(&r.message).into_owned()));
+                    job.results.push((server, crate::format::outcome_word(r.outcome), inert(&r.message).into_owned()));
                 }
             }
             Some(pb::job_event::Event::Progress(p)) => job.progress = p,

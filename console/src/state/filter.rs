@@ -84,7 +84,7 @@ impl Filter {
             Term::Status(v) => status == v,
             Term::Plan(v) => s.plan.to_lowercase().starts_with(v.as_str()),
             Term::Customer(v) => s.customer.to_lowercase().starts_with(v.as_str()),
-            Term::Alert => super::needs_attention(s),
+            Term::Alert => crate::format::needs_attention(s),
             Term::Invalid => false,
             Term::Label(k, v) => s.labels.get(k).is_some_and(|have| v.as_ref().is_none_or(|want| have == want)),
             Term::Regex(re) => haystack(s).any(|h| re.is_match(h)),

@@ -9,7 +9,8 @@ pub mod keymap;
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
-use outpost_proto::v1::{FleetEvent, Health, Liveness, Server, ServerDetail, fleet_event, k3s};
+use crate::format::{disk_pct, k3s_word, liveness, mem_pct, needs_attention, status_word};
+use outpost_proto::v1::{FleetEvent, Health, Liveness, Server, ServerDetail, fleet_event};
 
 pub use actions::{ArgsForm, Confirm, JobView, Menu};
 pub use filter::Filter;
@@ -186,45 +187,6 @@ pub struct Counts {
     pub pending: usize,
     /// Servers that need a look: lost, K3s failed, or a disk over 90 %.
     pub alerts: usize,
-}
-
-pub fn liveness(s: &Server) -> Liveness {
-    Liveness::try_from(s.liveness).unwrap_or(Liveness::Unspecified)
-}
-
-/// Status as a word (the filter's `status:` values).
-pub fn status_word(s: &Server) -> &'static str {
-    outpost_common::Liveness::try_from(s.liveness).map_or("unknown", outpost_common::Liveness::as_str)
-}
-
-/// Highest disk use in percent, if any disk is known.
-pub fn disk_pct(h: &Health) -> Option<f64> {
-    h.disks
-        .iter()
-        .filter(|d| d.total_bytes > 0)
-        .map(|d| (d.total_bytes - d.available_bytes.min(d.total_bytes)) as f64 * 100.0 / d.total_bytes as f64)
-        .max_by(|a, b| a.total_cmp(b))
-}
-
-pub fn mem_pct(h: &Health) -> Option<f64> {
-    (h.mem_total_bytes > 0).then(|| h.mem_used_bytes as f64 * 100.0 / h.mem_total_bytes as f64)
-}
-
-pub fn k3s_word(h: &Health) -> &'static str {
-    match h.k3s.as_ref().map(|k| k3s::State::try_from(k.state).unwrap_or(k3s::State::Unspecified)) {
-        Some(k3s::State::Absent) => "absent",
-        Some(k3s::State::Active) => "active",
-        Some(k3s::State::Inactive) => "inactive",
-        Some(k3s::State::Failed) => "FAILED",
-        Some(k3s::State::Activating) => "starting",
-        _ => "-",
-    }
-}
-
-pub fn needs_attention(s: &Server) -> bool {
-    let h = s.health.as_ref();
-    liveness(s) == Liveness::Lost
-        || h.is_some_and(|h| k3s_word(h) == "FAILED" || disk_pct(h).is_some_and(|d| d >= 90.0))
 }
 
 /// What a server without a report compares as.
@@ -711,12 +673,3 @@ fn longest_common<'a>(candidates: impl Iterator<Item = &'a str>, prefix: &str) -
 
 #[cfg(test)]
 mod tests;
-
-/// `2026-11-22 10:11:12` (UTC) for a unix-ms time.
-pub fn clock(ms: i64) -> String {
-    let fmt = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
-    time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
-        .ok()
-        .and_then(|t| t.format(&fmt).ok())
-        .unwrap_or_else(|| ms.to_string())
-}

@@ -6,7 +6,8 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::widgets::{Cell, Paragraph, Row, Table, TableState};
 
 use super::{Theme, ago, status_symbol};
-use crate::state::{App, Column, disk_pct, k3s_word, mem_pct, status_word};
+use crate::format::{disk_pct, k3s_word, mem_pct, status_word};
+use crate::state::{App, Column};
 
 /// Columns by priority: narrow terminals drop from the end. (column, width)
 const LAYOUT: [(Column, u16); 12] = [

@@ -30,7 +30,7 @@ pub fn render_job(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
     let results_h = (job.results.len().min(8) as u16).max(1);
     let [top, results, output] =
         Layout::vertical([Constraint::Length(4), Constraint::Length(results_h + 2), Constraint::Min(3)]).areas(area);
-    let mut head = vec![Line::from(state), Line::from(format!(" {}", crate::run::bar(&job.progress)))];
+    let mut head = vec![Line::from(state), Line::from(format!(" {}", crate::format::bar(&job.progress)))];
     if !job.progress.stopped.is_empty() {
         head[0].spans.push(Span::raw(format!(" · stopped: {}", job.progress.stopped)));
     }
@@ -70,7 +70,7 @@ pub fn render_audit(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
     }
     for r in app.audit.iter().take(area.height.saturating_sub(3) as usize) {
         let style = if r.kind == "refused" { theme.fg(Color::Red) } else { Style::new() };
-        lines.push(Line::styled(format!(" {}", crate::run::audit_line(r)), style));
+        lines.push(Line::styled(format!(" {}", crate::format::audit_line(r)), style));
     }
     let title = format!(" audit log · newest first · {} records ", app.audit.len());
     frame.render_widget(Paragraph::new(lines).block(Block::bordered().title(title)), area);

@@ -7,7 +7,8 @@ use ratatui::style::Color;
 use ratatui::widgets::{Block, Paragraph, Row, Sparkline, Table};
 
 use super::{Theme, ago, facts, status_symbol};
-use crate::state::{App, disk_pct, k3s_word, mem_pct, status_word};
+use crate::format::{disk_pct, k3s_word, mem_pct, status_word};
+use crate::state::App;
 
 fn bytes(b: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

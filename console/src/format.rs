@@ -1,0 +1,157 @@
+//! Pure formatting shared by the TUI (`state/`, `view/`) and the command line (`cli`, `run`): words for
+//! statuses, outcomes and K3s states, percentages, progress bars, audit lines and times. It imports neither
+//! the TUI nor the CLI, so neither depends on the other through it.
+
+use outpost_common::text::inert;
+use outpost_proto::v1 as pb;
+use pb::{Health, Liveness, Server, k3s};
+
+pub fn liveness(s: &Server) -> Liveness {
+    Liveness::try_from(s.liveness).unwrap_or(Liveness::Unspecified)
+}
+
+/// Status as a word (the filter's `status:` values).
+pub fn status_word(s: &Server) -> &'static str {
+    outpost_common::Liveness::try_from(s.liveness).map_or("unknown", outpost_common::Liveness::as_str)
+}
+
+/// Highest disk use in percent, if any disk is known.
+pub fn disk_pct(h: &Health) -> Option<f64> {
+    h.disks
+        .iter()
+        .filter(|d| d.total_bytes > 0)
+        .map(|d| (d.total_bytes - d.available_bytes.min(d.total_bytes)) as f64 * 100.0 / d.total_bytes as f64)
+        .max_by(|a, b| a.total_cmp(b))
+}
+
+pub fn mem_pct(h: &Health) -> Option<f64> {
+    (h.mem_total_bytes > 0).then(|| h.mem_used_bytes as f64 * 100.0 / h.mem_total_bytes as f64)
+}
+
+pub fn k3s_word(h: &Health) -> &'static str {
+    match h.k3s.as_ref().map(|k| k3s::State::try_from(k.state).unwrap_or(k3s::State::Unspecified)) {
+        Some(k3s::State::Absent) => "absent",
+        Some(k3s::State::Active) => "active",
+        Some(k3s::State::Inactive) => "inactive",
+        Some(k3s::State::Failed) => "FAILED",
+        Some(k3s::State::Activating) => "starting",
+        _ => "-",
+    }
+}
+
+pub fn needs_attention(s: &Server) -> bool {
+    let h = s.health.as_ref();
+    liveness(s) == Liveness::Lost
+        || h.is_some_and(|h| k3s_word(h) == "FAILED" || disk_pct(h).is_some_and(|d| d >= 90.0))
+}
+
+pub fn outcome_word(o: i32) -> &'static str {
+    match pb::Outcome::try_from(o).unwrap_or_default() {
+        pb::Outcome::Unspecified => "unknown",
+        pb::Outcome::Succeeded => "succeeded",
+        pb::Outcome::Failed => "failed",
+        pb::Outcome::Refused => "refused",
+        pb::Outcome::Cancelled => "cancelled",
+        pb::Outcome::TimedOut => "timed out",
+        pb::Outcome::Interrupted => "interrupted",
+        pb::Outcome::Expired => "expired",
+        pb::Outcome::Skipped => "skipped",
+    }
+}
+
+pub fn summary(p: &pb::JobProgress) -> String {
+    format!(
+        "{} succeeded · {} failed · {} skipped · {} total{}",
+        p.succeeded,
+        p.failed,
+        p.skipped,
+        p.total,
+        if p.stopped.is_empty() { String::new() } else { format!(" · stopped: {}", p.stopped) }
+    )
+}
+
+/// `[#####-----] 12/50 · 10 ok · 2 failed · 5 running · 33 pending`
+pub fn bar(p: &pb::JobProgress) -> String {
+    const W: u32 = 30;
+    let done = p.succeeded + p.failed + p.skipped;
+    let filled = (done * W).checked_div(p.total).unwrap_or(W).min(W);
+    format!(
+        "[{}{}] {done}/{} · {} ok · {} failed · {} running · {} pending",
+        "#".repeat(filled as usize),
+        "-".repeat((W - filled) as usize),
+        p.total,
+        p.succeeded,
+        p.failed,
+        p.running,
+        p.pending
+    )
+}
+
+/// One line of an audit table.
+pub fn audit_line(r: &pb::AuditRecord) -> String {
+    let servers = match r.servers.len() {
+        0 => "-".to_string(),
+        1..=3 => r.servers.join(","),
+        n => format!("{},… ({n})", r.servers[..2].join(",")),
+    };
+    let outcome = if r.outcome == 0 { "" } else { outcome_word(r.outcome) };
+    // Stored for good in the audit log, possibly with what a hostile agent said: one line, inert.
+    let line = format!(
+        "{:>6} {:<20} {:<12} {:<9} {:<16} {:<24} {:<11} {}",
+        r.id,
+        clock(r.at_ms),
+        r.operator,
+        r.kind,
+        r.action,
+        servers,
+        outcome,
+        r.message
+    );
+    inert(&line).into_owned()
+}
+
+/// `2026-11-22 10:11:12` (UTC) for a unix-ms time.
+pub fn clock(ms: i64) -> String {
+    let fmt = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+        .ok()
+        .and_then(|t| t.format(&fmt).ok())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    /// Architecture boundary: the TUI (`state/`, `view/`) and the command line (`cli`, `run`) share only
+    /// `format` (and `inert`); neither imports the other.
+    #[test]
+    fn tui_and_cli_do_not_import_each_other() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        // The code only: this test names the modules it looks for.
+        let read = |rel: &str| {
+            let text = std::fs::read_to_string(src.join(rel)).unwrap();
+            text.split("#[cfg(test)]").next().unwrap_or_default().to_string()
+        };
+        let mut tui = Vec::new();
+        for dir in ["state", "view"] {
+            for e in std::fs::read_dir(src.join(dir)).unwrap() {
+                let p = e.unwrap().path();
+                if p.extension().is_some_and(|x| x == "rs") {
+                    tui.push((p.display().to_string(), std::fs::read_to_string(&p).unwrap()));
+                }
+            }
+        }
+        for (path, text) in &tui {
+            for cli in ["crate::cli", "crate::run"] {
+                assert!(!text.contains(cli), "{path} imports {cli}");
+            }
+        }
+        for rel in ["cli.rs", "run.rs", "format.rs"] {
+            let text = read(rel);
+            for t in ["crate::state", "crate::view"] {
+                assert!(!text.contains(t), "{rel} imports {t}");
+            }
+        }
+        let format = read("format.rs");
+        assert!(!format.contains("crate::cli") && !format.contains("crate::run"), "format imports the CLI");
+    }
+}
