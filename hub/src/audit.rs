@@ -40,6 +40,71 @@ impl Kind {
     }
 }
 
+/// How an audited request or command ended.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// A request, a cancel, a token: no outcome.
+    #[default]
+    None,
+    Succeeded,
+    Failed,
+    Refused,
+    Cancelled,
+    TimedOut,
+    Interrupted,
+    Expired,
+    Skipped,
+}
+
+impl Outcome {
+    /// From `outpost.v1.Outcome`'s number (unknown numbers are `None`).
+    pub fn from_wire(n: i32) -> Outcome {
+        use outpost_proto::v1::Outcome as W;
+        match W::try_from(n).unwrap_or_default() {
+            W::Unspecified => Outcome::None,
+            W::Succeeded => Outcome::Succeeded,
+            W::Failed => Outcome::Failed,
+            W::Refused => Outcome::Refused,
+            W::Cancelled => Outcome::Cancelled,
+            W::TimedOut => Outcome::TimedOut,
+            W::Interrupted => Outcome::Interrupted,
+            W::Expired => Outcome::Expired,
+            W::Skipped => Outcome::Skipped,
+        }
+    }
+
+    /// `outpost.v1.Outcome`'s number.
+    pub fn to_wire(self) -> i32 {
+        use outpost_proto::v1::Outcome as W;
+        (match self {
+            Outcome::None => W::Unspecified,
+            Outcome::Succeeded => W::Succeeded,
+            Outcome::Failed => W::Failed,
+            Outcome::Refused => W::Refused,
+            Outcome::Cancelled => W::Cancelled,
+            Outcome::TimedOut => W::TimedOut,
+            Outcome::Interrupted => W::Interrupted,
+            Outcome::Expired => W::Expired,
+            Outcome::Skipped => W::Skipped,
+        }) as i32
+    }
+}
+
+/// Reads an outcome stored as a word, or as the wire number that records written before 2026-11-30 hold.
+fn outcome_compat<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Outcome, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Stored {
+        Number(i32),
+        Word(Outcome),
+    }
+    Ok(match Stored::deserialize(d)? {
+        Stored::Number(n) => Outcome::from_wire(n),
+        Stored::Word(o) => o,
+    })
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct AuditEntry {
@@ -55,8 +120,10 @@ pub struct AuditEntry {
     pub servers: Vec<String>,
     pub job_id: String,
     pub command_id: String,
-    /// `outpost.v1.Outcome` as its number (0 for requests).
-    pub outcome: i32,
+    /// How a request or command ended (`none` for requests). Stored as a word: the wire enum's numbering
+    /// is not stored data (records written before this change hold the number and still read back).
+    #[serde(deserialize_with = "outcome_compat")]
+    pub outcome: Outcome,
     pub message: String,
 }
 
@@ -162,6 +229,42 @@ impl Audit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A store written by the hub at 6e40fb5 (outcomes stored as wire numbers) opens, and its records read
+    /// back with the same meaning; new records store the outcome as a word.
+    #[tokio::test]
+    async fn a_store_written_before_outcomes_were_words_reads_back() {
+        let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-6e40fb5");
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["conf", "db"] {
+            std::fs::copy(fixture.join(f), dir.path().join(f)).unwrap();
+        }
+        std::fs::create_dir_all(dir.path().join("blobs")).unwrap();
+        let store = Store::open(dir.path(), 8).unwrap();
+        let audit = Audit::open(store.clone()).unwrap();
+        let all = audit.query(&Query { limit: 100, ..Default::default() }).unwrap();
+        let seen: Vec<(u64, Kind, Outcome)> = all.iter().map(|e| (e.id, e.kind, e.outcome)).collect();
+        assert_eq!(
+            seen,
+            vec![
+                (5, Kind::Result, Outcome::Succeeded),
+                (4, Kind::Requested, Outcome::None),
+                (3, Kind::Result, Outcome::Failed),
+                (2, Kind::Requested, Outcome::None),
+                (1, Kind::Token, Outcome::None),
+            ]
+        );
+        assert_eq!(all[2].message, "sh: exited with status 3");
+        let servers: Vec<(String, crate::store::ServerRecord)> = store.all_json(Tree::Servers).unwrap();
+        let (name, record) = &servers[0];
+        assert_eq!((name.as_str(), record.customer.as_str(), record.plan.as_str()), ("old-1", "acme", "pro"));
+        assert!(!record.agent_id.is_empty() && record.prev_serial.is_empty() && record.revoked_ms == 0);
+        // A new record stores the word.
+        let id = audit.append(AuditEntry { outcome: Outcome::TimedOut, ..Default::default() }).await.unwrap();
+        let raw = store.get_raw(Tree::Audit, &id.to_be_bytes()).unwrap().unwrap();
+        assert!(String::from_utf8_lossy(&raw).contains("\"outcome\":\"timed_out\""), "{raw:?}");
+        assert_eq!(id, 6, "ids continue after the old ones");
+    }
 
     #[tokio::test]
     async fn append_then_query_by_each_field_newest_first() {

@@ -21,7 +21,7 @@ use tonic::Status;
 
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{AuditEntry, Kind};
+use crate::audit::{self, AuditEntry, Kind};
 use crate::ca::random_bytes;
 use crate::registry::Liveness;
 use crate::relay::{CmdEvent, refused};
@@ -156,7 +156,7 @@ pub async fn submit(state: &HubState, caller: &Caller, mut req: pb::RunActionReq
         Ok(ok) => ok,
         Err(status) => {
             entry.kind = Kind::Refused;
-            entry.outcome = Outcome::Refused as i32;
+            entry.outcome = audit::Outcome::Refused;
             entry.message = status.message().to_string();
             state.audit.append(entry).await.map_err(crate::error::HubError::from)?;
             return Err(status);
@@ -391,7 +391,7 @@ pub async fn run(state: Arc<HubState>, job: Job, tx: EventTx, cancel: Cancellati
             action: job.action.clone(),
             servers: skipped.to_vec(),
             job_id: job.id.clone(),
-            outcome: Outcome::Skipped as i32,
+            outcome: audit::Outcome::Skipped,
             message: why,
             ..Default::default()
         };
@@ -531,7 +531,7 @@ async fn target(
         servers: vec![server.to_string()],
         job_id: job.id.clone(),
         command_id: id.clone(),
-        outcome: r.outcome,
+        outcome: audit::Outcome::from_wire(r.outcome),
         message: r.message.clone(),
         ..Default::default()
     };
@@ -631,7 +631,7 @@ pub fn recover(state: &Arc<HubState>) -> Result<usize, crate::store::StoreError>
                             servers: vec![r.server],
                             job_id: job_id.clone(),
                             command_id: id.clone(),
-                            outcome: Outcome::TimedOut as i32,
+                            outcome: audit::Outcome::TimedOut,
                             message: message.into(),
                             ..Default::default()
                         };

@@ -84,7 +84,7 @@ impl From<AuditEntry> for pb::AuditRecord {
             servers: e.servers,
             job_id: e.job_id,
             command_id: e.command_id,
-            outcome: e.outcome,
+            outcome: e.outcome.to_wire(),
             message: e.message,
         }
     }
@@ -291,7 +291,7 @@ impl Operator for OperatorApi {
         if let Some(status) = refusal {
             entry.kind = Kind::Refused;
             entry.action = "cancel".into();
-            entry.outcome = pb::Outcome::Refused as i32;
+            entry.outcome = audit::Outcome::Refused;
             entry.message = status.message().to_string();
             self.state.audit.append(entry).await.map_err(HubError::from)?;
             return Err(status);
