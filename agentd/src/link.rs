@@ -53,6 +53,8 @@ pub enum Ended {
 pub struct Link {
     pub config: AgentConfig,
     pub outbox: Outbox,
+    /// The current certificate's expiry (unix seconds), published on connect and renewal.
+    pub cert_not_after: tokio::sync::watch::Sender<i64>,
     pub runner: Runner,
     /// Held by the current session: command updates to send, renewals `rotate-cert` asked for.
     pub runner_link: tokio::sync::Mutex<RunnerLink>,
@@ -84,7 +86,7 @@ impl Link {
                     return;
                 }
             };
-            if cert.not_after <= now_secs() {
+            if cert.not_after <= outpost_common::now_secs() {
                 if !expired_logged {
                     tracing::error!(
                         not_after = cert.not_after,
@@ -191,6 +193,7 @@ impl Link {
         tracing::info!(server = %welcome.server_name, acked, backlog = self.outbox.len(), "connected to hub");
 
         let mut cert = identity.cert()?;
+        self.cert_not_after.send_replace(cert.not_after);
         let mut renew_at = renewal_instant(cert.not_before, cert.not_after);
         let mut pending_key: Option<rcgen::KeyPair> = None;
         let mut renew_waiters: Vec<RenewWaiter> = Vec::new();
@@ -271,6 +274,7 @@ impl Link {
                         for w in renew_waiters.drain(..) {
                             let _ = w.send(Ok(info.serial.clone()));
                         }
+                        self.cert_not_after.send_replace(info.not_after);
                         cert = info;
                         identity = renewed;
                     }
@@ -311,9 +315,5 @@ async fn next(
 /// About two thirds into the certificate's life.
 fn renewal_instant(not_before: i64, not_after: i64) -> Instant {
     let at = not_before + (not_after - not_before) * 2 / 3;
-    Instant::now() + Duration::from_secs((at - now_secs()).max(0) as u64)
-}
-
-pub fn now_secs() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    Instant::now() + Duration::from_secs((at - outpost_common::now_secs()).max(0) as u64)
 }

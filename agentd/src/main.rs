@@ -119,7 +119,7 @@ fn main() -> ExitCode {
                     let cert = id.cert().ok();
                     println!("server:   {}\nagent id: {}\nhub:      {}", id.server, id.agent_id, id.hub);
                     if let Some(c) = cert {
-                        let left = c.not_after - agentd::link::now_secs();
+                        let left = c.not_after - outpost_common::now_secs();
                         println!(
                             "cert:     serial {} expires in {}s{}",
                             c.serial,

@@ -12,6 +12,8 @@ use outpost_proto::v1::{Health, Report};
 use prost::Message;
 use tokio::sync::Notify;
 
+use crate::instance::{InstanceDb, Tree};
+
 const LAST_SEQ: &[u8] = b"last_seq";
 const DROPPED: &[u8] = b"dropped";
 const REFUSED: &[u8] = b"refused";
@@ -26,7 +28,7 @@ pub enum OutboxError {
 
 #[derive(Clone)]
 pub struct Outbox {
-    db: sled::Db,
+    db: InstanceDb,
     reports: sled::Tree,
     meta: sled::Tree,
     max: u64,
@@ -44,9 +46,9 @@ fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<u64, sled::Error> {
 }
 
 impl Outbox {
-    pub fn open(db: &sled::Db, max: u64) -> Result<Outbox, OutboxError> {
-        let reports = db.open_tree("outbox")?;
-        let meta = db.open_tree("outbox_meta")?;
+    pub fn open(db: &InstanceDb, max: u64) -> Result<Outbox, OutboxError> {
+        let reports = db.tree(Tree::Outbox)?;
+        let meta = db.tree(Tree::OutboxMeta)?;
         // The last key is authoritative if the meta write did not make it before a crash.
         let last_key = reports
             .last()?
@@ -86,7 +88,7 @@ impl Outbox {
             let d = self.dropped.fetch_add(1, Ordering::SeqCst) + 1;
             self.meta.insert(DROPPED, &d.to_be_bytes())?;
         }
-        self.db.flush_async().await?;
+        self.db.flush().await?;
         self.pushed.notify_one();
         Ok(seq)
     }
@@ -99,7 +101,7 @@ impl Outbox {
             return Ok(false);
         }
         self.meta.insert(LAST_SEQ, &seq.to_be_bytes())?;
-        self.db.flush_async().await?;
+        self.db.flush().await?;
         self.last_seq.store(seq, Ordering::SeqCst);
         Ok(true)
     }
@@ -161,7 +163,7 @@ mod tests {
     use super::*;
 
     fn open(dir: &std::path::Path, max: u64) -> Outbox {
-        Outbox::open(&crate::reopen_for_test(dir), max).unwrap()
+        Outbox::open(&InstanceDb::reopen_for_test(dir), max).unwrap()
     }
 
     #[tokio::test]

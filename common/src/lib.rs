@@ -79,7 +79,6 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Unix milliseconds now.
 /// Creates `dir` (and its parents) and makes it private to the owner (0700): stores under it hold audit
 /// records, command arguments and output.
 pub fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
@@ -88,6 +87,12 @@ pub fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
+/// Unix seconds now.
+pub fn now_secs() -> i64 {
+    now_ms().div_euclid(1000)
+}
+
+/// Unix milliseconds now.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

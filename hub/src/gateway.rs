@@ -325,7 +325,6 @@ enum Close {
 
 /// The instant a certificate with `not_after` (unix seconds) stops being valid.
 fn deadline(not_after: i64) -> Instant {
-    let now =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let now = outpost_common::now_secs();
     Instant::now() + Duration::from_secs((not_after - now).max(0) as u64 + 1)
 }

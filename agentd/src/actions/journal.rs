@@ -8,6 +8,8 @@
 use outpost_proto::v1::CommandUpdate;
 use prost::Message;
 
+use crate::instance::{InstanceDb, Tree};
+
 /// Entries kept; older ones are dropped at start (a redelivery comes within minutes, not weeks).
 const KEEP: usize = 10_000;
 const MAX_AGE_MS: i64 = 30 * 24 * 3600 * 1000;
@@ -21,7 +23,7 @@ pub enum Entry {
 
 #[derive(Clone)]
 pub struct Journal {
-    db: sled::Db,
+    db: InstanceDb,
     tree: sled::Tree,
 }
 
@@ -34,8 +36,8 @@ pub enum JournalError {
 }
 
 impl Journal {
-    pub fn open(db: &sled::Db) -> Result<Journal, JournalError> {
-        let tree = db.open_tree("journal")?;
+    pub fn open(db: &InstanceDb) -> Result<Journal, JournalError> {
+        let tree = db.tree(Tree::Journal)?;
         let j = Journal { db: db.clone(), tree };
         j.prune(outpost_common::now_ms())?;
         Ok(j)
@@ -56,13 +58,13 @@ impl Journal {
     /// Durable before it returns: only then may the command run.
     pub async fn start(&self, id: &str) -> Result<(), JournalError> {
         self.tree.insert(id, value(b'S', &[]))?;
-        self.db.flush_async().await?;
+        self.db.flush().await?;
         Ok(())
     }
 
     pub async fn finish(&self, id: &str, last: &CommandUpdate) -> Result<(), JournalError> {
         self.tree.insert(id, value(b'D', &last.encode_to_vec()))?;
-        self.db.flush_async().await?;
+        self.db.flush().await?;
         Ok(())
     }
 
@@ -100,7 +102,7 @@ mod tests {
     async fn entries_survive_reopen_and_old_ones_are_pruned() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            let db = crate::instance::InstanceDb::open(dir.path()).unwrap();
             let j = Journal::open(&db).unwrap();
             assert_eq!(j.get("a").unwrap(), None);
             j.start("a").await.unwrap();
@@ -108,7 +110,7 @@ mod tests {
             let done = CommandUpdate { command_id: "b".into(), output: "tail".into(), ..Default::default() };
             j.finish("b", &done).await.unwrap();
         }
-        let db = crate::reopen_for_test(dir.path());
+        let db = crate::instance::InstanceDb::reopen_for_test(dir.path());
         let j = Journal::open(&db).unwrap();
         assert_eq!(j.get("a").unwrap(), Some(Entry::Started));
         assert!(matches!(j.get("b").unwrap(), Some(Entry::Done(u)) if u.output == "tail"));

@@ -316,7 +316,7 @@ mod tests {
 
     /// A runner with exec enabled, its journal in `dir`.
     fn exec_runner(dir: &std::path::Path) -> (Runner, RunnerLink) {
-        let db = sled::Config::new().path(dir.join("db")).open().unwrap();
+        let db = crate::instance::InstanceDb::open(&dir.join("db")).unwrap();
         let config = AgentConfig { exec_enabled: true, data_dir: dir.into(), ..Default::default() };
         Runner::new(config, Journal::open(&db).unwrap(), TaskTracker::new(), CancellationToken::new())
     }
@@ -376,7 +376,7 @@ mod tests {
     #[tokio::test]
     async fn an_expired_command_or_a_bad_id_never_runs() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path().join("db")).open().unwrap();
+        let db = crate::instance::InstanceDb::open(&dir.path().join("db")).unwrap();
         let (runner, mut link) = Runner::new(
             AgentConfig::default(),
             Journal::open(&db).unwrap(),

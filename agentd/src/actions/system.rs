@@ -233,7 +233,7 @@ async fn diagnostics(ctx: &mut Ctx<'_>) -> CommandResult {
     ctx.out.line("== certificate").await;
     match crate::identity::AgentIdentity::load(&ctx.config.data_dir).map(|i| i.map(|i| i.cert())) {
         Ok(Some(Ok(c))) => {
-            let left = c.not_after - crate::link::now_secs();
+            let left = c.not_after - outpost_common::now_secs();
             ctx.out.line(&format!("serial {} not_after {} ({left} s left)", c.serial, c.not_after)).await;
         }
         Ok(Some(Err(e))) => ctx.out.line(&format!("unreadable: {e}")).await,

@@ -527,7 +527,7 @@ async fn replay(root: &Path, reports: u64) -> anyhow::Result<()> {
     let identity = agentd::identity::enroll(&hub.token("replay-1").await, None).await?;
     identity.save(&dir.join("data"))?;
     {
-        let db = sled::Config::new().path(dir.join("data/instance.db")).open()?;
+        let db = agentd::instance::InstanceDb::open(&dir.join("data/instance.db"))?;
         let outbox = agentd::outbox::Outbox::open(&db, reports + 10)?;
         let health =
             outpost_proto::v1::Health { mem_total_bytes: 1, agent_version: "bench".into(), ..Default::default() };

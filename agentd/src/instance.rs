@@ -1,0 +1,163 @@
+//! The instance database: one sled database per customer server (`data_dir/instance.db`), owning its trees,
+//! their names and a schema version.
+//!
+//! Architecture invariant: this is the only module of agentd that opens sled; the outbox, the command journal
+//! (and, later, projects, apps, deployments and repos) get their trees from here. A database written by a
+//! newer agentd is refused, not misread; an older one is migrated forward at open, each step in order.
+
+use std::path::{Path, PathBuf};
+
+/// sled's page cache for the agent: it shares a small server with K3s.
+const CACHE_BYTES: u64 = 4 * 1024 * 1024;
+const META: &str = "meta";
+const SCHEMA_KEY: &[u8] = b"schema_version";
+/// The schema this agentd writes.
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// Every tree of the instance database, by role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tree {
+    /// seq (u64 BE) → `Report` (protobuf): reports not yet acknowledged by the hub.
+    Outbox,
+    /// `last_seq`, `dropped`, `refused` counters of the outbox.
+    OutboxMeta,
+    /// command id → journal entry (see `actions::journal`).
+    Journal,
+}
+
+impl Tree {
+    fn name(self) -> &'static str {
+        match self {
+            Tree::Outbox => "outbox",
+            Tree::OutboxMeta => "outbox_meta",
+            Tree::Journal => "journal",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    #[error("cannot open the instance database {path}: {error}; is another agentd running on this data_dir?")]
+    Open { path: PathBuf, error: sled::Error },
+    #[error(
+        "the instance database {path} has schema version {found}, newer than this agentd's {SCHEMA_VERSION}: it was written by a newer agentd; install that version again"
+    )]
+    Newer { path: PathBuf, found: u64 },
+    #[error("instance database {path}: {error}")]
+    Store { path: PathBuf, error: sled::Error },
+}
+
+/// The open database. Cheap to clone.
+#[derive(Clone)]
+pub struct InstanceDb {
+    db: sled::Db,
+    path: PathBuf,
+}
+
+/// Migrations, in order: `MIGRATIONS[n]` takes a database from version `n` to `n + 1`. Version 0 is a
+/// database from before versioning (the outbox and the journal, as version 1 has them).
+type Migration = fn(&sled::Db) -> Result<(), sled::Error>;
+const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [|_| Ok(())];
+
+impl InstanceDb {
+    /// Opens (or creates) the database in `path`, migrating it to [`SCHEMA_VERSION`].
+    pub fn open(path: &Path) -> Result<InstanceDb, InstanceError> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(CACHE_BYTES)
+            .open()
+            .map_err(|error| InstanceError::Open { path: path.to_path_buf(), error })?;
+        InstanceDb::migrate(db, path)
+    }
+
+    fn migrate(db: sled::Db, path: &Path) -> Result<InstanceDb, InstanceError> {
+        let store = |error| InstanceError::Store { path: path.to_path_buf(), error };
+        let meta = db.open_tree(META).map_err(store)?;
+        let found = meta
+            .get(SCHEMA_KEY)
+            .map_err(store)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        if found > SCHEMA_VERSION {
+            return Err(InstanceError::Newer { path: path.to_path_buf(), found });
+        }
+        for (from, step) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            step(&db).map_err(store)?;
+            meta.insert(SCHEMA_KEY, &(from as u64 + 1).to_be_bytes()).map_err(store)?;
+            db.flush().map_err(store)?;
+            tracing::info!(path = %path.display(), from, to = from + 1, "instance database migrated");
+        }
+        Ok(InstanceDb { db, path: path.to_path_buf() })
+    }
+
+    pub fn tree(&self, t: Tree) -> Result<sled::Tree, sled::Error> {
+        self.db.open_tree(t.name())
+    }
+
+    /// Makes every write so far durable (sled's `flush_async`; see ARCHITECTURE.md for what it guarantees).
+    pub async fn flush(&self) -> Result<(), sled::Error> {
+        self.db.flush_async().await.map(|_| ())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn schema_version(&self) -> u64 {
+        self.db
+            .open_tree(META)
+            .ok()
+            .and_then(|m| m.get(SCHEMA_KEY).ok().flatten())
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes)
+    }
+
+    /// Reopens in a test, waiting for a previous handle's background flusher to let go of the file lock (it
+    /// does so shortly after the last handle is dropped).
+    #[cfg(test)]
+    pub(crate) fn reopen_for_test(path: &Path) -> InstanceDb {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match InstanceDb::open(path) {
+                Ok(db) => return db,
+                Err(e) if std::time::Instant::now() >= deadline => panic!("{e}"),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unversioned_database_is_stamped_and_a_newer_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            // As agentd before versioning left it: an outbox tree, no meta.
+            let db = sled::Config::new().path(&path).open().unwrap();
+            db.open_tree("outbox").unwrap().insert(1u64.to_be_bytes(), b"x".as_slice()).unwrap();
+            db.flush().unwrap();
+        }
+        let db = InstanceDb::reopen_for_test(&path);
+        assert_eq!(db.schema_version(), SCHEMA_VERSION);
+        assert_eq!(db.tree(Tree::Outbox).unwrap().len(), 1, "data kept");
+        db.db.open_tree(META).unwrap().insert(SCHEMA_KEY, &99u64.to_be_bytes()).unwrap();
+        db.db.flush().unwrap();
+        drop(db);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let err = loop {
+            match InstanceDb::open(&path) {
+                Err(InstanceError::Open { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                Err(e) => break e.to_string(),
+                Ok(_) => panic!("a newer database was opened"),
+            }
+        };
+        assert!(err.contains("schema version 99, newer than this agentd's 1"), "{err}");
+    }
+}
