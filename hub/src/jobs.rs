@@ -59,6 +59,32 @@ pub struct Job {
     pub queue: Option<Duration>,
     pub operator: String,
     pub audit_id: u64,
+    /// Targets that succeeded / failed before this run (a job resumed after a restart): they count towards
+    /// the failure threshold.
+    pub succeeded_before: u32,
+    pub failed_before: u32,
+}
+
+/// The rest of a fan-out: the batches not dispatched yet, written with each batch's pending records (one
+/// write), removed when the job ends. A restarted hub finishes the dispatched batch (its pending commands)
+/// and then runs these, so a job outlives a hub restart; the caller is gone, the audit log has the outcome.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlanRecord {
+    pub action: String,
+    pub args: BTreeMap<String, String>,
+    pub operator: String,
+    pub audit_id: u64,
+    /// The targets not dispatched yet, in order, and their batch sizes.
+    pub targets: Vec<String>,
+    pub batches: Vec<usize>,
+    pub max_failure_rate: f64,
+    pub run_for_ms: u64,
+    /// Wall clock: the caller's deadline, if it gave one.
+    pub deadline_ms: Option<i64>,
+    pub queue_secs: Option<u64>,
+    /// Outcomes of the batches before the one dispatched with this record.
+    pub succeeded: u32,
+    pub failed: u32,
 }
 
 /// A dispatched command whose result is not audited yet, kept durably so a restarted hub delivers it
@@ -186,6 +212,8 @@ pub async fn submit(state: &HubState, caller: &Caller, mut req: pb::RunActionReq
         queue: (req.queue_secs > 0).then(|| Duration::from_secs(u64::from(req.queue_secs))),
         operator: caller.name.clone(),
         audit_id,
+        succeeded_before: 0,
+        failed_before: 0,
     })
 }
 
@@ -295,8 +323,8 @@ pub async fn run(state: Arc<HubState>, job: Job, tx: EventTx, cancel: Cancellati
         action: job.action.clone(),
     };
     let _ = tx.send(event(pb::job_event::Event::Plan(plan))).await;
-    let total = job.targets.len() as u32;
-    let mut c = Counts::default();
+    let total = job.targets.len() as u32 + job.succeeded_before + job.failed_before;
+    let mut c = Counts { succeeded: job.succeeded_before, failed: job.failed_before, ..Counts::default() };
     let progress = |c: &Counts, finished: bool, stopped: &str| {
         let pending = total - c.succeeded - c.failed - c.running - c.skipped;
         event(pb::job_event::Event::Progress(pb::JobProgress {
@@ -311,6 +339,16 @@ pub async fn run(state: Arc<HubState>, job: Job, tx: EventTx, cancel: Cancellati
         }))
     };
     let mut stopped = String::new();
+    // A resumed job: the outcomes before the restart may already be over the threshold.
+    let before = job.succeeded_before + job.failed_before;
+    if job.failed_before > 0 && f64::from(job.failed_before) / f64::from(before) > job.max_failure_rate {
+        stopped = format!(
+            "failure rate {:.0}% ({} of {before}) before the restart is over the limit of {:.0}%",
+            f64::from(job.failed_before) * 100.0 / f64::from(before),
+            job.failed_before,
+            job.max_failure_rate * 100.0
+        );
+    }
     let mut next = 0;
     for (bi, &size) in job.batches.iter().enumerate() {
         if cancel.is_cancelled() {
@@ -324,7 +362,28 @@ pub async fn run(state: Arc<HubState>, job: Job, tx: EventTx, cancel: Cancellati
         c.running = size as u32;
         let _ = tx.send(progress(&c, false, "")).await;
         let ids: Vec<String> = batch.iter().map(|_| hex(&random_bytes::<16>())).collect();
-        let recorded = record_pending(&state, &job, batch, &ids).await;
+        // What is left after this batch goes to the store with the batch's pending records.
+        let rest = (bi + 1 < job.batches.len()).then(|| PlanRecord {
+            action: job.action.clone(),
+            args: job.args.clone(),
+            operator: job.operator.clone(),
+            audit_id: job.audit_id,
+            targets: job.targets[next..].to_vec(),
+            batches: job.batches[bi + 1..].to_vec(),
+            max_failure_rate: job.max_failure_rate,
+            run_for_ms: job.run_for.as_millis() as u64,
+            deadline_ms: job
+                .hard_deadline
+                .map(|h| outpost_common::now_ms() + h.saturating_duration_since(Instant::now()).as_millis() as i64),
+            queue_secs: job.queue.map(|q| q.as_secs()),
+            succeeded: c.succeeded,
+            failed: c.failed,
+        });
+        let plan_op = match &rest {
+            Some(r) => Op::put_json(Tree::Plans, job.id.clone(), r),
+            None => Op::Del(Tree::Plans, job.id.clone().into_bytes()),
+        };
+        let recorded = record_pending(&state, &job, batch, &ids, plan_op).await;
         let mut running: FuturesUnordered<_> = batch
             .iter()
             .zip(ids)
@@ -364,6 +423,14 @@ pub async fn run(state: Arc<HubState>, job: Job, tx: EventTx, cancel: Cancellati
     if cancel.is_cancelled() && stopped.is_empty() && next < job.targets.len() {
         stopped = if state.shutdown.is_cancelled() { "the hub shut down" } else { "cancelled" }.into();
     }
+    if state.shutdown.is_cancelled() && next < job.targets.len() {
+        // The plan stays in the store: the next start runs the remaining batches.
+        let why = "the hub shut down; the remaining batches run when it starts again (see `outpost audit`)";
+        tracing::info!(job = %job.id, remaining = job.targets.len() - next, "job paused by shutdown");
+        let _ = tx.send(progress(&c, true, why)).await;
+        state.jobs.remove(&job.id);
+        return;
+    }
     let skipped = &job.targets[next..];
     if !skipped.is_empty() {
         let why = format!("not run: the job stopped ({stopped})");
@@ -395,7 +462,10 @@ pub async fn run(state: Arc<HubState>, job: Job, tx: EventTx, cancel: Cancellati
             message: why,
             ..Default::default()
         };
-        if let Err(error) = state.audit.append(entry).await {
+        // Skipped and no plan left, in one write.
+        if let Err(error) =
+            state.audit.append_with(entry, vec![Op::Del(Tree::Plans, job.id.clone().into_bytes())]).await
+        {
             tracing::error!(%error, job = %job.id, "cannot audit skipped targets");
         }
     }
@@ -558,7 +628,7 @@ struct Slot {
 }
 
 /// Writes the pending records of a batch, durably, before any of it is sent. `Err` is why nothing may be.
-async fn record_pending(state: &HubState, job: &Job, batch: &[String], ids: &[String]) -> Result<(), String> {
+async fn record_pending(state: &HubState, job: &Job, batch: &[String], ids: &[String], plan: Op) -> Result<(), String> {
     let now = Instant::now();
     let wall = |at: Instant| outpost_common::now_ms() + at.saturating_duration_since(now).as_millis() as i64;
     let deadline = match (job.queue, job.hard_deadline) {
@@ -581,6 +651,7 @@ async fn record_pending(state: &HubState, job: &Job, batch: &[String], ids: &[St
             };
             Op::put_json(Tree::Pending, id.as_bytes().to_vec(), &r)
         })
+        .chain([plan])
         .collect();
     state.store.commit(ops).await.map_err(|e| {
         tracing::error!(error = %e, job = %job.id, "cannot record dispatched commands");
@@ -590,7 +661,8 @@ async fn record_pending(state: &HubState, job: &Job, batch: &[String], ids: &[St
 
 /// After a restart: every command dispatched and not answered before the hub stopped is delivered again
 /// (the agent's journal answers one it already ran; one it never got runs if its time has not passed), and
-/// its result audited, as it would have been. The rest of a fan-out job (later batches) is not resumed.
+/// its result audited, as it would have been. Then the rest of a fan-out job (its stored plan) runs, unless
+/// the outcomes so far are over its failure threshold. Returns how many commands were pending.
 pub fn recover(state: &Arc<HubState>) -> Result<usize, crate::store::StoreError> {
     let mut by_job: BTreeMap<String, Vec<(String, PendingRecord)>> = BTreeMap::new();
     let mut n = 0;
@@ -606,13 +678,26 @@ pub fn recover(state: &Arc<HubState>) -> Result<usize, crate::store::StoreError>
             Err(error) => tracing::error!(command_id = %id, %error, "unreadable pending command; not delivered"),
         }
     }
+    let mut plans: BTreeMap<String, PlanRecord> = BTreeMap::new();
+    for item in state.store.iter_from_start(Tree::Plans) {
+        let (k, v) = item?;
+        let id = String::from_utf8_lossy(&k).into_owned();
+        match serde_json::from_slice::<PlanRecord>(&v) {
+            Ok(p) => {
+                by_job.entry(id.clone()).or_default();
+                plans.insert(id, p);
+            }
+            Err(error) => tracing::error!(job = %id, %error, "unreadable job plan; its remaining batches do not run"),
+        }
+    }
     let now_ms = outpost_common::now_ms();
     let now = Instant::now();
     let at = move |ms: i64| now + Duration::from_millis(ms.saturating_sub(now_ms).max(0) as u64);
     for (job_id, commands) in by_job {
         let cancel = state.shutdown.child_token();
-        let role = commands.first().map_or(Role::Admin, |(_, r)| action_role(&r.action));
-        state.jobs.insert(&job_id, cancel.clone(), role);
+        let plan = plans.remove(&job_id);
+        let action = commands.first().map(|(_, r)| r.action.as_str()).or(plan.as_ref().map(|p| p.action.as_str()));
+        state.jobs.insert(&job_id, cancel.clone(), action.map_or(Role::Admin, action_role));
         let state = state.clone();
         let span = tracing::info_span!("recovered job", job = %job_id);
         state.tasks.clone().spawn(tracing::Instrument::instrument(
@@ -638,6 +723,8 @@ pub fn recover(state: &Arc<HubState>) -> Result<usize, crate::store::StoreError>
                         if let Err(error) = state.audit.append_with(entry, vec![Op::Del(Tree::Pending, id.into_bytes())]).await {
                             tracing::error!(%error, "cannot audit a result");
                         }
+                        running.push(Box::pin(async { CommandResult { outcome: Outcome::TimedOut as i32, ..Default::default() } })
+                            as std::pin::Pin<Box<dyn std::future::Future<Output = CommandResult> + Send>>);
                         continue;
                     }
                     tracing::info!(command_id = %id, server = %r.server, action = %r.action, "delivering a command pending before the restart");
@@ -655,13 +742,44 @@ pub fn recover(state: &Arc<HubState>) -> Result<usize, crate::store::StoreError>
                         queue: Some(until.saturating_duration_since(Instant::now())),
                         operator: r.operator,
                         audit_id: 0,
+                        succeeded_before: 0,
+                        failed_before: 0,
                     };
                     let (state, tx, cancel) = (state.clone(), tx.clone(), cancel.clone());
                     let slot = Slot { id, recorded: Ok(()) };
-                    running.push(async move { target(&state, &job, &r.server, 0, &tx, &cancel, slot).await });
+                    running.push(Box::pin(async move { target(&state, &job, &r.server, 0, &tx, &cancel, slot).await }));
                 }
-                while running.next().await.is_some() {}
-                state.jobs.remove(&job_id);
+                let (mut succeeded, mut failed) = (0, 0);
+                while let Some(r) = running.next().await {
+                    if r.outcome == Outcome::Succeeded as i32 {
+                        succeeded += 1;
+                    } else {
+                        failed += 1;
+                    }
+                }
+                match plan {
+                    Some(p) if !state.shutdown.is_cancelled() => {
+                        let job = Job {
+                            id: job_id.clone(),
+                            action: p.action,
+                            args: p.args,
+                            targets: p.targets,
+                            batches: p.batches,
+                            max_failure_rate: p.max_failure_rate,
+                            run_for: Duration::from_millis(p.run_for_ms),
+                            hard_deadline: p.deadline_ms.map(at),
+                            queue: p.queue_secs.map(Duration::from_secs),
+                            operator: p.operator,
+                            audit_id: p.audit_id,
+                            succeeded_before: p.succeeded + succeeded,
+                            failed_before: p.failed + failed,
+                        };
+                        tracing::info!(remaining = job.targets.len(), "resuming the remaining batches of a job");
+                        // `run` applies the failure threshold to the outcomes so far before each batch.
+                        run(state, job, tx, cancel).await;
+                    }
+                    _ => state.jobs.remove(&job_id),
+                }
             },
             span,
         ));

@@ -34,10 +34,12 @@ pub enum Tree {
     Pending,
     /// operator name → [`crate::operators::OperatorRevocation`] (JSON)
     Operators,
+    /// job id → [`crate::jobs::PlanRecord`] (JSON): the batches of a fan-out not dispatched yet
+    Plans,
 }
 
 impl Tree {
-    const ALL: [Tree; 8] = [
+    const ALL: [Tree; 9] = [
         Tree::Servers,
         Tree::Tokens,
         Tree::Burned,
@@ -46,6 +48,7 @@ impl Tree {
         Tree::Audit,
         Tree::Pending,
         Tree::Operators,
+        Tree::Plans,
     ];
 
     fn name(self) -> &'static str {
@@ -58,6 +61,7 @@ impl Tree {
             Tree::Audit => "audit",
             Tree::Pending => "pending",
             Tree::Operators => "operators",
+            Tree::Plans => "plans",
         }
     }
 }

@@ -87,3 +87,72 @@ async fn fifty_agents_canary_batches_and_failure_threshold() {
         }
     }
 }
+
+/// A hub killed between batches resumes the job when it starts again: the batch that was running finishes
+/// (its pending commands), the remaining batches run, and every target runs exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_resumes_its_remaining_batches_after_a_hub_sigkill() {
+    harness::init();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut hub = HubProc::start(&tmp.path().join("hub"), harness::free_port(), "").await;
+    let names = ["rs-1", "rs-2", "rs-3"];
+    let mut agents = Vec::new();
+    for n in names {
+        agents.push(AgentProc::start(tmp.path(), n, &hub.token(n).await, "exec_enabled = true\n"));
+    }
+    watch_until(&mut hub.client(Role::Viewer), "three agents", |f| names.iter().all(|n| is(f, n, Liveness::Connected)))
+        .await;
+    let (runs, gate) = (tmp.path().join("runs"), tmp.path().join("gate"));
+    // Each run records which agent ran it (the agent's config path is in its command line), then waits for
+    // the gate the test opens after the restart.
+    let script = format!(
+        "tr '\\0' '\\n' < /proc/$PPID/cmdline | grep agentd.toml >> {0}; echo started; while [ ! -e {1} ]; do sleep 0.05; done",
+        runs.display(),
+        gate.display()
+    );
+    let argv = serde_json::to_string(&["sh", "-c", &script]).unwrap();
+    let mut req = action("exec", &names, &[("argv", &argv)]);
+    req.batch = 1;
+    req.confirm = "3".into();
+    let mut stream = hub.client(Role::Admin).run_action(req).await.unwrap().into_inner();
+    let mut job_id = String::new();
+    'first: while let Some(m) = stream.message().await.unwrap() {
+        match m.event {
+            Some(Event::Plan(p)) => job_id = p.job_id,
+            Some(Event::Target(t)) if t.output.contains("started") => break 'first,
+            _ => {}
+        }
+    }
+    hub.kill9().await; // batch 1 is running, batches 2 and 3 are not dispatched
+    hub.restart().await;
+    std::fs::write(&gate, "").unwrap();
+    // The audit log tells the outcome (the caller is gone): a result for every target, once.
+    let mut admin = hub.client(Role::Admin);
+    let until = std::time::Instant::now() + harness::WAIT;
+    let results = loop {
+        let log = admin
+            .query_audit(outpost_proto::v1::QueryAuditRequest { limit: 1000, ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner()
+            .records;
+        let results: Vec<_> = log.into_iter().filter(|r| r.job_id == job_id && r.kind == "result").collect();
+        if results.len() >= 3 {
+            break results;
+        }
+        assert!(std::time::Instant::now() < until, "the job did not finish after the restart: {results:#?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let mut servers: Vec<&str> = results.iter().flat_map(|r| r.servers.iter().map(String::as_str)).collect();
+    servers.sort_unstable();
+    assert_eq!(servers, names, "{results:#?}");
+    assert!(results.iter().all(|r| r.outcome == Outcome::Succeeded as i32), "{results:#?}");
+    let ran = std::fs::read_to_string(&runs).unwrap();
+    let mut lines: Vec<&str> = ran.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(lines.len(), 3, "every target ran exactly once: {ran}");
+    for n in names {
+        assert_eq!(lines.iter().filter(|l| l.contains(&format!("/{n}/"))).count(), 1, "{n}: {ran}");
+    }
+    drop(agents);
+}
