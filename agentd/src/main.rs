@@ -1,63 +1,15 @@
 //! `agentd`: parse, validate, log, run until SIGTERM/SIGINT. Exit codes: 0 ok, 1 runtime error, 2 usage
 //! or config error.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use agentd::AgentConfig;
-use clap::{Parser, Subcommand};
-
-#[derive(Debug, Parser)]
-#[command(name = "agentd", version, about = "The Outpost agent: enrolls, reports health, never loses a report.")]
-struct Cli {
-    /// Config file (TOML). A missing file at the default path means defaults.
-    #[arg(long, global = true, default_value = agentd::config::DEFAULT_CONFIG_PATH, env = "OUTPOST_AGENTD_CONFIG")]
-    config: PathBuf,
-    /// Overrides `data_dir`.
-    #[arg(long, global = true)]
-    data_dir: Option<PathBuf>,
-    /// Overrides `hub` (https://HOST:PORT).
-    #[arg(long, global = true)]
-    hub: Option<String>,
-    /// Exit when the parent process exits (used by `outpost demo`, so no agent outlives it).
-    #[arg(long, hide = true)]
-    exit_with_parent: bool,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Run the agent (the default).
-    Run,
-    /// Enroll with a one-time join token and store the identity.
-    Enroll {
-        /// The token string `hubd token create` printed.
-        #[arg(long, conflicts_with = "token_file", required_unless_present = "token_file")]
-        token: Option<String>,
-        #[arg(long)]
-        token_file: Option<PathBuf>,
-    },
-    /// Print the identity this agent has.
-    Status,
-}
-
-fn config(cli: &Cli) -> Result<AgentConfig, agentd::config::ConfigError> {
-    let mut c = AgentConfig::load(&cli.config)?;
-    if let Some(d) = &cli.data_dir {
-        c.data_dir = d.clone();
-    }
-    if let Some(h) = &cli.hub {
-        c.hub = Some(h.clone());
-    }
-    c.validate()?;
-    Ok(c)
-}
+use agentd::cli::{Cli, Command};
+use clap::Parser;
 
 fn main() -> ExitCode {
     outpost_common::install_crypto_provider();
     let cli = Cli::parse();
-    let config = match config(&cli) {
+    let config = match cli.config() {
         Ok(c) => c,
         Err(error) => {
             eprintln!("agentd: {error}");
@@ -82,62 +34,9 @@ fn main() -> ExitCode {
     rt.block_on(async move {
         match cli.command {
             Some(Command::Enroll { token, token_file }) => {
-                let spent = token_file.clone();
-                let token = match (token, token_file) {
-                    (Some(t), _) => t,
-                    (None, Some(f)) => match std::fs::read_to_string(&f) {
-                        Ok(t) => t,
-                        Err(error) => {
-                            eprintln!("agentd: cannot read {}: {error}", f.display());
-                            return ExitCode::from(2);
-                        }
-                    },
-                    (None, None) => unreachable!("clap requires one"),
-                };
-                match agentd::identity::enroll(token.trim(), config.hub.as_deref())
-                    .await
-                    .and_then(|id| id.save(&config.data_dir).map(|()| id))
-                {
-                    Ok(id) => {
-                        println!("enrolled as {} (agent {}) with {}", id.server, id.agent_id, id.hub);
-                        // A used token is worthless, but it is a secret: it does not stay on disk.
-                        if let Some(f) = spent
-                            && let Err(error) = std::fs::remove_file(&f)
-                        {
-                            eprintln!("agentd: enrolled, but could not delete the used token {}: {error}", f.display());
-                        }
-                        ExitCode::SUCCESS
-                    }
-                    Err(error) => {
-                        eprintln!("agentd: enrollment failed: {error}");
-                        ExitCode::FAILURE
-                    }
-                }
+                print_result(agentd::cli::enroll(&config, token.as_deref(), token_file.as_ref()).await)
             }
-            Some(Command::Status) => match agentd::identity::AgentIdentity::load(&config.data_dir) {
-                Ok(Some(id)) => {
-                    let cert = id.cert().ok();
-                    println!("server:   {}\nagent id: {}\nhub:      {}", id.server, id.agent_id, id.hub);
-                    if let Some(c) = cert {
-                        let left = c.not_after - outpost_common::now_secs();
-                        println!(
-                            "cert:     serial {} expires in {}s{}",
-                            c.serial,
-                            left,
-                            if left <= 0 { " (EXPIRED: enroll again)" } else { "" }
-                        );
-                    }
-                    ExitCode::SUCCESS
-                }
-                Ok(None) => {
-                    println!("not enrolled");
-                    ExitCode::FAILURE
-                }
-                Err(error) => {
-                    eprintln!("agentd: {error}");
-                    ExitCode::FAILURE
-                }
-            },
+            Some(Command::Status) => print_result(agentd::cli::status(&config)),
             Some(Command::Run) | None => {
                 let shutdown = tokio_util::sync::CancellationToken::new();
                 let stop = shutdown.clone();
@@ -160,6 +59,19 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+fn print_result(r: Result<String, agentd::cli::CommandError>) -> ExitCode {
+    match r {
+        Ok(out) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("agentd: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Resolves when our parent process is gone (we get re-parented).

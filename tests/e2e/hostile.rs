@@ -635,4 +635,12 @@ async fn after_a_revocation_a_new_token_in_the_token_file_brings_the_running_age
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     assert!(!dir.join("join-token").exists(), "the spent token stayed on disk");
+    let out = std::process::Command::new(harness::bin("agentd"))
+        .arg("--config")
+        .arg(dir.join("agentd.toml"))
+        .arg("status")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("server:   rc-2") && text.contains(" UTC (in "), "{text}");
 }
