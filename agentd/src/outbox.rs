@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use outpost_proto::v1::{Health, Report};
+use outpost_proto::v1::{Report, report};
 use prost::Message;
 use tokio::sync::Notify;
 
@@ -72,10 +72,11 @@ impl Outbox {
         })
     }
 
-    /// Assigns the next seq, stores the report durably, and wakes the link. Only one task pushes.
-    pub async fn push(&self, taken_at_ms: i64, health: Health) -> Result<u64, OutboxError> {
+    /// Assigns the next seq, stores the report (any kind of body: health today) durably, and wakes the
+    /// link. Only one task pushes.
+    pub async fn push(&self, taken_at_ms: i64, body: impl Into<report::Body>) -> Result<u64, OutboxError> {
         let seq = self.last_seq.load(Ordering::SeqCst) + 1;
-        let report = Report { seq, taken_at_ms, health: Some(health) };
+        let report = Report { seq, taken_at_ms, body: Some(body.into()) };
         self.reports.insert(seq.to_be_bytes(), report.encode_to_vec())?;
         self.meta.insert(LAST_SEQ, &seq.to_be_bytes())?;
         self.last_seq.store(seq, Ordering::SeqCst);
@@ -160,6 +161,8 @@ impl Outbox {
 
 #[cfg(test)]
 mod tests {
+    use outpost_proto::v1::Health;
+
     use super::*;
 
     fn open(dir: &std::path::Path, max: u64) -> Outbox {

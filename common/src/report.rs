@@ -6,7 +6,7 @@
 //! hub still refuse one (an older agent, a newer hub), it answers `ReportRefused` and the agent drops it,
 //! counted.
 
-use outpost_proto::v1::{Health, Hello, Report, k3s};
+use outpost_proto::v1::{Health, Hello, Report, k3s, report};
 
 use crate::text;
 
@@ -38,7 +38,7 @@ pub fn validate(r: &Report, now_ms: i64) -> Result<&Health, String> {
             r.taken_at_ms
         ));
     }
-    let h = r.health.as_ref().ok_or_else(|| format!("report {seq} has no health"))?;
+    let h = health(r).ok_or_else(|| format!("report {seq} has no body (health)"))?;
     if h.disks.len() > MAX_DISKS {
         return Err(format!("report {seq} lists {} disks; at most {MAX_DISKS}", h.disks.len()));
     }
@@ -78,6 +78,19 @@ pub fn validate(r: &Report, now_ms: i64) -> Result<&Health, String> {
         return Err(format!("report {seq}: k3s.state {} is not a known state", k.state));
     }
     Ok(h)
+}
+
+/// The health a report carries, if it is a health report.
+pub fn health(r: &Report) -> Option<&Health> {
+    match &r.body {
+        Some(report::Body::Health(h)) => Some(h),
+        None => None,
+    }
+}
+
+/// A health report.
+pub fn health_report(seq: u64, taken_at_ms: i64, h: Health) -> Report {
+    Report { seq, taken_at_ms, body: Some(report::Body::Health(h)) }
 }
 
 /// Checks the counters in a Hello.
@@ -137,7 +150,7 @@ mod tests {
     const NOW: i64 = 1_800_000_000_000;
 
     fn report(h: Health) -> Report {
-        Report { seq: 1, taken_at_ms: NOW, health: Some(h) }
+        health_report(1, NOW, h)
     }
 
     #[test]
@@ -145,8 +158,8 @@ mod tests {
         assert!(validate(&report(Health::default()), NOW).is_ok());
         let e = validate(&Report { seq: 0, ..report(Health::default()) }, NOW).unwrap_err();
         assert!(e.contains("seq must be at least 1"), "{e}");
-        let e = validate(&Report { health: None, ..report(Health::default()) }, NOW).unwrap_err();
-        assert!(e.contains("has no health"), "{e}");
+        let e = validate(&Report { body: None, ..report(Health::default()) }, NOW).unwrap_err();
+        assert!(e.contains("has no body"), "{e}");
         let e = validate(&report(Health { mem_used_bytes: 2, ..Default::default() }), NOW).unwrap_err();
         assert!(e.contains("exceeds total"), "{e}");
         for bad in [f32::NAN, f32::INFINITY, -1.0] {
@@ -183,6 +196,18 @@ mod tests {
         validate(&report(h.clone()), NOW).unwrap();
         assert_eq!(h.disks.len(), MAX_DISKS);
         assert!(h.disks[0].mount.len() <= MAX_TEXT && h.disks[0].mount.starts_with("/mnt/é"));
+    }
+
+    /// Before the body became a oneof, `Report` had a plain `health` field 3; outboxes written then (and
+    /// older agents) encode exactly what `HistoryPoint` (seq 1, taken_at_ms 2, health 3) encodes today.
+    #[test]
+    fn a_report_encoded_before_the_oneof_reads_back_as_a_health_report() {
+        use prost::Message;
+        let h = Health { cpu_percent: 12.5, agent_version: "0.1.0".into(), ..Default::default() };
+        let old = outpost_proto::v1::HistoryPoint { seq: 7, taken_at_ms: NOW, health: Some(h.clone()) }.encode_to_vec();
+        let r = Report::decode(old.as_slice()).unwrap();
+        assert_eq!((r.seq, r.taken_at_ms, health(&r)), (7, NOW, Some(&h)));
+        assert_eq!(health_report(7, NOW, h).encode_to_vec(), old, "and the new encoding is the old one");
     }
 
     #[test]

@@ -16,3 +16,10 @@ pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 /// What an output update costs against the output window (`Welcome.output_window`) besides its bytes, so
 /// that many tiny updates (a follow of short lines) are bounded as well as a few big ones.
 pub const OUTPUT_UPDATE_COST: u64 = 64;
+
+/// A health sample is a report body.
+impl From<v1::Health> for v1::report::Body {
+    fn from(h: v1::Health) -> Self {
+        v1::report::Body::Health(h)
+    }
+}

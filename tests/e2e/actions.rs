@@ -520,7 +520,7 @@ async fn a_forged_command_update_cannot_touch_another_servers_command() {
             body: Some(agent_message::Body::Report(Report {
                 seq: 1,
                 taken_at_ms: outpost_common::now_ms(),
-                health: Some(Default::default()),
+                body: Some(outpost_proto::v1::Health::default().into()),
             })),
         },
     ];

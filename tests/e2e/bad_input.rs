@@ -225,7 +225,7 @@ async fn ill_formed_and_oversized_messages() {
         body(agent_message::Body::Report(Report {
             seq,
             taken_at_ms: outpost_common::now_ms(),
-            health: Some(Health::default()),
+            body: Some(Health::default().into()),
         }))
     };
 
@@ -239,7 +239,7 @@ async fn ill_formed_and_oversized_messages() {
     let s = stream_error(&id, vec![hello(), hello()]).await;
     assert_eq!(s.message(), "Hello may be sent only once, as the first message");
     let big = Health { disks: vec![Default::default(); 65], ..Default::default() };
-    let big = Report { seq: 1, taken_at_ms: outpost_common::now_ms(), health: Some(big) };
+    let big = outpost_common::report::health_report(1, outpost_common::now_ms(), big);
     assert_eq!(
         refusal(&id, vec![hello(), body(agent_message::Body::Report(big))]).await,
         "report 1 lists 65 disks; at most 64"

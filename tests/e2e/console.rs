@@ -57,8 +57,9 @@ async fn filter_open_back_quit_in_tmux() {
 
     // Open it: the server view, with the viewer's (absent) actions.
     keys(&socket, &["Enter"]);
-    let screen = wait_for_pane(&socket, "┌ identity");
-    assert!(screen.contains("server      db-1") && screen.contains("none: read-only (viewer)"), "{screen}");
+    // Waits for the last line of the identity box: tmux may capture a frame that is still being written.
+    let screen = wait_for_pane(&socket, "none: read-only (viewer)");
+    assert!(screen.contains("server      db-1"), "{screen}");
     assert!(screen.contains("k3s         absent"), "{screen}");
 
     // Back to the fleet (filter kept), then clear it.
@@ -85,8 +86,7 @@ async fn filter_open_back_quit_in_tmux() {
     keys(&socket, &[":", "server w", "Tab"]);
     wait_for_pane(&socket, ":server web-");
     keys(&socket, &["1", "Enter"]);
-    let screen = wait_for_pane(&socket, "┌ identity");
-    assert!(screen.contains("server      web-1"), "{screen}");
+    wait_for_pane(&socket, "server      web-1");
     keys(&socket, &[":", "alerts", "Enter"]);
     wait_for_pane(&socket, "no alerts: every server is connected");
     keys(&socket, &["Escape"]);

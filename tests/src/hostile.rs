@@ -7,8 +7,8 @@ use outpost_common::tls::{HubAddr, fetch_pinned_ca};
 use outpost_proto::v1::agent_link_client::AgentLinkClient;
 use outpost_proto::v1::enrollment_client::EnrollmentClient;
 use outpost_proto::v1::{
-    AgentMessage, CommandUpdate, EnrollRequest, Health, Hello, HostFacts, HubMessage, RenewRequest, Report,
-    agent_message, hub_message,
+    AgentMessage, CommandUpdate, EnrollRequest, Health, Hello, HostFacts, HubMessage, RenewRequest, agent_message,
+    hub_message,
 };
 use rcgen::{CertificateParams, DistinguishedName, KeyPair};
 use tokio::sync::mpsc;
@@ -84,7 +84,7 @@ pub fn hello() -> AgentMessage {
 }
 
 pub fn report(seq: u64, health: Health) -> AgentMessage {
-    body(agent_message::Body::Report(Report { seq, taken_at_ms: outpost_common::now_ms(), health: Some(health) }))
+    body(agent_message::Body::Report(outpost_common::report::health_report(seq, outpost_common::now_ms(), health)))
 }
 
 pub fn update(u: CommandUpdate) -> AgentMessage {

@@ -16,7 +16,7 @@ use outpost_common::bundle::Bundle;
 use outpost_proto::v1::agent_link_client::AgentLinkClient;
 use outpost_proto::v1::operator_client::OperatorClient;
 use outpost_proto::v1::{
-    AgentMessage, CommandResult, CommandUpdate, CreateJoinTokenRequest, Disk, Health, Hello, K3s, Outcome, Report,
+    AgentMessage, CommandResult, CommandUpdate, CreateJoinTokenRequest, Disk, Health, Hello, K3s, Outcome,
     agent_message, hub_message, k3s,
 };
 use tokio::sync::{Semaphore, mpsc};
@@ -259,7 +259,7 @@ async fn agent(
                     _ = stop.cancelled() => return Ok::<_, tonic::Status>(()),
                     _ = tick.tick() => {
                         seq += 1;
-                        let r = Report { seq, taken_at_ms: outpost_common::now_ms(), health: Some(metrics.health(started.elapsed().as_secs() + 3600)) };
+                        let r = outpost_common::report::health_report(seq, outpost_common::now_ms(), metrics.health(started.elapsed().as_secs() + 3600));
                         if tx.send(AgentMessage { body: Some(agent_message::Body::Report(r)) }).await.is_err() {
                             return Err(tonic::Status::cancelled("stream closed"));
                         }
