@@ -2,10 +2,15 @@
 
 /// `2026-11-30 21:05:09 UTC` (to the second).
 pub fn utc(ms: i64) -> String {
+    format!("{} UTC", stamp(ms))
+}
+
+/// `2026-11-30 21:05:09` (UTC, to the second): for columns whose heading says UTC.
+pub fn stamp(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 /// How far `then_ms` is from `now_ms`: `in 23 h`, `5 min ago`, `now`.

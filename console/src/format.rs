@@ -112,11 +112,7 @@ pub fn audit_line(r: &pb::AuditRecord) -> String {
 
 /// `2026-11-22 10:11:12` (UTC) for a unix-ms time.
 pub fn clock(ms: i64) -> String {
-    let fmt = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
-    time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
-        .ok()
-        .and_then(|t| t.format(&fmt).ok())
-        .unwrap_or_else(|| ms.to_string())
+    outpost_common::when::stamp(ms)
 }
 
 #[cfg(test)]
