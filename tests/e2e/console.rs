@@ -91,6 +91,15 @@ async fn filter_open_back_quit_in_tmux() {
     wait_for_pane(&socket, "no alerts: every server is connected");
     keys(&socket, &["Escape"]);
     wait_for_pane(&socket, "3 servers  ●");
+    // `s` walks the columns as the screen shows them; `S` reverses only the current one.
+    wait_for_pane(&socket, "NAME↑");
+    keys(&socket, &["s"]);
+    wait_for_pane(&socket, "STATUS↑");
+    keys(&socket, &["S"]);
+    wait_for_pane(&socket, "STATUS↓");
+    keys(&socket, &["s"]);
+    let screen = wait_for_pane(&socket, "CPU↑");
+    assert!(!screen.contains('↓'), "S left a later column descending: {screen}");
     Command::new("tmux").args(["-L", &socket, "resize-window", "-t", "demo", "-x", "80", "-y", "24"]).status().unwrap();
     let screen = wait_for_pane(&socket, " q quit");
     assert!(screen.lines().last().is_some_and(|l| l.starts_with(" q quit")), "{screen}");

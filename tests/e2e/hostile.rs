@@ -202,13 +202,7 @@ async fn the_hub_enforces_the_output_window_and_cap_it_announces() {
     let mut ops = hub.client(Role::Support);
     let job =
         tokio::spawn(async move { harness::run_job(&mut ops, harness::action("diagnostics", &["fl-1"], &[])).await });
-    let cmd = link
-        .until(|m| match m {
-            hub_message::Body::Command(c) => Some(c.command_id.clone()),
-            _ => None,
-        })
-        .await
-        .unwrap();
+    let cmd = link.next_command().await.unwrap();
     // Ignore the 256 KiB window: push 60 MB of "diagnostics" without waiting for credit.
     let chunk = "x".repeat(200 * 1024);
     let mut sent = 0usize;
@@ -232,13 +226,7 @@ async fn the_hub_enforces_the_output_window_and_cap_it_announces() {
     assert!(closed.message().contains("beyond its"), "{}", closed.message());
     // It comes back and answers: what it said past the window is dropped and counted.
     let mut again = RawLink::connect(&id).await.unwrap();
-    let cmd2 = again
-        .until(|m| match m {
-            hub_message::Body::Command(c) => Some(c.command_id.clone()),
-            _ => None,
-        })
-        .await
-        .unwrap();
+    let cmd2 = again.next_command().await.unwrap();
     assert_eq!(cmd2, cmd, "redelivered");
     // Now it keeps to its window (waiting for credit) but ignores the action's 4 MiB output cap: the hub
     // passes on no more than the cap, drops the rest, and grants no credit for it, so the agent stalls.
@@ -537,13 +525,7 @@ async fn every_agent_supplied_text_is_inert_on_every_operator_surface() {
         let outpost = outpost.clone();
         tokio::task::spawn_blocking(move || outpost(&["run", "diagnostics", "--on", "hx-1"]))
     };
-    let cmd = link
-        .until(|m| match m {
-            hub_message::Body::Command(c) => Some(c.command_id.clone()),
-            _ => None,
-        })
-        .await
-        .unwrap();
+    let cmd = link.next_command().await.unwrap();
     let result = CommandResult { outcome: Outcome::Failed as i32, message: NASTY.into(), ..Default::default() };
     link.send(update(CommandUpdate {
         command_id: cmd,

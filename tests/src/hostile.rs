@@ -137,6 +137,15 @@ impl RawLink {
         }
     }
 
+    /// Waits for the next Command and returns its id.
+    pub async fn next_command(&mut self) -> Result<String, tonic::Status> {
+        self.until(|m| match m {
+            hub_message::Body::Command(c) => Some(c.command_id.clone()),
+            _ => None,
+        })
+        .await
+    }
+
     /// Renews over the stream; returns the new certificate chain and its key, or the hub's refusal text.
     pub async fn renew(&mut self) -> Result<(String, String), String> {
         let (key_pem, csr_pem) = key_and_csr();
