@@ -96,8 +96,14 @@ impl AgentConfig {
         for u in self.allowed_units.iter().filter(|u| !outpost_common::actions::valid_unit(u)) {
             p.push(format!("allowed_units: {u:?} is not a systemd unit name"));
         }
-        for f in self.log_files.iter().filter(|f| !f.is_absolute()) {
-            p.push(format!("log_files: {} must be an absolute path", f.display()));
+        // The same check the hub applies to the list this agent announces in Hello.
+        match self.log_files.iter().map(|f| f.to_str()).collect::<Option<Vec<&str>>>() {
+            Some(files) => {
+                if let Err(e) = outpost_common::report::check_log_files(files.into_iter()) {
+                    p.push(e);
+                }
+            }
+            None => p.push("log_files: paths must be UTF-8".into()),
         }
         for (field, v) in [("systemctl", &self.systemctl), ("journalctl", &self.journalctl)] {
             if v.is_empty() {

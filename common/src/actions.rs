@@ -164,6 +164,14 @@ pub static CATALOG: &[ActionSpec] = &[
     },
 ];
 
+/// Longest path `logs` reads (and an agent may list in its `log_files`).
+pub const MAX_LOG_PATH: usize = 512;
+
+/// A path `logs` may read: absolute, no `..`, bounded, printable.
+pub fn valid_log_path(p: &str) -> bool {
+    p.starts_with('/') && !p.split('/').any(|c| c == "..") && p.len() <= MAX_LOG_PATH && crate::text::is_printable(p)
+}
+
 /// Most output one command may return.
 pub const MAX_OUTPUT_CAP: u64 = 16 * 1024 * 1024;
 /// Output kept of an action that has no `output_cap` argument.
@@ -283,8 +291,8 @@ fn check(action: &'static str, a: &ArgSpec, v: &str) -> Result<(), ActionError> 
             bad(format!("{v:?} is not a systemd unit name (letters, digits, . _ @ -, at most 128)"))
         }
         ArgKind::LogSource => match v.strip_prefix("file:") {
-            Some(p) if !p.starts_with('/') || p.split('/').any(|c| c == "..") || p.len() > 512 || p.contains('\0') => {
-                bad(format!("{p:?} must be an absolute path without '..', at most 512 bytes"))
+            Some(p) if !valid_log_path(p) => {
+                bad(format!("{p:?} must be an absolute path without '..', at most {MAX_LOG_PATH} bytes"))
             }
             Some(_) => Ok(()),
             None if !valid_unit(v) => bad(format!("{v:?} is neither a unit name nor file:/absolute/path")),

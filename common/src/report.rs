@@ -93,8 +93,29 @@ pub fn health_report(seq: u64, taken_at_ms: i64, h: Health) -> Report {
     Report { seq, taken_at_ms, body: Some(report::Body::Health(h)) }
 }
 
-/// Checks the counters in a Hello.
+/// Files an agent may list for `logs` (its `log_files`), at most.
+pub const MAX_LOG_FILES: usize = 64;
+
+/// Checks an agent's `log_files`: the hub checks the list a Hello carries, the agent its config, with this.
+pub fn check_log_files<'a>(files: impl ExactSizeIterator<Item = &'a str>) -> Result<(), String> {
+    if files.len() > MAX_LOG_FILES {
+        return Err(format!("log_files lists {} files; at most {MAX_LOG_FILES}", files.len()));
+    }
+    for f in files {
+        if !crate::actions::valid_log_path(f) {
+            return Err(format!(
+                "log_files: {} must be an absolute path without '..', at most {} bytes, without control characters",
+                crate::text::excerpt(f, 64),
+                crate::actions::MAX_LOG_PATH
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the counters and lists in a Hello.
 pub fn validate_hello(h: &Hello) -> Result<(), String> {
+    check_log_files(h.log_files.iter().map(String::as_str)).map_err(|e| format!("Hello: {e}"))?;
     if h.last_seq >= MAX_SEQ || h.dropped_reports >= MAX_SEQ || h.refused_reports >= MAX_SEQ {
         return Err(format!(
             "Hello: last_seq {}, dropped_reports {}, refused_reports {} must each be below 2^48",
@@ -216,5 +237,10 @@ mod tests {
         let e = validate_hello(&Hello { last_seq: u64::MAX, ..Default::default() }).unwrap_err();
         assert!(e.contains("below 2^48"), "{e}");
         assert!(validate_hello(&Hello { dropped_reports: u64::MAX, ..Default::default() }).is_err());
+        let files = |f: Vec<&str>| Hello { log_files: f.into_iter().map(String::from).collect(), ..Default::default() };
+        assert!(validate_hello(&files(vec!["/var/log/app.log"])).is_ok());
+        for bad in [vec!["relative.log"], vec!["/a/../etc/shadow"], vec!["/x\u{1b}[2J"], vec!["/a"; 65]] {
+            assert!(validate_hello(&files(bad.clone())).unwrap_err().starts_with("Hello: log_files"), "{bad:?}");
+        }
     }
 }

@@ -11,10 +11,6 @@ use crate::store::{Op, Tree, history_key, now_ms};
 /// History is trimmed once per this many reports of a server.
 const TRIM_EVERY: u64 = 32;
 
-/// Files an agent may announce for `logs`, at most, and the longest path.
-const MAX_LOG_FILES: usize = 64;
-const MAX_PATH: usize = 4096;
-
 /// Checks a report before anything is stored (the same code the agent checks its samples with).
 pub fn validate_report(r: &Report) -> Result<&Health, HubError> {
     outpost_common::report::validate(r, now_ms()).map_err(HubError::Invalid)
@@ -73,7 +69,8 @@ impl HubState {
         Ok(report.seq)
     }
 
-    /// Notes a new stream of `server`, opened with certificate `serial`: the connection counter, the agent's
+    /// Notes a new stream of `server`, opened with certificate `serial` (its Hello already checked with
+    /// `common::report::validate_hello`): the connection counter, the agent's
     /// counters from Hello and, when the agent uses its renewed certificate for the first time, the end of
     /// the one it replaced.
     pub async fn note_connect(&self, server: &str, serial: &str, hello: &Hello) -> Result<u64, HubError> {
@@ -83,13 +80,6 @@ impl HubState {
         let mut record = view.record.clone();
         // Checked again under the lock: a revocation or renewal may have come in between.
         self.check_serial(&record, serial)?;
-        if hello.log_files.len() > MAX_LOG_FILES
-            || hello.log_files.iter().any(|f| f.len() > MAX_PATH || !outpost_common::text::is_printable(f))
-        {
-            return Err(HubError::Invalid(format!(
-                "Hello: log_files must be at most {MAX_LOG_FILES} paths of at most {MAX_PATH} bytes without control characters"
-            )));
-        }
         record.connections += 1;
         record.dropped_reports = hello.dropped_reports;
         record.refused_reports = hello.refused_reports;
