@@ -202,6 +202,13 @@ impl Hub {
     pub async fn wait(self) -> anyhow::Result<()> {
         let Hub { state, serve, .. } = self;
         state.shutdown.cancelled().await;
+        // Counted, not logged one by one (metrics will expose them): what a flood or a churn cost.
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            agents_gone = load(&state.agents_gone),
+            reports_refused = load(&state.reports_refused),
+            "hub stopping"
+        );
         let tasks = state.tasks.clone();
         tasks.close();
         let writer = state.store.writer_task();

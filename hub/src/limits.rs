@@ -4,6 +4,7 @@
 //! each (a log flood is a disk flood), and must not be able to make enrollment expensive for everyone.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -29,22 +30,23 @@ impl LogLimiter {
     /// logged (say so in the line).
     pub fn allow(&self, kind: &'static str, peer: &str) -> Option<u64> {
         let now = Instant::now();
+        let key = (kind, peer.to_string());
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if inner.len() >= MAX_KEYS && !inner.contains_key(&(kind, peer.to_string())) {
+        if inner.len() >= MAX_KEYS && !inner.contains_key(&key) {
             Self::flush_locked(&mut inner, now, true);
         }
-        match inner.get_mut(&(kind, peer.to_string())) {
-            Some(w) if now.duration_since(w.started) < SUMMARY_EVERY => {
-                w.suppressed += 1;
+        match inner.entry(key) {
+            Entry::Occupied(mut e) if now.duration_since(e.get().started) < SUMMARY_EVERY => {
+                e.get_mut().suppressed += 1;
                 None
             }
-            Some(w) => {
-                let n = std::mem::take(&mut w.suppressed);
+            Entry::Occupied(mut e) => {
+                let w = e.get_mut();
                 w.started = now;
-                Some(n)
+                Some(std::mem::take(&mut w.suppressed))
             }
-            None => {
-                inner.insert((kind, peer.to_string()), Window { started: now, suppressed: 0 });
+            Entry::Vacant(e) => {
+                e.insert(Window { started: now, suppressed: 0 });
                 Some(0)
             }
         }
