@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use hub::HubConfig;
-use hub::tokens::TokenRequest;
+use hub::fleet::tokens::TokenRequest;
 use outpost_common::Role;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
@@ -78,8 +78,7 @@ impl DemoFleet {
         };
         let hub = hub::start(config.clone(), stop.clone()).await.context("starting the embedded hub")?;
         config.advertise = Some(hub.advertise.clone());
-        let bundle =
-            hub::cli::issue_bundle(&config, &hub.state.ca, "demo-admin", Role::Admin, Duration::from_secs(86_400))?;
+        let bundle = hub::cli::issue_bundle(&config, hub.ca(), "demo-admin", Role::Admin, Duration::from_secs(86_400))?;
         let mut fleet = DemoFleet { hub, bundle, agents: Vec::new(), stop };
         if let Err(e) = start_agents(args, &fleet.hub, agentd, root, &mut fleet.agents).await {
             fleet.stop().await?;
@@ -120,7 +119,7 @@ async fn start_agents(
             labels: [("env".to_string(), "demo".to_string())].into(),
             replace: false,
         };
-        let token = hub.state.create_token(req, "outpost-demo").await?.token;
+        let token = hub.create_token(req, "outpost-demo").await?.token;
         let adir = root.join("agents").join(&name);
         std::fs::create_dir_all(&adir)?;
         std::fs::write(adir.join("join-token"), token)?;

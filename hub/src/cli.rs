@@ -2,7 +2,7 @@
 //!
 //! Admin commands read the CA from the data directory (so they need the same file access as hubd itself),
 //! mint a five-minute admin certificate in memory, and talk to the running hub over its operator API: the
-//! hub stays the only writer of its store.
+//! hub stays the only writer of its store. The calls themselves are in `api::admin`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,10 +10,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use outpost_common::Role;
 use outpost_common::bundle::{Bundle, BundleMeta};
-use outpost_proto::v1::operator_client::OperatorClient;
 
-use crate::ca::FleetCa;
 use crate::config::{DEFAULT_CONFIG_PATH, HubConfig};
+use crate::pki::ca::FleetCa;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -133,7 +132,7 @@ impl Cli {
     }
 }
 
-fn load_ca(config: &HubConfig) -> anyhow::Result<FleetCa> {
+pub fn load_ca(config: &HubConfig) -> anyhow::Result<FleetCa> {
     let external = config.ca_cert.as_deref().zip(config.ca_key.as_deref());
     FleetCa::load(&config.data_dir.join("ca"), external)
         .map_err(|e| anyhow::anyhow!("{e}\n(has hubd been started once with this data_dir? it creates the CA)"))
@@ -152,91 +151,4 @@ pub fn issue_bundle(config: &HubConfig, ca: &FleetCa, name: &str, role: Role, tt
         cert_pem: issued.chain_pem,
         key_pem,
     })
-}
-
-async fn admin_client(config: &HubConfig) -> anyhow::Result<(OperatorClient<tonic::transport::Channel>, String)> {
-    let ca = load_ca(config)?;
-    let bundle = issue_bundle(config, &ca, "hubd-cli", Role::Admin, Duration::from_secs(300))?;
-    let client = OperatorClient::new(bundle.channel()?);
-    Ok((client, bundle.meta.hub))
-}
-
-fn rpc_error(hub: &str, s: tonic::Status) -> anyhow::Error {
-    if s.code() == tonic::Code::Unavailable {
-        anyhow::anyhow!(
-            "hubd not reachable at {hub} ({}) — is it running? (`systemctl status outpost-hubd`)",
-            outpost_common::tls::transport_reason(&s)
-        )
-    } else {
-        anyhow::anyhow!("{}", s.message())
-    }
-}
-
-/// Runs an admin command; returns what to print.
-pub async fn admin(cli: &Cli, config: &HubConfig) -> anyhow::Result<String> {
-    match cli.command.as_ref() {
-        Some(Command::Token(TokenCmd::Create(a))) => {
-            let (mut client, hub) = admin_client(config).await?;
-            let req = outpost_proto::v1::CreateJoinTokenRequest {
-                server_name: a.server.clone(),
-                ttl_secs: u32::try_from(a.ttl.as_secs()).unwrap_or(u32::MAX),
-                customer: a.customer.clone(),
-                plan: a.plan.clone(),
-                labels: a.labels.iter().cloned().collect(),
-                replace: a.replace,
-            };
-            let r = client.create_join_token(req).await.map_err(|s| rpc_error(&hub, s))?.into_inner();
-            Ok(r.token)
-        }
-        Some(Command::Revoke { server }) => {
-            let (mut client, hub) = admin_client(config).await?;
-            let req = outpost_proto::v1::RevokeServerRequest { name: server.clone() };
-            let r = client.revoke_server(req).await.map_err(|s| rpc_error(&hub, s))?.into_inner();
-            Ok(format!("revoked certificate {} of {server}", r.revoked_serial))
-        }
-        Some(Command::Operator(OperatorCmd::Issue { name, role, out, ttl })) => {
-            if ttl.as_secs() > config.operator_cert_max_ttl_secs {
-                anyhow::bail!(
-                    "--ttl {}d is over the ceiling of {}d (operator_cert_max_ttl_secs in {}); operator bundles are short-lived: issue a new one when it expires",
-                    ttl.as_secs() / 86_400,
-                    config.operator_cert_max_ttl_secs / 86_400,
-                    cli.config.display()
-                );
-            }
-            let ca = load_ca(config)?;
-            issue_bundle(config, &ca, name, *role, *ttl)?.write(out)?;
-            Ok(format!("wrote operator bundle for {name} ({role}) to {}", out.display()))
-        }
-        Some(Command::Operator(OperatorCmd::List)) => {
-            let (mut client, hub) = admin_client(config).await?;
-            let r = client
-                .list_operators(outpost_proto::v1::ListOperatorsRequest {})
-                .await
-                .map_err(|s| rpc_error(&hub, s))?
-                .into_inner();
-            let mut out = format!("{:<24} {:<8} {:<24} {:<24} {}", "NAME", "ROLE", "EXPIRES", "LAST SEEN", "REVOKED");
-            for o in r.operators.iter().filter(|o| o.name != "hubd-cli") {
-                let ms = |ms: i64| if ms == 0 { "-".to_string() } else { outpost_common::when::utc(ms) };
-                out.push_str(&format!(
-                    "\n{:<24} {:<8} {:<24} {:<24} {}",
-                    o.name,
-                    if o.role.is_empty() { "-" } else { &o.role },
-                    ms(o.not_after * 1000),
-                    ms(o.last_seen_ms),
-                    ms(o.revoked_ms)
-                ));
-            }
-            Ok(out)
-        }
-        Some(Command::Operator(OperatorCmd::Revoke { name })) => {
-            let (mut client, hub) = admin_client(config).await?;
-            let req = outpost_proto::v1::RevokeOperatorRequest { name: name.clone() };
-            let r = client.revoke_operator(req).await.map_err(|s| rpc_error(&hub, s))?.into_inner();
-            Ok(format!(
-                "revoked operator {name}: every bundle issued until now is refused ({} live session(s) closed)",
-                r.sessions_closed
-            ))
-        }
-        Some(Command::Serve) | None => unreachable!("serve is handled by main"),
-    }
 }

@@ -1,8 +1,7 @@
-//! Hub domain errors, and their one conversion to `tonic::Status`.
+//! Hub domain errors. The operator and agent APIs turn them into gRPC statuses in one place
+//! (`api::error`); nothing else in the hub builds a status.
 
-use tonic::{Code, Status};
-
-use crate::ca::CsrError;
+use crate::pki::ca::CsrError;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -17,32 +16,24 @@ pub enum HubError {
     TokenUsed { at: String, agent_id: String, server: String },
     #[error("invalid CSR: {0}")]
     Csr(#[from] CsrError),
+    /// The request is malformed or out of bounds.
     #[error("{0}")]
     Invalid(String),
+    /// The caller may not do this (role, revoked identity, ownership).
     #[error("{0}")]
     Denied(String),
     #[error("{0}")]
     NotFound(String),
+    /// A limit of the hub is reached right now; retrying later may work.
+    #[error("{0}")]
+    Busy(String),
+    /// The request is well-formed but its precondition does not hold (a destructive action not confirmed).
+    #[error("{0}")]
+    Unconfirmed(String),
     #[error("the hub could not store this: {0}; nothing was changed, retry")]
     Store(#[from] StoreError),
     #[error("{0}")]
     Internal(String),
-}
-
-impl From<HubError> for Status {
-    fn from(e: HubError) -> Status {
-        let code = match &e {
-            HubError::TokenUnknown | HubError::TokenExpired { .. } | HubError::TokenUsed { .. } => {
-                Code::Unauthenticated
-            }
-            HubError::Csr(_) | HubError::Invalid(_) => Code::InvalidArgument,
-            HubError::Denied(_) => Code::PermissionDenied,
-            HubError::NotFound(_) => Code::NotFound,
-            HubError::Store(StoreError::Closed) => Code::Unavailable,
-            HubError::Store(_) | HubError::Internal(_) => Code::Internal,
-        };
-        Status::new(code, e.to_string())
-    }
 }
 
 /// RFC 3339 for messages.

@@ -1,29 +1,24 @@
 //! hubd: the Outpost hub.
 //!
 //! One TLS port serves three gRPC services: `Enrollment` (server-auth TLS only), `AgentLink` and `Operator`
-//! (mTLS, identity from the peer certificate). State lives in sled ([`store`]) and, live, in the
-//! [`registry`]. See ARCHITECTURE.md for the map and the invariants.
+//! (mTLS, identity from the peer certificate). State lives in the store ([`store`], sled by default) and,
+//! live, in the fleet registry ([`fleet`]). [`start`] is the composition root. See ARCHITECTURE.md for the
+//! map and the invariants.
 
+pub mod api;
 pub mod audit;
-pub mod auth;
-pub mod ca;
 pub mod cli;
+pub mod command;
 pub mod config;
-pub mod enroll;
 pub mod error;
-pub mod gateway;
+pub mod fleet;
 pub mod jobs;
 pub mod limits;
-pub mod operator;
-pub mod operators;
-pub mod registry;
+pub mod pki;
 pub mod relay;
-pub mod reports;
-pub mod state;
+pub mod runtime;
 pub mod store;
-pub mod tokens;
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,14 +27,22 @@ use outpost_proto::MAX_MESSAGE_BYTES;
 use outpost_proto::v1::{
     agent_link_server::AgentLinkServer, enrollment_server::EnrollmentServer, operator_server::OperatorServer,
 };
-use prost::Message;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
+use api::agent_link::AgentApi;
+use api::auth::Auth;
+use api::operator::OperatorApi;
 pub use config::HubConfig;
-use state::HubState;
-use store::{Revoked, ServerRecord, Store, Tree};
+use fleet::identities::Identities;
+use fleet::registry::Registry;
+use fleet::reports::Reports;
+use fleet::{Fleet, tokens};
+use pki::ca::{self, FleetCa};
+use pki::operators::Operators;
+use runtime::Runtime;
+use store::HubStore;
+use store::sled::SledStore;
 
 /// How long shutdown waits for streams to drain before it stops waiting.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
@@ -65,12 +68,19 @@ pub struct Hub {
     pub addr: SocketAddr,
     /// `https://host:port` for tokens and bundles.
     pub advertise: String,
-    pub state: Arc<HubState>,
+    identities: Arc<Identities>,
+    reports: Arc<Reports>,
+    agents: AgentApi,
+    /// The embedded store, to wait for its last flush at shutdown.
+    sled: Option<tokio::task::JoinHandle<()>>,
+    rt: Runtime,
     serve: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
 /// Validates the config, binds, opens the store and the CA, and starts serving. Returns once the port is
 /// bound; `shutdown` stops it (then call [`Hub::wait`]).
+///
+/// This is the composition root: every service is built here from the parts it uses, and nowhere else.
 pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub, StartError> {
     config.validate()?;
     // Bind first: with the port taken, nothing (no data directory, CA or store) is created.
@@ -81,23 +91,31 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     let data_dir = &config.data_dir;
     outpost_common::private_dir(data_dir)
         .map_err(|error| StartError::DataDir { path: data_dir.display().to_string(), error })?;
-    let tasks = TaskTracker::new();
+    let rt = Runtime::new(shutdown.clone());
     let external = config.ca_cert.as_deref().zip(config.ca_key.as_deref());
-    let ca = ca::FleetCa::load_or_create(&data_dir.join("ca"), external)?;
-    let store = Store::open(&data_dir.join("store"), config.cache_mib)?;
-    let records: Vec<ServerRecord> = store.all_json(Tree::Servers)?.into_iter().map(|(_, r)| r).collect();
-    let revoked: HashSet<String> = store.all_json::<Revoked>(Tree::Revoked)?.into_iter().map(|(k, _)| k).collect();
-    let latest = |name: &str| {
-        store
-            .scan_prefix_last(Tree::History, &store::history_prefix(name), 1)
-            .ok()
-            .and_then(|v| v.into_iter().next())
-            .and_then(|v| outpost_proto::v1::HistoryPoint::decode(v.as_ref()).ok())
-            .and_then(|p| p.health)
-    };
-    let registry = registry::Registry::new(records, latest, config.grace());
+    let ca = Arc::new(FleetCa::load_or_create(&data_dir.join("ca"), external)?);
+    let sled = SledStore::open(&data_dir.join("store"), config.cache_mib)?;
+    let sled_writer = sled.writer_task();
+    let store: Arc<dyn HubStore> = Arc::new(sled);
 
+    let registry = Registry::new(store.servers()?, |name| Reports::latest(&*store, name), config.grace());
+    let fleet = Arc::new(Fleet::new(registry));
     let advertise = config.advertise_url(addr);
+    let identities = Arc::new(Identities::new(
+        fleet.clone(),
+        store.clone(),
+        ca.clone(),
+        advertise.clone(),
+        Duration::from_secs(config.agent_cert_ttl_secs),
+    )?);
+    let reports = Arc::new(Reports::new(fleet.clone(), store.clone(), config.history_len));
+    let audit = Arc::new(audit::Audit::new(store.clone()));
+    let operators = Arc::new(Operators::load(store.clone())?);
+    let relay = Arc::new(relay::Relay::default());
+    let jobs = Arc::new(jobs::Jobs::new(fleet.clone(), relay.clone(), audit.clone(), store.clone(), rt.clone()));
+    let auth =
+        Arc::new(Auth::new(identities.clone(), operators, Duration::from_secs(config.operator_cert_max_ttl_secs)));
+
     let mut names = config.tls_names.clone();
     let adv_host = outpost_common::tls::HubAddr::parse(&advertise).map(|a| a.host).unwrap_or_default();
     names.extend([adv_host, "localhost".into(), "127.0.0.1".into(), "::1".into()]);
@@ -105,64 +123,28 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(chain, key))
         .client_ca_root(Certificate::from_pem(ca.cert_pem()))
-        // Enroll runs before the agent has a certificate; every other RPC demands one (auth::peer).
+        // Enroll runs before the agent has a certificate; every other RPC demands one (api::auth).
         .client_auth_optional(true)
         .timeout(Duration::from_secs(10));
 
-    let audit = audit::Audit::open(store.clone())?;
-    let operators = operators::Operators::load(&store)?;
-    let state = Arc::new(HubState::new(
-        ca,
-        store,
-        audit,
-        registry,
-        operators,
-        revoked,
-        advertise.clone(),
-        &config,
-        shutdown.clone(),
-        tasks.clone(),
-    ));
-    let recovered = jobs::recover(&state)?;
+    let recovered = jobs.recover()?;
     if recovered > 0 {
         tracing::info!(recovered, "commands pending before the restart are delivered again");
     }
-    let auditor = state.clone();
-    let retention = Duration::from_secs(u64::from(config.audit_retention_days) * 86_400);
-    tasks.spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(3600));
-        loop {
-            tokio::select! {
-                _ = auditor.shutdown.cancelled() => break,
-                _ = tick.tick() => {
-                    let cutoff = outpost_common::now_ms() - retention.as_millis() as i64;
-                    match auditor.audit.trim(cutoff).await {
-                        Ok(0) => {}
-                        Ok(n) => tracing::info!(removed = n, "audit records past their retention removed"),
-                        Err(error) => tracing::error!(%error, "audit retention failed"),
-                    }
-                }
-            }
-        }
-        tracing::debug!("audit retention stopped");
-    });
-    let sweeper = state.clone();
-    tasks.spawn(async move {
-        let mut tick = tokio::time::interval(sweeper.registry.sweep_every());
-        loop {
-            tokio::select! {
-                _ = sweeper.shutdown.cancelled() => break,
-                _ = tick.tick() => {
-                    sweeper.registry.sweep();
-                    sweeper.log_limit.flush();
-                }
-            }
-        }
-        tracing::debug!("liveness sweeper stopped");
-    });
+    audit.spawn_retention(&rt, Duration::from_secs(u64::from(config.audit_retention_days) * 86_400));
+    fleet.spawn_sweeper(&rt);
 
-    let gateway = gateway::Gateway { state: state.clone() };
-    let operator = operator::OperatorApi { state: state.clone() };
+    let enroll_limit = limits::RateLimiter::new(config.enroll_rate_per_source, config.enroll_burst_per_source);
+    let agents = AgentApi::new(
+        auth.clone(),
+        fleet.clone(),
+        identities.clone(),
+        reports.clone(),
+        relay,
+        rt.clone(),
+        enroll_limit,
+    );
+    let operator = OperatorApi::new(auth, fleet, reports.clone(), identities.clone(), jobs, audit, rt.clone());
     let router = Server::builder()
         .tls_config(tls)
         .map_err(|e| StartError::Tls(e.to_string()))?
@@ -170,12 +152,12 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(
-            EnrollmentServer::new(gateway.clone())
+            EnrollmentServer::new(agents.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(
-            AgentLinkServer::new(gateway)
+            AgentLinkServer::new(agents.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
@@ -193,30 +175,32 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     });
     let stop = shutdown.clone();
     let serve = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await }));
-    tracing::info!(%addr, %advertise, pin = %state.ca.pin(), "hubd listening");
-    Ok(Hub { addr, advertise, state, serve })
+    tracing::info!(%addr, %advertise, pin = %ca.pin(), "hubd listening");
+    Ok(Hub { addr, advertise, identities, reports, agents, sled: sled_writer, rt, serve })
 }
 
 impl Hub {
+    /// The fleet CA (its pin goes into tokens; bundles are signed with it).
+    pub fn ca(&self) -> &FleetCa {
+        self.identities.ca()
+    }
+
+    /// Creates a join token, as `hubd token create` does through the API (for embedders: the demo).
+    pub async fn create_token(&self, req: tokens::TokenRequest, by: &str) -> Result<tokens::Created, error::HubError> {
+        self.identities.create_token(req, by).await
+    }
+
     /// Waits until the hub has stopped (after `shutdown` is cancelled), draining with a deadline.
     pub async fn wait(self) -> anyhow::Result<()> {
-        let Hub { state, serve, .. } = self;
-        state.shutdown.cancelled().await;
+        let Hub { identities, reports, agents, sled, rt, serve, .. } = self;
+        rt.stopping().cancelled().await;
         // Counted, not logged one by one (metrics will expose them): what a flood or a churn cost.
-        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-        tracing::info!(
-            agents_gone = load(&state.agents_gone),
-            reports_refused = load(&state.reports_refused),
-            "hub stopping"
-        );
-        let tasks = state.tasks.clone();
-        tasks.close();
-        let writer = state.store.writer_task();
+        tracing::info!(agents_gone = agents.agents_gone(), reports_refused = reports.refused_count(), "hub stopping");
         let drained = tokio::time::timeout(DRAIN_DEADLINE, async move {
-            let served = serve.await; // the services (and their Store clones) are gone after this
-            tasks.wait().await;
-            drop(state); // the last Store clone: the writer flushes and stops
-            if let Some(w) = writer {
+            let served = serve.await; // the services (and their store handles) are gone after this
+            rt.drain().await;
+            drop((identities, reports, agents, rt)); // the last store handles: the writer flushes and stops
+            if let Some(w) = sled {
                 let _ = w.await;
             }
             served
@@ -238,7 +222,7 @@ impl Hub {
 /// tells systemd (`Type=notify`).
 pub async fn run(config: HubConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let hub = start(config, shutdown).await?;
-    println!("READY {} {}", hub.advertise, hub.state.ca.pin());
+    println!("READY {} {}", hub.advertise, hub.ca().pin());
     sd_notify_ready();
     hub.wait().await
 }

@@ -18,7 +18,7 @@ async fn main() -> ExitCode {
         }
     };
     if !matches!(cli.command, None | Some(Command::Serve)) {
-        return match hub::cli::admin(&cli, &config).await {
+        return match hub::api::admin::admin(&cli, &config).await {
             Ok(out) => {
                 println!("{out}");
                 ExitCode::SUCCESS

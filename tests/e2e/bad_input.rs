@@ -41,7 +41,7 @@ async fn tokens_reused_expired_unknown() {
     let short = admin.create_join_token(req).await.unwrap().into_inner();
     // Waiting out a TTL is the condition under test, not synchronisation.
     tokio::time::sleep_until(tokio::time::Instant::now() + Duration::from_millis(1100)).await;
-    assert!(hub::store::now_ms() > short.expires_at_ms);
+    assert!(outpost_common::now_ms() > short.expires_at_ms);
     let m = refused(enroll(&short.token, None).await);
     assert!(m.starts_with("join token expired at") && m.contains("--server t-2"), "{m}");
 
@@ -135,7 +135,7 @@ async fn wrong_pin_plaintext_and_foreign_ca_are_refused() {
 
     // A client certificate from another CA fails the handshake.
     let foreign_dir = tmp.path().join("foreign");
-    let foreign = hub::ca::FleetCa::load_or_create(&foreign_dir, None).unwrap();
+    let foreign = hub::pki::ca::FleetCa::load_or_create(&foreign_dir, None).unwrap();
     let (issued, key) = foreign.issue_operator("mallory", Role::Admin, Duration::from_secs(600)).unwrap();
     let ca = hub.bundle("x", Role::Viewer).ca_pem;
     let ch = HubAddr::parse(&hub.url).unwrap().channel(&ca, Some((&issued.chain_pem, &key))).unwrap();
@@ -294,7 +294,7 @@ async fn expired_certificate_is_refused_and_the_agent_says_how_to_recover() {
     let id = enroll(&hub.token("exp-1").await, None).await.unwrap();
     let not_after = id.cert().unwrap().not_after;
     // Waiting out the certificate's lifetime is the condition under test.
-    while hub::store::now_ms() / 1000 <= not_after {
+    while outpost_common::now_ms() / 1000 <= not_after {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let s = stream_error(&id, vec![body(agent_message::Body::Hello(Hello::default()))]).await;
@@ -344,5 +344,5 @@ async fn bad_config_files_name_the_field_and_exit_2() {
 #[test]
 fn csr_helper_matches_hub_policy() {
     let (_key, csr) = new_key_and_csr().unwrap();
-    hub::ca::FleetCa::check_csr(&csr).expect("the agent's own CSR passes the hub's policy");
+    hub::pki::ca::FleetCa::check_csr(&csr).expect("the agent's own CSR passes the hub's policy");
 }

@@ -41,10 +41,10 @@ async fn three_agents_liveness_and_exactly_once_across_hub_sigkill() {
         names[..2].iter().map(|n| list.iter().find(|s| s.name == *n).unwrap().last_seq).collect()
     };
     hub.kill9().await;
-    let outage_start = hub::store::now_ms();
+    let outage_start = outpost_common::now_ms();
     // The outage itself is the thing under test: agents must keep reporting into their outboxes.
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-    let outage_end = hub::store::now_ms();
+    let outage_end = outpost_common::now_ms();
     hub.restart().await;
 
     let mut ops = hub.client(Role::Viewer);

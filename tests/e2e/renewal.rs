@@ -22,7 +22,7 @@ async fn short_lived_certificate_renews_on_the_live_stream() {
         if serials.last() != Some(&s.cert_serial) {
             serials.push(s.cert_serial.clone());
         }
-        serials.len() >= 3 && hub::store::now_ms() / 1000 > first.cert_not_after + 1
+        serials.len() >= 3 && outpost_common::now_ms() / 1000 > first.cert_not_after + 1
     })
     .await;
     let s = &f["renew-1"];

@@ -108,7 +108,7 @@ impl HubProc {
             data_dir: self.dir.join("data"),
             ..Default::default()
         };
-        let ca = hub::ca::FleetCa::load(&config.data_dir.join("ca"), None).unwrap();
+        let ca = hub::pki::ca::FleetCa::load(&config.data_dir.join("ca"), None).unwrap();
         hub::cli::issue_bundle(&config, &ca, name, role, ttl).unwrap()
     }
 

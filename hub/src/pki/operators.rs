@@ -9,19 +9,11 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use outpost_common::{CertInfo, Role};
-use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{Op, Store, StoreError, Tree};
-
-/// Stored per revoked operator name (tree `operators`).
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(default)]
-pub struct OperatorRevocation {
-    /// Certificates of this name issued at or before this (unix ms) are refused.
-    pub revoked_ms: i64,
-    pub by: String,
-}
+use crate::store::{OperatorRevocation, OperatorStore, StoreError};
 
 /// What the hub knows of one operator.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -43,15 +35,16 @@ struct Seen {
 }
 
 pub struct Operators {
+    store: Arc<dyn OperatorStore>,
     revoked: Mutex<BTreeMap<String, OperatorRevocation>>,
     seen: Mutex<BTreeMap<String, Seen>>,
     sessions: Mutex<BTreeMap<String, CancellationToken>>,
 }
 
 impl Operators {
-    pub fn load(store: &Store) -> Result<Operators, StoreError> {
-        let revoked = store.all_json::<OperatorRevocation>(Tree::Operators)?.into_iter().collect();
-        Ok(Operators { revoked: Mutex::new(revoked), seen: Mutex::default(), sessions: Mutex::default() })
+    pub fn load(store: Arc<dyn OperatorStore>) -> Result<Operators, StoreError> {
+        let revoked = store.operator_revocations()?.into_iter().collect();
+        Ok(Operators { store, revoked: Mutex::new(revoked), seen: Mutex::default(), sessions: Mutex::default() })
     }
 
     /// When `name`'s certificate issued at `issued_ms` was revoked, if it was.
@@ -78,9 +71,9 @@ impl Operators {
 
     /// Revokes every certificate of `name` issued until now and closes its sessions. Returns whether a
     /// session was open.
-    pub async fn revoke(&self, store: &Store, name: &str, by: &str) -> Result<bool, StoreError> {
+    pub async fn revoke(&self, name: &str, by: &str) -> Result<bool, StoreError> {
         let rev = OperatorRevocation { revoked_ms: outpost_common::now_ms(), by: by.to_string() };
-        store.commit(vec![Op::put_json(Tree::Operators, name.to_string(), &rev)]).await?;
+        self.store.revoke_operator(name, &rev).await?;
         self.revoked.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), rev);
         let session = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
         Ok(session.map(|t| t.cancel()).is_some())

@@ -6,11 +6,11 @@ use std::time::Duration;
 use outpost_common::JoinToken;
 use outpost_common::cert::{hex, valid_name};
 
-use crate::ca::random_bytes;
+use super::Liveness;
+use super::identities::Identities;
 use crate::error::HubError;
-use crate::registry::Liveness;
-use crate::state::HubState;
-use crate::store::{Op, ServerRecord, TokenRecord, Tree, now_ms};
+use crate::pki::ca::random_bytes;
+use crate::store::{ServerRecord, TokenRecord};
 
 pub const MIN_TTL: Duration = Duration::from_secs(1);
 pub const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -75,15 +75,15 @@ fn valid_label_key(k: &str) -> bool {
         && k.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_./".contains(&b))
 }
 
-impl HubState {
+impl Identities {
     /// Creates (or updates) the server record and a token for it. At most one token per server is
     /// outstanding: older unused ones are invalidated in the same write. A server that is enrolled and
     /// connected needs `replace` (enrolling replaces its agent; the takeover is audited at enrollment).
     pub async fn create_token(&self, req: TokenRequest, by: &str) -> Result<Created, HubError> {
         req.validate()?;
-        let _server = self.lock_server(&req.server).await;
-        let now = now_ms();
-        let existing = self.registry.get(&req.server);
+        let _server = self.fleet.lock(&req.server).await;
+        let now = outpost_common::now_ms();
+        let existing = self.fleet.registry().get(&req.server);
         let live =
             existing.as_ref().is_some_and(|v| v.liveness == Liveness::Connected && !v.record.agent_id.is_empty());
         if live && !req.replace {
@@ -105,21 +105,11 @@ impl HubState {
             record.plan = req.plan.clone();
         }
         record.labels.extend(req.labels.clone());
-        let older: Vec<String> = self
-            .store
-            .all_json::<TokenRecord>(Tree::Tokens)?
-            .into_iter()
-            .filter(|(_, t)| t.server == req.server)
-            .map(|(hash, _)| hash)
-            .collect();
         let token = TokenRecord { server: req.server.clone(), created_ms: now, expires_ms, created_by: by.to_string() };
-        let mut ops: Vec<Op> = older.iter().map(|h| Op::Del(Tree::Tokens, h.clone().into_bytes())).collect();
-        ops.push(Op::put_json(Tree::Tokens, JoinToken::hash_secret(&secret), &token));
-        ops.push(Op::put_json(Tree::Servers, record.name.clone(), &record));
-        self.store.commit(ops).await?;
-        self.registry.put_record(record);
-        tracing::info!(server = %req.server, ttl_secs = req.ttl.as_secs(), by, invalidated = older.len(), replace = live, "join token created");
+        let invalidated = self.store.issue_token(&JoinToken::hash_secret(&secret), &token, &record).await?;
+        self.fleet.registry().put_record(record);
+        tracing::info!(server = %req.server, ttl_secs = req.ttl.as_secs(), by, invalidated, replace = live, "join token created");
         let token = JoinToken { hub: self.advertise.clone(), pin: self.ca.pin().to_string(), secret };
-        Ok(Created { token: token.encode(), expires_ms, invalidated: older.len(), replaces_live_agent: live })
+        Ok(Created { token: token.encode(), expires_ms, invalidated, replaces_live_agent: live })
     }
 }

@@ -9,11 +9,12 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use outpost_proto::OUTPUT_UPDATE_COST;
-use outpost_proto::v1::{
-    CancelCommand, Command, CommandResult, CommandUpdate, HubMessage, Outcome, OutputCredit, hub_message,
-};
+use outpost_proto::v1 as pb;
+use pb::{CancelCommand, CommandUpdate, HubMessage, OutputCredit, hub_message};
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
+
+use crate::command::{Command, CommandResult, Outcome};
 
 pub type AgentTx = mpsc::Sender<Result<HubMessage, Status>>;
 
@@ -56,7 +57,7 @@ pub enum Rejected {
 
 struct Pending {
     server: String,
-    command: Command,
+    command: pb::Command,
     run_for: Duration,
     /// The caller's absolute deadline, if it gave one.
     hard_deadline: Option<Instant>,
@@ -86,7 +87,7 @@ impl Pending {
             .deadline
             .get_or_insert_with(|| self.hard_deadline.map_or(now + self.run_for, |h| h.min(now + self.run_for)));
         let left = deadline.checked_duration_since(now).filter(|d| !d.is_zero())?;
-        let command = Command { timeout_ms: left.as_millis() as u64, ..self.command.clone() };
+        let command = pb::Command { timeout_ms: left.as_millis() as u64, ..self.command.clone() };
         Some(HubMessage { body: Some(hub_message::Body::Command(command)) })
     }
 }
@@ -111,8 +112,27 @@ pub fn cancel_message(id: &str) -> HubMessage {
     HubMessage { body: Some(hub_message::Body::Cancel(CancelCommand { command_id: id.to_string() })) }
 }
 
-pub fn refused(message: impl Into<String>) -> CommandResult {
-    CommandResult { outcome: Outcome::Refused as i32, exit_code: -1, message: message.into(), ..Default::default() }
+/// An agent's answer in the domain's terms. An outcome this hub does not know is `failed`: the command
+/// ran, or may have, and did not succeed as far as the hub can tell.
+fn result_from_agent(r: pb::CommandResult) -> CommandResult {
+    let outcome = match pb::Outcome::try_from(r.outcome) {
+        Ok(pb::Outcome::Succeeded) => Outcome::Succeeded,
+        Ok(pb::Outcome::Refused) => Outcome::Refused,
+        Ok(pb::Outcome::Cancelled) => Outcome::Cancelled,
+        Ok(pb::Outcome::TimedOut) => Outcome::TimedOut,
+        Ok(pb::Outcome::Interrupted) => Outcome::Interrupted,
+        Ok(pb::Outcome::Expired) => Outcome::Expired,
+        Ok(pb::Outcome::Skipped) => Outcome::Skipped,
+        Ok(pb::Outcome::Failed | pb::Outcome::Unspecified) | Err(_) => Outcome::Failed,
+    };
+    CommandResult {
+        outcome,
+        exit_code: r.exit_code,
+        message: r.message,
+        output_dropped_bytes: r.output_dropped_bytes,
+        replayed: r.replayed,
+        duration_ms: r.duration_ms,
+    }
 }
 
 impl Relay {
@@ -161,12 +181,19 @@ impl Relay {
     ) -> Result<Dispatch, CommandResult> {
         let (events_tx, events) = mpsc::unbounded_channel();
         let (done_tx, done) = oneshot::channel();
-        let id = command.command_id.clone();
+        let id = command.id.clone();
+        let command = pb::Command {
+            command_id: command.id,
+            action: command.action,
+            args: command.args.into_iter().collect(),
+            timeout_ms: 0,
+            operator: command.operator,
+        };
         let (send, queued) = {
             let mut inner = self.lock();
             let tx = inner.links.get(server).map(|l| l.tx.clone());
             if tx.is_none() && !queue {
-                return Err(refused(format!(
+                return Err(CommandResult::refused(format!(
                     "{server} is offline; nothing was sent. Run it again when it is connected, or queue it (--queue 10m)"
                 )));
             }
@@ -253,8 +280,9 @@ impl Relay {
                 p.buffered += cost;
             }
         }
-        if let Some(mut r) = u.result {
+        if let Some(r) = u.result {
             let mut p = inner.pending.remove(&u.command_id).expect("looked up above");
+            let mut r = result_from_agent(r);
             r.output_dropped_bytes = r.output_dropped_bytes.saturating_add(p.dropped);
             if let Some(done) = p.done.take() {
                 let _ = done.send(r);
@@ -272,13 +300,7 @@ impl Relay {
             if p.deadline.is_none() {
                 let mut p = inner.pending.remove(id).expect("looked up above");
                 if let Some(done) = p.done.take() {
-                    let r = CommandResult {
-                        outcome: Outcome::Cancelled as i32,
-                        exit_code: -1,
-                        message: "cancelled before it was delivered".into(),
-                        ..Default::default()
-                    };
-                    let _ = done.send(r);
+                    let _ = done.send(CommandResult::not_run(Outcome::Cancelled, "cancelled before it was delivered"));
                 }
                 return;
             }
@@ -337,7 +359,11 @@ mod tests {
     use super::*;
 
     fn cmd(id: &str) -> Command {
-        Command { command_id: id.into(), action: "diagnostics".into(), ..Default::default() }
+        Command { id: id.into(), action: "diagnostics".into(), ..Default::default() }
+    }
+
+    fn refused(message: &str) -> pb::CommandResult {
+        pb::CommandResult { outcome: pb::Outcome::Refused as i32, message: message.into(), ..Default::default() }
     }
 
     #[tokio::test]
@@ -411,7 +437,7 @@ mod tests {
         let relay = Relay::default();
         let mut d = relay.dispatch("a", cmd("1"), Duration::from_secs(30), None, true).await.ok().unwrap();
         relay.cancel("1").await;
-        assert_eq!(d.done.try_recv().unwrap().outcome, Outcome::Cancelled as i32);
+        assert_eq!(d.done.try_recv().unwrap().outcome, Outcome::Cancelled);
         assert_eq!(relay.abandon("1"), None);
     }
 }

@@ -1,6 +1,7 @@
-//! The agent gateway (gRPC edge): `Enrollment.Enroll` and the `AgentLink.Connect` stream.
+//! What agents call (gRPC edge): `Enrollment.Enroll` and the `AgentLink.Connect` stream.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use outpost_common::Identity;
@@ -15,11 +16,15 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use crate::auth;
-use crate::enroll::HostFacts;
+use super::auth::Auth;
+use super::convert;
 use crate::error::HubError;
-use crate::relay::Rejected;
-use crate::state::HubState;
+use crate::fleet::Fleet;
+use crate::fleet::identities::Identities;
+use crate::fleet::reports::{Report, Reports};
+use crate::limits::RateLimiter;
+use crate::relay::{Rejected, Relay};
+use crate::runtime::Runtime;
 
 /// How long an agent has to send Hello after opening the stream.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -30,26 +35,55 @@ const MAX_UPDATE_OUTPUT: usize = 256 * 1024;
 /// Renewals on one stream, at most one per this long.
 const RENEW_EVERY: Duration = Duration::from_secs(1);
 
+/// `Enrollment` and `AgentLink`: what agents call.
 #[derive(Clone)]
-pub struct Gateway {
-    pub state: Arc<HubState>,
+pub struct AgentApi {
+    state: Arc<AgentState>,
 }
 
-impl From<outpost_proto::v1::HostFacts> for HostFacts {
-    fn from(h: outpost_proto::v1::HostFacts) -> Self {
-        HostFacts { hostname: h.hostname, os: h.os, kernel: h.kernel, arch: h.arch, agent_version: h.agent_version }
+struct AgentState {
+    auth: Arc<Auth>,
+    fleet: Arc<Fleet>,
+    identities: Arc<Identities>,
+    reports: Arc<Reports>,
+    relay: Arc<Relay>,
+    rt: Runtime,
+    /// Enroll calls per source address.
+    enroll_limit: RateLimiter,
+    /// Agents whose stream went away while the hub was sending to them (not an error; counted).
+    agents_gone: AtomicU64,
+}
+
+impl AgentApi {
+    pub fn new(
+        auth: Arc<Auth>,
+        fleet: Arc<Fleet>,
+        identities: Arc<Identities>,
+        reports: Arc<Reports>,
+        relay: Arc<Relay>,
+        rt: Runtime,
+        enroll_limit: RateLimiter,
+    ) -> AgentApi {
+        let state =
+            AgentState { auth, fleet, identities, reports, relay, rt, enroll_limit, agents_gone: AtomicU64::new(0) };
+        AgentApi { state: Arc::new(state) }
+    }
+
+    /// Agents whose stream went away while the hub answered them.
+    pub fn agents_gone(&self) -> u64 {
+        self.state.agents_gone.load(Ordering::Relaxed)
     }
 }
 
 #[tonic::async_trait]
-impl Enrollment for Gateway {
+impl Enrollment for AgentApi {
     async fn enroll(&self, req: Request<EnrollRequest>) -> Result<Response<EnrollResponse>, Status> {
         let source = req.remote_addr().map(|a| a.ip());
         let peer = source.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
         if let Some(ip) = source
             && let Err(wait) = self.state.enroll_limit.check(ip)
         {
-            if let Some(repeated) = self.state.log_limit.allow("enroll rate limit", &peer) {
+            if let Some(repeated) = self.state.rt.log_limit().allow("enroll rate limit", &peer) {
                 tracing::warn!(%peer, repeated, "enrollment rate limit reached for this source address");
             }
             return Err(Status::resource_exhausted(format!(
@@ -58,9 +92,9 @@ impl Enrollment for Gateway {
             )));
         }
         let r = req.into_inner();
-        let host = r.host.map(HostFacts::from).unwrap_or_default();
-        let e = self.state.enroll(&r.join_token, &r.csr_pem, host).await.inspect_err(|error| {
-            if let Some(repeated) = self.state.log_limit.allow("enrollment refused", &peer) {
+        let host = r.host.map(convert::host_facts).unwrap_or_default();
+        let e = self.state.identities.enroll(&r.join_token, &r.csr_pem, host).await.inspect_err(|error| {
+            if let Some(repeated) = self.state.rt.log_limit().allow("enrollment refused", &peer) {
                 tracing::warn!(%peer, repeated, error = %outpost_common::text::Inert(&error.to_string()), "enrollment refused");
             }
         })?;
@@ -78,26 +112,23 @@ fn msg(body: hub_message::Body) -> Result<HubMessage, Status> {
 }
 
 #[tonic::async_trait]
-impl AgentLink for Gateway {
+impl AgentLink for AgentApi {
     type ConnectStream = ReceiverStream<Result<HubMessage, Status>>;
 
     async fn connect(&self, req: Request<Streaming<AgentMessage>>) -> Result<Response<Self::ConnectStream>, Status> {
         let state = &self.state;
-        let cert = auth::peer(state, &req)?;
+        let cert = state.auth.peer(&req)?;
         let Identity::Agent { id: agent_id } = cert.identity.clone() else {
             return Err(Status::permission_denied("an operator certificate cannot open an agent stream"));
         };
-        let server = state.registry.server_of_agent(&agent_id).ok_or_else(|| {
+        let registry = state.fleet.registry();
+        let server = registry.server_of_agent(&agent_id).ok_or_else(|| {
             Status::permission_denied(format!(
                 "agent {agent_id} is not enrolled at this hub (or a newer enrollment replaced it); enroll again with a new join token"
             ))
         })?;
-        let record = state
-            .registry
-            .get(&server)
-            .map(|v| v.record.clone())
-            .ok_or_else(|| Status::not_found(format!("server {server} was removed")))?;
-        state.check_serial(&record, &cert.serial)?;
+        let record = state.fleet.record(&server)?;
+        state.identities.check_serial(&record, &cert.serial)?;
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -112,10 +143,9 @@ impl AgentLink for Gateway {
             }
         };
         outpost_common::report::validate_hello(&hello).map_err(Status::invalid_argument)?;
-        let acked = state.note_connect(&server, &cert.serial, &hello).await?;
-        let (conn_id, close) = state
-            .registry
-            .attach(&server, &state.shutdown)
+        let acked = state.identities.connect(&server, &cert.serial, convert::hello(&hello)).await?;
+        let (conn_id, close) = registry
+            .attach(&server, state.rt.stopping())
             .ok_or_else(|| Status::not_found(format!("server {server} was removed")))?;
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
         let welcome = Welcome {
@@ -133,13 +163,13 @@ impl AgentLink for Gateway {
         // by the session task: here, before the response is returned, nobody reads the channel yet.
         let pending = state.relay.attach(&server, conn_id, session.tx.clone());
         let span = tracing::info_span!("session", %server, conn_id);
-        state.tasks.spawn(session.run(inbound, close, cert.not_after, pending).instrument(span));
+        state.rt.spawn(session.run(inbound, close, cert.not_after, pending).instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
 
 struct Session {
-    state: Arc<HubState>,
+    state: Arc<AgentState>,
     server: String,
     agent_id: String,
     conn_id: u64,
@@ -174,12 +204,12 @@ impl Session {
                         Ok(Some(not_after)) => expires = deadline(not_after),
                         Ok(None) => {}
                         Err(Close::Gone) => {
-                            self.state.agents_gone.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            self.state.agents_gone.fetch_add(1, Ordering::Relaxed);
                             tracing::debug!("the agent went away while the hub was answering it");
                             break "agent went away";
                         }
                         Err(Close::Bad(status)) => {
-                            if let Some(repeated) = self.state.log_limit.allow("bad message", &self.server) {
+                            if let Some(repeated) = self.state.rt.log_limit().allow("bad message", &self.server) {
                                 tracing::warn!(repeated, error = %outpost_common::text::Inert(status.message()), "closing stream on a bad message");
                             }
                             let _ = self.tx.send(Err(status)).await;
@@ -195,18 +225,19 @@ impl Session {
             }
         };
         self.state.relay.detach(&self.server, self.conn_id);
-        self.state.registry.detach(&self.server, self.conn_id);
+        self.state.fleet.registry().detach(&self.server, self.conn_id);
         tracing::info!(reason = ended, "agent stream ended");
     }
 
     async fn closed(&self) -> &'static str {
-        if self.state.shutdown.is_cancelled() {
+        if self.state.rt.is_stopping() {
             let r = Reconnect { after_secs: 1, reason: "hub shutting down".into() };
             let _ = self.tx.send(msg(hub_message::Body::Reconnect(r))).await;
             "hub shutdown"
         } else if let Some(v) = self
             .state
-            .registry
+            .fleet
+            .registry()
             .get(&self.server)
             .filter(|v| v.record.revoked_ms != 0 || v.record.agent_id != self.agent_id)
         {
@@ -231,7 +262,15 @@ impl Session {
     async fn handle(&mut self, m: AgentMessage) -> Result<Option<i64>, Close> {
         match m.body {
             Some(agent_message::Body::Report(r)) => {
-                match self.state.store_report(&self.server, &r).await {
+                // Checked with the code the agent checks its samples with.
+                let checked = outpost_common::report::validate(&r, outpost_common::now_ms())
+                    .map(|health| Report { seq: r.seq, taken_at_ms: r.taken_at_ms, health: health.clone() })
+                    .map_err(HubError::Invalid);
+                let stored = match checked {
+                    Ok(report) => self.state.reports.store(&self.server, report, self.state.rt.log_limit()).await,
+                    Err(e) => Err(e),
+                };
+                match stored {
                     Ok(up_to_seq) => {
                         self.send(hub_message::Body::Ack(Ack { up_to_seq })).await?;
                         Ok(None)
@@ -239,8 +278,8 @@ impl Session {
                     Err(HubError::Invalid(reason)) => {
                         // Never accepted, so never worth sending again: the agent drops it and goes on with
                         // the reports behind it.
-                        self.state.reports_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if let Some(repeated) = self.state.log_limit.allow("report refused", &self.server) {
+                        self.state.reports.refused();
+                        if let Some(repeated) = self.state.rt.log_limit().allow("report refused", &self.server) {
                             tracing::warn!(seq = r.seq, repeated, reason = %outpost_common::text::Inert(&reason), "report refused as invalid; the agent drops it");
                         }
                         self.send(hub_message::Body::Refused(ReportRefused { seq: r.seq, reason })).await?;
@@ -260,7 +299,7 @@ impl Session {
                     }
                     _ => {
                         self.last_renewal = Some(now);
-                        self.state.renew(&self.server, &self.agent_id, &r.csr_pem).await
+                        self.state.identities.renew(&self.server, &self.agent_id, &r.csr_pem).await
                     }
                 };
                 match result {
@@ -270,7 +309,7 @@ impl Session {
                         Ok(Some(not_after))
                     }
                     Err(error) => {
-                        if let Some(repeated) = self.state.log_limit.allow("renewal refused", &self.server) {
+                        if let Some(repeated) = self.state.rt.log_limit().allow("renewal refused", &self.server) {
                             tracing::warn!(%error, repeated, "renewal refused");
                         }
                         self.send(hub_message::Body::Renewed(Renewed {
@@ -293,7 +332,7 @@ impl Session {
                     Ok(()) => {}
                     // Stale after a hub restart, or forged: never applied to another server's command.
                     Err(Rejected::Stale(why)) => {
-                        if let Some(repeated) = self.state.log_limit.allow("stale command update", &self.server) {
+                        if let Some(repeated) = self.state.rt.log_limit().allow("stale command update", &self.server) {
                             tracing::warn!(%why, repeated, "ignoring a command update");
                         }
                     }

@@ -3,12 +3,43 @@
 //! The TLS layer has already verified the chain against the fleet CA and the validity window; this module
 //! adds what TLS cannot: the outpost identity in the SAN, the revoked-serial denylist and the role.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use outpost_common::{CertInfo, Identity, Role};
 use tonic::{Request, Status};
 
-use crate::state::HubState;
+use crate::fleet::identities::Identities;
+use crate::pki::operators::Operators;
 
-pub fn peer<T>(state: &HubState, req: &Request<T>) -> Result<CertInfo, Status> {
+/// Checks callers against what the hub knows: revoked serials, revoked operators, the operator ceiling.
+pub struct Auth {
+    identities: Arc<Identities>,
+    operators: Arc<Operators>,
+    /// Longest operator certificate lifetime this hub accepts.
+    operator_cert_max_ttl: Duration,
+}
+
+impl Auth {
+    pub fn new(identities: Arc<Identities>, operators: Arc<Operators>, operator_cert_max_ttl: Duration) -> Auth {
+        Auth { identities, operators, operator_cert_max_ttl }
+    }
+
+    pub fn operators(&self) -> &Operators {
+        &self.operators
+    }
+
+    pub fn peer<T>(&self, req: &Request<T>) -> Result<CertInfo, Status> {
+        peer(self, req)
+    }
+
+    /// An operator with at least `need`. `what` completes "… needs <role> to <what>".
+    pub fn operator<T>(&self, req: &Request<T>, need: Role, what: &str) -> Result<(String, Role), Status> {
+        operator(self, req, need, what)
+    }
+}
+
+fn peer<T>(state: &Auth, req: &Request<T>) -> Result<CertInfo, Status> {
     let certs = req.peer_certs().ok_or_else(|| {
         Status::unauthenticated(
             "this RPC needs a client certificate from the fleet CA (mTLS): use an agent identity or an operator bundle",
@@ -42,7 +73,7 @@ pub fn peer<T>(state: &HubState, req: &Request<T>) -> Result<CertInfo, Status> {
         }
         state.operators.seen(name, *role, &info);
     }
-    if state.is_revoked(&info.serial) {
+    if state.identities.is_revoked(&info.serial) {
         return Err(Status::permission_denied(format!(
             "certificate {} ({}) was revoked; {}",
             info.serial,
@@ -57,8 +88,7 @@ pub fn peer<T>(state: &HubState, req: &Request<T>) -> Result<CertInfo, Status> {
     Ok(info)
 }
 
-/// An operator with at least `need`. `what` completes "… needs <role> to <what>".
-pub fn operator<T>(state: &HubState, req: &Request<T>, need: Role, what: &str) -> Result<(String, Role), Status> {
+fn operator<T>(state: &Auth, req: &Request<T>, need: Role, what: &str) -> Result<(String, Role), Status> {
     match peer(state, req)?.identity {
         Identity::Operator { name, role } if role >= need => Ok((name, role)),
         Identity::Operator { name, role } => Err(Status::permission_denied(format!(

@@ -13,7 +13,8 @@ use outpost_proto::v1::Health;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{ServerRecord, now_ms};
+use crate::store::ServerRecord;
+use outpost_common::now_ms;
 
 pub use outpost_common::Liveness;
 

@@ -1,0 +1,161 @@
+//! Domain types to and from the wire.
+
+use outpost_common::selector::Selector;
+use outpost_proto::v1 as pb;
+
+use crate::command::{CommandResult, Outcome};
+use crate::fleet::identities::{Hello, HostFacts};
+use crate::fleet::{Liveness, ServerView};
+use crate::jobs::{ActionRequest, JobEvent, TargetState};
+use crate::store::AuditEntry;
+
+pub fn server(v: &ServerView) -> pb::Server {
+    let r = &v.record;
+    pb::Server {
+        name: r.name.clone(),
+        labels: r.labels.clone().into_iter().collect(),
+        customer: r.customer.clone(),
+        plan: r.plan.clone(),
+        agent_id: r.agent_id.clone(),
+        cert_serial: r.cert_serial.clone(),
+        cert_not_after: r.cert_not_after,
+        agent_version: r.agent_version.clone(),
+        first_seen_ms: r.first_seen_ms,
+        last_seen_ms: r.last_seen_ms,
+        last_report_ms: r.last_report_ms,
+        liveness: pb::Liveness::from(v.liveness) as i32,
+        liveness_since_ms: v.liveness_since_ms,
+        health: v.health.clone(),
+        last_seq: r.last_seq,
+        reports_received: r.reports_received,
+        connections: r.connections,
+        dropped_reports: r.dropped_reports,
+        refused_reports: r.refused_reports,
+        log_files: r.log_files.clone(),
+        revoked_ms: r.revoked_ms,
+        host: Some(pb::HostFacts {
+            hostname: r.hostname.clone(),
+            os: r.os.clone(),
+            kernel: r.kernel.clone(),
+            arch: r.arch.clone(),
+            agent_version: r.agent_version.clone(),
+        }),
+    }
+}
+
+pub fn outcome(o: Outcome) -> i32 {
+    (match o {
+        Outcome::None => pb::Outcome::Unspecified,
+        Outcome::Succeeded => pb::Outcome::Succeeded,
+        Outcome::Failed => pb::Outcome::Failed,
+        Outcome::Refused => pb::Outcome::Refused,
+        Outcome::Cancelled => pb::Outcome::Cancelled,
+        Outcome::TimedOut => pb::Outcome::TimedOut,
+        Outcome::Interrupted => pb::Outcome::Interrupted,
+        Outcome::Expired => pb::Outcome::Expired,
+        Outcome::Skipped => pb::Outcome::Skipped,
+    }) as i32
+}
+
+pub fn audit_record(e: AuditEntry) -> pb::AuditRecord {
+    pb::AuditRecord {
+        id: e.id,
+        at_ms: e.at_ms,
+        operator: e.operator,
+        role: e.role,
+        kind: e.kind.as_str().to_string(),
+        action: e.action,
+        args: e.args.into_iter().collect(),
+        selector: e.selector,
+        servers: e.servers,
+        job_id: e.job_id,
+        command_id: e.command_id,
+        outcome: outcome(e.outcome),
+        message: e.message,
+    }
+}
+
+pub fn command_result(r: CommandResult) -> pb::CommandResult {
+    pb::CommandResult {
+        outcome: outcome(r.outcome),
+        exit_code: r.exit_code,
+        message: r.message,
+        output_dropped_bytes: r.output_dropped_bytes,
+        replayed: r.replayed,
+        duration_ms: r.duration_ms,
+    }
+}
+
+pub fn job_event(e: JobEvent) -> pb::JobEvent {
+    use pb::job_event::Event;
+    let event = match e {
+        JobEvent::Plan { job_id, action, targets, batches, audit_id } => {
+            Event::Plan(pb::JobPlan { job_id, targets, batches, audit_id, action })
+        }
+        JobEvent::Progress(p) => Event::Progress(pb::JobProgress {
+            total: p.total,
+            succeeded: p.succeeded,
+            failed: p.failed,
+            running: p.running,
+            pending: p.pending,
+            skipped: p.skipped,
+            finished: p.finished,
+            stopped: p.stopped,
+        }),
+        JobEvent::Target(t) => Event::Target(pb::TargetEvent {
+            server: t.server,
+            command_id: t.command_id,
+            state: (match t.state {
+                TargetState::Pending => pb::TargetState::Pending,
+                TargetState::Queued => pb::TargetState::Queued,
+                TargetState::Sent => pb::TargetState::Sent,
+                TargetState::Running => pb::TargetState::Running,
+                TargetState::Done => pb::TargetState::Done,
+            }) as i32,
+            output: t.output,
+            result: t.result.map(command_result),
+            batch: t.batch,
+        }),
+    };
+    pb::JobEvent { event: Some(event) }
+}
+
+pub fn selector(s: Option<pb::Selector>) -> Selector {
+    let s = s.unwrap_or_default();
+    Selector {
+        names: s.names,
+        customer: Some(s.customer).filter(|c| !c.is_empty()),
+        plan: Some(s.plan).filter(|c| !c.is_empty()),
+        labels: s.labels.into_iter().collect(),
+        // An unknown value stays in (and matches nothing) rather than vanishing and widening the selection;
+        // the job engine refuses it by name.
+        status: s
+            .status
+            .into_iter()
+            .map(|l| Liveness::try_from(l).map_or_else(|n| format!("invalid({n})"), |l| l.as_str().to_string()))
+            .collect(),
+        all: s.all,
+    }
+}
+
+pub fn action_request(r: pb::RunActionRequest) -> ActionRequest {
+    ActionRequest {
+        action: r.action,
+        args: r.args.into_iter().collect(),
+        selector: selector(r.selector),
+        batch: r.batch,
+        canary: r.canary,
+        max_failure_rate: r.max_failure_rate,
+        deadline_ms: r.deadline_ms,
+        queue_secs: r.queue_secs,
+        confirm: r.confirm,
+    }
+}
+
+pub fn host_facts(h: pb::HostFacts) -> HostFacts {
+    HostFacts { hostname: h.hostname, os: h.os, kernel: h.kernel, arch: h.arch, agent_version: h.agent_version }
+}
+
+pub fn hello(h: &pb::Hello) -> Hello {
+    Hello { dropped_reports: h.dropped_reports, refused_reports: h.refused_reports, log_files: h.log_files.clone() }
+}

@@ -1,0 +1,289 @@
+//! Identities of agents: enrollment (a one-time join token and a CSR become a short-lived certificate),
+//! connection checks, renewal over the live stream, and revocation.
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use outpost_common::JoinToken;
+use outpost_common::cert::hex;
+
+use crate::error::{HubError, rfc3339_ms};
+use crate::fleet::Fleet;
+use crate::pki::ca::{FleetCa, SignError, random_bytes};
+use crate::store::{AuditEntry, BurnedToken, IdentityStore, Kind, Revoked, ServerRecord, StoreError, TokenState};
+
+/// Facts the agent tells about its host, bounded.
+#[derive(Clone, Debug, Default)]
+pub struct HostFacts {
+    pub hostname: String,
+    pub os: String,
+    pub kernel: String,
+    pub arch: String,
+    pub agent_version: String,
+}
+
+impl HostFacts {
+    pub fn validate(&self) -> Result<(), HubError> {
+        for (field, v) in [
+            ("host.hostname", &self.hostname),
+            ("host.os", &self.os),
+            ("host.kernel", &self.kernel),
+            ("host.arch", &self.arch),
+            ("host.agent_version", &self.agent_version),
+        ] {
+            if v.len() > 256 || !outpost_common::text::is_printable(v) {
+                return Err(HubError::Invalid(format!(
+                    "{field} must be at most 256 bytes without control, bidi or invisible characters"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What an agent tells when it opens a stream (its Hello, already checked).
+#[derive(Clone, Debug, Default)]
+pub struct Hello {
+    pub dropped_reports: u64,
+    pub refused_reports: u64,
+    pub log_files: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Enrolled {
+    pub agent_id: String,
+    pub server: String,
+    pub chain_pem: String,
+    pub ca_pem: String,
+}
+
+pub struct Identities {
+    pub(super) fleet: Arc<Fleet>,
+    pub(super) store: Arc<dyn IdentityStore>,
+    pub(super) ca: Arc<FleetCa>,
+    /// `https://host:port` that goes into tokens.
+    pub(super) advertise: String,
+    agent_cert_ttl: Duration,
+    /// Serials refused at connect: loaded at start, written through on revoke.
+    revoked: RwLock<HashSet<String>>,
+}
+
+impl Identities {
+    pub fn new(
+        fleet: Arc<Fleet>,
+        store: Arc<dyn IdentityStore>,
+        ca: Arc<FleetCa>,
+        advertise: String,
+        agent_cert_ttl: Duration,
+    ) -> Result<Identities, StoreError> {
+        let revoked = RwLock::new(store.revoked_serials()?.into_iter().collect());
+        Ok(Identities { fleet, store, ca, advertise, agent_cert_ttl, revoked })
+    }
+
+    pub fn ca(&self) -> &FleetCa {
+        &self.ca
+    }
+
+    fn sign(&self, csr_pem: &str, agent_id: &str) -> Result<crate::pki::ca::Issued, HubError> {
+        self.ca.sign_agent(csr_pem, agent_id, self.agent_cert_ttl).map_err(|e| match e {
+            SignError::Csr(c) => HubError::Csr(c),
+            SignError::Ca(c) => HubError::Internal(c.to_string()),
+        })
+    }
+
+    pub async fn enroll(&self, secret: &str, csr_pem: &str, host: HostFacts) -> Result<Enrolled, HubError> {
+        if secret.is_empty() || secret.len() > 256 {
+            return Err(HubError::Invalid("join_token must be 1-256 characters (the secret part of the token)".into()));
+        }
+        host.validate()?;
+        let hash = JoinToken::hash_secret(secret);
+        let token = match self.store.token(&hash)? {
+            TokenState::Live(t) => t,
+            TokenState::Burned(b) => {
+                return Err(HubError::TokenUsed {
+                    at: rfc3339_ms(b.burned_ms),
+                    agent_id: b.agent_id,
+                    server: b.server,
+                });
+            }
+            TokenState::Unknown => return Err(HubError::TokenUnknown),
+        };
+        let now = outpost_common::now_ms();
+        if token.expires_ms <= now {
+            return Err(HubError::TokenExpired { at: rfc3339_ms(token.expires_ms), server: token.server });
+        }
+        // A bad CSR does not burn the token: the agent can fix it and retry.
+        FleetCa::check_csr(csr_pem)?;
+        let _server = self.fleet.lock(&token.server).await;
+        let mut record = self
+            .fleet
+            .record(&token.server)
+            .map_err(|_| HubError::NotFound(format!("server {} no longer exists; create a new token", token.server)))?;
+        let agent_id = hex(&random_bytes::<12>());
+        let issued = self.sign(csr_pem, &agent_id)?;
+        // Every certificate the previous identity could still use dies with this enrollment (its agent id no
+        // longer maps to the server).
+        let superseded: Vec<String> =
+            [&record.cert_serial, &record.prev_serial].into_iter().filter(|s| !s.is_empty()).cloned().collect();
+        let previous_agent = (!record.agent_id.is_empty()).then(|| record.agent_id.clone());
+        record.agent_id = agent_id.clone();
+        record.cert_serial = issued.info.serial.clone();
+        record.prev_serial = String::new();
+        record.revoked_ms = 0;
+        record.cert_not_after = issued.info.not_after;
+        record.hostname = host.hostname;
+        record.os = host.os;
+        record.kernel = host.kernel;
+        record.arch = host.arch;
+        record.agent_version = host.agent_version;
+        // A new identity starts its own sequence and counters.
+        record.last_seq = 0;
+        record.reports_received = 0;
+        record.connections = 0;
+        record.first_seen_ms = 0;
+        record.refused_reports = 0;
+        // A takeover (the server had an identity) is audited in the same write as the enrollment.
+        let takeover = previous_agent.as_ref().map(|old| AuditEntry {
+            operator: format!("token of {}", token.created_by),
+            role: "admin".into(),
+            kind: Kind::Revoke,
+            action: "takeover".into(),
+            servers: vec![record.name.clone()],
+            message: format!(
+                "enrolled agent {agent_id} with a join token created by {} at {}; it replaces agent {old} (certificates {} revoked)",
+                token.created_by,
+                rfc3339_ms(token.created_ms),
+                superseded.join(", ")
+            ),
+            ..Default::default()
+        });
+        let burned = BurnedToken { server: record.name.clone(), burned_ms: now, agent_id: agent_id.clone() };
+        // The store burns the token only if it is still live: single use holds across concurrent enrollments.
+        self.store.enroll(&hash, &burned, &record, takeover).await.map_err(|e| match e {
+            StoreError::Conflict(why) => HubError::Denied(why),
+            e => HubError::Store(e),
+        })?;
+        let registry = self.fleet.registry();
+        registry.close_server(&record.name);
+        let server = record.name.clone();
+        registry.put_record(record);
+        match previous_agent {
+            Some(old) => {
+                tracing::warn!(server = %server, %agent_id, replaced = %old, serial = %issued.info.serial, "agent enrolled, replacing the previous identity (audited)")
+            }
+            None => tracing::info!(server = %server, %agent_id, serial = %issued.info.serial, "agent enrolled"),
+        }
+        Ok(Enrolled { agent_id, server, chain_pem: issued.chain_pem, ca_pem: self.ca.cert_pem().to_string() })
+    }
+
+    /// Revokes the server's identity: every certificate it ever held is refused from now on, at connect and
+    /// at renewal, and its live stream is closed. Only a new enrollment (a new join token) brings it back.
+    /// Returns the serial of its current certificate.
+    pub async fn revoke_server(&self, name: &str, by: &str) -> Result<String, HubError> {
+        let _server = self.fleet.lock(name).await;
+        let mut record = self
+            .fleet
+            .record(name)
+            .map_err(|_| HubError::NotFound(format!("no server named {}", outpost_common::text::excerpt(name, 64))))?;
+        if record.agent_id.is_empty() {
+            return Err(HubError::Invalid(format!("server {name} has no certificate to revoke (never enrolled)")));
+        }
+        let serial = record.cert_serial.clone();
+        let now = outpost_common::now_ms();
+        let serials: Vec<String> =
+            [&record.cert_serial, &record.prev_serial].into_iter().filter(|s| !s.is_empty()).cloned().collect();
+        if record.revoked_ms == 0 {
+            record.revoked_ms = now;
+        }
+        record.prev_serial.clear();
+        let by_whom = Revoked { server: name.into(), revoked_ms: now, by: by.into() };
+        self.store.revoke_identity(&record, &serials, &by_whom).await?;
+        self.revoked.write().unwrap_or_else(|p| p.into_inner()).extend(serials);
+        let registry = self.fleet.registry();
+        registry.put_record(record);
+        let closed = registry.close_server(name);
+        tracing::warn!(server = name, %serial, by, closed, "identity revoked");
+        Ok(serial)
+    }
+
+    pub fn is_revoked(&self, serial: &str) -> bool {
+        self.revoked.read().unwrap_or_else(|p| p.into_inner()).contains(serial)
+    }
+
+    /// Whether `serial` may still speak for `server`'s identity: the identity is not revoked and `serial` is
+    /// its current certificate or the one the last renewal replaced (until the new one is used).
+    pub fn check_serial(&self, record: &ServerRecord, serial: &str) -> Result<(), HubError> {
+        if record.revoked_ms != 0 || self.is_revoked(serial) {
+            return Err(HubError::Denied(format!(
+                "the identity of server {} was revoked at {} (certificate {serial}); enroll this agent again with a new join token (`hubd token create --server {}`)",
+                record.name,
+                rfc3339_ms(record.revoked_ms),
+                record.name
+            )));
+        }
+        if serial != record.cert_serial && serial != record.prev_serial {
+            return Err(HubError::Denied(format!(
+                "certificate {serial} of server {} was superseded by a renewal (current: {}); use the newest certificate, or enroll again with a new join token",
+                record.name, record.cert_serial
+            )));
+        }
+        Ok(())
+    }
+
+    /// Notes a new stream of `server`, opened with certificate `serial`: the connection counter, the agent's
+    /// counters from its Hello and, when the agent uses its renewed certificate for the first time, the end
+    /// of the one it replaced. Returns the high-water mark of its stored reports.
+    pub async fn connect(&self, server: &str, serial: &str, hello: Hello) -> Result<u64, HubError> {
+        let _server = self.fleet.lock(server).await;
+        let mut record = self.fleet.record(server)?;
+        // Checked again under the lock: a revocation or renewal may have come in between.
+        self.check_serial(&record, serial)?;
+        record.connections += 1;
+        record.dropped_reports = hello.dropped_reports;
+        record.refused_reports = hello.refused_reports;
+        record.log_files = hello.log_files;
+        record.last_seen_ms = outpost_common::now_ms();
+        // The agent uses its renewed certificate: the one it replaced is dead from now on (it is not the
+        // current or the previous serial any more; no denylist entry is needed).
+        if serial == record.cert_serial {
+            record.prev_serial.clear();
+        }
+        self.store.put_server(&record).await?;
+        let acked = record.last_seq;
+        self.fleet.registry().put_record(record);
+        Ok(acked)
+    }
+
+    /// Signs a fresh certificate for the agent of a live stream. Returns (chain, not_after).
+    ///
+    /// The new certificate becomes the identity's current one and the one it replaces stays valid until the
+    /// new one is first used (the answer may be lost on the way); every older certificate stops working, so
+    /// a burst of renewals leaves two valid certificates, not one per renewal. The stream itself was checked
+    /// when it opened and is closed on revocation or re-enrollment, so a long-lived stream may renew again
+    /// after the certificate it opened with was replaced.
+    pub async fn renew(&self, server: &str, agent_id: &str, csr_pem: &str) -> Result<(String, i64), HubError> {
+        let _server = self.fleet.lock(server).await;
+        let mut record = self.fleet.record(server)?;
+        if record.agent_id != agent_id {
+            return Err(HubError::Denied(format!(
+                "agent {agent_id} no longer owns server {server}; it was enrolled again"
+            )));
+        }
+        if record.revoked_ms != 0 {
+            return Err(HubError::Denied(format!(
+                "the identity of server {server} was revoked at {}; enroll again with a new join token",
+                rfc3339_ms(record.revoked_ms)
+            )));
+        }
+        let issued = self.sign(csr_pem, agent_id)?;
+        // The identity accepts only its current and previous serial: what came before is dead from now on.
+        record.prev_serial = std::mem::take(&mut record.cert_serial);
+        record.cert_serial = issued.info.serial.clone();
+        record.cert_not_after = issued.info.not_after;
+        self.store.put_server(&record).await?;
+        self.fleet.registry().put_record(record);
+        tracing::info!(server, serial = %issued.info.serial, not_after = issued.info.not_after, "certificate renewed");
+        Ok((issued.chain_pem, issued.info.not_after))
+    }
+}

@@ -1,0 +1,108 @@
+//! Storing health reports, idempotent on `(agent_id, seq)`, and reading them back.
+//!
+//! Reports are kept as the encoded `HistoryPoint` the agent protocol defines: health is plain data, and a
+//! parallel domain struct would copy twenty fields for no gain.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use outpost_proto::v1::{Health, HistoryPoint};
+use prost::Message;
+
+use super::Fleet;
+use crate::error::HubError;
+use crate::limits::LogLimiter;
+use crate::store::ReportStore;
+
+pub struct Reports {
+    fleet: Arc<Fleet>,
+    store: Arc<dyn ReportStore>,
+    /// Reports kept per server.
+    keep: u32,
+    /// Reports refused as invalid (the agent drops them).
+    refused: AtomicU64,
+}
+
+/// One report, checked (`common::report::validate`).
+pub struct Report {
+    pub seq: u64,
+    /// The agent's clock.
+    pub taken_at_ms: i64,
+    pub health: Health,
+}
+
+impl Reports {
+    pub fn new(fleet: Arc<Fleet>, store: Arc<dyn ReportStore>, keep: u32) -> Reports {
+        Reports { fleet, store, keep, refused: AtomicU64::new(0) }
+    }
+
+    /// Stores `report` durably unless it is a duplicate. Returns the seq to acknowledge (everything up to it
+    /// is stored).
+    pub async fn store(&self, server: &str, report: Report, log_limit: &LogLimiter) -> Result<u64, HubError> {
+        let _server = self.fleet.lock(server).await;
+        let mut record = self.fleet.record(server)?;
+        if report.seq <= record.last_seq {
+            // Already stored: idempotent. The same seq with other content is a broken or hostile agent; the
+            // first one stays.
+            if let Ok(Some(stored)) = self.store.report(server, report.seq)
+                && HistoryPoint::decode(stored.as_ref()).ok().and_then(|p| p.health).as_ref() != Some(&report.health)
+                && let Some(repeated) = log_limit.allow("duplicate seq, other content", server)
+            {
+                tracing::warn!(
+                    server,
+                    seq = report.seq,
+                    repeated,
+                    "a report repeats a stored seq with different content; the stored one is kept"
+                );
+            }
+            return Ok(record.last_seq);
+        }
+        let now = outpost_common::now_ms();
+        record.last_seq = report.seq;
+        record.reports_received += 1;
+        record.last_seen_ms = now;
+        record.last_report_ms = report.taken_at_ms;
+        if record.first_seen_ms == 0 {
+            record.first_seen_ms = now;
+        }
+        if !report.health.agent_version.is_empty() {
+            record.agent_version = report.health.agent_version.clone();
+        }
+        let point = HistoryPoint { seq: report.seq, taken_at_ms: report.taken_at_ms, health: Some(report.health) };
+        self.store.record_report(&record, report.seq, point.encode_to_vec(), self.keep).await?;
+        // The latest health is the newest history point: no separate write.
+        self.fleet.registry().put_report(record, point.health.expect("set just above"));
+        Ok(report.seq)
+    }
+
+    /// Counts a report refused as invalid.
+    pub fn refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn refused_count(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// The last `n` history points of a server, oldest first.
+    pub fn history(&self, server: &str, n: usize) -> Result<Vec<HistoryPoint>, HubError> {
+        self.store
+            .history(server, n)?
+            .iter()
+            .map(|v| {
+                HistoryPoint::decode(v.as_ref())
+                    .map_err(|e| HubError::Internal(format!("history of {server} is corrupt: {e}")))
+            })
+            .collect()
+    }
+
+    /// The newest health of `server` in the store (to fill the registry at start).
+    pub fn latest(store: &dyn ReportStore, server: &str) -> Option<Health> {
+        store
+            .history(server, 1)
+            .ok()
+            .and_then(|v| v.into_iter().next())
+            .and_then(|v| HistoryPoint::decode(v.as_ref()).ok())
+            .and_then(|p| p.health)
+    }
+}

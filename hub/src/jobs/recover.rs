@@ -1,0 +1,152 @@
+//! After a restart: every command dispatched and not answered before the hub stopped is delivered again
+//! (the agent's journal answers one it already ran; one it never got runs if its time has not passed), and
+//! its result audited, as it would have been. Then the rest of a fan-out (its stored plan) runs, unless the
+//! outcomes so far are over its failure threshold. Nobody waits for these jobs: their events go nowhere and
+//! the audit log tells their outcome.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use outpost_common::Role;
+
+use super::run::Slot;
+use super::{Events, Job, Jobs, action_role};
+use crate::audit::{self, AuditEntry, Kind};
+use crate::command::{CommandResult, Outcome};
+use crate::store::{PendingRecord, PlanRecord, StoreError};
+
+type Running = Pin<Box<dyn std::future::Future<Output = CommandResult> + Send>>;
+
+impl Jobs {
+    /// Resumes what the last run of the hub left: pending commands and the remaining batches of fan-outs.
+    /// Returns how many commands were pending.
+    pub fn recover(self: &Arc<Self>) -> Result<usize, StoreError> {
+        let mut by_job: BTreeMap<String, Vec<(String, PendingRecord)>> = BTreeMap::new();
+        let mut n = 0;
+        for (id, r) in self.store.pending_commands()? {
+            match r {
+                Ok(r) => {
+                    by_job.entry(r.job_id.clone()).or_default().push((id, r));
+                    n += 1;
+                }
+                // Kept, not deleted: it is evidence; everything else is still delivered.
+                Err(error) => tracing::error!(command_id = %id, %error, "unreadable pending command; not delivered"),
+            }
+        }
+        let mut plans: BTreeMap<String, PlanRecord> = BTreeMap::new();
+        for (id, p) in self.store.plans()? {
+            match p {
+                Ok(p) => {
+                    by_job.entry(id.clone()).or_default();
+                    plans.insert(id, p);
+                }
+                Err(error) => {
+                    tracing::error!(job = %id, %error, "unreadable job plan; its remaining batches do not run")
+                }
+            }
+        }
+        for (job_id, commands) in by_job {
+            let plan = plans.remove(&job_id);
+            let action = commands.first().map(|(_, r)| r.action.as_str()).or(plan.as_ref().map(|p| p.action.as_str()));
+            let role = action.map_or(Role::Admin, action_role);
+            let cancel = self.rt.stopping().child_token();
+            self.live().insert(job_id.clone(), (cancel.clone(), role));
+            let engine = self.clone();
+            let span = tracing::info_span!("recovered job", job = %job_id);
+            self.rt.spawn(tracing::Instrument::instrument(engine.resume(job_id, commands, plan, cancel), span));
+        }
+        Ok(n)
+    }
+
+    async fn resume(
+        self: Arc<Self>,
+        job_id: String,
+        commands: Vec<(String, PendingRecord)>,
+        plan: Option<PlanRecord>,
+        cancel: tokio_util::sync::CancellationToken,
+    ) {
+        let now_ms = outpost_common::now_ms();
+        let now = Instant::now();
+        let at = move |ms: i64| now + Duration::from_millis(ms.saturating_sub(now_ms).max(0) as u64);
+        let nobody = Events(None);
+        let mut running: FuturesUnordered<Running> = FuturesUnordered::new();
+        for (id, r) in commands {
+            let past = |t: Option<i64>| t.is_some_and(|t| t <= now_ms);
+            if past(r.deadline_ms) || past(r.queue_until_ms) {
+                let message = "its deadline or queue time passed while the hub was down; if it was delivered before, the agent's journal has its outcome";
+                let entry = AuditEntry {
+                    operator: r.operator,
+                    kind: Kind::Result,
+                    action: r.action,
+                    servers: vec![r.server],
+                    job_id: job_id.clone(),
+                    command_id: id.clone(),
+                    outcome: audit::Outcome::TimedOut,
+                    message: message.into(),
+                    ..Default::default()
+                };
+                if let Err(error) = self.store.finish_command(&id, entry).await {
+                    tracing::error!(%error, "cannot audit a result");
+                }
+                running.push(Box::pin(async { CommandResult::not_run(Outcome::TimedOut, "") }));
+                continue;
+            }
+            tracing::info!(command_id = %id, server = %r.server, action = %r.action, "delivering a command pending before the restart");
+            // Wait for the server until the command's queue time (or, sent at once, its deadline) ends.
+            let until = r.queue_until_ms.or(r.deadline_ms).map_or(now, at);
+            // The command as a one-target job of its own (its batch was already planned and recorded).
+            let job = Job {
+                id: job_id.clone(),
+                action: r.action,
+                args: r.args,
+                targets: vec![r.server.clone()],
+                batches: vec![1],
+                max_failure_rate: 1.0,
+                run_for: Duration::from_millis(r.run_for_ms),
+                hard_deadline: r.deadline_ms.map(at),
+                queue: Some(until.saturating_duration_since(Instant::now())),
+                operator: r.operator,
+                audit_id: 0,
+                succeeded_before: 0,
+                failed_before: 0,
+            };
+            let (engine, tx, cancel) = (self.clone(), nobody.clone(), cancel.clone());
+            let slot = Slot { id, recorded: Ok(()) };
+            running.push(Box::pin(async move { engine.target(&job, &r.server, 0, &tx, &cancel, slot).await }));
+        }
+        let (mut succeeded, mut failed) = (0, 0);
+        while let Some(r) = running.next().await {
+            if r.outcome == Outcome::Succeeded {
+                succeeded += 1;
+            } else {
+                failed += 1;
+            }
+        }
+        match plan {
+            Some(p) if !self.rt.is_stopping() => {
+                let job = Job {
+                    id: job_id.clone(),
+                    action: p.action,
+                    args: p.args,
+                    targets: p.targets,
+                    batches: p.batches,
+                    max_failure_rate: p.max_failure_rate,
+                    run_for: Duration::from_millis(p.run_for_ms),
+                    hard_deadline: p.deadline_ms.map(at),
+                    queue: p.queue_secs.map(Duration::from_secs),
+                    operator: p.operator,
+                    audit_id: p.audit_id,
+                    succeeded_before: p.succeeded + succeeded,
+                    failed_before: p.failed + failed,
+                };
+                tracing::info!(remaining = job.targets.len(), "resuming the remaining batches of a job");
+                // `run` applies the failure threshold to the outcomes so far before each batch.
+                self.run(job, nobody, cancel).await;
+            }
+            _ => self.unregister(&job_id),
+        }
+    }
+}

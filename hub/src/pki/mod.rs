@@ -1,0 +1,4 @@
+//! Who is who: the fleet CA (the only code that signs) and the operators the hub knows.
+
+pub mod ca;
+pub mod operators;

@@ -1,0 +1,271 @@
+//! The store conformance suite: what every backend must do, written against the repository traits only.
+//! A backend's test implements [`Backend`] (open the same store again, close it) and calls [`run`]; the
+//! PostgreSQL backend will run this suite unchanged.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::{
+    AuditEntry, AuditQuery, BurnedToken, HubStore, Kind, OperatorRevocation, Outcome, PendingRecord, PlanRecord,
+    PlanUpdate, Revoked, ServerRecord, StoreError, TokenRecord, TokenState,
+};
+
+/// Opens one and the same store, again and again.
+#[async_trait]
+pub trait Backend {
+    /// Opens the store (empty the first time; with everything written before on later calls).
+    async fn open(&mut self) -> Arc<dyn HubStore>;
+    /// Closes it; the suite holds no other handle.
+    async fn close(&mut self, store: Arc<dyn HubStore>);
+}
+
+fn server(name: &str) -> ServerRecord {
+    ServerRecord { name: name.into(), customer: "acme".into(), plan: "pro".into(), ..Default::default() }
+}
+
+fn token(server: &str) -> TokenRecord {
+    TokenRecord { server: server.into(), created_ms: 1, expires_ms: i64::MAX, created_by: "ann".into() }
+}
+
+fn pending(server: &str, job: &str) -> PendingRecord {
+    PendingRecord {
+        server: server.into(),
+        job_id: job.into(),
+        action: "diagnostics".into(),
+        args: [("a".to_string(), "1".to_string())].into(),
+        operator: "ann".into(),
+        run_for_ms: 30_000,
+        deadline_ms: Some(7),
+        queue_until_ms: None,
+    }
+}
+
+fn plan(targets: &[&str]) -> PlanRecord {
+    PlanRecord {
+        action: "diagnostics".into(),
+        args: Default::default(),
+        operator: "ann".into(),
+        audit_id: 1,
+        targets: targets.iter().map(|t| t.to_string()).collect(),
+        batches: vec![targets.len()],
+        max_failure_rate: 0.5,
+        run_for_ms: 30_000,
+        deadline_ms: None,
+        queue_secs: Some(60),
+        succeeded: 1,
+        failed: 0,
+    }
+}
+
+/// Runs every check; panics with what failed.
+pub async fn run(backend: &mut dyn Backend) {
+    let store = backend.open().await;
+    servers_are_replaced_whole(&*store).await;
+    one_outstanding_token_per_server_and_single_use(store.clone()).await;
+    reports_are_bounded_and_carry_the_high_water_mark(&*store).await;
+    audit_ids_grow_are_unique_and_queries_filter(store.clone()).await;
+    commands_and_plans_end_with_their_audit_record(&*store).await;
+    revocations_are_kept(&*store).await;
+    backend.close(store).await;
+
+    // Everything reads back after a reopen, and audit ids go on from where they were.
+    let store = backend.open().await;
+    let names: BTreeSet<String> = store.servers().unwrap().into_iter().map(|s| s.name).collect();
+    assert!(names.is_superset(&["a", "b", "r"].map(String::from).into()), "{names:?}");
+    let r = store.servers().unwrap().into_iter().find(|s| s.name == "r").unwrap();
+    assert_eq!(r.last_seq, 100, "the high-water mark survives a reopen");
+    assert_eq!(store.history("r", 1).unwrap(), vec![vec![100u8]]);
+    assert!(store.revoked_serials().unwrap().contains(&"s1".to_string()));
+    assert_eq!(
+        store.operator_revocations().unwrap(),
+        vec![("eve".into(), OperatorRevocation { revoked_ms: 5, by: "ann".into() })]
+    );
+    let before = store.query_audit(&AuditQuery { limit: 1, ..Default::default() }).unwrap()[0].id;
+    let next = store.append_audit(AuditEntry::default()).await.unwrap();
+    assert_eq!(next, before + 1, "audit ids continue after a reopen");
+    assert!(store.pending_commands().unwrap().is_empty() && store.plans().unwrap().is_empty());
+    // Retention removes old records but always keeps the newest (ids are never reused).
+    let trimmed = store.trim_audit(i64::MAX).await.unwrap();
+    assert!(trimmed > 0);
+    let left = store.query_audit(&AuditQuery { limit: 10, ..Default::default() }).unwrap();
+    assert_eq!(left.iter().map(|e| e.id).collect::<Vec<_>>(), [next]);
+    assert_eq!(store.trim_audit(i64::MAX).await.unwrap(), 0);
+    backend.close(store).await;
+    let store = backend.open().await;
+    assert_eq!(
+        store.append_audit(AuditEntry::default()).await.unwrap(),
+        next + 1,
+        "ids are not reused after retention"
+    );
+    backend.close(store).await;
+}
+
+async fn servers_are_replaced_whole(store: &dyn HubStore) {
+    let mut a = server("a");
+    store.put_server(&a).await.unwrap();
+    a.labels.insert("tier".into(), "gold".into());
+    a.customer = String::new();
+    store.put_server(&a).await.unwrap();
+    let got = store.servers().unwrap().into_iter().find(|s| s.name == "a").unwrap();
+    assert_eq!(got, a);
+}
+
+async fn one_outstanding_token_per_server_and_single_use(store: Arc<dyn HubStore>) {
+    let b = server("b");
+    assert_eq!(store.issue_token("h1", &token("b"), &b).await.unwrap(), 0);
+    assert_eq!(store.issue_token("other", &token("a"), &server("a")).await.unwrap(), 0);
+    assert_eq!(store.issue_token("h2", &token("b"), &b).await.unwrap(), 1, "the older token of b goes");
+    assert_eq!(store.token("h1").unwrap(), TokenState::Unknown);
+    assert_eq!(store.token("h2").unwrap(), TokenState::Live(token("b")));
+    assert_eq!(store.token("other").unwrap(), TokenState::Live(token("a")), "another server's token stays");
+
+    // Ten enrollments race for one token: exactly one wins, the others change nothing.
+    let racers: Vec<_> = (0..10)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let enrolled = ServerRecord { agent_id: format!("agent-{i}"), ..server("b") };
+                let burned = BurnedToken { server: "b".into(), burned_ms: 3, agent_id: enrolled.agent_id.clone() };
+                let takeover =
+                    AuditEntry { action: "takeover".into(), message: format!("by {i}"), ..Default::default() };
+                store.enroll("h2", &burned, &enrolled, Some(takeover)).await.map(|()| i)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for r in racers {
+        match r.await.unwrap() {
+            Ok(i) => winners.push(i),
+            Err(StoreError::Conflict(_)) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    let winner = format!("agent-{}", winners[0]);
+    match store.token("h2").unwrap() {
+        TokenState::Burned(b) => assert_eq!(b.agent_id, winner),
+        other => panic!("{other:?}"),
+    }
+    let b = store.servers().unwrap().into_iter().find(|s| s.name == "b").unwrap();
+    assert_eq!(b.agent_id, winner, "the server record is the winner's");
+    let takeovers =
+        store.query_audit(&AuditQuery { action: "takeover".into(), limit: 100, ..Default::default() }).unwrap();
+    assert_eq!(takeovers.len(), 1, "only the winning enrollment is audited");
+    assert_eq!(takeovers[0].message, format!("by {}", winners[0]));
+    let burned = BurnedToken { server: "b".into(), burned_ms: 4, agent_id: "late".into() };
+    assert!(matches!(store.enroll("never-issued", &burned, &server("b"), None).await, Err(StoreError::Conflict(_))));
+}
+
+async fn reports_are_bounded_and_carry_the_high_water_mark(store: &dyn HubStore) {
+    let mut r = server("r");
+    let keep = 10;
+    for seq in 1..=100u64 {
+        r.last_seq = seq;
+        store.record_report(&r, seq, vec![seq as u8], keep).await.unwrap();
+    }
+    let history = store.history("r", 1000).unwrap();
+    assert!((keep as usize..=keep as usize + 64).contains(&history.len()), "{} points kept", history.len());
+    let seqs: Vec<u8> = history.iter().map(|p| p[0]).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1) && *seqs.last().unwrap() == 100, "{seqs:?}");
+    assert_eq!(store.history("r", 3).unwrap(), vec![vec![98], vec![99], vec![100]]);
+    assert_eq!(store.history("r", 0).unwrap(), Vec::<Vec<u8>>::new());
+    assert_eq!(store.report("r", 100).unwrap(), Some(vec![100]));
+    assert_eq!(store.report("r", 1).unwrap(), None, "trimmed");
+    // A server whose name is a prefix of another's does not see its reports.
+    assert!(store.history("", 10).unwrap().is_empty());
+    let mut rr = server("rr");
+    rr.last_seq = 1;
+    store.record_report(&rr, 1, vec![42], keep).await.unwrap();
+    assert_eq!(store.history("r", 1).unwrap(), vec![vec![100]]);
+    assert_eq!(store.servers().unwrap().into_iter().find(|s| s.name == "r").unwrap().last_seq, 100);
+}
+
+async fn audit_ids_grow_are_unique_and_queries_filter(store: Arc<dyn HubStore>) {
+    let appends: Vec<_> = (0..50)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let e = AuditEntry {
+                    operator: if i % 2 == 0 { "ann" } else { "bob" }.into(),
+                    action: "exec".into(),
+                    servers: vec![format!("s{i}")],
+                    ..Default::default()
+                };
+                store.append_audit(e).await.unwrap()
+            })
+        })
+        .collect();
+    let mut ids = BTreeSet::new();
+    for a in appends {
+        assert!(ids.insert(a.await.unwrap()), "audit ids are unique");
+    }
+    let q = |f: fn(&mut AuditQuery)| {
+        let mut q = AuditQuery { limit: 1000, ..Default::default() };
+        f(&mut q);
+        store.query_audit(&q).unwrap()
+    };
+    let all = q(|q| q.action = "exec".into());
+    assert_eq!(all.len(), 50);
+    assert!(all.windows(2).all(|w| w[0].id > w[1].id && w[0].at_ms >= w[1].at_ms), "newest first");
+    assert!(all.iter().all(|e| e.at_ms > 0), "the store gives the time");
+    assert_eq!(q(|q| q.operator = "bob".into()).len(), 25);
+    assert_eq!(q(|q| q.server = "s7".into()).len(), 1);
+    assert_eq!(q(|q| q.limit = 3).len(), 3);
+    assert!(q(|q| q.since_ms = i64::MAX).is_empty());
+    let e = AuditEntry { outcome: Outcome::TimedOut, kind: Kind::Result, message: "m".into(), ..Default::default() };
+    let id = store.append_audit(e.clone()).await.unwrap();
+    let got = &q(|q| q.limit = 1)[0];
+    assert_eq!((got.id, got.kind, got.outcome, got.message.as_str()), (id, Kind::Result, Outcome::TimedOut, "m"));
+}
+
+async fn commands_and_plans_end_with_their_audit_record(store: &dyn HubStore) {
+    let batch = vec![("c1".to_string(), pending("a", "j1")), ("c2".to_string(), pending("b", "j1"))];
+    store.dispatch_batch("j1", &batch, PlanUpdate::Remaining(plan(&["c", "d"]))).await.unwrap();
+    let mut got: Vec<(String, PendingRecord)> =
+        store.pending_commands().unwrap().into_iter().map(|(id, r)| (id, r.unwrap())).collect();
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(got, batch);
+    assert_eq!(store.plans().unwrap(), vec![("j1".to_string(), Ok(plan(&["c", "d"])))]);
+
+    let result =
+        AuditEntry { kind: Kind::Result, command_id: "c1".into(), outcome: Outcome::Succeeded, ..Default::default() };
+    let id = store.finish_command("c1", result).await.unwrap();
+    assert_eq!(store.pending_commands().unwrap().len(), 1, "c1's pending record went with its result");
+    let audited = store.query_audit(&AuditQuery { limit: 1, ..Default::default() }).unwrap();
+    assert_eq!((audited[0].id, audited[0].outcome), (id, Outcome::Succeeded));
+
+    // The next batch replaces the plan; the last batch removes it.
+    store
+        .dispatch_batch("j1", &[("c3".into(), pending("c", "j1"))], PlanUpdate::Remaining(plan(&["d"])))
+        .await
+        .unwrap();
+    assert_eq!(store.plans().unwrap(), vec![("j1".to_string(), Ok(plan(&["d"])))]);
+    store.dispatch_batch("j1", &[("c4".into(), pending("d", "j1"))], PlanUpdate::Done).await.unwrap();
+    assert!(store.plans().unwrap().is_empty());
+    for c in ["c2", "c3", "c4"] {
+        store.finish_command(c, AuditEntry::default()).await.unwrap();
+    }
+    assert!(store.pending_commands().unwrap().is_empty());
+
+    // A job that stops early: its skipped targets are audited and its plan goes, in one write.
+    store.dispatch_batch("j2", &[], PlanUpdate::Remaining(plan(&["e"]))).await.unwrap();
+    let skipped = AuditEntry { outcome: Outcome::Skipped, job_id: "j2".into(), ..Default::default() };
+    let id = store.finish_job("j2", skipped).await.unwrap();
+    assert!(store.plans().unwrap().is_empty());
+    let audited = store.query_audit(&AuditQuery { limit: 1, ..Default::default() }).unwrap();
+    assert_eq!((audited[0].id, audited[0].outcome), (id, Outcome::Skipped));
+}
+
+async fn revocations_are_kept(store: &dyn HubStore) {
+    let mut a = server("a");
+    a.revoked_ms = 9;
+    let by = Revoked { server: "a".into(), revoked_ms: 9, by: "ann".into() };
+    store.revoke_identity(&a, &["s1".into(), "s0".into()], &by).await.unwrap();
+    let mut serials = store.revoked_serials().unwrap();
+    serials.sort();
+    assert_eq!(serials, ["s0", "s1"]);
+    assert_eq!(store.servers().unwrap().into_iter().find(|s| s.name == "a").unwrap().revoked_ms, 9);
+    store.revoke_operator("eve", &OperatorRevocation { revoked_ms: 5, by: "ann".into() }).await.unwrap();
+}

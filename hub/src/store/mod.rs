@@ -1,0 +1,153 @@
+//! The hub store: repository traits with domain methods, and their backends.
+//!
+//! Callers say what happened ("this token was burned by this enrollment", "this report was stored") and
+//! the backend decides how it is written: which records, in which order, in one atomic and durable write.
+//! Crash ordering and single-use are the backend's job, not the caller's. Every method that changes
+//! something returns only once the change is durable.
+//!
+//! Backends: [`sled::SledStore`] (embedded, the default). Every backend must pass the conformance suite
+//! (`conformance`), which is written against these traits only.
+
+pub mod records;
+pub mod sled;
+
+#[cfg(test)]
+pub mod conformance;
+
+use async_trait::async_trait;
+
+pub use records::{
+    AuditEntry, AuditQuery, BurnedToken, Kind, OperatorRevocation, Outcome, PendingRecord, PlanRecord, Revoked,
+    ServerRecord, TokenRecord,
+};
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store in {path}: {error}; is another hubd running on this data_dir?")]
+    Open { path: String, error: String },
+    #[error("store write failed: {0}")]
+    Write(String),
+    #[error("store record {key:?} in {table} is corrupt: {error}")]
+    Corrupt { table: &'static str, key: String, error: String },
+    /// The write lost a race the backend guards against (a token burned by another enrollment).
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the store writer has stopped (the hub is shutting down)")]
+    Closed,
+}
+
+/// What a join token's hash refers to.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TokenState {
+    Live(TokenRecord),
+    Burned(BurnedToken),
+    Unknown,
+}
+
+/// Servers: their records (identity, facts, counters).
+#[async_trait]
+pub trait Servers: Send + Sync {
+    fn servers(&self) -> Result<Vec<ServerRecord>>;
+    /// Replaces (or creates) a record.
+    async fn put_server(&self, record: &ServerRecord) -> Result<()>;
+}
+
+/// Join tokens and enrollment.
+#[async_trait]
+pub trait Tokens: Send + Sync {
+    fn token(&self, hash: &str) -> Result<TokenState>;
+    /// Stores a new token for `server` and the server's record; every older unused token of that server is
+    /// deleted in the same write (one outstanding token per server). Returns how many were deleted.
+    async fn issue_token(&self, hash: &str, token: &TokenRecord, server: &ServerRecord) -> Result<usize>;
+    /// Burns the token `hash` and stores the enrolled server (and, for a takeover, its audit record) in one
+    /// write. A token that is not live any more (burned by a concurrent enrollment) fails with
+    /// [`StoreError::Conflict`] and changes nothing: single use holds whatever the callers do.
+    async fn enroll(
+        &self,
+        hash: &str,
+        burned: &BurnedToken,
+        server: &ServerRecord,
+        takeover: Option<AuditEntry>,
+    ) -> Result<()>;
+}
+
+/// Revoked certificate serials.
+#[async_trait]
+pub trait Revocations: Send + Sync {
+    fn revoked_serials(&self) -> Result<Vec<String>>;
+    /// Marks `serials` revoked and stores the revoked server's record, in one write.
+    async fn revoke_identity(&self, server: &ServerRecord, serials: &[String], by: &Revoked) -> Result<()>;
+}
+
+/// Health reports: idempotent on `(server, seq)` with the server's high-water mark.
+#[async_trait]
+pub trait Reports: Send + Sync {
+    /// Stores report `seq` of `server` (an encoded `HistoryPoint`) and the server record carrying the new
+    /// high-water mark (`server.last_seq == seq`). A crash never leaves the mark ahead of the report. History
+    /// per server stays bounded: at least the newest `keep` points are kept, and at most `keep + 64`.
+    async fn record_report(&self, server: &ServerRecord, seq: u64, point: Vec<u8>, keep: u32) -> Result<()>;
+    /// The stored report `seq` of `server`.
+    fn report(&self, server: &str, seq: u64) -> Result<Option<Vec<u8>>>;
+    /// The newest `n` reports of `server`, oldest first.
+    fn history(&self, server: &str, n: usize) -> Result<Vec<Vec<u8>>>;
+}
+
+/// The append-only audit log.
+#[async_trait]
+pub trait AuditLog: Send + Sync {
+    /// Appends `entry` with the next id and the current time; returns the id. Ids grow with time and are
+    /// never reused, across restarts and retention.
+    async fn append_audit(&self, entry: AuditEntry) -> Result<u64>;
+    /// Newest first.
+    fn query_audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>>;
+    /// Deletes records before `cutoff_ms`, always keeping the newest. Returns how many went.
+    async fn trim_audit(&self, cutoff_ms: i64) -> Result<usize>;
+}
+
+/// What happens to a job's stored plan with a batch.
+#[derive(Clone, Debug)]
+pub enum PlanUpdate {
+    /// More batches follow: these.
+    Remaining(PlanRecord),
+    /// This is the last batch.
+    Done,
+}
+
+/// Commands dispatched and not audited yet, and the stored plans of fan-outs.
+#[async_trait]
+pub trait Commands: Send + Sync {
+    /// Records a batch of commands (id, record) as pending and the job's plan, in one write, before any of
+    /// them is sent.
+    async fn dispatch_batch(&self, job_id: &str, batch: &[(String, PendingRecord)], plan: PlanUpdate) -> Result<()>;
+    /// Audits a command's result and drops its pending record, in one write. Returns the audit id.
+    async fn finish_command(&self, command_id: &str, result: AuditEntry) -> Result<u64>;
+    /// Audits the targets a job will not run and drops its plan, in one write. Returns the audit id.
+    async fn finish_job(&self, job_id: &str, skipped: AuditEntry) -> Result<u64>;
+    /// Every pending command; an unreadable one is an `Err` with why (kept as evidence).
+    fn pending_commands(&self) -> Result<Vec<(String, Result<PendingRecord, String>)>>;
+    /// Every stored plan, by job id.
+    fn plans(&self) -> Result<Vec<(String, Result<PlanRecord, String>)>>;
+}
+
+/// Revoked operator names.
+#[async_trait]
+pub trait OperatorStore: Send + Sync {
+    fn operator_revocations(&self) -> Result<Vec<(String, OperatorRevocation)>>;
+    async fn revoke_operator(&self, name: &str, revocation: &OperatorRevocation) -> Result<()>;
+}
+
+/// What agent identities (enrollment, tokens, renewal, revocation) use.
+pub trait IdentityStore: Servers + Tokens + Revocations {}
+impl<T: Servers + Tokens + Revocations + ?Sized> IdentityStore for T {}
+
+/// What storing reports uses.
+pub trait ReportStore: Servers + Reports {}
+impl<T: Servers + Reports + ?Sized> ReportStore for T {}
+
+/// A whole hub store: every repository. Services take the narrower trait they use (a `dyn HubStore`
+/// coerces to each).
+pub trait HubStore: IdentityStore + ReportStore + AuditLog + Commands + OperatorStore {}
+
+impl<T: IdentityStore + ReportStore + AuditLog + Commands + OperatorStore + ?Sized> HubStore for T {}

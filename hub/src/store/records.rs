@@ -1,0 +1,238 @@
+//! What the hub keeps on disk: every stored record, in one place. Backends store these as they are (sled as
+//! JSON, PostgreSQL in columns); changing a field here is a schema change (keep `#[serde(default)]` so old
+//! records read back, and add a test with a store written before the change).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A server: its identity, what it told about itself, and its counters.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ServerRecord {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub customer: String,
+    pub plan: String,
+    pub agent_id: String,
+    /// The identity's current certificate (the newest issued).
+    pub cert_serial: String,
+    pub cert_not_after: i64,
+    /// The certificate a renewal replaced, still accepted until the agent first connects with the new one
+    /// (it may not have received or stored it). Every other serial this identity ever held is refused.
+    pub prev_serial: String,
+    /// When the identity was revoked (0: not revoked). Nothing connects or renews until a new enrollment.
+    pub revoked_ms: i64,
+    pub agent_version: String,
+    pub hostname: String,
+    pub os: String,
+    pub kernel: String,
+    pub arch: String,
+    pub created_ms: i64,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    /// When the agent took its latest stored report (its clock).
+    pub last_report_ms: i64,
+    /// Highest seq durably stored (the ack high-water mark).
+    pub last_seq: u64,
+    pub reports_received: u64,
+    pub connections: u64,
+    pub dropped_reports: u64,
+    /// Reports the hub refused as invalid, as the agent counts them (Hello).
+    pub refused_reports: u64,
+    /// Files the agent lets `logs` read (Hello).
+    pub log_files: Vec<String>,
+}
+
+/// An unused join token (keyed by the SHA-256 of its secret; the secret is never stored).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TokenRecord {
+    pub server: String,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+    pub created_by: String,
+}
+
+/// A used join token, kept so a reuse gets a precise error.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BurnedToken {
+    pub server: String,
+    pub burned_ms: i64,
+    pub agent_id: String,
+}
+
+/// A revoked certificate serial.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Revoked {
+    pub server: String,
+    pub revoked_ms: i64,
+    pub by: String,
+}
+
+/// A revoked operator name: its certificates issued at or before `revoked_ms` are refused.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct OperatorRevocation {
+    pub revoked_ms: i64,
+    pub by: String,
+}
+
+/// A dispatched command whose result is not audited yet, kept so a restarted hub delivers it again (the
+/// agent's journal answers one it already ran) and audits its result. Arguments are kept as sent, in the
+/// hub's store (its data directory is 0700), until the result is audited.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PendingRecord {
+    pub server: String,
+    pub job_id: String,
+    pub action: String,
+    pub args: BTreeMap<String, String>,
+    pub operator: String,
+    pub run_for_ms: u64,
+    /// Wall clock: the caller's deadline; for a command sent at once, when it must have ended.
+    pub deadline_ms: Option<i64>,
+    /// Wall clock: a queued command waits for its server until then.
+    pub queue_until_ms: Option<i64>,
+}
+
+/// The rest of a fan-out: the batches not dispatched yet, written with each batch's pending records (one
+/// write), removed when the job ends. A restarted hub finishes the dispatched batch and then runs these.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PlanRecord {
+    pub action: String,
+    pub args: BTreeMap<String, String>,
+    pub operator: String,
+    pub audit_id: u64,
+    /// The targets not dispatched yet, in order, and their batch sizes.
+    pub targets: Vec<String>,
+    pub batches: Vec<usize>,
+    pub max_failure_rate: f64,
+    pub run_for_ms: u64,
+    /// Wall clock: the caller's deadline, if it gave one.
+    pub deadline_ms: Option<i64>,
+    pub queue_secs: Option<u64>,
+    /// Outcomes of the batches before the one dispatched with this record.
+    pub succeeded: u32,
+    pub failed: u32,
+}
+
+/// What kind of event an audit record is.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// An action accepted and about to be dispatched.
+    #[default]
+    Requested,
+    /// A request refused before dispatch (role, arguments, selector, confirmation, ...).
+    Refused,
+    /// One target's outcome.
+    Result,
+    Cancel,
+    Token,
+    Revoke,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Requested => "requested",
+            Kind::Refused => "refused",
+            Kind::Result => "result",
+            Kind::Cancel => "cancel",
+            Kind::Token => "token",
+            Kind::Revoke => "revoke",
+        }
+    }
+}
+
+/// How an audited request or command ended. Stored as a word: the wire enum's numbering is not stored data.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// A request, a cancel, a token: no outcome.
+    #[default]
+    None,
+    Succeeded,
+    Failed,
+    Refused,
+    Cancelled,
+    TimedOut,
+    Interrupted,
+    Expired,
+    Skipped,
+}
+
+impl Outcome {
+    /// The outcome of `outpost.v1.Outcome` number `n`, as records written before 2026-11-30 hold it (unknown
+    /// numbers are `None`). Fixed here, independent of the generated code: it describes stored data.
+    pub fn from_stored_number(n: i32) -> Outcome {
+        match n {
+            1 => Outcome::Succeeded,
+            2 => Outcome::Failed,
+            3 => Outcome::Refused,
+            4 => Outcome::Cancelled,
+            5 => Outcome::TimedOut,
+            6 => Outcome::Interrupted,
+            7 => Outcome::Expired,
+            8 => Outcome::Skipped,
+            _ => Outcome::None,
+        }
+    }
+}
+
+/// Reads an outcome stored as a word, or as the wire number that records written before 2026-11-30 hold.
+fn outcome_compat<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Outcome, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Stored {
+        Number(i32),
+        Word(Outcome),
+    }
+    Ok(match Stored::deserialize(d)? {
+        Stored::Number(n) => Outcome::from_stored_number(n),
+        Stored::Word(o) => o,
+    })
+}
+
+/// One audit record. `id` and `at_ms` are given by the store when it is appended.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct AuditEntry {
+    pub id: u64,
+    pub at_ms: i64,
+    pub operator: String,
+    pub role: String,
+    pub kind: Kind,
+    pub action: String,
+    /// Redacted (see `outpost_common::actions::redacted`).
+    pub args: BTreeMap<String, String>,
+    pub selector: String,
+    pub servers: Vec<String>,
+    pub job_id: String,
+    pub command_id: String,
+    /// How a request or command ended (`none` for requests); records written before this was a word hold
+    /// the wire number and still read back.
+    #[serde(deserialize_with = "outcome_compat")]
+    pub outcome: Outcome,
+    pub message: String,
+}
+
+/// An audit query: every non-empty field must match; newest first, at most `limit`.
+#[derive(Clone, Debug, Default)]
+pub struct AuditQuery {
+    pub operator: String,
+    pub server: String,
+    pub action: String,
+    pub since_ms: i64,
+    pub until_ms: i64,
+    pub limit: usize,
+}
+
+impl AuditQuery {
+    pub fn matches(&self, e: &AuditEntry) -> bool {
+        (self.until_ms == 0 || e.at_ms <= self.until_ms)
+            && (self.since_ms == 0 || e.at_ms >= self.since_ms)
+            && (self.operator.is_empty() || e.operator == self.operator)
+            && (self.action.is_empty() || e.action == self.action)
+            && (self.server.is_empty() || e.servers.contains(&self.server))
+    }
+}

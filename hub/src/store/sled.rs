@@ -1,0 +1,539 @@
+//! The embedded backend: sled, with a group-commit writer.
+//!
+//! Every change goes through one writer task that applies whatever batches are waiting and flushes once
+//! for all of them, so durability costs one flush per group, not per report; a method returns after the
+//! flush. sled recovers a prefix of the operations applied to it, across trees, so each batch is ordered
+//! such that any prefix is safe (a report's history point before the server record with the high-water
+//! mark; an audit record before the removal of the pending command it ends).
+//!
+//! sled allows one process per directory, so what must be atomic across callers (burning a token, one
+//! outstanding token per server) is serialised here with a lock; ids come from a counter loaded at open.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    AuditEntry, AuditLog, AuditQuery, BurnedToken, Commands, OperatorRevocation, OperatorStore, PendingRecord,
+    PlanRecord, PlanUpdate, Reports, Result, Revocations, Revoked, ServerRecord, Servers, StoreError, TokenRecord,
+    TokenState, Tokens,
+};
+
+/// Trees of the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tree {
+    /// server name → [`ServerRecord`] (JSON)
+    Servers,
+    /// sha256(secret) → [`TokenRecord`] (JSON); removed when burned
+    Tokens,
+    /// sha256(secret) → [`BurnedToken`] (JSON); kept so a reused token gets a precise error
+    Burned,
+    /// certificate serial → [`Revoked`] (JSON)
+    Revoked,
+    /// server name, 0, seq (u64 BE) → `HistoryPoint` (protobuf)
+    History,
+    /// id (u64 BE) → [`AuditEntry`] (JSON); append-only
+    Audit,
+    /// command id → [`PendingRecord`] (JSON): dispatched, no result audited yet
+    Pending,
+    /// operator name → [`OperatorRevocation`] (JSON)
+    Operators,
+    /// job id → [`PlanRecord`] (JSON): the batches of a fan-out not dispatched yet
+    Plans,
+}
+
+impl Tree {
+    const ALL: [Tree; 9] = [
+        Tree::Servers,
+        Tree::Tokens,
+        Tree::Burned,
+        Tree::Revoked,
+        Tree::History,
+        Tree::Audit,
+        Tree::Pending,
+        Tree::Operators,
+        Tree::Plans,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Tree::Servers => "servers",
+            Tree::Tokens => "tokens",
+            Tree::Burned => "burned",
+            Tree::Revoked => "revoked",
+            Tree::History => "history",
+            Tree::Audit => "audit",
+            Tree::Pending => "pending",
+            Tree::Operators => "operators",
+            Tree::Plans => "plans",
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Op {
+    Put(Tree, Vec<u8>, Vec<u8>),
+    Del(Tree, Vec<u8>),
+    /// Deletes every key of the tree in `[from, to)`.
+    DelRange(Tree, Vec<u8>, Vec<u8>),
+}
+
+fn put_json<T: Serialize>(tree: Tree, key: impl Into<Vec<u8>>, value: &T) -> Op {
+    Op::Put(tree, key.into(), serde_json::to_vec(value).expect("store records serialise"))
+}
+
+struct Batch {
+    ops: Vec<Op>,
+    done: oneshot::Sender<Result<()>>,
+}
+
+type Trees = Arc<[sled::Tree; Tree::ALL.len()]>;
+
+/// How many batches one flush may cover at most.
+const GROUP_MAX: usize = 1024;
+/// History is trimmed once per this many reports of a server (a range scan per report was measurable at
+/// 10k reports/s): a server keeps between `keep` and `keep + TRIM_EVERY` points.
+const TRIM_EVERY: u64 = 32;
+/// Audit records looked at per query at most (newest first), so one query cannot walk an unbounded log.
+const SCAN_MAX: usize = 200_000;
+
+pub struct SledStore {
+    trees: Trees,
+    writer: mpsc::Sender<Batch>,
+    /// The writer task; it ends (after a final flush) when the store is dropped.
+    writer_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Serialises token writes (issue, burn): check-then-write is atomic within the one process sled allows.
+    tokens: tokio::sync::Mutex<()>,
+    audit_next: AtomicU64,
+}
+
+fn read_err(e: sled::Error) -> StoreError {
+    StoreError::Write(e.to_string())
+}
+
+fn decode<T: DeserializeOwned>(tree: Tree, key: &[u8], v: &[u8]) -> Result<T> {
+    serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
+        table: tree.name(),
+        key: String::from_utf8_lossy(key).into_owned(),
+        error: e.to_string(),
+    })
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir` and starts its writer.
+    pub fn open(dir: &Path, cache_mib: u64) -> Result<SledStore> {
+        let open_err =
+            |error: sled::Error| StoreError::Open { path: dir.display().to_string(), error: error.to_string() };
+        let db = sled::Config::new().path(dir).cache_capacity(cache_mib * 1024 * 1024).open().map_err(open_err)?;
+        let mut trees = Vec::new();
+        for t in Tree::ALL {
+            trees.push(db.open_tree(t.name()).map_err(open_err)?);
+        }
+        let trees: Trees = Arc::new(trees.try_into().unwrap_or_else(|_| unreachable!("every tree opened")));
+        let last_audit = trees[Self::index(Tree::Audit)]
+            .last()
+            .map_err(open_err)?
+            .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes);
+        let (tx, rx) = mpsc::channel(4096);
+        let task = tokio::spawn(writer(db, trees.clone(), rx));
+        Ok(SledStore {
+            trees,
+            writer: tx,
+            writer_task: Mutex::new(Some(task)),
+            tokens: tokio::sync::Mutex::new(()),
+            audit_next: AtomicU64::new(last_audit + 1),
+        })
+    }
+
+    fn index(t: Tree) -> usize {
+        Tree::ALL.iter().position(|x| *x == t).expect("every tree is opened")
+    }
+
+    fn tree(&self, t: Tree) -> &sled::Tree {
+        &self.trees[Self::index(t)]
+    }
+
+    /// The writer task, once: after the store is dropped it flushes and ends (shutdown waits for it).
+    pub fn writer_task(&self) -> Option<tokio::task::JoinHandle<()>> {
+        self.writer_task.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Applies `ops` in order and returns once they are on disk.
+    async fn commit(&self, ops: Vec<Op>) -> Result<()> {
+        let (done, wait) = oneshot::channel();
+        self.writer.send(Batch { ops, done }).await.map_err(|_| StoreError::Closed)?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn get_json<T: DeserializeOwned>(&self, t: Tree, key: &[u8]) -> Result<Option<T>> {
+        match self.tree(t).get(key).map_err(read_err)? {
+            None => Ok(None),
+            Some(v) => decode(t, key, &v).map(Some),
+        }
+    }
+
+    fn all_json<T: DeserializeOwned>(&self, t: Tree) -> Result<Vec<(String, T)>> {
+        let mut out = Vec::new();
+        for item in self.tree(t).iter() {
+            let (k, v) = item.map_err(read_err)?;
+            out.push((String::from_utf8_lossy(&k).into_owned(), decode(t, &k, &v)?));
+        }
+        Ok(out)
+    }
+
+    /// Every record of `t`, each decoded on its own (an unreadable one does not hide the others).
+    fn each_json<T: DeserializeOwned>(&self, t: Tree) -> Result<Vec<(String, Result<T, String>)>> {
+        let mut out = Vec::new();
+        for item in self.tree(t).iter() {
+            let (k, v) = item.map_err(read_err)?;
+            out.push((String::from_utf8_lossy(&k).into_owned(), serde_json::from_slice(&v).map_err(|e| e.to_string())));
+        }
+        Ok(out)
+    }
+
+    fn audit_record(&self, mut entry: AuditEntry) -> (u64, Op) {
+        entry.id = self.audit_next.fetch_add(1, Ordering::Relaxed);
+        entry.at_ms = outpost_common::now_ms();
+        (entry.id, put_json(Tree::Audit, entry.id.to_be_bytes().to_vec(), &entry))
+    }
+}
+
+#[async_trait]
+impl Servers for SledStore {
+    fn servers(&self) -> Result<Vec<ServerRecord>> {
+        Ok(self.all_json(Tree::Servers)?.into_iter().map(|(_, r)| r).collect())
+    }
+
+    async fn put_server(&self, record: &ServerRecord) -> Result<()> {
+        self.commit(vec![put_json(Tree::Servers, record.name.clone(), record)]).await
+    }
+}
+
+#[async_trait]
+impl Tokens for SledStore {
+    fn token(&self, hash: &str) -> Result<TokenState> {
+        if let Some(t) = self.get_json(Tree::Tokens, hash.as_bytes())? {
+            return Ok(TokenState::Live(t));
+        }
+        Ok(self.get_json(Tree::Burned, hash.as_bytes())?.map_or(TokenState::Unknown, TokenState::Burned))
+    }
+
+    async fn issue_token(&self, hash: &str, token: &TokenRecord, server: &ServerRecord) -> Result<usize> {
+        let _tokens = self.tokens.lock().await;
+        let older: Vec<String> = self
+            .all_json::<TokenRecord>(Tree::Tokens)?
+            .into_iter()
+            .filter(|(_, t)| t.server == token.server)
+            .map(|(hash, _)| hash)
+            .collect();
+        let mut ops: Vec<Op> = older.iter().map(|h| Op::Del(Tree::Tokens, h.clone().into_bytes())).collect();
+        ops.push(put_json(Tree::Tokens, hash, token));
+        ops.push(put_json(Tree::Servers, server.name.clone(), server));
+        self.commit(ops).await?;
+        Ok(older.len())
+    }
+
+    async fn enroll(
+        &self,
+        hash: &str,
+        burned: &BurnedToken,
+        server: &ServerRecord,
+        takeover: Option<AuditEntry>,
+    ) -> Result<()> {
+        let _tokens = self.tokens.lock().await;
+        if self.tree(Tree::Tokens).get(hash.as_bytes()).map_err(read_err)?.is_none() {
+            return Err(StoreError::Conflict(
+                "this join token was used or replaced a moment ago; it is single-use: create a new one".into(),
+            ));
+        }
+        let mut ops = Vec::with_capacity(4);
+        // The takeover's audit record first: a crash never leaves a takeover unaudited.
+        ops.extend(takeover.map(|e| self.audit_record(e).1));
+        ops.push(Op::Del(Tree::Tokens, hash.as_bytes().to_vec()));
+        ops.push(put_json(Tree::Burned, hash, burned));
+        ops.push(put_json(Tree::Servers, server.name.clone(), server));
+        self.commit(ops).await
+    }
+}
+
+#[async_trait]
+impl Revocations for SledStore {
+    fn revoked_serials(&self) -> Result<Vec<String>> {
+        Ok(self.all_json::<Revoked>(Tree::Revoked)?.into_iter().map(|(k, _)| k).collect())
+    }
+
+    async fn revoke_identity(&self, server: &ServerRecord, serials: &[String], by: &Revoked) -> Result<()> {
+        let mut ops: Vec<Op> = serials.iter().map(|s| put_json(Tree::Revoked, s.clone(), by)).collect();
+        ops.push(put_json(Tree::Servers, server.name.clone(), server));
+        self.commit(ops).await
+    }
+}
+
+/// Key of one history point: `name`, a 0 byte, the seq big-endian (so keys sort by seq within a server).
+fn history_key(server: &str, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(server.len() + 9);
+    k.extend_from_slice(server.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+#[async_trait]
+impl Reports for SledStore {
+    async fn record_report(&self, server: &ServerRecord, seq: u64, point: Vec<u8>, keep: u32) -> Result<()> {
+        let name = &server.name;
+        let mut ops = vec![Op::Put(Tree::History, history_key(name, seq), point)];
+        let keep = u64::from(keep);
+        if seq > keep && seq.is_multiple_of(TRIM_EVERY) {
+            ops.push(Op::DelRange(Tree::History, history_key(name, 0), history_key(name, seq + 1 - keep)));
+        }
+        // Last: the high-water mark, so any recovered prefix of this batch is safe.
+        ops.push(put_json(Tree::Servers, name.clone(), server));
+        self.commit(ops).await
+    }
+
+    fn report(&self, server: &str, seq: u64) -> Result<Option<Vec<u8>>> {
+        Ok(self.tree(Tree::History).get(history_key(server, seq)).map_err(read_err)?.map(|v| v.to_vec()))
+    }
+
+    fn history(&self, server: &str, n: usize) -> Result<Vec<Vec<u8>>> {
+        let mut out = std::collections::VecDeque::with_capacity(n.min(4096));
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let mut prefix = server.as_bytes().to_vec();
+        prefix.push(0);
+        for item in self.tree(Tree::History).scan_prefix(prefix).rev() {
+            let (_, v) = item.map_err(read_err)?;
+            out.push_front(v.to_vec());
+            if out.len() == n {
+                break;
+            }
+        }
+        Ok(out.into())
+    }
+}
+
+#[async_trait]
+impl AuditLog for SledStore {
+    async fn append_audit(&self, entry: AuditEntry) -> Result<u64> {
+        let (id, op) = self.audit_record(entry);
+        self.commit(vec![op]).await?;
+        Ok(id)
+    }
+
+    fn query_audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>> {
+        let mut out = Vec::new();
+        for item in self.tree(Tree::Audit).iter().rev().take(SCAN_MAX) {
+            let (k, v) = item.map_err(read_err)?;
+            let e: AuditEntry = decode(Tree::Audit, &k, &v)?;
+            if q.since_ms > 0 && e.at_ms < q.since_ms {
+                break; // ids grow with time: everything further is older
+            }
+            if q.matches(&e) {
+                out.push(e);
+                if out.len() >= q.limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn trim_audit(&self, cutoff_ms: i64) -> Result<usize> {
+        let tree = self.tree(Tree::Audit);
+        let Some((newest, _)) = tree.last().map_err(read_err)? else { return Ok(0) };
+        let mut n = 0;
+        loop {
+            let mut ops = Vec::new();
+            for item in tree.iter().take(1000) {
+                let (k, v) = item.map_err(read_err)?;
+                let at = serde_json::from_slice::<AuditEntry>(&v).map(|e| e.at_ms).unwrap_or(0);
+                if at >= cutoff_ms || k == newest {
+                    break;
+                }
+                ops.push(Op::Del(Tree::Audit, k.to_vec()));
+            }
+            if ops.is_empty() {
+                return Ok(n);
+            }
+            n += ops.len();
+            self.commit(ops).await?;
+        }
+    }
+}
+
+#[async_trait]
+impl Commands for SledStore {
+    async fn dispatch_batch(&self, job_id: &str, batch: &[(String, PendingRecord)], plan: PlanUpdate) -> Result<()> {
+        let mut ops: Vec<Op> = batch.iter().map(|(id, r)| put_json(Tree::Pending, id.as_bytes(), r)).collect();
+        ops.push(match &plan {
+            PlanUpdate::Remaining(p) => put_json(Tree::Plans, job_id, p),
+            PlanUpdate::Done => Op::Del(Tree::Plans, job_id.as_bytes().to_vec()),
+        });
+        self.commit(ops).await
+    }
+
+    async fn finish_command(&self, command_id: &str, result: AuditEntry) -> Result<u64> {
+        let (id, op) = self.audit_record(result);
+        self.commit(vec![op, Op::Del(Tree::Pending, command_id.as_bytes().to_vec())]).await?;
+        Ok(id)
+    }
+
+    async fn finish_job(&self, job_id: &str, skipped: AuditEntry) -> Result<u64> {
+        let (id, op) = self.audit_record(skipped);
+        self.commit(vec![op, Op::Del(Tree::Plans, job_id.as_bytes().to_vec())]).await?;
+        Ok(id)
+    }
+
+    fn pending_commands(&self) -> Result<Vec<(String, Result<PendingRecord, String>)>> {
+        self.each_json(Tree::Pending)
+    }
+
+    fn plans(&self) -> Result<Vec<(String, Result<PlanRecord, String>)>> {
+        self.each_json(Tree::Plans)
+    }
+}
+
+#[async_trait]
+impl OperatorStore for SledStore {
+    fn operator_revocations(&self) -> Result<Vec<(String, OperatorRevocation)>> {
+        self.all_json(Tree::Operators)
+    }
+
+    async fn revoke_operator(&self, name: &str, revocation: &OperatorRevocation) -> Result<()> {
+        self.commit(vec![put_json(Tree::Operators, name, revocation)]).await
+    }
+}
+
+async fn writer(db: sled::Db, trees: Trees, mut rx: mpsc::Receiver<Batch>) {
+    let tree = |t: Tree| &trees[SledStore::index(t)];
+    let mut group = Vec::with_capacity(GROUP_MAX);
+    while rx.recv_many(&mut group, GROUP_MAX).await > 0 {
+        let mut results = Vec::with_capacity(group.len());
+        for batch in &group {
+            let mut result = Ok(());
+            for op in &batch.ops {
+                let r = match op {
+                    Op::Put(t, k, v) => tree(*t).insert(k.as_slice(), v.as_slice()).map(drop),
+                    Op::Del(t, k) => tree(*t).remove(k.as_slice()).map(drop),
+                    Op::DelRange(t, from, to) => {
+                        let mut r = Ok(());
+                        for k in tree(*t).range(from.as_slice()..to.as_slice()).keys() {
+                            r = k.and_then(|k| tree(*t).remove(k).map(drop));
+                            if r.is_err() {
+                                break;
+                            }
+                        }
+                        r
+                    }
+                };
+                if let Err(e) = r {
+                    result = Err(StoreError::Write(e.to_string()));
+                    break;
+                }
+            }
+            results.push(result);
+        }
+        let flushed = db.flush_async().await.map(drop).map_err(|e| StoreError::Write(format!("flush: {e}")));
+        for (batch, result) in group.drain(..).zip(results) {
+            let result = match (&flushed, result) {
+                (Err(e), _) => Err(StoreError::Write(e.to_string())),
+                (Ok(()), r) => r,
+            };
+            if let Err(error) = &result {
+                tracing::error!(%error, "store write failed");
+            }
+            let _ = batch.done.send(result);
+        }
+    }
+    let _ = db.flush();
+    tracing::debug!("store writer stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::conformance;
+    use crate::store::{HubStore, Kind};
+
+    /// Opens and closes sled stores in one directory for the conformance suite.
+    struct Sled {
+        dir: tempfile::TempDir,
+        writer: Option<tokio::task::JoinHandle<()>>,
+    }
+
+    #[async_trait]
+    impl conformance::Backend for Sled {
+        async fn open(&mut self) -> Arc<dyn HubStore> {
+            // sled's background flusher lets go of the file lock shortly after the last handle is dropped.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            let store = loop {
+                match SledStore::open(self.dir.path(), 8) {
+                    Ok(s) => break s,
+                    Err(_) if std::time::Instant::now() < deadline => {
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            };
+            self.writer = store.writer_task();
+            Arc::new(store)
+        }
+
+        async fn close(&mut self, store: Arc<dyn HubStore>) {
+            assert_eq!(Arc::strong_count(&store), 1, "the suite holds the only handle when it closes the store");
+            drop(store);
+            if let Some(w) = self.writer.take() {
+                w.await.unwrap(); // the writer flushed and stopped
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn sled_passes_the_conformance_suite() {
+        conformance::run(&mut Sled { dir: tempfile::tempdir().unwrap(), writer: None }).await;
+    }
+
+    /// A store written by the hub at 6e40fb5 (audit outcomes stored as wire numbers) opens, and its records
+    /// read back with the same meaning; new records store the outcome as a word.
+    #[tokio::test]
+    async fn a_store_written_before_outcomes_were_words_reads_back() {
+        use crate::store::Outcome;
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-6e40fb5");
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["conf", "db"] {
+            std::fs::copy(fixture.join(f), dir.path().join(f)).unwrap();
+        }
+        std::fs::create_dir_all(dir.path().join("blobs")).unwrap();
+        let store = SledStore::open(dir.path(), 8).unwrap();
+        let all = store.query_audit(&AuditQuery { limit: 100, ..Default::default() }).unwrap();
+        let seen: Vec<(u64, Kind, Outcome)> = all.iter().map(|e| (e.id, e.kind, e.outcome)).collect();
+        assert_eq!(
+            seen,
+            vec![
+                (5, Kind::Result, Outcome::Succeeded),
+                (4, Kind::Requested, Outcome::None),
+                (3, Kind::Result, Outcome::Failed),
+                (2, Kind::Requested, Outcome::None),
+                (1, Kind::Token, Outcome::None),
+            ]
+        );
+        assert_eq!(all[2].message, "sh: exited with status 3");
+        let servers = store.servers().unwrap();
+        let record = &servers[0];
+        assert_eq!((record.name.as_str(), record.customer.as_str(), record.plan.as_str()), ("old-1", "acme", "pro"));
+        assert!(!record.agent_id.is_empty() && record.prev_serial.is_empty() && record.revoked_ms == 0);
+        // A new record stores the word.
+        let id = store.append_audit(AuditEntry { outcome: Outcome::TimedOut, ..Default::default() }).await.unwrap();
+        let raw = store.tree(Tree::Audit).get(id.to_be_bytes()).unwrap().unwrap();
+        assert!(String::from_utf8_lossy(&raw).contains("\"outcome\":\"timed_out\""), "{raw:?}");
+        assert_eq!(id, 6, "ids continue after the old ones");
+    }
+}
