@@ -47,6 +47,69 @@ pub enum InstanceError {
     Store { path: PathBuf, error: sled::Error },
 }
 
+/// A failed read or write of the instance database.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DbError(#[from] sled::Error);
+
+/// A key and its value.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// One tree: ordered byte keys to byte values. Writes are durable after [`InstanceDb::flush`].
+#[derive(Clone)]
+pub struct Table(sled::Tree);
+
+impl Table {
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, DbError> {
+        Ok(self.0.get(key)?.map(|v| v.to_vec()))
+    }
+
+    pub fn insert(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<(), DbError> {
+        self.0.insert(key.as_ref(), value.as_ref())?;
+        Ok(())
+    }
+
+    /// Whether the key was there.
+    pub fn remove(&self, key: impl AsRef<[u8]>) -> Result<bool, DbError> {
+        Ok(self.0.remove(key)?.is_some())
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The greatest key.
+    pub fn last_key(&self) -> Result<Option<Vec<u8>>, DbError> {
+        Ok(self.0.last()?.map(|(k, _)| k.to_vec()))
+    }
+
+    /// Removes and returns the entry with the least key.
+    pub fn pop_first(&self) -> Result<Option<Entry>, DbError> {
+        Ok(self.0.pop_min()?.map(|(k, v)| (k.to_vec(), v.to_vec())))
+    }
+
+    /// Up to `limit` entries with keys >= `from`, in key order.
+    pub fn from(&self, from: impl AsRef<[u8]>, limit: usize) -> Result<Vec<Entry>, DbError> {
+        let from = from.as_ref().to_vec();
+        self.0.range(from..).take(limit).map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(DbError)).collect()
+    }
+
+    /// Every key <= `to`, in order.
+    pub fn keys_to(&self, to: impl AsRef<[u8]>) -> Result<Vec<Vec<u8>>, DbError> {
+        let to = to.as_ref().to_vec();
+        self.0.range(..=to).keys().map(|r| r.map(|k| k.to_vec()).map_err(DbError)).collect()
+    }
+
+    /// Every entry, in key order.
+    pub fn entries(&self) -> Result<Vec<Entry>, DbError> {
+        self.0.iter().map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(DbError)).collect()
+    }
+}
+
 /// The open database. Cheap to clone.
 #[derive(Clone)]
 pub struct InstanceDb {
@@ -91,13 +154,13 @@ impl InstanceDb {
         Ok(InstanceDb { db, path: path.to_path_buf() })
     }
 
-    pub fn tree(&self, t: Tree) -> Result<sled::Tree, sled::Error> {
-        self.db.open_tree(t.name())
+    pub fn table(&self, t: Tree) -> Result<Table, DbError> {
+        Ok(Table(self.db.open_tree(t.name())?))
     }
 
     /// Makes every write so far durable (sled's `flush_async`; see ARCHITECTURE.md for what it guarantees).
-    pub async fn flush(&self) -> Result<(), sled::Error> {
-        self.db.flush_async().await.map(|_| ())
+    pub async fn flush(&self) -> Result<(), DbError> {
+        Ok(self.db.flush_async().await.map(|_| ())?)
     }
 
     pub fn path(&self) -> &Path {
@@ -144,7 +207,7 @@ mod tests {
         }
         let db = InstanceDb::reopen_for_test(&path);
         assert_eq!(db.schema_version(), SCHEMA_VERSION);
-        assert_eq!(db.tree(Tree::Outbox).unwrap().len(), 1, "data kept");
+        assert_eq!(db.table(Tree::Outbox).unwrap().len(), 1, "data kept");
         db.db.open_tree(META).unwrap().insert(SCHEMA_KEY, &99u64.to_be_bytes()).unwrap();
         db.db.flush().unwrap();
         drop(db);

@@ -12,7 +12,7 @@ use outpost_proto::v1::{Report, report};
 use prost::Message;
 use tokio::sync::Notify;
 
-use crate::instance::{InstanceDb, Tree};
+use crate::instance::{DbError, InstanceDb, Table, Tree};
 
 const LAST_SEQ: &[u8] = b"last_seq";
 const DROPPED: &[u8] = b"dropped";
@@ -21,7 +21,7 @@ const REFUSED: &[u8] = b"refused";
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
     #[error("outbox store: {0}")]
-    Store(#[from] sled::Error),
+    Store(#[from] DbError),
     #[error("outbox entry {0} is corrupt: {1}")]
     Corrupt(u64, prost::DecodeError),
 }
@@ -29,8 +29,8 @@ pub enum OutboxError {
 #[derive(Clone)]
 pub struct Outbox {
     db: InstanceDb,
-    reports: sled::Tree,
-    meta: sled::Tree,
+    reports: Table,
+    meta: Table,
     max: u64,
     last_seq: Arc<AtomicU64>,
     dropped: Arc<AtomicU64>,
@@ -41,18 +41,18 @@ pub struct Outbox {
     pub pushed: Arc<Notify>,
 }
 
-fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<u64, sled::Error> {
-    Ok(tree.get(key)?.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map(u64::from_be_bytes).unwrap_or(0))
+fn read_u64(table: &Table, key: &[u8]) -> Result<u64, DbError> {
+    Ok(table.get(key)?.and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok()).map(u64::from_be_bytes).unwrap_or(0))
 }
 
 impl Outbox {
     pub fn open(db: &InstanceDb, max: u64) -> Result<Outbox, OutboxError> {
-        let reports = db.tree(Tree::Outbox)?;
-        let meta = db.tree(Tree::OutboxMeta)?;
+        let reports = db.table(Tree::Outbox)?;
+        let meta = db.table(Tree::OutboxMeta)?;
         // The last key is authoritative if the meta write did not make it before a crash.
         let last_key = reports
-            .last()?
-            .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok())
+            .last_key()?
+            .and_then(|k| <[u8; 8]>::try_from(k.as_slice()).ok())
             .map(u64::from_be_bytes)
             .unwrap_or(0);
         let last_seq = read_u64(&meta, LAST_SEQ)?.max(last_key);
@@ -78,16 +78,16 @@ impl Outbox {
         let seq = self.last_seq.load(Ordering::SeqCst) + 1;
         let report = Report { seq, taken_at_ms, body: Some(body.into()) };
         self.reports.insert(seq.to_be_bytes(), report.encode_to_vec())?;
-        self.meta.insert(LAST_SEQ, &seq.to_be_bytes())?;
+        self.meta.insert(LAST_SEQ, seq.to_be_bytes())?;
         self.last_seq.store(seq, Ordering::SeqCst);
         let mut len = self.len.fetch_add(1, Ordering::SeqCst) + 1;
         while len > self.max {
-            let Some(_) = self.reports.pop_min()? else {
+            let Some(_) = self.reports.pop_first()? else {
                 break;
             };
             len = self.len.fetch_sub(1, Ordering::SeqCst) - 1;
             let d = self.dropped.fetch_add(1, Ordering::SeqCst) + 1;
-            self.meta.insert(DROPPED, &d.to_be_bytes())?;
+            self.meta.insert(DROPPED, d.to_be_bytes())?;
         }
         self.db.flush().await?;
         self.pushed.notify_one();
@@ -101,7 +101,7 @@ impl Outbox {
         if self.last_seq.load(Ordering::SeqCst) >= seq {
             return Ok(false);
         }
-        self.meta.insert(LAST_SEQ, &seq.to_be_bytes())?;
+        self.meta.insert(LAST_SEQ, seq.to_be_bytes())?;
         self.db.flush().await?;
         self.last_seq.store(seq, Ordering::SeqCst);
         Ok(true)
@@ -110,19 +110,17 @@ impl Outbox {
     /// Up to `limit` reports with seq >= `from`, in order.
     pub fn pending_from(&self, from: u64, limit: usize) -> Result<Vec<Report>, OutboxError> {
         let mut out = Vec::new();
-        for item in self.reports.range(from.to_be_bytes()..).take(limit) {
-            let (k, v) = item?;
-            let seq = <[u8; 8]>::try_from(k.as_ref()).map(u64::from_be_bytes).unwrap_or(0);
-            out.push(Report::decode(v.as_ref()).map_err(|e| OutboxError::Corrupt(seq, e))?);
+        for (k, v) in self.reports.from(from.to_be_bytes(), limit)? {
+            let seq = <[u8; 8]>::try_from(k.as_slice()).map(u64::from_be_bytes).unwrap_or(0);
+            out.push(Report::decode(v.as_slice()).map_err(|e| OutboxError::Corrupt(seq, e))?);
         }
         Ok(out)
     }
 
     /// Removes every report with seq <= `up_to` (the hub has them).
     pub fn ack(&self, up_to: u64) -> Result<(), OutboxError> {
-        let keys: Vec<_> = self.reports.range(..=up_to.to_be_bytes()).keys().collect::<Result<_, _>>()?;
-        for k in keys {
-            if self.reports.remove(k)?.is_some() {
+        for k in self.reports.keys_to(up_to.to_be_bytes())? {
+            if self.reports.remove(k)? {
                 self.len.fetch_sub(1, Ordering::SeqCst);
             }
         }
@@ -134,7 +132,7 @@ impl Outbox {
     /// `seq` leaves the outbox.
     pub fn refused(&self, seq: u64) -> Result<(), OutboxError> {
         let n = self.refused.fetch_add(1, Ordering::SeqCst) + 1;
-        self.meta.insert(REFUSED, &n.to_be_bytes())?;
+        self.meta.insert(REFUSED, n.to_be_bytes())?;
         self.ack(seq)
     }
 

@@ -23,12 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use outpost_proto::MAX_MESSAGE_BYTES;
-use outpost_proto::v1::{
-    agent_link_server::AgentLinkServer, enrollment_server::EnrollmentServer, operator_server::OperatorServer,
-};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use api::agent_link::AgentApi;
 use api::auth::Auth;
@@ -74,7 +69,7 @@ pub struct Hub {
     /// The embedded store, to wait for its last flush at shutdown.
     sled: Option<tokio::task::JoinHandle<()>>,
     rt: Runtime,
-    serve: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    serve: tokio::task::JoinHandle<Result<(), String>>,
 }
 
 /// Validates the config, binds, opens the store and the CA, and starts serving. Returns once the port is
@@ -119,13 +114,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     let mut names = config.tls_names.clone();
     let adv_host = outpost_common::tls::HubAddr::parse(&advertise).map(|a| a.host).unwrap_or_default();
     names.extend([adv_host, "localhost".into(), "127.0.0.1".into(), "::1".into()]);
-    let (chain, key) = ca.issue_server(&names)?;
-    let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(chain, key))
-        .client_ca_root(Certificate::from_pem(ca.cert_pem()))
-        // Enroll runs before the agent has a certificate; every other RPC demands one (api::auth).
-        .client_auth_optional(true)
-        .timeout(Duration::from_secs(10));
+    let server_cert = ca.issue_server(&names)?;
 
     let recovered = jobs.recover()?;
     if recovered > 0 {
@@ -145,36 +134,8 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         enroll_limit,
     );
     let operator = OperatorApi::new(auth, fleet, reports.clone(), identities.clone(), jobs, audit, rt.clone());
-    let router = Server::builder()
-        .tls_config(tls)
-        .map_err(|e| StartError::Tls(e.to_string()))?
-        .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(Duration::from_secs(20)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(
-            EnrollmentServer::new(agents.clone())
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .add_service(
-            AgentLinkServer::new(agents.clone())
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .add_service(
-            // Answers grow with the fleet (ListServers is ~500 B a server) until it is paginated; requests stay
-            // bounded at 1 MiB. The watch stream sends its snapshot in bounded parts.
-            OperatorServer::new(operator)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(64 << 20),
-        );
-    // `tcp_nodelay` on the builder applies only to sockets tonic accepts itself, not to this stream: without
-    // it, Nagle plus delayed ACKs added ~40 ms to every small message (measured: action round trip 44 ms).
-    let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |s| {
-        s.and_then(|s| s.set_nodelay(true).map(|()| s))
-    });
-    let stop = shutdown.clone();
-    let serve = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await }));
+    let serve = api::serve(listener, server_cert, ca.cert_pem(), agents.clone(), operator, shutdown.clone())
+        .map_err(StartError::Tls)?;
     tracing::info!(%addr, %advertise, pin = %ca.pin(), "hubd listening");
     Ok(Hub { addr, advertise, identities, reports, agents, sled: sled_writer, rt, serve })
 }

@@ -2,6 +2,7 @@
 //! test, admin access minted from the hub's own CA, and waits that follow the hub's fleet watch stream (an
 //! event) instead of sleeping.
 
+pub mod boundaries;
 pub mod hostile;
 
 use std::collections::BTreeMap;

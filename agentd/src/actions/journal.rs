@@ -8,7 +8,7 @@
 use outpost_proto::v1::CommandUpdate;
 use prost::Message;
 
-use crate::instance::{InstanceDb, Tree};
+use crate::instance::{DbError, InstanceDb, Table, Tree};
 
 /// Entries kept; older ones are dropped at start (a redelivery comes within minutes, not weeks).
 const KEEP: usize = 10_000;
@@ -24,20 +24,20 @@ pub enum Entry {
 #[derive(Clone)]
 pub struct Journal {
     db: InstanceDb,
-    tree: sled::Tree,
+    tree: Table,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     #[error("command journal: {0}")]
-    Store(#[from] sled::Error),
+    Store(#[from] DbError),
     #[error("command journal entry {0} is corrupt")]
     Corrupt(String),
 }
 
 impl Journal {
     pub fn open(db: &InstanceDb) -> Result<Journal, JournalError> {
-        let tree = db.tree(Tree::Journal)?;
+        let tree = db.table(Tree::Journal)?;
         let j = Journal { db: db.clone(), tree };
         j.prune(outpost_common::now_ms())?;
         Ok(j)
@@ -69,9 +69,8 @@ impl Journal {
     }
 
     fn prune(&self, now: i64) -> Result<(), JournalError> {
-        let mut entries: Vec<(i64, sled::IVec)> = Vec::new();
-        for item in self.tree.iter() {
-            let (k, v) = item?;
+        let mut entries: Vec<(i64, Vec<u8>)> = Vec::new();
+        for (k, v) in self.tree.entries()? {
             let at = v.get(1..9).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(i64::from_be_bytes).unwrap_or(0);
             entries.push((at, k));
         }
