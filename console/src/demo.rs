@@ -73,9 +73,9 @@ impl DemoFleet {
         let mut config = HubConfig {
             listen: "127.0.0.1:0".parse().expect("literal"),
             data_dir: root.join("hub"),
-            grace_secs: 10,
             ..HubConfig::default()
         };
+        config.agents.grace_secs = 10;
         let hub = hub::start(config.clone(), stop.clone()).await.context("starting the embedded hub")?;
         config.advertise = Some(hub.advertise.clone());
         let bundle = hub::cli::issue_bundle(&config, hub.ca(), "demo-admin", Role::Admin, Duration::from_secs(86_400))?;

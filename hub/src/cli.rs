@@ -95,7 +95,7 @@ pub enum OperatorCmd {
         /// Directory to write the bundle to (created 0700; key 0600).
         #[arg(long)]
         out: PathBuf,
-        /// Certificate lifetime (at most `operator_cert_max_ttl_secs` of hubd's config, default 30d).
+        /// Certificate lifetime (at most `[operators] cert_max_ttl_secs` of hubd's config, default 30d).
         #[arg(long, default_value = "30d", value_parser = outpost_common::parse_duration)]
         ttl: Duration,
     },
@@ -133,7 +133,7 @@ impl Cli {
 }
 
 pub fn load_ca(config: &HubConfig) -> anyhow::Result<FleetCa> {
-    let external = config.ca_cert.as_deref().zip(config.ca_key.as_deref());
+    let external = config.external_ca();
     FleetCa::load(&config.data_dir.join("ca"), external)
         .map_err(|e| anyhow::anyhow!("{e}\n(has hubd been started once with this data_dir? it creates the CA)"))
 }

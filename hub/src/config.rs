@@ -10,6 +10,7 @@ use serde::Deserialize;
 /// Default location of the config file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/outpost/hubd.toml";
 
+/// hubd's configuration. Top-level keys say where the hub lives; each subsystem has its own section.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HubConfig {
@@ -23,27 +24,62 @@ pub struct HubConfig {
     pub tls_names: Vec<String>,
     /// Where the store and the CA live.
     pub data_dir: PathBuf,
-    /// External CA certificate (PEM). With `ca_key`, replaces the CA the hub would create in `data_dir/ca`.
-    pub ca_cert: Option<PathBuf>,
-    pub ca_key: Option<PathBuf>,
-    /// Lifetime of agent certificates; agents renew at about two thirds of it.
-    pub agent_cert_ttl_secs: u64,
-    /// How long a server stays "disconnected" before it is "lost".
-    pub grace_secs: u64,
-    /// Health points kept per server for charts (bounded history).
-    pub history_len: u32,
     /// Rolling log files go here when set.
     pub log_dir: Option<PathBuf>,
+    pub ca: CaConfig,
+    pub store: StoreConfig,
+    pub agents: AgentsConfig,
+    pub operators: OperatorsConfig,
+    pub audit: AuditConfig,
+}
+
+/// `[ca]`: an external fleet CA. Without it the hub creates one in `data_dir/ca`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaConfig {
+    /// CA certificate (PEM); set with `key`.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// `[store]`: the embedded store.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
     /// sled page cache, MiB.
     pub cache_mib: u64,
-    /// Audit records older than this are deleted (checked hourly).
-    pub audit_retention_days: u32,
+    /// Health points kept per server for charts (bounded history).
+    pub history_len: u32,
+}
+
+/// `[agents]`: agent identities and liveness.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentsConfig {
+    /// Lifetime of agent certificates; agents renew at about two thirds of it.
+    pub cert_ttl_secs: u64,
+    /// How long a server stays "disconnected" before it is "lost".
+    pub grace_secs: u64,
     /// Enroll calls per second from one source address (0: unlimited); past it, RESOURCE_EXHAUSTED with a
     /// retry hint. Bursts of `enroll_burst_per_source` are allowed.
     pub enroll_rate_per_source: u32,
     pub enroll_burst_per_source: u32,
-    /// Longest lifetime `hubd operator issue` gives an operator certificate.
-    pub operator_cert_max_ttl_secs: u64,
+}
+
+/// `[operators]`: operator certificates.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OperatorsConfig {
+    /// Longest lifetime `hubd operator issue` gives (and the hub accepts for) an operator certificate.
+    pub cert_max_ttl_secs: u64,
+}
+
+/// `[audit]`: the audit log.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Records older than this are deleted (checked hourly).
+    pub retention_days: u32,
 }
 
 impl Default for HubConfig {
@@ -53,30 +89,88 @@ impl Default for HubConfig {
             advertise: None,
             tls_names: Vec::new(),
             data_dir: PathBuf::from("/var/lib/outpost-hubd"),
-            ca_cert: None,
-            ca_key: None,
-            agent_cert_ttl_secs: 24 * 3600,
-            grace_secs: 120,
-            history_len: 360,
             log_dir: None,
-            cache_mib: 64,
-            audit_retention_days: 400,
-            enroll_rate_per_source: 20,
-            enroll_burst_per_source: 200,
-            operator_cert_max_ttl_secs: 30 * 24 * 3600,
+            ca: CaConfig::default(),
+            store: StoreConfig::default(),
+            agents: AgentsConfig::default(),
+            operators: OperatorsConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { cache_mib: 64, history_len: 360 }
+    }
+}
+
+impl Default for AgentsConfig {
+    fn default() -> Self {
+        AgentsConfig {
+            cert_ttl_secs: 24 * 3600,
+            grace_secs: 120,
+            enroll_rate_per_source: 20,
+            enroll_burst_per_source: 200,
+        }
+    }
+}
+
+impl Default for OperatorsConfig {
+    fn default() -> Self {
+        OperatorsConfig { cert_max_ttl_secs: 30 * 24 * 3600 }
+    }
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig { retention_days: 400 }
+    }
+}
+
+/// Keys of the flat config file (before sections), and where each lives now.
+const MOVED: [(&str, &str, &str); 10] = [
+    ("ca_cert", "ca", "cert"),
+    ("ca_key", "ca", "key"),
+    ("cache_mib", "store", "cache_mib"),
+    ("history_len", "store", "history_len"),
+    ("agent_cert_ttl_secs", "agents", "cert_ttl_secs"),
+    ("grace_secs", "agents", "grace_secs"),
+    ("enroll_rate_per_source", "agents", "enroll_rate_per_source"),
+    ("enroll_burst_per_source", "agents", "enroll_burst_per_source"),
+    ("operator_cert_max_ttl_secs", "operators", "cert_max_ttl_secs"),
+    ("audit_retention_days", "audit", "retention_days"),
+];
 
 pub use outpost_common::config::ConfigError;
 
 impl HubConfig {
     /// Reads `path`; a missing file at the default path means "all defaults".
     pub fn load(path: &Path) -> Result<HubConfig, ConfigError> {
-        outpost_common::config::load(path, DEFAULT_CONFIG_PATH)
+        match std::fs::read_to_string(path) {
+            Ok(text) => HubConfig::from_toml(&text).map_err(|error| ConfigError::Parse { path: path.into(), error }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && path == Path::new(DEFAULT_CONFIG_PATH) => {
+                Ok(HubConfig::default())
+            }
+            Err(error) => Err(ConfigError::Read { path: path.into(), error }),
+        }
     }
 
+    /// Parses a config file. A key of the old flat layout gets a message saying where it moved.
     pub fn from_toml(text: &str) -> Result<HubConfig, String> {
+        if let Ok(table) = text.parse::<toml::Table>() {
+            let moved: Vec<String> = MOVED
+                .iter()
+                .filter(|(old, _, _)| table.contains_key(*old))
+                .map(|(old, section, new)| format!("`{old}` moved to section [{section}] as `{new}`"))
+                .collect();
+            if !moved.is_empty() {
+                return Err(format!(
+                    "this file has the flat layout of an older hubd; settings now live in sections: {}",
+                    moved.join("; ")
+                ));
+            }
+        }
         outpost_common::config::from_toml(text)
     }
 
@@ -88,30 +182,30 @@ impl HubConfig {
         {
             problems.push(format!("advertise: {e}"));
         }
-        if self.ca_cert.is_some() != self.ca_key.is_some() {
-            problems.push("ca_cert and ca_key: set both (an external CA) or neither (the hub creates one)".into());
+        if self.ca.cert.is_some() != self.ca.key.is_some() {
+            problems.push("ca.cert and ca.key: set both (an external CA) or neither (the hub creates one)".into());
         }
         // Seconds-long lifetimes are legitimate in tests of renewal; 90 days is the ceiling for "short-lived".
-        if !(3..=90 * 24 * 3600).contains(&self.agent_cert_ttl_secs) {
-            problems.push(format!("agent_cert_ttl_secs: {} is outside 3..=7776000", self.agent_cert_ttl_secs));
+        if !(3..=90 * 24 * 3600).contains(&self.agents.cert_ttl_secs) {
+            problems.push(format!("agents.cert_ttl_secs: {} is outside 3..=7776000", self.agents.cert_ttl_secs));
         }
-        if self.grace_secs == 0 {
-            problems.push("grace_secs: must be at least 1".into());
+        if self.agents.grace_secs == 0 {
+            problems.push("agents.grace_secs: must be at least 1".into());
         }
-        if !(1..=3650).contains(&self.audit_retention_days) {
-            problems.push(format!("audit_retention_days: {} is outside 1..=3650", self.audit_retention_days));
+        if !(1..=3650).contains(&self.audit.retention_days) {
+            problems.push(format!("audit.retention_days: {} is outside 1..=3650", self.audit.retention_days));
         }
-        if !(1..=100_000).contains(&self.history_len) {
-            problems.push(format!("history_len: {} is outside 1..=100000", self.history_len));
+        if !(1..=100_000).contains(&self.store.history_len) {
+            problems.push(format!("store.history_len: {} is outside 1..=100000", self.store.history_len));
         }
-        if !(60..=365 * 24 * 3600).contains(&self.operator_cert_max_ttl_secs) {
+        if !(60..=365 * 24 * 3600).contains(&self.operators.cert_max_ttl_secs) {
             problems.push(format!(
-                "operator_cert_max_ttl_secs: {} is outside 60..=31536000 (one year)",
-                self.operator_cert_max_ttl_secs
+                "operators.cert_max_ttl_secs: {} is outside 60..=31536000 (one year)",
+                self.operators.cert_max_ttl_secs
             ));
         }
-        if !(4..=65536).contains(&self.cache_mib) {
-            problems.push(format!("cache_mib: {} is outside 4..=65536", self.cache_mib));
+        if !(4..=65536).contains(&self.store.cache_mib) {
+            problems.push(format!("store.cache_mib: {} is outside 4..=65536", self.store.cache_mib));
         }
         outpost_common::config::problems(problems)
     }
@@ -129,7 +223,12 @@ impl HubConfig {
     }
 
     pub fn grace(&self) -> Duration {
-        Duration::from_secs(self.grace_secs)
+        Duration::from_secs(self.agents.grace_secs)
+    }
+
+    /// The CA certificate and key paths, when the CA is external.
+    pub fn external_ca(&self) -> Option<(&Path, &Path)> {
+        self.ca.cert.as_deref().zip(self.ca.key.as_deref())
     }
 }
 
@@ -141,21 +240,39 @@ mod tests {
     fn unknown_field_is_named() {
         let err = HubConfig::from_toml("listen = \"127.0.0.1:1\"\ngrace_sec = 3\n").unwrap_err();
         assert!(err.contains("unknown field `grace_sec`"), "{err}");
+        let err = HubConfig::from_toml("[agents]\ngrace = 3\n").unwrap_err();
+        assert!(err.contains("unknown field `grace`"), "{err}");
+    }
+
+    #[test]
+    fn sections_parse_and_an_old_flat_file_says_what_moved_where() {
+        let c = HubConfig::from_toml(
+            "listen = \"127.0.0.1:1\"\n[agents]\ngrace_secs = 3\n[store]\nhistory_len = 7\n[audit]\nretention_days = 9\n",
+        )
+        .unwrap();
+        assert_eq!((c.agents.grace_secs, c.store.history_len, c.audit.retention_days), (3, 7, 9));
+        assert_eq!(c.agents.cert_ttl_secs, 24 * 3600, "what is not set keeps its default");
+        let err =
+            HubConfig::from_toml("grace_secs = 3\nhistory_len = 7\noperator_cert_max_ttl_secs = 60\n").unwrap_err();
+        for moved in [
+            "`grace_secs` moved to section [agents] as `grace_secs`",
+            "`history_len` moved to section [store] as `history_len`",
+            "`operator_cert_max_ttl_secs` moved to section [operators] as `cert_max_ttl_secs`",
+        ] {
+            assert!(err.contains(moved), "{moved} missing from {err}");
+        }
     }
 
     #[test]
     fn invalid_value_is_named() {
         let err = HubConfig::from_toml("listen = \"not an address\"\n").unwrap_err();
         assert!(err.contains("listen"), "{err}");
-        let c = HubConfig {
-            grace_secs: 0,
-            history_len: 0,
-            advertise: Some("http://x:1".into()),
-            audit_retention_days: 0,
-            ..HubConfig::default()
-        };
+        let mut c = HubConfig { advertise: Some("http://x:1".into()), ..HubConfig::default() };
+        c.agents.grace_secs = 0;
+        c.store.history_len = 0;
+        c.audit.retention_days = 0;
         let err = c.validate().unwrap_err().to_string();
-        for field in ["grace_secs", "history_len", "advertise", "audit_retention_days"] {
+        for field in ["agents.grace_secs", "store.history_len", "advertise", "audit.retention_days"] {
             assert!(err.contains(field), "{field} missing from {err}");
         }
     }

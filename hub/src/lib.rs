@@ -87,9 +87,9 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     outpost_common::private_dir(data_dir)
         .map_err(|error| StartError::DataDir { path: data_dir.display().to_string(), error })?;
     let rt = Runtime::new(shutdown.clone());
-    let external = config.ca_cert.as_deref().zip(config.ca_key.as_deref());
+    let external = config.external_ca();
     let ca = Arc::new(FleetCa::load_or_create(&data_dir.join("ca"), external)?);
-    let sled = SledStore::open(&data_dir.join("store"), config.cache_mib)?;
+    let sled = SledStore::open(&data_dir.join("store"), config.store.cache_mib)?;
     let sled_writer = sled.writer_task();
     let store: Arc<dyn HubStore> = Arc::new(sled);
 
@@ -101,15 +101,15 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         store.clone(),
         ca.clone(),
         advertise.clone(),
-        Duration::from_secs(config.agent_cert_ttl_secs),
+        Duration::from_secs(config.agents.cert_ttl_secs),
     )?);
-    let reports = Arc::new(Reports::new(fleet.clone(), store.clone(), config.history_len));
+    let reports = Arc::new(Reports::new(fleet.clone(), store.clone(), config.store.history_len));
     let audit = Arc::new(audit::Audit::new(store.clone()));
     let operators = Arc::new(Operators::load(store.clone())?);
     let relay = Arc::new(relay::Relay::default());
     let jobs = Arc::new(jobs::Jobs::new(fleet.clone(), relay.clone(), audit.clone(), store.clone(), rt.clone()));
     let auth =
-        Arc::new(Auth::new(identities.clone(), operators, Duration::from_secs(config.operator_cert_max_ttl_secs)));
+        Arc::new(Auth::new(identities.clone(), operators, Duration::from_secs(config.operators.cert_max_ttl_secs)));
 
     let mut names = config.tls_names.clone();
     let adv_host = outpost_common::tls::HubAddr::parse(&advertise).map(|a| a.host).unwrap_or_default();
@@ -120,10 +120,11 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     if recovered > 0 {
         tracing::info!(recovered, "commands pending before the restart are delivered again");
     }
-    audit.spawn_retention(&rt, Duration::from_secs(u64::from(config.audit_retention_days) * 86_400));
+    audit.spawn_retention(&rt, Duration::from_secs(u64::from(config.audit.retention_days) * 86_400));
     fleet.spawn_sweeper(&rt);
 
-    let enroll_limit = limits::RateLimiter::new(config.enroll_rate_per_source, config.enroll_burst_per_source);
+    let enroll_limit =
+        limits::RateLimiter::new(config.agents.enroll_rate_per_source, config.agents.enroll_burst_per_source);
     let agents = AgentApi::new(
         auth.clone(),
         fleet.clone(),

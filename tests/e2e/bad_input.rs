@@ -290,7 +290,7 @@ async fn revoked_certificate_is_refused_and_its_live_stream_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_certificate_is_refused_and_the_agent_says_how_to_recover() {
     let tmp = tempfile::tempdir().unwrap();
-    let hub = hub(&tmp, "agent_cert_ttl_secs = 3").await;
+    let hub = hub(&tmp, "[agents]\ncert_ttl_secs = 3").await;
     let id = enroll(&hub.token("exp-1").await, None).await.unwrap();
     let not_after = id.cert().unwrap().not_after;
     // Waiting out the certificate's lifetime is the condition under test.
@@ -324,7 +324,8 @@ async fn bad_config_files_name_the_field_and_exit_2() {
     let tmp = tempfile::tempdir().unwrap();
     let cases = [
         ("hubd", "grace_sec = 3\n", "unknown field `grace_sec`"),
-        ("hubd", "history_len = 0\n", "history_len: 0 is outside 1..=100000"),
+        ("hubd", "[store]\nhistory_len = 0\n", "store.history_len: 0 is outside 1..=100000"),
+        ("hubd", "grace_secs = 3\n", "`grace_secs` moved to section [agents]"),
         ("agentd", "report_interval_ms = 5\n", "report_interval_ms: 5 is outside 100..=3600000"),
         ("agentd", "hub = \"http://127.0.0.1:1\"\n", "Outpost never talks plaintext"),
     ];

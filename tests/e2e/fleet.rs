@@ -9,7 +9,8 @@ async fn three_agents_liveness_and_exactly_once_across_hub_sigkill() {
     harness::init();
     let tmp = tempfile::tempdir().unwrap();
     let port = harness::free_port();
-    let mut hub = HubProc::start(&tmp.path().join("hub"), port, "grace_secs = 2\nhistory_len = 100000").await;
+    let mut hub =
+        HubProc::start(&tmp.path().join("hub"), port, "[agents]\ngrace_secs = 2\n[store]\nhistory_len = 100000").await;
     let names = ["web-1", "web-2", "web-3"];
     let mut agents = Vec::new();
     for n in names {

@@ -280,7 +280,7 @@ async fn the_hub_enforces_the_output_window_and_cap_it_announces() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn floods_of_bad_enrollments_are_rate_limited_and_summarised_and_leaving_is_not_an_error() {
     let tmp = tempfile::tempdir().unwrap();
-    let hub = hub(&tmp, "enroll_rate_per_source = 50\nenroll_burst_per_source = 100").await;
+    let hub = hub(&tmp, "[agents]\nenroll_rate_per_source = 50\nenroll_burst_per_source = 100").await;
     let token = outpost_common::JoinToken::parse(&hub.token("x-1").await).unwrap();
     let bogus = outpost_common::JoinToken { secret: "0".repeat(64), ..token }.encode();
     let mut refused = 0;
@@ -313,7 +313,7 @@ async fn floods_of_bad_enrollments_are_rate_limited_and_summarised_and_leaving_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_certificates_have_a_ceiling_a_list_and_a_revocation_that_closes_sessions() {
     let tmp = tempfile::tempdir().unwrap();
-    let hub = hub(&tmp, "operator_cert_max_ttl_secs = 86400").await;
+    let hub = hub(&tmp, "[operators]\ncert_max_ttl_secs = 86400").await;
     let hubd = |args: &[&str]| {
         let out = std::process::Command::new(harness::bin("hubd"))
             .arg("--config")

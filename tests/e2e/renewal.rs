@@ -10,7 +10,7 @@ async fn short_lived_certificate_renews_on_the_live_stream() {
     let tmp = tempfile::tempdir().unwrap();
     // 6 s certificates: renewal at ~4 s. The hub closes a stream whose certificate expired unless it was
     // renewed on that stream, so surviving two lifetimes on one connection proves renewal in place.
-    let hub = HubProc::start(&tmp.path().join("hub"), harness::free_port(), "agent_cert_ttl_secs = 6").await;
+    let hub = HubProc::start(&tmp.path().join("hub"), harness::free_port(), "[agents]\ncert_ttl_secs = 6").await;
     let token = hub.token("renew-1").await;
     let _agent = AgentProc::start(tmp.path(), "renew-1", &token, "");
     let mut ops = hub.client(Role::Viewer);

@@ -51,11 +51,11 @@ pub async fn admin(cli: &Cli, config: &HubConfig) -> anyhow::Result<String> {
             Ok(format!("revoked certificate {} of {server}", r.revoked_serial))
         }
         Some(Command::Operator(OperatorCmd::Issue { name, role, out, ttl })) => {
-            if ttl.as_secs() > config.operator_cert_max_ttl_secs {
+            if ttl.as_secs() > config.operators.cert_max_ttl_secs {
                 anyhow::bail!(
-                    "--ttl {}d is over the ceiling of {}d (operator_cert_max_ttl_secs in {}); operator bundles are short-lived: issue a new one when it expires",
+                    "--ttl {}d is over the ceiling of {}d ([operators] cert_max_ttl_secs in {}); operator bundles are short-lived: issue a new one when it expires",
                     ttl.as_secs() / 86_400,
-                    config.operator_cert_max_ttl_secs / 86_400,
+                    config.operators.cert_max_ttl_secs / 86_400,
                     cli.config.display()
                 );
             }

@@ -65,7 +65,7 @@ fn peer<T>(state: &Auth, req: &Request<T>) -> Result<CertInfo, Status> {
         // The CA backdates by at most five minutes.
         if info.not_after - info.issued_ms / 1000 > max + 300 {
             return Err(Status::permission_denied(format!(
-                "operator certificate {} lives {} days, over this hub's ceiling of {} days (operator_cert_max_ttl_secs); ask an admin for a new bundle",
+                "operator certificate {} lives {} days, over this hub's ceiling of {} days ([operators] cert_max_ttl_secs); ask an admin for a new bundle",
                 info.serial,
                 (info.not_after - info.issued_ms / 1000) / 86_400,
                 max / 86_400

@@ -20,6 +20,11 @@ use crate::store::{PendingRecord, PlanRecord, StoreError};
 
 type Running = Pin<Box<dyn std::future::Future<Output = CommandResult> + Send>>;
 
+/// How long the remaining batches of a resumed job wait for a server that is not connected (yet). Right
+/// after a restart every agent is reconnecting (with jittered backoff), so "offline" means nothing for a
+/// while: a job that would have refused an offline server waits this long for it instead.
+const RECONNECT_WAIT: Duration = Duration::from_secs(60);
+
 impl Jobs {
     /// Resumes what the last run of the hub left: pending commands and the remaining batches of fan-outs.
     /// Returns how many commands were pending.
@@ -136,7 +141,7 @@ impl Jobs {
                     max_failure_rate: p.max_failure_rate,
                     run_for: Duration::from_millis(p.run_for_ms),
                     hard_deadline: p.deadline_ms.map(at),
-                    queue: p.queue_secs.map(Duration::from_secs),
+                    queue: Some(p.queue_secs.map_or(RECONNECT_WAIT, Duration::from_secs).max(RECONNECT_WAIT)),
                     operator: p.operator,
                     audit_id: p.audit_id,
                     succeeded_before: p.succeeded + succeeded,

@@ -19,7 +19,7 @@ use outpost_common::Role;
 use outpost_proto::v1::Liveness;
 
 /// The simulator enrolls thousands of agents from one address (loopback): no per-source enrollment limit.
-const BENCH_HUB: &str = "enroll_rate_per_source = 0";
+const BENCH_HUB: &str = "[agents]\nenroll_rate_per_source = 0";
 
 #[derive(Debug, Parser)]
 #[command(name = "outpost-bench", about = "Measure agentd and hubd CPU and memory with real processes.")]
