@@ -90,8 +90,8 @@ impl App {
         }
         let targets = match &self.screen {
             Screen::Server(name) => vec![name.clone()],
-            Screen::Fleet if !self.marked.is_empty() => self.marked.iter().cloned().collect(),
-            Screen::Fleet => self.selected().into_iter().collect(),
+            Screen::Fleet if !self.fleet.marked.is_empty() => self.fleet.marked.iter().cloned().collect(),
+            Screen::Fleet => self.fleet.selected().into_iter().collect(),
             _ => Vec::new(),
         };
         if targets.is_empty() {
@@ -103,11 +103,11 @@ impl App {
     }
 
     pub(super) fn toggle_mark(&mut self) {
-        let Some(name) = self.selected() else { return };
-        if !self.marked.remove(&name) {
-            self.marked.insert(name);
+        let Some(name) = self.fleet.selected() else { return };
+        if !self.fleet.marked.remove(&name) {
+            self.fleet.marked.insert(name);
         }
-        let n = self.marked.len();
+        let n = self.fleet.marked.len();
         self.say(format!("{n} marked (a: actions on them · m: unmark)"), false);
     }
 
@@ -216,7 +216,7 @@ impl App {
                     // Files every target allows (an agent announces its log_files in Hello), then units.
                     let mut files: Option<Vec<String>> = None;
                     for t in targets {
-                        let mine = self.server(t).map(|s| s.log_files.clone()).unwrap_or_default();
+                        let mine = self.fleet.server(t).map(|s| s.log_files.clone()).unwrap_or_default();
                         files = Some(match files {
                             None => mine,
                             Some(f) => f.into_iter().filter(|x| mine.contains(x)).collect(),
@@ -275,7 +275,7 @@ impl App {
         self.job = Some(JobView { action: action.to_string(), targets, ..Default::default() });
         self.screen = Screen::Job;
         self.mode = Mode::Normal;
-        self.marked.clear();
+        self.fleet.marked.clear();
         self.message = None;
     }
 
@@ -331,8 +331,8 @@ impl App {
                 .map(|(k, v)| (inert(&k).into_owned(), inert(&v).into_owned()))
                 .collect();
         }
-        self.audit = records;
-        self.audit_loaded = true;
+        self.audit.records = records;
+        self.audit.loaded = true;
     }
 
     pub(super) fn open_audit(&mut self) {
@@ -340,7 +340,7 @@ impl App {
             return self.say("the audit log needs role support or admin", true);
         }
         self.screen = Screen::Audit;
-        self.audit_loaded = false;
+        self.audit.loaded = false;
         self.requests.push(Request::Audit);
     }
 }

@@ -1,6 +1,6 @@
 //! Key sequences → state changes.
 
-use outpost_proto::v1::{Disk, FleetSnapshot, HistoryPoint};
+use outpost_proto::v1::{Disk, FleetSnapshot, HistoryPoint, Liveness};
 
 use super::*;
 
@@ -46,10 +46,10 @@ fn typ(a: &mut App, text: &str) {
 fn selection_follows_the_server_across_deltas() {
     let mut a = app();
     a.key(Key::Char('j')); // web-1 (db-1, web-1, web-2)
-    assert_eq!(a.selected().as_deref(), Some("web-1"));
+    assert_eq!(a.fleet.selected().as_deref(), Some("web-1"));
     a.apply(upsert(server("app-1", Liveness::Connected, 1.0, "pro")), 0); // sorts first
-    assert_eq!(a.selected().as_deref(), Some("web-1"));
-    assert_eq!(a.cursor(), 2);
+    assert_eq!(a.fleet.selected().as_deref(), Some("web-1"));
+    assert_eq!(a.fleet.cursor(), 2);
 }
 
 #[test]
@@ -57,18 +57,18 @@ fn filter_with_qualifiers_live_and_esc_clears() {
     let mut a = app();
     a.key(Key::Char('/'));
     typ(&mut a, "plan:pro");
-    assert_eq!(a.rows(), ["db-1", "web-1"]);
+    assert_eq!(a.fleet.rows(), ["db-1", "web-1"]);
     a.key(Key::Enter);
     assert_eq!(a.mode, Mode::Normal);
-    assert_eq!(a.rows().len(), 2, "the filter stays applied");
+    assert_eq!(a.fleet.rows().len(), 2, "the filter stays applied");
     a.key(Key::Char('/'));
     for _ in 0.."plan:pro".len() {
         a.key(Key::Backspace);
     }
     typ(&mut a, "status:lost");
-    assert_eq!(a.rows(), ["web-2"]);
+    assert_eq!(a.fleet.rows(), ["web-2"]);
     a.key(Key::Esc);
-    assert_eq!(a.rows().len(), 3);
+    assert_eq!(a.fleet.rows().len(), 3);
 }
 
 #[test]
@@ -78,21 +78,21 @@ fn a_bad_filter_says_why_and_shows_what_was_typed() {
     typ(&mut a, "status:gone");
     assert!(a.message.as_ref().is_some_and(|m| m.error && m.text.contains("status:gone")));
     // The header shows the filter as typed, marked invalid, and nothing matches it.
-    assert_eq!(a.filter.text(), "status:gone (invalid)");
-    assert_eq!(a.rows().len(), 0);
+    assert_eq!(a.fleet.filter.text(), "status:gone (invalid)");
+    assert_eq!(a.fleet.rows().len(), 0);
     // Ctrl-U clears it.
     a.key(Key::Ctrl('u'));
-    assert!(a.filter.is_empty() && a.rows().len() == 3);
+    assert!(a.fleet.filter.is_empty() && a.fleet.rows().len() == 3);
 }
 
 #[test]
 fn sort_by_cpu_descending() {
     let mut a = app();
-    while a.sort != Column::Cpu {
+    while a.fleet.sort != Column::Cpu {
         a.key(Key::Char('s'));
     }
     a.key(Key::Char('S'));
-    assert_eq!(a.rows(), ["db-1", "web-2", "web-1"]);
+    assert_eq!(a.fleet.rows(), ["db-1", "web-2", "web-1"]);
 }
 
 #[test]
@@ -101,10 +101,10 @@ fn pause_holds_events_and_resume_applies_them_in_order() {
     a.key(Key::Char(' '));
     a.apply(upsert(server("web-1", Liveness::Disconnected, 10.0, "pro")), 1);
     a.apply(upsert(server("web-1", Liveness::Lost, 10.0, "pro")), 2);
-    assert_eq!(a.counts().lost, 1, "paused: nothing changes on screen");
+    assert_eq!(a.fleet.counts().lost, 1, "paused: nothing changes on screen");
     a.key(Key::Char(' '));
-    assert_eq!(a.counts().lost, 2);
-    let events: Vec<_> = a.events("web-1").map(|(_, e)| e.as_str()).collect();
+    assert_eq!(a.fleet.counts().lost, 2);
+    let events: Vec<_> = a.fleet.events("web-1").map(|(_, e)| e.as_str()).collect();
     assert_eq!(events, ["connected → disconnected", "disconnected → lost"]);
 }
 
@@ -161,7 +161,7 @@ fn help_closes_on_any_key_and_counts_alerts() {
     let mut full = server("db-1", Liveness::Connected, 1.0, "pro");
     full.health.as_mut().unwrap().disks = vec![Disk { mount: "/".into(), total_bytes: 100, available_bytes: 5 }];
     a.apply(upsert(full), 0);
-    assert_eq!(a.counts().alerts, 2, "web-2 lost, db-1 disk 95 %");
+    assert_eq!(a.fleet.counts().alerts, 2, "web-2 lost, db-1 disk 95 %");
 }
 
 #[test]
@@ -170,11 +170,11 @@ fn navigation_is_bounded() {
     for _ in 0..10 {
         a.key(Key::Down);
     }
-    assert_eq!(a.cursor(), 2);
+    assert_eq!(a.fleet.cursor(), 2);
     a.key(Key::Char('g'));
-    assert_eq!(a.cursor(), 0);
+    assert_eq!(a.fleet.cursor(), 0);
     a.key(Key::End);
-    assert_eq!(a.cursor(), 2);
+    assert_eq!(a.fleet.cursor(), 2);
     assert!(!a.key(Key::Char('q')));
 }
 
@@ -190,7 +190,7 @@ fn a_snapshot_in_parts_accumulates_and_part_zero_resets() {
     };
     a.apply(part(&["x-1", "x-2"], 0, false), 0);
     a.apply(part(&["x-3"], 1, true), 0);
-    assert_eq!(a.rows(), ["x-1", "x-2", "x-3"], "part 0 dropped the old fleet, part 1 added");
+    assert_eq!(a.fleet.rows(), ["x-1", "x-2", "x-3"], "part 0 dropped the old fleet, part 1 added");
 }
 
 #[test]
@@ -200,11 +200,11 @@ fn incremental_counts_equal_a_recount() {
     a.apply(upsert(server("new-1", Liveness::Disconnected, 1.0, "pro")), 0);
     a.apply(FleetEvent { event: Some(fleet_event::Event::Removed("web-1".into())) }, 0);
     let mut recount = Counts::default();
-    for n in a.rows().to_vec() {
-        super::tally(&mut recount, a.server(&n).unwrap(), true);
+    for n in a.fleet.rows().to_vec() {
+        super::fleet::tally(&mut recount, a.fleet.server(&n).unwrap(), true);
     }
-    assert_eq!(a.counts(), recount);
-    assert_eq!(a.counts(), Counts { total: 3, connected: 2, disconnected: 1, ..Default::default() });
+    assert_eq!(a.fleet.counts(), recount);
+    assert_eq!(a.fleet.counts(), Counts { total: 3, connected: 2, disconnected: 1, ..Default::default() });
 }
 
 #[test]
@@ -260,13 +260,13 @@ fn marked_servers_confirm_by_count_and_the_job_streams_in() {
     a.key(Key::Char('m'));
     a.key(Key::Char('j'));
     a.key(Key::Char('m'));
-    assert_eq!(a.marked.len(), 2);
+    assert_eq!(a.fleet.marked.len(), 2);
     a.key(Key::Char('a'));
     a.key(Key::Enter); // service-status: not destructive, runs after its argument
     typ(&mut a, "k3s");
     a.key(Key::Enter);
     assert_eq!(a.screen, Screen::Job);
-    assert!(a.marked.is_empty(), "marks are used up by the run");
+    assert!(a.fleet.marked.is_empty(), "marks are used up by the run");
     use outpost_proto::v1::{CommandResult, JobEvent, JobPlan, JobProgress, TargetEvent, job_event::Event};
     a.apply_job(JobEvent {
         event: Some(Event::Plan(JobPlan {
@@ -325,18 +325,18 @@ fn first_hour_papercuts() {
     assert_eq!(a.mode, Mode::Command(String::new()), "ctrl-u clears the command line");
     a.key(Key::Esc);
     // `s` walks the columns in screen order and `S` reverses only the current one.
-    assert_eq!(a.sort, Column::Name);
+    assert_eq!(a.fleet.sort, Column::Name);
     a.key(Key::Char('S'));
-    assert!(a.descending);
+    assert!(a.fleet.descending);
     a.key(Key::Char('s'));
-    assert_eq!((a.sort, a.descending), (Column::Status, false));
+    assert_eq!((a.fleet.sort, a.fleet.descending), (Column::Status, false));
     a.key(Key::Char('s'));
-    assert_eq!(a.sort, Column::Cpu);
+    assert_eq!(a.fleet.sort, Column::Cpu);
     // `:alerts` shows the servers that need a look (web-2 is lost), and nothing else.
     a.key(Key::Char(':'));
     typ(&mut a, "alerts");
     a.key(Key::Enter);
-    assert_eq!(a.rows().to_vec(), vec!["web-2".to_string()]);
+    assert_eq!(a.fleet.rows().to_vec(), vec!["web-2".to_string()]);
     // g / G in the actions menu.
     a.key(Key::Esc);
     a.key(Key::Char('a'));

@@ -45,12 +45,12 @@ fn pct(v: Option<f64>) -> String {
 pub fn render(frame: &mut Frame, app: &mut App, area: Rect, now_ms: i64, theme: Theme) {
     let cols = columns(area.width);
     let visible = area.height.saturating_sub(1) as usize;
-    app.page = visible.max(1);
-    let total = app.rows().len();
+    app.fleet.page = visible.max(1);
+    let total = app.fleet.rows().len();
     if total == 0 {
-        let text = if app.is_empty() {
+        let text = if app.fleet.is_empty() {
             " no servers yet: create a join token (hubd token create)"
-        } else if app.filter.is_alerts() {
+        } else if app.fleet.filter.is_alerts() {
             " no alerts: every server is connected, K3s is not failing, no disk is 90 % full (esc: whole fleet)"
         } else {
             " nothing matches the filter (esc clears it)"
@@ -58,15 +58,15 @@ pub fn render(frame: &mut Frame, app: &mut App, area: Rect, now_ms: i64, theme: 
         frame.render_widget(Paragraph::new(text), area);
         return;
     }
-    let cursor = app.cursor();
+    let cursor = app.fleet.cursor();
     let first = cursor.saturating_sub(visible.saturating_sub(1));
-    let names: Vec<String> = app.rows()[first..(first + visible).min(total)].to_vec();
-    let rows = names.iter().filter_map(|n| app.server(n)).map(|s| {
+    let names: Vec<String> = app.fleet.rows()[first..(first + visible).min(total)].to_vec();
+    let rows = names.iter().filter_map(|n| app.fleet.server(n)).map(|s| {
         let h = s.health.clone().unwrap_or_default();
         let has = s.health.is_some();
         let word = status_word(s);
         let cells = cols.iter().map(|(c, _)| match c {
-            Column::Name if app.marked.contains(&s.name) => Cell::from(format!("✓ {}", s.name)),
+            Column::Name if app.fleet.marked.contains(&s.name) => Cell::from(format!("✓ {}", s.name)),
             Column::Name => Cell::from(s.name.clone()),
             Column::Status => {
                 let color = match word {
@@ -101,7 +101,7 @@ pub fn render(frame: &mut Frame, app: &mut App, area: Rect, now_ms: i64, theme: 
         Row::new(cells.collect::<Vec<_>>())
     });
     let header = Row::new(cols.iter().map(|(c, _)| {
-        let mark = if *c == app.sort { if app.descending { "↓" } else { "↑" } } else { "" };
+        let mark = if *c == app.fleet.sort { if app.fleet.descending { "↓" } else { "↑" } } else { "" };
         format!("{}{mark}", c.title())
     }))
     .style(Style::new().add_modifier(Modifier::BOLD));

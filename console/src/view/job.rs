@@ -65,14 +65,14 @@ pub fn render_audit(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
         ),
         Style::new().add_modifier(Modifier::BOLD),
     )];
-    if !app.audit_loaded {
+    if !app.audit.loaded {
         lines.push(Line::from(" loading…"));
     }
-    for r in app.audit.iter().take(area.height.saturating_sub(3) as usize) {
+    for r in app.audit.records.iter().take(area.height.saturating_sub(3) as usize) {
         let style = if r.kind == "refused" { theme.fg(Color::Red) } else { Style::new() };
         lines.push(Line::styled(format!(" {}", crate::format::audit_line(r)), style));
     }
-    let title = format!(" audit log · newest first · {} records ", app.audit.len());
+    let title = format!(" audit log · newest first · {} records ", app.audit.records.len());
     frame.render_widget(Paragraph::new(lines).block(Block::bordered().title(title)), area);
 }
 

@@ -87,7 +87,7 @@ pub fn render(frame: &mut Frame, app: &mut App, now_ms: i64, theme: Theme) {
 fn render_header(frame: &mut Frame, app: &mut App, header: Rect, counts: Rect, theme: Theme) {
     let (conn, style) = match &app.conn {
         Conn::Connecting => ("… connecting".to_string(), theme.fg(Color::Yellow)),
-        Conn::Live if app.paused => ("⏸ paused".to_string(), theme.fg(Color::Yellow)),
+        Conn::Live if app.fleet.paused => ("⏸ paused".to_string(), theme.fg(Color::Yellow)),
         Conn::Live => ("● live".to_string(), theme.fg(Color::Green)),
         Conn::Reconnecting { retry_in_ms, .. } => {
             (format!("✖ offline, retry in {}s", retry_in_ms.div_ceil(1000)), theme.fg(Color::Red))
@@ -100,8 +100,8 @@ fn render_header(frame: &mut Frame, app: &mut App, header: Rect, counts: Rect, t
         Span::styled(conn, style),
     ]);
     frame.render_widget(line, header);
-    let c = app.counts();
-    let shown = if app.filter.is_empty() { c.total } else { app.rows().len() };
+    let c = app.fleet.counts();
+    let shown = if app.fleet.filter.is_empty() { c.total } else { app.fleet.rows().len() };
     let mut spans = vec![
         Span::raw(if shown == c.total {
             format!(" {} servers  ", c.total)
@@ -115,8 +115,8 @@ fn render_header(frame: &mut Frame, app: &mut App, header: Rect, counts: Rect, t
     ];
     if let Conn::Reconnecting { error, .. } = &app.conn {
         spans.push(Span::styled(format!("  │ last known state; hub: {error}"), theme.fg(Color::Red)));
-    } else if !app.filter.is_empty() {
-        spans.push(Span::raw(format!("  │ filter: {}", app.filter.text())));
+    } else if !app.fleet.filter.is_empty() {
+        spans.push(Span::raw(format!("  │ filter: {}", app.fleet.filter.text())));
     }
     frame.render_widget(Line::from(spans), counts);
 }
@@ -197,7 +197,7 @@ mod tests;
 /// Renders the fleet, server (the first server), job and audit screens of `app` into an off-screen buffer
 /// of `width`×`height` and returns each as text: for tests and tools that check what an operator would see.
 pub fn render_all_for_test(app: &mut App, width: u16, height: u16) -> Vec<(&'static str, String)> {
-    let first = app.rows().first().cloned();
+    let first = app.fleet.rows().first().cloned();
     let mut screens = vec![("fleet", Screen::Fleet), ("job", Screen::Job), ("audit", Screen::Audit)];
     if let Some(name) = first {
         screens.push(("server", Screen::Server(name)));

@@ -22,7 +22,7 @@ fn bytes(b: u64) -> String {
 }
 
 pub fn render(frame: &mut Frame, app: &App, name: &str, area: Rect, now_ms: i64, theme: Theme) {
-    let Some(s) = app.server(name) else {
+    let Some(s) = app.fleet.server(name) else {
         frame.render_widget(Paragraph::new(format!(" {name} is no longer in the fleet (esc goes back)")), area);
         return;
     };
@@ -81,6 +81,7 @@ pub fn render(frame: &mut Frame, app: &App, name: &str, area: Rect, now_ms: i64,
         .block(Block::bordered().title(" disks "));
     frame.render_widget(disk_table, disks);
     let ev: Vec<ratatui::text::Line> = app
+        .fleet
         .events(name)
         .rev()
         .map(|(t, e)| ratatui::text::Line::from(format!("{} ago  {e}", ago(now_ms, *t))))

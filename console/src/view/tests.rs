@@ -95,7 +95,7 @@ fn fleet_filtered_and_sorted() {
         app.key(Key::Char(c));
     }
     app.key(Key::Enter);
-    while app.sort != crate::state::Column::Cpu {
+    while app.fleet.sort != crate::state::Column::Cpu {
         app.key(Key::Char('s'));
     }
     app.key(Key::Char('S'));
@@ -107,7 +107,7 @@ fn server() {
     let mut app = fixture();
     app.key(Key::Char('j'));
     app.key(Key::Enter);
-    let s = app.server("srv-001").unwrap().clone();
+    let s = app.fleet.server("srv-001").unwrap().clone();
     let history = (0..60)
         .map(|i| HistoryPoint {
             seq: i,

@@ -322,7 +322,7 @@ async fn console(root: &Path, servers: u32, interval: &str, seconds: u64) -> any
         let (tx, mut rx) = tokio::sync::mpsc::channel(20_000);
         let stop = tokio_util::sync::CancellationToken::new();
         let task = tokio::spawn(conn::watch(bundle.channel()?, tx, stop.clone()));
-        while app.len() < servers as usize {
+        while app.fleet.len() < servers as usize {
             let ev = rx.recv().await.expect("watch runs");
             apply(&mut app, ev);
         }
@@ -496,7 +496,7 @@ fn console_frame(servers: u32, frames: u32) -> anyhow::Result<()> {
     }
     // Sorting by CPU (order changes with every update): the rows are rebuilt every frame.
     app.act(console::state::Action::SortNext);
-    while app.sort != console::state::Column::Cpu {
+    while app.fleet.sort != console::state::Column::Cpu {
         app.act(console::state::Action::SortNext);
     }
     let mut term = Terminal::new(TestBackend::new(200, 50))?;
