@@ -146,7 +146,7 @@ impl Identities {
         // A takeover (the server had an identity) is audited in the same write as the enrollment.
         let takeover = previous_agent.as_ref().map(|old| AuditEntry {
             operator: format!("token of {}", token.created_by),
-            role: "admin".into(),
+            role: outpost_common::Role::Admin.to_string(),
             kind: Kind::Revoke,
             action: "takeover".into(),
             servers: vec![record.name.clone()],
