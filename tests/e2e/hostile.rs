@@ -91,6 +91,35 @@ async fn a_revoked_identity_stays_revoked_whatever_certificate_it_presents() {
     RawLink::connect(&fresh).await.unwrap();
 }
 
+/// Enrollments racing for one token: exactly one gets an identity; every other one is told the token was
+/// used, and by whom. Single use is the store's guarantee, not a lock in the hub's handler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrollments_racing_for_one_token_enroll_exactly_one_agent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = hub(&tmp, "").await;
+    let token = hub.token("race-1").await;
+    let racers: Vec<_> = (0..8)
+        .map(|_| {
+            let token = token.clone();
+            tokio::spawn(async move { hostile::enroll_with(&token, HostFacts::default()).await })
+        })
+        .collect();
+    let mut won = Vec::new();
+    let mut lost = Vec::new();
+    for r in racers {
+        match r.await.unwrap() {
+            Ok(id) => won.push(id.agent_id),
+            Err(s) => lost.push(s),
+        }
+    }
+    assert_eq!(won.len(), 1, "{} agents enrolled with one token", won.len());
+    assert_eq!(lost.len(), 7);
+    for s in &lost {
+        assert_eq!(s.code(), Code::Unauthenticated, "{s:?}");
+        assert!(s.message().contains("already used") && s.message().contains(&won[0]), "{}", s.message());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_join_token_cannot_take_over_a_server() {
     let tmp = tempfile::tempdir().unwrap();

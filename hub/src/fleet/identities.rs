@@ -160,10 +160,19 @@ impl Identities {
         });
         let burned = BurnedToken { server: record.name.clone(), burned_ms: now, agent_id: agent_id.clone() };
         // The store burns the token only if it is still live: single use holds across concurrent enrollments.
-        self.store.enroll(&hash, &burned, &record, takeover).await.map_err(|e| match e {
-            StoreError::Conflict(why) => HubError::Denied(why),
-            e => HubError::Store(e),
-        })?;
+        match self.store.enroll(&hash, &burned, &record, takeover).await {
+            Ok(()) => {}
+            // Lost a race for the token: say who won, as for any used token.
+            Err(StoreError::Conflict(why)) => {
+                return Err(match self.store.token(&hash)? {
+                    TokenState::Burned(b) => {
+                        HubError::TokenUsed { at: rfc3339_ms(b.burned_ms), agent_id: b.agent_id, server: b.server }
+                    }
+                    _ => HubError::Denied(why),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
         let registry = self.fleet.registry();
         registry.close_server(&record.name);
         let server = record.name.clone();
