@@ -5,6 +5,7 @@
 //! and what a join-token string looks like. Everything else asks this crate.
 
 pub mod actions;
+pub mod app;
 pub mod bundle;
 pub mod cert;
 pub mod config;

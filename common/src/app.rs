@@ -1,0 +1,635 @@
+//! The app spec: what the operator (or the repository's own `outpost.toml`) says an app is. One
+//! definition, checked at the hub before a request is audited as accepted and again at the agent, with the
+//! server's plan.
+//!
+//! Every value is validated and every problem is reported at once, each naming its field. Nothing in a
+//! spec reaches a shell: the image is a reference, the repository URL and ref are checked before git sees
+//! them (no `ext::` transport, no option-shaped ref), and secrets live in `[secrets]` (encrypted at rest by
+//! the agent, never reported).
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Most apps' replicas.
+pub const MAX_REPLICAS: u32 = 20;
+const MAX_DOMAINS: usize = 16;
+const MAX_ENV: usize = 128;
+const MAX_VALUE: usize = 4096;
+const MAX_SECRET: usize = 64 * 1024;
+
+/// An app, as deployed on one server.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AppSpec {
+    /// A DNS label: 1-63 of a-z, 0-9 and '-', not starting or ending with '-'.
+    pub name: String,
+    pub repo: RepoSpec,
+    /// An image reference; `{commit}` is replaced by the deployed commit.
+    pub image: String,
+    /// The port the app listens on.
+    pub port: u16,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Encrypted at rest on the agent; never in reports, logs or the audit log.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
+    #[serde(default = "one")]
+    pub replicas: u32,
+    #[serde(default)]
+    pub resources: Resources,
+    #[serde(default)]
+    pub health: Option<Health>,
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// Deploy when the tracked branch moves.
+    #[serde(default)]
+    pub auto_deploy: bool,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RepoSpec {
+    /// `https://…`, `ssh://…`, `git@host:path`, or a path under one of the agent's allowed roots.
+    pub url: String,
+    /// Branch, tag or commit to deploy (default `main`).
+    #[serde(default = "main", rename = "ref")]
+    pub git_ref: String,
+    /// The app's directory inside the repository (relative).
+    #[serde(default)]
+    pub path: String,
+    /// The name of a secret in `[secrets]` that holds an SSH deploy key.
+    #[serde(default)]
+    pub deploy_key: Option<String>,
+}
+
+fn main() -> String {
+    "main".into()
+}
+
+/// Requests and limits per replica, as Kubernetes quantities (`500m`, `0.5`, `256Mi`, `1Gi`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    pub cpu_request: Option<String>,
+    pub cpu_limit: Option<String>,
+    pub memory_request: Option<String>,
+    pub memory_limit: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// An HTTP path, starting with '/'.
+    pub path: String,
+    /// Default: the app's port.
+    pub port: Option<u16>,
+}
+
+/// What a plan allows one customer on one server (its namespace's quota).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub struct PlanLimits {
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub storage_bytes: u64,
+}
+
+impl PlanLimits {
+    /// The product's plans: Starter 0.5 CPU / 512 MiB / 100 MiB, Pro 1 / 1 GiB / 500 MiB, Team 2 / 2 GiB / 2 GiB.
+    pub fn named(plan: &str) -> Option<PlanLimits> {
+        const MI: u64 = 1 << 20;
+        Some(match plan {
+            "starter" => PlanLimits { cpu_millis: 500, memory_bytes: 512 * MI, storage_bytes: 100 * MI },
+            "pro" => PlanLimits { cpu_millis: 1000, memory_bytes: 1024 * MI, storage_bytes: 500 * MI },
+            "team" => PlanLimits { cpu_millis: 2000, memory_bytes: 2048 * MI, storage_bytes: 2048 * MI },
+            _ => return None,
+        })
+    }
+}
+
+/// Where a local repository may live (tests and mirrors); every other local path is refused.
+#[derive(Clone, Debug, Default)]
+pub struct RepoRoots(pub Vec<PathBuf>);
+
+/// A spec that failed validation: every problem, each naming its field.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("the app spec is invalid: {}", .0.join("; "))]
+pub struct SpecError(pub Vec<String>);
+
+impl AppSpec {
+    /// Parses and validates a spec. `plan` bounds its resources (none: only the shape is checked, as the
+    /// hub does for a server whose plan it does not know).
+    pub fn parse(text: &str, plan: Option<PlanLimits>, roots: &RepoRoots) -> Result<AppSpec, SpecError> {
+        let spec: AppSpec = toml::from_str(text).map_err(|e| SpecError(vec![toml_problem(text, &e)]))?;
+        spec.validate(plan, roots)?;
+        Ok(spec)
+    }
+
+    /// The operator's spec over the repository's own `outpost.toml`: each key the operator sets wins
+    /// (tables are merged key by key), then the result is validated.
+    pub fn merged(
+        repo: &str,
+        operator: &str,
+        plan: Option<PlanLimits>,
+        roots: &RepoRoots,
+    ) -> Result<AppSpec, SpecError> {
+        let parse = |what: &str, t: &str| {
+            t.parse::<toml::Table>().map_err(|e| SpecError(vec![format!("{what}: {}", e.message())]))
+        };
+        let mut base = parse("the repository's outpost.toml", repo)?;
+        merge(&mut base, parse("the operator's spec", operator)?);
+        AppSpec::parse(&base.to_string(), plan, roots)
+    }
+
+    pub fn validate(&self, plan: Option<PlanLimits>, roots: &RepoRoots) -> Result<(), SpecError> {
+        let mut p = Vec::new();
+        if !crate::cert::valid_name(&self.name) {
+            p.push(format!(
+                "name {} must be a DNS label: 1-63 of a-z, 0-9 and '-', not starting or ending with '-'",
+                crate::text::excerpt(&self.name, 64)
+            ));
+        }
+        if let Err(e) = check_repo_url(&self.repo.url, roots) {
+            p.push(format!("repo.url: {e}"));
+        }
+        if let Err(e) = check_ref(&self.repo.git_ref) {
+            p.push(format!("repo.ref: {e}"));
+        }
+        if let Err(e) = check_sub_path(&self.repo.path) {
+            p.push(format!("repo.path: {e}"));
+        }
+        if let Some(k) = &self.repo.deploy_key
+            && !self.secrets.contains_key(k)
+        {
+            p.push(format!("repo.deploy_key: {k:?} is not a key of [secrets] (put the private key there)"));
+        }
+        if let Err(e) = check_image(&self.image) {
+            p.push(format!("image: {e}"));
+        }
+        if self.port == 0 {
+            p.push("port: 0 is not a port; give 1-65535".into());
+        }
+        if self.env.len() > MAX_ENV || self.secrets.len() > MAX_ENV {
+            p.push(format!("env and secrets: at most {MAX_ENV} entries each"));
+        }
+        for (k, v) in &self.env {
+            if !env_name(k) {
+                p.push(format!(
+                    "env.{}: not a variable name ([A-Za-z_][A-Za-z0-9_]*, at most 128)",
+                    crate::text::excerpt(k, 64)
+                ));
+            } else if looks_secret(k) {
+                p.push(format!("env.{k}: the name says it holds a secret; put it under [secrets], which is encrypted at rest and never reported"));
+            }
+            if v.len() > MAX_VALUE || !crate::text::is_printable(v) {
+                p.push(format!(
+                    "env.{}: at most {MAX_VALUE} bytes without control characters",
+                    crate::text::excerpt(k, 64)
+                ));
+            }
+        }
+        for (k, v) in &self.secrets {
+            if !env_name(k) {
+                p.push(format!(
+                    "secrets.{}: not a variable name ([A-Za-z_][A-Za-z0-9_]*, at most 128)",
+                    crate::text::excerpt(k, 64)
+                ));
+            }
+            if self.env.contains_key(k) {
+                p.push(format!("secrets.{k}: also set in env; a name is one or the other"));
+            }
+            if v.is_empty() || v.len() > MAX_SECRET {
+                // The value is never echoed.
+                p.push(format!("secrets.{k}: 1 to {MAX_SECRET} bytes"));
+            }
+        }
+        if self.replicas > MAX_REPLICAS {
+            p.push(format!("replicas: {} is over the limit of {MAX_REPLICAS}", self.replicas));
+        }
+        let r = &self.resources;
+        let cpu = |f: &str, v: &Option<String>, p: &mut Vec<String>| match v.as_deref().map(cpu_millis) {
+            Some(Err(e)) => {
+                p.push(format!("resources.{f}: {e}"));
+                None
+            }
+            Some(Ok(m)) => Some(m),
+            None => None,
+        };
+        let mem = |f: &str, v: &Option<String>, p: &mut Vec<String>| match v.as_deref().map(bytes) {
+            Some(Err(e)) => {
+                p.push(format!("resources.{f}: {e}"));
+                None
+            }
+            Some(Ok(b)) => Some(b),
+            None => None,
+        };
+        let (cpu_req, cpu_lim) = (cpu("cpu_request", &r.cpu_request, &mut p), cpu("cpu_limit", &r.cpu_limit, &mut p));
+        let (mem_req, mem_lim) =
+            (mem("memory_request", &r.memory_request, &mut p), mem("memory_limit", &r.memory_limit, &mut p));
+        if let (Some(q), Some(l)) = (cpu_req, cpu_lim)
+            && q > l
+        {
+            p.push("resources.cpu_request: more than cpu_limit".into());
+        }
+        if let (Some(q), Some(l)) = (mem_req, mem_lim)
+            && q > l
+        {
+            p.push("resources.memory_request: more than memory_limit".into());
+        }
+        if let Some(plan) = plan {
+            let n = u64::from(self.replicas.max(1));
+            if let Some(c) = cpu_lim.or(cpu_req)
+                && c * n > plan.cpu_millis
+            {
+                p.push(format!("resources.cpu_limit: {n} replica(s) × {c}m is over the plan's {}m", plan.cpu_millis));
+            }
+            if let Some(m) = mem_lim.or(mem_req)
+                && m * n > plan.memory_bytes
+            {
+                p.push(format!(
+                    "resources.memory_limit: {n} replica(s) × {} MiB is over the plan's {} MiB",
+                    m >> 20,
+                    plan.memory_bytes >> 20
+                ));
+            }
+        }
+        if let Some(h) = &self.health {
+            if !h.path.starts_with('/') || h.path.len() > 256 || !h.path.bytes().all(|b| b.is_ascii_graphic()) {
+                p.push("health.path: an HTTP path starting with '/', at most 256 visible ASCII characters".into());
+            }
+            if h.port == Some(0) {
+                p.push("health.port: 0 is not a port; give 1-65535".into());
+            }
+        }
+        if self.domains.len() > MAX_DOMAINS {
+            p.push(format!("domains: at most {MAX_DOMAINS}"));
+        }
+        for d in &self.domains {
+            if !dns_name(d) {
+                p.push(format!("domains: {} is not a DNS name", crate::text::excerpt(d, 64)));
+            }
+        }
+        if p.is_empty() { Ok(()) } else { Err(SpecError(p)) }
+    }
+
+    /// The image to deploy for `commit`.
+    pub fn image_for(&self, commit: &str) -> String {
+        self.image.replace("{commit}", commit)
+    }
+
+    /// The spec without secret values (for reports, logs and the audit log): each value is `<secret>`.
+    pub fn redacted(&self) -> AppSpec {
+        let mut s = self.clone();
+        s.secrets.values_mut().for_each(|v| *v = "<secret>".into());
+        s
+    }
+}
+
+/// A TOML error as "line N (`key = value`): what is wrong", so it names the field.
+fn toml_problem(text: &str, e: &toml::de::Error) -> String {
+    let Some(span) = e.span() else { return e.message().to_string() };
+    let start = span.start.min(text.len());
+    let line_no = text[..start].matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or_default().trim();
+    format!("line {line_no} ({}): {}", crate::text::excerpt(line, 80), e.message())
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+fn env_name(k: &str) -> bool {
+    !k.is_empty()
+        && k.len() <= 128
+        && !k.as_bytes()[0].is_ascii_digit()
+        && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+fn looks_secret(k: &str) -> bool {
+    let k = k.to_ascii_uppercase();
+    ["PASSWORD", "PASSWD", "SECRET", "TOKEN", "PRIVATE_KEY", "API_KEY", "CREDENTIAL"].iter().any(|w| k.contains(w))
+}
+
+fn dns_name(d: &str) -> bool {
+    d.len() <= 253 && d.split('.').count() >= 2 && d.split('.').all(crate::cert::valid_name)
+}
+
+/// A repository URL git may fetch: `https://`, `ssh://`, `git@host:path`, or a local path under `roots`.
+/// Refused: other transports (`ext::` runs a command, `file://` and `git://` are unauthenticated or local),
+/// anything option-shaped, credentials in the URL, control characters.
+pub fn check_repo_url(url: &str, roots: &RepoRoots) -> Result<(), String> {
+    if url.is_empty() || url.len() > 1024 {
+        return Err("1-1024 characters".into());
+    }
+    if url.starts_with('-') {
+        return Err("must not start with '-' (git would read it as an option)".into());
+    }
+    if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("no spaces or control characters".into());
+    }
+    if url.contains("::") {
+        return Err(format!(
+            "{}: git remote helpers (`ext::`, `fd::`, …) are refused: they run commands",
+            crate::text::excerpt(url, 64)
+        ));
+    }
+    if let Some(rest) = url.strip_prefix("https://").or_else(|| url.strip_prefix("ssh://")) {
+        let host = rest.split('/').next().unwrap_or_default();
+        if url.starts_with("https://") && host.contains('@') {
+            return Err("no credentials in the URL: use a deploy key (repo.deploy_key)".into());
+        }
+        if host.is_empty() || rest.len() <= host.len() + 1 {
+            return Err("needs a host and a repository path".into());
+        }
+        return Ok(());
+    }
+    if url.contains("://") {
+        return Err(
+            "transports allowed: https://, ssh://, git@host:path, or a local path under the agent's repo_roots".into(),
+        );
+    }
+    if let Some((user_host, path)) = url.split_once(':')
+        && !url.starts_with('/')
+    {
+        // scp-like: user@host:path
+        if user_host.contains('@') && !path.is_empty() && !user_host.contains('/') {
+            return Ok(());
+        }
+        return Err("not a URL git can use safely: https://, ssh://, git@host:path".into());
+    }
+    let path = Path::new(url);
+    if !path.is_absolute() || path.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err("a local repository must be an absolute path without '..'".into());
+    }
+    if roots.0.iter().any(|r| path.starts_with(r)) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{url} is a local path outside the agent's repo_roots ({})",
+            if roots.0.is_empty() {
+                "none allowed".to_string()
+            } else {
+                roots.0.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ")
+            }
+        ))
+    }
+}
+
+/// A branch, tag or commit name git will not read as anything else (rules of `git check-ref-format`, and
+/// never option-shaped).
+pub fn check_ref(r: &str) -> Result<(), String> {
+    let bad = r.is_empty()
+        || r.len() > 255
+        || r.starts_with('-')
+        || r.starts_with('/')
+        || r.ends_with('/')
+        || r.ends_with('.')
+        || r.ends_with(".lock")
+        || r.contains("..")
+        || r.contains("@{")
+        || r.contains("//")
+        || r == "@"
+        || r.chars().any(|c| c.is_control() || c.is_whitespace() || "~^:?*[\\".contains(c));
+    if bad {
+        Err(format!(
+            "{} is not a branch, tag or commit name (no leading '-', spaces, '..', '~^:?*[\\', '@{{')",
+            crate::text::excerpt(r, 64)
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+fn check_sub_path(p: &str) -> Result<(), String> {
+    let path = Path::new(p);
+    if p.len() > 512 || path.is_absolute() || path.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err("a relative path inside the repository, without '..'".into());
+    }
+    Ok(())
+}
+
+/// An image reference: `[registry/]name[:tag][@digest]`, lowercase path, `{commit}` allowed in the tag.
+fn check_image(image: &str) -> Result<(), String> {
+    if image.is_empty() || image.len() > 255 {
+        return Err("1-255 characters".into());
+    }
+    let plain = image.replace("{commit}", "c");
+    if let Some(c) = plain.chars().find(|c| !(c.is_ascii_alphanumeric() || "._-/:@".contains(*c))) {
+        return Err(format!(
+            "{c:?} is not allowed in an image reference (letters, digits, . _ - / : @ and {{commit}})"
+        ));
+    }
+    let name = plain.split(['@']).next().unwrap_or_default();
+    let last = name.rsplit('/').next().unwrap_or_default();
+    let repo_part = last.split(':').next().unwrap_or_default();
+    if repo_part.is_empty() || plain.starts_with(['-', '/', '.', ':']) {
+        return Err("needs an image name, e.g. ghcr.io/acme/web:{commit}".into());
+    }
+    Ok(())
+}
+
+/// CPU as millicores: `500m`, `0.5`, `2`.
+pub fn cpu_millis(q: &str) -> Result<u64, String> {
+    let bad = || format!("{q:?} is not a CPU quantity (e.g. 250m, 0.5, 1)");
+    if let Some(m) = q.strip_suffix('m') {
+        return m.parse::<u64>().map_err(|_| bad()).and_then(|v| if v == 0 { Err(bad()) } else { Ok(v) });
+    }
+    let v: f64 = q.parse().map_err(|_| bad())?;
+    if !(v > 0.0 && v <= 1024.0) {
+        return Err(bad());
+    }
+    Ok((v * 1000.0).round() as u64)
+}
+
+/// Memory and storage as bytes: `256Mi`, `1Gi`, `512M`, `1000000`.
+pub fn bytes(q: &str) -> Result<u64, String> {
+    let bad = || format!("{q:?} is not a size (e.g. 256Mi, 1Gi)");
+    let (num, mult) = [
+        ("Ki", 1u64 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("k", 1000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+    ]
+    .iter()
+    .find_map(|(s, m)| q.strip_suffix(s).map(|n| (n, *m)))
+    .unwrap_or((q, 1));
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    n.checked_mul(mult).filter(|b| *b > 0).ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "web"
+image = "ghcr.io/acme/web:{commit}"
+port = 8080
+replicas = 2
+domains = ["acme.example.com"]
+auto_deploy = true
+
+[repo]
+url = "https://github.com/acme/web.git"
+ref = "main"
+path = "services/web"
+
+[env]
+RUST_LOG = "info"
+
+[secrets]
+DATABASE_URL = "postgres://u:p@db/acme"
+
+[resources]
+cpu_request = "100m"
+cpu_limit = "250m"
+memory_request = "128Mi"
+memory_limit = "256Mi"
+
+[health]
+path = "/healthz"
+"#;
+
+    fn roots() -> RepoRoots {
+        RepoRoots(vec![PathBuf::from("/srv/repos")])
+    }
+
+    fn problems(text: &str) -> String {
+        AppSpec::parse(text, PlanLimits::named("pro"), &roots()).unwrap_err().to_string()
+    }
+
+    fn with(replace: &str, by: &str) -> String {
+        assert!(GOOD.contains(replace), "{replace}");
+        GOOD.replacen(replace, by, 1)
+    }
+
+    #[test]
+    fn a_good_spec_parses_with_its_defaults() {
+        let s = AppSpec::parse(GOOD, PlanLimits::named("pro"), &roots()).unwrap();
+        assert_eq!((s.name.as_str(), s.port, s.replicas, s.repo.git_ref.as_str()), ("web", 8080, 2, "main"));
+        assert_eq!(s.image_for("abc123"), "ghcr.io/acme/web:abc123");
+        assert_eq!(s.redacted().secrets["DATABASE_URL"], "<secret>");
+        let minimal = "name = \"a\"\nimage = \"nginx\"\nport = 80\n[repo]\nurl = \"git@github.com:acme/a.git\"\n";
+        let s = AppSpec::parse(minimal, None, &roots()).unwrap();
+        assert_eq!((s.replicas, s.repo.git_ref.as_str(), s.auto_deploy), (1, "main", false));
+    }
+
+    #[test]
+    fn every_bad_value_is_refused_naming_its_field() {
+        for (bad, field) in [
+            (with("port = 8080", "port = 8080\ncolour = \"red\""), "unknown field `colour`"),
+            (with("name = \"web\"", "name = \"Web_1\""), "name \"Web_1\" must be a DNS label"),
+            (with("port = 8080", "port = 70000"), "port"),
+            (with("port = 8080", "port = 0"), "port: 0 is not a port"),
+            (with("ghcr.io/acme/web:{commit}", "nginx;rm -rf /"), "image: ';' is not allowed"),
+            (with("ghcr.io/acme/web:{commit}", "$(curl evil)"), "image: '$' is not allowed"),
+            (with("https://github.com/acme/web.git", "ext::sh -c touch% /tmp/pwned"), "repo.url"),
+            (
+                with("https://github.com/acme/web.git", "/etc/passwd-repo"),
+                "repo.url: /etc/passwd-repo is a local path outside the agent's repo_roots",
+            ),
+            (with("https://github.com/acme/web.git", "file:///srv/repos/a"), "repo.url: transports allowed"),
+            (with("https://github.com/acme/web.git", "https://user:pw@github.com/a.git"), "repo.url: no credentials"),
+            (
+                with("https://github.com/acme/web.git", "--upload-pack=touch /tmp/x"),
+                "repo.url: must not start with '-'",
+            ),
+            (with("ref = \"main\"", "ref = \"--upload-pack=touch /tmp/x\""), "repo.ref"),
+            (with("ref = \"main\"", "ref = \"a..b\""), "repo.ref"),
+            (with("path = \"services/web\"", "path = \"../../etc\""), "repo.path"),
+            (with("RUST_LOG = \"info\"", "API_TOKEN = \"abc\""), "env.API_TOKEN: the name says it holds a secret"),
+            (with("RUST_LOG = \"info\"", "\"1BAD\" = \"x\""), "env.\"1BAD\": not a variable name"),
+            (
+                with("memory_limit = \"256Mi\"", "memory_limit = \"2Gi\""),
+                "resources.memory_limit: 2 replica(s) × 2048 MiB is over the plan's 1024 MiB",
+            ),
+            (
+                with("cpu_limit = \"250m\"", "cpu_limit = \"1\""),
+                "resources.cpu_limit: 2 replica(s) × 1000m is over the plan's 1000m",
+            ),
+            (
+                with("cpu_request = \"100m\"", "cpu_request = \"lots\""),
+                "resources.cpu_request: \"lots\" is not a CPU quantity",
+            ),
+            (
+                with("memory_request = \"128Mi\"", "memory_request = \"512Mi\""),
+                "resources.memory_request: more than memory_limit",
+            ),
+            (with("replicas = 2", "replicas = 500"), "replicas: 500 is over the limit"),
+            (with("path = \"/healthz\"", "path = \"healthz\""), "health.path"),
+            (with("acme.example.com", "not a domain"), "domains"),
+        ] {
+            let err = problems(&bad);
+            assert!(err.contains(field), "want {field:?} in {err}");
+        }
+        // Every problem at once, and never a secret's value.
+        let err = problems(
+            &with("name = \"web\"", "name = \"-\"")
+                .replace("port = 8080", "port = 0")
+                .replace("postgres://u:p@db/acme", ""),
+        );
+        assert!(err.contains("name") && err.contains("port") && err.contains("secrets.DATABASE_URL: 1 to"), "{err}");
+        let err = problems(&with("memory_limit = \"256Mi\"", "memory_limit = \"999Gi\""));
+        assert!(!err.contains("postgres://"), "{err}");
+    }
+
+    #[test]
+    fn the_operators_spec_overrides_the_repositorys() {
+        let repo = "name = \"web\"\nimage = \"ghcr.io/acme/web:{commit}\"\nport = 3000\n[repo]\nurl = \"https://github.com/acme/web.git\"\n[env]\nA = \"1\"\nB = \"2\"\n";
+        let operator =
+            "port = 8080\n[env]\nB = \"20\"\n[repo]\nurl = \"https://github.com/acme/web.git\"\nref = \"release\"\n";
+        let s = AppSpec::merged(repo, operator, None, &roots()).unwrap();
+        assert_eq!(s.port, 8080);
+        assert_eq!(s.repo.git_ref, "release");
+        assert_eq!((s.env["A"].as_str(), s.env["B"].as_str()), ("1", "20"));
+        let err = AppSpec::merged(repo, "port = \"eighty\"\n", None, &roots()).unwrap_err().to_string();
+        assert!(err.contains("port") || err.contains("invalid type"), "{err}");
+    }
+
+    #[test]
+    fn refs_urls_and_quantities() {
+        for ok in ["main", "v1.2.3", "release/2026-11", "0123456789abcdef0123456789abcdef01234567"] {
+            check_ref(ok).unwrap();
+        }
+        for bad in ["", "-x", "--upload-pack=x", "a b", "a..b", "a~1", "x.lock", "a:b", "@", "x@{1}"] {
+            assert!(check_ref(bad).is_err(), "{bad}");
+        }
+        let r = roots();
+        for ok in
+            ["https://github.com/a/b.git", "ssh://git@github.com/a/b.git", "git@github.com:a/b.git", "/srv/repos/a.git"]
+        {
+            check_repo_url(ok, &r).unwrap();
+        }
+        for bad in [
+            "ext::sh",
+            "fd::3",
+            "git://github.com/a",
+            "file:///srv/repos/a",
+            "/srv/repos/../x",
+            "relative/path",
+            "https://github.com",
+            "-oProxyCommand=x",
+        ] {
+            assert!(check_repo_url(bad, &r).is_err(), "{bad}");
+        }
+        assert_eq!((cpu_millis("250m"), cpu_millis("0.5"), cpu_millis("2")), (Ok(250), Ok(500), Ok(2000)));
+        assert!(cpu_millis("0").is_err() && cpu_millis("-1").is_err() && cpu_millis("1e9").is_err());
+        assert_eq!((bytes("256Mi"), bytes("1Gi"), bytes("512M")), (Ok(256 << 20), Ok(1 << 30), Ok(512_000_000)));
+        assert!(bytes("1Zi").is_err() && bytes("0").is_err() && bytes("99999999999Ti").is_err());
+    }
+}
