@@ -12,6 +12,7 @@ pub mod identity;
 pub mod instance;
 pub mod link;
 pub mod outbox;
+pub mod repos;
 
 use std::time::Duration;
 
