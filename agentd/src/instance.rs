@@ -12,7 +12,7 @@ const CACHE_BYTES: u64 = 4 * 1024 * 1024;
 const META: &str = "meta";
 const SCHEMA_KEY: &[u8] = b"schema_version";
 /// The schema this agentd writes.
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// Every tree of the instance database, by role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,6 +23,16 @@ pub enum Tree {
     OutboxMeta,
     /// command id → journal entry (see `actions::journal`).
     Journal,
+    /// project name → `apps::Project` (JSON). Schema 2.
+    Projects,
+    /// app name → `apps::AppRecord` (JSON; secrets sealed). Schema 2.
+    Apps,
+    /// app name, 0, deployment number (u64 BE) → `apps::Deployment` (JSON). Schema 2.
+    Deployments,
+    /// app name → `repos::RepoState` (JSON). Schema 2.
+    Repos,
+    /// number (u64 BE) → `apps::Activity` (JSON): append-only log of what the agent changed. Schema 2.
+    Activity,
 }
 
 impl Tree {
@@ -31,6 +41,11 @@ impl Tree {
             Tree::Outbox => "outbox",
             Tree::OutboxMeta => "outbox_meta",
             Tree::Journal => "journal",
+            Tree::Projects => "projects",
+            Tree::Apps => "apps",
+            Tree::Deployments => "deployments",
+            Tree::Repos => "repos",
+            Tree::Activity => "activity",
         }
     }
 }
@@ -104,6 +119,11 @@ impl Table {
         self.0.range(..=to).keys().map(|r| r.map(|k| k.to_vec()).map_err(DbError)).collect()
     }
 
+    /// Every entry whose key starts with `prefix`, in key order.
+    pub fn prefix(&self, prefix: impl AsRef<[u8]>) -> Result<Vec<Entry>, DbError> {
+        self.0.scan_prefix(prefix).map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(DbError)).collect()
+    }
+
     /// Every entry, in key order.
     pub fn entries(&self) -> Result<Vec<Entry>, DbError> {
         self.0.iter().map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(DbError)).collect()
@@ -118,9 +138,25 @@ pub struct InstanceDb {
 }
 
 /// Migrations, in order: `MIGRATIONS[n]` takes a database from version `n` to `n + 1`. Version 0 is a
-/// database from before versioning (the outbox and the journal, as version 1 has them).
+/// database from before versioning (the outbox and the journal, as version 1 has them); version 2 adds
+/// what the agent manages (projects, apps, deployments, repos, activity).
 type Migration = fn(&sled::Db) -> Result<(), sled::Error>;
-const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [|_| Ok(())];
+const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [
+    |_| Ok(()),
+    |db| {
+        for t in [Tree::Projects, Tree::Apps, Tree::Deployments, Tree::Repos, Tree::Activity] {
+            db.open_tree(t.name())?;
+        }
+        Ok(())
+    },
+];
+
+/// One change of an atomic write ([`InstanceDb::apply`]).
+#[derive(Clone, Debug)]
+pub enum Write {
+    Put(Tree, Vec<u8>, Vec<u8>),
+    Del(Tree, Vec<u8>),
+}
 
 impl InstanceDb {
     /// Opens (or creates) the database in `path`, migrating it to [`SCHEMA_VERSION`].
@@ -156,6 +192,39 @@ impl InstanceDb {
 
     pub fn table(&self, t: Tree) -> Result<Table, DbError> {
         Ok(Table(self.db.open_tree(t.name())?))
+    }
+
+    /// Applies every write or none of them (one transaction across the trees they touch), then flushes.
+    pub async fn apply(&self, writes: &[Write]) -> Result<(), DbError> {
+        use sled::Transactional;
+        let mut names: Vec<Tree> = Vec::new();
+        for w in writes {
+            let (Write::Put(t, ..) | Write::Del(t, _)) = w;
+            if !names.contains(t) {
+                names.push(*t);
+            }
+        }
+        let trees = names.iter().map(|t| self.db.open_tree(t.name())).collect::<Result<Vec<_>, _>>()?;
+        let at = |t: &Tree| names.iter().position(|n| n == t).expect("collected above");
+        trees[..]
+            .transaction(|tx| {
+                for w in writes {
+                    match w {
+                        Write::Put(t, k, v) => {
+                            tx[at(t)].insert(k.as_slice(), v.as_slice())?;
+                        }
+                        Write::Del(t, k) => {
+                            tx[at(t)].remove(k.as_slice())?;
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .map_err(|e: sled::transaction::TransactionError<()>| match e {
+                sled::transaction::TransactionError::Storage(e) => DbError(e),
+                sled::transaction::TransactionError::Abort(()) => unreachable!("nothing aborts"),
+            })?;
+        self.flush().await
     }
 
     /// Makes every write so far durable (sled's `flush_async`; see ARCHITECTURE.md for what it guarantees).
@@ -221,6 +290,6 @@ mod tests {
                 Ok(_) => panic!("a newer database was opened"),
             }
         };
-        assert!(err.contains("schema version 99, newer than this agentd's 1"), "{err}");
+        assert!(err.contains("schema version 99, newer than this agentd's 2"), "{err}");
     }
 }

@@ -5,6 +5,7 @@
 //! stored it; nothing is deleted until it is acknowledged.
 
 pub mod actions;
+pub mod apps;
 pub mod cli;
 pub mod collect;
 pub mod config;
