@@ -11,6 +11,7 @@ pub mod collect;
 pub mod config;
 pub mod identity;
 pub mod instance;
+pub mod k3s;
 pub mod link;
 pub mod outbox;
 pub mod repos;

@@ -6,6 +6,7 @@ mod console;
 mod fanout;
 mod fleet;
 mod hostile;
+mod k3s;
 mod ops;
 mod renewal;
 mod shutdown;

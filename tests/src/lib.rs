@@ -4,6 +4,7 @@
 
 pub mod boundaries;
 pub mod hostile;
+pub mod kube;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
