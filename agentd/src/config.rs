@@ -36,6 +36,20 @@ pub struct AgentConfig {
     /// The systemctl and journalctl programs the actions run.
     pub systemctl: String,
     pub journalctl: String,
+    /// The Kubernetes API of this server's K3s.
+    pub kubeconfig: PathBuf,
+    /// Local directories app repositories may be cloned from (mirrors, tests); other local paths are refused.
+    pub repo_roots: Vec<PathBuf>,
+    /// Most disk one app's checkout may take.
+    pub repo_budget_mib: u64,
+    /// The git program.
+    pub git: String,
+    /// A failed rollout restores the previous good deployment.
+    pub auto_rollback: bool,
+    /// How long a rollout may take before it counts as failed.
+    pub rollout_deadline_secs: u64,
+    /// How often a rollout is looked at.
+    pub rollout_poll_ms: u64,
 }
 
 impl Default for AgentConfig {
@@ -55,6 +69,13 @@ impl Default for AgentConfig {
             log_files: Vec::new(),
             systemctl: "systemctl".into(),
             journalctl: "journalctl".into(),
+            kubeconfig: PathBuf::from(crate::k3s::DEFAULT_KUBECONFIG),
+            repo_roots: Vec::new(),
+            repo_budget_mib: 512,
+            git: "git".into(),
+            auto_rollback: true,
+            rollout_deadline_secs: 300,
+            rollout_poll_ms: 1000,
         }
     }
 }
@@ -105,7 +126,23 @@ impl AgentConfig {
             }
             None => p.push("log_files: paths must be UTF-8".into()),
         }
-        for (field, v) in [("systemctl", &self.systemctl), ("journalctl", &self.journalctl)] {
+        for r in self
+            .repo_roots
+            .iter()
+            .filter(|r| !r.is_absolute() || r.components().any(|c| matches!(c, std::path::Component::ParentDir)))
+        {
+            p.push(format!("repo_roots: {} must be an absolute path without '..'", r.display()));
+        }
+        if !(1..=1_000_000).contains(&self.repo_budget_mib) {
+            p.push(format!("repo_budget_mib: {} is outside 1..=1000000", self.repo_budget_mib));
+        }
+        if !(10..=3600).contains(&self.rollout_deadline_secs) {
+            p.push(format!("rollout_deadline_secs: {} is outside 10..=3600", self.rollout_deadline_secs));
+        }
+        if !(10..=60_000).contains(&self.rollout_poll_ms) {
+            p.push(format!("rollout_poll_ms: {} is outside 10..=60000", self.rollout_poll_ms));
+        }
+        for (field, v) in [("systemctl", &self.systemctl), ("journalctl", &self.journalctl), ("git", &self.git)] {
             if v.is_empty() {
                 p.push(format!("{field}: must name a program"));
             }

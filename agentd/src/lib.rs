@@ -83,7 +83,13 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         .map_err(|e| RunError::Store { path: store_dir.display().to_string(), error: e.to_string() })?;
     let mut collector = collect::Collector::new(&config.k3s_unit, &config.systemctl).map_err(RunError::Collect)?;
     let tasks = TaskTracker::new();
-    let (runner, runner_link) = actions::Runner::new(config.clone(), journal, tasks.clone(), shutdown.clone());
+    let store_err = |e: String| RunError::Store { path: store_dir.display().to_string(), error: e };
+    let sealer = apps::secrets::Sealer::open(&config.data_dir).map_err(|e| store_err(e.to_string()))?;
+    let app_store = apps::AppStore::open(&db, sealer).map_err(|e| store_err(e.to_string()))?;
+    let (placement_tx, placement) = tokio::sync::watch::channel(actions::apps::Placement::default());
+    let app_actions = std::sync::Arc::new(actions::apps::Apps::new(&config, app_store, placement));
+    let (runner, runner_link) =
+        actions::Runner::new(config.clone(), Some(app_actions), journal, tasks.clone(), shutdown.clone());
 
     // The certificate's expiry, for the health report: the link publishes it when it connects or renews,
     // so the collector never re-reads the identity file.
@@ -93,6 +99,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         config: config.clone(),
         outbox: outbox.clone(),
         cert_not_after: cert_tx,
+        placement: placement_tx,
         runner,
         runner_link: tokio::sync::Mutex::new(runner_link),
     };

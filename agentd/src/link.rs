@@ -55,6 +55,8 @@ pub struct Link {
     pub outbox: Outbox,
     /// The current certificate's expiry (unix seconds), published on connect and renewal.
     pub cert_not_after: tokio::sync::watch::Sender<i64>,
+    /// Where the hub says this server belongs (customer, plan), published on every Welcome.
+    pub placement: tokio::sync::watch::Sender<crate::actions::apps::Placement>,
     pub runner: Runner,
     /// Held by the current session: command updates to send, renewals `rotate-cert` asked for.
     pub runner_link: tokio::sync::Mutex<RunnerLink>,
@@ -189,6 +191,9 @@ impl Link {
         }
         self.outbox.ack(acked)?;
         self.runner.new_stream(welcome.output_window);
+        let placement =
+            crate::actions::apps::Placement { customer: welcome.customer.clone(), plan: welcome.plan.clone() };
+        self.placement.send_if_modified(|p| std::mem::replace(p, placement.clone()) != placement);
         let mut next_seq = acked + 1;
         tracing::info!(server = %welcome.server_name, acked, backlog = self.outbox.len(), "connected to hub");
 

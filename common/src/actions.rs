@@ -24,6 +24,14 @@ pub enum ArgKind {
     Flag,
     /// A JSON array of strings: the program and its arguments (never a shell string).
     Argv,
+    /// An app name (a DNS label).
+    AppName,
+    /// An app spec (TOML, see `crate::app`); its secrets are redacted in the audit log.
+    AppSpec,
+    /// A branch, tag or commit (empty: the app's tracked ref).
+    GitRef,
+    /// A deployment id, `APP-N` (empty: the one before the live one).
+    DeploymentId,
 }
 
 #[derive(Debug)]
@@ -60,6 +68,11 @@ const UNIT_ARG: ArgSpec = ArgSpec {
 };
 
 const MIN: Duration = Duration::from_secs(60);
+
+const APP_ARG: ArgSpec =
+    ArgSpec { name: "app", help: "the app's name", kind: ArgKind::AppName, default: None, secret: false };
+
+const APP_DEADLINE: Duration = Duration::from_secs(600);
 
 pub static CATALOG: &[ActionSpec] = &[
     ActionSpec {
@@ -162,6 +175,136 @@ pub static CATALOG: &[ActionSpec] = &[
             },
         ],
     },
+    ActionSpec {
+        name: "app-apply",
+        summary: "store an app's spec on the server (deploy it with app-deploy)",
+        role: Role::Support,
+        destructive: false,
+        default_deadline: MIN,
+        max_deadline: Duration::from_secs(600),
+        args: &[ArgSpec {
+            name: "spec",
+            help: "the app spec (TOML): name, repo, image, port, env, secrets, replicas, resources, health, domains",
+            kind: ArgKind::AppSpec,
+            default: None,
+            secret: false,
+        }],
+    },
+    ActionSpec {
+        name: "app-deploy",
+        summary: "fetch the app's repository, apply its manifests and watch the rollout (rolled back on failure)",
+        role: Role::Support,
+        destructive: false,
+        default_deadline: APP_DEADLINE,
+        max_deadline: Duration::from_secs(1800),
+        args: &[
+            APP_ARG,
+            ArgSpec {
+                name: "ref",
+                help: "branch, tag or commit (default: the spec's repo.ref)",
+                kind: ArgKind::GitRef,
+                default: Some(""),
+                secret: false,
+            },
+        ],
+    },
+    ActionSpec {
+        name: "app-rollback",
+        summary: "run an earlier deployment again",
+        role: Role::Support,
+        destructive: false,
+        default_deadline: APP_DEADLINE,
+        max_deadline: Duration::from_secs(1800),
+        args: &[
+            APP_ARG,
+            ArgSpec {
+                name: "to",
+                help: "deployment id, e.g. web-3 (default: the one before the live one)",
+                kind: ArgKind::DeploymentId,
+                default: Some(""),
+                secret: false,
+            },
+        ],
+    },
+    ActionSpec {
+        name: "app-restart",
+        summary: "restart the app's pods, one at a time",
+        role: Role::Support,
+        destructive: false,
+        default_deadline: APP_DEADLINE,
+        max_deadline: Duration::from_secs(1800),
+        args: &[APP_ARG],
+    },
+    ActionSpec {
+        name: "app-scale",
+        summary: "set the app's replicas (within the plan)",
+        role: Role::Support,
+        destructive: false,
+        default_deadline: APP_DEADLINE,
+        max_deadline: Duration::from_secs(1800),
+        args: &[
+            APP_ARG,
+            ArgSpec {
+                name: "replicas",
+                help: "how many",
+                kind: ArgKind::Count { min: 0, max: crate::app::MAX_REPLICAS as u64 },
+                default: None,
+                secret: false,
+            },
+        ],
+    },
+    ActionSpec {
+        name: "app-logs",
+        summary: "recent log lines of the app's newest pod, optionally following",
+        role: Role::Support,
+        destructive: false,
+        default_deadline: Duration::from_secs(30),
+        max_deadline: Duration::from_secs(3600),
+        args: &[
+            APP_ARG,
+            ArgSpec {
+                name: "lines",
+                help: "how many recent lines",
+                kind: ArgKind::Count { min: 1, max: 10_000 },
+                default: Some("100"),
+                secret: false,
+            },
+            ArgSpec {
+                name: "follow",
+                help: "keep streaming new lines until the deadline or cancel",
+                kind: ArgKind::Flag,
+                default: Some("false"),
+                secret: false,
+            },
+        ],
+    },
+    ActionSpec {
+        name: "app-remove",
+        summary: "delete the app from the cluster and the server (its history goes too)",
+        role: Role::Admin,
+        destructive: true,
+        default_deadline: Duration::from_secs(120),
+        max_deadline: Duration::from_secs(600),
+        args: &[APP_ARG],
+    },
+    ActionSpec {
+        name: "repo-sync",
+        summary: "fetch the app's repository and report its state (no deploy)",
+        role: Role::Support,
+        destructive: false,
+        default_deadline: Duration::from_secs(300),
+        max_deadline: Duration::from_secs(1800),
+        args: &[APP_ARG],
+    },
+    ActionSpec {
+        name: "k3s-status",
+        summary: "K3s nodes, versions, pods and system pods, from the Kubernetes API",
+        role: Role::Support,
+        destructive: false,
+        default_deadline: Duration::from_secs(30),
+        max_deadline: Duration::from_secs(300),
+        args: &[],
+    },
 ];
 
 /// Longest path `logs` reads (and an agent may list in its `log_files`).
@@ -216,6 +359,31 @@ pub enum Action {
     Reboot,
     Logs { source: LogSource, lines: u32, follow: bool },
     Exec { argv: Vec<String>, output_cap: u64 },
+    AppApply { spec: String },
+    AppDeploy { app: String, git_ref: Option<String> },
+    AppRollback { app: String, to: Option<String> },
+    AppRestart { app: String },
+    AppScale { app: String, replicas: u32 },
+    AppLogs { app: String, lines: u32, follow: bool },
+    AppRemove { app: String },
+    RepoSync { app: String },
+    K3sStatus,
+}
+
+impl Action {
+    /// The app an action works on, if it works on one.
+    pub fn app(&self) -> Option<&str> {
+        match self {
+            Action::AppDeploy { app, .. }
+            | Action::AppRollback { app, .. }
+            | Action::AppRestart { app }
+            | Action::AppScale { app, .. }
+            | Action::AppLogs { app, .. }
+            | Action::AppRemove { app }
+            | Action::RepoSync { app } => Some(app),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -278,6 +446,28 @@ impl Action {
                 let output_cap = get("output_cap")?.parse().map_err(|e| invalid("output_cap", format!("{e}")))?;
                 Action::Exec { argv, output_cap }
             }
+            "app-apply" => Action::AppApply { spec: get("spec")?.to_string() },
+            "app-deploy" => Action::AppDeploy {
+                app: get("app")?.to_string(),
+                git_ref: Some(get("ref")?.to_string()).filter(|r| !r.is_empty()),
+            },
+            "app-rollback" => Action::AppRollback {
+                app: get("app")?.to_string(),
+                to: Some(get("to")?.to_string()).filter(|r| !r.is_empty()),
+            },
+            "app-restart" => Action::AppRestart { app: get("app")?.to_string() },
+            "app-scale" => Action::AppScale {
+                app: get("app")?.to_string(),
+                replicas: get("replicas")?.parse().map_err(|e| invalid("replicas", format!("{e}")))?,
+            },
+            "app-logs" => Action::AppLogs {
+                app: get("app")?.to_string(),
+                lines: get("lines")?.parse().map_err(|e| invalid("lines", format!("{e}")))?,
+                follow: get("follow")? == "true",
+            },
+            "app-remove" => Action::AppRemove { app: get("app")?.to_string() },
+            "repo-sync" => Action::RepoSync { app: get("app")?.to_string() },
+            "k3s-status" => Action::K3sStatus,
             other => unreachable!("catalog action {other} has no parser"),
         };
         Ok((action, spec))
@@ -313,8 +503,28 @@ fn check(action: &'static str, a: &ArgSpec, v: &str) -> Result<(), ActionError> 
             }
             Ok(_) => Ok(()),
         },
+        ArgKind::AppName if !crate::cert::valid_name(v) => {
+            bad(format!("{} is not an app name (1-63 of a-z, 0-9 and '-')", crate::text::excerpt(v, 64)))
+        }
+        // The hub checks the shape; the agent checks again with the server's plan and its repo_roots.
+        ArgKind::AppSpec => crate::app::AppSpec::parse(v, None, &crate::app::RepoRoots::any_local())
+            .map(drop)
+            .map_err(|e| ActionError::Invalid { action, arg: a.name, problem: e.to_string() }),
+        ArgKind::GitRef if !v.is_empty() => {
+            crate::app::check_ref(v).map_err(|problem| ActionError::Invalid { action, arg: a.name, problem })
+        }
+        ArgKind::DeploymentId if !v.is_empty() && !valid_deployment_id(v) => {
+            bad(format!("{} is not a deployment id (APP-N, e.g. web-3)", crate::text::excerpt(v, 64)))
+        }
         _ => Ok(()),
     }
+}
+
+/// `APP-N`: an app name, '-', a number.
+pub fn valid_deployment_id(v: &str) -> bool {
+    v.rsplit_once('-').is_some_and(|(app, n)| {
+        crate::cert::valid_name(app) && !n.is_empty() && n.len() <= 12 && n.bytes().all(|b| b.is_ascii_digit())
+    })
 }
 
 /// What an operator types to confirm a destructive action on `targets`: the server name for one, the count
@@ -341,7 +551,15 @@ pub fn redacted(action: &str, args: &BTreeMap<String, String>) -> BTreeMap<Strin
                     let k = k.to_ascii_lowercase();
                     ["secret", "token", "password", "key", "credential"].iter().any(|w| k.contains(w))
                 });
-            let shown = if secret {
+            let is_spec =
+                spec.and_then(|s| s.args.iter().find(|a| a.name == k)).is_some_and(|a| a.kind == ArgKind::AppSpec);
+            let shown = if is_spec {
+                // The spec without its secret values.
+                match toml::from_str::<crate::app::AppSpec>(v) {
+                    Ok(s) => toml::to_string(&s.redacted()).unwrap_or_else(|_| "<redacted>".into()),
+                    Err(_) => "<redacted: not a valid spec>".into(),
+                }
+            } else if secret {
                 "<redacted>".to_string()
             } else if v.len() > 1024 {
                 format!("{}… ({} bytes)", v.chars().take(256).collect::<String>(), v.len())
@@ -368,6 +586,10 @@ mod tests {
             for arg in spec.args.iter().filter(|a| a.default.is_none()) {
                 let v = match arg.kind {
                     ArgKind::Argv => "[\"true\"]",
+                    ArgKind::Count { .. } => "1",
+                    ArgKind::AppSpec => {
+                        "name = \"web\"\nimage = \"nginx\"\nport = 80\n[repo]\nurl = \"https://github.com/a/b.git\"\n"
+                    }
                     _ => "k3s",
                 };
                 a.insert(arg.name.to_string(), v.to_string());
@@ -393,6 +615,25 @@ mod tests {
         assert!(e("exec", &[("argv", "[]")]).contains("has 0 items"));
         let big = "x".repeat(MAX_ARGS_BYTES);
         assert!(e("exec", &[("argv", &big)]).contains("at most 32768 are allowed"));
+    }
+
+    #[test]
+    fn app_actions_check_their_arguments_and_the_audit_never_sees_a_secret() {
+        let e = |name, kv| Action::parse(name, &args(kv)).unwrap_err().to_string();
+        assert!(e("app-deploy", &[("app", "Web!")]).contains("is not an app name"));
+        assert!(e("app-deploy", &[("app", "web"), ("ref", "--upload-pack=x")]).contains("not a branch, tag or commit"));
+        assert!(e("app-rollback", &[("app", "web"), ("to", "../x")]).contains("not a deployment id"));
+        assert!(e("app-scale", &[("app", "web"), ("replicas", "99")]).contains("0..=20"));
+        assert!(e("app-apply", &[("spec", "name = \"web\"\nport = 0\n")]).contains("the app spec is invalid"));
+        let (a, _) = Action::parse("app-deploy", &args(&[("app", "web")])).unwrap();
+        assert_eq!(a, Action::AppDeploy { app: "web".into(), git_ref: None });
+        let (a, _) = Action::parse("app-rollback", &args(&[("app", "web"), ("to", "web-3")])).unwrap();
+        assert_eq!(a, Action::AppRollback { app: "web".into(), to: Some("web-3".into()) });
+        // A local repository path is the agent's to judge (its repo_roots), not the hub's.
+        let local = "name = \"web\"\nimage = \"nginx\"\nport = 80\n[repo]\nurl = \"/srv/git/web.git\"\n[secrets]\nDB = \"hunter2\"\n";
+        Action::parse("app-apply", &args(&[("spec", local)])).unwrap();
+        let shown = redacted("app-apply", &args(&[("spec", local)]));
+        assert!(!shown["spec"].contains("hunter2") && shown["spec"].contains("<secret>"), "{shown:?}");
     }
 
     #[test]

@@ -116,6 +116,14 @@ impl PlanLimits {
 #[derive(Clone, Debug, Default)]
 pub struct RepoRoots(pub Vec<PathBuf>);
 
+impl RepoRoots {
+    /// Any absolute local path: for the hub, which checks a spec's shape and leaves the server's own
+    /// `repo_roots` to its agent.
+    pub fn any_local() -> RepoRoots {
+        RepoRoots(vec![PathBuf::from("/")])
+    }
+}
+
 /// A spec that failed validation: every problem, each naming its field.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("the app spec is invalid: {}", .0.join("; "))]

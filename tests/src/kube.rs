@@ -35,6 +35,8 @@ pub struct KubeStandIn {
     pub addr: SocketAddr,
     pub kubeconfig: PathBuf,
     store: Arc<Mutex<Store>>,
+    /// Notified after every request the server handled.
+    changed: Arc<tokio::sync::Notify>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -356,16 +358,19 @@ impl KubeStandIn {
     /// Starts it on a free loopback port and writes a kubeconfig for it into `dir`.
     pub async fn start(dir: &Path) -> KubeStandIn {
         let store = Arc::new(Mutex::new(Store::default()));
-        let shared = store.clone();
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let (shared, notify) = (store.clone(), changed.clone());
         let app = axum::Router::new().fallback(move |req: Request<Body>| {
-            let store = shared.clone();
+            let (store, notify) = (shared.clone(), notify.clone());
             async move {
                 let (parts, body) = req.into_parts();
                 let bytes = to_bytes(body, 16 << 20).await.unwrap_or_default();
                 let ct =
                     parts.headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
                 let q = query(parts.uri.query());
-                store.lock().unwrap().handle(&parts.method, parts.uri.path(), &q, &ct, &bytes)
+                let response = store.lock().unwrap().handle(&parts.method, parts.uri.path(), &q, &ct, &bytes);
+                notify.notify_waiters();
+                response
             }
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -382,7 +387,22 @@ impl KubeStandIn {
             ),
         )
         .unwrap();
-        KubeStandIn { addr, kubeconfig, store, task }
+        KubeStandIn { addr, kubeconfig, store, changed, task }
+    }
+
+    /// Waits until the object at `path` satisfies `done` (checked after every request the server handles),
+    /// for at most `within`.
+    pub async fn wait_for(&self, path: &str, within: std::time::Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let until = tokio::time::Instant::now() + within;
+        loop {
+            let next = self.changed.notified();
+            if let Some(v) = self.get(path).filter(|v| done(v)) {
+                return v;
+            }
+            if tokio::time::timeout_at(until, next).await.is_err() {
+                panic!("{path} did not reach the state waited for; it is {:#?}", self.get(path));
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Store> {

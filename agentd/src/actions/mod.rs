@@ -5,6 +5,7 @@
 //! durable before anything runs; a repeat of a known id is answered from the journal (`done`: the recorded
 //! result; `started`: interrupted, because agentd died while it ran) and never runs again.
 
+pub mod apps;
 pub mod journal;
 mod output;
 mod process;
@@ -63,6 +64,8 @@ struct Commands {
 
 struct Inner {
     config: AgentConfig,
+    /// The app actions (none when the instance database has no app store, as in some tests).
+    apps: Option<Arc<apps::Apps>>,
     journal: Journal,
     updates: mpsc::Sender<CommandUpdate>,
     renew: mpsc::Sender<RenewWaiter>,
@@ -79,6 +82,9 @@ struct Inner {
 /// What an action gets to work with.
 pub struct Ctx<'a> {
     pub config: &'a AgentConfig,
+    pub apps: Option<Arc<apps::Apps>>,
+    /// Who asked (from the command), for the app's records.
+    pub operator: String,
     pub out: Output,
     pub cancel: CancellationToken,
     pub deadline: Instant,
@@ -96,6 +102,7 @@ fn valid_id(id: &str) -> bool {
 impl Runner {
     pub fn new(
         config: AgentConfig,
+        apps: Option<Arc<apps::Apps>>,
         journal: Journal,
         tasks: TaskTracker,
         shutdown: CancellationToken,
@@ -104,6 +111,7 @@ impl Runner {
         let (renew, renewals) = mpsc::channel(4);
         let inner = Inner {
             config,
+            apps,
             journal,
             updates,
             renew,
@@ -214,12 +222,15 @@ impl Runner {
         tracing::info!(command_id = %id, action = %c.action, operator = %c.operator, timeout_ms = c.timeout_ms, "running command");
         self.send(CommandUpdate { command_id: id.clone(), started: true, ..Default::default() }).await;
         let runner = self.clone();
+        let operator = c.operator.clone();
         let span = tracing::info_span!("command", command_id = %id, action = %c.action);
         self.inner.tasks.spawn(
             async move {
                 let started = Instant::now();
                 let mut ctx = Ctx {
                     config: &runner.inner.config,
+                    apps: runner.inner.apps.clone(),
+                    operator: operator.clone(),
                     out: Output::new(&id, runner.inner.updates.clone(), credit, cancel.clone(), deadline, &action),
                     cancel: cancel.clone(),
                     deadline,
@@ -318,7 +329,7 @@ mod tests {
     fn exec_runner(dir: &std::path::Path) -> (Runner, RunnerLink) {
         let db = crate::instance::InstanceDb::open(&dir.join("db")).unwrap();
         let config = AgentConfig { exec_enabled: true, data_dir: dir.into(), ..Default::default() };
-        Runner::new(config, Journal::open(&db).unwrap(), TaskTracker::new(), CancellationToken::new())
+        Runner::new(config, None, Journal::open(&db).unwrap(), TaskTracker::new(), CancellationToken::new())
     }
 
     #[tokio::test]
@@ -379,6 +390,7 @@ mod tests {
         let db = crate::instance::InstanceDb::open(&dir.path().join("db")).unwrap();
         let (runner, mut link) = Runner::new(
             AgentConfig::default(),
+            None,
             Journal::open(&db).unwrap(),
             TaskTracker::new(),
             CancellationToken::new(),

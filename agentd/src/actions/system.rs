@@ -122,6 +122,14 @@ pub async fn execute(action: &Action, ctx: &mut Ctx<'_>) -> CommandResult {
             }
         }
         Action::Exec { argv, .. } => from_process(&process::run(argv, ctx).await, &argv[0]),
+        // The app actions.
+        app => match ctx.apps.clone() {
+            Some(apps) => {
+                let operator = ctx.operator.clone();
+                apps.execute(app, &operator, ctx).await
+            }
+            None => result(Outcome::Refused, -1, "this agent does not manage apps (no instance database)"),
+        },
     }
 }
 

@@ -154,6 +154,8 @@ impl AgentLink for AgentApi {
             acked_seq: acked,
             report_interval_secs: 0,
             output_window: crate::relay::OUTPUT_WINDOW,
+            customer: record.customer.clone(),
+            plan: record.plan.clone(),
         };
         tx.send(msg(hub_message::Body::Welcome(welcome))).await.map_err(|_| Status::cancelled("agent went away"))?;
         tracing::info!(%server, %agent_id, conn_id, acked, backlog = hello.last_seq.saturating_sub(acked), refused_reports = hello.refused_reports, "agent connected");

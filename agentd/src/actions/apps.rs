@@ -1,0 +1,486 @@
+//! The app actions: apply a spec, deploy (fetch, render, apply, watch the rollout, roll back on failure),
+//! roll back, restart, scale, logs, remove, repo-sync and k3s-status. Each is idempotent under redelivery
+//! (the command journal already makes it run at most once; a deploy of what already runs is a no-op that
+//! says so) and one app's actions run one at a time.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::AsyncBufReadExt;
+use futures::StreamExt;
+use outpost_common::actions::Action;
+use outpost_common::app::{AppSpec, PlanLimits, RepoRoots};
+use outpost_proto::v1::{CommandResult, Outcome};
+use tokio::sync::watch;
+
+use super::{Ctx, result};
+use crate::apps::{AppStore, DeployStatus, Deployment};
+use crate::config::AgentConfig;
+use crate::k3s::render::{self, Revision};
+use crate::k3s::{K3s, Rollout};
+use crate::repos::{GitCli, RepoState, Repos};
+
+/// Where this server belongs, as the hub says in Welcome.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Placement {
+    pub customer: String,
+    pub plan: String,
+}
+
+pub struct Apps {
+    store: AppStore,
+    repos: Repos<GitCli>,
+    roots: RepoRoots,
+    kubeconfig: PathBuf,
+    poll: Duration,
+    k3s: tokio::sync::Mutex<Option<K3s>>,
+    placement: watch::Receiver<Placement>,
+    auto_rollback: bool,
+    rollout_deadline: Duration,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+fn short(c: &str) -> &str {
+    &c[..c.len().min(12)]
+}
+
+fn failed(message: impl Into<String>) -> CommandResult {
+    result(Outcome::Failed, -1, message)
+}
+
+fn refused(message: impl Into<String>) -> CommandResult {
+    result(Outcome::Refused, -1, message)
+}
+
+macro_rules! attempt {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(r) => return r,
+        }
+    };
+}
+
+impl Apps {
+    pub fn new(config: &AgentConfig, store: AppStore, placement: watch::Receiver<Placement>) -> Apps {
+        let git = GitCli {
+            program: config.git.clone(),
+            timeout: Duration::from_secs(300),
+            home: config.data_dir.join("git-home"),
+        };
+        let roots = RepoRoots(config.repo_roots.clone());
+        Apps {
+            store,
+            repos: Repos::new(git, config.data_dir.join("repos"), roots.clone(), config.repo_budget_mib << 20),
+            roots,
+            kubeconfig: config.kubeconfig.clone(),
+            poll: Duration::from_millis(config.rollout_poll_ms),
+            k3s: tokio::sync::Mutex::new(None),
+            placement,
+            auto_rollback: config.auto_rollback,
+            rollout_deadline: Duration::from_secs(config.rollout_deadline_secs),
+            locks: Mutex::default(),
+        }
+    }
+
+    pub fn store(&self) -> &AppStore {
+        &self.store
+    }
+
+    async fn k3s(&self) -> Result<K3s, CommandResult> {
+        let mut k = self.k3s.lock().await;
+        if let Some(k) = k.as_ref() {
+            return Ok(k.clone());
+        }
+        let client = K3s::connect(&self.kubeconfig, self.poll).await.map_err(|e| failed(e.to_string()))?;
+        *k = Some(client.clone());
+        Ok(client)
+    }
+
+    /// The project (the customer's namespace) and the plan's limits.
+    fn placement(&self) -> Result<(String, Option<PlanLimits>), CommandResult> {
+        let p = self.placement.borrow().clone();
+        if !outpost_common::cert::valid_name(&p.customer) || p.customer == "default" || p.customer.starts_with("kube-")
+        {
+            return Err(refused(format!(
+                "this server has no usable customer ({:?}); apps run in the customer's namespace: set it with `hubd token create --customer NAME` (or in the provisioning request)",
+                p.customer
+            )));
+        }
+        let plan =
+            match p.plan.as_str() {
+                "" => None,
+                name => Some(PlanLimits::named(name).ok_or_else(|| {
+                    refused(format!("plan {name:?} is not one this agent knows (starter, pro, team)"))
+                })?),
+            };
+        Ok((p.customer, plan))
+    }
+
+    async fn lock(&self, app: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self.locks.lock().unwrap_or_else(|p| p.into_inner()).entry(app.to_string()).or_default().clone();
+        lock.lock_owned().await
+    }
+
+    fn app(&self, name: &str) -> Result<(String, AppSpec), CommandResult> {
+        match self.store.app(name) {
+            Ok(Some(a)) => Ok(a),
+            Ok(None) => Err(failed(format!("no app named {name} on this server; apply its spec first (app-apply)"))),
+            Err(e) => Err(failed(e.to_string())),
+        }
+    }
+
+    pub async fn execute(&self, action: &Action, operator: &str, ctx: &mut Ctx<'_>) -> CommandResult {
+        let _app = match action.app() {
+            Some(app) => Some(self.lock(app).await),
+            None => None,
+        };
+        match action {
+            Action::AppApply { spec } => self.apply(spec, operator).await,
+            Action::AppDeploy { app, git_ref } => self.deploy(app, git_ref.as_deref(), operator, None, ctx).await,
+            Action::AppRollback { app, to } => self.rollback(app, to.as_deref(), operator, ctx).await,
+            Action::AppRestart { app } => self.restart(app, ctx).await,
+            Action::AppScale { app, replicas } => self.scale(app, *replicas, operator, ctx).await,
+            Action::AppLogs { app, lines, follow } => self.logs(app, *lines, *follow, ctx).await,
+            Action::AppRemove { app } => self.remove(app, operator).await,
+            Action::RepoSync { app } => self.repo_sync(app).await,
+            Action::K3sStatus => self.k3s_status(ctx).await,
+            other => refused(format!("{other:?} is not an app action")),
+        }
+    }
+
+    async fn apply(&self, text: &str, operator: &str) -> CommandResult {
+        let (project, plan) = attempt!(self.placement());
+        let spec = attempt!(AppSpec::parse(text, plan, &self.roots).map_err(|e| refused(e.to_string())));
+        let _app = self.lock(&spec.name).await;
+        match self.store.put_app(&project, &spec, operator).await {
+            Ok(true) => result(
+                Outcome::Succeeded,
+                0,
+                format!("{}: spec stored in project {project}; deploy it with app-deploy", spec.name),
+            ),
+            Ok(false) => result(
+                Outcome::Succeeded,
+                0,
+                format!("{}: the same spec is already stored; nothing changed", spec.name),
+            ),
+            Err(e) => failed(e.to_string()),
+        }
+    }
+
+    /// Fetches `git_ref` (or the tracked ref), renders, applies and watches the rollout.
+    async fn deploy(
+        &self,
+        name: &str,
+        git_ref: Option<&str>,
+        operator: &str,
+        note: Option<String>,
+        ctx: &mut Ctx<'_>,
+    ) -> CommandResult {
+        let (project, plan) = attempt!(self.placement());
+        let (_, mut spec) = attempt!(self.app(name));
+        if spec.repo.deploy_key.is_some() {
+            return refused(
+                "deploy keys are not supported by this agent version yet; use a repository it can read without one",
+            );
+        }
+        let mut repo = spec.repo.clone();
+        if let Some(r) = git_ref {
+            repo.git_ref = r.to_string();
+        }
+        let prev = self.store.repo(name).ok().flatten();
+        let state = self.repos.sync(name, &repo, None, prev.as_ref()).await;
+        if let Err(e) = self.store.put_repo(name, &state).await {
+            return failed(e.to_string());
+        }
+        if !state.last_error.is_empty() {
+            return failed(format!("{name}: {}", state.last_error));
+        }
+        ctx.out.line(&format!("fetched {} of {} at {}", repo.git_ref, repo.url, short(&state.head))).await;
+        if !state.note.is_empty() {
+            ctx.out.line(&state.note).await;
+        }
+        // The repository's own outpost.toml, under the operator's spec.
+        let own = self.repos.path_of(name).join(&spec.repo.path).join("outpost.toml");
+        if let Ok(text) = std::fs::read_to_string(&own) {
+            let operator_spec = toml::to_string(&spec).expect("specs serialise");
+            spec = attempt!(
+                AppSpec::merged(&text, &operator_spec, plan, &self.roots)
+                    .map_err(|e| failed(format!("{name}: the repository's outpost.toml: {e}")))
+            );
+            ctx.out.line("merged the repository's outpost.toml under the stored spec").await;
+        }
+        if let Err(e) = spec.validate(plan, &self.roots) {
+            return refused(format!("{name}: {e}"));
+        }
+        let k3s = attempt!(self.k3s().await);
+        let digest =
+            render::app(&project, &spec, &Revision { commit: state.head.clone(), ..Default::default() }).digest();
+        if let Ok(Some(live)) = self.store.live(name)
+            && live.commit == state.head
+            && live.manifest_digest == digest
+            && note.is_none()
+        {
+            return result(
+                Outcome::Succeeded,
+                0,
+                format!(
+                    "{}: {} already runs commit {} with this spec; nothing to do",
+                    name,
+                    live.id,
+                    short(&live.commit)
+                ),
+            );
+        }
+        let d = Deployment {
+            app: name.into(),
+            commit: state.head.clone(),
+            image: spec.image_for(&state.head),
+            manifest_digest: digest,
+            operator: note.clone().unwrap_or_else(|| operator.to_string()),
+            ..Default::default()
+        };
+        let d = attempt!(self.store.begin_deployment(d).await.map_err(|e| failed(e.to_string())));
+        ctx.out.line(&format!("deployment {}: image {}", d.id, d.image)).await;
+        let rev = Revision { deployment_id: d.id.clone(), commit: d.commit.clone(), ..Default::default() };
+        match self.roll(&k3s, &project, plan, &spec, &rev, ctx).await {
+            Ok(()) => {
+                let _ = self.store.set_status(&d.id, DeployStatus::Available, "").await;
+                result(
+                    Outcome::Succeeded,
+                    0,
+                    format!("{name}: {} is live (commit {}, {} replica(s))", d.id, short(&d.commit), spec.replicas),
+                )
+            }
+            Err(why) => self.failed_rollout(&k3s, &project, plan, &spec, &d, why, ctx).await,
+        }
+    }
+
+    /// Applies the project and the app at `rev` and watches the rollout. `Err` is why it failed.
+    async fn roll(
+        &self,
+        k3s: &K3s,
+        project: &str,
+        plan: Option<PlanLimits>,
+        spec: &AppSpec,
+        rev: &Revision,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), String> {
+        if let Some(plan) = plan {
+            k3s.apply_project(&render::project(project, &plan)).await.map_err(|e| e.to_string())?;
+        }
+        let m = render::app(project, spec, rev);
+        k3s.apply_app(project, &spec.name, &m, &render::app_policy(project, spec)).await.map_err(|e| e.to_string())?;
+        if !rev.deployment_id.is_empty() {
+            let _ = self.store.set_status(&rev.deployment_id, DeployStatus::RollingOut, "").await;
+        }
+        ctx.out.line("applied; watching the rollout").await;
+        let left = ctx.deadline.saturating_duration_since(Instant::now()).saturating_sub(Duration::from_secs(5));
+        let deadline = left.min(self.rollout_deadline);
+        let watched = tokio::select! {
+            r = k3s.rollout(project, &spec.name, &rev.deployment_id, deadline) => r.map_err(|e| e.to_string())?,
+            _ = ctx.cancel.cancelled() => return Err("cancelled while the rollout was watched; the cluster keeps rolling it out".into()),
+        };
+        match watched {
+            Rollout::Available => Ok(()),
+            Rollout::Failed(why) => Err(why),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn failed_rollout(
+        &self,
+        k3s: &K3s,
+        project: &str,
+        plan: Option<PlanLimits>,
+        spec: &AppSpec,
+        d: &Deployment,
+        why: String,
+        ctx: &mut Ctx<'_>,
+    ) -> CommandResult {
+        ctx.out.line(&format!("rollout of {} failed: {why}", d.id)).await;
+        let previous = self.store.live(&spec.name).ok().flatten();
+        match previous.filter(|_| self.auto_rollback) {
+            Some(p) => {
+                ctx.out.line(&format!("restoring {} (commit {})", p.id, short(&p.commit))).await;
+                let rev = Revision { deployment_id: p.id.clone(), commit: p.commit.clone(), ..Default::default() };
+                let restored = self.roll(k3s, project, plan, spec, &rev, ctx).await;
+                let (status, message) = match &restored {
+                    Ok(()) => (DeployStatus::RolledBack, format!("{why}; {} restored", p.id)),
+                    Err(again) => (DeployStatus::Failed, format!("{why}; restoring {} failed too: {again}", p.id)),
+                };
+                let _ = self.store.set_status(&d.id, status, &message).await;
+                if restored.is_ok() {
+                    let _ = self.store.set_status(&p.id, DeployStatus::Available, "restored").await;
+                }
+                failed(format!("{}: {} failed ({message})", spec.name, d.id))
+            }
+            None => {
+                let _ = self.store.set_status(&d.id, DeployStatus::Failed, &why).await;
+                failed(format!("{}: {} failed: {why}", spec.name, d.id))
+            }
+        }
+    }
+
+    async fn rollback(&self, name: &str, to: Option<&str>, operator: &str, ctx: &mut Ctx<'_>) -> CommandResult {
+        let all = attempt!(self.store.deployments(name).map_err(|e| failed(e.to_string())));
+        let target = match to {
+            Some(id) => all
+                .iter()
+                .find(|d| d.id == id)
+                .cloned()
+                .ok_or_else(|| failed(format!("{name} has no deployment {id}; `outpost apps` lists them"))),
+            None => {
+                let live = all.iter().position(|d| d.status == DeployStatus::Available);
+                live.and_then(|i| {
+                    all[i + 1..].iter().find(|d| matches!(d.status, DeployStatus::Superseded | DeployStatus::Available))
+                })
+                .cloned()
+                .ok_or_else(|| failed(format!("{name} has no earlier good deployment to roll back to")))
+            }
+        };
+        let target = attempt!(target);
+        ctx.out.line(&format!("rolling back to {} (commit {})", target.id, short(&target.commit))).await;
+        self.deploy(name, Some(&target.commit), operator, Some(format!("{operator}: rollback to {}", target.id)), ctx)
+            .await
+    }
+
+    /// Re-applies what runs with `change` made to it (a restart stamp, a replica count).
+    async fn reapply(&self, name: &str, spec: &AppSpec, rev: Revision, ctx: &mut Ctx<'_>) -> CommandResult {
+        let (project, plan) = attempt!(self.placement());
+        let k3s = attempt!(self.k3s().await);
+        match self.roll(&k3s, &project, plan, spec, &rev, ctx).await {
+            Ok(()) => result(
+                Outcome::Succeeded,
+                0,
+                format!("{name}: rolled out ({} replica(s))", rev.replicas.unwrap_or(spec.replicas)),
+            ),
+            Err(why) => failed(format!("{name}: {why}")),
+        }
+    }
+
+    fn live(&self, name: &str) -> Result<Deployment, CommandResult> {
+        match self.store.live(name) {
+            Ok(Some(d)) => Ok(d),
+            Ok(None) => Err(failed(format!("{name} has no live deployment; deploy it first (app-deploy)"))),
+            Err(e) => Err(failed(e.to_string())),
+        }
+    }
+
+    async fn restart(&self, name: &str, ctx: &mut Ctx<'_>) -> CommandResult {
+        let (_, spec) = attempt!(self.app(name));
+        let live = attempt!(self.live(name));
+        let rev = Revision {
+            deployment_id: live.id,
+            commit: live.commit,
+            restarted_at: Some(outpost_common::when::stamp(outpost_common::now_ms())),
+            replicas: None,
+        };
+        self.reapply(name, &spec, rev, ctx).await
+    }
+
+    async fn scale(&self, name: &str, replicas: u32, operator: &str, ctx: &mut Ctx<'_>) -> CommandResult {
+        let (project, plan) = attempt!(self.placement());
+        let (_, mut spec) = attempt!(self.app(name));
+        let live = attempt!(self.live(name));
+        spec.replicas = replicas;
+        if let Err(e) = spec.validate(plan, &self.roots) {
+            return refused(format!("{name}: {e}"));
+        }
+        if let Err(e) = self.store.put_app(&project, &spec, operator).await {
+            return failed(e.to_string());
+        }
+        self.reapply(name, &spec, Revision { deployment_id: live.id, commit: live.commit, ..Default::default() }, ctx)
+            .await
+    }
+
+    async fn logs(&self, name: &str, lines: u32, follow: bool, ctx: &mut Ctx<'_>) -> CommandResult {
+        let (project, _) = attempt!(self.placement());
+        let k3s = attempt!(self.k3s().await);
+        let pod = match k3s.app_pod(&project, name).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return failed(format!("{name} has no pods")),
+            Err(e) => return failed(e.to_string()),
+        };
+        let reader =
+            attempt!(k3s.logs(&project, &pod, i64::from(lines), follow).await.map_err(|e| failed(e.to_string())));
+        let mut lines_in = reader.lines();
+        let mut n = 0u64;
+        loop {
+            tokio::select! {
+                _ = ctx.cancel.cancelled() => return result(Outcome::Cancelled, -1, "cancelled"),
+                _ = tokio::time::sleep_until(ctx.deadline.into()) => return result(Outcome::Succeeded, 0, format!("{n} line(s) of {pod}; followed until the deadline")),
+                l = lines_in.next() => match l {
+                    Some(Ok(l)) => { ctx.out.line(&l).await; n += 1; }
+                    Some(Err(e)) => return failed(format!("reading the log of {pod}: {e}")),
+                    None => return result(Outcome::Succeeded, 0, format!("{n} line(s) of {pod}")),
+                },
+            }
+        }
+    }
+
+    async fn remove(&self, name: &str, operator: &str) -> CommandResult {
+        let (project, _) = attempt!(self.placement());
+        if matches!(self.store.app_record(name), Ok(None)) {
+            return result(Outcome::Succeeded, 0, format!("{name}: no such app on this server; nothing to remove"));
+        }
+        let k3s = attempt!(self.k3s().await);
+        let n = attempt!(k3s.prune_app(&project, name).await.map_err(|e| failed(e.to_string())));
+        if let Err(e) = self.store.remove_app(name, operator).await {
+            return failed(e.to_string());
+        }
+        let _ = std::fs::remove_dir_all(self.repos.path_of(name));
+        result(Outcome::Succeeded, 0, format!("{name}: removed ({n} object(s) deleted from the cluster)"))
+    }
+
+    async fn repo_sync(&self, name: &str) -> CommandResult {
+        let (_, spec) = attempt!(self.app(name));
+        let prev = self.store.repo(name).ok().flatten();
+        let state: RepoState = self.repos.sync(name, &spec.repo, None, prev.as_ref()).await;
+        if let Err(e) = self.store.put_repo(name, &state).await {
+            return failed(e.to_string());
+        }
+        if !state.last_error.is_empty() {
+            return failed(format!("{name}: {}", state.last_error));
+        }
+        let mut message = format!("{name}: {} at {}", spec.repo.git_ref, short(&state.head));
+        if !state.note.is_empty() {
+            message.push_str(&format!("; {}", state.note));
+        }
+        result(Outcome::Succeeded, 0, message)
+    }
+
+    async fn k3s_status(&self, ctx: &mut Ctx<'_>) -> CommandResult {
+        let k3s = attempt!(self.k3s().await);
+        let s = attempt!(k3s.state().await.map_err(|e| failed(e.to_string())));
+        ctx.out.line(&format!("Kubernetes {}", s.version)).await;
+        for n in &s.nodes {
+            ctx.out
+                .line(&format!(
+                    "node {}: {} ({}){}",
+                    n.name,
+                    if n.ready { "Ready" } else { "NOT READY" },
+                    n.kubelet_version,
+                    if n.problems.is_empty() { String::new() } else { format!(": {}", n.problems.join("; ")) }
+                ))
+                .await;
+        }
+        ctx.out
+            .line(&format!("pods: {} running, {} pending, {} failed", s.pods_running, s.pods_pending, s.pods_failed))
+            .await;
+        for p in &s.system_problems {
+            ctx.out.line(&format!("system pod {p}")).await;
+        }
+        if s.ready && s.system_problems.is_empty() {
+            result(Outcome::Succeeded, 0, format!("K3s {} ready", s.version))
+        } else {
+            failed(format!(
+                "K3s {}: {}",
+                s.version,
+                if s.ready { "system pods unhealthy" } else { "a node is not Ready" }
+            ))
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Issue 10 end to end: an operator deploys an app from a local bare repository onto a real agentd
+//! through the real hub; the agent fetches it with git, renders and applies it through kube-rs to the
+//! stand-in Kubernetes API, and watches the rollout that this test plays the controller for.
+
+use std::path::Path;
+use std::time::Duration;
+
+use harness::kube::KubeStandIn;
+use harness::{AgentProc, HubProc, action, run_job, watch_until};
+use outpost_common::Role;
+use outpost_proto::v1::{CreateJoinTokenRequest, Liveness, Outcome, QueryAuditRequest};
+use serde_json::{Value, json};
+
+const DEPLOYMENT: &str = "apis/apps/v1/namespaces/acme/deployments/web";
+const WAIT: Duration = Duration::from_secs(30);
+
+fn git(dir: &Path, script: &str) -> String {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "dev")
+        .env("GIT_AUTHOR_EMAIL", "dev@example.com")
+        .env("GIT_COMMITTER_NAME", "dev")
+        .env("GIT_COMMITTER_EMAIL", "dev@example.com")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The Deployment controller: the rollout of the current template is done.
+fn mark_available(kube: &KubeStandIn, d: &Value) {
+    let replicas = d["spec"]["replicas"].clone();
+    kube.patch(
+        DEPLOYMENT,
+        json!({"status": {
+            "observedGeneration": d["metadata"]["generation"],
+            "replicas": replicas, "updatedReplicas": replicas, "readyReplicas": replicas, "availableReplicas": replicas,
+            "conditions": [{"type": "Available", "status": "True"}, {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}]
+        }}),
+    );
+}
+
+fn template_of(d: &Value) -> &str {
+    d["spec"]["template"]["metadata"]["labels"]["outpost.dev/deployment"].as_str().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_deploys_from_git_and_a_bad_commit_is_rolled_back_automatically() {
+    harness::init();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let kube = KubeStandIn::start(&root.join("kube")).await;
+    git(
+        root,
+        "git init -q --bare -b main web.git && git clone -q web.git dev 2>/dev/null && cd dev && echo v1 > app.txt && git add -A && git commit -qm v1 && git push -q origin HEAD:main",
+    );
+    let good = git(&root.join("dev"), "git rev-parse HEAD");
+
+    let hub = HubProc::start(&root.join("hub"), harness::free_port(), "").await;
+    let mut admin = hub.client(Role::Admin);
+    let token = admin
+        .create_join_token(CreateJoinTokenRequest {
+            server_name: "app-1".into(),
+            ttl_secs: 600,
+            customer: "acme".into(),
+            plan: "pro".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let extra = format!(
+        "kubeconfig = \"{}\"\nrepo_roots = [\"{}\"]\nrollout_poll_ms = 20\n",
+        kube.kubeconfig.display(),
+        root.display()
+    );
+    let _agent = AgentProc::start(root, "app-1", &token, &extra);
+    watch_until(&mut hub.client(Role::Viewer), "app-1 connected", |f| {
+        f.get("app-1").is_some_and(|s| s.liveness == Liveness::Connected as i32)
+    })
+    .await;
+
+    // The spec, with a secret: stored, and never in the audit log.
+    let spec = format!(
+        "name = \"web\"\nimage = \"registry.example/acme/web:{{commit}}\"\nport = 8080\nreplicas = 2\n[repo]\nurl = \"{}\"\n[secrets]\nDATABASE_URL = \"postgres://u:hunter2@db/acme\"\n[resources]\nmemory_limit = \"256Mi\"\n",
+        root.join("web.git").display()
+    );
+    let mut support = hub.client(Role::Support);
+    let applied = run_job(&mut support, action("app-apply", &["app-1"], &[("spec", &spec)])).await;
+    assert_eq!(applied.result("app-1").outcome, Outcome::Succeeded as i32, "{:?}", applied.result("app-1"));
+    let again = run_job(&mut support, action("app-apply", &["app-1"], &[("spec", &spec)])).await;
+    assert!(again.result("app-1").message.contains("nothing changed"), "{:?}", again.result("app-1"));
+
+    // Deploy: the agent fetches, applies, and waits for the controller.
+    let deploying = tokio::spawn({
+        let mut c = hub.client(Role::Support);
+        async move { run_job(&mut c, action("app-deploy", &["app-1"], &[("app", "web")])).await }
+    });
+    let d = kube.wait_for(DEPLOYMENT, WAIT, |d| template_of(d) == "web-1").await;
+    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["image"], format!("registry.example/acme/web:{good}"));
+    assert_eq!(
+        kube.get("api/v1/namespaces/acme/secrets/web-secrets").unwrap()["stringData"]["DATABASE_URL"],
+        "postgres://u:hunter2@db/acme"
+    );
+    assert!(kube.get("api/v1/namespaces/acme/resourcequotas/outpost-plan").is_some(), "the plan's quota");
+    mark_available(&kube, &d);
+    let first = deploying.await.unwrap();
+    let r = first.result("app-1");
+    assert_eq!(r.outcome, Outcome::Succeeded as i32, "{r:?} {}", first.output["app-1"]);
+    assert!(r.message.contains("web-1 is live"), "{r:?}");
+    assert!(first.output["app-1"].contains(&format!("at {}", &good[..12])), "{}", first.output["app-1"]);
+
+    // The same commit again: nothing to do.
+    let same = run_job(&mut support, action("app-deploy", &["app-1"], &[("app", "web")])).await;
+    assert!(same.result("app-1").message.contains("already runs commit"), "{:?}", same.result("app-1"));
+
+    // A bad commit: its pods crash-loop; the agent says why and restores web-1.
+    git(&root.join("dev"), "echo broken > app.txt && git commit -qam broken && git push -q origin HEAD:main");
+    let deploying = tokio::spawn({
+        let mut c = hub.client(Role::Support);
+        async move { run_job(&mut c, action("app-deploy", &["app-1"], &[("app", "web")])).await }
+    });
+    kube.wait_for(DEPLOYMENT, WAIT, |d| template_of(d) == "web-2").await;
+    kube.put(
+        "api/v1/namespaces/acme/pods/web-2-x",
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"labels": {"app.kubernetes.io/instance": "web", "outpost.dev/deployment": "web-2"}},
+            "spec": {"containers": [{"name": "web"}]},
+            "status": {"phase": "Running", "containerStatuses": [{"name": "web", "image": "x", "imageID": "", "ready": false, "restartCount": 3,
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                "lastState": {"terminated": {"exitCode": 1, "message": "panic: app.txt says broken"}}}]}}),
+    );
+    let restored = kube.wait_for(DEPLOYMENT, WAIT, |d| template_of(d) == "web-1").await;
+    mark_available(&kube, &restored);
+    let second = deploying.await.unwrap();
+    let r = second.result("app-1");
+    assert_eq!(r.outcome, Outcome::Failed as i32, "{r:?}");
+    assert!(
+        r.message.contains("web-2 failed")
+            && r.message.contains("panic: app.txt says broken")
+            && r.message.contains("web-1 restored"),
+        "{r:?}"
+    );
+    assert_eq!(
+        kube.get(DEPLOYMENT).unwrap()["spec"]["template"]["spec"]["containers"][0]["image"],
+        format!("registry.example/acme/web:{good}")
+    );
+
+    // Audited: the requests with the spec's secret redacted, and both results.
+    let audit =
+        admin.query_audit(QueryAuditRequest { limit: 100, ..Default::default() }).await.unwrap().into_inner().records;
+    let text = format!("{audit:?}");
+    assert!(!text.contains("hunter2"), "a secret reached the audit log");
+    assert!(
+        audit.iter().any(|a| a.action == "app-apply" && a.args.get("spec").is_some_and(|s| s.contains("<secret>"))),
+        "{audit:#?}"
+    );
+    let results: Vec<(&str, i32)> = audit
+        .iter()
+        .filter(|a| a.kind == "result" && a.action == "app-deploy")
+        .map(|a| (a.message.as_str(), a.outcome))
+        .collect();
+    assert_eq!(results.len(), 3, "{results:?}");
+}
