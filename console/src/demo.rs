@@ -2,6 +2,11 @@
 //! N real `agentd` processes enrolled through real join tokens over loopback mTLS, and the live console.
 //! Quitting stops the agents, the hub, and removes the directory; agents also exit by themselves if this
 //! process dies (`--exit-with-parent`), so nothing is left behind.
+//!
+//! For the app actions the demo runs a stand-in Kubernetes API with a minimal controller (every
+//! Deployment becomes available) and, when git is installed, a sample app repository
+//! (`repos/hello.git`, tags `v1` and `v2`): `app-apply` with [`SAMPLE_SPEC`] (its `{repos}` replaced by the
+//! demo's `repos/` directory), then `app-deploy`, `app-rollback`, `app-logs`… all work.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -55,11 +60,31 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     result
 }
 
+/// An app spec the demo's agents can deploy: `{repos}` is the demo's repository directory.
+pub const SAMPLE_SPEC: &str = r#"name = "hello"
+image = "registry.example/demo/hello:{commit}"
+port = 8080
+replicas = 2
+[repo]
+url = "{repos}/hello.git"
+ref = "main"
+[env]
+GREETING = "hello from the demo"
+[secrets]
+API_SECRET = "demo-only"
+[health]
+path = "/healthz"
+"#;
+
 /// The demo's hub and agents, without the console (tests drive it through the operator API).
 pub struct DemoFleet {
     pub hub: hub::Hub,
     /// An admin bundle for this hub (in memory).
     pub bundle: outpost_common::bundle::Bundle,
+    /// The stand-in Kubernetes API every demo agent talks to.
+    pub kube: standin::kube::KubeStandIn,
+    /// Where the sample repository lives (`hello.git`), if git is installed.
+    pub repos: Option<PathBuf>,
     agents: Vec<Child>,
     stop: CancellationToken,
 }
@@ -79,8 +104,18 @@ impl DemoFleet {
         let hub = hub::start(config.clone(), stop.clone()).await.context("starting the embedded hub")?;
         config.advertise = Some(hub.advertise.clone());
         let bundle = hub::cli::issue_bundle(&config, hub.ca(), "demo-admin", Role::Admin, Duration::from_secs(86_400))?;
-        let mut fleet = DemoFleet { hub, bundle, agents: Vec::new(), stop };
-        if let Err(e) = start_agents(args, &fleet.hub, agentd, root, &mut fleet.agents).await {
+        let kube = standin::kube::KubeStandIn::start_with_controller(&root.join("kube")).await;
+        let repos = match sample_repository(&root.join("repos")) {
+            Ok(()) => Some(root.join("repos")),
+            Err(error) => {
+                eprintln!(
+                    "outpost demo: no sample app repository ({error:#}); is git installed? The app actions have nothing to deploy."
+                );
+                None
+            }
+        };
+        let mut fleet = DemoFleet { hub, bundle, kube, repos, agents: Vec::new(), stop };
+        if let Err(e) = start_agents(args, &fleet.hub, &fleet.kube.kubeconfig, agentd, root, &mut fleet.agents).await {
             fleet.stop().await?;
             return Err(e);
         }
@@ -104,6 +139,7 @@ impl DemoFleet {
 async fn start_agents(
     args: &DemoArgs,
     hub: &hub::Hub,
+    kubeconfig: &std::path::Path,
     agentd: &std::path::Path,
     root: &std::path::Path,
     agents: &mut Vec<Child>,
@@ -131,12 +167,15 @@ async fn start_agents(
             &config,
             format!(
                 "data_dir = \"{0}/data\"\ntoken_file = \"{0}/join-token\"\nreport_interval_ms = {1}\n\
-                 exec_enabled = true\nlog_files = [\"{2}\"]\nsystemctl = \"{3}\"\njournalctl = \"{4}\"\n",
+                 exec_enabled = true\nlog_files = [\"{2}\"]\nsystemctl = \"{3}\"\njournalctl = \"{4}\"\n\
+                 kubeconfig = \"{5}\"\nrepo_roots = [\"{6}\"]\nrollout_poll_ms = 100\n",
                 adir.display(),
                 args.report_interval_ms,
                 log_path.display(),
                 stand_ins.join("systemctl").display(),
                 stand_ins.join("journalctl").display(),
+                kubeconfig.display(),
+                root.join("repos").display(),
             ),
         )?;
         let log = std::fs::File::create(&log_path)?;
@@ -195,4 +234,39 @@ fn write_stand_ins(root: &std::path::Path) -> anyhow::Result<std::path::PathBuf>
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
     }
     Ok(dir)
+}
+
+/// `dir/hello.git`: a bare repository with two commits on main, tagged v1 and v2 (made with the git CLI).
+fn sample_repository(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let work = dir.join("hello-work");
+    let git = |args: &[&str], cwd: &std::path::Path| -> anyhow::Result<()> {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(cwd)
+            .env("GIT_AUTHOR_NAME", "Outpost demo")
+            .env("GIT_AUTHOR_EMAIL", "demo@outpost.invalid")
+            .env("GIT_COMMITTER_NAME", "Outpost demo")
+            .env("GIT_COMMITTER_EMAIL", "demo@outpost.invalid")
+            .output()
+            .context("running git")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "git {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(())
+    };
+    git(&["init", "-q", "--bare", "-b", "main", "hello.git"], dir)?;
+    git(&["init", "-q", "-b", "main", "hello-work"], dir)?;
+    for (n, text) in [("v1", "hello, world"), ("v2", "hello again")] {
+        std::fs::write(work.join("index.html"), format!("<p>{text}</p>\n"))?;
+        git(&["add", "-A"], &work)?;
+        git(&["commit", "-q", "-m", n], &work)?;
+        git(&["tag", n], &work)?;
+    }
+    let bare = dir.join("hello.git");
+    git(&["push", "-q", "--tags", bare.to_str().unwrap_or_default(), "main"], &work)?;
+    Ok(())
 }

@@ -5,11 +5,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use harness::kube::KubeStandIn;
 use harness::{AgentProc, HubProc, action, run_job, watch_until};
 use outpost_common::Role;
 use outpost_proto::v1::{CreateJoinTokenRequest, Liveness, Outcome, QueryAuditRequest};
 use serde_json::{Value, json};
+use standin::kube::KubeStandIn;
 
 const DEPLOYMENT: &str = "apis/apps/v1/namespaces/acme/deployments/web";
 const WAIT: Duration = Duration::from_secs(30);

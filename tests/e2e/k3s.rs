@@ -7,9 +7,9 @@ use std::time::Duration;
 use agentd::k3s::render::{self, Revision};
 use agentd::k3s::{K3s, Rollout};
 use futures::AsyncReadExt;
-use harness::kube::KubeStandIn;
 use outpost_common::app::{AppSpec, PlanLimits, RepoRoots};
 use serde_json::json;
+use standin::kube::KubeStandIn;
 
 const SPEC: &str = r#"
 name = "web"

@@ -254,6 +254,8 @@ async fn every_catalog_action_works_in_the_demo() {
     let log_file = f["demo-01"].log_files[0].clone();
     assert!(log_file.ends_with("demo-01.log"), "the agent announces its log file: {log_file}");
     let source = format!("file:{log_file}");
+    let repos = fleet.repos.clone().expect("the demo made its sample repository (git is installed by scripts/test)");
+    let spec = console::demo::SAMPLE_SPEC.replace("{repos}", &repos.display().to_string());
     // (action, arguments, a piece of the expected output)
     type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
     let cases: Vec<Case> = vec![
@@ -265,6 +267,17 @@ async fn every_catalog_action_works_in_the_demo() {
         ("rotate-cert", vec![], ""),
         ("exec", vec![("argv", "[\"echo\",\"hello\"]")], "hello"),
         ("reboot", vec![], ""),
+        // The app actions, on the demo's stand-in Kubernetes API and its sample repository.
+        ("app-apply", vec![("spec", spec.as_str())], ""),
+        ("repo-sync", vec![("app", "hello")], ""),
+        ("app-deploy", vec![("app", "hello"), ("ref", "v1")], "fetched v1"),
+        ("app-deploy", vec![("app", "hello")], "fetched main"),
+        ("app-rollback", vec![("app", "hello")], "rolling back to hello-1"),
+        ("app-restart", vec![("app", "hello")], "watching the rollout"),
+        ("app-scale", vec![("app", "hello"), ("replicas", "1")], "watching the rollout"),
+        ("app-logs", vec![("app", "hello")], "listening on :8080"),
+        ("k3s-status", vec![], "node demo-node: Ready"),
+        ("app-remove", vec![("app", "hello")], ""),
     ];
     assert_eq!(
         cases.iter().map(|c| c.0).collect::<std::collections::BTreeSet<_>>().len(),

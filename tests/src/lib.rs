@@ -4,7 +4,6 @@
 
 pub mod boundaries;
 pub mod hostile;
-pub mod kube;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -245,6 +245,7 @@ impl Apps {
         let d = attempt!(self.store.begin_deployment(d).await.map_err(|e| failed(e.to_string())));
         ctx.out.line(&format!("deployment {}: image {}", d.id, d.image)).await;
         let rev = Revision { deployment_id: d.id.clone(), commit: d.commit.clone(), ..Default::default() };
+        let _ = self.store.set_status(&d.id, DeployStatus::RollingOut, "").await;
         match self.roll(&k3s, &project, plan, &spec, &rev, ctx).await {
             Ok(()) => {
                 let _ = self.store.set_status(&d.id, DeployStatus::Available, "").await;
@@ -273,9 +274,6 @@ impl Apps {
         }
         let m = render::app(project, spec, rev);
         k3s.apply_app(project, &spec.name, &m, &render::app_policy(project, spec)).await.map_err(|e| e.to_string())?;
-        if !rev.deployment_id.is_empty() {
-            let _ = self.store.set_status(&rev.deployment_id, DeployStatus::RollingOut, "").await;
-        }
         ctx.out.line("applied; watching the rollout").await;
         let left = ctx.deadline.saturating_duration_since(Instant::now()).saturating_sub(Duration::from_secs(5));
         let deadline = left.min(self.rollout_deadline);

@@ -7,8 +7,9 @@
 //! Written here rather than wrapping kmock (see ARCHITECTURE.md): kube-rs needs server-side apply to create
 //! missing objects, which kmock's plain merge PATCH does not do, and a Rust stand-in runs in the test
 //! process without a Python environment. What it does not do: admission, defaulting beyond metadata,
-//! field ownership (apply merges the applied fields over the object), watches, and every controller —
-//! the test sets status fields itself.
+//! field ownership (apply merges the applied fields over the object) and watches. Controllers: tests play
+//! them (they set status fields themselves); the demo starts it [`with a controller`](KubeStandIn::start_with_controller)
+//! that makes every Deployment available with one running pod per revision, and a Ready node.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -21,6 +22,8 @@ use serde_json::{Value, json};
 
 #[derive(Default)]
 struct Store {
+    /// Play a minimal Deployment controller after every request (the demo).
+    controller: bool,
     /// "{prefix}/{plural}/{namespace}/{name}" → object; prefix is `api/v1` or `apis/GROUP/VERSION`.
     objects: BTreeMap<String, Value>,
     rv: u64,
@@ -189,6 +192,75 @@ fn merge(base: &mut Value, over: &Value) {
 }
 
 impl Store {
+    /// The demo's Deployment controller: every Deployment is available at its generation, with one running
+    /// pod of its current revision (older revisions' pods go).
+    fn control(&mut self) {
+        let deployments: Vec<(String, Value)> = self
+            .objects
+            .iter()
+            .filter(|(k, _)| k.starts_with("apis/apps/v1/deployments/"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (key, d) in deployments {
+            let generation = d["metadata"]["generation"].clone();
+            let ns = d["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
+            let name = d["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let labels = d["spec"]["template"]["metadata"]["labels"].clone();
+            let revision = labels["outpost.dev/deployment"].as_str().unwrap_or("0").to_string();
+            let pod = format!("{name}-{revision}");
+            let pod_key = format!("api/v1/pods/{ns}/{pod}");
+            if !self.objects.contains_key(&pod_key) {
+                let stale: Vec<String> = self
+                    .objects
+                    .iter()
+                    .filter(|(k, o)| {
+                        k.starts_with(&format!("api/v1/pods/{ns}/"))
+                            && o["metadata"]["labels"]["app.kubernetes.io/instance"].as_str() == Some(name.as_str())
+                    })
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in stale {
+                    self.objects.remove(&k);
+                }
+                let image = d["spec"]["template"]["spec"]["containers"][0]["image"].clone();
+                let mut p = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod, "labels": labels},
+                    "spec": {"containers": [{"name": name, "image": image}]},
+                    "status": {"phase": "Running", "containerStatuses": [{"name": name, "image": image, "imageID": "", "ready": true, "restartCount": 0}]}});
+                let t = Target {
+                    prefix: "api/v1".into(),
+                    plural: "pods".into(),
+                    namespace: Some(ns.clone()),
+                    name: Some(pod.clone()),
+                    sub: None,
+                };
+                self.stamp(&mut p, None, &t);
+                self.objects.insert(pod_key, p);
+                self.logs.insert(
+                    (ns.clone(), pod.clone()),
+                    format!(
+                        "{name} {revision}: listening on :8080 (demo stand-in)\n{name} {revision}: GET /healthz 200\n"
+                    ),
+                );
+            }
+            if d["status"]["observedGeneration"] != generation {
+                let replicas = d["spec"]["replicas"].clone();
+                let mut obj = d.clone();
+                obj["status"] = json!({"observedGeneration": generation, "replicas": replicas, "updatedReplicas": replicas,
+                    "readyReplicas": replicas, "availableReplicas": replicas,
+                    "conditions": [{"type": "Available", "status": "True"}, {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}]});
+                let t = Target {
+                    prefix: "apis/apps/v1".into(),
+                    plural: "deployments".into(),
+                    namespace: Some(ns.clone()),
+                    name: Some(name.clone()),
+                    sub: None,
+                };
+                self.stamp(&mut obj, Some(&d), &t);
+                self.objects.insert(key, obj);
+            }
+        }
+    }
+
     /// Stamps metadata as the API server does: resource version, uid, creation time, generation (bumped
     /// when the spec changes).
     fn stamp(&mut self, obj: &mut Value, old: Option<&Value>, t: &Target) {
@@ -357,7 +429,31 @@ impl Store {
 impl KubeStandIn {
     /// Starts it on a free loopback port and writes a kubeconfig for it into `dir`.
     pub async fn start(dir: &Path) -> KubeStandIn {
-        let store = Arc::new(Mutex::new(Store::default()));
+        KubeStandIn::start_inner(dir, false).await
+    }
+
+    /// As [`KubeStandIn::start`], with a Ready node, healthy system pods, and a controller that makes every
+    /// Deployment available (one running pod per revision, with a few log lines).
+    pub async fn start_with_controller(dir: &Path) -> KubeStandIn {
+        let k = KubeStandIn::start_inner(dir, true).await;
+        k.put(
+            "api/v1/nodes/demo-node",
+            json!({"apiVersion": "v1", "kind": "Node", "status": {
+                "nodeInfo": {"kubeletVersion": "v1.33.5+k3s1", "machineID": "", "systemUUID": "", "bootID": "", "kernelVersion": "", "osImage": "", "containerRuntimeVersion": "", "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": "amd64"},
+                "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}]}}),
+        );
+        for pod in ["coredns-demo", "traefik-demo"] {
+            k.put(
+                &format!("api/v1/namespaces/kube-system/pods/{pod}"),
+                json!({"apiVersion": "v1", "kind": "Pod", "spec": {"containers": []}, "status": {"phase": "Running",
+                    "containerStatuses": [{"name": pod, "image": pod, "imageID": "", "ready": true, "restartCount": 0}]}}),
+            );
+        }
+        k
+    }
+
+    async fn start_inner(dir: &Path, controller: bool) -> KubeStandIn {
+        let store = Arc::new(Mutex::new(Store { controller, ..Store::default() }));
         let changed = Arc::new(tokio::sync::Notify::new());
         let (shared, notify) = (store.clone(), changed.clone());
         let app = axum::Router::new().fallback(move |req: Request<Body>| {
@@ -368,7 +464,14 @@ impl KubeStandIn {
                 let ct =
                     parts.headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
                 let q = query(parts.uri.query());
-                let response = store.lock().unwrap().handle(&parts.method, parts.uri.path(), &q, &ct, &bytes);
+                let response = {
+                    let mut store = store.lock().unwrap();
+                    let response = store.handle(&parts.method, parts.uri.path(), &q, &ct, &bytes);
+                    if store.controller {
+                        store.control();
+                    }
+                    response
+                };
                 notify.notify_waiters();
                 response
             }
