@@ -50,6 +50,8 @@ pub struct AgentConfig {
     pub rollout_deadline_secs: u64,
     /// How often a rollout is looked at.
     pub rollout_poll_ms: u64,
+    /// How often live apps are compared with the cluster and drift is repaired.
+    pub reconcile_secs: u64,
 }
 
 impl Default for AgentConfig {
@@ -76,6 +78,7 @@ impl Default for AgentConfig {
             auto_rollback: true,
             rollout_deadline_secs: 300,
             rollout_poll_ms: 1000,
+            reconcile_secs: 60,
         }
     }
 }
@@ -141,6 +144,9 @@ impl AgentConfig {
         }
         if !(10..=60_000).contains(&self.rollout_poll_ms) {
             p.push(format!("rollout_poll_ms: {} is outside 10..=60000", self.rollout_poll_ms));
+        }
+        if !(1..=86_400).contains(&self.reconcile_secs) {
+            p.push(format!("reconcile_secs: {} is outside 1..=86400", self.reconcile_secs));
         }
         for (field, v) in [("systemctl", &self.systemctl), ("journalctl", &self.journalctl), ("git", &self.git)] {
             if v.is_empty() {

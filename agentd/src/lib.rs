@@ -89,7 +89,19 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let (placement_tx, placement) = tokio::sync::watch::channel(actions::apps::Placement::default());
     let app_actions = std::sync::Arc::new(actions::apps::Apps::new(&config, app_store, placement));
     let (runner, runner_link) =
-        actions::Runner::new(config.clone(), Some(app_actions), journal, tasks.clone(), shutdown.clone());
+        actions::Runner::new(config.clone(), Some(app_actions.clone()), journal, tasks.clone(), shutdown.clone());
+    let reconcile_stop = shutdown.clone();
+    let every = Duration::from_secs(config.reconcile_secs);
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = reconcile_stop.cancelled() => break,
+                _ = tick.tick() => { app_actions.reconcile().await; }
+            }
+        }
+    });
 
     // The certificate's expiry, for the health report: the link publishes it when it connects or renews,
     // so the collector never re-reads the identity file.

@@ -73,7 +73,7 @@ async fn an_app_deploys_from_git_and_a_bad_commit_is_rolled_back_automatically()
         .into_inner()
         .token;
     let extra = format!(
-        "kubeconfig = \"{}\"\nrepo_roots = [\"{}\"]\nrollout_poll_ms = 20\n",
+        "kubeconfig = \"{}\"\nrepo_roots = [\"{}\"]\nrollout_poll_ms = 20\nreconcile_secs = 1\n",
         kube.kubeconfig.display(),
         root.display()
     );
@@ -147,6 +147,10 @@ async fn an_app_deploys_from_git_and_a_bad_commit_is_rolled_back_automatically()
         kube.get(DEPLOYMENT).unwrap()["spec"]["template"]["spec"]["containers"][0]["image"],
         format!("registry.example/acme/web:{good}")
     );
+
+    // Someone deletes a managed object by hand: the agent's reconcile loop puts it back.
+    assert!(kube.delete("api/v1/namespaces/acme/services/web"));
+    kube.wait_for("api/v1/namespaces/acme/services/web", WAIT, |_| true).await;
 
     // Audited: the requests with the spec's secret redacted, and both results.
     let audit =

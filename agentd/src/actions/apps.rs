@@ -151,6 +151,36 @@ impl Apps {
         }
     }
 
+    /// Desired state again: every app with a live deployment is compared with the cluster, and what drifted
+    /// (an object deleted or edited by hand) is applied again and recorded. Returns what was repaired.
+    pub async fn reconcile(&self) -> Vec<String> {
+        let Ok((project, _)) = self.placement() else { return Vec::new() };
+        let Ok(records) = self.store.apps() else { return Vec::new() };
+        let mut repaired = Vec::new();
+        for r in records.into_iter().filter(|r| r.project == project) {
+            let name = r.spec.name.clone();
+            let _app = self.lock(&name).await;
+            let (Ok(Some(live)), Ok((_, spec))) = (self.store.live(&name), self.app(&name)) else { continue };
+            let Ok(k3s) = self.k3s().await else { return repaired };
+            let rev = Revision { deployment_id: live.id.clone(), commit: live.commit.clone(), ..Default::default() };
+            let m = render::app(&project, &spec, &rev);
+            match k3s.drift(&project, &name, &m).await {
+                Ok(found) if found.is_empty() => {}
+                Ok(found) => match k3s.apply_app(&project, &name, &m, &render::app_policy(&project, &spec)).await {
+                    Ok(()) => {
+                        let what = format!("drift repaired: {}", found.join("; "));
+                        tracing::warn!(app = %name, %what, "managed objects changed outside Outpost; applied again");
+                        let _ = self.store.note(&name, what.clone()).await;
+                        repaired.push(format!("{name}: {what}"));
+                    }
+                    Err(error) => tracing::error!(app = %name, %error, "cannot repair drift"),
+                },
+                Err(error) => tracing::warn!(app = %name, %error, "cannot check for drift"),
+            }
+        }
+        repaired
+    }
+
     async fn apply(&self, text: &str, operator: &str) -> CommandResult {
         let (project, plan) = attempt!(self.placement());
         let spec = attempt!(AppSpec::parse(text, plan, &self.roots).map_err(|e| refused(e.to_string())));

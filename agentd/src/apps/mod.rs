@@ -319,6 +319,13 @@ impl AppStore {
         self.repos.get(app)?.map(|v| read(app.as_bytes(), &v)).transpose()
     }
 
+    /// Records something the agent did to an app outside an operator's command (drift repaired).
+    pub async fn note(&self, app: &str, what: String) -> Result<(), StoreError> {
+        let w = self.activity(app, "outpost-agentd", what)?;
+        self.db.apply(&[w]).await?;
+        Ok(())
+    }
+
     /// The newest `n` activity records, newest first.
     pub fn recent_activity(&self, n: usize) -> Result<Vec<Activity>, StoreError> {
         let all = self.activity.entries()?;
