@@ -21,7 +21,7 @@ pub struct RunArgs {
     /// Which servers: NAME[,NAME…], customer:X, plan:X, label:K=V, status:S, all (space or comma separated).
     #[arg(long = "on", value_name = "SELECTOR")]
     pub on: String,
-    /// An argument of the action, KEY=VALUE (repeatable).
+    /// An argument of the action, KEY=VALUE (repeatable); KEY=@FILE reads the value from FILE.
     #[arg(long = "arg", value_name = "KEY=VALUE")]
     pub args: Vec<String>,
     /// Targets per batch.
@@ -65,7 +65,13 @@ pub fn request(a: &RunArgs) -> anyhow::Result<(pb::RunActionRequest, Selector)> 
     let mut args = BTreeMap::new();
     for kv in &a.args {
         let (k, v) = kv.split_once('=').ok_or_else(|| anyhow::anyhow!("--arg {kv:?} must be KEY=VALUE"))?;
-        args.insert(k.to_string(), v.to_string());
+        // KEY=@FILE reads the value from a file (an app spec, for instance).
+        let v = match v.strip_prefix('@') {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("--arg {k}=@{path}: cannot read {path}: {e}"))?,
+            None => v.to_string(),
+        };
+        args.insert(k.to_string(), v);
     }
     if !a.argv.is_empty() {
         args.insert("argv".into(), serde_json::to_string(&a.argv)?);
@@ -363,6 +369,20 @@ mod tests {
         assert!(e(&["service-status", "--on", "a"]).contains("argument \"unit\" is required"));
         assert!(e(&["service-status", "--on", "status:up", "--arg", "unit=k3s"]).contains("--on: status:up"));
         assert!(e(&["service-status", "--on", "a", "--arg", "unit"]).contains("KEY=VALUE"));
+        assert!(
+            e(&["app-apply", "--on", "a", "--arg", "spec=@/nonexistent/web.toml"])
+                .contains("cannot read /nonexistent/web.toml")
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("web.toml");
+        std::fs::write(
+            &file,
+            "name = \"web\"\nimage = \"nginx\"\nport = 80\n[repo]\nurl = \"https://github.com/a/b.git\"\n",
+        )
+        .unwrap();
+        let (r, _) =
+            request(&args(&["app-apply", "--on", "a", "--arg", &format!("spec=@{}", file.display())])).unwrap();
+        assert!(r.args["spec"].starts_with("name = \"web\""), "{:?}", r.args);
         assert!((parse_rate("20%").unwrap() - 0.2).abs() < 1e-9);
         assert!(parse_rate("150%").is_err());
     }
