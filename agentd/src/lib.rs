@@ -92,13 +92,42 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         actions::Runner::new(config.clone(), Some(app_actions.clone()), journal, tasks.clone(), shutdown.clone());
     let reconcile_stop = shutdown.clone();
     let every = Duration::from_secs(config.reconcile_secs);
+    let reconciler = app_actions.clone();
     tasks.spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = reconcile_stop.cancelled() => break,
-                _ = tick.tick() => { app_actions.reconcile().await; }
+                _ = tick.tick() => { reconciler.reconcile().await; }
+            }
+        }
+    });
+    // The apps state goes through the outbox like health (exactly once): when it changed, and in full
+    // every FULL_APPS_EVERY so the hub's copy never goes stale.
+    let apps_stop = shutdown.clone();
+    let apps_every = Duration::from_secs(config.apps_report_secs);
+    let apps_outbox = outbox.clone();
+    tasks.spawn(async move {
+        const FULL_APPS_EVERY: Duration = Duration::from_secs(600);
+        let mut tick = tokio::time::interval(apps_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last: Option<(outpost_proto::v1::AppsState, std::time::Instant)> = None;
+        loop {
+            tokio::select! {
+                _ = apps_stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let Some(state) = app_actions.state().await else { continue };
+            let due = last.as_ref().is_none_or(|(s, at)| *s != state || at.elapsed() >= FULL_APPS_EVERY);
+            if due {
+                match apps_outbox.push(outpost_common::now_ms(), state.clone()).await {
+                    Ok(seq) => {
+                        tracing::debug!(seq, apps = state.apps.len(), "apps state queued");
+                        last = Some((state, std::time::Instant::now()));
+                    }
+                    Err(error) => tracing::error!(%error, "cannot store the apps state"),
+                }
             }
         }
     });

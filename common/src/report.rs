@@ -6,7 +6,7 @@
 //! hub still refuse one (an older agent, a newer hub), it answers `ReportRefused` and the agent drops it,
 //! counted.
 
-use outpost_proto::v1::{Health, Hello, Report, k3s, report};
+use outpost_proto::v1::{AppsState, Health, Hello, Report, k3s, report};
 
 use crate::text;
 
@@ -23,8 +23,24 @@ pub const MAX_CLOCK_AHEAD_MS: i64 = 24 * 3600 * 1000;
 /// CPU percent is at most this (100 % per core; 1,024 cores).
 pub const MAX_CPU_PERCENT: f32 = 100.0 * 1024.0;
 
+/// Apps per report, at most.
+pub const MAX_APPS: usize = 64;
+/// Problems listed for the cluster, at most.
+pub const MAX_PROBLEMS: usize = 32;
+/// Bytes of an image reference or a repository URL.
+pub const MAX_LONG_TEXT: usize = 1024;
+/// The phases an app may be in.
+pub const APP_PHASES: [&str; 5] = ["available", "rolling_out", "degraded", "failed", "not_deployed"];
+
+/// What a checked report carries.
+#[derive(Debug, PartialEq)]
+pub enum Body<'a> {
+    Health(&'a Health),
+    Apps(&'a AppsState),
+}
+
 /// Checks a report; the message names the report and the field. `now_ms` is the checker's clock.
-pub fn validate(r: &Report, now_ms: i64) -> Result<&Health, String> {
+pub fn validate(r: &Report, now_ms: i64) -> Result<Body<'_>, String> {
     let seq = r.seq;
     if seq == 0 {
         return Err("report.seq must be at least 1 (sequences start at 1)".into());
@@ -38,6 +54,112 @@ pub fn validate(r: &Report, now_ms: i64) -> Result<&Health, String> {
             r.taken_at_ms
         ));
     }
+    match &r.body {
+        Some(report::Body::Health(_)) => validate_health(r).map(Body::Health),
+        Some(report::Body::Apps(a)) => validate_apps(seq, a).map(|()| Body::Apps(a)),
+        None => Err(format!("report {seq} has no body (health or apps)")),
+    }
+}
+
+/// Checks an apps report's bounds and texts.
+pub fn validate_apps(seq: u64, a: &AppsState) -> Result<(), String> {
+    if a.apps.len() > MAX_APPS {
+        return Err(format!("report {seq} lists {} apps; at most {MAX_APPS}", a.apps.len()));
+    }
+    let cluster = a.cluster.clone().unwrap_or_default();
+    if cluster.problems.len() > MAX_PROBLEMS {
+        return Err(format!("report {seq} lists {} cluster problems; at most {MAX_PROBLEMS}", cluster.problems.len()));
+    }
+    let mut texts: Vec<(&str, &str, usize)> =
+        vec![("cluster.version", a.cluster.as_ref().map_or("", |c| c.version.as_str()), MAX_TEXT)];
+    for p in a.cluster.iter().flat_map(|c| c.problems.iter()) {
+        texts.push(("cluster.problems", p, MAX_TEXT));
+    }
+    for app in &a.apps {
+        if !crate::cert::valid_name(&app.name) {
+            return Err(format!("report {seq}: app name {} is not a DNS label", text::excerpt(&app.name, 64)));
+        }
+        if !APP_PHASES.contains(&app.phase.as_str()) {
+            return Err(format!(
+                "report {seq}: app {}: phase {} is not one of {}",
+                app.name,
+                text::excerpt(&app.phase, 32),
+                APP_PHASES.join(", ")
+            ));
+        }
+        texts.extend([
+            ("apps.project", app.project.as_str(), MAX_TEXT),
+            ("apps.deployment", &app.deployment, MAX_TEXT),
+            ("apps.commit", &app.commit, MAX_TEXT),
+            ("apps.image", &app.image, MAX_LONG_TEXT),
+            ("apps.last_error", &app.last_error, MAX_LONG_TEXT),
+        ]);
+        if let Some(r) = &app.repo {
+            texts.extend([
+                ("apps.repo.url", r.url.as_str(), MAX_LONG_TEXT),
+                ("apps.repo.git_ref", &r.git_ref, MAX_TEXT),
+                ("apps.repo.head", &r.head, MAX_TEXT),
+                ("apps.repo.remote_head", &r.remote_head, MAX_TEXT),
+                ("apps.repo.last_error", &r.last_error, MAX_LONG_TEXT),
+                ("apps.repo.note", &r.note, MAX_LONG_TEXT),
+            ]);
+        }
+    }
+    for (field, t, max) in texts {
+        if t.len() > max {
+            return Err(format!("report {seq}: {field} is {} bytes; at most {max}", t.len()));
+        }
+        if !text::is_printable(t) {
+            return Err(format!("report {seq}: {field} contains control, bidi or invisible characters"));
+        }
+    }
+    Ok(())
+}
+
+/// Makes a locally built apps state fit [`validate_apps`]: lists bounded, texts made inert and cut.
+pub fn conform_apps(a: &mut AppsState) {
+    fn fit(s: &mut String, max: usize) {
+        if s.len() > max || !text::is_printable(s) {
+            let safe = text::inert(s).into_owned();
+            *s = text::truncate_bytes(&safe, max).to_string();
+            if !text::is_printable(s) {
+                s.clear();
+            }
+        }
+    }
+    a.apps.truncate(MAX_APPS);
+    if let Some(c) = a.cluster.as_mut() {
+        c.problems.truncate(MAX_PROBLEMS);
+        fit(&mut c.version, MAX_TEXT);
+        c.problems.iter_mut().for_each(|p| fit(p, MAX_TEXT));
+    }
+    for app in &mut a.apps {
+        for (s, max) in [
+            (&mut app.project, MAX_TEXT),
+            (&mut app.deployment, MAX_TEXT),
+            (&mut app.commit, MAX_TEXT),
+            (&mut app.image, MAX_LONG_TEXT),
+            (&mut app.last_error, MAX_LONG_TEXT),
+        ] {
+            fit(s, max);
+        }
+        if let Some(r) = app.repo.as_mut() {
+            for (s, max) in [
+                (&mut r.url, MAX_LONG_TEXT),
+                (&mut r.git_ref, MAX_TEXT),
+                (&mut r.head, MAX_TEXT),
+                (&mut r.remote_head, MAX_TEXT),
+                (&mut r.last_error, MAX_LONG_TEXT),
+                (&mut r.note, MAX_LONG_TEXT),
+            ] {
+                fit(s, max);
+            }
+        }
+    }
+}
+
+fn validate_health(r: &Report) -> Result<&Health, String> {
+    let seq = r.seq;
     let h = health(r).ok_or_else(|| format!("report {seq} has no body (health)"))?;
     if h.disks.len() > MAX_DISKS {
         return Err(format!("report {seq} lists {} disks; at most {MAX_DISKS}", h.disks.len()));
@@ -84,7 +206,7 @@ pub fn validate(r: &Report, now_ms: i64) -> Result<&Health, String> {
 pub fn health(r: &Report) -> Option<&Health> {
     match &r.body {
         Some(report::Body::Health(h)) => Some(h),
-        None => None,
+        _ => None,
     }
 }
 
@@ -172,6 +294,56 @@ mod tests {
 
     fn report(h: Health) -> Report {
         health_report(1, NOW, h)
+    }
+
+    #[test]
+    fn apps_reports_are_bounded_and_inert() {
+        use outpost_proto::v1::{AppState, AppsState, ClusterState};
+        let app = |name: &str, phase: &str| AppState { name: name.into(), phase: phase.into(), ..Default::default() };
+        let r = |a: AppsState| Report { seq: 1, taken_at_ms: NOW, body: Some(report::Body::Apps(a)) };
+        let ok = AppsState {
+            apps: vec![app("web", "available")],
+            cluster: Some(ClusterState { ready: true, ..Default::default() }),
+        };
+        assert!(matches!(validate(&r(ok.clone()), NOW), Ok(Body::Apps(_))));
+        for (bad, want) in [
+            (AppsState { apps: vec![app("Web!", "available")], ..ok.clone() }, "is not a DNS label"),
+            (AppsState { apps: vec![app("web", "exploded")], ..ok.clone() }, "phase \"exploded\" is not one of"),
+            (
+                AppsState { apps: (0..65).map(|i| app(&format!("a{i}"), "available")).collect(), ..ok.clone() },
+                "at most 64",
+            ),
+            (
+                AppsState {
+                    apps: vec![AppState { last_error: "x\u{1b}[2J".into(), ..app("web", "failed") }],
+                    ..ok.clone()
+                },
+                "apps.last_error contains control",
+            ),
+            (
+                AppsState {
+                    cluster: Some(ClusterState { problems: vec!["\u{202e}evil".into()], ..Default::default() }),
+                    ..ok.clone()
+                },
+                "cluster.problems contains",
+            ),
+        ] {
+            let e = validate(&r(bad), NOW).unwrap_err();
+            assert!(e.contains(want), "{want}: {e}");
+        }
+        // What the agent builds always passes.
+        let mut messy = AppsState {
+            apps: (0..70)
+                .map(|i| AppState {
+                    image: "i".repeat(5000),
+                    last_error: "bad\u{1b}[31m".into(),
+                    ..app(&format!("a{i}"), "degraded")
+                })
+                .collect(),
+            cluster: Some(ClusterState { problems: vec!["p\u{7}".into(); 40], ..Default::default() }),
+        };
+        conform_apps(&mut messy);
+        validate(&r(messy), NOW).unwrap();
     }
 
     #[test]

@@ -23,3 +23,10 @@ impl From<v1::Health> for v1::report::Body {
         v1::report::Body::Health(h)
     }
 }
+
+/// An apps state is a report body.
+impl From<v1::AppsState> for v1::report::Body {
+    fn from(a: v1::AppsState) -> Self {
+        v1::report::Body::Apps(a)
+    }
+}

@@ -73,7 +73,7 @@ async fn an_app_deploys_from_git_and_a_bad_commit_is_rolled_back_automatically()
         .into_inner()
         .token;
     let extra = format!(
-        "kubeconfig = \"{}\"\nrepo_roots = [\"{}\"]\nrollout_poll_ms = 20\nreconcile_secs = 1\n",
+        "kubeconfig = \"{}\"\nrepo_roots = [\"{}\"]\nrollout_poll_ms = 20\nreconcile_secs = 1\napps_report_secs = 1\n",
         kube.kubeconfig.display(),
         root.display()
     );
@@ -112,6 +112,18 @@ async fn an_app_deploys_from_git_and_a_bad_commit_is_rolled_back_automatically()
     assert_eq!(r.outcome, Outcome::Succeeded as i32, "{r:?} {}", first.output["app-1"]);
     assert!(r.message.contains("web-1 is live"), "{r:?}");
     assert!(first.output["app-1"].contains(&format!("at {}", &good[..12])), "{}", first.output["app-1"]);
+
+    // The hub learns what runs there from the agent's apps reports.
+    let fleet = watch_until(&mut hub.client(Role::Viewer), "web available at the hub", |f| {
+        f.get("app-1").and_then(|s| s.apps.as_ref()).is_some_and(|a| {
+            a.apps.iter().any(|x| x.name == "web" && x.phase == "available" && x.deployment == "web-1")
+        })
+    })
+    .await;
+    let state = fleet["app-1"].apps.clone().unwrap();
+    let web = &state.apps[0];
+    assert_eq!((web.project.as_str(), web.desired_replicas, web.ready_replicas), ("acme", 2, 2), "{web:?}");
+    assert_eq!(web.repo.as_ref().unwrap().head, good);
 
     // The same commit again: nothing to do.
     let same = run_job(&mut support, action("app-deploy", &["app-1"], &[("app", "web")])).await;

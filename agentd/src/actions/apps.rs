@@ -151,6 +151,97 @@ impl Apps {
         }
     }
 
+    /// What runs on this server, for a report: every app with its deployment, rollout and repository, and the
+    /// cluster. `None` when there is nothing to tell (no apps and no K3s kubeconfig).
+    pub async fn state(&self) -> Option<outpost_proto::v1::AppsState> {
+        use outpost_proto::v1 as pb;
+        let records = self.store.apps().unwrap_or_default();
+        if records.is_empty() && !self.kubeconfig.exists() {
+            return None;
+        }
+        let k3s = self.k3s().await.ok();
+        let cluster = match &k3s {
+            Some(k) => match k.state().await {
+                Ok(c) => pb::ClusterState {
+                    ready: c.ready,
+                    version: c.version,
+                    nodes: c.nodes.len() as u32,
+                    pods_running: c.pods_running,
+                    pods_pending: c.pods_pending,
+                    pods_failed: c.pods_failed,
+                    problems: c
+                        .nodes
+                        .iter()
+                        .flat_map(|n| n.problems.iter().map(move |p| format!("node {}: {p}", n.name)))
+                        .chain(c.system_problems.iter().map(|p| format!("system pod {p}")))
+                        .collect(),
+                },
+                Err(e) => pb::ClusterState { problems: vec![e.to_string()], ..Default::default() },
+            },
+            None => pb::ClusterState {
+                problems: vec![format!("no Kubernetes API: cannot use {}", self.kubeconfig.display())],
+                ..Default::default()
+            },
+        };
+        let mut apps = Vec::new();
+        for r in records {
+            let name = r.spec.name.clone();
+            let deployments = self.store.deployments(&name).unwrap_or_default();
+            let live = deployments.iter().find(|d| d.status == DeployStatus::Available).cloned();
+            let newest = deployments.first().cloned();
+            let status = match &k3s {
+                Some(k) => k.app_status(&r.project, &name).await.ok().flatten(),
+                None => None,
+            };
+            let (desired, ready, restarts, problem) = status.unwrap_or((r.spec.replicas, 0, 0, None));
+            let newest_status = newest.as_ref().map(|d| d.status);
+            let phase = match (newest_status, &live) {
+                (None, _) => "not_deployed",
+                (Some(DeployStatus::Pending | DeployStatus::RollingOut), _) => "rolling_out",
+                (_, None) => "failed",
+                (_, Some(_)) if ready >= desired && problem.is_none() => "available",
+                (_, Some(_)) => "degraded",
+            };
+            let last_error = problem
+                .or_else(|| {
+                    newest
+                        .as_ref()
+                        .filter(|d| matches!(d.status, DeployStatus::Failed | DeployStatus::RolledBack))
+                        .map(|d| format!("{}: {}", d.id, d.reason))
+                })
+                .unwrap_or_default();
+            let repo = self.store.repo(&name).ok().flatten().map(|s| pb::RepoState {
+                url: s.url,
+                git_ref: s.git_ref,
+                head: s.head,
+                remote_head: s.remote_head,
+                behind: s.behind,
+                dirty: s.dirty,
+                last_fetch_ms: s.last_fetch_ms,
+                last_error: s.last_error,
+                note: s.note,
+            });
+            let live = live.unwrap_or_default();
+            apps.push(pb::AppState {
+                name,
+                project: r.project,
+                desired_replicas: desired,
+                ready_replicas: ready,
+                restarts,
+                phase: phase.into(),
+                deployment: live.id,
+                commit: live.commit,
+                image: live.image,
+                last_error,
+                repo,
+                deployed_ms: live.finished_ms,
+            });
+        }
+        let mut state = pb::AppsState { apps, cluster: Some(cluster) };
+        outpost_common::report::conform_apps(&mut state);
+        Some(state)
+    }
+
     /// Desired state again: every app with a live deployment is compared with the cluster, and what drifted
     /// (an object deleted or edited by hand) is applied again and recorded. Returns what was repaired.
     pub async fn reconcile(&self) -> Vec<String> {

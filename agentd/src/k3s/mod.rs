@@ -339,6 +339,36 @@ impl K3s {
         }
     }
 
+    /// The app's Deployment as the cluster has it: (desired, ready) replicas, container restarts, and what is
+    /// wrong with its pods, if anything. `None` when it has no Deployment.
+    pub async fn app_status(&self, ns: &str, app: &str) -> Result<Option<(u32, u32, u32, Option<String>)>, K3sError> {
+        let Some(d) = Api::<Deployment>::namespaced(self.client.clone(), ns)
+            .get_opt(app)
+            .await
+            .map_err(api_err(format!("reading deployment {app}")))?
+        else {
+            return Ok(None);
+        };
+        let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).max(0) as u32;
+        let ready = d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0).max(0) as u32;
+        let lp = ListParams::default().labels(&format!("{INSTANCE}={app}"));
+        let pods = Api::<Pod>::namespaced(self.client.clone(), ns)
+            .list(&lp)
+            .await
+            .map_err(api_err(format!("listing the pods of {app}")))?;
+        let mut restarts = 0u32;
+        let mut problem = None;
+        for p in pods {
+            for c in p.status.and_then(|s| s.container_statuses).unwrap_or_default() {
+                restarts = restarts.saturating_add(c.restart_count.max(0) as u32);
+                if problem.is_none() {
+                    problem = failure(&c);
+                }
+            }
+        }
+        Ok(Some((desired, ready, restarts, problem)))
+    }
+
     /// The newest pod of `app`, for logs.
     pub async fn app_pod(&self, ns: &str, app: &str) -> Result<Option<String>, K3sError> {
         let lp = ListParams::default().labels(&format!("{INSTANCE}={app}"));

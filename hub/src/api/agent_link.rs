@@ -21,7 +21,7 @@ use super::convert;
 use crate::error::HubError;
 use crate::fleet::Fleet;
 use crate::fleet::identities::Identities;
-use crate::fleet::reports::{Report, Reports};
+use crate::fleet::reports::{Body as ReportBody, Report, Reports};
 use crate::limits::RateLimiter;
 use crate::relay::{Rejected, Relay};
 use crate::runtime::Runtime;
@@ -266,7 +266,14 @@ impl Session {
             Some(agent_message::Body::Report(r)) => {
                 // Checked with the code the agent checks its samples with.
                 let checked = outpost_common::report::validate(&r, outpost_common::now_ms())
-                    .map(|health| Report { seq: r.seq, taken_at_ms: r.taken_at_ms, health: health.clone() })
+                    .map(|body| Report {
+                        seq: r.seq,
+                        taken_at_ms: r.taken_at_ms,
+                        body: match body {
+                            outpost_common::report::Body::Health(h) => ReportBody::Health(h.clone()),
+                            outpost_common::report::Body::Apps(a) => ReportBody::Apps(a.clone()),
+                        },
+                    })
                     .map_err(HubError::Invalid);
                 let stored = match checked {
                     Ok(report) => self.state.reports.store(&self.server, report, self.state.rt.log_limit()).await,

@@ -33,6 +33,7 @@ pub fn server(v: &ServerView) -> pb::Server {
         refused_reports: r.refused_reports,
         log_files: r.log_files.clone(),
         revoked_ms: r.revoked_ms,
+        apps: v.apps.clone(),
         host: Some(pb::HostFacts {
             hostname: r.hostname.clone(),
             os: r.os.clone(),

@@ -336,6 +336,7 @@ mod tests {
                     liveness: Liveness::Pending,
                     liveness_since_ms: 0,
                     health: None,
+                    apps: None,
                 })
             })
             .collect();

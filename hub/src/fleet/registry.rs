@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use outpost_proto::v1::Health;
+use outpost_proto::v1::{AppsState, Health};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +25,8 @@ pub struct ServerView {
     pub liveness: Liveness,
     pub liveness_since_ms: i64,
     pub health: Option<Health>,
+    /// The latest apps and cluster state the agent reported.
+    pub apps: Option<AppsState>,
 }
 
 /// A change the fleet watch broadcasts.
@@ -61,7 +63,11 @@ struct Inner {
 const WATCH_BUFFER: usize = 16 * 1024;
 
 impl Registry {
-    pub fn new(records: Vec<ServerRecord>, latest: impl Fn(&str) -> Option<Health>, grace: Duration) -> Registry {
+    pub fn new(
+        records: Vec<ServerRecord>,
+        latest: impl Fn(&str) -> (Option<Health>, Option<AppsState>),
+        grace: Duration,
+    ) -> Registry {
         let now = now_ms();
         let mut servers = HashMap::new();
         let mut by_agent = HashMap::new();
@@ -78,8 +84,8 @@ impl Registry {
             if !record.agent_id.is_empty() {
                 by_agent.insert(record.agent_id.clone(), record.name.clone());
             }
-            let health = latest(&record.name);
-            let view = ServerView { record, liveness, liveness_since_ms: since, health };
+            let (health, apps) = latest(&record.name);
+            let view = ServerView { record, liveness, liveness_since_ms: since, health, apps };
             servers.insert(view.record.name.clone(), Entry { view: Arc::new(view), stream: None });
         }
         Registry {
@@ -131,13 +137,11 @@ impl Registry {
             inner.by_agent.insert(record.agent_id.clone(), record.name.clone());
         }
         // Enrollment alone changes no liveness: a new server stays pending until its first stream.
-        let (liveness, since, health) = old.map(|o| (o.liveness, o.liveness_since_ms, o.health.clone())).unwrap_or((
-            Liveness::Pending,
-            now_ms(),
-            None,
-        ));
+        let (liveness, since, health, apps) = old
+            .map(|o| (o.liveness, o.liveness_since_ms, o.health.clone(), o.apps.clone()))
+            .unwrap_or((Liveness::Pending, now_ms(), None, None));
         let name = record.name.clone();
-        let view = Arc::new(ServerView { record, liveness, liveness_since_ms: since, health });
+        let view = Arc::new(ServerView { record, liveness, liveness_since_ms: since, health, apps });
         inner.servers.entry(name).or_insert_with(|| Entry { view: view.clone(), stream: None }).view = view.clone();
         let _ = self.deltas.send(FleetDelta::Upsert(view));
     }
@@ -152,9 +156,21 @@ impl Registry {
         let view = Arc::new(ServerView {
             record,
             health: Some(health),
+            apps: entry.view.apps.clone(),
             liveness: entry.view.liveness,
             liveness_since_ms: entry.view.liveness_since_ms,
         });
+        entry.view = view.clone();
+        let _ = self.deltas.send(FleetDelta::Upsert(view));
+    }
+
+    /// An apps report was durably stored: new record and apps state.
+    pub fn put_apps(&self, record: ServerRecord, apps: AppsState) {
+        let mut inner = self.lock();
+        let Some(entry) = inner.servers.get_mut(&record.name) else {
+            return;
+        };
+        let view = Arc::new(ServerView { record, apps: Some(apps), ..(*entry.view).clone() });
         entry.view = view.clone();
         let _ = self.deltas.send(FleetDelta::Upsert(view));
     }
@@ -243,7 +259,7 @@ mod tests {
 
     #[test]
     fn liveness_moves_connected_disconnected_lost() {
-        let reg = Registry::new(vec![rec("a", "x")], |_| None, Duration::from_millis(0));
+        let reg = Registry::new(vec![rec("a", "x")], |_| (None, None), Duration::from_millis(0));
         let root = CancellationToken::new();
         assert_eq!(reg.get("a").unwrap().liveness, Liveness::Pending, "enrolled, never seen: pending");
         let (conn, _close) = reg.attach("a", &root).unwrap();
@@ -258,7 +274,7 @@ mod tests {
 
     #[test]
     fn a_new_stream_closes_the_old_and_old_detach_is_ignored() {
-        let reg = Registry::new(vec![rec("a", "x")], |_| None, Duration::from_secs(60));
+        let reg = Registry::new(vec![rec("a", "x")], |_| (None, None), Duration::from_secs(60));
         let root = CancellationToken::new();
         let (c1, close1) = reg.attach("a", &root).unwrap();
         let (_c2, close2) = reg.attach("a", &root).unwrap();
@@ -269,7 +285,7 @@ mod tests {
 
     #[test]
     fn revocation_closes_only_matching_streams() {
-        let reg = Registry::new(vec![rec("a", "x"), rec("b", "y")], |_| None, Duration::from_secs(60));
+        let reg = Registry::new(vec![rec("a", "x"), rec("b", "y")], |_| (None, None), Duration::from_secs(60));
         let root = CancellationToken::new();
         let (_, ca) = reg.attach("a", &root).unwrap();
         let (_, cb) = reg.attach("b", &root).unwrap();
@@ -281,7 +297,11 @@ mod tests {
     fn after_a_restart_liveness_tells_what_happened() {
         let now = now_ms();
         let seen = |name: &str, ago_ms: i64| ServerRecord { last_seen_ms: now - ago_ms, ..rec(name, name) };
-        let reg = Registry::new(vec![seen("recent", 1_000), seen("gone", 600_000)], |_| None, Duration::from_secs(120));
+        let reg = Registry::new(
+            vec![seen("recent", 1_000), seen("gone", 600_000)],
+            |_| (None, None),
+            Duration::from_secs(120),
+        );
         let recent = reg.get("recent").unwrap();
         assert_eq!((recent.liveness, recent.liveness_since_ms), (Liveness::Disconnected, now - 1_000));
         let gone = reg.get("gone").unwrap();
@@ -294,7 +314,7 @@ mod tests {
 
     #[test]
     fn watch_sees_every_change_after_its_snapshot() {
-        let reg = Registry::new(vec![rec("a", "x")], |_| None, Duration::from_secs(60));
+        let reg = Registry::new(vec![rec("a", "x")], |_| (None, None), Duration::from_secs(60));
         let (snap, mut rx) = reg.watch();
         assert_eq!(snap.len(), 1);
         reg.put_record(rec("b", ""));

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use outpost_proto::v1::{Health, HistoryPoint};
+use outpost_proto::v1::{AppsState, Health, HistoryPoint};
 use prost::Message;
 
 use super::Fleet;
@@ -28,7 +28,13 @@ pub struct Report {
     pub seq: u64,
     /// The agent's clock.
     pub taken_at_ms: i64,
-    pub health: Health,
+    pub body: Body,
+}
+
+/// What a report carries: health (kept as history) or the apps state (only the latest is kept).
+pub enum Body {
+    Health(Health),
+    Apps(AppsState),
 }
 
 impl Reports {
@@ -44,8 +50,9 @@ impl Reports {
         if report.seq <= record.last_seq {
             // Already stored: idempotent. The same seq with other content is a broken or hostile agent; the
             // first one stays.
-            if let Ok(Some(stored)) = self.store.report(server, report.seq)
-                && HistoryPoint::decode(stored.as_ref()).ok().and_then(|p| p.health).as_ref() != Some(&report.health)
+            if let Body::Health(health) = &report.body
+                && let Ok(Some(stored)) = self.store.report(server, report.seq)
+                && HistoryPoint::decode(stored.as_ref()).ok().and_then(|p| p.health).as_ref() != Some(health)
                 && let Some(repeated) = log_limit.allow("duplicate seq, other content", server)
             {
                 tracing::warn!(
@@ -61,17 +68,25 @@ impl Reports {
         record.last_seq = report.seq;
         record.reports_received += 1;
         record.last_seen_ms = now;
-        record.last_report_ms = report.taken_at_ms;
         if record.first_seen_ms == 0 {
             record.first_seen_ms = now;
         }
-        if !report.health.agent_version.is_empty() {
-            record.agent_version = report.health.agent_version.clone();
+        match report.body {
+            Body::Health(health) => {
+                record.last_report_ms = report.taken_at_ms;
+                if !health.agent_version.is_empty() {
+                    record.agent_version = health.agent_version.clone();
+                }
+                let point = HistoryPoint { seq: report.seq, taken_at_ms: report.taken_at_ms, health: Some(health) };
+                self.store.record_report(&record, report.seq, point.encode_to_vec(), self.keep).await?;
+                // The latest health is the newest history point: no separate write.
+                self.fleet.registry().put_report(record, point.health.expect("set just above"));
+            }
+            Body::Apps(apps) => {
+                self.store.record_apps(&record, report.seq, apps.encode_to_vec()).await?;
+                self.fleet.registry().put_apps(record, apps);
+            }
         }
-        let point = HistoryPoint { seq: report.seq, taken_at_ms: report.taken_at_ms, health: Some(report.health) };
-        self.store.record_report(&record, report.seq, point.encode_to_vec(), self.keep).await?;
-        // The latest health is the newest history point: no separate write.
-        self.fleet.registry().put_report(record, point.health.expect("set just above"));
         Ok(report.seq)
     }
 
@@ -96,13 +111,15 @@ impl Reports {
             .collect()
     }
 
-    /// The newest health of `server` in the store (to fill the registry at start).
-    pub fn latest(store: &dyn ReportStore, server: &str) -> Option<Health> {
-        store
+    /// The newest health and apps state of `server` in the store (to fill the registry at start).
+    pub fn latest(store: &dyn ReportStore, server: &str) -> (Option<Health>, Option<AppsState>) {
+        let health = store
             .history(server, 1)
             .ok()
             .and_then(|v| v.into_iter().next())
             .and_then(|v| HistoryPoint::decode(v.as_ref()).ok())
-            .and_then(|p| p.health)
+            .and_then(|p| p.health);
+        let apps = store.apps(server).ok().flatten().and_then(|v| AppsState::decode(v.as_ref()).ok());
+        (health, apps)
     }
 }

@@ -75,7 +75,8 @@ pub async fn run(backend: &mut dyn Backend) {
     let names: BTreeSet<String> = store.servers().unwrap().into_iter().map(|s| s.name).collect();
     assert!(names.is_superset(&["a", "b", "r"].map(String::from).into()), "{names:?}");
     let r = store.servers().unwrap().into_iter().find(|s| s.name == "r").unwrap();
-    assert_eq!(r.last_seq, 100, "the high-water mark survives a reopen");
+    assert_eq!(r.last_seq, 102, "the high-water mark survives a reopen");
+    assert_eq!(store.apps("r").unwrap(), Some(vec![3]));
     assert_eq!(store.history("r", 1).unwrap(), vec![vec![100u8]]);
     assert!(store.revoked_serials().unwrap().contains(&"s1".to_string()));
     assert_eq!(
@@ -180,6 +181,16 @@ async fn reports_are_bounded_and_carry_the_high_water_mark(store: &dyn HubStore)
     store.record_report(&rr, 1, vec![42], keep).await.unwrap();
     assert_eq!(store.history("r", 1).unwrap(), vec![vec![100]]);
     assert_eq!(store.servers().unwrap().into_iter().find(|s| s.name == "r").unwrap().last_seq, 100);
+    // An apps state replaces the previous one and moves the high-water mark with it.
+    assert_eq!(store.apps("r").unwrap(), None);
+    r.last_seq = 101;
+    store.record_apps(&r, 101, vec![1, 2]).await.unwrap();
+    r.last_seq = 102;
+    store.record_apps(&r, 102, vec![3]).await.unwrap();
+    assert_eq!(store.apps("r").unwrap(), Some(vec![3]));
+    assert_eq!(store.apps("rr").unwrap(), None);
+    assert_eq!(store.servers().unwrap().into_iter().find(|s| s.name == "r").unwrap().last_seq, 102);
+    assert_eq!(store.history("r", 1).unwrap(), vec![vec![100]], "history holds health only");
 }
 
 async fn audit_ids_grow_are_unique_and_queries_filter(store: Arc<dyn HubStore>) {

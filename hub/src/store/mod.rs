@@ -92,6 +92,11 @@ pub trait Reports: Send + Sync {
     fn report(&self, server: &str, seq: u64) -> Result<Option<Vec<u8>>>;
     /// The newest `n` reports of `server`, oldest first.
     fn history(&self, server: &str, n: usize) -> Result<Vec<Vec<u8>>>;
+    /// Stores report `seq` of `server` when it is an apps state (an encoded `AppsState`: only the latest is
+    /// kept) with the server record carrying the new high-water mark, in one write.
+    async fn record_apps(&self, server: &ServerRecord, seq: u64, apps: Vec<u8>) -> Result<()>;
+    /// The latest apps state of `server`.
+    fn apps(&self, server: &str) -> Result<Option<Vec<u8>>>;
 }
 
 /// The append-only audit log.

@@ -45,10 +45,12 @@ enum Tree {
     Operators,
     /// job id → [`PlanRecord`] (JSON): the batches of a fan-out not dispatched yet
     Plans,
+    /// server name → the latest `AppsState` (protobuf)
+    Apps,
 }
 
 impl Tree {
-    const ALL: [Tree; 9] = [
+    const ALL: [Tree; 10] = [
         Tree::Servers,
         Tree::Tokens,
         Tree::Burned,
@@ -58,6 +60,7 @@ impl Tree {
         Tree::Pending,
         Tree::Operators,
         Tree::Plans,
+        Tree::Apps,
     ];
 
     fn name(self) -> &'static str {
@@ -71,6 +74,7 @@ impl Tree {
             Tree::Pending => "pending",
             Tree::Operators => "operators",
             Tree::Plans => "plans",
+            Tree::Apps => "apps",
         }
     }
 }
@@ -296,6 +300,19 @@ impl Reports for SledStore {
         // Last: the high-water mark, so any recovered prefix of this batch is safe.
         ops.push(put_json(Tree::Servers, name.clone(), server));
         self.commit(ops).await
+    }
+
+    async fn record_apps(&self, server: &ServerRecord, _seq: u64, apps: Vec<u8>) -> Result<()> {
+        // The state first, the high-water mark last: any recovered prefix is safe.
+        self.commit(vec![
+            Op::Put(Tree::Apps, server.name.as_bytes().to_vec(), apps),
+            put_json(Tree::Servers, server.name.clone(), server),
+        ])
+        .await
+    }
+
+    fn apps(&self, server: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.tree(Tree::Apps).get(server).map_err(read_err)?.map(|v| v.to_vec()))
     }
 
     fn report(&self, server: &str, seq: u64) -> Result<Option<Vec<u8>>> {
