@@ -56,6 +56,41 @@ pub enum Command {
     Run(crate::run::RunArgs),
     /// The audit log, newest first.
     Audit(crate::run::AuditArgs),
+    /// Every app on the servers a selector matches (default: all), as the agents last reported them.
+    Apps {
+        /// Which servers (as for `run --on`).
+        #[arg(long = "on", value_name = "SELECTOR", default_value = "all")]
+        on: String,
+        /// Only failing apps (failed, degraded, or a repository that cannot be read).
+        #[arg(long)]
+        failing: bool,
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Deploy an app on a server: `app-deploy` with a progress bar (see `outpost run`).
+    Deploy {
+        /// The app's name.
+        app: String,
+        /// The server.
+        #[arg(long = "on", value_name = "SERVER")]
+        on: String,
+        /// Branch, tag or commit (default: the spec's repo.ref).
+        #[arg(long = "ref")]
+        git_ref: Option<String>,
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Run an earlier deployment of an app again: `app-rollback`.
+    Rollback {
+        app: String,
+        #[arg(long = "on", value_name = "SERVER")]
+        on: String,
+        /// The deployment (e.g. web-3); default: the one before the live one.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
     /// The action catalog: names, required role, arguments.
     Actions,
     /// Print shell completions.
@@ -259,6 +294,98 @@ pub async fn watch(bundle: &Bundle) -> anyhow::Result<String> {
             return Ok(String::new()); // the reader went away (e.g. `| head`)
         }
     }
+}
+
+/// The servers `on` selects, with every app they reported (filtered to failing ones with `failing`).
+pub async fn apps(bundle: &Bundle, on: &str, failing: bool, output: Output) -> anyhow::Result<String> {
+    let sel: outpost_common::selector::Selector = on.parse().map_err(|e| anyhow::anyhow!("--on: {e}"))?;
+    let servers =
+        client(bundle)?.list_servers(ListServersRequest {}).await.map_err(|s| rpc(bundle, s))?.into_inner().servers;
+    let mut rows = Vec::new();
+    for s in &servers {
+        let label = |k: &str| s.labels.get(k).map(String::as_str);
+        let c = outpost_common::selector::Candidate {
+            name: &s.name,
+            customer: &s.customer,
+            plan: &s.plan,
+            status: status_word(s),
+            label: &label,
+        };
+        if !sel.matches(&c) {
+            continue;
+        }
+        for a in s.apps.iter().flat_map(|x| x.apps.iter()).filter(|a| !failing || crate::format::app_failing(a)) {
+            rows.push((s, a));
+        }
+    }
+    Ok(match output {
+        Output::Json => {
+            let v: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|(s, a)| {
+                    let r = a.repo.clone().unwrap_or_default();
+                    serde_json::json!({
+                        "server": s.name, "customer": s.customer, "app": a.name, "project": a.project, "phase": a.phase,
+                        "ready_replicas": a.ready_replicas, "desired_replicas": a.desired_replicas, "restarts": a.restarts,
+                        "deployment": a.deployment, "commit": a.commit, "image": a.image, "last_error": a.last_error,
+                        "deployed_ms": a.deployed_ms,
+                        "repo": {"url": r.url, "ref": r.git_ref, "head": r.head, "behind": r.behind, "dirty": r.dirty, "last_error": r.last_error, "note": r.note},
+                    })
+                })
+                .collect();
+            outpost_common::text::json_inert(&(serde_json::to_string_pretty(&v)? + "\n")).into_owned()
+        }
+        Output::Table => {
+            let mut out = format!(
+                "{:<20} {:<16} {:<13} {:>7} {:<14} {:<12} {}\n",
+                "SERVER", "APP", "PHASE", "READY", "DEPLOYMENT", "COMMIT", "PROBLEM"
+            );
+            for (s, a) in &rows {
+                let problem = if !a.last_error.is_empty() {
+                    a.last_error.clone()
+                } else {
+                    a.repo.as_ref().map(|r| r.last_error.clone()).unwrap_or_default()
+                };
+                out.push_str(&format!(
+                    "{:<20} {:<16} {:<13} {:>7} {:<14} {:<12} {}\n",
+                    s.name,
+                    a.name,
+                    a.phase,
+                    format!("{}/{}", a.ready_replicas, a.desired_replicas),
+                    if a.deployment.is_empty() { "-" } else { &a.deployment },
+                    if a.commit.is_empty() { "-" } else { crate::format::short_commit(&a.commit) },
+                    problem
+                ));
+            }
+            if rows.is_empty() {
+                out.push_str(if failing { "(no failing apps)\n" } else { "(no apps reported)\n" });
+            }
+            outpost_common::text::inert_lines(&out).into_owned()
+        }
+    })
+}
+
+/// `run` arguments for an app action on one server.
+pub fn app_action(
+    action: &str,
+    server: &str,
+    args: &[(&str, Option<&str>)],
+    output: Output,
+) -> anyhow::Result<crate::run::RunArgs> {
+    #[derive(clap::Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        run: crate::run::RunArgs,
+    }
+    let mut argv = vec!["outpost".to_string(), action.to_string(), format!("--on={server}")];
+    for (k, v) in args {
+        if let Some(v) = v {
+            argv.push(format!("--arg={k}={v}"));
+        }
+    }
+    let mut run = <Wrap as clap::Parser>::try_parse_from(argv).map_err(|e| anyhow::anyhow!("{e}"))?.run;
+    run.output = output;
+    Ok(run)
 }
 
 pub fn completions(shell: clap_complete::Shell) -> String {

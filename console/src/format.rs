@@ -43,6 +43,7 @@ pub fn needs_attention(s: &Server) -> bool {
     let h = s.health.as_ref();
     liveness(s) == Liveness::Lost
         || h.is_some_and(|h| k3s_word(h) == "FAILED" || disk_pct(h).is_some_and(|d| d >= 90.0))
+        || s.apps.as_ref().is_some_and(|a| a.apps.iter().any(app_failing))
 }
 
 pub fn outcome_word(o: i32) -> &'static str {
@@ -113,4 +114,22 @@ pub fn audit_line(r: &pb::AuditRecord) -> String {
 /// `2026-11-22 10:11:12` (UTC) for a unix-ms time.
 pub fn clock(ms: i64) -> String {
     outpost_common::when::stamp(ms)
+}
+
+/// "ok/total" of a server's apps ("-" when it reports none).
+pub fn apps_word(s: &outpost_proto::v1::Server) -> String {
+    match s.apps.as_ref().filter(|a| !a.apps.is_empty()) {
+        Some(a) => format!("{}/{}", a.apps.iter().filter(|x| x.phase == "available").count(), a.apps.len()),
+        None => "-".into(),
+    }
+}
+
+/// An app that needs a look: failed, degraded, or its repository cannot be read.
+pub fn app_failing(a: &outpost_proto::v1::AppState) -> bool {
+    matches!(a.phase.as_str(), "failed" | "degraded") || a.repo.as_ref().is_some_and(|r| !r.last_error.is_empty())
+}
+
+/// The first 12 characters of a commit.
+pub fn short_commit(c: &str) -> &str {
+    &c[..c.len().min(12)]
 }

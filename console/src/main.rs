@@ -17,6 +17,15 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<String> {
         Some(Command::Run(a)) => console::run::run(&cli::load_bundle(cli)?, a).await,
         Some(Command::Audit(a)) => console::run::audit(&cli::load_bundle(cli)?, a).await,
         Some(Command::Actions) => Ok(console::run::catalog()),
+        Some(Command::Apps { on, failing, output }) => cli::apps(&cli::load_bundle(cli)?, on, *failing, *output).await,
+        Some(Command::Deploy { app, on, git_ref, output }) => {
+            let a = cli::app_action("app-deploy", on, &[("app", Some(app)), ("ref", git_ref.as_deref())], *output)?;
+            console::run::run(&cli::load_bundle(cli)?, &a).await
+        }
+        Some(Command::Rollback { app, on, to, output }) => {
+            let a = cli::app_action("app-rollback", on, &[("app", Some(app)), ("to", to.as_deref())], *output)?;
+            console::run::run(&cli::load_bundle(cli)?, &a).await
+        }
         Some(Command::Fleet) | None => {
             let b = cli::load_bundle(cli)?;
             let app = console::state::App::new(&b.meta.hub, &b.meta.name, &b.meta.role);

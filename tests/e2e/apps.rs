@@ -125,9 +125,35 @@ async fn an_app_deploys_from_git_and_a_bad_commit_is_rolled_back_automatically()
     assert_eq!((web.project.as_str(), web.desired_replicas, web.ready_replicas), ("acme", 2, 2), "{web:?}");
     assert_eq!(web.repo.as_ref().unwrap().head, good);
 
-    // The same commit again: nothing to do.
-    let same = run_job(&mut support, action("app-deploy", &["app-1"], &[("app", "web")])).await;
-    assert!(same.result("app-1").message.contains("already runs commit"), "{:?}", same.result("app-1"));
+    // The same commit again, from the command line: nothing to do.
+    let bundle = root.join("bundle");
+    hub.bundle("sam", Role::Support).write(&bundle).unwrap();
+    let outpost = |args: &[&str]| {
+        let out = std::process::Command::new(harness::bin("outpost"))
+            .arg("--bundle")
+            .arg(&bundle)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = outpost(&["deploy", "web", "--on", "app-1"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("already runs commit"), "{out}");
+    let (code, out, err) = outpost(&["apps", "--output", "json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (listed[0]["server"].as_str(), listed[0]["app"].as_str(), listed[0]["phase"].as_str()),
+        (Some("app-1"), Some("web"), Some("available")),
+        "{out}"
+    );
+    let (_, out, _) = outpost(&["apps", "--failing"]);
+    assert!(out.contains("(no failing apps)"), "{out}");
 
     // A bad commit: its pods crash-loop; the agent says why and restores web-1.
     git(&root.join("dev"), "echo broken > app.txt && git commit -qam broken && git push -q origin HEAD:main");
@@ -178,5 +204,5 @@ async fn an_app_deploys_from_git_and_a_bad_commit_is_rolled_back_automatically()
         .filter(|a| a.kind == "result" && a.action == "app-deploy")
         .map(|a| (a.message.as_str(), a.outcome))
         .collect();
-    assert_eq!(results.len(), 3, "{results:?}");
+    assert_eq!(results.len(), 3, "the first deploy, the no-op from the command line, the bad one: {results:?}");
 }

@@ -23,6 +23,7 @@ pub enum Column {
     Disk,
     Load,
     K3s,
+    Apps,
     Version,
     Cert,
     Seen,
@@ -30,7 +31,7 @@ pub enum Column {
 
 impl Column {
     /// In the order the fleet table shows them (left to right), so `s` walks the screen.
-    pub const ALL: [Column; 12] = [
+    pub const ALL: [Column; 13] = [
         Column::Name,
         Column::Status,
         Column::Cpu,
@@ -40,6 +41,7 @@ impl Column {
         Column::Plan,
         Column::Seen,
         Column::K3s,
+        Column::Apps,
         Column::Load,
         Column::Version,
         Column::Cert,
@@ -56,6 +58,7 @@ impl Column {
             Column::Disk => "DISK",
             Column::Load => "LOAD",
             Column::K3s => "K3S",
+            Column::Apps => "APPS",
             Column::Version => "VERSION",
             Column::Cert => "CERT",
             Column::Seen => "SEEN",
@@ -99,6 +102,10 @@ fn sort_key(col: Column, s: &Server) -> SortKey<'_> {
         Column::Disk => num(disk_pct(h)),
         Column::Load => SortKey::Num(f64::from(h.load1)),
         Column::K3s => SortKey::Text(k3s_word(h)),
+        // Most failing apps first when descending.
+        Column::Apps => SortKey::Int(
+            s.apps.as_ref().map_or(0, |a| a.apps.iter().filter(|x| crate::format::app_failing(x)).count() as i64),
+        ),
         Column::Version => SortKey::Text(&s.agent_version),
         Column::Cert => SortKey::Int(s.cert_not_after),
         Column::Seen => SortKey::Int(s.last_seen_ms),

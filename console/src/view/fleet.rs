@@ -10,7 +10,7 @@ use crate::format::{disk_pct, k3s_word, mem_pct, status_word};
 use crate::state::{App, Column};
 
 /// Columns by priority: narrow terminals drop from the end. (column, width)
-const LAYOUT: [(Column, u16); 12] = [
+const LAYOUT: [(Column, u16); 13] = [
     (Column::Name, 16),
     (Column::Status, 14),
     (Column::Cpu, 5),
@@ -20,6 +20,7 @@ const LAYOUT: [(Column, u16); 12] = [
     (Column::Plan, 8),
     (Column::Seen, 6),
     (Column::K3s, 8),
+    (Column::Apps, 5),
     (Column::Load, 6),
     (Column::Version, 8),
     (Column::Cert, 6),
@@ -92,6 +93,11 @@ pub fn render(frame: &mut Frame, app: &mut App, area: Rect, now_ms: i64, theme: 
             Column::Plan => Cell::from(s.plan.clone()),
             Column::Seen => Cell::from(ago(now_ms, s.last_seen_ms)),
             Column::K3s => Cell::from(k3s_word(&h)),
+            Column::Apps => {
+                let failing = s.apps.as_ref().is_some_and(|a| a.apps.iter().any(crate::format::app_failing));
+                let cell = Cell::from(crate::format::apps_word(s));
+                if failing { cell.style(theme.fg(Color::Red).add_modifier(Modifier::BOLD)) } else { cell }
+            }
             Column::Load => Cell::from(if has { format!("{:.2}", h.load1) } else { "-".into() }),
             Column::Version => Cell::from(s.agent_version.clone()),
             Column::Cert => {

@@ -21,6 +21,21 @@ fn bytes(b: u64) -> String {
     format!("{v:.1} {}", UNITS[u])
 }
 
+/// The cluster as the agent's last apps report describes it.
+fn cluster_line(s: &outpost_proto::v1::Server) -> String {
+    match s.apps.as_ref().and_then(|a| a.cluster.as_ref()) {
+        None => "-".into(),
+        Some(c) if c.ready && c.problems.is_empty() => {
+            format!("{} · {} node(s) Ready · {} pods running", c.version, c.nodes, c.pods_running)
+        }
+        Some(c) => format!(
+            "{}{}",
+            if c.ready { "Ready, but: " } else { "NOT READY: " },
+            c.problems.first().cloned().unwrap_or_else(|| "no node".into())
+        ),
+    }
+}
+
 pub fn render(frame: &mut Frame, app: &App, name: &str, area: Rect, now_ms: i64, theme: Theme) {
     let Some(s) = app.fleet.server(name) else {
         frame.render_widget(Paragraph::new(format!(" {name} is no longer in the fleet (esc goes back)")), area);
@@ -57,15 +72,53 @@ pub fn render(frame: &mut Frame, app: &App, name: &str, area: Rect, now_ms: i64,
             format!("{} ago (seq {}, {} reports)", ago(now_ms, s.last_seen_ms), s.last_seq, s.reports_received),
         ),
         ("k3s".into(), format!("{} {}", k3s_word(&h), h.k3s.as_ref().map(|k| k.detail.as_str()).unwrap_or(""))),
+        ("cluster".into(), cluster_line(s)),
         ("certificate".into(), cert),
         ("actions".into(), actions),
     ];
     if s.dropped_reports > 0 {
         lines.push(("dropped".into(), format!("{} reports (outbox was full)", s.dropped_reports)));
     }
-    let [info, disks, events] =
-        Layout::vertical([Constraint::Length(lines.len() as u16 + 2), Constraint::Min(3), Constraint::Min(3)])
-            .areas(left);
+    let app_list: Vec<&outpost_proto::v1::AppState> = s.apps.iter().flat_map(|a| a.apps.iter()).collect();
+    let [info, apps, disks, events] = Layout::vertical([
+        Constraint::Length(lines.len() as u16 + 2),
+        Constraint::Length(if app_list.is_empty() { 0 } else { app_list.len().min(8) as u16 + 3 }),
+        Constraint::Min(3),
+        Constraint::Min(3),
+    ])
+    .areas(left);
+    if !app_list.is_empty() {
+        let rows = app_list.iter().map(|a| {
+            let problem = if a.last_error.is_empty() {
+                a.repo.as_ref().map(|r| r.last_error.clone()).unwrap_or_default()
+            } else {
+                a.last_error.clone()
+            };
+            let row = Row::new(vec![
+                a.name.clone(),
+                a.phase.clone(),
+                format!("{}/{}", a.ready_replicas, a.desired_replicas),
+                a.deployment.clone(),
+                crate::format::short_commit(&a.commit).to_string(),
+                problem,
+            ]);
+            if crate::format::app_failing(a) { row.style(theme.fg(Color::Red)) } else { row }
+        });
+        let table = Table::new(
+            rows,
+            [
+                Constraint::Length(14),
+                Constraint::Length(12),
+                Constraint::Length(6),
+                Constraint::Length(10),
+                Constraint::Length(12),
+                Constraint::Min(10),
+            ],
+        )
+        .header(Row::new(["APP", "PHASE", "READY", "DEPLOY", "COMMIT", "PROBLEM"]))
+        .block(Block::bordered().title(" apps "));
+        frame.render_widget(table, apps);
+    }
     frame.render_widget(facts(lines).block(Block::bordered().title(" identity ")), info);
 
     let disk_rows = h.disks.iter().map(|d| {

@@ -57,6 +57,42 @@ fn fixture() -> App {
                 ..Default::default()
             }),
             health,
+            // The first server runs two apps, one of them failing; the next reports a cluster and no apps.
+            apps: match i {
+                0 => Some(outpost_proto::v1::AppsState {
+                    apps: vec![
+                        outpost_proto::v1::AppState {
+                            name: "web".into(),
+                            project: "acme".into(),
+                            phase: "available".into(),
+                            desired_replicas: 2,
+                            ready_replicas: 2,
+                            deployment: "web-4".into(),
+                            commit: "c0ffee1234567890".into(),
+                            ..Default::default()
+                        },
+                        outpost_proto::v1::AppState {
+                            name: "worker".into(),
+                            project: "acme".into(),
+                            phase: "degraded".into(),
+                            desired_replicas: 1,
+                            deployment: "worker-2".into(),
+                            commit: "badbad".into(),
+                            last_error: "CrashLoopBackOff: container worker crashes (exit code 1: no queue)".into(),
+                            ..Default::default()
+                        },
+                    ],
+                    cluster: Some(outpost_proto::v1::ClusterState {
+                        ready: true,
+                        version: "v1.33.5+k3s1".into(),
+                        nodes: 1,
+                        pods_running: 9,
+                        ..Default::default()
+                    }),
+                }),
+                1 => Some(outpost_proto::v1::AppsState::default()),
+                _ => None,
+            },
             ..Default::default()
         });
     }
@@ -124,6 +160,18 @@ fn server() {
         .collect();
     app.apply_detail(ServerDetail { server: Some(s), history });
     both("server", &mut app);
+}
+
+/// A server that runs apps: the apps table (a failing one in red), the cluster line; the fleet's APPS column.
+#[test]
+fn server_with_apps() {
+    let mut app = fixture();
+    app.key(Key::Enter); // srv-000, the first row
+    insta::assert_snapshot!("server_apps_200x50", draw(&mut app, 200, 50));
+    let mut app = fixture();
+    let fleet = draw(&mut app, 200, 50);
+    let row = fleet.lines().find(|l| l.contains("srv-000")).unwrap();
+    assert!(row.contains("1/2"), "the APPS column counts available apps: {row}");
 }
 
 #[test]
