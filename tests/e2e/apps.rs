@@ -206,3 +206,81 @@ async fn an_app_deploys_from_git_and_a_bad_commit_is_rolled_back_automatically()
         .collect();
     assert_eq!(results.len(), 3, "the first deploy, the no-op from the command line, the bad one: {results:?}");
 }
+
+/// The hub is SIGKILLed while a deploy watches its rollout: the deploy goes on at the agent, and after the
+/// hub's restart its result is audited exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_across_a_hub_sigkill_is_audited_once() {
+    harness::init();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let kube = KubeStandIn::start(&root.join("kube")).await;
+    git(
+        root,
+        "git init -q --bare -b main web.git && git clone -q web.git dev 2>/dev/null && cd dev && echo v1 > app.txt && git add -A && git commit -qm v1 && git push -q origin HEAD:main",
+    );
+    let mut hub = HubProc::start(&root.join("hub"), harness::free_port(), "").await;
+    let token = hub
+        .client(Role::Admin)
+        .create_join_token(CreateJoinTokenRequest {
+            server_name: "app-2".into(),
+            ttl_secs: 600,
+            customer: "acme".into(),
+            plan: "pro".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let extra = format!(
+        "kubeconfig = \"{}\"\nrepo_roots = [\"{}\"]\nrollout_poll_ms = 20\n",
+        kube.kubeconfig.display(),
+        root.display()
+    );
+    let _agent = AgentProc::start(root, "app-2", &token, &extra);
+    let connected = |f: &harness::Fleet| f.get("app-2").is_some_and(|s| s.liveness == Liveness::Connected as i32);
+    watch_until(&mut hub.client(Role::Viewer), "app-2 connected", connected).await;
+    let spec = format!(
+        "name = \"web\"\nimage = \"nginx:{{commit}}\"\nport = 80\n[repo]\nurl = \"{}\"\n",
+        root.join("web.git").display()
+    );
+    let applied = run_job(&mut hub.client(Role::Support), action("app-apply", &["app-2"], &[("spec", &spec)])).await;
+    assert_eq!(applied.result("app-2").outcome, Outcome::Succeeded as i32);
+
+    let mut stream = hub
+        .client(Role::Support)
+        .run_action(action("app-deploy", &["app-2"], &[("app", "web")]))
+        .await
+        .unwrap()
+        .into_inner();
+    let d = kube.wait_for(DEPLOYMENT, WAIT, |d| template_of(d) == "web-1").await;
+    hub.kill9().await; // the rollout is being watched; nobody has answered yet
+    drop(stream); // the caller went with the hub
+    hub.restart().await;
+    watch_until(&mut hub.client(Role::Viewer), "app-2 back", connected).await;
+    mark_available(&kube, &d);
+    let mut admin = hub.client(Role::Admin);
+    let until = std::time::Instant::now() + WAIT;
+    let results = loop {
+        let audit = admin
+            .query_audit(QueryAuditRequest { action: "app-deploy".into(), limit: 100, ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner()
+            .records;
+        let results: Vec<_> = audit.into_iter().filter(|a| a.kind == "result").collect();
+        if !results.is_empty() {
+            break results;
+        }
+        assert!(std::time::Instant::now() < until, "no result audited after the restart");
+        // The audit log has no watch; the result arrives when the agent's rollout ends (tens of ms).
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(results.len(), 1, "{results:#?}");
+    assert_eq!(results[0].outcome, Outcome::Succeeded as i32, "{results:#?}");
+    assert!(results[0].message.contains("web-1 is live"), "{results:#?}");
+    // Nothing was deployed twice.
+    let again = run_job(&mut admin, action("app-deploy", &["app-2"], &[("app", "web")])).await;
+    assert!(again.result("app-2").message.contains("already runs commit"), "{:?}", again.result("app-2"));
+}
