@@ -248,7 +248,7 @@ async fn a_deploy_across_a_hub_sigkill_is_audited_once() {
     let applied = run_job(&mut hub.client(Role::Support), action("app-apply", &["app-2"], &[("spec", &spec)])).await;
     assert_eq!(applied.result("app-2").outcome, Outcome::Succeeded as i32);
 
-    let mut stream = hub
+    let stream = hub
         .client(Role::Support)
         .run_action(action("app-deploy", &["app-2"], &[("app", "web")]))
         .await
