@@ -189,6 +189,24 @@ impl FleetTable {
         self.counts
     }
 
+    /// Every app of every server the filter matches: (server, app), failing apps first, then by server and app.
+    pub fn apps(&self) -> Vec<(&Server, &outpost_proto::v1::AppState)> {
+        let mut out: Vec<(&Server, &outpost_proto::v1::AppState)> = self
+            .servers
+            .values()
+            .filter(|s| self.filter.matches(s, status_word(s)))
+            .flat_map(|s| s.apps.iter().flat_map(|a| a.apps.iter()).map(move |a| (s, a)))
+            .collect();
+        out.sort_by(|a, b| {
+            (!crate::format::app_failing(a.1), &a.0.name, &a.1.name).cmp(&(
+                !crate::format::app_failing(b.1),
+                &b.0.name,
+                &b.1.name,
+            ))
+        });
+        out
+    }
+
     /// The latest time any server was seen (the clock for events applied on resume).
     pub fn newest_seen_ms(&self) -> i64 {
         self.servers.values().map(|s| s.last_seen_ms).max().unwrap_or(0)

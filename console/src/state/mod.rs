@@ -38,6 +38,8 @@ pub enum Screen {
     /// The job this console started: progress, results, streamed output.
     Job,
     Audit,
+    /// Every app on every server the fleet filter matches, failing ones first.
+    Apps,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,8 +100,9 @@ pub enum Request {
     Audit,
 }
 
-pub const COMMANDS: [(&str, &str); 6] = [
+pub const COMMANDS: [(&str, &str); 7] = [
     ("servers", "the fleet view"),
+    ("apps", "every app on every server (the fleet filter applies), failing first"),
     ("alerts", "alerts"),
     ("audit", "the audit log"),
     ("jobs", "provisioning jobs"),
@@ -319,7 +322,7 @@ impl App {
                 }
             }
             Action::Back => match self.screen {
-                Screen::Job | Screen::Audit => self.screen = Screen::Fleet,
+                Screen::Job | Screen::Audit | Screen::Apps => self.screen = Screen::Fleet,
                 Screen::Server(_) => {
                     self.screen = Screen::Fleet;
                     self.detail = None;
@@ -367,6 +370,10 @@ impl App {
             "quit" | "q" | "q!" => return false,
             "help" | "h" => self.mode = Mode::Help,
             "audit" => self.open_audit(),
+            "apps" => {
+                self.screen = Screen::Apps;
+                self.detail = None;
+            }
             "job" | "jobs" if self.job.is_some() => self.screen = Screen::Job,
             "alerts" => {
                 // The servers the header counts as alerts (lost, K3s failed, a disk ≥ 90 %).

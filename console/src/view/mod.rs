@@ -73,6 +73,7 @@ pub fn render(frame: &mut Frame, app: &mut App, now_ms: i64, theme: Theme) {
         Screen::Server(name) => server::render(frame, app, &name, body, now_ms, theme),
         Screen::Job => job::render_job(frame, app, body, theme),
         Screen::Audit => job::render_audit(frame, app, body, theme),
+        Screen::Apps => render_apps(frame, app, body, theme),
     }
     render_footer(frame, app, footer, theme);
     match &app.mode {
@@ -145,6 +146,7 @@ fn render_footer(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
                 Screen::Server(_) => " q quit  esc back  a actions  ? help  : command  space pause",
                 Screen::Job => " q quit  esc back  c cancel  ? help  : command",
                 Screen::Audit => " q quit  esc back  r refresh  ? help  : command",
+                Screen::Apps => " q quit  esc back  / filter servers  ? help  : command",
             }),
         },
     };
@@ -198,7 +200,8 @@ mod tests;
 /// of `width`×`height` and returns each as text: for tests and tools that check what an operator would see.
 pub fn render_all_for_test(app: &mut App, width: u16, height: u16) -> Vec<(&'static str, String)> {
     let first = app.fleet.rows().first().cloned();
-    let mut screens = vec![("fleet", Screen::Fleet), ("job", Screen::Job), ("audit", Screen::Audit)];
+    let mut screens =
+        vec![("fleet", Screen::Fleet), ("job", Screen::Job), ("audit", Screen::Audit), ("apps", Screen::Apps)];
     if let Some(name) = first {
         screens.push(("server", Screen::Server(name)));
     }
@@ -214,4 +217,53 @@ pub fn render_all_for_test(app: &mut App, width: u16, height: u16) -> Vec<(&'sta
             (label, text)
         })
         .collect()
+}
+
+/// `:apps`: every app on every server the fleet filter matches, failing first.
+fn render_apps(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
+    use ratatui::widgets::{Block, Row, Table};
+    let apps = app.fleet.apps();
+    let visible = area.height.saturating_sub(3) as usize;
+    let rows = apps.iter().take(visible).map(|(s, a)| {
+        let problem = if a.last_error.is_empty() {
+            a.repo.as_ref().map(|r| r.last_error.clone()).unwrap_or_default()
+        } else {
+            a.last_error.clone()
+        };
+        let row = Row::new(vec![
+            s.name.clone(),
+            s.customer.clone(),
+            a.name.clone(),
+            a.phase.clone(),
+            format!("{}/{}", a.ready_replicas, a.desired_replicas),
+            a.deployment.clone(),
+            crate::format::short_commit(&a.commit).to_string(),
+            problem,
+        ]);
+        if crate::format::app_failing(a) { row.style(theme.fg(Color::Red)) } else { row }
+    });
+    let failing = apps.iter().filter(|(_, a)| crate::format::app_failing(a)).count();
+    let filter =
+        if app.fleet.filter.is_empty() { String::new() } else { format!(" · filter {}", app.fleet.filter.text()) };
+    let title = format!(" apps · {} on {} server(s) · {failing} failing{filter} ", apps.len(), {
+        let mut names: Vec<&str> = apps.iter().map(|(s, _)| s.name.as_str()).collect();
+        names.dedup();
+        names.len()
+    });
+    let table = Table::new(
+        rows,
+        [
+            Constraint::Length(16),
+            Constraint::Length(10),
+            Constraint::Length(14),
+            Constraint::Length(12),
+            Constraint::Length(6),
+            Constraint::Length(10),
+            Constraint::Length(12),
+            Constraint::Min(10),
+        ],
+    )
+    .header(Row::new(["SERVER", "CUSTOMER", "APP", "PHASE", "READY", "DEPLOY", "COMMIT", "PROBLEM"]))
+    .block(Block::bordered().title(title));
+    frame.render_widget(table, area);
 }

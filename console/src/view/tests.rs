@@ -174,6 +174,21 @@ fn server_with_apps() {
     assert!(row.contains("1/2"), "the APPS column counts available apps: {row}");
 }
 
+/// `:apps`: every app of the fleet, failing first; the fleet filter applies.
+#[test]
+fn apps_view() {
+    let mut app = fixture();
+    for c in ":apps".chars() {
+        app.key(Key::Char(c));
+    }
+    app.key(Key::Enter);
+    both("apps", &mut app);
+    let text = draw(&mut app, 200, 50);
+    let worker = text.find("worker").expect("the failing app is listed");
+    let web = text.find(" web ").expect("the available app is listed");
+    assert!(worker < web, "failing apps come first");
+}
+
 #[test]
 fn help() {
     let mut app = fixture();

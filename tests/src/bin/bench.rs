@@ -77,6 +77,20 @@ enum Cmd {
         #[arg(long, default_value_t = 20_000)]
         reports: u64,
     },
+    /// Deploy latency: operator call → fetch, render, apply, rollout watched (the stand-in's controller
+    /// makes it available at once) → result, over N deploys alternating between two commits.
+    Deploy {
+        #[arg(long, default_value_t = 50)]
+        runs: u32,
+    },
+    /// One real agentd running N apps from 3 repositories, with its reconcile loop and apps reports, beside
+    /// prometheus-node-exporter (when installed) in the same window: CPU and RSS of both.
+    AgentApps {
+        #[arg(long, default_value_t = 10)]
+        apps: u32,
+        #[arg(long, default_value_t = 5.0)]
+        minutes: f64,
+    },
 }
 
 struct Sample {
@@ -158,6 +172,8 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Console { servers, interval, seconds } => console(tmp.path(), servers, &interval, seconds).await,
         Cmd::ConsoleFrame { servers, frames } => console_frame(servers, frames),
         Cmd::Replay { reports } => replay(tmp.path(), reports).await,
+        Cmd::Deploy { runs } => deploy(tmp.path(), runs).await,
+        Cmd::AgentApps { apps, minutes } => agent_apps(tmp.path(), apps, minutes).await,
         Cmd::ActionRtt { agents, runs, interval } => action_rtt(tmp.path(), agents, runs, &interval).await,
     }
 }
@@ -643,5 +659,159 @@ async fn action_rtt(root: &Path, agents: u32, runs: u32, interval: &str) -> anyh
         p.failed
     );
     sim.kill().await?;
+    Ok(())
+}
+
+fn git(dir: &Path, script: &str) -> anyhow::Result<String> {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "bench")
+        .env("GIT_AUTHOR_EMAIL", "bench@example.com")
+        .env("GIT_COMMITTER_NAME", "bench")
+        .env("GIT_COMMITTER_EMAIL", "bench@example.com")
+        .output()?;
+    anyhow::ensure!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// A hub, one agent with a kubeconfig for a stand-in with a controller, and `repos` bare repositories
+/// (`r0.git`…) with tags v1 and v2. Returns the hub, the agent and the stand-in.
+async fn app_server(
+    root: &Path,
+    repos: u32,
+    extra: &str,
+) -> anyhow::Result<(HubProc, AgentProc, standin::kube::KubeStandIn)> {
+    let kube = standin::kube::KubeStandIn::start_with_controller(&root.join("kube")).await;
+    for r in 0..repos {
+        git(
+            root,
+            &format!(
+                "git init -q --bare -b main r{r}.git && git clone -q r{r}.git w{r} 2>/dev/null && cd w{r} && echo 1 > f && git add -A && git commit -qm v1 && git tag v1 && echo 2 > f && git commit -qam v2 && git tag v2 && git push -q --tags origin HEAD:main"
+            ),
+        )?;
+    }
+    let hub = HubProc::start(&root.join("hub"), harness::free_port(), BENCH_HUB).await;
+    let token = hub
+        .client(Role::Admin)
+        .create_join_token(outpost_proto::v1::CreateJoinTokenRequest {
+            server_name: "apps-1".into(),
+            ttl_secs: 600,
+            customer: "acme".into(),
+            plan: "team".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .token;
+    let config =
+        format!("kubeconfig = \"{}\"\nrepo_roots = [\"{}\"]\n{extra}", kube.kubeconfig.display(), root.display());
+    let agent = AgentProc::start(root, "apps-1", &token, &config);
+    watch_until_for(&mut hub.client(Role::Viewer), "apps-1 connected", Duration::from_secs(60), |f| {
+        is(f, "apps-1", Liveness::Connected)
+    })
+    .await;
+    Ok((hub, agent, kube))
+}
+
+fn spec(name: &str, repo: &Path) -> String {
+    format!(
+        "name = \"{name}\"\nimage = \"registry.example/{name}:{{commit}}\"\nport = 8080\n[repo]\nurl = \"{}\"\n[secrets]\nTOKEN_VALUE = \"s3cret\"\n[resources]\nmemory_limit = \"64Mi\"\ncpu_limit = \"50m\"\n",
+        repo.display()
+    )
+}
+
+async fn deploy(root: &Path, runs: u32) -> anyhow::Result<()> {
+    let (hub, _agent, _kube) = app_server(root, 1, "rollout_poll_ms = 20\n").await?;
+    let mut ops = hub.client(Role::Support);
+    let apply = harness::run_job(
+        &mut ops,
+        harness::action("app-apply", &["apps-1"], &[("spec", &spec("web", &root.join("r0.git")))]),
+    )
+    .await;
+    anyhow::ensure!(
+        apply.result("apps-1").outcome == outpost_proto::v1::Outcome::Succeeded as i32,
+        "{:?}",
+        apply.result("apps-1")
+    );
+    let mut times = Vec::new();
+    for i in 0..runs {
+        let r#ref = if i % 2 == 0 { "v1" } else { "v2" };
+        let t = Instant::now();
+        let run =
+            harness::run_job(&mut ops, harness::action("app-deploy", &["apps-1"], &[("app", "web"), ("ref", r#ref)]))
+                .await;
+        let r = run.result("apps-1");
+        anyhow::ensure!(r.outcome == outpost_proto::v1::Outcome::Succeeded as i32, "deploy {i}: {r:?}");
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    println!("deploy (operator call → fetch, render, apply, rollout → audited result), ms: {}", summary(times));
+    println!(
+        "(stand-in Kubernetes API with an immediate controller; rollout polled every 20 ms; local bare repository)"
+    );
+    Ok(())
+}
+
+async fn agent_apps(root: &Path, apps: u32, minutes: f64) -> anyhow::Result<()> {
+    // The agent's defaults, as on a customer server (the harness reports every 200 ms otherwise).
+    let defaults = std::env::var("BENCH_AGENT_EXTRA")
+        .unwrap_or_else(|_| "report_interval_ms = 10000\nreconcile_secs = 60\napps_report_secs = 30\n".into());
+    let defaults = defaults.as_str();
+    let (hub, agent, _kube) = app_server(root, 3, defaults).await?;
+    let mut ops = hub.client(Role::Support);
+    for i in 0..apps {
+        let name = format!("app{i}");
+        let repo = root.join(format!("r{}.git", i % 3));
+        for (action, args) in
+            [("app-apply", vec![("spec", spec(&name, &repo))]), ("app-deploy", vec![("app", name.clone())])]
+        {
+            let args: Vec<(&str, &str)> = args.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let run = harness::run_job(&mut ops, harness::action(action, &["apps-1"], &args)).await;
+            anyhow::ensure!(
+                run.result("apps-1").outcome == outpost_proto::v1::Outcome::Succeeded as i32,
+                "{action} {name}: {:?}",
+                run.result("apps-1")
+            );
+        }
+    }
+    let exporter = ["/usr/bin/prometheus-node-exporter", "/usr/sbin/prometheus-node-exporter"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let mut node_exporter = match exporter {
+        Some(bin) => Some(
+            tokio::process::Command::new(bin)
+                .arg(format!("--web.listen-address=127.0.0.1:{}", harness::free_port()))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()?,
+        ),
+        None => {
+            println!(
+                "prometheus-node-exporter is not installed (apt-get install prometheus-node-exporter): measuring agentd alone"
+            );
+            None
+        }
+    };
+    let pid = agent.child.id().expect("agent running");
+    let window = Duration::from_secs_f64(minutes * 60.0);
+    println!("measuring agentd (pid {pid}) with {apps} apps from 3 repositories for {minutes} min…");
+    let ne_pid = node_exporter.as_ref().and_then(|c| c.id());
+    let ne_start = ne_pid.map(sample);
+    let t = Instant::now();
+    let (cpu, min, avg, max) = measure(pid, window).await;
+    println!("agentd with {apps} apps: CPU {cpu:.3}% of one core; RSS min {min:.1} / avg {avg:.1} / max {max:.1} MiB");
+    if let (Some(p), Some(start)) = (ne_pid, ne_start) {
+        let end = sample(p);
+        let ne_cpu = (end.ticks - start.ticks) as f64 / clk_tck() / t.elapsed().as_secs_f64() * 100.0;
+        println!(
+            "prometheus-node-exporter, same window (idle, not scraped): CPU {ne_cpu:.3}% of one core; RSS {:.1} MiB",
+            end.rss_kib as f64 / 1024.0
+        );
+    }
+    if let Some(c) = node_exporter.as_mut() {
+        let _ = c.kill().await;
+    }
     Ok(())
 }
