@@ -160,9 +160,13 @@ impl Apps {
             return None;
         }
         let k3s = self.k3s().await.ok();
-        let cluster = match &k3s {
-            Some(k) => match k.state().await {
-                Ok(c) => pb::ClusterState {
+        let overview = match &k3s {
+            Some(k) => k.overview().await.map_err(|e| e.to_string()),
+            None => Err(format!("no Kubernetes API: cannot use {}", self.kubeconfig.display())),
+        };
+        let (cluster, statuses) = match overview {
+            Ok((c, statuses)) => (
+                pb::ClusterState {
                     ready: c.ready,
                     version: c.version,
                     nodes: c.nodes.len() as u32,
@@ -176,12 +180,9 @@ impl Apps {
                         .chain(c.system_problems.iter().map(|p| format!("system pod {p}")))
                         .collect(),
                 },
-                Err(e) => pb::ClusterState { problems: vec![e.to_string()], ..Default::default() },
-            },
-            None => pb::ClusterState {
-                problems: vec![format!("no Kubernetes API: cannot use {}", self.kubeconfig.display())],
-                ..Default::default()
-            },
+                statuses,
+            ),
+            Err(e) => (pb::ClusterState { problems: vec![e], ..Default::default() }, Default::default()),
         };
         let mut apps = Vec::new();
         for r in records {
@@ -189,11 +190,10 @@ impl Apps {
             let deployments = self.store.deployments(&name).unwrap_or_default();
             let live = deployments.iter().find(|d| d.status == DeployStatus::Available).cloned();
             let newest = deployments.first().cloned();
-            let status = match &k3s {
-                Some(k) => k.app_status(&r.project, &name).await.ok().flatten(),
-                None => None,
-            };
-            let (desired, ready, restarts, problem) = status.unwrap_or((r.spec.replicas, 0, 0, None));
+            let crate::k3s::AppStatus { desired, ready, restarts, problem } = statuses
+                .get(&(r.project.clone(), name.clone()))
+                .cloned()
+                .unwrap_or(crate::k3s::AppStatus { desired: r.spec.replicas, ..Default::default() });
             let newest_status = newest.as_ref().map(|d| d.status);
             let phase = match (newest_status, &live) {
                 (None, _) => "not_deployed",
@@ -248,25 +248,36 @@ impl Apps {
         let Ok((project, _)) = self.placement() else { return Vec::new() };
         let Ok(records) = self.store.apps() else { return Vec::new() };
         let mut repaired = Vec::new();
+        // One read of what Outpost manages in the project, for every app's check.
+        let mut managed: Option<crate::k3s::Managed> = None;
         for r in records.into_iter().filter(|r| r.project == project) {
             let name = r.spec.name.clone();
             let _app = self.lock(&name).await;
             let (Ok(Some(live)), Ok((_, spec))) = (self.store.live(&name), self.app(&name)) else { continue };
             let Ok(k3s) = self.k3s().await else { return repaired };
+            if managed.is_none() {
+                managed = match k3s.managed(&project).await {
+                    Ok(m) => Some(m),
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot check for drift");
+                        return repaired;
+                    }
+                };
+            }
             let rev = Revision { deployment_id: live.id.clone(), commit: live.commit.clone(), ..Default::default() };
             let m = render::app(&project, &spec, &rev);
-            match k3s.drift(&project, &name, &m).await {
-                Ok(found) if found.is_empty() => {}
-                Ok(found) => match k3s.apply_app(&project, &name, &m, &render::app_policy(&project, &spec)).await {
-                    Ok(()) => {
-                        let what = format!("drift repaired: {}", found.join("; "));
-                        tracing::warn!(app = %name, %what, "managed objects changed outside Outpost; applied again");
-                        let _ = self.store.note(&name, what.clone()).await;
-                        repaired.push(format!("{name}: {what}"));
-                    }
-                    Err(error) => tracing::error!(app = %name, %error, "cannot repair drift"),
-                },
-                Err(error) => tracing::warn!(app = %name, %error, "cannot check for drift"),
+            let found = managed.as_ref().map(|x| x.drift(&name, &m)).unwrap_or_default();
+            if found.is_empty() {
+                continue;
+            }
+            match k3s.apply_app(&project, &name, &m, &render::app_policy(&project, &spec)).await {
+                Ok(()) => {
+                    let what = format!("drift repaired: {}", found.join("; "));
+                    tracing::warn!(app = %name, %what, "managed objects changed outside Outpost; applied again");
+                    let _ = self.store.note(&name, what.clone()).await;
+                    repaired.push(format!("{name}: {what}"));
+                }
+                Err(error) => tracing::error!(app = %name, %error, "cannot repair drift"),
             }
         }
         repaired

@@ -7,6 +7,7 @@
 
 pub mod render;
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -63,6 +64,67 @@ pub struct NodeState {
     pub problems: Vec<String>,
 }
 
+/// One app's Deployment as the cluster has it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AppStatus {
+    pub desired: u32,
+    pub ready: u32,
+    /// Container restarts across its pods.
+    pub restarts: u32,
+    /// What is wrong with its pods, in words, if anything.
+    pub problem: Option<String>,
+}
+
+/// What Outpost manages in one namespace (see [`K3s::managed`]).
+pub struct Managed {
+    deployments: HashMap<String, Deployment>,
+    services: HashSet<String>,
+    config_maps: HashSet<String>,
+    secrets: HashSet<String>,
+    ingresses: HashSet<String>,
+}
+
+impl Managed {
+    /// The app's objects that are missing, or that differ from `m` in what Outpost sets.
+    pub fn drift(&self, app: &str, m: &AppManifests) -> Vec<String> {
+        let mut found = Vec::new();
+        match self.deployments.get(app) {
+            None => found.push(format!("deployment {app} was deleted")),
+            Some(d) => {
+                let want = m.deployment.spec.as_ref();
+                let have = d.spec.as_ref();
+                if want.and_then(|s| s.replicas) != have.and_then(|s| s.replicas) {
+                    found.push(format!("deployment {app}: replicas changed"));
+                }
+                let image = |s: Option<&k8s_openapi::api::apps::v1::DeploymentSpec>| {
+                    s.and_then(|s| s.template.spec.as_ref())
+                        .and_then(|p| p.containers.first())
+                        .and_then(|c| c.image.clone())
+                };
+                if image(want) != image(have) {
+                    found.push(format!("deployment {app}: image changed"));
+                }
+            }
+        }
+        let name = |meta: &kube::api::ObjectMeta| meta.name.clone().unwrap_or_default();
+        if !self.services.contains(app) {
+            found.push(format!("service {app} was deleted"));
+        }
+        let cm = name(&m.config_map.metadata);
+        if !self.config_maps.contains(&cm) {
+            found.push(format!("config map {cm} was deleted"));
+        }
+        let secret = name(&m.secret.metadata);
+        if !self.secrets.contains(&secret) {
+            found.push(format!("secret {secret} was deleted"));
+        }
+        if m.ingress.is_some() && !self.ingresses.contains(app) {
+            found.push(format!("ingress {app} was deleted"));
+        }
+        found
+    }
+}
+
 /// How a rollout ended.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Rollout {
@@ -92,6 +154,12 @@ impl K3s {
 
     /// Nodes, pods and system pods.
     pub async fn state(&self) -> Result<ClusterState, K3sError> {
+        Ok(self.overview().await?.0)
+    }
+
+    /// The cluster's state and every managed app's status (desired, ready, restarts, problem) by
+    /// (namespace, app), from four requests whatever the number of apps: version, nodes, pods, deployments.
+    pub async fn overview(&self) -> Result<(ClusterState, HashMap<(String, String), AppStatus>), K3sError> {
         let version = self.client.apiserver_version().await.map_err(api_err("the version request"))?;
         let nodes = Api::<Node>::all(self.client.clone())
             .list(&ListParams::default())
@@ -120,9 +188,20 @@ impl K3s {
         out.ready = !out.nodes.is_empty() && out.nodes.iter().all(|n| n.ready);
         let pods =
             Api::<Pod>::all(self.client.clone()).list(&ListParams::default()).await.map_err(api_err("listing pods"))?;
+        let lp = ListParams::default().labels(&format!("{MANAGED_BY}=outpost"));
+        let deployments =
+            Api::<Deployment>::all(self.client.clone()).list(&lp).await.map_err(api_err("listing deployments"))?;
+        let mut apps: HashMap<(String, String), AppStatus> = HashMap::new();
+        for d in deployments {
+            let key = (d.metadata.namespace.clone().unwrap_or_default(), d.metadata.name.clone().unwrap_or_default());
+            let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).max(0) as u32;
+            let ready = d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0).max(0) as u32;
+            apps.insert(key, AppStatus { desired, ready, restarts: 0, problem: None });
+        }
         for p in pods {
             let ns = p.metadata.namespace.clone().unwrap_or_default();
             let name = p.metadata.name.clone().unwrap_or_default();
+            let app = p.metadata.labels.as_ref().and_then(|l| l.get(INSTANCE)).cloned();
             let status = p.status.unwrap_or_default();
             let phase = status.phase.clone().unwrap_or_default();
             match phase.as_str() {
@@ -131,10 +210,17 @@ impl K3s {
                 "Failed" => out.pods_failed += 1,
                 _ => {}
             }
+            let containers = status.container_statuses.unwrap_or_default();
+            if let Some(a) = app.and_then(|app| apps.get_mut(&(ns.clone(), app))) {
+                for c in &containers {
+                    a.restarts = a.restarts.saturating_add(c.restart_count.max(0) as u32);
+                    if a.problem.is_none() {
+                        a.problem = failure(c);
+                    }
+                }
+            }
             if ns == "kube-system" && phase != "Succeeded" {
-                let unready: Vec<String> = status
-                    .container_statuses
-                    .unwrap_or_default()
+                let unready: Vec<String> = containers
                     .into_iter()
                     .filter(|c| !c.ready)
                     .map(|c| waiting_reason(&c).unwrap_or_else(|| format!("{} not ready", c.name)))
@@ -145,7 +231,7 @@ impl K3s {
                 }
             }
         }
-        Ok(out)
+        Ok((out, apps))
     }
 
     async fn apply<K>(&self, api: Api<K>, obj: &K, what: &str) -> Result<(), K3sError>
@@ -217,69 +303,48 @@ impl K3s {
         Ok(n)
     }
 
+    /// What Outpost manages in `ns`, read with one list per kind (for drift checks of every app at once).
+    pub async fn managed(&self, ns: &str) -> Result<Managed, K3sError> {
+        let lp = ListParams::default().labels(&format!("{MANAGED_BY}=outpost"));
+        let c = &self.client;
+        let names = |items: Vec<kube::api::ObjectMeta>| -> HashSet<String> {
+            items.into_iter().filter_map(|m| m.name).collect()
+        };
+        let deployments = Api::<Deployment>::namespaced(c.clone(), ns)
+            .list(&lp)
+            .await
+            .map_err(api_err(format!("listing the deployments of {ns}")))?
+            .items
+            .into_iter()
+            .map(|d| (d.metadata.name.clone().unwrap_or_default(), d))
+            .collect();
+        macro_rules! listed {
+            ($k:ty, $what:expr) => {
+                names(
+                    Api::<$k>::namespaced(c.clone(), ns)
+                        .list(&lp)
+                        .await
+                        .map_err(api_err(format!("listing the {} of {ns}", $what)))?
+                        .items
+                        .into_iter()
+                        .map(|o| o.metadata)
+                        .collect(),
+                )
+            };
+        }
+        Ok(Managed {
+            deployments,
+            services: listed!(Service, "services"),
+            config_maps: listed!(ConfigMap, "config maps"),
+            secrets: listed!(Secret, "secrets"),
+            ingresses: listed!(Ingress, "ingresses"),
+        })
+    }
+
     /// Which of the app's objects are missing, or differ from `m` in what Outpost sets (drift). Returns
     /// what it found, in words.
     pub async fn drift(&self, ns: &str, app: &str, m: &AppManifests) -> Result<Vec<String>, K3sError> {
-        let c = &self.client;
-        let mut found = Vec::new();
-        let dep = Api::<Deployment>::namespaced(c.clone(), ns)
-            .get_opt(app)
-            .await
-            .map_err(api_err(format!("reading deployment {app}")))?;
-        match dep {
-            None => found.push(format!("deployment {app} was deleted")),
-            Some(d) => {
-                let want = m.deployment.spec.as_ref();
-                let have = d.spec.as_ref();
-                if want.and_then(|s| s.replicas) != have.and_then(|s| s.replicas) {
-                    found.push(format!("deployment {app}: replicas changed"));
-                }
-                let image = |s: Option<&k8s_openapi::api::apps::v1::DeploymentSpec>| {
-                    s.and_then(|s| s.template.spec.as_ref())
-                        .and_then(|p| p.containers.first())
-                        .and_then(|c| c.image.clone())
-                };
-                if image(want) != image(have) {
-                    found.push(format!("deployment {app}: image changed"));
-                }
-            }
-        }
-        if Api::<Service>::namespaced(c.clone(), ns)
-            .get_opt(app)
-            .await
-            .map_err(api_err(format!("reading service {app}")))?
-            .is_none()
-        {
-            found.push(format!("service {app} was deleted"));
-        }
-        let cm = m.config_map.metadata.name.clone().unwrap_or_default();
-        if Api::<ConfigMap>::namespaced(c.clone(), ns)
-            .get_opt(&cm)
-            .await
-            .map_err(api_err(format!("reading config map {cm}")))?
-            .is_none()
-        {
-            found.push(format!("config map {cm} was deleted"));
-        }
-        let secret = m.secret.metadata.name.clone().unwrap_or_default();
-        if Api::<Secret>::namespaced(c.clone(), ns)
-            .get_opt(&secret)
-            .await
-            .map_err(api_err(format!("reading secret {secret}")))?
-            .is_none()
-        {
-            found.push(format!("secret {secret} was deleted"));
-        }
-        if m.ingress.is_some()
-            && Api::<Ingress>::namespaced(c.clone(), ns)
-                .get_opt(app)
-                .await
-                .map_err(api_err(format!("reading ingress {app}")))?
-                .is_none()
-        {
-            found.push(format!("ingress {app} was deleted"));
-        }
-        Ok(found)
+        Ok(self.managed(ns).await?.drift(app, m))
     }
 
     /// Watches deployment `app` (revision `deployment_id`) until it is Available or fails, for at most
@@ -337,36 +402,6 @@ impl K3s {
                 )));
             }
         }
-    }
-
-    /// The app's Deployment as the cluster has it: (desired, ready) replicas, container restarts, and what is
-    /// wrong with its pods, if anything. `None` when it has no Deployment.
-    pub async fn app_status(&self, ns: &str, app: &str) -> Result<Option<(u32, u32, u32, Option<String>)>, K3sError> {
-        let Some(d) = Api::<Deployment>::namespaced(self.client.clone(), ns)
-            .get_opt(app)
-            .await
-            .map_err(api_err(format!("reading deployment {app}")))?
-        else {
-            return Ok(None);
-        };
-        let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).max(0) as u32;
-        let ready = d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0).max(0) as u32;
-        let lp = ListParams::default().labels(&format!("{INSTANCE}={app}"));
-        let pods = Api::<Pod>::namespaced(self.client.clone(), ns)
-            .list(&lp)
-            .await
-            .map_err(api_err(format!("listing the pods of {app}")))?;
-        let mut restarts = 0u32;
-        let mut problem = None;
-        for p in pods {
-            for c in p.status.and_then(|s| s.container_statuses).unwrap_or_default() {
-                restarts = restarts.saturating_add(c.restart_count.max(0) as u32);
-                if problem.is_none() {
-                    problem = failure(&c);
-                }
-            }
-        }
-        Ok(Some((desired, ready, restarts, problem)))
     }
 
     /// The newest pod of `app`, for logs.
