@@ -29,6 +29,10 @@ pub const MAX_APPS: usize = 64;
 pub const MAX_PROBLEMS: usize = 32;
 /// Bytes of an image reference or a repository URL.
 pub const MAX_LONG_TEXT: usize = 1024;
+/// Deployments listed per app, at most.
+pub const MAX_HISTORY: usize = 10;
+/// The statuses a deployment may have.
+pub const DEPLOY_STATUSES: [&str; 6] = ["pending", "rolling_out", "available", "failed", "rolled_back", "superseded"];
 /// The phases an app may be in.
 pub const APP_PHASES: [&str; 5] = ["available", "rolling_out", "degraded", "failed", "not_deployed"];
 
@@ -87,6 +91,29 @@ pub fn validate_apps(seq: u64, a: &AppsState) -> Result<(), String> {
                 APP_PHASES.join(", ")
             ));
         }
+        if app.history.len() > MAX_HISTORY {
+            return Err(format!(
+                "report {seq}: app {} lists {} deployments; at most {MAX_HISTORY}",
+                app.name,
+                app.history.len()
+            ));
+        }
+        for d in &app.history {
+            if !DEPLOY_STATUSES.contains(&d.status.as_str()) {
+                return Err(format!(
+                    "report {seq}: app {}: deployment status {} is not one of {}",
+                    app.name,
+                    text::excerpt(&d.status, 32),
+                    DEPLOY_STATUSES.join(", ")
+                ));
+            }
+            texts.extend([
+                ("apps.history.id", d.id.as_str(), MAX_TEXT),
+                ("apps.history.commit", &d.commit, MAX_TEXT),
+                ("apps.history.reason", &d.reason, MAX_LONG_TEXT),
+                ("apps.history.operator", &d.operator, MAX_TEXT),
+            ]);
+        }
         texts.extend([
             ("apps.project", app.project.as_str(), MAX_TEXT),
             ("apps.deployment", &app.deployment, MAX_TEXT),
@@ -142,6 +169,17 @@ pub fn conform_apps(a: &mut AppsState) {
             (&mut app.last_error, MAX_LONG_TEXT),
         ] {
             fit(s, max);
+        }
+        app.history.truncate(MAX_HISTORY);
+        for d in &mut app.history {
+            for (s, max) in [
+                (&mut d.id, MAX_TEXT),
+                (&mut d.commit, MAX_TEXT),
+                (&mut d.reason, MAX_LONG_TEXT),
+                (&mut d.operator, MAX_TEXT),
+            ] {
+                fit(s, max);
+            }
         }
         if let Some(r) = app.repo.as_mut() {
             for (s, max) in [

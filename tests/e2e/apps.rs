@@ -172,6 +172,7 @@ async fn an_app_deploys_from_git_and_a_bad_commit_is_rolled_back_automatically()
     );
     let restored = kube.wait_for(DEPLOYMENT, WAIT, |d| template_of(d) == "web-1").await;
     mark_available(&kube, &restored);
+    assert!(kube.delete("api/v1/namespaces/acme/pods/web-2-x"), "the controller removes the bad revision's pod");
     let second = deploying.await.unwrap();
     let r = second.result("app-1");
     assert_eq!(r.outcome, Outcome::Failed as i32, "{r:?}");
@@ -185,6 +186,18 @@ async fn an_app_deploys_from_git_and_a_bad_commit_is_rolled_back_automatically()
         kube.get(DEPLOYMENT).unwrap()["spec"]["template"]["spec"]["containers"][0]["image"],
         format!("registry.example/acme/web:{good}")
     );
+    // Rolled back and still running web-1: the hub hears of the failure and has both in the history.
+    watch_until(&mut hub.client(Role::Viewer), "web-2's failure at the hub", |f| {
+        f.get("app-1").and_then(|s| s.apps.as_ref()).is_some_and(|a| {
+            a.apps.iter().any(|x| {
+                x.deployment == "web-1"
+                    && x.last_error.contains("web-2")
+                    && x.history.first().is_some_and(|d| d.id == "web-2" && d.status == "rolled_back")
+                    && x.history.iter().any(|d| d.id == "web-1" && d.status == "available")
+            })
+        })
+    })
+    .await;
 
     // Someone deletes a managed object by hand: the agent's reconcile loop puts it back.
     assert!(kube.delete("api/v1/namespaces/acme/services/web"));

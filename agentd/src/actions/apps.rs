@@ -221,8 +221,25 @@ impl Apps {
                 last_error: s.last_error,
                 note: s.note,
             });
+            let history = deployments
+                .iter()
+                .take(outpost_common::report::MAX_HISTORY)
+                .map(|d| pb::DeploymentSummary {
+                    id: d.id.clone(),
+                    commit: d.commit.clone(),
+                    status: serde_json::to_value(d.status)
+                        .ok()
+                        .and_then(|v| v.as_str().map(String::from))
+                        .unwrap_or_default(),
+                    reason: d.reason.clone(),
+                    operator: d.operator.clone(),
+                    started_ms: d.started_ms,
+                    finished_ms: d.finished_ms,
+                })
+                .collect();
             let live = live.unwrap_or_default();
             apps.push(pb::AppState {
+                history,
                 name,
                 project: r.project,
                 desired_replicas: desired,

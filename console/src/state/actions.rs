@@ -89,7 +89,8 @@ impl App {
             return self.say("read-only (viewer): actions need role support or admin", true);
         }
         let targets = match &self.screen {
-            Screen::Server(name) => vec![name.clone()],
+            Screen::Server(name) | Screen::App(name, _) => vec![name.clone()],
+            Screen::Apps => self.apps_page.selected(&self.fleet).map(|(s, _)| s).into_iter().collect(),
             Screen::Fleet if !self.fleet.marked.is_empty() => self.fleet.marked.iter().cloned().collect(),
             Screen::Fleet => self.fleet.selected().into_iter().collect(),
             _ => Vec::new(),
@@ -226,6 +227,27 @@ impl App {
                         files.unwrap_or_default().into_iter().map(|f| format!("file:{f}")).collect();
                     offered.extend(units());
                     out.insert(a.name, offered);
+                }
+                ArgKind::AppName => {
+                    // The apps the targets report; the open app first.
+                    let mut apps: Vec<String> = Vec::new();
+                    if let Screen::App(_, app) = &self.screen {
+                        apps.push(app.clone());
+                    }
+                    for t in targets {
+                        for a in self
+                            .fleet
+                            .server(t)
+                            .and_then(|s| s.apps.as_ref())
+                            .map(|a| a.apps.as_slice())
+                            .unwrap_or_default()
+                        {
+                            if !apps.contains(&a.name) {
+                                apps.push(a.name.clone());
+                            }
+                        }
+                    }
+                    out.insert(a.name, apps);
                 }
                 _ => {}
             }

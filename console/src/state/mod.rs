@@ -40,6 +40,8 @@ pub enum Screen {
     Audit,
     /// Every app on every server the fleet filter matches, failing ones first.
     Apps,
+    /// One app on one server: its state and deployment history.
+    App(String, String),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,6 +112,37 @@ pub const COMMANDS: [(&str, &str); 7] = [
     ("quit", "leave the console"),
 ];
 
+/// The `:apps` screen's cursor: which (server, app) is selected, kept by name so updates do not move it.
+#[derive(Clone, Debug, Default)]
+pub struct AppsPage {
+    selected: Option<(String, String)>,
+}
+
+impl AppsPage {
+    /// The selected row's index and (server, app) among the current rows.
+    pub fn cursor(&self, fleet: &FleetTable) -> usize {
+        let rows = fleet.apps();
+        self.selected
+            .as_ref()
+            .and_then(|(s, a)| rows.iter().position(|(srv, app)| &srv.name == s && &app.name == a))
+            .unwrap_or(0)
+    }
+
+    pub fn selected(&self, fleet: &FleetTable) -> Option<(String, String)> {
+        let rows = fleet.apps();
+        rows.get(self.cursor(fleet)).map(|(s, a)| (s.name.clone(), a.name.clone()))
+    }
+
+    fn move_by(&mut self, fleet: &FleetTable, delta: isize) {
+        let rows = fleet.apps();
+        if rows.is_empty() {
+            return;
+        }
+        let at = self.cursor(fleet).saturating_add_signed(delta).min(rows.len() - 1);
+        self.selected = Some((rows[at].0.name.clone(), rows[at].1.name.clone()));
+    }
+}
+
 /// The audit screen: the newest records, as last loaded.
 #[derive(Clone, Debug, Default)]
 pub struct AuditPage {
@@ -134,6 +167,7 @@ pub struct App {
     pub detail: Option<Detail>,
     pub job: Option<JobView>,
     pub audit: AuditPage,
+    pub apps_page: AppsPage,
 }
 
 impl App {
@@ -151,6 +185,7 @@ impl App {
             detail: None,
             job: None,
             audit: AuditPage::default(),
+            apps_page: AppsPage::default(),
         }
     }
 
@@ -286,7 +321,7 @@ impl App {
                 self.confirm_key(c, k);
                 true
             }
-            Mode::Normal => match keymap::lookup(k, self.screen == Screen::Fleet) {
+            Mode::Normal => match keymap::lookup(k, matches!(self.screen, Screen::Fleet | Screen::Apps)) {
                 Some(a) => self.act(a),
                 None => true,
             },
@@ -309,6 +344,34 @@ impl App {
 
     pub fn act(&mut self, a: Action) -> bool {
         self.message = None;
+        if self.screen == Screen::Apps {
+            match a {
+                Action::Up => {
+                    self.apps_page.move_by(&self.fleet, -1);
+                    return true;
+                }
+                Action::Down => {
+                    self.apps_page.move_by(&self.fleet, 1);
+                    return true;
+                }
+                Action::Top => {
+                    self.apps_page.move_by(&self.fleet, isize::MIN / 2);
+                    return true;
+                }
+                Action::Bottom => {
+                    self.apps_page.move_by(&self.fleet, isize::MAX / 2);
+                    return true;
+                }
+                Action::Open => {
+                    if let Some((server, app)) = self.apps_page.selected(&self.fleet) {
+                        self.screen = Screen::App(server, app);
+                    }
+                    return true;
+                }
+                Action::Mark | Action::SortNext | Action::SortReverse | Action::TogglePause => return true,
+                _ => {}
+            }
+        }
         match a {
             Action::Up => self.fleet.move_by(-1),
             Action::Down => self.fleet.move_by(1),
@@ -323,6 +386,7 @@ impl App {
             }
             Action::Back => match self.screen {
                 Screen::Job | Screen::Audit | Screen::Apps => self.screen = Screen::Fleet,
+                Screen::App(..) => self.screen = Screen::Apps,
                 Screen::Server(_) => {
                     self.screen = Screen::Fleet;
                     self.detail = None;

@@ -74,6 +74,7 @@ pub fn render(frame: &mut Frame, app: &mut App, now_ms: i64, theme: Theme) {
         Screen::Job => job::render_job(frame, app, body, theme),
         Screen::Audit => job::render_audit(frame, app, body, theme),
         Screen::Apps => render_apps(frame, app, body, theme),
+        Screen::App(server, name) => render_app(frame, app, &server, &name, body, now_ms, theme),
     }
     render_footer(frame, app, footer, theme);
     match &app.mode {
@@ -146,7 +147,12 @@ fn render_footer(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
                 Screen::Server(_) => " q quit  esc back  a actions  ? help  : command  space pause",
                 Screen::Job => " q quit  esc back  c cancel  ? help  : command",
                 Screen::Audit => " q quit  esc back  r refresh  ? help  : command",
-                Screen::Apps => " q quit  esc back  / filter servers  ? help  : command",
+                Screen::Apps => {
+                    " q quit  esc back  j/k move  enter open  a actions  / filter servers  ? help  : command"
+                }
+                Screen::App(..) => {
+                    " q quit  esc back  a actions (app-deploy, app-rollback, app-logs…)  ? help  : command"
+                }
             }),
         },
     };
@@ -224,7 +230,9 @@ fn render_apps(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
     use ratatui::widgets::{Block, Row, Table};
     let apps = app.fleet.apps();
     let visible = area.height.saturating_sub(3) as usize;
-    let rows = apps.iter().take(visible).map(|(s, a)| {
+    let cursor = app.apps_page.cursor(&app.fleet);
+    let first = cursor.saturating_sub(visible.saturating_sub(1));
+    let rows = apps.iter().enumerate().skip(first).take(visible).map(|(i, (s, a))| {
         let problem = if a.last_error.is_empty() {
             a.repo.as_ref().map(|r| r.last_error.clone()).unwrap_or_default()
         } else {
@@ -240,7 +248,8 @@ fn render_apps(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
             crate::format::short_commit(&a.commit).to_string(),
             problem,
         ]);
-        if crate::format::app_failing(a) { row.style(theme.fg(Color::Red)) } else { row }
+        let row = if crate::format::app_failing(a) { row.style(theme.fg(Color::Red)) } else { row };
+        if i == cursor { row.style(theme.selected()) } else { row }
     });
     let failing = apps.iter().filter(|(_, a)| crate::format::app_failing(a)).count();
     let filter =
@@ -266,4 +275,93 @@ fn render_apps(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
     .header(Row::new(["SERVER", "CUSTOMER", "APP", "PHASE", "READY", "DEPLOY", "COMMIT", "PROBLEM"]))
     .block(Block::bordered().title(title));
     frame.render_widget(table, area);
+}
+
+/// One app: what runs, its repository, and its deployment history (newest first).
+fn render_app(frame: &mut Frame, app: &App, server: &str, name: &str, area: Rect, now_ms: i64, theme: Theme) {
+    let found =
+        app.fleet.server(server).and_then(|s| s.apps.as_ref()).and_then(|a| a.apps.iter().find(|x| x.name == name));
+    let Some(a) = found else {
+        frame.render_widget(Paragraph::new(format!(" {name} on {server} is no longer reported (esc goes back)")), area);
+        return;
+    };
+    let repo = a.repo.clone().unwrap_or_default();
+    let mut lines = vec![
+        ("app".to_string(), format!("{name} on {server} · project {}", a.project)),
+        (
+            "phase".into(),
+            format!("{} · {}/{} ready · {} restart(s)", a.phase, a.ready_replicas, a.desired_replicas, a.restarts),
+        ),
+        (
+            "live".into(),
+            if a.deployment.is_empty() {
+                "nothing deployed".into()
+            } else {
+                format!(
+                    "{} · commit {} · since {} ago",
+                    a.deployment,
+                    crate::format::short_commit(&a.commit),
+                    ago(now_ms, a.deployed_ms)
+                )
+            },
+        ),
+        ("image".into(), if a.image.is_empty() { "-".into() } else { a.image.clone() }),
+        (
+            "repo".into(),
+            if repo.url.is_empty() {
+                "-".into()
+            } else {
+                format!(
+                    "{} @ {} · head {}{}{}",
+                    repo.url,
+                    repo.git_ref,
+                    crate::format::short_commit(&repo.head),
+                    if repo.behind { " · behind" } else { "" },
+                    if repo.dirty { " · local edits" } else { "" }
+                )
+            },
+        ),
+    ];
+    if !a.last_error.is_empty() {
+        lines.push(("problem".into(), a.last_error.clone()));
+    }
+    if !repo.last_error.is_empty() {
+        lines.push(("repo error".into(), repo.last_error.clone()));
+    }
+    if !repo.note.is_empty() {
+        lines.push(("repo note".into(), repo.note.clone()));
+    }
+    let [top, history] = Layout::vertical([Constraint::Length(lines.len() as u16 + 2), Constraint::Min(3)]).areas(area);
+    let failing = crate::format::app_failing(a);
+    let block = Block::bordered().title(format!(" {name} ")).border_style(if failing {
+        theme.fg(Color::Red)
+    } else {
+        Style::new()
+    });
+    frame.render_widget(facts(lines).block(block), top);
+    let rows = a.history.iter().map(|d| {
+        let row = Row::new(vec![
+            d.id.clone(),
+            d.status.clone(),
+            crate::format::short_commit(&d.commit).to_string(),
+            if d.started_ms == 0 { "-".into() } else { format!("{} ago", ago(now_ms, d.started_ms)) },
+            d.operator.clone(),
+            d.reason.clone(),
+        ]);
+        if matches!(d.status.as_str(), "failed" | "rolled_back") { row.style(theme.fg(Color::Red)) } else { row }
+    });
+    let table = Table::new(
+        rows,
+        [
+            Constraint::Length(12),
+            Constraint::Length(12),
+            Constraint::Length(12),
+            Constraint::Length(10),
+            Constraint::Length(24),
+            Constraint::Min(10),
+        ],
+    )
+    .header(Row::new(["DEPLOYMENT", "STATUS", "COMMIT", "STARTED", "BY", "REASON"]))
+    .block(Block::bordered().title(" deployments, newest first "));
+    frame.render_widget(table, history);
 }

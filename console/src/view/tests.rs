@@ -79,6 +79,27 @@ fn fixture() -> App {
                             deployment: "worker-2".into(),
                             commit: "badbad".into(),
                             last_error: "CrashLoopBackOff: container worker crashes (exit code 1: no queue)".into(),
+                            deployed_ms: NOW - 3_600_000,
+                            history: vec![
+                                outpost_proto::v1::DeploymentSummary {
+                                    id: "worker-3".into(),
+                                    commit: "deadbeef0000".into(),
+                                    status: "rolled_back".into(),
+                                    reason: "CrashLoopBackOff: container worker crashes (exit code 1: no queue); worker-2 restored".into(),
+                                    operator: "alice".into(),
+                                    started_ms: NOW - 600_000,
+                                    finished_ms: NOW - 540_000,
+                                },
+                                outpost_proto::v1::DeploymentSummary {
+                                    id: "worker-2".into(),
+                                    commit: "badbad".into(),
+                                    status: "available".into(),
+                                    operator: "bob".into(),
+                                    started_ms: NOW - 3_660_000,
+                                    finished_ms: NOW - 3_600_000,
+                                    ..Default::default()
+                                },
+                            ],
                             ..Default::default()
                         },
                     ],
@@ -187,6 +208,31 @@ fn apps_view() {
     let worker = text.find("worker").expect("the failing app is listed");
     let web = text.find(" web ").expect("the available app is listed");
     assert!(worker < web, "failing apps come first");
+    // Enter opens the selected app (the failing one, first): its state and deployment history.
+    app.key(Key::Enter);
+    both("app", &mut app);
+    let text = draw(&mut app, 200, 50);
+    assert!(text.contains("worker-3") && text.contains("rolled_back") && text.contains("worker-2 restored"), "{text}");
+    // `a` on an app: the actions menu for its server, and an app argument offers this app first.
+    app.key(Key::Char('a'));
+    let crate::state::Mode::Actions(menu) = app.mode.clone() else { panic!("{:?}", app.mode) };
+    assert_eq!(menu.targets, ["srv-000"]);
+    let logs = menu.items.iter().position(|i| *i == "app-logs").unwrap();
+    for _ in 0..logs {
+        app.key(Key::Char('j'));
+    }
+    app.key(Key::Enter);
+    let crate::state::Mode::Args(form) = app.mode.clone() else { panic!("{:?}", app.mode) };
+    assert_eq!(form.fields[0], ("app", "worker".to_string()));
+    app.key(Key::Esc);
+    // j moves to the next app; esc goes back to the list, then to the fleet.
+    app.key(Key::Esc);
+    app.key(Key::Char('j'));
+    app.key(Key::Enter);
+    assert!(draw(&mut app, 200, 50).contains("web on srv-000"));
+    app.key(Key::Esc);
+    app.key(Key::Esc);
+    assert_eq!(app.screen, crate::state::Screen::Fleet);
 }
 
 #[test]
