@@ -199,6 +199,35 @@ async fn an_app_deploys_from_git_and_a_bad_commit_is_rolled_back_automatically()
     })
     .await;
 
+    // The real console, in tmux: `:apps`, then the app with both deployments.
+    crate::ops::tool("tmux");
+    let socket = format!("outpost-apps-{}", std::process::id());
+    let _tmux = crate::ops::Tmux(socket.clone());
+    let cmd = format!("NO_COLOR=1 {} --bundle {}", harness::bin("outpost").display(), bundle.display());
+    let started = std::process::Command::new("tmux")
+        .args(["-L", &socket, "new-session", "-d", "-s", "demo", "-x", "160", "-y", "40", &cmd])
+        .status()
+        .unwrap();
+    assert!(started.success());
+    crate::ops::wait_for_pane(&socket, "1 servers");
+    let keys = |k: &[&str]| {
+        let ok = std::process::Command::new("tmux")
+            .args(["-L", &socket, "send-keys", "-t", "demo"])
+            .args(k)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    keys(&[":", "apps", "Enter"]);
+    let screen = crate::ops::wait_for_pane(&socket, "SERVER");
+    assert!(screen.contains("app-1") && screen.contains("web") && screen.contains("web-1"), "{screen}");
+    keys(&["Enter"]);
+    // web-2's reason ends its row in the history ("…; web-1 restored").
+    let screen = crate::ops::wait_for_pane(&socket, "web-1 restored");
+    assert!(screen.contains("deployments, newest first") && screen.contains("rolled_back"), "{screen}");
+    assert!(screen.lines().any(|l| l.contains("web-1") && l.contains("available")), "{screen}");
+    keys(&["q"]);
+
     // Someone deletes a managed object by hand: the agent's reconcile loop puts it back.
     assert!(kube.delete("api/v1/namespaces/acme/services/web"));
     kube.wait_for("api/v1/namespaces/acme/services/web", WAIT, |_| true).await;
