@@ -111,6 +111,46 @@ impl Git for GitCli {
     }
 }
 
+/// A deploy key and the host keys it may be used with, written 0600 for one git run and removed when
+/// dropped. git reaches them through [`DeployKey::ssh_command`] (`GIT_SSH_COMMAND`): this key only, strict
+/// host-key checking against these host keys only, no agent, no prompt, no user ssh config.
+pub struct DeployKey {
+    dir: PathBuf,
+}
+
+impl DeployKey {
+    pub fn write(dir: &Path, private_key: &str, known_hosts: &str) -> std::io::Result<DeployKey> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt;
+        if dir.to_str().is_none_or(|d| d.contains('\'')) {
+            return Err(std::io::Error::other(format!("{} cannot be quoted for ssh", dir.display())));
+        }
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        for (name, text) in [("id", private_key), ("known_hosts", known_hosts)] {
+            let mut f =
+                std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(dir.join(name))?;
+            // ssh refuses a key file without a final newline.
+            f.write_all(text.trim_end().as_bytes())?;
+            f.write_all(b"\n")?;
+        }
+        Ok(DeployKey { dir: dir.to_path_buf() })
+    }
+
+    pub fn ssh_command(&self) -> String {
+        format!(
+            "ssh -F /dev/null -i '{0}/id' -o IdentitiesOnly=yes -o IdentityAgent=none -o StrictHostKeyChecking=yes -o UserKnownHostsFile='{0}/known_hosts' -o GlobalKnownHostsFile=/dev/null -o BatchMode=yes -o ConnectTimeout=15",
+            self.dir.display()
+        )
+    }
+}
+
+impl Drop for DeployKey {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Commits fetched to tell a fast-forward from a rewrite when the tracked ref moved.
 const DEEPEN: &str = "100";
 
@@ -261,6 +301,16 @@ fn fetch_problem(e: &GitError, spec: &RepoSpec) -> String {
     let text = e.to_string();
     if text.contains("couldn't find remote ref") || text.contains("not our ref") {
         format!("{} does not exist in {} (no such branch, tag or commit)", spec.git_ref, spec.url)
+    } else if text.contains("Host key verification failed") || text.contains("REMOTE HOST IDENTIFICATION HAS CHANGED") {
+        format!(
+            "the host key of {} does not match repo.known_hosts: the host is not trusted; check its key (ssh-keyscan) and update the spec",
+            spec.url
+        )
+    } else if text.contains("Permission denied (publickey") {
+        format!(
+            "{} refused the deploy key (Permission denied): add the key's public half to the repository's deploy keys",
+            spec.url
+        )
     } else if text.contains("does not appear to be a git repository")
         || text.contains("not found")
         || text.contains("Could not read from remote")

@@ -63,9 +63,13 @@ pub struct RepoSpec {
     /// The app's directory inside the repository (relative).
     #[serde(default)]
     pub path: String,
-    /// The name of a secret in `[secrets]` that holds an SSH deploy key.
+    /// The name of a secret in `[secrets]` that holds an SSH deploy key (for an ssh URL).
     #[serde(default)]
     pub deploy_key: Option<String>,
+    /// The git host's public keys, as known_hosts lines (`[host]:port ssh-ed25519 AAAA…`): required with a
+    /// deploy key, so the host is verified, never trusted on first use.
+    #[serde(default)]
+    pub known_hosts: Option<String>,
 }
 
 fn main() -> String {
@@ -171,10 +175,25 @@ impl AppSpec {
         if let Err(e) = check_sub_path(&self.repo.path) {
             p.push(format!("repo.path: {e}"));
         }
-        if let Some(k) = &self.repo.deploy_key
-            && !self.secrets.contains_key(k)
-        {
-            p.push(format!("repo.deploy_key: {k:?} is not a key of [secrets] (put the private key there)"));
+        if let Some(k) = &self.repo.deploy_key {
+            if !self.secrets.contains_key(k) {
+                p.push(format!("repo.deploy_key: {k:?} is not a key of [secrets] (put the private key there)"));
+            }
+            if !is_ssh_url(&self.repo.url) {
+                p.push("repo.deploy_key: deploy keys are for ssh URLs (ssh://… or git@host:path)".into());
+            }
+            match &self.repo.known_hosts {
+                None => p.push("repo.known_hosts: required with a deploy key: the git host's public key lines (ssh-keyscan HOST), so the host is verified".into()),
+                Some(kh) => {
+                    let lines: Vec<&str> = kh.lines().filter(|l| !l.trim().is_empty()).collect();
+                    if kh.len() > 16 * 1024
+                        || lines.is_empty()
+                        || lines.iter().any(|l| l.split_whitespace().count() < 3 || !crate::text::is_printable(l))
+                    {
+                        p.push("repo.known_hosts: known_hosts lines (`HOST KEYTYPE KEY`), at most 16 KiB".into());
+                    }
+                }
+            }
         }
         if let Err(e) = check_image(&self.image) {
             p.push(format!("image: {e}"));
@@ -316,6 +335,12 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
             }
         }
     }
+}
+
+/// `ssh://…` or scp-like `user@host:path`.
+pub fn is_ssh_url(url: &str) -> bool {
+    url.starts_with("ssh://")
+        || (!url.contains("://") && url.split_once(':').is_some_and(|(h, _)| h.contains('@') && !h.contains('/')))
 }
 
 fn env_name(k: &str) -> bool {
@@ -594,6 +619,35 @@ path = "/healthz"
         assert!(err.contains("name") && err.contains("port") && err.contains("secrets.DATABASE_URL: 1 to"), "{err}");
         let err = problems(&with("memory_limit = \"256Mi\"", "memory_limit = \"999Gi\""));
         assert!(!err.contains("postgres://"), "{err}");
+    }
+
+    #[test]
+    fn a_deploy_key_needs_an_ssh_url_and_the_hosts_key() {
+        let base = "name = \"a\"\nimage = \"nginx\"\nport = 80\n[secrets]\nKEY = \"-----BEGIN OPENSSH PRIVATE KEY-----\"\n[repo]\ndeploy_key = \"KEY\"\n";
+        let spec = |extra: &str| AppSpec::parse(&format!("{base}{extra}"), None, &roots());
+        let ok =
+            spec("url = \"git@github.com:acme/a.git\"\nknown_hosts = \"github.com ssh-ed25519 AAAAC3Nza\"\n").unwrap();
+        assert_eq!(ok.repo.deploy_key.as_deref(), Some("KEY"));
+        let e = spec("url = \"git@github.com:acme/a.git\"\n").unwrap_err().to_string();
+        assert!(e.contains("repo.known_hosts: required with a deploy key"), "{e}");
+        let e = spec("url = \"https://github.com/acme/a.git\"\nknown_hosts = \"github.com ssh-ed25519 AAAA\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("deploy keys are for ssh URLs"), "{e}");
+        let e =
+            spec("url = \"ssh://git@github.com/acme/a.git\"\nknown_hosts = \"just-a-host\"\n").unwrap_err().to_string();
+        assert!(e.contains("known_hosts lines"), "{e}");
+        let e = AppSpec::parse(
+            &base.replace(
+                "deploy_key = \"KEY\"",
+                "deploy_key = \"NOPE\"\nurl = \"ssh://git@h/a.git\"\nknown_hosts = \"h ssh-ed25519 AAAA\"",
+            ),
+            None,
+            &roots(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("\"NOPE\" is not a key of [secrets]"), "{e}");
     }
 
     #[test]

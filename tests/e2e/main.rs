@@ -12,3 +12,4 @@ mod ops;
 mod renewal;
 mod shutdown;
 mod sim;
+mod ssh_repos;

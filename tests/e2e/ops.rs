@@ -75,14 +75,19 @@ fn install_script_is_idempotent_and_keeps_edits_and_secrets_private() {
 
 /// Polls a tmux pane (the only window into a full-screen program) until `want` shows.
 pub fn wait_for_pane(socket: &str, want: &str) -> String {
+    wait_for_pane_where(socket, want, |screen| screen.contains(want))
+}
+
+/// Polls a tmux pane until `done` holds for one capture (a frame may be captured half drawn).
+pub fn wait_for_pane_where(socket: &str, what: &str, done: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + harness::WAIT;
     loop {
         let out = Command::new("tmux").args(["-L", socket, "capture-pane", "-p", "-t", "demo"]).output().unwrap();
         let screen = String::from_utf8_lossy(&out.stdout).into_owned();
-        if screen.contains(want) {
+        if done(&screen) {
             return screen;
         }
-        assert!(Instant::now() < deadline, "never saw {want:?}; screen:\n{screen}");
+        assert!(Instant::now() < deadline, "never saw {what}; screen:\n{screen}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }

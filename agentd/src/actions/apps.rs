@@ -33,6 +33,8 @@ pub struct Apps {
     store: AppStore,
     repos: Repos<GitCli>,
     roots: RepoRoots,
+    /// Deploy keys live here (0700) for the length of one git run.
+    keys: PathBuf,
     kubeconfig: PathBuf,
     poll: Duration,
     k3s: tokio::sync::Mutex<Option<K3s>>,
@@ -75,6 +77,7 @@ impl Apps {
             store,
             repos: Repos::new(git, config.data_dir.join("repos"), roots.clone(), config.repo_budget_mib << 20),
             roots,
+            keys: config.data_dir.join("keys"),
             kubeconfig: config.kubeconfig.clone(),
             poll: Duration::from_millis(config.rollout_poll_ms),
             k3s: tokio::sync::Mutex::new(None),
@@ -330,17 +333,15 @@ impl Apps {
     ) -> CommandResult {
         let (project, plan) = attempt!(self.placement());
         let (_, mut spec) = attempt!(self.app(name));
-        if spec.repo.deploy_key.is_some() {
-            return refused(
-                "deploy keys are not supported by this agent version yet; use a repository it can read without one",
-            );
-        }
         let mut repo = spec.repo.clone();
         if let Some(r) = git_ref {
             repo.git_ref = r.to_string();
         }
+        let key = attempt!(self.deploy_key(name, &spec));
         let prev = self.store.repo(name).ok().flatten();
-        let state = self.repos.sync(name, &repo, None, prev.as_ref()).await;
+        let ssh = key.as_ref().map(|k| k.ssh_command());
+        let state = self.repos.sync(name, &repo, ssh.as_deref(), prev.as_ref()).await;
+        drop(key);
         if let Err(e) = self.store.put_repo(name, &state).await {
             return failed(e.to_string());
         }
@@ -508,6 +509,18 @@ impl Apps {
         }
     }
 
+    /// The app's deploy key on disk (0600) for one git run, when its spec has one.
+    fn deploy_key(&self, name: &str, spec: &AppSpec) -> Result<Option<crate::repos::DeployKey>, CommandResult> {
+        let Some(secret) = &spec.repo.deploy_key else { return Ok(None) };
+        let key = spec.secrets.get(secret).ok_or_else(|| {
+            refused(format!("{name}: repo.deploy_key names the secret {secret}, which the spec does not have"))
+        })?;
+        let hosts = spec.repo.known_hosts.as_deref().unwrap_or_default();
+        crate::repos::DeployKey::write(&self.keys.join(name), key, hosts)
+            .map(Some)
+            .map_err(|e| failed(format!("{name}: cannot write the deploy key for git: {e}")))
+    }
+
     fn live(&self, name: &str) -> Result<Deployment, CommandResult> {
         match self.store.live(name) {
             Ok(Some(d)) => Ok(d),
@@ -585,7 +598,10 @@ impl Apps {
     async fn repo_sync(&self, name: &str) -> CommandResult {
         let (_, spec) = attempt!(self.app(name));
         let prev = self.store.repo(name).ok().flatten();
-        let state: RepoState = self.repos.sync(name, &spec.repo, None, prev.as_ref()).await;
+        let key = attempt!(self.deploy_key(name, &spec));
+        let ssh = key.as_ref().map(|k| k.ssh_command());
+        let state: RepoState = self.repos.sync(name, &spec.repo, ssh.as_deref(), prev.as_ref()).await;
+        drop(key);
         if let Err(e) = self.store.put_repo(name, &state).await {
             return failed(e.to_string());
         }
