@@ -95,15 +95,20 @@ pub fn render_menu(frame: &mut Frame, m: &Menu, theme: Theme) {
     // As wide as the terminal allows (up to 120): descriptions wrap instead of being cut.
     let width = frame.area().width.saturating_sub(4).clamp(40, 120);
     let inner = width.saturating_sub(2) as usize;
-    let rows: u16 = m
+    let heights: Vec<u16> = m
         .items
         .iter()
         .map(|name| {
             let spec = outpost_common::actions::lookup(name).expect("catalog");
             (22 + spec.summary.len()).div_ceil(inner.max(1)) as u16
         })
-        .sum();
+        .collect();
+    let rows: u16 = heights.iter().sum();
     let area = popup(frame, width, rows + 2);
+    // More actions than the terminal has rows: scroll so the chosen one is in view.
+    let visible = area.height.saturating_sub(2);
+    let bottom: u16 = heights.iter().take(m.cursor + 1).sum();
+    let scroll = bottom.saturating_sub(visible);
     let lines: Vec<Line> = m
         .items
         .iter()
@@ -115,10 +120,12 @@ pub fn render_menu(frame: &mut Frame, m: &Menu, theme: Theme) {
             if i == m.cursor { Line::styled(text, theme.selected()) } else { Line::from(text) }
         })
         .collect();
-    let title = format!(" actions on {} · enter choose · esc close · ! asks to confirm ", on(&m.targets));
+    let more = if rows > visible { " (j/k: more)" } else { "" };
+    let title = format!(" actions on {}{more} · enter choose · esc close · ! asks to confirm ", on(&m.targets));
     frame.render_widget(
         Paragraph::new(lines)
             .wrap(Wrap { trim: false })
+            .scroll((scroll, 0))
             .block(Block::bordered().title(title).border_style(theme.fg(Color::Cyan))),
         area,
     );

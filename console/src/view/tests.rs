@@ -235,6 +235,24 @@ fn apps_view() {
     assert_eq!(app.screen, crate::state::Screen::Fleet);
 }
 
+/// An admin's menu is longer than a small terminal: it scrolls with the cursor, the last action reachable.
+#[test]
+fn a_long_actions_menu_scrolls_to_the_chosen_action() {
+    let mut app = fixture();
+    app.role = "admin".into();
+    app.key(Key::Enter);
+    app.key(Key::Char('a'));
+    let text = draw(&mut app, 80, 24);
+    assert!(text.contains("(j/k: more)"), "{text}");
+    assert!(!text.contains("app-remove"), "{text}");
+    app.key(Key::Char('G'));
+    let text = draw(&mut app, 80, 24);
+    assert!(text.contains("app-remove") || text.contains("k3s-status"), "the last actions are in view: {text}");
+    let crate::state::Mode::Actions(m) = &app.mode else { panic!() };
+    let last = *m.items.last().unwrap();
+    assert!(text.contains(last), "{last} in view: {text}");
+}
+
 #[test]
 fn help() {
     let mut app = fixture();
