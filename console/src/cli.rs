@@ -341,20 +341,13 @@ pub async fn apps(bundle: &Bundle, on: &str, failing: bool, output: Output) -> a
                 "SERVER", "APP", "PHASE", "READY", "DEPLOYMENT", "COMMIT", "PROBLEM"
             );
             for (s, a) in &rows {
-                let problem = if !a.last_error.is_empty() {
-                    a.last_error.clone()
-                } else {
-                    a.repo.as_ref().map(|r| r.last_error.clone()).unwrap_or_default()
-                };
+                let [name, phase, ready, deployment, commit, problem] = crate::format::app_cells(a);
+                let dash = |v: String| if v.is_empty() { "-".to_string() } else { v };
                 out.push_str(&format!(
-                    "{:<20} {:<16} {:<13} {:>7} {:<14} {:<12} {}\n",
+                    "{:<20} {name:<16} {phase:<13} {ready:>7} {:<14} {:<12} {problem}\n",
                     s.name,
-                    a.name,
-                    a.phase,
-                    format!("{}/{}", a.ready_replicas, a.desired_replicas),
-                    if a.deployment.is_empty() { "-" } else { &a.deployment },
-                    if a.commit.is_empty() { "-" } else { crate::format::short_commit(&a.commit) },
-                    problem
+                    dash(deployment),
+                    dash(commit),
                 ));
             }
             if rows.is_empty() {

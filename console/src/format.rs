@@ -133,3 +133,24 @@ pub fn app_failing(a: &outpost_proto::v1::AppState) -> bool {
 pub fn short_commit(c: &str) -> &str {
     &c[..c.len().min(12)]
 }
+
+/// What is wrong with an app, in words: its own last error, else its repository's.
+pub fn app_problem(a: &outpost_proto::v1::AppState) -> String {
+    if a.last_error.is_empty() {
+        a.repo.as_ref().map(|r| r.last_error.clone()).unwrap_or_default()
+    } else {
+        a.last_error.clone()
+    }
+}
+
+/// An app's cells in every app table: name, phase, ready/desired, live deployment, commit, problem.
+pub fn app_cells(a: &outpost_proto::v1::AppState) -> [String; 6] {
+    [
+        a.name.clone(),
+        a.phase.clone(),
+        format!("{}/{}", a.ready_replicas, a.desired_replicas),
+        a.deployment.clone(),
+        short_commit(&a.commit).to_string(),
+        app_problem(a),
+    ]
+}

@@ -2,7 +2,6 @@
 //! through the real hub; the agent fetches it with git, renders and applies it through kube-rs to the
 //! stand-in Kubernetes API, and watches the rollout that this test plays the controller for.
 
-use std::path::Path;
 use std::time::Duration;
 
 use harness::{AgentProc, HubProc, action, run_job, watch_until};
@@ -13,21 +12,6 @@ use standin::kube::KubeStandIn;
 
 const DEPLOYMENT: &str = "apis/apps/v1/namespaces/acme/deployments/web";
 const WAIT: Duration = Duration::from_secs(30);
-
-fn git(dir: &Path, script: &str) -> String {
-    let out = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "dev")
-        .env("GIT_AUTHOR_EMAIL", "dev@example.com")
-        .env("GIT_COMMITTER_NAME", "dev")
-        .env("GIT_COMMITTER_EMAIL", "dev@example.com")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 /// The Deployment controller: the rollout of the current template is done.
 fn mark_available(kube: &KubeStandIn, d: &Value) {
@@ -52,11 +36,11 @@ async fn an_app_deploys_from_git_and_a_bad_commit_is_rolled_back_automatically()
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let kube = KubeStandIn::start(&root.join("kube")).await;
-    git(
+    harness::git(
         root,
         "git init -q --bare -b main web.git && git clone -q web.git dev 2>/dev/null && cd dev && echo v1 > app.txt && git add -A && git commit -qm v1 && git push -q origin HEAD:main",
     );
-    let good = git(&root.join("dev"), "git rev-parse HEAD");
+    let good = harness::git(&root.join("dev"), "git rev-parse HEAD");
 
     let hub = HubProc::start(&root.join("hub"), harness::free_port(), "").await;
     let mut admin = hub.client(Role::Admin);
@@ -156,7 +140,7 @@ async fn an_app_deploys_from_git_and_a_bad_commit_is_rolled_back_automatically()
     assert!(out.contains("(no failing apps)"), "{out}");
 
     // A bad commit: its pods crash-loop; the agent says why and restores web-1.
-    git(&root.join("dev"), "echo broken > app.txt && git commit -qam broken && git push -q origin HEAD:main");
+    harness::git(&root.join("dev"), "echo broken > app.txt && git commit -qam broken && git push -q origin HEAD:main");
     let deploying = tokio::spawn({
         let mut c = hub.client(Role::Support);
         async move { run_job(&mut c, action("app-deploy", &["app-1"], &[("app", "web")])).await }
@@ -261,7 +245,7 @@ async fn a_deploy_across_a_hub_sigkill_is_audited_once() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let kube = KubeStandIn::start(&root.join("kube")).await;
-    git(
+    harness::git(
         root,
         "git init -q --bare -b main web.git && git clone -q web.git dev 2>/dev/null && cd dev && echo v1 > app.txt && git add -A && git commit -qm v1 && git push -q origin HEAD:main",
     );

@@ -17,21 +17,6 @@ impl Drop for Sshd {
     }
 }
 
-fn run(dir: &Path, script: &str) -> String {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "dev")
-        .env("GIT_AUTHOR_EMAIL", "dev@example.com")
-        .env("GIT_COMMITTER_NAME", "dev")
-        .env("GIT_COMMITTER_EMAIL", "dev@example.com")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// sshd on `port`, accepting `authorized` for root, with host key `host`.
 fn sshd(dir: &Path, port: u16) -> Sshd {
     let sshd = Path::new("/usr/sbin/sshd");
@@ -70,15 +55,15 @@ async fn a_deploy_key_fetches_over_ssh_and_a_wrong_host_or_key_is_refused_in_wor
     harness::init();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    run(
+    harness::git(
         root,
         "ssh-keygen -q -t ed25519 -N '' -f host && ssh-keygen -q -t ed25519 -N '' -f other-host && ssh-keygen -q -t ed25519 -N '' -f deploy && ssh-keygen -q -t ed25519 -N '' -f stranger && cp deploy.pub authorized_keys",
     );
-    run(
+    harness::git(
         root,
         "git init -q --bare -b main app.git && git clone -q app.git dev 2>/dev/null && cd dev && echo v1 > f && git add -A && git commit -qm v1 && git push -q origin HEAD:main",
     );
-    let head = run(&root.join("dev"), "git rev-parse HEAD");
+    let head = harness::git(&root.join("dev"), "git rev-parse HEAD");
     let port = harness::free_port();
     let _sshd = sshd(root, port);
     let host_line = |pubkey: &str| {

@@ -367,3 +367,20 @@ pub fn action(action: &str, names: &[&str], args: &[(&str, &str)]) -> outpost_pr
         ..Default::default()
     }
 }
+
+/// Runs `script` with sh in `dir` as a developer with a git identity would; panics with its stderr when it
+/// fails. Returns its trimmed stdout.
+pub fn git(dir: &Path, script: &str) -> String {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "dev")
+        .env("GIT_AUTHOR_EMAIL", "dev@example.com")
+        .env("GIT_COMMITTER_NAME", "dev")
+        .env("GIT_COMMITTER_EMAIL", "dev@example.com")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

@@ -233,21 +233,7 @@ fn render_apps(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
     let cursor = app.apps_page.cursor(&app.fleet);
     let first = cursor.saturating_sub(visible.saturating_sub(1));
     let rows = apps.iter().enumerate().skip(first).take(visible).map(|(i, (s, a))| {
-        let problem = if a.last_error.is_empty() {
-            a.repo.as_ref().map(|r| r.last_error.clone()).unwrap_or_default()
-        } else {
-            a.last_error.clone()
-        };
-        let row = Row::new(vec![
-            s.name.clone(),
-            s.customer.clone(),
-            a.name.clone(),
-            a.phase.clone(),
-            format!("{}/{}", a.ready_replicas, a.desired_replicas),
-            a.deployment.clone(),
-            crate::format::short_commit(&a.commit).to_string(),
-            problem,
-        ]);
+        let row = Row::new([s.name.clone(), s.customer.clone()].into_iter().chain(crate::format::app_cells(a)));
         let row = if crate::format::app_failing(a) { row.style(theme.fg(Color::Red)) } else { row };
         if i == cursor { row.style(theme.selected()) } else { row }
     });

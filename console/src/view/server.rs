@@ -89,19 +89,7 @@ pub fn render(frame: &mut Frame, app: &App, name: &str, area: Rect, now_ms: i64,
     .areas(left);
     if !app_list.is_empty() {
         let rows = app_list.iter().map(|a| {
-            let problem = if a.last_error.is_empty() {
-                a.repo.as_ref().map(|r| r.last_error.clone()).unwrap_or_default()
-            } else {
-                a.last_error.clone()
-            };
-            let row = Row::new(vec![
-                a.name.clone(),
-                a.phase.clone(),
-                format!("{}/{}", a.ready_replicas, a.desired_replicas),
-                a.deployment.clone(),
-                crate::format::short_commit(&a.commit).to_string(),
-                problem,
-            ]);
+            let row = Row::new(crate::format::app_cells(a));
             if crate::format::app_failing(a) { row.style(theme.fg(Color::Red)) } else { row }
         });
         let table = Table::new(
