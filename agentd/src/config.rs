@@ -54,6 +54,8 @@ pub struct AgentConfig {
     pub reconcile_secs: u64,
     /// How often the apps state is looked at; it is reported when it changed, and in full every 10 minutes.
     pub apps_report_secs: u64,
+    /// How often apps with `auto_deploy` fetch their tracked branch.
+    pub auto_deploy_secs: u64,
 }
 
 impl Default for AgentConfig {
@@ -82,6 +84,7 @@ impl Default for AgentConfig {
             rollout_poll_ms: 1000,
             reconcile_secs: 60,
             apps_report_secs: 30,
+            auto_deploy_secs: 300,
         }
     }
 }
@@ -147,6 +150,9 @@ impl AgentConfig {
         }
         if !(10..=60_000).contains(&self.rollout_poll_ms) {
             p.push(format!("rollout_poll_ms: {} is outside 10..=60000", self.rollout_poll_ms));
+        }
+        if !(1..=86_400).contains(&self.auto_deploy_secs) {
+            p.push(format!("auto_deploy_secs: {} is outside 1..=86400", self.auto_deploy_secs));
         }
         if !(1..=3600).contains(&self.apps_report_secs) {
             p.push(format!("apps_report_secs: {} is outside 1..=3600", self.apps_report_secs));

@@ -103,6 +103,19 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             }
         }
     });
+    let follow_stop = shutdown.clone();
+    let follow_every = Duration::from_secs(config.auto_deploy_secs);
+    let follower = app_actions.clone();
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(follow_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = follow_stop.cancelled() => break,
+                _ = tick.tick() => { follower.auto_deploy().await; }
+            }
+        }
+    });
     // The apps state goes through the outbox like health (exactly once): when it changed, and in full
     // every FULL_APPS_EVERY so the hub's copy never goes stale.
     let apps_stop = shutdown.clone();

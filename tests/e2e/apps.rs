@@ -314,3 +314,73 @@ async fn a_deploy_across_a_hub_sigkill_is_audited_once() {
     let again = run_job(&mut admin, action("app-deploy", &["app-2"], &[("app", "web")])).await;
     assert!(again.result("app-2").message.contains("already runs commit"), "{:?}", again.result("app-2"));
 }
+
+/// `auto_deploy`: once an operator deployed the app, a new commit on its tracked branch is deployed by the
+/// agent by itself, with the same rollout watch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_deploy_follows_the_tracked_branch() {
+    harness::init();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let kube = KubeStandIn::start(&root.join("kube")).await;
+    harness::git(
+        root,
+        "git init -q --bare -b main web.git && git clone -q web.git dev 2>/dev/null && cd dev && echo v1 > f && git add -A && git commit -qm v1 && git push -q origin HEAD:main",
+    );
+    let hub = HubProc::start(&root.join("hub"), harness::free_port(), "").await;
+    let token = hub
+        .client(Role::Admin)
+        .create_join_token(CreateJoinTokenRequest {
+            server_name: "app-3".into(),
+            ttl_secs: 600,
+            customer: "acme".into(),
+            plan: "pro".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let extra = format!(
+        "kubeconfig = \"{}\"\nrepo_roots = [\"{}\"]\nrollout_poll_ms = 20\nauto_deploy_secs = 1\napps_report_secs = 1\n",
+        kube.kubeconfig.display(),
+        root.display()
+    );
+    let _agent = AgentProc::start(root, "app-3", &token, &extra);
+    watch_until(&mut hub.client(Role::Viewer), "app-3 connected", |f| {
+        f.get("app-3").is_some_and(|s| s.liveness == Liveness::Connected as i32)
+    })
+    .await;
+    let spec = format!(
+        "name = \"web\"\nimage = \"nginx:{{commit}}\"\nport = 80\nauto_deploy = true\n[repo]\nurl = \"{}\"\n",
+        root.join("web.git").display()
+    );
+    let mut ops = hub.client(Role::Support);
+    assert_eq!(
+        run_job(&mut ops, action("app-apply", &["app-3"], &[("spec", &spec)])).await.result("app-3").outcome,
+        Outcome::Succeeded as i32
+    );
+    let deploying = tokio::spawn({
+        let mut c = hub.client(Role::Support);
+        async move { run_job(&mut c, action("app-deploy", &["app-3"], &[("app", "web")])).await }
+    });
+    let d = kube.wait_for(DEPLOYMENT, WAIT, |d| template_of(d) == "web-1").await;
+    mark_available(&kube, &d);
+    assert_eq!(deploying.await.unwrap().result("app-3").outcome, Outcome::Succeeded as i32);
+
+    // A developer pushes: the agent deploys it by itself.
+    harness::git(&root.join("dev"), "echo v2 > f && git commit -qam v2 && git push -q origin HEAD:main");
+    let v2 = harness::git(&root.join("dev"), "git rev-parse HEAD");
+    let d = kube.wait_for(DEPLOYMENT, WAIT, |d| template_of(d) == "web-2").await;
+    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["image"], format!("nginx:{v2}"));
+    mark_available(&kube, &d);
+    watch_until(&mut hub.client(Role::Viewer), "web-2 live, deployed by auto-deploy", |f| {
+        f.get("app-3").and_then(|s| s.apps.as_ref()).is_some_and(|a| {
+            a.apps.iter().any(|x| {
+                x.deployment == "web-2"
+                    && x.history.first().is_some_and(|h| h.operator == "auto-deploy" && h.status == "available")
+            })
+        })
+    })
+    .await;
+}

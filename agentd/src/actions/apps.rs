@@ -22,6 +22,23 @@ use crate::k3s::render::{self, Revision};
 use crate::k3s::{K3s, Rollout};
 use crate::repos::{GitCli, RepoState, Repos};
 
+/// Where an app action tells what it does: the command's output (streamed to the operator), or the log
+/// (the agent's own work, such as an auto-deploy); and its deadline and cancel.
+pub struct Progress<'a> {
+    out: Option<&'a mut super::Output>,
+    pub deadline: Instant,
+    pub cancel: tokio_util::sync::CancellationToken,
+}
+
+impl Progress<'_> {
+    pub async fn line(&mut self, s: &str) {
+        match self.out.as_mut() {
+            Some(o) => o.line(s).await,
+            None => tracing::info!(progress = %s),
+        }
+    }
+}
+
 /// Where this server belongs, as the hub says in Welcome.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Placement {
@@ -140,16 +157,18 @@ impl Apps {
             Some(app) => Some(self.lock(app).await),
             None => None,
         };
+        let mut pr = Progress { out: Some(&mut ctx.out), deadline: ctx.deadline, cancel: ctx.cancel.clone() };
+        let pr = &mut pr;
         match action {
             Action::AppApply { spec } => self.apply(spec, operator).await,
-            Action::AppDeploy { app, git_ref } => self.deploy(app, git_ref.as_deref(), operator, None, ctx).await,
-            Action::AppRollback { app, to } => self.rollback(app, to.as_deref(), operator, ctx).await,
-            Action::AppRestart { app } => self.restart(app, ctx).await,
-            Action::AppScale { app, replicas } => self.scale(app, *replicas, operator, ctx).await,
-            Action::AppLogs { app, lines, follow } => self.logs(app, *lines, *follow, ctx).await,
+            Action::AppDeploy { app, git_ref } => self.deploy(app, git_ref.as_deref(), operator, None, pr).await,
+            Action::AppRollback { app, to } => self.rollback(app, to.as_deref(), operator, pr).await,
+            Action::AppRestart { app } => self.restart(app, pr).await,
+            Action::AppScale { app, replicas } => self.scale(app, *replicas, operator, pr).await,
+            Action::AppLogs { app, lines, follow } => self.logs(app, *lines, *follow, pr).await,
             Action::AppRemove { app } => self.remove(app, operator).await,
             Action::RepoSync { app } => self.repo_sync(app).await,
-            Action::K3sStatus => self.k3s_status(ctx).await,
+            Action::K3sStatus => self.k3s_status(pr).await,
             other => refused(format!("{other:?} is not an app action")),
         }
     }
@@ -262,6 +281,40 @@ impl Apps {
         Some(state)
     }
 
+    /// Apps with `auto_deploy` follow their tracked branch: when it moved since the agent last looked, the new
+    /// commit is deployed (by "auto-deploy"), with the same rollout watch and automatic rollback as an
+    /// operator's deploy. Only apps an operator deployed once are followed, and an operator's deploy of
+    /// another ref is not undone: the branch must move. Returns what was deployed.
+    pub async fn auto_deploy(&self) -> Vec<String> {
+        let Ok((project, _)) = self.placement() else { return Vec::new() };
+        let Ok(records) = self.store.apps() else { return Vec::new() };
+        let mut deployed = Vec::new();
+        for r in records.into_iter().filter(|r| r.project == project && r.spec.auto_deploy) {
+            let name = r.spec.name.clone();
+            let _app = self.lock(&name).await;
+            let (Ok(Some(_live)), Ok((_, spec))) = (self.store.live(&name), self.app(&name)) else { continue };
+            let prev = self.store.repo(&name).ok().flatten();
+            let Ok(key) = self.deploy_key(&name, &spec) else { continue };
+            let ssh = key.as_ref().map(|k| k.ssh_command());
+            let state = self.repos.sync(&name, &spec.repo, ssh.as_deref(), prev.as_ref()).await;
+            drop(key);
+            let _ = self.store.put_repo(&name, &state).await;
+            let seen = prev.filter(|p| p.git_ref == spec.repo.git_ref).map(|p| p.remote_head).unwrap_or_default();
+            if !state.last_error.is_empty() || seen.is_empty() || state.remote_head == seen {
+                continue; // not readable, first look at this branch, or it did not move
+            }
+            let mut pr = Progress {
+                out: None,
+                deadline: Instant::now() + self.rollout_deadline + Duration::from_secs(60),
+                cancel: tokio_util::sync::CancellationToken::new(),
+            };
+            tracing::info!(app = %name, from = short(&seen), to = short(&state.remote_head), "tracked branch moved; auto-deploying");
+            let r = self.deploy(&name, None, "auto-deploy", None, &mut pr).await;
+            deployed.push(format!("{name}: {}", r.message));
+        }
+        deployed
+    }
+
     /// Desired state again: every app with a live deployment is compared with the cluster, and what drifted
     /// (an object deleted or edited by hand) is applied again and recorded. Returns what was repaired.
     pub async fn reconcile(&self) -> Vec<String> {
@@ -329,7 +382,7 @@ impl Apps {
         git_ref: Option<&str>,
         operator: &str,
         note: Option<String>,
-        ctx: &mut Ctx<'_>,
+        pr: &mut Progress<'_>,
     ) -> CommandResult {
         let (project, plan) = attempt!(self.placement());
         let (_, mut spec) = attempt!(self.app(name));
@@ -348,9 +401,9 @@ impl Apps {
         if !state.last_error.is_empty() {
             return failed(format!("{name}: {}", state.last_error));
         }
-        ctx.out.line(&format!("fetched {} of {} at {}", repo.git_ref, repo.url, short(&state.head))).await;
+        pr.line(&format!("fetched {} of {} at {}", repo.git_ref, repo.url, short(&state.head))).await;
         if !state.note.is_empty() {
-            ctx.out.line(&state.note).await;
+            pr.line(&state.note).await;
         }
         // The repository's own outpost.toml, under the operator's spec.
         let own = self.repos.path_of(name).join(&spec.repo.path).join("outpost.toml");
@@ -360,7 +413,7 @@ impl Apps {
                 AppSpec::merged(&text, &operator_spec, plan, &self.roots)
                     .map_err(|e| failed(format!("{name}: the repository's outpost.toml: {e}")))
             );
-            ctx.out.line("merged the repository's outpost.toml under the stored spec").await;
+            pr.line("merged the repository's outpost.toml under the stored spec").await;
         }
         if let Err(e) = spec.validate(plan, &self.roots) {
             return refused(format!("{name}: {e}"));
@@ -393,10 +446,10 @@ impl Apps {
             ..Default::default()
         };
         let d = attempt!(self.store.begin_deployment(d).await.map_err(|e| failed(e.to_string())));
-        ctx.out.line(&format!("deployment {}: image {}", d.id, d.image)).await;
+        pr.line(&format!("deployment {}: image {}", d.id, d.image)).await;
         let rev = Revision { deployment_id: d.id.clone(), commit: d.commit.clone(), ..Default::default() };
         let _ = self.store.set_status(&d.id, DeployStatus::RollingOut, "").await;
-        match self.roll(&k3s, &project, plan, &spec, &rev, ctx).await {
+        match self.roll(&k3s, &project, plan, &spec, &rev, pr).await {
             Ok(()) => {
                 let _ = self.store.set_status(&d.id, DeployStatus::Available, "").await;
                 result(
@@ -405,7 +458,7 @@ impl Apps {
                     format!("{name}: {} is live (commit {}, {} replica(s))", d.id, short(&d.commit), spec.replicas),
                 )
             }
-            Err(why) => self.failed_rollout(&k3s, &project, plan, &spec, &d, why, ctx).await,
+            Err(why) => self.failed_rollout(&k3s, &project, plan, &spec, &d, why, pr).await,
         }
     }
 
@@ -417,19 +470,19 @@ impl Apps {
         plan: Option<PlanLimits>,
         spec: &AppSpec,
         rev: &Revision,
-        ctx: &mut Ctx<'_>,
+        pr: &mut Progress<'_>,
     ) -> Result<(), String> {
         if let Some(plan) = plan {
             k3s.apply_project(&render::project(project, &plan)).await.map_err(|e| e.to_string())?;
         }
         let m = render::app(project, spec, rev);
         k3s.apply_app(project, &spec.name, &m, &render::app_policy(project, spec)).await.map_err(|e| e.to_string())?;
-        ctx.out.line("applied; watching the rollout").await;
-        let left = ctx.deadline.saturating_duration_since(Instant::now()).saturating_sub(Duration::from_secs(5));
+        pr.line("applied; watching the rollout").await;
+        let left = pr.deadline.saturating_duration_since(Instant::now()).saturating_sub(Duration::from_secs(5));
         let deadline = left.min(self.rollout_deadline);
         let watched = tokio::select! {
             r = k3s.rollout(project, &spec.name, &rev.deployment_id, deadline) => r.map_err(|e| e.to_string())?,
-            _ = ctx.cancel.cancelled() => return Err("cancelled while the rollout was watched; the cluster keeps rolling it out".into()),
+            _ = pr.cancel.cancelled() => return Err("cancelled while the rollout was watched; the cluster keeps rolling it out".into()),
         };
         match watched {
             Rollout::Available => Ok(()),
@@ -446,15 +499,15 @@ impl Apps {
         spec: &AppSpec,
         d: &Deployment,
         why: String,
-        ctx: &mut Ctx<'_>,
+        pr: &mut Progress<'_>,
     ) -> CommandResult {
-        ctx.out.line(&format!("rollout of {} failed: {why}", d.id)).await;
+        pr.line(&format!("rollout of {} failed: {why}", d.id)).await;
         let previous = self.store.live(&spec.name).ok().flatten();
         match previous.filter(|_| self.auto_rollback) {
             Some(p) => {
-                ctx.out.line(&format!("restoring {} (commit {})", p.id, short(&p.commit))).await;
+                pr.line(&format!("restoring {} (commit {})", p.id, short(&p.commit))).await;
                 let rev = Revision { deployment_id: p.id.clone(), commit: p.commit.clone(), ..Default::default() };
-                let restored = self.roll(k3s, project, plan, spec, &rev, ctx).await;
+                let restored = self.roll(k3s, project, plan, spec, &rev, pr).await;
                 let (status, message) = match &restored {
                     Ok(()) => (DeployStatus::RolledBack, format!("{why}; {} restored", p.id)),
                     Err(again) => (DeployStatus::Failed, format!("{why}; restoring {} failed too: {again}", p.id)),
@@ -472,7 +525,7 @@ impl Apps {
         }
     }
 
-    async fn rollback(&self, name: &str, to: Option<&str>, operator: &str, ctx: &mut Ctx<'_>) -> CommandResult {
+    async fn rollback(&self, name: &str, to: Option<&str>, operator: &str, pr: &mut Progress<'_>) -> CommandResult {
         let all = attempt!(self.store.deployments(name).map_err(|e| failed(e.to_string())));
         let target = match to {
             Some(id) => all
@@ -490,16 +543,16 @@ impl Apps {
             }
         };
         let target = attempt!(target);
-        ctx.out.line(&format!("rolling back to {} (commit {})", target.id, short(&target.commit))).await;
-        self.deploy(name, Some(&target.commit), operator, Some(format!("{operator}: rollback to {}", target.id)), ctx)
+        pr.line(&format!("rolling back to {} (commit {})", target.id, short(&target.commit))).await;
+        self.deploy(name, Some(&target.commit), operator, Some(format!("{operator}: rollback to {}", target.id)), pr)
             .await
     }
 
     /// Re-applies what runs with `change` made to it (a restart stamp, a replica count).
-    async fn reapply(&self, name: &str, spec: &AppSpec, rev: Revision, ctx: &mut Ctx<'_>) -> CommandResult {
+    async fn reapply(&self, name: &str, spec: &AppSpec, rev: Revision, pr: &mut Progress<'_>) -> CommandResult {
         let (project, plan) = attempt!(self.placement());
         let k3s = attempt!(self.k3s().await);
-        match self.roll(&k3s, &project, plan, spec, &rev, ctx).await {
+        match self.roll(&k3s, &project, plan, spec, &rev, pr).await {
             Ok(()) => result(
                 Outcome::Succeeded,
                 0,
@@ -529,7 +582,7 @@ impl Apps {
         }
     }
 
-    async fn restart(&self, name: &str, ctx: &mut Ctx<'_>) -> CommandResult {
+    async fn restart(&self, name: &str, pr: &mut Progress<'_>) -> CommandResult {
         let (_, spec) = attempt!(self.app(name));
         let live = attempt!(self.live(name));
         let rev = Revision {
@@ -538,10 +591,10 @@ impl Apps {
             restarted_at: Some(outpost_common::when::stamp(outpost_common::now_ms())),
             replicas: None,
         };
-        self.reapply(name, &spec, rev, ctx).await
+        self.reapply(name, &spec, rev, pr).await
     }
 
-    async fn scale(&self, name: &str, replicas: u32, operator: &str, ctx: &mut Ctx<'_>) -> CommandResult {
+    async fn scale(&self, name: &str, replicas: u32, operator: &str, pr: &mut Progress<'_>) -> CommandResult {
         let (project, plan) = attempt!(self.placement());
         let (_, mut spec) = attempt!(self.app(name));
         let live = attempt!(self.live(name));
@@ -552,11 +605,11 @@ impl Apps {
         if let Err(e) = self.store.put_app(&project, &spec, operator).await {
             return failed(e.to_string());
         }
-        self.reapply(name, &spec, Revision { deployment_id: live.id, commit: live.commit, ..Default::default() }, ctx)
+        self.reapply(name, &spec, Revision { deployment_id: live.id, commit: live.commit, ..Default::default() }, pr)
             .await
     }
 
-    async fn logs(&self, name: &str, lines: u32, follow: bool, ctx: &mut Ctx<'_>) -> CommandResult {
+    async fn logs(&self, name: &str, lines: u32, follow: bool, pr: &mut Progress<'_>) -> CommandResult {
         let (project, _) = attempt!(self.placement());
         let k3s = attempt!(self.k3s().await);
         let pod = match k3s.app_pod(&project, name).await {
@@ -570,10 +623,10 @@ impl Apps {
         let mut n = 0u64;
         loop {
             tokio::select! {
-                _ = ctx.cancel.cancelled() => return result(Outcome::Cancelled, -1, "cancelled"),
-                _ = tokio::time::sleep_until(ctx.deadline.into()) => return result(Outcome::Succeeded, 0, format!("{n} line(s) of {pod}; followed until the deadline")),
+                _ = pr.cancel.cancelled() => return result(Outcome::Cancelled, -1, "cancelled"),
+                _ = tokio::time::sleep_until(pr.deadline.into()) => return result(Outcome::Succeeded, 0, format!("{n} line(s) of {pod}; followed until the deadline")),
                 l = lines_in.next() => match l {
-                    Some(Ok(l)) => { ctx.out.line(&l).await; n += 1; }
+                    Some(Ok(l)) => { pr.line(&l).await; n += 1; }
                     Some(Err(e)) => return failed(format!("reading the log of {pod}: {e}")),
                     None => return result(Outcome::Succeeded, 0, format!("{n} line(s) of {pod}")),
                 },
@@ -615,26 +668,24 @@ impl Apps {
         result(Outcome::Succeeded, 0, message)
     }
 
-    async fn k3s_status(&self, ctx: &mut Ctx<'_>) -> CommandResult {
+    async fn k3s_status(&self, pr: &mut Progress<'_>) -> CommandResult {
         let k3s = attempt!(self.k3s().await);
         let s = attempt!(k3s.state().await.map_err(|e| failed(e.to_string())));
-        ctx.out.line(&format!("Kubernetes {}", s.version)).await;
+        pr.line(&format!("Kubernetes {}", s.version)).await;
         for n in &s.nodes {
-            ctx.out
-                .line(&format!(
-                    "node {}: {} ({}){}",
-                    n.name,
-                    if n.ready { "Ready" } else { "NOT READY" },
-                    n.kubelet_version,
-                    if n.problems.is_empty() { String::new() } else { format!(": {}", n.problems.join("; ")) }
-                ))
-                .await;
+            pr.line(&format!(
+                "node {}: {} ({}){}",
+                n.name,
+                if n.ready { "Ready" } else { "NOT READY" },
+                n.kubelet_version,
+                if n.problems.is_empty() { String::new() } else { format!(": {}", n.problems.join("; ")) }
+            ))
+            .await;
         }
-        ctx.out
-            .line(&format!("pods: {} running, {} pending, {} failed", s.pods_running, s.pods_pending, s.pods_failed))
+        pr.line(&format!("pods: {} running, {} pending, {} failed", s.pods_running, s.pods_pending, s.pods_failed))
             .await;
         for p in &s.system_problems {
-            ctx.out.line(&format!("system pod {p}")).await;
+            pr.line(&format!("system pod {p}")).await;
         }
         if s.ready && s.system_problems.is_empty() {
             result(Outcome::Succeeded, 0, format!("K3s {} ready", s.version))
