@@ -4,8 +4,10 @@
 //!   `label:env=prod` (or `label:env` for "has the label"), `is:alert` (what the header counts as alerts)
 //! - `/regex/` matched against the name, customer, plan and hostname
 //! - anything else: case-insensitive substring of the name, customer, plan or hostname
+//! - about apps: `app:web` (an app whose name starts so), `status:failing` or an app phase
+//!   (`status:degraded`): in the fleet, servers with such an app; in `:apps`, those apps
 
-use outpost_proto::v1::Server;
+use outpost_proto::v1::{AppState, Server};
 
 #[derive(Debug)]
 enum Term {
@@ -17,6 +19,10 @@ enum Term {
     Text(String),
     /// `is:alert`: what the header counts as alerts.
     Alert,
+    /// `app:NAME`: an app whose name starts so.
+    App(String),
+    /// `status:failing` or `status:PHASE`: an app failing, or in that phase.
+    AppStatus(String),
     /// The typed filter does not parse: nothing matches (the console says why).
     Invalid,
 }
@@ -34,10 +40,19 @@ impl Filter {
         for raw in text.split_whitespace() {
             let lower = raw.to_lowercase();
             let term = if let Some(v) = lower.strip_prefix("status:") {
-                if v.parse::<outpost_common::Liveness>().is_err() {
-                    return Err(format!("status:{v}: expected one of {}", outpost_common::Liveness::words()));
+                if v == "failing" || outpost_common::report::APP_PHASES.contains(&v) {
+                    Term::AppStatus(v.to_string())
+                } else if v.parse::<outpost_common::Liveness>().is_err() {
+                    return Err(format!(
+                        "status:{v}: expected one of {}, or an app's: failing, {}",
+                        outpost_common::Liveness::words(),
+                        outpost_common::report::APP_PHASES.join(", ")
+                    ));
+                } else {
+                    Term::Status(v.to_string())
                 }
-                Term::Status(v.to_string())
+            } else if let Some(v) = lower.strip_prefix("app:") {
+                Term::App(v.to_string())
             } else if let Some(v) = lower.strip_prefix("plan:") {
                 Term::Plan(v.to_string())
             } else if let Some(v) = lower.strip_prefix("customer:") {
@@ -79,8 +94,25 @@ impl Filter {
         self.terms.is_empty()
     }
 
-    pub fn matches(&self, s: &Server, status: &str) -> bool {
+    /// In `:apps`: whether app `a` of server `s` is selected (app terms apply to the app, the rest to its
+    /// server).
+    pub fn matches_app(&self, s: &Server, status: &str, a: &AppState) -> bool {
         self.terms.iter().all(|t| match t {
+            Term::App(v) => app_named(a, v),
+            Term::AppStatus(v) => app_in(a, v),
+            other => self.term_matches(other, s, status),
+        })
+    }
+
+    pub fn matches(&self, s: &Server, status: &str) -> bool {
+        self.terms.iter().all(|t| self.term_matches(t, s, status))
+    }
+
+    fn term_matches(&self, t: &Term, s: &Server, status: &str) -> bool {
+        let apps = || s.apps.iter().flat_map(|x| x.apps.iter());
+        match t {
+            Term::App(v) => apps().any(|a| app_named(a, v)),
+            Term::AppStatus(v) => apps().any(|a| app_in(a, v)),
             Term::Status(v) => status == v,
             Term::Plan(v) => s.plan.to_lowercase().starts_with(v.as_str()),
             Term::Customer(v) => s.customer.to_lowercase().starts_with(v.as_str()),
@@ -89,8 +121,16 @@ impl Filter {
             Term::Label(k, v) => s.labels.get(k).is_some_and(|have| v.as_ref().is_none_or(|want| have == want)),
             Term::Regex(re) => haystack(s).any(|h| re.is_match(h)),
             Term::Text(t) => haystack(s).any(|h| h.to_lowercase().contains(t.as_str())),
-        })
+        }
     }
+}
+
+fn app_named(a: &AppState, prefix: &str) -> bool {
+    a.name.starts_with(prefix)
+}
+
+fn app_in(a: &AppState, status: &str) -> bool {
+    if status == "failing" { crate::format::app_failing(a) } else { a.phase == status }
 }
 
 fn haystack(s: &Server) -> impl Iterator<Item = &str> {
@@ -111,6 +151,26 @@ mod tests {
             labels: [("env".to_string(), "prod".to_string())].into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn app_terms_select_servers_in_the_fleet_and_apps_in_the_apps_view() {
+        let app = |name: &str, phase: &str| AppState { name: name.into(), phase: phase.into(), ..Default::default() };
+        let mut s = server("web-1", "acme", "pro");
+        s.apps = Some(outpost_proto::v1::AppsState {
+            apps: vec![app("web", "available"), app("worker", "failed")],
+            cluster: None,
+        });
+        let f = Filter::parse("status:failing").unwrap();
+        assert!(f.matches(&s, "connected"), "the server has a failing app");
+        assert!(f.matches_app(&s, "connected", &s.apps.as_ref().unwrap().apps[1]));
+        assert!(!f.matches_app(&s, "connected", &s.apps.as_ref().unwrap().apps[0]));
+        let f = Filter::parse("app:wor customer:acme").unwrap();
+        assert!(f.matches_app(&s, "connected", &s.apps.as_ref().unwrap().apps[1]));
+        assert!(!f.matches_app(&s, "connected", &s.apps.as_ref().unwrap().apps[0]));
+        assert!(!Filter::parse("app:api").unwrap().matches(&s, "connected"));
+        assert!(Filter::parse("status:available").unwrap().matches(&s, "connected"));
+        assert!(Filter::parse("status:bogus").unwrap_err().contains("failing"));
     }
 
     #[test]

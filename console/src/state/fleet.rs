@@ -194,8 +194,8 @@ impl FleetTable {
         let mut out: Vec<(&Server, &outpost_proto::v1::AppState)> = self
             .servers
             .values()
-            .filter(|s| self.filter.matches(s, status_word(s)))
             .flat_map(|s| s.apps.iter().flat_map(|a| a.apps.iter()).map(move |a| (s, a)))
+            .filter(|(s, a)| self.filter.matches_app(s, status_word(s), a))
             .collect();
         out.sort_by(|a, b| {
             (!crate::format::app_failing(a.1), &a.0.name, &a.1.name).cmp(&(

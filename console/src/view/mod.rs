@@ -148,7 +148,7 @@ fn render_footer(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
                 Screen::Job => " q quit  esc back  c cancel  ? help  : command",
                 Screen::Audit => " q quit  esc back  r refresh  ? help  : command",
                 Screen::Apps => {
-                    " q quit  esc back  j/k move  enter open  a actions  / filter servers  ? help  : command"
+                    " q quit  esc back  j/k move  enter open  a actions  / filter (app: status:failing customer:)  : command"
                 }
                 Screen::App(..) => {
                     " q quit  esc back  a actions (app-deploy, app-rollback, app-logs…)  ? help  : command"
