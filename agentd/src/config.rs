@@ -56,6 +56,10 @@ pub struct AgentConfig {
     pub apps_report_secs: u64,
     /// How often apps with `auto_deploy` fetch their tracked branch.
     pub auto_deploy_secs: u64,
+    /// What each plan allows one customer on this server (its namespace's quota); the server's plan comes
+    /// from the hub. Default: starter 0.5 CPU / 512 MiB / 100 MiB, pro 1 / 1 GiB / 500 MiB, team 2 / 2 GiB /
+    /// 2 GiB. `[plans.pro]` with `cpu_millis`, `memory_bytes`, `storage_bytes`.
+    pub plans: std::collections::BTreeMap<String, outpost_common::app::PlanLimits>,
 }
 
 impl Default for AgentConfig {
@@ -85,6 +89,10 @@ impl Default for AgentConfig {
             reconcile_secs: 60,
             apps_report_secs: 30,
             auto_deploy_secs: 300,
+            plans: ["starter", "pro", "team"]
+                .into_iter()
+                .filter_map(|n| outpost_common::app::PlanLimits::named(n).map(|p| (n.to_string(), p)))
+                .collect(),
         }
     }
 }
@@ -151,6 +159,13 @@ impl AgentConfig {
         if !(10..=60_000).contains(&self.rollout_poll_ms) {
             p.push(format!("rollout_poll_ms: {} is outside 10..=60000", self.rollout_poll_ms));
         }
+        for (name, plan) in &self.plans {
+            if !outpost_common::cert::valid_name(name) || plan.cpu_millis == 0 || plan.memory_bytes == 0 {
+                p.push(format!(
+                    "plans.{name}: a plan is a name (a-z, 0-9, '-') with cpu_millis and memory_bytes above 0"
+                ));
+            }
+        }
         if !(1..=86_400).contains(&self.auto_deploy_secs) {
             p.push(format!("auto_deploy_secs: {} is outside 1..=86400", self.auto_deploy_secs));
         }
@@ -176,6 +191,20 @@ impl AgentConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plans_have_defaults_and_can_be_set() {
+        let c = AgentConfig::default();
+        assert_eq!(c.plans["pro"].cpu_millis, 1000);
+        let c =
+            AgentConfig::from_toml("[plans.gold]\ncpu_millis = 4000\nmemory_bytes = 8589934592\nstorage_bytes = 1\n")
+                .unwrap();
+        assert_eq!(c.plans.keys().collect::<Vec<_>>(), ["gold"], "a [plans] table replaces the defaults");
+        c.validate().unwrap();
+        let bad = AgentConfig::from_toml("[plans.x]\ncpu_millis = 0\nmemory_bytes = 1\nstorage_bytes = 1\n").unwrap();
+        assert!(bad.validate().unwrap_err().to_string().contains("plans.x"));
+        assert!(AgentConfig::from_toml("[plans.x]\ncpu = 1\n").is_err(), "unknown fields are refused");
+    }
 
     #[test]
     fn unknown_field_is_named() {

@@ -97,6 +97,7 @@ pub struct Health {
 
 /// What a plan allows one customer on one server (its namespace's quota).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct PlanLimits {
     pub cpu_millis: u64,
     pub memory_bytes: u64,

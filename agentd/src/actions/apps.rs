@@ -58,6 +58,8 @@ pub struct Apps {
     placement: watch::Receiver<Placement>,
     auto_rollback: bool,
     rollout_deadline: Duration,
+    /// What each plan allows (the server's plan comes from the hub).
+    plans: std::collections::BTreeMap<String, PlanLimits>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -100,6 +102,7 @@ impl Apps {
             k3s: tokio::sync::Mutex::new(None),
             placement,
             auto_rollback: config.auto_rollback,
+            plans: config.plans.clone(),
             rollout_deadline: Duration::from_secs(config.rollout_deadline_secs),
             locks: Mutex::default(),
         }
@@ -129,13 +132,16 @@ impl Apps {
                 p.customer
             )));
         }
-        let plan =
-            match p.plan.as_str() {
-                "" => None,
-                name => Some(PlanLimits::named(name).ok_or_else(|| {
-                    refused(format!("plan {name:?} is not one this agent knows (starter, pro, team)"))
-                })?),
-            };
+        let plan = match p.plan.as_str() {
+            "" => None,
+            name => Some(self.plans.get(name).copied().ok_or_else(|| {
+                let known: Vec<&str> = self.plans.keys().map(String::as_str).collect();
+                refused(format!(
+                    "plan {name:?} is not in this agent's plans ({}); add it under [plans] in agentd.toml",
+                    known.join(", ")
+                ))
+            })?),
+        };
         Ok((p.customer, plan))
     }
 
