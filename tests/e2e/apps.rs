@@ -216,6 +216,13 @@ async fn an_app_deploys_from_git_and_a_bad_commit_is_rolled_back_automatically()
     });
     keys(&["q"]);
 
+    // A deployment id that does not exist: refused in words, nothing applied.
+    let before = kube.get(DEPLOYMENT).unwrap()["metadata"]["resourceVersion"].clone();
+    let none = run_job(&mut support, action("app-rollback", &["app-1"], &[("app", "web"), ("to", "web-99")])).await;
+    let r = none.result("app-1");
+    assert!(r.outcome == Outcome::Failed as i32 && r.message.contains("web has no deployment web-99"), "{r:?}");
+    assert_eq!(kube.get(DEPLOYMENT).unwrap()["metadata"]["resourceVersion"], before, "nothing was applied");
+
     // Someone deletes a managed object by hand: the agent's reconcile loop puts it back.
     assert!(kube.delete("api/v1/namespaces/acme/services/web"));
     kube.wait_for("api/v1/namespaces/acme/services/web", WAIT, |_| true).await;
