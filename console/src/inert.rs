@@ -40,6 +40,36 @@ pub fn server(s: &mut Server) {
             fix(&mut k.detail);
         }
     }
+    // The hub refuses unsafe text in an apps report; this is the console's own guard, as for every field.
+    if let Some(a) = &mut s.apps {
+        if let Some(c) = &mut a.cluster {
+            fix(&mut c.version);
+            c.problems.iter_mut().for_each(fix);
+        }
+        for app in &mut a.apps {
+            for f in [
+                &mut app.name,
+                &mut app.project,
+                &mut app.phase,
+                &mut app.deployment,
+                &mut app.commit,
+                &mut app.image,
+                &mut app.last_error,
+            ] {
+                fix(f);
+            }
+            if let Some(r) = &mut app.repo {
+                for f in [&mut r.url, &mut r.git_ref, &mut r.head, &mut r.remote_head, &mut r.last_error, &mut r.note] {
+                    fix(f);
+                }
+            }
+            for d in &mut app.history {
+                for f in [&mut d.id, &mut d.commit, &mut d.status, &mut d.reason, &mut d.operator] {
+                    fix(f);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -59,6 +89,16 @@ mod tests {
             health: Some(Health {
                 disks: vec![Disk { mount: nasty.into(), ..Default::default() }],
                 ..Default::default()
+            }),
+            apps: Some(outpost_proto::v1::AppsState {
+                apps: vec![outpost_proto::v1::AppState {
+                    name: nasty.into(),
+                    last_error: nasty.into(),
+                    repo: Some(outpost_proto::v1::RepoState { note: nasty.into(), ..Default::default() }),
+                    history: vec![outpost_proto::v1::DeploymentSummary { reason: nasty.into(), ..Default::default() }],
+                    ..Default::default()
+                }],
+                cluster: Some(outpost_proto::v1::ClusterState { problems: vec![nasty.into()], ..Default::default() }),
             }),
             ..Default::default()
         };
