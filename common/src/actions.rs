@@ -72,6 +72,22 @@ const MIN: Duration = Duration::from_secs(60);
 const APP_ARG: ArgSpec =
     ArgSpec { name: "app", help: "the app's name", kind: ArgKind::AppName, default: None, secret: false };
 
+const LINES_ARG: ArgSpec = ArgSpec {
+    name: "lines",
+    help: "how many recent lines",
+    kind: ArgKind::Count { min: 1, max: 10_000 },
+    default: Some("100"),
+    secret: false,
+};
+
+const FOLLOW_ARG: ArgSpec = ArgSpec {
+    name: "follow",
+    help: "keep streaming new lines until the deadline or cancel",
+    kind: ArgKind::Flag,
+    default: Some("false"),
+    secret: false,
+};
+
 const APP_DEADLINE: Duration = Duration::from_secs(600);
 
 pub static CATALOG: &[ActionSpec] = &[
@@ -135,20 +151,8 @@ pub static CATALOG: &[ActionSpec] = &[
                 default: None,
                 secret: false,
             },
-            ArgSpec {
-                name: "lines",
-                help: "how many recent lines",
-                kind: ArgKind::Count { min: 1, max: 10_000 },
-                default: Some("100"),
-                secret: false,
-            },
-            ArgSpec {
-                name: "follow",
-                help: "keep streaming new lines until the deadline or cancel",
-                kind: ArgKind::Flag,
-                default: Some("false"),
-                secret: false,
-            },
+            LINES_ARG,
+            FOLLOW_ARG,
         ],
     },
     ActionSpec {
@@ -260,23 +264,7 @@ pub static CATALOG: &[ActionSpec] = &[
         destructive: false,
         default_deadline: Duration::from_secs(30),
         max_deadline: Duration::from_secs(3600),
-        args: &[
-            APP_ARG,
-            ArgSpec {
-                name: "lines",
-                help: "how many recent lines",
-                kind: ArgKind::Count { min: 1, max: 10_000 },
-                default: Some("100"),
-                secret: false,
-            },
-            ArgSpec {
-                name: "follow",
-                help: "keep streaming new lines until the deadline or cancel",
-                kind: ArgKind::Flag,
-                default: Some("false"),
-                secret: false,
-            },
-        ],
+        args: &[APP_ARG, LINES_ARG, FOLLOW_ARG],
     },
     ActionSpec {
         name: "app-remove",
