@@ -30,42 +30,56 @@ fn template_of(d: &Value) -> &str {
     d["spec"]["template"]["metadata"]["labels"]["outpost.dev/deployment"].as_str().unwrap_or_default()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_app_deploys_from_git_and_a_bad_commit_is_rolled_back_automatically() {
-    harness::init();
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    let kube = KubeStandIn::start(&root.join("kube")).await;
-    harness::git(
-        root,
-        "git init -q --bare -b main web.git && git clone -q web.git dev 2>/dev/null && cd dev && echo v1 > app.txt && git add -A && git commit -qm v1 && git push -q origin HEAD:main",
-    );
-    let good = harness::git(&root.join("dev"), "git rev-parse HEAD");
+/// What every app test starts from: a stand-in Kubernetes API, a bare repository `web.git` with one commit on
+/// main (a developer's clone in `dev`), a hub, and agent `name` of customer acme on plan pro, connected,
+/// pointed at both (`extra`: more agentd.toml lines).
+struct AppServer {
+    kube: KubeStandIn,
+    hub: HubProc,
+    _agent: AgentProc,
+    /// The repository's first commit.
+    first: String,
+}
 
-    let hub = HubProc::start(&root.join("hub"), harness::free_port(), "").await;
-    let mut admin = hub.client(Role::Admin);
-    let token = admin
-        .create_join_token(CreateJoinTokenRequest {
-            server_name: "app-1".into(),
+impl AppServer {
+    async fn start(root: &std::path::Path, name: &str, extra: &str) -> AppServer {
+        harness::init();
+        let kube = KubeStandIn::start(&root.join("kube")).await;
+        harness::git(
+            root,
+            "git init -q --bare -b main web.git && git clone -q web.git dev 2>/dev/null && cd dev && echo v1 > app.txt && git add -A && git commit -qm v1 && git push -q origin HEAD:main",
+        );
+        let first = harness::git(&root.join("dev"), "git rev-parse HEAD");
+        let hub = HubProc::start(&root.join("hub"), harness::free_port(), "").await;
+        let request = CreateJoinTokenRequest {
+            server_name: name.into(),
             ttl_secs: 600,
             customer: "acme".into(),
             plan: "pro".into(),
             ..Default::default()
+        };
+        let token = hub.client(Role::Admin).create_join_token(request).await.unwrap().into_inner().token;
+        let config = format!(
+            "kubeconfig = \"{}\"\nrepo_roots = [\"{}\"]\nrollout_poll_ms = 20\n{extra}",
+            kube.kubeconfig.display(),
+            root.display()
+        );
+        let agent = AgentProc::start(root, name, &token, &config);
+        watch_until(&mut hub.client(Role::Viewer), "the agent connected", |f| {
+            f.get(name).is_some_and(|s| s.liveness == Liveness::Connected as i32)
         })
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
-    let extra = format!(
-        "kubeconfig = \"{}\"\nrepo_roots = [\"{}\"]\nrollout_poll_ms = 20\nreconcile_secs = 1\napps_report_secs = 1\n",
-        kube.kubeconfig.display(),
-        root.display()
-    );
-    let _agent = AgentProc::start(root, "app-1", &token, &extra);
-    watch_until(&mut hub.client(Role::Viewer), "app-1 connected", |f| {
-        f.get("app-1").is_some_and(|s| s.liveness == Liveness::Connected as i32)
-    })
-    .await;
+        .await;
+        AppServer { kube, hub, _agent: agent, first }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_deploys_from_git_and_a_bad_commit_is_rolled_back_automatically() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let env = AppServer::start(root, "app-1", "reconcile_secs = 1\napps_report_secs = 1\n").await;
+    let (kube, hub, good) = (&env.kube, &env.hub, env.first.clone());
+    let mut admin = hub.client(Role::Admin);
 
     // The spec, with a secret: stored, and never in the audit log.
     let spec = format!(
@@ -90,7 +104,7 @@ async fn an_app_deploys_from_git_and_a_bad_commit_is_rolled_back_automatically()
         "postgres://u:hunter2@db/acme"
     );
     assert!(kube.get("api/v1/namespaces/acme/resourcequotas/outpost-plan").is_some(), "the plan's quota");
-    mark_available(&kube, &d);
+    mark_available(kube, &d);
     let first = deploying.await.unwrap();
     let r = first.result("app-1");
     assert_eq!(r.outcome, Outcome::Succeeded as i32, "{r:?} {}", first.output["app-1"]);
@@ -155,7 +169,7 @@ async fn an_app_deploys_from_git_and_a_bad_commit_is_rolled_back_automatically()
                 "lastState": {"terminated": {"exitCode": 1, "message": "panic: app.txt says broken"}}}]}}),
     );
     let restored = kube.wait_for(DEPLOYMENT, WAIT, |d| template_of(d) == "web-1").await;
-    mark_available(&kube, &restored);
+    mark_available(kube, &restored);
     assert!(kube.delete("api/v1/namespaces/acme/pods/web-2-x"), "the controller removes the bad revision's pod");
     let second = deploying.await.unwrap();
     let r = second.result("app-1");
@@ -248,56 +262,33 @@ async fn an_app_deploys_from_git_and_a_bad_commit_is_rolled_back_automatically()
 /// hub's restart its result is audited exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deploy_across_a_hub_sigkill_is_audited_once() {
-    harness::init();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let kube = KubeStandIn::start(&root.join("kube")).await;
-    harness::git(
-        root,
-        "git init -q --bare -b main web.git && git clone -q web.git dev 2>/dev/null && cd dev && echo v1 > app.txt && git add -A && git commit -qm v1 && git push -q origin HEAD:main",
-    );
-    let mut hub = HubProc::start(&root.join("hub"), harness::free_port(), "").await;
-    let token = hub
-        .client(Role::Admin)
-        .create_join_token(CreateJoinTokenRequest {
-            server_name: "app-2".into(),
-            ttl_secs: 600,
-            customer: "acme".into(),
-            plan: "pro".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
-    let extra = format!(
-        "kubeconfig = \"{}\"\nrepo_roots = [\"{}\"]\nrollout_poll_ms = 20\n",
-        kube.kubeconfig.display(),
-        root.display()
-    );
-    let _agent = AgentProc::start(root, "app-2", &token, &extra);
+    let mut env = AppServer::start(root, "app-2", "").await;
+    let kube = &env.kube;
     let connected = |f: &harness::Fleet| f.get("app-2").is_some_and(|s| s.liveness == Liveness::Connected as i32);
-    watch_until(&mut hub.client(Role::Viewer), "app-2 connected", connected).await;
     let spec = format!(
         "name = \"web\"\nimage = \"nginx:{{commit}}\"\nport = 80\n[repo]\nurl = \"{}\"\n",
         root.join("web.git").display()
     );
-    let applied = run_job(&mut hub.client(Role::Support), action("app-apply", &["app-2"], &[("spec", &spec)])).await;
+    let applied =
+        run_job(&mut env.hub.client(Role::Support), action("app-apply", &["app-2"], &[("spec", &spec)])).await;
     assert_eq!(applied.result("app-2").outcome, Outcome::Succeeded as i32);
 
-    let stream = hub
+    let stream = env
+        .hub
         .client(Role::Support)
         .run_action(action("app-deploy", &["app-2"], &[("app", "web")]))
         .await
         .unwrap()
         .into_inner();
     let d = kube.wait_for(DEPLOYMENT, WAIT, |d| template_of(d) == "web-1").await;
-    hub.kill9().await; // the rollout is being watched; nobody has answered yet
+    env.hub.kill9().await; // the rollout is being watched; nobody has answered yet
     drop(stream); // the caller went with the hub
-    hub.restart().await;
-    watch_until(&mut hub.client(Role::Viewer), "app-2 back", connected).await;
-    mark_available(&kube, &d);
-    let mut admin = hub.client(Role::Admin);
+    env.hub.restart().await;
+    watch_until(&mut env.hub.client(Role::Viewer), "app-2 back", connected).await;
+    mark_available(kube, &d);
+    let mut admin = env.hub.client(Role::Admin);
     let until = std::time::Instant::now() + WAIT;
     let results = loop {
         let audit = admin
@@ -326,38 +317,10 @@ async fn a_deploy_across_a_hub_sigkill_is_audited_once() {
 /// agent by itself, with the same rollout watch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_deploy_follows_the_tracked_branch() {
-    harness::init();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let kube = KubeStandIn::start(&root.join("kube")).await;
-    harness::git(
-        root,
-        "git init -q --bare -b main web.git && git clone -q web.git dev 2>/dev/null && cd dev && echo v1 > f && git add -A && git commit -qm v1 && git push -q origin HEAD:main",
-    );
-    let hub = HubProc::start(&root.join("hub"), harness::free_port(), "").await;
-    let token = hub
-        .client(Role::Admin)
-        .create_join_token(CreateJoinTokenRequest {
-            server_name: "app-3".into(),
-            ttl_secs: 600,
-            customer: "acme".into(),
-            plan: "pro".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
-    let extra = format!(
-        "kubeconfig = \"{}\"\nrepo_roots = [\"{}\"]\nrollout_poll_ms = 20\nauto_deploy_secs = 1\napps_report_secs = 1\n",
-        kube.kubeconfig.display(),
-        root.display()
-    );
-    let _agent = AgentProc::start(root, "app-3", &token, &extra);
-    watch_until(&mut hub.client(Role::Viewer), "app-3 connected", |f| {
-        f.get("app-3").is_some_and(|s| s.liveness == Liveness::Connected as i32)
-    })
-    .await;
+    let env = AppServer::start(root, "app-3", "auto_deploy_secs = 1\napps_report_secs = 1\n").await;
+    let (kube, hub) = (&env.kube, &env.hub);
     let spec = format!(
         "name = \"web\"\nimage = \"nginx:{{commit}}\"\nport = 80\nauto_deploy = true\n[repo]\nurl = \"{}\"\n",
         root.join("web.git").display()
@@ -372,15 +335,15 @@ async fn auto_deploy_follows_the_tracked_branch() {
         async move { run_job(&mut c, action("app-deploy", &["app-3"], &[("app", "web")])).await }
     });
     let d = kube.wait_for(DEPLOYMENT, WAIT, |d| template_of(d) == "web-1").await;
-    mark_available(&kube, &d);
+    mark_available(kube, &d);
     assert_eq!(deploying.await.unwrap().result("app-3").outcome, Outcome::Succeeded as i32);
 
     // A developer pushes: the agent deploys it by itself.
-    harness::git(&root.join("dev"), "echo v2 > f && git commit -qam v2 && git push -q origin HEAD:main");
+    harness::git(&root.join("dev"), "echo v2 > app.txt && git commit -qam v2 && git push -q origin HEAD:main");
     let v2 = harness::git(&root.join("dev"), "git rev-parse HEAD");
     let d = kube.wait_for(DEPLOYMENT, WAIT, |d| template_of(d) == "web-2").await;
     assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["image"], format!("nginx:{v2}"));
-    mark_available(&kube, &d);
+    mark_available(kube, &d);
     watch_until(&mut hub.client(Role::Viewer), "web-2 live, deployed by auto-deploy", |f| {
         f.get("app-3").and_then(|s| s.apps.as_ref()).is_some_and(|a| {
             a.apps.iter().any(|x| {
