@@ -227,7 +227,7 @@ pub fn render_all_for_test(app: &mut App, width: u16, height: u16) -> Vec<(&'sta
 
 /// `:apps`: every app on every server the fleet filter matches, failing first.
 fn render_apps(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
-    use ratatui::widgets::{Block, Row, Table};
+    use ratatui::widgets::{Block, Row};
     let apps = app.fleet.apps();
     let visible = area.height.saturating_sub(3) as usize;
     let cursor = app.apps_page.cursor(&app.fleet);
@@ -245,22 +245,19 @@ fn render_apps(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
         names.dedup();
         names.len()
     });
-    let table = Table::new(
-        rows,
-        [
-            Constraint::Length(16),
-            Constraint::Length(10),
-            Constraint::Length(14),
-            Constraint::Length(12),
-            Constraint::Length(6),
-            Constraint::Length(10),
-            Constraint::Length(12),
-            Constraint::Min(10),
-        ],
-    )
-    .header(Row::new(["SERVER", "CUSTOMER", "APP", "PHASE", "READY", "DEPLOY", "COMMIT", "PROBLEM"]))
-    .block(Block::bordered().title(title));
-    frame.render_widget(table, area);
+    frame.render_widget(
+        app_table(rows, &[("SERVER", 16), ("CUSTOMER", 10)]).block(Block::bordered().title(title)),
+        area,
+    );
+}
+
+/// A table of apps (cells from `format::app_cells`), after `lead` columns (title, width) of its own.
+pub(super) fn app_table<'a>(rows: impl IntoIterator<Item = Row<'a>>, lead: &[(&'a str, u16)]) -> Table<'a> {
+    const APP: [(&str, u16); 6] =
+        [("APP", 14), ("PHASE", 12), ("READY", 6), ("DEPLOY", 10), ("COMMIT", 12), ("PROBLEM", 0)];
+    let cols: Vec<(&str, u16)> = lead.iter().copied().chain(APP).collect();
+    let widths = cols.iter().map(|(_, w)| if *w == 0 { Constraint::Min(10) } else { Constraint::Length(*w) });
+    Table::new(rows, widths).header(Row::new(cols.iter().map(|(t, _)| *t)))
 }
 
 /// One app: what runs, its repository, and its deployment history (newest first).

@@ -92,20 +92,7 @@ pub fn render(frame: &mut Frame, app: &App, name: &str, area: Rect, now_ms: i64,
             let row = Row::new(crate::format::app_cells(a));
             if crate::format::app_failing(a) { row.style(theme.fg(Color::Red)) } else { row }
         });
-        let table = Table::new(
-            rows,
-            [
-                Constraint::Length(14),
-                Constraint::Length(12),
-                Constraint::Length(6),
-                Constraint::Length(10),
-                Constraint::Length(12),
-                Constraint::Min(10),
-            ],
-        )
-        .header(Row::new(["APP", "PHASE", "READY", "DEPLOY", "COMMIT", "PROBLEM"]))
-        .block(Block::bordered().title(" apps "));
-        frame.render_widget(table, apps);
+        frame.render_widget(super::app_table(rows, &[]).block(Block::bordered().title(" apps ")), apps);
     }
     frame.render_widget(facts(lines).block(Block::bordered().title(" identity ")), info);
 
