@@ -65,8 +65,17 @@ pub fn validate(r: &Report, now_ms: i64) -> Result<Body<'_>, String> {
     }
 }
 
+/// An apps report's encoded size, at most: it is kept in the server's record that every operator's fleet watch
+/// carries, so one agent must not be able to make that record large (64 apps at their field limits would be
+/// over a megabyte).
+pub const MAX_APPS_BYTES: usize = 64 * 1024;
+
 /// Checks an apps report's bounds and texts.
 pub fn validate_apps(seq: u64, a: &AppsState) -> Result<(), String> {
+    use prost::Message as _;
+    if a.encoded_len() > MAX_APPS_BYTES {
+        return Err(format!("report {seq}: the apps state is {} bytes; at most {MAX_APPS_BYTES}", a.encoded_len()));
+    }
     if a.apps.len() > MAX_APPS {
         return Err(format!("report {seq} lists {} apps; at most {MAX_APPS}", a.apps.len()));
     }
@@ -143,7 +152,8 @@ pub fn validate_apps(seq: u64, a: &AppsState) -> Result<(), String> {
     Ok(())
 }
 
-/// Makes a locally built apps state fit [`validate_apps`]: lists bounded, texts made inert and cut.
+/// Makes a locally built apps state fit [`validate_apps`]: lists bounded, texts made inert and cut, and
+/// within [`MAX_APPS_BYTES`] (older deployments go first, then the last apps).
 pub fn conform_apps(a: &mut AppsState) {
     fn fit(s: &mut String, max: usize) {
         if s.len() > max || !text::is_printable(s) {
@@ -191,6 +201,17 @@ pub fn conform_apps(a: &mut AppsState) {
                 (&mut r.note, MAX_LONG_TEXT),
             ] {
                 fit(s, max);
+            }
+        }
+    }
+    use prost::Message as _;
+    while a.encoded_len() > MAX_APPS_BYTES {
+        match a.apps.iter_mut().max_by_key(|x| x.history.len()).filter(|x| !x.history.is_empty()) {
+            Some(x) => {
+                x.history.pop();
+            }
+            None => {
+                a.apps.pop();
             }
         }
     }
@@ -369,6 +390,19 @@ mod tests {
             let e = validate(&r(bad), NOW).unwrap_err();
             assert!(e.contains(want), "{want}: {e}");
         }
+        // Too large as a whole, though every field is within its bound.
+        let long = "x".repeat(MAX_LONG_TEXT);
+        let big = AppsState {
+            apps: (0..64)
+                .map(|i| AppState { image: long.clone(), last_error: long.clone(), ..app(&format!("a{i}"), "failed") })
+                .collect(),
+            ..ok.clone()
+        };
+        assert!(validate(&r(big.clone()), NOW).unwrap_err().contains("at most 65536"));
+        let mut fitted = big;
+        conform_apps(&mut fitted);
+        validate(&r(fitted.clone()), NOW).unwrap();
+        assert!(fitted.apps.len() < 64 && !fitted.apps.is_empty());
         // What the agent builds always passes.
         let mut messy = AppsState {
             apps: (0..70)
