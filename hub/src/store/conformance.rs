@@ -11,6 +11,7 @@ use super::{
     AuditEntry, AuditQuery, BurnedToken, HubStore, Kind, OperatorRevocation, Outcome, PendingRecord, PlanRecord,
     PlanUpdate, Revoked, ServerRecord, StoreError, TokenRecord, TokenState,
 };
+use super::{JobKind, JobState, QueuedJob, Submitted};
 
 /// Opens one and the same store, again and again.
 #[async_trait]
@@ -68,6 +69,7 @@ pub async fn run(backend: &mut dyn Backend) {
     audit_ids_grow_are_unique_and_queries_filter(store.clone()).await;
     commands_and_plans_end_with_their_audit_record(&*store).await;
     revocations_are_kept(&*store).await;
+    let last_job = the_queue_claims_once_in_order_and_checks_leases(store.clone()).await;
     backend.close(store).await;
 
     // Everything reads back after a reopen, and audit ids go on from where they were.
@@ -83,6 +85,14 @@ pub async fn run(backend: &mut dyn Backend) {
         store.operator_revocations().unwrap(),
         vec![("eve".into(), OperatorRevocation { revoked_ms: 5, by: "ann".into() })]
     );
+    // Jobs read back, and ids go on.
+    assert_eq!(store.job(last_job).unwrap().unwrap().state, JobState::Cancelled);
+    let next_job = match store.submit_job(job("after-reopen", 1, 0), AuditEntry::default()).await.unwrap() {
+        Submitted::New(j) => j.id,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(next_job, last_job + 1, "job ids continue after a reopen");
+    assert_eq!(store.claim_job("w", i64::MAX / 2, 10).await.unwrap().map(|j| j.id), Some(next_job));
     let before = store.query_audit(&AuditQuery { limit: 1, ..Default::default() }).unwrap()[0].id;
     let next = store.append_audit(AuditEntry::default()).await.unwrap();
     assert_eq!(next, before + 1, "audit ids continue after a reopen");
@@ -279,4 +289,124 @@ async fn revocations_are_kept(store: &dyn HubStore) {
     assert_eq!(serials, ["s0", "s1"]);
     assert_eq!(store.servers().unwrap().into_iter().find(|s| s.name == "a").unwrap().revoked_ms, 9);
     store.revoke_operator("eve", &OperatorRevocation { revoked_ms: 5, by: "ann".into() }).await.unwrap();
+}
+
+fn job(key: &str, priority: u8, created_ms: i64) -> QueuedJob {
+    QueuedJob {
+        kind: JobKind::Provision,
+        priority,
+        idempotency_key: key.into(),
+        params: [("customer".to_string(), key.to_string())].into(),
+        target: key.into(),
+        created_ms,
+        max_attempts: 3,
+        ..Default::default()
+    }
+}
+
+async fn submit(store: &dyn HubStore, j: QueuedJob) -> u64 {
+    match store.submit_job(j, AuditEntry { action: "provision".into(), ..Default::default() }).await.unwrap() {
+        Submitted::New(j) => {
+            assert_eq!(j.state, JobState::Pending);
+            j.id
+        }
+        Submitted::Existing(j) => panic!("a new key returned job {}", j.id),
+    }
+}
+
+/// Returns the id of the last job it submitted. Leaves no job that can be claimed.
+async fn the_queue_claims_once_in_order_and_checks_leases(store: Arc<dyn HubStore>) -> u64 {
+    const NOW: i64 = 1_000_000;
+    // Priority first, then age; a job whose time has not come waits.
+    let starter = submit(&*store, job("starter", 1, 1)).await;
+    let team = submit(&*store, job("team", 3, 3)).await;
+    let pro_new = submit(&*store, job("pro-new", 2, 5)).await;
+    let pro_old = submit(&*store, job("pro-old", 2, 2)).await;
+    let later = submit(&*store, QueuedJob { not_before_ms: NOW + 1_000, ..job("later", 3, 0) }).await;
+    assert!(team > starter, "ids grow");
+
+    // Idempotency: the same key and parameters return the job; other parameters are refused.
+    match store.submit_job(job("team", 3, 9), AuditEntry::default()).await.unwrap() {
+        Submitted::Existing(j) => assert_eq!(j.id, team),
+        other => panic!("{other:?}"),
+    }
+    let mut changed = job("team", 3, 9);
+    changed.params.insert("plan".into(), "starter".into());
+    match store.submit_job(changed, AuditEntry::default()).await {
+        Err(StoreError::Conflict(m)) => assert!(m.contains("other parameters"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+
+    let mut order = Vec::new();
+    while let Some(j) = store.claim_job("w1", NOW, 60_000).await.unwrap() {
+        assert_eq!(
+            (j.state, j.attempt, j.lease_owner.as_str(), j.lease_until_ms),
+            (JobState::Running, 1, "w1", NOW + 60_000)
+        );
+        order.push(j.id);
+    }
+    assert_eq!(order, [team, pro_old, pro_new, starter], "priority, then age; `later` waits");
+
+    // A held job is updated only by its holder.
+    let mut held = store.job(team).unwrap().unwrap();
+    held.facts.insert("cloud_id".into(), "42".into());
+    match store.update_job(&held, "w2", None).await {
+        Err(StoreError::Conflict(m)) => assert!(m.contains("no longer held"), "{m}"),
+        other => panic!("another worker's update went through: {other:?}"),
+    }
+    store.update_job(&held, "w1", Some(AuditEntry { action: "step".into(), ..Default::default() })).await.unwrap();
+    assert_eq!(store.job(team).unwrap().unwrap().facts["cloud_id"], "42");
+
+    // The lease runs out: another worker takes the job up (a new attempt), and the old holder is refused.
+    assert!(store.claim_job("w2", NOW + 900, 10_000).await.unwrap().is_none(), "leases still run");
+    let later_ms = NOW + 60_001;
+    let mut took = Vec::new();
+    while let Some(j) = store.claim_job("w2", later_ms, 10_000).await.unwrap() {
+        took.push((j.id, j.attempt, j.facts.get("cloud_id").cloned()));
+    }
+    assert_eq!(
+        took,
+        [(later, 1, None), (team, 2, Some("42".into())), (pro_old, 2, None), (pro_new, 2, None), (starter, 2, None)],
+    );
+    assert!(matches!(store.update_job(&held, "w1", None).await, Err(StoreError::Conflict(_))));
+
+    // Racing claims: one job, ten workers, one winner.
+    let race = submit(&*store, job("race", 2, 10)).await;
+    let claims: Vec<_> = (0..10)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { store.claim_job(&format!("r{i}"), NOW, 60_000).await.unwrap() })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for c in claims {
+        if let Some(j) = c.await.unwrap() {
+            winners.push(j.id);
+        }
+    }
+    assert_eq!(winners, [race], "exactly one claim wins");
+
+    // Cancel: a running job is asked to stop (and the request survives its holder's next update); a pending
+    // one ends at once. Final jobs are never claimed again.
+    let running = store.cancel_job(race, AuditEntry::default()).await.unwrap().unwrap();
+    assert!(running.cancel_requested && running.state == JobState::Running);
+    let mut stale = store.job(race).unwrap().unwrap();
+    stale.cancel_requested = false;
+    let holder = stale.lease_owner.clone();
+    store.update_job(&stale, &holder, None).await.unwrap();
+    assert!(store.job(race).unwrap().unwrap().cancel_requested, "a cancel is not lost to a concurrent update");
+    for id in [later, team, pro_old, pro_new, starter, race] {
+        let mut j = store.job(id).unwrap().unwrap();
+        j.state = JobState::Succeeded;
+        let owner = j.lease_owner.clone();
+        store.update_job(&j, &owner, None).await.unwrap();
+    }
+    let pending = submit(&*store, QueuedJob { not_before_ms: i64::MAX, ..job("pending", 1, 11) }).await;
+    let cancelled = store.cancel_job(pending, AuditEntry::default()).await.unwrap().unwrap();
+    assert_eq!(cancelled.state, JobState::Cancelled);
+    assert!(store.claim_job("w3", i64::MAX / 2, 10).await.unwrap().is_none(), "nothing open is left");
+    assert!(store.cancel_job(9_999_999, AuditEntry::default()).await.unwrap().is_none());
+    let listed: Vec<u64> = store.jobs(2).unwrap().iter().map(|j| j.id).collect();
+    assert_eq!(listed, [pending, race], "newest first, limited");
+    pending
 }

@@ -17,8 +17,8 @@ pub mod conformance;
 use async_trait::async_trait;
 
 pub use records::{
-    AuditEntry, AuditQuery, BurnedToken, Kind, OperatorRevocation, Outcome, PendingRecord, PlanRecord, Revoked,
-    ServerRecord, TokenRecord,
+    AuditEntry, AuditQuery, BurnedToken, JobKind, JobState, Kind, OperatorRevocation, Outcome, PendingRecord,
+    PlanRecord, QueuedJob, Revoked, ServerRecord, StepRecord, TokenRecord,
 };
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -143,6 +143,38 @@ pub trait OperatorStore: Send + Sync {
     async fn revoke_operator(&self, name: &str, revocation: &OperatorRevocation) -> Result<()>;
 }
 
+/// What submitting a job did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Submitted {
+    /// A new job, with its id.
+    New(QueuedJob),
+    /// The idempotency key was used before with the same parameters: that job.
+    Existing(QueuedJob),
+}
+
+/// The durable job queue (provisioning and the server lifecycle). Claiming is atomic: one job is held by
+/// one worker at a time, by its lease; every update checks the lease, so a worker that lost it (it stalled
+/// and another took the job up) cannot overwrite the job.
+#[async_trait]
+pub trait Queue: Send + Sync {
+    /// Stores `job` as pending with the next id. A job with the same idempotency key is returned instead
+    /// when its kind and parameters are the same, and refused ([`StoreError::Conflict`]) when not.
+    async fn submit_job(&self, job: QueuedJob, audit: AuditEntry) -> Result<Submitted>;
+    /// Takes the job that should run next at `now_ms`: a pending one whose time has come, or a running one
+    /// whose lease ran out; highest priority first, then the oldest. It becomes running, held by `owner`
+    /// until `now_ms + lease_ms`, with its attempt counted.
+    async fn claim_job(&self, owner: &str, now_ms: i64, lease_ms: i64) -> Result<Option<QueuedJob>>;
+    /// Replaces the job held by `owner` (steps, facts, lease, state) and appends `audit` in the same write.
+    /// A job no longer held by `owner` is refused ([`StoreError::Conflict`]) and nothing is written.
+    async fn update_job(&self, job: &QueuedJob, owner: &str, audit: Option<AuditEntry>) -> Result<()>;
+    /// Cancels a pending job at once; marks a running one `cancel_requested` (its worker stops at the next
+    /// step). Returns the job as it now is, `None` when there is no such job.
+    async fn cancel_job(&self, id: u64, audit: AuditEntry) -> Result<Option<QueuedJob>>;
+    fn job(&self, id: u64) -> Result<Option<QueuedJob>>;
+    /// Every job, newest first, at most `limit` (0: all).
+    fn jobs(&self, limit: usize) -> Result<Vec<QueuedJob>>;
+}
+
 /// What agent identities (enrollment, tokens, renewal, revocation) use.
 pub trait IdentityStore: Servers + Tokens + Revocations {}
 impl<T: Servers + Tokens + Revocations + ?Sized> IdentityStore for T {}
@@ -153,6 +185,6 @@ impl<T: Servers + Reports + ?Sized> ReportStore for T {}
 
 /// A whole hub store: every repository. Services take the narrower trait they use (a `dyn HubStore`
 /// coerces to each).
-pub trait HubStore: IdentityStore + ReportStore + AuditLog + Commands + OperatorStore {}
+pub trait HubStore: IdentityStore + ReportStore + AuditLog + Commands + OperatorStore + Queue {}
 
-impl<T: IdentityStore + ReportStore + AuditLog + Commands + OperatorStore + ?Sized> HubStore for T {}
+impl<T: IdentityStore + ReportStore + AuditLog + Commands + OperatorStore + Queue + ?Sized> HubStore for T {}

@@ -236,3 +236,125 @@ impl AuditQuery {
             && (self.server.is_empty() || e.servers.contains(&self.server))
     }
 }
+
+/// What a queued job does.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobKind {
+    #[default]
+    Provision,
+    Deprovision,
+    Archive,
+    Delete,
+    Reactivate,
+    EnrollSsh,
+}
+
+impl JobKind {
+    pub const ALL: [JobKind; 6] = [
+        JobKind::Provision,
+        JobKind::Deprovision,
+        JobKind::Archive,
+        JobKind::Delete,
+        JobKind::Reactivate,
+        JobKind::EnrollSsh,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Provision => "provision",
+            JobKind::Deprovision => "deprovision",
+            JobKind::Archive => "archive",
+            JobKind::Delete => "delete",
+            JobKind::Reactivate => "reactivate",
+            JobKind::EnrollSsh => "enroll-ssh",
+        }
+    }
+}
+
+/// Where a queued job is. `Succeeded`, `Failed` and `Cancelled` are final.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    #[default]
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Pending => "pending",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    }
+}
+
+/// One step of a job, as it ran. A step that ended `ok` is never run again when the job resumes.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct StepRecord {
+    pub name: String,
+    pub started_ms: i64,
+    /// 0 while it runs.
+    pub ended_ms: i64,
+    pub ok: bool,
+    /// What it did, or why it failed.
+    pub message: String,
+}
+
+/// A job of the durable queue: provisioning and the server lifecycle.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct QueuedJob {
+    /// Given by the store at submission; grows with time.
+    pub id: u64,
+    pub kind: JobKind,
+    pub state: JobState,
+    /// Higher runs first (team 3, pro 2, starter 1); then the older.
+    pub priority: u8,
+    /// Submitting the same key again returns this job; with other parameters it is refused.
+    pub idempotency_key: String,
+    /// What was asked (customer, plan, location, name, ...); compared for the idempotency key.
+    pub params: BTreeMap<String, String>,
+    /// The server the job is about.
+    pub target: String,
+    pub customer: String,
+    pub submitted_by: String,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+    pub finished_ms: i64,
+    /// Attempts started (1 on the first run).
+    pub attempt: u32,
+    pub max_attempts: u32,
+    /// A pending job does not run before this (backoff, a scheduled timeline step).
+    pub not_before_ms: i64,
+    /// The worker that holds the job and until when; a job whose lease ran out is taken up again.
+    pub lease_owner: String,
+    pub lease_until_ms: i64,
+    pub steps: Vec<StepRecord>,
+    /// The running step's progress, in words.
+    pub progress: String,
+    /// Why the last attempt failed (kept while retrying).
+    pub error: String,
+    pub cancel_requested: bool,
+    /// What steps learned and later steps (and a resumed attempt) need: the cloud server id, its action...
+    pub facts: BTreeMap<String, String>,
+}
+
+impl QueuedJob {
+    /// The step called `name` that ended well, if any.
+    pub fn done(&self, name: &str) -> bool {
+        self.steps.iter().any(|s| s.name == name && s.ok && s.ended_ms > 0)
+    }
+}

@@ -20,8 +20,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     AuditEntry, AuditLog, AuditQuery, BurnedToken, Commands, OperatorRevocation, OperatorStore, PendingRecord,
-    PlanRecord, PlanUpdate, Reports, Result, Revocations, Revoked, ServerRecord, Servers, StoreError, TokenRecord,
-    TokenState, Tokens,
+    PlanRecord, PlanUpdate, Queue, QueuedJob, Reports, Result, Revocations, Revoked, ServerRecord, Servers, StoreError,
+    Submitted, TokenRecord, TokenState, Tokens,
 };
 
 /// Trees of the store.
@@ -47,10 +47,16 @@ enum Tree {
     Plans,
     /// server name → the latest `AppsState` (protobuf)
     Apps,
+    /// job id (u64 BE) → [`QueuedJob`] (JSON)
+    Queue,
+    /// job id (u64 BE) → empty: the jobs not final yet (what a claim looks at)
+    QueueOpen,
+    /// idempotency key → job id (u64 BE)
+    QueueKeys,
 }
 
 impl Tree {
-    const ALL: [Tree; 10] = [
+    const ALL: [Tree; 13] = [
         Tree::Servers,
         Tree::Tokens,
         Tree::Burned,
@@ -61,6 +67,9 @@ impl Tree {
         Tree::Operators,
         Tree::Plans,
         Tree::Apps,
+        Tree::Queue,
+        Tree::QueueOpen,
+        Tree::QueueKeys,
     ];
 
     fn name(self) -> &'static str {
@@ -75,6 +84,9 @@ impl Tree {
             Tree::Operators => "operators",
             Tree::Plans => "plans",
             Tree::Apps => "apps",
+            Tree::Queue => "queue",
+            Tree::QueueOpen => "queue_open",
+            Tree::QueueKeys => "queue_keys",
         }
     }
 }
@@ -114,6 +126,9 @@ pub struct SledStore {
     /// Serialises token writes (issue, burn): check-then-write is atomic within the one process sled allows.
     tokens: tokio::sync::Mutex<()>,
     audit_next: AtomicU64,
+    /// Serialises queue writes (submit, claim, update): claims are atomic, updates check the lease.
+    queue: tokio::sync::Mutex<()>,
+    queue_next: AtomicU64,
 }
 
 fn read_err(e: sled::Error) -> StoreError {
@@ -144,6 +159,11 @@ impl SledStore {
             .map_err(open_err)?
             .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok())
             .map_or(0, u64::from_be_bytes);
+        let last_job = trees[Self::index(Tree::Queue)]
+            .last()
+            .map_err(open_err)?
+            .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes);
         let (tx, rx) = mpsc::channel(4096);
         let task = tokio::spawn(writer(db, trees.clone(), rx));
         Ok(SledStore {
@@ -152,6 +172,8 @@ impl SledStore {
             writer_task: Mutex::new(Some(task)),
             tokens: tokio::sync::Mutex::new(()),
             audit_next: AtomicU64::new(last_audit + 1),
+            queue: tokio::sync::Mutex::new(()),
+            queue_next: AtomicU64::new(last_job + 1),
         })
     }
 
@@ -426,6 +448,140 @@ impl OperatorStore for SledStore {
 
     async fn revoke_operator(&self, name: &str, revocation: &OperatorRevocation) -> Result<()> {
         self.commit(vec![put_json(Tree::Operators, name, revocation)]).await
+    }
+}
+
+/// The ops that store `job` and keep the open index right.
+fn job_ops(job: &QueuedJob) -> Vec<Op> {
+    let key = job.id.to_be_bytes().to_vec();
+    let index = if job.state.is_final() {
+        Op::Del(Tree::QueueOpen, key.clone())
+    } else {
+        Op::Put(Tree::QueueOpen, key.clone(), Vec::new())
+    };
+    vec![put_json(Tree::Queue, key, job), index]
+}
+
+#[async_trait]
+impl Queue for SledStore {
+    async fn submit_job(&self, mut job: QueuedJob, mut audit: AuditEntry) -> Result<Submitted> {
+        let _queue = self.queue.lock().await;
+        if !job.idempotency_key.is_empty()
+            && let Some(id) = self.tree(Tree::QueueKeys).get(job.idempotency_key.as_bytes()).map_err(read_err)?
+        {
+            let id = <[u8; 8]>::try_from(id.as_ref()).map(u64::from_be_bytes).unwrap_or_default();
+            let Some(existing) = self.job(id)? else {
+                return Err(StoreError::Corrupt {
+                    table: "queue_keys",
+                    key: job.idempotency_key.clone(),
+                    error: format!("names job {id}, which does not exist"),
+                });
+            };
+            if existing.kind != job.kind || existing.params != job.params {
+                return Err(StoreError::Conflict(format!(
+                    "idempotency key {:?} was used by job {} ({} {}) with other parameters; use a new key for a new request",
+                    job.idempotency_key,
+                    existing.id,
+                    existing.kind.as_str(),
+                    existing.target
+                )));
+            }
+            return Ok(Submitted::Existing(existing));
+        }
+        job.id = self.queue_next.fetch_add(1, Ordering::Relaxed);
+        job.state = super::JobState::Pending;
+        audit.job_id = job.id.to_string();
+        let (_, audit_op) = self.audit_record(audit);
+        let mut ops = vec![audit_op];
+        ops.extend(job_ops(&job));
+        if !job.idempotency_key.is_empty() {
+            ops.push(Op::Put(Tree::QueueKeys, job.idempotency_key.clone().into_bytes(), job.id.to_be_bytes().to_vec()));
+        }
+        self.commit(ops).await?;
+        Ok(Submitted::New(job))
+    }
+
+    async fn claim_job(&self, owner: &str, now_ms: i64, lease_ms: i64) -> Result<Option<QueuedJob>> {
+        let _queue = self.queue.lock().await;
+        let mut best: Option<QueuedJob> = None;
+        for key in self.tree(Tree::QueueOpen).iter().keys() {
+            let key = key.map_err(read_err)?;
+            let Some(job) = self.get_json::<QueuedJob>(Tree::Queue, &key)? else { continue };
+            let ready = match job.state {
+                super::JobState::Pending => job.not_before_ms <= now_ms,
+                super::JobState::Running => job.lease_until_ms < now_ms,
+                _ => false,
+            };
+            let better = |b: &QueuedJob| {
+                (job.priority, -job.created_ms, -(job.id as i64)) > (b.priority, -b.created_ms, -(b.id as i64))
+            };
+            if ready && best.as_ref().is_none_or(better) {
+                best = Some(job);
+            }
+        }
+        let Some(mut job) = best else { return Ok(None) };
+        job.state = super::JobState::Running;
+        job.attempt += 1;
+        job.lease_owner = owner.to_string();
+        job.lease_until_ms = now_ms + lease_ms;
+        job.updated_ms = now_ms;
+        self.commit(job_ops(&job)).await?;
+        Ok(Some(job))
+    }
+
+    async fn update_job(&self, job: &QueuedJob, owner: &str, audit: Option<AuditEntry>) -> Result<()> {
+        let _queue = self.queue.lock().await;
+        let stored = self.job(job.id)?;
+        let held = stored.as_ref().is_some_and(|s| s.state == super::JobState::Running && s.lease_owner == owner);
+        if !held {
+            return Err(StoreError::Conflict(format!(
+                "job {} is no longer held by worker {owner} (its lease ran out and it was taken up again, or it ended)",
+                job.id
+            )));
+        }
+        let mut job = job.clone();
+        // A cancel that came in while the worker held the job is kept.
+        job.cancel_requested |= stored.is_some_and(|s| s.cancel_requested);
+        let mut ops = Vec::new();
+        if let Some(audit) = audit {
+            ops.push(self.audit_record(audit).1);
+        }
+        ops.extend(job_ops(&job));
+        self.commit(ops).await
+    }
+
+    async fn cancel_job(&self, id: u64, audit: AuditEntry) -> Result<Option<QueuedJob>> {
+        let _queue = self.queue.lock().await;
+        let Some(mut job) = self.job(id)? else { return Ok(None) };
+        match job.state {
+            super::JobState::Pending => {
+                job.state = super::JobState::Cancelled;
+                job.finished_ms = outpost_common::now_ms();
+            }
+            super::JobState::Running => job.cancel_requested = true,
+            _ => return Ok(Some(job)),
+        }
+        job.updated_ms = outpost_common::now_ms();
+        let mut ops = vec![self.audit_record(audit).1];
+        ops.extend(job_ops(&job));
+        self.commit(ops).await?;
+        Ok(Some(job))
+    }
+
+    fn job(&self, id: u64) -> Result<Option<QueuedJob>> {
+        self.get_json(Tree::Queue, &id.to_be_bytes())
+    }
+
+    fn jobs(&self, limit: usize) -> Result<Vec<QueuedJob>> {
+        let mut out = Vec::new();
+        for item in self.tree(Tree::Queue).iter().rev() {
+            let (k, v) = item.map_err(read_err)?;
+            out.push(decode(Tree::Queue, &k, &v)?);
+            if out.len() == limit {
+                break;
+            }
+        }
+        Ok(out)
     }
 }
 
