@@ -91,6 +91,12 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Create a server for a customer (Hetzner Cloud, cloud-init, K3s, agentd) and follow the job until it
+    /// is online. Admin.
+    Provision(crate::lifecycle::ProvisionArgs),
+    /// The lifecycle job queue (provision, deprovision, ...).
+    #[command(subcommand)]
+    Jobs(crate::lifecycle::JobsCmd),
     /// The action catalog: names, required role, arguments.
     Actions,
     /// Print shell completions.

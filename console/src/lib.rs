@@ -7,6 +7,7 @@ pub mod conn;
 pub mod demo;
 pub mod format;
 pub mod inert;
+pub mod lifecycle;
 pub mod run;
 pub mod state;
 pub mod view;

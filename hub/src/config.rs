@@ -31,6 +31,8 @@ pub struct HubConfig {
     pub agents: AgentsConfig,
     pub operators: OperatorsConfig,
     pub audit: AuditConfig,
+    pub provision: crate::lifecycle::ProvisionConfig,
+    pub lifecycle: crate::lifecycle::LifecycleConfig,
 }
 
 /// `[ca]`: an external fleet CA. Without it the hub creates one in `data_dir/ca`.
@@ -95,6 +97,8 @@ impl Default for HubConfig {
             agents: AgentsConfig::default(),
             operators: OperatorsConfig::default(),
             audit: AuditConfig::default(),
+            provision: Default::default(),
+            lifecycle: Default::default(),
         }
     }
 }
@@ -207,6 +211,8 @@ impl HubConfig {
         if !(4..=65536).contains(&self.store.cache_mib) {
             problems.push(format!("store.cache_mib: {} is outside 4..=65536", self.store.cache_mib));
         }
+        problems.extend(self.provision.problems());
+        problems.extend(self.lifecycle.problems());
         outpost_common::config::problems(problems)
     }
 

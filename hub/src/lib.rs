@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod fleet;
 pub mod jobs;
+pub mod lifecycle;
 pub mod limits;
 pub mod pki;
 pub mod relay;
@@ -134,11 +135,67 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         rt.clone(),
         enroll_limit,
     );
-    let operator = OperatorApi::new(auth, fleet, reports.clone(), identities.clone(), jobs, audit, rt.clone());
-    let serve = api::serve(listener, server_cert, ca.cert_pem(), agents.clone(), operator, shutdown.clone())
-        .map_err(StartError::Tls)?;
+    let artifacts_dir = config.provision.artifacts_dir.clone().unwrap_or_else(|| data_dir.join("artifacts"));
+    let artifacts = Arc::new(
+        lifecycle::artifacts::Artifacts::scan(&artifacts_dir)
+            .map_err(|error| StartError::DataDir { path: artifacts_dir.display().to_string(), error })?,
+    );
+    let clock = lifecycle::Clock::from_env();
+    let provisioner = provisioner(&config, artifacts.clone(), (advertise.clone(), ca.cert_pem().to_string()), &clock);
+    if let Err(why) = &provisioner {
+        tracing::info!(%why, "provisioning is off");
+    }
+    let lifecycle = Arc::new(lifecycle::Lifecycle::new(lifecycle::Parts {
+        store: store.clone(),
+        fleet: fleet.clone(),
+        identities: identities.clone(),
+        config: config.lifecycle.clone(),
+        provisioner,
+        clock,
+    }));
+    lifecycle.spawn(&rt);
+    let operator = OperatorApi::new(api::operator::OperatorParts {
+        auth,
+        fleet,
+        reports: reports.clone(),
+        identities: identities.clone(),
+        jobs,
+        audit,
+        lifecycle,
+        rt: rt.clone(),
+    });
+    let serve = api::serve(
+        listener,
+        server_cert,
+        ca.cert_pem(),
+        (agents.clone(), operator),
+        artifacts.router(),
+        shutdown.clone(),
+    )
+    .map_err(StartError::Tls)?;
     tracing::info!(%addr, %advertise, pin = %ca.pin(), "hubd listening");
     Ok(Hub { addr, advertise, identities, reports, agents, sled: sled_writer, rt, serve })
+}
+
+/// The provisioner, or why provisioning is off (no break-glass key, no API token).
+fn provisioner(
+    config: &HubConfig,
+    artifacts: Arc<lifecycle::artifacts::Artifacts>,
+    hub: (String, String),
+    clock: &lifecycle::Clock,
+) -> Result<Arc<lifecycle::provision::Provisioner>, String> {
+    let p = &config.provision;
+    if p.ssh_public_key.is_empty() {
+        return Err("set provision.ssh_public_key (the break-glass key every server gets) in hubd.toml".into());
+    }
+    let token = p.token()?;
+    let retry = lifecycle::cloud::Retry {
+        attempts: p.api_attempts,
+        initial: Duration::from_millis(p.api_backoff_initial_ms),
+        max: Duration::from_millis(p.api_backoff_max_ms),
+    };
+    let cloud = Arc::new(lifecycle::cloud::Hetzner::new(&p.api_url, &token, retry));
+    Ok(Arc::new(lifecycle::provision::Provisioner::new(cloud, p.clone(), artifacts, hub, clock.clone())))
 }
 
 impl Hub {

@@ -9,6 +9,7 @@ mod fleet;
 mod hostile;
 mod k3s;
 mod ops;
+mod provision;
 mod renewal;
 mod shutdown;
 mod sim;

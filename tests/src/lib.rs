@@ -3,6 +3,7 @@
 //! event) instead of sleeping.
 
 pub mod boundaries;
+pub mod cloud;
 pub mod hostile;
 
 use std::collections::BTreeMap;

@@ -160,3 +160,36 @@ pub fn host_facts(h: pb::HostFacts) -> HostFacts {
 pub fn hello(h: &pb::Hello) -> Hello {
     Hello { dropped_reports: h.dropped_reports, refused_reports: h.refused_reports, log_files: h.log_files.clone() }
 }
+
+pub fn lifecycle_job(j: crate::store::QueuedJob) -> pb::LifecycleJob {
+    pb::LifecycleJob {
+        id: j.id,
+        kind: j.kind.as_str().into(),
+        state: j.state.as_str().into(),
+        target: j.target,
+        customer: j.customer,
+        attempt: j.attempt,
+        max_attempts: j.max_attempts,
+        not_before_ms: j.not_before_ms,
+        steps: j
+            .steps
+            .into_iter()
+            .map(|s| pb::LifecycleStep {
+                name: s.name,
+                started_ms: s.started_ms,
+                ended_ms: s.ended_ms,
+                ok: s.ok,
+                message: s.message,
+            })
+            .collect(),
+        progress: j.progress,
+        error: j.error,
+        created_ms: j.created_ms,
+        updated_ms: j.updated_ms,
+        finished_ms: j.finished_ms,
+        submitted_by: j.submitted_by,
+        params: j.params.into_iter().collect(),
+        cancel_requested: j.cancel_requested,
+        priority: u32::from(j.priority),
+    }
+}

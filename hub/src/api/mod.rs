@@ -25,8 +25,8 @@ pub fn serve(
     listener: tokio::net::TcpListener,
     (chain, key): (String, String),
     ca_pem: &str,
-    agents: agent_link::AgentApi,
-    operator: operator::OperatorApi,
+    (agents, operator): (agent_link::AgentApi, operator::OperatorApi),
+    http: axum::Router,
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<Result<(), String>>, String> {
     let tls = ServerTlsConfig::new()
@@ -40,6 +40,8 @@ pub fn serve(
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        // Plain HTTPS routes on the same port (the agentd binaries new servers fetch).
+        .add_routes(tonic::service::Routes::from(http))
         .add_service(
             EnrollmentServer::new(agents.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)

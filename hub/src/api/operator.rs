@@ -23,6 +23,7 @@ use crate::fleet::reports::Reports;
 use crate::fleet::tokens::TokenRequest;
 use crate::fleet::{Fleet, FleetDelta, ServerView};
 use crate::jobs::{self, Jobs};
+use crate::lifecycle::{Lifecycle, ProvisionRequest};
 use crate::runtime::Runtime;
 
 /// Servers per snapshot part: ~500 B each, so a part stays far below the 1 MiB message limit.
@@ -43,20 +44,26 @@ pub struct OperatorApi {
     identities: Arc<Identities>,
     jobs: Arc<Jobs>,
     audit: Arc<Audit>,
+    lifecycle: Arc<Lifecycle>,
     rt: Runtime,
 }
 
+/// What the operator API is built from.
+pub struct OperatorParts {
+    pub auth: Arc<Auth>,
+    pub fleet: Arc<Fleet>,
+    pub reports: Arc<Reports>,
+    pub identities: Arc<Identities>,
+    pub jobs: Arc<Jobs>,
+    pub audit: Arc<Audit>,
+    pub lifecycle: Arc<Lifecycle>,
+    pub rt: Runtime,
+}
+
 impl OperatorApi {
-    pub fn new(
-        auth: Arc<Auth>,
-        fleet: Arc<Fleet>,
-        reports: Arc<Reports>,
-        identities: Arc<Identities>,
-        jobs: Arc<Jobs>,
-        audit: Arc<Audit>,
-        rt: Runtime,
-    ) -> OperatorApi {
-        OperatorApi { auth, fleet, reports, identities, jobs, audit, rt }
+    pub fn new(p: OperatorParts) -> OperatorApi {
+        let OperatorParts { auth, fleet, reports, identities, jobs, audit, lifecycle, rt } = p;
+        OperatorApi { auth, fleet, reports, identities, jobs, audit, lifecycle, rt }
     }
 
     /// Records an admin operation that was done (join token, revocation).
@@ -210,6 +217,88 @@ impl Operator for OperatorApi {
         self.audit_admin(by, Kind::Revoke, "revoke-operator", String::new(), format!("revoked operator {name}"))
             .await?;
         Ok(Response::new(pb::RevokeOperatorResponse { sessions_closed: u32::from(closed) }))
+    }
+
+    async fn provision(
+        &self,
+        req: Request<pb::ProvisionRequest>,
+    ) -> Result<Response<pb::LifecycleJobResponse>, Status> {
+        let (by, _) = self.auth.operator(&req, Role::Admin, "provisioning servers")?;
+        let r = req.into_inner();
+        let req = ProvisionRequest {
+            customer: r.customer,
+            plan: r.plan,
+            location: r.location,
+            name: r.name,
+            idempotency_key: r.idempotency_key,
+        };
+        let (job, created) = self.lifecycle.provision(req, &by).await?;
+        Ok(Response::new(pb::LifecycleJobResponse { job: Some(convert::lifecycle_job(job)), created }))
+    }
+
+    async fn list_lifecycle_jobs(
+        &self,
+        req: Request<pb::ListLifecycleJobsRequest>,
+    ) -> Result<Response<pb::ListLifecycleJobsResponse>, Status> {
+        self.auth.operator(&req, Role::Viewer, "listing jobs")?;
+        let limit = match req.into_inner().limit {
+            0 => 200,
+            n => n.min(2_000) as usize,
+        };
+        let jobs = self.lifecycle.jobs(limit)?.into_iter().map(convert::lifecycle_job).collect();
+        let s = self.lifecycle.stats()?;
+        let stats = pb::QueueStats {
+            pending: s.pending,
+            running: s.running,
+            finished_last_hour: s.finished_last_hour,
+            failed_last_hour: s.failed_last_hour,
+        };
+        Ok(Response::new(pb::ListLifecycleJobsResponse { jobs, stats: Some(stats) }))
+    }
+
+    type WatchLifecycleJobStream = ReceiverStream<Result<pb::LifecycleJob, Status>>;
+
+    async fn watch_lifecycle_job(
+        &self,
+        req: Request<pb::WatchLifecycleJobRequest>,
+    ) -> Result<Response<Self::WatchLifecycleJobStream>, Status> {
+        self.auth.operator(&req, Role::Viewer, "watching jobs")?;
+        let id = req.into_inner().id;
+        let mut changed = self.lifecycle.subscribe();
+        let first = self.lifecycle.job(id)?;
+        let (tx, rx) = mpsc::channel(16);
+        let lifecycle = self.lifecycle.clone();
+        let stop = self.rt.stopping().clone();
+        self.rt.spawn(async move {
+            let mut last = first;
+            if tx.send(Ok(convert::lifecycle_job(last.clone()))).await.is_err() {
+                return;
+            }
+            while !last.state.is_final() {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tx.closed() => return,
+                    r = changed.changed() => if r.is_err() { return },
+                }
+                let Ok(now) = lifecycle.job(id) else { return };
+                if now != last {
+                    last = now;
+                    if tx.send(Ok(convert::lifecycle_job(last.clone()))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn cancel_lifecycle_job(
+        &self,
+        req: Request<pb::CancelLifecycleJobRequest>,
+    ) -> Result<Response<pb::LifecycleJob>, Status> {
+        let (by, _) = self.auth.operator(&req, Role::Admin, "cancelling jobs")?;
+        let job = self.lifecycle.cancel(req.into_inner().id, &by).await?;
+        Ok(Response::new(convert::lifecycle_job(job)))
     }
 
     type RunActionStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Send>>;

@@ -146,6 +146,18 @@ impl Registry {
         let _ = self.deltas.send(FleetDelta::Upsert(view));
     }
 
+    /// Forgets a server (its record was removed from the store); its stream, if any, is closed.
+    pub fn remove(&self, name: &str) {
+        let mut inner = self.lock();
+        if let Some(e) = inner.servers.remove(name) {
+            inner.by_agent.remove(&e.view.record.agent_id);
+            if let Some(s) = e.stream {
+                s.close.cancel();
+            }
+            let _ = self.deltas.send(FleetDelta::Removed(name.to_string()));
+        }
+    }
+
     /// A report was durably stored: new record and health.
     pub fn put_report(&self, record: ServerRecord, health: Health) {
         let mut inner = self.lock();

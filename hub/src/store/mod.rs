@@ -52,6 +52,9 @@ pub trait Servers: Send + Sync {
     fn servers(&self) -> Result<Vec<ServerRecord>>;
     /// Replaces (or creates) a record.
     async fn put_server(&self, record: &ServerRecord) -> Result<()>;
+    /// Removes a server that never came to be (a failed provision): its record, its unused tokens, its
+    /// history and apps state, in one write. Revoked serials and burned tokens stay.
+    async fn remove_server(&self, name: &str) -> Result<()>;
 }
 
 /// Join tokens and enrollment.

@@ -129,6 +129,8 @@ pub enum Kind {
     Cancel,
     Token,
     Revoke,
+    /// A lifecycle job queued or ended (provision, deprovision, ...).
+    Job,
 }
 
 impl Kind {
@@ -140,6 +142,7 @@ impl Kind {
             Kind::Cancel => "cancel",
             Kind::Token => "token",
             Kind::Revoke => "revoke",
+            Kind::Job => "job",
         }
     }
 }

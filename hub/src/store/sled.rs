@@ -239,6 +239,21 @@ impl Servers for SledStore {
     async fn put_server(&self, record: &ServerRecord) -> Result<()> {
         self.commit(vec![put_json(Tree::Servers, record.name.clone(), record)]).await
     }
+
+    async fn remove_server(&self, name: &str) -> Result<()> {
+        let _tokens = self.tokens.lock().await;
+        let mut ops: Vec<Op> = self
+            .all_json::<TokenRecord>(Tree::Tokens)?
+            .into_iter()
+            .filter(|(_, t)| t.server == name)
+            .map(|(hash, _)| Op::Del(Tree::Tokens, hash.into_bytes()))
+            .collect();
+        let (from, to) = (history_key(name, 0), history_key(name, u64::MAX));
+        ops.push(Op::DelRange(Tree::History, from, to));
+        ops.push(Op::Del(Tree::Apps, name.as_bytes().to_vec()));
+        ops.push(Op::Del(Tree::Servers, name.as_bytes().to_vec()));
+        self.commit(ops).await
+    }
 }
 
 #[async_trait]

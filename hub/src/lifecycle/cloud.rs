@@ -1,0 +1,309 @@
+//! The cloud the hub creates servers in: a small trait the provisioner speaks, and its Hetzner Cloud
+//! implementation over the `hcloud` crate.
+//!
+//! `hcloud` is a generated client that does no pagination, no retries and no rate-limit handling: that is
+//! done here. Every call is retried on 429, 5xx and transport errors with exponential backoff and full
+//! jitter, up to a bound; other errors are classified ([`CloudError`]) so the provisioner can act on them
+//! (a sold-out server type moves on to the plan's next location; a name already taken is looked up). The
+//! generated client does not expose response headers, so `RateLimit-Reset` cannot be honoured: a 429 waits
+//! the backoff instead (its cap is above Hetzner's refill interval of one request per second).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hcloud::apis::configuration::Configuration;
+use hcloud::apis::{Error as ApiError, actions_api, firewalls_api, servers_api, ssh_keys_api};
+use hcloud::models;
+
+/// A server in the cloud, as the provisioner needs it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CloudServer {
+    pub id: i64,
+    pub name: String,
+    pub status: String,
+    pub labels: BTreeMap<String, String>,
+    pub location: String,
+    pub ipv4: String,
+}
+
+/// What to create.
+#[derive(Clone, Debug)]
+pub struct NewServer {
+    pub name: String,
+    pub server_type: String,
+    pub image: String,
+    pub location: String,
+    pub labels: BTreeMap<String, String>,
+    pub user_data: String,
+    pub ssh_key: String,
+    pub firewall: i64,
+}
+
+/// Where a cloud action is.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ActionState {
+    Running(i32),
+    Succeeded,
+    Failed(String),
+}
+
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum CloudError {
+    #[error("the cloud API refused the token (401 unauthorized): check provision.token_file or HCLOUD_TOKEN")]
+    Unauthorized,
+    #[error("the cloud API token lacks the rights for this (403 forbidden): it must be a read & write token")]
+    Forbidden,
+    #[error("rate limited by the cloud API (429) {0} times in a row; try again later")]
+    RateLimited(u32),
+    #[error("the cloud API is unavailable: {0}")]
+    Unavailable(String),
+    /// `resource_unavailable`: e.g. the server type is sold out in the location.
+    #[error("{0}")]
+    ResourceUnavailable(String),
+    /// `uniqueness_error`: the name is taken.
+    #[error("{0}")]
+    Uniqueness(String),
+    #[error("not found")]
+    NotFound,
+    #[error("the cloud API refused the request: {0}")]
+    Invalid(String),
+}
+
+impl CloudError {
+    /// Worth another attempt of the job later.
+    pub fn transient(&self) -> bool {
+        matches!(self, CloudError::RateLimited(_) | CloudError::Unavailable(_))
+    }
+}
+
+#[async_trait]
+pub trait Cloud: Send + Sync {
+    /// Every server whose labels match `selector` (all pages).
+    async fn servers(&self, selector: &str) -> Result<Vec<CloudServer>, CloudError>;
+    /// Creates a server; returns it and its create action.
+    async fn create_server(&self, new: &NewServer) -> Result<(CloudServer, i64), CloudError>;
+    async fn action(&self, id: i64) -> Result<ActionState, CloudError>;
+    /// Deletes a server; one that is gone already is fine.
+    async fn delete_server(&self, id: i64) -> Result<(), CloudError>;
+    /// The SSH key called `name` (created with `public_key` when missing); returns its name.
+    async fn ensure_ssh_key(&self, name: &str, public_key: &str) -> Result<String, CloudError>;
+    /// The firewall called `name` that admits only TCP 80 and 443 (created when missing); returns its id.
+    async fn ensure_firewall(&self, name: &str) -> Result<i64, CloudError>;
+}
+
+/// Retries of one call on 429, 5xx and transport errors.
+#[derive(Clone, Copy, Debug)]
+pub struct Retry {
+    pub attempts: u32,
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry { attempts: 8, initial: Duration::from_millis(500), max: Duration::from_secs(20) }
+    }
+}
+
+/// Hetzner Cloud through `hcloud`.
+pub struct Hetzner {
+    config: Configuration,
+    retry: Retry,
+}
+
+const PER_PAGE: i64 = 50;
+
+impl Hetzner {
+    /// `base_url` is the API root (`https://api.hetzner.cloud/v1`, or a stand-in's).
+    pub fn new(base_url: &str, token: &str, retry: Retry) -> Hetzner {
+        let mut config = Configuration::new();
+        for key in ["https://api.hetzner.cloud/v1", "https://api.hetzner.com/v1"] {
+            config.base_path_mapping.insert(key.to_string(), base_url.trim_end_matches('/').to_string());
+        }
+        config.bearer_access_token = Some(token.to_string());
+        config.user_agent = Some(format!("outpost-hubd/{}", env!("CARGO_PKG_VERSION")));
+        config.client = reqwest_client();
+        Hetzner { config, retry }
+    }
+
+    /// Runs `call` with retries on what is worth retrying.
+    async fn call<T, E, F, Fut>(&self, what: &str, mut call: F) -> Result<T, CloudError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ApiError<E>>>,
+    {
+        let mut throttled = 0;
+        for attempt in 1..=self.retry.attempts {
+            let error = match call().await {
+                Ok(v) => return Ok(v),
+                Err(e) => classify(e),
+            };
+            if let CloudError::RateLimited(_) = error {
+                throttled += 1;
+            }
+            if !error.transient() || attempt == self.retry.attempts {
+                return Err(match error {
+                    CloudError::RateLimited(_) => CloudError::RateLimited(throttled),
+                    e => e,
+                });
+            }
+            let wait = full_jitter(self.retry.initial, self.retry.max, attempt);
+            tracing::debug!(what, attempt, %error, wait_ms = wait.as_millis() as u64, "cloud call retried");
+            tokio::time::sleep(wait).await;
+        }
+        unreachable!("the loop returns on its last attempt")
+    }
+}
+
+/// A client with timeouts: a hung API must not hold a job forever.
+fn reqwest_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap_or_default()
+}
+
+/// A random wait in `[0, min(max, initial * 2^(attempt-1))]` (exponential backoff with full jitter).
+pub fn full_jitter(initial: Duration, max: Duration, attempt: u32) -> Duration {
+    let ceiling = initial.saturating_mul(1u32 << attempt.saturating_sub(1).min(20)).min(max);
+    let r = u64::from_le_bytes(crate::pki::ca::random_bytes::<8>());
+    Duration::from_millis(r % (ceiling.as_millis() as u64 + 1))
+}
+
+fn classify<E>(e: ApiError<E>) -> CloudError {
+    match e {
+        ApiError::ResponseError(r) => {
+            let body: serde_json::Value = serde_json::from_str(&r.content).unwrap_or_default();
+            let code = body["error"]["code"].as_str().unwrap_or_default().to_string();
+            let message = outpost_common::text::excerpt(body["error"]["message"].as_str().unwrap_or(&r.content), 300);
+            match (r.status.as_u16(), code.as_str()) {
+                (401, _) => CloudError::Unauthorized,
+                (403, _) => CloudError::Forbidden,
+                (429, _) | (_, "rate_limit_exceeded") => CloudError::RateLimited(1),
+                (404, _) | (_, "not_found") => CloudError::NotFound,
+                (_, "uniqueness_error") => CloudError::Uniqueness(message),
+                (_, "resource_unavailable") => CloudError::ResourceUnavailable(message),
+                (s, _) if s >= 500 => CloudError::Unavailable(format!("{s} {code} {message}")),
+                (s, _) => CloudError::Invalid(format!("{s} {code}: {message}")),
+            }
+        }
+        ApiError::Reqwest(e) => CloudError::Unavailable(format!("cannot reach the API: {e}")),
+        ApiError::Serde(e) => CloudError::Invalid(format!("the API's answer is not what its schema says: {e}")),
+        ApiError::Io(e) => CloudError::Unavailable(e.to_string()),
+    }
+}
+
+fn server(s: models::Server) -> CloudServer {
+    CloudServer {
+        id: s.id,
+        name: s.name,
+        status: serde_json::to_value(s.status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+        labels: s.labels.into_iter().collect(),
+        location: s.location.name,
+        ipv4: s.public_net.ipv4.map(|ip| ip.ip).unwrap_or_default(),
+    }
+}
+
+#[async_trait]
+impl Cloud for Hetzner {
+    async fn servers(&self, selector: &str) -> Result<Vec<CloudServer>, CloudError> {
+        let mut out = Vec::new();
+        let mut page = 1;
+        loop {
+            let params = servers_api::ListServersParams {
+                label_selector: Some(selector.to_string()),
+                page: Some(page),
+                per_page: Some(PER_PAGE),
+                ..Default::default()
+            };
+            let r = self.call("list servers", || servers_api::list_servers(&self.config, params.clone())).await?;
+            out.extend(r.servers.into_iter().map(server));
+            match r.meta.pagination.next_page {
+                Some(next) if next > page => page = next,
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    async fn create_server(&self, new: &NewServer) -> Result<(CloudServer, i64), CloudError> {
+        let mut req = models::CreateServerRequest::new(new.image.clone(), new.name.clone(), new.server_type.clone());
+        req.location = Some(new.location.clone());
+        req.labels = Some(new.labels.clone().into_iter().collect());
+        req.user_data = Some(new.user_data.clone());
+        req.ssh_keys = Some(vec![new.ssh_key.clone()]);
+        req.firewalls = Some(vec![models::CreateServerRequestFirewalls::new(new.firewall)]);
+        req.start_after_create = Some(true);
+        let params = servers_api::CreateServerParams { create_server_request: req };
+        let r = self.call("create server", || servers_api::create_server(&self.config, params.clone())).await?;
+        Ok((server(*r.server), r.action.id))
+    }
+
+    async fn action(&self, id: i64) -> Result<ActionState, CloudError> {
+        let params = actions_api::GetActionParams { id };
+        let a = self.call("get action", || actions_api::get_action(&self.config, params.clone())).await?.action;
+        Ok(match a.status {
+            models::action::Status::Running => ActionState::Running(a.progress),
+            models::action::Status::Success => ActionState::Succeeded,
+            models::action::Status::Error => ActionState::Failed(
+                a.error.map(|e| format!("{}: {}", e.code, e.message)).unwrap_or_else(|| "failed".into()),
+            ),
+        })
+    }
+
+    async fn delete_server(&self, id: i64) -> Result<(), CloudError> {
+        let params = servers_api::DeleteServerParams { id };
+        match self.call("delete server", || servers_api::delete_server(&self.config, params.clone())).await {
+            Ok(_) | Err(CloudError::NotFound) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn ensure_ssh_key(&self, name: &str, public_key: &str) -> Result<String, CloudError> {
+        let params = ssh_keys_api::ListSshKeysParams { name: Some(name.to_string()), ..Default::default() };
+        let found = self.call("list ssh keys", || ssh_keys_api::list_ssh_keys(&self.config, params.clone())).await?;
+        if found.ssh_keys.iter().any(|k| k.name == name) {
+            return Ok(name.to_string());
+        }
+        let params = ssh_keys_api::CreateSshKeyParams {
+            create_ssh_key_request: models::CreateSshKeyRequest::new(name.to_string(), public_key.to_string()),
+        };
+        match self.call("create ssh key", || ssh_keys_api::create_ssh_key(&self.config, params.clone())).await {
+            Ok(_) | Err(CloudError::Uniqueness(_)) => Ok(name.to_string()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn ensure_firewall(&self, name: &str) -> Result<i64, CloudError> {
+        let find = || async {
+            let params = firewalls_api::ListFirewallsParams { name: Some(name.to_string()), ..Default::default() };
+            let r = self.call("list firewalls", || firewalls_api::list_firewalls(&self.config, params.clone())).await?;
+            Ok::<_, CloudError>(r.firewalls.into_iter().find(|f| f.name == name).map(|f| f.id))
+        };
+        if let Some(id) = find().await? {
+            return Ok(id);
+        }
+        let rule = |port: &str| {
+            let mut r = models::Rule::new(models::rule::Direction::In, models::rule::Protocol::Tcp);
+            r.port = Some(Some(port.to_string()));
+            r.source_ips = Some(vec!["0.0.0.0/0".into(), "::/0".into()]);
+            r.description = Some(Some(format!("web {port}")));
+            r
+        };
+        let mut req = models::CreateFirewallRequest::new(name.to_string());
+        req.rules = Some(vec![rule("80"), rule("443")]);
+        req.labels = Some([("managed-by".to_string(), "outpost".to_string())].into_iter().collect());
+        let params = firewalls_api::CreateFirewallParams { create_firewall_request: req };
+        match self.call("create firewall", || firewalls_api::create_firewall(&self.config, params.clone())).await {
+            Ok(r) => match r.firewall {
+                Some(f) => Ok(f.id),
+                None => find().await?.ok_or_else(|| CloudError::Invalid("created firewall not found".into())),
+            },
+            Err(CloudError::Uniqueness(_)) => {
+                find().await?.ok_or_else(|| CloudError::Invalid("firewall name taken but not listed".into()))
+            }
+            Err(e) => Err(e),
+        }
+    }
+}

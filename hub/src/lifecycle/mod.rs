@@ -1,0 +1,541 @@
+//! Servers that create and retire themselves: the durable job queue's workers and the jobs they run
+//! (provision; the deprovision timeline: suspend, archive, delete; reactivate).
+//!
+//! A job is a list of named steps. Each step is recorded in the job (start, end, result) before and after it
+//! runs, so a job taken up again (after a retry, or by a worker after a hub crash) skips the steps that ended
+//! well and continues where it stopped. Steps that create things look before they create (a cloud server
+//! is found by its `outpost-id` label first), so no step repeats a non-idempotent cloud call.
+//!
+//! Failures: a transient one (the cloud API unavailable or rate limited) retries the job later with
+//! exponential backoff and full jitter, up to the kind's maximum attempts; a permanent one (a bad token, a
+//! server that never became ready) fails it at once. A provision that fails or is cancelled deletes what it
+//! created: the cloud server, the record and its token. Nothing half-created is left behind.
+
+pub mod artifacts;
+pub mod cloud;
+pub mod config;
+pub mod provision;
+pub mod userdata;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Mutex, Notify, watch};
+
+use crate::error::HubError;
+use crate::fleet::Fleet;
+use crate::fleet::identities::Identities;
+use crate::runtime::Runtime;
+use crate::store::{
+    AuditEntry, HubStore, JobKind, JobState, Kind, Outcome, QueuedJob, StepRecord, StoreError, Submitted,
+};
+pub use config::{LifecycleConfig, PlanConfig, ProvisionConfig};
+use provision::Provisioner;
+
+/// Attempts per kind before a job fails for good.
+pub fn max_attempts(kind: JobKind) -> u32 {
+    match kind {
+        JobKind::Provision | JobKind::Reactivate => 5,
+        JobKind::EnrollSsh => 3,
+        JobKind::Deprovision | JobKind::Archive | JobKind::Delete => 10,
+    }
+}
+
+/// The hub's clock for the lifecycle (schedules, timeouts). Tests of the deprovision timeline move it:
+/// with `OUTPOST_TEST_CLOCK_FILE` set, the file holds milliseconds added to the real time.
+#[derive(Clone, Default)]
+pub struct Clock {
+    offset_file: Option<std::path::PathBuf>,
+}
+
+impl Clock {
+    pub fn from_env() -> Clock {
+        Clock { offset_file: std::env::var_os("OUTPOST_TEST_CLOCK_FILE").map(Into::into) }
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        let offset = self
+            .offset_file
+            .as_ref()
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .unwrap_or(0);
+        outpost_common::now_ms() + offset
+    }
+}
+
+/// How a job (or a step) did not succeed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum JobError {
+    /// Worth another attempt later (the kind's maximum permitting).
+    #[error("{0}")]
+    Retry(String),
+    /// Will not get better by retrying.
+    #[error("{0}")]
+    Fail(String),
+    /// An operator cancelled it.
+    #[error("cancelled")]
+    Cancelled,
+    /// Another worker holds the job now (this one stalled past its lease): stop without touching it.
+    #[error("another worker holds the job")]
+    Lost,
+}
+
+impl From<StoreError> for JobError {
+    fn from(e: StoreError) -> JobError {
+        match e {
+            StoreError::Conflict(_) => JobError::Lost,
+            e => JobError::Retry(format!("the hub store: {e}")),
+        }
+    }
+}
+
+impl From<cloud::CloudError> for JobError {
+    fn from(e: cloud::CloudError) -> JobError {
+        if e.transient() { JobError::Retry(e.to_string()) } else { JobError::Fail(e.to_string()) }
+    }
+}
+
+/// The queue's counters for the console, the API and (later) the alerts.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct QueueStats {
+    pub pending: u64,
+    pub running: u64,
+    /// Jobs that ended in the last hour, and how many of them failed.
+    pub finished_last_hour: u64,
+    pub failed_last_hour: u64,
+}
+
+/// A running job: the worker's copy, saved (lease renewed) on every change.
+pub struct JobCtx {
+    job: Mutex<QueuedJob>,
+    owner: String,
+    store: Arc<dyn HubStore>,
+    lease_ms: i64,
+    clock: Clock,
+    changed: watch::Sender<u64>,
+}
+
+impl JobCtx {
+    pub async fn snapshot(&self) -> QueuedJob {
+        self.job.lock().await.clone()
+    }
+
+    pub async fn fact(&self, key: &str) -> Option<String> {
+        self.job.lock().await.facts.get(key).cloned()
+    }
+
+    /// Stores the job with a renewed lease; learns of a cancel request.
+    async fn save_locked(&self, job: &mut QueuedJob) -> Result<(), JobError> {
+        let now = self.clock.now_ms();
+        job.lease_until_ms = now + self.lease_ms;
+        job.updated_ms = now;
+        if let Some(stored) = self.store.job(job.id)? {
+            job.cancel_requested |= stored.cancel_requested;
+        }
+        self.store.update_job(job, &self.owner, None).await?;
+        self.changed.send_modify(|v| *v += 1);
+        Ok(())
+    }
+
+    /// Renews the lease (and learns of a cancel request).
+    pub async fn heartbeat(&self) -> Result<(), JobError> {
+        let mut job = self.job.lock().await;
+        self.save_locked(&mut job).await
+    }
+
+    pub async fn set_fact(&self, key: &str, value: impl Into<String>) -> Result<(), JobError> {
+        let mut job = self.job.lock().await;
+        job.facts.insert(key.to_string(), value.into());
+        self.save_locked(&mut job).await
+    }
+
+    /// The running step's progress, in words (saved with the lease).
+    pub async fn progress(&self, text: impl Into<String>) -> Result<(), JobError> {
+        let mut job = self.job.lock().await;
+        job.progress = text.into();
+        self.save_locked(&mut job).await?;
+        if job.cancel_requested { Err(JobError::Cancelled) } else { Ok(()) }
+    }
+
+    /// Runs step `name` unless it already ended well (in this attempt or an earlier one). `run` returns what
+    /// it did, in words.
+    pub async fn step<F, Fut>(&self, name: &str, run: F) -> Result<(), JobError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<String, JobError>>,
+    {
+        {
+            let mut job = self.job.lock().await;
+            if job.done(name) {
+                return Ok(());
+            }
+            if job.cancel_requested {
+                return Err(JobError::Cancelled);
+            }
+            job.steps.push(StepRecord { name: name.into(), started_ms: self.clock.now_ms(), ..Default::default() });
+            job.progress.clear();
+            self.save_locked(&mut job).await?;
+        }
+        let result = run().await;
+        let mut job = self.job.lock().await;
+        let now = self.clock.now_ms();
+        if let Some(step) = job.steps.iter_mut().rev().find(|s| s.name == name) {
+            step.ended_ms = now;
+            match &result {
+                Ok(message) => (step.ok, step.message) = (true, message.clone()),
+                Err(JobError::Retry(m) | JobError::Fail(m)) => step.message = m.clone(),
+                Err(JobError::Cancelled) => step.message = "cancelled".into(),
+                Err(JobError::Lost) => return result.map(drop),
+            }
+        }
+        job.progress.clear();
+        self.save_locked(&mut job).await?;
+        result.map(drop)
+    }
+}
+
+/// What the lifecycle is built from.
+pub struct Parts {
+    pub store: Arc<dyn HubStore>,
+    pub fleet: Arc<Fleet>,
+    pub identities: Arc<Identities>,
+    pub config: LifecycleConfig,
+    /// `None`: provisioning is not configured (why, in words).
+    pub provisioner: Result<Arc<Provisioner>, String>,
+    pub clock: Clock,
+}
+
+/// The lifecycle service: submits jobs, runs them on workers, answers what the queue holds.
+pub struct Lifecycle {
+    store: Arc<dyn HubStore>,
+    fleet: Arc<Fleet>,
+    identities: Arc<Identities>,
+    config: LifecycleConfig,
+    provisioner: Result<Arc<Provisioner>, String>,
+    clock: Clock,
+    /// This hub process, as the holder of leases.
+    owner: String,
+    wake: Notify,
+    changed: watch::Sender<u64>,
+}
+
+/// A provision as asked.
+#[derive(Clone, Debug, Default)]
+pub struct ProvisionRequest {
+    pub customer: String,
+    pub plan: String,
+    pub location: String,
+    pub name: String,
+    pub idempotency_key: String,
+}
+
+impl Lifecycle {
+    pub fn new(p: Parts) -> Lifecycle {
+        let owner = format!("hub-{}", outpost_common::cert::hex(&crate::pki::ca::random_bytes::<6>()));
+        Lifecycle {
+            store: p.store,
+            fleet: p.fleet,
+            identities: p.identities,
+            config: p.config,
+            provisioner: p.provisioner,
+            clock: p.clock,
+            owner,
+            wake: Notify::new(),
+            changed: watch::channel(0).0,
+        }
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Bumped on every change of any job (for watchers).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn provisioner(&self) -> Result<&Arc<Provisioner>, HubError> {
+        self.provisioner.as_ref().map_err(|why| HubError::Invalid(format!("provisioning is not configured: {why}")))
+    }
+
+    /// Validates and queues a provision. The same idempotency key returns the job it created.
+    pub async fn provision(&self, req: ProvisionRequest, by: &str) -> Result<(QueuedJob, bool), HubError> {
+        let prov = self.provisioner()?;
+        let name = if req.name.is_empty() { req.customer.clone() } else { req.name.clone() };
+        let plan = prov.check(&req.customer, &req.plan, &req.location, &name)?;
+        let location = if req.location.is_empty() { plan.locations[0].clone() } else { req.location.clone() };
+        let params: BTreeMap<String, String> = [
+            ("customer".to_string(), req.customer.clone()),
+            ("plan".to_string(), req.plan.clone()),
+            ("location".to_string(), location),
+            ("name".to_string(), name.clone()),
+        ]
+        .into();
+        let key = if req.idempotency_key.is_empty() {
+            format!("provision/{}", outpost_common::cert::hex(&crate::pki::ca::random_bytes::<8>()))
+        } else {
+            req.idempotency_key.clone()
+        };
+        if key.len() > 128 || !outpost_common::text::is_printable(&key) {
+            return Err(HubError::Invalid("idempotency key: at most 128 printable characters".into()));
+        }
+        let existing_key = self.store.jobs(0)?.into_iter().any(|j| j.idempotency_key == key);
+        if !existing_key {
+            if self.fleet.registry().get(&name).is_some() {
+                return Err(HubError::Invalid(format!(
+                    "a server named {name} exists already; pick another with --name, or deprovision it first"
+                )));
+            }
+            if let Some(j) = self.open_job_for(&name)? {
+                return Err(HubError::Invalid(format!(
+                    "job {} ({}) for {name} is still {}; wait for it or cancel it (`outpost jobs cancel {}`)",
+                    j.id,
+                    j.kind.as_str(),
+                    j.state.as_str(),
+                    j.id
+                )));
+            }
+        }
+        let now = self.clock.now_ms();
+        let job = QueuedJob {
+            kind: JobKind::Provision,
+            priority: plan.priority,
+            idempotency_key: key,
+            params,
+            target: name.clone(),
+            customer: req.customer.clone(),
+            submitted_by: by.into(),
+            created_ms: now,
+            updated_ms: now,
+            max_attempts: max_attempts(JobKind::Provision),
+            ..Default::default()
+        };
+        self.submit(job, by).await
+    }
+
+    fn open_job_for(&self, target: &str) -> Result<Option<QueuedJob>, HubError> {
+        Ok(self.store.jobs(0)?.into_iter().find(|j| j.target == target && !j.state.is_final()))
+    }
+
+    async fn submit(&self, job: QueuedJob, by: &str) -> Result<(QueuedJob, bool), HubError> {
+        let audit = AuditEntry {
+            operator: by.into(),
+            role: "admin".into(),
+            kind: Kind::Job,
+            action: job.kind.as_str().into(),
+            args: job.params.clone(),
+            servers: vec![job.target.clone()],
+            message: format!("queued for {}", job.target),
+            ..Default::default()
+        };
+        let (job, new) = match self.store.submit_job(job, audit).await {
+            Ok(Submitted::New(j)) => (j, true),
+            Ok(Submitted::Existing(j)) => (j, false),
+            Err(StoreError::Conflict(m)) => return Err(HubError::Invalid(m)),
+            Err(e) => return Err(e.into()),
+        };
+        if new {
+            tracing::info!(job = job.id, kind = job.kind.as_str(), target = %job.target, by, "job queued");
+            self.changed.send_modify(|v| *v += 1);
+            self.wake.notify_waiters();
+        }
+        Ok((job, new))
+    }
+
+    pub fn job(&self, id: u64) -> Result<QueuedJob, HubError> {
+        self.store.job(id)?.ok_or_else(|| HubError::NotFound(format!("no job {id}")))
+    }
+
+    pub fn jobs(&self, limit: usize) -> Result<Vec<QueuedJob>, HubError> {
+        Ok(self.store.jobs(limit)?)
+    }
+
+    pub async fn cancel(&self, id: u64, by: &str) -> Result<QueuedJob, HubError> {
+        let audit = AuditEntry {
+            operator: by.into(),
+            role: "admin".into(),
+            kind: Kind::Cancel,
+            action: "job".into(),
+            job_id: id.to_string(),
+            message: format!("cancel job {id}"),
+            ..Default::default()
+        };
+        let job = self.store.cancel_job(id, audit).await?.ok_or_else(|| HubError::NotFound(format!("no job {id}")))?;
+        self.changed.send_modify(|v| *v += 1);
+        Ok(job)
+    }
+
+    pub fn stats(&self) -> Result<QueueStats, HubError> {
+        let hour_ago = self.clock.now_ms() - 3_600_000;
+        let mut s = QueueStats::default();
+        for j in self.store.jobs(0)? {
+            match j.state {
+                JobState::Pending => s.pending += 1,
+                JobState::Running => s.running += 1,
+                _ if j.finished_ms >= hour_ago => {
+                    s.finished_last_hour += 1;
+                    s.failed_last_hour += u64::from(j.state == JobState::Failed);
+                }
+                _ => {}
+            }
+        }
+        Ok(s)
+    }
+
+    /// Starts the workers (and the provisioner's reaper).
+    pub fn spawn(self: &Arc<Self>, rt: &Runtime) {
+        for _ in 0..self.config.workers {
+            let me = self.clone();
+            let stop = rt.stopping().clone();
+            rt.spawn(async move {
+                loop {
+                    me.drain(&stop).await;
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = me.wake.notified() => {}
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+            });
+        }
+        if let Ok(p) = &self.provisioner {
+            p.spawn_reaper(rt, self.store.clone());
+        }
+    }
+
+    /// Runs jobs until none is ready.
+    async fn drain(&self, stop: &tokio_util::sync::CancellationToken) {
+        while !stop.is_cancelled() {
+            let lease_ms = (self.config.lease_secs * 1000) as i64;
+            let job = match self.store.claim_job(&self.owner, self.clock.now_ms(), lease_ms).await {
+                Ok(Some(j)) => j,
+                Ok(None) => return,
+                Err(error) => {
+                    tracing::error!(%error, "cannot claim a job");
+                    return;
+                }
+            };
+            tracing::info!(job = job.id, kind = job.kind.as_str(), target = %job.target, attempt = job.attempt, "job started");
+            self.changed.send_modify(|v| *v += 1);
+            let ctx = Arc::new(JobCtx {
+                job: Mutex::new(job),
+                owner: self.owner.clone(),
+                store: self.store.clone(),
+                lease_ms,
+                clock: self.clock.clone(),
+                changed: self.changed.clone(),
+            });
+            // The lease is renewed while the job runs, whatever it waits for.
+            let beat = {
+                let ctx = ctx.clone();
+                let every = Duration::from_millis((lease_ms / 3).max(500) as u64);
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(every).await;
+                        if ctx.heartbeat().await == Err(JobError::Lost) {
+                            return;
+                        }
+                    }
+                })
+            };
+            let result = tokio::select! {
+                r = self.run(&ctx) => r,
+                () = stop.cancelled() => Err(JobError::Lost), // the hub stops: the lease runs out, another takes it up
+            };
+            beat.abort();
+            if let Err(error) = self.finish(&ctx, result).await {
+                tracing::error!(%error, "cannot record the end of a job");
+            }
+        }
+    }
+
+    async fn run(&self, ctx: &JobCtx) -> Result<String, JobError> {
+        let job = ctx.snapshot().await;
+        if job.cancel_requested {
+            return Err(JobError::Cancelled);
+        }
+        match job.kind {
+            JobKind::Provision => {
+                let prov = self.provisioner.as_ref().map_err(|why| JobError::Fail(why.clone()))?;
+                prov.run(ctx, &self.identities, &self.fleet).await
+            }
+            other => Err(JobError::Fail(format!("{} jobs are not built yet", other.as_str()))),
+        }
+    }
+
+    /// Records how the attempt ended: done, retried later, or failed (after cleaning up).
+    async fn finish(&self, ctx: &JobCtx, result: Result<String, JobError>) -> Result<(), StoreError> {
+        let mut job = ctx.snapshot().await;
+        let now = self.clock.now_ms();
+        let final_error = match result {
+            Err(JobError::Lost) => {
+                tracing::warn!(job = job.id, "lost the job's lease; another worker has it");
+                return Ok(());
+            }
+            Ok(message) => {
+                job.state = JobState::Succeeded;
+                job.progress = message;
+                job.error.clear();
+                None
+            }
+            Err(JobError::Retry(m)) if job.attempt < job.max_attempts => {
+                let wait = cloud::full_jitter(
+                    Duration::from_millis(self.config.retry_initial_ms),
+                    Duration::from_millis(self.config.retry_max_ms),
+                    job.attempt,
+                );
+                job.state = JobState::Pending;
+                job.not_before_ms = now + wait.as_millis() as i64;
+                job.error = m;
+                job.lease_until_ms = 0;
+                tracing::warn!(job = job.id, attempt = job.attempt, error = %job.error, retry_in_ms = wait.as_millis() as u64, "job will be retried");
+                ctx.store.update_job(&job, &ctx.owner, None).await?;
+                self.changed.send_modify(|v| *v += 1);
+                return Ok(());
+            }
+            Err(JobError::Retry(m)) => {
+                Some((JobState::Failed, format!("{m} (gave up after {} attempts)", job.attempt)))
+            }
+            Err(JobError::Fail(m)) => Some((JobState::Failed, m)),
+            Err(JobError::Cancelled) => Some((JobState::Cancelled, "cancelled by an operator".to_string())),
+        };
+        if let Some((state, message)) = final_error {
+            // Undo what the job created; a cleanup that fails is said in the job, and the reaper finds what
+            // was left in the cloud.
+            let undone = match (job.kind, &self.provisioner) {
+                (JobKind::Provision, Ok(p)) => p.undo(ctx, &self.identities, &self.fleet).await,
+                _ => Ok(String::new()),
+            };
+            job = ctx.snapshot().await;
+            job.state = state;
+            job.error = match undone {
+                Ok(u) if u.is_empty() => message,
+                Ok(u) => format!("{message}; {u}"),
+                Err(e) => format!("{message}; cleaning up failed: {e}"),
+            };
+        }
+        job.finished_ms = now;
+        job.lease_until_ms = 0;
+        let (outcome, message) = match job.state {
+            JobState::Succeeded => (Outcome::Succeeded, job.progress.clone()),
+            JobState::Cancelled => (Outcome::Cancelled, job.error.clone()),
+            _ => (Outcome::Failed, job.error.clone()),
+        };
+        let audit = AuditEntry {
+            operator: job.submitted_by.clone(),
+            kind: Kind::Job,
+            action: job.kind.as_str().into(),
+            servers: vec![job.target.clone()],
+            job_id: job.id.to_string(),
+            outcome,
+            message: message.clone(),
+            ..Default::default()
+        };
+        ctx.store.update_job(&job, &ctx.owner, Some(audit)).await?;
+        self.changed.send_modify(|v| *v += 1);
+        tracing::info!(job = job.id, kind = job.kind.as_str(), target = %job.target, state = job.state.as_str(), %message, "job ended");
+        Ok(())
+    }
+}

@@ -1,0 +1,215 @@
+//! The machines behind the fake Hetzner API: when a server "boots", its user-data's agentd part runs for
+//! real. The user-data is parsed by a real YAML parser (the system Python's, which cloud-init itself uses),
+//! its files are written into a throwaway root with their modes, K3s's install is played by writing the
+//! Kubernetes stand-in's kubeconfig where K3s writes its own, agentd is fetched from the hub's artifact
+//! endpoint with curl against the fleet CA and checked against the SHA-256 in the user-data, exactly as the
+//! install script does, and then started with the written config (paths re-rooted into the throwaway root).
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use standin::hetzner::{Booted, Machines};
+
+/// What happened to one booted server.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Boot {
+    /// agentd runs.
+    Started,
+    /// The install failed (the reason, as the install script would log it).
+    Failed(String),
+}
+
+pub struct TestMachines {
+    root: PathBuf,
+    kubeconfig: PathBuf,
+    /// Extra agentd config lines (test speeds).
+    extra: String,
+    children: Mutex<BTreeMap<i64, Child>>,
+    pub boots: Mutex<BTreeMap<String, Boot>>,
+    /// While set, booting servers wait (a test catches a provision waiting for its agent).
+    hold: (Mutex<bool>, std::sync::Condvar),
+}
+
+impl Drop for TestMachines {
+    fn drop(&mut self) {
+        for (_, mut c) in std::mem::take(&mut *self.children.lock().unwrap()) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The system Python, which has PyYAML (a cloud-init dependency).
+const PYTHON: &str = "/usr/bin/python3";
+
+/// user-data YAML → JSON through a real YAML parser.
+pub fn parse_user_data(user_data: &str) -> serde_json::Value {
+    let mut child = Command::new(PYTHON)
+        .args(["-c", "import sys, json, yaml; json.dump(yaml.safe_load(sys.stdin), sys.stdout)"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 with yaml (Debian python3-yaml, installed with cloud-init by scripts/test)");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(user_data.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "the user-data is not YAML");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The files a user-data writes: path → (mode, content).
+pub fn written_files(doc: &serde_json::Value) -> BTreeMap<String, (u32, Vec<u8>)> {
+    use base64::Engine;
+    let mut out = BTreeMap::new();
+    for f in doc["write_files"].as_array().expect("write_files") {
+        let content = f["content"].as_str().unwrap_or_default();
+        let bytes = match f["encoding"].as_str() {
+            Some("b64") | Some("base64") => base64::engine::general_purpose::STANDARD.decode(content).unwrap(),
+            _ => content.as_bytes().to_vec(),
+        };
+        let mode =
+            u32::from_str_radix(f["permissions"].as_str().unwrap_or("0644").trim_start_matches("0o"), 8).unwrap();
+        out.insert(f["path"].as_str().unwrap().to_string(), (mode, bytes));
+    }
+    out
+}
+
+/// A `NAME='value'` line of a shell script.
+fn shell_var(script: &str, name: &str) -> Option<String> {
+    script.lines().find_map(|l| l.strip_prefix(&format!("{name}='"))?.strip_suffix('\'').map(String::from))
+}
+
+impl TestMachines {
+    pub fn new(root: &Path, kubeconfig: &Path, extra: &str) -> Arc<TestMachines> {
+        Arc::new(TestMachines {
+            root: root.to_path_buf(),
+            kubeconfig: kubeconfig.to_path_buf(),
+            extra: extra.to_string(),
+            children: Mutex::default(),
+            boots: Mutex::default(),
+            hold: Default::default(),
+        })
+    }
+
+    /// Booting servers wait until [`TestMachines::release`].
+    pub fn hold(&self) {
+        *self.hold.0.lock().unwrap() = true;
+    }
+
+    pub fn release(&self) {
+        *self.hold.0.lock().unwrap() = false;
+        self.hold.1.notify_all();
+    }
+
+    pub fn boot_of(&self, name: &str) -> Option<Boot> {
+        self.boots.lock().unwrap().get(name).cloned()
+    }
+
+    /// The throwaway root of a server.
+    pub fn root_of(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    fn install(&self, server: &Booted) -> Result<Child, String> {
+        let root = self.root_of(&server.name);
+        std::fs::create_dir_all(&root).unwrap();
+        let doc = parse_user_data(&server.user_data);
+        let files = written_files(&doc);
+        for (path, (mode, bytes)) in &files {
+            let dest = root.join(path.trim_start_matches('/'));
+            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            std::fs::write(&dest, bytes).unwrap();
+            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(*mode)).unwrap();
+        }
+        // K3s's installer writes the cluster's kubeconfig here; the stand-in plays the cluster.
+        let k3s = root.join("etc/rancher/k3s/k3s.yaml");
+        std::fs::create_dir_all(k3s.parent().unwrap()).unwrap();
+        std::fs::copy(&self.kubeconfig, &k3s).unwrap();
+        // The install script's agentd part: fetch over TLS against the fleet CA, check the SHA-256.
+        let script = String::from_utf8_lossy(&files["/usr/local/lib/outpost/install.sh"].1).into_owned();
+        let url = shell_var(&script, "AGENTD_URL").ok_or("no AGENTD_URL in install.sh")?;
+        let sha = shell_var(&script, "AGENTD_SHA256").ok_or("no AGENTD_SHA256 in install.sh")?;
+        let agentd = root.join("usr/local/bin/agentd");
+        std::fs::create_dir_all(agentd.parent().unwrap()).unwrap();
+        let curl = Command::new("curl")
+            .args(["--fail", "--silent", "--show-error", "--cacert"])
+            .arg(root.join("etc/outpost/fleet-ca.pem"))
+            .arg("-o")
+            .arg(&agentd)
+            .arg(&url)
+            .output()
+            .map_err(|e| format!("curl: {e}"))?;
+        if !curl.status.success() {
+            return Err(format!("fetching {url}: {}", String::from_utf8_lossy(&curl.stderr).trim()));
+        }
+        let got = sha256_hex(&std::fs::read(&agentd).unwrap());
+        if got != sha {
+            return Err(format!("agentd from {url} does not match its SHA-256 {sha} (got {got}); not installed"));
+        }
+        std::fs::set_permissions(&agentd, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // The config as written, its paths re-rooted into the throwaway root.
+        let config = String::from_utf8_lossy(&files["/etc/outpost/agentd.toml"].1).into_owned();
+        let mut rerooted = String::new();
+        for line in config.lines() {
+            match line.split_once(" = \"/") {
+                Some((k, v)) => rerooted.push_str(&format!("{k} = \"{}/{v}\n", root.display())),
+                None => rerooted.push_str(&format!("{line}\n")),
+            }
+        }
+        rerooted.push_str(&self.extra);
+        let path = root.join("etc/outpost/agentd.run.toml");
+        std::fs::write(&path, rerooted).unwrap();
+        let log = std::fs::File::create(root.join("agentd.log")).unwrap();
+        Command::new(&agentd)
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("starting agentd: {e}"))
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let out = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(bytes)?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string()
+}
+
+impl Machines for TestMachines {
+    fn boot(&self, server: &Booted) {
+        let mut held = self.hold.0.lock().unwrap();
+        while *held {
+            held = self.hold.1.wait(held).unwrap();
+        }
+        drop(held);
+        let result = self.install(server);
+        let boot = match result {
+            Ok(child) => {
+                self.children.lock().unwrap().insert(server.id, child);
+                Boot::Started
+            }
+            Err(e) => Boot::Failed(e),
+        };
+        self.boots.lock().unwrap().insert(server.name.clone(), boot);
+    }
+
+    fn destroy(&self, id: i64, _name: &str) {
+        if let Some(mut c) = self.children.lock().unwrap().remove(&id) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
