@@ -145,25 +145,16 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     if let Err(why) = &provisioner {
         tracing::info!(%why, "provisioning is off");
     }
-    let lifecycle = Arc::new(lifecycle::Lifecycle::new(lifecycle::Parts {
-        store: store.clone(),
-        fleet: fleet.clone(),
-        identities: identities.clone(),
-        config: config.lifecycle.clone(),
+    let lifecycle = Arc::new(lifecycle::Lifecycle::new(
+        store.clone(),
+        (fleet.clone(), identities.clone()),
+        config.lifecycle.clone(),
         provisioner,
         clock,
-    }));
+    ));
     lifecycle.spawn(&rt);
-    let operator = OperatorApi::new(api::operator::OperatorParts {
-        auth,
-        fleet,
-        reports: reports.clone(),
-        identities: identities.clone(),
-        jobs,
-        audit,
-        lifecycle,
-        rt: rt.clone(),
-    });
+    let operator =
+        OperatorApi::new(auth, fleet, reports.clone(), identities.clone(), (jobs, lifecycle), audit, rt.clone());
     let serve = api::serve(
         listener,
         server_cert,

@@ -190,8 +190,8 @@ fn selects(selector: &str, labels: &BTreeMap<String, String>) -> bool {
     selector.split(',').map(str::trim).filter(|t| !t.is_empty()).all(|term| {
         if let Some((k, v)) = term.split_once("!=") {
             labels.get(k.trim()).is_none_or(|x| x != v.trim())
-        } else if let Some((k, v)) = term.split_once('=') {
-            labels.get(k.trim().trim_end_matches('=')).is_some_and(|x| x == v.trim())
+        } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+            labels.get(k.trim()).is_some_and(|x| x == v.trim())
         } else if let Some(k) = term.strip_prefix('!') {
             !labels.contains_key(k.trim())
         } else {

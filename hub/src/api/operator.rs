@@ -48,21 +48,17 @@ pub struct OperatorApi {
     rt: Runtime,
 }
 
-/// What the operator API is built from.
-pub struct OperatorParts {
-    pub auth: Arc<Auth>,
-    pub fleet: Arc<Fleet>,
-    pub reports: Arc<Reports>,
-    pub identities: Arc<Identities>,
-    pub jobs: Arc<Jobs>,
-    pub audit: Arc<Audit>,
-    pub lifecycle: Arc<Lifecycle>,
-    pub rt: Runtime,
-}
-
 impl OperatorApi {
-    pub fn new(p: OperatorParts) -> OperatorApi {
-        let OperatorParts { auth, fleet, reports, identities, jobs, audit, lifecycle, rt } = p;
+    /// `work`: the action jobs and the lifecycle jobs.
+    pub fn new(
+        auth: Arc<Auth>,
+        fleet: Arc<Fleet>,
+        reports: Arc<Reports>,
+        identities: Arc<Identities>,
+        (jobs, lifecycle): (Arc<Jobs>, Arc<Lifecycle>),
+        audit: Arc<Audit>,
+        rt: Runtime,
+    ) -> OperatorApi {
         OperatorApi { auth, fleet, reports, identities, jobs, audit, lifecycle, rt }
     }
 

@@ -196,17 +196,6 @@ impl JobCtx {
     }
 }
 
-/// What the lifecycle is built from.
-pub struct Parts {
-    pub store: Arc<dyn HubStore>,
-    pub fleet: Arc<Fleet>,
-    pub identities: Arc<Identities>,
-    pub config: LifecycleConfig,
-    /// `None`: provisioning is not configured (why, in words).
-    pub provisioner: Result<Arc<Provisioner>, String>,
-    pub clock: Clock,
-}
-
 /// The lifecycle service: submits jobs, runs them on workers, answers what the queue holds.
 pub struct Lifecycle {
     store: Arc<dyn HubStore>,
@@ -232,15 +221,22 @@ pub struct ProvisionRequest {
 }
 
 impl Lifecycle {
-    pub fn new(p: Parts) -> Lifecycle {
+    /// `provisioner`: `Err(why)` when provisioning is not configured.
+    pub fn new(
+        store: Arc<dyn HubStore>,
+        (fleet, identities): (Arc<Fleet>, Arc<Identities>),
+        config: LifecycleConfig,
+        provisioner: Result<Arc<Provisioner>, String>,
+        clock: Clock,
+    ) -> Lifecycle {
         let owner = format!("hub-{}", outpost_common::cert::hex(&crate::pki::ca::random_bytes::<6>()));
         Lifecycle {
-            store: p.store,
-            fleet: p.fleet,
-            identities: p.identities,
-            config: p.config,
-            provisioner: p.provisioner,
-            clock: p.clock,
+            store,
+            fleet,
+            identities,
+            config,
+            provisioner,
+            clock,
             owner,
             wake: Notify::new(),
             changed: watch::channel(0).0,
