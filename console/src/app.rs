@@ -7,7 +7,7 @@ use std::time::Duration;
 use crossterm::event::{Event, EventStream, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use futures::StreamExt;
 use outpost_proto::v1::operator_client::OperatorClient;
-use outpost_proto::v1::{CancelJobRequest, GetServerRequest, QueryAuditRequest};
+use outpost_proto::v1::{CancelJobRequest, GetServerRequest, ListLifecycleJobsRequest, QueryAuditRequest};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -60,6 +60,7 @@ pub fn apply(app: &mut App, ev: ConnEvent) {
         ConnEvent::Job(e) => app.apply_job(*e),
         ConnEvent::JobRefused(text) => app.job_refused(text),
         ConnEvent::Audit(records) => app.apply_audit(records),
+        ConnEvent::Queue(r) => app.apply_queue(*r),
         ConnEvent::Down { error, retry_in } => {
             app.conn = Conn::Reconnecting { error, retry_in_ms: retry_in.as_millis() as u64 }
         }
@@ -115,7 +116,10 @@ pub async fn run(mut app: App, channel: Channel) -> anyhow::Result<()> {
                 dirty = true;
             }
             _ = tokio::time::sleep_until(next_frame), if dirty => {}
-            _ = tick.tick() => dirty = true,
+            _ = tick.tick() => {
+                app.tick();
+                dirty = true;
+            }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
     };
@@ -165,6 +169,13 @@ async fn request(ch: Channel, tx: mpsc::Sender<ConnEvent>, r: Request) {
             if let Err(s) = client.cancel_job(CancelJobRequest { job_id }).await {
                 let _ = tx.send(ConnEvent::Error(format!("cancel: {}", s.message()))).await;
             }
+        }
+        Request::Queue => {
+            let ev = match client.list_lifecycle_jobs(ListLifecycleJobsRequest { limit: 500 }).await {
+                Ok(r) => ConnEvent::Queue(Box::new(r.into_inner())),
+                Err(s) => ConnEvent::Error(format!("jobs: {}", s.message())),
+            };
+            let _ = tx.send(ev).await;
         }
         Request::Audit => {
             let ev = match client.query_audit(QueryAuditRequest { limit: 500, ..Default::default() }).await {

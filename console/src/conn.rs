@@ -21,6 +21,7 @@ pub enum ConnEvent {
     /// The hub refused (or lost) the job request.
     JobRefused(String),
     Audit(Vec<outpost_proto::v1::AuditRecord>),
+    Queue(Box<outpost_proto::v1::ListLifecycleJobsResponse>),
     Down {
         error: String,
         retry_in: Duration,

@@ -6,6 +6,7 @@ pub mod actions;
 pub mod filter;
 pub mod fleet;
 pub mod keymap;
+pub mod queue;
 
 use std::collections::VecDeque;
 
@@ -15,6 +16,7 @@ pub use actions::{ArgsForm, Confirm, JobView, Menu};
 pub use filter::Filter;
 pub use fleet::{Column, Counts, FleetTable};
 pub use keymap::{Action, Key};
+pub use queue::QueuePage;
 
 /// History points kept for the open server (the hub keeps 360 by default: an hour at 10 s).
 pub const DETAIL_POINTS: usize = 360;
@@ -42,6 +44,10 @@ pub enum Screen {
     Apps,
     /// One app on one server: its state and deployment history.
     App(String, String),
+    /// The hub's lifecycle job queue (provision, deprovision, ...).
+    Queue,
+    /// One lifecycle job: its steps.
+    QueueJob(u64),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,6 +106,8 @@ pub enum Request {
     Run(Box<outpost_proto::v1::RunActionRequest>),
     CancelJob(String),
     Audit,
+    /// The lifecycle job queue.
+    Queue,
 }
 
 pub const COMMANDS: [(&str, &str); 7] = [
@@ -107,7 +115,7 @@ pub const COMMANDS: [(&str, &str); 7] = [
     ("apps", "every app on every server (the fleet filter applies), failing first"),
     ("alerts", "alerts"),
     ("audit", "the audit log"),
-    ("jobs", "provisioning jobs"),
+    ("jobs", "the lifecycle job queue: provision, deprovision, ..."),
     ("help", "keys and commands"),
     ("quit", "leave the console"),
 ];
@@ -168,6 +176,7 @@ pub struct App {
     pub job: Option<JobView>,
     pub audit: AuditPage,
     pub apps_page: AppsPage,
+    pub queue: QueuePage,
 }
 
 impl App {
@@ -186,6 +195,7 @@ impl App {
             job: None,
             audit: AuditPage::default(),
             apps_page: AppsPage::default(),
+            queue: QueuePage::default(),
         }
     }
 
@@ -321,10 +331,12 @@ impl App {
                 self.confirm_key(c, k);
                 true
             }
-            Mode::Normal => match keymap::lookup(k, matches!(self.screen, Screen::Fleet | Screen::Apps)) {
-                Some(a) => self.act(a),
-                None => true,
-            },
+            Mode::Normal => {
+                match keymap::lookup(k, matches!(self.screen, Screen::Fleet | Screen::Apps | Screen::Queue)) {
+                    Some(a) => self.act(a),
+                    None => true,
+                }
+            }
         }
     }
 
@@ -344,6 +356,22 @@ impl App {
 
     pub fn act(&mut self, a: Action) -> bool {
         self.message = None;
+        if self.screen == Screen::Queue {
+            match a {
+                Action::Up => self.queue.move_by(-1),
+                Action::Down => self.queue.move_by(1),
+                Action::Top => self.queue.move_by(isize::MIN / 2),
+                Action::Bottom => self.queue.move_by(isize::MAX / 2),
+                Action::Open => {
+                    if let Some(j) = self.queue.selected() {
+                        self.screen = Screen::QueueJob(j.id);
+                    }
+                }
+                Action::Refresh => self.requests.push(Request::Queue),
+                _ => return self.act_common(a),
+            }
+            return true;
+        }
         if self.screen == Screen::Apps {
             match a {
                 Action::Up => {
@@ -372,6 +400,10 @@ impl App {
                 _ => {}
             }
         }
+        self.act_common(a)
+    }
+
+    fn act_common(&mut self, a: Action) -> bool {
         match a {
             Action::Up => self.fleet.move_by(-1),
             Action::Down => self.fleet.move_by(1),
@@ -385,8 +417,9 @@ impl App {
                 }
             }
             Action::Back => match self.screen {
-                Screen::Job | Screen::Audit | Screen::Apps => self.screen = Screen::Fleet,
+                Screen::Job | Screen::Audit | Screen::Apps | Screen::Queue => self.screen = Screen::Fleet,
                 Screen::App(..) => self.screen = Screen::Apps,
+                Screen::QueueJob(_) => self.screen = Screen::Queue,
                 Screen::Server(_) => {
                     self.screen = Screen::Fleet;
                     self.detail = None;
@@ -438,14 +471,15 @@ impl App {
                 self.screen = Screen::Apps;
                 self.detail = None;
             }
-            "job" | "jobs" if self.job.is_some() => self.screen = Screen::Job,
+            "job" if self.job.is_some() => self.screen = Screen::Job,
+            "job" => self.say("no action job started from this console yet; :jobs is the lifecycle queue", true),
+            "jobs" => self.open_queue(),
             "alerts" => {
                 // The servers the header counts as alerts (lost, K3s failed, a disk ≥ 90 %).
                 self.screen = Screen::Fleet;
                 self.detail = None;
                 self.set_filter("is:alert");
             }
-            "jobs" => self.say(format!(":{cmd} is not served by this hub version yet"), true),
             other => match other.strip_prefix("server ").map(str::trim) {
                 Some(name) if self.fleet.server(name).is_some() => self.open(name),
                 Some(name) => self.say(format!("no server named {name:?}"), true),

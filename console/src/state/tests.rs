@@ -347,3 +347,47 @@ fn first_hour_papercuts() {
     let Mode::Actions(m) = &a.mode else { panic!("{:?}", a.mode) };
     assert_eq!(m.cursor, 0);
 }
+
+fn lifecycle_job(id: u64, state: &str, target: &str) -> outpost_proto::v1::LifecycleJob {
+    outpost_proto::v1::LifecycleJob {
+        id,
+        kind: "provision".into(),
+        state: state.into(),
+        target: target.into(),
+        attempt: 1,
+        max_attempts: 5,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn jobs_opens_the_queue_refreshes_it_and_keeps_its_text_inert() {
+    let mut a = app();
+    typ(&mut a, ":jobs");
+    a.key(Key::Enter);
+    assert_eq!(a.screen, Screen::Queue);
+    assert_eq!(a.requests.drain(..).collect::<Vec<_>>(), [Request::Queue]);
+    a.tick();
+    assert_eq!(a.requests.drain(..).collect::<Vec<_>>(), [Request::Queue], "an open queue is refreshed");
+    let mut hostile = lifecycle_job(7, "running", "acme");
+    hostile.progress = "K3s not Ready: \u{1b}]52;c;cm0gLXJmIC8=\u{7}".into();
+    a.apply_queue(outpost_proto::v1::ListLifecycleJobsResponse {
+        jobs: vec![hostile, lifecycle_job(6, "succeeded", "beta")],
+        stats: Some(outpost_proto::v1::QueueStats {
+            pending: 0,
+            running: 1,
+            finished_last_hour: 1,
+            failed_last_hour: 0,
+        }),
+    });
+    assert!(!a.queue.jobs[0].progress.contains('\u{1b}'), "{:?}", a.queue.jobs[0].progress);
+    a.key(Key::Char('j'));
+    a.key(Key::Enter);
+    assert_eq!(a.screen, Screen::QueueJob(6));
+    a.key(Key::Esc);
+    assert_eq!(a.screen, Screen::Queue);
+    a.key(Key::Esc);
+    assert_eq!(a.screen, Screen::Fleet);
+    a.tick();
+    assert!(a.requests.is_empty(), "a closed queue is not polled");
+}

@@ -4,6 +4,7 @@
 
 mod fleet;
 mod job;
+mod queue;
 mod server;
 
 use ratatui::Frame;
@@ -75,6 +76,8 @@ pub fn render(frame: &mut Frame, app: &mut App, now_ms: i64, theme: Theme) {
         Screen::Audit => job::render_audit(frame, app, body, theme),
         Screen::Apps => render_apps(frame, app, body, theme),
         Screen::App(server, name) => render_app(frame, app, &server, &name, body, now_ms, theme),
+        Screen::Queue => queue::render_queue(frame, app, body, now_ms, theme),
+        Screen::QueueJob(id) => queue::render_queue_job(frame, app, id, body, theme),
     }
     render_footer(frame, app, footer, theme);
     match &app.mode {
@@ -153,6 +156,8 @@ fn render_footer(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
                 Screen::App(..) => {
                     " q quit  esc back  a actions (app-deploy, app-rollback, app-logs…)  ? help  : command"
                 }
+                Screen::Queue => " q quit  esc back  j/k move  enter open  r refresh  ? help  : command",
+                Screen::QueueJob(_) => " q quit  esc back  ? help  : command",
             }),
         },
     };
@@ -206,8 +211,13 @@ mod tests;
 /// of `width`×`height` and returns each as text: for tests and tools that check what an operator would see.
 pub fn render_all_for_test(app: &mut App, width: u16, height: u16) -> Vec<(&'static str, String)> {
     let first = app.fleet.rows().first().cloned();
-    let mut screens =
-        vec![("fleet", Screen::Fleet), ("job", Screen::Job), ("audit", Screen::Audit), ("apps", Screen::Apps)];
+    let mut screens = vec![
+        ("fleet", Screen::Fleet),
+        ("job", Screen::Job),
+        ("audit", Screen::Audit),
+        ("apps", Screen::Apps),
+        ("jobs", Screen::Queue),
+    ];
     if let Some(name) = first {
         screens.push(("server", Screen::Server(name)));
     }

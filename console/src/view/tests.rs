@@ -353,3 +353,64 @@ fn audit_view() {
     ]);
     both("audit", &mut app);
 }
+
+#[test]
+fn the_job_queue_and_a_job_s_steps() {
+    use outpost_proto::v1::{LifecycleJob, LifecycleStep, ListLifecycleJobsResponse, QueueStats};
+    let mut app = fixture();
+    let step = |name: &str, at: i64, end: i64, ok: bool, msg: &str| LifecycleStep {
+        name: name.into(),
+        started_ms: NOW - at,
+        ended_ms: if end == 0 { 0 } else { NOW - end },
+        ok,
+        message: msg.into(),
+    };
+    let running = LifecycleJob {
+        id: 12,
+        kind: "provision".into(),
+        state: "running".into(),
+        target: "acme".into(),
+        attempt: 2,
+        max_attempts: 5,
+        submitted_by: "alice".into(),
+        params: [("customer".to_string(), "acme".to_string()), ("plan".to_string(), "pro".to_string())].into(),
+        progress: "agent online; waiting for its first cluster report".into(),
+        steps: vec![
+            step("register", 40_000, 39_900, true, "server record acme and a single-use join token (valid 900s)"),
+            step("create", 39_000, 38_000, true, "server acme (id 42, cx32) in fsn1"),
+            step("boot", 38_000, 20_000, true, "server 42 is running"),
+            step("ready", 20_000, 0, false, ""),
+        ],
+        ..Default::default()
+    };
+    let failed = LifecycleJob {
+        id: 11,
+        kind: "provision".into(),
+        state: "failed".into(),
+        target: "beta".into(),
+        attempt: 1,
+        max_attempts: 5,
+        error: "the cloud API token lacks the rights for this (403 forbidden)".into(),
+        steps: vec![step("cloud-setup", 90_000, 89_000, false, "403 forbidden")],
+        ..Default::default()
+    };
+    let retrying = LifecycleJob {
+        id: 10,
+        kind: "provision".into(),
+        state: "pending".into(),
+        target: "gamma".into(),
+        attempt: 1,
+        max_attempts: 5,
+        not_before_ms: NOW + 30_000,
+        error: "rate limited by the cloud API (429) 8 times in a row; try again later".into(),
+        ..Default::default()
+    };
+    app.apply_queue(ListLifecycleJobsResponse {
+        jobs: vec![running, failed, retrying],
+        stats: Some(QueueStats { pending: 1, running: 1, finished_last_hour: 1, failed_last_hour: 1 }),
+    });
+    app.screen = crate::state::Screen::Queue;
+    both("jobs", &mut app);
+    app.screen = crate::state::Screen::QueueJob(12);
+    both("job_steps", &mut app);
+}
