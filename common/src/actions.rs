@@ -285,6 +285,15 @@ pub static CATALOG: &[ActionSpec] = &[
         args: &[APP_ARG],
     },
     ActionSpec {
+        name: "instance-export",
+        summary: "the server's apps as data (specs with their secrets, deployments, activity), as JSON: what a deprovision archives",
+        role: Role::Admin,
+        destructive: false,
+        default_deadline: Duration::from_secs(120),
+        max_deadline: Duration::from_secs(900),
+        args: &[],
+    },
+    ActionSpec {
         name: "k3s-status",
         summary: "K3s nodes, versions, pods and system pods, from the Kubernetes API",
         role: Role::Support,
@@ -356,6 +365,7 @@ pub enum Action {
     AppRemove { app: String },
     RepoSync { app: String },
     K3sStatus,
+    InstanceExport,
 }
 
 impl Action {
@@ -456,6 +466,7 @@ impl Action {
             "app-remove" => Action::AppRemove { app: get("app")?.to_string() },
             "repo-sync" => Action::RepoSync { app: get("app")?.to_string() },
             "k3s-status" => Action::K3sStatus,
+            "instance-export" => Action::InstanceExport,
             other => unreachable!("catalog action {other} has no parser"),
         };
         Ok((action, spec))

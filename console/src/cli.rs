@@ -94,6 +94,13 @@ pub enum Command {
     /// Create a server for a customer (Hetzner Cloud, cloud-init, K3s, agentd) and follow the job until it
     /// is online. Admin.
     Provision(crate::lifecycle::ProvisionArgs),
+    /// Deprovision a customer: apps stopped and servers suspended at once; data archived and servers deleted
+    /// after [lifecycle] archive_after_secs (7 days); the archive deleted after delete_after_secs (30 days).
+    /// Admin; confirm with `--yes CUSTOMER`.
+    Deprovision(crate::lifecycle::CustomerArgs),
+    /// Bring a deprovisioned customer back: before the archive, its apps; after it, a new server with the
+    /// archive restored. Admin.
+    Reactivate(crate::lifecycle::CustomerArgs),
     /// The lifecycle job queue (provision, deprovision, ...).
     #[command(subcommand)]
     Jobs(crate::lifecycle::JobsCmd),

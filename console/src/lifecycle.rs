@@ -35,6 +35,20 @@ pub struct ProvisionArgs {
     pub output: Output,
 }
 
+#[derive(Clone, Debug, Args)]
+pub struct CustomerArgs {
+    #[arg(long)]
+    pub customer: String,
+    /// Confirms a deprovision: the customer's name again.
+    #[arg(long, value_name = "CUSTOMER")]
+    pub yes: Option<String>,
+    /// Print the job ids and return at once instead of following them.
+    #[arg(long)]
+    pub detach: bool,
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
 #[derive(Clone, Debug, Subcommand)]
 pub enum JobsCmd {
     /// The queue, newest first, with its counters.
@@ -64,8 +78,37 @@ pub enum JobsCmd {
 fn step_count(kind: &str) -> u64 {
     match kind {
         "provision" => 5,
+        "deprovision" | "archive" => 4,
+        "delete" => 2,
+        "reactivate" => 4,
         _ => 1,
     }
+}
+
+/// `outpost deprovision` and `outpost reactivate`: queue, then follow each job.
+pub async fn customer_jobs(bundle: &Bundle, a: &CustomerArgs, reactivate: bool) -> anyhow::Result<String> {
+    let mut c = client(bundle)?;
+    let jobs = if reactivate {
+        c.reactivate(pb::ReactivateRequest { customer: a.customer.clone() }).await
+    } else {
+        let confirm = a.yes.clone().unwrap_or_default();
+        c.deprovision(pb::DeprovisionRequest { customer: a.customer.clone(), confirm }).await
+    }
+    .map_err(|s| rpc(bundle, s))?
+    .into_inner()
+    .jobs;
+    let mut out = String::new();
+    for j in &jobs {
+        if a.detach {
+            out.push_str(&match a.output {
+                Output::Json => format!("{}\n", job_json(j)),
+                Output::Table => format!("job {} queued: {} {}\n", j.id, j.kind, inert(&j.target)),
+            });
+        } else {
+            out.push_str(&follow(bundle, j.id, a.output).await?);
+        }
+    }
+    Ok(out)
 }
 
 pub fn job_json(j: &pb::LifecycleJob) -> serde_json::Value {

@@ -145,10 +145,12 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     if let Err(why) = &provisioner {
         tracing::info!(%why, "provisioning is off");
     }
+    let mut lifecycle_config = config.lifecycle.clone();
+    lifecycle_config.archive_dir.get_or_insert_with(|| data_dir.join("archive"));
     let lifecycle = Arc::new(lifecycle::Lifecycle::new(
         store.clone(),
-        (fleet.clone(), identities.clone()),
-        config.lifecycle.clone(),
+        (fleet.clone(), identities.clone(), jobs.clone()),
+        lifecycle_config,
         provisioner,
         clock,
     ));

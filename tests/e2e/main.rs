@@ -14,3 +14,4 @@ mod renewal;
 mod shutdown;
 mod sim;
 mod ssh_repos;
+mod timeline;

@@ -29,6 +29,11 @@ pub struct Cloud {
 /// A hub with provisioning against a fake Hetzner API whose servers boot real agents. `extra` adds hubd
 /// config lines to `[provision]`.
 pub async fn cloud(extra: &str) -> Cloud {
+    cloud_with(extra, "", None).await
+}
+
+/// As [`cloud`], with `[lifecycle]` lines and a clock file (milliseconds added to hubd's lifecycle clock).
+pub async fn cloud_with(extra: &str, lifecycle: &str, clock: Option<&std::path::Path>) -> Cloud {
     init();
     let dir = tempfile::tempdir().unwrap();
     let kube = KubeStandIn::start_with_controller(&dir.path().join("kube")).await;
@@ -37,7 +42,10 @@ pub async fn cloud(extra: &str) -> Cloud {
     let machines = TestMachines::new(
         &dir.path().join("machines"),
         &kube.kubeconfig,
-        "report_interval_ms = 200\nbackoff_initial_ms = 100\nbackoff_max_ms = 1000\napps_report_secs = 1\n",
+        &format!(
+            "report_interval_ms = 200\nbackoff_initial_ms = 100\nbackoff_max_ms = 1000\napps_report_secs = 1\nrollout_poll_ms = 20\nrepo_roots = [\"{}\"]\n",
+            dir.path().display()
+        ),
     );
     fake.set_machines(machines.clone());
     let hub_dir = dir.path().join("hub");
@@ -48,11 +56,12 @@ pub async fn cloud(extra: &str) -> Cloud {
     std::fs::write(&token_file, TOKEN).unwrap();
     std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let config = format!(
-        "[provision]\napi_url = \"{}\"\ntoken_file = \"{}\"\nssh_public_key = \"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOutpostBreakGlassTestKey0000000000000000 ops\"\npoll_ms = 100\napi_backoff_initial_ms = 50\napi_backoff_max_ms = 400\n{extra}\n[lifecycle]\nlease_secs = 3\nretry_initial_ms = 100\nretry_max_ms = 1000\n",
+        "[provision]\napi_url = \"{}\"\ntoken_file = \"{}\"\nssh_public_key = \"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOutpostBreakGlassTestKey0000000000000000 ops\"\npoll_ms = 100\napi_backoff_initial_ms = 50\napi_backoff_max_ms = 400\n{extra}\n[lifecycle]\nlease_secs = 3\nretry_initial_ms = 100\nretry_max_ms = 1000\n{lifecycle}\n",
         fake.url(),
         token_file.display()
     );
-    let hub = HubProc::start(&hub_dir, free_port(), &config).await;
+    let env = clock.map(|c| vec![("OUTPOST_TEST_CLOCK_FILE".to_string(), c.display().to_string())]).unwrap_or_default();
+    let hub = HubProc::start_env(&hub_dir, free_port(), &config, env).await;
     Cloud { fake, machines, hub, _kube: kube, dir }
 }
 

@@ -108,13 +108,24 @@ impl TestMachines {
         self.boots.lock().unwrap().get(name).cloned()
     }
 
-    /// The throwaway root of a server.
+    /// The throwaway root of the newest server called `name` (each cloud server has its own disk).
     pub fn root_of(&self, name: &str) -> PathBuf {
-        self.root.join(name)
+        let mut mine: Vec<(i64, PathBuf)> = std::fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let f = e.file_name().to_string_lossy().into_owned();
+                let (n, id) = f.rsplit_once('-')?;
+                (n == name).then(|| Some((id.parse().ok()?, e.path())))?
+            })
+            .collect();
+        mine.sort();
+        mine.pop().map(|(_, p)| p).unwrap_or_else(|| self.root.join(format!("{name}-0")))
     }
 
     fn install(&self, server: &Booted) -> Result<Child, String> {
-        let root = self.root_of(&server.name);
+        let root = self.root.join(format!("{}-{}", server.name, server.id));
         std::fs::create_dir_all(&root).unwrap();
         let doc = parse_user_data(&server.user_data);
         let files = written_files(&doc);

@@ -51,11 +51,18 @@ pub struct HubProc {
     pub url: String,
     pub pin: String,
     config: PathBuf,
+    /// Environment given to hubd (kept across restarts).
+    env: Vec<(String, String)>,
 }
 
 impl HubProc {
     /// Starts hubd with `extra` TOML lines and waits for its READY line.
     pub async fn start(dir: &Path, port: u16, extra: &str) -> HubProc {
+        HubProc::start_env(dir, port, extra, Vec::new()).await
+    }
+
+    /// As [`HubProc::start`], with environment variables for hubd.
+    pub async fn start_env(dir: &Path, port: u16, extra: &str, env: Vec<(String, String)>) -> HubProc {
         std::fs::create_dir_all(dir).unwrap();
         let config = dir.join("hubd.toml");
         std::fs::write(
@@ -68,6 +75,7 @@ impl HubProc {
             .arg("--config")
             .arg(&config)
             .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .kill_on_drop(true)
@@ -84,7 +92,7 @@ impl HubProc {
         assert_eq!(parts.next(), Some("READY"), "unexpected first line {line:?}");
         let url = parts.next().unwrap().to_string();
         let pin = parts.next().unwrap().to_string();
-        HubProc { child, dir: dir.to_path_buf(), port, url, pin, config }
+        HubProc { child, dir: dir.to_path_buf(), port, url, pin, config, env }
     }
 
     pub async fn kill9(&mut self) {
@@ -95,7 +103,7 @@ impl HubProc {
     pub async fn restart(&mut self) {
         let extra = std::fs::read_to_string(&self.config).unwrap();
         let extra: String = extra.lines().skip(2).map(|l| format!("{l}\n")).collect();
-        *self = HubProc::start(&self.dir, self.port, &extra).await;
+        *self = HubProc::start_env(&self.dir, self.port, &extra, self.env.clone()).await;
     }
 
     /// An operator bundle signed by this hub's CA (read from its data dir, as `hubd operator issue` does).

@@ -175,6 +175,7 @@ impl Apps {
             Action::AppRemove { app } => self.remove(app, operator).await,
             Action::RepoSync { app } => self.repo_sync(app).await,
             Action::K3sStatus => self.k3s_status(pr).await,
+            Action::InstanceExport => self.export(pr).await,
             other => refused(format!("{other:?} is not an app action")),
         }
     }
@@ -672,6 +673,38 @@ impl Apps {
             message.push_str(&format!("; {}", state.note));
         }
         result(Outcome::Succeeded, 0, message)
+    }
+
+    /// Every app as data, one JSON document on one line: the specs with their secrets (to apply them again
+    /// elsewhere), the deployments and the recent activity. What a deprovision archives at the hub.
+    async fn export(&self, pr: &mut Progress<'_>) -> CommandResult {
+        let records = attempt!(self.store.apps().map_err(|e| failed(e.to_string())));
+        let mut apps = Vec::new();
+        for r in records {
+            let (project, spec) = attempt!(self.app(&r.spec.name));
+            let toml = attempt!(toml::to_string(&spec).map_err(|e| failed(format!("{}: {e}", spec.name))));
+            let deployments = attempt!(self.store.deployments(&spec.name).map_err(|e| failed(e.to_string())));
+            let live = attempt!(self.store.live(&spec.name).map_err(|e| failed(e.to_string())));
+            apps.push(serde_json::json!({
+                "name": spec.name, "project": project, "spec": toml,
+                "live": live.map(|d| serde_json::json!({"id": d.id, "commit": d.commit})),
+                "deployments": deployments,
+            }));
+        }
+        let activity = attempt!(self.store.recent_activity(1000).map_err(|e| failed(e.to_string())));
+        let doc = serde_json::json!({
+            "format": "outpost-instance-export/1",
+            "exported_ms": outpost_common::now_ms(),
+            "apps": apps,
+            "activity": activity,
+        })
+        .to_string();
+        let cap = outpost_common::actions::DEFAULT_OUTPUT_CAP as usize;
+        if doc.len() + 1 > cap {
+            return failed(format!("the export is {} bytes, over the {cap}-byte output limit", doc.len()));
+        }
+        pr.line(&doc).await;
+        result(Outcome::Succeeded, 0, format!("exported {} app(s), {} bytes", apps.len(), doc.len()))
     }
 
     async fn k3s_status(&self, pr: &mut Progress<'_>) -> CommandResult {

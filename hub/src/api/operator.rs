@@ -297,6 +297,32 @@ impl Operator for OperatorApi {
         Ok(Response::new(convert::lifecycle_job(job)))
     }
 
+    async fn deprovision(
+        &self,
+        req: Request<pb::DeprovisionRequest>,
+    ) -> Result<Response<pb::LifecycleJobsResponse>, Status> {
+        let (by, _) = self.auth.operator(&req, Role::Admin, "deprovisioning customers")?;
+        let r = req.into_inner();
+        if r.confirm != r.customer {
+            return Err(Status::failed_precondition(format!(
+                "deprovisioning stops every app of {} and deletes its servers after the archive: confirm with the customer's name (--yes {})",
+                outpost_common::text::excerpt(&r.customer, 64),
+                outpost_common::text::excerpt(&r.customer, 64)
+            )));
+        }
+        let jobs = self.lifecycle.deprovision(&r.customer, &by).await?;
+        Ok(Response::new(pb::LifecycleJobsResponse { jobs: jobs.into_iter().map(convert::lifecycle_job).collect() }))
+    }
+
+    async fn reactivate(
+        &self,
+        req: Request<pb::ReactivateRequest>,
+    ) -> Result<Response<pb::LifecycleJobsResponse>, Status> {
+        let (by, _) = self.auth.operator(&req, Role::Admin, "reactivating customers")?;
+        let jobs = self.lifecycle.reactivate(&req.into_inner().customer, &by).await?;
+        Ok(Response::new(pb::LifecycleJobsResponse { jobs: jobs.into_iter().map(convert::lifecycle_job).collect() }))
+    }
+
     type RunActionStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Send>>;
 
     async fn run_action(&self, req: Request<pb::RunActionRequest>) -> Result<Response<Self::RunActionStream>, Status> {

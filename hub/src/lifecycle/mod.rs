@@ -15,6 +15,7 @@ pub mod artifacts;
 pub mod cloud;
 pub mod config;
 pub mod provision;
+pub mod timeline;
 pub mod userdata;
 
 use std::collections::BTreeMap;
@@ -26,6 +27,7 @@ use tokio::sync::{Mutex, Notify, watch};
 use crate::error::HubError;
 use crate::fleet::Fleet;
 use crate::fleet::identities::Identities;
+use crate::jobs::Jobs;
 use crate::runtime::Runtime;
 use crate::store::{
     AuditEntry, HubStore, JobKind, JobState, Kind, Outcome, QueuedJob, StepRecord, StoreError, Submitted,
@@ -201,6 +203,8 @@ pub struct Lifecycle {
     store: Arc<dyn HubStore>,
     fleet: Arc<Fleet>,
     identities: Arc<Identities>,
+    /// Runs actions on agents (stop apps, export, restore).
+    jobs: Arc<Jobs>,
     config: LifecycleConfig,
     provisioner: Result<Arc<Provisioner>, String>,
     clock: Clock,
@@ -224,7 +228,7 @@ impl Lifecycle {
     /// `provisioner`: `Err(why)` when provisioning is not configured.
     pub fn new(
         store: Arc<dyn HubStore>,
-        (fleet, identities): (Arc<Fleet>, Arc<Identities>),
+        (fleet, identities, jobs): (Arc<Fleet>, Arc<Identities>, Arc<Jobs>),
         config: LifecycleConfig,
         provisioner: Result<Arc<Provisioner>, String>,
         clock: Clock,
@@ -234,6 +238,7 @@ impl Lifecycle {
             store,
             fleet,
             identities,
+            jobs,
             config,
             provisioner,
             clock,
@@ -258,6 +263,16 @@ impl Lifecycle {
 
     /// Validates and queues a provision. The same idempotency key returns the job it created.
     pub async fn provision(&self, req: ProvisionRequest, by: &str) -> Result<(QueuedJob, bool), HubError> {
+        self.provision_for(req, by, None).await
+    }
+
+    /// A provision, for job `within` (a reactivation) when it comes from one: that job does not block it.
+    async fn provision_for(
+        &self,
+        req: ProvisionRequest,
+        by: &str,
+        within: Option<u64>,
+    ) -> Result<(QueuedJob, bool), HubError> {
         let prov = self.provisioner()?;
         let name = if req.name.is_empty() { req.customer.clone() } else { req.name.clone() };
         let plan = prov.check(&req.customer, &req.plan, &req.location, &name)?;
@@ -284,7 +299,7 @@ impl Lifecycle {
                     "a server named {name} exists already; pick another with --name, or deprovision it first"
                 )));
             }
-            if let Some(j) = self.open_job_for(&name)? {
+            if let Some(j) = self.open_job_for(&name)?.filter(|j| Some(j.id) != within) {
                 return Err(HubError::Invalid(format!(
                     "job {} ({}) for {name} is still {}; wait for it or cancel it (`outpost jobs cancel {}`)",
                     j.id,
@@ -457,7 +472,11 @@ impl Lifecycle {
                 let prov = self.provisioner.as_ref().map_err(|why| JobError::Fail(why.clone()))?;
                 prov.run(ctx, &self.identities, &self.fleet).await
             }
-            other => Err(JobError::Fail(format!("{} jobs are not built yet", other.as_str()))),
+            JobKind::Deprovision => self.run_deprovision(ctx).await,
+            JobKind::Archive => self.run_archive(ctx).await,
+            JobKind::Delete => self.run_delete(ctx).await,
+            JobKind::Reactivate => self.run_reactivate(ctx).await,
+            JobKind::EnrollSsh => Err(JobError::Fail("enroll-ssh jobs are not built yet".into())),
         }
     }
 

@@ -89,6 +89,22 @@ impl Provisioner {
         }
     }
 
+    /// The queue priority of `plan` (0 for a plan not in the config).
+    pub fn plan_priority(&self, plan: &str) -> u8 {
+        self.config.plans.get(plan).map_or(0, |p| p.priority)
+    }
+
+    /// Deletes the cloud server of record `name`, found by its label (none: nothing to do).
+    pub async fn delete_cloud_server(&self, name: &str) -> Result<String, JobError> {
+        match self.find(name).await? {
+            Some(s) => {
+                self.cloud.delete_server(s.id).await?;
+                Ok(format!("deleted cloud server {} ({})", s.id, s.name))
+            }
+            None => Ok("no cloud server carries its label".into()),
+        }
+    }
+
     fn poll(&self) -> Duration {
         Duration::from_millis(self.config.poll_ms)
     }

@@ -74,6 +74,8 @@ pub trait Tokens: Send + Sync {
         server: &ServerRecord,
         takeover: Option<AuditEntry>,
     ) -> Result<()>;
+    /// Deletes every unused token of `server` (a deprovision); returns how many.
+    async fn drop_tokens(&self, server: &str) -> Result<usize>;
 }
 
 /// Revoked certificate serials.

@@ -42,6 +42,12 @@ pub struct ServerRecord {
     pub refused_reports: u64,
     /// Files the agent lets `logs` read (Hello).
     pub log_files: Vec<String>,
+    /// Deprovisioned at (0: in service): apps stopped, tokens burned, waiting for the archive.
+    pub suspended_ms: i64,
+    /// The archive of its data at the hub (after a deprovision's wait), with its SHA-256 and size.
+    pub archive: String,
+    pub archive_sha256: String,
+    pub archive_bytes: u64,
 }
 
 /// An unused join token (keyed by the SHA-256 of its secret; the secret is never stored).

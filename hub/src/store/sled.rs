@@ -223,6 +223,16 @@ impl SledStore {
         Ok(out)
     }
 
+    /// Deletes of every unused token of `server`.
+    fn token_ops(&self, server: &str) -> Result<Vec<Op>> {
+        Ok(self
+            .all_json::<TokenRecord>(Tree::Tokens)?
+            .into_iter()
+            .filter(|(_, t)| t.server == server)
+            .map(|(hash, _)| Op::Del(Tree::Tokens, hash.into_bytes()))
+            .collect())
+    }
+
     fn audit_record(&self, mut entry: AuditEntry) -> (u64, Op) {
         entry.id = self.audit_next.fetch_add(1, Ordering::Relaxed);
         entry.at_ms = outpost_common::now_ms();
@@ -242,12 +252,7 @@ impl Servers for SledStore {
 
     async fn remove_server(&self, name: &str) -> Result<()> {
         let _tokens = self.tokens.lock().await;
-        let mut ops: Vec<Op> = self
-            .all_json::<TokenRecord>(Tree::Tokens)?
-            .into_iter()
-            .filter(|(_, t)| t.server == name)
-            .map(|(hash, _)| Op::Del(Tree::Tokens, hash.into_bytes()))
-            .collect();
+        let mut ops = self.token_ops(name)?;
         let (from, to) = (history_key(name, 0), history_key(name, u64::MAX));
         ops.push(Op::DelRange(Tree::History, from, to));
         ops.push(Op::Del(Tree::Apps, name.as_bytes().to_vec()));
@@ -300,6 +305,14 @@ impl Tokens for SledStore {
         ops.push(put_json(Tree::Burned, hash, burned));
         ops.push(put_json(Tree::Servers, server.name.clone(), server));
         self.commit(ops).await
+    }
+
+    async fn drop_tokens(&self, server: &str) -> Result<usize> {
+        let _tokens = self.tokens.lock().await;
+        let ops = self.token_ops(server)?;
+        let n = ops.len();
+        self.commit(ops).await?;
+        Ok(n)
     }
 }
 
