@@ -101,6 +101,9 @@ pub enum Command {
     /// Bring a deprovisioned customer back: before the archive, its apps; after it, a new server with the
     /// archive restored. Admin.
     Reactivate(crate::lifecycle::CustomerArgs),
+    /// Enroll a server the customer brings, once, over SSH: agentd, its config, a join token and the unit
+    /// are uploaded, agentd is started, and from then on no SSH. The host key must be known. Admin.
+    EnrollSsh(crate::lifecycle::EnrollSshArgs),
     /// The lifecycle job queue (provision, deprovision, ...).
     #[command(subcommand)]
     Jobs(crate::lifecycle::JobsCmd),

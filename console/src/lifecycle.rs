@@ -36,6 +36,35 @@ pub struct ProvisionArgs {
 }
 
 #[derive(Clone, Debug, Args)]
+pub struct EnrollSshArgs {
+    /// USER@HOST of the server (the user must be root or able to write /etc and /usr/local/bin).
+    pub target: String,
+    #[arg(long, default_value_t = 22)]
+    pub port: u16,
+    /// An unencrypted OpenSSH private key; it is sent to the hub for this job only, never stored.
+    /// Default: the hub's provision.ssh_private_key_file.
+    #[arg(long, value_name = "KEY")]
+    pub identity: Option<std::path::PathBuf>,
+    /// A known_hosts file holding the server's host key.
+    #[arg(long, value_name = "FILE", conflicts_with = "fingerprint")]
+    pub known_hosts: Option<std::path::PathBuf>,
+    /// The server's host key fingerprint, `SHA256:…` (`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`).
+    #[arg(long, required_unless_present = "known_hosts")]
+    pub fingerprint: Option<String>,
+    #[arg(long)]
+    pub customer: String,
+    #[arg(long)]
+    pub plan: String,
+    /// The server's name (default: the customer's).
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long)]
+    pub detach: bool,
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(Clone, Debug, Args)]
 pub struct CustomerArgs {
     #[arg(long)]
     pub customer: String,
@@ -81,8 +110,48 @@ fn step_count(kind: &str) -> u64 {
         "deprovision" | "archive" => 4,
         "delete" => 2,
         "reactivate" => 4,
+        "enroll-ssh" => 2,
         _ => 1,
     }
+}
+
+/// `outpost enroll-ssh`: queue the enrollment, then follow it.
+pub async fn enroll_ssh(bundle: &Bundle, a: &EnrollSshArgs) -> anyhow::Result<String> {
+    let (user, host) = a
+        .target
+        .split_once('@')
+        .ok_or_else(|| anyhow::anyhow!("{}: give the target as USER@HOST (e.g. root@203.0.113.7)", a.target))?;
+    let read = |p: &std::path::Path, what: &str| {
+        std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("cannot read the {what} {}: {e}", p.display()))
+    };
+    let private_key = match &a.identity {
+        Some(p) => read(p, "SSH key")?,
+        None => String::new(),
+    };
+    let known_hosts = match &a.known_hosts {
+        Some(p) => read(p, "known_hosts file")?,
+        None => String::new(),
+    };
+    let req = pb::EnrollSshRequest {
+        user: user.into(),
+        host: host.into(),
+        port: u32::from(a.port),
+        known_hosts,
+        fingerprint: a.fingerprint.clone().unwrap_or_default(),
+        private_key,
+        name: a.name.clone().unwrap_or_else(|| a.customer.clone()),
+        customer: a.customer.clone(),
+        plan: a.plan.clone(),
+    };
+    let mut c = client(bundle)?;
+    let job = c.enroll_ssh(req).await.map_err(|s| rpc(bundle, s))?.into_inner().job.unwrap_or_default();
+    if a.detach {
+        return Ok(match a.output {
+            Output::Json => format!("{}\n", job_json(&job)),
+            Output::Table => format!("job {} queued: enroll-ssh {}\n", job.id, inert(&job.target)),
+        });
+    }
+    follow(bundle, job.id, a.output).await
 }
 
 /// `outpost deprovision` and `outpost reactivate`: queue, then follow each job.
@@ -176,7 +245,8 @@ pub fn show_table(j: &pb::LifecycleJob) -> String {
         j.max_attempts,
         inert(&j.submitted_by)
     );
-    let params: Vec<String> = j.params.iter().map(|(k, v)| format!("{k}={}", inert(v))).collect();
+    let sorted: std::collections::BTreeMap<_, _> = j.params.iter().collect();
+    let params: Vec<String> = sorted.iter().map(|(k, v)| format!("{k}={}", inert(v))).collect();
     out.push_str(&format!("  {}\n", params.join(" ")));
     for s in &j.steps {
         let mark = match (s.ended_ms, s.ok) {

@@ -19,6 +19,7 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<String> {
         Some(Command::Actions) => Ok(console::run::catalog()),
         Some(Command::Provision(a)) => console::lifecycle::provision(&cli::load_bundle(cli)?, a).await,
         Some(Command::Jobs(c)) => console::lifecycle::jobs(&cli::load_bundle(cli)?, c).await,
+        Some(Command::EnrollSsh(a)) => console::lifecycle::enroll_ssh(&cli::load_bundle(cli)?, a).await,
         Some(Command::Deprovision(a)) => console::lifecycle::customer_jobs(&cli::load_bundle(cli)?, a, false).await,
         Some(Command::Reactivate(a)) => console::lifecycle::customer_jobs(&cli::load_bundle(cli)?, a, true).await,
         Some(Command::Apps { on, failing, output }) => cli::apps(&cli::load_bundle(cli)?, on, *failing, *output).await,

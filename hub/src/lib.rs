@@ -147,10 +147,17 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     }
     let mut lifecycle_config = config.lifecycle.clone();
     lifecycle_config.archive_dir.get_or_insert_with(|| data_dir.join("archive"));
+    let p = &config.provision;
+    let ssh = lifecycle::ssh::SshEnroll::new(
+        artifacts.clone(),
+        p.agent_version.clone(),
+        ca.cert_pem().to_string(),
+        (p.ssh_private_key_file.clone(), p.enroll_root.clone(), p.enroll_start.clone()),
+    );
     let lifecycle = Arc::new(lifecycle::Lifecycle::new(
         store.clone(),
         (fleet.clone(), identities.clone(), jobs.clone()),
-        lifecycle_config,
+        (lifecycle_config, ssh),
         provisioner,
         clock,
     ));

@@ -4,6 +4,7 @@ mod actions;
 mod apps;
 mod bad_input;
 mod console;
+mod enroll_ssh;
 mod fanout;
 mod fleet;
 mod hostile;

@@ -282,6 +282,7 @@ async fn every_catalog_action_works_in_the_demo() {
         ("app-scale", vec![("app", "hello"), ("replicas", "1")], "watching the rollout"),
         ("app-logs", vec![("app", "hello")], "listening on :8080"),
         ("k3s-status", vec![], "node demo-node: Ready"),
+        ("instance-export", vec![], "\"format\":\"outpost-instance-export/1\""),
         ("app-remove", vec![("app", "hello")], ""),
     ];
     assert_eq!(

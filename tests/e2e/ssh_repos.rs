@@ -8,7 +8,7 @@ use std::time::Duration;
 use agentd::repos::{DeployKey, GitCli, Repos};
 use outpost_common::app::{RepoRoots, RepoSpec};
 
-struct Sshd(Child);
+pub struct Sshd(Child);
 
 impl Drop for Sshd {
     fn drop(&mut self) {
@@ -18,7 +18,7 @@ impl Drop for Sshd {
 }
 
 /// sshd on `port`, accepting `authorized` for root, with host key `host`.
-fn sshd(dir: &Path, port: u16) -> Sshd {
+pub fn sshd(dir: &Path, port: u16) -> Sshd {
     let sshd = Path::new("/usr/sbin/sshd");
     assert!(sshd.exists(), "OpenSSH server missing: scripts/test installs openssh-server");
     std::fs::create_dir_all("/run/sshd").unwrap();

@@ -1,5 +1,7 @@
 //! The `:jobs` screen (the lifecycle queue) and one job's steps.
 
+use std::collections::BTreeMap;
+
 use ratatui::Frame;
 use ratatui::layout::Rect;
 use ratatui::style::{Color, Modifier, Style};
@@ -81,7 +83,17 @@ pub fn render_queue_job(frame: &mut Frame, app: &App, id: u64, area: Rect, theme
             ),
             theme.fg(state_color(&j.state)).add_modifier(Modifier::BOLD),
         ),
-        Line::from(format!(" {}", j.params.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("  "))),
+        // Sorted: the wire map has no order.
+        Line::from(format!(
+            " {}",
+            j.params
+                .iter()
+                .collect::<BTreeMap<_, _>>()
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("  ")
+        )),
         Line::from(""),
     ];
     for s in &j.steps {

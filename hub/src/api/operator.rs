@@ -314,6 +314,31 @@ impl Operator for OperatorApi {
         Ok(Response::new(pb::LifecycleJobsResponse { jobs: jobs.into_iter().map(convert::lifecycle_job).collect() }))
     }
 
+    async fn enroll_ssh(
+        &self,
+        req: Request<pb::EnrollSshRequest>,
+    ) -> Result<Response<pb::LifecycleJobResponse>, Status> {
+        let (by, _) = self.auth.operator(&req, Role::Admin, "enrolling servers over SSH")?;
+        let r = req.into_inner();
+        let port = u16::try_from(r.port)
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| Status::invalid_argument(format!("port {} is outside 1..=65535", r.port)))?;
+        let r = crate::lifecycle::timeline::EnrollSshRequest {
+            user: r.user,
+            host: r.host,
+            port,
+            known_hosts: r.known_hosts,
+            fingerprint: r.fingerprint,
+            private_key: r.private_key,
+            name: r.name,
+            customer: r.customer,
+            plan: r.plan,
+        };
+        let job = self.lifecycle.enroll_ssh(r, &by).await?;
+        Ok(Response::new(pb::LifecycleJobResponse { job: Some(convert::lifecycle_job(job)), created: true }))
+    }
+
     async fn reactivate(
         &self,
         req: Request<pb::ReactivateRequest>,

@@ -41,6 +41,12 @@ pub struct ProvisionConfig {
     pub api_attempts: u32,
     pub api_backoff_initial_ms: u64,
     pub api_backoff_max_ms: u64,
+    /// enroll-ssh: a key the hub uses when a request brings none (lets a job resume after a hub restart).
+    pub ssh_private_key_file: Option<PathBuf>,
+    /// enroll-ssh: where files go on the server (`/`).
+    pub enroll_root: String,
+    /// enroll-ssh: how agentd is started once installed (`{root}` is `enroll_root`).
+    pub enroll_start: String,
 }
 
 /// What a plan gets.
@@ -96,6 +102,9 @@ impl Default for ProvisionConfig {
             api_attempts: 8,
             api_backoff_initial_ms: 500,
             api_backoff_max_ms: 20_000,
+            ssh_private_key_file: None,
+            enroll_root: "/".into(),
+            enroll_start: "systemctl daemon-reload && systemctl enable --now outpost-agentd".into(),
         }
     }
 }
@@ -178,6 +187,9 @@ impl ProvisionConfig {
             if !super::userdata::valid_k3s_flags(&plan.k3s_flags) {
                 p.push(format!("provision.plans.{name}.k3s_flags: only letters, digits, spaces and -=,./:_"));
             }
+        }
+        if !self.enroll_root.starts_with('/') || self.enroll_root.contains('\'') || self.enroll_root.contains("..") {
+            p.push(format!("provision.enroll_root {:?}: an absolute path without quotes or ..", self.enroll_root));
         }
         if self.api_attempts == 0 {
             p.push("provision.api_attempts: at least 1".into());

@@ -15,6 +15,7 @@ pub mod artifacts;
 pub mod cloud;
 pub mod config;
 pub mod provision;
+pub mod ssh;
 pub mod timeline;
 pub mod userdata;
 
@@ -205,6 +206,7 @@ pub struct Lifecycle {
     identities: Arc<Identities>,
     /// Runs actions on agents (stop apps, export, restore).
     jobs: Arc<Jobs>,
+    ssh: ssh::SshEnroll,
     config: LifecycleConfig,
     provisioner: Result<Arc<Provisioner>, String>,
     clock: Clock,
@@ -229,7 +231,7 @@ impl Lifecycle {
     pub fn new(
         store: Arc<dyn HubStore>,
         (fleet, identities, jobs): (Arc<Fleet>, Arc<Identities>, Arc<Jobs>),
-        config: LifecycleConfig,
+        (config, ssh): (LifecycleConfig, ssh::SshEnroll),
         provisioner: Result<Arc<Provisioner>, String>,
         clock: Clock,
     ) -> Lifecycle {
@@ -239,6 +241,7 @@ impl Lifecycle {
             fleet,
             identities,
             jobs,
+            ssh,
             config,
             provisioner,
             clock,
@@ -476,7 +479,26 @@ impl Lifecycle {
             JobKind::Archive => self.run_archive(ctx).await,
             JobKind::Delete => self.run_delete(ctx).await,
             JobKind::Reactivate => self.run_reactivate(ctx).await,
-            JobKind::EnrollSsh => Err(JobError::Fail("enroll-ssh jobs are not built yet".into())),
+            JobKind::EnrollSsh => {
+                let r = self.run_enroll_ssh(ctx).await;
+                if !matches!(r, Err(JobError::Retry(_)) | Err(JobError::Lost)) {
+                    self.ssh.drop_key(ctx.snapshot().await.id);
+                }
+                r
+            }
+        }
+    }
+
+    /// Removes a record that never got an agent (an enroll-ssh that failed), with its token.
+    async fn forget_unenrolled(&self, name: &str) -> Result<String, String> {
+        let _lock = self.fleet.lock(name).await;
+        match self.fleet.registry().get(name) {
+            Some(v) if v.record.agent_id.is_empty() => {
+                self.store.remove_server(name).await.map_err(|e| e.to_string())?;
+                self.fleet.registry().remove(name);
+                Ok("removed its record and token".into())
+            }
+            _ => Ok(String::new()),
         }
     }
 
@@ -521,6 +543,7 @@ impl Lifecycle {
             // was left in the cloud.
             let undone = match (job.kind, &self.provisioner) {
                 (JobKind::Provision, Ok(p)) => p.undo(ctx, &self.identities, &self.fleet).await,
+                (JobKind::EnrollSsh, _) => self.forget_unenrolled(&job.target).await,
                 _ => Ok(String::new()),
             };
             job = ctx.snapshot().await;

@@ -505,3 +505,148 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<String> {
     std::fs::rename(&tmp, path)?;
     Ok(outpost_common::cert::hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref()))
 }
+
+/// An enroll-ssh request as asked.
+#[derive(Clone, Debug, Default)]
+pub struct EnrollSshRequest {
+    pub user: String,
+    pub host: String,
+    pub port: u16,
+    pub known_hosts: String,
+    pub fingerprint: String,
+    /// An OpenSSH private key (held in memory for the job only); empty: the hub's own.
+    pub private_key: String,
+    pub name: String,
+    pub customer: String,
+    pub plan: String,
+}
+
+impl Lifecycle {
+    /// Queues the enrollment of a server the customer brings, over SSH.
+    pub async fn enroll_ssh(&self, r: EnrollSshRequest, by: &str) -> Result<QueuedJob, HubError> {
+        let mut problems = Vec::new();
+        for (what, v) in [("name", &r.name), ("customer", &r.customer)] {
+            if !super::config::valid_dns_label(v) {
+                problems.push(format!("{what} {} is not a DNS label", outpost_common::text::excerpt(v, 64)));
+            }
+        }
+        if r.host.is_empty()
+            || r.host.len() > 253
+            || !r.host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:".contains(&b))
+        {
+            problems.push(format!("host {} is not a host name or address", outpost_common::text::excerpt(&r.host, 64)));
+        }
+        if r.user.is_empty()
+            || r.user.len() > 32
+            || !r.user.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            problems.push(format!("user {} is not a user name", outpost_common::text::excerpt(&r.user, 64)));
+        }
+        match (r.known_hosts.is_empty(), r.fingerprint.is_empty()) {
+            (true, true) => {
+                problems.push("the host key must be known: give --known-hosts FILE or --fingerprint SHA256:…".into())
+            }
+            (false, false) => problems.push("give --known-hosts or --fingerprint, not both".into()),
+            (true, false) if !r.fingerprint.starts_with("SHA256:") || r.fingerprint.len() != 50 => {
+                problems.push(format!(
+                    "fingerprint {} is not SHA256:<43 base64 characters> (`ssh-keygen -lf`)",
+                    outpost_common::text::excerpt(&r.fingerprint, 64)
+                ))
+            }
+            _ => {}
+        }
+        if r.known_hosts.len() > 64 * 1024 {
+            problems.push("known_hosts is over 64 KiB".into());
+        }
+        if r.private_key.is_empty() && !self.ssh.has_key_file() {
+            problems.push("no SSH key: give --identity KEY, or set provision.ssh_private_key_file on the hub".into());
+        }
+        if !r.private_key.is_empty() && russh::keys::decode_secret_key(&r.private_key, None).is_err() {
+            problems.push("the --identity key cannot be read: an unencrypted OpenSSH private key is needed".into());
+        }
+        if self.fleet.registry().get(&r.name).is_some() {
+            problems.push(format!("a server named {} exists already", r.name));
+        }
+        if !problems.is_empty() {
+            return Err(HubError::Invalid(problems.join("; ")));
+        }
+        let params: BTreeMap<String, String> = [
+            ("user", r.user.clone()),
+            ("host", r.host.clone()),
+            ("port", r.port.to_string()),
+            ("known_hosts", r.known_hosts.clone()),
+            ("fingerprint", r.fingerprint.clone()),
+            ("customer", r.customer.clone()),
+            ("plan", r.plan.clone()),
+            ("name", r.name.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let record = ServerRecord {
+            name: r.name.clone(),
+            customer: r.customer.clone(),
+            plan: r.plan.clone(),
+            ..Default::default()
+        };
+        let mut job = self.new_job(JobKind::EnrollSsh, &record, by, 0, params);
+        job.params.remove("server");
+        let (job, _) = self.submit(job, by).await?;
+        if !r.private_key.is_empty() {
+            self.ssh.hold_key(job.id, r.private_key);
+        }
+        Ok(job)
+    }
+
+    pub(super) async fn run_enroll_ssh(&self, ctx: &JobCtx) -> Result<String, JobError> {
+        let job = ctx.snapshot().await;
+        let p = |k: &str| job.params.get(k).cloned().unwrap_or_default();
+        let name = p("name");
+        let target = super::ssh::Target {
+            user: p("user"),
+            host: p("host"),
+            port: p("port").parse().unwrap_or(22),
+            known_hosts: p("known_hosts"),
+            fingerprint: p("fingerprint"),
+        };
+        let token_req = crate::fleet::tokens::TokenRequest {
+            server: name.clone(),
+            ttl: Duration::from_secs(3600),
+            customer: p("customer"),
+            plan: p("plan"),
+            labels: [("enrolled-by".to_string(), format!("ssh-job-{}", job.id))].into(),
+            replace: false,
+        };
+        ctx.step("install", || async {
+            let token = self
+                .identities
+                .create_token(token_req.clone(), &job.submitted_by)
+                .await
+                .map_err(|e| JobError::Fail(e.to_string()))?
+                .token;
+            self.ssh.install(ctx, job.id, &target, (&name, &token)).await
+        })
+        .await?;
+        ctx.step("online", || async {
+            let deadline = self.clock.now_ms() + 300_000;
+            loop {
+                let v = self.fleet.registry().get(&name);
+                if let Some(v) = &v
+                    && !v.record.agent_id.is_empty()
+                    && v.liveness == outpost_common::Liveness::Connected
+                {
+                    return Ok(format!("agent {} online", v.record.agent_version));
+                }
+                ctx.progress("waiting for the agent to enroll and connect").await?;
+                if self.clock.now_ms() > deadline {
+                    return Err(JobError::Fail(format!(
+                        "{name}'s agent did not come online within 300s (see its log in /var/log/outpost-agentd)"
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await?;
+        Ok(format!("{name} enrolled over SSH; from now on no SSH"))
+    }
+}
