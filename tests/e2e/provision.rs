@@ -373,3 +373,107 @@ fn rendered_user_data_passes_cloud_init_schema_and_shellcheck() {
     let sc = std::process::Command::new("shellcheck").arg(&script).output().unwrap();
     assert!(sc.status.success(), "{}", String::from_utf8_lossy(&sc.stdout));
 }
+
+/// The reaper finds every server that carries this hub's labels but no record or job knows, across pages
+/// of the API (60 orphans, 50 a page), and deletes them with `reap_delete`; servers it knows and servers
+/// without its labels are left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_reaper_removes_orphans_across_pages_and_leaves_the_rest() {
+    let c = cloud("reap_secs = 1\nreap_delete = true").await;
+    let mut admin = c.hub.client(Role::Admin);
+    let id = admin.provision(provision_req("keep", "pro")).await.unwrap().into_inner().job.unwrap().id;
+    assert_eq!(wait_job(&mut admin, id, WAIT, is_final).await.state, "succeeded");
+    for i in 0..60 {
+        c.fake.add_server(&format!("ghost-{i}"), &[("managed-by", "outpost"), ("outpost-id", &format!("ghost-{i}"))]);
+    }
+    c.fake.add_server("someone-elses", &[("team", "data")]);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let names: Vec<String> = c.fake.servers().into_iter().map(|s| s.name).collect();
+        if names == ["keep", "someone-elses"] {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "orphans left: {names:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let audit = admin
+        .query_audit(pb::QueryAuditRequest { action: "reap".into(), limit: 100, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    assert_eq!(audit.len(), 60, "each orphan is audited");
+    assert!(audit.iter().all(|r| r.message.contains("; deleted")));
+}
+
+/// The hub's Hetzner client against the fake: every page of a listing, the label selector, and the errors
+/// classified as the provisioner needs them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hetzner_client_pages_selects_and_classifies() {
+    use hub::lifecycle::cloud::{Cloud, CloudError, Hetzner, Retry};
+    init();
+    let fake = HetznerStandIn::start(TOKEN).await;
+    for i in 0..120 {
+        let tier = if i % 2 == 0 { "even" } else { "odd" };
+        fake.add_server(&format!("s-{i}"), &[("managed-by", "outpost"), ("tier", tier)]);
+    }
+    let retry = Retry { attempts: 3, initial: Duration::from_millis(10), max: Duration::from_millis(50) };
+    let cloud = Hetzner::new(&fake.url(), TOKEN, retry);
+    assert_eq!(cloud.servers("managed-by=outpost").await.unwrap().len(), 120, "three pages of 50");
+    assert_eq!(fake.requests().iter().filter(|r| *r == "GET /v1/servers").count(), 3);
+    assert_eq!(cloud.servers("managed-by=outpost,tier=odd").await.unwrap().len(), 60);
+    // 429 and 503 are retried within the call; past the attempts, the error says how often.
+    fake.fail_next(&[Fault::RateLimited, Fault::Unavailable]);
+    assert_eq!(cloud.servers("tier=even").await.unwrap().len(), 60);
+    fake.fail_next(&[Fault::RateLimited; 3]);
+    assert_eq!(cloud.servers("tier=even").await.unwrap_err(), CloudError::RateLimited(3));
+    assert_eq!(Hetzner::new(&fake.url(), "bad", retry).servers("").await.unwrap_err(), CloudError::Unauthorized);
+    assert_eq!(cloud.delete_server(99_999).await, Ok(()), "a server that is gone is deleted");
+}
+
+/// `outpost provision` follows its job with a progress bar; when hubd dies mid-job and comes back, the
+/// command re-attaches by job id and ends with the job's result. `jobs list --output json` has the figures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cli_follows_a_provision_across_a_hub_restart() {
+    let mut c = cloud("").await;
+    let bundle = c.dir.path().join("bundle");
+    c.hub.bundle("ops-admin", Role::Admin).write(&bundle).unwrap();
+    c.fake.hold("GET /v1/actions/");
+    let cli = tokio::process::Command::new(bin("outpost"))
+        .arg("--bundle")
+        .arg(&bundle)
+        .args(["provision", "--customer", "cli", "--plan", "pro", "--idempotency-key", "cli-1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut admin = c.hub.client(Role::Admin);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let id = loop {
+        let jobs = admin.list_lifecycle_jobs(pb::ListLifecycleJobsRequest::default()).await.unwrap().into_inner().jobs;
+        if let Some(j) = jobs.iter().find(|j| j.steps.iter().any(|s| s.name == "boot")) {
+            break j.id;
+        }
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    c.hub.kill9().await;
+    c.fake.release();
+    c.hub.restart().await;
+    let out = tokio::time::timeout(WAIT, cli.wait_with_output()).await.expect("the CLI ends").unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.contains(&format!("job {id} provision cli: succeeded")), "{stdout}");
+    assert!(stdout.contains("✓ ready"), "{stdout}");
+
+    let json = std::process::Command::new(bin("outpost"))
+        .arg("--bundle")
+        .arg(&bundle)
+        .args(["jobs", "list", "--output", "json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["stats"]["finished_last_hour"], 1);
+    assert_eq!(v["jobs"][0]["state"], "succeeded");
+}
