@@ -193,6 +193,8 @@ fn provisioner(
         attempts: p.api_attempts,
         initial: Duration::from_millis(p.api_backoff_initial_ms),
         max: Duration::from_millis(p.api_backoff_max_ms),
+        rate_per_sec: p.api_rate_per_sec,
+        burst: p.api_burst,
     };
     let cloud = Arc::new(lifecycle::cloud::Hetzner::new(&p.api_url, &token, retry));
     Ok(Arc::new(lifecycle::provision::Provisioner::new(cloud, p.clone(), artifacts, hub, clock.clone())))

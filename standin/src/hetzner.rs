@@ -123,8 +123,12 @@ impl Drop for HetznerStandIn {
 }
 
 /// The server types the fake sells: name, architecture, cores, memory GB, disk GB, locations.
-const SERVER_TYPES: &[(&str, &str, i32, f64, f64)] =
-    &[("cx22", "x86", 2, 4.0, 40.0), ("cx32", "x86", 4, 8.0, 80.0), ("cax11", "arm", 2, 4.0, 40.0)];
+const SERVER_TYPES: &[(&str, &str, i32, f64, f64)] = &[
+    ("cx22", "x86", 2, 4.0, 40.0),
+    ("cx32", "x86", 4, 8.0, 80.0),
+    ("cx42", "x86", 8, 16.0, 160.0),
+    ("cax11", "arm", 2, 4.0, 40.0),
+];
 const LOCATIONS: &[(&str, &str, &str)] =
     &[("fsn1", "Falkenstein", "DE"), ("nbg1", "Nuremberg", "DE"), ("hel1", "Helsinki", "FI")];
 

@@ -3,67 +3,17 @@
 //! provision goes job → cloud server → user-data → agentd fetched from the hub → enrollment → K3s Ready
 //! (the Kubernetes stand-in) → online, with no hand-made token.
 
-use std::os::unix::fs::PermissionsExt;
-use std::sync::Arc;
 use std::time::Duration;
 
-use harness::cloud::{Boot, TestMachines, parse_user_data, written_files};
-use harness::{HubProc, WAIT, bin, free_port, init};
+use harness::cloud::{Boot, parse_user_data, written_files};
+use harness::{WAIT, bin, init};
 use outpost_common::Role;
 use outpost_proto::v1 as pb;
 use standin::hetzner::{Fault, HetznerStandIn};
-use standin::kube::KubeStandIn;
 use tonic::transport::Channel;
 
-const TOKEN: &str = "hcloud-test-token";
+use harness::cloud::{Cloud, TOKEN, cloud};
 const STEPS: [&str; 5] = ["register", "cloud-setup", "create", "boot", "ready"];
-
-pub struct Cloud {
-    pub fake: HetznerStandIn,
-    pub machines: Arc<TestMachines>,
-    pub hub: HubProc,
-    _kube: KubeStandIn,
-    pub dir: tempfile::TempDir,
-}
-
-/// A hub with provisioning against a fake Hetzner API whose servers boot real agents. `extra` adds hubd
-/// config lines to `[provision]`.
-pub async fn cloud(extra: &str) -> Cloud {
-    cloud_with(extra, "", None).await
-}
-
-/// As [`cloud`], with `[lifecycle]` lines and a clock file (milliseconds added to hubd's lifecycle clock).
-pub async fn cloud_with(extra: &str, lifecycle: &str, clock: Option<&std::path::Path>) -> Cloud {
-    init();
-    let dir = tempfile::tempdir().unwrap();
-    let kube = KubeStandIn::start_with_controller(&dir.path().join("kube")).await;
-    let fake = HetznerStandIn::start(TOKEN).await;
-    fake.set_boot_time(Duration::from_millis(300));
-    let machines = TestMachines::new(
-        &dir.path().join("machines"),
-        &kube.kubeconfig,
-        &format!(
-            "report_interval_ms = 200\nbackoff_initial_ms = 100\nbackoff_max_ms = 1000\napps_report_secs = 1\nrollout_poll_ms = 20\nrepo_roots = [\"{}\"]\n",
-            dir.path().display()
-        ),
-    );
-    fake.set_machines(machines.clone());
-    let hub_dir = dir.path().join("hub");
-    let artifacts = hub_dir.join("data/artifacts");
-    std::fs::create_dir_all(&artifacts).unwrap();
-    std::fs::copy(bin("agentd"), artifacts.join(format!("agentd-{}-x86_64", env!("CARGO_PKG_VERSION")))).unwrap();
-    let token_file = dir.path().join("hcloud-token");
-    std::fs::write(&token_file, TOKEN).unwrap();
-    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let config = format!(
-        "[provision]\napi_url = \"{}\"\ntoken_file = \"{}\"\nssh_public_key = \"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOutpostBreakGlassTestKey0000000000000000 ops\"\npoll_ms = 100\napi_backoff_initial_ms = 50\napi_backoff_max_ms = 400\n{extra}\n[lifecycle]\nlease_secs = 3\nretry_initial_ms = 100\nretry_max_ms = 1000\n{lifecycle}\n",
-        fake.url(),
-        token_file.display()
-    );
-    let env = clock.map(|c| vec![("OUTPOST_TEST_CLOCK_FILE".to_string(), c.display().to_string())]).unwrap_or_default();
-    let hub = HubProc::start_env(&hub_dir, free_port(), &config, env).await;
-    Cloud { fake, machines, hub, _kube: kube, dir }
-}
 
 pub fn provision_req(customer: &str, plan: &str) -> pb::ProvisionRequest {
     pb::ProvisionRequest { customer: customer.into(), plan: plan.into(), ..Default::default() }
@@ -212,6 +162,17 @@ async fn a_failed_provision_leaves_nothing_behind() {
     let gone = admin.get_server(pb::GetServerRequest { name: "gamma".into(), history: 0 }).await.unwrap_err();
     assert_eq!(gone.code(), tonic::Code::NotFound);
 
+    // A server of that name exists in the project, not created by this hub: the job says so and leaves it.
+    c.fake.add_server("stranger", &[("team", "data")]);
+    let id = admin.provision(provision_req("stranger", "pro")).await.unwrap().into_inner().job.unwrap().id;
+    let job = wait_job(&mut admin, id, WAIT, is_final).await;
+    assert_eq!(job.state, "failed");
+    assert!(job.error.contains("that this hub did not create"), "{}", job.error);
+    assert_eq!(c.fake.servers().len(), 1, "the stranger's server stays");
+    assert_eq!(c.fake.servers()[0].name, "stranger");
+    let gone = admin.get_server(pb::GetServerRequest { name: "stranger".into(), history: 0 }).await.unwrap_err();
+    assert_eq!(gone.code(), tonic::Code::NotFound);
+
     // The artifact changes after the hub hashed it: the installer refuses it, the agent never enrolls, and
     // the job fails at the timeout with what it saw, leaving nothing.
     let artifact = c.hub.dir.join(format!("data/artifacts/agentd-{}-x86_64", env!("CARGO_PKG_VERSION")));
@@ -226,7 +187,7 @@ async fn a_failed_provision_leaves_nothing_behind() {
         Some(Boot::Failed(why)) => assert!(why.contains("does not match its SHA-256"), "{why}"),
         other => panic!("{other:?}"),
     }
-    assert!(c.fake.servers().is_empty(), "{:?}", c.fake.servers());
+    assert_eq!(c.fake.servers().len(), 1, "only the stranger's server: {:?}", c.fake.servers());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -258,7 +219,7 @@ async fn bad_requests_and_bad_tokens_get_clear_errors() {
     // A read-only token: 403 fails the job at once, with the reason; nothing is left.
     c.fake.add_read_only_token("read-only");
     drop(admin);
-    let Cloud { mut hub, fake, machines, _kube, dir } = c;
+    let Cloud { mut hub, fake, machines, dir, .. } = c;
     let token_file = dir.path().join("hcloud-token");
     std::fs::write(&token_file, "read-only").unwrap();
     hub.kill9().await;
@@ -417,7 +378,13 @@ async fn the_hetzner_client_pages_selects_and_classifies() {
         let tier = if i % 2 == 0 { "even" } else { "odd" };
         fake.add_server(&format!("s-{i}"), &[("managed-by", "outpost"), ("tier", tier)]);
     }
-    let retry = Retry { attempts: 3, initial: Duration::from_millis(10), max: Duration::from_millis(50) };
+    let retry = Retry {
+        attempts: 3,
+        initial: Duration::from_millis(10),
+        max: Duration::from_millis(50),
+        rate_per_sec: 100.0,
+        burst: 100,
+    };
     let cloud = Hetzner::new(&fake.url(), TOKEN, retry);
     assert_eq!(cloud.servers("managed-by=outpost").await.unwrap().len(), 120, "three pages of 50");
     assert_eq!(fake.requests().iter().filter(|r| *r == "GET /v1/servers").count(), 3);
@@ -429,6 +396,17 @@ async fn the_hetzner_client_pages_selects_and_classifies() {
     assert_eq!(cloud.servers("tier=even").await.unwrap_err(), CloudError::RateLimited(3));
     assert_eq!(Hetzner::new(&fake.url(), "bad", retry).servers("").await.unwrap_err(), CloudError::Unauthorized);
     assert_eq!(cloud.delete_server(99_999).await, Ok(()), "a server that is gone is deleted");
+    let taken = hub::lifecycle::cloud::NewServer {
+        name: "s-1".into(),
+        server_type: "cx22".into(),
+        image: "debian-12".into(),
+        location: "fsn1".into(),
+        labels: Default::default(),
+        user_data: String::new(),
+        ssh_key: "k".into(),
+        firewall: 0,
+    };
+    assert!(matches!(cloud.create_server(&taken).await, Err(CloudError::Uniqueness(_))));
 }
 
 /// `outpost provision` follows its job with a progress bar; when hubd dies mid-job and comes back, the

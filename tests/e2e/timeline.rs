@@ -9,7 +9,9 @@ use outpost_common::Role;
 use outpost_proto::v1 as pb;
 use tonic::transport::Channel;
 
-use crate::provision::{cloud_with, is_final, provision_req, wait_job};
+use harness::cloud::cloud_with;
+
+use crate::provision::{is_final, provision_req, wait_job};
 
 const DAY_MS: i64 = 86_400_000;
 const WAIT: Duration = Duration::from_secs(90);

@@ -11,7 +11,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-use standin::hetzner::{Booted, Machines};
+use std::time::Duration;
+
+use standin::hetzner::{Booted, HetznerStandIn, Machines};
+use standin::kube::KubeStandIn;
+
+use crate::{HubProc, bin, free_port, init};
+
+/// The fake cloud's API token.
+pub const TOKEN: &str = "hcloud-test-token";
 
 /// What happened to one booted server.
 #[derive(Clone, Debug, PartialEq)]
@@ -223,4 +231,71 @@ impl Machines for TestMachines {
             let _ = c.wait();
         }
     }
+}
+
+pub struct Cloud {
+    pub fake: HetznerStandIn,
+    pub machines: Arc<TestMachines>,
+    pub hub: HubProc,
+    _kube: KubeStandIn,
+    pub dir: tempfile::TempDir,
+}
+
+/// A hub with provisioning against a fake Hetzner API whose servers boot real agents. `extra` adds hubd
+/// config lines to `[provision]`.
+pub async fn cloud(extra: &str) -> Cloud {
+    cloud_with(extra, "", None).await
+}
+
+/// As [`cloud`], with `[lifecycle]` lines and a clock file (milliseconds added to hubd's lifecycle clock).
+pub async fn cloud_with(extra: &str, lifecycle: &str, clock: Option<&std::path::Path>) -> Cloud {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let kube = KubeStandIn::start_with_controller(&dir.path().join("kube")).await;
+    let fake = HetznerStandIn::start(TOKEN).await;
+    fake.set_boot_time(Duration::from_millis(300));
+    let machines = TestMachines::new(
+        &dir.path().join("machines"),
+        &kube.kubeconfig,
+        &format!(
+            "report_interval_ms = 200\nbackoff_initial_ms = 100\nbackoff_max_ms = 1000\napps_report_secs = 1\nrollout_poll_ms = 20\nrepo_roots = [\"{}\"]\n",
+            dir.path().display()
+        ),
+    );
+    fake.set_machines(machines.clone());
+    let hub_dir = dir.path().join("hub");
+    let artifacts = hub_dir.join("data/artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    std::fs::copy(bin("agentd"), artifacts.join(format!("agentd-{}-x86_64", env!("CARGO_PKG_VERSION")))).unwrap();
+    let token_file = dir.path().join("hcloud-token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // Test speeds, unless `extra` / `lifecycle` set the key themselves (TOML refuses a key twice).
+    let defaults = |given: &str, lines: &[&str]| -> String {
+        let keys: Vec<&str> = given.lines().filter_map(|l| l.split('=').next()).map(str::trim).collect();
+        lines
+            .iter()
+            .filter(|l| !keys.contains(&l.split('=').next().unwrap_or("").trim()))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    let provision = defaults(
+        extra,
+        &[
+            "poll_ms = 100",
+            "api_backoff_initial_ms = 50",
+            "api_backoff_max_ms = 400",
+            "api_rate_per_sec = 500.0",
+            "api_burst = 1000",
+        ],
+    );
+    let queue = defaults(lifecycle, &["lease_secs = 3", "retry_initial_ms = 100", "retry_max_ms = 1000"]);
+    let config = format!(
+        "[provision]\napi_url = \"{}\"\ntoken_file = \"{}\"\nssh_public_key = \"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOutpostBreakGlassTestKey0000000000000000 ops\"\n{provision}{extra}\n[lifecycle]\n{queue}{lifecycle}\n",
+        fake.url(),
+        token_file.display()
+    );
+    let env = clock.map(|c| vec![("OUTPOST_TEST_CLOCK_FILE".to_string(), c.display().to_string())]).unwrap_or_default();
+    let hub = HubProc::start_env(&hub_dir, free_port(), &config, env).await;
+    Cloud { fake, machines, hub, _kube: kube, dir }
 }

@@ -81,8 +81,17 @@ async fn serve(State(a): State<Arc<Artifacts>>, UrlPath((version, arch)): UrlPat
         return (StatusCode::NOT_FOUND, format!("no agentd {version} for {arch} on this hub; it has: {}\n", a.known()))
             .into_response();
     };
-    match tokio::fs::read(&artifact.path).await {
-        Ok(bytes) => ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response(),
+    // Streamed from the file: a hundred servers fetching a 20 MB binary at once must not hold it a hundred
+    // times in memory.
+    match tokio::fs::File::open(&artifact.path).await {
+        Ok(file) => (
+            [
+                (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+                (header::CONTENT_LENGTH, artifact.size.to_string()),
+            ],
+            axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 256 << 10)),
+        )
+            .into_response(),
         Err(e) => {
             tracing::error!(path = %artifact.path.display(), error = %e, "artifact unreadable");
             (StatusCode::INTERNAL_SERVER_ERROR, "artifact unreadable\n").into_response()

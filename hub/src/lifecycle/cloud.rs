@@ -92,17 +92,53 @@ pub trait Cloud: Send + Sync {
     async fn ensure_firewall(&self, name: &str) -> Result<i64, CloudError>;
 }
 
-/// Retries of one call on 429, 5xx and transport errors.
+/// Retries of one call on 429, 5xx and transport errors, and the hub's own pace.
 #[derive(Clone, Copy, Debug)]
 pub struct Retry {
     pub attempts: u32,
     pub initial: Duration,
     pub max: Duration,
+    /// Calls per second the hub allows itself (all jobs together), and the burst: Hetzner's budget is 3600
+    /// requests an hour per project, refilled at one a second. Staying inside it beats being told 429.
+    pub rate_per_sec: f64,
+    pub burst: u32,
 }
 
 impl Default for Retry {
     fn default() -> Self {
-        Retry { attempts: 8, initial: Duration::from_millis(500), max: Duration::from_secs(20) }
+        Retry {
+            attempts: 8,
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(20),
+            rate_per_sec: 1.0,
+            burst: 600,
+        }
+    }
+}
+
+/// A token bucket every call takes from (waiting when it is empty).
+struct Pace {
+    bucket: tokio::sync::Mutex<(f64, std::time::Instant)>,
+    rate: f64,
+    burst: f64,
+}
+
+impl Pace {
+    async fn take(&self) {
+        loop {
+            let wait = {
+                let mut b = self.bucket.lock().await;
+                let now = std::time::Instant::now();
+                b.0 = (b.0 + now.duration_since(b.1).as_secs_f64() * self.rate).min(self.burst);
+                b.1 = now;
+                if b.0 >= 1.0 {
+                    b.0 -= 1.0;
+                    return;
+                }
+                Duration::from_secs_f64((1.0 - b.0) / self.rate)
+            };
+            tokio::time::sleep(wait).await;
+        }
     }
 }
 
@@ -110,6 +146,7 @@ impl Default for Retry {
 pub struct Hetzner {
     config: Configuration,
     retry: Retry,
+    pace: Pace,
 }
 
 const PER_PAGE: i64 = 50;
@@ -124,7 +161,13 @@ impl Hetzner {
         config.bearer_access_token = Some(token.to_string());
         config.user_agent = Some(format!("outpost-hubd/{}", env!("CARGO_PKG_VERSION")));
         config.client = reqwest_client();
-        Hetzner { config, retry }
+        let burst = f64::from(retry.burst.max(1));
+        let pace = Pace {
+            bucket: tokio::sync::Mutex::new((burst, std::time::Instant::now())),
+            rate: retry.rate_per_sec.max(0.001),
+            burst,
+        };
+        Hetzner { config, retry, pace }
     }
 
     /// Runs `call` with retries on what is worth retrying.
@@ -135,6 +178,7 @@ impl Hetzner {
     {
         let mut throttled = 0;
         for attempt in 1..=self.retry.attempts {
+            self.pace.take().await;
             let error = match call().await {
                 Ok(v) => return Ok(v),
                 Err(e) => classify(e),

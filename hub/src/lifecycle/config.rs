@@ -41,6 +41,9 @@ pub struct ProvisionConfig {
     pub api_attempts: u32,
     pub api_backoff_initial_ms: u64,
     pub api_backoff_max_ms: u64,
+    /// The hub's own pace towards the API, all jobs together (Hetzner: 3600 an hour, one a second).
+    pub api_rate_per_sec: f64,
+    pub api_burst: u32,
     /// enroll-ssh: a key the hub uses when a request brings none (lets a job resume after a hub restart).
     pub ssh_private_key_file: Option<PathBuf>,
     /// enroll-ssh: where files go on the server (`/`).
@@ -102,6 +105,8 @@ impl Default for ProvisionConfig {
             api_attempts: 8,
             api_backoff_initial_ms: 500,
             api_backoff_max_ms: 20_000,
+            api_rate_per_sec: 1.0,
+            api_burst: 600,
             ssh_private_key_file: None,
             enroll_root: "/".into(),
             enroll_start: "systemctl daemon-reload && systemctl enable --now outpost-agentd".into(),
@@ -190,6 +195,9 @@ impl ProvisionConfig {
         }
         if !self.enroll_root.starts_with('/') || self.enroll_root.contains('\'') || self.enroll_root.contains("..") {
             p.push(format!("provision.enroll_root {:?}: an absolute path without quotes or ..", self.enroll_root));
+        }
+        if !(self.api_rate_per_sec > 0.0 && self.api_rate_per_sec <= 1000.0) || self.api_burst == 0 {
+            p.push("provision.api_rate_per_sec must be in (0, 1000] and api_burst at least 1".into());
         }
         if self.api_attempts == 0 {
             p.push("provision.api_attempts: at least 1".into());

@@ -83,6 +83,9 @@ pub enum JobError {
     /// Another worker holds the job now (this one stalled past its lease): stop without touching it.
     #[error("another worker holds the job")]
     Lost,
+    /// The hub is shutting down: the job goes back to the queue as it is.
+    #[error("the hub is stopping")]
+    Stopping,
 }
 
 impl From<StoreError> for JobError {
@@ -190,7 +193,7 @@ impl JobCtx {
                 Ok(message) => (step.ok, step.message) = (true, message.clone()),
                 Err(JobError::Retry(m) | JobError::Fail(m)) => step.message = m.clone(),
                 Err(JobError::Cancelled) => step.message = "cancelled".into(),
-                Err(JobError::Lost) => return result.map(drop),
+                Err(JobError::Lost | JobError::Stopping) => return result.map(drop),
             }
         }
         job.progress.clear();
@@ -456,7 +459,7 @@ impl Lifecycle {
             };
             let result = tokio::select! {
                 r = self.run(&ctx) => r,
-                () = stop.cancelled() => Err(JobError::Lost), // the hub stops: the lease runs out, another takes it up
+                () = stop.cancelled() => Err(JobError::Stopping),
             };
             beat.abort();
             if let Err(error) = self.finish(&ctx, result).await {
@@ -481,7 +484,7 @@ impl Lifecycle {
             JobKind::Reactivate => self.run_reactivate(ctx).await,
             JobKind::EnrollSsh => {
                 let r = self.run_enroll_ssh(ctx).await;
-                if !matches!(r, Err(JobError::Retry(_)) | Err(JobError::Lost)) {
+                if !matches!(r, Err(JobError::Retry(_) | JobError::Lost | JobError::Stopping)) {
                     self.ssh.drop_key(ctx.snapshot().await.id);
                 }
                 r
@@ -509,6 +512,17 @@ impl Lifecycle {
         let final_error = match result {
             Err(JobError::Lost) => {
                 tracing::warn!(job = job.id, "lost the job's lease; another worker has it");
+                return Ok(());
+            }
+            Err(JobError::Stopping) => {
+                // Handed back at once (the attempt not counted): the next hub continues at this step
+                // without waiting for the lease to run out.
+                job.state = JobState::Pending;
+                job.lease_until_ms = 0;
+                job.attempt = job.attempt.saturating_sub(1);
+                job.not_before_ms = 0;
+                ctx.store.update_job(&job, &ctx.owner, None).await?;
+                tracing::info!(job = job.id, "hub stopping: job handed back to the queue");
                 return Ok(());
             }
             Ok(message) => {

@@ -83,6 +83,24 @@ enum Cmd {
         #[arg(long, default_value_t = 50)]
         runs: u32,
     },
+    /// N provisions submitted at once against the fake Hetzner API (Hetzner's rate limit: 3600 requests,
+    /// refilled at one a second; servers boot in `--boot-ms`), each ending with a real agentd enrolled and
+    /// online: time until all are online, API calls per provision, 429s, orphans, hub CPU. With `--count 1
+    /// --boot-ms 0` it is the hub's own overhead from `provision` to online.
+    Provision {
+        #[arg(long, default_value_t = 100)]
+        count: u32,
+        #[arg(long, default_value_t = 2000)]
+        boot_ms: u64,
+        /// Hetzner's bucket: requests, and refill per second.
+        #[arg(long, default_value_t = 3600)]
+        rate_limit: u32,
+        #[arg(long, default_value_t = 1.0)]
+        refill_per_sec: f64,
+        /// How often the hub looks at the create action and the new agent (hubd's default: 2000).
+        #[arg(long, default_value_t = 2000)]
+        poll_ms: u64,
+    },
     /// One real agentd running N apps from 3 repositories, with its reconcile loop and apps reports, beside
     /// prometheus-node-exporter (when installed) in the same window: CPU and RSS of both.
     AgentApps {
@@ -174,6 +192,9 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Replay { reports } => replay(tmp.path(), reports).await,
         Cmd::Deploy { runs } => deploy(tmp.path(), runs).await,
         Cmd::AgentApps { apps, minutes } => agent_apps(tmp.path(), apps, minutes).await,
+        Cmd::Provision { count, boot_ms, rate_limit, refill_per_sec, poll_ms } => {
+            provision(count, boot_ms, (rate_limit, refill_per_sec), poll_ms).await
+        }
         Cmd::ActionRtt { agents, runs, interval } => action_rtt(tmp.path(), agents, runs, &interval).await,
     }
 }
@@ -832,5 +853,76 @@ async fn agent_apps(root: &Path, apps: u32, minutes: f64) -> anyhow::Result<()> 
     if let Some(c) = node_exporter.as_mut() {
         let _ = c.kill().await;
     }
+    Ok(())
+}
+
+async fn provision(
+    count: u32,
+    boot_ms: u64,
+    (rate_limit, refill_per_sec): (u32, f64),
+    poll_ms: u64,
+) -> anyhow::Result<()> {
+    use outpost_proto::v1 as pb;
+    // hubd as shipped (polling every 2 s, its own pace a little inside the API's bucket), 32 workers.
+    let extra = format!(
+        "ready_timeout_secs = 900\nreap_secs = 0\npoll_ms = {poll_ms}\napi_rate_per_sec = {}\napi_burst = {}",
+        refill_per_sec * 0.9,
+        (f64::from(rate_limit) * 0.9) as u32
+    );
+    let c =
+        harness::cloud::cloud_with(&extra, "workers = 32\nretry_initial_ms = 5000\nretry_max_ms = 60000", None).await;
+    c.fake.set_boot_time(Duration::from_millis(boot_ms));
+    c.fake.rate_limit(rate_limit, refill_per_sec);
+    let pid = c.hub.child.id().expect("hubd running");
+    let mut admin = c.hub.client(Role::Admin);
+    let before = sample(pid);
+    let t0 = Instant::now();
+    let mut ids = Vec::new();
+    for i in 0..count {
+        let plan = ["starter", "pro", "team"][i as usize % 3];
+        let req = pb::ProvisionRequest { customer: format!("c{i:04}"), plan: plan.into(), ..Default::default() };
+        ids.push(admin.provision(req).await?.into_inner().job.expect("a job").id);
+    }
+    let submitted = t0.elapsed();
+    let mut per_job = Vec::new();
+    for id in &ids {
+        let mut s = admin.watch_lifecycle_job(pb::WatchLifecycleJobRequest { id: *id }).await?.into_inner();
+        while let Some(j) = s.message().await? {
+            if ["succeeded", "failed", "cancelled"].contains(&j.state.as_str()) {
+                anyhow::ensure!(j.state == "succeeded", "job {id} {}: {}", j.state, j.error);
+                per_job.push((j.finished_ms - j.created_ms) as f64 / 1000.0);
+                break;
+            }
+        }
+    }
+    let all = t0.elapsed();
+    let after = sample(pid);
+    per_job.sort_by(f64::total_cmp);
+    let pct = |p: f64| per_job[((per_job.len() as f64 - 1.0) * p).round() as usize];
+    let requests = c.fake.requests();
+    let creates = requests.iter().filter(|r| *r == "POST /v1/servers").count();
+    let servers = c.fake.servers();
+    let orphans = servers.iter().filter(|s| !s.labels.get("outpost-id").is_some_and(|n| n.starts_with('c'))).count()
+        + servers.len().saturating_sub(count as usize);
+    let cpu = (after.ticks - before.ticks) as f64 / clk_tck();
+    println!(
+        "provisions: {count} submitted in {:.2} s; all online after {:.1} s (boot {boot_ms} ms, rate limit {rate_limit} + {refill_per_sec}/s, poll {poll_ms} ms)",
+        submitted.as_secs_f64(),
+        all.as_secs_f64()
+    );
+    println!("per provision, submit to online: p50 {:.2} s, p90 {:.2} s, max {:.2} s", pct(0.5), pct(0.9), pct(1.0));
+    println!(
+        "API calls: {} ({:.1} per provision; {creates} creates), 429 answers: {}, cloud servers: {}, orphans: {orphans}",
+        requests.len(),
+        requests.len() as f64 / f64::from(count),
+        c.fake.throttled(),
+        servers.len()
+    );
+    println!(
+        "hubd CPU: {cpu:.2} s over {:.1} s ({:.1}% of one core); RSS {:.1} MiB",
+        all.as_secs_f64(),
+        cpu / all.as_secs_f64() * 100.0,
+        after.rss_kib as f64 / 1024.0
+    );
     Ok(())
 }
