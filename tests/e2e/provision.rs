@@ -455,3 +455,24 @@ async fn the_cli_follows_a_provision_across_a_hub_restart() {
     assert_eq!(v["stats"]["finished_last_hour"], 1);
     assert_eq!(v["jobs"][0]["state"], "succeeded");
 }
+
+/// A graceful stop (SIGTERM) hands running jobs back to the queue at once: the next hubd continues them
+/// without waiting for their lease (600 s here) and without counting an attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_graceful_stop_hands_running_jobs_back() {
+    let mut c = harness::cloud::cloud_with("", "lease_secs = 600", None).await;
+    c.fake.hold("GET /v1/actions/");
+    let mut admin = c.hub.client(Role::Admin);
+    let id = admin.provision(provision_req("calm", "pro")).await.unwrap().into_inner().job.unwrap().id;
+    wait_job(&mut admin, id, WAIT, |j| j.steps.iter().any(|s| s.name == "boot")).await;
+    let pid = c.hub.child.id().unwrap();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
+    let status = tokio::time::timeout(WAIT, c.hub.child.wait()).await.expect("hubd drains").unwrap();
+    assert!(status.success(), "{status:?}");
+    c.fake.release();
+    c.hub.restart().await;
+    let mut admin = c.hub.client(Role::Admin);
+    let job = wait_job(&mut admin, id, WAIT, is_final).await;
+    assert_eq!(job.state, "succeeded", "{job:#?}");
+    assert_eq!(job.attempt, 1, "a hand-back is not an attempt");
+}

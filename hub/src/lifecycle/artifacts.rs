@@ -85,10 +85,9 @@ async fn serve(State(a): State<Arc<Artifacts>>, UrlPath((version, arch)): UrlPat
     // times in memory.
     match tokio::fs::File::open(&artifact.path).await {
         Ok(file) => (
-            [
-                (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-                (header::CONTENT_LENGTH, artifact.size.to_string()),
-            ],
+            // No length promised: the file is what it is now; the installer checks it against the SHA-256
+            // taken at start (a file changed since is refused there).
+            [(header::CONTENT_TYPE, "application/octet-stream")],
             axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 256 << 10)),
         )
             .into_response(),
