@@ -61,6 +61,9 @@ pub fn apply(app: &mut App, ev: ConnEvent) {
         ConnEvent::JobRefused(text) => app.job_refused(text),
         ConnEvent::Audit(records) => app.apply_audit(records),
         ConnEvent::Queue(r) => app.apply_queue(*r),
+        ConnEvent::Info(text) => {
+            app.message = Some(Message { text: outpost_common::text::inert(&text).into_owned(), error: false })
+        }
         ConnEvent::Down { error, retry_in } => {
             app.conn = Conn::Reconnecting { error, retry_in_ms: retry_in.as_millis() as u64 }
         }
@@ -169,6 +172,28 @@ async fn request(ch: Channel, tx: mpsc::Sender<ConnEvent>, r: Request) {
             if let Err(s) = client.cancel_job(CancelJobRequest { job_id }).await {
                 let _ = tx.send(ConnEvent::Error(format!("cancel: {}", s.message()))).await;
             }
+        }
+        Request::Provision { customer, plan, location } => {
+            let req = outpost_proto::v1::ProvisionRequest { customer, plan, location, ..Default::default() };
+            let ev = match client.provision(req).await {
+                Ok(r) => {
+                    let j = r.into_inner().job.unwrap_or_default();
+                    ConnEvent::Info(format!("job {} queued: provision {} (enter on it for its steps)", j.id, j.target))
+                }
+                Err(s) => ConnEvent::Error(format!("provision: {}", s.message())),
+            };
+            let _ = tx.send(ev).await;
+        }
+        Request::CancelQueueJob(id) => {
+            let ev = match client.cancel_lifecycle_job(outpost_proto::v1::CancelLifecycleJobRequest { id }).await {
+                Ok(j) => ConnEvent::Info(match j.into_inner().state.as_str() {
+                    "cancelled" => format!("job {id} cancelled"),
+                    "running" => format!("job {id} stops at its next step and undoes what it created"),
+                    s => format!("job {id} had ended already ({s})"),
+                }),
+                Err(s) => ConnEvent::Error(format!("cancel job {id}: {}", s.message())),
+            };
+            let _ = tx.send(ev).await;
         }
         Request::Queue => {
             let ev = match client.list_lifecycle_jobs(ListLifecycleJobsRequest { limit: 500 }).await {

@@ -108,14 +108,24 @@ pub enum Request {
     Audit,
     /// The lifecycle job queue.
     Queue,
+    /// Queue a provision (admin).
+    Provision {
+        customer: String,
+        plan: String,
+        location: String,
+    },
+    /// Cancel a lifecycle job (admin).
+    CancelQueueJob(u64),
 }
 
-pub const COMMANDS: [(&str, &str); 7] = [
+pub const COMMANDS: [(&str, &str); 9] = [
     ("servers", "the fleet view"),
     ("apps", "every app on every server (the fleet filter applies), failing first"),
     ("alerts", "alerts"),
     ("audit", "the audit log"),
     ("jobs", "the lifecycle job queue: provision, deprovision, ..."),
+    ("provision", "provision CUSTOMER PLAN [LOCATION]: a new server for a customer (admin)"),
+    ("cancel", "cancel JOB: stop a lifecycle job; a provision undoes what it created (admin)"),
     ("help", "keys and commands"),
     ("quit", "leave the console"),
 ];
@@ -480,6 +490,7 @@ impl App {
                 self.detail = None;
                 self.set_filter("is:alert");
             }
+            other if other.starts_with("provision") || other.starts_with("cancel") => self.queue_command(other),
             other => match other.strip_prefix("server ").map(str::trim) {
                 Some(name) if self.fleet.server(name).is_some() => self.open(name),
                 Some(name) => self.say(format!("no server named {name:?}"), true),

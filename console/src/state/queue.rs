@@ -68,6 +68,31 @@ impl App {
         self.requests.push(Request::Queue);
     }
 
+    /// `:provision CUSTOMER PLAN [LOCATION]` and `:cancel JOB`: admin only; the hub checks again.
+    pub(super) fn queue_command(&mut self, cmd: &str) {
+        let words: Vec<&str> = cmd.split_whitespace().collect();
+        if self.role != "admin" {
+            return self.say(format!(":{} needs role admin (you are {})", words[0], self.role), true);
+        }
+        match words.as_slice() {
+            ["provision", customer, plan] | ["provision", customer, plan, _] => {
+                let location = words.get(3).map(|l| l.to_string()).unwrap_or_default();
+                self.requests.push(Request::Provision {
+                    customer: customer.to_string(),
+                    plan: plan.to_string(),
+                    location,
+                });
+                self.open_queue();
+            }
+            ["cancel", id] => match id.parse() {
+                Ok(id) => self.requests.push(Request::CancelQueueJob(id)),
+                Err(_) => self.say(format!("{id:?} is not a job id (see :jobs)"), true),
+            },
+            ["provision", ..] => self.say("usage: :provision CUSTOMER PLAN [LOCATION]", true),
+            _ => self.say("usage: :cancel JOB (a job id from :jobs)", true),
+        }
+    }
+
     /// Called every second: an open queue screen is refreshed.
     pub fn tick(&mut self) {
         if matches!(self.screen, Screen::Queue | Screen::QueueJob(_)) {

@@ -391,3 +391,35 @@ fn jobs_opens_the_queue_refreshes_it_and_keeps_its_text_inert() {
     a.tick();
     assert!(a.requests.is_empty(), "a closed queue is not polled");
 }
+
+#[test]
+fn provision_and_cancel_from_the_command_line_need_admin() {
+    let mut support = app();
+    typ(&mut support, ":provision acme pro");
+    support.key(Key::Enter);
+    assert!(support.requests.is_empty());
+    assert!(
+        support.message.as_ref().is_some_and(|m| m.error && m.text.contains("needs role admin")),
+        "{:?}",
+        support.message
+    );
+
+    let mut admin = App::new("https://hub:7443", "root", "admin");
+    typ(&mut admin, ":provision acme pro nbg1");
+    admin.key(Key::Enter);
+    assert_eq!(admin.screen, Screen::Queue);
+    assert_eq!(
+        admin.requests.drain(..).collect::<Vec<_>>(),
+        [Request::Provision { customer: "acme".into(), plan: "pro".into(), location: "nbg1".into() }, Request::Queue]
+    );
+    typ(&mut admin, ":cancel 7");
+    admin.key(Key::Enter);
+    assert_eq!(admin.requests.drain(..).collect::<Vec<_>>(), [Request::CancelQueueJob(7)]);
+    typ(&mut admin, ":cancel seven");
+    admin.key(Key::Enter);
+    assert!(admin.requests.is_empty());
+    assert!(admin.message.as_ref().is_some_and(|m| m.error && m.text.contains("not a job id")));
+    typ(&mut admin, ":provision acme");
+    admin.key(Key::Enter);
+    assert!(admin.message.as_ref().is_some_and(|m| m.text.contains("usage: :provision CUSTOMER PLAN")));
+}

@@ -179,10 +179,26 @@ fn render_help(frame: &mut Frame, app: &App, theme: Theme) {
             Row::new(vec![keys, format!("{}{scope}", b.help)])
         })
         .collect();
-    rows.push(Row::new(vec![
-        "commands".to_string(),
-        COMMANDS.iter().map(|(c, _)| format!(":{c}")).collect::<Vec<_>>().join(" "),
-    ]));
+    // The commands, wrapped to the popup's width.
+    let room = w.saturating_sub(19) as usize; // borders, the first column and its gap
+    let mut lines: Vec<String> = vec![String::new()];
+    for (c, _) in COMMANDS {
+        let last = lines.last_mut().expect("one line at least");
+        if !last.is_empty() && last.len() + c.len() + 1 > room {
+            lines.push(String::new());
+        }
+        let last = lines.last_mut().expect("one line at least");
+        if !last.is_empty() {
+            last.push(' ');
+        }
+        last.push_str(c);
+    }
+    let h = h.saturating_add(lines.len() as u16 - 1).min(area.height.saturating_sub(2));
+    let popup = Rect { y: area.y + (area.height - h) / 2, height: h, ..popup };
+    frame.render_widget(Clear, popup);
+    for (i, line) in lines.into_iter().enumerate() {
+        rows.push(Row::new(vec![if i == 0 { ": commands".to_string() } else { String::new() }, line]));
+    }
     let title = format!(" help · {} as {} · any key closes ", app.hub, app.role);
     let table = Table::new(rows, [Constraint::Length(16), Constraint::Min(10)])
         .block(Block::bordered().title(title).border_style(theme.fg(Color::Cyan)));
