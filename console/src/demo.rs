@@ -7,6 +7,11 @@
 //! Deployment becomes available) and, when git is installed, a sample app repository
 //! (`repos/hello.git`, tags `v1` and `v2`): `app-apply` with [`SAMPLE_SPEC`] (its `{repos}` replaced by the
 //! demo's `repos/` directory), then `app-deploy`, `app-rollback`, `app-logs`… all work.
+//!
+//! Provisioning works too, against a stand-in Hetzner Cloud API (`standin::hetzner`) whose servers "boot"
+//! by starting a real agentd with the join token from their user-data: `:provision CUSTOMER PLAN` in the
+//! console (or `outpost provision` with the demo's bundle) queues a job, `:jobs` shows it, and the server
+//! appears in the fleet. The demo provisions one server itself at start so `:jobs` has a story to tell.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -87,6 +92,9 @@ pub struct DemoFleet {
     pub repos: Option<PathBuf>,
     agents: Vec<Child>,
     stop: CancellationToken,
+    /// The stand-in Hetzner Cloud API provisioning talks to, and the agents its servers run.
+    pub cloud: standin::hetzner::HetznerStandIn,
+    machines: std::sync::Arc<DemoMachines>,
 }
 
 impl DemoFleet {
@@ -101,6 +109,7 @@ impl DemoFleet {
             ..HubConfig::default()
         };
         config.agents.grace_secs = 10;
+        let cloud = demo_cloud(&mut config, agentd, root).await?;
         let hub = hub::start(config.clone(), stop.clone()).await.context("starting the embedded hub")?;
         config.advertise = Some(hub.advertise.clone());
         let bundle = hub::cli::issue_bundle(&config, hub.ca(), "demo-admin", Role::Admin, Duration::from_secs(86_400))?;
@@ -114,17 +123,40 @@ impl DemoFleet {
                 None
             }
         };
-        let mut fleet = DemoFleet { hub, bundle, kube, repos, agents: Vec::new(), stop };
-        if let Err(e) = start_agents(args, &fleet.hub, &fleet.kube.kubeconfig, agentd, root, &mut fleet.agents).await {
+        let machines = std::sync::Arc::new(DemoMachines {
+            agent: AgentSetup {
+                agentd: agentd.to_path_buf(),
+                root: root.to_path_buf(),
+                kubeconfig: kube.kubeconfig.clone(),
+                stand_ins: write_stand_ins(root)?,
+                report_interval_ms: args.report_interval_ms,
+            },
+            children: std::sync::Mutex::default(),
+        });
+        cloud.set_machines(machines.clone());
+        let mut fleet = DemoFleet { hub, bundle, kube, repos, agents: Vec::new(), stop, cloud, machines };
+        if let Err(e) = start_agents(args, &fleet.hub, &fleet.machines.agent, &mut fleet.agents).await {
             fleet.stop().await?;
             return Err(e);
+        }
+        // One server through the provisioning queue, as a customer signing up would get it.
+        let mut client = outpost_proto::v1::operator_client::OperatorClient::new(fleet.bundle.channel()?);
+        let req = outpost_proto::v1::ProvisionRequest {
+            customer: "wayne".into(),
+            plan: "pro".into(),
+            idempotency_key: "demo-signup".into(),
+            ..Default::default()
+        };
+        if let Err(s) = client.provision(req).await {
+            eprintln!("outpost demo: the sample provision was refused: {}", s.message());
         }
         Ok(fleet)
     }
 
     /// Stops the agents, then the hub.
     pub async fn stop(self) -> anyhow::Result<()> {
-        let DemoFleet { hub, mut agents, stop, .. } = self;
+        let DemoFleet { hub, mut agents, stop, machines, .. } = self;
+        machines.stop_all();
         for a in &mut agents {
             let _ = a.start_kill();
         }
@@ -136,15 +168,135 @@ impl DemoFleet {
     }
 }
 
+/// What every demo agent gets: the binary, the stand-ins, the cluster.
+struct AgentSetup {
+    agentd: PathBuf,
+    root: PathBuf,
+    kubeconfig: PathBuf,
+    stand_ins: PathBuf,
+    report_interval_ms: u64,
+}
+
+impl AgentSetup {
+    /// Writes agent `name`'s config and token under `dir`; returns the config's path and the log's.
+    fn prepare(&self, name: &str, dir: &std::path::Path, token: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("join-token"), token)?;
+        let config = dir.join("agentd.toml");
+        let log_path = self.root.join("logs").join(format!("{name}.log"));
+        // Demo agents run as you, on loopback, in a temp dir: `exec` is on and each agent may show its own
+        // log (`logs` with source file:…/demo-NN.log), so every action can be tried from the console.
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = \"{0}/data\"\ntoken_file = \"{0}/join-token\"\nreport_interval_ms = {1}\n\
+                 exec_enabled = true\nlog_files = [\"{2}\"]\nsystemctl = \"{3}\"\njournalctl = \"{4}\"\n\
+                 kubeconfig = \"{5}\"\nrepo_roots = [\"{6}\"]\nrollout_poll_ms = 100\napps_report_secs = 2\n",
+                dir.display(),
+                self.report_interval_ms,
+                log_path.display(),
+                self.stand_ins.join("systemctl").display(),
+                self.stand_ins.join("journalctl").display(),
+                self.kubeconfig.display(),
+                self.root.join("repos").display(),
+            ),
+        )?;
+        Ok((config, log_path))
+    }
+}
+
+/// The machines behind the demo's cloud: a server that boots runs a real agentd with the join token its
+/// user-data carries (read from the template's `join-token` entry; the tests parse it with a real YAML
+/// parser and also fetch agentd from the hub, which the demo skips: the binary is beside it).
+struct DemoMachines {
+    agent: AgentSetup,
+    children: std::sync::Mutex<Vec<(i64, std::process::Child)>>,
+}
+
+impl DemoMachines {
+    fn stop_all(&self) {
+        for (_, mut c) in std::mem::take(&mut *self.children.lock().unwrap_or_else(|p| p.into_inner())) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The join token in a user-data rendered from `provision-scripts/cloud-init.yaml`.
+fn token_in_user_data(user_data: &str) -> Option<String> {
+    use base64::Engine;
+    let mut lines = user_data.lines().skip_while(|l| !l.trim_end().ends_with("path: /etc/outpost/join-token"));
+    let content = lines.find_map(|l| l.trim().strip_prefix("content: "))?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(content.trim()).ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+impl standin::hetzner::Machines for DemoMachines {
+    fn boot(&self, server: &standin::hetzner::Booted) {
+        let Some(token) = token_in_user_data(&server.user_data) else {
+            return eprintln!("outpost demo: server {} booted without a join token", server.name);
+        };
+        let dir = self.agent.root.join("cloud").join(format!("{}-{}", server.name, server.id));
+        let started = self.agent.prepare(&server.name, &dir, &token).and_then(|(config, log)| {
+            Ok(std::process::Command::new(&self.agent.agentd)
+                .arg("--config")
+                .arg(&config)
+                .arg("--exit-with-parent")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(log)?)
+                .spawn()?)
+        });
+        match started {
+            Ok(child) => self.children.lock().unwrap_or_else(|p| p.into_inner()).push((server.id, child)),
+            Err(e) => eprintln!("outpost demo: server {} did not start its agent: {e:#}", server.name),
+        }
+    }
+
+    fn destroy(&self, id: i64, _name: &str) {
+        let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = children.iter().position(|(c, _)| *c == id) {
+            let (_, mut c) = children.remove(i);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The stand-in cloud, and the hub's `[provision]` pointed at it (agentd served from `root/artifacts`).
+async fn demo_cloud(
+    config: &mut HubConfig,
+    agentd: &std::path::Path,
+    root: &std::path::Path,
+) -> anyhow::Result<standin::hetzner::HetznerStandIn> {
+    use std::os::unix::fs::PermissionsExt;
+    let token = outpost_common::cert::hex(&hub::pki::ca::random_bytes::<16>());
+    let cloud = standin::hetzner::HetznerStandIn::start(&token).await;
+    cloud.set_boot_time(Duration::from_secs(3));
+    let token_file = root.join("hcloud-token");
+    std::fs::write(&token_file, &token)?;
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600))?;
+    let artifacts = root.join("artifacts");
+    std::fs::create_dir_all(&artifacts)?;
+    let arch = std::env::consts::ARCH;
+    std::fs::copy(agentd, artifacts.join(format!("agentd-{}-{arch}", env!("CARGO_PKG_VERSION"))))
+        .context("copying agentd for the demo's cloud")?;
+    let p = &mut config.provision;
+    p.api_url = cloud.url();
+    p.token_file = Some(token_file);
+    p.artifacts_dir = Some(artifacts);
+    p.ssh_public_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDemoBreakGlassKeyNotARealKey000000000000 demo".into();
+    p.poll_ms = 500;
+    p.api_rate_per_sec = 50.0;
+    Ok(cloud)
+}
+
 async fn start_agents(
     args: &DemoArgs,
     hub: &hub::Hub,
-    kubeconfig: &std::path::Path,
-    agentd: &std::path::Path,
-    root: &std::path::Path,
+    setup: &AgentSetup,
     agents: &mut Vec<Child>,
 ) -> anyhow::Result<()> {
-    let stand_ins = write_stand_ins(root)?;
     for i in 0..usize::from(args.agents) {
         let name = format!("demo-{:02}", i + 1);
         let req = TokenRequest {
@@ -156,29 +308,9 @@ async fn start_agents(
             replace: false,
         };
         let token = hub.create_token(req, "outpost-demo").await?.token;
-        let adir = root.join("agents").join(&name);
-        std::fs::create_dir_all(&adir)?;
-        std::fs::write(adir.join("join-token"), token)?;
-        let config = adir.join("agentd.toml");
-        let log_path = root.join("logs").join(format!("{name}.log"));
-        // Demo agents run as you, on loopback, in a temp dir: `exec` is on and each agent may show its own
-        // log (`logs` with source file:…/demo-NN.log), so every action can be tried from the console.
-        std::fs::write(
-            &config,
-            format!(
-                "data_dir = \"{0}/data\"\ntoken_file = \"{0}/join-token\"\nreport_interval_ms = {1}\n\
-                 exec_enabled = true\nlog_files = [\"{2}\"]\nsystemctl = \"{3}\"\njournalctl = \"{4}\"\n\
-                 kubeconfig = \"{5}\"\nrepo_roots = [\"{6}\"]\nrollout_poll_ms = 100\n",
-                adir.display(),
-                args.report_interval_ms,
-                log_path.display(),
-                stand_ins.join("systemctl").display(),
-                stand_ins.join("journalctl").display(),
-                kubeconfig.display(),
-                root.join("repos").display(),
-            ),
-        )?;
+        let (config, log_path) = setup.prepare(&name, &setup.root.join("agents").join(&name), &token)?;
         let log = std::fs::File::create(&log_path)?;
+        let agentd = &setup.agentd;
         let child = Command::new(agentd)
             .arg("--config")
             .arg(&config)

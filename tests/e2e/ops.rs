@@ -125,12 +125,13 @@ fn demo_runs_a_live_fleet_and_leaves_nothing_behind() {
         .status()
         .unwrap();
     assert!(ok.success());
-    let screen = wait_for_pane(&socket, "3 servers  ● 3 connected");
-    for name in ["demo-01", "demo-02", "demo-03"] {
+    // Three agents started by hand, and one server the demo provisions through its stand-in cloud.
+    let screen = wait_for_pane(&socket, "4 servers  ● 4 connected");
+    for name in ["demo-01", "demo-02", "demo-03", "wayne"] {
         assert!(screen.contains(name), "{screen}");
     }
     assert!(screen.contains("● connected") && screen.contains("demo-admin (admin)"), "{screen}");
-    assert_eq!(demo_processes(tmp.path()).len(), 3, "three real agentd processes");
+    assert_eq!(demo_processes(tmp.path()).len(), 4, "four real agentd processes");
     Command::new("tmux").args(["-L", &socket, "send-keys", "-t", "demo", "q"]).status().unwrap();
     // The session ends when outpost exits.
     let deadline = Instant::now() + harness::WAIT;
@@ -352,4 +353,36 @@ async fn the_command_line_speaks_plainly() {
     let log = harness::wait_for_file(&agent.dir.join("agentd.log"), "hub not reachable").await;
     assert!(!log.contains("hub refused the stream"), "a hub that is down refused nothing: {log}");
     assert!(!log.contains('\u{1b}'), "no colour codes in a log file");
+}
+
+/// The demo's cloud: the server it provisions at start goes through the queue and comes online, and
+/// `:provision` (the same RPC) makes another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_provisions_servers_through_its_stand_in_cloud() {
+    use outpost_proto::v1 as pb;
+    harness::init();
+    let tmp = tempfile::tempdir().unwrap();
+    let args = console::demo::DemoArgs { agents: 1, report_interval_ms: 500 };
+    let fleet = console::demo::DemoFleet::start(&args, &harness::bin("agentd"), tmp.path()).await.unwrap();
+    let mut client = pb::operator_client::OperatorClient::new(fleet.bundle.channel().unwrap());
+    let req = pb::ProvisionRequest { customer: "stark".into(), plan: "team".into(), ..Default::default() };
+    client.provision(req).await.unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let jobs = client.list_lifecycle_jobs(pb::ListLifecycleJobsRequest::default()).await.unwrap().into_inner().jobs;
+        let states: Vec<(String, String)> = jobs.iter().map(|j| (j.target.clone(), j.state.clone())).collect();
+        if states.iter().all(|(_, s)| s == "succeeded") && states.len() == 2 {
+            break;
+        }
+        assert!(!states.iter().any(|(_, s)| s == "failed"), "{jobs:#?}");
+        assert!(tokio::time::Instant::now() < deadline, "{states:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let f = harness::watch_until(&mut client, "both provisioned servers online", |f| {
+        ["wayne", "stark"].iter().all(|n| harness::is(f, n, pb::Liveness::Connected))
+    })
+    .await;
+    assert_eq!(f["stark"].plan, "team");
+    assert_eq!(fleet.cloud.servers().len(), 2);
+    fleet.stop().await.unwrap();
 }
