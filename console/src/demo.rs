@@ -109,6 +109,7 @@ impl DemoFleet {
             ..HubConfig::default()
         };
         config.agents.grace_secs = 10;
+        config.admin.enabled = false; // one demo per machine should not need a free port 9464
         let cloud = demo_cloud(&mut config, agentd, root).await?;
         let hub = hub::start(config.clone(), stop.clone()).await.context("starting the embedded hub")?;
         config.advertise = Some(hub.advertise.clone());

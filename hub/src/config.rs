@@ -33,6 +33,24 @@ pub struct HubConfig {
     pub audit: AuditConfig,
     pub provision: crate::lifecycle::ProvisionConfig,
     pub lifecycle: crate::lifecycle::LifecycleConfig,
+    pub admin: AdminConfig,
+}
+
+/// `[admin]`: the listener Prometheus scrapes (`/metrics`) and health checks call (`/healthz`, `/readyz`).
+/// Plain HTTP: keep it on loopback or a private network.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Where it listens (port 0: any free port, printed in the READY line and the log).
+    pub listen: SocketAddr,
+    /// `false`: no admin listener at all.
+    pub enabled: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { listen: "127.0.0.1:9464".parse().expect("literal"), enabled: true }
+    }
 }
 
 /// `[ca]`: an external fleet CA. Without it the hub creates one in `data_dir/ca`.
@@ -99,6 +117,7 @@ impl Default for HubConfig {
             audit: AuditConfig::default(),
             provision: Default::default(),
             lifecycle: Default::default(),
+            admin: AdminConfig::default(),
         }
     }
 }

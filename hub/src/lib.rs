@@ -15,6 +15,7 @@ pub mod fleet;
 pub mod jobs;
 pub mod lifecycle;
 pub mod limits;
+pub mod metrics;
 pub mod pki;
 pub mod relay;
 pub mod runtime;
@@ -64,6 +65,8 @@ pub struct Hub {
     pub addr: SocketAddr,
     /// `https://host:port` for tokens and bundles.
     pub advertise: String,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`), when on.
+    pub admin: Option<SocketAddr>,
     identities: Arc<Identities>,
     reports: Arc<Reports>,
     agents: AgentApi,
@@ -84,6 +87,15 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         .await
         .map_err(|error| StartError::Bind { addr: config.listen, error })?;
     let addr = listener.local_addr().map_err(|error| StartError::Bind { addr: config.listen, error })?;
+    let admin_listener = match config.admin.enabled {
+        true => Some(
+            tokio::net::TcpListener::bind(config.admin.listen)
+                .await
+                .map_err(|error| StartError::Bind { addr: config.admin.listen, error })?,
+        ),
+        false => None,
+    };
+    let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
     let data_dir = &config.data_dir;
     outpost_common::private_dir(data_dir)
         .map_err(|error| StartError::DataDir { path: data_dir.display().to_string(), error })?;
@@ -97,18 +109,27 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     let registry = Registry::new(store.servers()?, |name| Reports::latest(&*store, name), config.grace());
     let fleet = Arc::new(Fleet::new(registry));
     let advertise = config.advertise_url(addr);
+    let metrics = Arc::new(metrics::Metrics::new());
     let identities = Arc::new(Identities::new(
         fleet.clone(),
         store.clone(),
         ca.clone(),
         advertise.clone(),
         Duration::from_secs(config.agents.cert_ttl_secs),
+        metrics.clone(),
     )?);
-    let reports = Arc::new(Reports::new(fleet.clone(), store.clone(), config.store.history_len));
+    let reports = Arc::new(Reports::new(fleet.clone(), store.clone(), config.store.history_len, metrics.clone()));
     let audit = Arc::new(audit::Audit::new(store.clone()));
     let operators = Arc::new(Operators::load(store.clone())?);
     let relay = Arc::new(relay::Relay::default());
-    let jobs = Arc::new(jobs::Jobs::new(fleet.clone(), relay.clone(), audit.clone(), store.clone(), rt.clone()));
+    let jobs = Arc::new(jobs::Jobs::new(
+        fleet.clone(),
+        relay.clone(),
+        audit.clone(),
+        store.clone(),
+        rt.clone(),
+        metrics.clone(),
+    ));
     let auth =
         Arc::new(Auth::new(identities.clone(), operators, Duration::from_secs(config.operators.cert_max_ttl_secs)));
 
@@ -162,6 +183,16 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         clock,
     ));
     lifecycle.spawn(&rt);
+    if let Some(l) = admin_listener {
+        let routes = metrics::router(metrics, fleet.clone(), lifecycle.clone(), shutdown.clone());
+        let stop = shutdown.clone();
+        rt.spawn(async move {
+            let served = axum::serve(l, routes).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+            if let Err(error) = served {
+                tracing::error!(%error, "the admin listener failed");
+            }
+        });
+    }
     let operator =
         OperatorApi::new(auth, fleet, reports.clone(), identities.clone(), (jobs, lifecycle), audit, rt.clone());
     let serve = api::serve(
@@ -173,8 +204,8 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         shutdown.clone(),
     )
     .map_err(StartError::Tls)?;
-    tracing::info!(%addr, %advertise, pin = %ca.pin(), "hubd listening");
-    Ok(Hub { addr, advertise, identities, reports, agents, sled: sled_writer, rt, serve })
+    tracing::info!(%addr, %advertise, pin = %ca.pin(), admin = ?admin_addr, "hubd listening");
+    Ok(Hub { addr, advertise, admin: admin_addr, identities, reports, agents, sled: sled_writer, rt, serve })
 }
 
 /// The provisioner, or why provisioning is off (no break-glass key, no API token).
@@ -243,7 +274,10 @@ impl Hub {
 /// tells systemd (`Type=notify`).
 pub async fn run(config: HubConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let hub = start(config, shutdown).await?;
-    println!("READY {} {}", hub.advertise, hub.ca().pin());
+    match hub.admin {
+        Some(a) => println!("READY {} {} http://{a}", hub.advertise, hub.ca().pin()),
+        None => println!("READY {} {}", hub.advertise, hub.ca().pin()),
+    }
     sd_notify_ready();
     hub.wait().await
 }

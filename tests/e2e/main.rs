@@ -9,6 +9,7 @@ mod fanout;
 mod fleet;
 mod hostile;
 mod k3s;
+mod metrics;
 mod ops;
 mod provision;
 mod renewal;

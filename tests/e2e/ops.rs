@@ -162,8 +162,14 @@ async fn the_readme_commands_work_as_written() {
     let root = tmp.path();
     let port = harness::free_port();
     let hub_config = root.join("hubd.toml");
-    std::fs::write(&hub_config, format!("listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}/hub\"\n", root.display()))
-        .unwrap();
+    std::fs::write(
+        &hub_config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}/hub\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            root.display()
+        ),
+    )
+    .unwrap();
     let systemctl = harness::fake_systemctl(&root.join("bin"));
     let agent_config = root.join("agentd.toml");
     std::fs::write(

@@ -50,6 +50,8 @@ pub struct HubProc {
     pub port: u16,
     pub url: String,
     pub pin: String,
+    /// `http://127.0.0.1:PORT` of the admin listener (metrics, health).
+    pub admin: String,
     config: PathBuf,
     /// Environment given to hubd (kept across restarts).
     env: Vec<(String, String)>,
@@ -65,9 +67,11 @@ impl HubProc {
     pub async fn start_env(dir: &Path, port: u16, extra: &str, env: Vec<(String, String)>) -> HubProc {
         std::fs::create_dir_all(dir).unwrap();
         let config = dir.join("hubd.toml");
+        // The admin listener on a free port (its default, 9464, is one per machine).
+        let admin = if extra.contains("[admin]") { "" } else { "\n[admin]\nlisten = \"127.0.0.1:0\"\n" };
         std::fs::write(
             &config,
-            format!("listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n{extra}\n", dir.join("data").display()),
+            format!("listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n{extra}{admin}\n", dir.join("data").display()),
         )
         .unwrap();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("hubd.log")).unwrap();
@@ -92,7 +96,8 @@ impl HubProc {
         assert_eq!(parts.next(), Some("READY"), "unexpected first line {line:?}");
         let url = parts.next().unwrap().to_string();
         let pin = parts.next().unwrap().to_string();
-        HubProc { child, dir: dir.to_path_buf(), port, url, pin, config, env }
+        let admin = parts.next().unwrap_or_default().to_string();
+        HubProc { child, dir: dir.to_path_buf(), port, url, pin, admin, config, env }
     }
 
     pub async fn kill9(&mut self) {

@@ -67,6 +67,7 @@ pub struct Identities {
     agent_cert_ttl: Duration,
     /// Serials refused at connect: loaded at start, written through on revoke.
     revoked: RwLock<HashSet<String>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Identities {
@@ -76,9 +77,10 @@ impl Identities {
         ca: Arc<FleetCa>,
         advertise: String,
         agent_cert_ttl: Duration,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Identities, StoreError> {
         let revoked = RwLock::new(store.revoked_serials()?.into_iter().collect());
-        Ok(Identities { fleet, store, ca, advertise, agent_cert_ttl, revoked })
+        Ok(Identities { fleet, store, ca, advertise, agent_cert_ttl, revoked, metrics })
     }
 
     pub fn ca(&self) -> &FleetCa {
@@ -183,6 +185,7 @@ impl Identities {
             }
             None => tracing::info!(server = %server, %agent_id, serial = %issued.info.serial, "agent enrolled"),
         }
+        self.metrics.enrolled();
         Ok(Enrolled { agent_id, server, chain_pem: issued.chain_pem, ca_pem: self.ca.cert_pem().to_string() })
     }
 
@@ -293,6 +296,7 @@ impl Identities {
         self.store.put_server(&record).await?;
         self.fleet.registry().put_record(record);
         tracing::info!(server, serial = %issued.info.serial, not_after = issued.info.not_after, "certificate renewed");
+        self.metrics.renewed();
         Ok((issued.chain_pem, issued.info.not_after))
     }
 }

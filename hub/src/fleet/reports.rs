@@ -21,6 +21,7 @@ pub struct Reports {
     keep: u32,
     /// Reports refused as invalid (the agent drops them).
     refused: AtomicU64,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// One report, checked (`common::report::validate`).
@@ -38,13 +39,19 @@ pub enum Body {
 }
 
 impl Reports {
-    pub fn new(fleet: Arc<Fleet>, store: Arc<dyn ReportStore>, keep: u32) -> Reports {
-        Reports { fleet, store, keep, refused: AtomicU64::new(0) }
+    pub fn new(
+        fleet: Arc<Fleet>,
+        store: Arc<dyn ReportStore>,
+        keep: u32,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Reports {
+        Reports { fleet, store, keep, refused: AtomicU64::new(0), metrics }
     }
 
     /// Stores `report` durably unless it is a duplicate. Returns the seq to acknowledge (everything up to it
     /// is stored).
     pub async fn store(&self, server: &str, report: Report, log_limit: &LogLimiter) -> Result<u64, HubError> {
+        let arrived = std::time::Instant::now();
         let _server = self.fleet.lock(server).await;
         let mut record = self.fleet.record(server)?;
         if report.seq <= record.last_seq {
@@ -78,12 +85,16 @@ impl Reports {
                     record.agent_version = health.agent_version.clone();
                 }
                 let point = HistoryPoint { seq: report.seq, taken_at_ms: report.taken_at_ms, health: Some(health) };
+                let t = std::time::Instant::now();
                 self.store.record_report(&record, report.seq, point.encode_to_vec(), self.keep).await?;
+                self.metrics.report_stored(t.elapsed(), arrived.elapsed());
                 // The latest health is the newest history point: no separate write.
                 self.fleet.registry().put_report(record, point.health.expect("set just above"));
             }
             Body::Apps(apps) => {
+                let t = std::time::Instant::now();
                 self.store.record_apps(&record, report.seq, apps.encode_to_vec()).await?;
+                self.metrics.report_stored(t.elapsed(), arrived.elapsed());
                 self.fleet.registry().put_apps(record, apps);
             }
         }

@@ -186,11 +186,19 @@ pub struct Jobs {
     rt: Runtime,
     /// Running jobs: their cancel token, and the role their action needs (the role needed to cancel them).
     live: Mutex<HashMap<String, (CancellationToken, Role)>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Jobs {
-    pub fn new(fleet: Arc<Fleet>, relay: Arc<Relay>, audit: Arc<Audit>, store: Arc<dyn Commands>, rt: Runtime) -> Jobs {
-        Jobs { fleet, relay, audit, store, rt, live: Mutex::default() }
+    pub fn new(
+        fleet: Arc<Fleet>,
+        relay: Arc<Relay>,
+        audit: Arc<Audit>,
+        store: Arc<dyn Commands>,
+        rt: Runtime,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Jobs {
+        Jobs { fleet, relay, audit, store, rt, live: Mutex::default(), metrics }
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, (CancellationToken, Role)>> {

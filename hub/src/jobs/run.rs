@@ -300,6 +300,11 @@ impl Jobs {
         if r.duration_ms == 0 {
             r.duration_ms = started.elapsed().as_millis() as i64;
         }
+        if !keep_pending {
+            let outcome =
+                serde_json::to_value(r.outcome).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+            self.metrics.action_done(&outcome, started.elapsed());
+        }
         let entry = AuditEntry {
             operator: job.operator.clone(),
             kind: Kind::Result,
