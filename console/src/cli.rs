@@ -107,6 +107,11 @@ pub enum Command {
     /// The lifecycle job queue (provision, deprovision, ...).
     #[command(subcommand)]
     Jobs(crate::lifecycle::JobsCmd),
+    /// The alerts pending and firing now, firing first.
+    Alerts {
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
     /// The action catalog: names, required role, arguments.
     Actions,
     /// Print shell completions.

@@ -406,3 +406,43 @@ pub async fn follow(bundle: &Bundle, id: u64, output: Output) -> anyhow::Result<
         anyhow::bail!("job {id} {}: {}", last.state, inert(&last.error))
     }
 }
+
+/// `outpost alerts`.
+pub async fn alerts(bundle: &Bundle, output: Output) -> anyhow::Result<String> {
+    let mut c = client(bundle)?;
+    let r = c.list_alerts(pb::ListAlertsRequest {}).await.map_err(|s| rpc(bundle, s))?.into_inner();
+    Ok(match output {
+        Output::Json => {
+            let v: Vec<serde_json::Value> = r
+                .alerts
+                .iter()
+                .map(|a| {
+                    let labels: std::collections::BTreeMap<_, _> = a.labels.iter().collect();
+                    serde_json::json!({"labels": labels, "state": a.state, "since_ms": a.since_ms,
+                        "fired_ms": a.fired_ms, "value": a.value, "summary": a.summary, "action": a.action})
+                })
+                .collect();
+            format!("{}\n", serde_json::Value::Array(v))
+        }
+        Output::Table if r.alerts.is_empty() => "no alerts: nothing pending or firing\n".into(),
+        Output::Table => {
+            let mut out = format!(
+                "{:<8} {:<9} {:<22} {:<20} {:<17} {}\n",
+                "STATE", "SEVERITY", "ALERT", "SERVER", "SINCE", "SUMMARY"
+            );
+            for a in &r.alerts {
+                let l = |k: &str| a.labels.get(k).map(|v| inert(v).into_owned()).unwrap_or_else(|| "-".into());
+                out.push_str(&format!(
+                    "{:<8} {:<9} {:<22} {:<20} {:<17} {}\n",
+                    a.state,
+                    l("severity"),
+                    l("alertname"),
+                    l("server"),
+                    clock(a.since_ms),
+                    inert(&a.summary)
+                ));
+            }
+            out
+        }
+    })
+}

@@ -17,6 +17,7 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<String> {
         Some(Command::Run(a)) => console::run::run(&cli::load_bundle(cli)?, a).await,
         Some(Command::Audit(a)) => console::run::audit(&cli::load_bundle(cli)?, a).await,
         Some(Command::Actions) => Ok(console::run::catalog()),
+        Some(Command::Alerts { output }) => console::lifecycle::alerts(&cli::load_bundle(cli)?, *output).await,
         Some(Command::Provision(a)) => console::lifecycle::provision(&cli::load_bundle(cli)?, a).await,
         Some(Command::Jobs(c)) => console::lifecycle::jobs(&cli::load_bundle(cli)?, c).await,
         Some(Command::EnrollSsh(a)) => console::lifecycle::enroll_ssh(&cli::load_bundle(cli)?, a).await,

@@ -34,6 +34,7 @@ pub struct HubConfig {
     pub provision: crate::lifecycle::ProvisionConfig,
     pub lifecycle: crate::lifecycle::LifecycleConfig,
     pub admin: AdminConfig,
+    pub alerts: crate::alerts::AlertsConfig,
 }
 
 /// `[admin]`: the listener Prometheus scrapes (`/metrics`) and health checks call (`/healthz`, `/readyz`).
@@ -118,6 +119,7 @@ impl Default for HubConfig {
             provision: Default::default(),
             lifecycle: Default::default(),
             admin: AdminConfig::default(),
+            alerts: Default::default(),
         }
     }
 }
@@ -232,6 +234,7 @@ impl HubConfig {
         }
         problems.extend(self.provision.problems());
         problems.extend(self.lifecycle.problems());
+        problems.extend(self.alerts.problems());
         outpost_common::config::problems(problems)
     }
 

@@ -5,6 +5,7 @@
 //! live, in the fleet registry ([`fleet`]). [`start`] is the composition root. See ARCHITECTURE.md for the
 //! map and the invariants.
 
+pub mod alerts;
 pub mod api;
 pub mod audit;
 pub mod cli;
@@ -183,8 +184,10 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         clock,
     ));
     lifecycle.spawn(&rt);
+    let alerts = Arc::new(alerts::Alerts::new(config.alerts.clone(), fleet.clone(), lifecycle.clone(), audit.clone()));
+    alerts.spawn(&rt);
     if let Some(l) = admin_listener {
-        let routes = metrics::router(metrics, fleet.clone(), lifecycle.clone(), shutdown.clone());
+        let routes = metrics::router(metrics, fleet.clone(), (lifecycle.clone(), alerts.clone()), shutdown.clone());
         let stop = shutdown.clone();
         rt.spawn(async move {
             let served = axum::serve(l, routes).with_graceful_shutdown(async move { stop.cancelled().await }).await;
@@ -193,8 +196,15 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
             }
         });
     }
-    let operator =
-        OperatorApi::new(auth, fleet, reports.clone(), identities.clone(), (jobs, lifecycle), audit, rt.clone());
+    let operator = OperatorApi::new(
+        auth,
+        fleet,
+        reports.clone(),
+        identities.clone(),
+        (jobs, lifecycle, alerts),
+        audit,
+        rt.clone(),
+    );
     let serve = api::serve(
         listener,
         server_cert,

@@ -3,6 +3,7 @@
 //! enrollments, renewals, action results); fleet and queue figures are read at scrape time from the registry
 //! and the job queue, so they are never stale.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +34,7 @@ pub struct Metrics {
     queue_depth: Gauge,
     jobs_failed_hour: Gauge,
     soonest_expiry: Gauge<f64, std::sync::atomic::AtomicU64>,
+    alerts_firing: Family<Labels, Gauge>,
 }
 
 fn latency() -> Histogram {
@@ -62,6 +64,7 @@ impl Metrics {
             queue_depth: Gauge::default(),
             jobs_failed_hour: Gauge::default(),
             soonest_expiry: Gauge::default(),
+            alerts_firing: Family::default(),
             registry: Registry::default(),
         };
         registry.register("reports_stored", "Health and apps reports stored durably", m.reports_stored.clone());
@@ -100,6 +103,7 @@ impl Metrics {
             prometheus_client::registry::Unit::Seconds,
             m.soonest_expiry.clone(),
         );
+        registry.register("alerts_firing", "Alerts firing now, by severity", m.alerts_firing.clone());
         Metrics { registry, ..m }
     }
 
@@ -116,6 +120,14 @@ impl Metrics {
 
     pub fn renewed(&self) {
         self.renewals.inc();
+    }
+
+    /// The firing alerts by severity (every severity present, 0 when none fire).
+    pub fn set_alerts(&self, firing: &BTreeMap<String, u64>) {
+        for severity in ["critical", "warning", "info"] {
+            let n = firing.get(severity).copied().unwrap_or(0);
+            self.alerts_firing.get_or_create(&vec![("severity", severity.to_string())]).set(n as i64);
+        }
     }
 
     /// A remote action ended for one target with `outcome` (a word) after `rtt`.
@@ -178,7 +190,7 @@ pub fn classic_text(openmetrics: &str) -> String {
 pub fn router(
     metrics: Arc<Metrics>,
     fleet: Arc<Fleet>,
-    lifecycle: Arc<Lifecycle>,
+    (lifecycle, alerts): (Arc<Lifecycle>, Arc<crate::alerts::Alerts>),
     ready: tokio_util::sync::CancellationToken,
 ) -> axum::Router {
     use axum::http::{StatusCode, header};
@@ -187,8 +199,9 @@ pub fn router(
     // OpenMetrics to those who ask for it (Prometheus does); the classic text format to everyone else
     // (curl, `promtool check metrics`).
     let scrape = move |headers: axum::http::HeaderMap| {
-        let (metrics, fleet, lifecycle) = (metrics.clone(), fleet.clone(), lifecycle.clone());
+        let (metrics, fleet, lifecycle, alerts) = (metrics.clone(), fleet.clone(), lifecycle.clone(), alerts.clone());
         async move {
+            metrics.set_alerts(&alerts.firing_by_severity());
             let body = metrics.render(&fleet, Some(&lifecycle));
             let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default();
             if accept.contains("application/openmetrics-text") {

@@ -1,6 +1,7 @@
 //! Cross-process tests: real hubd and agentd processes on loopback, real mTLS, real sled.
 
 mod actions;
+mod alerts;
 mod apps;
 mod bad_input;
 mod console;

@@ -45,6 +45,7 @@ pub struct OperatorApi {
     jobs: Arc<Jobs>,
     audit: Arc<Audit>,
     lifecycle: Arc<Lifecycle>,
+    alerts: Arc<crate::alerts::Alerts>,
     rt: Runtime,
 }
 
@@ -55,11 +56,11 @@ impl OperatorApi {
         fleet: Arc<Fleet>,
         reports: Arc<Reports>,
         identities: Arc<Identities>,
-        (jobs, lifecycle): (Arc<Jobs>, Arc<Lifecycle>),
+        (jobs, lifecycle, alerts): (Arc<Jobs>, Arc<Lifecycle>, Arc<crate::alerts::Alerts>),
         audit: Arc<Audit>,
         rt: Runtime,
     ) -> OperatorApi {
-        OperatorApi { auth, fleet, reports, identities, jobs, audit, lifecycle, rt }
+        OperatorApi { auth, fleet, reports, identities, jobs, audit, lifecycle, alerts, rt }
     }
 
     /// Records an admin operation that was done (join token, revocation).
@@ -337,6 +338,28 @@ impl Operator for OperatorApi {
         };
         let job = self.lifecycle.enroll_ssh(r, &by).await?;
         Ok(Response::new(pb::LifecycleJobResponse { job: Some(convert::lifecycle_job(job)), created: true }))
+    }
+
+    async fn list_alerts(
+        &self,
+        req: Request<pb::ListAlertsRequest>,
+    ) -> Result<Response<pb::ListAlertsResponse>, Status> {
+        self.auth.operator(&req, Role::Viewer, "listing alerts")?;
+        let alerts = self
+            .alerts
+            .list()
+            .into_iter()
+            .map(|a| pb::AlertInfo {
+                labels: a.labels.into_iter().collect(),
+                state: if a.state == crate::alerts::State::Firing { "firing" } else { "pending" }.into(),
+                since_ms: a.since_ms,
+                fired_ms: a.fired_ms,
+                value: a.value,
+                summary: a.summary,
+                action: a.action,
+            })
+            .collect();
+        Ok(Response::new(pb::ListAlertsResponse { alerts }))
     }
 
     async fn reactivate(

@@ -137,6 +137,8 @@ pub enum Kind {
     Revoke,
     /// A lifecycle job queued or ended (provision, deprovision, ...).
     Job,
+    /// An alert fired or resolved.
+    Alert,
 }
 
 impl Kind {
@@ -149,6 +151,7 @@ impl Kind {
             Kind::Token => "token",
             Kind::Revoke => "revoke",
             Kind::Job => "job",
+            Kind::Alert => "alert",
         }
     }
 }

@@ -1,0 +1,478 @@
+//! Alerts: rules as data (`[[alerts.rules]]` in hubd.toml, built-in defaults), evaluated every
+//! `eval_secs` against what the hub knows (each server's liveness, latest health, certificate and apps
+//! state; the lifecycle queue). An alert is identified by its labels (rule, severity, server, customer,
+//! plan); it is pending until its condition held for `for_secs`, then firing until the condition clears,
+//! then resolved. Firing alerts are sent to a Prometheus Alertmanager (v2 API) on every evaluation, as
+//! Alertmanager expects, and a resolved one once with its end time; routing, grouping, inhibition,
+//! silences and notifications (Slack, e-mail, PagerDuty) are Alertmanager's. Every fire and resolve is
+//! audited (kind `alert`): that is the history.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::audit::{Audit, AuditEntry, Kind};
+use crate::fleet::Fleet;
+use crate::lifecycle::Lifecycle;
+use crate::runtime::Runtime;
+
+/// Per-server metrics a rule may use.
+pub const SERVER_METRICS: [&str; 6] = [
+    "server_offline_seconds",
+    "disk_used_percent",
+    "memory_used_percent",
+    "certificate_expires_in_seconds",
+    "k3s_ready",
+    "apps_failing",
+];
+/// Hub-wide metrics a rule may use.
+pub const HUB_METRICS: [&str; 3] = ["job_queue_pending", "job_failure_rate_percent", "provisions_failed_last_hour"];
+
+/// `[alerts]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    pub eval_secs: u64,
+    /// Alertmanager's base URL (`http://127.0.0.1:9093`); none: alerts are evaluated, audited and listed only.
+    pub alertmanager_url: Option<String>,
+    /// Replaces the built-in rules when given.
+    pub rules: Vec<Rule>,
+}
+
+/// One rule: `metric op threshold`, held for `for_secs`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub name: String,
+    pub metric: String,
+    /// `>`, `>=`, `<`, `<=`.
+    pub op: String,
+    pub threshold: f64,
+    #[serde(default)]
+    pub for_secs: u64,
+    /// `critical`, `warning` or `info`.
+    pub severity: String,
+    /// What a person should do, in the notification.
+    #[serde(default)]
+    pub action: String,
+}
+
+fn rule(name: &str, metric: &str, op: &str, threshold: f64, for_secs: u64, severity: &str, action: &str) -> Rule {
+    Rule {
+        name: name.into(),
+        metric: metric.into(),
+        op: op.into(),
+        threshold,
+        for_secs,
+        severity: severity.into(),
+        action: action.into(),
+    }
+}
+
+/// The built-in rules.
+pub fn default_rules() -> Vec<Rule> {
+    vec![
+        rule(
+            "server_lost",
+            "server_offline_seconds",
+            ">",
+            300.0,
+            0,
+            "critical",
+            "check the server in the cloud console; `outpost server NAME` shows when it was last seen",
+        ),
+        rule(
+            "disk_full",
+            "disk_used_percent",
+            ">",
+            90.0,
+            0,
+            "warning",
+            "free space on the server (logs, images) or move the customer to a bigger plan",
+        ),
+        rule(
+            "memory_high",
+            "memory_used_percent",
+            ">",
+            95.0,
+            300,
+            "warning",
+            "look at the apps' memory (`outpost apps --on NAME`)",
+        ),
+        rule(
+            "certificate_expiring",
+            "certificate_expires_in_seconds",
+            "<",
+            21_600.0,
+            0,
+            "critical",
+            "renewal is failing: `outpost run rotate-cert --on NAME`, or re-enroll the agent",
+        ),
+        rule("k3s_not_ready", "k3s_ready", "<", 1.0, 300, "warning", "`outpost run k3s-status --on NAME`"),
+        rule(
+            "app_failing",
+            "apps_failing",
+            ">",
+            0.0,
+            0,
+            "warning",
+            "`outpost apps --on NAME --failing`; roll back with `outpost rollback`",
+        ),
+        rule(
+            "job_queue_long",
+            "job_queue_pending",
+            ">",
+            50.0,
+            300,
+            "warning",
+            "`outpost jobs list`: is the cloud API failing or rate limiting?",
+        ),
+        rule(
+            "job_failures",
+            "job_failure_rate_percent",
+            ">",
+            5.0,
+            0,
+            "warning",
+            "`outpost jobs list`: read the failed jobs' errors",
+        ),
+        rule(
+            "provision_failed",
+            "provisions_failed_last_hour",
+            ">",
+            0.0,
+            0,
+            "warning",
+            "`outpost jobs list`; the customer is waiting for a server",
+        ),
+    ]
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig { eval_secs: 15, alertmanager_url: None, rules: default_rules() }
+    }
+}
+
+impl AlertsConfig {
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if !(1..=3600).contains(&self.eval_secs) {
+            p.push(format!("alerts.eval_secs: {} is outside 1..=3600", self.eval_secs));
+        }
+        if let Some(u) = &self.alertmanager_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            p.push(format!("alerts.alertmanager_url {u:?}: an http:// or https:// URL"));
+        }
+        for r in &self.rules {
+            if !SERVER_METRICS.contains(&r.metric.as_str()) && !HUB_METRICS.contains(&r.metric.as_str()) {
+                p.push(format!(
+                    "alerts rule {}: unknown metric {:?}; the metrics are {}",
+                    r.name,
+                    r.metric,
+                    SERVER_METRICS.iter().chain(HUB_METRICS.iter()).copied().collect::<Vec<_>>().join(", ")
+                ));
+            }
+            if ![">", ">=", "<", "<="].contains(&r.op.as_str()) {
+                p.push(format!("alerts rule {}: op {:?} is not one of > >= < <=", r.name, r.op));
+            }
+            if !["critical", "warning", "info"].contains(&r.severity.as_str()) {
+                p.push(format!("alerts rule {}: severity {:?} is not critical, warning or info", r.name, r.severity));
+            }
+            if r.name.is_empty() || !r.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                p.push(format!("alerts rule {:?}: names are letters, digits and _", r.name));
+            }
+        }
+        p
+    }
+}
+
+impl Rule {
+    fn holds(&self, v: f64) -> bool {
+        match self.op.as_str() {
+            ">" => v > self.threshold,
+            ">=" => v >= self.threshold,
+            "<" => v < self.threshold,
+            _ => v <= self.threshold,
+        }
+    }
+}
+
+/// Where an alert is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    Pending,
+    Firing,
+}
+
+/// One alert.
+#[derive(Clone, Debug)]
+pub struct Alert {
+    pub labels: BTreeMap<String, String>,
+    pub state: State,
+    /// When the condition started to hold, and when it fired.
+    pub since_ms: i64,
+    pub fired_ms: i64,
+    pub value: f64,
+    pub summary: String,
+    pub action: String,
+}
+
+impl Alert {
+    fn key(&self) -> String {
+        self.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+    }
+}
+
+/// The engine: its alerts, and the resolved ones not delivered yet.
+pub struct Alerts {
+    config: AlertsConfig,
+    fleet: Arc<Fleet>,
+    lifecycle: Arc<Lifecycle>,
+    audit: Arc<Audit>,
+    active: Mutex<HashMap<String, Alert>>,
+    /// Resolved alerts (with their end) waiting to reach Alertmanager.
+    resolved: Mutex<Vec<(Alert, i64)>>,
+    client: reqwest::Client,
+}
+
+impl Alerts {
+    pub fn new(config: AlertsConfig, fleet: Arc<Fleet>, lifecycle: Arc<Lifecycle>, audit: Arc<Audit>) -> Alerts {
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
+        Alerts { config, fleet, lifecycle, audit, active: Mutex::default(), resolved: Mutex::default(), client }
+    }
+
+    /// Evaluates and delivers every `eval_secs`.
+    pub fn spawn(self: &Arc<Self>, rt: &Runtime) {
+        let me = self.clone();
+        rt.every("alerts", Duration::from_secs(self.config.eval_secs), move || {
+            let me = me.clone();
+            async move {
+                me.evaluate(outpost_common::now_ms()).await;
+                me.deliver().await;
+            }
+        });
+    }
+
+    /// The alerts now, firing first.
+    pub fn list(&self) -> Vec<Alert> {
+        let mut v: Vec<Alert> = self.active.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        v.sort_by_key(|a| (a.state != State::Firing, a.since_ms));
+        v
+    }
+
+    /// Firing alerts by severity.
+    pub fn firing_by_severity(&self) -> BTreeMap<String, u64> {
+        let mut m = BTreeMap::new();
+        for a in self.list().into_iter().filter(|a| a.state == State::Firing) {
+            *m.entry(a.labels.get("severity").cloned().unwrap_or_default()).or_insert(0) += 1;
+        }
+        m
+    }
+
+    /// Every (rule, labels, value, summary) whose condition holds now.
+    fn conditions(&self, now_ms: i64) -> Vec<(Rule, BTreeMap<String, String>, f64, String)> {
+        let mut out = Vec::new();
+        let views = self.fleet.registry().list();
+        for r in self.config.rules.iter().filter(|r| SERVER_METRICS.contains(&r.metric.as_str())) {
+            for v in &views {
+                let rec = &v.record;
+                if rec.suspended_ms > 0 || rec.revoked_ms > 0 || rec.agent_id.is_empty() {
+                    continue; // deprovisioned, revoked or never enrolled: nothing to watch
+                }
+                let h = v.health.as_ref();
+                let value = match r.metric.as_str() {
+                    "server_offline_seconds" => Some(if v.liveness == outpost_common::Liveness::Connected {
+                        0.0
+                    } else {
+                        (now_ms - v.liveness_since_ms).max(0) as f64 / 1000.0
+                    }),
+                    "disk_used_percent" => h.and_then(|h| {
+                        h.disks
+                            .iter()
+                            .filter(|d| d.total_bytes > 0)
+                            .map(|d| {
+                                100.0 * (d.total_bytes - d.available_bytes.min(d.total_bytes)) as f64
+                                    / d.total_bytes as f64
+                            })
+                            .reduce(f64::max)
+                    }),
+                    "memory_used_percent" => h
+                        .filter(|h| h.mem_total_bytes > 0)
+                        .map(|h| 100.0 * h.mem_used_bytes as f64 / h.mem_total_bytes as f64),
+                    "certificate_expires_in_seconds" => {
+                        (rec.cert_not_after > 0).then(|| (rec.cert_not_after * 1000 - now_ms) as f64 / 1000.0)
+                    }
+                    "k3s_ready" => {
+                        v.apps.as_ref().and_then(|a| a.cluster.as_ref()).map(|c| f64::from(u8::from(c.ready)))
+                    }
+                    "apps_failing" => v
+                        .apps
+                        .as_ref()
+                        .map(|a| a.apps.iter().filter(|x| x.phase == "failed" || x.phase == "degraded").count() as f64),
+                    _ => None,
+                };
+                let Some(value) = value else { continue };
+                if r.holds(value) {
+                    let labels: BTreeMap<String, String> = [
+                        ("alertname", r.name.clone()),
+                        ("severity", r.severity.clone()),
+                        ("server", rec.name.clone()),
+                        ("customer", rec.customer.clone()),
+                        ("plan", rec.plan.clone()),
+                    ]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect();
+                    let summary =
+                        format!("{} on {}: {} is {value:.1} ({} {})", r.name, rec.name, r.metric, r.op, r.threshold);
+                    out.push((r.clone(), labels, value, summary));
+                }
+            }
+        }
+        if let Ok(s) = self.lifecycle.stats() {
+            let failed_provisions = self
+                .lifecycle
+                .jobs(0)
+                .map(|j| {
+                    j.iter()
+                        .filter(|j| {
+                            j.kind == crate::store::JobKind::Provision
+                                && j.state == crate::store::JobState::Failed
+                                && j.finished_ms >= now_ms - 3_600_000
+                        })
+                        .count()
+                })
+                .unwrap_or(0);
+            for r in self.config.rules.iter().filter(|r| HUB_METRICS.contains(&r.metric.as_str())) {
+                let value = match r.metric.as_str() {
+                    "job_queue_pending" => s.pending as f64,
+                    "job_failure_rate_percent" if s.finished_last_hour > 0 => {
+                        100.0 * s.failed_last_hour as f64 / s.finished_last_hour as f64
+                    }
+                    "job_failure_rate_percent" => 0.0,
+                    _ => failed_provisions as f64,
+                };
+                if r.holds(value) {
+                    let labels = [("alertname", r.name.clone()), ("severity", r.severity.clone())]
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), v))
+                        .collect();
+                    let summary = format!("{}: {} is {value:.1} ({} {})", r.name, r.metric, r.op, r.threshold);
+                    out.push((r.clone(), labels, value, summary));
+                }
+            }
+        }
+        out
+    }
+
+    /// One evaluation at `now_ms`: new conditions become pending, held ones fire, cleared ones resolve.
+    pub async fn evaluate(&self, now_ms: i64) {
+        let holding = self.conditions(now_ms);
+        let mut fired = Vec::new();
+        let mut gone = Vec::new();
+        {
+            let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+            let mut seen = std::collections::HashSet::new();
+            for (rule, labels, value, summary) in holding {
+                let alert = Alert {
+                    labels,
+                    state: State::Pending,
+                    since_ms: now_ms,
+                    fired_ms: 0,
+                    value,
+                    summary,
+                    action: rule.action.clone(),
+                };
+                let key = alert.key();
+                seen.insert(key.clone());
+                let a = active.entry(key).or_insert(alert.clone());
+                a.value = alert.value;
+                a.summary = alert.summary;
+                if a.state == State::Pending && now_ms - a.since_ms >= (rule.for_secs * 1000) as i64 {
+                    a.state = State::Firing;
+                    a.fired_ms = now_ms;
+                    fired.push(a.clone());
+                }
+            }
+            active.retain(|k, a| {
+                let keep = seen.contains(k);
+                if !keep && a.state == State::Firing {
+                    gone.push(a.clone());
+                }
+                keep
+            });
+        }
+        for a in &fired {
+            tracing::warn!(alert = %a.key(), summary = %a.summary, "alert firing");
+            self.record(a, "fired").await;
+        }
+        for a in gone {
+            tracing::info!(alert = %a.key(), "alert resolved");
+            self.record(&a, "resolved").await;
+            self.resolved.lock().unwrap_or_else(|p| p.into_inner()).push((a, now_ms));
+        }
+    }
+
+    async fn record(&self, a: &Alert, what: &str) {
+        let entry = AuditEntry {
+            operator: "alerts".into(),
+            kind: Kind::Alert,
+            action: a.labels.get("alertname").cloned().unwrap_or_default(),
+            args: a.labels.clone(),
+            servers: a.labels.get("server").cloned().into_iter().collect(),
+            message: format!("{what}: {}", a.summary),
+            ..Default::default()
+        };
+        if let Err(error) = self.audit.append(entry).await {
+            tracing::warn!(%error, "cannot audit an alert");
+        }
+    }
+
+    /// Sends firing alerts, and resolved ones not sent yet, to Alertmanager (`POST /api/v2/alerts`).
+    pub async fn deliver(&self) {
+        let Some(base) = &self.config.alertmanager_url else { return };
+        let firing: Vec<Alert> = self.list().into_iter().filter(|a| a.state == State::Firing).collect();
+        let resolved = self.resolved.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if firing.is_empty() && resolved.is_empty() {
+            return;
+        }
+        let time = |ms: i64| crate::error::rfc3339_ms(ms);
+        let body: Vec<serde_json::Value> = firing
+            .iter()
+            .map(|a| (a, None))
+            .chain(resolved.iter().map(|(a, end)| (a, Some(*end))))
+            .map(|(a, end)| {
+                let mut v = serde_json::json!({
+                    "labels": a.labels,
+                    "annotations": {
+                        "summary": a.summary,
+                        "description": format!("since {}; what to do: {}", time(a.since_ms), a.action),
+                    },
+                    "startsAt": time(a.since_ms),
+                    "generatorURL": "",
+                });
+                if let Some(end) = end {
+                    v["endsAt"] = serde_json::json!(time(end));
+                }
+                v
+            })
+            .collect();
+        let url = format!("{}/api/v2/alerts", base.trim_end_matches('/'));
+        match self.client.post(&url).json(&body).send().await {
+            Ok(r) if r.status().is_success() => {
+                let sent = resolved.len();
+                self.resolved.lock().unwrap_or_else(|p| p.into_inner()).drain(..sent);
+            }
+            Ok(r) => {
+                tracing::warn!(status = %r.status(), %url, "Alertmanager refused the alerts; they are sent again next round")
+            }
+            Err(error) => {
+                tracing::warn!(%error, %url, "Alertmanager unreachable; the alerts are sent again next round")
+            }
+        }
+    }
+}

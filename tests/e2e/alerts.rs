@@ -1,0 +1,142 @@
+//! Alerts end to end with a real Prometheus Alertmanager (Debian `prometheus-alertmanager`, started by the
+//! test on a loopback port): a disk reading past 90 % (sent by an agent speaking the contract by hand)
+//! fires `disk_full`, which Alertmanager then holds with the server's labels; the reading back under 90 %
+//! resolves it there; the agent gone past the lost threshold fires `server_lost`. The hub's own list and
+//! its audit log say the same.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use harness::hostile::{self, RawLink};
+use harness::{HubProc, free_port, init};
+use outpost_common::Role;
+use outpost_proto::v1::{self as pb, Disk, Health, hub_message};
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Alertmanager's alerts (`GET /api/v2/alerts`), once `done` holds for them.
+fn am_alerts(am: &str, what: &str, done: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = Command::new("curl").args(["-s", &format!("{am}/api/v2/alerts")]).output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let alerts = v.as_array().cloned().unwrap_or_default();
+        if done(&alerts) {
+            return alerts;
+        }
+        assert!(Instant::now() < deadline, "Alertmanager never had {what}: {alerts:#?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn named<'a>(alerts: &'a [serde_json::Value], name: &str) -> Option<&'a serde_json::Value> {
+    alerts.iter().find(|a| a["labels"]["alertname"] == name)
+}
+
+fn disk(used_pct: u64) -> Health {
+    Health {
+        disks: vec![Disk { mount: "/".into(), total_bytes: 100 << 30, available_bytes: (100 - used_pct) << 30 }],
+        mem_total_bytes: 8 << 30,
+        mem_used_bytes: 1 << 30,
+        ..Default::default()
+    }
+}
+
+async fn acked(link: &mut RawLink, seq: u64) {
+    link.until(|m| match m {
+        hub_message::Body::Ack(a) if a.up_to_seq >= seq => Some(()),
+        _ => None,
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_reach_alertmanager_fire_once_and_resolve() {
+    init();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("alertmanager");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("am.yml"), "route:\n  receiver: 'null'\nreceivers:\n  - name: 'null'\n").unwrap();
+    let port = free_port();
+    let am = Command::new("prometheus-alertmanager")
+        .arg(format!("--config.file={}", dir.join("am.yml").display()))
+        .arg(format!("--storage.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--cluster.listen-address=")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("alertmanager.log")).unwrap())
+        .spawn()
+        .expect("prometheus-alertmanager (Debian, installed by scripts/test)");
+    let _am = Killed(am);
+    let am_url = format!("http://127.0.0.1:{port}");
+    am_alerts(&am_url, "its API up", |_| true);
+
+    let config = format!(
+        "[agents]\ngrace_secs = 1\n[alerts]\neval_secs = 1\nalertmanager_url = \"{am_url}\"\n\
+         [[alerts.rules]]\nname = \"disk_full\"\nmetric = \"disk_used_percent\"\nop = \">\"\nthreshold = 90\nseverity = \"warning\"\naction = \"free some space\"\n\
+         [[alerts.rules]]\nname = \"server_lost\"\nmetric = \"server_offline_seconds\"\nop = \">\"\nthreshold = 2\nseverity = \"critical\"\n"
+    );
+    let hub = HubProc::start(&tmp.path().join("hub"), free_port(), &config).await;
+    let id = hostile::enroll(&hub.token("disk-1").await).await;
+    let mut link = RawLink::connect(&id).await.unwrap();
+
+    // Past 90 %: firing at the hub, held by Alertmanager with the server's labels and what to do.
+    link.send(hostile::report(1, disk(95))).await;
+    acked(&mut link, 1).await;
+    let alerts = am_alerts(&am_url, "disk_full firing", |a| named(a, "disk_full").is_some());
+    let a = named(&alerts, "disk_full").unwrap();
+    for (k, v) in [("server", "disk-1"), ("severity", "warning"), ("customer", "acme"), ("plan", "pro")] {
+        assert_eq!(a["labels"][k], v, "{a:#}");
+    }
+    assert!(a["annotations"]["summary"].as_str().unwrap().contains("disk_used_percent is 95.0"), "{a:#}");
+    assert!(a["annotations"]["description"].as_str().unwrap().contains("free some space"), "{a:#}");
+    let mut admin = hub.client(Role::Viewer);
+    let listed = admin.list_alerts(pb::ListAlertsRequest {}).await.unwrap().into_inner().alerts;
+    assert!(listed.iter().any(|a| a.labels["alertname"] == "disk_full" && a.state == "firing"), "{listed:#?}");
+    let text = String::from_utf8_lossy(
+        &Command::new("curl").args(["-s", &format!("{}/metrics", hub.admin)]).output().unwrap().stdout,
+    )
+    .into_owned();
+    assert!(text.contains("outpost_alerts_firing{severity=\"warning\"} 1"), "{text}");
+
+    // Back under 90 %: resolved, and Alertmanager lets it go.
+    link.send(hostile::report(2, disk(50))).await;
+    acked(&mut link, 2).await;
+    am_alerts(&am_url, "disk_full resolved", |a| named(a, "disk_full").is_none());
+    assert!(admin.list_alerts(pb::ListAlertsRequest {}).await.unwrap().into_inner().alerts.is_empty());
+
+    // The agent goes away: lost past the threshold fires server_lost.
+    drop(link);
+    let alerts = am_alerts(&am_url, "server_lost firing", |a| named(a, "server_lost").is_some());
+    assert_eq!(named(&alerts, "server_lost").unwrap()["labels"]["severity"], "critical");
+
+    // The history: fired once, resolved once, in the audit log.
+    let mut admin = hub.client(Role::Admin);
+    let audit = admin
+        .query_audit(pb::QueryAuditRequest { action: "disk_full".into(), limit: 50, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    let said: Vec<&str> = audit.iter().rev().map(|r| r.message.split(':').next().unwrap()).collect();
+    assert_eq!(said, ["fired", "resolved"], "{audit:#?}");
+}
+
+/// A rule with an unknown metric, or an Alertmanager URL that is not HTTP, stops hubd before it starts.
+#[test]
+fn bad_rules_are_refused_at_start() {
+    let config = "[alerts]\nalertmanager_url = \"ftp://am\"\n[[alerts.rules]]\nname = \"x\"\nmetric = \"cpu_temperature\"\nop = \"!\"\nthreshold = 1\nseverity = \"page\"\n";
+    let c = hub::HubConfig::from_toml(config).unwrap();
+    let err = c.validate().unwrap_err().to_string();
+    for needle in ["unknown metric \"cpu_temperature\"", "op \"!\"", "severity \"page\"", "ftp://am"] {
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+}
