@@ -61,6 +61,7 @@ pub fn apply(app: &mut App, ev: ConnEvent) {
         ConnEvent::JobRefused(text) => app.job_refused(text),
         ConnEvent::Audit(records) => app.apply_audit(records),
         ConnEvent::Queue(r) => app.apply_queue(*r),
+        ConnEvent::Alerts(a) => app.apply_alerts(a),
         ConnEvent::Info(text) => {
             app.message = Some(Message { text: outpost_common::text::inert(&text).into_owned(), error: false })
         }
@@ -194,6 +195,12 @@ async fn request(ch: Channel, tx: mpsc::Sender<ConnEvent>, r: Request) {
                 Err(s) => ConnEvent::Error(format!("cancel job {id}: {}", s.message())),
             };
             let _ = tx.send(ev).await;
+        }
+        Request::Alerts => {
+            // An older hub without alerts: the header keeps its own count, and nothing is said.
+            if let Ok(r) = client.list_alerts(outpost_proto::v1::ListAlertsRequest {}).await {
+                let _ = tx.send(ConnEvent::Alerts(r.into_inner().alerts)).await;
+            }
         }
         Request::Queue => {
             let ev = match client.list_lifecycle_jobs(ListLifecycleJobsRequest { limit: 500 }).await {

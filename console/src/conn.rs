@@ -22,6 +22,7 @@ pub enum ConnEvent {
     JobRefused(String),
     Audit(Vec<outpost_proto::v1::AuditRecord>),
     Queue(Box<outpost_proto::v1::ListLifecycleJobsResponse>),
+    Alerts(Vec<outpost_proto::v1::AlertInfo>),
     /// Something the operator should read that is not an error (a job queued, cancelled).
     Info(String),
     Down {

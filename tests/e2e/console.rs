@@ -88,7 +88,7 @@ async fn filter_open_back_quit_in_tmux() {
     keys(&socket, &["1", "Enter"]);
     wait_for_pane(&socket, "server      web-1");
     keys(&socket, &[":", "alerts", "Enter"]);
-    wait_for_pane(&socket, "no alerts: every server is connected");
+    wait_for_pane(&socket, "nothing is firing");
     keys(&socket, &["Escape"]);
     wait_for_pane(&socket, "3 servers  ●");
     // `s` walks the columns as the screen shows them; `S` reverses only the current one.

@@ -3,6 +3,7 @@
 //! deltas arrive.
 
 pub mod actions;
+pub mod alerts;
 pub mod filter;
 pub mod fleet;
 pub mod keymap;
@@ -48,6 +49,8 @@ pub enum Screen {
     Queue,
     /// One lifecycle job: its steps.
     QueueJob(u64),
+    /// The hub's alerts, firing first.
+    Alerts,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -116,12 +119,14 @@ pub enum Request {
     },
     /// Cancel a lifecycle job (admin).
     CancelQueueJob(u64),
+    /// The hub's alerts.
+    Alerts,
 }
 
 pub const COMMANDS: [(&str, &str); 9] = [
     ("servers", "the fleet view"),
     ("apps", "every app on every server (the fleet filter applies), failing first"),
-    ("alerts", "alerts"),
+    ("alerts", "the hub's alerts, firing first (the fleet filter is:alert shows servers that need a look)"),
     ("audit", "the audit log"),
     ("jobs", "the lifecycle job queue: provision, deprovision, ..."),
     ("provision", "provision CUSTOMER PLAN [LOCATION]: a new server for a customer (admin)"),
@@ -187,6 +192,7 @@ pub struct App {
     pub audit: AuditPage,
     pub apps_page: AppsPage,
     pub queue: QueuePage,
+    pub alerts: alerts::AlertsPage,
 }
 
 impl App {
@@ -206,6 +212,7 @@ impl App {
             audit: AuditPage::default(),
             apps_page: AppsPage::default(),
             queue: QueuePage::default(),
+            alerts: alerts::AlertsPage::default(),
         }
     }
 
@@ -427,7 +434,9 @@ impl App {
                 }
             }
             Action::Back => match self.screen {
-                Screen::Job | Screen::Audit | Screen::Apps | Screen::Queue => self.screen = Screen::Fleet,
+                Screen::Job | Screen::Audit | Screen::Apps | Screen::Queue | Screen::Alerts => {
+                    self.screen = Screen::Fleet
+                }
                 Screen::App(..) => self.screen = Screen::Apps,
                 Screen::QueueJob(_) => self.screen = Screen::Queue,
                 Screen::Server(_) => {
@@ -455,6 +464,7 @@ impl App {
             Action::Mark => self.toggle_mark(),
             Action::CancelJob => self.cancel_job(),
             Action::Refresh if self.screen == Screen::Audit => self.open_audit(),
+            Action::Refresh if self.screen == Screen::Alerts => self.requests.push(Request::Alerts),
             Action::Refresh => {}
             Action::Quit => return false,
         }
@@ -484,12 +494,7 @@ impl App {
             "job" if self.job.is_some() => self.screen = Screen::Job,
             "job" => self.say("no action job started from this console yet; :jobs is the lifecycle queue", true),
             "jobs" => self.open_queue(),
-            "alerts" => {
-                // The servers the header counts as alerts (lost, K3s failed, a disk ≥ 90 %).
-                self.screen = Screen::Fleet;
-                self.detail = None;
-                self.set_filter("is:alert");
-            }
+            "alerts" => self.open_alerts(),
             other if other.starts_with("provision") || other.starts_with("cancel") => self.queue_command(other),
             other => match other.strip_prefix("server ").map(str::trim) {
                 Some(name) if self.fleet.server(name).is_some() => self.open(name),

@@ -98,5 +98,6 @@ impl App {
         if matches!(self.screen, Screen::Queue | Screen::QueueJob(_)) {
             self.requests.push(Request::Queue);
         }
+        self.tick_alerts();
     }
 }

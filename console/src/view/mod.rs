@@ -78,6 +78,7 @@ pub fn render(frame: &mut Frame, app: &mut App, now_ms: i64, theme: Theme) {
         Screen::App(server, name) => render_app(frame, app, &server, &name, body, now_ms, theme),
         Screen::Queue => queue::render_queue(frame, app, body, now_ms, theme),
         Screen::QueueJob(id) => queue::render_queue_job(frame, app, id, body, theme),
+        Screen::Alerts => queue::render_alerts(frame, app, body, now_ms, theme),
     }
     render_footer(frame, app, footer, theme);
     match &app.mode {
@@ -116,7 +117,11 @@ fn render_header(frame: &mut Frame, app: &mut App, header: Rect, counts: Rect, t
         Span::styled(format!("● {} connected  ", c.connected), theme.fg(Color::Green)),
         Span::styled(format!("◐ {} disconnected  ", c.disconnected), theme.fg(Color::Yellow)),
         Span::styled(format!("✖ {} lost  ", c.lost), theme.fg(Color::Red)),
-        Span::styled(format!("⚠ {} alerts", c.alerts), theme.fg(Color::Magenta)),
+        // The hub's firing alerts once known; until then the servers that need a look.
+        Span::styled(
+            format!("⚠ {} alerts", if app.alerts.loaded { app.alerts.firing() } else { c.alerts }),
+            theme.fg(Color::Magenta),
+        ),
     ];
     if let Conn::Reconnecting { error, .. } = &app.conn {
         spans.push(Span::styled(format!("  │ last known state; hub: {error}"), theme.fg(Color::Red)));
@@ -158,6 +163,7 @@ fn render_footer(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
                 }
                 Screen::Queue => " q quit  esc back  j/k move  enter open  r refresh  ? help  : command",
                 Screen::QueueJob(_) => " q quit  esc back  ? help  : command",
+                Screen::Alerts => " q quit  esc back  r refresh  ? help  : command",
             }),
         },
     };
@@ -233,6 +239,7 @@ pub fn render_all_for_test(app: &mut App, width: u16, height: u16) -> Vec<(&'sta
         ("audit", Screen::Audit),
         ("apps", Screen::Apps),
         ("jobs", Screen::Queue),
+        ("alerts", Screen::Alerts),
     ];
     if let Some(name) = first {
         screens.push(("server", Screen::Server(name)));

@@ -119,3 +119,48 @@ pub fn render_queue_job(frame: &mut Frame, app: &App, id: u64, area: Rect, theme
     let title = format!(" job {} ", j.id);
     frame.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }).block(Block::bordered().title(title)), area);
 }
+
+fn severity(s: &str) -> (&'static str, Color) {
+    match s {
+        "critical" => ("✖ critical", Color::Red),
+        "warning" => ("▲ warning", Color::Yellow),
+        _ => ("● info", Color::Cyan),
+    }
+}
+
+/// The hub's alerts: firing first, severity as symbol, word and colour; an empty state when none fire.
+pub fn render_alerts(frame: &mut Frame, app: &App, area: Rect, now_ms: i64, theme: Theme) {
+    let mut lines = vec![Line::styled(
+        format!(" {:<11} {:<8} {:<22} {:<20} {:>6}  {}", "SEVERITY", "STATE", "ALERT", "SERVER", "FOR", "SUMMARY"),
+        Style::new().add_modifier(Modifier::BOLD),
+    )];
+    if !app.alerts.loaded {
+        lines.push(Line::from(" loading…"));
+    } else if app.alerts.alerts.is_empty() {
+        lines.push(Line::styled(" ✓ nothing is firing", theme.fg(Color::Green)));
+    }
+    for a in app.alerts.alerts.iter().take(area.height.saturating_sub(3) as usize) {
+        let l = |k: &str| a.labels.get(k).cloned().unwrap_or_else(|| "-".into());
+        let (word, color) = severity(&l("severity"));
+        let style = if a.state == "firing" { theme.fg(color) } else { theme.fg(Color::DarkGray) };
+        lines.push(Line::styled(
+            format!(
+                " {:<11} {:<8} {:<22} {:<20} {:>6}  {} — {}",
+                word,
+                a.state,
+                l("alertname"),
+                l("server"),
+                super::ago(now_ms, a.since_ms),
+                a.summary,
+                a.action
+            ),
+            style,
+        ));
+    }
+    let title = format!(
+        " alerts · {} firing · {} pending ",
+        app.alerts.firing(),
+        app.alerts.alerts.len() - app.alerts.firing()
+    );
+    frame.render_widget(Paragraph::new(lines).block(Block::bordered().title(title)), area);
+}

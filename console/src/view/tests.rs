@@ -414,3 +414,42 @@ fn the_job_queue_and_a_job_s_steps() {
     app.screen = crate::state::Screen::QueueJob(12);
     both("job_steps", &mut app);
 }
+
+#[test]
+fn the_alerts_screen_firing_first_and_its_empty_state() {
+    use outpost_proto::v1::AlertInfo;
+    let mut app = fixture();
+    app.screen = crate::state::Screen::Alerts;
+    app.apply_alerts(vec![]);
+    both("alerts_empty", &mut app);
+    let alert = |name: &str, severity: &str, state: &str, server: &str, summary: &str| AlertInfo {
+        labels: [("alertname", name), ("severity", severity), ("server", server)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        state: state.into(),
+        since_ms: NOW - 600_000,
+        fired_ms: NOW - 300_000,
+        value: 1.0,
+        summary: summary.into(),
+        action: "check it".into(),
+    };
+    app.apply_alerts(vec![
+        alert(
+            "server_lost",
+            "critical",
+            "firing",
+            "srv-007",
+            "server_lost on srv-007: server_offline_seconds is 612.0 (> 300)",
+        ),
+        alert("disk_full", "warning", "firing", "srv-012", "disk_full on srv-012: disk_used_percent is 93.4 (> 90)"),
+        alert(
+            "memory_high",
+            "warning",
+            "pending",
+            "srv-020",
+            "memory_high on srv-020: memory_used_percent is 96.0 (> 95)",
+        ),
+    ]);
+    both("alerts", &mut app);
+}
