@@ -237,12 +237,28 @@ pub struct Alerts {
     /// Resolved alerts (with their end) waiting to reach Alertmanager.
     resolved: Mutex<Vec<(Alert, i64)>>,
     client: reqwest::Client,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Alerts {
-    pub fn new(config: AlertsConfig, fleet: Arc<Fleet>, lifecycle: Arc<Lifecycle>, audit: Arc<Audit>) -> Alerts {
+    pub fn new(
+        config: AlertsConfig,
+        fleet: Arc<Fleet>,
+        lifecycle: Arc<Lifecycle>,
+        audit: Arc<Audit>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Alerts {
         let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
-        Alerts { config, fleet, lifecycle, audit, active: Mutex::default(), resolved: Mutex::default(), client }
+        Alerts {
+            config,
+            fleet,
+            lifecycle,
+            audit,
+            active: Mutex::default(),
+            resolved: Mutex::default(),
+            client,
+            metrics,
+        }
     }
 
     /// Evaluates and delivers every `eval_secs`.
@@ -371,7 +387,9 @@ impl Alerts {
 
     /// One evaluation at `now_ms`: new conditions become pending, held ones fire, cleared ones resolve.
     pub async fn evaluate(&self, now_ms: i64) {
+        let started = std::time::Instant::now();
         let holding = self.conditions(now_ms);
+        self.metrics.alerts_evaluated(started.elapsed());
         let mut fired = Vec::new();
         let mut gone = Vec::new();
         {

@@ -184,7 +184,13 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         clock,
     ));
     lifecycle.spawn(&rt);
-    let alerts = Arc::new(alerts::Alerts::new(config.alerts.clone(), fleet.clone(), lifecycle.clone(), audit.clone()));
+    let alerts = Arc::new(alerts::Alerts::new(
+        config.alerts.clone(),
+        fleet.clone(),
+        lifecycle.clone(),
+        audit.clone(),
+        metrics.clone(),
+    ));
     alerts.spawn(&rt);
     if let Some(l) = admin_listener {
         let routes = metrics::router(metrics, fleet.clone(), (lifecycle.clone(), alerts.clone()), shutdown.clone());

@@ -35,6 +35,7 @@ pub struct Metrics {
     jobs_failed_hour: Gauge,
     soonest_expiry: Gauge<f64, std::sync::atomic::AtomicU64>,
     alerts_firing: Family<Labels, Gauge>,
+    alert_evaluation: Histogram,
 }
 
 fn latency() -> Histogram {
@@ -65,6 +66,7 @@ impl Metrics {
             jobs_failed_hour: Gauge::default(),
             soonest_expiry: Gauge::default(),
             alerts_firing: Family::default(),
+            alert_evaluation: latency(),
             registry: Registry::default(),
         };
         registry.register("reports_stored", "Health and apps reports stored durably", m.reports_stored.clone());
@@ -104,6 +106,12 @@ impl Metrics {
             m.soonest_expiry.clone(),
         );
         registry.register("alerts_firing", "Alerts firing now, by severity", m.alerts_firing.clone());
+        registry.register_with_unit(
+            "alert_evaluation",
+            "Time of one round of alert rule evaluation over the whole fleet",
+            prometheus_client::registry::Unit::Seconds,
+            m.alert_evaluation.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -128,6 +136,10 @@ impl Metrics {
             let n = firing.get(severity).copied().unwrap_or(0);
             self.alerts_firing.get_or_create(&vec![("severity", severity.to_string())]).set(n as i64);
         }
+    }
+
+    pub fn alerts_evaluated(&self, took: Duration) {
+        self.alert_evaluation.observe(took.as_secs_f64());
     }
 
     /// A remote action ended for one target with `outcome` (a word) after `rtt`.

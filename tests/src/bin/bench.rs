@@ -43,6 +43,9 @@ enum Cmd {
         interval: String,
         #[arg(long, default_value_t = 5.0)]
         minutes: f64,
+        /// More hubd.toml lines (sections), e.g. to compare alert rule sets.
+        #[arg(long, default_value = "")]
+        hub_config: String,
     },
     /// The console against a real hub with N simulated servers: time to first full screen, frame build
     /// time, report-to-screen delay, and the real binary's RSS.
@@ -186,7 +189,9 @@ async fn main() -> anyhow::Result<()> {
     println!("machine: {}", machine());
     match args.cmd {
         Cmd::AgentIdle { minutes } => agent_idle(tmp.path(), minutes).await,
-        Cmd::Hub { agents, interval, minutes } => hub(tmp.path(), agents, &interval, minutes).await,
+        Cmd::Hub { agents, interval, minutes, hub_config } => {
+            hub(tmp.path(), agents, &interval, minutes, &hub_config.replace("\\n", "\n")).await
+        }
         Cmd::Console { servers, interval, seconds } => console(tmp.path(), servers, &interval, seconds).await,
         Cmd::ConsoleFrame { servers, frames } => console_frame(servers, frames),
         Cmd::Replay { reports } => replay(tmp.path(), reports).await,
@@ -223,8 +228,8 @@ async fn agent_idle(root: &Path, minutes: f64) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn hub(root: &Path, agents: u32, interval: &str, minutes: f64) -> anyhow::Result<()> {
-    let hub = HubProc::start(&root.join("hub"), harness::free_port(), BENCH_HUB).await;
+async fn hub(root: &Path, agents: u32, interval: &str, minutes: f64, extra: &str) -> anyhow::Result<()> {
+    let hub = HubProc::start(&root.join("hub"), harness::free_port(), &format!("{BENCH_HUB}\n{extra}")).await;
     let (mut sim, mut ops) = start_fleet(&hub, root, agents, interval, &[]).await?;
     // Let every agent reach its steady reporting rhythm.
     tokio::time::sleep(outpost_common::parse_duration_ms(interval).map_err(anyhow::Error::msg)? * 2).await;
@@ -262,6 +267,16 @@ async fn hub(root: &Path, agents: u32, interval: &str, minutes: f64) -> anyhow::
         stored as f64 / t.elapsed().as_secs_f64()
     );
     println!("(the simulator itself used {sim_cpu:.1}% of one core)");
+    // The hub's own account of its alert rounds.
+    let out = std::process::Command::new("curl").args(["-s", &format!("{}/metrics", hub.admin)]).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let series = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok());
+    if let (Some(sum), Some(n)) =
+        (series("outpost_alert_evaluation_seconds_sum "), series("outpost_alert_evaluation_seconds_count "))
+        && n > 0.0
+    {
+        println!("alert evaluation: {n:.0} rounds, {:.2} ms a round on average", sum / n * 1000.0);
+    }
     println!("hub store on disk: {:.1} MiB", dir_size(&root.join("hub/data/store")) as f64 / (1 << 20) as f64);
     sim.start_kill()?;
     Ok(())
