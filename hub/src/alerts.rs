@@ -39,6 +39,14 @@ pub struct AlertsConfig {
     pub alertmanager_url: Option<String>,
     /// Replaces the built-in rules when given.
     pub rules: Vec<Rule>,
+    /// For installs without Alertmanager: each fire and resolve is POSTed here once (retried with backoff;
+    /// after `webhook_attempts` it is recorded as a dead letter in the audit log).
+    pub webhook_url: Option<String>,
+    /// `generic` (JSON with the alert's fields) or `slack` (a Slack-compatible `{"text": …}`).
+    pub webhook_format: String,
+    pub webhook_attempts: u32,
+    pub webhook_backoff_initial_ms: u64,
+    pub webhook_backoff_max_ms: u64,
 }
 
 /// One rule: `metric op threshold`, held for `for_secs`.
@@ -152,7 +160,16 @@ pub fn default_rules() -> Vec<Rule> {
 
 impl Default for AlertsConfig {
     fn default() -> Self {
-        AlertsConfig { eval_secs: 15, alertmanager_url: None, rules: default_rules() }
+        AlertsConfig {
+            eval_secs: 15,
+            alertmanager_url: None,
+            rules: default_rules(),
+            webhook_url: None,
+            webhook_format: "generic".into(),
+            webhook_attempts: 8,
+            webhook_backoff_initial_ms: 1000,
+            webhook_backoff_max_ms: 60_000,
+        }
     }
 }
 
@@ -166,6 +183,17 @@ impl AlertsConfig {
             && !(u.starts_with("http://") || u.starts_with("https://"))
         {
             p.push(format!("alerts.alertmanager_url {u:?}: an http:// or https:// URL"));
+        }
+        if let Some(u) = &self.webhook_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            p.push(format!("alerts.webhook_url {u:?}: an http:// or https:// URL"));
+        }
+        if !["generic", "slack"].contains(&self.webhook_format.as_str()) {
+            p.push(format!("alerts.webhook_format {:?}: generic or slack", self.webhook_format));
+        }
+        if self.webhook_attempts == 0 || self.webhook_backoff_initial_ms == 0 {
+            p.push("alerts.webhook_attempts and webhook_backoff_initial_ms: at least 1".into());
         }
         for r in &self.rules {
             if !SERVER_METRICS.contains(&r.metric.as_str()) && !HUB_METRICS.contains(&r.metric.as_str()) {
@@ -238,6 +266,8 @@ pub struct Alerts {
     resolved: Mutex<Vec<(Alert, i64)>>,
     client: reqwest::Client,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Where notifications run (set by `spawn`).
+    rt: std::sync::OnceLock<Runtime>,
 }
 
 impl Alerts {
@@ -258,11 +288,13 @@ impl Alerts {
             resolved: Mutex::default(),
             client,
             metrics,
+            rt: std::sync::OnceLock::new(),
         }
     }
 
     /// Evaluates and delivers every `eval_secs`.
     pub fn spawn(self: &Arc<Self>, rt: &Runtime) {
+        let _ = self.rt.set(rt.clone());
         let me = self.clone();
         rt.every("alerts", Duration::from_secs(self.config.eval_secs), move || {
             let me = me.clone();
@@ -427,12 +459,73 @@ impl Alerts {
         for a in &fired {
             tracing::warn!(alert = %a.key(), summary = %a.summary, "alert firing");
             self.record(a, "fired").await;
+            self.notify(a, "firing", now_ms);
         }
         for a in gone {
             tracing::info!(alert = %a.key(), "alert resolved");
             self.record(&a, "resolved").await;
+            self.notify(&a, "resolved", now_ms);
             self.resolved.lock().unwrap_or_else(|p| p.into_inner()).push((a, now_ms));
         }
+    }
+
+    /// One notification to the webhook, on its own task: retried with exponential backoff and full jitter,
+    /// then a dead letter (audited) when it never got through.
+    fn notify(&self, a: &Alert, status: &str, now_ms: i64) {
+        let Some(url) = self.config.webhook_url.clone() else { return };
+        let Some(rt) = self.rt.get() else { return };
+        let l = |k: &str| a.labels.get(k).cloned().unwrap_or_default();
+        let line = format!(
+            "[{} {}] {}{} since {}: {} — what to do: {}",
+            status.to_uppercase(),
+            l("severity"),
+            l("alertname"),
+            if l("server").is_empty() { String::new() } else { format!(" on {}", l("server")) },
+            crate::error::rfc3339_ms(a.since_ms),
+            a.summary,
+            a.action
+        );
+        let body = match self.config.webhook_format.as_str() {
+            "slack" => serde_json::json!({ "text": line }),
+            _ => serde_json::json!({
+                "status": status, "labels": a.labels, "summary": a.summary, "action": a.action,
+                "since": crate::error::rfc3339_ms(a.since_ms), "at": crate::error::rfc3339_ms(now_ms), "text": line,
+            }),
+        };
+        let (client, audit, cfg, alert) = (self.client.clone(), self.audit.clone(), self.config.clone(), a.clone());
+        let status = status.to_string();
+        rt.spawn(async move {
+            let mut last = String::new();
+            for attempt in 1..=cfg.webhook_attempts {
+                match client.post(&url).json(&body).send().await {
+                    Ok(r) if r.status().is_success() => return,
+                    Ok(r) => last = format!("HTTP {}", r.status()),
+                    Err(e) => last = e.to_string(),
+                }
+                if attempt < cfg.webhook_attempts {
+                    let wait = crate::lifecycle::cloud::full_jitter(
+                        Duration::from_millis(cfg.webhook_backoff_initial_ms),
+                        Duration::from_millis(cfg.webhook_backoff_max_ms),
+                        attempt,
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+            }
+            tracing::error!(%url, error = %last, "alert notification undeliverable; recorded as a dead letter");
+            let entry = AuditEntry {
+                operator: "alerts".into(),
+                kind: Kind::Alert,
+                action: alert.labels.get("alertname").cloned().unwrap_or_default(),
+                args: alert.labels.clone(),
+                servers: alert.labels.get("server").cloned().into_iter().collect(),
+                message: format!(
+                    "dead letter: the {status} notification never reached the webhook after {} attempts ({last})",
+                    cfg.webhook_attempts
+                ),
+                ..Default::default()
+            };
+            let _ = audit.append(entry).await;
+        });
     }
 
     async fn record(&self, a: &Alert, what: &str) {

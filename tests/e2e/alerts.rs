@@ -140,3 +140,77 @@ fn bad_rules_are_refused_at_start() {
         assert!(err.contains(needle), "{needle}: {err}");
     }
 }
+
+/// A hub whose alerts go to `webhook` (attempts, 50 ms initial backoff), with the disk rule only; a raw
+/// agent `disk-1` connected.
+async fn webhook_hub(dir: &std::path::Path, webhook: &str, attempts: u32) -> (HubProc, RawLink) {
+    let config = format!(
+        "[alerts]\neval_secs = 1\nwebhook_url = \"{webhook}\"\nwebhook_format = \"slack\"\nwebhook_attempts = {attempts}\nwebhook_backoff_initial_ms = 50\nwebhook_backoff_max_ms = 200\n\
+         [[alerts.rules]]\nname = \"disk_full\"\nmetric = \"disk_used_percent\"\nop = \">\"\nthreshold = 90\nseverity = \"warning\"\naction = \"free some space\"\n"
+    );
+    let hub = HubProc::start(dir, free_port(), &config).await;
+    let id = hostile::enroll(&hub.token("disk-1").await).await;
+    let link = RawLink::connect(&id).await.unwrap();
+    (hub, link)
+}
+
+/// The built-in webhook notifier: a receiver that fails the first two attempts gets the notification once,
+/// after retries, in Slack's shape with a line a person can act on; one that never answers ends in a dead
+/// letter in the audit log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_retries_then_delivers_once_and_dead_letters_what_never_arrives() {
+    use std::sync::{Arc, Mutex};
+    init();
+    let got: Arc<Mutex<Vec<(u16, serde_json::Value)>>> = Arc::default();
+    let seen = got.clone();
+    let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
+        let seen = seen.clone();
+        async move {
+            let mut seen = seen.lock().unwrap();
+            let status = if seen.len() < 2 { 500 } else { 200 };
+            seen.push((status, serde_json::from_slice(&body).unwrap_or_default()));
+            axum::http::StatusCode::from_u16(status).unwrap()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (_hub, mut link) = webhook_hub(&tmp.path().join("hub"), &url, 5).await;
+    link.send(hostile::report(1, disk(95))).await;
+    acked(&mut link, 1).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !got.lock().unwrap().iter().any(|(s, _)| *s == 200) {
+        assert!(Instant::now() < deadline, "never delivered: {:?}", got.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await; // three more rounds: the alert still fires
+    let got = got.lock().unwrap().clone();
+    assert_eq!(got.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [500, 500, 200], "retried, then delivered once");
+    let text = got[2].1["text"].as_str().unwrap();
+    assert!(text.starts_with("[FIRING warning] disk_full on disk-1 since "), "{text}");
+    assert!(text.contains("what to do: free some space") && !text.contains("http"), "{text}");
+
+    // Nobody listens: after its attempts the notification is a dead letter in the audit log.
+    let closed = format!("http://127.0.0.1:{}/hook", free_port());
+    let (hub, mut link) = webhook_hub(&tmp.path().join("hub2"), &closed, 2).await;
+    link.send(hostile::report(1, disk(95))).await;
+    acked(&mut link, 1).await;
+    let mut admin = hub.client(Role::Admin);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let audit = admin
+            .query_audit(pb::QueryAuditRequest { action: "disk_full".into(), limit: 50, ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner()
+            .records;
+        if let Some(r) = audit.iter().find(|r| r.message.starts_with("dead letter")) {
+            assert!(r.message.contains("after 2 attempts"), "{}", r.message);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no dead letter: {audit:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
