@@ -214,3 +214,28 @@ async fn the_webhook_retries_then_delivers_once_and_dead_letters_what_never_arri
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A provision that fails makes `provision_failed` and `job_failures` fire (the fake cloud's create action
+/// fails); the hub lists them firing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_provision_fires_its_alerts() {
+    let rules = "\n[alerts]\neval_secs = 1\n\
+        [[alerts.rules]]\nname = \"provision_failed\"\nmetric = \"provisions_failed_last_hour\"\nop = \">\"\nthreshold = 0\nseverity = \"warning\"\n\
+        [[alerts.rules]]\nname = \"job_failures\"\nmetric = \"job_failure_rate_percent\"\nop = \">\"\nthreshold = 5\nseverity = \"warning\"\n";
+    let c = harness::cloud::cloud_with("", rules, None).await;
+    c.fake.fail_creates(1);
+    let mut admin = c.hub.client(Role::Admin);
+    let req = pb::ProvisionRequest { customer: "doomed".into(), plan: "pro".into(), ..Default::default() };
+    admin.provision(req).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let alerts = admin.list_alerts(pb::ListAlertsRequest {}).await.unwrap().into_inner().alerts;
+        let firing: Vec<&str> =
+            alerts.iter().filter(|a| a.state == "firing").map(|a| a.labels["alertname"].as_str()).collect();
+        if firing.contains(&"provision_failed") && firing.contains(&"job_failures") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{alerts:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -130,6 +130,8 @@ pub struct LifecycleConfig {
     pub delete_after_secs: u64,
     /// Where archives are kept. Default: `data_dir/archive`.
     pub archive_dir: Option<PathBuf>,
+    /// Ended jobs are deleted this long after they ended (checked hourly).
+    pub job_retention_days: u32,
 }
 
 impl Default for LifecycleConfig {
@@ -142,6 +144,7 @@ impl Default for LifecycleConfig {
             archive_after_secs: 7 * 86_400,
             delete_after_secs: 30 * 86_400,
             archive_dir: None,
+            job_retention_days: 90,
         }
     }
 }
@@ -234,6 +237,9 @@ impl LifecycleConfig {
         }
         if self.retry_initial_ms == 0 || self.retry_max_ms < self.retry_initial_ms {
             p.push("lifecycle.retry_initial_ms: at least 1, and at most retry_max_ms".into());
+        }
+        if !(1..=3650).contains(&self.job_retention_days) {
+            p.push(format!("lifecycle.job_retention_days: {} is outside 1..=3650", self.job_retention_days));
         }
         if self.archive_after_secs == 0 || self.delete_after_secs <= self.archive_after_secs {
             p.push("lifecycle.delete_after_secs must be after archive_after_secs (both above 0)".into());

@@ -420,6 +420,18 @@ impl Lifecycle {
         if let Ok(p) = &self.provisioner {
             p.spawn_reaper(rt, self.store.clone());
         }
+        let (store, clock) = (self.store.clone(), self.clock.clone());
+        let keep_ms = i64::from(self.config.job_retention_days) * 86_400_000;
+        rt.every("job retention", Duration::from_secs(3600), move || {
+            let (store, cutoff) = (store.clone(), clock.now_ms() - keep_ms);
+            async move {
+                match store.trim_jobs(cutoff).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "ended jobs past their retention deleted"),
+                    Err(error) => tracing::warn!(%error, "job retention failed"),
+                }
+            }
+        });
     }
 
     /// Runs jobs until none is ready.

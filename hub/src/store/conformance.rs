@@ -408,5 +408,13 @@ async fn the_queue_claims_once_in_order_and_checks_leases(store: Arc<dyn HubStor
     assert!(store.cancel_job(9_999_999, AuditEntry::default()).await.unwrap().is_none());
     let listed: Vec<u64> = store.jobs(2).unwrap().iter().map(|j| j.id).collect();
     assert_eq!(listed, [pending, race], "newest first, limited");
-    pending
+    // Retention: final jobs that ended before the cutoff go, with their keys (the key can be used again).
+    assert_eq!(store.trim_jobs(0).await.unwrap(), 0, "nothing ended before 0");
+    let before = store.jobs(0).unwrap().len();
+    assert_eq!(store.trim_jobs(i64::MAX).await.unwrap(), before, "every job here is final");
+    assert!(store.job(starter).unwrap().is_none());
+    let again = submit(&*store, QueuedJob { not_before_ms: i64::MAX, ..job("starter", 1, 1) }).await;
+    assert!(again > pending, "ids are not reused after retention");
+    assert_eq!(store.cancel_job(again, AuditEntry::default()).await.unwrap().unwrap().state, JobState::Cancelled);
+    again
 }

@@ -178,6 +178,8 @@ pub trait Queue: Send + Sync {
     fn job(&self, id: u64) -> Result<Option<QueuedJob>>;
     /// Every job, newest first, at most `limit` (0: all).
     fn jobs(&self, limit: usize) -> Result<Vec<QueuedJob>>;
+    /// Deletes final jobs that finished before `cutoff_ms` (and their idempotency keys). Returns how many.
+    async fn trim_jobs(&self, cutoff_ms: i64) -> Result<usize>;
 }
 
 /// What agent identities (enrollment, tokens, renewal, revocation) use.

@@ -600,6 +600,26 @@ impl Queue for SledStore {
         self.get_json(Tree::Queue, &id.to_be_bytes())
     }
 
+    async fn trim_jobs(&self, cutoff_ms: i64) -> Result<usize> {
+        let _queue = self.queue.lock().await;
+        let mut ops = Vec::new();
+        for item in self.tree(Tree::Queue).iter() {
+            let (k, v) = item.map_err(read_err)?;
+            let job: QueuedJob = decode(Tree::Queue, &k, &v)?;
+            if job.state.is_final() && job.finished_ms < cutoff_ms {
+                ops.push(Op::Del(Tree::Queue, k.to_vec()));
+                if !job.idempotency_key.is_empty() {
+                    ops.push(Op::Del(Tree::QueueKeys, job.idempotency_key.into_bytes()));
+                }
+            }
+        }
+        let n = ops.iter().filter(|o| matches!(o, Op::Del(Tree::Queue, _))).count();
+        if n > 0 {
+            self.commit(ops).await?;
+        }
+        Ok(n)
+    }
+
     fn jobs(&self, limit: usize) -> Result<Vec<QueuedJob>> {
         let mut out = Vec::new();
         for item in self.tree(Tree::Queue).iter().rev() {
