@@ -112,6 +112,29 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Silence alerts whose labels include every matcher: `outpost silence --match alertname=disk_full
+    /// --match server=web-1 --for 2h --comment "disk being resized"`. Support or admin.
+    Silence {
+        /// LABEL=VALUE (alertname, severity, server, customer, plan); at least one.
+        #[arg(long = "match", value_name = "LABEL=VALUE", required = true)]
+        matchers: Vec<String>,
+        /// How long: 30m, 2h, 1d (1 minute to 30 days).
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: String,
+        /// Why (shown to everyone, audited).
+        #[arg(long)]
+        comment: String,
+    },
+    /// The silences in force.
+    Silences,
+    /// End a silence now.
+    Unsilence { id: String },
+    /// Say you are on a firing alert: `outpost ack disk_full [--server web-1]`. Support or admin.
+    Ack {
+        alertname: String,
+        #[arg(long)]
+        server: Option<String>,
+    },
     /// The action catalog: names, required role, arguments.
     Actions,
     /// Print shell completions.

@@ -446,3 +446,61 @@ pub async fn alerts(bundle: &Bundle, output: Output) -> anyhow::Result<String> {
         }
     })
 }
+
+fn silence_line(s: &pb::SilenceInfo) -> String {
+    let matchers: std::collections::BTreeMap<_, _> = s.matchers.iter().collect();
+    let m: Vec<String> = matchers.iter().map(|(k, v)| format!("{k}={}", inert(v))).collect();
+    format!(
+        "{}  {}  until {}  by {}: {}\n",
+        inert(&s.id),
+        m.join(","),
+        clock(s.expires_ms),
+        inert(&s.creator),
+        inert(&s.comment)
+    )
+}
+
+/// `outpost silence`.
+pub async fn silence(bundle: &Bundle, matchers: &[String], duration: &str, comment: &str) -> anyhow::Result<String> {
+    let mut m = std::collections::HashMap::new();
+    for x in matchers {
+        let (k, v) = x
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--match {x:?}: give LABEL=VALUE, e.g. alertname=disk_full"))?;
+        m.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    let d = outpost_common::parse_duration_ms(duration).map_err(|e| anyhow::anyhow!("--for {duration:?}: {e}"))?;
+    let req = pb::SilenceRequest {
+        matchers: m,
+        duration_secs: u32::try_from(d.as_secs()).unwrap_or(u32::MAX),
+        comment: comment.to_string(),
+    };
+    let s = client(bundle)?.silence(req).await.map_err(|s| rpc(bundle, s))?.into_inner();
+    Ok(format!("silenced: {}", silence_line(&s)))
+}
+
+/// `outpost silences`.
+pub async fn silences(bundle: &Bundle) -> anyhow::Result<String> {
+    let r = client(bundle)?.list_silences(pb::ListSilencesRequest {}).await.map_err(|s| rpc(bundle, s))?.into_inner();
+    if r.silences.is_empty() {
+        return Ok("no silence in force\n".into());
+    }
+    Ok(r.silences.iter().map(silence_line).collect())
+}
+
+/// `outpost unsilence`.
+pub async fn unsilence(bundle: &Bundle, id: &str) -> anyhow::Result<String> {
+    let s = client(bundle)?
+        .expire_silence(pb::ExpireSilenceRequest { id: id.to_string() })
+        .await
+        .map_err(|s| rpc(bundle, s))?
+        .into_inner();
+    Ok(format!("ended: {}", silence_line(&s)))
+}
+
+/// `outpost ack`.
+pub async fn ack(bundle: &Bundle, alertname: &str, server: &str) -> anyhow::Result<String> {
+    let req = pb::AckAlertRequest { alertname: alertname.to_string(), server: server.to_string() };
+    let r = client(bundle)?.ack_alert(req).await.map_err(|s| rpc(bundle, s))?.into_inner();
+    Ok(format!("acknowledged {} alert(s)\n", r.acknowledged))
+}

@@ -17,6 +17,14 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<String> {
         Some(Command::Run(a)) => console::run::run(&cli::load_bundle(cli)?, a).await,
         Some(Command::Audit(a)) => console::run::audit(&cli::load_bundle(cli)?, a).await,
         Some(Command::Actions) => Ok(console::run::catalog()),
+        Some(Command::Silence { matchers, duration, comment }) => {
+            console::lifecycle::silence(&cli::load_bundle(cli)?, matchers, duration, comment).await
+        }
+        Some(Command::Silences) => console::lifecycle::silences(&cli::load_bundle(cli)?).await,
+        Some(Command::Unsilence { id }) => console::lifecycle::unsilence(&cli::load_bundle(cli)?, id).await,
+        Some(Command::Ack { alertname, server }) => {
+            console::lifecycle::ack(&cli::load_bundle(cli)?, alertname, server.as_deref().unwrap_or_default()).await
+        }
         Some(Command::Alerts { output }) => console::lifecycle::alerts(&cli::load_bundle(cli)?, *output).await,
         Some(Command::Provision(a)) => console::lifecycle::provision(&cli::load_bundle(cli)?, a).await,
         Some(Command::Jobs(c)) => console::lifecycle::jobs(&cli::load_bundle(cli)?, c).await,

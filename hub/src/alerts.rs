@@ -247,7 +247,16 @@ pub struct Alert {
     pub value: f64,
     pub summary: String,
     pub action: String,
+    /// The silence that keeps it from being notified, if any.
+    pub silenced_by: String,
+    /// Who said they are on it.
+    pub acked_by: String,
+    /// Its firing was notified (webhook): its resolution will be too.
+    notified: bool,
 }
+
+/// The labels a silence may match.
+pub const SILENCE_LABELS: [&str; 5] = ["alertname", "severity", "server", "customer", "plan"];
 
 impl Alert {
     fn key(&self) -> String {
@@ -268,6 +277,9 @@ pub struct Alerts {
     metrics: Arc<crate::metrics::Metrics>,
     /// Where notifications run (set by `spawn`).
     rt: std::sync::OnceLock<Runtime>,
+    store: Arc<dyn crate::store::HubStore>,
+    /// The silences (a copy of the store's).
+    silences: Mutex<Vec<(String, crate::store::SilenceRecord)>>,
 }
 
 impl Alerts {
@@ -276,8 +288,12 @@ impl Alerts {
         fleet: Arc<Fleet>,
         lifecycle: Arc<Lifecycle>,
         audit: Arc<Audit>,
-        metrics: Arc<crate::metrics::Metrics>,
+        (metrics, store): (Arc<crate::metrics::Metrics>, Arc<dyn crate::store::HubStore>),
     ) -> Alerts {
+        let silences = Mutex::new(store.silences().unwrap_or_else(|error| {
+            tracing::error!(%error, "cannot read the silences; starting without them");
+            Vec::new()
+        }));
         let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
         Alerts {
             config,
@@ -289,6 +305,8 @@ impl Alerts {
             client,
             metrics,
             rt: std::sync::OnceLock::new(),
+            store,
+            silences,
         }
     }
 
@@ -424,6 +442,7 @@ impl Alerts {
         self.metrics.alerts_evaluated(started.elapsed());
         let mut fired = Vec::new();
         let mut gone = Vec::new();
+        let mut to_notify = Vec::new();
         {
             let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
             let mut seen = std::collections::HashSet::new();
@@ -436,6 +455,9 @@ impl Alerts {
                     value,
                     summary,
                     action: rule.action.clone(),
+                    silenced_by: String::new(),
+                    acked_by: String::new(),
+                    notified: false,
                 };
                 let key = alert.key();
                 seen.insert(key.clone());
@@ -455,16 +477,33 @@ impl Alerts {
                 }
                 keep
             });
+            let silences = self.silences.lock().unwrap_or_else(|p| p.into_inner());
+            for a in active.values_mut() {
+                a.silenced_by = silences
+                    .iter()
+                    .find(|(_, s)| s.expires_ms > now_ms && s.matchers.iter().all(|(k, v)| a.labels.get(k) == Some(v)))
+                    .map(|(id, _)| id.clone())
+                    .unwrap_or_default();
+                // Notified once, when it fires, or when a silence over it ends.
+                if a.state == State::Firing && a.silenced_by.is_empty() && !a.notified {
+                    a.notified = true;
+                    to_notify.push(a.clone());
+                }
+            }
+        }
+        for a in &to_notify {
+            self.notify(a, "firing", now_ms);
         }
         for a in &fired {
             tracing::warn!(alert = %a.key(), summary = %a.summary, "alert firing");
             self.record(a, "fired").await;
-            self.notify(a, "firing", now_ms);
         }
         for a in gone {
             tracing::info!(alert = %a.key(), "alert resolved");
             self.record(&a, "resolved").await;
-            self.notify(&a, "resolved", now_ms);
+            if a.notified {
+                self.notify(&a, "resolved", now_ms);
+            }
             self.resolved.lock().unwrap_or_else(|p| p.into_inner()).push((a, now_ms));
         }
     }
@@ -528,6 +567,155 @@ impl Alerts {
         });
     }
 
+    /// Silences alerts whose labels include every matcher, for `duration`.
+    pub async fn silence(
+        &self,
+        matchers: BTreeMap<String, String>,
+        duration: Duration,
+        comment: &str,
+        by: &str,
+    ) -> Result<(String, crate::store::SilenceRecord), crate::error::HubError> {
+        let mut problems = Vec::new();
+        if matchers.is_empty() {
+            problems.push("a silence needs at least one matcher (e.g. alertname=disk_full); an empty one would silence everything".to_string());
+        }
+        for (k, v) in &matchers {
+            if !SILENCE_LABELS.contains(&k.as_str()) {
+                problems.push(format!("matcher label {:?}: one of {}", k, SILENCE_LABELS.join(", ")));
+            }
+            if v.is_empty() || v.len() > 128 || !outpost_common::text::is_printable(v) {
+                problems.push(format!("matcher {k}: a value of 1-128 printable characters"));
+            }
+        }
+        if duration < Duration::from_secs(60) || duration > Duration::from_secs(30 * 86_400) {
+            problems.push(format!(
+                "duration {}s: between 1 minute and 30 days (an expiry in the past silences nothing)",
+                duration.as_secs()
+            ));
+        }
+        if comment.trim().is_empty() || comment.len() > 500 || !outpost_common::text::is_printable(comment) {
+            problems.push("comment: say why (1-500 printable characters)".into());
+        }
+        if !problems.is_empty() {
+            return Err(crate::error::HubError::Invalid(problems.join("; ")));
+        }
+        let now = outpost_common::now_ms();
+        let id = format!("s-{}", outpost_common::cert::hex(&crate::pki::ca::random_bytes::<6>()));
+        let record = crate::store::SilenceRecord {
+            matchers,
+            starts_ms: now,
+            expires_ms: now + duration.as_millis() as i64,
+            creator: by.into(),
+            comment: comment.into(),
+        };
+        self.put(
+            &id,
+            &record,
+            by,
+            format!("silenced until {}: {comment}", crate::error::rfc3339_ms(record.expires_ms)),
+        )
+        .await?;
+        Ok((id, record))
+    }
+
+    /// Ends silence `id` now.
+    pub async fn expire_silence(
+        &self,
+        id: &str,
+        by: &str,
+    ) -> Result<crate::store::SilenceRecord, crate::error::HubError> {
+        let found = self
+            .silences
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(i, _)| i == id)
+            .map(|(_, s)| s.clone());
+        let mut record = found.ok_or_else(|| {
+            crate::error::HubError::NotFound(format!("no silence {}", outpost_common::text::excerpt(id, 32)))
+        })?;
+        record.expires_ms = record.expires_ms.min(outpost_common::now_ms());
+        self.put(id, &record, by, "silence ended".into()).await?;
+        Ok(record)
+    }
+
+    async fn put(
+        &self,
+        id: &str,
+        record: &crate::store::SilenceRecord,
+        by: &str,
+        message: String,
+    ) -> Result<(), crate::error::HubError> {
+        let audit = AuditEntry {
+            operator: by.into(),
+            kind: Kind::Alert,
+            action: "silence".into(),
+            args: record.matchers.clone(),
+            message: format!("{id}: {message}"),
+            ..Default::default()
+        };
+        self.store.put_silence(id, record, audit).await?;
+        let mut all = self.silences.lock().unwrap_or_else(|p| p.into_inner());
+        all.retain(|(i, _)| i != id);
+        all.push((id.to_string(), record.clone()));
+        Ok(())
+    }
+
+    /// The silences not expired yet.
+    pub fn active_silences(&self) -> Vec<(String, crate::store::SilenceRecord)> {
+        let now = outpost_common::now_ms();
+        self.silences
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, s)| s.expires_ms > now)
+            .cloned()
+            .collect()
+    }
+
+    /// Marks the firing alerts `alertname` (on `server`, when given) acknowledged by `by`. Returns how many.
+    pub async fn ack(&self, alertname: &str, server: &str, by: &str) -> Result<usize, crate::error::HubError> {
+        let acked: Vec<Alert> = {
+            let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+            active
+                .values_mut()
+                .filter(|a| {
+                    a.state == State::Firing
+                        && a.labels.get("alertname").map(String::as_str) == Some(alertname)
+                        && (server.is_empty() || a.labels.get("server").map(String::as_str) == Some(server))
+                })
+                .map(|a| {
+                    a.acked_by = by.to_string();
+                    a.clone()
+                })
+                .collect()
+        };
+        if acked.is_empty() {
+            return Err(crate::error::HubError::NotFound(format!(
+                "no firing alert {}{}",
+                outpost_common::text::excerpt(alertname, 64),
+                if server.is_empty() {
+                    String::new()
+                } else {
+                    format!(" on {}", outpost_common::text::excerpt(server, 64))
+                }
+            )));
+        }
+        for a in &acked {
+            let entry = AuditEntry {
+                operator: by.into(),
+                kind: Kind::Alert,
+                action: alertname.into(),
+                args: a.labels.clone(),
+                servers: a.labels.get("server").cloned().into_iter().collect(),
+                message: format!("acknowledged: {}", a.summary),
+                ..Default::default()
+            };
+            self.audit.append(entry).await?;
+        }
+        Ok(acked.len())
+    }
+
     async fn record(&self, a: &Alert, what: &str) {
         let entry = AuditEntry {
             operator: "alerts".into(),
@@ -546,7 +734,8 @@ impl Alerts {
     /// Sends firing alerts, and resolved ones not sent yet, to Alertmanager (`POST /api/v2/alerts`).
     pub async fn deliver(&self) {
         let Some(base) = &self.config.alertmanager_url else { return };
-        let firing: Vec<Alert> = self.list().into_iter().filter(|a| a.state == State::Firing).collect();
+        let firing: Vec<Alert> =
+            self.list().into_iter().filter(|a| a.state == State::Firing && a.silenced_by.is_empty()).collect();
         let resolved = self.resolved.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if firing.is_empty() && resolved.is_empty() {
             return;

@@ -189,7 +189,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         fleet.clone(),
         lifecycle.clone(),
         audit.clone(),
-        metrics.clone(),
+        (metrics.clone(), store.clone()),
     ));
     alerts.spawn(&rt);
     if let Some(l) = admin_listener {

@@ -239,3 +239,110 @@ async fn a_failing_provision_fires_its_alerts() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Silences hold notifications back until they end (then the alert is notified once); they need matchers,
+/// a sensible duration and a reason, and a role; acknowledgements show who is on it. Both are audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silences_hold_notifications_back_and_acks_say_who_is_on_it() {
+    use std::sync::{Arc, Mutex};
+    init();
+    let got: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let seen = got.clone();
+    let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
+        let seen = seen.clone();
+        async move {
+            seen.lock().unwrap().push(serde_json::from_slice(&body).unwrap_or_default());
+            axum::http::StatusCode::OK
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let tmp = tempfile::tempdir().unwrap();
+    let (hub, mut link) = webhook_hub(&tmp.path().join("hub"), &url, 3).await;
+    let mut support = hub.client(Role::Support);
+    let matchers = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+
+    // Bad silences are refused in words; a viewer cannot silence.
+    for (req, needle) in [
+        (
+            pb::SilenceRequest { matchers: matchers(&[]), duration_secs: 3600, comment: "x".into() },
+            "at least one matcher",
+        ),
+        (
+            pb::SilenceRequest {
+                matchers: matchers(&[("alertname", "disk_full")]),
+                duration_secs: 0,
+                comment: "x".into(),
+            },
+            "between 1 minute",
+        ),
+        (
+            pb::SilenceRequest { matchers: matchers(&[("colour", "red")]), duration_secs: 3600, comment: "x".into() },
+            "matcher label \"colour\"",
+        ),
+        (
+            pb::SilenceRequest {
+                matchers: matchers(&[("alertname", "disk_full")]),
+                duration_secs: 3600,
+                comment: " ".into(),
+            },
+            "say why",
+        ),
+    ] {
+        let err = support.silence(req).await.unwrap_err();
+        assert!(err.code() == tonic::Code::InvalidArgument && err.message().contains(needle), "{needle}: {err:?}");
+    }
+    let ok = pb::SilenceRequest {
+        matchers: matchers(&[("alertname", "disk_full"), ("server", "disk-1")]),
+        duration_secs: 3600,
+        comment: "disk being resized".into(),
+    };
+    let denied = hub.client(Role::Viewer).silence(ok.clone()).await.unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    let silence = support.silence(ok).await.unwrap().into_inner();
+
+    // Silenced: firing, listed as silenced, not notified.
+    link.send(hostile::report(1, disk(95))).await;
+    acked(&mut link, 1).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let alerts = support.list_alerts(pb::ListAlertsRequest {}).await.unwrap().into_inner().alerts;
+        if alerts.iter().any(|a| a.state == "firing" && a.silenced_by == silence.id) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{alerts:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(got.lock().unwrap().is_empty(), "a silenced alert was notified: {:?}", got.lock().unwrap());
+
+    // Acknowledged: everyone sees who is on it.
+    let n = support.ack_alert(pb::AckAlertRequest { alertname: "disk_full".into(), server: String::new() }).await;
+    assert_eq!(n.unwrap().into_inner().acknowledged, 1);
+    let alerts = support.list_alerts(pb::ListAlertsRequest {}).await.unwrap().into_inner().alerts;
+    assert_eq!(alerts[0].acked_by, "test-support");
+    let none = support.ack_alert(pb::AckAlertRequest { alertname: "nope".into(), server: String::new() }).await;
+    assert_eq!(none.unwrap_err().code(), tonic::Code::NotFound);
+
+    // The silence ends: the alert still firing is notified, once.
+    support.expire_silence(pb::ExpireSilenceRequest { id: silence.id.clone() }).await.unwrap();
+    assert!(support.list_silences(pb::ListSilencesRequest {}).await.unwrap().into_inner().silences.is_empty());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "never notified after the silence ended");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(got.lock().unwrap().len(), 1, "notified once");
+    let audit = hub
+        .client(Role::Admin)
+        .query_audit(pb::QueryAuditRequest { limit: 100, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    assert!(audit.iter().any(|r| r.action == "silence" && r.message.contains("disk being resized")));
+    assert!(audit.iter().any(|r| r.action == "silence" && r.message.contains("silence ended")));
+    assert!(audit.iter().any(|r| r.message.starts_with("acknowledged")));
+}

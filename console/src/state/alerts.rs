@@ -28,6 +28,8 @@ impl App {
             a.summary = inert(&a.summary).into_owned();
             a.action = inert(&a.action).into_owned();
             a.state = inert(&a.state).into_owned();
+            a.silenced_by = inert(&a.silenced_by).into_owned();
+            a.acked_by = inert(&a.acked_by).into_owned();
             a.labels = std::mem::take(&mut a.labels)
                 .into_iter()
                 .map(|(k, v)| (inert(&k).into_owned(), inert(&v).into_owned()))

@@ -142,12 +142,15 @@ pub fn render_alerts(frame: &mut Frame, app: &App, area: Rect, now_ms: i64, them
     for a in app.alerts.alerts.iter().take(area.height.saturating_sub(3) as usize) {
         let l = |k: &str| a.labels.get(k).cloned().unwrap_or_else(|| "-".into());
         let (word, color) = severity(&l("severity"));
-        let style = if a.state == "firing" { theme.fg(color) } else { theme.fg(Color::DarkGray) };
+        let style =
+            if a.state == "firing" && a.silenced_by.is_empty() { theme.fg(color) } else { theme.fg(Color::DarkGray) };
+        let state = if a.silenced_by.is_empty() { a.state.clone() } else { "silenced".into() };
+        let acked = if a.acked_by.is_empty() { String::new() } else { format!(" (ack: {})", a.acked_by) };
         lines.push(Line::styled(
             format!(
-                " {:<11} {:<8} {:<22} {:<20} {:>6}  {} — {}",
+                " {:<11} {:<8} {:<22} {:<20} {:>6}  {} — {}{acked}",
                 word,
-                a.state,
+                state,
                 l("alertname"),
                 l("server"),
                 super::ago(now_ms, a.since_ms),

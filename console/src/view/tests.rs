@@ -433,6 +433,8 @@ fn the_alerts_screen_firing_first_and_its_empty_state() {
         value: 1.0,
         summary: summary.into(),
         action: "check it".into(),
+        silenced_by: String::new(),
+        acked_by: String::new(),
     };
     app.apply_alerts(vec![
         alert(
@@ -450,6 +452,11 @@ fn the_alerts_screen_firing_first_and_its_empty_state() {
             "srv-020",
             "memory_high on srv-020: memory_used_percent is 96.0 (> 95)",
         ),
+        AlertInfo {
+            silenced_by: "s-1".into(),
+            acked_by: "alice".into(),
+            ..alert("app_failing", "warning", "firing", "srv-021", "app_failing on srv-021: apps_failing is 1.0 (> 0)")
+        },
     ]);
     both("alerts", &mut app);
 }

@@ -92,6 +92,17 @@ impl OperatorApi {
     }
 }
 
+fn silence_info(id: String, s: crate::store::SilenceRecord) -> pb::SilenceInfo {
+    pb::SilenceInfo {
+        id,
+        matchers: s.matchers.into_iter().collect(),
+        starts_ms: s.starts_ms,
+        expires_ms: s.expires_ms,
+        creator: s.creator,
+        comment: s.comment,
+    }
+}
+
 #[tonic::async_trait]
 impl Operator for OperatorApi {
     async fn list_servers(
@@ -357,9 +368,46 @@ impl Operator for OperatorApi {
                 value: a.value,
                 summary: a.summary,
                 action: a.action,
+                silenced_by: a.silenced_by,
+                acked_by: a.acked_by,
             })
             .collect();
         Ok(Response::new(pb::ListAlertsResponse { alerts }))
+    }
+
+    async fn silence(&self, req: Request<pb::SilenceRequest>) -> Result<Response<pb::SilenceInfo>, Status> {
+        let (by, _) = self.auth.operator(&req, Role::Support, "silencing alerts")?;
+        let r = req.into_inner();
+        let matchers = r.matchers.into_iter().collect();
+        let (id, s) =
+            self.alerts.silence(matchers, Duration::from_secs(u64::from(r.duration_secs)), &r.comment, &by).await?;
+        Ok(Response::new(silence_info(id, s)))
+    }
+
+    async fn list_silences(
+        &self,
+        req: Request<pb::ListSilencesRequest>,
+    ) -> Result<Response<pb::ListSilencesResponse>, Status> {
+        self.auth.operator(&req, Role::Viewer, "listing silences")?;
+        let silences = self.alerts.active_silences().into_iter().map(|(id, s)| silence_info(id, s)).collect();
+        Ok(Response::new(pb::ListSilencesResponse { silences }))
+    }
+
+    async fn expire_silence(
+        &self,
+        req: Request<pb::ExpireSilenceRequest>,
+    ) -> Result<Response<pb::SilenceInfo>, Status> {
+        let (by, _) = self.auth.operator(&req, Role::Support, "ending silences")?;
+        let id = req.into_inner().id;
+        let s = self.alerts.expire_silence(&id, &by).await?;
+        Ok(Response::new(silence_info(id, s)))
+    }
+
+    async fn ack_alert(&self, req: Request<pb::AckAlertRequest>) -> Result<Response<pb::AckAlertResponse>, Status> {
+        let (by, _) = self.auth.operator(&req, Role::Support, "acknowledging alerts")?;
+        let r = req.into_inner();
+        let n = self.alerts.ack(&r.alertname, &r.server, &by).await?;
+        Ok(Response::new(pb::AckAlertResponse { acknowledged: n as u32 }))
     }
 
     async fn reactivate(

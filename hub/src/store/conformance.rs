@@ -11,7 +11,7 @@ use super::{
     AuditEntry, AuditQuery, BurnedToken, HubStore, Kind, OperatorRevocation, Outcome, PendingRecord, PlanRecord,
     PlanUpdate, Revoked, ServerRecord, StoreError, TokenRecord, TokenState,
 };
-use super::{JobKind, JobState, QueuedJob, Submitted};
+use super::{JobKind, JobState, QueuedJob, SilenceRecord, Submitted};
 
 /// Opens one and the same store, again and again.
 #[async_trait]
@@ -70,6 +70,15 @@ pub async fn run(backend: &mut dyn Backend) {
     commands_and_plans_end_with_their_audit_record(&*store).await;
     revocations_are_kept(&*store).await;
     let last_job = the_queue_claims_once_in_order_and_checks_leases(store.clone()).await;
+    let silence = SilenceRecord {
+        matchers: [("alertname".to_string(), "disk_full".to_string())].into(),
+        starts_ms: 1,
+        expires_ms: 2,
+        creator: "ann".into(),
+        comment: "maintenance".into(),
+    };
+    store.put_silence("s1", &silence, AuditEntry::default()).await.unwrap();
+    assert_eq!(store.silences().unwrap(), [("s1".to_string(), silence.clone())]);
     backend.close(store).await;
 
     // Everything reads back after a reopen, and audit ids go on from where they were.
@@ -87,6 +96,7 @@ pub async fn run(backend: &mut dyn Backend) {
     );
     // Jobs read back, and ids go on.
     assert_eq!(store.job(last_job).unwrap().unwrap().state, JobState::Cancelled);
+    assert_eq!(store.silences().unwrap().len(), 1, "silences survive a reopen");
     let next_job = match store.submit_job(job("after-reopen", 1, 0), AuditEntry::default()).await.unwrap() {
         Submitted::New(j) => j.id,
         other => panic!("{other:?}"),

@@ -18,7 +18,7 @@ use async_trait::async_trait;
 
 pub use records::{
     AuditEntry, AuditQuery, BurnedToken, JobKind, JobState, Kind, OperatorRevocation, Outcome, PendingRecord,
-    PlanRecord, QueuedJob, Revoked, ServerRecord, StepRecord, TokenRecord,
+    PlanRecord, QueuedJob, Revoked, ServerRecord, SilenceRecord, StepRecord, TokenRecord,
 };
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -182,6 +182,15 @@ pub trait Queue: Send + Sync {
     async fn trim_jobs(&self, cutoff_ms: i64) -> Result<usize>;
 }
 
+/// Alert silences.
+#[async_trait]
+pub trait Silences: Send + Sync {
+    /// Stores (or replaces, to expire it early) silence `id`, with its audit record, in one write.
+    async fn put_silence(&self, id: &str, silence: &SilenceRecord, audit: AuditEntry) -> Result<()>;
+    /// Every silence, expired ones included (callers look at `expires_ms`).
+    fn silences(&self) -> Result<Vec<(String, SilenceRecord)>>;
+}
+
 /// What agent identities (enrollment, tokens, renewal, revocation) use.
 pub trait IdentityStore: Servers + Tokens + Revocations {}
 impl<T: Servers + Tokens + Revocations + ?Sized> IdentityStore for T {}
@@ -192,6 +201,6 @@ impl<T: Servers + Reports + ?Sized> ReportStore for T {}
 
 /// A whole hub store: every repository. Services take the narrower trait they use (a `dyn HubStore`
 /// coerces to each).
-pub trait HubStore: IdentityStore + ReportStore + AuditLog + Commands + OperatorStore + Queue {}
+pub trait HubStore: IdentityStore + ReportStore + AuditLog + Commands + OperatorStore + Queue + Silences {}
 
-impl<T: IdentityStore + ReportStore + AuditLog + Commands + OperatorStore + Queue + ?Sized> HubStore for T {}
+impl<T: IdentityStore + ReportStore + AuditLog + Commands + OperatorStore + Queue + Silences + ?Sized> HubStore for T {}

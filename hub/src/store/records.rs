@@ -370,3 +370,14 @@ impl QueuedJob {
         self.steps.iter().any(|s| s.name == name && s.ok && s.ended_ms > 0)
     }
 }
+
+/// A silence: alerts whose labels include every matcher are not notified until `expires_ms`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct SilenceRecord {
+    pub matchers: BTreeMap<String, String>,
+    pub starts_ms: i64,
+    pub expires_ms: i64,
+    pub creator: String,
+    pub comment: String,
+}

@@ -20,8 +20,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     AuditEntry, AuditLog, AuditQuery, BurnedToken, Commands, OperatorRevocation, OperatorStore, PendingRecord,
-    PlanRecord, PlanUpdate, Queue, QueuedJob, Reports, Result, Revocations, Revoked, ServerRecord, Servers, StoreError,
-    Submitted, TokenRecord, TokenState, Tokens,
+    PlanRecord, PlanUpdate, Queue, QueuedJob, Reports, Result, Revocations, Revoked, ServerRecord, Servers,
+    SilenceRecord, Silences, StoreError, Submitted, TokenRecord, TokenState, Tokens,
 };
 
 /// Trees of the store.
@@ -53,10 +53,12 @@ enum Tree {
     QueueOpen,
     /// idempotency key → job id (u64 BE)
     QueueKeys,
+    /// silence id → [`SilenceRecord`] (JSON)
+    Silences,
 }
 
 impl Tree {
-    const ALL: [Tree; 13] = [
+    const ALL: [Tree; 14] = [
         Tree::Servers,
         Tree::Tokens,
         Tree::Burned,
@@ -70,6 +72,7 @@ impl Tree {
         Tree::Queue,
         Tree::QueueOpen,
         Tree::QueueKeys,
+        Tree::Silences,
     ];
 
     fn name(self) -> &'static str {
@@ -87,6 +90,7 @@ impl Tree {
             Tree::Queue => "queue",
             Tree::QueueOpen => "queue_open",
             Tree::QueueKeys => "queue_keys",
+            Tree::Silences => "silences",
         }
     }
 }
@@ -476,6 +480,18 @@ impl OperatorStore for SledStore {
 
     async fn revoke_operator(&self, name: &str, revocation: &OperatorRevocation) -> Result<()> {
         self.commit(vec![put_json(Tree::Operators, name, revocation)]).await
+    }
+}
+
+#[async_trait]
+impl Silences for SledStore {
+    async fn put_silence(&self, id: &str, silence: &SilenceRecord, audit: AuditEntry) -> Result<()> {
+        let (_, audit_op) = self.audit_record(audit);
+        self.commit(vec![audit_op, put_json(Tree::Silences, id, silence)]).await
+    }
+
+    fn silences(&self) -> Result<Vec<(String, SilenceRecord)>> {
+        self.all_json(Tree::Silences)
     }
 }
 
