@@ -185,6 +185,23 @@ async fn request(ch: Channel, tx: mpsc::Sender<ConnEvent>, r: Request) {
             };
             let _ = tx.send(ev).await;
         }
+        Request::Ack { name, server } => {
+            let req = outpost_proto::v1::AckAlertRequest { alertname: name.clone(), server };
+            let ev = match client.ack_alert(req).await {
+                Ok(r) => ConnEvent::Info(format!("acknowledged {} {name} alert(s)", r.into_inner().acknowledged)),
+                Err(s) => ConnEvent::Error(format!("ack: {}", s.message())),
+            };
+            let _ = tx.send(ev).await;
+        }
+        Request::Silence { name, server, secs, reason } => {
+            let matchers = [("alertname".to_string(), name.clone()), ("server".to_string(), server.clone())].into();
+            let req = outpost_proto::v1::SilenceRequest { matchers, duration_secs: secs, comment: reason };
+            let ev = match client.silence(req).await {
+                Ok(r) => ConnEvent::Info(format!("{name} on {server} silenced ({})", r.into_inner().id)),
+                Err(s) => ConnEvent::Error(format!("silence: {}", s.message())),
+            };
+            let _ = tx.send(ev).await;
+        }
         Request::CancelQueueJob(id) => {
             let ev = match client.cancel_lifecycle_job(outpost_proto::v1::CancelLifecycleJobRequest { id }).await {
                 Ok(j) => ConnEvent::Info(match j.into_inner().state.as_str() {

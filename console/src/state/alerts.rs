@@ -45,6 +45,43 @@ impl App {
         self.requests.push(Request::Alerts);
     }
 
+    /// `:ack ALERT [SERVER]` and `:silence ALERT SERVER DURATION REASON…`: support and admin; the hub checks again.
+    pub(super) fn alert_command(&mut self, cmd: &str) {
+        let words: Vec<&str> = cmd.split_whitespace().collect();
+        if self.read_only() {
+            return self.say(format!(":{} needs role support or admin (you are {})", words[0], self.role), true);
+        }
+        match words.as_slice() {
+            ["ack", name] | ["ack", name, _] => {
+                let server = words.get(2).map(|s| s.to_string()).unwrap_or_default();
+                self.requests.push(Request::Ack { name: name.to_string(), server });
+            }
+            ["silence", name, server, duration, reason @ ..] if !reason.is_empty() => {
+                match outpost_common::parse_duration_ms(duration) {
+                    Ok(d) => self.requests.push(Request::Silence {
+                        name: name.to_string(),
+                        server: server.to_string(),
+                        secs: u32::try_from(d.as_secs()).unwrap_or(u32::MAX),
+                        reason: reason.join(" "),
+                    }),
+                    Err(e) => return self.say(format!("duration {duration:?}: {e} (e.g. 30m, 2h)"), true),
+                }
+            }
+            ["ack", ..] => return self.say("usage: :ack ALERT [SERVER]", true),
+            _ => {
+                return self.say(
+                    "usage: :silence ALERT SERVER DURATION REASON… (e.g. :silence disk_full web-1 2h resizing)",
+                    true,
+                );
+            }
+        }
+        if self.screen != Screen::Alerts {
+            self.open_alerts();
+        } else {
+            self.requests.push(Request::Alerts);
+        }
+    }
+
     /// Every second: the open screen is refreshed, and the header's count every few seconds.
     pub(super) fn tick_alerts(&mut self) {
         self.alerts.ticks += 1;

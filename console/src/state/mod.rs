@@ -121,9 +121,21 @@ pub enum Request {
     CancelQueueJob(u64),
     /// The hub's alerts.
     Alerts,
+    /// Acknowledge alert `name` (on `server`, or every server's).
+    Ack {
+        name: String,
+        server: String,
+    },
+    /// Silence alert `name` on `server` for `secs` because `reason`.
+    Silence {
+        name: String,
+        server: String,
+        secs: u32,
+        reason: String,
+    },
 }
 
-pub const COMMANDS: [(&str, &str); 9] = [
+pub const COMMANDS: [(&str, &str); 11] = [
     ("servers", "the fleet view"),
     ("apps", "every app on every server (the fleet filter applies), failing first"),
     ("alerts", "the hub's alerts, firing first (the fleet filter is:alert shows servers that need a look)"),
@@ -131,6 +143,8 @@ pub const COMMANDS: [(&str, &str); 9] = [
     ("jobs", "the lifecycle job queue: provision, deprovision, ..."),
     ("provision", "provision CUSTOMER PLAN [LOCATION]: a new server for a customer (admin)"),
     ("cancel", "cancel JOB: stop a lifecycle job; a provision undoes what it created (admin)"),
+    ("ack", "ack ALERT [SERVER]: say you are on a firing alert (support+)"),
+    ("silence", "silence ALERT SERVER DURATION REASON…: hold its notifications back (support+)"),
     ("help", "keys and commands"),
     ("quit", "leave the console"),
 ];
@@ -496,6 +510,7 @@ impl App {
             "jobs" => self.open_queue(),
             "alerts" => self.open_alerts(),
             other if other.starts_with("provision") || other.starts_with("cancel") => self.queue_command(other),
+            other if other.starts_with("ack ") || other.starts_with("silence") => self.alert_command(other),
             other => match other.strip_prefix("server ").map(str::trim) {
                 Some(name) if self.fleet.server(name).is_some() => self.open(name),
                 Some(name) => self.say(format!("no server named {name:?}"), true),

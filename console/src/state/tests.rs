@@ -432,3 +432,42 @@ fn provision_and_cancel_from_the_command_line_need_admin() {
     admin.key(Key::Enter);
     assert!(admin.message.as_ref().is_some_and(|m| m.text.contains("usage: :provision CUSTOMER PLAN")));
 }
+
+#[test]
+fn ack_and_silence_from_the_command_line() {
+    let mut viewer = App::new("https://hub:7443", "vic", "viewer");
+    typ(&mut viewer, ":ack disk_full");
+    viewer.key(Key::Enter);
+    assert!(viewer.requests.is_empty());
+    assert!(viewer.message.as_ref().is_some_and(|m| m.error && m.text.contains("needs role support")));
+
+    let mut a = app();
+    typ(&mut a, ":ack disk_full web-1");
+    a.key(Key::Enter);
+    assert_eq!(a.screen, Screen::Alerts);
+    assert_eq!(
+        a.requests.drain(..).collect::<Vec<_>>(),
+        [Request::Ack { name: "disk_full".into(), server: "web-1".into() }, Request::Alerts]
+    );
+    typ(&mut a, ":silence disk_full web-1 2h disk being resized");
+    a.key(Key::Enter);
+    assert_eq!(
+        a.requests.drain(..).collect::<Vec<_>>(),
+        [
+            Request::Silence {
+                name: "disk_full".into(),
+                server: "web-1".into(),
+                secs: 7200,
+                reason: "disk being resized".into()
+            },
+            Request::Alerts
+        ]
+    );
+    typ(&mut a, ":silence disk_full web-1 soon because");
+    a.key(Key::Enter);
+    assert!(a.requests.is_empty());
+    assert!(a.message.as_ref().is_some_and(|m| m.error && m.text.contains("duration \"soon\"")), "{:?}", a.message);
+    typ(&mut a, ":silence disk_full web-1 2h");
+    a.key(Key::Enter);
+    assert!(a.message.as_ref().is_some_and(|m| m.text.contains("usage: :silence")));
+}

@@ -177,7 +177,7 @@ fn render_help(frame: &mut Frame, app: &App, theme: Theme) {
     let h = area.height.saturating_sub(2).min((KEYMAP.len() + 4) as u16);
     let popup = Rect { x: area.x + (area.width - w) / 2, y: area.y + (area.height - h) / 2, width: w, height: h };
     frame.render_widget(Clear, popup);
-    let mut rows: Vec<Row> = KEYMAP
+    let rows: Vec<Row> = KEYMAP
         .iter()
         .map(|b| {
             let keys = b.keys.iter().map(|k| key_label(*k)).collect::<Vec<_>>().join(" ");
@@ -185,29 +185,14 @@ fn render_help(frame: &mut Frame, app: &App, theme: Theme) {
             Row::new(vec![keys, format!("{}{scope}", b.help)])
         })
         .collect();
-    // The commands, wrapped to the popup's width.
-    let room = w.saturating_sub(19) as usize; // borders, the first column and its gap
-    let mut lines: Vec<String> = vec![String::new()];
-    for (c, _) in COMMANDS {
-        let last = lines.last_mut().expect("one line at least");
-        if !last.is_empty() && last.len() + c.len() + 1 > room {
-            lines.push(String::new());
-        }
-        let last = lines.last_mut().expect("one line at least");
-        if !last.is_empty() {
-            last.push(' ');
-        }
-        last.push_str(c);
-    }
-    let h = h.saturating_add(lines.len() as u16 - 1).min(area.height.saturating_sub(2));
-    let popup = Rect { y: area.y + (area.height - h) / 2, height: h, ..popup };
-    frame.render_widget(Clear, popup);
-    for (i, line) in lines.into_iter().enumerate() {
-        rows.push(Row::new(vec![if i == 0 { ": commands".to_string() } else { String::new() }, line]));
-    }
+    // The commands on the bottom border (`help` and `quit` are keys above): always visible, even when a
+    // short terminal cuts the key list.
+    let commands: Vec<&str> = COMMANDS.iter().map(|(c, _)| *c).filter(|c| !["help", "quit"].contains(c)).collect();
+    let bottom = format!(" :{} ", commands.join(" :"));
+    let bottom = if bottom.chars().count() + 2 <= w as usize { bottom } else { format!(" :{} ", commands.join(" ")) };
     let title = format!(" help · {} as {} · any key closes ", app.hub, app.role);
     let table = Table::new(rows, [Constraint::Length(16), Constraint::Min(10)])
-        .block(Block::bordered().title(title).border_style(theme.fg(Color::Cyan)));
+        .block(Block::bordered().title(title).title_bottom(Line::from(bottom)).border_style(theme.fg(Color::Cyan)));
     frame.render_widget(table, popup);
 }
 
