@@ -244,8 +244,12 @@ async fn an_action_from_the_console_with_confirmation_streams_its_output() {
     );
     keys(&socket, &["j", "Enter"]);
     // The form offers the allowed units (k3s first); ctrl-u clears it, and typing works as before.
-    let screen = wait_for_pane(&socket, "service-restart on web-1 · tab next");
-    assert!(screen.contains("unit        k3s") && screen.contains("ctrl-n/p: k3s ·"), "{screen}");
+    // The whole form, not a half-drawn frame.
+    crate::ops::wait_for_pane_where(&socket, "the form with its units", |screen| {
+        screen.contains("service-restart on web-1 · tab next")
+            && screen.contains("unit        k3s")
+            && screen.contains("ctrl-n/p: k3s ·")
+    });
     keys(&socket, &["C-u", "k3s", "Enter"]);
     wait_for_pane(&socket, "type web-1 to confirm");
     keys(&socket, &["web-2", "Enter"]);
