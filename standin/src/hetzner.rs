@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use axum::body::{Body, to_bytes};
 use axum::http::{Method, Request, Response, StatusCode};
+
+use crate::kube::query;
 use serde_json::{Value, json};
 
 /// What happens to the machines behind the fake's servers.
@@ -202,39 +204,6 @@ fn selects(selector: &str, labels: &BTreeMap<String, String>) -> bool {
             labels.contains_key(term)
         }
     })
-}
-
-fn query(q: Option<&str>) -> HashMap<String, String> {
-    q.unwrap_or_default()
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), percent_decode(v)))
-        .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
-                match hex {
-                    Some(v) => {
-                        out.push(v);
-                        i += 3;
-                        continue;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// One page of `items` as Hetzner pages: `page` from 1, `per_page` 25 by default and 50 at most.
@@ -733,6 +702,7 @@ mod tests {
 
     #[test]
     fn percent_decoding() {
+        use crate::kube::percent_decode;
         assert_eq!(percent_decode("outpost-id%3Dweb-1%2Cplan"), "outpost-id=web-1,plan");
         assert_eq!(percent_decode("a%2"), "a%2");
     }

@@ -115,7 +115,8 @@ fn ok(v: &Value) -> Response<Body> {
         .expect("valid response")
 }
 
-fn query(q: Option<&str>) -> HashMap<String, String> {
+/// A URL query as pairs, percent-decoded (shared by the stand-ins).
+pub(crate) fn query(q: Option<&str>) -> HashMap<String, String> {
     q.unwrap_or_default()
         .split('&')
         .filter_map(|kv| kv.split_once('='))
@@ -123,7 +124,7 @@ fn query(q: Option<&str>) -> HashMap<String, String> {
         .collect()
 }
 
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
