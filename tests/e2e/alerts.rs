@@ -141,6 +141,25 @@ fn bad_rules_are_refused_at_start() {
     }
 }
 
+/// The hub's completed alert rounds (its own counter).
+fn rounds_done(hub: &HubProc) -> u64 {
+    let out = Command::new("curl").args(["-s", &format!("{}/metrics", hub.admin)]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("outpost_alert_evaluation_seconds_count ")?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until the hub has evaluated its rules `n` more times (for "nothing more happened" checks).
+async fn alert_rounds(hub: &HubProc, n: u64) {
+    let target = rounds_done(hub) + n;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rounds_done(hub) < target {
+        assert!(Instant::now() < deadline, "the hub stopped evaluating its alerts");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A hub whose alerts go to `webhook` (attempts, 50 ms initial backoff), with the disk rule only; a raw
 /// agent `disk-1` connected.
 async fn webhook_hub(dir: &std::path::Path, webhook: &str, attempts: u32) -> (HubProc, RawLink) {
@@ -177,7 +196,7 @@ async fn the_webhook_retries_then_delivers_once_and_dead_letters_what_never_arri
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
     let tmp = tempfile::tempdir().unwrap();
-    let (_hub, mut link) = webhook_hub(&tmp.path().join("hub"), &url, 5).await;
+    let (first_hub, mut link) = webhook_hub(&tmp.path().join("hub"), &url, 5).await;
     link.send(hostile::report(1, disk(95))).await;
     acked(&mut link, 1).await;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -185,7 +204,7 @@ async fn the_webhook_retries_then_delivers_once_and_dead_letters_what_never_arri
         assert!(Instant::now() < deadline, "never delivered: {:?}", got.lock().unwrap());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_secs(3)).await; // three more rounds: the alert still fires
+    alert_rounds(&first_hub, 3).await; // the alert still fires: no second notification
     let got = got.lock().unwrap().clone();
     assert_eq!(got.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [500, 500, 200], "retried, then delivered once");
     let text = got[2].1["text"].as_str().unwrap();
@@ -314,7 +333,7 @@ async fn silences_hold_notifications_back_and_acks_say_who_is_on_it() {
         assert!(Instant::now() < deadline, "{alerts:#?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    alert_rounds(&hub, 2).await;
     assert!(got.lock().unwrap().is_empty(), "a silenced alert was notified: {:?}", got.lock().unwrap());
 
     // Acknowledged: everyone sees who is on it.
@@ -333,7 +352,7 @@ async fn silences_hold_notifications_back_and_acks_say_who_is_on_it() {
         assert!(Instant::now() < deadline, "never notified after the silence ended");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    alert_rounds(&hub, 2).await;
     assert_eq!(got.lock().unwrap().len(), 1, "notified once");
     let audit = hub
         .client(Role::Admin)

@@ -298,14 +298,16 @@ impl Lifecycle {
         if key.len() > 128 || !outpost_common::text::is_printable(&key) {
             return Err(HubError::Invalid("idempotency key: at most 128 printable characters".into()));
         }
-        let existing_key = self.store.jobs(0)?.into_iter().any(|j| j.idempotency_key == key);
-        if !existing_key {
+        // One scan: a repeated key returns its job (the store decides); otherwise the name must be free.
+        let jobs = self.store.jobs(0)?;
+        if !jobs.iter().any(|j| j.idempotency_key == key) {
             if self.fleet.registry().get(&name).is_some() {
                 return Err(HubError::Invalid(format!(
                     "a server named {name} exists already; pick another with --name, or deprovision it first"
                 )));
             }
-            if let Some(j) = self.open_job_for(&name)?.filter(|j| Some(j.id) != within) {
+            let open = jobs.into_iter().find(|j| j.target == name && !j.state.is_final() && Some(j.id) != within);
+            if let Some(j) = open {
                 return Err(HubError::Invalid(format!(
                     "job {} ({}) for {name} is still {}; wait for it or cancel it (`outpost jobs cancel {}`)",
                     j.id,
