@@ -400,19 +400,6 @@ impl Alerts {
             }
         }
         if let Ok(s) = self.lifecycle.stats() {
-            let failed_provisions = self
-                .lifecycle
-                .jobs(0)
-                .map(|j| {
-                    j.iter()
-                        .filter(|j| {
-                            j.kind == crate::store::JobKind::Provision
-                                && j.state == crate::store::JobState::Failed
-                                && j.finished_ms >= now_ms - 3_600_000
-                        })
-                        .count()
-                })
-                .unwrap_or(0);
             for r in self.config.rules.iter().filter(|r| HUB_METRICS.contains(&r.metric.as_str())) {
                 let value = match r.metric.as_str() {
                     "job_queue_pending" => s.pending as f64,
@@ -420,7 +407,7 @@ impl Alerts {
                         100.0 * s.failed_last_hour as f64 / s.finished_last_hour as f64
                     }
                     "job_failure_rate_percent" => 0.0,
-                    _ => failed_provisions as f64,
+                    _ => s.provisions_failed_last_hour as f64,
                 };
                 if r.holds(value) {
                     let labels = [("alertname", r.name.clone()), ("severity", r.severity.clone())]

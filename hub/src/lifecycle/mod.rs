@@ -111,6 +111,8 @@ pub struct QueueStats {
     /// Jobs that ended in the last hour, and how many of them failed.
     pub finished_last_hour: u64,
     pub failed_last_hour: u64,
+    /// Of those, provisions.
+    pub provisions_failed_last_hour: u64,
 }
 
 /// A running job: the worker's copy, saved (lease renewed) on every change.
@@ -396,6 +398,8 @@ impl Lifecycle {
                 _ if j.finished_ms >= hour_ago => {
                     s.finished_last_hour += 1;
                     s.failed_last_hour += u64::from(j.state == JobState::Failed);
+                    s.provisions_failed_last_hour +=
+                        u64::from(j.state == JobState::Failed && j.kind == JobKind::Provision);
                 }
                 _ => {}
             }
