@@ -60,6 +60,15 @@ pub struct AgentConfig {
     /// from the hub. Default: starter 0.5 CPU / 512 MiB / 100 MiB, pro 1 / 1 GiB / 500 MiB, team 2 / 2 GiB /
     /// 2 GiB. `[plans.pro]` with `cpu_millis`, `memory_bytes`, `storage_bytes`.
     pub plans: std::collections::BTreeMap<String, outpost_common::app::PlanLimits>,
+    /// How often usage (CPU, memory, disk, database, egress per host, project and app) is measured and
+    /// reported.
+    pub usage_interval_secs: u64,
+    /// Where the kernel's cgroup v2 hierarchy is (the pods' CPU and memory counters).
+    pub cgroup_root: PathBuf,
+    /// A JSON file of usage samples (`{"samples": [{"scope": "app", "project": "acme", "app": "web",
+    /// "cpu_usec": 1000, ...}]}`) reported in place of measured ones with the same scope: for demos and
+    /// tests on machines without K3s. Unset in production.
+    pub usage_file: Option<PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -89,6 +98,9 @@ impl Default for AgentConfig {
             reconcile_secs: 60,
             apps_report_secs: 30,
             auto_deploy_secs: 300,
+            usage_interval_secs: 60,
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            usage_file: None,
             plans: ["starter", "pro", "team"]
                 .into_iter()
                 .filter_map(|n| outpost_common::app::PlanLimits::named(n).map(|p| (n.to_string(), p)))
@@ -168,6 +180,9 @@ impl AgentConfig {
         }
         if !(1..=86_400).contains(&self.auto_deploy_secs) {
             p.push(format!("auto_deploy_secs: {} is outside 1..=86400", self.auto_deploy_secs));
+        }
+        if !(1..=3600).contains(&self.usage_interval_secs) {
+            p.push(format!("usage_interval_secs: {} is outside 1..=3600", self.usage_interval_secs));
         }
         if !(1..=3600).contains(&self.apps_report_secs) {
             p.push(format!("apps_report_secs: {} is outside 1..=3600", self.apps_report_secs));

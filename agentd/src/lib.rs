@@ -15,6 +15,7 @@ pub mod k3s;
 pub mod link;
 pub mod outbox;
 pub mod repos;
+pub mod usage;
 
 use std::time::Duration;
 
@@ -121,6 +122,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let apps_stop = shutdown.clone();
     let apps_every = Duration::from_secs(config.apps_report_secs);
     let apps_outbox = outbox.clone();
+    let usage_apps = app_actions.clone();
     tasks.spawn(async move {
         const FULL_APPS_EVERY: Duration = Duration::from_secs(600);
         let mut tick = tokio::time::interval(apps_every);
@@ -163,6 +165,35 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         tracing::info!("hub link stopped");
     });
 
+    // Usage every `usage_interval_secs`, from the newest health sample and the cluster's pods.
+    let (health_tx, mut health_rx) = tokio::sync::watch::channel(None::<outpost_proto::v1::Health>);
+    let usage_stop = shutdown.clone();
+    let usage_outbox = outbox.clone();
+    let mut usage = usage::UsageCollector::new(&config);
+    let usage_every = Duration::from_secs(config.usage_interval_secs);
+    tasks.spawn(async move {
+        // The first sample waits for the first health sample.
+        tokio::select! {
+            _ = usage_stop.cancelled() => return,
+            _ = health_rx.changed() => {}
+        }
+        let mut tick = tokio::time::interval(usage_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = usage_stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let health = health_rx.borrow_and_update().clone().unwrap_or_default();
+            let (owners, storage) = usage_apps.usage_inputs().await;
+            let report = usage.sample(&health, &owners, &storage);
+            match usage_outbox.push(outpost_common::now_ms(), report).await {
+                Ok(seq) => tracing::debug!(seq, "usage queued"),
+                Err(error) => tracing::error!(%error, "cannot store the usage sample"),
+            }
+        }
+    });
+
     let interval = config.report_interval();
     let collect_stop = shutdown.clone();
     tasks.spawn(async move {
@@ -178,6 +209,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             let mut health = collector.sample(not_after).await;
             // Shaped by the code the hub checks with: a sample the hub would refuse never enters the outbox.
             outpost_common::report::conform(&mut health);
+            health_tx.send_replace(Some(health.clone()));
             match outbox.push(outpost_common::now_ms(), health).await {
                 Ok(seq) => tracing::debug!(seq, "report queued"),
                 Err(error) => tracing::error!(%error, "cannot store report"),

@@ -39,6 +39,8 @@ pub struct Outbox {
     len: Arc<AtomicU64>,
     /// Signalled on every push; the link waits on it.
     pub pushed: Arc<Notify>,
+    /// Pushes one at a time.
+    pushing: Arc<tokio::sync::Mutex<()>>,
 }
 
 fn read_u64(table: &Table, key: &[u8]) -> Result<u64, DbError> {
@@ -69,12 +71,15 @@ impl Outbox {
             refused: Arc::new(AtomicU64::new(refused)),
             len: Arc::new(AtomicU64::new(len)),
             pushed: Arc::new(Notify::new()),
+            pushing: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
     /// Assigns the next seq, stores the report (any kind of body: health today) durably, and wakes the
-    /// link. Only one task pushes.
+    /// link. Pushes from several tasks are taken one at a time.
     pub async fn push(&self, taken_at_ms: i64, body: impl Into<report::Body>) -> Result<u64, OutboxError> {
+        // Health, apps and usage are pushed by their own tasks: one at a time, so seqs are never shared.
+        let _one = self.pushing.lock().await;
         let seq = self.last_seq.load(Ordering::SeqCst) + 1;
         let report = Report { seq, taken_at_ms, body: Some(body.into()) };
         self.reports.insert(seq.to_be_bytes(), report.encode_to_vec())?;

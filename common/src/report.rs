@@ -6,7 +6,7 @@
 //! hub still refuse one (an older agent, a newer hub), it answers `ReportRefused` and the agent drops it,
 //! counted.
 
-use outpost_proto::v1::{AppsState, Health, Hello, Report, k3s, report};
+use outpost_proto::v1::{AppsState, Health, Hello, Report, UsageReport, k3s, report};
 
 use crate::text;
 
@@ -41,6 +41,7 @@ pub const APP_PHASES: [&str; 5] = ["available", "rolling_out", "degraded", "fail
 pub enum Body<'a> {
     Health(&'a Health),
     Apps(&'a AppsState),
+    Usage(&'a UsageReport),
 }
 
 /// Checks a report; the message names the report and the field. `now_ms` is the checker's clock.
@@ -61,8 +62,68 @@ pub fn validate(r: &Report, now_ms: i64) -> Result<Body<'_>, String> {
     match &r.body {
         Some(report::Body::Health(_)) => validate_health(r).map(Body::Health),
         Some(report::Body::Apps(a)) => validate_apps(seq, a).map(|()| Body::Apps(a)),
-        None => Err(format!("report {seq} has no body (health or apps)")),
+        Some(report::Body::Usage(u)) => validate_usage(seq, u).map(|()| Body::Usage(u)),
+        None => Err(format!("report {seq} has no body (health, apps or usage)")),
     }
+}
+
+/// Usage samples per report, at most: the host, and a namespace and an app for each of [`MAX_APPS`].
+pub const MAX_USAGE_SAMPLES: usize = 1 + 2 * MAX_APPS;
+/// CPU microseconds and byte figures of a usage sample are below this (2^60: 36,000 core-years, 1 EiB).
+pub const MAX_USAGE_VALUE: u64 = 1 << 60;
+/// The scopes a usage sample may have.
+pub const USAGE_SCOPES: [&str; 3] = ["host", "namespace", "app"];
+
+/// Checks a usage report: known scopes with valid names, each scope once, figures in range.
+pub fn validate_usage(seq: u64, u: &UsageReport) -> Result<(), String> {
+    if u.samples.len() > MAX_USAGE_SAMPLES {
+        return Err(format!("report {seq} has {} usage samples; at most {MAX_USAGE_SAMPLES}", u.samples.len()));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for s in &u.samples {
+        let named = |n: &str| crate::cert::valid_name(n);
+        let ok = match s.scope.as_str() {
+            "host" => s.project.is_empty() && s.app.is_empty(),
+            "namespace" => named(&s.project) && s.app.is_empty(),
+            "app" => named(&s.project) && named(&s.app),
+            _ => {
+                return Err(format!(
+                    "report {seq}: usage scope {} is not one of {}",
+                    text::excerpt(&s.scope, 32),
+                    USAGE_SCOPES.join(", ")
+                ));
+            }
+        };
+        if !ok {
+            return Err(format!(
+                "report {seq}: a {} usage sample needs {} (DNS labels), got project {} app {}",
+                s.scope,
+                match s.scope.as_str() {
+                    "host" => "no project and no app",
+                    "namespace" => "a project and no app",
+                    _ => "a project and an app",
+                },
+                text::excerpt(&s.project, 64),
+                text::excerpt(&s.app, 64)
+            ));
+        }
+        if !seen.insert((s.scope.as_str(), s.project.as_str(), s.app.as_str())) {
+            return Err(format!("report {seq}: usage scope {} {}/{} appears twice", s.scope, s.project, s.app));
+        }
+        for (field, v) in [
+            ("cpu_usec", s.cpu_usec),
+            ("memory_bytes", s.memory_bytes),
+            ("memory_peak_bytes", s.memory_peak_bytes),
+            ("disk_bytes", s.disk_bytes),
+            ("database_bytes", s.database_bytes),
+            ("egress_bytes", s.egress_bytes),
+        ] {
+            if v >= MAX_USAGE_VALUE {
+                return Err(format!("report {seq}: usage {field} {v} is implausibly large (at most 2^60)"));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// An apps report's encoded size, at most: it is kept in the server's record that every operator's fleet watch

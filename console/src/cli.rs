@@ -107,6 +107,9 @@ pub enum Command {
     /// The lifecycle job queue (provision, deprovision, ...).
     #[command(subcommand)]
     Jobs(crate::lifecycle::JobsCmd),
+    /// A customer's usage in a month against the plan, with its cost: `outpost usage --customer acme
+    /// --month 2026-11 --output csv`.
+    Usage(crate::usage::UsageArgs),
     /// The alerts pending and firing now, firing first.
     Alerts {
         #[arg(long, value_enum, default_value_t = Output::Table)]

@@ -154,3 +154,15 @@ pub fn app_cells(a: &outpost_proto::v1::AppState) -> [String; 6] {
         app_problem(a),
     ]
 }
+
+/// Bytes for people: `1.5 GiB`.
+pub fn bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
+}

@@ -10,4 +10,5 @@ pub mod inert;
 pub mod lifecycle;
 pub mod run;
 pub mod state;
+pub mod usage;
 pub mod view;

@@ -25,6 +25,7 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<String> {
         Some(Command::Ack { alertname, server }) => {
             console::lifecycle::ack(&cli::load_bundle(cli)?, alertname, server.as_deref().unwrap_or_default()).await
         }
+        Some(Command::Usage(a)) => console::usage::usage(&cli::load_bundle(cli)?, a).await,
         Some(Command::Alerts { output }) => console::lifecycle::alerts(&cli::load_bundle(cli)?, *output).await,
         Some(Command::Provision(a)) => console::lifecycle::provision(&cli::load_bundle(cli)?, a).await,
         Some(Command::Jobs(c)) => console::lifecycle::jobs(&cli::load_bundle(cli)?, c).await,

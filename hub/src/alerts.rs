@@ -19,13 +19,17 @@ use crate::lifecycle::Lifecycle;
 use crate::runtime::Runtime;
 
 /// Per-server metrics a rule may use.
-pub const SERVER_METRICS: [&str; 6] = [
+pub const SERVER_METRICS: [&str; 8] = [
     "server_offline_seconds",
     "disk_used_percent",
     "memory_used_percent",
     "certificate_expires_in_seconds",
     "k3s_ready",
     "apps_failing",
+    // The customer's projects' highest use of the plan (CPU average, memory peak, database) this hour.
+    "usage_over_plan_percent",
+    // 1 when the server's agentd is not the hub's version.
+    "agent_version_skew",
 ];
 /// Hub-wide metrics a rule may use.
 pub const HUB_METRICS: [&str; 3] = ["job_queue_pending", "job_failure_rate_percent", "provisions_failed_last_hour"];
@@ -127,6 +131,24 @@ pub fn default_rules() -> Vec<Rule> {
             0,
             "warning",
             "`outpost apps --on NAME --failing`; roll back with `outpost rollback`",
+        ),
+        rule(
+            "usage_over_plan",
+            "usage_over_plan_percent",
+            ">",
+            100.0,
+            900,
+            "warning",
+            "`outpost usage --customer CUSTOMER` shows what is over; offer the next plan",
+        ),
+        rule(
+            "agent_version_skew",
+            "agent_version_skew",
+            ">",
+            0.0,
+            3600,
+            "info",
+            "install the hub's agentd on the server (served at /artifacts/agentd/VERSION/ARCH) or re-provision it",
         ),
         rule(
             "job_queue_long",
@@ -280,6 +302,7 @@ pub struct Alerts {
     store: Arc<dyn crate::store::HubStore>,
     /// The silences (a copy of the store's).
     silences: Mutex<Vec<(String, crate::store::SilenceRecord)>>,
+    usage: Arc<crate::usage::UsageBook>,
 }
 
 impl Alerts {
@@ -288,7 +311,11 @@ impl Alerts {
         fleet: Arc<Fleet>,
         lifecycle: Arc<Lifecycle>,
         audit: Arc<Audit>,
-        (metrics, store): (Arc<crate::metrics::Metrics>, Arc<dyn crate::store::HubStore>),
+        (metrics, store, usage): (
+            Arc<crate::metrics::Metrics>,
+            Arc<dyn crate::store::HubStore>,
+            Arc<crate::usage::UsageBook>,
+        ),
     ) -> Alerts {
         let silences = Mutex::new(store.silences().unwrap_or_else(|error| {
             tracing::error!(%error, "cannot read the silences; starting without them");
@@ -307,6 +334,7 @@ impl Alerts {
             rt: std::sync::OnceLock::new(),
             store,
             silences,
+            usage,
         }
     }
 
@@ -343,6 +371,7 @@ impl Alerts {
     fn conditions(&self, now_ms: i64) -> Vec<(Rule, BTreeMap<String, String>, f64, String)> {
         let mut out = Vec::new();
         let views = self.fleet.registry().list();
+        let over_plan = self.usage.over_plan();
         for r in self.config.rules.iter().filter(|r| SERVER_METRICS.contains(&r.metric.as_str())) {
             for v in &views {
                 let rec = &v.record;
@@ -375,6 +404,9 @@ impl Alerts {
                     "k3s_ready" => {
                         v.apps.as_ref().and_then(|a| a.cluster.as_ref()).map(|c| f64::from(u8::from(c.ready)))
                     }
+                    "usage_over_plan_percent" => over_plan.get(&rec.name).copied(),
+                    "agent_version_skew" => (!rec.agent_version.is_empty())
+                        .then(|| f64::from(u8::from(rec.agent_version != env!("CARGO_PKG_VERSION")))),
                     "apps_failing" => v
                         .apps
                         .as_ref()

@@ -35,6 +35,7 @@ pub struct HubConfig {
     pub lifecycle: crate::lifecycle::LifecycleConfig,
     pub admin: AdminConfig,
     pub alerts: crate::alerts::AlertsConfig,
+    pub usage: crate::usage::UsageConfig,
 }
 
 /// `[admin]`: the listener Prometheus scrapes (`/metrics`) and health checks call (`/healthz`, `/readyz`).
@@ -120,6 +121,7 @@ impl Default for HubConfig {
             lifecycle: Default::default(),
             admin: AdminConfig::default(),
             alerts: Default::default(),
+            usage: Default::default(),
         }
     }
 }
@@ -235,6 +237,7 @@ impl HubConfig {
         problems.extend(self.provision.problems());
         problems.extend(self.lifecycle.problems());
         problems.extend(self.alerts.problems());
+        problems.extend(self.usage.problems());
         outpost_common::config::problems(problems)
     }
 

@@ -21,6 +21,7 @@ pub mod pki;
 pub mod relay;
 pub mod runtime;
 pub mod store;
+pub mod usage;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -119,7 +120,11 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         Duration::from_secs(config.agents.cert_ttl_secs),
         metrics.clone(),
     )?);
-    let reports = Arc::new(Reports::new(fleet.clone(), store.clone(), config.store.history_len, metrics.clone()));
+    let server_types = config.provision.plans.iter().map(|(k, v)| (k.clone(), v.server_type.clone())).collect();
+    let usage = Arc::new(usage::UsageBook::new(config.usage.clone(), store.clone(), server_types));
+    usage.spawn(&rt);
+    let reports =
+        Arc::new(Reports::new(fleet.clone(), store.clone(), config.store.history_len, metrics.clone(), usage.clone()));
     let audit = Arc::new(audit::Audit::new(store.clone()));
     let operators = Arc::new(Operators::load(store.clone())?);
     let relay = Arc::new(relay::Relay::default());
@@ -189,7 +194,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         fleet.clone(),
         lifecycle.clone(),
         audit.clone(),
-        (metrics.clone(), store.clone()),
+        (metrics.clone(), store.clone(), usage.clone()),
     ));
     alerts.spawn(&rt);
     if let Some(l) = admin_listener {
@@ -207,7 +212,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         fleet,
         reports.clone(),
         identities.clone(),
-        (jobs, lifecycle, alerts),
+        (jobs, lifecycle, alerts, usage),
         audit,
         rt.clone(),
     );

@@ -30,3 +30,10 @@ impl From<v1::AppsState> for v1::report::Body {
         v1::report::Body::Apps(a)
     }
 }
+
+/// A usage sample is a report body.
+impl From<v1::UsageReport> for v1::report::Body {
+    fn from(u: v1::UsageReport) -> Self {
+        v1::report::Body::Usage(u)
+    }
+}

@@ -180,6 +180,18 @@ impl Apps {
         }
     }
 
+    /// The managed apps' pods and each project's claimed storage, for usage; nothing without K3s.
+    pub async fn usage_inputs(&self) -> (Vec<crate::usage::PodOwner>, HashMap<String, u64>) {
+        if !self.kubeconfig.exists() {
+            return Default::default();
+        }
+        let Ok(k3s) = self.k3s().await else { return Default::default() };
+        k3s.usage_inputs().await.unwrap_or_else(|error| {
+            tracing::debug!(%error, "no usage from the cluster this round");
+            Default::default()
+        })
+    }
+
     /// What runs on this server, for a report: every app with its deployment, rollout and repository, and the
     /// cluster. `None` when there is nothing to tell (no apps and no K3s kubeconfig).
     pub async fn state(&self) -> Option<outpost_proto::v1::AppsState> {

@@ -234,6 +234,34 @@ impl K3s {
         Ok((out, apps))
     }
 
+    /// What usage needs from the cluster: every managed app's pods (uid, project, app) and the storage
+    /// bound to each project's persistent volume claims.
+    pub async fn usage_inputs(&self) -> Result<(Vec<crate::usage::PodOwner>, HashMap<String, u64>), K3sError> {
+        let pods =
+            Api::<Pod>::all(self.client.clone()).list(&ListParams::default()).await.map_err(api_err("listing pods"))?;
+        let owners = pods
+            .into_iter()
+            .filter_map(|p| {
+                let app = p.metadata.labels.as_ref()?.get(INSTANCE)?.clone();
+                Some(crate::usage::PodOwner { uid: p.metadata.uid?, project: p.metadata.namespace?, app })
+            })
+            .collect();
+        let claims = Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await
+            .map_err(api_err("listing persistent volume claims"))?;
+        let mut storage: HashMap<String, u64> = HashMap::new();
+        for c in claims {
+            let bytes = c
+                .status
+                .and_then(|s| s.capacity)
+                .and_then(|c| c.get("storage").and_then(|q| outpost_common::app::bytes(&q.0).ok()))
+                .unwrap_or(0);
+            *storage.entry(c.metadata.namespace.unwrap_or_default()).or_default() += bytes;
+        }
+        Ok((owners, storage))
+    }
+
     async fn apply<K>(&self, api: Api<K>, obj: &K, what: &str) -> Result<(), K3sError>
     where
         K: kube::Resource + Clone + std::fmt::Debug + Serialize + serde::de::DeserializeOwned,

@@ -7,19 +7,8 @@ use ratatui::style::Color;
 use ratatui::widgets::{Block, Paragraph, Row, Sparkline, Table};
 
 use super::{Theme, ago, facts, status_symbol};
-use crate::format::{disk_pct, k3s_word, mem_pct, status_word};
+use crate::format::{bytes, disk_pct, k3s_word, mem_pct, status_word};
 use crate::state::App;
-
-fn bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    format!("{v:.1} {}", UNITS[u])
-}
 
 /// The cluster as the agent's last apps report describes it.
 fn cluster_line(s: &outpost_proto::v1::Server) -> String {

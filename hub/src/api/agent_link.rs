@@ -272,6 +272,7 @@ impl Session {
                         body: match body {
                             outpost_common::report::Body::Health(h) => ReportBody::Health(h.clone()),
                             outpost_common::report::Body::Apps(a) => ReportBody::Apps(a.clone()),
+                            outpost_common::report::Body::Usage(u) => ReportBody::Usage(u.clone()),
                         },
                     })
                     .map_err(HubError::Invalid);

@@ -193,3 +193,58 @@ pub fn lifecycle_job(j: crate::store::QueuedJob) -> pb::LifecycleJob {
         priority: u32::from(j.priority),
     }
 }
+
+/// A customer's month of usage, for the wire.
+pub fn month_usage(m: crate::usage::MonthUsage) -> pb::GetUsageResponse {
+    let limits =
+        m.limits.unwrap_or(outpost_common::app::PlanLimits { cpu_millis: 0, memory_bytes: 0, storage_bytes: 0 });
+    let per_sec = |v: f64, secs: f64| if secs > 0.0 { v / secs } else { 0.0 };
+    pb::GetUsageResponse {
+        rows: m
+            .rows
+            .into_iter()
+            .map(|(server, u)| pb::UsageRow {
+                server,
+                cpu_cores_avg: per_sec(u.cpu_seconds, u.covered_secs),
+                memory_avg_bytes: per_sec(u.memory_byte_seconds, u.covered_secs) as u64,
+                cpu_seconds: u.cpu_seconds,
+                memory_peak_bytes: u.memory_peak_bytes,
+                disk_bytes: u.disk_bytes_max,
+                database_bytes: u.database_bytes_max,
+                egress_bytes: u.egress_bytes,
+                covered_hours: u.covered_secs / 3600.0,
+                resets: u.resets,
+                scope: u.scope,
+            })
+            .collect(),
+        days: m
+            .days
+            .into_iter()
+            .map(|d| pb::UsageDay {
+                start_ms: d.start_ms,
+                cpu_cores_avg: per_sec(d.cpu_seconds, d.covered_secs),
+                memory_peak_bytes: d.memory_peak_bytes,
+                database_bytes: d.database_bytes,
+                egress_bytes: d.egress_bytes,
+            })
+            .collect(),
+        plan_use: m
+            .over_plan
+            .into_iter()
+            .map(|(what, percent, words)| pb::PlanUse { what: what.into(), percent, words })
+            .collect(),
+        cost_total: m.cost.total(),
+        cost_server: m.cost.server,
+        cost_cpu: m.cost.cpu,
+        cost_memory: m.cost.memory,
+        cost_egress: m.cost.egress,
+        cost_database: m.cost.database,
+        customer: m.customer,
+        month: m.month,
+        plan: m.plan,
+        plan_cpu_millis: limits.cpu_millis,
+        plan_memory_bytes: limits.memory_bytes,
+        plan_database_bytes: limits.storage_bytes,
+        currency: m.currency,
+    }
+}

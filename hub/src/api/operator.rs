@@ -46,6 +46,7 @@ pub struct OperatorApi {
     audit: Arc<Audit>,
     lifecycle: Arc<Lifecycle>,
     alerts: Arc<crate::alerts::Alerts>,
+    usage: Arc<crate::usage::UsageBook>,
     rt: Runtime,
 }
 
@@ -56,11 +57,16 @@ impl OperatorApi {
         fleet: Arc<Fleet>,
         reports: Arc<Reports>,
         identities: Arc<Identities>,
-        (jobs, lifecycle, alerts): (Arc<Jobs>, Arc<Lifecycle>, Arc<crate::alerts::Alerts>),
+        (jobs, lifecycle, alerts, usage): (
+            Arc<Jobs>,
+            Arc<Lifecycle>,
+            Arc<crate::alerts::Alerts>,
+            Arc<crate::usage::UsageBook>,
+        ),
         audit: Arc<Audit>,
         rt: Runtime,
     ) -> OperatorApi {
-        OperatorApi { auth, fleet, reports, identities, jobs, audit, lifecycle, alerts, rt }
+        OperatorApi { auth, fleet, reports, identities, jobs, audit, lifecycle, alerts, usage, rt }
     }
 
     /// Records an admin operation that was done (join token, revocation).
@@ -373,6 +379,20 @@ impl Operator for OperatorApi {
             })
             .collect();
         Ok(Response::new(pb::ListAlertsResponse { alerts }))
+    }
+
+    async fn get_usage(&self, req: Request<pb::GetUsageRequest>) -> Result<Response<pb::GetUsageResponse>, Status> {
+        self.auth.operator(&req, Role::Viewer, "reading usage")?;
+        let r = req.into_inner();
+        if !outpost_common::cert::valid_name(&r.customer) {
+            return Err(Status::invalid_argument(format!(
+                "customer {:?}: a customer name (a-z, 0-9, '-')",
+                outpost_common::text::excerpt(&r.customer, 64)
+            )));
+        }
+        let month = if r.month.is_empty() { crate::usage::month_of(outpost_common::now_ms()) } else { r.month };
+        let m = self.usage.month(&r.customer, &month)?;
+        Ok(Response::new(super::convert::month_usage(m)))
     }
 
     async fn silence(&self, req: Request<pb::SilenceRequest>) -> Result<Response<pb::SilenceInfo>, Status> {

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use outpost_proto::v1::{AppsState, Health, HistoryPoint};
+use outpost_proto::v1::{AppsState, Health, HistoryPoint, UsageReport};
 use prost::Message;
 
 use super::Fleet;
@@ -22,6 +22,7 @@ pub struct Reports {
     /// Reports refused as invalid (the agent drops them).
     refused: AtomicU64,
     metrics: Arc<crate::metrics::Metrics>,
+    usage: Arc<crate::usage::UsageBook>,
 }
 
 /// One report, checked (`common::report::validate`).
@@ -32,10 +33,12 @@ pub struct Report {
     pub body: Body,
 }
 
-/// What a report carries: health (kept as history) or the apps state (only the latest is kept).
+/// What a report carries: health (kept as history), the apps state (only the latest is kept) or usage
+/// (rolled up).
 pub enum Body {
     Health(Health),
     Apps(AppsState),
+    Usage(UsageReport),
 }
 
 impl Reports {
@@ -44,8 +47,9 @@ impl Reports {
         store: Arc<dyn ReportStore>,
         keep: u32,
         metrics: Arc<crate::metrics::Metrics>,
+        usage: Arc<crate::usage::UsageBook>,
     ) -> Reports {
-        Reports { fleet, store, keep, refused: AtomicU64::new(0), metrics }
+        Reports { fleet, store, keep, refused: AtomicU64::new(0), metrics, usage }
     }
 
     /// Stores `report` durably unless it is a duplicate. Returns the seq to acknowledge (everything up to it
@@ -96,6 +100,13 @@ impl Reports {
                 self.store.record_apps(&record, report.seq, apps.encode_to_vec()).await?;
                 self.metrics.report_stored(t.elapsed(), arrived.elapsed());
                 self.fleet.registry().put_apps(record, apps);
+            }
+            Body::Usage(usage) => {
+                let t = std::time::Instant::now();
+                let apps = self.fleet.registry().get(server).and_then(|v| v.apps.clone());
+                self.usage.ingest(&record, (report.seq, report.taken_at_ms), &usage, apps.as_ref(), log_limit).await?;
+                self.metrics.report_stored(t.elapsed(), arrived.elapsed());
+                self.fleet.registry().put_record(record);
             }
         }
         Ok(report.seq)

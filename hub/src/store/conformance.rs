@@ -12,6 +12,7 @@ use super::{
     PlanUpdate, Revoked, ServerRecord, StoreError, TokenRecord, TokenState,
 };
 use super::{JobKind, JobState, QueuedJob, SilenceRecord, Submitted};
+use super::{Resolution, ScopeUsage, UsageBucket, UsageCounters, UsageCursor};
 
 /// Opens one and the same store, again and again.
 #[async_trait]
@@ -69,6 +70,7 @@ pub async fn run(backend: &mut dyn Backend) {
     audit_ids_grow_are_unique_and_queries_filter(store.clone()).await;
     commands_and_plans_end_with_their_audit_record(&*store).await;
     revocations_are_kept(&*store).await;
+    usage_buckets_and_their_cursor_are_written_together(&*store).await;
     let last_job = the_queue_claims_once_in_order_and_checks_leases(store.clone()).await;
     let silence = SilenceRecord {
         matchers: [("alertname".to_string(), "disk_full".to_string())].into(),
@@ -97,6 +99,8 @@ pub async fn run(backend: &mut dyn Backend) {
     // Jobs read back, and ids go on.
     assert_eq!(store.job(last_job).unwrap().unwrap().state, JobState::Cancelled);
     assert_eq!(store.silences().unwrap().len(), 1, "silences survive a reopen");
+    assert_eq!(store.usage_cursor("u1").unwrap().map(|c| c.seq), Some(7), "usage survives a reopen");
+    assert_eq!(store.usage_between(Resolution::Day, 0, i64::MAX, None).unwrap().len(), 2);
     let next_job = match store.submit_job(job("after-reopen", 1, 0), AuditEntry::default()).await.unwrap() {
         Submitted::New(j) => j.id,
         other => panic!("{other:?}"),
@@ -427,4 +431,60 @@ async fn the_queue_claims_once_in_order_and_checks_leases(store: Arc<dyn HubStor
     assert!(again > pending, "ids are not reused after retention");
     assert_eq!(store.cancel_job(again, AuditEntry::default()).await.unwrap().unwrap().state, JobState::Cancelled);
     again
+}
+
+fn bucket(customer: &str, cpu: f64) -> UsageBucket {
+    UsageBucket {
+        customer: customer.into(),
+        plan: "pro".into(),
+        scopes: vec![ScopeUsage { scope: "host".into(), cpu_seconds: cpu, samples: 1, ..Default::default() }],
+    }
+}
+
+async fn usage_buckets_and_their_cursor_are_written_together(store: &dyn HubStore) {
+    const H: i64 = 3_600_000;
+    const D: i64 = 24 * H;
+    let mut u1 = server("u1");
+    u1.last_seq = 7;
+    let cursor = UsageCursor {
+        seq: 7,
+        scopes: [("host".to_string(), UsageCounters { cpu_usec: 5, egress_bytes: 6, taken_at_ms: 10 * D + H })].into(),
+    };
+    let buckets = [
+        (Resolution::Hour, 10 * D, bucket("acme", 1.0)),
+        (Resolution::Hour, 10 * D + H, bucket("acme", 2.0)),
+        (Resolution::Day, 10 * D, bucket("acme", 3.0)),
+    ];
+    store.record_usage(&u1, &cursor, &buckets).await.unwrap();
+    let mut u2 = server("u2");
+    u2.customer = "zeta".into();
+    store
+        .record_usage(
+            &u2,
+            &UsageCursor { seq: 1, ..Default::default() },
+            &[(Resolution::Day, 11 * D, bucket("zeta", 9.0))],
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.usage_cursor("u1").unwrap(), Some(cursor));
+    assert_eq!(store.usage_cursor("nobody").unwrap(), None);
+    let high_water = store.servers().unwrap().into_iter().find(|s| s.name == "u1").unwrap().last_seq;
+    assert_eq!(high_water, 7, "the server record with the high-water mark is written too");
+    assert_eq!(store.usage_bucket(Resolution::Hour, 10 * D + H, "acme", "u1").unwrap(), Some(bucket("acme", 2.0)));
+    assert_eq!(store.usage_bucket(Resolution::Hour, 10 * D + H, "zeta", "u1").unwrap(), None, "keyed by customer");
+    // Ranges: by resolution, by start in [from, to), by customer, oldest first.
+    let hours = store.usage_between(Resolution::Hour, 0, i64::MAX, None).unwrap();
+    assert_eq!(
+        hours.iter().map(|(t, s, _)| (*t, s.as_str())).collect::<Vec<_>>(),
+        [(10 * D, "u1"), (10 * D + H, "u1")]
+    );
+    assert_eq!(store.usage_between(Resolution::Hour, 10 * D + 1, 11 * D, None).unwrap().len(), 1);
+    let days = store.usage_between(Resolution::Day, 0, i64::MAX, Some("zeta")).unwrap();
+    assert_eq!(days.len(), 1);
+    assert_eq!((days[0].0, days[0].1.as_str(), days[0].2.scopes[0].cpu_seconds), (11 * D, "u2", 9.0));
+    assert_eq!(store.usage_between(Resolution::Day, 0, i64::MAX, Some("acm")).unwrap().len(), 0, "whole names");
+    // Retention per resolution.
+    assert_eq!(store.trim_usage(Resolution::Hour, 10 * D + H).await.unwrap(), 1);
+    assert_eq!(store.usage_between(Resolution::Hour, 0, i64::MAX, None).unwrap().len(), 1);
+    assert_eq!(store.usage_between(Resolution::Day, 0, i64::MAX, None).unwrap().len(), 2, "days untouched");
 }

@@ -18,7 +18,8 @@ use async_trait::async_trait;
 
 pub use records::{
     AuditEntry, AuditQuery, BurnedToken, JobKind, JobState, Kind, OperatorRevocation, Outcome, PendingRecord,
-    PlanRecord, QueuedJob, Revoked, ServerRecord, SilenceRecord, StepRecord, TokenRecord,
+    PlanRecord, QueuedJob, Resolution, Revoked, ScopeUsage, ServerRecord, SilenceRecord, StepRecord, TokenRecord,
+    UsageBucket, UsageCounters, UsageCursor,
 };
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -53,7 +54,7 @@ pub trait Servers: Send + Sync {
     /// Replaces (or creates) a record.
     async fn put_server(&self, record: &ServerRecord) -> Result<()>;
     /// Removes a server that never came to be (a failed provision): its record, its unused tokens, its
-    /// history and apps state, in one write. Revoked serials and burned tokens stay.
+    /// history, apps state and usage cursor, in one write (its usage buckets stay). Revoked serials and burned tokens stay.
     async fn remove_server(&self, name: &str) -> Result<()>;
 }
 
@@ -191,13 +192,41 @@ pub trait Silences: Send + Sync {
     fn silences(&self) -> Result<Vec<(String, SilenceRecord)>>;
 }
 
+/// Usage rollups: per server a cursor (its counters at the last usage report) and hourly and daily buckets
+/// keyed by start time, customer and server.
+#[async_trait]
+pub trait Usage: Send + Sync {
+    fn usage_cursor(&self, server: &str) -> Result<Option<UsageCursor>>;
+    fn usage_bucket(&self, res: Resolution, start_ms: i64, customer: &str, server: &str)
+    -> Result<Option<UsageBucket>>;
+    /// Stores `buckets` (resolution, start, bucket; customer and server from the bucket and `server`) and
+    /// the cursor in one atomic write, then the server record carrying the new high-water mark.
+    async fn record_usage(
+        &self,
+        server: &ServerRecord,
+        cursor: &UsageCursor,
+        buckets: &[(Resolution, i64, UsageBucket)],
+    ) -> Result<()>;
+    /// The buckets at `res` starting in `[from_ms, to_ms)`, of `customer` (every customer when `None`):
+    /// (start, server, bucket), oldest first.
+    fn usage_between(
+        &self,
+        res: Resolution,
+        from_ms: i64,
+        to_ms: i64,
+        customer: Option<&str>,
+    ) -> Result<Vec<(i64, String, UsageBucket)>>;
+    /// Deletes the buckets at `res` that start before `cutoff_ms`. Returns how many went.
+    async fn trim_usage(&self, res: Resolution, cutoff_ms: i64) -> Result<usize>;
+}
+
 /// What agent identities (enrollment, tokens, renewal, revocation) use.
 pub trait IdentityStore: Servers + Tokens + Revocations {}
 impl<T: Servers + Tokens + Revocations + ?Sized> IdentityStore for T {}
 
 /// What storing reports uses.
-pub trait ReportStore: Servers + Reports {}
-impl<T: Servers + Reports + ?Sized> ReportStore for T {}
+pub trait ReportStore: Servers + Reports + Usage {}
+impl<T: Servers + Reports + Usage + ?Sized> ReportStore for T {}
 
 /// A whole hub store: every repository. Services take the narrower trait they use (a `dyn HubStore`
 /// coerces to each).

@@ -20,8 +20,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     AuditEntry, AuditLog, AuditQuery, BurnedToken, Commands, OperatorRevocation, OperatorStore, PendingRecord,
-    PlanRecord, PlanUpdate, Queue, QueuedJob, Reports, Result, Revocations, Revoked, ServerRecord, Servers,
-    SilenceRecord, Silences, StoreError, Submitted, TokenRecord, TokenState, Tokens,
+    PlanRecord, PlanUpdate, Queue, QueuedJob, Reports, Resolution, Result, Revocations, Revoked, ServerRecord, Servers,
+    SilenceRecord, Silences, StoreError, Submitted, TokenRecord, TokenState, Tokens, Usage, UsageBucket, UsageCursor,
 };
 
 /// Trees of the store.
@@ -55,10 +55,13 @@ enum Tree {
     QueueKeys,
     /// silence id → [`SilenceRecord`] (JSON)
     Silences,
+    /// `c` server → [`UsageCursor`] (JSON); `h`|`d`, start (u64 BE), customer, 0, server → [`UsageBucket`]
+    /// (protobuf)
+    Usage,
 }
 
 impl Tree {
-    const ALL: [Tree; 14] = [
+    const ALL: [Tree; 15] = [
         Tree::Servers,
         Tree::Tokens,
         Tree::Burned,
@@ -73,6 +76,7 @@ impl Tree {
         Tree::QueueOpen,
         Tree::QueueKeys,
         Tree::Silences,
+        Tree::Usage,
     ];
 
     fn name(self) -> &'static str {
@@ -91,6 +95,7 @@ impl Tree {
             Tree::QueueOpen => "queue_open",
             Tree::QueueKeys => "queue_keys",
             Tree::Silences => "silences",
+            Tree::Usage => "usage",
         }
     }
 }
@@ -101,6 +106,8 @@ enum Op {
     Del(Tree, Vec<u8>),
     /// Deletes every key of the tree in `[from, to)`.
     DelRange(Tree, Vec<u8>, Vec<u8>),
+    /// Puts every pair at once: after a crash, all of them or none.
+    Atomic(Tree, Vec<(Vec<u8>, Vec<u8>)>),
 }
 
 fn put_json<T: Serialize>(tree: Tree, key: impl Into<Vec<u8>>, value: &T) -> Op {
@@ -260,6 +267,8 @@ impl Servers for SledStore {
         let (from, to) = (history_key(name, 0), history_key(name, u64::MAX));
         ops.push(Op::DelRange(Tree::History, from, to));
         ops.push(Op::Del(Tree::Apps, name.as_bytes().to_vec()));
+        // Its usage buckets stay (they carry the customer); the counters' cursor goes with the server.
+        ops.push(Op::Del(Tree::Usage, cursor_key(name)));
         ops.push(Op::Del(Tree::Servers, name.as_bytes().to_vec()));
         self.commit(ops).await
     }
@@ -649,6 +658,112 @@ impl Queue for SledStore {
     }
 }
 
+fn usage_key(res: Resolution, start_ms: i64, customer: &str, server: &str) -> Vec<u8> {
+    let mut k = vec![usage_prefix(res)];
+    k.extend_from_slice(&(start_ms.max(0) as u64).to_be_bytes());
+    k.extend_from_slice(customer.as_bytes());
+    k.push(0);
+    k.extend_from_slice(server.as_bytes());
+    k
+}
+
+fn usage_prefix(res: Resolution) -> u8 {
+    match res {
+        Resolution::Hour => b'h',
+        Resolution::Day => b'd',
+    }
+}
+
+fn usage_time_key(res: Resolution, ms: i64) -> Vec<u8> {
+    let mut k = vec![usage_prefix(res)];
+    k.extend_from_slice(&(ms.max(0) as u64).to_be_bytes());
+    k
+}
+
+fn cursor_key(server: &str) -> Vec<u8> {
+    let mut k = b"c".to_vec();
+    k.extend_from_slice(server.as_bytes());
+    k
+}
+
+#[async_trait]
+impl Usage for SledStore {
+    fn usage_cursor(&self, server: &str) -> Result<Option<UsageCursor>> {
+        self.get_json(Tree::Usage, &cursor_key(server))
+    }
+
+    fn usage_bucket(
+        &self,
+        res: Resolution,
+        start_ms: i64,
+        customer: &str,
+        server: &str,
+    ) -> Result<Option<UsageBucket>> {
+        let key = usage_key(res, start_ms, customer, server);
+        match self.tree(Tree::Usage).get(&key).map_err(read_err)? {
+            None => Ok(None),
+            Some(v) => decode_bucket(&key, &v).map(Some),
+        }
+    }
+
+    async fn record_usage(
+        &self,
+        server: &ServerRecord,
+        cursor: &UsageCursor,
+        buckets: &[(Resolution, i64, UsageBucket)],
+    ) -> Result<()> {
+        use prost::Message as _;
+        let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = buckets
+            .iter()
+            .map(|(res, start, b)| (usage_key(*res, *start, &b.customer, &server.name), b.encode_to_vec()))
+            .collect();
+        pairs.push((cursor_key(&server.name), serde_json::to_vec(cursor).expect("store records serialise")));
+        // The usage in one atomic batch, then the high-water mark: a crash between the two replays the
+        // report, and the cursor's seq says it was counted already.
+        self.commit(vec![Op::Atomic(Tree::Usage, pairs), put_json(Tree::Servers, server.name.clone(), server)]).await
+    }
+
+    fn usage_between(
+        &self,
+        res: Resolution,
+        from_ms: i64,
+        to_ms: i64,
+        customer: Option<&str>,
+    ) -> Result<Vec<(i64, String, UsageBucket)>> {
+        let mut out = Vec::new();
+        for item in self.tree(Tree::Usage).range(usage_time_key(res, from_ms)..usage_time_key(res, to_ms)) {
+            let (k, v) = item.map_err(read_err)?;
+            let Some(rest) = k.get(9..) else { continue };
+            let Some(zero) = rest.iter().position(|b| *b == 0) else { continue };
+            if customer.is_some_and(|c| c.as_bytes() != &rest[..zero]) {
+                continue;
+            }
+            let start = u64::from_be_bytes(k[1..9].try_into().expect("9 bytes checked")) as i64;
+            let server = String::from_utf8_lossy(&rest[zero + 1..]).into_owned();
+            out.push((start, server, decode_bucket(&k, &v)?));
+        }
+        Ok(out)
+    }
+
+    async fn trim_usage(&self, res: Resolution, cutoff_ms: i64) -> Result<usize> {
+        let (from, to) = (usage_time_key(res, 0), usage_time_key(res, cutoff_ms));
+        let n = self.tree(Tree::Usage).range(from.clone()..to.clone()).count();
+        if n > 0 {
+            self.commit(vec![Op::DelRange(Tree::Usage, from, to)]).await?;
+        }
+        Ok(n)
+    }
+}
+
+fn decode_bucket(key: &[u8], v: &[u8]) -> Result<UsageBucket> {
+    use prost::Message as _;
+    UsageBucket::decode(v).map_err(|e| StoreError::Corrupt {
+        table: Tree::Usage.name(),
+        key: String::from_utf8_lossy(key).into_owned(),
+        error: e.to_string(),
+    })
+}
+
 async fn writer(db: sled::Db, trees: Trees, mut rx: mpsc::Receiver<Batch>) {
     let tree = |t: Tree| &trees[SledStore::index(t)];
     let mut group = Vec::with_capacity(GROUP_MAX);
@@ -669,6 +784,13 @@ async fn writer(db: sled::Db, trees: Trees, mut rx: mpsc::Receiver<Batch>) {
                             }
                         }
                         r
+                    }
+                    Op::Atomic(t, pairs) => {
+                        let mut b = sled::Batch::default();
+                        for (k, v) in pairs {
+                            b.insert(k.as_slice(), v.as_slice());
+                        }
+                        tree(*t).apply_batch(b)
                     }
                 };
                 if let Err(e) = r {
