@@ -18,3 +18,4 @@ mod shutdown;
 mod sim;
 mod ssh_repos;
 mod timeline;
+mod usage;
