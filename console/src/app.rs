@@ -62,6 +62,7 @@ pub fn apply(app: &mut App, ev: ConnEvent) {
         ConnEvent::Audit(records) => app.apply_audit(records),
         ConnEvent::Queue(r) => app.apply_queue(*r),
         ConnEvent::Alerts(a) => app.apply_alerts(a),
+        ConnEvent::Usage(u) => app.apply_usage(*u),
         ConnEvent::Info(text) => {
             app.message = Some(Message { text: outpost_common::text::inert(&text).into_owned(), error: false })
         }
@@ -218,6 +219,14 @@ async fn request(ch: Channel, tx: mpsc::Sender<ConnEvent>, r: Request) {
             if let Ok(r) = client.list_alerts(outpost_proto::v1::ListAlertsRequest {}).await {
                 let _ = tx.send(ConnEvent::Alerts(r.into_inner().alerts)).await;
             }
+        }
+        Request::Usage { customer, month } => {
+            let req = outpost_proto::v1::GetUsageRequest { customer, month };
+            let ev = match client.get_usage(req).await {
+                Ok(r) => ConnEvent::Usage(Box::new(r.into_inner())),
+                Err(s) => ConnEvent::Error(format!("usage: {}", s.message())),
+            };
+            let _ = tx.send(ev).await;
         }
         Request::Queue => {
             let ev = match client.list_lifecycle_jobs(ListLifecycleJobsRequest { limit: 500 }).await {

@@ -23,6 +23,7 @@ pub enum ConnEvent {
     Audit(Vec<outpost_proto::v1::AuditRecord>),
     Queue(Box<outpost_proto::v1::ListLifecycleJobsResponse>),
     Alerts(Vec<outpost_proto::v1::AlertInfo>),
+    Usage(Box<outpost_proto::v1::GetUsageResponse>),
     /// Something the operator should read that is not an error (a job queued, cancelled).
     Info(String),
     Down {

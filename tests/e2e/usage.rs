@@ -98,7 +98,9 @@ async fn usage_is_counted_once_across_a_hub_sigkill_against_the_plan_and_priced(
     let bad = UsageSample { scope: "planet".into(), ..Default::default() };
     link.send(usage(5, d0 + 130_000, vec![bad])).await;
     match answer(&mut link, 5).await {
-        hub_message::Body::Refused(r) => assert!(r.reason.contains("usage scope \"planet\" is not one of host"), "{r:?}"),
+        hub_message::Body::Refused(r) => {
+            assert!(r.reason.contains("usage scope \"planet\" is not one of host"), "{r:?}")
+        }
         other => panic!("{other:?}"),
     }
     link.send(usage(6, d0 + 130_000, vec![host(1), host(2)])).await;

@@ -20,6 +20,37 @@ impl AlertsPage {
     pub fn firing(&self) -> usize {
         self.alerts.iter().filter(|a| a.state == "firing").count()
     }
+
+    /// The alerts of one server (those whose `alertname` is in `only`, when given), firing first.
+    pub fn of_server(&self, server: &str, only: Option<&[&str]>) -> Vec<&pb::AlertInfo> {
+        self.alerts
+            .iter()
+            .filter(|a| a.labels.get("server").is_some_and(|s| s == server))
+            .filter(|a| only.is_none_or(|o| a.labels.get("alertname").is_some_and(|n| o.contains(&n.as_str()))))
+            .collect()
+    }
+
+    /// One line for a server's or an app's screen: `▲ disk_full firing 3m · …`, or that none fire.
+    pub fn line(alerts: &[&pb::AlertInfo], now_ms: i64) -> String {
+        if alerts.is_empty() {
+            return "none".into();
+        }
+        alerts
+            .iter()
+            .map(|a| {
+                let l = |k: &str| a.labels.get(k).cloned().unwrap_or_default();
+                let symbol = match l("severity").as_str() {
+                    "critical" => "✖",
+                    "warning" => "▲",
+                    _ => "●",
+                };
+                let secs = (now_ms - a.since_ms).max(0) / 1000;
+                let state = if a.silenced_by.is_empty() { a.state.as_str() } else { "silenced" };
+                format!("{symbol} {} {} {state} {}m", l("alertname"), l("severity"), secs / 60)
+            })
+            .collect::<Vec<_>>()
+            .join(" · ")
+    }
 }
 
 impl App {

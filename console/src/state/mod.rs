@@ -8,6 +8,7 @@ pub mod filter;
 pub mod fleet;
 pub mod keymap;
 pub mod queue;
+pub mod usage;
 
 use std::collections::VecDeque;
 
@@ -51,6 +52,8 @@ pub enum Screen {
     QueueJob(u64),
     /// The hub's alerts, firing first.
     Alerts,
+    /// A customer's month of usage against the plan (`:usage`).
+    Usage,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,6 +129,11 @@ pub enum Request {
         name: String,
         server: String,
     },
+    /// A customer's usage in `month` (empty: this month).
+    Usage {
+        customer: String,
+        month: String,
+    },
     /// Silence alert `name` on `server` for `secs` because `reason`.
     Silence {
         name: String,
@@ -135,10 +143,11 @@ pub enum Request {
     },
 }
 
-pub const COMMANDS: [(&str, &str); 11] = [
+pub const COMMANDS: [(&str, &str); 12] = [
     ("servers", "the fleet view"),
     ("apps", "every app on every server (the fleet filter applies), failing first"),
     ("alerts", "the hub's alerts, firing first (the fleet filter is:alert shows servers that need a look)"),
+    ("usage", "usage [CUSTOMER [YYYY-MM]]: a customer's month against the plan, with its cost"),
     ("audit", "the audit log"),
     ("jobs", "the lifecycle job queue: provision, deprovision, ..."),
     ("provision", "provision CUSTOMER PLAN [LOCATION]: a new server for a customer (admin)"),
@@ -207,6 +216,7 @@ pub struct App {
     pub apps_page: AppsPage,
     pub queue: QueuePage,
     pub alerts: alerts::AlertsPage,
+    pub usage: usage::UsagePage,
 }
 
 impl App {
@@ -227,6 +237,7 @@ impl App {
             apps_page: AppsPage::default(),
             queue: QueuePage::default(),
             alerts: alerts::AlertsPage::default(),
+            usage: usage::UsagePage::default(),
         }
     }
 
@@ -448,7 +459,7 @@ impl App {
                 }
             }
             Action::Back => match self.screen {
-                Screen::Job | Screen::Audit | Screen::Apps | Screen::Queue | Screen::Alerts => {
+                Screen::Job | Screen::Audit | Screen::Apps | Screen::Queue | Screen::Alerts | Screen::Usage => {
                     self.screen = Screen::Fleet
                 }
                 Screen::App(..) => self.screen = Screen::Apps,
@@ -479,6 +490,9 @@ impl App {
             Action::CancelJob => self.cancel_job(),
             Action::Refresh if self.screen == Screen::Audit => self.open_audit(),
             Action::Refresh if self.screen == Screen::Alerts => self.requests.push(Request::Alerts),
+            Action::Refresh if self.screen == Screen::Usage => self
+                .requests
+                .push(Request::Usage { customer: self.usage.customer.clone(), month: self.usage.month.clone() }),
             Action::Refresh => {}
             Action::Quit => return false,
         }
@@ -511,6 +525,7 @@ impl App {
             "alerts" => self.open_alerts(),
             other if other.starts_with("provision") || other.starts_with("cancel") => self.queue_command(other),
             other if other.starts_with("ack ") || other.starts_with("silence") => self.alert_command(other),
+            other if other == "usage" || other.starts_with("usage ") => self.usage_command(other),
             other => match other.strip_prefix("server ").map(str::trim) {
                 Some(name) if self.fleet.server(name).is_some() => self.open(name),
                 Some(name) => self.say(format!("no server named {name:?}"), true),

@@ -6,6 +6,7 @@ mod fleet;
 mod job;
 mod queue;
 mod server;
+mod usage;
 
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -79,6 +80,7 @@ pub fn render(frame: &mut Frame, app: &mut App, now_ms: i64, theme: Theme) {
         Screen::Queue => queue::render_queue(frame, app, body, now_ms, theme),
         Screen::QueueJob(id) => queue::render_queue_job(frame, app, id, body, theme),
         Screen::Alerts => queue::render_alerts(frame, app, body, now_ms, theme),
+        Screen::Usage => usage::render(frame, app, body, theme),
     }
     render_footer(frame, app, footer, theme);
     match &app.mode {
@@ -163,7 +165,7 @@ fn render_footer(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
                 }
                 Screen::Queue => " q quit  esc back  j/k move  enter open  r refresh  ? help  : command",
                 Screen::QueueJob(_) => " q quit  esc back  ? help  : command",
-                Screen::Alerts => " q quit  esc back  r refresh  ? help  : command",
+                Screen::Alerts | Screen::Usage => " q quit  esc back  r refresh  ? help  : command",
             }),
         },
     };
@@ -323,6 +325,9 @@ fn render_app(frame: &mut Frame, app: &App, server: &str, name: &str, area: Rect
             },
         ),
     ];
+    // The app's alerts are its server's alerts about apps.
+    let alerts = app.alerts.of_server(server, Some(&["app_failing", "usage_over_plan"]));
+    lines.push(("alerts".into(), crate::state::alerts::AlertsPage::line(&alerts, now_ms)));
     if !a.last_error.is_empty() {
         lines.push(("problem".into(), a.last_error.clone()));
     }

@@ -460,3 +460,112 @@ fn the_alerts_screen_firing_first_and_its_empty_state() {
     ]);
     both("alerts", &mut app);
 }
+
+#[test]
+fn a_servers_alerts_show_on_its_screen_and_its_apps() {
+    use outpost_proto::v1::AlertInfo;
+    let mut app = fixture();
+    let name = app.fleet.rows()[0].clone();
+    let alert = |alertname: &str, state: &str| AlertInfo {
+        labels: [("alertname", alertname), ("severity", "warning"), ("server", name.as_str())]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        state: state.into(),
+        since_ms: NOW - 600_000,
+        ..Default::default()
+    };
+    app.apply_alerts(vec![alert("disk_full", "firing"), alert("usage_over_plan", "pending")]);
+    app.screen = crate::state::Screen::Server(name.clone());
+    let screen = draw(&mut app, 200, 50);
+    assert!(
+        screen.contains("alerts") && screen.contains("▲ disk_full warning firing 10m · ▲ usage_over_plan"),
+        "{screen}"
+    );
+    app.apply_alerts(vec![]);
+    let screen = draw(&mut app, 200, 50);
+    assert!(screen.lines().any(|l| l.contains("│alerts ") && l.contains(" none ")), "{screen}");
+}
+
+#[test]
+fn the_usage_screen_against_the_plan_with_charts_and_cost() {
+    use outpost_proto::v1::{GetUsageResponse, PlanUse, UsageDay, UsageRow};
+    const MIB: u64 = 1 << 20;
+    let mut app = fixture();
+    app.usage = crate::state::usage::UsagePage { customer: "acme".into(), month: "2026-11".into(), data: None };
+    app.screen = crate::state::Screen::Usage;
+    both("usage_loading", &mut app);
+    let day0 = 1_793_491_200_000; // 2026-11-01
+    app.apply_usage(GetUsageResponse {
+        customer: "acme".into(),
+        month: "2026-11".into(),
+        plan: "starter".into(),
+        plan_cpu_millis: 500,
+        plan_memory_bytes: 512 * MIB,
+        plan_database_bytes: 100 * MIB,
+        rows: vec![
+            UsageRow {
+                server: "acme-1".into(),
+                scope: "host".into(),
+                cpu_seconds: 7200.0,
+                cpu_cores_avg: 0.8,
+                memory_peak_bytes: 900 * MIB,
+                egress_bytes: 3 << 30,
+                ..Default::default()
+            },
+            UsageRow {
+                server: "acme-1".into(),
+                scope: "namespace/acme".into(),
+                cpu_seconds: 3600.0,
+                cpu_cores_avg: 0.4,
+                memory_peak_bytes: 600 * MIB,
+                database_bytes: 40 * MIB,
+                egress_bytes: 2 << 30,
+                ..Default::default()
+            },
+            UsageRow {
+                server: "acme-1".into(),
+                scope: "app/acme/web".into(),
+                cpu_seconds: 3000.0,
+                cpu_cores_avg: 0.33,
+                memory_peak_bytes: 400 * MIB,
+                ..Default::default()
+            },
+        ],
+        days: (0..12)
+            .map(|i| UsageDay {
+                start_ms: day0 + i * 86_400_000,
+                cpu_cores_avg: 0.1 + 0.05 * i as f64,
+                memory_peak_bytes: (300 + 25 * i as u64) * MIB,
+                egress_bytes: (i as u64 + 1) * 100 * MIB,
+                ..Default::default()
+            })
+            .collect(),
+        plan_use: vec![
+            PlanUse { what: "cpu".into(), percent: 80.0, words: "CPU averaged 0.40 cores of the plan's 0.50".into() },
+            PlanUse {
+                what: "memory".into(),
+                percent: 117.2,
+                words: "memory peaked at 600 MiB of the plan's 512 MiB".into(),
+            },
+            PlanUse {
+                what: "database".into(),
+                percent: 40.0,
+                words: "database storage reached 40 MiB of the plan's 100 MiB".into(),
+            },
+        ],
+        currency: "EUR".into(),
+        cost_server: 3.79,
+        cost_egress: 0.02,
+        cost_total: 3.81,
+        ..Default::default()
+    });
+    both("usage", &mut app);
+    let screen = draw(&mut app, 200, 50);
+    assert!(screen.contains("memory    117% OVER"), "{screen}");
+    // An answer for another customer (asked before) does not replace this one.
+    app.apply_usage(GetUsageResponse { customer: "other".into(), ..Default::default() });
+    assert_eq!(app.usage.data.as_ref().unwrap().customer, "acme");
+    app.usage.data.as_mut().unwrap().rows.clear();
+    assert!(draw(&mut app, 200, 50).contains("no usage reported for acme in 2026-11"));
+}
