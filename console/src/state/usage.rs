@@ -47,7 +47,8 @@ impl App {
             (["usage", c, m], _) => (c.to_string(), m.to_string()),
             _ => return self.say("usage: :usage [CUSTOMER [YYYY-MM]] (default: the selected server's customer)", true),
         };
-        if !month.is_empty() && !(month.len() == 7 && month.as_bytes()[4] == b'-') {
+        let shaped = month.len() == 7 && month.as_bytes()[4] == b'-';
+        if !month.is_empty() && !shaped {
             return self.say(format!("month {month:?}: give YYYY-MM, e.g. 2026-11"), true);
         }
         self.usage = UsagePage { customer: customer.clone(), month: month.clone(), data: None };
