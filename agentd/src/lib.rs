@@ -172,12 +172,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let mut usage = usage::UsageCollector::new(&config);
     let usage_every = Duration::from_secs(config.usage_interval_secs);
     tasks.spawn(async move {
-        // The first sample waits for the first health sample.
-        tokio::select! {
-            _ = usage_stop.cancelled() => return,
-            _ = health_rx.changed() => {}
-        }
-        let mut tick = tokio::time::interval(usage_every);
+        // The first sample comes one interval after the start (the hub takes it as where the counters
+        // start), with a health sample taken by then.
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + usage_every, usage_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {

@@ -41,6 +41,9 @@ pub struct AlertsConfig {
     pub eval_secs: u64,
     /// Alertmanager's base URL (`http://127.0.0.1:9093`); none: alerts are evaluated, audited and listed only.
     pub alertmanager_url: Option<String>,
+    /// How long a delivery to Alertmanager may take; one that does not answer in time is tried again on
+    /// the next round (delivery runs apart from evaluation: a hanging Alertmanager delays nothing else).
+    pub alertmanager_timeout_secs: u64,
     /// Replaces the built-in rules when given.
     pub rules: Vec<Rule>,
     /// For installs without Alertmanager: each fire and resolve is POSTed here once (retried with backoff;
@@ -185,6 +188,7 @@ impl Default for AlertsConfig {
         AlertsConfig {
             eval_secs: 15,
             alertmanager_url: None,
+            alertmanager_timeout_secs: 10,
             rules: default_rules(),
             webhook_url: None,
             webhook_format: "generic".into(),
@@ -198,6 +202,9 @@ impl Default for AlertsConfig {
 impl AlertsConfig {
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
+        if !(1..=300).contains(&self.alertmanager_timeout_secs) {
+            p.push(format!("alerts.alertmanager_timeout_secs: {} is outside 1..=300", self.alertmanager_timeout_secs));
+        }
         if !(1..=3600).contains(&self.eval_secs) {
             p.push(format!("alerts.eval_secs: {} is outside 1..=3600", self.eval_secs));
         }
@@ -344,10 +351,12 @@ impl Alerts {
         let me = self.clone();
         rt.every("alerts", Duration::from_secs(self.config.eval_secs), move || {
             let me = me.clone();
-            async move {
-                me.evaluate(outpost_common::now_ms()).await;
-                me.deliver().await;
-            }
+            async move { me.evaluate(outpost_common::now_ms()).await }
+        });
+        let me = self.clone();
+        rt.every("alert delivery", Duration::from_secs(self.config.eval_secs), move || {
+            let me = me.clone();
+            async move { me.deliver().await }
         });
     }
 
@@ -781,16 +790,27 @@ impl Alerts {
             })
             .collect();
         let url = format!("{}/api/v2/alerts", base.trim_end_matches('/'));
-        match self.client.post(&url).json(&body).send().await {
+        let timeout = Duration::from_secs(self.config.alertmanager_timeout_secs);
+        match self.client.post(&url).timeout(timeout).json(&body).send().await {
             Ok(r) if r.status().is_success() => {
+                self.metrics.alert_delivery("delivered");
                 let sent = resolved.len();
                 self.resolved.lock().unwrap_or_else(|p| p.into_inner()).drain(..sent);
             }
             Ok(r) => {
-                tracing::warn!(status = %r.status(), %url, "Alertmanager refused the alerts; they are sent again next round")
+                self.metrics.alert_delivery("refused");
+                let status = r.status();
+                let said = r.text().await.unwrap_or_default();
+                tracing::warn!(%status, %url, answer = %outpost_common::text::excerpt(&said, 200), "Alertmanager refused the alerts; they are sent again next round");
             }
             Err(error) => {
-                tracing::warn!(%error, %url, "Alertmanager unreachable; the alerts are sent again next round")
+                self.metrics.alert_delivery("unreachable");
+                let why = if error.is_timeout() {
+                    format!("no answer within {}s", timeout.as_secs())
+                } else {
+                    error.to_string()
+                };
+                tracing::warn!(error = %why, %url, "Alertmanager unreachable; the alerts are sent again next round")
             }
         }
     }

@@ -121,7 +121,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         metrics.clone(),
     )?);
     let server_types = config.provision.plans.iter().map(|(k, v)| (k.clone(), v.server_type.clone())).collect();
-    let usage = Arc::new(usage::UsageBook::new(config.usage.clone(), store.clone(), server_types));
+    let usage = Arc::new(usage::UsageBook::new(config.usage.clone(), store.clone(), server_types, metrics.clone()));
     usage.spawn(&rt);
     let reports =
         Arc::new(Reports::new(fleet.clone(), store.clone(), config.store.history_len, metrics.clone(), usage.clone()));

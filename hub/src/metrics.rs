@@ -36,6 +36,9 @@ pub struct Metrics {
     soonest_expiry: Gauge<f64, std::sync::atomic::AtomicU64>,
     alerts_firing: Family<Labels, Gauge>,
     alert_evaluation: Histogram,
+    alert_deliveries: Family<Labels, Counter>,
+    usage_dropped: Counter,
+    usage_resets: Counter,
 }
 
 fn latency() -> Histogram {
@@ -67,6 +70,9 @@ impl Metrics {
             soonest_expiry: Gauge::default(),
             alerts_firing: Family::default(),
             alert_evaluation: latency(),
+            alert_deliveries: Family::default(),
+            usage_dropped: Counter::default(),
+            usage_resets: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("reports_stored", "Health and apps reports stored durably", m.reports_stored.clone());
@@ -112,6 +118,21 @@ impl Metrics {
             prometheus_client::registry::Unit::Seconds,
             m.alert_evaluation.clone(),
         );
+        registry.register(
+            "alert_deliveries",
+            "Deliveries to Alertmanager by result (delivered, refused: it answered an error, unreachable: no answer in time)",
+            m.alert_deliveries.clone(),
+        );
+        registry.register(
+            "usage_samples_dropped",
+            "Usage samples not counted: an app or project the server does not have, an implausible figure, or too old",
+            m.usage_dropped.clone(),
+        );
+        registry.register(
+            "usage_counter_resets",
+            "Usage counters that went down and were taken as resets",
+            m.usage_resets.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -136,6 +157,19 @@ impl Metrics {
             let n = firing.get(severity).copied().unwrap_or(0);
             self.alerts_firing.get_or_create(&vec![("severity", severity.to_string())]).set(n as i64);
         }
+    }
+
+    /// One delivery to Alertmanager: `delivered`, `refused` or `unreachable`.
+    pub fn alert_delivery(&self, result: &str) {
+        self.alert_deliveries.get_or_create(&vec![("result", result.to_string())]).inc();
+    }
+
+    pub fn usage_dropped(&self) {
+        self.usage_dropped.inc();
+    }
+
+    pub fn usage_reset(&self) {
+        self.usage_resets.inc();
     }
 
     pub fn alerts_evaluated(&self, took: Duration) {

@@ -126,6 +126,7 @@ pub struct UsageBook {
     /// Each server's highest use of its plan in its current hour, percent (the `usage_over_plan_percent`
     /// alert metric).
     over_plan: Mutex<HashMap<String, f64>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The scope's key in a bucket.
@@ -157,8 +158,14 @@ struct Delta {
 }
 
 impl UsageBook {
-    pub fn new(config: UsageConfig, store: Arc<dyn ReportStore>, server_types: BTreeMap<String, String>) -> UsageBook {
+    pub fn new(
+        config: UsageConfig,
+        store: Arc<dyn ReportStore>,
+        server_types: BTreeMap<String, String>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> UsageBook {
         UsageBook {
+            metrics,
             config,
             store,
             server_types,
@@ -187,6 +194,7 @@ impl UsageBook {
 
     fn drop_sample(&self, log: &LogLimiter, server: &str, why: &str) {
         self.dropped.fetch_add(1, Ordering::Relaxed);
+        self.metrics.usage_dropped();
         if let Some(repeated) = log.allow("usage sample dropped", server) {
             tracing::warn!(server, repeated, why = %outpost_common::text::Inert(why), "usage sample dropped");
         }
@@ -259,6 +267,7 @@ impl UsageBook {
             };
             if d.reset {
                 self.resets.fetch_add(1, Ordering::Relaxed);
+                self.metrics.usage_reset();
                 if let Some(repeated) = log.allow("usage counter reset", server) {
                     tracing::info!(server, scope = %key, repeated, "a usage counter went down: taken as a reset");
                 }
@@ -568,7 +577,12 @@ mod tests {
         config.prices.cpu_core_hour = 0.5;
         config.prices.egress_gib = 1.0;
         config.prices.server_types.insert("cx22".into(), 30.0);
-        let book = UsageBook::new(config, store.clone(), [("starter".to_string(), "cx22".to_string())].into());
+        let book = UsageBook::new(
+            config,
+            store.clone(),
+            [("starter".to_string(), "cx22".to_string())].into(),
+            Arc::new(crate::metrics::Metrics::new()),
+        );
         let log = LogLimiter::default();
         let apps = AppsState {
             apps: vec![AppState { name: "web".into(), project: "acme".into(), ..Default::default() }],

@@ -365,3 +365,86 @@ async fn silences_hold_notifications_back_and_acks_say_who_is_on_it() {
     assert!(audit.iter().any(|r| r.action == "silence" && r.message.contains("silence ended")));
     assert!(audit.iter().any(|r| r.message.starts_with("acknowledged")));
 }
+
+/// An Alertmanager that answers 500, then one that hangs: each failed delivery is counted and logged with
+/// what went wrong, evaluation goes on (the alert resolves at the hub while Alertmanager hangs), and the
+/// resolution reaches Alertmanager once it answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alertmanager_that_fails_or_hangs_delays_nothing_and_loses_nothing() {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    use std::sync::{Arc, Mutex};
+    init();
+    const REFUSE: u8 = 0;
+    const HANG: u8 = 1;
+    const ANSWER: u8 = 2;
+    let mode = Arc::new(AtomicU8::new(REFUSE));
+    let got: Arc<Mutex<Vec<(u8, serde_json::Value)>>> = Arc::default();
+    let (m, seen) = (mode.clone(), got.clone());
+    let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
+        let (m, seen) = (m.clone(), seen.clone());
+        async move {
+            let mode = m.load(Ordering::SeqCst);
+            seen.lock().unwrap().push((mode, serde_json::from_slice(&body).unwrap_or_default()));
+            match mode {
+                REFUSE => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "cluster not ready"),
+                HANG => std::future::pending().await,
+                _ => (axum::http::StatusCode::OK, ""),
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let am = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let tmp = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[alerts]\neval_secs = 1\nalertmanager_url = \"{am}\"\nalertmanager_timeout_secs = 1\n\
+         [[alerts.rules]]\nname = \"disk_full\"\nmetric = \"disk_used_percent\"\nop = \">\"\nthreshold = 90\nseverity = \"warning\"\n"
+    );
+    let hub = HubProc::start(&tmp.path().join("hub"), free_port(), &config).await;
+    let id = hostile::enroll(&hub.token("disk-1").await).await;
+    let mut link = RawLink::connect(&id).await.unwrap();
+    let deliveries = |result: &str| {
+        let out = Command::new("curl").args(["-s", &format!("{}/metrics", hub.admin)]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let name = format!("outpost_alert_deliveries_total{{result=\"{result}\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(&name)?.trim().parse::<f64>().ok()).unwrap_or(0.0)
+    };
+    let wait = async |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(Instant::now() < deadline, "never: {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+
+    // 500: refused, counted, logged with the status and Alertmanager's words; tried again each round.
+    link.send(hostile::report(1, disk(95))).await;
+    acked(&mut link, 1).await;
+    wait("two refused deliveries", &|| deliveries("refused") >= 2.0).await;
+    let log = std::fs::read_to_string(hub.dir.join("hubd.log")).unwrap();
+    assert!(
+        log.contains("Alertmanager refused the alerts") && log.contains("500") && log.contains("cluster not ready"),
+        "{log}"
+    );
+
+    // Hanging: the disk is fine again and the alert resolves at the hub while deliveries time out.
+    mode.store(HANG, Ordering::SeqCst);
+    link.send(hostile::report(2, disk(50))).await;
+    acked(&mut link, 2).await;
+    let mut viewer = hub.client(Role::Viewer);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !viewer.list_alerts(pb::ListAlertsRequest {}).await.unwrap().into_inner().alerts.is_empty() {
+        assert!(Instant::now() < deadline, "the alert never resolved while Alertmanager hung");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait("a delivery that timed out", &|| deliveries("unreachable") >= 1.0).await;
+    assert!(std::fs::read_to_string(hub.dir.join("hubd.log")).unwrap().contains("no answer within 1s"));
+
+    // Answering again: the resolution arrives, with its end.
+    mode.store(ANSWER, Ordering::SeqCst);
+    wait("the resolution delivered", &|| deliveries("delivered") >= 1.0).await;
+    let got = got.lock().unwrap().clone();
+    let (_, body) = got.iter().rev().find(|(m, _)| *m == ANSWER).unwrap();
+    let a = named(body.as_array().unwrap(), "disk_full").unwrap_or_else(|| panic!("{body:#}"));
+    assert!(a["endsAt"].as_str().is_some_and(|e| !e.is_empty()), "{a:#}");
+}
