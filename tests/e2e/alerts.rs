@@ -448,3 +448,48 @@ async fn an_alertmanager_that_fails_or_hangs_delays_nothing_and_loses_nothing() 
     let a = named(body.as_array().unwrap(), "disk_full").unwrap_or_else(|| panic!("{body:#}"));
     assert!(a["endsAt"].as_str().is_some_and(|e| !e.is_empty()), "{a:#}");
 }
+
+/// The customer's projects over the plan this hour, and an agentd that is not the hub's version: each fires
+/// its rule, with the server's labels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_over_plan_and_agent_version_skew_fire() {
+    use outpost_proto::v1::{UsageReport, UsageSample, agent_message};
+    init();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = "[alerts]\neval_secs = 1\n\
+         [[alerts.rules]]\nname = \"usage_over_plan\"\nmetric = \"usage_over_plan_percent\"\nop = \">\"\nthreshold = 100\nseverity = \"warning\"\n\
+         [[alerts.rules]]\nname = \"agent_version_skew\"\nmetric = \"agent_version_skew\"\nop = \">\"\nthreshold = 0\nseverity = \"info\"\n";
+    let hub = HubProc::start(&tmp.path().join("hub"), free_port(), config).await;
+    let id = hostile::enroll(&hub.token("big-1").await).await;
+    let mut link = RawLink::connect(&id).await.unwrap();
+    link.send(hostile::report(1, Health { agent_version: "0.0.1".into(), ..disk(10) })).await;
+    // 2 GiB of memory in the customer's project on the pro plan (1 GiB): 200 %.
+    let now = outpost_common::now_ms();
+    for (seq, at) in [(2, now - 30_000), (3, now)] {
+        let s = UsageSample {
+            scope: "namespace".into(),
+            project: "acme".into(),
+            memory_bytes: 2 << 30,
+            memory_peak_bytes: 2 << 30,
+            ..Default::default()
+        };
+        let r =
+            pb::Report { seq, taken_at_ms: at, body: Some(pb::report::Body::Usage(UsageReport { samples: vec![s] })) };
+        link.send(hostile::body(agent_message::Body::Report(r))).await;
+    }
+    acked(&mut link, 3).await;
+    let mut viewer = hub.client(Role::Viewer);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let alerts = viewer.list_alerts(pb::ListAlertsRequest {}).await.unwrap().into_inner().alerts;
+        let firing = |name: &str| alerts.iter().find(|a| a.labels["alertname"] == name && a.state == "firing");
+        if let (Some(usage), Some(skew)) = (firing("usage_over_plan"), firing("agent_version_skew")) {
+            assert_eq!(usage.value, 200.0, "{usage:?}");
+            assert_eq!((usage.labels["server"].as_str(), usage.labels["customer"].as_str()), ("big-1", "acme"));
+            assert_eq!(skew.value, 1.0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "{alerts:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -105,6 +105,14 @@ impl HubProc {
         self.child.wait().await.unwrap();
     }
 
+    /// SIGTERM, and waits for hubd to drain and exit.
+    pub async fn stop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        }
+        self.child.wait().await.unwrap();
+    }
+
     pub async fn restart(&mut self) {
         let extra = std::fs::read_to_string(&self.config).unwrap();
         let extra: String = extra.lines().skip(2).map(|l| format!("{l}\n")).collect();

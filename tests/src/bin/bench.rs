@@ -46,6 +46,10 @@ enum Cmd {
         /// More hubd.toml lines (sections), e.g. to compare alert rule sets.
         #[arg(long, default_value = "")]
         hub_config: String,
+        /// Apps per simulated server whose usage is reported every minute (with the host's and the
+        /// project's); 0: no usage. At the end the usage buckets in the store are counted and measured.
+        #[arg(long, default_value_t = 0)]
+        usage_apps: u32,
     },
     /// The console against a real hub with N simulated servers: time to first full screen, frame build
     /// time, report-to-screen delay, and the real binary's RSS.
@@ -189,8 +193,8 @@ async fn main() -> anyhow::Result<()> {
     println!("machine: {}", machine());
     match args.cmd {
         Cmd::AgentIdle { minutes } => agent_idle(tmp.path(), minutes).await,
-        Cmd::Hub { agents, interval, minutes, hub_config } => {
-            hub(tmp.path(), agents, &interval, minutes, &hub_config.replace("\\n", "\n")).await
+        Cmd::Hub { agents, interval, minutes, hub_config, usage_apps } => {
+            hub(tmp.path(), (agents, usage_apps), &interval, minutes, &hub_config.replace("\\n", "\n")).await
         }
         Cmd::Console { servers, interval, seconds } => console(tmp.path(), servers, &interval, seconds).await,
         Cmd::ConsoleFrame { servers, frames } => console_frame(servers, frames),
@@ -228,9 +232,17 @@ async fn agent_idle(root: &Path, minutes: f64) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn hub(root: &Path, agents: u32, interval: &str, minutes: f64, extra: &str) -> anyhow::Result<()> {
-    let hub = HubProc::start(&root.join("hub"), harness::free_port(), &format!("{BENCH_HUB}\n{extra}")).await;
-    let (mut sim, mut ops) = start_fleet(&hub, root, agents, interval, &[]).await?;
+async fn hub(
+    root: &Path,
+    (agents, usage_apps): (u32, u32),
+    interval: &str,
+    minutes: f64,
+    extra: &str,
+) -> anyhow::Result<()> {
+    let mut hub = HubProc::start(&root.join("hub"), harness::free_port(), &format!("{BENCH_HUB}\n{extra}")).await;
+    let apps = usage_apps.to_string();
+    let usage_args: &[&str] = if usage_apps > 0 { &["--usage-apps", &apps] } else { &[] };
+    let (mut sim, mut ops) = start_fleet(&hub, root, agents, interval, usage_args).await?;
     // Let every agent reach its steady reporting rhythm.
     tokio::time::sleep(outpost_common::parse_duration_ms(interval).map_err(anyhow::Error::msg)? * 2).await;
     let count = |ops: &mut outpost_proto::v1::operator_client::OperatorClient<tonic::transport::Channel>| {
@@ -279,6 +291,9 @@ async fn hub(root: &Path, agents: u32, interval: &str, minutes: f64, extra: &str
     }
     println!("hub store on disk: {:.1} MiB", dir_size(&root.join("hub/data/store")) as f64 / (1 << 20) as f64);
     sim.start_kill()?;
+    if usage_apps > 0 {
+        usage_store(&mut hub, agents).await?;
+    }
     Ok(())
 }
 
@@ -939,5 +954,27 @@ async fn provision(
         cpu / all.as_secs_f64() * 100.0,
         after.rss_kib as f64 / 1024.0
     );
+    Ok(())
+}
+
+/// The usage rollups the run left in the store (read after hubd stopped): how many buckets, how big, and
+/// what a day adds (each server: 24 hourly buckets and one daily one, of the size measured).
+async fn usage_store(hub: &mut HubProc, agents: u32) -> anyhow::Result<()> {
+    use hub::store::{Resolution, Usage};
+    use prost::Message;
+    hub.stop().await;
+    let store = hub::store::sled::SledStore::open(&hub.dir.join("data/store"), 64)?;
+    for (res, per_day) in [(Resolution::Hour, 24.0), (Resolution::Day, 1.0)] {
+        let buckets = store.usage_between(res, 0, i64::MAX, None)?;
+        let servers: std::collections::HashSet<&str> = buckets.iter().map(|(_, s, _)| s.as_str()).collect();
+        let bytes: usize = buckets.iter().map(|(_, s, b)| b.encoded_len() + 10 + s.len() + b.customer.len()).sum();
+        let each = bytes as f64 / buckets.len().max(1) as f64;
+        println!(
+            "usage {res:?} buckets: {} for {} servers, {each:.0} B each (value and key); a day of {agents} servers adds {:.1} MiB",
+            buckets.len(),
+            servers.len(),
+            each * per_day * f64::from(agents) / (1 << 20) as f64
+        );
+    }
     Ok(())
 }

@@ -16,8 +16,8 @@ use outpost_common::bundle::Bundle;
 use outpost_proto::v1::agent_link_client::AgentLinkClient;
 use outpost_proto::v1::operator_client::OperatorClient;
 use outpost_proto::v1::{
-    AgentMessage, CommandResult, CommandUpdate, CreateJoinTokenRequest, Disk, Health, Hello, K3s, Outcome,
-    agent_message, hub_message, k3s,
+    AgentMessage, AppState, AppsState, CommandResult, CommandUpdate, CreateJoinTokenRequest, Disk, Health, Hello, K3s,
+    Outcome, Report, UsageReport, UsageSample, agent_message, hub_message, k3s, report,
 };
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -44,6 +44,12 @@ struct Args {
     /// without enrollment competing with a growing report load).
     #[arg(long)]
     hold_reports: bool,
+    /// Each agent runs this many apps in its customer's project and reports their usage (with the host's and
+    /// the project's) every `--usage-every`; 0: no usage reports.
+    #[arg(long, default_value_t = 0)]
+    usage_apps: u32,
+    #[arg(long, default_value = "60s", value_parser = outpost_common::parse_duration_ms)]
+    usage_every: Duration,
     /// Stop after this long (0: until Ctrl-C).
     #[arg(long, default_value = "0", value_parser = outpost_common::parse_duration_ms)]
     duration: Duration,
@@ -76,7 +82,13 @@ async fn main() -> anyhow::Result<()> {
         let name = format!("{}-{i:05}", args.prefix);
         let (admin, stats, stop, gate, interval) =
             (admin.clone(), stats.clone(), stop.clone(), gate.clone(), args.interval);
-        let pace = Pace { interval, all_in: all_in.clone(), rx: all_in_rx.clone(), agents: args.agents };
+        let pace = Pace {
+            interval,
+            all_in: all_in.clone(),
+            rx: all_in_rx.clone(),
+            agents: args.agents,
+            usage: (args.usage_apps, args.usage_every),
+        };
         tasks.spawn(async move { agent(name, i, admin, stats, stop, gate, pace).await });
     }
     let ctrl_c = stop.clone();
@@ -117,6 +129,44 @@ struct Pace {
     all_in: Arc<tokio::sync::watch::Sender<bool>>,
     rx: tokio::sync::watch::Receiver<bool>,
     agents: u32,
+    /// Apps per agent and how often usage is reported.
+    usage: (u32, Duration),
+}
+
+/// The apps state of a simulated server: `n` apps in `project`.
+fn apps_state(project: &str, n: u32) -> AppsState {
+    AppsState {
+        apps: (0..n)
+            .map(|i| AppState {
+                name: format!("app-{i}"),
+                project: project.into(),
+                phase: "available".into(),
+                desired_replicas: 1,
+                ready_replicas: 1,
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// Usage counters that grow like a busy server's: the host, the project and its `n` apps.
+fn usage_report(project: &str, n: u32, elapsed_secs: u64) -> UsageReport {
+    let sample = |scope: &str, app: String, share: u64| UsageSample {
+        scope: scope.into(),
+        project: if scope == "host" { String::new() } else { project.into() },
+        app,
+        cpu_usec: elapsed_secs * 100_000 * share,
+        memory_bytes: (64 << 20) * share,
+        memory_peak_bytes: (80 << 20) * share,
+        disk_bytes: (1 << 30) * share,
+        database_bytes: (10 << 20) * share,
+        egress_bytes: elapsed_secs * 20_000 * share,
+    };
+    let mut samples =
+        vec![sample("host", String::new(), u64::from(n) + 2), sample("namespace", String::new(), u64::from(n))];
+    samples.extend((0..n).map(|i| sample("app", format!("app-{i}"), 1)));
+    UsageReport { samples }
 }
 
 /// Counts a live session for as long as it exists.
@@ -254,9 +304,33 @@ async fn agent(
             // Spread the first reports over one interval, as a real fleet's would be.
             let offset = pace.interval.mul_f64(f64::from(i % 1000) / 1000.0);
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, pace.interval);
+            let (usage_apps, usage_every) = pace.usage;
+            let usage_offset = usage_every.mul_f64(f64::from(i % 1000) / 1000.0);
+            let mut usage_tick = tokio::time::interval_at(tokio::time::Instant::now() + usage_offset, usage_every);
+            let project = format!("cust-{}", i % 97);
+            if usage_apps > 0 {
+                seq += 1;
+                let r = Report {
+                    seq,
+                    taken_at_ms: outpost_common::now_ms(),
+                    body: Some(report::Body::Apps(apps_state(&project, usage_apps))),
+                };
+                if tx.send(AgentMessage { body: Some(agent_message::Body::Report(r)) }).await.is_err() {
+                    return Err(tonic::Status::cancelled("stream closed"));
+                }
+            }
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return Ok::<_, tonic::Status>(()),
+                    _ = usage_tick.tick(), if usage_apps > 0 => {
+                        seq += 1;
+                        let body = report::Body::Usage(usage_report(&project, usage_apps, started.elapsed().as_secs()));
+                        let r = Report { seq, taken_at_ms: outpost_common::now_ms(), body: Some(body) };
+                        if tx.send(AgentMessage { body: Some(agent_message::Body::Report(r)) }).await.is_err() {
+                            return Err(tonic::Status::cancelled("stream closed"));
+                        }
+                        stats.sent.fetch_add(1, Ordering::Relaxed);
+                    }
                     _ = tick.tick() => {
                         seq += 1;
                         let r = outpost_common::report::health_report(seq, outpost_common::now_ms(), metrics.health(started.elapsed().as_secs() + 3600));
