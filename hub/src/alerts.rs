@@ -328,13 +328,37 @@ impl Alerts {
             tracing::error!(%error, "cannot read the silences; starting without them");
             Vec::new()
         }));
+        // The alerts that were firing when the hub stopped: not fired (nor notified) again, acks kept.
+        let active = store
+            .firing_alerts()
+            .unwrap_or_else(|error| {
+                tracing::error!(%error, "cannot read the firing alerts; they fire again");
+                Vec::new()
+            })
+            .into_iter()
+            .map(|(key, r)| {
+                let alert = Alert {
+                    labels: r.labels,
+                    state: State::Firing,
+                    since_ms: r.since_ms,
+                    fired_ms: r.fired_ms,
+                    value: r.value,
+                    summary: r.summary,
+                    action: r.action,
+                    silenced_by: String::new(),
+                    acked_by: r.acked_by,
+                    notified: r.notified,
+                };
+                (key, alert)
+            })
+            .collect();
         let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
         Alerts {
             config,
             fleet,
             lifecycle,
             audit,
-            active: Mutex::default(),
+            active: Mutex::new(active),
             resolved: Mutex::default(),
             client,
             metrics,
@@ -526,13 +550,36 @@ impl Alerts {
             tracing::warn!(alert = %a.key(), summary = %a.summary, "alert firing");
             self.record(a, "fired").await;
         }
+        let mut changed: Vec<&Alert> = fired.iter().collect();
+        changed.extend(to_notify.iter().filter(|n| !fired.iter().any(|f| f.key() == n.key())));
+        for a in changed {
+            self.keep(a, true).await;
+        }
         for a in gone {
             tracing::info!(alert = %a.key(), "alert resolved");
+            self.keep(&a, false).await;
             self.record(&a, "resolved").await;
             if a.notified {
                 self.notify(&a, "resolved", now_ms);
             }
             self.resolved.lock().unwrap_or_else(|p| p.into_inner()).push((a, now_ms));
+        }
+    }
+
+    /// Stores a firing alert as it now is (`firing`), or forgets a resolved one.
+    async fn keep(&self, a: &Alert, firing: bool) {
+        let record = crate::store::AlertRecord {
+            labels: a.labels.clone(),
+            since_ms: a.since_ms,
+            fired_ms: a.fired_ms,
+            value: a.value,
+            summary: a.summary.clone(),
+            action: a.action.clone(),
+            acked_by: a.acked_by.clone(),
+            notified: a.notified,
+        };
+        if let Err(error) = self.store.put_alert(&a.key(), firing.then_some(&record)).await {
+            tracing::error!(%error, alert = %a.key(), "cannot store the alert; a restart may notify it again");
         }
     }
 
@@ -730,6 +777,7 @@ impl Alerts {
             )));
         }
         for a in &acked {
+            self.keep(a, true).await;
             let entry = AuditEntry {
                 operator: by.into(),
                 kind: Kind::Alert,

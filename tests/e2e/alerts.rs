@@ -278,7 +278,7 @@ async fn silences_hold_notifications_back_and_acks_say_who_is_on_it() {
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let tmp = tempfile::tempdir().unwrap();
-    let (hub, mut link) = webhook_hub(&tmp.path().join("hub"), &url, 3).await;
+    let (mut hub, mut link) = webhook_hub(&tmp.path().join("hub"), &url, 3).await;
     let mut support = hub.client(Role::Support);
     let matchers = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
 
@@ -364,6 +364,28 @@ async fn silences_hold_notifications_back_and_acks_say_who_is_on_it() {
     assert!(audit.iter().any(|r| r.action == "silence" && r.message.contains("disk being resized")));
     assert!(audit.iter().any(|r| r.action == "silence" && r.message.contains("silence ended")));
     assert!(audit.iter().any(|r| r.message.starts_with("acknowledged")));
+
+    // A hub restart: the alert still fires, still acknowledged, and is neither fired nor notified again.
+    drop(link);
+    hub.stop().await;
+    hub.restart().await;
+    alert_rounds(&hub, 2).await;
+    let mut support = hub.client(Role::Support);
+    let alerts = support.list_alerts(pb::ListAlertsRequest {}).await.unwrap().into_inner().alerts;
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    assert_eq!((alerts[0].state.as_str(), alerts[0].acked_by.as_str()), ("firing", "test-support"));
+    assert_eq!(got.lock().unwrap().len(), 1, "not notified again after the restart");
+    let fired = hub
+        .client(Role::Admin)
+        .query_audit(pb::QueryAuditRequest { action: "disk_full".into(), limit: 100, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .records
+        .into_iter()
+        .filter(|r| r.message.starts_with("fired"))
+        .count();
+    assert_eq!(fired, 1, "fired once, across the restart");
 }
 
 /// An Alertmanager that answers 500, then one that hangs: each failed delivery is counted and logged with

@@ -80,6 +80,10 @@ pub async fn run(backend: &mut dyn Backend) {
         comment: "maintenance".into(),
     };
     store.put_silence("s1", &silence, AuditEntry::default()).await.unwrap();
+    let firing = super::AlertRecord { acked_by: "ann".into(), notified: true, ..Default::default() };
+    store.put_alert("alertname=disk_full", Some(&firing)).await.unwrap();
+    store.put_alert("alertname=gone", Some(&firing)).await.unwrap();
+    store.put_alert("alertname=gone", None).await.unwrap();
     assert_eq!(store.silences().unwrap(), [("s1".to_string(), silence.clone())]);
     backend.close(store).await;
 
@@ -99,6 +103,9 @@ pub async fn run(backend: &mut dyn Backend) {
     // Jobs read back, and ids go on.
     assert_eq!(store.job(last_job).unwrap().unwrap().state, JobState::Cancelled);
     assert_eq!(store.silences().unwrap().len(), 1, "silences survive a reopen");
+    let firing = store.firing_alerts().unwrap();
+    assert_eq!(firing.len(), 1, "firing alerts survive a reopen; resolved ones are forgotten");
+    assert_eq!((firing[0].0.as_str(), firing[0].1.acked_by.as_str()), ("alertname=disk_full", "ann"));
     assert_eq!(store.usage_cursor("u1").unwrap().map(|c| c.seq), Some(7), "usage survives a reopen");
     assert_eq!(store.usage_between(Resolution::Day, 0, i64::MAX, None).unwrap().len(), 2);
     let next_job = match store.submit_job(job("after-reopen", 1, 0), AuditEntry::default()).await.unwrap() {

@@ -17,9 +17,9 @@ pub mod conformance;
 use async_trait::async_trait;
 
 pub use records::{
-    AuditEntry, AuditQuery, BurnedToken, JobKind, JobState, Kind, OperatorRevocation, Outcome, PendingRecord,
-    PlanRecord, QueuedJob, Resolution, Revoked, ScopeUsage, ServerRecord, SilenceRecord, StepRecord, TokenRecord,
-    UsageBucket, UsageCounters, UsageCursor,
+    AlertRecord, AuditEntry, AuditQuery, BurnedToken, JobKind, JobState, Kind, OperatorRevocation, Outcome,
+    PendingRecord, PlanRecord, QueuedJob, Resolution, Revoked, ScopeUsage, ServerRecord, SilenceRecord, StepRecord,
+    TokenRecord, UsageBucket, UsageCounters, UsageCursor,
 };
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -183,9 +183,12 @@ pub trait Queue: Send + Sync {
     async fn trim_jobs(&self, cutoff_ms: i64) -> Result<usize>;
 }
 
-/// Alert silences.
+/// Alert silences, and the alerts firing now.
 #[async_trait]
 pub trait Silences: Send + Sync {
+    /// Stores firing alert `key` (`None`: it resolved, forget it).
+    async fn put_alert(&self, key: &str, alert: Option<&AlertRecord>) -> Result<()>;
+    fn firing_alerts(&self) -> Result<Vec<(String, AlertRecord)>>;
     /// Stores (or replaces, to expire it early) silence `id`, with its audit record, in one write.
     async fn put_silence(&self, id: &str, silence: &SilenceRecord, audit: AuditEntry) -> Result<()>;
     /// Every silence, expired ones included (callers look at `expires_ms`).

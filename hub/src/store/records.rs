@@ -463,3 +463,18 @@ pub struct UsageCounters {
     pub egress_bytes: u64,
     pub taken_at_ms: i64,
 }
+
+/// A firing alert, kept so that a hub restart neither notifies it again nor forgets who acknowledged it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct AlertRecord {
+    pub labels: BTreeMap<String, String>,
+    pub since_ms: i64,
+    pub fired_ms: i64,
+    pub value: f64,
+    pub summary: String,
+    pub action: String,
+    pub acked_by: String,
+    /// Its firing was notified (the webhook): its resolution will be too.
+    pub notified: bool,
+}

@@ -19,9 +19,10 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    AuditEntry, AuditLog, AuditQuery, BurnedToken, Commands, OperatorRevocation, OperatorStore, PendingRecord,
-    PlanRecord, PlanUpdate, Queue, QueuedJob, Reports, Resolution, Result, Revocations, Revoked, ServerRecord, Servers,
-    SilenceRecord, Silences, StoreError, Submitted, TokenRecord, TokenState, Tokens, Usage, UsageBucket, UsageCursor,
+    AlertRecord, AuditEntry, AuditLog, AuditQuery, BurnedToken, Commands, OperatorRevocation, OperatorStore,
+    PendingRecord, PlanRecord, PlanUpdate, Queue, QueuedJob, Reports, Resolution, Result, Revocations, Revoked,
+    ServerRecord, Servers, SilenceRecord, Silences, StoreError, Submitted, TokenRecord, TokenState, Tokens, Usage,
+    UsageBucket, UsageCursor,
 };
 
 /// Trees of the store.
@@ -55,13 +56,15 @@ enum Tree {
     QueueKeys,
     /// silence id → [`SilenceRecord`] (JSON)
     Silences,
+    /// alert key → [`AlertRecord`] (JSON): the alerts firing now
+    Alerts,
     /// `c` server → [`UsageCursor`] (JSON); `h`|`d`, start (u64 BE), customer, 0, server → [`UsageBucket`]
     /// (protobuf)
     Usage,
 }
 
 impl Tree {
-    const ALL: [Tree; 15] = [
+    const ALL: [Tree; 16] = [
         Tree::Servers,
         Tree::Tokens,
         Tree::Burned,
@@ -77,6 +80,7 @@ impl Tree {
         Tree::QueueKeys,
         Tree::Silences,
         Tree::Usage,
+        Tree::Alerts,
     ];
 
     fn name(self) -> &'static str {
@@ -96,6 +100,7 @@ impl Tree {
             Tree::QueueKeys => "queue_keys",
             Tree::Silences => "silences",
             Tree::Usage => "usage",
+            Tree::Alerts => "alerts",
         }
     }
 }
@@ -501,6 +506,18 @@ impl Silences for SledStore {
 
     fn silences(&self) -> Result<Vec<(String, SilenceRecord)>> {
         self.all_json(Tree::Silences)
+    }
+
+    async fn put_alert(&self, key: &str, alert: Option<&AlertRecord>) -> Result<()> {
+        self.commit(vec![match alert {
+            Some(a) => put_json(Tree::Alerts, key, a),
+            None => Op::Del(Tree::Alerts, key.as_bytes().to_vec()),
+        }])
+        .await
+    }
+
+    fn firing_alerts(&self) -> Result<Vec<(String, AlertRecord)>> {
+        self.all_json(Tree::Alerts)
     }
 }
 
