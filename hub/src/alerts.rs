@@ -19,13 +19,16 @@ use crate::lifecycle::Lifecycle;
 use crate::runtime::Runtime;
 
 /// Per-server metrics a rule may use.
-pub const SERVER_METRICS: [&str; 8] = [
+pub const SERVER_METRICS: [&str; 9] = [
     "server_offline_seconds",
     "disk_used_percent",
     "memory_used_percent",
     "certificate_expires_in_seconds",
     "k3s_ready",
     "apps_failing",
+    // Per app (an alert each, labelled with the app): 1 when it is crash-looping, degraded or its rollout
+    // failed.
+    "app_failing",
     // The customer's projects' highest use of the plan (CPU average, memory peak, database) this hour.
     "usage_over_plan_percent",
     // 1 when the server's agentd is not the hub's version.
@@ -128,7 +131,7 @@ pub fn default_rules() -> Vec<Rule> {
         rule("k3s_not_ready", "k3s_ready", "<", 1.0, 300, "warning", "`outpost run k3s-status --on NAME`"),
         rule(
             "app_failing",
-            "apps_failing",
+            "app_failing",
             ">",
             0.0,
             0,
@@ -285,7 +288,7 @@ pub struct Alert {
 }
 
 /// The labels a silence may match.
-pub const SILENCE_LABELS: [&str; 5] = ["alertname", "severity", "server", "customer", "plan"];
+pub const SILENCE_LABELS: [&str; 6] = ["alertname", "severity", "server", "customer", "plan", "app"];
 
 impl Alert {
     fn key(&self) -> String {
@@ -412,6 +415,30 @@ impl Alerts {
                     continue; // deprovisioned, revoked or never enrolled: nothing to watch
                 }
                 let h = v.health.as_ref();
+                let labels = |app: Option<&str>| -> BTreeMap<String, String> {
+                    [
+                        ("alertname", r.name.clone()),
+                        ("severity", r.severity.clone()),
+                        ("server", rec.name.clone()),
+                        ("customer", rec.customer.clone()),
+                        ("plan", rec.plan.clone()),
+                    ]
+                    .into_iter()
+                    .chain(app.map(|a| ("app", a.to_string())))
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect()
+                };
+                if r.metric == "app_failing" {
+                    for a in v.apps.iter().flat_map(|s| s.apps.iter()) {
+                        let value = f64::from(u8::from(a.phase == "failed" || a.phase == "degraded"));
+                        if r.holds(value) {
+                            let why = if a.last_error.is_empty() { a.phase.clone() } else { a.last_error.clone() };
+                            let summary = format!("{} on {}: app {} is {}: {why}", r.name, rec.name, a.name, a.phase);
+                            out.push((r.clone(), labels(Some(&a.name)), value, summary));
+                        }
+                    }
+                    continue;
+                }
                 let value = match r.metric.as_str() {
                     "server_offline_seconds" => Some(if v.liveness == outpost_common::Liveness::Connected {
                         0.0
@@ -448,19 +475,9 @@ impl Alerts {
                 };
                 let Some(value) = value else { continue };
                 if r.holds(value) {
-                    let labels: BTreeMap<String, String> = [
-                        ("alertname", r.name.clone()),
-                        ("severity", r.severity.clone()),
-                        ("server", rec.name.clone()),
-                        ("customer", rec.customer.clone()),
-                        ("plan", rec.plan.clone()),
-                    ]
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v))
-                    .collect();
                     let summary =
                         format!("{} on {}: {} is {value:.1} ({} {})", r.name, rec.name, r.metric, r.op, r.threshold);
-                    out.push((r.clone(), labels, value, summary));
+                    out.push((r.clone(), labels(None), value, summary));
                 }
             }
         }

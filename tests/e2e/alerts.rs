@@ -471,16 +471,17 @@ async fn an_alertmanager_that_fails_or_hangs_delays_nothing_and_loses_nothing() 
     assert!(a["endsAt"].as_str().is_some_and(|e| !e.is_empty()), "{a:#}");
 }
 
-/// The customer's projects over the plan this hour, and an agentd that is not the hub's version: each fires
-/// its rule, with the server's labels.
+/// The customer's projects over the plan this hour, an agentd that is not the hub's version and a
+/// crash-looping app: each fires its rule, with the server's labels (and the app's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn usage_over_plan_and_agent_version_skew_fire() {
-    use outpost_proto::v1::{UsageReport, UsageSample, agent_message};
+async fn usage_over_plan_version_skew_and_a_failing_app_fire() {
+    use outpost_proto::v1::{AppState, AppsState, UsageReport, UsageSample, agent_message};
     init();
     let tmp = tempfile::tempdir().unwrap();
     let config = "[alerts]\neval_secs = 1\n\
          [[alerts.rules]]\nname = \"usage_over_plan\"\nmetric = \"usage_over_plan_percent\"\nop = \">\"\nthreshold = 100\nseverity = \"warning\"\n\
-         [[alerts.rules]]\nname = \"agent_version_skew\"\nmetric = \"agent_version_skew\"\nop = \">\"\nthreshold = 0\nseverity = \"info\"\n";
+         [[alerts.rules]]\nname = \"agent_version_skew\"\nmetric = \"agent_version_skew\"\nop = \">\"\nthreshold = 0\nseverity = \"info\"\n\
+         [[alerts.rules]]\nname = \"app_failing\"\nmetric = \"app_failing\"\nop = \">\"\nthreshold = 0\nseverity = \"warning\"\n";
     let hub = HubProc::start(&tmp.path().join("hub"), free_port(), config).await;
     let id = hostile::enroll(&hub.token("big-1").await).await;
     let mut link = RawLink::connect(&id).await.unwrap();
@@ -499,14 +500,32 @@ async fn usage_over_plan_and_agent_version_skew_fire() {
             pb::Report { seq, taken_at_ms: at, body: Some(pb::report::Body::Usage(UsageReport { samples: vec![s] })) };
         link.send(hostile::body(agent_message::Body::Report(r))).await;
     }
-    acked(&mut link, 3).await;
+    let app = |name: &str, phase: &str, error: &str| AppState {
+        name: name.into(),
+        project: "acme".into(),
+        phase: phase.into(),
+        last_error: error.into(),
+        ..Default::default()
+    };
+    let apps = AppsState {
+        apps: vec![app("web", "failed", "CrashLoopBackOff: exit 1: no DATABASE_URL"), app("api", "available", "")],
+        ..Default::default()
+    };
+    let r = pb::Report { seq: 4, taken_at_ms: now, body: Some(pb::report::Body::Apps(apps)) };
+    link.send(hostile::body(agent_message::Body::Report(r))).await;
+    acked(&mut link, 4).await;
     let mut viewer = hub.client(Role::Viewer);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let alerts = viewer.list_alerts(pb::ListAlertsRequest {}).await.unwrap().into_inner().alerts;
         let firing = |name: &str| alerts.iter().find(|a| a.labels["alertname"] == name && a.state == "firing");
-        if let (Some(usage), Some(skew)) = (firing("usage_over_plan"), firing("agent_version_skew")) {
+        if let (Some(usage), Some(skew), Some(app)) =
+            (firing("usage_over_plan"), firing("agent_version_skew"), firing("app_failing"))
+        {
             assert_eq!(usage.value, 200.0, "{usage:?}");
+            assert_eq!(app.labels["app"], "web", "{app:?}");
+            assert!(app.summary.contains("CrashLoopBackOff: exit 1"), "{app:?}");
+            assert_eq!(alerts.iter().filter(|a| a.labels["alertname"] == "app_failing").count(), 1, "api is fine");
             assert_eq!((usage.labels["server"].as_str(), usage.labels["customer"].as_str()), ("big-1", "acme"));
             assert_eq!(skew.value, 1.0);
             break;

@@ -137,6 +137,7 @@ impl HubProc {
 
     pub fn client(&self, role: Role) -> OperatorClient<Channel> {
         OperatorClient::new(self.bundle(&format!("test-{role}"), role).channel().unwrap())
+            .max_decoding_message_size(256 << 20)
     }
 
     pub async fn token(&self, server: &str) -> String {

@@ -21,13 +21,9 @@ impl AlertsPage {
         self.alerts.iter().filter(|a| a.state == "firing").count()
     }
 
-    /// The alerts of one server (those whose `alertname` is in `only`, when given), firing first.
-    pub fn of_server(&self, server: &str, only: Option<&[&str]>) -> Vec<&pb::AlertInfo> {
-        self.alerts
-            .iter()
-            .filter(|a| a.labels.get("server").is_some_and(|s| s == server))
-            .filter(|a| only.is_none_or(|o| a.labels.get("alertname").is_some_and(|n| o.contains(&n.as_str()))))
-            .collect()
+    /// The alerts of one server, firing first.
+    pub fn of_server(&self, server: &str) -> Vec<&pb::AlertInfo> {
+        self.alerts.iter().filter(|a| a.labels.get("server").is_some_and(|s| s == server)).collect()
     }
 
     /// One line for a server's or an app's screen: `▲ disk_full firing 3m · …`, or that none fire.
@@ -46,7 +42,8 @@ impl AlertsPage {
                 };
                 let secs = (now_ms - a.since_ms).max(0) / 1000;
                 let state = if a.silenced_by.is_empty() { a.state.as_str() } else { "silenced" };
-                format!("{symbol} {} {} {state} {}m", l("alertname"), l("severity"), secs / 60)
+                let app = a.labels.get("app").map(|a| format!(" ({a})")).unwrap_or_default();
+                format!("{symbol} {}{app} {} {state} {}m", l("alertname"), l("severity"), secs / 60)
             })
             .collect::<Vec<_>>()
             .join(" · ")

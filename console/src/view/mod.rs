@@ -325,8 +325,16 @@ fn render_app(frame: &mut Frame, app: &App, server: &str, name: &str, area: Rect
             },
         ),
     ];
-    // The app's alerts are its server's alerts about apps.
-    let alerts = app.alerts.of_server(server, Some(&["app_failing", "usage_over_plan"]));
+    // The app's alerts: those labelled with it, and its server's usage over the plan.
+    let alerts: Vec<_> = app
+        .alerts
+        .of_server(server)
+        .into_iter()
+        .filter(|x| {
+            x.labels.get("app").is_some_and(|a| a == name)
+                || x.labels.get("alertname").is_some_and(|n| n == "usage_over_plan")
+        })
+        .collect();
     lines.push(("alerts".into(), crate::state::alerts::AlertsPage::line(&alerts, now_ms)));
     if !a.last_error.is_empty() {
         lines.push(("problem".into(), a.last_error.clone()));

@@ -63,7 +63,7 @@ pub fn render(frame: &mut Frame, app: &App, name: &str, area: Rect, now_ms: i64,
         ("k3s".into(), format!("{} {}", k3s_word(&h), h.k3s.as_ref().map(|k| k.detail.as_str()).unwrap_or(""))),
         ("cluster".into(), cluster_line(s)),
         ("certificate".into(), cert),
-        ("alerts".into(), crate::state::alerts::AlertsPage::line(&app.alerts.of_server(&s.name, None), now_ms)),
+        ("alerts".into(), crate::state::alerts::AlertsPage::line(&app.alerts.of_server(&s.name), now_ms)),
         ("actions".into(), actions),
     ];
     if s.dropped_reports > 0 {

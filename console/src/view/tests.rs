@@ -475,7 +475,23 @@ fn a_servers_alerts_show_on_its_screen_and_its_apps() {
         since_ms: NOW - 600_000,
         ..Default::default()
     };
-    app.apply_alerts(vec![alert("disk_full", "firing"), alert("usage_over_plan", "pending")]);
+    let on_worker = AlertInfo {
+        labels: [("alertname", "app_failing"), ("severity", "warning"), ("server", "srv-000"), ("app", "worker")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        state: "firing".into(),
+        since_ms: NOW - 120_000,
+        ..Default::default()
+    };
+    app.apply_alerts(vec![alert("disk_full", "firing"), alert("usage_over_plan", "pending"), on_worker]);
+    // An app's screen: the alerts labelled with it, and its server's usage over the plan.
+    app.screen = crate::state::Screen::App("srv-000".into(), "worker".into());
+    let screen = draw(&mut app, 200, 50);
+    assert!(screen.contains("▲ app_failing (worker) warning firing 2m"), "{screen}");
+    assert!(!screen.contains("disk_full"), "{screen}");
+    app.screen = crate::state::Screen::App("srv-000".into(), "web".into());
+    assert!(!draw(&mut app, 200, 50).contains("app_failing"));
     app.screen = crate::state::Screen::Server(name.clone());
     let screen = draw(&mut app, 200, 50);
     assert!(
