@@ -192,7 +192,8 @@ impl AgentSetup {
             format!(
                 "data_dir = \"{0}/data\"\ntoken_file = \"{0}/join-token\"\nreport_interval_ms = {1}\n\
                  exec_enabled = true\nlog_files = [\"{2}\"]\nsystemctl = \"{3}\"\njournalctl = \"{4}\"\n\
-                 kubeconfig = \"{5}\"\nrepo_roots = [\"{6}\"]\nrollout_poll_ms = 100\napps_report_secs = 2\n",
+                 kubeconfig = \"{5}\"\nrepo_roots = [\"{6}\"]\nrollout_poll_ms = 100\napps_report_secs = 2\n\
+                 usage_interval_secs = 5\n",
                 dir.display(),
                 self.report_interval_ms,
                 log_path.display(),

@@ -103,8 +103,10 @@ impl Reports {
             }
             Body::Usage(usage) => {
                 let t = std::time::Instant::now();
-                let apps = self.fleet.registry().get(server).and_then(|v| v.apps.clone());
-                self.usage.ingest(&record, (report.seq, report.taken_at_ms), &usage, apps.as_ref(), log_limit).await?;
+                // The server's view is shared: its apps state is looked at, not copied.
+                let view = self.fleet.registry().get(server);
+                let apps = view.as_ref().and_then(|v| v.apps.as_ref());
+                self.usage.ingest(&record, (report.seq, report.taken_at_ms), &usage, apps, log_limit).await?;
                 self.metrics.report_stored(t.elapsed(), arrived.elapsed());
                 self.fleet.registry().put_record(record);
             }
