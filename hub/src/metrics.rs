@@ -129,7 +129,7 @@ impl Metrics {
             m.usage_dropped.clone(),
         );
         registry.register(
-            "usage_counter_resets",
+            "usage_resets",
             "Usage counters that went down and were taken as resets",
             m.usage_resets.clone(),
         );
