@@ -72,6 +72,18 @@ pub struct StoreConfig {
     pub cache_mib: u64,
     /// Health points kept per server for charts (bounded history).
     pub history_len: u32,
+    /// What an acknowledged report (and every other acknowledged write) survives: `process` (a crash of
+    /// hubd; the operating system writes it out within about half a second) or `power` (a power loss: each
+    /// group commit is followed by an fdatasync of the store file before anything in it is acknowledged).
+    pub durability: Durability,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    #[default]
+    Process,
+    Power,
 }
 
 /// `[agents]`: agent identities and liveness.
@@ -128,7 +140,7 @@ impl Default for HubConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { cache_mib: 64, history_len: 360 }
+        StoreConfig { cache_mib: 64, history_len: 360, durability: Durability::Process }
     }
 }
 

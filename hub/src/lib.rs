@@ -104,7 +104,8 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     let rt = Runtime::new(shutdown.clone());
     let external = config.external_ca();
     let ca = Arc::new(FleetCa::load_or_create(&data_dir.join("ca"), external)?);
-    let sled = SledStore::open(&data_dir.join("store"), config.store.cache_mib)?;
+    let power = config.store.durability == config::Durability::Power;
+    let sled = SledStore::open_durable(&data_dir.join("store"), config.store.cache_mib, power)?;
     let sled_writer = sled.writer_task();
     let store: Arc<dyn HubStore> = Arc::new(sled);
 
