@@ -79,6 +79,31 @@ enum Cmd {
         #[arg(long, default_value = "10s")]
         interval: String,
     },
+    /// The transport's limit: a bare tonic bidi echo over mTLS (the hub's TLS set-up, a fleet CA, an agent
+    /// client certificate) that acknowledges each real health report at once, nothing stored; the client
+    /// streams run in their own process, as the simulator's do against hubd.
+    Echo {
+        #[arg(long, default_value_t = 1000)]
+        streams: u32,
+        #[arg(long, default_value = "100ms")]
+        interval: String,
+        #[arg(long, default_value_t = 60.0)]
+        seconds: f64,
+    },
+    /// The client half of `echo` (started by it).
+    #[command(hide = true)]
+    EchoClient {
+        #[arg(long)]
+        addr: String,
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        #[arg(long)]
+        streams: u32,
+        #[arg(long)]
+        interval: String,
+        #[arg(long)]
+        seconds: f64,
+    },
     /// An agent back from a long outage: N reports waiting in its outbox, time until the hub has them all.
     Replay {
         #[arg(long, default_value_t = 20_000)]
@@ -205,6 +230,10 @@ async fn main() -> anyhow::Result<()> {
             provision(count, boot_ms, (rate_limit, refill_per_sec), poll_ms).await
         }
         Cmd::ActionRtt { agents, runs, interval } => action_rtt(tmp.path(), agents, runs, &interval).await,
+        Cmd::Echo { streams, interval, seconds } => echo::server(tmp.path(), streams, &interval, seconds).await,
+        Cmd::EchoClient { addr, dir, streams, interval, seconds } => {
+            echo::client(&addr, &dir, streams, &interval, seconds).await
+        }
     }
 }
 
@@ -288,6 +317,21 @@ async fn hub(
         && n > 0.0
     {
         println!("alert evaluation: {n:.0} rounds, {:.2} ms a round on average", sum / n * 1000.0);
+    }
+    // Ack latency from the hub's histogram (arrival → durable → ack due), as bucket upper bounds.
+    let buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("outpost_report_ack_seconds_bucket{le=\"")?;
+            let (le, n) = rest.split_once("\"} ")?;
+            Some((le.parse::<f64>().unwrap_or(f64::INFINITY), n.trim().parse::<f64>().ok()?))
+        })
+        .collect();
+    if let Some(&(_, total)) = buckets.last()
+        && total > 0.0
+    {
+        let q = |p: f64| buckets.iter().find(|(_, n)| *n >= total * p).map_or(f64::INFINITY, |(le, _)| *le);
+        println!("report ack (arrival to durable): p50 ≤ {:.1} ms, p99 ≤ {:.1} ms", q(0.5) * 1e3, q(0.99) * 1e3);
     }
     println!("hub store on disk: {:.1} MiB", dir_size(&root.join("hub/data/store")) as f64 / (1 << 20) as f64);
     sim.start_kill()?;
@@ -977,4 +1021,154 @@ async fn usage_store(hub: &mut HubProc, agents: u32) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The bare transport: tonic bidi streams over mTLS carrying Outpost's report and ack, nothing else.
+mod echo {
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+
+    use outpost_proto::v1::agent_link_client::AgentLinkClient;
+    use outpost_proto::v1::agent_link_server::{AgentLink, AgentLinkServer};
+    use outpost_proto::v1::{Ack, AgentMessage, Disk, Health, HubMessage, K3s, agent_message, hub_message, k3s};
+    use tokio_stream::wrappers::ReceiverStream;
+    use tonic::{Request, Response, Status, Streaming};
+
+    #[derive(Default)]
+    struct Echo {
+        acked: Arc<AtomicU64>,
+    }
+
+    #[tonic::async_trait]
+    impl AgentLink for Echo {
+        type ConnectStream = ReceiverStream<Result<HubMessage, Status>>;
+
+        async fn connect(
+            &self,
+            req: Request<Streaming<AgentMessage>>,
+        ) -> Result<Response<Self::ConnectStream>, Status> {
+            let mut inbound = req.into_inner();
+            let (tx, rx) = tokio::sync::mpsc::channel(64);
+            let acked = self.acked.clone();
+            tokio::spawn(async move {
+                while let Ok(Some(m)) = inbound.message().await {
+                    if let Some(agent_message::Body::Report(r)) = m.body {
+                        let ack = HubMessage { body: Some(hub_message::Body::Ack(Ack { up_to_seq: r.seq })) };
+                        if tx.send(Ok(ack)).await.is_err() {
+                            break;
+                        }
+                        acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+            Ok(Response::new(ReceiverStream::new(rx)))
+        }
+    }
+
+    /// The simulator's health report (one disk, K3s, a version): the same message hubd stores.
+    fn health(i: u64) -> Health {
+        Health {
+            cpu_percent: (i % 90) as f32 + 1.5,
+            load1: 0.4,
+            load5: 0.3,
+            load15: 0.2,
+            mem_total_bytes: 4 << 30,
+            mem_used_bytes: (1 << 30) + i % 1000,
+            disks: vec![Disk { mount: "/".into(), total_bytes: 40 << 30, available_bytes: 25 << 30 }],
+            uptime_secs: 3600 + i,
+            process_count: 120,
+            k3s: Some(K3s { state: k3s::State::Active as i32, detail: "active".into() }),
+            agent_version: "sim".into(),
+            ..Default::default()
+        }
+    }
+
+    pub async fn server(root: &Path, streams: u32, interval: &str, seconds: f64) -> anyhow::Result<()> {
+        let ca = hub::pki::ca::FleetCa::load_or_create(&root.join("ca"), None)?;
+        let (chain, key) = ca.issue_server(&["127.0.0.1".to_string()])?;
+        let (client_key, csr) = harness::hostile::key_and_csr();
+        let issued =
+            ca.sign_agent(&csr, "echo-agent", Duration::from_secs(3600)).map_err(|e| anyhow::anyhow!("{e}"))?;
+        std::fs::write(root.join("ca.pem"), ca.cert_pem())?;
+        std::fs::write(root.join("client.pem"), &issued.chain_pem)?;
+        std::fs::write(root.join("client.key"), client_key)?;
+        let tls = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(chain, key))
+            .client_ca_root(tonic::transport::Certificate::from_pem(ca.cert_pem()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = format!("https://127.0.0.1:{}", listener.local_addr()?.port());
+        let echo = Echo::default();
+        let acked = echo.acked.clone();
+        let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |s| {
+            s.and_then(|s| s.set_nodelay(true).map(|()| s))
+        });
+        let router = tonic::transport::Server::builder().tls_config(tls)?.add_service(AgentLinkServer::new(echo));
+        tokio::spawn(router.serve_with_incoming(incoming));
+        let me = std::env::current_exe()?;
+        let mut client = tokio::process::Command::new(me)
+            .args(["echo-client", "--addr", &addr, "--dir"])
+            .arg(root)
+            .args(["--streams", &streams.to_string(), "--interval", interval, "--seconds"])
+            .arg(format!("{}", seconds + 30.0))
+            .kill_on_drop(true)
+            .spawn()?;
+        // Until every stream is up and sending, then measure this process (the server only).
+        let t = Instant::now();
+        let per_sec =
+            f64::from(streams) / outpost_common::parse_duration_ms(interval).map_err(anyhow::Error::msg)?.as_secs_f64();
+        while (acked.load(Ordering::Relaxed) as f64) < per_sec * 2.0 {
+            anyhow::ensure!(t.elapsed() < Duration::from_secs(120), "the echo clients never got going");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let before = acked.load(Ordering::Relaxed);
+        let window = Duration::from_secs_f64(seconds);
+        let t = Instant::now();
+        let (cpu, _, rss, _) = super::measure(std::process::id(), window).await;
+        let n = acked.load(Ordering::Relaxed) - before;
+        let rate = n as f64 / t.elapsed().as_secs_f64();
+        println!(
+            "echo over mTLS, {streams} streams every {interval}: {rate:.0} reports acked/s; server CPU {cpu:.1}% of one core = {:.1} µs per report; RSS {rss:.0} MiB",
+            cpu / 100.0 / rate * 1e6
+        );
+        client.start_kill()?;
+        Ok(())
+    }
+
+    pub async fn client(addr: &str, dir: &Path, streams: u32, interval: &str, seconds: f64) -> anyhow::Result<()> {
+        let ca = std::fs::read_to_string(dir.join("ca.pem"))?;
+        let cert = std::fs::read_to_string(dir.join("client.pem"))?;
+        let key = std::fs::read_to_string(dir.join("client.key"))?;
+        let every = outpost_common::parse_duration_ms(interval).map_err(anyhow::Error::msg)?;
+        let stop = Instant::now() + Duration::from_secs_f64(seconds);
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..streams {
+            let channel = outpost_common::tls::HubAddr::parse(addr)?.channel(&ca, Some((&cert, &key)))?;
+            tasks.spawn(async move {
+                let (tx, rx) = tokio::sync::mpsc::channel(64);
+                let mut inbound = AgentLinkClient::new(channel).connect(ReceiverStream::new(rx)).await?.into_inner();
+                tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
+                let offset = every.mul_f64(f64::from(i % 1000) / 1000.0);
+                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, every);
+                let mut seq = 0;
+                while Instant::now() < stop {
+                    tick.tick().await;
+                    seq += 1;
+                    let r = outpost_common::report::health_report(seq, outpost_common::now_ms(), health(seq));
+                    if tx.send(AgentMessage { body: Some(agent_message::Body::Report(r)) }).await.is_err() {
+                        break;
+                    }
+                }
+                Ok::<_, anyhow::Error>(())
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            if let Ok(Err(e)) = r {
+                eprintln!("echo client: {e:#}");
+            }
+        }
+        Ok(())
+    }
 }
