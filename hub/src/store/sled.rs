@@ -58,13 +58,16 @@ enum Tree {
     Silences,
     /// alert key → [`AlertRecord`] (JSON): the alerts firing now
     Alerts,
+    /// server name → the fields every report changes (`last_seq`, `reports_received`, `last_seen_ms`,
+    /// `last_report_ms`, `first_seen_ms`; 5 × u64 BE), so a report does not rewrite the whole record
+    Progress,
     /// `c` server → [`UsageCursor`] (JSON); `h`|`d`, start (u64 BE), customer, 0, server → [`UsageBucket`]
     /// (protobuf)
     Usage,
 }
 
 impl Tree {
-    const ALL: [Tree; 16] = [
+    const ALL: [Tree; 17] = [
         Tree::Servers,
         Tree::Tokens,
         Tree::Burned,
@@ -81,6 +84,7 @@ impl Tree {
         Tree::Silences,
         Tree::Usage,
         Tree::Alerts,
+        Tree::Progress,
     ];
 
     fn name(self) -> &'static str {
@@ -101,6 +105,7 @@ impl Tree {
             Tree::Silences => "silences",
             Tree::Usage => "usage",
             Tree::Alerts => "alerts",
+            Tree::Progress => "progress",
         }
     }
 }
@@ -145,6 +150,9 @@ pub struct SledStore {
     /// Serialises queue writes (submit, claim, update): claims are atomic, updates check the lease.
     queue: tokio::sync::Mutex<()>,
     queue_next: AtomicU64,
+    /// Per server, a hash of its record as last written whole, without its progress fields: a report whose
+    /// record differs only in those writes 40 bytes of progress, not the record.
+    written: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 fn read_err(e: sled::Error) -> StoreError {
@@ -207,6 +215,7 @@ impl SledStore {
             audit_next: AtomicU64::new(last_audit + 1),
             queue: tokio::sync::Mutex::new(()),
             queue_next: AtomicU64::new(last_job + 1),
+            written: Mutex::default(),
         })
     }
 
@@ -273,14 +282,74 @@ impl SledStore {
     }
 }
 
+/// A record's progress fields, as stored in [`Tree::Progress`].
+fn progress_bytes(r: &ServerRecord) -> Vec<u8> {
+    [r.last_seq, r.reports_received, r.last_seen_ms as u64, r.last_report_ms as u64, r.first_seen_ms as u64]
+        .iter()
+        .flat_map(|v| v.to_be_bytes())
+        .collect()
+}
+
+/// Puts stored progress into `r` (the newest values: progress is written with every record write).
+fn apply_progress(r: &mut ServerRecord, v: &[u8]) {
+    let f: Vec<u64> = v.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes"))).collect();
+    if let [seq, received, seen, report, first] = f[..] {
+        (r.last_seq, r.reports_received) = (seq, received);
+        (r.last_seen_ms, r.last_report_ms, r.first_seen_ms) = (seen as i64, report as i64, first as i64);
+    }
+}
+
+/// A hash of `r` without its progress fields.
+fn static_hash(r: &ServerRecord) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut c = r.clone();
+    (c.last_seq, c.reports_received, c.last_seen_ms, c.last_report_ms, c.first_seen_ms) = (0, 0, 0, 0, 0);
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    c.hash(&mut h);
+    h.finish()
+}
+
+impl SledStore {
+    /// The writes that store `r`: the whole record when more than its progress changed since it was last
+    /// written whole (or `whole`), then its progress (last: it carries the high-water mark).
+    fn server_ops(&self, r: &ServerRecord, whole: bool) -> Vec<Op> {
+        let h = static_hash(r);
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ops = Vec::with_capacity(2);
+        if whole || written.get(&r.name) != Some(&h) {
+            ops.push(put_json(Tree::Servers, r.name.clone(), r));
+            written.insert(r.name.clone(), h);
+        }
+        ops.push(Op::Put(Tree::Progress, r.name.as_bytes().to_vec(), progress_bytes(r)));
+        ops
+    }
+
+    /// Commits `ops` that include a write of `server`; a failed write forgets what was written of it, so
+    /// the next write stores it whole.
+    async fn commit_server(&self, server: &str, ops: Vec<Op>) -> Result<()> {
+        let r = self.commit(ops).await;
+        if r.is_err() {
+            self.written.lock().unwrap_or_else(|p| p.into_inner()).remove(server);
+        }
+        r
+    }
+}
+
 #[async_trait]
 impl Servers for SledStore {
     fn servers(&self) -> Result<Vec<ServerRecord>> {
-        Ok(self.all_json(Tree::Servers)?.into_iter().map(|(_, r)| r).collect())
+        let mut out = Vec::new();
+        for (name, mut r) in self.all_json::<ServerRecord>(Tree::Servers)? {
+            if let Some(p) = self.tree(Tree::Progress).get(name.as_bytes()).map_err(read_err)? {
+                apply_progress(&mut r, &p);
+            }
+            out.push(r);
+        }
+        Ok(out)
     }
 
     async fn put_server(&self, record: &ServerRecord) -> Result<()> {
-        self.commit(vec![put_json(Tree::Servers, record.name.clone(), record)]).await
+        self.commit_server(&record.name, self.server_ops(record, true)).await
     }
 
     async fn remove_server(&self, name: &str) -> Result<()> {
@@ -291,7 +360,9 @@ impl Servers for SledStore {
         ops.push(Op::Del(Tree::Apps, name.as_bytes().to_vec()));
         // Its usage buckets stay (they carry the customer); the counters' cursor goes with the server.
         ops.push(Op::Del(Tree::Usage, cursor_key(name)));
+        ops.push(Op::Del(Tree::Progress, name.as_bytes().to_vec()));
         ops.push(Op::Del(Tree::Servers, name.as_bytes().to_vec()));
+        self.written.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
         self.commit(ops).await
     }
 }
@@ -315,8 +386,8 @@ impl Tokens for SledStore {
             .collect();
         let mut ops: Vec<Op> = older.iter().map(|h| Op::Del(Tree::Tokens, h.clone().into_bytes())).collect();
         ops.push(put_json(Tree::Tokens, hash, token));
-        ops.push(put_json(Tree::Servers, server.name.clone(), server));
-        self.commit(ops).await?;
+        ops.extend(self.server_ops(server, true));
+        self.commit_server(&server.name, ops).await?;
         Ok(older.len())
     }
 
@@ -338,8 +409,8 @@ impl Tokens for SledStore {
         ops.extend(takeover.map(|e| self.audit_record(e).1));
         ops.push(Op::Del(Tree::Tokens, hash.as_bytes().to_vec()));
         ops.push(put_json(Tree::Burned, hash, burned));
-        ops.push(put_json(Tree::Servers, server.name.clone(), server));
-        self.commit(ops).await
+        ops.extend(self.server_ops(server, true));
+        self.commit_server(&server.name, ops).await
     }
 
     async fn drop_tokens(&self, server: &str) -> Result<usize> {
@@ -359,8 +430,8 @@ impl Revocations for SledStore {
 
     async fn revoke_identity(&self, server: &ServerRecord, serials: &[String], by: &Revoked) -> Result<()> {
         let mut ops: Vec<Op> = serials.iter().map(|s| put_json(Tree::Revoked, s.clone(), by)).collect();
-        ops.push(put_json(Tree::Servers, server.name.clone(), server));
-        self.commit(ops).await
+        ops.extend(self.server_ops(server, true));
+        self.commit_server(&server.name, ops).await
     }
 }
 
@@ -383,17 +454,15 @@ impl Reports for SledStore {
             ops.push(Op::DelRange(Tree::History, history_key(name, 0), history_key(name, seq + 1 - keep)));
         }
         // Last: the high-water mark, so any recovered prefix of this batch is safe.
-        ops.push(put_json(Tree::Servers, name.clone(), server));
-        self.commit(ops).await
+        ops.extend(self.server_ops(server, false));
+        self.commit_server(name, ops).await
     }
 
     async fn record_apps(&self, server: &ServerRecord, _seq: u64, apps: Vec<u8>) -> Result<()> {
         // The state first, the high-water mark last: any recovered prefix is safe.
-        self.commit(vec![
-            Op::Put(Tree::Apps, server.name.as_bytes().to_vec(), apps),
-            put_json(Tree::Servers, server.name.clone(), server),
-        ])
-        .await
+        let mut ops = vec![Op::Put(Tree::Apps, server.name.as_bytes().to_vec(), apps)];
+        ops.extend(self.server_ops(server, false));
+        self.commit_server(&server.name, ops).await
     }
 
     fn apps(&self, server: &str) -> Result<Option<Vec<u8>>> {
@@ -754,7 +823,9 @@ impl Usage for SledStore {
         pairs.push((cursor_key(&server.name), serde_json::to_vec(cursor).expect("store records serialise")));
         // The usage in one atomic batch, then the high-water mark: a crash between the two replays the
         // report, and the cursor's seq says it was counted already.
-        self.commit(vec![Op::Atomic(Tree::Usage, pairs), put_json(Tree::Servers, server.name.clone(), server)]).await
+        let mut ops = vec![Op::Atomic(Tree::Usage, pairs)];
+        ops.extend(self.server_ops(server, false));
+        self.commit_server(&server.name, ops).await
     }
 
     fn usage_between(
@@ -909,6 +980,31 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sled_syncing_every_commit_passes_the_conformance_suite() {
         conformance::run(&mut Sled { dir: tempfile::tempdir().unwrap(), writer: None, power: true }).await;
+    }
+
+    /// A report that changes only a record's progress writes 40 bytes of it, not the record; anything else
+    /// in the record changing writes it whole again; a reopen reads the newest of both.
+    #[tokio::test]
+    async fn reports_write_progress_not_the_whole_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 8).unwrap();
+        let mut r = ServerRecord { name: "p1".into(), customer: "acme".into(), ..Default::default() };
+        store.put_server(&r).await.unwrap();
+        for seq in 1..=5 {
+            (r.last_seq, r.reports_received, r.last_seen_ms) = (seq, seq, 1000 + seq as i64);
+            store.record_report(&r, seq, vec![seq as u8], 10).await.unwrap();
+        }
+        let whole: ServerRecord = store.get_json(Tree::Servers, b"p1").unwrap().unwrap();
+        assert_eq!(whole.last_seq, 0, "the record itself was not rewritten by the reports");
+        let read = store.servers().unwrap().pop().unwrap();
+        assert_eq!((read.last_seq, read.reports_received, read.last_seen_ms), (5, 5, 1005));
+        // The agent's version changes: the record is written whole with the report.
+        r.agent_version = "2.0.0".into();
+        r.last_seq = 6;
+        store.record_report(&r, 6, vec![6], 10).await.unwrap();
+        let whole: ServerRecord = store.get_json(Tree::Servers, b"p1").unwrap().unwrap();
+        assert_eq!((whole.agent_version.as_str(), whole.last_seq), ("2.0.0", 6));
+        assert_eq!(store.servers().unwrap(), vec![r]);
     }
 
     /// A store written by the hub at 6e40fb5 (audit outcomes stored as wire numbers) opens, and its records
