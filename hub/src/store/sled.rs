@@ -58,6 +58,9 @@ enum Tree {
     Silences,
     /// alert key → [`AlertRecord`] (JSON): the alerts firing now
     Alerts,
+    /// server name → the SHA-256 of its unused join token (at most one: the index that finds it without a
+    /// scan of every token)
+    TokenOf,
     /// server name → the fields every report changes (`last_seq`, `reports_received`, `last_seen_ms`,
     /// `last_report_ms`, `first_seen_ms`; 5 × u64 BE), so a report does not rewrite the whole record
     Progress,
@@ -67,7 +70,7 @@ enum Tree {
 }
 
 impl Tree {
-    const ALL: [Tree; 17] = [
+    const ALL: [Tree; 18] = [
         Tree::Servers,
         Tree::Tokens,
         Tree::Burned,
@@ -85,6 +88,7 @@ impl Tree {
         Tree::Usage,
         Tree::Alerts,
         Tree::Progress,
+        Tree::TokenOf,
     ];
 
     fn name(self) -> &'static str {
@@ -106,6 +110,7 @@ impl Tree {
             Tree::Usage => "usage",
             Tree::Alerts => "alerts",
             Tree::Progress => "progress",
+            Tree::TokenOf => "token_of",
         }
     }
 }
@@ -118,6 +123,21 @@ enum Op {
     DelRange(Tree, Vec<u8>, Vec<u8>),
     /// Puts every pair at once: after a crash, all of them or none.
     Atomic(Tree, Vec<(Vec<u8>, Vec<u8>)>),
+    /// Stores join token (hash, record JSON) as `server`'s only unused token: its older one is deleted.
+    /// Applied by the single writer, so concurrent issues for one server cannot leave two.
+    ReplaceToken {
+        server: String,
+        hash: String,
+        token: Vec<u8>,
+    },
+    /// Deletes `server`'s unused token, if any.
+    DropTokenOf(String),
+    /// Burns token `hash` of `server`: the batch fails with a conflict, writing nothing, when the token is
+    /// not live any more. Must be a batch's first op.
+    TakeToken {
+        server: String,
+        hash: String,
+    },
 }
 
 fn put_json<T: Serialize>(tree: Tree, key: impl Into<Vec<u8>>, value: &T) -> Op {
@@ -144,8 +164,6 @@ pub struct SledStore {
     writer: mpsc::Sender<Batch>,
     /// The writer task; it ends (after a final flush) when the store is dropped.
     writer_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// Serialises token writes (issue, burn): check-then-write is atomic within the one process sled allows.
-    tokens: tokio::sync::Mutex<()>,
     audit_next: AtomicU64,
     /// Serialises queue writes (submit, claim, update): claims are atomic, updates check the lease.
     queue: tokio::sync::Mutex<()>,
@@ -197,6 +215,16 @@ impl SledStore {
             .map_err(open_err)?
             .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok())
             .map_or(0, u64::from_be_bytes);
+        // The token index (stores written before it had none): rebuilt from the unused tokens.
+        let (tokens, token_of) = (&trees[Self::index(Tree::Tokens)], &trees[Self::index(Tree::TokenOf)]);
+        if token_of.is_empty() && !tokens.is_empty() {
+            for item in tokens.iter() {
+                let (hash, v) = item.map_err(open_err)?;
+                if let Ok(t) = serde_json::from_slice::<TokenRecord>(&v) {
+                    token_of.insert(t.server.as_bytes(), hash).map_err(open_err)?;
+                }
+            }
+        }
         let (tx, rx) = mpsc::channel(4096);
         let sync = if power {
             Some(std::fs::File::open(dir.join("db")).map_err(|e| StoreError::Open {
@@ -211,7 +239,6 @@ impl SledStore {
             trees,
             writer: tx,
             writer_task: Mutex::new(Some(task)),
-            tokens: tokio::sync::Mutex::new(()),
             audit_next: AtomicU64::new(last_audit + 1),
             queue: tokio::sync::Mutex::new(()),
             queue_next: AtomicU64::new(last_job + 1),
@@ -265,14 +292,9 @@ impl SledStore {
         Ok(out)
     }
 
-    /// Deletes of every unused token of `server`.
-    fn token_ops(&self, server: &str) -> Result<Vec<Op>> {
-        Ok(self
-            .all_json::<TokenRecord>(Tree::Tokens)?
-            .into_iter()
-            .filter(|(_, t)| t.server == server)
-            .map(|(hash, _)| Op::Del(Tree::Tokens, hash.into_bytes()))
-            .collect())
+    /// Whether `server` has an unused token now.
+    fn has_token(&self, server: &str) -> Result<bool> {
+        Ok(self.tree(Tree::TokenOf).get(server.as_bytes()).map_err(read_err)?.is_some())
     }
 
     fn audit_record(&self, mut entry: AuditEntry) -> (u64, Op) {
@@ -353,8 +375,7 @@ impl Servers for SledStore {
     }
 
     async fn remove_server(&self, name: &str) -> Result<()> {
-        let _tokens = self.tokens.lock().await;
-        let mut ops = self.token_ops(name)?;
+        let mut ops = vec![Op::DropTokenOf(name.to_string())];
         let (from, to) = (history_key(name, 0), history_key(name, u64::MAX));
         ops.push(Op::DelRange(Tree::History, from, to));
         ops.push(Op::Del(Tree::Apps, name.as_bytes().to_vec()));
@@ -377,18 +398,15 @@ impl Tokens for SledStore {
     }
 
     async fn issue_token(&self, hash: &str, token: &TokenRecord, server: &ServerRecord) -> Result<usize> {
-        let _tokens = self.tokens.lock().await;
-        let older: Vec<String> = self
-            .all_json::<TokenRecord>(Tree::Tokens)?
-            .into_iter()
-            .filter(|(_, t)| t.server == token.server)
-            .map(|(hash, _)| hash)
-            .collect();
-        let mut ops: Vec<Op> = older.iter().map(|h| Op::Del(Tree::Tokens, h.clone().into_bytes())).collect();
-        ops.push(put_json(Tree::Tokens, hash, token));
+        // Found through the index, replaced by the writer: no scan of the tokens, no lock held across the
+        // commit (thousands of servers enrolling at once must not queue behind each other's writes).
+        let older = usize::from(self.has_token(&token.server)?);
+        let token_json = serde_json::to_vec(token).expect("store records serialise");
+        let mut ops =
+            vec![Op::ReplaceToken { server: token.server.clone(), hash: hash.to_string(), token: token_json }];
         ops.extend(self.server_ops(server, true));
         self.commit_server(&server.name, ops).await?;
-        Ok(older.len())
+        Ok(older)
     }
 
     async fn enroll(
@@ -398,26 +416,19 @@ impl Tokens for SledStore {
         server: &ServerRecord,
         takeover: Option<AuditEntry>,
     ) -> Result<()> {
-        let _tokens = self.tokens.lock().await;
-        if self.tree(Tree::Tokens).get(hash.as_bytes()).map_err(read_err)?.is_none() {
-            return Err(StoreError::Conflict(
-                "this join token was used or replaced a moment ago; it is single-use: create a new one".into(),
-            ));
-        }
-        let mut ops = Vec::with_capacity(4);
-        // The takeover's audit record first: a crash never leaves a takeover unaudited.
+        // Burning the token comes first and fails the whole batch when it is not live any more: single use
+        // is the writer's, with no lock held across the commit. Then the takeover's audit record, before
+        // the enrollment it records.
+        let mut ops = vec![Op::TakeToken { server: burned.server.clone(), hash: hash.to_string() }];
         ops.extend(takeover.map(|e| self.audit_record(e).1));
-        ops.push(Op::Del(Tree::Tokens, hash.as_bytes().to_vec()));
         ops.push(put_json(Tree::Burned, hash, burned));
         ops.extend(self.server_ops(server, true));
         self.commit_server(&server.name, ops).await
     }
 
     async fn drop_tokens(&self, server: &str) -> Result<usize> {
-        let _tokens = self.tokens.lock().await;
-        let ops = self.token_ops(server)?;
-        let n = ops.len();
-        self.commit(ops).await?;
+        let n = usize::from(self.has_token(server)?);
+        self.commit(vec![Op::DropTokenOf(server.to_string())]).await?;
         Ok(n)
     }
 }
@@ -877,7 +888,34 @@ async fn writer(db: sled::Db, trees: Trees, mut rx: mpsc::Receiver<Batch>, sync:
         for batch in &group {
             let mut result = Ok(());
             for op in &batch.ops {
+                let (tokens, token_of) = (tree(Tree::Tokens), tree(Tree::TokenOf));
                 let r = match op {
+                    Op::ReplaceToken { server, hash, token } => (|| {
+                        if let Some(old) = token_of.insert(server.as_bytes(), hash.as_bytes())? {
+                            tokens.remove(old)?;
+                        }
+                        tokens.insert(hash.as_bytes(), token.as_slice()).map(drop)
+                    })(),
+                    Op::DropTokenOf(server) => (|| {
+                        if let Some(old) = token_of.remove(server.as_bytes())? {
+                            tokens.remove(old)?;
+                        }
+                        Ok(())
+                    })(),
+                    Op::TakeToken { server, hash } => match tokens.remove(hash.as_bytes()) {
+                        Ok(Some(_)) => {
+                            let _ = token_of.compare_and_swap(server.as_bytes(), Some(hash.as_bytes()), None::<&[u8]>);
+                            Ok(())
+                        }
+                        Ok(None) => {
+                            result = Err(StoreError::Conflict(
+                                "this join token was used or replaced a moment ago; it is single-use: create a new one"
+                                    .into(),
+                            ));
+                            break;
+                        }
+                        Err(e) => Err(e),
+                    },
                     Op::Put(t, k, v) => tree(*t).insert(k.as_slice(), v.as_slice()).map(drop),
                     Op::Del(t, k) => tree(*t).remove(k.as_slice()).map(drop),
                     Op::DelRange(t, from, to) => {
@@ -980,6 +1018,32 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sled_syncing_every_commit_passes_the_conformance_suite() {
         conformance::run(&mut Sled { dir: tempfile::tempdir().unwrap(), writer: None, power: true }).await;
+    }
+
+    /// A store from before the token index gets one at open: its unused token is found and replaced.
+    #[tokio::test]
+    async fn a_store_without_the_token_index_gets_one() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path(), 8).unwrap();
+            let t =
+                TokenRecord { server: "old-1".into(), created_ms: 1, expires_ms: i64::MAX, created_by: "ann".into() };
+            store.tree(Tree::Tokens).insert("h-old", serde_json::to_vec(&t).unwrap()).unwrap();
+            let writer = store.writer_task().unwrap();
+            drop(store);
+            writer.await.unwrap();
+        }
+        let store = loop {
+            match SledStore::open(dir.path(), 8) {
+                Ok(s) => break s,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        };
+        let t = TokenRecord { server: "old-1".into(), created_ms: 2, expires_ms: i64::MAX, created_by: "ann".into() };
+        let r = ServerRecord { name: "old-1".into(), ..Default::default() };
+        assert_eq!(store.issue_token("h-new", &t, &r).await.unwrap(), 1);
+        assert_eq!(store.token("h-old").unwrap(), TokenState::Unknown, "the older token went");
+        assert!(matches!(store.token("h-new").unwrap(), TokenState::Live(_)));
     }
 
     /// A report that changes only a record's progress writes 40 bytes of it, not the record; anything else
