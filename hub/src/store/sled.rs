@@ -162,6 +162,10 @@ const SCAN_MAX: usize = 200_000;
 pub struct SledStore {
     trees: Trees,
     writer: mpsc::Sender<Batch>,
+    /// Reports, apps states and usage: the bulk of the writes. Everything else (enrollment, tokens, audit,
+    /// commands, jobs) goes through `writer`, which the writer task serves first, so a saturated report
+    /// load never makes an enrollment wait behind thousands of queued reports.
+    bulk: mpsc::Sender<Batch>,
     /// The writer task; it ends (after a final flush) when the store is dropped.
     writer_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     audit_next: AtomicU64,
@@ -225,7 +229,8 @@ impl SledStore {
                 }
             }
         }
-        let (tx, rx) = mpsc::channel(4096);
+        let (tx, rx) = mpsc::channel(1024);
+        let (bulk_tx, bulk_rx) = mpsc::channel(4096);
         let sync = if power {
             Some(std::fs::File::open(dir.join("db")).map_err(|e| StoreError::Open {
                 path: dir.display().to_string(),
@@ -234,10 +239,11 @@ impl SledStore {
         } else {
             None
         };
-        let task = tokio::spawn(writer(db, trees.clone(), rx, sync));
+        let task = tokio::spawn(writer(db, trees.clone(), (rx, bulk_rx), sync));
         Ok(SledStore {
             trees,
             writer: tx,
+            bulk: bulk_tx,
             writer_task: Mutex::new(Some(task)),
             audit_next: AtomicU64::new(last_audit + 1),
             queue: tokio::sync::Mutex::new(()),
@@ -261,8 +267,17 @@ impl SledStore {
 
     /// Applies `ops` in order and returns once they are on disk.
     async fn commit(&self, ops: Vec<Op>) -> Result<()> {
+        self.send(&self.writer, ops).await
+    }
+
+    /// As [`SledStore::commit`], for the bulk of the writes (reports), served after the others.
+    async fn commit_bulk(&self, ops: Vec<Op>) -> Result<()> {
+        self.send(&self.bulk, ops).await
+    }
+
+    async fn send(&self, to: &mpsc::Sender<Batch>, ops: Vec<Op>) -> Result<()> {
         let (done, wait) = oneshot::channel();
-        self.writer.send(Batch { ops, done }).await.map_err(|_| StoreError::Closed)?;
+        to.send(Batch { ops, done }).await.map_err(|_| StoreError::Closed)?;
         wait.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -348,8 +363,8 @@ impl SledStore {
 
     /// Commits `ops` that include a write of `server`; a failed write forgets what was written of it, so
     /// the next write stores it whole.
-    async fn commit_server(&self, server: &str, ops: Vec<Op>) -> Result<()> {
-        let r = self.commit(ops).await;
+    async fn commit_server(&self, server: &str, ops: Vec<Op>, bulk: bool) -> Result<()> {
+        let r = if bulk { self.commit_bulk(ops).await } else { self.commit(ops).await };
         if r.is_err() {
             self.written.lock().unwrap_or_else(|p| p.into_inner()).remove(server);
         }
@@ -371,7 +386,7 @@ impl Servers for SledStore {
     }
 
     async fn put_server(&self, record: &ServerRecord) -> Result<()> {
-        self.commit_server(&record.name, self.server_ops(record, true)).await
+        self.commit_server(&record.name, self.server_ops(record, true), false).await
     }
 
     async fn remove_server(&self, name: &str) -> Result<()> {
@@ -405,7 +420,7 @@ impl Tokens for SledStore {
         let mut ops =
             vec![Op::ReplaceToken { server: token.server.clone(), hash: hash.to_string(), token: token_json }];
         ops.extend(self.server_ops(server, true));
-        self.commit_server(&server.name, ops).await?;
+        self.commit_server(&server.name, ops, false).await?;
         Ok(older)
     }
 
@@ -423,7 +438,7 @@ impl Tokens for SledStore {
         ops.extend(takeover.map(|e| self.audit_record(e).1));
         ops.push(put_json(Tree::Burned, hash, burned));
         ops.extend(self.server_ops(server, true));
-        self.commit_server(&server.name, ops).await
+        self.commit_server(&server.name, ops, false).await
     }
 
     async fn drop_tokens(&self, server: &str) -> Result<usize> {
@@ -442,7 +457,7 @@ impl Revocations for SledStore {
     async fn revoke_identity(&self, server: &ServerRecord, serials: &[String], by: &Revoked) -> Result<()> {
         let mut ops: Vec<Op> = serials.iter().map(|s| put_json(Tree::Revoked, s.clone(), by)).collect();
         ops.extend(self.server_ops(server, true));
-        self.commit_server(&server.name, ops).await
+        self.commit_server(&server.name, ops, false).await
     }
 }
 
@@ -466,14 +481,14 @@ impl Reports for SledStore {
         }
         // Last: the high-water mark, so any recovered prefix of this batch is safe.
         ops.extend(self.server_ops(server, false));
-        self.commit_server(name, ops).await
+        self.commit_server(name, ops, true).await
     }
 
     async fn record_apps(&self, server: &ServerRecord, _seq: u64, apps: Vec<u8>) -> Result<()> {
         // The state first, the high-water mark last: any recovered prefix is safe.
         let mut ops = vec![Op::Put(Tree::Apps, server.name.as_bytes().to_vec(), apps)];
         ops.extend(self.server_ops(server, false));
-        self.commit_server(&server.name, ops).await
+        self.commit_server(&server.name, ops, true).await
     }
 
     fn apps(&self, server: &str) -> Result<Option<Vec<u8>>> {
@@ -836,7 +851,7 @@ impl Usage for SledStore {
         // report, and the cursor's seq says it was counted already.
         let mut ops = vec![Op::Atomic(Tree::Usage, pairs)];
         ops.extend(self.server_ops(server, false));
-        self.commit_server(&server.name, ops).await
+        self.commit_server(&server.name, ops, true).await
     }
 
     fn usage_between(
@@ -880,10 +895,45 @@ fn decode_bucket(key: &[u8], v: &[u8]) -> Result<UsageBucket> {
     })
 }
 
-async fn writer(db: sled::Db, trees: Trees, mut rx: mpsc::Receiver<Batch>, sync: Option<std::fs::File>) {
+async fn writer(
+    db: sled::Db,
+    trees: Trees,
+    (mut first, mut bulk): (mpsc::Receiver<Batch>, mpsc::Receiver<Batch>),
+    sync: Option<std::fs::File>,
+) {
     let tree = |t: Tree| &trees[SledStore::index(t)];
     let mut group = Vec::with_capacity(GROUP_MAX);
-    while rx.recv_many(&mut group, GROUP_MAX).await > 0 {
+    let (mut first_open, mut bulk_open) = (true, true);
+    loop {
+        // The non-bulk writes first; then whatever else is waiting, up to a group.
+        let got = tokio::select! {
+            biased;
+            b = first.recv(), if first_open => {
+                first_open = b.is_some();
+                b
+            }
+            b = bulk.recv(), if bulk_open => {
+                bulk_open = b.is_some();
+                b
+            }
+            else => break,
+        };
+        group.extend(got);
+        while group.len() < GROUP_MAX {
+            match first.try_recv() {
+                Ok(b) => group.push(b),
+                Err(_) => break,
+            }
+        }
+        while group.len() < GROUP_MAX {
+            match bulk.try_recv() {
+                Ok(b) => group.push(b),
+                Err(_) => break,
+            }
+        }
+        if group.is_empty() {
+            continue;
+        }
         let mut results = Vec::with_capacity(group.len());
         for batch in &group {
             let mut result = Ok(());

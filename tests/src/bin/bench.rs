@@ -90,6 +90,16 @@ enum Cmd {
         #[arg(long, default_value_t = 60.0)]
         seconds: f64,
     },
+    /// Enrollment under report load: N agents report every interval, then M new ones enroll; the time until
+    /// all M are connected.
+    EnrollUnderLoad {
+        #[arg(long, default_value_t = 10_000)]
+        agents: u32,
+        #[arg(long, default_value = "1s")]
+        interval: String,
+        #[arg(long, default_value_t = 1000)]
+        new: u32,
+    },
     /// The client half of `echo` (started by it).
     #[command(hide = true)]
     EchoClient {
@@ -230,6 +240,7 @@ async fn main() -> anyhow::Result<()> {
             provision(count, boot_ms, (rate_limit, refill_per_sec), poll_ms).await
         }
         Cmd::ActionRtt { agents, runs, interval } => action_rtt(tmp.path(), agents, runs, &interval).await,
+        Cmd::EnrollUnderLoad { agents, interval, new } => enroll_under_load(tmp.path(), agents, &interval, new).await,
         Cmd::Echo { streams, interval, seconds } => echo::server(tmp.path(), streams, &interval, seconds).await,
         Cmd::EchoClient { addr, dir, streams, interval, seconds } => {
             echo::client(&addr, &dir, streams, &interval, seconds).await
@@ -1171,4 +1182,39 @@ mod echo {
         }
         Ok(())
     }
+}
+
+async fn enroll_under_load(root: &Path, agents: u32, interval: &str, new: u32) -> anyhow::Result<()> {
+    let hub = HubProc::start(&root.join("hub"), harness::free_port(), BENCH_HUB).await;
+    // The fleet enrolls first, then reports (enrollment while the fleet itself ramps up is the other case).
+    let (_sim, mut ops) = start_fleet(&hub, root, agents, interval, &["--hold-reports"]).await?;
+    // Let the fleet reach its reporting rhythm.
+    tokio::time::sleep(outpost_common::parse_duration_ms(interval).map_err(anyhow::Error::msg)? * 3).await;
+    let pid = hub.child.id().expect("hub running");
+    let before = sample(pid);
+    let t = Instant::now();
+    let _newcomers = tokio::process::Command::new(harness::bin("outpost-sim"))
+        .args(["--bundle", root.join("admin").to_str().unwrap(), "--agents", &new.to_string()])
+        .args(["--interval", "10s", "--prefix", "new"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(root.join("sim-new.log"))?)
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut said = Instant::now();
+    watch_until_for(&mut ops, "the new agents connected", Duration::from_secs(900), |f| {
+        let n = f.iter().filter(|(k, s)| k.starts_with("new-") && harness::liveness(s) == Liveness::Connected).count();
+        if said.elapsed() >= Duration::from_secs(10) {
+            println!("  {n} of {new} new agents connected after {:.0} s", t.elapsed().as_secs_f64());
+            said = Instant::now();
+        }
+        n == new as usize
+    })
+    .await;
+    let secs = t.elapsed().as_secs_f64();
+    let cpu = (sample(pid).ticks - before.ticks) as f64 / clk_tck() / secs * 100.0;
+    println!(
+        "{new} new agents enrolled and connected in {secs:.1} s ({:.0}/min) while {agents} others report every {interval}; hubd CPU meanwhile {cpu:.0}% of one core",
+        f64::from(new) / secs * 60.0
+    );
+    Ok(())
 }
