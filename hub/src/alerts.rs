@@ -75,6 +75,26 @@ pub struct Rule {
     /// What a person should do, in the notification.
     #[serde(default)]
     pub action: String,
+    /// Where the rule applies: every label given must match (`labels = { plan = "team" }`); the labels are
+    /// customer, plan, server and app (per-app metrics only). None: everywhere.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The labels a rule may be scoped by.
+pub const RULE_LABELS: [&str; 4] = ["customer", "plan", "server", "app"];
+
+impl Rule {
+    /// Whether the rule applies to this server (and app).
+    fn applies(&self, rec: &crate::store::ServerRecord, app: Option<&str>) -> bool {
+        self.labels.iter().all(|(k, v)| match k.as_str() {
+            "customer" => &rec.customer == v,
+            "plan" => &rec.plan == v,
+            "server" => &rec.name == v,
+            "app" => app == Some(v.as_str()),
+            _ => false,
+        })
+    }
 }
 
 fn rule(name: &str, metric: &str, op: &str, threshold: f64, for_secs: u64, severity: &str, action: &str) -> Rule {
@@ -86,6 +106,7 @@ fn rule(name: &str, metric: &str, op: &str, threshold: f64, for_secs: u64, sever
         for_secs,
         severity: severity.into(),
         action: action.into(),
+        labels: BTreeMap::new(),
     }
 }
 
@@ -241,6 +262,19 @@ impl AlertsConfig {
             }
             if !["critical", "warning", "info"].contains(&r.severity.as_str()) {
                 p.push(format!("alerts rule {}: severity {:?} is not critical, warning or info", r.name, r.severity));
+            }
+            for k in r.labels.keys() {
+                if !RULE_LABELS.contains(&k.as_str()) {
+                    p.push(format!(
+                        "alerts rule {}: unknown label {k:?}; a rule is scoped by {}",
+                        r.name,
+                        RULE_LABELS.join(", ")
+                    ));
+                } else if HUB_METRICS.contains(&r.metric.as_str()) {
+                    p.push(format!("alerts rule {}: {} is hub-wide and takes no labels", r.name, r.metric));
+                } else if k == "app" && r.metric != "app_failing" {
+                    p.push(format!("alerts rule {}: label app applies to the per-app metric app_failing only", r.name));
+                }
             }
             if r.name.is_empty() || !r.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
                 p.push(format!("alerts rule {:?}: names are letters, digits and _", r.name));
@@ -428,8 +462,11 @@ impl Alerts {
                     .map(|(k, v)| (k.to_string(), v))
                     .collect()
                 };
+                if !r.applies(rec, None) && !(r.metric == "app_failing" && r.labels.contains_key("app")) {
+                    continue;
+                }
                 if r.metric == "app_failing" {
-                    for a in v.apps.iter().flat_map(|s| s.apps.iter()) {
+                    for a in v.apps.iter().flat_map(|s| s.apps.iter()).filter(|a| r.applies(rec, Some(&a.name))) {
                         let value = f64::from(u8::from(a.phase == "failed" || a.phase == "degraded"));
                         if r.holds(value) {
                             let why = if a.last_error.is_empty() { a.phase.clone() } else { a.last_error.clone() };

@@ -133,10 +133,12 @@ async fn alerts_reach_alertmanager_fire_once_and_resolve() {
 /// A rule with an unknown metric, or an Alertmanager URL that is not HTTP, stops hubd before it starts.
 #[test]
 fn bad_rules_are_refused_at_start() {
-    let config = "[alerts]\nalertmanager_url = \"ftp://am\"\n[[alerts.rules]]\nname = \"x\"\nmetric = \"cpu_temperature\"\nop = \"!\"\nthreshold = 1\nseverity = \"page\"\n";
+    let config = "[alerts]\nalertmanager_url = \"ftp://am\"\n[[alerts.rules]]\nname = \"x\"\nmetric = \"cpu_temperature\"\nop = \"!\"\nthreshold = 1\nseverity = \"page\"\nlabels = { colour = \"red\" }\n";
     let c = hub::HubConfig::from_toml(config).unwrap();
     let err = c.validate().unwrap_err().to_string();
-    for needle in ["unknown metric \"cpu_temperature\"", "op \"!\"", "severity \"page\"", "ftp://am"] {
+    for needle in
+        ["unknown metric \"cpu_temperature\"", "op \"!\"", "severity \"page\"", "ftp://am", "unknown label \"colour\""]
+    {
         assert!(err.contains(needle), "{needle}: {err}");
     }
 }
@@ -480,8 +482,9 @@ async fn usage_over_plan_version_skew_and_a_failing_app_fire() {
     let tmp = tempfile::tempdir().unwrap();
     let config = "[alerts]\neval_secs = 1\n\
          [[alerts.rules]]\nname = \"usage_over_plan\"\nmetric = \"usage_over_plan_percent\"\nop = \">\"\nthreshold = 100\nseverity = \"warning\"\n\
-         [[alerts.rules]]\nname = \"agent_version_skew\"\nmetric = \"agent_version_skew\"\nop = \">\"\nthreshold = 0\nseverity = \"info\"\n\
-         [[alerts.rules]]\nname = \"app_failing\"\nmetric = \"app_failing\"\nop = \">\"\nthreshold = 0\nseverity = \"warning\"\n";
+         [[alerts.rules]]\nname = \"agent_version_skew\"\nmetric = \"agent_version_skew\"\nop = \">\"\nthreshold = 0\nseverity = \"info\"\nlabels = { plan = \"pro\", customer = \"acme\" }\n\
+         [[alerts.rules]]\nname = \"app_failing\"\nmetric = \"app_failing\"\nop = \">\"\nthreshold = 0\nseverity = \"warning\"\n\
+         [[alerts.rules]]\nname = \"team_skew\"\nmetric = \"agent_version_skew\"\nop = \">\"\nthreshold = 0\nseverity = \"info\"\nlabels = { plan = \"team\" }\n";
     let hub = HubProc::start(&tmp.path().join("hub"), free_port(), config).await;
     let id = hostile::enroll(&hub.token("big-1").await).await;
     let mut link = RawLink::connect(&id).await.unwrap();
@@ -526,6 +529,7 @@ async fn usage_over_plan_version_skew_and_a_failing_app_fire() {
             assert_eq!(app.labels["app"], "web", "{app:?}");
             assert!(app.summary.contains("CrashLoopBackOff: exit 1"), "{app:?}");
             assert_eq!(alerts.iter().filter(|a| a.labels["alertname"] == "app_failing").count(), 1, "api is fine");
+            assert!(!alerts.iter().any(|a| a.labels["alertname"] == "team_skew"), "scoped to team; the server is pro");
             assert_eq!((usage.labels["server"].as_str(), usage.labels["customer"].as_str()), ("big-1", "acme"));
             assert_eq!(skew.value, 1.0);
             break;
