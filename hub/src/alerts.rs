@@ -462,7 +462,9 @@ impl Alerts {
                     .map(|(k, v)| (k.to_string(), v))
                     .collect()
                 };
-                if !r.applies(rec, None) && !(r.metric == "app_failing" && r.labels.contains_key("app")) {
+                // A per-app rule scoped by app is checked app by app below.
+                let per_app_scope = r.metric == "app_failing" && r.labels.contains_key("app");
+                if !per_app_scope && !r.applies(rec, None) {
                     continue;
                 }
                 if r.metric == "app_failing" {
