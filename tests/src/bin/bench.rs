@@ -100,6 +100,13 @@ enum Cmd {
         #[arg(long, default_value_t = 1000)]
         new: u32,
     },
+    /// A hub restart (SIGTERM, start again) under N connected agents: the time until all are back.
+    Restart {
+        #[arg(long, default_value_t = 10_000)]
+        agents: u32,
+        #[arg(long, default_value = "10s")]
+        interval: String,
+    },
     /// The client half of `echo` (started by it).
     #[command(hide = true)]
     EchoClient {
@@ -241,6 +248,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::ActionRtt { agents, runs, interval } => action_rtt(tmp.path(), agents, runs, &interval).await,
         Cmd::EnrollUnderLoad { agents, interval, new } => enroll_under_load(tmp.path(), agents, &interval, new).await,
+        Cmd::Restart { agents, interval } => restart(tmp.path(), agents, &interval).await,
         Cmd::Echo { streams, interval, seconds } => echo::server(tmp.path(), streams, &interval, seconds).await,
         Cmd::EchoClient { addr, dir, streams, interval, seconds } => {
             echo::client(&addr, &dir, streams, &interval, seconds).await
@@ -1215,6 +1223,37 @@ async fn enroll_under_load(root: &Path, agents: u32, interval: &str, new: u32) -
     println!(
         "{new} new agents enrolled and connected in {secs:.1} s ({:.0}/min) while {agents} others report every {interval}; hubd CPU meanwhile {cpu:.0}% of one core",
         f64::from(new) / secs * 60.0
+    );
+    Ok(())
+}
+
+async fn restart(root: &Path, agents: u32, interval: &str) -> anyhow::Result<()> {
+    let mut hub = HubProc::start(&root.join("hub"), harness::free_port(), BENCH_HUB).await;
+    let (_sim, _) = start_fleet(&hub, root, agents, interval, &[]).await?;
+    tokio::time::sleep(outpost_common::parse_duration_ms(interval).map_err(anyhow::Error::msg)? * 2).await;
+    let t = Instant::now();
+    hub.stop().await;
+    let stopped = t.elapsed();
+    hub.restart().await;
+    let started = t.elapsed();
+    let mut ops = hub.client(Role::Viewer);
+    let mut said = Instant::now();
+    let mut lost_seen = 0;
+    watch_until_for(&mut ops, "every agent back", Duration::from_secs(600), |f| {
+        lost_seen = lost_seen.max(f.values().filter(|s| harness::liveness(s) == Liveness::Lost).count());
+        let n = f.values().filter(|s| harness::liveness(s) == Liveness::Connected).count();
+        if said.elapsed() >= Duration::from_secs(5) {
+            println!("  {n} back after {:.0} s", t.elapsed().as_secs_f64());
+            said = Instant::now();
+        }
+        n == agents as usize
+    })
+    .await;
+    println!(
+        "hubd stopped (SIGTERM, drained) in {:.1} s, ready again at {:.1} s; all {agents} agents back {:.1} s after the stop began; servers seen lost meanwhile: {lost_seen}",
+        stopped.as_secs_f64(),
+        started.as_secs_f64(),
+        t.elapsed().as_secs_f64()
     );
     Ok(())
 }
