@@ -172,6 +172,11 @@ impl Metrics {
         self.usage_resets.inc();
     }
 
+    /// (usage samples dropped, usage counter resets) so far.
+    pub fn usage_counts(&self) -> (u64, u64) {
+        (self.usage_dropped.get(), self.usage_resets.get())
+    }
+
     pub fn alerts_evaluated(&self, took: Duration) {
         self.alert_evaluation.observe(took.as_secs_f64());
     }

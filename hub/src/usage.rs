@@ -9,7 +9,6 @@
 //! the cursor's seq). Hourly buckets are kept `hourly_retention_days`, daily ones `daily_retention_days`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -120,9 +119,6 @@ pub struct UsageBook {
     store: Arc<dyn ReportStore>,
     /// plan → server type (`[provision.plans]`).
     server_types: BTreeMap<String, String>,
-    /// Samples dropped (unknown app or project, implausible figures, too old), counter resets seen.
-    dropped: AtomicU64,
-    resets: AtomicU64,
     /// Each server's highest use of its plan in its current hour, percent (the `usage_over_plan_percent`
     /// alert metric).
     over_plan: Mutex<HashMap<String, f64>>,
@@ -164,27 +160,11 @@ impl UsageBook {
         server_types: BTreeMap<String, String>,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> UsageBook {
-        UsageBook {
-            metrics,
-            config,
-            store,
-            server_types,
-            dropped: AtomicU64::new(0),
-            resets: AtomicU64::new(0),
-            over_plan: Mutex::default(),
-        }
+        UsageBook { metrics, config, store, server_types, over_plan: Mutex::default() }
     }
 
     pub fn limits(&self, plan: &str) -> Option<PlanLimits> {
         self.config.plans.get(plan).copied().or_else(|| PlanLimits::named(plan))
-    }
-
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
-    }
-
-    pub fn resets(&self) -> u64 {
-        self.resets.load(Ordering::Relaxed)
     }
 
     /// Each server's highest use of its plan this hour, percent.
@@ -193,7 +173,6 @@ impl UsageBook {
     }
 
     fn drop_sample(&self, log: &LogLimiter, server: &str, why: &str) {
-        self.dropped.fetch_add(1, Ordering::Relaxed);
         self.metrics.usage_dropped();
         if let Some(repeated) = log.allow("usage sample dropped", server) {
             tracing::warn!(server, repeated, why = %outpost_common::text::Inert(why), "usage sample dropped");
@@ -266,7 +245,6 @@ impl UsageBook {
                 }
             };
             if d.reset {
-                self.resets.fetch_add(1, Ordering::Relaxed);
                 self.metrics.usage_reset();
                 if let Some(repeated) = log.allow("usage counter reset", server) {
                     tracing::info!(server, scope = %key, repeated, "a usage counter went down: taken as a reset");
@@ -577,11 +555,12 @@ mod tests {
         config.prices.cpu_core_hour = 0.5;
         config.prices.egress_gib = 1.0;
         config.prices.server_types.insert("cx22".into(), 30.0);
+        let metrics = Arc::new(crate::metrics::Metrics::new());
         let book = UsageBook::new(
             config,
             store.clone(),
             [("starter".to_string(), "cx22".to_string())].into(),
-            Arc::new(crate::metrics::Metrics::new()),
+            metrics.clone(),
         );
         let log = LogLimiter::default();
         let apps = AppsState {
@@ -608,8 +587,7 @@ mod tests {
         // +120 s: the CPU counter went down (agentd restarted): 5 s since. Egress grew by another GiB.
         send(d0 + 120_000, vec![host(1120), ns(5, 1000 + 2 * GIB_U, 300 * MIB, 60 * MIB), app("web", 5)], &mut rec)
             .await;
-        assert_eq!(book.dropped(), 1, "the sample of an app that does not exist is dropped");
-        assert_eq!(book.resets(), 2, "namespace and app counters reset");
+        assert_eq!(metrics.usage_counts(), (1, 2), "a sample of an app that does not exist dropped; two resets");
         // The same report again (the hub died after the usage write, before the mark): counted once.
         book.ingest(
             &rec,
@@ -622,7 +600,7 @@ mod tests {
         .unwrap();
         // The next day: a claim of 10,000 cores is dropped; then 3600 s of CPU, 600 MiB (over the plan's 512).
         send(d0 + 86_400_000, vec![ns(1_000_000_000, 1000 + 2 * GIB_U, 0, 0)], &mut rec).await;
-        assert_eq!(book.dropped(), 2, "an implausible CPU claim is dropped");
+        assert_eq!(metrics.usage_counts().0, 2, "an implausible CPU claim is dropped");
         send(d0 + 86_400_000 + 60_000, vec![host(5000), ns(3605, 1000 + 2 * GIB_U, 600 * MIB, 60 * MIB)], &mut rec)
             .await;
 
@@ -656,7 +634,7 @@ mod tests {
         let before = store.usage_between(Resolution::Day, 0, i64::MAX, None).unwrap().len();
         send(outpost_common::now_ms() - 500 * 86_400_000, vec![host(1)], &mut rec).await;
         assert_eq!(store.usage_between(Resolution::Day, 0, i64::MAX, None).unwrap().len(), before);
-        assert_eq!(book.dropped(), 3);
+        assert_eq!(metrics.usage_counts().0, 3);
         // Retention: the hourly buckets of 40 days ago go, the daily ones stay.
         assert!(book.trim(outpost_common::now_ms()).await.unwrap() >= 2);
         assert!(store.usage_between(Resolution::Hour, 0, i64::MAX, None).unwrap().is_empty());

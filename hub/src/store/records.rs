@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// A server: its identity, what it told about itself, and its counters.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Hash)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct ServerRecord {
     pub name: String,
