@@ -166,3 +166,11 @@ pub fn bytes(b: u64) -> String {
     }
     format!("{v:.1} {}", UNITS[u])
 }
+
+/// `YYYY-MM` with a month 01–12 (the hub checks it again, with the calendar).
+pub fn is_month(m: &str) -> bool {
+    m.len() == 7
+        && m.as_bytes()[4] == b'-'
+        && m[..4].bytes().all(|b| b.is_ascii_digit())
+        && m[5..].parse::<u32>().is_ok_and(|x| (1..=12).contains(&x))
+}

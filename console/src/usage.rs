@@ -30,14 +30,8 @@ pub struct UsageArgs {
 
 /// `outpost usage`.
 pub async fn usage(bundle: &Bundle, a: &UsageArgs) -> anyhow::Result<String> {
-    if let Some(m) = &a.month {
-        let ok = m.len() == 7
-            && m.as_bytes()[4] == b'-'
-            && m[..4].parse::<u32>().is_ok()
-            && m[5..].parse::<u32>().is_ok_and(|x| (1..=12).contains(&x));
-        if !ok {
-            anyhow::bail!("--month {m:?}: give YYYY-MM, e.g. 2026-11");
-        }
+    if let Some(m) = a.month.as_deref().filter(|m| !crate::format::is_month(m)) {
+        anyhow::bail!("--month {m:?}: give YYYY-MM, e.g. 2026-11");
     }
     let mut c = client(bundle)?;
     let req = pb::GetUsageRequest { customer: a.customer.clone(), month: a.month.clone().unwrap_or_default() };

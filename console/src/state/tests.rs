@@ -471,3 +471,30 @@ fn ack_and_silence_from_the_command_line() {
     a.key(Key::Enter);
     assert!(a.message.as_ref().is_some_and(|m| m.text.contains("usage: :silence")));
 }
+
+#[test]
+fn usage_opens_for_the_selected_servers_customer_or_a_named_one_and_checks_the_month() {
+    let mut a = app();
+    a.requests.clear();
+    let customer = a.fleet.selected().and_then(|n| a.fleet.server(&n).map(|s| s.customer.clone())).unwrap();
+    typ(&mut a, ":usage");
+    a.key(Key::Enter);
+    assert_eq!(a.screen, Screen::Usage);
+    assert_eq!(a.requests.drain(..).collect::<Vec<_>>(), [Request::Usage { customer, month: String::new() }]);
+    typ(&mut a, ":usage globex 2026-11");
+    a.key(Key::Enter);
+    assert_eq!(
+        a.requests.drain(..).collect::<Vec<_>>(),
+        [Request::Usage { customer: "globex".into(), month: "2026-11".into() }]
+    );
+    for bad in ["2026-13", "26-11", "2026-1x"] {
+        typ(&mut a, &format!(":usage globex {bad}"));
+        a.key(Key::Enter);
+        assert!(a.requests.is_empty(), "{bad}");
+        assert!(
+            a.message.as_ref().is_some_and(|m| m.error && m.text.contains("give YYYY-MM")),
+            "{bad}: {:?}",
+            a.message
+        );
+    }
+}

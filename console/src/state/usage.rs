@@ -47,8 +47,7 @@ impl App {
             (["usage", c, m], _) => (c.to_string(), m.to_string()),
             _ => return self.say("usage: :usage [CUSTOMER [YYYY-MM]] (default: the selected server's customer)", true),
         };
-        let shaped = month.len() == 7 && month.as_bytes()[4] == b'-';
-        if !month.is_empty() && !shaped {
+        if !month.is_empty() && !crate::format::is_month(&month) {
             return self.say(format!("month {month:?}: give YYYY-MM, e.g. 2026-11"), true);
         }
         self.usage = UsagePage { customer: customer.clone(), month: month.clone(), data: None };
