@@ -14,7 +14,9 @@ use std::time::Duration;
 use outpost_common::Role;
 use outpost_common::bundle::Bundle;
 use outpost_proto::v1::operator_client::OperatorClient;
-use outpost_proto::v1::{CreateJoinTokenRequest, FleetEvent, Liveness, Server, WatchFleetRequest, fleet_event};
+use outpost_proto::v1::{
+    CreateJoinTokenRequest, Disk, FleetEvent, Health, K3s, Liveness, Server, WatchFleetRequest, fleet_event, k3s,
+};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tonic::transport::Channel;
@@ -406,4 +408,46 @@ pub fn git(dir: &Path, script: &str) -> String {
         .unwrap();
     assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A simulated agent's health: a deterministic, plausible random walk (one disk, K3s, a version). The
+/// simulator sends it to hubd and the echo benchmark to the bare transport, so both carry the same report.
+pub struct SimHealth {
+    state: u64,
+    cpu: f32,
+    mem: f32,
+}
+
+impl SimHealth {
+    /// Agent `i`'s walk.
+    pub fn new(i: u64) -> SimHealth {
+        SimHealth { state: i * 2_654_435_761 + 1, cpu: 20.0, mem: 0.5 }
+    }
+
+    fn next(&mut self) -> f32 {
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        (self.state % 1000) as f32 / 1000.0 - 0.5
+    }
+
+    pub fn health(&mut self, uptime: u64) -> Health {
+        self.cpu = (self.cpu + self.next() * 10.0).clamp(1.0, 95.0);
+        self.mem = (self.mem + self.next() * 0.02).clamp(0.2, 0.9);
+        let total = 4u64 << 30;
+        Health {
+            cpu_percent: self.cpu,
+            load1: self.cpu / 50.0,
+            load5: self.cpu / 60.0,
+            load15: self.cpu / 70.0,
+            mem_total_bytes: total,
+            mem_used_bytes: (total as f32 * self.mem) as u64,
+            disks: vec![Disk { mount: "/".into(), total_bytes: 40 << 30, available_bytes: 25 << 30 }],
+            uptime_secs: uptime,
+            process_count: 120,
+            k3s: Some(K3s { state: k3s::State::Active as i32, detail: "active".into() }),
+            agent_version: "sim".into(),
+            ..Default::default()
+        }
+    }
 }

@@ -1051,7 +1051,7 @@ mod echo {
 
     use outpost_proto::v1::agent_link_client::AgentLinkClient;
     use outpost_proto::v1::agent_link_server::{AgentLink, AgentLinkServer};
-    use outpost_proto::v1::{Ack, AgentMessage, Disk, Health, HubMessage, K3s, agent_message, hub_message, k3s};
+    use outpost_proto::v1::{Ack, AgentMessage, HubMessage, agent_message, hub_message};
     use tokio_stream::wrappers::ReceiverStream;
     use tonic::{Request, Response, Status, Streaming};
 
@@ -1083,24 +1083,6 @@ mod echo {
                 }
             });
             Ok(Response::new(ReceiverStream::new(rx)))
-        }
-    }
-
-    /// The simulator's health report (one disk, K3s, a version): the same message hubd stores.
-    fn health(i: u64) -> Health {
-        Health {
-            cpu_percent: (i % 90) as f32 + 1.5,
-            load1: 0.4,
-            load5: 0.3,
-            load15: 0.2,
-            mem_total_bytes: 4 << 30,
-            mem_used_bytes: (1 << 30) + i % 1000,
-            disks: vec![Disk { mount: "/".into(), total_bytes: 40 << 30, available_bytes: 25 << 30 }],
-            uptime_secs: 3600 + i,
-            process_count: 120,
-            k3s: Some(K3s { state: k3s::State::Active as i32, detail: "active".into() }),
-            agent_version: "sim".into(),
-            ..Default::default()
         }
     }
 
@@ -1172,10 +1154,13 @@ mod echo {
                 let offset = every.mul_f64(f64::from(i % 1000) / 1000.0);
                 let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, every);
                 let mut seq = 0;
+                // The simulator's report, as hubd gets it from outpost-sim.
+                let mut walk = harness::SimHealth::new(u64::from(i));
                 while Instant::now() < stop {
                     tick.tick().await;
                     seq += 1;
-                    let r = outpost_common::report::health_report(seq, outpost_common::now_ms(), health(seq));
+                    let r =
+                        outpost_common::report::health_report(seq, outpost_common::now_ms(), walk.health(3600 + seq));
                     if tx.send(AgentMessage { body: Some(agent_message::Body::Report(r)) }).await.is_err() {
                         break;
                     }

@@ -16,8 +16,8 @@ use outpost_common::bundle::Bundle;
 use outpost_proto::v1::agent_link_client::AgentLinkClient;
 use outpost_proto::v1::operator_client::OperatorClient;
 use outpost_proto::v1::{
-    AgentMessage, AppState, AppsState, CommandResult, CommandUpdate, CreateJoinTokenRequest, Disk, Health, Hello, K3s,
-    Outcome, Report, UsageReport, UsageSample, agent_message, hub_message, k3s, report,
+    AgentMessage, AppState, AppsState, CommandResult, CommandUpdate, CreateJoinTokenRequest, Hello, Outcome, Report,
+    UsageReport, UsageSample, agent_message, hub_message, report,
 };
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -185,42 +185,6 @@ impl Drop for Live<'_> {
     }
 }
 
-/// A deterministic, plausible random walk per agent.
-struct Metrics {
-    state: u64,
-    cpu: f32,
-    mem: f32,
-}
-
-impl Metrics {
-    fn next(&mut self) -> f32 {
-        self.state ^= self.state << 13;
-        self.state ^= self.state >> 7;
-        self.state ^= self.state << 17;
-        (self.state % 1000) as f32 / 1000.0 - 0.5
-    }
-
-    fn health(&mut self, uptime: u64) -> Health {
-        self.cpu = (self.cpu + self.next() * 10.0).clamp(1.0, 95.0);
-        self.mem = (self.mem + self.next() * 0.02).clamp(0.2, 0.9);
-        let total = 4u64 << 30;
-        Health {
-            cpu_percent: self.cpu,
-            load1: self.cpu / 50.0,
-            load5: self.cpu / 60.0,
-            load15: self.cpu / 70.0,
-            mem_total_bytes: total,
-            mem_used_bytes: (total as f32 * self.mem) as u64,
-            disks: vec![Disk { mount: "/".into(), total_bytes: 40 << 30, available_bytes: 25 << 30 }],
-            uptime_secs: uptime,
-            process_count: 120,
-            k3s: Some(K3s { state: k3s::State::Active as i32, detail: "active".into() }),
-            agent_version: "sim".into(),
-            ..Default::default()
-        }
-    }
-}
-
 async fn agent(
     name: String,
     i: u32,
@@ -273,7 +237,7 @@ async fn agent(
     if stats.enrolled.fetch_add(1, Ordering::Relaxed) + 1 == u64::from(pace.agents) {
         let _ = pace.all_in.send(true);
     }
-    let mut metrics = Metrics { state: u64::from(i) * 2_654_435_761 + 1, cpu: 20.0, mem: 0.5 };
+    let mut metrics = harness::SimHealth::new(u64::from(i));
     let mut seq = 0u64;
     let mut attempt = 0;
     let started = std::time::Instant::now();
