@@ -350,7 +350,7 @@ pub struct Alerts {
 }
 
 impl Alerts {
-    pub fn new(
+    pub async fn new(
         config: AlertsConfig,
         fleet: Arc<Fleet>,
         lifecycle: Arc<Lifecycle>,
@@ -361,13 +361,14 @@ impl Alerts {
             Arc<crate::usage::UsageBook>,
         ),
     ) -> Alerts {
-        let silences = Mutex::new(store.silences().unwrap_or_else(|error| {
+        let silences = Mutex::new(store.silences().await.unwrap_or_else(|error| {
             tracing::error!(%error, "cannot read the silences; starting without them");
             Vec::new()
         }));
         // The alerts that were firing when the hub stopped: not fired (nor notified) again, acks kept.
         let active = store
             .firing_alerts()
+            .await
             .unwrap_or_else(|error| {
                 tracing::error!(%error, "cannot read the firing alerts; they fire again");
                 Vec::new()
@@ -438,7 +439,7 @@ impl Alerts {
     }
 
     /// Every (rule, labels, value, summary) whose condition holds now.
-    fn conditions(&self, now_ms: i64) -> Vec<(Rule, BTreeMap<String, String>, f64, String)> {
+    async fn conditions(&self, now_ms: i64) -> Vec<(Rule, BTreeMap<String, String>, f64, String)> {
         let mut out = Vec::new();
         let views = self.fleet.registry().list();
         let over_plan = self.usage.over_plan();
@@ -520,7 +521,7 @@ impl Alerts {
                 }
             }
         }
-        if let Ok(s) = self.lifecycle.stats() {
+        if let Ok(s) = self.lifecycle.stats().await {
             for r in self.config.rules.iter().filter(|r| HUB_METRICS.contains(&r.metric.as_str())) {
                 let value = match r.metric.as_str() {
                     "job_queue_pending" => s.pending as f64,
@@ -546,7 +547,7 @@ impl Alerts {
     /// One evaluation at `now_ms`: new conditions become pending, held ones fire, cleared ones resolve.
     pub async fn evaluate(&self, now_ms: i64) {
         let started = std::time::Instant::now();
-        let holding = self.conditions(now_ms);
+        let holding = self.conditions(now_ms).await;
         self.metrics.alerts_evaluated(started.elapsed());
         let mut fired = Vec::new();
         let mut gone = Vec::new();

@@ -30,8 +30,8 @@ impl Audit {
     }
 
     /// Newest first.
-    pub fn query(&self, q: &Query) -> Result<Vec<AuditEntry>, StoreError> {
-        self.store.query_audit(q)
+    pub async fn query(&self, q: &Query) -> Result<Vec<AuditEntry>, StoreError> {
+        self.store.query_audit(q).await
     }
 
     /// Deletes records older than `retention`, hourly, until shutdown. The newest record always stays, so

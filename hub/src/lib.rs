@@ -109,25 +109,33 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     let sled_writer = sled.writer_task();
     let store: Arc<dyn HubStore> = Arc::new(sled);
 
-    let registry = Registry::new(store.servers()?, |name| Reports::latest(&*store, name), config.grace());
+    let records = store.servers().await?;
+    let mut latest = std::collections::HashMap::with_capacity(records.len());
+    for r in &records {
+        latest.insert(r.name.clone(), Reports::latest(&*store, &r.name).await);
+    }
+    let registry = Registry::new(records, |name| latest.remove(name).unwrap_or_default(), config.grace());
     let fleet = Arc::new(Fleet::new(registry));
     let advertise = config.advertise_url(addr);
     let metrics = Arc::new(metrics::Metrics::new());
-    let identities = Arc::new(Identities::new(
-        fleet.clone(),
-        store.clone(),
-        ca.clone(),
-        advertise.clone(),
-        Duration::from_secs(config.agents.cert_ttl_secs),
-        metrics.clone(),
-    )?);
+    let identities = Arc::new(
+        Identities::new(
+            fleet.clone(),
+            store.clone(),
+            ca.clone(),
+            advertise.clone(),
+            Duration::from_secs(config.agents.cert_ttl_secs),
+            metrics.clone(),
+        )
+        .await?,
+    );
     let server_types = config.provision.plans.iter().map(|(k, v)| (k.clone(), v.server_type.clone())).collect();
     let usage = Arc::new(usage::UsageBook::new(config.usage.clone(), store.clone(), server_types, metrics.clone()));
     usage.spawn(&rt);
     let reports =
         Arc::new(Reports::new(fleet.clone(), store.clone(), config.store.history_len, metrics.clone(), usage.clone()));
     let audit = Arc::new(audit::Audit::new(store.clone()));
-    let operators = Arc::new(Operators::load(store.clone())?);
+    let operators = Arc::new(Operators::load(store.clone()).await?);
     let relay = Arc::new(relay::Relay::default());
     let jobs = Arc::new(jobs::Jobs::new(
         fleet.clone(),
@@ -145,7 +153,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     names.extend([adv_host, "localhost".into(), "127.0.0.1".into(), "::1".into()]);
     let server_cert = ca.issue_server(&names)?;
 
-    let recovered = jobs.recover()?;
+    let recovered = jobs.recover().await?;
     if recovered > 0 {
         tracing::info!(recovered, "commands pending before the restart are delivered again");
     }
@@ -190,13 +198,16 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         clock,
     ));
     lifecycle.spawn(&rt);
-    let alerts = Arc::new(alerts::Alerts::new(
-        config.alerts.clone(),
-        fleet.clone(),
-        lifecycle.clone(),
-        audit.clone(),
-        (metrics.clone(), store.clone(), usage.clone()),
-    ));
+    let alerts = Arc::new(
+        alerts::Alerts::new(
+            config.alerts.clone(),
+            fleet.clone(),
+            lifecycle.clone(),
+            audit.clone(),
+            (metrics.clone(), store.clone(), usage.clone()),
+        )
+        .await,
+    );
     alerts.spawn(&rt);
     if let Some(l) = admin_listener {
         let routes = metrics::router(metrics, fleet.clone(), (lifecycle.clone(), alerts.clone()), shutdown.clone());

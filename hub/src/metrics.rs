@@ -187,7 +187,7 @@ impl Metrics {
     }
 
     /// The exposition, with the fleet and queue figures read now.
-    pub fn render(&self, fleet: &Fleet, lifecycle: Option<&Lifecycle>) -> String {
+    pub async fn render(&self, fleet: &Fleet, lifecycle: Option<&Lifecycle>) -> String {
         self.servers.clear();
         let mut streams = 0;
         let mut soonest = i64::MAX;
@@ -201,7 +201,11 @@ impl Metrics {
         }
         self.streams.set(streams);
         self.soonest_expiry.set(if soonest == i64::MAX { 0.0 } else { soonest as f64 });
-        if let Some(Ok(stats)) = lifecycle.map(|l| l.stats()) {
+        let stats = match lifecycle {
+            Some(l) => l.stats().await.ok(),
+            None => None,
+        };
+        if let Some(stats) = stats {
             self.jobs.clear();
             for (state, n) in [("pending", stats.pending), ("running", stats.running)] {
                 self.jobs.get_or_create(&vec![("state", state.to_string())]).set(n as i64);
@@ -253,7 +257,7 @@ pub fn router(
         let (metrics, fleet, lifecycle, alerts) = (metrics.clone(), fleet.clone(), lifecycle.clone(), alerts.clone());
         async move {
             metrics.set_alerts(&alerts.firing_by_severity());
-            let body = metrics.render(&fleet, Some(&lifecycle));
+            let body = metrics.render(&fleet, Some(&lifecycle)).await;
             let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default();
             if accept.contains("application/openmetrics-text") {
                 ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)

@@ -191,7 +191,7 @@ impl UsageBook {
         log: &LogLimiter,
     ) -> Result<(), HubError> {
         let server = record.name.as_str();
-        let mut cursor = self.store.usage_cursor(server)?.unwrap_or_default();
+        let mut cursor = self.store.usage_cursor(server).await?.unwrap_or_default();
         if cursor.seq >= seq {
             // Counted before the hub died, before the high-water mark was written: only the mark moves.
             self.store.put_server(record).await?;
@@ -201,13 +201,13 @@ impl UsageBook {
         let now = outpost_common::now_ms();
         let too_old = taken_at_ms < now - i64::from(self.config.daily_retention_days) * Resolution::Day.ms();
         let (hour, day) = (Resolution::Hour.start(taken_at_ms), Resolution::Day.start(taken_at_ms));
-        let bucket = |res, start| -> Result<UsageBucket, HubError> {
-            let mut b = self.store.usage_bucket(res, start, &record.customer, server)?.unwrap_or_default();
+        let bucket = async |res: Resolution, start: i64| -> Result<UsageBucket, HubError> {
+            let mut b = self.store.usage_bucket(res, start, &record.customer, server).await?.unwrap_or_default();
             b.customer.clone_from(&record.customer);
             b.plan.clone_from(&record.plan);
             Ok(b)
         };
-        let (mut hb, mut db) = (bucket(Resolution::Hour, hour)?, bucket(Resolution::Day, day)?);
+        let (mut hb, mut db) = (bucket(Resolution::Hour, hour).await?, bucket(Resolution::Day, day).await?);
         let known_app = |project: &str, app: &str| {
             apps.is_some_and(|a| a.apps.iter().any(|x| x.project == project && x.name == app))
         };
@@ -323,9 +323,9 @@ impl UsageBook {
     }
 
     /// A customer's usage in a month (`2026-11`), per server and scope, per day, against the plan, priced.
-    pub fn month(&self, customer: &str, month: &str) -> Result<MonthUsage, HubError> {
+    pub async fn month(&self, customer: &str, month: &str) -> Result<MonthUsage, HubError> {
         let (from, to) = month_range(month)?;
-        let buckets = self.store.usage_between(Resolution::Day, from, to, Some(customer))?;
+        let buckets = self.store.usage_between(Resolution::Day, from, to, Some(customer)).await?;
         let mut rows: BTreeMap<(String, String), ScopeUsage> = BTreeMap::new();
         let mut days: BTreeMap<i64, DayUsage> = BTreeMap::new();
         let mut plan = String::new();
@@ -604,7 +604,7 @@ mod tests {
         send(d0 + 86_400_000 + 60_000, vec![host(5000), ns(3605, 1000 + 2 * GIB_U, 600 * MIB, 60 * MIB)], &mut rec)
             .await;
 
-        let m = book.month("acme", &month_of(d0)).unwrap();
+        let m = book.month("acme", &month_of(d0)).await.unwrap();
         let row = |scope: &str| m.rows.iter().find(|(_, u)| u.scope == scope).map(|(_, u)| u.clone()).unwrap();
         let n = row("namespace/acme");
         // The dropped claim moved nothing: 3600 s after the reset's 5 s.
@@ -631,14 +631,14 @@ mod tests {
         assert!((m.cost.server - 30.0 * host_secs / ((t - f) / 1000) as f64).abs() < 1e-9);
         assert_eq!(m.plan, "starter");
         // Too old for the daily retention: dropped, counted, nothing stored.
-        let before = store.usage_between(Resolution::Day, 0, i64::MAX, None).unwrap().len();
+        let before = store.usage_between(Resolution::Day, 0, i64::MAX, None).await.unwrap().len();
         send(outpost_common::now_ms() - 500 * 86_400_000, vec![host(1)], &mut rec).await;
-        assert_eq!(store.usage_between(Resolution::Day, 0, i64::MAX, None).unwrap().len(), before);
+        assert_eq!(store.usage_between(Resolution::Day, 0, i64::MAX, None).await.unwrap().len(), before);
         assert_eq!(metrics.usage_counts().0, 3);
         // Retention: the hourly buckets of 40 days ago go, the daily ones stay.
         assert!(book.trim(outpost_common::now_ms()).await.unwrap() >= 2);
-        assert!(store.usage_between(Resolution::Hour, 0, i64::MAX, None).unwrap().is_empty());
-        assert_eq!(store.usage_between(Resolution::Day, 0, i64::MAX, None).unwrap().len(), before);
+        assert!(store.usage_between(Resolution::Hour, 0, i64::MAX, None).await.unwrap().is_empty());
+        assert_eq!(store.usage_between(Resolution::Day, 0, i64::MAX, None).await.unwrap().len(), before);
     }
 
     #[test]

@@ -132,7 +132,7 @@ impl Operator for OperatorApi {
         let view = self.fleet.registry().get(&r.name).ok_or_else(|| {
             Status::not_found(format!("no server named {}", outpost_common::text::excerpt(&r.name, 64)))
         })?;
-        let history = self.reports.history(&r.name, r.history as usize)?;
+        let history = self.reports.history(&r.name, r.history as usize).await?;
         Ok(Response::new(pb::ServerDetail { server: Some(convert::server(&view)), history }))
     }
 
@@ -259,8 +259,8 @@ impl Operator for OperatorApi {
             0 => 200,
             n => n.min(2_000) as usize,
         };
-        let jobs = self.lifecycle.jobs(limit)?.into_iter().map(convert::lifecycle_job).collect();
-        let s = self.lifecycle.stats()?;
+        let jobs = self.lifecycle.jobs(limit).await?.into_iter().map(convert::lifecycle_job).collect();
+        let s = self.lifecycle.stats().await?;
         let stats = pb::QueueStats {
             pending: s.pending,
             running: s.running,
@@ -279,7 +279,7 @@ impl Operator for OperatorApi {
         self.auth.operator(&req, Role::Viewer, "watching jobs")?;
         let id = req.into_inner().id;
         let mut changed = self.lifecycle.subscribe();
-        let first = self.lifecycle.job(id)?;
+        let first = self.lifecycle.job(id).await?;
         let (tx, rx) = mpsc::channel(16);
         let lifecycle = self.lifecycle.clone();
         let stop = self.rt.stopping().clone();
@@ -294,7 +294,7 @@ impl Operator for OperatorApi {
                     () = tx.closed() => return,
                     r = changed.changed() => if r.is_err() { return },
                 }
-                let Ok(now) = lifecycle.job(id) else { return };
+                let Ok(now) = lifecycle.job(id).await else { return };
                 if now != last {
                     last = now;
                     if tx.send(Ok(convert::lifecycle_job(last.clone()))).await.is_err() {
@@ -391,7 +391,7 @@ impl Operator for OperatorApi {
             )));
         }
         let month = if r.month.is_empty() { crate::usage::month_of(outpost_common::now_ms()) } else { r.month };
-        let m = self.usage.month(&r.customer, &month)?;
+        let m = self.usage.month(&r.customer, &month).await?;
         Ok(Response::new(super::convert::month_usage(m)))
     }
 
@@ -472,7 +472,7 @@ impl Operator for OperatorApi {
             until_ms: r.until_ms,
             limit: if r.limit == 0 { 100 } else { r.limit as usize },
         };
-        let records = self.audit.query(&q).map_err(super::error::store)?;
+        let records = self.audit.query(&q).await.map_err(super::error::store)?;
         Ok(Response::new(pb::QueryAuditResponse { records: records.into_iter().map(convert::audit_record).collect() }))
     }
 

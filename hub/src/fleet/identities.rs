@@ -71,7 +71,7 @@ pub struct Identities {
 }
 
 impl Identities {
-    pub fn new(
+    pub async fn new(
         fleet: Arc<Fleet>,
         store: Arc<dyn IdentityStore>,
         ca: Arc<FleetCa>,
@@ -79,7 +79,7 @@ impl Identities {
         agent_cert_ttl: Duration,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Identities, StoreError> {
-        let revoked = RwLock::new(store.revoked_serials()?.into_iter().collect());
+        let revoked = RwLock::new(store.revoked_serials().await?.into_iter().collect());
         Ok(Identities { fleet, store, ca, advertise, agent_cert_ttl, revoked, metrics })
     }
 
@@ -100,7 +100,7 @@ impl Identities {
         }
         host.validate()?;
         let hash = JoinToken::hash_secret(secret);
-        let token = match self.store.token(&hash)? {
+        let token = match self.store.token(&hash).await? {
             TokenState::Live(t) => t,
             TokenState::Burned(b) => {
                 return Err(HubError::TokenUsed {
@@ -166,7 +166,7 @@ impl Identities {
             Ok(()) => {}
             // Lost a race for the token: say who won, as for any used token.
             Err(StoreError::Conflict(why)) => {
-                return Err(match self.store.token(&hash)? {
+                return Err(match self.store.token(&hash).await? {
                     TokenState::Burned(b) => {
                         HubError::TokenUsed { at: rfc3339_ms(b.burned_ms), agent_id: b.agent_id, server: b.server }
                     }

@@ -65,7 +65,7 @@ const WATCH_BUFFER: usize = 16 * 1024;
 impl Registry {
     pub fn new(
         records: Vec<ServerRecord>,
-        latest: impl Fn(&str) -> (Option<Health>, Option<AppsState>),
+        mut latest: impl FnMut(&str) -> (Option<Health>, Option<AppsState>),
         grace: Duration,
     ) -> Registry {
         let now = now_ms();

@@ -62,7 +62,7 @@ impl Reports {
             // Already stored: idempotent. The same seq with other content is a broken or hostile agent; the
             // first one stays.
             if let Body::Health(health) = &report.body
-                && let Ok(Some(stored)) = self.store.report(server, report.seq)
+                && let Ok(Some(stored)) = self.store.report(server, report.seq).await
                 && HistoryPoint::decode(stored.as_ref()).ok().and_then(|p| p.health).as_ref() != Some(health)
                 && let Some(repeated) = log_limit.allow("duplicate seq, other content", server)
             {
@@ -124,9 +124,10 @@ impl Reports {
     }
 
     /// The last `n` history points of a server, oldest first.
-    pub fn history(&self, server: &str, n: usize) -> Result<Vec<HistoryPoint>, HubError> {
+    pub async fn history(&self, server: &str, n: usize) -> Result<Vec<HistoryPoint>, HubError> {
         self.store
-            .history(server, n)?
+            .history(server, n)
+            .await?
             .iter()
             .map(|v| {
                 HistoryPoint::decode(v.as_ref())
@@ -136,14 +137,15 @@ impl Reports {
     }
 
     /// The newest health and apps state of `server` in the store (to fill the registry at start).
-    pub fn latest(store: &dyn ReportStore, server: &str) -> (Option<Health>, Option<AppsState>) {
+    pub async fn latest(store: &dyn ReportStore, server: &str) -> (Option<Health>, Option<AppsState>) {
         let health = store
             .history(server, 1)
+            .await
             .ok()
             .and_then(|v| v.into_iter().next())
             .and_then(|v| HistoryPoint::decode(v.as_ref()).ok())
             .and_then(|p| p.health);
-        let apps = store.apps(server).ok().flatten().and_then(|v| AppsState::decode(v.as_ref()).ok());
+        let apps = store.apps(server).await.ok().flatten().and_then(|v| AppsState::decode(v.as_ref()).ok());
         (health, apps)
     }
 }

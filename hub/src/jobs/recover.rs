@@ -28,10 +28,10 @@ const RECONNECT_WAIT: Duration = Duration::from_secs(60);
 impl Jobs {
     /// Resumes what the last run of the hub left: pending commands and the remaining batches of fan-outs.
     /// Returns how many commands were pending.
-    pub fn recover(self: &Arc<Self>) -> Result<usize, StoreError> {
+    pub async fn recover(self: &Arc<Self>) -> Result<usize, StoreError> {
         let mut by_job: BTreeMap<String, Vec<(String, PendingRecord)>> = BTreeMap::new();
         let mut n = 0;
-        for (id, r) in self.store.pending_commands()? {
+        for (id, r) in self.store.pending_commands().await? {
             match r {
                 Ok(r) => {
                     by_job.entry(r.job_id.clone()).or_default().push((id, r));
@@ -42,7 +42,7 @@ impl Jobs {
             }
         }
         let mut plans: BTreeMap<String, PlanRecord> = BTreeMap::new();
-        for (id, p) in self.store.plans()? {
+        for (id, p) in self.store.plans().await? {
             match p {
                 Ok(p) => {
                     by_job.entry(id.clone()).or_default();

@@ -139,7 +139,7 @@ impl JobCtx {
         let now = self.clock.now_ms();
         job.lease_until_ms = now + self.lease_ms;
         job.updated_ms = now;
-        if let Some(stored) = self.store.job(job.id)? {
+        if let Some(stored) = self.store.job(job.id).await? {
             job.cancel_requested |= stored.cancel_requested;
         }
         self.store.update_job(job, &self.owner, None).await?;
@@ -301,7 +301,7 @@ impl Lifecycle {
             return Err(HubError::Invalid("idempotency key: at most 128 printable characters".into()));
         }
         // One scan: a repeated key returns its job (the store decides); otherwise the name must be free.
-        let jobs = self.store.jobs(0)?;
+        let jobs = self.store.jobs(0).await?;
         if !jobs.iter().any(|j| j.idempotency_key == key) {
             if self.fleet.registry().get(&name).is_some() {
                 return Err(HubError::Invalid(format!(
@@ -336,8 +336,8 @@ impl Lifecycle {
         self.submit(job, by).await
     }
 
-    fn open_job_for(&self, target: &str) -> Result<Option<QueuedJob>, HubError> {
-        Ok(self.store.jobs(0)?.into_iter().find(|j| j.target == target && !j.state.is_final()))
+    async fn open_job_for(&self, target: &str) -> Result<Option<QueuedJob>, HubError> {
+        Ok(self.store.jobs(0).await?.into_iter().find(|j| j.target == target && !j.state.is_final()))
     }
 
     async fn submit(&self, job: QueuedJob, by: &str) -> Result<(QueuedJob, bool), HubError> {
@@ -365,12 +365,12 @@ impl Lifecycle {
         Ok((job, new))
     }
 
-    pub fn job(&self, id: u64) -> Result<QueuedJob, HubError> {
-        self.store.job(id)?.ok_or_else(|| HubError::NotFound(format!("no job {id}")))
+    pub async fn job(&self, id: u64) -> Result<QueuedJob, HubError> {
+        self.store.job(id).await?.ok_or_else(|| HubError::NotFound(format!("no job {id}")))
     }
 
-    pub fn jobs(&self, limit: usize) -> Result<Vec<QueuedJob>, HubError> {
-        Ok(self.store.jobs(limit)?)
+    pub async fn jobs(&self, limit: usize) -> Result<Vec<QueuedJob>, HubError> {
+        Ok(self.store.jobs(limit).await?)
     }
 
     pub async fn cancel(&self, id: u64, by: &str) -> Result<QueuedJob, HubError> {
@@ -388,10 +388,10 @@ impl Lifecycle {
         Ok(job)
     }
 
-    pub fn stats(&self) -> Result<QueueStats, HubError> {
+    pub async fn stats(&self) -> Result<QueueStats, HubError> {
         let hour_ago = self.clock.now_ms() - 3_600_000;
         let mut s = QueueStats::default();
-        for j in self.store.jobs(0)? {
+        for j in self.store.jobs(0).await? {
             match j.state {
                 JobState::Pending => s.pending += 1,
                 JobState::Running => s.running += 1,

@@ -361,9 +361,10 @@ impl Provisioner {
         let selector = format!("{}={}", MANAGED.0, MANAGED.1);
         let servers = self.cloud.servers(&selector).await.map_err(|e| e.to_string())?;
         let records: std::collections::BTreeSet<String> =
-            store.servers().map_err(|e| e.to_string())?.into_iter().map(|s| s.name).collect();
+            store.servers().await.map_err(|e| e.to_string())?.into_iter().map(|s| s.name).collect();
         let open: std::collections::BTreeSet<String> = store
             .jobs(0)
+            .await
             .map_err(|e| e.to_string())?
             .into_iter()
             .filter(|j| !j.state.is_final())

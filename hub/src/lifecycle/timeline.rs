@@ -57,7 +57,7 @@ impl Lifecycle {
         }
         let mut jobs = Vec::new();
         for s in live {
-            if let Some(j) = self.open_job_for(&s.name)? {
+            if let Some(j) = self.open_job_for(&s.name).await? {
                 return Err(HubError::Invalid(format!(
                     "job {} ({}) for {} is still {}; wait for it or cancel it",
                     j.id,
@@ -92,7 +92,7 @@ impl Lifecycle {
         }
         let mut jobs = Vec::new();
         for s in &suspended {
-            if let Some(j) = self.open_job_for(&s.name)?
+            if let Some(j) = self.open_job_for(&s.name).await?
                 && !matches!(j.kind, JobKind::Archive | JobKind::Delete)
             {
                 return Err(HubError::Invalid(format!(
@@ -341,7 +341,7 @@ impl Lifecycle {
         // The scheduled step that would run next is called off first.
         ctx.step("cancel-schedule", || async {
             let mut called_off = Vec::new();
-            for j in self.store.jobs(0)? {
+            for j in self.store.jobs(0).await? {
                 if j.target == name && matches!(j.kind, JobKind::Archive | JobKind::Delete) && !j.state.is_final() {
                     if j.state == JobState::Running {
                         return Err(JobError::Retry(format!(
@@ -365,7 +365,7 @@ impl Lifecycle {
             // Before the archive: the server and its agent are still there.
             ctx.step("start-apps", || async {
                 let mut started = Vec::new();
-                for (app, replicas) in &self.stopped_replicas(&name)? {
+                for (app, replicas) in &self.stopped_replicas(&name).await? {
                     let ran = self.run_action(&name, "app-scale", &[("app", app), ("replicas", replicas)]).await?;
                     if ran.outcome != Outcome::Succeeded {
                         return Err(JobError::Retry(format!("starting {app}: {}", ran.message)));
@@ -406,8 +406,11 @@ impl Lifecycle {
                 }
                 let id: u64 = ctx.fact("provision_job").await.and_then(|v| v.parse().ok()).unwrap_or_default();
                 loop {
-                    let p =
-                        self.store.job(id)?.ok_or_else(|| JobError::Fail(format!("provision job {id} vanished")))?;
+                    let p = self
+                        .store
+                        .job(id)
+                        .await?
+                        .ok_or_else(|| JobError::Fail(format!("provision job {id} vanished")))?;
                     match p.state {
                         JobState::Succeeded => return Ok(format!("new server {name} online (provision job {id})")),
                         JobState::Failed | JobState::Cancelled => {
@@ -431,7 +434,7 @@ impl Lifecycle {
                 }
                 let doc: serde_json::Value =
                     serde_json::from_slice(&bytes).map_err(|e| JobError::Fail(format!("{archive}: {e}")))?;
-                let replicas = self.stopped_replicas(&name)?;
+                let replicas = self.stopped_replicas(&name).await?;
                 let mut restored = Vec::new();
                 for app in doc["apps"].as_array().cloned().unwrap_or_default() {
                     let (Some(app_name), Some(spec)) = (app["name"].as_str(), app["spec"].as_str()) else { continue };
@@ -479,10 +482,11 @@ fn with_replicas(spec: &str, replicas: &str) -> Result<String, String> {
 
 impl Lifecycle {
     /// The replicas each app had before the newest deprovision of `server` stopped it.
-    fn stopped_replicas(&self, server: &str) -> Result<BTreeMap<String, String>, JobError> {
+    async fn stopped_replicas(&self, server: &str) -> Result<BTreeMap<String, String>, JobError> {
         let facts = self
             .store
-            .jobs(0)?
+            .jobs(0)
+            .await?
             .into_iter()
             .find(|j| j.target == server && j.kind == JobKind::Deprovision && j.state == JobState::Succeeded)
             .map(|j| j.facts)

@@ -42,8 +42,8 @@ pub struct Operators {
 }
 
 impl Operators {
-    pub fn load(store: Arc<dyn OperatorStore>) -> Result<Operators, StoreError> {
-        let revoked = store.operator_revocations()?.into_iter().collect();
+    pub async fn load(store: Arc<dyn OperatorStore>) -> Result<Operators, StoreError> {
+        let revoked = store.operator_revocations().await?.into_iter().collect();
         Ok(Operators { store, revoked: Mutex::new(revoked), seen: Mutex::default(), sessions: Mutex::default() })
     }
 

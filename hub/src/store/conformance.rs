@@ -84,44 +84,44 @@ pub async fn run(backend: &mut dyn Backend) {
     store.put_alert("alertname=disk_full", Some(&firing)).await.unwrap();
     store.put_alert("alertname=gone", Some(&firing)).await.unwrap();
     store.put_alert("alertname=gone", None).await.unwrap();
-    assert_eq!(store.silences().unwrap(), [("s1".to_string(), silence.clone())]);
+    assert_eq!(store.silences().await.unwrap(), [("s1".to_string(), silence.clone())]);
     backend.close(store).await;
 
     // Everything reads back after a reopen, and audit ids go on from where they were.
     let store = backend.open().await;
-    let names: BTreeSet<String> = store.servers().unwrap().into_iter().map(|s| s.name).collect();
+    let names: BTreeSet<String> = store.servers().await.unwrap().into_iter().map(|s| s.name).collect();
     assert!(names.is_superset(&["a", "b", "r"].map(String::from).into()), "{names:?}");
-    let r = store.servers().unwrap().into_iter().find(|s| s.name == "r").unwrap();
+    let r = store.servers().await.unwrap().into_iter().find(|s| s.name == "r").unwrap();
     assert_eq!(r.last_seq, 102, "the high-water mark survives a reopen");
-    assert_eq!(store.apps("r").unwrap(), Some(vec![3]));
-    assert_eq!(store.history("r", 1).unwrap(), vec![vec![100u8]]);
-    assert!(store.revoked_serials().unwrap().contains(&"s1".to_string()));
+    assert_eq!(store.apps("r").await.unwrap(), Some(vec![3]));
+    assert_eq!(store.history("r", 1).await.unwrap(), vec![vec![100u8]]);
+    assert!(store.revoked_serials().await.unwrap().contains(&"s1".to_string()));
     assert_eq!(
-        store.operator_revocations().unwrap(),
+        store.operator_revocations().await.unwrap(),
         vec![("eve".into(), OperatorRevocation { revoked_ms: 5, by: "ann".into() })]
     );
     // Jobs read back, and ids go on.
-    assert_eq!(store.job(last_job).unwrap().unwrap().state, JobState::Cancelled);
-    assert_eq!(store.silences().unwrap().len(), 1, "silences survive a reopen");
-    let firing = store.firing_alerts().unwrap();
+    assert_eq!(store.job(last_job).await.unwrap().unwrap().state, JobState::Cancelled);
+    assert_eq!(store.silences().await.unwrap().len(), 1, "silences survive a reopen");
+    let firing = store.firing_alerts().await.unwrap();
     assert_eq!(firing.len(), 1, "firing alerts survive a reopen; resolved ones are forgotten");
     assert_eq!((firing[0].0.as_str(), firing[0].1.acked_by.as_str()), ("alertname=disk_full", "ann"));
-    assert_eq!(store.usage_cursor("u1").unwrap().map(|c| c.seq), Some(7), "usage survives a reopen");
-    assert_eq!(store.usage_between(Resolution::Day, 0, i64::MAX, None).unwrap().len(), 2);
+    assert_eq!(store.usage_cursor("u1").await.unwrap().map(|c| c.seq), Some(7), "usage survives a reopen");
+    assert_eq!(store.usage_between(Resolution::Day, 0, i64::MAX, None).await.unwrap().len(), 2);
     let next_job = match store.submit_job(job("after-reopen", 1, 0), AuditEntry::default()).await.unwrap() {
         Submitted::New(j) => j.id,
         other => panic!("{other:?}"),
     };
     assert_eq!(next_job, last_job + 1, "job ids continue after a reopen");
     assert_eq!(store.claim_job("w", i64::MAX / 2, 10).await.unwrap().map(|j| j.id), Some(next_job));
-    let before = store.query_audit(&AuditQuery { limit: 1, ..Default::default() }).unwrap()[0].id;
+    let before = store.query_audit(&AuditQuery { limit: 1, ..Default::default() }).await.unwrap()[0].id;
     let next = store.append_audit(AuditEntry::default()).await.unwrap();
     assert_eq!(next, before + 1, "audit ids continue after a reopen");
-    assert!(store.pending_commands().unwrap().is_empty() && store.plans().unwrap().is_empty());
+    assert!(store.pending_commands().await.unwrap().is_empty() && store.plans().await.unwrap().is_empty());
     // Retention removes old records but always keeps the newest (ids are never reused).
     let trimmed = store.trim_audit(i64::MAX).await.unwrap();
     assert!(trimmed > 0);
-    let left = store.query_audit(&AuditQuery { limit: 10, ..Default::default() }).unwrap();
+    let left = store.query_audit(&AuditQuery { limit: 10, ..Default::default() }).await.unwrap();
     assert_eq!(left.iter().map(|e| e.id).collect::<Vec<_>>(), [next]);
     assert_eq!(store.trim_audit(i64::MAX).await.unwrap(), 0);
     backend.close(store).await;
@@ -140,7 +140,7 @@ async fn servers_are_replaced_whole(store: &dyn HubStore) {
     a.labels.insert("tier".into(), "gold".into());
     a.customer = String::new();
     store.put_server(&a).await.unwrap();
-    let got = store.servers().unwrap().into_iter().find(|s| s.name == "a").unwrap();
+    let got = store.servers().await.unwrap().into_iter().find(|s| s.name == "a").unwrap();
     assert_eq!(got, a);
 }
 
@@ -149,9 +149,9 @@ async fn one_outstanding_token_per_server_and_single_use(store: Arc<dyn HubStore
     assert_eq!(store.issue_token("h1", &token("b"), &b).await.unwrap(), 0);
     assert_eq!(store.issue_token("other", &token("a"), &server("a")).await.unwrap(), 0);
     assert_eq!(store.issue_token("h2", &token("b"), &b).await.unwrap(), 1, "the older token of b goes");
-    assert_eq!(store.token("h1").unwrap(), TokenState::Unknown);
-    assert_eq!(store.token("h2").unwrap(), TokenState::Live(token("b")));
-    assert_eq!(store.token("other").unwrap(), TokenState::Live(token("a")), "another server's token stays");
+    assert_eq!(store.token("h1").await.unwrap(), TokenState::Unknown);
+    assert_eq!(store.token("h2").await.unwrap(), TokenState::Live(token("b")));
+    assert_eq!(store.token("other").await.unwrap(), TokenState::Live(token("a")), "another server's token stays");
 
     // Ten enrollments race for one token: exactly one wins, the others change nothing.
     let racers: Vec<_> = (0..10)
@@ -176,14 +176,14 @@ async fn one_outstanding_token_per_server_and_single_use(store: Arc<dyn HubStore
     }
     assert_eq!(winners.len(), 1, "{winners:?}");
     let winner = format!("agent-{}", winners[0]);
-    match store.token("h2").unwrap() {
+    match store.token("h2").await.unwrap() {
         TokenState::Burned(b) => assert_eq!(b.agent_id, winner),
         other => panic!("{other:?}"),
     }
-    let b = store.servers().unwrap().into_iter().find(|s| s.name == "b").unwrap();
+    let b = store.servers().await.unwrap().into_iter().find(|s| s.name == "b").unwrap();
     assert_eq!(b.agent_id, winner, "the server record is the winner's");
     let takeovers =
-        store.query_audit(&AuditQuery { action: "takeover".into(), limit: 100, ..Default::default() }).unwrap();
+        store.query_audit(&AuditQuery { action: "takeover".into(), limit: 100, ..Default::default() }).await.unwrap();
     assert_eq!(takeovers.len(), 1, "only the winning enrollment is audited");
     assert_eq!(takeovers[0].message, format!("by {}", winners[0]));
     let burned = BurnedToken { server: "b".into(), burned_ms: 4, agent_id: "late".into() };
@@ -197,31 +197,31 @@ async fn reports_are_bounded_and_carry_the_high_water_mark(store: &dyn HubStore)
         r.last_seq = seq;
         store.record_report(&r, seq, vec![seq as u8], keep).await.unwrap();
     }
-    let history = store.history("r", 1000).unwrap();
+    let history = store.history("r", 1000).await.unwrap();
     assert!((keep as usize..=keep as usize + 64).contains(&history.len()), "{} points kept", history.len());
     let seqs: Vec<u8> = history.iter().map(|p| p[0]).collect();
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1) && *seqs.last().unwrap() == 100, "{seqs:?}");
-    assert_eq!(store.history("r", 3).unwrap(), vec![vec![98], vec![99], vec![100]]);
-    assert_eq!(store.history("r", 0).unwrap(), Vec::<Vec<u8>>::new());
-    assert_eq!(store.report("r", 100).unwrap(), Some(vec![100]));
-    assert_eq!(store.report("r", 1).unwrap(), None, "trimmed");
+    assert_eq!(store.history("r", 3).await.unwrap(), vec![vec![98], vec![99], vec![100]]);
+    assert_eq!(store.history("r", 0).await.unwrap(), Vec::<Vec<u8>>::new());
+    assert_eq!(store.report("r", 100).await.unwrap(), Some(vec![100]));
+    assert_eq!(store.report("r", 1).await.unwrap(), None, "trimmed");
     // A server whose name is a prefix of another's does not see its reports.
-    assert!(store.history("", 10).unwrap().is_empty());
+    assert!(store.history("", 10).await.unwrap().is_empty());
     let mut rr = server("rr");
     rr.last_seq = 1;
     store.record_report(&rr, 1, vec![42], keep).await.unwrap();
-    assert_eq!(store.history("r", 1).unwrap(), vec![vec![100]]);
-    assert_eq!(store.servers().unwrap().into_iter().find(|s| s.name == "r").unwrap().last_seq, 100);
+    assert_eq!(store.history("r", 1).await.unwrap(), vec![vec![100]]);
+    assert_eq!(store.servers().await.unwrap().into_iter().find(|s| s.name == "r").unwrap().last_seq, 100);
     // An apps state replaces the previous one and moves the high-water mark with it.
-    assert_eq!(store.apps("r").unwrap(), None);
+    assert_eq!(store.apps("r").await.unwrap(), None);
     r.last_seq = 101;
     store.record_apps(&r, 101, vec![1, 2]).await.unwrap();
     r.last_seq = 102;
     store.record_apps(&r, 102, vec![3]).await.unwrap();
-    assert_eq!(store.apps("r").unwrap(), Some(vec![3]));
-    assert_eq!(store.apps("rr").unwrap(), None);
-    assert_eq!(store.servers().unwrap().into_iter().find(|s| s.name == "r").unwrap().last_seq, 102);
-    assert_eq!(store.history("r", 1).unwrap(), vec![vec![100]], "history holds health only");
+    assert_eq!(store.apps("r").await.unwrap(), Some(vec![3]));
+    assert_eq!(store.apps("rr").await.unwrap(), None);
+    assert_eq!(store.servers().await.unwrap().into_iter().find(|s| s.name == "r").unwrap().last_seq, 102);
+    assert_eq!(store.history("r", 1).await.unwrap(), vec![vec![100]], "history holds health only");
 }
 
 async fn audit_ids_grow_are_unique_and_queries_filter(store: Arc<dyn HubStore>) {
@@ -243,22 +243,22 @@ async fn audit_ids_grow_are_unique_and_queries_filter(store: Arc<dyn HubStore>) 
     for a in appends {
         assert!(ids.insert(a.await.unwrap()), "audit ids are unique");
     }
-    let q = |f: fn(&mut AuditQuery)| {
+    let q = async |f: fn(&mut AuditQuery)| {
         let mut q = AuditQuery { limit: 1000, ..Default::default() };
         f(&mut q);
-        store.query_audit(&q).unwrap()
+        store.query_audit(&q).await.unwrap()
     };
-    let all = q(|q| q.action = "exec".into());
+    let all = q(|q| q.action = "exec".into()).await;
     assert_eq!(all.len(), 50);
     assert!(all.windows(2).all(|w| w[0].id > w[1].id && w[0].at_ms >= w[1].at_ms), "newest first");
     assert!(all.iter().all(|e| e.at_ms > 0), "the store gives the time");
-    assert_eq!(q(|q| q.operator = "bob".into()).len(), 25);
-    assert_eq!(q(|q| q.server = "s7".into()).len(), 1);
-    assert_eq!(q(|q| q.limit = 3).len(), 3);
-    assert!(q(|q| q.since_ms = i64::MAX).is_empty());
+    assert_eq!(q(|q| q.operator = "bob".into()).await.len(), 25);
+    assert_eq!(q(|q| q.server = "s7".into()).await.len(), 1);
+    assert_eq!(q(|q| q.limit = 3).await.len(), 3);
+    assert!(q(|q| q.since_ms = i64::MAX).await.is_empty());
     let e = AuditEntry { outcome: Outcome::TimedOut, kind: Kind::Result, message: "m".into(), ..Default::default() };
     let id = store.append_audit(e.clone()).await.unwrap();
-    let got = &q(|q| q.limit = 1)[0];
+    let got = &q(|q| q.limit = 1).await[0];
     assert_eq!((got.id, got.kind, got.outcome, got.message.as_str()), (id, Kind::Result, Outcome::TimedOut, "m"));
 }
 
@@ -266,16 +266,16 @@ async fn commands_and_plans_end_with_their_audit_record(store: &dyn HubStore) {
     let batch = vec![("c1".to_string(), pending("a", "j1")), ("c2".to_string(), pending("b", "j1"))];
     store.dispatch_batch("j1", &batch, PlanUpdate::Remaining(plan(&["c", "d"]))).await.unwrap();
     let mut got: Vec<(String, PendingRecord)> =
-        store.pending_commands().unwrap().into_iter().map(|(id, r)| (id, r.unwrap())).collect();
+        store.pending_commands().await.unwrap().into_iter().map(|(id, r)| (id, r.unwrap())).collect();
     got.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(got, batch);
-    assert_eq!(store.plans().unwrap(), vec![("j1".to_string(), Ok(plan(&["c", "d"])))]);
+    assert_eq!(store.plans().await.unwrap(), vec![("j1".to_string(), Ok(plan(&["c", "d"])))]);
 
     let result =
         AuditEntry { kind: Kind::Result, command_id: "c1".into(), outcome: Outcome::Succeeded, ..Default::default() };
     let id = store.finish_command("c1", result).await.unwrap();
-    assert_eq!(store.pending_commands().unwrap().len(), 1, "c1's pending record went with its result");
-    let audited = store.query_audit(&AuditQuery { limit: 1, ..Default::default() }).unwrap();
+    assert_eq!(store.pending_commands().await.unwrap().len(), 1, "c1's pending record went with its result");
+    let audited = store.query_audit(&AuditQuery { limit: 1, ..Default::default() }).await.unwrap();
     assert_eq!((audited[0].id, audited[0].outcome), (id, Outcome::Succeeded));
 
     // The next batch replaces the plan; the last batch removes it.
@@ -283,20 +283,20 @@ async fn commands_and_plans_end_with_their_audit_record(store: &dyn HubStore) {
         .dispatch_batch("j1", &[("c3".into(), pending("c", "j1"))], PlanUpdate::Remaining(plan(&["d"])))
         .await
         .unwrap();
-    assert_eq!(store.plans().unwrap(), vec![("j1".to_string(), Ok(plan(&["d"])))]);
+    assert_eq!(store.plans().await.unwrap(), vec![("j1".to_string(), Ok(plan(&["d"])))]);
     store.dispatch_batch("j1", &[("c4".into(), pending("d", "j1"))], PlanUpdate::Done).await.unwrap();
-    assert!(store.plans().unwrap().is_empty());
+    assert!(store.plans().await.unwrap().is_empty());
     for c in ["c2", "c3", "c4"] {
         store.finish_command(c, AuditEntry::default()).await.unwrap();
     }
-    assert!(store.pending_commands().unwrap().is_empty());
+    assert!(store.pending_commands().await.unwrap().is_empty());
 
     // A job that stops early: its skipped targets are audited and its plan goes, in one write.
     store.dispatch_batch("j2", &[], PlanUpdate::Remaining(plan(&["e"]))).await.unwrap();
     let skipped = AuditEntry { outcome: Outcome::Skipped, job_id: "j2".into(), ..Default::default() };
     let id = store.finish_job("j2", skipped).await.unwrap();
-    assert!(store.plans().unwrap().is_empty());
-    let audited = store.query_audit(&AuditQuery { limit: 1, ..Default::default() }).unwrap();
+    assert!(store.plans().await.unwrap().is_empty());
+    let audited = store.query_audit(&AuditQuery { limit: 1, ..Default::default() }).await.unwrap();
     assert_eq!((audited[0].id, audited[0].outcome), (id, Outcome::Skipped));
 }
 
@@ -305,10 +305,10 @@ async fn revocations_are_kept(store: &dyn HubStore) {
     a.revoked_ms = 9;
     let by = Revoked { server: "a".into(), revoked_ms: 9, by: "ann".into() };
     store.revoke_identity(&a, &["s1".into(), "s0".into()], &by).await.unwrap();
-    let mut serials = store.revoked_serials().unwrap();
+    let mut serials = store.revoked_serials().await.unwrap();
     serials.sort();
     assert_eq!(serials, ["s0", "s1"]);
-    assert_eq!(store.servers().unwrap().into_iter().find(|s| s.name == "a").unwrap().revoked_ms, 9);
+    assert_eq!(store.servers().await.unwrap().into_iter().find(|s| s.name == "a").unwrap().revoked_ms, 9);
     store.revoke_operator("eve", &OperatorRevocation { revoked_ms: 5, by: "ann".into() }).await.unwrap();
 }
 
@@ -369,14 +369,14 @@ async fn the_queue_claims_once_in_order_and_checks_leases(store: Arc<dyn HubStor
     assert_eq!(order, [team, pro_old, pro_new, starter], "priority, then age; `later` waits");
 
     // A held job is updated only by its holder.
-    let mut held = store.job(team).unwrap().unwrap();
+    let mut held = store.job(team).await.unwrap().unwrap();
     held.facts.insert("cloud_id".into(), "42".into());
     match store.update_job(&held, "w2", None).await {
         Err(StoreError::Conflict(m)) => assert!(m.contains("no longer held"), "{m}"),
         other => panic!("another worker's update went through: {other:?}"),
     }
     store.update_job(&held, "w1", Some(AuditEntry { action: "step".into(), ..Default::default() })).await.unwrap();
-    assert_eq!(store.job(team).unwrap().unwrap().facts["cloud_id"], "42");
+    assert_eq!(store.job(team).await.unwrap().unwrap().facts["cloud_id"], "42");
 
     // The lease runs out: another worker takes the job up (a new attempt), and the old holder is refused.
     assert!(store.claim_job("w2", NOW + 900, 10_000).await.unwrap().is_none(), "leases still run");
@@ -411,13 +411,13 @@ async fn the_queue_claims_once_in_order_and_checks_leases(store: Arc<dyn HubStor
     // one ends at once. Final jobs are never claimed again.
     let running = store.cancel_job(race, AuditEntry::default()).await.unwrap().unwrap();
     assert!(running.cancel_requested && running.state == JobState::Running);
-    let mut stale = store.job(race).unwrap().unwrap();
+    let mut stale = store.job(race).await.unwrap().unwrap();
     stale.cancel_requested = false;
     let holder = stale.lease_owner.clone();
     store.update_job(&stale, &holder, None).await.unwrap();
-    assert!(store.job(race).unwrap().unwrap().cancel_requested, "a cancel is not lost to a concurrent update");
+    assert!(store.job(race).await.unwrap().unwrap().cancel_requested, "a cancel is not lost to a concurrent update");
     for id in [later, team, pro_old, pro_new, starter, race] {
-        let mut j = store.job(id).unwrap().unwrap();
+        let mut j = store.job(id).await.unwrap().unwrap();
         j.state = JobState::Succeeded;
         let owner = j.lease_owner.clone();
         store.update_job(&j, &owner, None).await.unwrap();
@@ -427,13 +427,13 @@ async fn the_queue_claims_once_in_order_and_checks_leases(store: Arc<dyn HubStor
     assert_eq!(cancelled.state, JobState::Cancelled);
     assert!(store.claim_job("w3", i64::MAX / 2, 10).await.unwrap().is_none(), "nothing open is left");
     assert!(store.cancel_job(9_999_999, AuditEntry::default()).await.unwrap().is_none());
-    let listed: Vec<u64> = store.jobs(2).unwrap().iter().map(|j| j.id).collect();
+    let listed: Vec<u64> = store.jobs(2).await.unwrap().iter().map(|j| j.id).collect();
     assert_eq!(listed, [pending, race], "newest first, limited");
     // Retention: final jobs that ended before the cutoff go, with their keys (the key can be used again).
     assert_eq!(store.trim_jobs(0).await.unwrap(), 0, "nothing ended before 0");
-    let before = store.jobs(0).unwrap().len();
+    let before = store.jobs(0).await.unwrap().len();
     assert_eq!(store.trim_jobs(i64::MAX).await.unwrap(), before, "every job here is final");
-    assert!(store.job(starter).unwrap().is_none());
+    assert!(store.job(starter).await.unwrap().is_none());
     let again = submit(&*store, QueuedJob { not_before_ms: i64::MAX, ..job("starter", 1, 1) }).await;
     assert!(again > pending, "ids are not reused after retention");
     assert_eq!(store.cancel_job(again, AuditEntry::default()).await.unwrap().unwrap().state, JobState::Cancelled);
@@ -473,25 +473,32 @@ async fn usage_buckets_and_their_cursor_are_written_together(store: &dyn HubStor
         )
         .await
         .unwrap();
-    assert_eq!(store.usage_cursor("u1").unwrap(), Some(cursor));
-    assert_eq!(store.usage_cursor("nobody").unwrap(), None);
-    let high_water = store.servers().unwrap().into_iter().find(|s| s.name == "u1").unwrap().last_seq;
+    assert_eq!(store.usage_cursor("u1").await.unwrap(), Some(cursor));
+    assert_eq!(store.usage_cursor("nobody").await.unwrap(), None);
+    let high_water = store.servers().await.unwrap().into_iter().find(|s| s.name == "u1").unwrap().last_seq;
     assert_eq!(high_water, 7, "the server record with the high-water mark is written too");
-    assert_eq!(store.usage_bucket(Resolution::Hour, 10 * D + H, "acme", "u1").unwrap(), Some(bucket("acme", 2.0)));
-    assert_eq!(store.usage_bucket(Resolution::Hour, 10 * D + H, "zeta", "u1").unwrap(), None, "keyed by customer");
+    assert_eq!(
+        store.usage_bucket(Resolution::Hour, 10 * D + H, "acme", "u1").await.unwrap(),
+        Some(bucket("acme", 2.0))
+    );
+    assert_eq!(
+        store.usage_bucket(Resolution::Hour, 10 * D + H, "zeta", "u1").await.unwrap(),
+        None,
+        "keyed by customer"
+    );
     // Ranges: by resolution, by start in [from, to), by customer, oldest first.
-    let hours = store.usage_between(Resolution::Hour, 0, i64::MAX, None).unwrap();
+    let hours = store.usage_between(Resolution::Hour, 0, i64::MAX, None).await.unwrap();
     assert_eq!(
         hours.iter().map(|(t, s, _)| (*t, s.as_str())).collect::<Vec<_>>(),
         [(10 * D, "u1"), (10 * D + H, "u1")]
     );
-    assert_eq!(store.usage_between(Resolution::Hour, 10 * D + 1, 11 * D, None).unwrap().len(), 1);
-    let days = store.usage_between(Resolution::Day, 0, i64::MAX, Some("zeta")).unwrap();
+    assert_eq!(store.usage_between(Resolution::Hour, 10 * D + 1, 11 * D, None).await.unwrap().len(), 1);
+    let days = store.usage_between(Resolution::Day, 0, i64::MAX, Some("zeta")).await.unwrap();
     assert_eq!(days.len(), 1);
     assert_eq!((days[0].0, days[0].1.as_str(), days[0].2.scopes[0].cpu_seconds), (11 * D, "u2", 9.0));
-    assert_eq!(store.usage_between(Resolution::Day, 0, i64::MAX, Some("acm")).unwrap().len(), 0, "whole names");
+    assert_eq!(store.usage_between(Resolution::Day, 0, i64::MAX, Some("acm")).await.unwrap().len(), 0, "whole names");
     // Retention per resolution.
     assert_eq!(store.trim_usage(Resolution::Hour, 10 * D + H).await.unwrap(), 1);
-    assert_eq!(store.usage_between(Resolution::Hour, 0, i64::MAX, None).unwrap().len(), 1);
-    assert_eq!(store.usage_between(Resolution::Day, 0, i64::MAX, None).unwrap().len(), 2, "days untouched");
+    assert_eq!(store.usage_between(Resolution::Hour, 0, i64::MAX, None).await.unwrap().len(), 1);
+    assert_eq!(store.usage_between(Resolution::Day, 0, i64::MAX, None).await.unwrap().len(), 2, "days untouched");
 }

@@ -50,7 +50,7 @@ pub enum TokenState {
 /// Servers: their records (identity, facts, counters).
 #[async_trait]
 pub trait Servers: Send + Sync {
-    fn servers(&self) -> Result<Vec<ServerRecord>>;
+    async fn servers(&self) -> Result<Vec<ServerRecord>>;
     /// Replaces (or creates) a record.
     async fn put_server(&self, record: &ServerRecord) -> Result<()>;
     /// Removes a server that never came to be (a failed provision): its record, its unused tokens, its
@@ -61,7 +61,7 @@ pub trait Servers: Send + Sync {
 /// Join tokens and enrollment.
 #[async_trait]
 pub trait Tokens: Send + Sync {
-    fn token(&self, hash: &str) -> Result<TokenState>;
+    async fn token(&self, hash: &str) -> Result<TokenState>;
     /// Stores a new token for `server` and the server's record; every older unused token of that server is
     /// deleted in the same write (one outstanding token per server). Returns how many were deleted.
     async fn issue_token(&self, hash: &str, token: &TokenRecord, server: &ServerRecord) -> Result<usize>;
@@ -82,7 +82,7 @@ pub trait Tokens: Send + Sync {
 /// Revoked certificate serials.
 #[async_trait]
 pub trait Revocations: Send + Sync {
-    fn revoked_serials(&self) -> Result<Vec<String>>;
+    async fn revoked_serials(&self) -> Result<Vec<String>>;
     /// Marks `serials` revoked and stores the revoked server's record, in one write.
     async fn revoke_identity(&self, server: &ServerRecord, serials: &[String], by: &Revoked) -> Result<()>;
 }
@@ -95,14 +95,14 @@ pub trait Reports: Send + Sync {
     /// per server stays bounded: at least the newest `keep` points are kept, and at most `keep + 64`.
     async fn record_report(&self, server: &ServerRecord, seq: u64, point: Vec<u8>, keep: u32) -> Result<()>;
     /// The stored report `seq` of `server`.
-    fn report(&self, server: &str, seq: u64) -> Result<Option<Vec<u8>>>;
+    async fn report(&self, server: &str, seq: u64) -> Result<Option<Vec<u8>>>;
     /// The newest `n` reports of `server`, oldest first.
-    fn history(&self, server: &str, n: usize) -> Result<Vec<Vec<u8>>>;
+    async fn history(&self, server: &str, n: usize) -> Result<Vec<Vec<u8>>>;
     /// Stores report `seq` of `server` when it is an apps state (an encoded `AppsState`: only the latest is
     /// kept) with the server record carrying the new high-water mark, in one write.
     async fn record_apps(&self, server: &ServerRecord, seq: u64, apps: Vec<u8>) -> Result<()>;
     /// The latest apps state of `server`.
-    fn apps(&self, server: &str) -> Result<Option<Vec<u8>>>;
+    async fn apps(&self, server: &str) -> Result<Option<Vec<u8>>>;
 }
 
 /// The append-only audit log.
@@ -112,7 +112,7 @@ pub trait AuditLog: Send + Sync {
     /// never reused, across restarts and retention.
     async fn append_audit(&self, entry: AuditEntry) -> Result<u64>;
     /// Newest first.
-    fn query_audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>>;
+    async fn query_audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>>;
     /// Deletes records before `cutoff_ms`, always keeping the newest. Returns how many went.
     async fn trim_audit(&self, cutoff_ms: i64) -> Result<usize>;
 }
@@ -137,15 +137,15 @@ pub trait Commands: Send + Sync {
     /// Audits the targets a job will not run and drops its plan, in one write. Returns the audit id.
     async fn finish_job(&self, job_id: &str, skipped: AuditEntry) -> Result<u64>;
     /// Every pending command; an unreadable one is an `Err` with why (kept as evidence).
-    fn pending_commands(&self) -> Result<Vec<(String, Result<PendingRecord, String>)>>;
+    async fn pending_commands(&self) -> Result<Vec<(String, Result<PendingRecord, String>)>>;
     /// Every stored plan, by job id.
-    fn plans(&self) -> Result<Vec<(String, Result<PlanRecord, String>)>>;
+    async fn plans(&self) -> Result<Vec<(String, Result<PlanRecord, String>)>>;
 }
 
 /// Revoked operator names.
 #[async_trait]
 pub trait OperatorStore: Send + Sync {
-    fn operator_revocations(&self) -> Result<Vec<(String, OperatorRevocation)>>;
+    async fn operator_revocations(&self) -> Result<Vec<(String, OperatorRevocation)>>;
     async fn revoke_operator(&self, name: &str, revocation: &OperatorRevocation) -> Result<()>;
 }
 
@@ -176,9 +176,9 @@ pub trait Queue: Send + Sync {
     /// Cancels a pending job at once; marks a running one `cancel_requested` (its worker stops at the next
     /// step). Returns the job as it now is, `None` when there is no such job.
     async fn cancel_job(&self, id: u64, audit: AuditEntry) -> Result<Option<QueuedJob>>;
-    fn job(&self, id: u64) -> Result<Option<QueuedJob>>;
+    async fn job(&self, id: u64) -> Result<Option<QueuedJob>>;
     /// Every job, newest first, at most `limit` (0: all).
-    fn jobs(&self, limit: usize) -> Result<Vec<QueuedJob>>;
+    async fn jobs(&self, limit: usize) -> Result<Vec<QueuedJob>>;
     /// Deletes final jobs that finished before `cutoff_ms` (and their idempotency keys). Returns how many.
     async fn trim_jobs(&self, cutoff_ms: i64) -> Result<usize>;
 }
@@ -188,20 +188,25 @@ pub trait Queue: Send + Sync {
 pub trait Silences: Send + Sync {
     /// Stores firing alert `key` (`None`: it resolved, forget it).
     async fn put_alert(&self, key: &str, alert: Option<&AlertRecord>) -> Result<()>;
-    fn firing_alerts(&self) -> Result<Vec<(String, AlertRecord)>>;
+    async fn firing_alerts(&self) -> Result<Vec<(String, AlertRecord)>>;
     /// Stores (or replaces, to expire it early) silence `id`, with its audit record, in one write.
     async fn put_silence(&self, id: &str, silence: &SilenceRecord, audit: AuditEntry) -> Result<()>;
     /// Every silence, expired ones included (callers look at `expires_ms`).
-    fn silences(&self) -> Result<Vec<(String, SilenceRecord)>>;
+    async fn silences(&self) -> Result<Vec<(String, SilenceRecord)>>;
 }
 
 /// Usage rollups: per server a cursor (its counters at the last usage report) and hourly and daily buckets
 /// keyed by start time, customer and server.
 #[async_trait]
 pub trait Usage: Send + Sync {
-    fn usage_cursor(&self, server: &str) -> Result<Option<UsageCursor>>;
-    fn usage_bucket(&self, res: Resolution, start_ms: i64, customer: &str, server: &str)
-    -> Result<Option<UsageBucket>>;
+    async fn usage_cursor(&self, server: &str) -> Result<Option<UsageCursor>>;
+    async fn usage_bucket(
+        &self,
+        res: Resolution,
+        start_ms: i64,
+        customer: &str,
+        server: &str,
+    ) -> Result<Option<UsageBucket>>;
     /// Stores `buckets` (resolution, start, bucket; customer and server from the bucket and `server`) and
     /// the cursor in one atomic write, then the server record carrying the new high-water mark.
     async fn record_usage(
@@ -212,7 +217,7 @@ pub trait Usage: Send + Sync {
     ) -> Result<()>;
     /// The buckets at `res` starting in `[from_ms, to_ms)`, of `customer` (every customer when `None`):
     /// (start, server, bucket), oldest first.
-    fn usage_between(
+    async fn usage_between(
         &self,
         res: Resolution,
         from_ms: i64,

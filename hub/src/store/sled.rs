@@ -406,7 +406,7 @@ impl SledStore {
 
 #[async_trait]
 impl Servers for SledStore {
-    fn servers(&self) -> Result<Vec<ServerRecord>> {
+    async fn servers(&self) -> Result<Vec<ServerRecord>> {
         let mut out = Vec::new();
         for (name, mut r) in self.all_json::<ServerRecord>(Tree::Servers)? {
             if let Some(p) = self.tree(Tree::Progress).get(name.as_bytes()).map_err(read_err)? {
@@ -437,7 +437,7 @@ impl Servers for SledStore {
 
 #[async_trait]
 impl Tokens for SledStore {
-    fn token(&self, hash: &str) -> Result<TokenState> {
+    async fn token(&self, hash: &str) -> Result<TokenState> {
         if let Some(t) = self.get_json(Tree::Tokens, hash.as_bytes())? {
             return Ok(TokenState::Live(t));
         }
@@ -482,7 +482,7 @@ impl Tokens for SledStore {
 
 #[async_trait]
 impl Revocations for SledStore {
-    fn revoked_serials(&self) -> Result<Vec<String>> {
+    async fn revoked_serials(&self) -> Result<Vec<String>> {
         Ok(self.all_json::<Revoked>(Tree::Revoked)?.into_iter().map(|(k, _)| k).collect())
     }
 
@@ -523,15 +523,15 @@ impl Reports for SledStore {
         self.commit_server(&server.name, ops, true).await
     }
 
-    fn apps(&self, server: &str) -> Result<Option<Vec<u8>>> {
+    async fn apps(&self, server: &str) -> Result<Option<Vec<u8>>> {
         Ok(self.tree(Tree::Apps).get(server).map_err(read_err)?.map(|v| v.to_vec()))
     }
 
-    fn report(&self, server: &str, seq: u64) -> Result<Option<Vec<u8>>> {
+    async fn report(&self, server: &str, seq: u64) -> Result<Option<Vec<u8>>> {
         Ok(self.tree(Tree::History).get(history_key(server, seq)).map_err(read_err)?.map(|v| v.to_vec()))
     }
 
-    fn history(&self, server: &str, n: usize) -> Result<Vec<Vec<u8>>> {
+    async fn history(&self, server: &str, n: usize) -> Result<Vec<Vec<u8>>> {
         let mut out = std::collections::VecDeque::with_capacity(n.min(4096));
         if n == 0 {
             return Ok(Vec::new());
@@ -557,7 +557,7 @@ impl AuditLog for SledStore {
         Ok(id)
     }
 
-    fn query_audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>> {
+    async fn query_audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>> {
         let mut out = Vec::new();
         for item in self.tree(Tree::Audit).iter().rev().take(SCAN_MAX) {
             let (k, v) = item.map_err(read_err)?;
@@ -621,18 +621,18 @@ impl Commands for SledStore {
         Ok(id)
     }
 
-    fn pending_commands(&self) -> Result<Vec<(String, Result<PendingRecord, String>)>> {
+    async fn pending_commands(&self) -> Result<Vec<(String, Result<PendingRecord, String>)>> {
         self.each_json(Tree::Pending)
     }
 
-    fn plans(&self) -> Result<Vec<(String, Result<PlanRecord, String>)>> {
+    async fn plans(&self) -> Result<Vec<(String, Result<PlanRecord, String>)>> {
         self.each_json(Tree::Plans)
     }
 }
 
 #[async_trait]
 impl OperatorStore for SledStore {
-    fn operator_revocations(&self) -> Result<Vec<(String, OperatorRevocation)>> {
+    async fn operator_revocations(&self) -> Result<Vec<(String, OperatorRevocation)>> {
         self.all_json(Tree::Operators)
     }
 
@@ -648,7 +648,7 @@ impl Silences for SledStore {
         self.commit(vec![audit_op, put_json(Tree::Silences, id, silence)]).await
     }
 
-    fn silences(&self) -> Result<Vec<(String, SilenceRecord)>> {
+    async fn silences(&self) -> Result<Vec<(String, SilenceRecord)>> {
         self.all_json(Tree::Silences)
     }
 
@@ -660,7 +660,7 @@ impl Silences for SledStore {
         .await
     }
 
-    fn firing_alerts(&self) -> Result<Vec<(String, AlertRecord)>> {
+    async fn firing_alerts(&self) -> Result<Vec<(String, AlertRecord)>> {
         self.all_json(Tree::Alerts)
     }
 }
@@ -684,7 +684,7 @@ impl Queue for SledStore {
             && let Some(id) = self.tree(Tree::QueueKeys).get(job.idempotency_key.as_bytes()).map_err(read_err)?
         {
             let id = <[u8; 8]>::try_from(id.as_ref()).map(u64::from_be_bytes).unwrap_or_default();
-            let Some(existing) = self.job(id)? else {
+            let Some(existing) = self.job(id).await? else {
                 return Err(StoreError::Corrupt {
                     table: "queue_keys",
                     key: job.idempotency_key.clone(),
@@ -745,7 +745,7 @@ impl Queue for SledStore {
 
     async fn update_job(&self, job: &QueuedJob, owner: &str, audit: Option<AuditEntry>) -> Result<()> {
         let _queue = self.queue.lock().await;
-        let stored = self.job(job.id)?;
+        let stored = self.job(job.id).await?;
         let held = stored.as_ref().is_some_and(|s| s.state == super::JobState::Running && s.lease_owner == owner);
         if !held {
             return Err(StoreError::Conflict(format!(
@@ -766,7 +766,7 @@ impl Queue for SledStore {
 
     async fn cancel_job(&self, id: u64, audit: AuditEntry) -> Result<Option<QueuedJob>> {
         let _queue = self.queue.lock().await;
-        let Some(mut job) = self.job(id)? else { return Ok(None) };
+        let Some(mut job) = self.job(id).await? else { return Ok(None) };
         match job.state {
             super::JobState::Pending => {
                 job.state = super::JobState::Cancelled;
@@ -782,7 +782,7 @@ impl Queue for SledStore {
         Ok(Some(job))
     }
 
-    fn job(&self, id: u64) -> Result<Option<QueuedJob>> {
+    async fn job(&self, id: u64) -> Result<Option<QueuedJob>> {
         self.get_json(Tree::Queue, &id.to_be_bytes())
     }
 
@@ -806,7 +806,7 @@ impl Queue for SledStore {
         Ok(n)
     }
 
-    fn jobs(&self, limit: usize) -> Result<Vec<QueuedJob>> {
+    async fn jobs(&self, limit: usize) -> Result<Vec<QueuedJob>> {
         let mut out = Vec::new();
         for item in self.tree(Tree::Queue).iter().rev() {
             let (k, v) = item.map_err(read_err)?;
@@ -849,11 +849,11 @@ fn cursor_key(server: &str) -> Vec<u8> {
 
 #[async_trait]
 impl Usage for SledStore {
-    fn usage_cursor(&self, server: &str) -> Result<Option<UsageCursor>> {
+    async fn usage_cursor(&self, server: &str) -> Result<Option<UsageCursor>> {
         self.get_json(Tree::Usage, &cursor_key(server))
     }
 
-    fn usage_bucket(
+    async fn usage_bucket(
         &self,
         res: Resolution,
         start_ms: i64,
@@ -886,7 +886,7 @@ impl Usage for SledStore {
         self.commit_server(&server.name, ops, true).await
     }
 
-    fn usage_between(
+    async fn usage_between(
         &self,
         res: Resolution,
         from_ms: i64,
@@ -1124,8 +1124,8 @@ mod tests {
         let t = TokenRecord { server: "old-1".into(), created_ms: 2, expires_ms: i64::MAX, created_by: "ann".into() };
         let r = ServerRecord { name: "old-1".into(), ..Default::default() };
         assert_eq!(store.issue_token("h-new", &t, &r).await.unwrap(), 1);
-        assert_eq!(store.token("h-old").unwrap(), TokenState::Unknown, "the older token went");
-        assert!(matches!(store.token("h-new").unwrap(), TokenState::Live(_)));
+        assert_eq!(store.token("h-old").await.unwrap(), TokenState::Unknown, "the older token went");
+        assert!(matches!(store.token("h-new").await.unwrap(), TokenState::Live(_)));
     }
 
     /// A report that changes only a record's progress writes 40 bytes of it, not the record; anything else
@@ -1142,7 +1142,7 @@ mod tests {
         }
         let whole: ServerRecord = store.get_json(Tree::Servers, b"p1").unwrap().unwrap();
         assert_eq!(whole.last_seq, 0, "the record itself was not rewritten by the reports");
-        let read = store.servers().unwrap().pop().unwrap();
+        let read = store.servers().await.unwrap().pop().unwrap();
         assert_eq!((read.last_seq, read.reports_received, read.last_seen_ms), (5, 5, 1005));
         // The agent's version changes: the record is written whole with the report.
         r.agent_version = "2.0.0".into();
@@ -1150,7 +1150,7 @@ mod tests {
         store.record_report(&r, 6, vec![6], 10).await.unwrap();
         let whole: ServerRecord = store.get_json(Tree::Servers, b"p1").unwrap().unwrap();
         assert_eq!((whole.agent_version.as_str(), whole.last_seq), ("2.0.0", 6));
-        assert_eq!(store.servers().unwrap(), vec![r]);
+        assert_eq!(store.servers().await.unwrap(), vec![r]);
     }
 
     /// A store written by the hub at 6e40fb5 (audit outcomes stored as wire numbers) opens, and its records
@@ -1165,7 +1165,7 @@ mod tests {
         }
         std::fs::create_dir_all(dir.path().join("blobs")).unwrap();
         let store = SledStore::open(dir.path(), 8).unwrap();
-        let all = store.query_audit(&AuditQuery { limit: 100, ..Default::default() }).unwrap();
+        let all = store.query_audit(&AuditQuery { limit: 100, ..Default::default() }).await.unwrap();
         let seen: Vec<(u64, Kind, Outcome)> = all.iter().map(|e| (e.id, e.kind, e.outcome)).collect();
         assert_eq!(
             seen,
@@ -1178,7 +1178,7 @@ mod tests {
             ]
         );
         assert_eq!(all[2].message, "sh: exited with status 3");
-        let servers = store.servers().unwrap();
+        let servers = store.servers().await.unwrap();
         let record = &servers[0];
         assert_eq!((record.name.as_str(), record.customer.as_str(), record.plan.as_str()), ("old-1", "acme", "pro"));
         assert!(!record.agent_id.is_empty() && record.prev_serial.is_empty() && record.revoked_ms == 0);

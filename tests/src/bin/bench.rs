@@ -1028,7 +1028,7 @@ async fn usage_store(hub: &mut HubProc, agents: u32) -> anyhow::Result<()> {
     hub.stop().await;
     let store = hub::store::sled::SledStore::open(&hub.dir.join("data/store"), 64)?;
     for (res, per_day) in [(Resolution::Hour, 24.0), (Resolution::Day, 1.0)] {
-        let buckets = store.usage_between(res, 0, i64::MAX, None)?;
+        let buckets = store.usage_between(res, 0, i64::MAX, None).await?;
         let servers: std::collections::HashSet<&str> = buckets.iter().map(|(_, s, _)| s.as_str()).collect();
         let bytes: usize = buckets.iter().map(|(_, s, b)| b.encoded_len() + 10 + s.len() + b.customer.len()).sum();
         let each = bytes as f64 / buckets.len().max(1) as f64;
