@@ -14,7 +14,7 @@ pub fn status(e: HubError) -> Status {
         HubError::NotFound(_) => Code::NotFound,
         HubError::Busy(_) => Code::ResourceExhausted,
         HubError::Unconfirmed(_) => Code::FailedPrecondition,
-        HubError::Store(StoreError::Closed) => Code::Unavailable,
+        HubError::Store(StoreError::Closed | StoreError::Unavailable(_)) => Code::Unavailable,
         HubError::Store(_) | HubError::Internal(_) => Code::Internal,
     };
     Status::new(code, e.to_string())

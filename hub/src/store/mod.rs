@@ -5,9 +5,11 @@
 //! Crash ordering and single-use are the backend's job, not the caller's. Every method that changes
 //! something returns only once the change is durable.
 //!
-//! Backends: [`sled::SledStore`] (embedded, the default). Every backend must pass the conformance suite
+//! Backends: [`sled::SledStore`] (embedded, the default) and [`postgres::PgStore`] (several hubs on one
+//! database). Every backend must pass the conformance suite
 //! (`conformance`), which is written against these traits only.
 
+pub mod postgres;
 pub mod records;
 pub mod sled;
 
@@ -21,6 +23,10 @@ pub use records::{
     PendingRecord, PlanRecord, QueuedJob, Resolution, Revoked, ScopeUsage, ServerRecord, SilenceRecord, StepRecord,
     TokenRecord, UsageBucket, UsageCounters, UsageCursor,
 };
+
+/// History is trimmed once per this many reports of a server (a range delete per report was measurable at
+/// 10k reports/s): a server keeps between `keep` and `keep + TRIM_EVERY` points.
+pub(crate) const TRIM_EVERY: u64 = 32;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -37,6 +43,10 @@ pub enum StoreError {
     Conflict(String),
     #[error("the store writer has stopped (the hub is shutting down)")]
     Closed,
+    /// The database cannot be reached; nothing was written. Callers answer "store unavailable" and the
+    /// writer (an agent, an operator) tries again.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// What a join token's hash refers to.

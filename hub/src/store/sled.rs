@@ -21,8 +21,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     AlertRecord, AuditEntry, AuditLog, AuditQuery, BurnedToken, Commands, OperatorRevocation, OperatorStore,
     PendingRecord, PlanRecord, PlanUpdate, Queue, QueuedJob, Reports, Resolution, Result, Revocations, Revoked,
-    ServerRecord, Servers, SilenceRecord, Silences, StoreError, Submitted, TokenRecord, TokenState, Tokens, Usage,
-    UsageBucket, UsageCursor,
+    ServerRecord, Servers, SilenceRecord, Silences, StoreError, Submitted, TRIM_EVERY, TokenRecord, TokenState, Tokens,
+    Usage, UsageBucket, UsageCursor,
 };
 
 /// Trees of the store.
@@ -153,9 +153,6 @@ type Trees = Arc<[sled::Tree; Tree::ALL.len()]>;
 
 /// How many batches one flush may cover at most.
 const GROUP_MAX: usize = 1024;
-/// History is trimmed once per this many reports of a server (a range scan per report was measurable at
-/// 10k reports/s): a server keeps between `keep` and `keep + TRIM_EVERY` points.
-const TRIM_EVERY: u64 = 32;
 /// Audit records looked at per query at most (newest first), so one query cannot walk an unbounded log.
 const SCAN_MAX: usize = 200_000;
 
@@ -336,53 +333,11 @@ fn apply_progress(r: &mut ServerRecord, v: &[u8]) {
     }
 }
 
-/// A hash of `r` without its progress fields, with no copy of the record (it runs for every report). The
-/// pattern names every field: a new field of the record must be placed here, on one side or the other.
-fn static_hash(r: &ServerRecord) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let ServerRecord {
-        // Progress: stored apart.
-        last_seq: _,
-        reports_received: _,
-        last_seen_ms: _,
-        last_report_ms: _,
-        first_seen_ms: _,
-        name,
-        labels,
-        customer,
-        plan,
-        agent_id,
-        cert_serial,
-        cert_not_after,
-        prev_serial,
-        revoked_ms,
-        agent_version,
-        hostname,
-        os,
-        kernel,
-        arch,
-        created_ms,
-        connections,
-        dropped_reports,
-        refused_reports,
-        log_files,
-        suspended_ms,
-        archive,
-        archive_sha256,
-        archive_bytes,
-    } = r;
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (name, labels, customer, plan, agent_id, cert_serial, cert_not_after, prev_serial).hash(&mut h);
-    (revoked_ms, agent_version, hostname, os, kernel, arch, created_ms, connections).hash(&mut h);
-    (dropped_reports, refused_reports, log_files, suspended_ms, archive, archive_sha256, archive_bytes).hash(&mut h);
-    h.finish()
-}
-
 impl SledStore {
     /// The writes that store `r`: the whole record when more than its progress changed since it was last
     /// written whole (or `whole`), then its progress (last: it carries the high-water mark).
     fn server_ops(&self, r: &ServerRecord, whole: bool) -> Vec<Op> {
-        let h = static_hash(r);
+        let h = r.static_hash();
         let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
         let mut ops = Vec::with_capacity(2);
         if whole || written.get(&r.name) != Some(&h) {

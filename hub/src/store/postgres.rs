@@ -1,0 +1,1003 @@
+//! The PostgreSQL backend: several hubs on one database.
+//!
+//! Every method is one transaction (most are one statement), committed before it returns: with
+//! PostgreSQL's default `synchronous_commit = on` a method returns only after the commit is on disk, so
+//! an acknowledgement means what it means on sled with `durability = "power"`. What sled serialises in its
+//! single writer is serialised here by the database: a token is burned by a `DELETE` only one transaction
+//! can win; queue writes and audit appends take a transaction-scoped advisory lock, so a job is claimed
+//! once across hubs and audit ids grow with time. The schema is `hub/migrations`, applied at start.
+//!
+//! A database that cannot be reached is [`StoreError::Unavailable`]: nothing was written, the caller
+//! answers "store unavailable" and the writer (an agent's outbox) sends again.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio_postgres::types::ToSql;
+
+use super::{
+    AlertRecord, AuditEntry, AuditLog, AuditQuery, BurnedToken, Commands, JobState, OperatorRevocation, OperatorStore,
+    PendingRecord, PlanRecord, PlanUpdate, Queue, QueuedJob, Reports, Resolution, Result, Revocations, Revoked,
+    ServerRecord, Servers, SilenceRecord, Silences, StoreError, Submitted, TRIM_EVERY, TokenRecord, TokenState, Tokens,
+    Usage, UsageBucket, UsageCursor,
+};
+
+/// The schema, in order; each is applied once, in a transaction, recorded in `outpost_migrations`.
+const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "store", include_str!("../../migrations/0001_store.sql"))];
+
+/// Advisory lock keys (transaction-scoped).
+const LOCK_MIGRATE: i64 = 0x6f75_7470_0001;
+const LOCK_QUEUE: i64 = 0x6f75_7470_0002;
+const LOCK_AUDIT: i64 = 0x6f75_7470_0003;
+
+/// Audit records looked at per query at most, so one query cannot walk an unbounded log.
+const SCAN_MAX: i64 = 200_000;
+
+/// How to reach the database.
+#[derive(Clone, Debug)]
+pub struct PgOptions {
+    /// A libpq connection string (`host=… port=… user=… dbname=…`) or URL (`postgresql://…`).
+    pub url: String,
+    /// The password, when it is not in `url` (it comes from a 0600 file).
+    pub password: Option<String>,
+    /// Connections at most.
+    pub pool_size: usize,
+    /// How long to wait for a connection (and for a free one from the pool).
+    pub connect_timeout: Duration,
+}
+
+pub struct PgStore {
+    pool: Pool,
+    /// Where it is (host and port, no secrets), for errors.
+    target: String,
+    /// Per server, a hash of its record as this hub last wrote it whole: a report whose record differs
+    /// only in progress updates the progress columns, not the record.
+    written: Mutex<HashMap<String, u64>>,
+}
+
+/// A failure talking to the database: the database cannot be reached or is going away (unavailable:
+/// try again), or it refused the statement (a write error).
+fn db_err(target: &str, e: tokio_postgres::Error) -> StoreError {
+    let unavailable = match e.as_db_error() {
+        // Connection exceptions, insufficient resources, operator intervention (shutting down, starting up).
+        Some(db) => ["08", "53", "57"].iter().any(|class| db.code().code().starts_with(class)),
+        None => {
+            e.is_closed()
+                || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>())
+                || e.to_string().starts_with("error connecting")
+                || e.to_string().contains("timed out")
+        }
+    };
+    let detail = match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    };
+    match unavailable {
+        true => StoreError::Unavailable(format!("PostgreSQL at {target}: {detail}")),
+        false => StoreError::Write(format!("PostgreSQL at {target}: {detail}")),
+    }
+}
+
+fn json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("store records serialise")
+}
+
+fn decode<T: DeserializeOwned>(table: &'static str, key: &str, v: &str) -> Result<T> {
+    serde_json::from_str(v).map_err(|e| StoreError::Corrupt { table, key: key.to_string(), error: e.to_string() })
+}
+
+fn res_key(res: Resolution) -> &'static str {
+    match res {
+        Resolution::Hour => "h",
+        Resolution::Day => "d",
+    }
+}
+
+/// The progress columns of `r`, as stored (`$3`–`$7` of every server write).
+fn progress(r: &ServerRecord) -> [i64; 5] {
+    [r.last_seq as i64, r.reports_received as i64, r.last_seen_ms, r.last_report_ms, r.first_seen_ms]
+}
+
+/// Creates or replaces a server whole.
+const UPSERT_SERVER: &str = "INSERT INTO servers (name, record, last_seq, reports_received, last_seen_ms, \
+     last_report_ms, first_seen_ms) VALUES ($1, $2::text::jsonb, $3, $4, $5, $6, $7) ON CONFLICT (name) DO UPDATE \
+     SET record = EXCLUDED.record, last_seq = EXCLUDED.last_seq, reports_received = EXCLUDED.reports_received, \
+     last_seen_ms = EXCLUDED.last_seen_ms, last_report_ms = EXCLUDED.last_report_ms, \
+     first_seen_ms = EXCLUDED.first_seen_ms";
+
+/// Moves a stored server's progress (`$2`, the record, is null: only progress changed).
+const UPDATE_PROGRESS: &str = "UPDATE servers SET record = COALESCE($2::text::jsonb, record), last_seq = $3, \
+     reports_received = $4, last_seen_ms = $5, last_report_ms = $6, first_seen_ms = $7 WHERE name = $1";
+
+impl PgStore {
+    /// Connects, applies the migrations this database lacks, and returns the store. A database migrated
+    /// by a newer hubd is refused.
+    pub async fn connect(options: &PgOptions) -> Result<PgStore> {
+        let mut config: tokio_postgres::Config = options.url.parse().map_err(|e| StoreError::Open {
+            path: "[store.postgres] url".into(),
+            error: format!("not a PostgreSQL connection string: {e}"),
+        })?;
+        if let Some(password) = &options.password {
+            config.password(password.as_bytes());
+        }
+        config.connect_timeout(options.connect_timeout).application_name("hubd");
+        let target = describe(&config);
+        let manager = Manager::from_config(
+            config,
+            tokio_postgres::NoTls,
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(1))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(options.connect_timeout))
+            .create_timeout(Some(options.connect_timeout))
+            .recycle_timeout(Some(options.connect_timeout))
+            .build()
+            .map_err(|e| StoreError::Open { path: target.clone(), error: e.to_string() })?;
+        let store = PgStore { pool, target, written: Mutex::default() };
+        store.migrate().await.map_err(|e| StoreError::Open { path: store.target.clone(), error: e.to_string() })?;
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object> {
+        self.pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Backend(e) => db_err(&self.target, e),
+            e => StoreError::Unavailable(format!("PostgreSQL at {}: {e}", self.target)),
+        })
+    }
+
+    fn err(&self, e: tokio_postgres::Error) -> StoreError {
+        db_err(&self.target, e)
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(|e| self.err(e))?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_MIGRATE]).await.map_err(|e| self.err(e))?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS outpost_migrations (version integer PRIMARY KEY, name text NOT NULL, \
+             applied_ms bigint NOT NULL)",
+        )
+        .await
+        .map_err(|e| self.err(e))?;
+        let applied: i32 = tx
+            .query_one("SELECT COALESCE(max(version), 0) FROM outpost_migrations", &[])
+            .await
+            .map_err(|e| self.err(e))?
+            .get(0);
+        let known = MIGRATIONS.last().map_or(0, |m| m.0);
+        if applied > known {
+            return Err(StoreError::Write(format!(
+                "the database is at schema version {applied}, newer than this hubd's {known}: run a hubd at least as \
+                 new as the one that migrated it"
+            )));
+        }
+        for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > applied) {
+            tx.batch_execute(sql).await.map_err(|e| self.err(e))?;
+            tx.execute(
+                "INSERT INTO outpost_migrations (version, name, applied_ms) VALUES ($1, $2, $3)",
+                &[version, name, &outpost_common::now_ms()],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+            tracing::info!(version, name, "applied a store migration");
+        }
+        tx.commit().await.map_err(|e| self.err(e))
+    }
+
+    /// Runs one statement (prepared once per connection) and returns the rows it changed.
+    async fn exec(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
+        let c = self.client().await?;
+        let st = c.prepare_cached(sql).await.map_err(|e| self.err(e))?;
+        c.execute(&st, params).await.map_err(|e| self.err(e))
+    }
+
+    async fn rows(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<tokio_postgres::Row>> {
+        let c = self.client().await?;
+        let st = c.prepare_cached(sql).await.map_err(|e| self.err(e))?;
+        c.query(&st, params).await.map_err(|e| self.err(e))
+    }
+
+    /// Every `(key, record)` of a two-column table, each decoded on its own.
+    async fn each<T: DeserializeOwned>(&self, sql: &str) -> Result<Vec<(String, Result<T, String>)>> {
+        Ok(self
+            .rows(sql, &[])
+            .await?
+            .iter()
+            .map(|r| (r.get::<_, String>(0), serde_json::from_str(r.get::<_, &str>(1)).map_err(|e| e.to_string())))
+            .collect())
+    }
+
+    async fn all<T: DeserializeOwned>(&self, table: &'static str, sql: &str) -> Result<Vec<(String, T)>> {
+        let mut out = Vec::new();
+        for (k, v) in self.each::<T>(sql).await? {
+            match v {
+                Ok(v) => out.push((k, v)),
+                Err(error) => return Err(StoreError::Corrupt { table, key: k, error }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The record of `r` to write: `None` when only its progress changed since this hub wrote it whole.
+    fn record_to_write(&self, r: &ServerRecord, whole: bool) -> Option<String> {
+        let h = r.static_hash();
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        (whole || written.get(&r.name) != Some(&h)).then(|| {
+            written.insert(r.name.clone(), h);
+            json(r)
+        })
+    }
+
+    fn forget(&self, server: &str) {
+        self.written.lock().unwrap_or_else(|p| p.into_inner()).remove(server);
+    }
+
+    /// Runs `ctes` (data-modifying, on `$1` the server's name and `$8`… `extra`) and the write of
+    /// `server` in one statement, so one round trip: its progress, and its record too when more than its
+    /// progress changed since this hub wrote it whole. A server this hub took for stored but that is not
+    /// (another hub removed it) is written whole.
+    async fn with_progress(&self, server: &ServerRecord, ctes: &str, extra: &[&(dyn ToSql + Sync)]) -> Result<()> {
+        let [a, b, c, d, e] = progress(server);
+        let mut record = self.record_to_write(server, false);
+        loop {
+            let tail = if record.is_some() { UPSERT_SERVER } else { UPDATE_PROGRESS };
+            let mut params: Vec<&(dyn ToSql + Sync)> = vec![&server.name, &record, &a, &b, &c, &d, &e];
+            params.extend_from_slice(extra);
+            match self.exec(&format!("{ctes} {tail}"), &params).await {
+                Ok(0) if record.is_none() => record = self.record_to_write(server, true),
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    self.forget(&server.name);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Writes `r` whole inside `tx`.
+    async fn upsert_server(&self, tx: &deadpool_postgres::Transaction<'_>, r: &ServerRecord) -> Result<()> {
+        let record = self.record_to_write(r, true);
+        let [a, b, c, d, e] = progress(r);
+        let st = tx.prepare_cached(UPSERT_SERVER).await.map_err(|e| self.err(e))?;
+        tx.execute(&st, &[&r.name, &record, &a, &b, &c, &d, &e]).await.map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Appends `entry` inside `tx`, last in it: the audit lock is held to the commit, so ids and times
+    /// grow together and commit in order. Returns the id.
+    async fn audit_in(&self, tx: &deadpool_postgres::Transaction<'_>, mut entry: AuditEntry) -> Result<u64> {
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_AUDIT]).await.map_err(|e| self.err(e))?;
+        let row = tx
+            .query_one(
+                "SELECT nextval('audit_ids'), GREATEST((extract(epoch from clock_timestamp()) * 1000)::bigint, \
+                 (SELECT COALESCE(max(at_ms), 0) FROM audit WHERE id = (SELECT max(id) FROM audit)))",
+                &[],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        let (id, at): (i64, i64) = (row.get(0), row.get(1));
+        (entry.id, entry.at_ms) = (id as u64, at);
+        let st = tx.prepare_cached("INSERT INTO audit (id, at_ms, entry) VALUES ($1, $2, $3::text::jsonb)").await;
+        tx.execute(&st.map_err(|e| self.err(e))?, &[&id, &at, &json(&entry)]).await.map_err(|e| self.err(e))?;
+        Ok(entry.id)
+    }
+
+    /// Runs `f` in a transaction and commits it; a failure rolls back (the transaction is dropped).
+    async fn in_tx<T>(&self, f: impl AsyncFnOnce(&deadpool_postgres::Transaction<'_>) -> Result<T>) -> Result<T> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(|e| self.err(e))?;
+        let out = f(&tx).await?;
+        tx.commit().await.map_err(|e| self.err(e))?;
+        Ok(out)
+    }
+
+    async fn job_in(&self, tx: &deadpool_postgres::Transaction<'_>, id: u64) -> Result<Option<QueuedJob>> {
+        let row = tx
+            .query_opt("SELECT record::text FROM jobs WHERE id = $1", &[&(id as i64)])
+            .await
+            .map_err(|e| self.err(e))?;
+        row.map(|r| decode("jobs", &id.to_string(), r.get(0))).transpose()
+    }
+
+    async fn put_job(&self, tx: &deadpool_postgres::Transaction<'_>, job: &QueuedJob) -> Result<()> {
+        let key = (!job.idempotency_key.is_empty()).then_some(job.idempotency_key.as_str());
+        tx.execute(
+            "INSERT INTO jobs (id, idempotency_key, open, record) VALUES ($1, $2, $3, $4::text::jsonb) \
+             ON CONFLICT (id) DO UPDATE SET open = EXCLUDED.open, record = EXCLUDED.record",
+            &[&(job.id as i64), &key, &!job.state.is_final(), &json(job)],
+        )
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+}
+
+/// Host and port of `config`, for messages (never the password).
+fn describe(config: &tokio_postgres::Config) -> String {
+    let host = config
+        .get_hosts()
+        .first()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+        })
+        .unwrap_or_else(|| "localhost".into());
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}")
+}
+
+#[async_trait]
+impl Servers for PgStore {
+    async fn servers(&self) -> Result<Vec<ServerRecord>> {
+        let rows = self
+            .rows(
+                "SELECT name, record::text, last_seq, reports_received, last_seen_ms, last_report_ms, first_seen_ms \
+                 FROM servers ORDER BY name",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let name: &str = row.get(0);
+                let mut r: ServerRecord = decode("servers", name, row.get(1))?;
+                (r.last_seq, r.reports_received) = (row.get::<_, i64>(2) as u64, row.get::<_, i64>(3) as u64);
+                (r.last_seen_ms, r.last_report_ms, r.first_seen_ms) = (row.get(4), row.get(5), row.get(6));
+                Ok(r)
+            })
+            .collect()
+    }
+
+    async fn put_server(&self, record: &ServerRecord) -> Result<()> {
+        let r = self.in_tx(async |tx| self.upsert_server(tx, record).await).await;
+        if r.is_err() {
+            self.forget(&record.name);
+        }
+        r
+    }
+
+    async fn remove_server(&self, name: &str) -> Result<()> {
+        self.forget(name);
+        self.in_tx(async |tx| {
+            for sql in [
+                "DELETE FROM tokens WHERE server = $1",
+                "DELETE FROM history WHERE server = $1",
+                "DELETE FROM apps WHERE server = $1",
+                "DELETE FROM usage_cursors WHERE server = $1",
+                "DELETE FROM servers WHERE name = $1",
+            ] {
+                tx.execute(sql, &[&name]).await.map_err(|e| self.err(e))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Tokens for PgStore {
+    async fn token(&self, hash: &str) -> Result<TokenState> {
+        let rows = self
+            .rows(
+                "SELECT true, record::text FROM tokens WHERE hash = $1 UNION ALL \
+                 SELECT false, record::text FROM burned_tokens WHERE hash = $1",
+                &[&hash],
+            )
+            .await?;
+        Ok(match rows.first() {
+            None => TokenState::Unknown,
+            Some(r) if r.get::<_, bool>(0) => TokenState::Live(decode("tokens", hash, r.get(1))?),
+            Some(r) => TokenState::Burned(decode("burned_tokens", hash, r.get(1))?),
+        })
+    }
+
+    async fn issue_token(&self, hash: &str, token: &TokenRecord, server: &ServerRecord) -> Result<usize> {
+        let r = self
+            .in_tx(async |tx| {
+                // The server's older token goes; the unique index on `server` makes a concurrent issue for
+                // the same server wait for this one and then replace it.
+                let older = tx
+                    .execute("DELETE FROM tokens WHERE server = $1", &[&token.server])
+                    .await
+                    .map_err(|e| self.err(e))?;
+                tx.execute(
+                    "INSERT INTO tokens (hash, server, record) VALUES ($1, $2, $3::text::jsonb) \
+                     ON CONFLICT (server) DO UPDATE SET hash = EXCLUDED.hash, record = EXCLUDED.record",
+                    &[&hash, &token.server, &json(token)],
+                )
+                .await
+                .map_err(|e| self.err(e))?;
+                self.upsert_server(tx, server).await?;
+                Ok(older as usize)
+            })
+            .await;
+        if r.is_err() {
+            self.forget(&server.name);
+        }
+        r
+    }
+
+    async fn enroll(
+        &self,
+        hash: &str,
+        burned: &BurnedToken,
+        server: &ServerRecord,
+        takeover: Option<AuditEntry>,
+    ) -> Result<()> {
+        let r = self
+            .in_tx(async |tx| {
+                // Only one transaction deletes the row: a concurrent enrollment with the same token waits for
+                // this one and then finds nothing.
+                let taken =
+                    tx.execute("DELETE FROM tokens WHERE hash = $1", &[&hash]).await.map_err(|e| self.err(e))?;
+                if taken == 0 {
+                    return Err(StoreError::Conflict(
+                        "this join token was used or replaced a moment ago; it is single-use: create a new one".into(),
+                    ));
+                }
+                tx.execute(
+                    "INSERT INTO burned_tokens (hash, record) VALUES ($1, $2::text::jsonb) \
+                     ON CONFLICT (hash) DO UPDATE SET record = EXCLUDED.record",
+                    &[&hash, &json(burned)],
+                )
+                .await
+                .map_err(|e| self.err(e))?;
+                self.upsert_server(tx, server).await?;
+                if let Some(e) = takeover {
+                    self.audit_in(tx, e).await?;
+                }
+                Ok(())
+            })
+            .await;
+        if r.is_err() {
+            self.forget(&server.name);
+        }
+        r
+    }
+
+    async fn drop_tokens(&self, server: &str) -> Result<usize> {
+        Ok(self.exec("DELETE FROM tokens WHERE server = $1", &[&server]).await? as usize)
+    }
+}
+
+#[async_trait]
+impl Revocations for PgStore {
+    async fn revoked_serials(&self) -> Result<Vec<String>> {
+        Ok(self.rows("SELECT serial FROM revoked_serials", &[]).await?.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn revoke_identity(&self, server: &ServerRecord, serials: &[String], by: &Revoked) -> Result<()> {
+        let r = self
+            .in_tx(async |tx| {
+                for s in serials {
+                    tx.execute(
+                        "INSERT INTO revoked_serials (serial, record) VALUES ($1, $2::text::jsonb) \
+                         ON CONFLICT (serial) DO UPDATE SET record = EXCLUDED.record",
+                        &[s, &json(by)],
+                    )
+                    .await
+                    .map_err(|e| self.err(e))?;
+                }
+                self.upsert_server(tx, server).await
+            })
+            .await;
+        if r.is_err() {
+            self.forget(&server.name);
+        }
+        r
+    }
+}
+
+#[async_trait]
+impl Reports for PgStore {
+    async fn record_report(&self, server: &ServerRecord, seq: u64, point: Vec<u8>, keep: u32) -> Result<()> {
+        // One statement, so one implicit transaction and one round trip: the point, the trim (every
+        // TRIM_EVERY reports), the progress.
+        let keep = u64::from(keep);
+        let trim_below = if seq > keep && seq.is_multiple_of(TRIM_EVERY) { (seq + 1 - keep) as i64 } else { 0 };
+        let ctes = "WITH p AS (INSERT INTO history (server, seq, point) VALUES ($1, $8, $9) \
+                    ON CONFLICT (server, seq) DO UPDATE SET point = EXCLUDED.point), \
+                    t AS (DELETE FROM history WHERE server = $1 AND seq < $10)";
+        self.with_progress(server, ctes, &[&(seq as i64), &point, &trim_below]).await
+    }
+
+    async fn report(&self, server: &str, seq: u64) -> Result<Option<Vec<u8>>> {
+        let rows =
+            self.rows("SELECT point FROM history WHERE server = $1 AND seq = $2", &[&server, &(seq as i64)]).await?;
+        Ok(rows.first().map(|r| r.get(0)))
+    }
+
+    async fn history(&self, server: &str, n: usize) -> Result<Vec<Vec<u8>>> {
+        let rows = self
+            .rows(
+                "SELECT point FROM (SELECT seq, point FROM history WHERE server = $1 ORDER BY seq DESC LIMIT $2) p \
+                 ORDER BY seq",
+                &[&server, &(n as i64)],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn record_apps(&self, server: &ServerRecord, _seq: u64, apps: Vec<u8>) -> Result<()> {
+        let ctes = "WITH s AS (INSERT INTO apps (server, state) VALUES ($1, $8) ON CONFLICT (server) DO UPDATE SET state = EXCLUDED.state)";
+        self.with_progress(server, ctes, &[&apps]).await
+    }
+
+    async fn apps(&self, server: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.rows("SELECT state FROM apps WHERE server = $1", &[&server]).await?.first().map(|r| r.get(0)))
+    }
+}
+
+#[async_trait]
+impl AuditLog for PgStore {
+    async fn append_audit(&self, entry: AuditEntry) -> Result<u64> {
+        self.in_tx(async |tx| self.audit_in(tx, entry).await).await
+    }
+
+    async fn query_audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>> {
+        let rows = self
+            .rows(
+                "SELECT id, at_ms, entry::text FROM audit WHERE ($1::bigint = 0 OR at_ms >= $1) \
+                 AND ($2::bigint = 0 OR at_ms <= $2) AND ($3::text = '' OR entry->>'operator' = $3) \
+                 AND ($4::text = '' OR entry->>'action' = $4) AND ($5::text = '' OR entry->'servers' ? $5) \
+                 ORDER BY id DESC LIMIT $6::bigint",
+                &[&q.since_ms, &q.until_ms, &q.operator, &q.action, &q.server, &(q.limit.max(1) as i64).min(SCAN_MAX)],
+            )
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: i64 = row.get(0);
+            let mut e: AuditEntry = decode("audit", &id.to_string(), row.get(2))?;
+            (e.id, e.at_ms) = (id as u64, row.get(1));
+            if q.matches(&e) {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn trim_audit(&self, cutoff_ms: i64) -> Result<usize> {
+        let n =
+            self.exec("DELETE FROM audit WHERE at_ms < $1 AND id < (SELECT max(id) FROM audit)", &[&cutoff_ms]).await?;
+        Ok(n as usize)
+    }
+}
+
+#[async_trait]
+impl Commands for PgStore {
+    async fn dispatch_batch(&self, job_id: &str, batch: &[(String, PendingRecord)], plan: PlanUpdate) -> Result<()> {
+        self.in_tx(async |tx| {
+            let st = tx
+                .prepare_cached(
+                    "INSERT INTO pending_commands (id, record) VALUES ($1, $2::text::jsonb) \
+                     ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
+                )
+                .await
+                .map_err(|e| self.err(e))?;
+            for (id, r) in batch {
+                tx.execute(&st, &[id, &json(r)]).await.map_err(|e| self.err(e))?;
+            }
+            match &plan {
+                PlanUpdate::Remaining(p) => {
+                    tx.execute(
+                        "INSERT INTO plans (job_id, record) VALUES ($1, $2::text::jsonb) \
+                         ON CONFLICT (job_id) DO UPDATE SET record = EXCLUDED.record",
+                        &[&job_id, &json(p)],
+                    )
+                    .await
+                }
+                PlanUpdate::Done => tx.execute("DELETE FROM plans WHERE job_id = $1", &[&job_id]).await,
+            }
+            .map_err(|e| self.err(e))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn finish_command(&self, command_id: &str, result: AuditEntry) -> Result<u64> {
+        self.in_tx(async |tx| {
+            tx.execute("DELETE FROM pending_commands WHERE id = $1", &[&command_id]).await.map_err(|e| self.err(e))?;
+            self.audit_in(tx, result).await
+        })
+        .await
+    }
+
+    async fn finish_job(&self, job_id: &str, skipped: AuditEntry) -> Result<u64> {
+        self.in_tx(async |tx| {
+            tx.execute("DELETE FROM plans WHERE job_id = $1", &[&job_id]).await.map_err(|e| self.err(e))?;
+            self.audit_in(tx, skipped).await
+        })
+        .await
+    }
+
+    async fn pending_commands(&self) -> Result<Vec<(String, Result<PendingRecord, String>)>> {
+        self.each("SELECT id, record::text FROM pending_commands ORDER BY id").await
+    }
+
+    async fn plans(&self) -> Result<Vec<(String, Result<PlanRecord, String>)>> {
+        self.each("SELECT job_id, record::text FROM plans ORDER BY job_id").await
+    }
+}
+
+#[async_trait]
+impl OperatorStore for PgStore {
+    async fn operator_revocations(&self) -> Result<Vec<(String, OperatorRevocation)>> {
+        self.all("operator_revocations", "SELECT name, record::text FROM operator_revocations ORDER BY name").await
+    }
+
+    async fn revoke_operator(&self, name: &str, revocation: &OperatorRevocation) -> Result<()> {
+        self.exec(
+            "INSERT INTO operator_revocations (name, record) VALUES ($1, $2::text::jsonb) \
+             ON CONFLICT (name) DO UPDATE SET record = EXCLUDED.record",
+            &[&name, &json(revocation)],
+        )
+        .await
+        .map(drop)
+    }
+}
+
+#[async_trait]
+impl Silences for PgStore {
+    async fn put_alert(&self, key: &str, alert: Option<&AlertRecord>) -> Result<()> {
+        match alert {
+            Some(a) => {
+                self.exec(
+                    "INSERT INTO alerts (key, record) VALUES ($1, $2::text::jsonb) \
+                     ON CONFLICT (key) DO UPDATE SET record = EXCLUDED.record",
+                    &[&key, &json(a)],
+                )
+                .await
+            }
+            None => self.exec("DELETE FROM alerts WHERE key = $1", &[&key]).await,
+        }
+        .map(drop)
+    }
+
+    async fn firing_alerts(&self) -> Result<Vec<(String, AlertRecord)>> {
+        self.all("alerts", "SELECT key, record::text FROM alerts ORDER BY key").await
+    }
+
+    async fn put_silence(&self, id: &str, silence: &SilenceRecord, audit: AuditEntry) -> Result<()> {
+        self.in_tx(async |tx| {
+            tx.execute(
+                "INSERT INTO silences (id, record) VALUES ($1, $2::text::jsonb) \
+                 ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
+                &[&id, &json(silence)],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+            self.audit_in(tx, audit).await.map(drop)
+        })
+        .await
+    }
+
+    async fn silences(&self) -> Result<Vec<(String, SilenceRecord)>> {
+        self.all("silences", "SELECT id, record::text FROM silences ORDER BY id").await
+    }
+}
+
+#[async_trait]
+impl Queue for PgStore {
+    async fn submit_job(&self, mut job: QueuedJob, mut audit: AuditEntry) -> Result<Submitted> {
+        self.in_tx(async |tx| {
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_QUEUE]).await.map_err(|e| self.err(e))?;
+            if !job.idempotency_key.is_empty() {
+                let row = tx
+                    .query_opt("SELECT record::text FROM jobs WHERE idempotency_key = $1", &[&job.idempotency_key])
+                    .await
+                    .map_err(|e| self.err(e))?;
+                if let Some(row) = row {
+                    let existing: QueuedJob = decode("jobs", &job.idempotency_key, row.get(0))?;
+                    if existing.kind != job.kind || existing.params != job.params {
+                        return Err(StoreError::Conflict(format!(
+                            "idempotency key {:?} was used by job {} ({} {}) with other parameters; use a new key for a new request",
+                            job.idempotency_key,
+                            existing.id,
+                            existing.kind.as_str(),
+                            existing.target
+                        )));
+                    }
+                    return Ok(Submitted::Existing(existing));
+                }
+            }
+            let id: i64 =
+                tx.query_one("SELECT nextval('job_ids')", &[]).await.map_err(|e| self.err(e))?.get(0);
+            job.id = id as u64;
+            job.state = JobState::Pending;
+            audit.job_id = job.id.to_string();
+            self.put_job(tx, &job).await?;
+            self.audit_in(tx, audit).await?;
+            Ok(Submitted::New(job))
+        })
+        .await
+    }
+
+    async fn claim_job(&self, owner: &str, now_ms: i64, lease_ms: i64) -> Result<Option<QueuedJob>> {
+        self.in_tx(async |tx| {
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_QUEUE]).await.map_err(|e| self.err(e))?;
+            let rows = tx.query("SELECT id, record::text FROM jobs WHERE open", &[]).await.map_err(|e| self.err(e))?;
+            let mut best: Option<QueuedJob> = None;
+            for row in &rows {
+                let job: QueuedJob = decode("jobs", &row.get::<_, i64>(0).to_string(), row.get(1))?;
+                let ready = match job.state {
+                    JobState::Pending => job.not_before_ms <= now_ms,
+                    JobState::Running => job.lease_until_ms < now_ms,
+                    _ => false,
+                };
+                let better = |b: &QueuedJob| {
+                    (job.priority, -job.created_ms, -(job.id as i64)) > (b.priority, -b.created_ms, -(b.id as i64))
+                };
+                if ready && best.as_ref().is_none_or(better) {
+                    best = Some(job);
+                }
+            }
+            let Some(mut job) = best else { return Ok(None) };
+            job.state = JobState::Running;
+            job.attempt += 1;
+            job.lease_owner = owner.to_string();
+            job.lease_until_ms = now_ms + lease_ms;
+            job.updated_ms = now_ms;
+            self.put_job(tx, &job).await?;
+            Ok(Some(job))
+        })
+        .await
+    }
+
+    async fn update_job(&self, job: &QueuedJob, owner: &str, audit: Option<AuditEntry>) -> Result<()> {
+        self.in_tx(async |tx| {
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_QUEUE]).await.map_err(|e| self.err(e))?;
+            let stored = self.job_in(tx, job.id).await?;
+            let held = stored.as_ref().is_some_and(|s| s.state == JobState::Running && s.lease_owner == owner);
+            if !held {
+                return Err(StoreError::Conflict(format!(
+                    "job {} is no longer held by worker {owner} (its lease ran out and it was taken up again, or it ended)",
+                    job.id
+                )));
+            }
+            let mut job = job.clone();
+            // A cancel that came in while the worker held the job is kept.
+            job.cancel_requested |= stored.is_some_and(|s| s.cancel_requested);
+            self.put_job(tx, &job).await?;
+            if let Some(audit) = audit {
+                self.audit_in(tx, audit).await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn cancel_job(&self, id: u64, audit: AuditEntry) -> Result<Option<QueuedJob>> {
+        self.in_tx(async |tx| {
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_QUEUE]).await.map_err(|e| self.err(e))?;
+            let Some(mut job) = self.job_in(tx, id).await? else { return Ok(None) };
+            match job.state {
+                JobState::Pending => {
+                    job.state = JobState::Cancelled;
+                    job.finished_ms = outpost_common::now_ms();
+                }
+                JobState::Running => job.cancel_requested = true,
+                _ => return Ok(Some(job)),
+            }
+            job.updated_ms = outpost_common::now_ms();
+            self.put_job(tx, &job).await?;
+            self.audit_in(tx, audit).await?;
+            Ok(Some(job))
+        })
+        .await
+    }
+
+    async fn job(&self, id: u64) -> Result<Option<QueuedJob>> {
+        let rows = self.rows("SELECT record::text FROM jobs WHERE id = $1", &[&(id as i64)]).await?;
+        rows.first().map(|r| decode("jobs", &id.to_string(), r.get(0))).transpose()
+    }
+
+    async fn jobs(&self, limit: usize) -> Result<Vec<QueuedJob>> {
+        let limit = if limit == 0 { i64::MAX } else { limit as i64 };
+        let rows = self.rows("SELECT id, record::text FROM jobs ORDER BY id DESC LIMIT $1", &[&limit]).await?;
+        rows.iter().map(|r| decode("jobs", &r.get::<_, i64>(0).to_string(), r.get(1))).collect()
+    }
+
+    async fn trim_jobs(&self, cutoff_ms: i64) -> Result<usize> {
+        self.in_tx(async |tx| {
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_QUEUE]).await.map_err(|e| self.err(e))?;
+            let n = tx
+                .execute("DELETE FROM jobs WHERE NOT open AND (record->>'finished_ms')::bigint < $1", &[&cutoff_ms])
+                .await
+                .map_err(|e| self.err(e))?;
+            Ok(n as usize)
+        })
+        .await
+    }
+}
+
+fn decode_bucket(key: &str, v: &[u8]) -> Result<UsageBucket> {
+    use prost::Message as _;
+    UsageBucket::decode(v).map_err(|e| StoreError::Corrupt {
+        table: "usage_buckets",
+        key: key.to_string(),
+        error: e.to_string(),
+    })
+}
+
+#[async_trait]
+impl Usage for PgStore {
+    async fn usage_cursor(&self, server: &str) -> Result<Option<UsageCursor>> {
+        let rows = self.rows("SELECT cursor::text FROM usage_cursors WHERE server = $1", &[&server]).await?;
+        rows.first().map(|r| decode("usage_cursors", server, r.get(0))).transpose()
+    }
+
+    async fn usage_bucket(
+        &self,
+        res: Resolution,
+        start_ms: i64,
+        customer: &str,
+        server: &str,
+    ) -> Result<Option<UsageBucket>> {
+        let rows = self
+            .rows(
+                "SELECT bucket FROM usage_buckets WHERE res = $1 AND start_ms = $2 AND customer = $3 AND server = $4",
+                &[&res_key(res), &start_ms, &customer, &server],
+            )
+            .await?;
+        rows.first().map(|r| decode_bucket(server, r.get(0))).transpose()
+    }
+
+    async fn record_usage(
+        &self,
+        server: &ServerRecord,
+        cursor: &UsageCursor,
+        buckets: &[(Resolution, i64, UsageBucket)],
+    ) -> Result<()> {
+        use prost::Message as _;
+        let record = self.record_to_write(server, false);
+        let [a, b, c, d, e] = progress(server);
+        let r = self
+            .in_tx(async |tx| {
+                let st = tx
+                    .prepare_cached(
+                        "INSERT INTO usage_buckets (res, start_ms, customer, server, bucket) VALUES ($1, $2, $3, $4, $5) \
+                         ON CONFLICT (res, start_ms, customer, server) DO UPDATE SET bucket = EXCLUDED.bucket",
+                    )
+                    .await
+                    .map_err(|e| self.err(e))?;
+                for (res, start, bucket) in buckets {
+                    let params: [&(dyn ToSql + Sync); 5] =
+                        [&res_key(*res), start, &bucket.customer, &server.name, &bucket.encode_to_vec()];
+                    tx.execute(&st, &params).await.map_err(|e| self.err(e))?;
+                }
+                tx.execute(
+                    "INSERT INTO usage_cursors (server, cursor) VALUES ($1, $2::text::jsonb) \
+                     ON CONFLICT (server) DO UPDATE SET cursor = EXCLUDED.cursor",
+                    &[&server.name, &json(cursor)],
+                )
+                .await
+                .map_err(|e| self.err(e))?;
+                let st = tx.prepare_cached(UPDATE_PROGRESS).await.map_err(|e| self.err(e))?;
+                let moved = match &record {
+                    None => tx.execute(&st, &[&server.name, &record, &a, &b, &c, &d, &e]).await.map_err(|e| self.err(e))?,
+                    Some(_) => 0,
+                };
+                if moved == 0 {
+                    self.upsert_server(tx, server).await?;
+                }
+                Ok(())
+            })
+            .await;
+        if r.is_err() {
+            self.forget(&server.name);
+        }
+        r
+    }
+
+    async fn usage_between(
+        &self,
+        res: Resolution,
+        from_ms: i64,
+        to_ms: i64,
+        customer: Option<&str>,
+    ) -> Result<Vec<(i64, String, UsageBucket)>> {
+        let rows = self
+            .rows(
+                "SELECT start_ms, server, bucket FROM usage_buckets WHERE res = $1 AND start_ms >= $2 AND start_ms < $3 \
+                 AND ($4::text IS NULL OR customer = $4) ORDER BY start_ms, customer, server",
+                &[&res_key(res), &from_ms, &to_ms, &customer],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let server: String = r.get(1);
+                let bucket = decode_bucket(&server, r.get(2))?;
+                Ok((r.get(0), server, bucket))
+            })
+            .collect()
+    }
+
+    async fn trim_usage(&self, res: Resolution, cutoff_ms: i64) -> Result<usize> {
+        let n = self
+            .exec("DELETE FROM usage_buckets WHERE res = $1 AND start_ms < $2", &[&res_key(res), &cutoff_ms])
+            .await?;
+        Ok(n as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::store::HubStore;
+    use crate::store::conformance;
+
+    struct Pg {
+        server: standin::postgres::Postgres,
+    }
+
+    impl Pg {
+        fn options(&self) -> PgOptions {
+            PgOptions {
+                url: self.server.url(),
+                password: Some(self.server.password.clone()),
+                pool_size: 8,
+                connect_timeout: Duration::from_secs(5),
+            }
+        }
+    }
+
+    #[async_trait]
+    impl conformance::Backend for Pg {
+        async fn open(&mut self) -> Arc<dyn HubStore> {
+            Arc::new(PgStore::connect(&self.options()).await.unwrap())
+        }
+
+        async fn close(&mut self, store: Arc<dyn HubStore>) {
+            assert_eq!(Arc::strong_count(&store), 1, "the suite holds the only handle when it closes the store");
+        }
+    }
+
+    fn server() -> standin::postgres::Postgres {
+        standin::postgres::Postgres::start(false).unwrap()
+    }
+
+    #[tokio::test]
+    async fn postgres_passes_the_conformance_suite() {
+        conformance::run(&mut Pg { server: server() }).await;
+    }
+
+    /// Two hubs migrating one database at once: one applies the schema, the other finds it applied.
+    #[tokio::test]
+    async fn concurrent_starts_migrate_once_and_a_newer_schema_is_refused() {
+        let pg = Pg { server: server() };
+        let options = pg.options();
+        let (a, b) = tokio::join!(PgStore::connect(&options), PgStore::connect(&options));
+        let (a, _b) = (a.unwrap(), b.unwrap());
+        let c = a.client().await.unwrap();
+        let n: i64 = c.query_one("SELECT count(*) FROM outpost_migrations", &[]).await.unwrap().get(0);
+        assert_eq!(n, MIGRATIONS.len() as i64);
+        c.execute("INSERT INTO outpost_migrations VALUES (999, 'future', 0)", &[]).await.unwrap();
+        let err = PgStore::connect(&pg.options()).await.err().expect("a newer schema is refused").to_string();
+        assert!(err.contains("schema version 999"), "{err}");
+    }
+
+    /// A stopped database is "unavailable" (nothing written), and the same store works again once it is
+    /// back, without reconnecting by hand.
+    #[tokio::test]
+    async fn a_stopped_database_is_unavailable_and_the_store_recovers() {
+        let mut pg = Pg { server: server() };
+        let store = PgStore::connect(&pg.options()).await.unwrap();
+        let rec = ServerRecord { name: "a".into(), customer: "acme".into(), ..Default::default() };
+        store.put_server(&rec).await.unwrap();
+        pg.server.stop();
+        let err = store.put_server(&rec).await.unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        assert!(err.to_string().starts_with("store unavailable: PostgreSQL at 127.0.0.1:"), "{err}");
+        pg.server.restart().unwrap();
+        store.put_server(&ServerRecord { plan: "pro".into(), ..rec }).await.unwrap();
+        assert_eq!(store.servers().await.unwrap()[0].plan, "pro");
+    }
+}
