@@ -124,7 +124,7 @@ impl AgentConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut p = Vec::new();
         if let Some(h) = &self.hub
-            && let Err(e) = outpost_common::tls::HubAddr::parse(h)
+            && let Err(e) = outpost_common::tls::HubAddr::parse_list(h)
         {
             p.push(format!("hub: {e}"));
         }

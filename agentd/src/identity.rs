@@ -92,8 +92,9 @@ impl AgentIdentity {
             .map_err(|e| EnrollError::Corrupt { path: "identity.json".into(), reason: e.to_string() })
     }
 
-    pub fn addr(&self, hub_override: Option<&str>) -> Result<HubAddr, TlsError> {
-        HubAddr::parse(hub_override.unwrap_or(&self.hub))
+    /// The hub's addresses (one per replica), the override's when there is one.
+    pub fn addrs(&self, hub_override: Option<&str>) -> Result<Vec<HubAddr>, TlsError> {
+        HubAddr::parse_list(hub_override.unwrap_or(&self.hub))
     }
 }
 
@@ -117,10 +118,38 @@ pub fn host_facts() -> HostFacts {
 }
 
 /// Enrolls with a join token: pinned first contact, CSR, certificate. Returns the identity (not saved).
+/// A hub with several replicas is tried address by address (starting at one picked by the token, so
+/// agents spread), until one answers.
 pub async fn enroll(token: &str, hub_override: Option<&str>) -> Result<AgentIdentity, EnrollError> {
-    let token = JoinToken::parse(token)?;
-    let addr = HubAddr::parse(hub_override.unwrap_or(&token.hub))?;
-    let ca_pem = fetch_pinned_ca(&addr, &token.pin).await?;
+    let parsed = JoinToken::parse(token)?;
+    let addrs = HubAddr::parse_list(hub_override.unwrap_or(&parsed.hub))?;
+    let start = spread(&parsed.secret, addrs.len());
+    let mut last = None;
+    for i in 0..addrs.len() {
+        let addr = &addrs[(start + i) % addrs.len()];
+        match enroll_at(&parsed, addr).await {
+            Err(EnrollError::Tls(TlsError::Unreachable { addr, reason })) if addrs.len() > 1 => {
+                tracing::warn!(%addr, %reason, "hub replica unreachable; trying the next");
+                last = Some(EnrollError::Tls(TlsError::Unreachable { addr, reason }));
+            }
+            Ok(mut id) => {
+                id.hub = HubAddr::join(&addrs);
+                return Ok(id);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.expect("at least one address was tried"))
+}
+
+/// Which of `n` addresses a client starts with: picked by `key`, so clients spread over replicas.
+pub fn spread(key: &str, n: usize) -> usize {
+    let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+    u64::from_be_bytes(digest.as_ref()[..8].try_into().expect("8 bytes")) as usize % n.max(1)
+}
+
+async fn enroll_at(token: &JoinToken, addr: &HubAddr) -> Result<AgentIdentity, EnrollError> {
+    let ca_pem = fetch_pinned_ca(addr, &token.pin).await?;
     let (key, csr_pem) = new_key_and_csr()?;
     let channel = addr.channel(&ca_pem, None)?;
     let req = EnrollRequest { join_token: token.secret.clone(), csr_pem, host: Some(host_facts()) };
@@ -146,7 +175,7 @@ pub async fn enroll(token: &str, hub_override: Option<&str>) -> Result<AgentIden
     Ok(AgentIdentity {
         agent_id: resp.agent_id,
         server: resp.server_name,
-        hub: addr.url,
+        hub: addr.url.clone(),
         ca_pem: resp.ca_bundle_pem,
         cert_pem: resp.cert_chain_pem,
         key_pem: key.serialize_pem(),

@@ -68,6 +68,9 @@ impl Link {
         let initial = Duration::from_millis(self.config.backoff_initial_ms);
         let max = Duration::from_millis(self.config.backoff_max_ms);
         let mut attempt = 0u32;
+        // Which hub replica to try: picked by the agent id at first (agents spread), the next one after
+        // every failed session.
+        let mut turn = None::<usize>;
         let mut expired_logged = false;
         while !shutdown.is_cancelled() {
             let identity = match AgentIdentity::load(&self.config.data_dir) {
@@ -110,11 +113,13 @@ impl Link {
                 }
             }
             let started = Instant::now();
-            let delay = match self.session(identity, &shutdown).await {
+            let turn_now = *turn.get_or_insert_with(|| crate::identity::spread(&identity.agent_id, usize::MAX));
+            let delay = match self.session(identity, turn_now, &shutdown).await {
                 Ok(Ended::Shutdown) => return,
                 Ok(Ended::Reconnect(after, reason)) => {
                     tracing::info!(%reason, after_ms = after.as_millis() as u64, "hub asked us to reconnect");
                     attempt = 0;
+                    turn = turn.map(|t| t.wrapping_add(1)); // a replica going away: the next one
                     after
                 }
                 Err(LinkError::Refused(status)) if status.code() == tonic::Code::PermissionDenied => {
@@ -138,6 +143,7 @@ impl Link {
                     if started.elapsed() >= STABLE {
                         attempt = 0;
                     }
+                    turn = turn.map(|t| t.wrapping_add(1));
                     let d = backoff(attempt, initial, max);
                     attempt = attempt.saturating_add(1);
                     tracing::warn!(%error, retry_in_ms = d.as_millis() as u64, attempt, "hub link down");
@@ -151,8 +157,14 @@ impl Link {
         }
     }
 
-    async fn session(&self, mut identity: AgentIdentity, shutdown: &CancellationToken) -> Result<Ended, LinkError> {
-        let addr = identity.addr(self.config.hub.as_deref())?;
+    async fn session(
+        &self,
+        mut identity: AgentIdentity,
+        turn: usize,
+        shutdown: &CancellationToken,
+    ) -> Result<Ended, LinkError> {
+        let addrs = identity.addrs(self.config.hub.as_deref())?;
+        let addr = &addrs[turn % addrs.len()];
         let channel = addr.channel(&identity.ca_pem, Some((&identity.cert_pem, &identity.key_pem)))?;
         let mut client = AgentLinkClient::new(channel)
             .max_decoding_message_size(outpost_proto::MAX_MESSAGE_BYTES)

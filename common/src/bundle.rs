@@ -58,7 +58,7 @@ impl Bundle {
         let meta_path = dir.join("bundle.toml");
         let meta: BundleMeta = toml_lite(&read("bundle.toml")?)
             .map_err(|reason| BundleError::Invalid { path: meta_path.clone(), reason })?;
-        crate::tls::HubAddr::parse(&meta.hub)
+        crate::tls::HubAddr::parse_list(&meta.hub)
             .map_err(|e| BundleError::Invalid { path: meta_path, reason: e.to_string() })?;
         let key_path = dir.join("operator.key");
         let mode = std::fs::metadata(&key_path)
@@ -109,8 +109,10 @@ impl Bundle {
         Ok(())
     }
 
+    /// A channel to the hub (its first address when it has several replicas).
     pub fn channel(&self) -> Result<tonic::transport::Channel, crate::tls::TlsError> {
-        crate::tls::HubAddr::parse(&self.meta.hub)?.channel(&self.ca_pem, Some((&self.cert_pem, &self.key_pem)))
+        let addrs = crate::tls::HubAddr::parse_list(&self.meta.hub)?;
+        addrs[0].channel(&self.ca_pem, Some((&self.cert_pem, &self.key_pem)))
     }
 }
 

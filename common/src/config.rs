@@ -32,3 +32,15 @@ pub fn from_toml<T: DeserializeOwned>(text: &str) -> Result<T, String> {
 pub fn problems(p: Vec<String>) -> Result<(), ConfigError> {
     if p.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(p)) }
 }
+
+/// Reads a secret from `path` (named `setting` in errors), trimmed. A file others can read is refused:
+/// secrets at rest are 0600.
+pub fn read_secret_file(path: &Path, setting: &str) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| format!("{setting} {}: {e}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(format!("{setting} {} is readable by others; chmod 600 it", path.display()));
+    }
+    let secret = std::fs::read_to_string(path).map_err(|e| format!("{setting} {}: {e}", path.display()))?;
+    Ok(secret.trim().to_string())
+}

@@ -62,6 +62,27 @@ impl HubAddr {
         })
     }
 
+    /// Several hub addresses (the replicas of one hub), separated by commas: each must parse; at least
+    /// one; duplicates are dropped, order is kept. A single address is a list of one.
+    pub fn parse_list(addrs: &str) -> Result<Vec<HubAddr>, TlsError> {
+        let mut out: Vec<HubAddr> = Vec::new();
+        for a in addrs.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+            let a = HubAddr::parse(a)?;
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+        if out.is_empty() {
+            return Err(TlsError::BadAddress { addr: addrs.to_string(), reason: "no address".into() });
+        }
+        Ok(out)
+    }
+
+    /// The list `addrs` written back (what tokens and bundles carry).
+    pub fn join(addrs: &[HubAddr]) -> String {
+        addrs.iter().map(|a| a.url.as_str()).collect::<Vec<_>>().join(",")
+    }
+
     fn endpoint(&self) -> Result<Endpoint, TlsError> {
         Ok(Endpoint::from_shared(self.url.clone())
             .map_err(|e| TlsError::BadAddress { addr: self.url.clone(), reason: e.to_string() })?
@@ -241,6 +262,10 @@ mod tests {
         assert!(matches!(HubAddr::parse("127.0.0.1:7443"), Err(TlsError::NotHttps(_))));
         let err = HubAddr::parse("https://127.0.0.1").unwrap_err().to_string();
         assert!(err.contains("no port"), "{err}");
+        let list = HubAddr::parse_list("https://a:1, https://b:2,https://a:1").unwrap();
+        assert_eq!(HubAddr::join(&list), "https://a:1,https://b:2", "parsed, trimmed, duplicates dropped");
+        assert!(HubAddr::parse_list(" , ").is_err());
+        assert!(matches!(HubAddr::parse_list("https://a:1,http://b:2"), Err(TlsError::NotHttps(_))));
         let a = HubAddr::parse("https://[::1]:7443").unwrap();
         assert_eq!((a.host.as_str(), a.port), ("::1", 7443));
     }

@@ -17,7 +17,9 @@ pub struct HubConfig {
     /// Address the single TLS port binds to (agents, enrollment and operators share it).
     pub listen: SocketAddr,
     /// `https://host:port` agents and operators use to reach this hub; goes into join tokens.
-    /// Default: `https://<listen>` (with 127.0.0.1 when listening on 0.0.0.0).
+    /// Default: `https://<listen>` (with 127.0.0.1 when listening on 0.0.0.0). Several replicas on one
+    /// PostgreSQL: every replica's address, comma-separated, the same list on each (agents rotate through
+    /// it when one does not answer).
     pub advertise: Option<String>,
     /// Extra DNS names / IPs for the hub's server certificate (the advertise host, localhost and 127.0.0.1
     /// are always included).
@@ -64,10 +66,12 @@ pub struct CaConfig {
     pub key: Option<PathBuf>,
 }
 
-/// `[store]`: the embedded store.
+/// `[store]`: where the hub keeps its state.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
+    /// `sled` (embedded, one hub; the default) or `postgres` (several hubs on one database: `[store.postgres]`).
+    pub kind: StoreKind,
     /// sled page cache, MiB.
     pub cache_mib: u64,
     /// Health points kept per server for charts (bounded history).
@@ -76,6 +80,52 @@ pub struct StoreConfig {
     /// hubd; the operating system writes it out within about half a second) or `power` (a power loss: each
     /// group commit is followed by an fdatasync of the store file before anything in it is acknowledged).
     pub durability: Durability,
+    pub postgres: PostgresConfig,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    #[default]
+    Sled,
+    Postgres,
+}
+
+/// `[store.postgres]`: the database several hubs share.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// A libpq connection string (`host=db.internal port=5432 user=outpost dbname=outpost`) or URL; the
+    /// password goes in `password_file`, not here.
+    pub url: String,
+    /// A 0600 file holding the password.
+    pub password_file: Option<PathBuf>,
+    /// Connections per hub at most.
+    pub pool_size: usize,
+    /// How long to wait for a connection before answering "store unavailable".
+    pub connect_timeout_secs: u64,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig { url: String::new(), password_file: None, pool_size: 16, connect_timeout_secs: 5 }
+    }
+}
+
+impl PostgresConfig {
+    /// The options to connect with (the password read from its file).
+    pub fn options(&self) -> Result<crate::store::postgres::PgOptions, String> {
+        let password = match &self.password_file {
+            Some(p) => Some(outpost_common::config::read_secret_file(p, "store.postgres.password_file")?),
+            None => None,
+        };
+        Ok(crate::store::postgres::PgOptions {
+            url: self.url.clone(),
+            password,
+            pool_size: self.pool_size,
+            connect_timeout: std::time::Duration::from_secs(self.connect_timeout_secs),
+        })
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -140,7 +190,13 @@ impl Default for HubConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { cache_mib: 64, history_len: 360, durability: Durability::Process }
+        StoreConfig {
+            kind: StoreKind::Sled,
+            cache_mib: 64,
+            history_len: 360,
+            durability: Durability::Process,
+            postgres: PostgresConfig::default(),
+        }
     }
 }
 
@@ -217,7 +273,7 @@ impl HubConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
         if let Some(a) = &self.advertise
-            && let Err(e) = outpost_common::tls::HubAddr::parse(a)
+            && let Err(e) = outpost_common::tls::HubAddr::parse_list(a)
         {
             problems.push(format!("advertise: {e}"));
         }
@@ -246,6 +302,35 @@ impl HubConfig {
         if !(4..=65536).contains(&self.store.cache_mib) {
             problems.push(format!("store.cache_mib: {} is outside 4..=65536", self.store.cache_mib));
         }
+        let pg = &self.store.postgres;
+        if self.store.kind == StoreKind::Postgres {
+            if pg.url.trim().is_empty() {
+                problems.push(
+                    "store.postgres.url: set it for kind = \"postgres\" (e.g. \"host=db port=5432 user=outpost dbname=outpost\")"
+                        .into(),
+                );
+            } else if let Err(e) = pg.url.parse::<tokio_postgres::Config>() {
+                problems.push(format!("store.postgres.url: not a PostgreSQL connection string: {e}"));
+            } else if pg.url.contains("password") {
+                problems.push("store.postgres.url: holds a password; put it in store.postgres.password_file (0600)".into());
+            }
+            if let Err(e) = pg.options() {
+                problems.push(e);
+            }
+            if self.store.durability == Durability::Power {
+                problems.push(
+                    "store.durability applies to the embedded store; PostgreSQL acknowledges what it committed \
+                     (its synchronous_commit decides what that survives)"
+                        .into(),
+                );
+            }
+        }
+        if !(1..=1024).contains(&pg.pool_size) {
+            problems.push(format!("store.postgres.pool_size: {} is outside 1..=1024", pg.pool_size));
+        }
+        if !(1..=300).contains(&pg.connect_timeout_secs) {
+            problems.push(format!("store.postgres.connect_timeout_secs: {} is outside 1..=300", pg.connect_timeout_secs));
+        }
         problems.extend(self.provision.problems());
         problems.extend(self.lifecycle.problems());
         problems.extend(self.alerts.problems());
@@ -256,7 +341,9 @@ impl HubConfig {
     /// The address that goes into join tokens and bundles.
     pub fn advertise_url(&self, bound: SocketAddr) -> String {
         match &self.advertise {
-            Some(a) => outpost_common::tls::HubAddr::parse(a).map(|a| a.url).unwrap_or_else(|_| a.clone()),
+            Some(a) => outpost_common::tls::HubAddr::parse_list(a)
+                .map(|a| outpost_common::tls::HubAddr::join(&a))
+                .unwrap_or_else(|_| a.clone()),
             None => {
                 let ip = if bound.ip().is_unspecified() { "127.0.0.1".to_string() } else { bound.ip().to_string() };
                 let host = if ip.contains(':') { format!("[{ip}]") } else { ip };

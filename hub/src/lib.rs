@@ -104,10 +104,21 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     let rt = Runtime::new(shutdown.clone());
     let external = config.external_ca();
     let ca = Arc::new(FleetCa::load_or_create(&data_dir.join("ca"), external)?);
-    let power = config.store.durability == config::Durability::Power;
-    let sled = SledStore::open_durable(&data_dir.join("store"), config.store.cache_mib, power)?;
-    let sled_writer = sled.writer_task();
-    let store: Arc<dyn HubStore> = Arc::new(sled);
+    let (store, sled_writer): (Arc<dyn HubStore>, _) = match config.store.kind {
+        config::StoreKind::Sled => {
+            let power = config.store.durability == config::Durability::Power;
+            let sled = SledStore::open_durable(&data_dir.join("store"), config.store.cache_mib, power)?;
+            let writer = sled.writer_task();
+            (Arc::new(sled), writer)
+        }
+        config::StoreKind::Postgres => {
+            let options = config.store.postgres.options().map_err(|error| store::StoreError::Open {
+                path: "store.postgres".into(),
+                error,
+            })?;
+            (Arc::new(store::postgres::PgStore::connect(&options).await?), None)
+        }
+    };
 
     let records = store.servers().await?;
     let mut latest = std::collections::HashMap::with_capacity(records.len());
@@ -149,8 +160,12 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         Arc::new(Auth::new(identities.clone(), operators, Duration::from_secs(config.operators.cert_max_ttl_secs)));
 
     let mut names = config.tls_names.clone();
-    let adv_host = outpost_common::tls::HubAddr::parse(&advertise).map(|a| a.host).unwrap_or_default();
-    names.extend([adv_host, "localhost".into(), "127.0.0.1".into(), "::1".into()]);
+    // Every replica's name: the CA is shared, any replica may answer for the hub.
+    let adv_hosts = outpost_common::tls::HubAddr::parse_list(&advertise).map(|a| a.into_iter().map(|a| a.host));
+    names.extend(adv_hosts.into_iter().flatten());
+    names.extend(["localhost".into(), "127.0.0.1".into(), "::1".into()]);
+    names.sort();
+    names.dedup();
     let server_cert = ca.issue_server(&names)?;
 
     let recovered = jobs.recover().await?;

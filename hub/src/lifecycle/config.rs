@@ -211,14 +211,7 @@ impl ProvisionConfig {
     /// The API token: `token_file` (which must not be readable by others) or `HCLOUD_TOKEN`.
     pub fn token(&self) -> Result<String, String> {
         if let Some(path) = &self.token_file {
-            use std::os::unix::fs::PermissionsExt;
-            let meta = std::fs::metadata(path).map_err(|e| format!("provision.token_file {}: {e}", path.display()))?;
-            if meta.permissions().mode() & 0o077 != 0 {
-                return Err(format!("provision.token_file {} is readable by others; chmod 600 it", path.display()));
-            }
-            let t =
-                std::fs::read_to_string(path).map_err(|e| format!("provision.token_file {}: {e}", path.display()))?;
-            return Ok(t.trim().to_string());
+            return outpost_common::config::read_secret_file(path, "provision.token_file");
         }
         std::env::var("HCLOUD_TOKEN")
             .map(|t| t.trim().to_string())
