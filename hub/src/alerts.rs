@@ -411,12 +411,12 @@ impl Alerts {
     pub fn spawn(self: &Arc<Self>, rt: &Runtime) {
         let _ = self.rt.set(rt.clone());
         let me = self.clone();
-        rt.every("alerts", Duration::from_secs(self.config.eval_secs), move || {
+        rt.every_once("alerts", Duration::from_secs(self.config.eval_secs), move || {
             let me = me.clone();
             async move { me.evaluate(outpost_common::now_ms()).await }
         });
         let me = self.clone();
-        rt.every("alert delivery", Duration::from_secs(self.config.eval_secs), move || {
+        rt.every_once("alert delivery", Duration::from_secs(self.config.eval_secs), move || {
             let me = me.clone();
             async move { me.deliver().await }
         });

@@ -38,7 +38,7 @@ impl Audit {
     /// ids are never reused.
     pub fn spawn_retention(&self, rt: &Runtime, retention: Duration) {
         let store = self.store.clone();
-        rt.every("audit retention", Duration::from_secs(3600), move || {
+        rt.every_once("audit retention", Duration::from_secs(3600), move || {
             let store = store.clone();
             async move {
                 let cutoff = outpost_common::now_ms() - retention.as_millis() as i64;

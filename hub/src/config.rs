@@ -312,7 +312,8 @@ impl HubConfig {
             } else if let Err(e) = pg.url.parse::<tokio_postgres::Config>() {
                 problems.push(format!("store.postgres.url: not a PostgreSQL connection string: {e}"));
             } else if pg.url.contains("password") {
-                problems.push("store.postgres.url: holds a password; put it in store.postgres.password_file (0600)".into());
+                problems
+                    .push("store.postgres.url: holds a password; put it in store.postgres.password_file (0600)".into());
             }
             if let Err(e) = pg.options() {
                 problems.push(e);
@@ -329,7 +330,8 @@ impl HubConfig {
             problems.push(format!("store.postgres.pool_size: {} is outside 1..=1024", pg.pool_size));
         }
         if !(1..=300).contains(&pg.connect_timeout_secs) {
-            problems.push(format!("store.postgres.connect_timeout_secs: {} is outside 1..=300", pg.connect_timeout_secs));
+            problems
+                .push(format!("store.postgres.connect_timeout_secs: {} is outside 1..=300", pg.connect_timeout_secs));
         }
         problems.extend(self.provision.problems());
         problems.extend(self.lifecycle.problems());

@@ -19,6 +19,7 @@ pub mod limits;
 pub mod metrics;
 pub mod pki;
 pub mod relay;
+pub mod replicas;
 pub mod runtime;
 pub mod store;
 pub mod usage;
@@ -104,19 +105,21 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     let rt = Runtime::new(shutdown.clone());
     let external = config.external_ca();
     let ca = Arc::new(FleetCa::load_or_create(&data_dir.join("ca"), external)?);
-    let (store, sled_writer): (Arc<dyn HubStore>, _) = match config.store.kind {
+    let (store, sled_writer, pg): (Arc<dyn HubStore>, _, _) = match config.store.kind {
         config::StoreKind::Sled => {
             let power = config.store.durability == config::Durability::Power;
             let sled = SledStore::open_durable(&data_dir.join("store"), config.store.cache_mib, power)?;
             let writer = sled.writer_task();
-            (Arc::new(sled), writer)
+            (Arc::new(sled), writer, None)
         }
         config::StoreKind::Postgres => {
-            let options = config.store.postgres.options().map_err(|error| store::StoreError::Open {
-                path: "store.postgres".into(),
-                error,
-            })?;
-            (Arc::new(store::postgres::PgStore::connect(&options).await?), None)
+            let options = config
+                .store
+                .postgres
+                .options()
+                .map_err(|error| store::StoreError::Open { path: "store.postgres".into(), error })?;
+            let pg = Arc::new(store::postgres::PgStore::connect(&options).await?);
+            (pg.clone(), None, Some(pg))
         }
     };
 
@@ -147,6 +150,20 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         Arc::new(Reports::new(fleet.clone(), store.clone(), config.store.history_len, metrics.clone(), usage.clone()));
     let audit = Arc::new(audit::Audit::new(store.clone()));
     let operators = Arc::new(Operators::load(store.clone()).await?);
+    if let Some(pg) = pg {
+        // One id per process: a restarted replica is a new one (the old one's streams are gone).
+        let me = format!("{}-{}", addr, hex_id());
+        let replication = replicas::Replication::new(
+            pg,
+            (me.clone(), format!("https://{addr}")),
+            fleet.clone(),
+            (identities.clone(), operators.clone()),
+            config.grace(),
+        );
+        Arc::new(replication).spawn(&rt);
+        rt.share_leases(store.clone(), me.clone());
+        tracing::info!(replica = %me, "replica of a hub on PostgreSQL");
+    }
     let relay = Arc::new(relay::Relay::default());
     let jobs = Arc::new(jobs::Jobs::new(
         fleet.clone(),
@@ -342,4 +359,11 @@ pub fn sd_notify_ready() {
     if let Err(error) = sock.send_to(b"READY=1", &path) {
         tracing::warn!(%error, "sd_notify failed");
     }
+}
+
+/// 8 random bytes in hex.
+fn hex_id() -> String {
+    let mut b = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).expect("the system's random source");
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }

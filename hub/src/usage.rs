@@ -298,7 +298,7 @@ impl UsageBook {
     /// Deletes buckets past their retention, every hour.
     pub fn spawn(self: &Arc<Self>, rt: &Runtime) {
         let me = self.clone();
-        rt.every("usage retention", Duration::from_secs(3600), move || {
+        rt.every_once("usage retention", Duration::from_secs(3600), move || {
             let me = me.clone();
             async move {
                 if let Err(error) = me.trim(outpost_common::now_ms()).await {

@@ -14,6 +14,7 @@ mod metrics;
 mod ops;
 mod provision;
 mod renewal;
+mod replicas;
 mod shutdown;
 mod sim;
 mod ssh_repos;

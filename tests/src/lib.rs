@@ -128,12 +128,10 @@ impl HubProc {
 
     /// An operator bundle with lifetime `ttl`, signed with the CA directly (as a careless admin might).
     pub fn bundle_with_ttl(&self, name: &str, role: Role, ttl: Duration) -> Bundle {
-        let config = hub::HubConfig {
-            listen: format!("127.0.0.1:{}", self.port).parse().unwrap(),
-            data_dir: self.dir.join("data"),
-            ..Default::default()
-        };
-        let ca = hub::pki::ca::FleetCa::load(&config.data_dir.join("ca"), None).unwrap();
+        // This hub's own config (its CA may be a file several hubs share), addressed at this hub alone.
+        let mut config = hub::HubConfig::load(&self.config).unwrap();
+        config.advertise = None;
+        let ca = hub::pki::ca::FleetCa::load(&config.data_dir.join("ca"), config.external_ca()).unwrap();
         hub::cli::issue_bundle(&config, &ca, name, role, ttl).unwrap()
     }
 

@@ -118,10 +118,11 @@ impl Identities {
         // A bad CSR does not burn the token: the agent can fix it and retry.
         FleetCa::check_csr(csr_pem)?;
         let _server = self.fleet.lock(&token.server).await;
-        let mut record = self
-            .fleet
-            .record(&token.server)
-            .map_err(|_| HubError::NotFound(format!("server {} no longer exists; create a new token", token.server)))?;
+        // From the store, not the fleet view: another hub of the same store may have created or changed the
+        // server a moment ago.
+        let mut record = self.store.server(&token.server).await?.ok_or_else(|| {
+            HubError::NotFound(format!("server {} no longer exists; create a new token", token.server))
+        })?;
         let agent_id = hex(&random_bytes::<12>());
         let issued = self.sign(csr_pem, &agent_id)?;
         // Every certificate the previous identity could still use dies with this enrollment (its agent id no
@@ -217,6 +218,13 @@ impl Identities {
         let closed = registry.close_server(name);
         tracing::warn!(server = name, %serial, by, closed, "identity revoked");
         Ok(serial)
+    }
+
+    /// Reads the revoked serials again (another hub of the same store revoked an identity).
+    pub async fn reload_revoked(&self) -> Result<(), crate::store::StoreError> {
+        let serials: HashSet<String> = self.store.revoked_serials().await?.into_iter().collect();
+        *self.revoked.write().unwrap_or_else(|p| p.into_inner()) = serials;
+        Ok(())
     }
 
     pub fn is_revoked(&self, serial: &str) -> bool {

@@ -228,6 +228,63 @@ impl Registry {
         let _ = self.deltas.send(FleetDelta::Upsert(view));
     }
 
+    /// The servers whose stream is attached here.
+    pub fn attached(&self) -> std::collections::HashSet<String> {
+        self.lock().servers.iter().filter(|(_, e)| e.stream.is_some()).map(|(n, _)| n.clone()).collect()
+    }
+
+    /// A server as another hub of the same store sees it. A server whose stream is attached here keeps
+    /// its live state (this hub is its authority) and takes only the record, when more than its progress
+    /// changed; any other takes the whole view. Returns whether the server's stream is attached here.
+    pub fn apply_remote(
+        &self,
+        record: ServerRecord,
+        (health, apps): (Option<Health>, Option<AppsState>),
+        (liveness, since): (Liveness, i64),
+    ) -> bool {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let name = record.name.clone();
+        if let Some(old) = inner.servers.get(&name).map(|e| e.view.record.agent_id.clone())
+            && old != record.agent_id
+        {
+            inner.by_agent.remove(&old);
+        }
+        if !record.agent_id.is_empty() {
+            inner.by_agent.insert(record.agent_id.clone(), name.clone());
+        }
+        let entry = inner.servers.entry(name).or_insert_with(|| Entry {
+            view: Arc::new(ServerView {
+                record: record.clone(),
+                liveness,
+                liveness_since_ms: since,
+                health: None,
+                apps: None,
+            }),
+            stream: None,
+        });
+        let local = entry.stream.is_some();
+        let view = if local {
+            if entry.view.record.static_hash() == record.static_hash() {
+                return true;
+            }
+            ServerView { record, ..(*entry.view).clone() }
+        } else {
+            let health = health.or_else(|| entry.view.health.clone());
+            let apps = apps.or_else(|| entry.view.apps.clone());
+            ServerView { record, liveness, liveness_since_ms: since, health, apps }
+        };
+        let view = Arc::new(view);
+        entry.view = view.clone();
+        let _ = self.deltas.send(FleetDelta::Upsert(view));
+        local
+    }
+
+    /// Every server's name.
+    pub fn names(&self) -> Vec<String> {
+        self.lock().servers.keys().cloned().collect()
+    }
+
     /// Closes the live stream of `name`, if any (revocation, re-enrollment). Returns how many were closed.
     pub fn close_server(&self, name: &str) -> usize {
         let inner = self.lock();

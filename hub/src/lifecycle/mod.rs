@@ -428,7 +428,7 @@ impl Lifecycle {
         }
         let (store, clock) = (self.store.clone(), self.clock.clone());
         let keep_ms = i64::from(self.config.job_retention_days) * 86_400_000;
-        rt.every("job retention", Duration::from_secs(3600), move || {
+        rt.every_once("job retention", Duration::from_secs(3600), move || {
             let (store, cutoff) = (store.clone(), clock.now_ms() - keep_ms);
             async move {
                 match store.trim_jobs(cutoff).await {

@@ -346,7 +346,7 @@ impl Provisioner {
         }
         let me = self.clone();
         let fleet_names = store.clone();
-        rt.every("orphan check", Duration::from_secs(self.config.reap_secs), move || {
+        rt.every_once("orphan check", Duration::from_secs(self.config.reap_secs), move || {
             let (me, store) = (me.clone(), fleet_names.clone());
             async move {
                 if let Err(error) = me.reap(&*store).await {

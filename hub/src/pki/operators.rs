@@ -79,6 +79,22 @@ impl Operators {
         Ok(session.map(|t| t.cancel()).is_some())
     }
 
+    /// Reads the revocations again (another hub of the same store revoked someone): sessions of newly
+    /// revoked operators are closed. Returns how many revocations are new.
+    pub async fn reload(&self) -> Result<usize, StoreError> {
+        let now: BTreeMap<String, OperatorRevocation> = self.store.operator_revocations().await?.into_iter().collect();
+        let mut revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+        let new: Vec<String> = now.iter().filter(|(n, r)| revoked.get(*n) != Some(r)).map(|(n, _)| n.clone()).collect();
+        *revoked = now;
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        for name in &new {
+            if let Some(s) = sessions.remove(name) {
+                s.cancel();
+            }
+        }
+        Ok(new.len())
+    }
+
     /// Every operator seen since the hub started, and every revoked one.
     pub fn list(&self) -> Vec<OperatorInfo> {
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());

@@ -64,6 +64,8 @@ fn plan(targets: &[&str]) -> PlanRecord {
 /// Runs every check; panics with what failed.
 pub async fn run(backend: &mut dyn Backend) {
     let store = backend.open().await;
+    leases_have_one_holder_at_a_time(&*store).await;
+    one_server_reads_back_with_its_progress(&*store).await;
     servers_are_replaced_whole(&*store).await;
     one_outstanding_token_per_server_and_single_use(store.clone()).await;
     reports_are_bounded_and_carry_the_high_water_mark(&*store).await;
@@ -501,4 +503,24 @@ async fn usage_buckets_and_their_cursor_are_written_together(store: &dyn HubStor
     assert_eq!(store.trim_usage(Resolution::Hour, 10 * D + H).await.unwrap(), 1);
     assert_eq!(store.usage_between(Resolution::Hour, 0, i64::MAX, None).await.unwrap().len(), 1);
     assert_eq!(store.usage_between(Resolution::Day, 0, i64::MAX, None).await.unwrap().len(), 2, "days untouched");
+}
+
+async fn one_server_reads_back_with_its_progress(store: &dyn HubStore) {
+    assert_eq!(store.server("nobody").await.unwrap(), None);
+    let mut r = server("one");
+    store.put_server(&r).await.unwrap();
+    r.last_seq = 5;
+    store.record_report(&r, 5, vec![5], 10).await.unwrap();
+    assert_eq!(store.server("one").await.unwrap(), Some(r), "the record with the progress of its last report");
+    store.remove_server("one").await.unwrap();
+}
+
+async fn leases_have_one_holder_at_a_time(store: &dyn HubStore) {
+    assert!(store.hold_lease("alerts", "a", 1000, 100).await.unwrap(), "a free lease is taken");
+    assert!(!store.hold_lease("alerts", "b", 1050, 100).await.unwrap(), "held by a until 1100");
+    assert!(store.hold_lease("alerts", "a", 1090, 100).await.unwrap(), "renewed by its holder");
+    assert!(!store.hold_lease("alerts", "b", 1150, 100).await.unwrap(), "the renewal runs to 1190");
+    assert!(store.hold_lease("other", "b", 1150, 100).await.unwrap(), "leases are by name");
+    assert!(store.hold_lease("alerts", "b", 1191, 100).await.unwrap(), "a lease that ran out is taken over");
+    assert!(!store.hold_lease("alerts", "a", 1200, 100).await.unwrap(), "and the old holder has lost it");
 }

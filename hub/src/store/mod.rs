@@ -61,6 +61,8 @@ pub enum TokenState {
 #[async_trait]
 pub trait Servers: Send + Sync {
     async fn servers(&self) -> Result<Vec<ServerRecord>>;
+    /// One server's record, as stored now (another hub of the same store may have changed it).
+    async fn server(&self, name: &str) -> Result<Option<ServerRecord>>;
     /// Replaces (or creates) a record.
     async fn put_server(&self, record: &ServerRecord) -> Result<()>;
     /// Removes a server that never came to be (a failed provision): its record, its unused tokens, its
@@ -238,6 +240,14 @@ pub trait Usage: Send + Sync {
     async fn trim_usage(&self, res: Resolution, cutoff_ms: i64) -> Result<usize>;
 }
 
+/// Leases on periodic work that must run on one hub at a time when several share a store.
+#[async_trait]
+pub trait Leases: Send + Sync {
+    /// Takes or renews lease `name` for `holder` until `now_ms + ttl_ms`. True when `holder` has it now
+    /// (it was free, had run out, or was `holder`'s already); false when another holder's is still running.
+    async fn hold_lease(&self, name: &str, holder: &str, now_ms: i64, ttl_ms: i64) -> Result<bool>;
+}
+
 /// What agent identities (enrollment, tokens, renewal, revocation) use.
 pub trait IdentityStore: Servers + Tokens + Revocations {}
 impl<T: Servers + Tokens + Revocations + ?Sized> IdentityStore for T {}
@@ -248,6 +258,12 @@ impl<T: Servers + Reports + Usage + ?Sized> ReportStore for T {}
 
 /// A whole hub store: every repository. Services take the narrower trait they use (a `dyn HubStore`
 /// coerces to each).
-pub trait HubStore: IdentityStore + ReportStore + AuditLog + Commands + OperatorStore + Queue + Silences {}
+pub trait HubStore:
+    IdentityStore + ReportStore + AuditLog + Commands + OperatorStore + Queue + Silences + Leases
+{
+}
 
-impl<T: IdentityStore + ReportStore + AuditLog + Commands + OperatorStore + Queue + Silences + ?Sized> HubStore for T {}
+impl<T: IdentityStore + ReportStore + AuditLog + Commands + OperatorStore + Queue + Silences + Leases + ?Sized> HubStore
+    for T
+{
+}

@@ -11,7 +11,7 @@
 //! answers "store unavailable" and the writer (an agent's outbox) sends again.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -28,7 +28,14 @@ use super::{
 };
 
 /// The schema, in order; each is applied once, in a transaction, recorded in `outpost_migrations`.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "store", include_str!("../../migrations/0001_store.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "store", include_str!("../../migrations/0001_store.sql")),
+    (2, "replicas", include_str!("../../migrations/0002_replicas.sql")),
+];
+
+/// The channel replicas LISTEN on; payloads name what changed (`servers`, `revoked`, `operators`,
+/// `silences`, `removed`).
+pub const CHANNEL: &str = "outpost";
 
 /// Advisory lock keys (transaction-scoped).
 const LOCK_MIGRATE: i64 = 0x6f75_7470_0001;
@@ -53,6 +60,8 @@ pub struct PgOptions {
 
 pub struct PgStore {
     pool: Pool,
+    /// For the LISTEN connection, which is not pooled.
+    config: tokio_postgres::Config,
     /// Where it is (host and port, no secrets), for errors.
     target: String,
     /// Per server, a hash of its record as this hub last wrote it whole: a report whose record differs
@@ -75,7 +84,10 @@ fn db_err(target: &str, e: tokio_postgres::Error) -> StoreError {
     };
     let detail = match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
+        None => match std::error::Error::source(&e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
     };
     match unavailable {
         true => StoreError::Unavailable(format!("PostgreSQL at {target}: {detail}")),
@@ -105,13 +117,15 @@ fn progress(r: &ServerRecord) -> [i64; 5] {
 
 /// Creates or replaces a server whole.
 const UPSERT_SERVER: &str = "INSERT INTO servers (name, record, last_seq, reports_received, last_seen_ms, \
-     last_report_ms, first_seen_ms) VALUES ($1, $2::text::jsonb, $3, $4, $5, $6, $7) ON CONFLICT (name) DO UPDATE \
-     SET record = EXCLUDED.record, last_seq = EXCLUDED.last_seq, reports_received = EXCLUDED.reports_received, \
+     last_report_ms, first_seen_ms, version) VALUES ($1, $2::text::jsonb, $3, $4, $5, $6, $7, \
+     nextval('server_versions')) ON CONFLICT (name) DO UPDATE SET version = EXCLUDED.version, \
+     record = EXCLUDED.record, last_seq = EXCLUDED.last_seq, reports_received = EXCLUDED.reports_received, \
      last_seen_ms = EXCLUDED.last_seen_ms, last_report_ms = EXCLUDED.last_report_ms, \
      first_seen_ms = EXCLUDED.first_seen_ms";
 
 /// Moves a stored server's progress (`$2`, the record, is null: only progress changed).
-const UPDATE_PROGRESS: &str = "UPDATE servers SET record = COALESCE($2::text::jsonb, record), last_seq = $3, \
+const UPDATE_PROGRESS: &str = "UPDATE servers SET version = nextval('server_versions'), \
+     record = COALESCE($2::text::jsonb, record), last_seq = $3, \
      reports_received = $4, last_seen_ms = $5, last_report_ms = $6, first_seen_ms = $7 WHERE name = $1";
 
 impl PgStore {
@@ -128,7 +142,7 @@ impl PgStore {
         config.connect_timeout(options.connect_timeout).application_name("hubd");
         let target = describe(&config);
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             tokio_postgres::NoTls,
             ManagerConfig { recycling_method: RecyclingMethod::Fast },
         );
@@ -140,7 +154,7 @@ impl PgStore {
             .recycle_timeout(Some(options.connect_timeout))
             .build()
             .map_err(|e| StoreError::Open { path: target.clone(), error: e.to_string() })?;
-        let store = PgStore { pool, target, written: Mutex::default() };
+        let store = PgStore { pool, config, target, written: Mutex::default() };
         store.migrate().await.map_err(|e| StoreError::Open { path: store.target.clone(), error: e.to_string() })?;
         Ok(store)
     }
@@ -267,7 +281,7 @@ impl PgStore {
         let [a, b, c, d, e] = progress(r);
         let st = tx.prepare_cached(UPSERT_SERVER).await.map_err(|e| self.err(e))?;
         tx.execute(&st, &[&r.name, &record, &a, &b, &c, &d, &e]).await.map_err(|e| self.err(e))?;
-        Ok(())
+        notify(tx, "servers").await.map_err(|e| self.err(e))
     }
 
     /// Appends `entry` inside `tx`, last in it: the audit lock is held to the commit, so ids and times
@@ -319,6 +333,143 @@ impl PgStore {
     }
 }
 
+/// A server as another replica wrote it: what the fleet view of this replica needs.
+#[derive(Debug)]
+pub struct Change {
+    pub record: ServerRecord,
+    /// The replica its agent's stream is on ('' when none), and since when.
+    pub holder: String,
+    pub holder_ms: i64,
+    pub version: i64,
+    /// The latest `HistoryPoint` and `AppsState` (protobuf).
+    pub latest: Option<Vec<u8>>,
+    pub apps: Option<Vec<u8>>,
+}
+
+/// A replica and its last heartbeat.
+#[derive(Clone, Debug)]
+pub struct Replica {
+    pub id: String,
+    pub url: String,
+    pub heartbeat_ms: i64,
+}
+
+/// What replicas share beyond the store traits: the servers changed since a version, who holds which
+/// stream, heartbeats, and notifications.
+impl PgStore {
+    /// Servers written after `version` (at most `limit`, oldest first), with their latest health and apps.
+    pub async fn changes_since(&self, version: i64, limit: i64) -> Result<Vec<Change>> {
+        let rows = self
+            .rows(
+                "SELECT s.name, s.record::text, s.last_seq, s.reports_received, s.last_seen_ms, s.last_report_ms, \
+                 s.first_seen_ms, s.holder, s.holder_ms, s.version, \
+                 (SELECT h.point FROM history h WHERE h.server = s.name ORDER BY h.seq DESC LIMIT 1), a.state \
+                 FROM servers s LEFT JOIN apps a ON a.server = s.name WHERE s.version > $1 ORDER BY s.version LIMIT $2",
+                &[&version, &limit],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Change {
+                    record: server_row(row)?,
+                    holder: row.get(7),
+                    holder_ms: row.get(8),
+                    version: row.get(9),
+                    latest: row.get(10),
+                    apps: row.get(11),
+                })
+            })
+            .collect()
+    }
+
+    /// Every server's name (to find the ones another replica removed).
+    pub async fn server_names(&self) -> Result<Vec<String>> {
+        Ok(self.rows("SELECT name FROM servers", &[]).await?.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Records that `me` holds the streams of `attached` now, and no longer those of `released` (unless
+    /// another replica took them since).
+    pub async fn hold_streams(&self, me: &str, attached: &[String], released: &[String], now_ms: i64) -> Result<()> {
+        self.in_tx(async |tx| {
+            if !attached.is_empty() {
+                tx.execute(
+                    "UPDATE servers SET holder = $1, holder_ms = $2, version = nextval('server_versions') \
+                     WHERE name = ANY($3)",
+                    &[&me, &now_ms, &attached],
+                )
+                .await
+                .map_err(|e| self.err(e))?;
+            }
+            if !released.is_empty() {
+                tx.execute(
+                    "UPDATE servers SET holder = '', holder_ms = $2, version = nextval('server_versions') \
+                     WHERE name = ANY($3) AND holder = $1",
+                    &[&me, &now_ms, &released],
+                )
+                .await
+                .map_err(|e| self.err(e))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Stores `me`'s heartbeat and returns every replica's.
+    pub async fn heartbeat(&self, me: &str, url: &str, started_ms: i64, now_ms: i64) -> Result<Vec<Replica>> {
+        self.exec(
+            "INSERT INTO replicas (id, url, started_ms, heartbeat_ms) VALUES ($1, $2, $3, $4) ON CONFLICT (id) \
+             DO UPDATE SET url = EXCLUDED.url, started_ms = EXCLUDED.started_ms, heartbeat_ms = EXCLUDED.heartbeat_ms",
+            &[&me, &url, &started_ms, &now_ms],
+        )
+        .await?;
+        let rows = self.rows("SELECT id, url, heartbeat_ms FROM replicas ORDER BY id", &[]).await?;
+        Ok(rows.iter().map(|r| Replica { id: r.get(0), url: r.get(1), heartbeat_ms: r.get(2) }).collect())
+    }
+
+    /// A connection of its own that LISTENs on [`CHANNEL`]: every notification's payload is sent on the
+    /// returned channel, which closes when the connection is lost (the caller listens again).
+    pub async fn listen(&self) -> Result<tokio::sync::mpsc::Receiver<String>> {
+        let (client, mut connection) = self.config.connect(tokio_postgres::NoTls).await.map_err(|e| self.err(e))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        // The client lives as long as the task that drives its connection.
+        let keep = Arc::new(Mutex::new(None::<tokio_postgres::Client>));
+        let kept = keep.clone();
+        tokio::spawn(async move {
+            let _client = kept;
+            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(Ok(m)) = futures::StreamExt::next(&mut messages).await {
+                // A full channel drops the wake-up: the listener is busy and looks at everything anyway.
+                if let tokio_postgres::AsyncMessage::Notification(n) = m
+                    && let Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) = tx.try_send(n.payload().to_string())
+                {
+                    break;
+                }
+            }
+        });
+        client.batch_execute(&format!("LISTEN {CHANNEL}")).await.map_err(|e| self.err(e))?;
+        *keep.lock().unwrap_or_else(|p| p.into_inner()) = Some(client);
+        Ok(rx)
+    }
+}
+
+/// The columns [`server_row`] reads.
+const SERVER_COLUMNS: &str =
+    "name, record::text, last_seq, reports_received, last_seen_ms, last_report_ms, first_seen_ms";
+
+/// A server record from a row of [`SERVER_COLUMNS`] (first), its progress put back in.
+fn server_row(row: &tokio_postgres::Row) -> Result<ServerRecord> {
+    let name: &str = row.get(0);
+    let mut r: ServerRecord = decode("servers", name, row.get(1))?;
+    (r.last_seq, r.reports_received) = (row.get::<_, i64>(2) as u64, row.get::<_, i64>(3) as u64);
+    (r.last_seen_ms, r.last_report_ms, r.first_seen_ms) = (row.get(4), row.get(5), row.get(6));
+    Ok(r)
+}
+
+/// Wakes the other replicas (delivered when `tx` commits; several of one transaction are one).
+async fn notify(tx: &deadpool_postgres::Transaction<'_>, what: &str) -> Result<(), tokio_postgres::Error> {
+    tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &what]).await.map(drop)
+}
+
 /// Host and port of `config`, for messages (never the password).
 fn describe(config: &tokio_postgres::Config) -> String {
     let host = config
@@ -336,22 +487,13 @@ fn describe(config: &tokio_postgres::Config) -> String {
 #[async_trait]
 impl Servers for PgStore {
     async fn servers(&self) -> Result<Vec<ServerRecord>> {
-        let rows = self
-            .rows(
-                "SELECT name, record::text, last_seq, reports_received, last_seen_ms, last_report_ms, first_seen_ms \
-                 FROM servers ORDER BY name",
-                &[],
-            )
-            .await?;
-        rows.iter()
-            .map(|row| {
-                let name: &str = row.get(0);
-                let mut r: ServerRecord = decode("servers", name, row.get(1))?;
-                (r.last_seq, r.reports_received) = (row.get::<_, i64>(2) as u64, row.get::<_, i64>(3) as u64);
-                (r.last_seen_ms, r.last_report_ms, r.first_seen_ms) = (row.get(4), row.get(5), row.get(6));
-                Ok(r)
-            })
-            .collect()
+        let rows = self.rows(&format!("SELECT {SERVER_COLUMNS} FROM servers ORDER BY name"), &[]).await?;
+        rows.iter().map(server_row).collect()
+    }
+
+    async fn server(&self, name: &str) -> Result<Option<ServerRecord>> {
+        let rows = self.rows(&format!("SELECT {SERVER_COLUMNS} FROM servers WHERE name = $1"), &[&name]).await?;
+        rows.first().map(server_row).transpose()
     }
 
     async fn put_server(&self, record: &ServerRecord) -> Result<()> {
@@ -374,7 +516,7 @@ impl Servers for PgStore {
             ] {
                 tx.execute(sql, &[&name]).await.map_err(|e| self.err(e))?;
             }
-            Ok(())
+            notify(tx, "removed").await.map_err(|e| self.err(e))
         })
         .await
     }
@@ -484,6 +626,7 @@ impl Revocations for PgStore {
                     .await
                     .map_err(|e| self.err(e))?;
                 }
+                notify(tx, "revoked").await.map_err(|e| self.err(e))?;
                 self.upsert_server(tx, server).await
             })
             .await;
@@ -632,13 +775,17 @@ impl OperatorStore for PgStore {
     }
 
     async fn revoke_operator(&self, name: &str, revocation: &OperatorRevocation) -> Result<()> {
-        self.exec(
-            "INSERT INTO operator_revocations (name, record) VALUES ($1, $2::text::jsonb) \
-             ON CONFLICT (name) DO UPDATE SET record = EXCLUDED.record",
-            &[&name, &json(revocation)],
-        )
+        self.in_tx(async |tx| {
+            tx.execute(
+                "INSERT INTO operator_revocations (name, record) VALUES ($1, $2::text::jsonb) \
+                 ON CONFLICT (name) DO UPDATE SET record = EXCLUDED.record",
+                &[&name, &json(revocation)],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+            notify(tx, "operators").await.map_err(|e| self.err(e))
+        })
         .await
-        .map(drop)
     }
 }
 
@@ -672,6 +819,7 @@ impl Silences for PgStore {
             )
             .await
             .map_err(|e| self.err(e))?;
+            notify(tx, "silences").await.map_err(|e| self.err(e))?;
             self.audit_in(tx, audit).await.map(drop)
         })
         .await
@@ -813,6 +961,21 @@ impl Queue for PgStore {
             Ok(n as usize)
         })
         .await
+    }
+}
+
+#[async_trait]
+impl super::Leases for PgStore {
+    async fn hold_lease(&self, name: &str, holder: &str, now_ms: i64, ttl_ms: i64) -> Result<bool> {
+        let rows = self
+            .rows(
+                "INSERT INTO leases (name, holder, until_ms) VALUES ($1, $2, $3) ON CONFLICT (name) DO UPDATE \
+                 SET holder = EXCLUDED.holder, until_ms = EXCLUDED.until_ms \
+                 WHERE leases.holder = EXCLUDED.holder OR leases.until_ms < $4 RETURNING holder",
+                &[&name, &holder, &(now_ms + ttl_ms), &now_ms],
+            )
+            .await?;
+        Ok(!rows.is_empty())
     }
 }
 

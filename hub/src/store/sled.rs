@@ -172,6 +172,8 @@ pub struct SledStore {
     /// Per server, a hash of its record as last written whole, without its progress fields: a report whose
     /// record differs only in those writes 40 bytes of progress, not the record.
     written: Mutex<std::collections::HashMap<String, u64>>,
+    /// Leases, in memory: one process owns a sled directory, so they only order this hub's own tasks.
+    leases: Mutex<std::collections::HashMap<String, (String, i64)>>,
 }
 
 fn read_err(e: sled::Error) -> StoreError {
@@ -246,6 +248,7 @@ impl SledStore {
             queue: tokio::sync::Mutex::new(()),
             queue_next: AtomicU64::new(last_job + 1),
             written: Mutex::default(),
+            leases: Mutex::default(),
         })
     }
 
@@ -370,6 +373,14 @@ impl Servers for SledStore {
             out.push(r);
         }
         Ok(out)
+    }
+
+    async fn server(&self, name: &str) -> Result<Option<ServerRecord>> {
+        let Some(mut r) = self.get_json::<ServerRecord>(Tree::Servers, name.as_bytes())? else { return Ok(None) };
+        if let Some(p) = self.tree(Tree::Progress).get(name.as_bytes()).map_err(read_err)? {
+            apply_progress(&mut r, &p);
+        }
+        Ok(Some(r))
     }
 
     async fn put_server(&self, record: &ServerRecord) -> Result<()> {
@@ -617,6 +628,18 @@ impl Silences for SledStore {
 
     async fn firing_alerts(&self) -> Result<Vec<(String, AlertRecord)>> {
         self.all_json(Tree::Alerts)
+    }
+}
+
+#[async_trait]
+impl super::Leases for SledStore {
+    async fn hold_lease(&self, name: &str, holder: &str, now_ms: i64, ttl_ms: i64) -> Result<bool> {
+        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        let held = leases.get(name).is_some_and(|(h, until)| h != holder && *until >= now_ms);
+        if !held {
+            leases.insert(name.to_string(), (holder.to_string(), now_ms + ttl_ms));
+        }
+        Ok(!held)
     }
 }
 
