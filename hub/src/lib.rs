@@ -150,19 +150,22 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         Arc::new(Reports::new(fleet.clone(), store.clone(), config.store.history_len, metrics.clone(), usage.clone()));
     let audit = Arc::new(audit::Audit::new(store.clone()));
     let operators = Arc::new(Operators::load(store.clone()).await?);
+    let mut peers = None;
     if let Some(pg) = pg {
         // One id per process: a restarted replica is a new one (the old one's streams are gone).
         let me = format!("{}-{}", addr, hex_id());
+        let url = replica_url(addr, &advertise);
         let replication = replicas::Replication::new(
             pg,
-            (me.clone(), format!("https://{addr}")),
+            (me.clone(), url.clone()),
             fleet.clone(),
             (identities.clone(), operators.clone()),
             config.grace(),
         );
+        peers = Some(Arc::new(api::peer::Peers::new(replication.placement(), ca.clone())));
         Arc::new(replication).spawn(&rt);
         rt.share_leases(store.clone(), me.clone());
-        tracing::info!(replica = %me, "replica of a hub on PostgreSQL");
+        tracing::info!(replica = %me, %url, "replica of a hub on PostgreSQL");
     }
     let relay = Arc::new(relay::Relay::default());
     let jobs = Arc::new(jobs::Jobs::new(
@@ -260,6 +263,10 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         audit,
         rt.clone(),
     );
+    let operator = match peers {
+        Some(p) => operator.with_peers(p),
+        None => operator,
+    };
     let serve = api::serve(
         listener,
         server_cert,
@@ -366,4 +373,17 @@ fn hex_id() -> String {
     let mut b = [0u8; 8];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).expect("the system's random source");
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The address other replicas reach this one at: the bound address, or, when it listens on every address,
+/// the entry of the advertised list with its port.
+fn replica_url(bound: std::net::SocketAddr, advertise: &str) -> String {
+    if !bound.ip().is_unspecified() {
+        return format!("https://{bound}");
+    }
+    let listed = outpost_common::tls::HubAddr::parse_list(advertise).unwrap_or_default();
+    match listed.into_iter().find(|a| a.port == bound.port()) {
+        Some(a) => a.url,
+        None => format!("https://127.0.0.1:{}", bound.port()),
+    }
 }

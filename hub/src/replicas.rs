@@ -43,6 +43,27 @@ pub struct Replication {
     identities: Arc<Identities>,
     operators: Arc<Operators>,
     grace_ms: i64,
+    placement: Arc<Placement>,
+}
+
+/// Which replica each server's stream is on, as this replica last saw it (servers on this replica, and
+/// servers on none, are not listed).
+#[derive(Default)]
+pub struct Placement {
+    inner: std::sync::Mutex<(HashMap<String, String>, HashMap<String, String>)>,
+}
+
+impl Placement {
+    /// The replica (id, address) `server`'s stream is on, when it is on another live one.
+    pub fn replica_of(&self, server: &str) -> Option<(String, String)> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let id = inner.0.get(server)?;
+        Some((id.clone(), inner.1.get(id)?.clone()))
+    }
+
+    fn set(&self, held: &HashMap<String, String>, urls: HashMap<String, String>) {
+        *self.inner.lock().unwrap_or_else(|p| p.into_inner()) = (held.clone(), urls);
+    }
 }
 
 /// What the loop keeps between looks.
@@ -70,7 +91,13 @@ impl Replication {
         grace: Duration,
     ) -> Replication {
         let started_ms = outpost_common::now_ms();
-        Replication { store, me, url, started_ms, fleet, identities, operators, grace_ms: grace.as_millis() as i64 }
+        let grace_ms = grace.as_millis() as i64;
+        Replication { store, me, url, started_ms, fleet, identities, operators, grace_ms, placement: Arc::default() }
+    }
+
+    /// Where the other replicas' streams are (kept up to date by the loop).
+    pub fn placement(&self) -> Arc<Placement> {
+        self.placement.clone()
     }
 
     pub fn spawn(self: Arc<Self>, rt: &Runtime) {
@@ -122,6 +149,11 @@ impl Replication {
     ) -> Result<(), crate::store::StoreError> {
         let now = outpost_common::now_ms();
         let replicas = self.store.heartbeat(&self.me, &self.url, self.started_ms, now).await?;
+        let urls = replicas
+            .iter()
+            .filter(|r| r.id != self.me && now - r.heartbeat_ms < DEAD_AFTER_MS)
+            .map(|r| (r.id.clone(), r.url.clone()))
+            .collect();
         state.heartbeats = replicas.into_iter().map(|r| (r.id, r.heartbeat_ms)).collect();
 
         let registry = self.fleet.registry();
@@ -174,6 +206,8 @@ impl Replication {
                 registry.apply_remote(v.record.clone(), (None, None), offline);
             }
         }
+
+        self.placement.set(&state.remote, urls);
 
         if what.contains("removed") || reload {
             let stored: HashSet<String> = self.store.server_names().await?.into_iter().collect();

@@ -4,6 +4,7 @@
 
 use harness::{AgentProc, HubProc, is, watch_until};
 use outpost_common::Role;
+use outpost_proto::v1 as pb;
 use outpost_proto::v1::{CreateJoinTokenRequest, GetServerRequest, Liveness, RevokeServerRequest};
 
 /// hubd's TOML for a replica on `pg`, with the shared CA and every replica's address.
@@ -53,6 +54,17 @@ async fn replicas_share_one_fleet_fail_over_and_wait_out_the_database() {
         names.iter().all(|n| is(f, n, Liveness::Connected)) && f["r-1"].last_seq > seq_on_a
     })
     .await;
+
+    // An action submitted on B for an agent on A runs on A; its output streams back through B, and it is
+    // audited once, as the operator who asked (B could not have run it: r-1's stream is not on B).
+    let mut admin_b = b.client(Role::Admin);
+    let run = harness::run_job(&mut admin_b, harness::action("diagnostics", &["r-1"], &[])).await;
+    assert_eq!(run.result("r-1").outcome, pb::Outcome::Succeeded as i32, "{:#?}", run.events);
+    assert!(run.output["r-1"].contains("agentd"), "{}", run.output["r-1"]);
+    let q = pb::QueryAuditRequest { action: "diagnostics".into(), limit: 100, ..Default::default() };
+    let records = admin_b.query_audit(q).await.unwrap().into_inner().records;
+    assert_eq!(records.len(), 2, "one request and one result: {records:#?}");
+    assert!(records.iter().all(|r| r.operator == "test-admin"), "{records:#?}");
 
     // A token made on B enrolls an agent wherever it lands; A sees it too.
     let token = harness::create_token(&mut b.client(Role::Admin), "r-4").await;

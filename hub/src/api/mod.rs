@@ -8,6 +8,7 @@ pub mod auth;
 pub mod convert;
 pub mod error;
 pub mod operator;
+pub mod peer;
 
 use std::time::Duration;
 

@@ -48,6 +48,8 @@ pub struct OperatorApi {
     alerts: Arc<crate::alerts::Alerts>,
     usage: Arc<crate::usage::UsageBook>,
     rt: Runtime,
+    /// The other replicas, when hubs share a store.
+    peers: Option<Arc<super::peer::Peers>>,
 }
 
 impl OperatorApi {
@@ -66,7 +68,12 @@ impl OperatorApi {
         audit: Arc<Audit>,
         rt: Runtime,
     ) -> OperatorApi {
-        OperatorApi { auth, fleet, reports, identities, jobs, audit, lifecycle, alerts, usage, rt }
+        OperatorApi { auth, fleet, reports, identities, jobs, audit, lifecycle, alerts, usage, rt, peers: None }
+    }
+
+    /// Actions whose targets are all on another replica run there.
+    pub fn with_peers(self, peers: Arc<super::peer::Peers>) -> OperatorApi {
+        OperatorApi { peers: Some(peers), ..self }
     }
 
     /// Records an admin operation that was done (join token, revocation).
@@ -443,6 +450,15 @@ impl Operator for OperatorApi {
 
     async fn run_action(&self, req: Request<pb::RunActionRequest>) -> Result<Response<Self::RunActionStream>, Status> {
         let caller = self.caller(&req)?;
+        if let Some(peers) = &self.peers
+            && req.metadata().get(super::peer::FORWARDED).is_none()
+        {
+            let targets = self.fleet.resolve(&convert::action_request(req.get_ref().clone()).selector);
+            if let Some(url) = peers.route(&targets, |t| self.fleet.registry().is_attached(t)) {
+                let events = peers.run_action(&caller, &url, req.into_inner()).await?;
+                return Ok(Response::new(Box::pin(events)));
+            }
+        }
         let events = self.jobs.submit(&caller, convert::action_request(req.into_inner())).await?;
         // Lazy: the job's bounded queue is read only as fast as the caller reads (output flow control).
         let stream = ReceiverStream::new(events).map(|e| Ok(convert::job_event(e)));

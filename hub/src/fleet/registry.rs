@@ -228,6 +228,11 @@ impl Registry {
         let _ = self.deltas.send(FleetDelta::Upsert(view));
     }
 
+    /// Whether `name`'s stream is attached here.
+    pub fn is_attached(&self, name: &str) -> bool {
+        self.lock().servers.get(name).is_some_and(|e| e.stream.is_some())
+    }
+
     /// The servers whose stream is attached here.
     pub fn attached(&self) -> std::collections::HashSet<String> {
         self.lock().servers.iter().filter(|(_, e)| e.stream.is_some()).map(|(n, _)| n.clone()).collect()
