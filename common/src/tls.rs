@@ -105,6 +105,25 @@ impl HubAddr {
     }
 }
 
+/// A TLS client configuration that trusts the certificates in `ca_pem` only (no client certificate): for
+/// services other than the hub, such as PostgreSQL.
+pub fn client_config(ca_pem: &str) -> Result<rustls::ClientConfig, TlsError> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let cert = cert.map_err(|e| TlsError::Material(format!("not a PEM certificate: {e}")))?;
+        roots.add(cert).map_err(|e| TlsError::Material(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(TlsError::Material("no CERTIFICATE in the CA file".into()));
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Material(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 /// First contact: connect to the hub, verify its chain against the CA certificate whose SHA-256 equals
 /// `pin`, and return that CA as PEM. The handshake completes only if the hub proves possession of a
 /// certificate issued by the pinned CA, so a man in the middle learns nothing and gets nothing.

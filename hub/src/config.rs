@@ -104,11 +104,21 @@ pub struct PostgresConfig {
     pub pool_size: usize,
     /// How long to wait for a connection before answering "store unavailable".
     pub connect_timeout_secs: u64,
+    /// The CA (PEM) that signed PostgreSQL's server certificate: the connection is then TLS, verified
+    /// against it and the host name. Required unless the database is on this host (loopback or a Unix
+    /// socket): the hub sends nothing over a network in plain text.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for PostgresConfig {
     fn default() -> Self {
-        PostgresConfig { url: String::new(), password_file: None, pool_size: 16, connect_timeout_secs: 5 }
+        PostgresConfig {
+            url: String::new(),
+            password_file: None,
+            pool_size: 16,
+            connect_timeout_secs: 5,
+            ca_file: None,
+        }
     }
 }
 
@@ -119,9 +129,16 @@ impl PostgresConfig {
             Some(p) => Some(outpost_common::config::read_secret_file(p, "store.postgres.password_file")?),
             None => None,
         };
+        let tls_ca_pem = match &self.ca_file {
+            Some(p) => {
+                Some(std::fs::read_to_string(p).map_err(|e| format!("store.postgres.ca_file {}: {e}", p.display()))?)
+            }
+            None => None,
+        };
         Ok(crate::store::postgres::PgOptions {
             url: self.url.clone(),
             password,
+            tls_ca_pem,
             pool_size: self.pool_size,
             connect_timeout: std::time::Duration::from_secs(self.connect_timeout_secs),
         })
@@ -314,6 +331,14 @@ impl HubConfig {
             } else if pg.url.contains("password") {
                 problems
                     .push("store.postgres.url: holds a password; put it in store.postgres.password_file (0600)".into());
+            } else if let Ok(c) = pg.url.parse::<tokio_postgres::Config>()
+                && pg.ca_file.is_none()
+                && let Some(host) = crate::store::postgres::remote_host(&c)
+            {
+                problems.push(format!(
+                    "store.postgres: the database at {host} is not on this host and the connection would be plain \
+                     text: set store.postgres.ca_file to the CA that signed its server certificate (TLS, verified)"
+                ));
             }
             if let Err(e) = pg.options() {
                 problems.push(e);
@@ -414,5 +439,22 @@ mod tests {
         let c = HubConfig::default();
         assert_eq!(c.advertise_url("0.0.0.0:7443".parse().unwrap()), "https://127.0.0.1:7443");
         assert_eq!(c.advertise_url("[::1]:9".parse().unwrap()), "https://[::1]:9");
+    }
+
+    #[test]
+    fn a_postgres_store_is_checked_before_anything_starts() {
+        let pg = |extra: &str| {
+            let c = HubConfig::from_toml(&format!("listen = \"127.0.0.1:1\"\n[store]\nkind = \"postgres\"\n{extra}"))
+                .unwrap();
+            c.validate().err().map(|e| e.to_string()).unwrap_or_default()
+        };
+        assert!(pg("").contains("store.postgres.url: set it"), "{}", pg(""));
+        let err = pg("[store.postgres]\nurl = \"host=db.internal user=outpost password=hunter2\"\n");
+        assert!(err.contains("holds a password") && !err.contains("hunter2"), "{err}");
+        let err = pg("[store.postgres]\nurl = \"host=db.internal user=outpost\"\n");
+        assert!(err.contains("db.internal is not on this host") && err.contains("ca_file"), "{err}");
+        assert_eq!(pg("[store.postgres]\nurl = \"host=127.0.0.1 user=outpost\"\n"), "", "loopback may be plain");
+        let err = pg("[store.postgres]\nurl = \"host=127.0.0.1\"\npassword_file = \"/nonexistent\"\npool_size = 0\n");
+        assert!(err.contains("password_file /nonexistent") && err.contains("pool_size: 0"), "{err}");
     }
 }

@@ -24,6 +24,8 @@ pub struct Postgres {
     /// `(uid, gid)` the server runs as, when the caller is root.
     ids: Option<(u32, u32)>,
     fsync: bool,
+    /// TLS on, and required for every TCP connection.
+    tls: bool,
     child: Option<Child>,
 }
 
@@ -59,6 +61,16 @@ impl Postgres {
     /// Creates a cluster in a new temporary directory and starts it. `fsync = false` for tests (a crash of
     /// the machine is not what they test); benchmarks keep it on.
     pub fn start(fsync: bool) -> Result<Postgres, String> {
+        Postgres::start_with(fsync, None)
+    }
+
+    /// As [`Postgres::start`], serving TLS with `(certificate chain, key)` (PEM) and refusing every TCP
+    /// connection without it (`hostssl` only).
+    pub fn start_tls(fsync: bool, cert_pem: &str, key_pem: &str) -> Result<Postgres, String> {
+        Postgres::start_with(fsync, Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(fsync: bool, tls: Option<(&str, &str)>) -> Result<Postgres, String> {
         let bin = bin_dir()?;
         let ids = if is_root() { Some(user_ids("postgres")?) } else { None };
         let root = std::env::temp_dir().join(format!("outpost-pg-{}-{}", std::process::id(), unique()));
@@ -71,7 +83,7 @@ impl Postgres {
                 std::os::unix::fs::chown(p, Some(uid), Some(gid)).map_err(|e| format!("chown {}: {e}", p.display()))?;
             }
         }
-        let mut pg = Postgres { port: 0, password, root, bin, ids, fsync, child: None };
+        let mut pg = Postgres { port: 0, password, root, bin, ids, fsync, tls: tls.is_some(), child: None };
         let out = pg
             .command("initdb")
             .args(["-D"])
@@ -82,6 +94,28 @@ impl Postgres {
             .map_err(|e| format!("running initdb: {e}"))?;
         if !out.status.success() {
             return Err(format!("initdb failed: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        if let Some((cert, key)) = tls {
+            let data = pg.data();
+            let write = |name: &str, body: &str, mode: u32| -> Result<(), String> {
+                use std::os::unix::fs::PermissionsExt as _;
+                let path = data.join(name);
+                std::fs::write(&path, body).map_err(|e| format!("writing {}: {e}", path.display()))?;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(|e| e.to_string())?;
+                if let Some((uid, gid)) = ids {
+                    std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            };
+            write("server.crt", cert, 0o644)?;
+            write("server.key", key, 0o600)?;
+            let hba_path = data.join("pg_hba.conf");
+            let hba = std::fs::read_to_string(&hba_path).map_err(|e| e.to_string())?;
+            let hba: String = hba
+                .lines()
+                .map(|l| if l.starts_with("host ") { l.replacen("host ", "hostssl ", 1) } else { l.to_string() } + "\n")
+                .collect();
+            write("pg_hba.conf", &hba, 0o600)?;
         }
         pg.port = free_port()?;
         pg.run()?;
@@ -111,6 +145,7 @@ impl Postgres {
             .arg(format!("unix_socket_directories={}", self.root.display()))
             .args(["-c", &format!("fsync={}", if self.fsync { "on" } else { "off" })])
             .args(["-c", "max_connections=200", "-c", "shared_buffers=64MB"])
+            .args(["-c", if self.tls { "ssl=on" } else { "ssl=off" }])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

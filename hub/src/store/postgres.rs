@@ -56,12 +56,37 @@ pub struct PgOptions {
     pub pool_size: usize,
     /// How long to wait for a connection (and for a free one from the pool).
     pub connect_timeout: Duration,
+    /// TLS, verified against this CA (PEM); `None`: plain, which the configuration allows only on this host.
+    pub tls_ca_pem: Option<String>,
+}
+
+/// How connections are made: TLS or not (decided once, at connect).
+#[derive(Clone)]
+enum Connector {
+    Plain,
+    Tls(tokio_postgres_rustls::MakeRustlsConnect),
+}
+
+/// The first host of `config` that is not this machine (loopback or a Unix socket), if any.
+pub fn remote_host(config: &tokio_postgres::Config) -> Option<String> {
+    let hosts = config.get_hosts();
+    if hosts.is_empty() {
+        return None; // libpq's default: the local Unix socket
+    }
+    hosts.iter().find_map(|h| match h {
+        tokio_postgres::config::Host::Unix(_) => None,
+        tokio_postgres::config::Host::Tcp(name) => {
+            let local = name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+            (!local).then(|| name.clone())
+        }
+    })
 }
 
 pub struct PgStore {
     pool: Pool,
     /// For the LISTEN connection, which is not pooled.
     config: tokio_postgres::Config,
+    connector: Connector,
     /// Where it is (host and port, no secrets), for errors.
     target: String,
     /// Per server, a hash of its record as this hub last wrote it whole: a report whose record differs
@@ -141,11 +166,20 @@ impl PgStore {
         }
         config.connect_timeout(options.connect_timeout).application_name("hubd");
         let target = describe(&config);
-        let manager = Manager::from_config(
-            config.clone(),
-            tokio_postgres::NoTls,
-            ManagerConfig { recycling_method: RecyclingMethod::Fast },
-        );
+        let connector = match &options.tls_ca_pem {
+            Some(pem) => {
+                let tls = outpost_common::tls::client_config(pem)
+                    .map_err(|e| StoreError::Open { path: "store.postgres.ca_file".into(), error: e.to_string() })?;
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                Connector::Tls(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
+            }
+            None => Connector::Plain,
+        };
+        let recycling = ManagerConfig { recycling_method: RecyclingMethod::Fast };
+        let manager = match connector.clone() {
+            Connector::Plain => Manager::from_config(config.clone(), tokio_postgres::NoTls, recycling),
+            Connector::Tls(tls) => Manager::from_config(config.clone(), tls, recycling),
+        };
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(1))
             .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -154,7 +188,7 @@ impl PgStore {
             .recycle_timeout(Some(options.connect_timeout))
             .build()
             .map_err(|e| StoreError::Open { path: target.clone(), error: e.to_string() })?;
-        let store = PgStore { pool, config, target, written: Mutex::default() };
+        let store = PgStore { pool, config, connector, target, written: Mutex::default() };
         store.migrate().await.map_err(|e| StoreError::Open { path: store.target.clone(), error: e.to_string() })?;
         Ok(store)
     }
@@ -429,14 +463,25 @@ impl PgStore {
     /// A connection of its own that LISTENs on [`CHANNEL`]: every notification's payload is sent on the
     /// returned channel, which closes when the connection is lost (the caller listens again).
     pub async fn listen(&self) -> Result<tokio::sync::mpsc::Receiver<String>> {
-        let (client, mut connection) = self.config.connect(tokio_postgres::NoTls).await.map_err(|e| self.err(e))?;
+        let (client, messages) = match self.connector.clone() {
+            Connector::Plain => {
+                let (client, mut c) = self.config.connect(tokio_postgres::NoTls).await.map_err(|e| self.err(e))?;
+                let messages = futures::stream::poll_fn(move |cx| c.poll_message(cx));
+                (client, futures::StreamExt::boxed(messages))
+            }
+            Connector::Tls(tls) => {
+                let (client, mut c) = self.config.connect(tls).await.map_err(|e| self.err(e))?;
+                let messages = futures::stream::poll_fn(move |cx| c.poll_message(cx));
+                (client, futures::StreamExt::boxed(messages))
+            }
+        };
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         // The client lives as long as the task that drives its connection.
         let keep = Arc::new(Mutex::new(None::<tokio_postgres::Client>));
         let kept = keep.clone();
         tokio::spawn(async move {
             let _client = kept;
-            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+            let mut messages = messages;
             while let Some(Ok(m)) = futures::StreamExt::next(&mut messages).await {
                 // A full channel drops the wake-up: the listener is busy and looks at everything anyway.
                 if let tokio_postgres::AsyncMessage::Notification(n) = m
@@ -1108,6 +1153,7 @@ mod tests {
                 password: Some(self.server.password.clone()),
                 pool_size: 8,
                 connect_timeout: Duration::from_secs(5),
+                tls_ca_pem: None,
             }
         }
     }
@@ -1162,5 +1208,24 @@ mod tests {
         pg.server.restart().unwrap();
         store.put_server(&ServerRecord { plan: "pro".into(), ..rec }).await.unwrap();
         assert_eq!(store.servers().await.unwrap()[0].plan, "pro");
+    }
+
+    /// With `ca_file`, the store speaks TLS, verified: a database that requires TLS refuses a plain
+    /// connection, accepts this one, and one verified against another CA fails in the handshake.
+    #[tokio::test]
+    async fn the_store_speaks_verified_tls_to_postgresql() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::pki::ca::FleetCa::load_or_create(&dir.path().join("ca"), None).unwrap();
+        let (chain, key) = ca.issue_server(&["127.0.0.1".to_string()]).unwrap();
+        let pg = Pg { server: standin::postgres::Postgres::start_tls(false, &chain, &key).unwrap() };
+        let plain = PgStore::connect(&pg.options()).await.err().expect("plain text is refused").to_string();
+        assert!(plain.contains("no encryption"), "{plain}");
+        let tls = PgOptions { tls_ca_pem: Some(ca.cert_pem().to_string()), ..pg.options() };
+        let store = PgStore::connect(&tls).await.unwrap();
+        store.put_server(&ServerRecord { name: "t".into(), ..Default::default() }).await.unwrap();
+        let other = crate::pki::ca::FleetCa::load_or_create(&dir.path().join("other"), None).unwrap();
+        let wrong = PgOptions { tls_ca_pem: Some(other.cert_pem().to_string()), ..pg.options() };
+        let err = PgStore::connect(&wrong).await.err().expect("a foreign CA is refused").to_string();
+        assert!(err.contains("certificate"), "{err}");
     }
 }
