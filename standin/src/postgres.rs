@@ -204,6 +204,11 @@ impl Postgres {
         path
     }
 
+    /// The postmaster's pid (its backends are its children).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// Stops the server (fast shutdown: clients are disconnected) and waits for it.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -7,29 +7,13 @@ use outpost_common::Role;
 use outpost_proto::v1 as pb;
 use outpost_proto::v1::{CreateJoinTokenRequest, GetServerRequest, Liveness, RevokeServerRequest};
 
-/// hubd's TOML for a replica on `pg`, with the shared CA and every replica's address.
-fn replica_config(pg: &standin::postgres::Postgres, dir: &std::path::Path, ports: &[u16]) -> String {
-    let ca = dir.join("ca");
-    hub::pki::ca::FleetCa::load_or_create(&ca, None).unwrap();
-    let advertise: Vec<String> = ports.iter().map(|p| format!("https://127.0.0.1:{p}")).collect();
-    format!(
-        "advertise = \"{}\"\n[agents]\ngrace_secs = 3\n[ca]\ncert = \"{}\"\nkey = \"{}\"\n[store]\nkind = \"postgres\"\n\
-         history_len = 100000\n[store.postgres]\nurl = \"{}\"\npassword_file = \"{}\"\n",
-        advertise.join(","),
-        ca.join("ca.pem").display(),
-        ca.join("ca.key").display(),
-        pg.url(),
-        pg.password_file(dir).display(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_one_fleet_fail_over_and_wait_out_the_database() {
     harness::init();
     let tmp = tempfile::tempdir().unwrap();
     let mut pg = standin::postgres::Postgres::start(false).unwrap();
     let ports = [harness::free_port(), harness::free_port()];
-    let config = replica_config(&pg, tmp.path(), &ports);
+    let config = harness::replica_config(&pg, tmp.path(), &ports, "grace_secs = 3");
     let mut a = HubProc::start(&tmp.path().join("a"), ports[0], &config).await;
 
     // Agents enroll while only replica A is up: the ones whose turn is B find it closed and go to A.

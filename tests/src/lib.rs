@@ -449,3 +449,20 @@ impl SimHealth {
         }
     }
 }
+
+/// hubd TOML for one replica of a hub on `pg`: every replica's address in `advertise`, the CA in `dir/ca`
+/// (created once, shared by file), `agents` lines in `[agents]`.
+pub fn replica_config(pg: &standin::postgres::Postgres, dir: &Path, ports: &[u16], agents: &str) -> String {
+    let ca = dir.join("ca");
+    hub::pki::ca::FleetCa::load_or_create(&ca, None).unwrap();
+    let advertise: Vec<String> = ports.iter().map(|p| format!("https://127.0.0.1:{p}")).collect();
+    format!(
+        "advertise = \"{}\"\n[agents]\n{agents}\n[ca]\ncert = \"{}\"\nkey = \"{}\"\n[store]\nkind = \"postgres\"\n\
+         history_len = 100000\n[store.postgres]\nurl = \"{}\"\npassword_file = \"{}\"\n",
+        advertise.join(","),
+        ca.join("ca.pem").display(),
+        ca.join("ca.key").display(),
+        pg.url(),
+        pg.password_file(dir).display(),
+    )
+}

@@ -107,6 +107,21 @@ enum Cmd {
         #[arg(long, default_value = "10s")]
         interval: String,
     },
+    /// Several hubd replicas on one real PostgreSQL (fsync on) with N simulated agents spread over them:
+    /// each replica's CPU and RSS, PostgreSQL's CPU, reports stored per second, ack p99 per replica, and the
+    /// round trip of an action submitted on one replica for agents on another (forwarded) and on itself.
+    Replicas {
+        #[arg(long, default_value_t = 10_000)]
+        agents: u32,
+        #[arg(long, default_value = "10s")]
+        interval: String,
+        #[arg(long, default_value_t = 3.0)]
+        minutes: f64,
+        #[arg(long, default_value_t = 2)]
+        replicas: u32,
+        #[arg(long, default_value_t = 200)]
+        runs: u32,
+    },
     /// The client half of `echo` (started by it).
     #[command(hide = true)]
     EchoClient {
@@ -249,6 +264,9 @@ async fn main() -> anyhow::Result<()> {
         Cmd::ActionRtt { agents, runs, interval } => action_rtt(tmp.path(), agents, runs, &interval).await,
         Cmd::EnrollUnderLoad { agents, interval, new } => enroll_under_load(tmp.path(), agents, &interval, new).await,
         Cmd::Restart { agents, interval } => restart(tmp.path(), agents, &interval).await,
+        Cmd::Replicas { agents, interval, minutes, replicas: n, runs } => {
+            replicas(tmp.path(), (agents, n), &interval, minutes, runs).await
+        }
         Cmd::Echo { streams, interval, seconds } => echo::server(tmp.path(), streams, &interval, seconds).await,
         Cmd::EchoClient { addr, dir, streams, interval, seconds } => {
             echo::client(&addr, &dir, streams, &interval, seconds).await
@@ -337,20 +355,8 @@ async fn hub(
     {
         println!("alert evaluation: {n:.0} rounds, {:.2} ms a round on average", sum / n * 1000.0);
     }
-    // Ack latency from the hub's histogram (arrival → durable → ack due), as bucket upper bounds.
-    let buckets: Vec<(f64, f64)> = text
-        .lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix("outpost_report_ack_seconds_bucket{le=\"")?;
-            let (le, n) = rest.split_once("\"} ")?;
-            Some((le.parse::<f64>().unwrap_or(f64::INFINITY), n.trim().parse::<f64>().ok()?))
-        })
-        .collect();
-    if let Some(&(_, total)) = buckets.last()
-        && total > 0.0
-    {
-        let q = |p: f64| buckets.iter().find(|(_, n)| *n >= total * p).map_or(f64::INFINITY, |(le, _)| *le);
-        println!("report ack (arrival to durable): p50 ≤ {:.1} ms, p99 ≤ {:.1} ms", q(0.5) * 1e3, q(0.99) * 1e3);
+    if let Some((p50, p99)) = ack_quantiles(&text) {
+        println!("report ack (arrival to durable): p50 ≤ {:.1} ms, p99 ≤ {:.1} ms", p50 * 1e3, p99 * 1e3);
     }
     println!("hub store on disk: {:.1} MiB", dir_size(&root.join("hub/data/store")) as f64 / (1 << 20) as f64);
     sim.start_kill()?;
@@ -1240,5 +1246,149 @@ async fn restart(root: &Path, agents: u32, interval: &str) -> anyhow::Result<()>
         started.as_secs_f64(),
         t.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// p50 and p99 (upper bounds of their buckets, seconds) of a hub's report ack histogram (arrival → durable
+/// → ack due), from its `/metrics` text.
+fn ack_quantiles(metrics: &str) -> Option<(f64, f64)> {
+    let buckets: Vec<(f64, f64)> = metrics
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("outpost_report_ack_seconds_bucket{le=\"")?;
+            let (le, n) = rest.split_once("\"} ")?;
+            Some((le.parse::<f64>().unwrap_or(f64::INFINITY), n.trim().parse::<f64>().ok()?))
+        })
+        .collect();
+    let &(_, total) = buckets.last()?;
+    if total <= 0.0 {
+        return None;
+    }
+    let q = |p: f64| buckets.iter().find(|(_, n)| *n >= total * p).map_or(f64::INFINITY, |(le, _)| *le);
+    Some((q(0.5), q(0.99)))
+}
+
+/// Every process in the tree under `root` (PostgreSQL's postmaster and its backends).
+fn tree(root: u32) -> Vec<u32> {
+    let mut parent = std::collections::HashMap::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { continue };
+        if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) {
+            parent.insert(pid, ppid);
+        }
+    }
+    parent.keys().copied().filter(|&p| std::iter::successors(Some(p), |p| parent.get(p).copied()).any(|a| a == root)).collect()
+}
+
+/// CPU ticks of `pids` (those still alive).
+fn ticks(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            let f: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum()
+}
+
+async fn replicas(root: &Path, (agents, n): (u32, u32), interval: &str, minutes: f64, runs: u32) -> anyhow::Result<()> {
+    use outpost_proto::v1::{RunActionRequest, Selector, job_event::Event};
+    let pg = standin::postgres::Postgres::start(true).map_err(anyhow::Error::msg)?;
+    let ports: Vec<u16> = (0..n).map(|_| harness::free_port()).collect();
+    let config = harness::replica_config(&pg, root, &ports, "enroll_rate_per_source = 0");
+    let mut hubs = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        hubs.push(HubProc::start(&root.join(format!("hub-{i}")), *port, &config).await);
+    }
+    println!("{n} replicas on PostgreSQL (fsync on), {agents} agents every {interval}");
+    let (mut sim, mut ops) = start_fleet(&hubs[0], root, agents, interval, &["--concurrency", "64"]).await?;
+    tokio::time::sleep(outpost_common::parse_duration_ms(interval).map_err(anyhow::Error::msg)? * 2).await;
+    let count = async |ops: &mut outpost_proto::v1::operator_client::OperatorClient<tonic::transport::Channel>| {
+        let list = ops.list_servers(outpost_proto::v1::ListServersRequest {}).await.unwrap().into_inner().servers;
+        list.iter().map(|s| s.reports_received).sum::<u64>()
+    };
+    let before = count(&mut ops).await;
+    let hub_pids: Vec<u32> = hubs.iter().map(|h| h.child.id().expect("hub running")).collect();
+    let pg_pids = tree(pg.pid().expect("postgres running"));
+    let window = Duration::from_secs_f64(minutes * 60.0);
+    let t = Instant::now();
+    let hub_start: Vec<u64> = hub_pids.iter().map(|p| ticks(&[*p])).collect();
+    let pg_start = ticks(&pg_pids);
+    let mut rss: Vec<Vec<u64>> = vec![Vec::new(); hubs.len()];
+    while t.elapsed() < window {
+        tokio::time::sleep(Duration::from_secs(5).min(window)).await;
+        for (i, p) in hub_pids.iter().enumerate() {
+            rss[i].push(sample(*p).rss_kib);
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let pct = |d: u64| d as f64 / clk_tck() / secs * 100.0;
+    let stored = count(&mut ops).await - before;
+    for (i, p) in hub_pids.iter().enumerate() {
+        let max = rss[i].iter().copied().max().unwrap_or(0) as f64 / 1024.0;
+        let text = String::from_utf8_lossy(
+            &std::process::Command::new("curl").args(["-s", &format!("{}/metrics", hubs[i].admin)]).output()?.stdout,
+        )
+        .into_owned();
+        let ack = ack_quantiles(&text).map_or("no reports".into(), |(p50, p99)| {
+            format!("ack p50 ≤ {:.1} ms, p99 ≤ {:.1} ms", p50 * 1e3, p99 * 1e3)
+        });
+        println!("replica {i}: CPU {:.1}% of one core, RSS max {max:.0} MiB, {ack}", pct(ticks(&[*p]) - hub_start[i]));
+    }
+    let pg_pids = tree(pg.pid().expect("postgres running"));
+    println!(
+        "PostgreSQL: CPU {:.1}% of one core ({} processes)",
+        pct(ticks(&pg_pids).saturating_sub(pg_start)),
+        pg_pids.len()
+    );
+    println!("reports durably stored: {stored} in {secs:.0} s = {:.1}/s", stored as f64 / secs);
+
+    // Which agents are on which replica, from the store.
+    let mut db = tokio_postgres::Config::new();
+    db.host("127.0.0.1").port(pg.port).user(standin::postgres::USER).password(&pg.password).dbname("postgres");
+    let (client, conn) = db.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let held = async |port: u16| -> anyhow::Result<Vec<String>> {
+        let rows = client
+            .query("SELECT name FROM servers WHERE holder LIKE $1 ORDER BY name", &[&format!("127.0.0.1:{port}-%")])
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    };
+    let (local, remote) = (held(ports[0]).await?, held(ports[1 % ports.len()]).await?);
+    println!("streams: {} on replica 0, {} on replica 1", local.len(), remote.len());
+    let mut support = hubs[0].client(Role::Support);
+    let mut once = async |name: &str| -> anyhow::Result<f64> {
+        let req = RunActionRequest {
+            action: "service-status".into(),
+            args: [("unit".to_string(), "k3s".to_string())].into(),
+            selector: Some(Selector { names: vec![name.to_string()], ..Default::default() }),
+            batch: 1,
+            ..Default::default()
+        };
+        let t = Instant::now();
+        let mut stream = support.run_action(req).await?.into_inner();
+        while let Some(e) = stream.message().await? {
+            if let Some(Event::Target(te)) = e.event
+                && let Some(r) = te.result
+            {
+                anyhow::ensure!(r.outcome == outpost_proto::v1::Outcome::Succeeded as i32, "{name}: {}", r.message);
+                return Ok(t.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        anyhow::bail!("{name}: no result")
+    };
+    for (what, names) in [("on replica 1, submitted on replica 0 (forwarded)", &remote), ("on replica 0 itself", &local)] {
+        if names.is_empty() {
+            continue;
+        }
+        let mut rtt = Vec::new();
+        for i in 0..runs as usize {
+            rtt.push(once(&names[(i * 7919) % names.len()]).await?);
+        }
+        println!("action round trip to an agent {what} (ms): {}", summary(rtt));
+    }
+    sim.kill().await?;
     Ok(())
 }

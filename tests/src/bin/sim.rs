@@ -242,8 +242,11 @@ async fn agent(
     let mut attempt = 0;
     let started = std::time::Instant::now();
     while !stop.is_cancelled() {
-        let channel = match outpost_common::tls::HubAddr::parse(&identity.hub)
-            .and_then(|a| a.channel(&identity.ca_pem, Some((&identity.cert_pem, &identity.key_pem))))
+        // Several replicas: start at the one the agent id picks, the next one after each failure.
+        let turn = agentd::identity::spread(&identity.agent_id, usize::MAX).wrapping_add(attempt as usize);
+        let channel = match identity
+            .addrs(None)
+            .and_then(|a| a[turn % a.len()].channel(&identity.ca_pem, Some((&identity.cert_pem, &identity.key_pem))))
         {
             Ok(c) => c,
             Err(e) => {
