@@ -165,6 +165,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         peers = Some(Arc::new(api::peer::Peers::new(replication.placement(), ca.clone())));
         Arc::new(replication).spawn(&rt);
         rt.share_leases(store.clone(), me.clone());
+        identities.share_store();
         tracing::info!(replica = %me, %url, "replica of a hub on PostgreSQL");
     }
     let relay = Arc::new(relay::Relay::default());

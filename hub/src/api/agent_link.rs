@@ -122,7 +122,7 @@ impl AgentLink for AgentApi {
             return Err(Status::permission_denied("an operator certificate cannot open an agent stream"));
         };
         let registry = state.fleet.registry();
-        let server = registry.server_of_agent(&agent_id).ok_or_else(|| {
+        let server = state.identities.server_of_agent(&agent_id).await?.ok_or_else(|| {
             Status::permission_denied(format!(
                 "agent {agent_id} is not enrolled at this hub (or a newer enrollment replaced it); enroll again with a new join token"
             ))

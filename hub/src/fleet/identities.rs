@@ -68,6 +68,8 @@ pub struct Identities {
     /// Serials refused at connect: loaded at start, written through on revoke.
     revoked: RwLock<HashSet<String>>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Set when hubs share the store (`share_store`).
+    shared: std::sync::atomic::AtomicBool,
 }
 
 impl Identities {
@@ -80,7 +82,7 @@ impl Identities {
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Identities, StoreError> {
         let revoked = RwLock::new(store.revoked_serials().await?.into_iter().collect());
-        Ok(Identities { fleet, store, ca, advertise, agent_cert_ttl, revoked, metrics })
+        Ok(Identities { fleet, store, ca, advertise, agent_cert_ttl, revoked, metrics, shared: Default::default() })
     }
 
     pub fn ca(&self) -> &FleetCa {
@@ -218,6 +220,27 @@ impl Identities {
         let closed = registry.close_server(name);
         tracing::warn!(server = name, %serial, by, closed, "identity revoked");
         Ok(serial)
+    }
+
+    /// Hubs share the store: an agent this hub's fleet view does not know yet is looked up in the store
+    /// (it enrolled on another hub a moment ago) before it is refused.
+    pub fn share_store(&self) {
+        self.shared.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The server agent `agent_id` speaks for. With a shared store, one this hub has not seen yet is read
+    /// from the store and put into the fleet view.
+    pub async fn server_of_agent(&self, agent_id: &str) -> Result<Option<String>, HubError> {
+        if let Some(s) = self.fleet.registry().server_of_agent(agent_id) {
+            return Ok(Some(s));
+        }
+        if !self.shared.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let Some(record) = self.store.server_of_agent(agent_id).await? else { return Ok(None) };
+        let name = record.name.clone();
+        self.fleet.registry().put_record(record);
+        Ok(Some(name))
     }
 
     /// Reads the revoked serials again (another hub of the same store revoked an identity).

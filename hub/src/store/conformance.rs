@@ -511,7 +511,11 @@ async fn one_server_reads_back_with_its_progress(store: &dyn HubStore) {
     store.put_server(&r).await.unwrap();
     r.last_seq = 5;
     store.record_report(&r, 5, vec![5], 10).await.unwrap();
-    assert_eq!(store.server("one").await.unwrap(), Some(r), "the record with the progress of its last report");
+    assert_eq!(store.server("one").await.unwrap(), Some(r.clone()), "the record with the progress of its last report");
+    assert_eq!(store.server_of_agent("").await.unwrap(), None);
+    r.agent_id = "agent-one".into();
+    store.put_server(&r).await.unwrap();
+    assert_eq!(store.server_of_agent("agent-one").await.unwrap(), Some(r));
     store.remove_server("one").await.unwrap();
 }
 

@@ -63,6 +63,8 @@ pub trait Servers: Send + Sync {
     async fn servers(&self) -> Result<Vec<ServerRecord>>;
     /// One server's record, as stored now (another hub of the same store may have changed it).
     async fn server(&self, name: &str) -> Result<Option<ServerRecord>>;
+    /// The server whose identity is agent `agent_id` now, as stored.
+    async fn server_of_agent(&self, agent_id: &str) -> Result<Option<ServerRecord>>;
     /// Replaces (or creates) a record.
     async fn put_server(&self, record: &ServerRecord) -> Result<()>;
     /// Removes a server that never came to be (a failed provision): its record, its unused tokens, its

@@ -31,6 +31,7 @@ use super::{
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "store", include_str!("../../migrations/0001_store.sql")),
     (2, "replicas", include_str!("../../migrations/0002_replicas.sql")),
+    (3, "agent index", include_str!("../../migrations/0003_agent_index.sql")),
 ];
 
 /// The channel replicas LISTEN on; payloads name what changed (`servers`, `revoked`, `operators`,
@@ -539,6 +540,11 @@ impl Servers for PgStore {
     async fn server(&self, name: &str) -> Result<Option<ServerRecord>> {
         let rows = self.rows(&format!("SELECT {SERVER_COLUMNS} FROM servers WHERE name = $1"), &[&name]).await?;
         rows.first().map(server_row).transpose()
+    }
+
+    async fn server_of_agent(&self, agent_id: &str) -> Result<Option<ServerRecord>> {
+        let sql = format!("SELECT {SERVER_COLUMNS} FROM servers WHERE record->>'agent_id' = $1 AND $1 <> ''");
+        self.rows(&sql, &[&agent_id]).await?.first().map(server_row).transpose()
     }
 
     async fn put_server(&self, record: &ServerRecord) -> Result<()> {

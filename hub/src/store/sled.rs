@@ -383,6 +383,12 @@ impl Servers for SledStore {
         Ok(Some(r))
     }
 
+    async fn server_of_agent(&self, agent_id: &str) -> Result<Option<ServerRecord>> {
+        // A scan: one hub owns a sled store, and its fleet view already maps every agent; this is for
+        // completeness, not a path that runs.
+        Ok(self.servers().await?.into_iter().find(|r| !agent_id.is_empty() && r.agent_id == agent_id))
+    }
+
     async fn put_server(&self, record: &ServerRecord) -> Result<()> {
         self.commit_server(&record.name, self.server_ops(record, true), false).await
     }

@@ -1279,7 +1279,11 @@ fn tree(root: u32) -> Vec<u32> {
             parent.insert(pid, ppid);
         }
     }
-    parent.keys().copied().filter(|&p| std::iter::successors(Some(p), |p| parent.get(p).copied()).any(|a| a == root)).collect()
+    parent
+        .keys()
+        .copied()
+        .filter(|&p| std::iter::successors(Some(p), |p| parent.get(p).copied()).any(|a| a == root))
+        .collect()
 }
 
 /// CPU ticks of `pids` (those still alive).
@@ -1379,7 +1383,9 @@ async fn replicas(root: &Path, (agents, n): (u32, u32), interval: &str, minutes:
         }
         anyhow::bail!("{name}: no result")
     };
-    for (what, names) in [("on replica 1, submitted on replica 0 (forwarded)", &remote), ("on replica 0 itself", &local)] {
+    for (what, names) in
+        [("on replica 1, submitted on replica 0 (forwarded)", &remote), ("on replica 0 itself", &local)]
+    {
         if names.is_empty() {
             continue;
         }
