@@ -323,6 +323,18 @@ async fn hub(
     let sim_pid = sim.id().expect("sim running");
     let window = Duration::from_secs_f64(minutes * 60.0);
     println!("measuring hubd (pid {pid}) with {agents} agents every {interval} for {minutes} min…");
+    // A soak: how RSS and the store's size move, every five minutes.
+    let store_dir = root.join("hub/data/store");
+    let progress = tokio::spawn(async move {
+        let t = Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_secs(300)).await;
+            let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return };
+            let rss = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap_or("?").trim().to_string();
+            let mib = dir_size(&store_dir) as f64 / (1 << 20) as f64;
+            println!("  after {:.0} min: hubd RSS {rss}, store {mib:.0} MiB", t.elapsed().as_secs_f64() / 60.0);
+        }
+    });
     let t = Instant::now();
     let sim_start = sample(sim_pid);
     let (cpu, min, avg, max) = measure(pid, window).await;
@@ -358,6 +370,7 @@ async fn hub(
     if let Some((p50, p99)) = ack_quantiles(&text) {
         println!("report ack (arrival to durable): p50 ≤ {:.1} ms, p99 ≤ {:.1} ms", p50 * 1e3, p99 * 1e3);
     }
+    progress.abort();
     println!("hub store on disk: {:.1} MiB", dir_size(&root.join("hub/data/store")) as f64 / (1 << 20) as f64);
     sim.start_kill()?;
     if usage_apps > 0 {
