@@ -150,24 +150,6 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         Arc::new(Reports::new(fleet.clone(), store.clone(), config.store.history_len, metrics.clone(), usage.clone()));
     let audit = Arc::new(audit::Audit::new(store.clone()));
     let operators = Arc::new(Operators::load(store.clone()).await?);
-    let mut peers = None;
-    if let Some(pg) = pg {
-        // One id per process: a restarted replica is a new one (the old one's streams are gone).
-        let me = format!("{}-{}", addr, hex_id());
-        let url = replica_url(addr, &advertise);
-        let replication = replicas::Replication::new(
-            pg,
-            (me.clone(), url.clone()),
-            fleet.clone(),
-            (identities.clone(), operators.clone()),
-            config.grace(),
-        );
-        peers = Some(Arc::new(api::peer::Peers::new(replication.placement(), ca.clone())));
-        Arc::new(replication).spawn(&rt);
-        rt.share_leases(store.clone(), me.clone());
-        identities.share_store();
-        tracing::info!(replica = %me, %url, "replica of a hub on PostgreSQL");
-    }
     let relay = Arc::new(relay::Relay::default());
     let jobs = Arc::new(jobs::Jobs::new(
         fleet.clone(),
@@ -177,6 +159,27 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         rt.clone(),
         metrics.clone(),
     ));
+    let mut peers = None;
+    let replicated = pg.is_some();
+    if let Some(pg) = pg {
+        // One id per process: a restarted replica is a new one (the old one's streams are gone, its jobs
+        // are taken over by a live replica: see `replicas`).
+        let me = format!("{}-{}", addr, hex_id());
+        let url = replica_url(addr, &advertise);
+        jobs.set_hub(me.clone());
+        let replication = replicas::Replication::new(
+            pg,
+            (me.clone(), url.clone()),
+            fleet.clone(),
+            (identities.clone(), operators.clone(), jobs.clone()),
+            config.grace(),
+        );
+        peers = Some(Arc::new(api::peer::Peers::new(replication.placement(), ca.clone())));
+        Arc::new(replication).spawn(&rt);
+        rt.share_leases(store.clone(), me.clone());
+        identities.share_store();
+        tracing::info!(replica = %me, %url, "replica of a hub on PostgreSQL");
+    }
     let auth =
         Arc::new(Auth::new(identities.clone(), operators, Duration::from_secs(config.operators.cert_max_ttl_secs)));
 
@@ -189,9 +192,13 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     names.dedup();
     let server_cert = ca.issue_server(&names)?;
 
-    let recovered = jobs.recover().await?;
-    if recovered > 0 {
-        tracing::info!(recovered, "commands pending before the restart are delivered again");
+    // Replicas: the commands of a replica that died are taken over by a live one (`replicas`), never
+    // all of them by whichever starts.
+    if !replicated {
+        let recovered = jobs.recover().await?;
+        if recovered > 0 {
+            tracing::info!(recovered, "commands pending before the restart are delivered again");
+        }
     }
     audit.spawn_retention(&rt, Duration::from_secs(u64::from(config.audit.retention_days) * 86_400));
     fleet.spawn_sweeper(&rt);

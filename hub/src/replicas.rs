@@ -28,6 +28,9 @@ use crate::store::postgres::PgStore;
 pub const BEAT: Duration = Duration::from_secs(1);
 /// A replica whose heartbeat is older than this is gone: the streams it held are not connected.
 pub const DEAD_AFTER_MS: i64 = 5_000;
+/// A replica silent this long is dead: its pending commands and plans are taken over. Longer than
+/// [`DEAD_AFTER_MS`]: a replica cut off from the database for a few seconds keeps its jobs.
+pub const TAKE_OVER_AFTER_MS: i64 = 15_000;
 /// Changes applied per look at most.
 const BATCH: i64 = 20_000;
 /// The revoked serials and operators are read again this often even without a notification.
@@ -42,6 +45,7 @@ pub struct Replication {
     fleet: Arc<Fleet>,
     identities: Arc<Identities>,
     operators: Arc<Operators>,
+    jobs: Arc<crate::jobs::Jobs>,
     grace_ms: i64,
     placement: Arc<Placement>,
 }
@@ -87,12 +91,13 @@ impl Replication {
         store: Arc<PgStore>,
         (me, url): (String, String),
         fleet: Arc<Fleet>,
-        (identities, operators): (Arc<Identities>, Arc<Operators>),
+        (identities, operators, jobs): (Arc<Identities>, Arc<Operators>, Arc<crate::jobs::Jobs>),
         grace: Duration,
     ) -> Replication {
         let started_ms = outpost_common::now_ms();
         let grace_ms = grace.as_millis() as i64;
-        Replication { store, me, url, started_ms, fleet, identities, operators, grace_ms, placement: Arc::default() }
+        let placement = Arc::default();
+        Replication { store, me, url, started_ms, fleet, identities, operators, jobs, grace_ms, placement }
     }
 
     /// Where the other replicas' streams are (kept up to date by the loop).
@@ -149,6 +154,13 @@ impl Replication {
     ) -> Result<(), crate::store::StoreError> {
         let now = outpost_common::now_ms();
         let replicas = self.store.heartbeat(&self.me, &self.url, self.started_ms, now).await?;
+        // A replica silent for long enough is dead: its jobs are taken over (by one replica: the claim is
+        // atomic), then it is forgotten.
+        for dead in replicas.iter().filter(|r| r.id != self.me && now - r.heartbeat_ms >= TAKE_OVER_AFTER_MS) {
+            let taken = self.jobs.take_over(&dead.id).await?;
+            self.store.forget_replica(&dead.id).await?;
+            tracing::warn!(replica = %dead.id, commands = taken, "a replica stopped beating; its jobs are taken over");
+        }
         let urls = replicas
             .iter()
             .filter(|r| r.id != self.me && now - r.heartbeat_ms < DEAD_AFTER_MS)
@@ -167,6 +179,8 @@ impl Replication {
 
         let changes = self.store.changes_since(state.from, BATCH).await?;
         let top = changes.last().map_or(state.seen, |c| c.version.max(state.seen));
+        // A full batch: no overlap next time, or a look could read the same batch again and again.
+        let full = changes.len() as i64 == BATCH;
         let alive = |holder: &str| state.heartbeats.get(holder).is_some_and(|hb| now - hb < DEAD_AFTER_MS);
         for c in changes {
             if state.applied.get(&c.record.name) == Some(&c.version) {
@@ -195,7 +209,7 @@ impl Replication {
                 state.remote.remove(&name);
             }
         }
-        (state.from, state.seen) = (state.seen, top);
+        (state.from, state.seen) = if full { (top, top) } else { (state.seen, top) };
 
         // Streams held by a replica that stopped beating: not connected any more.
         let gone: Vec<String> = state.remote.iter().filter(|(_, h)| !alive(h)).map(|(s, _)| s.clone()).collect();

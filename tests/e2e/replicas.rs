@@ -21,7 +21,8 @@ async fn replicas_share_one_fleet_fail_over_and_wait_out_the_database() {
     let mut agents = Vec::new();
     for n in names {
         let token = a.token(n).await;
-        agents.push(AgentProc::start(tmp.path(), n, &token, ""));
+        let extra = if n == "r-1" { "exec_enabled = true" } else { "" };
+        agents.push(AgentProc::start(tmp.path(), n, &token, extra));
     }
     let mut on_a = a.client(Role::Viewer);
     watch_until(&mut on_a, "three agents on replica A", |f| {
@@ -63,7 +64,20 @@ async fn replicas_share_one_fleet_fail_over_and_wait_out_the_database() {
     assert!(revoked_at.elapsed() < std::time::Duration::from_secs(3), "revocation took {:?}", revoked_at.elapsed());
     drop(on_a);
 
-    // A dies without warning: its agents move to B within their backoff, and their reports keep coming.
+    // A command runs on r-1 through A when A dies without warning. Its agents move to B within their
+    // backoff and their reports keep coming; B takes over A's pending command once A has been silent for
+    // long enough, and it is delivered once: the agent answers from its journal, the side effect happened
+    // once, and the result is audited once.
+    let marker = tmp.path().join("ran-once");
+    let script = format!("echo ran >> {}; sleep 2", marker.display());
+    let mut req =
+        harness::action("exec", &["r-1"], &[("argv", &serde_json::to_string(&["sh", "-c", &script]).unwrap())]);
+    req.confirm = "r-1".into();
+    let mut running = a.client(Role::Admin).run_action(req).await.unwrap().into_inner();
+    while marker.metadata().map_or(true, |m| m.len() == 0) {
+        // The job's events (the command sent, started): by then the agent is running it.
+        running.message().await.unwrap().expect("the job runs until A dies");
+    }
     let before = on_b.get_server(GetServerRequest { name: "r-1".into(), history: 0 }).await.unwrap();
     let before = before.into_inner().server.unwrap().last_seq;
     a.kill9().await;
@@ -71,6 +85,23 @@ async fn replicas_share_one_fleet_fail_over_and_wait_out_the_database() {
         ["r-1", "r-2", "r-4"].iter().all(|n| is(f, n, Liveness::Connected)) && f["r-1"].last_seq >= before + 10
     })
     .await;
+    let exec_audit =
+        async |admin: &mut outpost_proto::v1::operator_client::OperatorClient<tonic::transport::Channel>| {
+            let q = pb::QueryAuditRequest { action: "exec".into(), limit: 100, ..Default::default() };
+            admin.query_audit(q).await.unwrap().into_inner().records
+        };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let results = loop {
+        let records = exec_audit(&mut admin_b).await;
+        let results: Vec<_> = records.into_iter().filter(|r| r.kind == "result").collect();
+        if !results.is_empty() || std::time::Instant::now() > deadline {
+            break results;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    assert_eq!(results.len(), 1, "the taken-over command's result, audited once: {results:#?}");
+    assert_eq!(results[0].outcome, pb::Outcome::Succeeded as i32, "{results:#?}");
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "ran\n", "it ran once");
 
     // The database stops: B answers "store unavailable", agents keep their reports, nothing is lost.
     let before = on_b.get_server(GetServerRequest { name: "r-2".into(), history: 0 }).await.unwrap();

@@ -187,6 +187,8 @@ pub struct Jobs {
     /// Running jobs: their cancel token, and the role their action needs (the role needed to cancel them).
     live: Mutex<HashMap<String, (CancellationToken, Role)>>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// This hub's replica id when hubs share the store (see `set_hub`).
+    hub: std::sync::OnceLock<String>,
 }
 
 impl Jobs {
@@ -198,7 +200,17 @@ impl Jobs {
         rt: Runtime,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Jobs {
-        Jobs { fleet, relay, audit, store, rt, live: Mutex::default(), metrics }
+        Jobs { fleet, relay, audit, store, rt, live: Mutex::default(), metrics, hub: Default::default() }
+    }
+
+    /// Hubs share the store: the commands and plans this hub writes carry its replica id, so another
+    /// replica can take them over if this one dies.
+    pub fn set_hub(&self, id: String) {
+        let _ = self.hub.set(id);
+    }
+
+    pub(super) fn hub(&self) -> &str {
+        self.hub.get().map_or("", String::as_str)
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, (CancellationToken, Role)>> {

@@ -29,29 +29,57 @@ impl Jobs {
     /// Resumes what the last run of the hub left: pending commands and the remaining batches of fan-outs.
     /// Returns how many commands were pending.
     pub async fn recover(self: &Arc<Self>) -> Result<usize, StoreError> {
-        let mut by_job: BTreeMap<String, Vec<(String, PendingRecord)>> = BTreeMap::new();
-        let mut n = 0;
+        let mut commands = Vec::new();
         for (id, r) in self.store.pending_commands().await? {
             match r {
-                Ok(r) => {
-                    by_job.entry(r.job_id.clone()).or_default().push((id, r));
-                    n += 1;
-                }
+                Ok(r) => commands.push((id, r)),
                 // Kept, not deleted: it is evidence; everything else is still delivered.
                 Err(error) => tracing::error!(command_id = %id, %error, "unreadable pending command; not delivered"),
             }
         }
-        let mut plans: BTreeMap<String, PlanRecord> = BTreeMap::new();
+        let mut plans = Vec::new();
         for (id, p) in self.store.plans().await? {
             match p {
-                Ok(p) => {
-                    by_job.entry(id.clone()).or_default();
-                    plans.insert(id, p);
-                }
+                Ok(p) => plans.push((id, p)),
                 Err(error) => {
                     tracing::error!(job = %id, %error, "unreadable job plan; its remaining batches do not run")
                 }
             }
+        }
+        Ok(self.resume_all(commands, plans))
+    }
+
+    /// Takes over the pending commands and plans of replica `dead` (hubs sharing a store) and resumes them
+    /// as after a restart. Returns how many commands it took.
+    pub async fn take_over(self: &Arc<Self>, dead: &str) -> Result<usize, StoreError> {
+        let (commands, plans) = self.store.claim_commands(dead, self.hub()).await?;
+        if commands.is_empty() && plans.is_empty() {
+            return Ok(0);
+        }
+        tracing::warn!(
+            replica = dead,
+            commands = commands.len(),
+            plans = plans.len(),
+            "taking over a dead replica's jobs"
+        );
+        Ok(self.resume_all(commands, plans))
+    }
+
+    /// Resumes `commands` and `plans` by job; returns how many commands.
+    fn resume_all(
+        self: &Arc<Self>,
+        commands: Vec<(String, PendingRecord)>,
+        stored: Vec<(String, PlanRecord)>,
+    ) -> usize {
+        let n = commands.len();
+        let mut by_job: BTreeMap<String, Vec<(String, PendingRecord)>> = BTreeMap::new();
+        for (id, r) in commands {
+            by_job.entry(r.job_id.clone()).or_default().push((id, r));
+        }
+        let mut plans: BTreeMap<String, PlanRecord> = BTreeMap::new();
+        for (id, p) in stored {
+            by_job.entry(id.clone()).or_default();
+            plans.insert(id, p);
         }
         for (job_id, commands) in by_job {
             let plan = plans.remove(&job_id);
@@ -63,7 +91,7 @@ impl Jobs {
             let span = tracing::info_span!("recovered job", job = %job_id);
             self.rt.spawn(tracing::Instrument::instrument(engine.resume(job_id, commands, plan, cancel), span));
         }
-        Ok(n)
+        n
     }
 
     async fn resume(

@@ -109,6 +109,7 @@ impl Jobs {
                     queue_secs: job.queue.map(|q| q.as_secs()),
                     succeeded: c.succeeded,
                     failed: c.failed,
+                    hub: self.hub().to_string(),
                 })
             } else {
                 PlanUpdate::Done
@@ -356,6 +357,7 @@ impl Jobs {
                     run_for_ms: job.run_for.as_millis() as u64,
                     deadline_ms: deadline.map(wall),
                     queue_until_ms: job.queue.map(|q: Duration| wall(now + q)),
+                    hub: self.hub().to_string(),
                 };
                 (id.clone(), r)
             })

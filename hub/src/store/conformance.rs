@@ -41,6 +41,7 @@ fn pending(server: &str, job: &str) -> PendingRecord {
         run_for_ms: 30_000,
         deadline_ms: Some(7),
         queue_until_ms: None,
+        hub: String::new(),
     }
 }
 
@@ -58,6 +59,7 @@ fn plan(targets: &[&str]) -> PlanRecord {
         queue_secs: Some(60),
         succeeded: 1,
         failed: 0,
+        hub: String::new(),
     }
 }
 
@@ -71,6 +73,7 @@ pub async fn run(backend: &mut dyn Backend) {
     reports_are_bounded_and_carry_the_high_water_mark(&*store).await;
     audit_ids_grow_are_unique_and_queries_filter(store.clone()).await;
     commands_and_plans_end_with_their_audit_record(&*store).await;
+    a_dead_hubs_commands_are_claimed_once(store.clone()).await;
     revocations_are_kept(&*store).await;
     usage_buckets_and_their_cursor_are_written_together(&*store).await;
     let last_job = the_queue_claims_once_in_order_and_checks_leases(store.clone()).await;
@@ -527,4 +530,28 @@ async fn leases_have_one_holder_at_a_time(store: &dyn HubStore) {
     assert!(store.hold_lease("other", "b", 1150, 100).await.unwrap(), "leases are by name");
     assert!(store.hold_lease("alerts", "b", 1191, 100).await.unwrap(), "a lease that ran out is taken over");
     assert!(!store.hold_lease("alerts", "a", 1200, 100).await.unwrap(), "and the old holder has lost it");
+}
+
+async fn a_dead_hubs_commands_are_claimed_once(store: Arc<dyn HubStore>) {
+    let of = |hub: &str, r: PendingRecord| PendingRecord { hub: hub.into(), ..r };
+    let batch: Vec<(String, PendingRecord)> =
+        (0..20).map(|i| (format!("k{i:02}"), of("dead", pending(&format!("s{i}"), "jk")))).collect();
+    let plan = PlanRecord { hub: "dead".into(), ..plan(&["t"]) };
+    store.dispatch_batch("jk", &batch, PlanUpdate::Remaining(plan)).await.unwrap();
+    store.dispatch_batch("jl", &[("l1".into(), of("alive", pending("s", "jl")))], PlanUpdate::Done).await.unwrap();
+    // Two hubs claim the dead one's records at once: each record goes to one of them.
+    let (a, b) = tokio::join!(store.claim_commands("dead", "a"), store.claim_commands("dead", "b"));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let mut ids: Vec<String> = a.0.iter().chain(&b.0).map(|(id, _)| id.clone()).collect();
+    ids.sort();
+    assert_eq!(ids, batch.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(), "every command claimed once");
+    assert_eq!(a.1.len() + b.1.len(), 1, "the plan claimed once");
+    assert!(a.0.iter().all(|(_, r)| r.hub == "a") && b.0.iter().all(|(_, r)| r.hub == "b"));
+    assert_eq!(store.claim_commands("dead", "c").await.unwrap(), (vec![], vec![]), "nothing left");
+    let stored = store.pending_commands().await.unwrap();
+    assert!(stored.iter().any(|(id, r)| id == "l1" && r.as_ref().unwrap().hub == "alive"), "others' stay");
+    for (id, _) in stored {
+        store.finish_command(&id, AuditEntry::default()).await.unwrap();
+    }
+    store.finish_job("jk", AuditEntry::default()).await.unwrap();
 }

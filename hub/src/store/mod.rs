@@ -140,6 +140,9 @@ pub enum PlanUpdate {
     Done,
 }
 
+/// Pending commands and plans taken over from another hub.
+pub type Claimed = (Vec<(String, PendingRecord)>, Vec<(String, PlanRecord)>);
+
 /// Commands dispatched and not audited yet, and the stored plans of fan-outs.
 #[async_trait]
 pub trait Commands: Send + Sync {
@@ -154,6 +157,9 @@ pub trait Commands: Send + Sync {
     async fn pending_commands(&self) -> Result<Vec<(String, Result<PendingRecord, String>)>>;
     /// Every stored plan, by job id.
     async fn plans(&self) -> Result<Vec<(String, Result<PlanRecord, String>)>>;
+    /// Makes hub `to` the owner of every pending command and plan of hub `from` (a replica that died) and
+    /// returns them. Atomic: of several hubs claiming at once, one gets each record.
+    async fn claim_commands(&self, from: &str, to: &str) -> Result<Claimed>;
 }
 
 /// Revoked operator names.

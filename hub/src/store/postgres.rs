@@ -125,6 +125,11 @@ fn json<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("store records serialise")
 }
 
+/// `(key, record)` rows, decoded.
+fn decode_rows<T: DeserializeOwned>(table: &'static str, rows: &[tokio_postgres::Row]) -> Result<Vec<(String, T)>> {
+    rows.iter().map(|r| Ok((r.get::<_, String>(0), decode(table, r.get(0), r.get(1))?))).collect()
+}
+
 fn decode<T: DeserializeOwned>(table: &'static str, key: &str, v: &str) -> Result<T> {
     serde_json::from_str(v).map_err(|e| StoreError::Corrupt { table, key: key.to_string(), error: e.to_string() })
 }
@@ -459,6 +464,11 @@ impl PgStore {
         .await?;
         let rows = self.rows("SELECT id, url, heartbeat_ms FROM replicas ORDER BY id", &[]).await?;
         Ok(rows.iter().map(|r| Replica { id: r.get(0), url: r.get(1), heartbeat_ms: r.get(2) }).collect())
+    }
+
+    /// Forgets replica `id` (it died and its jobs were taken over).
+    pub async fn forget_replica(&self, id: &str) -> Result<()> {
+        self.exec("DELETE FROM replicas WHERE id = $1", &[&id]).await.map(drop)
     }
 
     /// A connection of its own that LISTENs on [`CHANNEL`]: every notification's payload is sent on the
@@ -812,6 +822,29 @@ impl Commands for PgStore {
 
     async fn pending_commands(&self) -> Result<Vec<(String, Result<PendingRecord, String>)>> {
         self.each("SELECT id, record::text FROM pending_commands ORDER BY id").await
+    }
+
+    async fn claim_commands(&self, from: &str, to: &str) -> Result<super::Claimed> {
+        self.in_tx(async |tx| {
+            let commands = tx
+                .query(
+                    "UPDATE pending_commands SET record = jsonb_set(record, '{hub}', to_jsonb($2::text)) \
+                     WHERE record->>'hub' = $1 RETURNING id, record::text",
+                    &[&from, &to],
+                )
+                .await
+                .map_err(|e| self.err(e))?;
+            let plans = tx
+                .query(
+                    "UPDATE plans SET record = jsonb_set(record, '{hub}', to_jsonb($2::text)) \
+                     WHERE record->>'hub' = $1 RETURNING job_id, record::text",
+                    &[&from, &to],
+                )
+                .await
+                .map_err(|e| self.err(e))?;
+            Ok((decode_rows("pending_commands", &commands)?, decode_rows("plans", &plans)?))
+        })
+        .await
     }
 
     async fn plans(&self) -> Result<Vec<(String, Result<PlanRecord, String>)>> {

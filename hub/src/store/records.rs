@@ -143,6 +143,9 @@ pub struct PendingRecord {
     pub deadline_ms: Option<i64>,
     /// Wall clock: a queued command waits for its server until then.
     pub queue_until_ms: Option<i64>,
+    /// The hub (replica id) whose job waits for this command; empty on a store one hub owns.
+    #[serde(default)]
+    pub hub: String,
 }
 
 /// The rest of a fan-out: the batches not dispatched yet, written with each batch's pending records (one
@@ -164,6 +167,9 @@ pub struct PlanRecord {
     /// Outcomes of the batches before the one dispatched with this record.
     pub succeeded: u32,
     pub failed: u32,
+    /// The hub (replica id) running the job; empty on a store one hub owns.
+    #[serde(default)]
+    pub hub: String,
 }
 
 /// What kind of event an audit record is.

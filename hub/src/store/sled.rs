@@ -597,6 +597,32 @@ impl Commands for SledStore {
         self.each_json(Tree::Pending)
     }
 
+    async fn claim_commands(&self, from: &str, to: &str) -> Result<super::Claimed> {
+        // One process owns a sled store; the claim is still what the trait says (for the suite).
+        let _queue = self.queue.lock().await;
+        let mut ops = Vec::new();
+        let mut commands = Vec::new();
+        for (id, r) in self.all_json::<PendingRecord>(Tree::Pending)? {
+            if r.hub == from {
+                let r = PendingRecord { hub: to.to_string(), ..r };
+                ops.push(put_json(Tree::Pending, id.as_bytes(), &r));
+                commands.push((id, r));
+            }
+        }
+        let mut plans = Vec::new();
+        for (id, p) in self.all_json::<PlanRecord>(Tree::Plans)? {
+            if p.hub == from {
+                let p = PlanRecord { hub: to.to_string(), ..p };
+                ops.push(put_json(Tree::Plans, id.as_bytes(), &p));
+                plans.push((id, p));
+            }
+        }
+        if !ops.is_empty() {
+            self.commit(ops).await?;
+        }
+        Ok((commands, plans))
+    }
+
     async fn plans(&self) -> Result<Vec<(String, Result<PlanRecord, String>)>> {
         self.each_json(Tree::Plans)
     }
