@@ -94,7 +94,7 @@ impl Jobs {
             let ids: Vec<String> = batch.iter().map(|_| hex(&random_bytes::<16>())).collect();
             // What is left after this batch goes to the store with the batch's pending records.
             let plan = if bi + 1 < job.batches.len() {
-                PlanUpdate::Remaining(PlanRecord {
+                PlanUpdate::Remaining(Box::new(PlanRecord {
                     action: job.action.clone(),
                     args: job.args.clone(),
                     operator: job.operator.clone(),
@@ -110,7 +110,7 @@ impl Jobs {
                     succeeded: c.succeeded,
                     failed: c.failed,
                     hub: self.hub().to_string(),
-                })
+                }))
             } else {
                 PlanUpdate::Done
             };

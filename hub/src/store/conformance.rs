@@ -269,7 +269,7 @@ async fn audit_ids_grow_are_unique_and_queries_filter(store: Arc<dyn HubStore>) 
 
 async fn commands_and_plans_end_with_their_audit_record(store: &dyn HubStore) {
     let batch = vec![("c1".to_string(), pending("a", "j1")), ("c2".to_string(), pending("b", "j1"))];
-    store.dispatch_batch("j1", &batch, PlanUpdate::Remaining(plan(&["c", "d"]))).await.unwrap();
+    store.dispatch_batch("j1", &batch, PlanUpdate::Remaining(Box::new(plan(&["c", "d"])))).await.unwrap();
     let mut got: Vec<(String, PendingRecord)> =
         store.pending_commands().await.unwrap().into_iter().map(|(id, r)| (id, r.unwrap())).collect();
     got.sort_by(|a, b| a.0.cmp(&b.0));
@@ -285,7 +285,7 @@ async fn commands_and_plans_end_with_their_audit_record(store: &dyn HubStore) {
 
     // The next batch replaces the plan; the last batch removes it.
     store
-        .dispatch_batch("j1", &[("c3".into(), pending("c", "j1"))], PlanUpdate::Remaining(plan(&["d"])))
+        .dispatch_batch("j1", &[("c3".into(), pending("c", "j1"))], PlanUpdate::Remaining(Box::new(plan(&["d"]))))
         .await
         .unwrap();
     assert_eq!(store.plans().await.unwrap(), vec![("j1".to_string(), Ok(plan(&["d"])))]);
@@ -297,7 +297,7 @@ async fn commands_and_plans_end_with_their_audit_record(store: &dyn HubStore) {
     assert!(store.pending_commands().await.unwrap().is_empty());
 
     // A job that stops early: its skipped targets are audited and its plan goes, in one write.
-    store.dispatch_batch("j2", &[], PlanUpdate::Remaining(plan(&["e"]))).await.unwrap();
+    store.dispatch_batch("j2", &[], PlanUpdate::Remaining(Box::new(plan(&["e"])))).await.unwrap();
     let skipped = AuditEntry { outcome: Outcome::Skipped, job_id: "j2".into(), ..Default::default() };
     let id = store.finish_job("j2", skipped).await.unwrap();
     assert!(store.plans().await.unwrap().is_empty());
@@ -537,7 +537,7 @@ async fn a_dead_hubs_commands_are_claimed_once(store: Arc<dyn HubStore>) {
     let batch: Vec<(String, PendingRecord)> =
         (0..20).map(|i| (format!("k{i:02}"), of("dead", pending(&format!("s{i}"), "jk")))).collect();
     let plan = PlanRecord { hub: "dead".into(), ..plan(&["t"]) };
-    store.dispatch_batch("jk", &batch, PlanUpdate::Remaining(plan)).await.unwrap();
+    store.dispatch_batch("jk", &batch, PlanUpdate::Remaining(Box::new(plan))).await.unwrap();
     store.dispatch_batch("jl", &[("l1".into(), of("alive", pending("s", "jl")))], PlanUpdate::Done).await.unwrap();
     // Two hubs claim the dead one's records at once: each record goes to one of them.
     let (a, b) = tokio::join!(store.claim_commands("dead", "a"), store.claim_commands("dead", "b"));

@@ -135,7 +135,7 @@ pub trait AuditLog: Send + Sync {
 #[derive(Clone, Debug)]
 pub enum PlanUpdate {
     /// More batches follow: these.
-    Remaining(PlanRecord),
+    Remaining(Box<PlanRecord>),
     /// This is the last batch.
     Done,
 }
