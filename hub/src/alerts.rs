@@ -416,7 +416,8 @@ impl Alerts {
             async move { me.evaluate(outpost_common::now_ms()).await }
         });
         let me = self.clone();
-        rt.every_once("alert delivery", Duration::from_secs(self.config.eval_secs), move || {
+        // The same lease as evaluation: delivery sends what this replica's evaluation found.
+        rt.every_once("alerts", Duration::from_secs(self.config.eval_secs), move || {
             let me = me.clone();
             async move { me.deliver().await }
         });
