@@ -347,6 +347,32 @@ pub struct Alerts {
     /// The silences (a copy of the store's).
     silences: Mutex<Vec<(String, crate::store::SilenceRecord)>>,
     usage: Arc<crate::usage::UsageBook>,
+    /// When this hub last evaluated (it held the `alerts` lease).
+    evaluated_ms: std::sync::atomic::AtomicI64,
+}
+
+/// The firing alerts `store` holds, by key.
+async fn firing_in(store: &dyn crate::store::HubStore) -> Result<HashMap<String, Alert>, crate::store::StoreError> {
+    Ok(store
+        .firing_alerts()
+        .await?
+        .into_iter()
+        .map(|(key, r)| {
+            let alert = Alert {
+                labels: r.labels,
+                state: State::Firing,
+                since_ms: r.since_ms,
+                fired_ms: r.fired_ms,
+                value: r.value,
+                summary: r.summary,
+                action: r.action,
+                silenced_by: String::new(),
+                acked_by: r.acked_by,
+                notified: r.notified,
+            };
+            (key, alert)
+        })
+        .collect())
 }
 
 impl Alerts {
@@ -366,30 +392,10 @@ impl Alerts {
             Vec::new()
         }));
         // The alerts that were firing when the hub stopped: not fired (nor notified) again, acks kept.
-        let active = store
-            .firing_alerts()
-            .await
-            .unwrap_or_else(|error| {
-                tracing::error!(%error, "cannot read the firing alerts; they fire again");
-                Vec::new()
-            })
-            .into_iter()
-            .map(|(key, r)| {
-                let alert = Alert {
-                    labels: r.labels,
-                    state: State::Firing,
-                    since_ms: r.since_ms,
-                    fired_ms: r.fired_ms,
-                    value: r.value,
-                    summary: r.summary,
-                    action: r.action,
-                    silenced_by: String::new(),
-                    acked_by: r.acked_by,
-                    notified: r.notified,
-                };
-                (key, alert)
-            })
-            .collect();
+        let active = firing_in(&*store).await.unwrap_or_else(|error| {
+            tracing::error!(%error, "cannot read the firing alerts; they fire again");
+            HashMap::new()
+        });
         let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
         Alerts {
             config,
@@ -404,6 +410,25 @@ impl Alerts {
             store,
             silences,
             usage,
+            // As if it had just evaluated: a hub that never gets the lease mirrors after three rounds.
+            evaluated_ms: std::sync::atomic::AtomicI64::new(outpost_common::now_ms()),
+        }
+    }
+
+    /// On a hub that does not evaluate (another hub of the same store holds the `alerts` lease): the
+    /// alerts and silences as the evaluating hub stored them, so every hub lists the same alerts, and
+    /// one that takes the lease over goes on from there.
+    async fn mirror(&self, now_ms: i64) {
+        let led = self.evaluated_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if now_ms - led < 3 * 1000 * self.config.eval_secs as i64 {
+            return;
+        }
+        match (firing_in(&*self.store).await, self.store.silences().await) {
+            (Ok(active), Ok(silences)) => {
+                *self.active.lock().unwrap_or_else(|p| p.into_inner()) = active;
+                *self.silences.lock().unwrap_or_else(|p| p.into_inner()) = silences;
+            }
+            (Err(error), _) | (_, Err(error)) => tracing::warn!(%error, "cannot read the alerts another hub stored"),
         }
     }
 
@@ -416,7 +441,12 @@ impl Alerts {
             async move { me.evaluate(outpost_common::now_ms()).await }
         });
         let me = self.clone();
+        rt.every("alerts mirror", Duration::from_secs(self.config.eval_secs), move || {
+            let me = me.clone();
+            async move { me.mirror(outpost_common::now_ms()).await }
+        });
         // The same lease as evaluation: delivery sends what this replica's evaluation found.
+        let me = self.clone();
         rt.every_once("alerts", Duration::from_secs(self.config.eval_secs), move || {
             let me = me.clone();
             async move { me.deliver().await }
@@ -547,6 +577,7 @@ impl Alerts {
 
     /// One evaluation at `now_ms`: new conditions become pending, held ones fire, cleared ones resolve.
     pub async fn evaluate(&self, now_ms: i64) {
+        self.evaluated_ms.store(now_ms, std::sync::atomic::Ordering::Relaxed);
         let started = std::time::Instant::now();
         let holding = self.conditions(now_ms).await;
         self.metrics.alerts_evaluated(started.elapsed());

@@ -158,6 +158,9 @@ impl Postgres {
         let log_path = self.root.join("postgres.log");
         std::thread::spawn(move || {
             let mut file = std::fs::File::create(&log_path).ok();
+            // Clients refused while it starts log FATAL lines too: only the end of the log (the server
+            // exited) is a failure.
+            let mut last = String::new();
             for line in BufReader::new(log).lines().map_while(Result::ok) {
                 if let Some(f) = file.as_mut() {
                     use std::io::Write as _;
@@ -165,10 +168,10 @@ impl Postgres {
                 }
                 if line.contains("ready to accept connections") {
                     let _ = tx.send(Ok(()));
-                } else if line.contains("FATAL") || line.contains("PANIC") {
-                    let _ = tx.send(Err(line));
                 }
+                last = line;
             }
+            let _ = tx.send(Err(format!("postgres exited; its last words: {last}")));
         });
         match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(Ok(())) => {

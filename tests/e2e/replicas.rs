@@ -13,7 +13,11 @@ async fn replicas_share_one_fleet_fail_over_and_wait_out_the_database() {
     let tmp = tempfile::tempdir().unwrap();
     let mut pg = standin::postgres::Postgres::start(false).unwrap();
     let ports = [harness::free_port(), harness::free_port()];
-    let config = harness::replica_config(&pg, tmp.path(), &ports, "grace_secs = 3");
+    let mut config = harness::replica_config(&pg, tmp.path(), &ports, "grace_secs = 3");
+    config.push_str(
+        "[alerts]\neval_secs = 1\n[[alerts.rules]]\nname = \"server_lost\"\nmetric = \"server_offline_seconds\"\n\
+         op = \">\"\nthreshold = 1\nseverity = \"critical\"\n",
+    );
     let mut a = HubProc::start(&tmp.path().join("a"), ports[0], &config).await;
 
     // Agents enroll while only replica A is up: the ones whose turn is B find it closed and go to A.
@@ -64,19 +68,42 @@ async fn replicas_share_one_fleet_fail_over_and_wait_out_the_database() {
     assert!(revoked_at.elapsed() < std::time::Duration::from_secs(3), "revocation took {:?}", revoked_at.elapsed());
     drop(on_a);
 
+    // An agent dies: one replica evaluates alerts (it holds the lease), and both list the alert.
+    let token = a.token("r-5").await;
+    let mut r5 = AgentProc::start(tmp.path(), "r-5", &token, "");
+    watch_until(&mut on_b, "r-5 connected", |f| is(f, "r-5", Liveness::Connected)).await;
+    r5.kill9().await;
+    for hub in [&a, &b] {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut viewer = hub.client(Role::Viewer);
+        loop {
+            let alerts = viewer.list_alerts(pb::ListAlertsRequest {}).await.unwrap().into_inner().alerts;
+            let lost =
+                |a: &pb::AlertInfo| a.state == "firing" && a.labels.get("server").map(String::as_str) == Some("r-5");
+            if alerts.iter().any(lost) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "no firing server_lost for r-5 on {}: {alerts:#?}", hub.url);
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
     // A command runs on r-1 through A when A dies without warning. Its agents move to B within their
     // backoff and their reports keep coming; B takes over A's pending command once A has been silent for
     // long enough, and it is delivered once: the agent answers from its journal, the side effect happened
     // once, and the result is audited once.
     let marker = tmp.path().join("ran-once");
-    let script = format!("echo ran >> {}; sleep 2", marker.display());
+    let script = format!("echo ran >> {}; sleep 5", marker.display());
     let mut req =
         harness::action("exec", &["r-1"], &[("argv", &serde_json::to_string(&["sh", "-c", &script]).unwrap())]);
     req.confirm = "r-1".into();
-    let mut running = a.client(Role::Admin).run_action(req).await.unwrap().into_inner();
+    // The caller's stream stays open (unread) until A dies.
+    let _running = a.client(Role::Admin).run_action(req).await.unwrap().into_inner();
+    let started = std::time::Instant::now();
+    // The side effect is the event: the agent is running the command (a file has no notification to await).
     while marker.metadata().map_or(true, |m| m.len() == 0) {
-        // The job's events (the command sent, started): by then the agent is running it.
-        running.message().await.unwrap().expect("the job runs until A dies");
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "the command never started");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let before = on_b.get_server(GetServerRequest { name: "r-1".into(), history: 0 }).await.unwrap();
     let before = before.into_inner().server.unwrap().last_seq;

@@ -228,17 +228,17 @@ impl Identities {
         self.shared.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// The server agent `agent_id` speaks for. With a shared store, one this hub has not seen yet is read
-    /// from the store and put into the fleet view.
+    /// The server agent `agent_id` speaks for, as a stream of it opens. With a shared store the record
+    /// is read from the store and put into the fleet view first: the agent may have enrolled on another hub
+    /// a moment ago, or reported there until now (the high-water mark this hub welcomes it with, and the
+    /// counters it goes on from, must be the stored ones).
     pub async fn server_of_agent(&self, agent_id: &str) -> Result<Option<String>, HubError> {
-        if let Some(s) = self.fleet.registry().server_of_agent(agent_id) {
-            return Ok(Some(s));
-        }
         if !self.shared.load(std::sync::atomic::Ordering::Relaxed) {
-            return Ok(None);
+            return Ok(self.fleet.registry().server_of_agent(agent_id));
         }
         let Some(record) = self.store.server_of_agent(agent_id).await? else { return Ok(None) };
         let name = record.name.clone();
+        let _server = self.fleet.lock(&name).await;
         self.fleet.registry().put_record(record);
         Ok(Some(name))
     }
