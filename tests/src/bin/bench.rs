@@ -323,12 +323,13 @@ async fn hub(
     let sim_pid = sim.id().expect("sim running");
     let window = Duration::from_secs_f64(minutes * 60.0);
     println!("measuring hubd (pid {pid}) with {agents} agents every {interval} for {minutes} min…");
-    // A soak: how RSS and the store's size move, every five minutes.
+    // How RSS and the store's size move: six times over the window, at most every five minutes (a soak).
     let store_dir = root.join("hub/data/store");
+    let every = Duration::from_secs_f64(minutes * 60.0 / 6.0).min(Duration::from_secs(300));
     let progress = tokio::spawn(async move {
         let t = Instant::now();
         loop {
-            tokio::time::sleep(Duration::from_secs(300)).await;
+            tokio::time::sleep(every).await;
             let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return };
             let rss = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap_or("?").trim().to_string();
             let mib = dir_size(&store_dir) as f64 / (1 << 20) as f64;
