@@ -503,7 +503,7 @@ impl Lifecycle {
             JobKind::EnrollSsh => {
                 let r = self.run_enroll_ssh(ctx).await;
                 if !matches!(r, Err(JobError::Retry(_) | JobError::Lost | JobError::Stopping)) {
-                    self.ssh.drop_key(ctx.snapshot().await.id);
+                    self.ssh.drop_key(&ctx.snapshot().await.target);
                 }
                 r
             }

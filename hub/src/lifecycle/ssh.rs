@@ -30,7 +30,8 @@ pub struct SshEnroll {
     /// How agentd is started once installed.
     start: String,
     /// Keys that came with requests, by job: in memory only, never stored or logged.
-    request_keys: Mutex<BTreeMap<u64, String>>,
+    /// By server name (one open enroll-ssh job per server): held before the job can be claimed.
+    request_keys: Mutex<BTreeMap<String, String>>,
 }
 
 /// The parameters of an enroll-ssh job (stored with the job; no secret among them).
@@ -54,21 +55,23 @@ impl SshEnroll {
         SshEnroll { artifacts, agent_version, ca_pem, key_file, root, start, request_keys: Mutex::default() }
     }
 
-    /// Keeps the private key of job `id` in memory for its run.
-    pub fn hold_key(&self, id: u64, key: String) {
-        self.request_keys.lock().unwrap_or_else(|p| p.into_inner()).insert(id, key);
+    /// Keeps the private key for the enrollment of `server` in memory for its job's run. Held before the
+    /// job is submitted: a worker may claim it at once.
+    /// Returns the key held for `server` before (another request's), to put back if this one is refused.
+    pub fn hold_key(&self, server: &str, key: String) -> Option<String> {
+        self.request_keys.lock().unwrap_or_else(|p| p.into_inner()).insert(server.to_string(), key)
     }
 
-    pub fn drop_key(&self, id: u64) {
-        self.request_keys.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    pub fn drop_key(&self, server: &str) {
+        self.request_keys.lock().unwrap_or_else(|p| p.into_inner()).remove(server);
     }
 
     pub fn has_key_file(&self) -> bool {
         self.key_file.is_some()
     }
 
-    fn key(&self, job: u64) -> Result<PrivateKey, JobError> {
-        let held = self.request_keys.lock().unwrap_or_else(|p| p.into_inner()).get(&job).cloned();
+    fn key(&self, server: &str) -> Result<PrivateKey, JobError> {
+        let held = self.request_keys.lock().unwrap_or_else(|p| p.into_inner()).get(server).cloned();
         let text = match (held, &self.key_file) {
             (Some(k), _) => k,
             (None, Some(f)) => std::fs::read_to_string(f)
@@ -87,7 +90,7 @@ impl SshEnroll {
     /// Connects, checks the host key, installs and starts agentd with `token`. Returns what it did.
     pub async fn install(&self, ctx: &JobCtx, job: u64, t: &Target, files: (&str, &str)) -> Result<String, JobError> {
         let (server, token) = files;
-        let key = self.key(job)?;
+        let key = self.key(server)?;
         ctx.progress(format!("connecting to {}:{}", t.host, t.port)).await?;
         let config =
             Arc::new(client::Config { inactivity_timeout: Some(Duration::from_secs(60)), ..Default::default() });

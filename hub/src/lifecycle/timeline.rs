@@ -595,11 +595,17 @@ impl Lifecycle {
         };
         let mut job = self.new_job(JobKind::EnrollSsh, &record, by, 0, params);
         job.params.remove("server");
-        let (job, _) = self.submit(job, by).await?;
-        if !r.private_key.is_empty() {
-            self.ssh.hold_key(job.id, r.private_key);
+        let before = (!r.private_key.is_empty()).then(|| self.ssh.hold_key(&r.name, r.private_key.clone()));
+        let submitted = self.submit(job, by).await;
+        if submitted.is_err() {
+            // Refused: the key of another request for this server (if any) stays as it was.
+            match before {
+                Some(Some(previous)) => drop(self.ssh.hold_key(&r.name, previous)),
+                Some(None) => self.ssh.drop_key(&r.name),
+                None => {}
+            }
         }
-        Ok(job)
+        Ok(submitted?.0)
     }
 
     pub(super) async fn run_enroll_ssh(&self, ctx: &JobCtx) -> Result<String, JobError> {
