@@ -19,6 +19,9 @@ use outpost_proto::v1::{
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
+/// HTTP/2 receive window per stream (the connection's is twice this): see `serve`.
+const STREAM_WINDOW: u32 = 64 * 1024;
+
 /// Serves the three services on `listener` with the hub's certificate (`(chain, key)` PEM) until
 /// `shutdown`. Client certificates are optional at the TLS layer so that `Enroll` can share the port;
 /// every other RPC demands one (`auth`).
@@ -39,6 +42,12 @@ pub fn serve(
         .tls_config(tls)
         .map_err(|e| e.to_string())?
         .tcp_nodelay(true)
+        // Push-back under overload: what an agent may send before the hub reads it is bounded per stream and
+        // per connection (a report is ~100 bytes; 64 KiB is hundreds in flight). With hyper's defaults a hub
+        // past its ingest ceiling buffered up to a MiB per agent and its memory grew without bound; with
+        // these it reads no faster than it stores, and the rest waits in the agents' outboxes.
+        .initial_stream_window_size(Some(STREAM_WINDOW))
+        .initial_connection_window_size(Some(2 * STREAM_WINDOW))
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         // Plain HTTPS routes on the same port (the agentd binaries new servers fetch).
