@@ -203,6 +203,79 @@ pub trait Queue: Send + Sync {
     async fn trim_jobs(&self, cutoff_ms: i64) -> Result<usize>;
 }
 
+/// The queue's rules, the same in every backend; a backend applies them inside its serialised write.
+pub(crate) mod queue_rules {
+    use super::{JobState, QueuedJob, Result, StoreError, Submitted};
+
+    /// A submitted job whose idempotency key names `existing`: that job when it is the same request,
+    /// refused when not.
+    pub fn reused_key(existing: QueuedJob, job: &QueuedJob) -> Result<Submitted> {
+        if existing.kind != job.kind || existing.params != job.params {
+            return Err(StoreError::Conflict(format!(
+                "idempotency key {:?} was used by job {} ({} {}) with other parameters; use a new key for a new request",
+                job.idempotency_key,
+                existing.id,
+                existing.kind.as_str(),
+                existing.target
+            )));
+        }
+        Ok(Submitted::Existing(existing))
+    }
+
+    /// Of the open jobs, the one to run next at `now_ms` (pending and due, or running with its lease run
+    /// out; highest priority, then oldest), claimed by `owner` for `lease_ms`.
+    pub fn claim(
+        open: impl IntoIterator<Item = QueuedJob>,
+        owner: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Option<QueuedJob> {
+        let ready = |j: &QueuedJob| match j.state {
+            JobState::Pending => j.not_before_ms <= now_ms,
+            JobState::Running => j.lease_until_ms < now_ms,
+            _ => false,
+        };
+        let rank = |j: &QueuedJob| (j.priority, -j.created_ms, -(j.id as i64));
+        let mut job = open.into_iter().filter(ready).max_by_key(rank)?;
+        job.state = JobState::Running;
+        job.attempt += 1;
+        job.lease_owner = owner.to_string();
+        job.lease_until_ms = now_ms + lease_ms;
+        job.updated_ms = now_ms;
+        Some(job)
+    }
+
+    /// `job` as its holder `owner` writes it over `stored`: refused when `owner` does not hold it any more;
+    /// a cancel that came in while it held the job is kept.
+    pub fn update(stored: Option<QueuedJob>, job: &QueuedJob, owner: &str) -> Result<QueuedJob> {
+        let held = stored.as_ref().is_some_and(|s| s.state == JobState::Running && s.lease_owner == owner);
+        if !held {
+            return Err(StoreError::Conflict(format!(
+                "job {} is no longer held by worker {owner} (its lease ran out and it was taken up again, or it ended)",
+                job.id
+            )));
+        }
+        let mut job = job.clone();
+        job.cancel_requested |= stored.is_some_and(|s| s.cancel_requested);
+        Ok(job)
+    }
+
+    /// A pending job is cancelled at once, a running one asked to stop; `false` for one that has ended
+    /// (nothing to write).
+    pub fn cancel(job: &mut QueuedJob, now_ms: i64) -> bool {
+        match job.state {
+            JobState::Pending => {
+                job.state = JobState::Cancelled;
+                job.finished_ms = now_ms;
+            }
+            JobState::Running => job.cancel_requested = true,
+            _ => return false,
+        }
+        job.updated_ms = now_ms;
+        true
+    }
+}
+
 /// Alert silences, and the alerts firing now.
 #[async_trait]
 pub trait Silences: Send + Sync {

@@ -926,20 +926,10 @@ impl Queue for PgStore {
                     .map_err(|e| self.err(e))?;
                 if let Some(row) = row {
                     let existing: QueuedJob = decode("jobs", &job.idempotency_key, row.get(0))?;
-                    if existing.kind != job.kind || existing.params != job.params {
-                        return Err(StoreError::Conflict(format!(
-                            "idempotency key {:?} was used by job {} ({} {}) with other parameters; use a new key for a new request",
-                            job.idempotency_key,
-                            existing.id,
-                            existing.kind.as_str(),
-                            existing.target
-                        )));
-                    }
-                    return Ok(Submitted::Existing(existing));
+                    return super::queue_rules::reused_key(existing, &job);
                 }
             }
-            let id: i64 =
-                tx.query_one("SELECT nextval('job_ids')", &[]).await.map_err(|e| self.err(e))?.get(0);
+            let id: i64 = tx.query_one("SELECT nextval('job_ids')", &[]).await.map_err(|e| self.err(e))?.get(0);
             job.id = id as u64;
             job.state = JobState::Pending;
             audit.job_id = job.id.to_string();
@@ -954,27 +944,11 @@ impl Queue for PgStore {
         self.in_tx(async |tx| {
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_QUEUE]).await.map_err(|e| self.err(e))?;
             let rows = tx.query("SELECT id, record::text FROM jobs WHERE open", &[]).await.map_err(|e| self.err(e))?;
-            let mut best: Option<QueuedJob> = None;
-            for row in &rows {
-                let job: QueuedJob = decode("jobs", &row.get::<_, i64>(0).to_string(), row.get(1))?;
-                let ready = match job.state {
-                    JobState::Pending => job.not_before_ms <= now_ms,
-                    JobState::Running => job.lease_until_ms < now_ms,
-                    _ => false,
-                };
-                let better = |b: &QueuedJob| {
-                    (job.priority, -job.created_ms, -(job.id as i64)) > (b.priority, -b.created_ms, -(b.id as i64))
-                };
-                if ready && best.as_ref().is_none_or(better) {
-                    best = Some(job);
-                }
-            }
-            let Some(mut job) = best else { return Ok(None) };
-            job.state = JobState::Running;
-            job.attempt += 1;
-            job.lease_owner = owner.to_string();
-            job.lease_until_ms = now_ms + lease_ms;
-            job.updated_ms = now_ms;
+            let open = rows
+                .iter()
+                .map(|row| decode::<QueuedJob>("jobs", &row.get::<_, i64>(0).to_string(), row.get(1)))
+                .collect::<Result<Vec<_>>>()?;
+            let Some(job) = super::queue_rules::claim(open, owner, now_ms, lease_ms) else { return Ok(None) };
             self.put_job(tx, &job).await?;
             Ok(Some(job))
         })
@@ -984,17 +958,7 @@ impl Queue for PgStore {
     async fn update_job(&self, job: &QueuedJob, owner: &str, audit: Option<AuditEntry>) -> Result<()> {
         self.in_tx(async |tx| {
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_QUEUE]).await.map_err(|e| self.err(e))?;
-            let stored = self.job_in(tx, job.id).await?;
-            let held = stored.as_ref().is_some_and(|s| s.state == JobState::Running && s.lease_owner == owner);
-            if !held {
-                return Err(StoreError::Conflict(format!(
-                    "job {} is no longer held by worker {owner} (its lease ran out and it was taken up again, or it ended)",
-                    job.id
-                )));
-            }
-            let mut job = job.clone();
-            // A cancel that came in while the worker held the job is kept.
-            job.cancel_requested |= stored.is_some_and(|s| s.cancel_requested);
+            let job = super::queue_rules::update(self.job_in(tx, job.id).await?, job, owner)?;
             self.put_job(tx, &job).await?;
             if let Some(audit) = audit {
                 self.audit_in(tx, audit).await?;
@@ -1008,15 +972,9 @@ impl Queue for PgStore {
         self.in_tx(async |tx| {
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_QUEUE]).await.map_err(|e| self.err(e))?;
             let Some(mut job) = self.job_in(tx, id).await? else { return Ok(None) };
-            match job.state {
-                JobState::Pending => {
-                    job.state = JobState::Cancelled;
-                    job.finished_ms = outpost_common::now_ms();
-                }
-                JobState::Running => job.cancel_requested = true,
-                _ => return Ok(Some(job)),
+            if !super::queue_rules::cancel(&mut job, outpost_common::now_ms()) {
+                return Ok(Some(job));
             }
-            job.updated_ms = outpost_common::now_ms();
             self.put_job(tx, &job).await?;
             self.audit_in(tx, audit).await?;
             Ok(Some(job))

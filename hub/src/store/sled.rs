@@ -701,16 +701,7 @@ impl Queue for SledStore {
                     error: format!("names job {id}, which does not exist"),
                 });
             };
-            if existing.kind != job.kind || existing.params != job.params {
-                return Err(StoreError::Conflict(format!(
-                    "idempotency key {:?} was used by job {} ({} {}) with other parameters; use a new key for a new request",
-                    job.idempotency_key,
-                    existing.id,
-                    existing.kind.as_str(),
-                    existing.target
-                )));
-            }
-            return Ok(Submitted::Existing(existing));
+            return super::queue_rules::reused_key(existing, &job);
         }
         job.id = self.queue_next.fetch_add(1, Ordering::Relaxed);
         job.state = super::JobState::Pending;
@@ -727,45 +718,19 @@ impl Queue for SledStore {
 
     async fn claim_job(&self, owner: &str, now_ms: i64, lease_ms: i64) -> Result<Option<QueuedJob>> {
         let _queue = self.queue.lock().await;
-        let mut best: Option<QueuedJob> = None;
+        let mut open = Vec::new();
         for key in self.tree(Tree::QueueOpen).iter().keys() {
             let key = key.map_err(read_err)?;
-            let Some(job) = self.get_json::<QueuedJob>(Tree::Queue, &key)? else { continue };
-            let ready = match job.state {
-                super::JobState::Pending => job.not_before_ms <= now_ms,
-                super::JobState::Running => job.lease_until_ms < now_ms,
-                _ => false,
-            };
-            let better = |b: &QueuedJob| {
-                (job.priority, -job.created_ms, -(job.id as i64)) > (b.priority, -b.created_ms, -(b.id as i64))
-            };
-            if ready && best.as_ref().is_none_or(better) {
-                best = Some(job);
-            }
+            open.extend(self.get_json::<QueuedJob>(Tree::Queue, &key)?);
         }
-        let Some(mut job) = best else { return Ok(None) };
-        job.state = super::JobState::Running;
-        job.attempt += 1;
-        job.lease_owner = owner.to_string();
-        job.lease_until_ms = now_ms + lease_ms;
-        job.updated_ms = now_ms;
+        let Some(job) = super::queue_rules::claim(open, owner, now_ms, lease_ms) else { return Ok(None) };
         self.commit(job_ops(&job)).await?;
         Ok(Some(job))
     }
 
     async fn update_job(&self, job: &QueuedJob, owner: &str, audit: Option<AuditEntry>) -> Result<()> {
         let _queue = self.queue.lock().await;
-        let stored = self.job(job.id).await?;
-        let held = stored.as_ref().is_some_and(|s| s.state == super::JobState::Running && s.lease_owner == owner);
-        if !held {
-            return Err(StoreError::Conflict(format!(
-                "job {} is no longer held by worker {owner} (its lease ran out and it was taken up again, or it ended)",
-                job.id
-            )));
-        }
-        let mut job = job.clone();
-        // A cancel that came in while the worker held the job is kept.
-        job.cancel_requested |= stored.is_some_and(|s| s.cancel_requested);
+        let job = super::queue_rules::update(self.job(job.id).await?, job, owner)?;
         let mut ops = Vec::new();
         if let Some(audit) = audit {
             ops.push(self.audit_record(audit).1);
@@ -777,15 +742,9 @@ impl Queue for SledStore {
     async fn cancel_job(&self, id: u64, audit: AuditEntry) -> Result<Option<QueuedJob>> {
         let _queue = self.queue.lock().await;
         let Some(mut job) = self.job(id).await? else { return Ok(None) };
-        match job.state {
-            super::JobState::Pending => {
-                job.state = super::JobState::Cancelled;
-                job.finished_ms = outpost_common::now_ms();
-            }
-            super::JobState::Running => job.cancel_requested = true,
-            _ => return Ok(Some(job)),
+        if !super::queue_rules::cancel(&mut job, outpost_common::now_ms()) {
+            return Ok(Some(job));
         }
-        job.updated_ms = outpost_common::now_ms();
         let mut ops = vec![self.audit_record(audit).1];
         ops.extend(job_ops(&job));
         self.commit(ops).await?;
