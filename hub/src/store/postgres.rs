@@ -46,8 +46,8 @@ const LOCK_AUDIT: i64 = 0x6f75_7470_0003;
 /// Audit records looked at per query at most, so one query cannot walk an unbounded log.
 const SCAN_MAX: i64 = 200_000;
 
-/// How to reach the database.
-#[derive(Clone, Debug)]
+/// How to reach the database. Not `Debug`: it holds the password.
+#[derive(Clone)]
 pub struct PgOptions {
     /// A libpq connection string (`host=… port=… user=… dbname=…`) or URL (`postgresql://…`).
     pub url: String,
