@@ -9,6 +9,7 @@
 //! database). Every backend must pass the conformance suite
 //! (`conformance`), which is written against these traits only.
 
+pub mod kv;
 pub mod postgres;
 pub mod records;
 pub mod sled;
