@@ -70,15 +70,18 @@ pub struct CaConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// `sled` (embedded, one hub; the default) or `postgres` (several hubs on one database: `[store.postgres]`).
+    /// `redb` (embedded, one hub; the default: `data_dir/store.redb`), `sled` (the embedded store before redb,
+    /// `data_dir/store`; a redb hub migrates it at start) or `postgres` (several hubs on one database:
+    /// `[store.postgres]`).
     pub kind: StoreKind,
-    /// sled page cache, MiB.
+    /// The embedded store's page cache, MiB.
     pub cache_mib: u64,
     /// Health points kept per server for charts (bounded history).
     pub history_len: u32,
-    /// What an acknowledged report (and every other acknowledged write) survives: `process` (a crash of
-    /// hubd; the operating system writes it out within about half a second) or `power` (a power loss: each
+    /// What an acknowledged report (and every other acknowledged write) survives on sled: `process` (a crash
+    /// of hubd; the operating system writes it out within about half a second) or `power` (a power loss: each
     /// group commit is followed by an fdatasync of the store file before anything in it is acknowledged).
+    /// redb always syncs each group commit (`power`).
     pub durability: Durability,
     pub postgres: PostgresConfig,
 }
@@ -87,6 +90,7 @@ pub struct StoreConfig {
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {
     #[default]
+    Redb,
     Sled,
     Postgres,
 }
@@ -208,7 +212,7 @@ impl Default for HubConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
-            kind: StoreKind::Sled,
+            kind: StoreKind::Redb,
             cache_mib: 64,
             history_len: 360,
             durability: Durability::Process,

@@ -73,8 +73,8 @@ pub struct Hub {
     identities: Arc<Identities>,
     reports: Arc<Reports>,
     agents: AgentApi,
-    /// The embedded store, to wait for its last flush at shutdown.
-    sled: Option<tokio::task::JoinHandle<()>>,
+    /// The embedded store's writer, to wait for its last write at shutdown.
+    writer: Option<tokio::task::JoinHandle<()>>,
     rt: Runtime,
     serve: tokio::task::JoinHandle<Result<(), String>>,
 }
@@ -105,10 +105,27 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     let rt = Runtime::new(shutdown.clone());
     let external = config.external_ca();
     let ca = Arc::new(FleetCa::load_or_create(&data_dir.join("ca"), external)?);
-    let (store, sled_writer, pg): (Arc<dyn HubStore>, _, _) = match config.store.kind {
+    let (redb_path, sled_dir) = (data_dir.join("store.redb"), data_dir.join("store"));
+    let (store, writer, pg): (Arc<dyn HubStore>, _, _) = match config.store.kind {
+        config::StoreKind::Redb => {
+            let redb = store::redb::open_migrating(&redb_path, &sled_dir, config.store.cache_mib)?;
+            let writer = redb.writer_task();
+            (Arc::new(redb), writer, None)
+        }
         config::StoreKind::Sled => {
+            if redb_path.exists() && !sled_dir.join("db").exists() {
+                return Err(store::StoreError::Open {
+                    path: sled_dir.display().to_string(),
+                    error: format!(
+                        "[store] kind = \"sled\", but this data_dir holds the hub's redb store ({}): a sled store \
+                         here would start empty. Remove kind = \"sled\" to use it",
+                        redb_path.display()
+                    ),
+                }
+                .into());
+            }
             let power = config.store.durability == config::Durability::Power;
-            let sled = SledStore::open_durable(&data_dir.join("store"), config.store.cache_mib, power)?;
+            let sled = SledStore::open_durable(&sled_dir, config.store.cache_mib, power)?;
             let writer = sled.writer_task();
             (Arc::new(sled), writer, None)
         }
@@ -285,7 +302,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     )
     .map_err(StartError::Tls)?;
     tracing::info!(%addr, %advertise, pin = %ca.pin(), admin = ?admin_addr, "hubd listening");
-    Ok(Hub { addr, advertise, admin: admin_addr, identities, reports, agents, sled: sled_writer, rt, serve })
+    Ok(Hub { addr, advertise, admin: admin_addr, identities, reports, agents, writer, rt, serve })
 }
 
 /// The provisioner, or why provisioning is off (no break-glass key, no API token).
@@ -324,7 +341,7 @@ impl Hub {
 
     /// Waits until the hub has stopped (after `shutdown` is cancelled), draining with a deadline.
     pub async fn wait(self) -> anyhow::Result<()> {
-        let Hub { identities, reports, agents, sled, rt, serve, .. } = self;
+        let Hub { identities, reports, agents, writer, rt, serve, .. } = self;
         rt.stopping().cancelled().await;
         // Counted, not logged one by one (metrics will expose them): what a flood or a churn cost.
         tracing::info!(agents_gone = agents.agents_gone(), reports_refused = reports.refused_count(), "hub stopping");
@@ -332,7 +349,7 @@ impl Hub {
             let served = serve.await; // the services (and their store handles) are gone after this
             rt.drain().await;
             drop((identities, reports, agents, rt)); // the last store handles: the writer flushes and stops
-            if let Some(w) = sled {
+            if let Some(w) = writer {
                 let _ = w.await;
             }
             served

@@ -43,9 +43,9 @@ fn code(text: &str) -> impl Iterator<Item = (usize, &str)> {
         .filter(|(_, l)| !l.trim().is_empty())
 }
 
-/// Whether `line` names the sled crate (`sled::…`, not a module path such as `store::sled::`).
-fn names_sled(line: &str) -> bool {
-    line.match_indices("sled::").any(|(i, _)| !line[..i].ends_with("::"))
+/// Whether `line` names the crate `krate` (`sled::…`, not a module path such as `store::sled::`).
+fn names_crate(line: &str, krate: &str) -> bool {
+    line.match_indices(&format!("{krate}::")).any(|(i, _)| !line[..i].ends_with("::"))
 }
 
 /// Every boundary crossed in the workspace at `root`, as `path:line: what`.
@@ -54,13 +54,16 @@ pub fn violations(root: &Path) -> Vec<String> {
     let mut flag = |path: &str, line: usize, what: &str| out.push(format!("{path}:{line}: {what}"));
     for krate in ["hub/src", "agentd/src", "console/src", "common/src", "proto/src", "tests/src"] {
         for (path, text) in sources(root, krate) {
-            if path == "hub/src/store/sled.rs" || path == "agentd/src/instance.rs" || path == "tests/src/boundaries.rs"
-            {
+            if path == "tests/src/boundaries.rs" {
                 continue;
             }
+            let sled_allowed = path == "hub/src/store/sled.rs" || path == "agentd/src/instance.rs";
             for (n, l) in code(&text) {
-                if names_sled(l) {
-                    flag(&path, n, "names sled outside the hub's sled backend and agentd's instance database");
+                if !sled_allowed && names_crate(l, "sled") {
+                    flag(&path, n, "names sled outside the hub's sled engine and agentd's instance database");
+                }
+                if path != "hub/src/store/redb.rs" && names_crate(l, "redb") {
+                    flag(&path, n, "names redb outside the hub's redb engine");
                 }
             }
         }
@@ -141,6 +144,7 @@ mod tests {
             std::fs::write(p, text).unwrap();
         };
         put("hub/src/store/sled.rs", "use sled::Tree;\n");
+        put("hub/src/store/redb.rs", "use redb::Database;\nuse super::sled::SledEngine;\n");
         put("hub/src/lib.rs", "use store::sled::SledStore;\n#[cfg(test)]\nmod tests { use tonic::Status; }\n");
         put(
             "hub/src/fleet/reports.rs",
@@ -149,6 +153,7 @@ mod tests {
         put("hub/src/api/operator.rs", "use tonic::Status;\nuse outpost_proto::v1 as pb;\n");
         assert!(violations(dir.path()).is_empty(), "{:?}", violations(dir.path()));
         put("agentd/src/outbox.rs", "fn f(t: sled::Tree) {}\n");
+        put("hub/src/store/mod.rs", "pub mod redb;\nfn f(d: redb::Database) {}\n");
         put(
             "hub/src/jobs/mod.rs",
             "use tonic::Status;\nfn f(e: pb::JobEvent) {}\nuse outpost_proto::v1::Command;\nuse outpost_proto::v1::{Health, Command};\n",
@@ -159,6 +164,7 @@ mod tests {
         let v = violations(dir.path());
         for expected in [
             "agentd/src/outbox.rs:1: names sled",
+            "hub/src/store/mod.rs:2: names redb",
             "hub/src/jobs/mod.rs:1: tonic",
             "hub/src/jobs/mod.rs:2: wire types",
             "hub/src/jobs/mod.rs:3: wire types",
@@ -170,6 +176,6 @@ mod tests {
         ] {
             assert!(v.iter().any(|l| l.starts_with(expected)), "{expected} not flagged in {v:#?}");
         }
-        assert_eq!(v.len(), 9, "{v:#?}");
+        assert_eq!(v.len(), 10, "{v:#?}");
     }
 }

@@ -12,6 +12,7 @@
 pub mod kv;
 pub mod postgres;
 pub mod records;
+pub mod redb;
 pub mod sled;
 
 #[cfg(test)]

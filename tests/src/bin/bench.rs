@@ -324,7 +324,7 @@ async fn hub(
     let window = Duration::from_secs_f64(minutes * 60.0);
     println!("measuring hubd (pid {pid}) with {agents} agents every {interval} for {minutes} min…");
     // How RSS and the store's size move: six times over the window, at most every five minutes (a soak).
-    let store_dir = root.join("hub/data/store");
+    let data_dir = root.join("hub/data");
     let every = Duration::from_secs_f64(minutes * 60.0 / 6.0).min(Duration::from_secs(300));
     let progress = tokio::spawn(async move {
         let t = Instant::now();
@@ -332,7 +332,7 @@ async fn hub(
             tokio::time::sleep(every).await;
             let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return };
             let rss = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap_or("?").trim().to_string();
-            let mib = dir_size(&store_dir) as f64 / (1 << 20) as f64;
+            let mib = store_size(&data_dir) as f64 / (1 << 20) as f64;
             println!("  after {:.0} min: hubd RSS {rss}, store {mib:.0} MiB", t.elapsed().as_secs_f64() / 60.0);
         }
     });
@@ -372,7 +372,7 @@ async fn hub(
         println!("report ack (arrival to durable): p50 ≤ {:.1} ms, p99 ≤ {:.1} ms", p50 * 1e3, p99 * 1e3);
     }
     progress.abort();
-    println!("hub store on disk: {:.1} MiB", dir_size(&root.join("hub/data/store")) as f64 / (1 << 20) as f64);
+    println!("hub store on disk: {:.1} MiB", store_size(&root.join("hub/data")) as f64 / (1 << 20) as f64);
     sim.start_kill()?;
     if usage_apps > 0 {
         usage_store(&mut hub, agents).await?;
@@ -414,6 +414,11 @@ async fn start_fleet(
     .await;
     println!("{agents} agents enrolled and connected in {:.1} s", t.elapsed().as_secs_f64());
     Ok((sim, ops))
+}
+
+/// The size of the embedded store in hubd's `data` directory: redb's file, or sled's directory.
+fn store_size(data: &Path) -> u64 {
+    std::fs::metadata(data.join("store.redb")).map_or(0, |m| m.len()) + dir_size(&data.join("store"))
 }
 
 fn dir_size(p: &Path) -> u64 {
@@ -1046,7 +1051,7 @@ async fn usage_store(hub: &mut HubProc, agents: u32) -> anyhow::Result<()> {
     use hub::store::{Resolution, Usage};
     use prost::Message;
     hub.stop().await;
-    let store = hub::store::sled::SledStore::open(&hub.dir.join("data/store"), 64)?;
+    let store = hub::store::redb::RedbStore::open(&hub.dir.join("data/store.redb"), 64)?;
     for (res, per_day) in [(Resolution::Hour, 24.0), (Resolution::Day, 1.0)] {
         let buckets = store.usage_between(res, 0, i64::MAX, None).await?;
         let servers: std::collections::HashSet<&str> = buckets.iter().map(|(_, s, _)| s.as_str()).collect();
