@@ -8,6 +8,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // The generated `connect(dst)` constructor would clash with the `Connect` RPC; clients are built
         // from a TLS `Channel` anyway.
         .build_transport(false)
+        // Prost with small per-RPC buffers (see `codec`).
+        .codec_path("crate::codec::LeanCodec")
         .compile_with_config(config, &["proto/outpost/v1/outpost.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())

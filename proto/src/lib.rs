@@ -9,6 +9,56 @@ pub mod v1 {
     tonic::include_proto!("outpost.v1");
 }
 
+/// The codec of every RPC: prost, with small per-RPC buffers.
+///
+/// tonic allocates its encode and decode buffers per RPC, 8 KiB each by default, and keeps them for the
+/// RPC's life. An agent's Connect stream lives for days and carries ~100-byte messages, so at the hub those
+/// two buffers were a third of what each connected agent cost. Buffers still grow for a large message.
+pub mod codec {
+    use std::marker::PhantomData;
+
+    use tonic::codec::{BufferSettings, Codec};
+    use tonic_prost::{ProstDecoder, ProstEncoder};
+
+    /// Each RPC's encode and decode buffer to start with.
+    pub const BUFFER_BYTES: usize = 512;
+    /// Encoded messages gathered before they are handed to HTTP/2 (tonic's default).
+    const YIELD_BYTES: usize = 32 * 1024;
+
+    /// [`tonic_prost::ProstCodec`] with [`BUFFER_BYTES`] buffers.
+    #[derive(Debug, Clone, Copy)]
+    pub struct LeanCodec<T, U>(PhantomData<(T, U)>);
+
+    impl<T, U> Default for LeanCodec<T, U> {
+        fn default() -> Self {
+            LeanCodec(PhantomData)
+        }
+    }
+
+    fn settings() -> BufferSettings {
+        BufferSettings::new(BUFFER_BYTES, YIELD_BYTES)
+    }
+
+    impl<T, U> Codec for LeanCodec<T, U>
+    where
+        T: prost::Message + Send + 'static,
+        U: prost::Message + Default + Send + 'static,
+    {
+        type Encode = T;
+        type Decode = U;
+        type Encoder = ProstEncoder<T>;
+        type Decoder = ProstDecoder<U>;
+
+        fn encoder(&mut self) -> Self::Encoder {
+            ProstEncoder::new(settings())
+        }
+
+        fn decoder(&mut self) -> Self::Decoder {
+            ProstDecoder::new(settings())
+        }
+    }
+}
+
 /// Largest encoded message either side accepts (1 MiB). Reports are a few KiB; CSRs and certificate chains
 /// a few KiB; nothing legitimate comes near this.
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;

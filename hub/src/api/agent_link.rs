@@ -107,13 +107,19 @@ impl Enrollment for AgentApi {
     }
 }
 
-fn msg(body: hub_message::Body) -> Result<HubMessage, Status> {
-    Ok(HubMessage { body: Some(body) })
+fn msg(body: hub_message::Body) -> Result<Box<HubMessage>, Status> {
+    Ok(Box::new(HubMessage { body: Some(body) }))
 }
+
+/// An agent's outbound stream: the session's channel, unboxed for tonic.
+type Outbound = tokio_stream::adapters::Map<
+    ReceiverStream<Result<Box<HubMessage>, Status>>,
+    fn(Result<Box<HubMessage>, Status>) -> Result<HubMessage, Status>,
+>;
 
 #[tonic::async_trait]
 impl AgentLink for AgentApi {
-    type ConnectStream = ReceiverStream<Result<HubMessage, Status>>;
+    type ConnectStream = Outbound;
 
     async fn connect(&self, req: Request<Streaming<AgentMessage>>) -> Result<Response<Self::ConnectStream>, Status> {
         let state = &self.state;
@@ -166,7 +172,8 @@ impl AgentLink for AgentApi {
         let pending = state.relay.attach(&server, conn_id, session.tx.clone());
         let span = tracing::info_span!("session", %server, conn_id);
         state.rt.spawn(session.run(inbound, close, cert.not_after, pending).instrument(span));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let unbox: fn(Result<Box<HubMessage>, Status>) -> Result<HubMessage, Status> = |m| m.map(|m| *m);
+        Ok(Response::new(tokio_stream::StreamExt::map(ReceiverStream::new(rx), unbox)))
     }
 }
 
@@ -176,7 +183,7 @@ struct Session {
     agent_id: String,
     conn_id: u64,
     last_renewal: Option<Instant>,
-    tx: mpsc::Sender<Result<HubMessage, Status>>,
+    tx: crate::relay::AgentTx,
 }
 
 impl Session {
@@ -188,7 +195,7 @@ impl Session {
         pending: Vec<HubMessage>,
     ) {
         for m in pending {
-            if self.tx.send(Ok(m)).await.is_err() {
+            if self.tx.send(Ok(Box::new(m))).await.is_err() {
                 break; // the agent went away; the loop below sees the stream end
             }
         }

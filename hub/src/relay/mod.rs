@@ -16,7 +16,9 @@ use tonic::Status;
 
 use crate::command::{Command, CommandResult, Outcome};
 
-pub type AgentTx = mpsc::Sender<Result<HubMessage, Status>>;
+/// What goes to an agent's stream. Boxed: a channel allocates its first block of 32 slots when made, and
+/// every connected agent has one (32 × 128 bytes unboxed).
+pub type AgentTx = mpsc::Sender<Result<Box<HubMessage>, Status>>;
 
 /// What happens to a command before its result.
 #[derive(Debug, Clone, PartialEq)]
@@ -221,7 +223,7 @@ impl Relay {
         };
         if let Some((tx, m)) = send {
             // A stream that just went away keeps the command pending: its next stream gets it.
-            if tx.send(Ok(m)).await.is_ok() {
+            if tx.send(Ok(Box::new(m))).await.is_ok() {
                 let _ = events_tx.send(CmdEvent::Sent);
             }
         }
@@ -308,7 +310,7 @@ impl Relay {
             inner.links.get(&server).map(|l| l.tx.clone())
         };
         if let Some(tx) = send {
-            let _ = tx.send(Ok(cancel_message(id))).await;
+            let _ = tx.send(Ok(Box::new(cancel_message(id)))).await;
         }
     }
 
@@ -330,7 +332,7 @@ impl Relay {
             inner.links.get(&server).map(|l| (l.tx.clone(), credit))
         };
         if let Some((tx, credit)) = send {
-            let _ = tx.send(Ok(HubMessage { body: Some(hub_message::Body::Credit(credit)) })).await;
+            let _ = tx.send(Ok(Box::new(HubMessage { body: Some(hub_message::Body::Credit(credit)) }))).await;
         }
     }
 
@@ -400,7 +402,7 @@ mod tests {
         let mut d = relay.dispatch("a", cmd("1"), Duration::from_secs(30), None, false).await.ok().unwrap();
         assert!(matches!(rx.recv().await.unwrap().unwrap().body, Some(hub_message::Body::Command(_))));
         let chunk = |n: usize| CommandUpdate { command_id: "1".into(), output: "x".repeat(n), ..Default::default() };
-        let credit = |m: HubMessage| match m.body {
+        let credit = |m: Box<HubMessage>| match m.body {
             Some(hub_message::Body::Credit(c)) => (c.command_id, c.bytes),
             other => panic!("{other:?}"),
         };
