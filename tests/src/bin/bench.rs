@@ -99,6 +99,9 @@ enum Cmd {
         interval: String,
         #[arg(long, default_value_t = 1000)]
         new: u32,
+        /// New agents enrolling at once (0: all of them, as new servers do, each on its own).
+        #[arg(long, default_value_t = 0)]
+        in_flight: u32,
     },
     /// A hub restart (SIGTERM, start again) under N connected agents: the time until all are back.
     Restart {
@@ -106,6 +109,12 @@ enum Cmd {
         agents: u32,
         #[arg(long, default_value = "10s")]
         interval: String,
+        /// SIGKILL the hub instead (the store then recovers from a crash at the next start).
+        #[arg(long)]
+        kill: bool,
+        /// Let the fleet report this long before the restart (a larger store to recover).
+        #[arg(long, default_value = "0s", value_parser = outpost_common::parse_duration_ms)]
+        after: Duration,
     },
     /// Several hubd replicas on one real PostgreSQL (fsync on) with N simulated agents spread over them:
     /// each replica's CPU and RSS, PostgreSQL's CPU, reports stored per second, ack p99 per replica, and the
@@ -262,8 +271,11 @@ async fn main() -> anyhow::Result<()> {
             provision(count, boot_ms, (rate_limit, refill_per_sec), poll_ms).await
         }
         Cmd::ActionRtt { agents, runs, interval } => action_rtt(tmp.path(), agents, runs, &interval).await,
-        Cmd::EnrollUnderLoad { agents, interval, new } => enroll_under_load(tmp.path(), agents, &interval, new).await,
-        Cmd::Restart { agents, interval } => restart(tmp.path(), agents, &interval).await,
+        Cmd::EnrollUnderLoad { agents, interval, new, in_flight } => {
+            let in_flight = if in_flight == 0 { new } else { in_flight };
+            enroll_under_load(tmp.path(), agents, &interval, (new, in_flight)).await
+        }
+        Cmd::Restart { agents, interval, kill, after } => restart(tmp.path(), agents, &interval, (kill, after)).await,
         Cmd::Replicas { agents, interval, minutes, replicas: n, runs } => {
             replicas(tmp.path(), (agents, n), &interval, minutes, runs).await
         }
@@ -1202,7 +1214,12 @@ mod echo {
     }
 }
 
-async fn enroll_under_load(root: &Path, agents: u32, interval: &str, new: u32) -> anyhow::Result<()> {
+async fn enroll_under_load(
+    root: &Path,
+    agents: u32,
+    interval: &str,
+    (new, in_flight): (u32, u32),
+) -> anyhow::Result<()> {
     let hub = HubProc::start(&root.join("hub"), harness::free_port(), BENCH_HUB).await;
     // The fleet enrolls first, then reports (enrollment while the fleet itself ramps up is the other case).
     let (_sim, mut ops) = start_fleet(&hub, root, agents, interval, &["--hold-reports"]).await?;
@@ -1213,7 +1230,7 @@ async fn enroll_under_load(root: &Path, agents: u32, interval: &str, new: u32) -
     let t = Instant::now();
     let _newcomers = tokio::process::Command::new(harness::bin("outpost-sim"))
         .args(["--bundle", root.join("admin").to_str().unwrap(), "--agents", &new.to_string()])
-        .args(["--interval", "10s", "--prefix", "new"])
+        .args(["--interval", "10s", "--prefix", "new", "--concurrency", &in_flight.to_string()])
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(root.join("sim-new.log"))?)
         .kill_on_drop(true)
@@ -1231,18 +1248,23 @@ async fn enroll_under_load(root: &Path, agents: u32, interval: &str, new: u32) -
     let secs = t.elapsed().as_secs_f64();
     let cpu = (sample(pid).ticks - before.ticks) as f64 / clk_tck() / secs * 100.0;
     println!(
-        "{new} new agents enrolled and connected in {secs:.1} s ({:.0}/min) while {agents} others report every {interval}; hubd CPU meanwhile {cpu:.0}% of one core",
+        "{new} new agents ({in_flight} at once) enrolled and connected in {secs:.1} s ({:.0}/min) while {agents} others report every {interval}; hubd CPU meanwhile {cpu:.0}% of one core",
         f64::from(new) / secs * 60.0
     );
     Ok(())
 }
 
-async fn restart(root: &Path, agents: u32, interval: &str) -> anyhow::Result<()> {
+async fn restart(root: &Path, agents: u32, interval: &str, (kill, after): (bool, Duration)) -> anyhow::Result<()> {
     let mut hub = HubProc::start(&root.join("hub"), harness::free_port(), BENCH_HUB).await;
     let (_sim, _) = start_fleet(&hub, root, agents, interval, &[]).await?;
-    tokio::time::sleep(outpost_common::parse_duration_ms(interval).map_err(anyhow::Error::msg)? * 2).await;
+    tokio::time::sleep(outpost_common::parse_duration_ms(interval).map_err(anyhow::Error::msg)? * 2 + after).await;
+    println!("hub store before the restart: {:.1} MiB", store_size(&root.join("hub/data")) as f64 / (1 << 20) as f64);
     let t = Instant::now();
-    hub.stop().await;
+    if kill {
+        hub.kill9().await;
+    } else {
+        hub.stop().await;
+    }
     let stopped = t.elapsed();
     hub.restart().await;
     let started = t.elapsed();
@@ -1260,7 +1282,8 @@ async fn restart(root: &Path, agents: u32, interval: &str) -> anyhow::Result<()>
     })
     .await;
     println!(
-        "hubd stopped (SIGTERM, drained) in {:.1} s, ready again at {:.1} s; all {agents} agents back {:.1} s after the stop began; servers seen lost meanwhile: {lost_seen}",
+        "hubd stopped ({}) in {:.1} s, ready again at {:.1} s; all {agents} agents back {:.1} s after the stop began; servers seen lost meanwhile: {lost_seen}",
+        if kill { "SIGKILL" } else { "SIGTERM, drained" },
         stopped.as_secs_f64(),
         started.as_secs_f64(),
         t.elapsed().as_secs_f64()
