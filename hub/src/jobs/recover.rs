@@ -121,7 +121,7 @@ impl Jobs {
                     message: message.into(),
                     ..Default::default()
                 };
-                if let Err(error) = self.store.finish_command(&id, entry).await {
+                if let Err(error) = self.store.finish_command(&id, self.hub(), entry).await {
                     tracing::error!(%error, "cannot audit a result");
                 }
                 running.push(Box::pin(async { CommandResult::not_run(Outcome::TimedOut, "") }));

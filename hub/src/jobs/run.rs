@@ -13,6 +13,7 @@ use crate::audit::{self, AuditEntry, Kind};
 use crate::command::{Command, CommandResult, Outcome};
 use crate::pki::ca::random_bytes;
 use crate::relay::CmdEvent;
+use crate::store::StoreError;
 use crate::store::{PendingRecord, PlanRecord, PlanUpdate};
 
 #[derive(Default)]
@@ -188,8 +189,12 @@ impl Jobs {
                 ..Default::default()
             };
             // Skipped and no plan left, in one write.
-            if let Err(error) = self.store.finish_job(&job.id, entry).await {
-                tracing::error!(%error, job = %job.id, "cannot audit skipped targets");
+            match self.store.finish_job(&job.id, self.hub(), entry).await {
+                Ok(_) => {}
+                Err(StoreError::Conflict(why)) => {
+                    tracing::warn!(job = %job.id, %why, "skipped targets not audited here")
+                }
+                Err(error) => tracing::error!(%error, job = %job.id, "cannot audit skipped targets"),
             }
         }
         if !stopped.is_empty() {
@@ -320,8 +325,14 @@ impl Jobs {
         // The result and the end of the durable pending record, in one write.
         if keep_pending {
             tracing::info!(%server, command_id = %id, "hub stopping: the command stays pending for the next start");
-        } else if let Err(error) = self.store.finish_command(&id, entry).await {
-            tracing::error!(%error, %server, command_id = %id, "cannot audit a result");
+        } else {
+            match self.store.finish_command(&id, self.hub(), entry).await {
+                Ok(_) => {}
+                Err(StoreError::Conflict(why)) => {
+                    tracing::warn!(%server, command_id = %id, %why, "result not audited here")
+                }
+                Err(error) => tracing::error!(%error, %server, command_id = %id, "cannot audit a result"),
+            }
         }
         for ev in tail {
             tx.send(te_of(ev)).await;

@@ -278,7 +278,7 @@ async fn commands_and_plans_end_with_their_audit_record(store: &dyn HubStore) {
 
     let result =
         AuditEntry { kind: Kind::Result, command_id: "c1".into(), outcome: Outcome::Succeeded, ..Default::default() };
-    let id = store.finish_command("c1", result).await.unwrap();
+    let id = store.finish_command("c1", "", result).await.unwrap();
     assert_eq!(store.pending_commands().await.unwrap().len(), 1, "c1's pending record went with its result");
     let audited = store.query_audit(&AuditQuery { limit: 1, ..Default::default() }).await.unwrap();
     assert_eq!((audited[0].id, audited[0].outcome), (id, Outcome::Succeeded));
@@ -292,14 +292,14 @@ async fn commands_and_plans_end_with_their_audit_record(store: &dyn HubStore) {
     store.dispatch_batch("j1", &[("c4".into(), pending("d", "j1"))], PlanUpdate::Done).await.unwrap();
     assert!(store.plans().await.unwrap().is_empty());
     for c in ["c2", "c3", "c4"] {
-        store.finish_command(c, AuditEntry::default()).await.unwrap();
+        store.finish_command(c, "", AuditEntry::default()).await.unwrap();
     }
     assert!(store.pending_commands().await.unwrap().is_empty());
 
     // A job that stops early: its skipped targets are audited and its plan goes, in one write.
     store.dispatch_batch("j2", &[], PlanUpdate::Remaining(Box::new(plan(&["e"])))).await.unwrap();
     let skipped = AuditEntry { outcome: Outcome::Skipped, job_id: "j2".into(), ..Default::default() };
-    let id = store.finish_job("j2", skipped).await.unwrap();
+    let id = store.finish_job("j2", "", skipped).await.unwrap();
     assert!(store.plans().await.unwrap().is_empty());
     let audited = store.query_audit(&AuditQuery { limit: 1, ..Default::default() }).await.unwrap();
     assert_eq!((audited[0].id, audited[0].outcome), (id, Outcome::Skipped));
@@ -550,8 +550,20 @@ async fn a_dead_hubs_commands_are_claimed_once(store: Arc<dyn HubStore>) {
     assert_eq!(store.claim_commands("dead", "c").await.unwrap(), (vec![], vec![]), "nothing left");
     let stored = store.pending_commands().await.unwrap();
     assert!(stored.iter().any(|(id, r)| id == "l1" && r.as_ref().unwrap().hub == "alive"), "others' stay");
-    for (id, _) in stored {
-        store.finish_command(&id, AuditEntry::default()).await.unwrap();
+    // The "dead" hub was only cut off from the store; back, it finishes what it no longer holds: refused,
+    // nothing audited, the record stays with its new holder.
+    let audits = || async { store.query_audit(&AuditQuery { limit: 1000, ..Default::default() }).await.unwrap().len() };
+    let before = audits().await;
+    let e = store.finish_command("k00", "dead", AuditEntry::default()).await.unwrap_err();
+    assert!(matches!(&e, StoreError::Conflict(m) if m.contains("taken over")), "{e}");
+    let e = store.finish_job("jk", "dead", AuditEntry::default()).await.unwrap_err();
+    assert!(matches!(e, StoreError::Conflict(_)), "{e}");
+    assert_eq!(audits().await, before, "nothing audited by the hub that lost the records");
+    assert_eq!(store.pending_commands().await.unwrap().len(), stored.len());
+    let plan_holder = if a.1.is_empty() { "b" } else { "a" };
+    for (id, r) in stored {
+        store.finish_command(&id, &r.unwrap().hub, AuditEntry::default()).await.unwrap();
     }
-    store.finish_job("jk", AuditEntry::default()).await.unwrap();
+    store.finish_job("jk", plan_holder, AuditEntry::default()).await.unwrap();
+    assert_eq!(audits().await, before + 22, "each holder audited its own");
 }

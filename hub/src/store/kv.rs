@@ -616,15 +616,30 @@ impl<E: Engine> Commands for KvStore<E> {
         self.commit(ops).await
     }
 
-    async fn finish_command(&self, command_id: &str, result: AuditEntry) -> Result<u64> {
+    async fn finish_command(&self, command_id: &str, hub: &str, result: AuditEntry) -> Result<u64> {
+        // Under the lock claims take: the holder checked is the holder when the write lands.
+        let _queue = self.queue.lock().await;
+        let key = command_id.as_bytes();
+        if let Some(Ok(r)) = self.get(Tree::Pending, key)?.map(|v| serde_json::from_slice::<PendingRecord>(&v))
+            && r.hub != hub
+        {
+            return Err(super::taken_over(&format!("command {command_id}"), hub, &r.hub));
+        }
         let (id, op) = self.audit_record(result);
-        self.commit(vec![op, Op::Del(Tree::Pending, command_id.as_bytes().to_vec())]).await?;
+        self.commit(vec![op, Op::Del(Tree::Pending, key.to_vec())]).await?;
         Ok(id)
     }
 
-    async fn finish_job(&self, job_id: &str, skipped: AuditEntry) -> Result<u64> {
+    async fn finish_job(&self, job_id: &str, hub: &str, skipped: AuditEntry) -> Result<u64> {
+        let _queue = self.queue.lock().await;
+        let key = job_id.as_bytes();
+        if let Some(Ok(p)) = self.get(Tree::Plans, key)?.map(|v| serde_json::from_slice::<PlanRecord>(&v))
+            && p.hub != hub
+        {
+            return Err(super::taken_over(&format!("the plan of job {job_id}"), hub, &p.hub));
+        }
         let (id, op) = self.audit_record(skipped);
-        self.commit(vec![op, Op::Del(Tree::Plans, job_id.as_bytes().to_vec())]).await?;
+        self.commit(vec![op, Op::Del(Tree::Plans, key.to_vec())]).await?;
         Ok(id)
     }
 

@@ -804,16 +804,34 @@ impl Commands for PgStore {
         .await
     }
 
-    async fn finish_command(&self, command_id: &str, result: AuditEntry) -> Result<u64> {
+    async fn finish_command(&self, command_id: &str, hub: &str, result: AuditEntry) -> Result<u64> {
         self.in_tx(async |tx| {
+            // The row locked: a claim by another hub lands before this (and is seen) or after (and finds
+            // nothing to claim).
+            let holder = tx
+                .query_opt("SELECT record->>'hub' FROM pending_commands WHERE id = $1 FOR UPDATE", &[&command_id])
+                .await
+                .map_err(|e| self.err(e))?
+                .map(|row| row.get::<_, Option<String>>(0).unwrap_or_default());
+            if let Some(holder) = holder.filter(|h| h != hub) {
+                return Err(super::taken_over(&format!("command {command_id}"), hub, &holder));
+            }
             tx.execute("DELETE FROM pending_commands WHERE id = $1", &[&command_id]).await.map_err(|e| self.err(e))?;
             self.audit_in(tx, result).await
         })
         .await
     }
 
-    async fn finish_job(&self, job_id: &str, skipped: AuditEntry) -> Result<u64> {
+    async fn finish_job(&self, job_id: &str, hub: &str, skipped: AuditEntry) -> Result<u64> {
         self.in_tx(async |tx| {
+            let holder = tx
+                .query_opt("SELECT record->>'hub' FROM plans WHERE job_id = $1 FOR UPDATE", &[&job_id])
+                .await
+                .map_err(|e| self.err(e))?
+                .map(|row| row.get::<_, Option<String>>(0).unwrap_or_default());
+            if let Some(holder) = holder.filter(|h| h != hub) {
+                return Err(super::taken_over(&format!("the plan of job {job_id}"), hub, &holder));
+            }
             tx.execute("DELETE FROM plans WHERE job_id = $1", &[&job_id]).await.map_err(|e| self.err(e))?;
             self.audit_in(tx, skipped).await
         })
