@@ -36,9 +36,18 @@ fn err(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl RedbEngine {
-    /// Opens (or creates) the redb file `path`, with every table.
+    /// Opens (or creates) the redb file `path`, with every table. The file is the owner's only (0600).
     pub fn open(path: &Path, cache_mib: u64) -> Result<RedbEngine> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let open_err = |e: String| StoreError::Open { path: path.display().to_string(), error: e };
+        // Created here with its mode (redb initialises an empty file); an older file gets the mode too.
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .and_then(|_| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)))
+            .map_err(|e| open_err(e.to_string()))?;
         let db = Database::builder()
             .set_cache_size((cache_mib * 1024 * 1024) as usize)
             .create(path)
@@ -274,6 +283,8 @@ mod tests {
         let _first = RedbStore::open(&path, 8).unwrap();
         let e = RedbStore::open(&path, 8).err().expect("the file is in use").to_string();
         assert!(e.contains("store.redb") && e.contains("another hubd"), "{e}");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600, "the owner's only");
     }
 
     /// A sled store written by an older hubd (the 6e40fb5 fixture) is migrated at open: every record reads
