@@ -432,6 +432,21 @@ impl Alerts {
         }
     }
 
+    /// Acknowledgements stored by another hub of the same store (where an operator acknowledged an alert
+    /// this hub evaluates), taken into the alerts they acknowledge.
+    async fn take_stored_acks(&self) {
+        let stored = match self.store.firing_alerts().await {
+            Ok(s) => s,
+            Err(error) => return tracing::warn!(%error, "cannot read the stored alerts' acknowledgements"),
+        };
+        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        for (key, r) in stored {
+            if let Some(a) = active.get_mut(&key).filter(|a| a.state == State::Firing && a.acked_by.is_empty()) {
+                a.acked_by = r.acked_by;
+            }
+        }
+    }
+
     /// Evaluates and delivers every `eval_secs`.
     pub fn spawn(self: &Arc<Self>, rt: &Runtime) {
         let _ = self.rt.set(rt.clone());
@@ -578,6 +593,7 @@ impl Alerts {
     /// One evaluation at `now_ms`: new conditions become pending, held ones fire, cleared ones resolve.
     pub async fn evaluate(&self, now_ms: i64) {
         self.evaluated_ms.store(now_ms, std::sync::atomic::Ordering::Relaxed);
+        self.take_stored_acks().await;
         let started = std::time::Instant::now();
         let holding = self.conditions(now_ms).await;
         self.metrics.alerts_evaluated(started.elapsed());

@@ -89,6 +89,18 @@ pub async fn run(backend: &mut dyn Backend) {
     store.put_alert("alertname=disk_full", Some(&firing)).await.unwrap();
     store.put_alert("alertname=gone", Some(&firing)).await.unwrap();
     store.put_alert("alertname=gone", None).await.unwrap();
+    // Written again without its acknowledgement (by a hub that has not seen it): the acknowledgement stays;
+    // once resolved and firing again, it is a new alert.
+    let unacked = super::AlertRecord { acked_by: String::new(), value: 2.0, ..firing.clone() };
+    store.put_alert("alertname=disk_full", Some(&unacked)).await.unwrap();
+    let stored = store.firing_alerts().await.unwrap();
+    assert_eq!((stored[0].1.acked_by.as_str(), stored[0].1.value), ("ann", 2.0), "the acknowledgement stays");
+    store.put_alert("alertname=again", Some(&firing)).await.unwrap();
+    store.put_alert("alertname=again", None).await.unwrap();
+    store.put_alert("alertname=again", Some(&unacked)).await.unwrap();
+    let again = store.firing_alerts().await.unwrap().into_iter().find(|(k, _)| k == "alertname=again").unwrap();
+    assert_eq!(again.1.acked_by, "", "a resolved alert's acknowledgement went with it");
+    store.put_alert("alertname=again", None).await.unwrap();
     assert_eq!(store.silences().await.unwrap(), [("s1".to_string(), silence.clone())]);
     backend.close(store).await;
 

@@ -202,6 +202,8 @@ pub struct KvStore<E: Engine> {
     /// Serialises queue writes (submit, claim, update): claims are atomic, updates check the lease.
     queue: tokio::sync::Mutex<()>,
     queue_next: AtomicU64,
+    /// Serialises alert writes (an acknowledgement is kept across them).
+    alerts: tokio::sync::Mutex<()>,
     /// Per server, a hash of its record as last written whole, without its progress fields: a report whose
     /// record differs only in those writes 40 bytes of progress, not the record.
     written: Mutex<std::collections::HashMap<String, u64>>,
@@ -261,6 +263,7 @@ impl<E: Engine> KvStore<E> {
             audit_next: AtomicU64::new(last_audit + 1),
             queue: tokio::sync::Mutex::new(()),
             queue_next: AtomicU64::new(last_job + 1),
+            alerts: tokio::sync::Mutex::new(()),
             written: Mutex::default(),
             leases: Mutex::default(),
         })
@@ -701,11 +704,19 @@ impl<E: Engine> Silences for KvStore<E> {
     }
 
     async fn put_alert(&self, key: &str, alert: Option<&AlertRecord>) -> Result<()> {
-        self.commit(vec![match alert {
+        // Under a lock, so the acknowledgement read is the one the write replaces.
+        let _alerts = self.alerts.lock().await;
+        let op = match alert {
+            Some(a) if a.acked_by.is_empty() => match self.get_json::<AlertRecord>(Tree::Alerts, key.as_bytes()) {
+                Ok(Some(stored)) if !stored.acked_by.is_empty() => {
+                    put_json(Tree::Alerts, key, &AlertRecord { acked_by: stored.acked_by, ..a.clone() })
+                }
+                _ => put_json(Tree::Alerts, key, a),
+            },
             Some(a) => put_json(Tree::Alerts, key, a),
             None => Op::Del(Tree::Alerts, key.as_bytes().to_vec()),
-        }])
-        .await
+        };
+        self.commit(vec![op]).await
     }
 
     async fn firing_alerts(&self) -> Result<Vec<(String, AlertRecord)>> {

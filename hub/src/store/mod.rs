@@ -294,7 +294,9 @@ pub(crate) mod queue_rules {
 /// Alert silences, and the alerts firing now.
 #[async_trait]
 pub trait Silences: Send + Sync {
-    /// Stores firing alert `key` (`None`: it resolved, forget it).
+    /// Stores firing alert `key` (`None`: it resolved, forget it). An acknowledgement, once stored, stays
+    /// until the alert resolves: a record written without one keeps the stored one (the hub that evaluates
+    /// may not have seen an acknowledgement made on another hub of the same store yet).
     async fn put_alert(&self, key: &str, alert: Option<&AlertRecord>) -> Result<()>;
     async fn firing_alerts(&self) -> Result<Vec<(String, AlertRecord)>>;
     /// Stores (or replaces, to expire it early) silence `id`, with its audit record, in one write.

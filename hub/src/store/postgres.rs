@@ -898,7 +898,11 @@ impl Silences for PgStore {
             Some(a) => {
                 self.exec(
                     "INSERT INTO alerts (key, record) VALUES ($1, $2::text::jsonb) \
-                     ON CONFLICT (key) DO UPDATE SET record = EXCLUDED.record",
+                     ON CONFLICT (key) DO UPDATE SET record = CASE \
+                       WHEN coalesce(EXCLUDED.record->>'acked_by', '') = '' \
+                        AND coalesce(alerts.record->>'acked_by', '') <> '' \
+                       THEN jsonb_set(EXCLUDED.record, '{acked_by}', alerts.record->'acked_by') \
+                       ELSE EXCLUDED.record END",
                     &[&key, &json(a)],
                 )
                 .await
