@@ -273,6 +273,14 @@ impl Registry {
             if entry.view.record.static_hash() == record.static_hash() {
                 return true;
             }
+            // Its stream is here: this hub's progress is the newest (what another hub wrote is its view).
+            let mut record = record;
+            let mine = &entry.view.record;
+            if mine.agent_id == record.agent_id {
+                (record.last_seq, record.reports_received) = (mine.last_seq, mine.reports_received);
+                (record.last_seen_ms, record.last_report_ms) = (mine.last_seen_ms, mine.last_report_ms);
+                record.first_seen_ms = mine.first_seen_ms;
+            }
             ServerView { record, ..(*entry.view).clone() }
         } else {
             let health = health.or_else(|| entry.view.health.clone());
@@ -329,6 +337,24 @@ mod tests {
 
     fn rec(name: &str, agent: &str) -> ServerRecord {
         ServerRecord { name: name.into(), agent_id: agent.into(), ..Default::default() }
+    }
+
+    /// Another hub's write of a server whose stream is here changes its labels, not its progress (that
+    /// hub's copy is up to a second behind).
+    #[test]
+    fn another_hubs_write_keeps_the_progress_of_a_stream_held_here() {
+        let reg = Registry::new(vec![rec("a", "x")], |_| (None, None), Duration::from_secs(60));
+        let (_conn, _close) = reg.attach("a", &CancellationToken::new()).unwrap();
+        let mut mine = rec("a", "x");
+        (mine.last_seq, mine.reports_received) = (10, 10);
+        reg.put_report(mine, Health::default());
+        let mut theirs = rec("a", "x");
+        theirs.labels.insert("tier".into(), "gold".into());
+        (theirs.last_seq, theirs.reports_received) = (7, 7);
+        assert!(reg.apply_remote(theirs, (None, None), (Liveness::Connected, 0)), "held here");
+        let v = reg.get("a").unwrap();
+        assert_eq!((v.record.labels.get("tier").map(String::as_str), v.record.last_seq), (Some("gold"), 10));
+        assert_eq!(v.record.reports_received, 10);
     }
 
     #[test]

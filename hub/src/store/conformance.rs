@@ -159,6 +159,28 @@ async fn servers_are_replaced_whole(store: &dyn HubStore) {
     store.put_server(&a).await.unwrap();
     let got = store.servers().await.unwrap().into_iter().find(|s| s.name == "a").unwrap();
     assert_eq!(got, a);
+
+    // Progress only moves forward under one identity: a record from an older view (another hub, a second
+    // behind) changes the labels, not the high-water mark or the counters.
+    let mut p = ServerRecord { name: "p".into(), agent_id: "ag-1".into(), ..Default::default() };
+    (p.last_seq, p.reports_received, p.last_seen_ms, p.last_report_ms, p.first_seen_ms) = (10, 10, 1000, 990, 5);
+    store.put_server(&p).await.unwrap();
+    let mut stale = p.clone();
+    stale.labels.insert("tier".into(), "gold".into());
+    (stale.last_seq, stale.reports_received, stale.last_seen_ms, stale.last_report_ms) = (7, 7, 900, 890);
+    store.put_server(&stale).await.unwrap();
+    let got = store.server("p").await.unwrap().unwrap();
+    assert_eq!(got.labels, stale.labels, "the newer labels");
+    assert_eq!(
+        (got.last_seq, got.reports_received, got.last_seen_ms, got.last_report_ms, got.first_seen_ms),
+        (10, 10, 1000, 990, 5),
+        "the progress did not go back"
+    );
+    // A new identity starts its own.
+    let fresh = ServerRecord { name: "p".into(), agent_id: "ag-2".into(), ..Default::default() };
+    store.put_server(&fresh).await.unwrap();
+    assert_eq!(store.server("p").await.unwrap().unwrap(), fresh);
+    store.remove_server("p").await.unwrap();
 }
 
 async fn one_outstanding_token_per_server_and_single_use(store: Arc<dyn HubStore>) {

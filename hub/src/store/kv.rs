@@ -395,6 +395,22 @@ impl<E: Engine> KvStore<E> {
         ops
     }
 
+    /// `r` with its progress never behind the stored one under the same identity (a writer with an older
+    /// view does not take a server's high-water mark or counters back; a new identity starts its own).
+    async fn forward(&self, r: &ServerRecord) -> Result<ServerRecord> {
+        let mut r = r.clone();
+        if let Some(s) = self.server(&r.name).await?.filter(|s| s.agent_id == r.agent_id) {
+            r.last_seq = r.last_seq.max(s.last_seq);
+            r.reports_received = r.reports_received.max(s.reports_received);
+            r.last_seen_ms = r.last_seen_ms.max(s.last_seen_ms);
+            r.last_report_ms = r.last_report_ms.max(s.last_report_ms);
+            if s.first_seen_ms != 0 {
+                r.first_seen_ms = s.first_seen_ms;
+            }
+        }
+        Ok(r)
+    }
+
     /// Commits `ops` that include a write of `server`; a failed write forgets what was written of it, so
     /// the next write stores it whole.
     async fn commit_server(&self, server: &str, ops: Vec<Op>, bulk: bool) -> Result<()> {
@@ -434,7 +450,8 @@ impl<E: Engine> Servers for KvStore<E> {
     }
 
     async fn put_server(&self, record: &ServerRecord) -> Result<()> {
-        self.commit_server(&record.name, self.server_ops(record, true), false).await
+        let record = self.forward(record).await?;
+        self.commit_server(&record.name, self.server_ops(&record, true), false).await
     }
 
     async fn remove_server(&self, name: &str) -> Result<()> {
@@ -504,7 +521,7 @@ impl<E: Engine> Revocations for KvStore<E> {
 
     async fn revoke_identity(&self, server: &ServerRecord, serials: &[String], by: &Revoked) -> Result<()> {
         let mut ops: Vec<Op> = serials.iter().map(|s| put_json(Tree::Revoked, s.clone(), by)).collect();
-        ops.extend(self.server_ops(server, true));
+        ops.extend(self.server_ops(&self.forward(server).await?, true));
         self.commit_server(&server.name, ops, false).await
     }
 }

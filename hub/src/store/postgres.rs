@@ -146,18 +146,56 @@ fn progress(r: &ServerRecord) -> [i64; 5] {
     [r.last_seq as i64, r.reports_received as i64, r.last_seen_ms, r.last_report_ms, r.first_seen_ms]
 }
 
-/// Creates or replaces a server whole.
-const UPSERT_SERVER: &str = "INSERT INTO servers (name, record, last_seq, reports_received, last_seen_ms, \
-     last_report_ms, first_seen_ms, version) VALUES ($1, $2::text::jsonb, $3, $4, $5, $6, $7, \
-     nextval('server_versions')) ON CONFLICT (name) DO UPDATE SET version = EXCLUDED.version, \
-     record = EXCLUDED.record, last_seq = EXCLUDED.last_seq, reports_received = EXCLUDED.reports_received, \
-     last_seen_ms = EXCLUDED.last_seen_ms, last_report_ms = EXCLUDED.last_report_ms, \
-     first_seen_ms = EXCLUDED.first_seen_ms";
+/// `column` as written, or the stored value when it is greater and the identity is the same: a server's
+/// progress under one agent identity only moves forward, so a writer with an older view (another replica,
+/// a second behind) never takes it back. A new identity (re-enrollment) starts its own.
+macro_rules! forward {
+    ($column:literal, $new:literal, $new_agent:literal) => {
+        concat!(
+            $column,
+            " = CASE WHEN servers.record->>'agent_id' IS NOT DISTINCT FROM ",
+            $new_agent,
+            " THEN GREATEST(servers.",
+            $column,
+            ", ",
+            $new,
+            ") ELSE ",
+            $new,
+            " END"
+        )
+    };
+}
 
-/// Moves a stored server's progress (`$2`, the record, is null: only progress changed).
-const UPDATE_PROGRESS: &str = "UPDATE servers SET version = nextval('server_versions'), \
-     record = COALESCE($2::text::jsonb, record), last_seq = $3, \
-     reports_received = $4, last_seen_ms = $5, last_report_ms = $6, first_seen_ms = $7 WHERE name = $1";
+/// Creates or replaces a server whole (its progress only forward, [`forward`]).
+const UPSERT_SERVER: &str = concat!(
+    "INSERT INTO servers (name, record, last_seq, reports_received, last_seen_ms, last_report_ms, first_seen_ms, \
+     version) VALUES ($1, $2::text::jsonb, $3, $4, $5, $6, $7, nextval('server_versions')) ON CONFLICT (name) \
+     DO UPDATE SET version = EXCLUDED.version, record = EXCLUDED.record, ",
+    forward!("last_seq", "EXCLUDED.last_seq", "EXCLUDED.record->>'agent_id'"),
+    ", ",
+    forward!("reports_received", "EXCLUDED.reports_received", "EXCLUDED.record->>'agent_id'"),
+    ", ",
+    forward!("last_seen_ms", "EXCLUDED.last_seen_ms", "EXCLUDED.record->>'agent_id'"),
+    ", ",
+    forward!("last_report_ms", "EXCLUDED.last_report_ms", "EXCLUDED.record->>'agent_id'"),
+    ", ",
+    "first_seen_ms = CASE WHEN servers.record->>'agent_id' IS NOT DISTINCT FROM EXCLUDED.record->>'agent_id' \
+     AND servers.first_seen_ms <> 0 THEN servers.first_seen_ms ELSE EXCLUDED.first_seen_ms END"
+);
+
+/// Moves a stored server's progress forward (`$2`, the record, is null when only progress changed).
+const UPDATE_PROGRESS: &str = concat!(
+    "UPDATE servers SET version = nextval('server_versions'), record = COALESCE($2::text::jsonb, record), ",
+    forward!("last_seq", "$3", "COALESCE(($2::text::jsonb)->>'agent_id', servers.record->>'agent_id')"),
+    ", ",
+    forward!("reports_received", "$4", "COALESCE(($2::text::jsonb)->>'agent_id', servers.record->>'agent_id')"),
+    ", ",
+    forward!("last_seen_ms", "$5", "COALESCE(($2::text::jsonb)->>'agent_id', servers.record->>'agent_id')"),
+    ", ",
+    forward!("last_report_ms", "$6", "COALESCE(($2::text::jsonb)->>'agent_id', servers.record->>'agent_id')"),
+    ", ",
+    "first_seen_ms = $7 WHERE name = $1"
+);
 
 impl PgStore {
     /// Connects, applies the migrations this database lacks, and returns the store. A database migrated
