@@ -25,7 +25,7 @@ pub fn server(v: &ServerView) -> pb::Server {
         last_report_ms: r.last_report_ms,
         liveness: pb::Liveness::from(v.liveness) as i32,
         liveness_since_ms: v.liveness_since_ms,
-        health: v.health.clone(),
+        health: v.health.as_deref().cloned(),
         last_seq: r.last_seq,
         reports_received: r.reports_received,
         connections: r.connections,
@@ -33,7 +33,7 @@ pub fn server(v: &ServerView) -> pb::Server {
         refused_reports: r.refused_reports,
         log_files: r.log_files.clone(),
         revoked_ms: r.revoked_ms,
-        apps: v.apps.clone(),
+        apps: v.apps.as_deref().cloned(),
         host: Some(pb::HostFacts {
             hostname: r.hostname.clone(),
             os: r.os.clone(),

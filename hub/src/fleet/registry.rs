@@ -24,9 +24,10 @@ pub struct ServerView {
     pub record: ServerRecord,
     pub liveness: Liveness,
     pub liveness_since_ms: i64,
-    pub health: Option<Health>,
+    /// Shared, as `apps` is: a new view (every report) refers to the parts that did not change.
+    pub health: Option<Arc<Health>>,
     /// The latest apps and cluster state the agent reported.
-    pub apps: Option<AppsState>,
+    pub apps: Option<Arc<AppsState>>,
 }
 
 /// A change the fleet watch broadcasts.
@@ -85,6 +86,7 @@ impl Registry {
                 by_agent.insert(record.agent_id.clone(), record.name.clone());
             }
             let (health, apps) = latest(&record.name);
+            let (health, apps) = (health.map(Arc::new), apps.map(Arc::new));
             let view = ServerView { record, liveness, liveness_since_ms: since, health, apps };
             servers.insert(view.record.name.clone(), Entry { view: Arc::new(view), stream: None });
         }
@@ -167,7 +169,7 @@ impl Registry {
         // The hot path (every report): build the view from its parts, cloning nothing of the old one.
         let view = Arc::new(ServerView {
             record,
-            health: Some(health),
+            health: Some(Arc::new(health)),
             apps: entry.view.apps.clone(),
             liveness: entry.view.liveness,
             liveness_since_ms: entry.view.liveness_since_ms,
@@ -182,7 +184,7 @@ impl Registry {
         let Some(entry) = inner.servers.get_mut(&record.name) else {
             return;
         };
-        let view = Arc::new(ServerView { record, apps: Some(apps), ..(*entry.view).clone() });
+        let view = Arc::new(ServerView { record, apps: Some(Arc::new(apps)), ..(*entry.view).clone() });
         entry.view = view.clone();
         let _ = self.deltas.send(FleetDelta::Upsert(view));
     }
@@ -283,8 +285,8 @@ impl Registry {
             }
             ServerView { record, ..(*entry.view).clone() }
         } else {
-            let health = health.or_else(|| entry.view.health.clone());
-            let apps = apps.or_else(|| entry.view.apps.clone());
+            let health = health.map(Arc::new).or_else(|| entry.view.health.clone());
+            let apps = apps.map(Arc::new).or_else(|| entry.view.apps.clone());
             ServerView { record, liveness, liveness_since_ms: since, health, apps }
         };
         let view = Arc::new(view);

@@ -194,8 +194,13 @@ impl Lifecycle {
         let job = ctx.snapshot().await;
         let name = job.target.clone();
         ctx.step("stop-apps", || async {
-            let apps =
-                self.fleet.registry().get(&name).and_then(|v| v.apps.clone()).map(|a| a.apps).unwrap_or_default();
+            let apps = self
+                .fleet
+                .registry()
+                .get(&name)
+                .and_then(|v| v.apps.clone())
+                .map(|a| a.apps.clone())
+                .unwrap_or_default();
             let mut stopped = Vec::new();
             for app in apps.iter().filter(|a| a.desired_replicas > 0) {
                 let replicas = app.desired_replicas.to_string();
