@@ -23,6 +23,16 @@ pub trait Backend {
     async fn close(&mut self, store: Arc<dyn HubStore>);
 }
 
+/// Closes an embedded store: drops the suite's only handle and waits for its writer to stop (it lets go of
+/// the files then).
+pub async fn close_embedded(store: Arc<dyn HubStore>, writer: Option<tokio::task::JoinHandle<()>>) {
+    assert_eq!(Arc::strong_count(&store), 1, "the suite holds the only handle when it closes the store");
+    drop(store);
+    if let Some(w) = writer {
+        w.await.unwrap();
+    }
+}
+
 fn server(name: &str) -> ServerRecord {
     ServerRecord { name: name.into(), customer: "acme".into(), plan: "pro".into(), ..Default::default() }
 }

@@ -395,6 +395,30 @@ impl<E: Engine> KvStore<E> {
         ops
     }
 
+    /// Audits `entry` and deletes record `id` of `t` (a pending command or a plan) in one write, unless a
+    /// hub other than `hub` holds it now (`holder` says which).
+    async fn finish_held<T: DeserializeOwned>(
+        &self,
+        t: Tree,
+        id: &str,
+        hub: &str,
+        holder: impl FnOnce(T) -> String,
+        entry: AuditEntry,
+    ) -> Result<u64> {
+        // Under the lock claims take: the holder checked is the holder when the write lands.
+        let _queue = self.queue.lock().await;
+        if let Some(Ok(r)) = self.get(t, id.as_bytes())?.map(|v| serde_json::from_slice::<T>(&v))
+            && let held = holder(r)
+            && held != hub
+        {
+            let what = if t == Tree::Plans { format!("the plan of job {id}") } else { format!("command {id}") };
+            return Err(super::taken_over(&what, hub, &held));
+        }
+        let (audit_id, op) = self.audit_record(entry);
+        self.commit(vec![op, Op::Del(t, id.as_bytes().to_vec())]).await?;
+        Ok(audit_id)
+    }
+
     /// `r` with its progress never behind the stored one under the same identity (a writer with an older
     /// view does not take a server's high-water mark or counters back; a new identity starts its own).
     async fn forward(&self, r: &ServerRecord) -> Result<ServerRecord> {
@@ -637,30 +661,13 @@ impl<E: Engine> Commands for KvStore<E> {
     }
 
     async fn finish_command(&self, command_id: &str, hub: &str, result: AuditEntry) -> Result<u64> {
-        // Under the lock claims take: the holder checked is the holder when the write lands.
-        let _queue = self.queue.lock().await;
-        let key = command_id.as_bytes();
-        if let Some(Ok(r)) = self.get(Tree::Pending, key)?.map(|v| serde_json::from_slice::<PendingRecord>(&v))
-            && r.hub != hub
-        {
-            return Err(super::taken_over(&format!("command {command_id}"), hub, &r.hub));
-        }
-        let (id, op) = self.audit_record(result);
-        self.commit(vec![op, Op::Del(Tree::Pending, key.to_vec())]).await?;
-        Ok(id)
+        let holder = |r: PendingRecord| r.hub;
+        self.finish_held(Tree::Pending, command_id, hub, holder, result).await
     }
 
     async fn finish_job(&self, job_id: &str, hub: &str, skipped: AuditEntry) -> Result<u64> {
-        let _queue = self.queue.lock().await;
-        let key = job_id.as_bytes();
-        if let Some(Ok(p)) = self.get(Tree::Plans, key)?.map(|v| serde_json::from_slice::<PlanRecord>(&v))
-            && p.hub != hub
-        {
-            return Err(super::taken_over(&format!("the plan of job {job_id}"), hub, &p.hub));
-        }
-        let (id, op) = self.audit_record(skipped);
-        self.commit(vec![op, Op::Del(Tree::Plans, key.to_vec())]).await?;
-        Ok(id)
+        let holder = |p: PlanRecord| p.hub;
+        self.finish_held(Tree::Plans, job_id, hub, holder, skipped).await
     }
 
     async fn pending_commands(&self) -> Result<Vec<(String, Result<PendingRecord, String>)>> {

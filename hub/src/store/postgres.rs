@@ -166,35 +166,48 @@ macro_rules! forward {
     };
 }
 
+/// The four growing progress columns, each [`forward`]: `$new` is the prefix of the new values
+/// (`EXCLUDED.` or the parameters `$3`…`$6`), `$agent` the new record's agent id.
+macro_rules! forward_progress {
+    (excluded, $agent:literal) => {
+        concat!(
+            forward!("last_seq", "EXCLUDED.last_seq", $agent),
+            ", ",
+            forward!("reports_received", "EXCLUDED.reports_received", $agent),
+            ", ",
+            forward!("last_seen_ms", "EXCLUDED.last_seen_ms", $agent),
+            ", ",
+            forward!("last_report_ms", "EXCLUDED.last_report_ms", $agent)
+        )
+    };
+    (params, $agent:literal) => {
+        concat!(
+            forward!("last_seq", "$3", $agent),
+            ", ",
+            forward!("reports_received", "$4", $agent),
+            ", ",
+            forward!("last_seen_ms", "$5", $agent),
+            ", ",
+            forward!("last_report_ms", "$6", $agent)
+        )
+    };
+}
+
 /// Creates or replaces a server whole (its progress only forward, [`forward`]).
 const UPSERT_SERVER: &str = concat!(
     "INSERT INTO servers (name, record, last_seq, reports_received, last_seen_ms, last_report_ms, first_seen_ms, \
      version) VALUES ($1, $2::text::jsonb, $3, $4, $5, $6, $7, nextval('server_versions')) ON CONFLICT (name) \
      DO UPDATE SET version = EXCLUDED.version, record = EXCLUDED.record, ",
-    forward!("last_seq", "EXCLUDED.last_seq", "EXCLUDED.record->>'agent_id'"),
-    ", ",
-    forward!("reports_received", "EXCLUDED.reports_received", "EXCLUDED.record->>'agent_id'"),
-    ", ",
-    forward!("last_seen_ms", "EXCLUDED.last_seen_ms", "EXCLUDED.record->>'agent_id'"),
-    ", ",
-    forward!("last_report_ms", "EXCLUDED.last_report_ms", "EXCLUDED.record->>'agent_id'"),
-    ", ",
-    "first_seen_ms = CASE WHEN servers.record->>'agent_id' IS NOT DISTINCT FROM EXCLUDED.record->>'agent_id' \
+    forward_progress!(excluded, "EXCLUDED.record->>'agent_id'"),
+    ", first_seen_ms = CASE WHEN servers.record->>'agent_id' IS NOT DISTINCT FROM EXCLUDED.record->>'agent_id' \
      AND servers.first_seen_ms <> 0 THEN servers.first_seen_ms ELSE EXCLUDED.first_seen_ms END"
 );
 
 /// Moves a stored server's progress forward (`$2`, the record, is null when only progress changed).
 const UPDATE_PROGRESS: &str = concat!(
     "UPDATE servers SET version = nextval('server_versions'), record = COALESCE($2::text::jsonb, record), ",
-    forward!("last_seq", "$3", "COALESCE(($2::text::jsonb)->>'agent_id', servers.record->>'agent_id')"),
-    ", ",
-    forward!("reports_received", "$4", "COALESCE(($2::text::jsonb)->>'agent_id', servers.record->>'agent_id')"),
-    ", ",
-    forward!("last_seen_ms", "$5", "COALESCE(($2::text::jsonb)->>'agent_id', servers.record->>'agent_id')"),
-    ", ",
-    forward!("last_report_ms", "$6", "COALESCE(($2::text::jsonb)->>'agent_id', servers.record->>'agent_id')"),
-    ", ",
-    "first_seen_ms = $7 WHERE name = $1"
+    forward_progress!(params, "COALESCE(($2::text::jsonb)->>'agent_id', servers.record->>'agent_id')"),
+    ", first_seen_ms = $7 WHERE name = $1"
 );
 
 impl PgStore {

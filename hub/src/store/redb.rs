@@ -262,11 +262,7 @@ mod tests {
         }
 
         async fn close(&mut self, store: Arc<dyn HubStore>) {
-            assert_eq!(Arc::strong_count(&store), 1, "the suite holds the only handle when it closes the store");
-            drop(store);
-            if let Some(w) = self.writer.take() {
-                w.await.unwrap(); // the writer stopped and let go of the file
-            }
+            conformance::close_embedded(store, self.writer.take()).await;
         }
     }
 
