@@ -37,7 +37,8 @@ struct Args {
     /// Server name prefix.
     #[arg(long, default_value = "sim")]
     prefix: String,
-    /// Enrollments in flight at once.
+    /// Enrollments in flight at once (each on its own connection, as separate servers enroll). Join tokens
+    /// are created through the bundle's one connection, at most 32 at once, as a provisioning system would.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
     /// Agents connect as they enroll but report only once all are enrolled (measures the steady state
@@ -54,6 +55,9 @@ struct Args {
     #[arg(long, default_value = "0", value_parser = outpost_common::parse_duration_ms)]
     duration: Duration,
 }
+
+/// Join tokens created at once over the bundle's connection.
+const TOKENS_AT_ONCE: usize = 32;
 
 #[derive(Default)]
 struct Stats {
@@ -74,7 +78,7 @@ async fn main() -> anyhow::Result<()> {
     let admin = OperatorClient::new(bundle.channel()?);
     let stats = Arc::new(Stats::default());
     let stop = CancellationToken::new();
-    let gate = Arc::new(Semaphore::new(args.concurrency));
+    let gate = (Arc::new(Semaphore::new(args.concurrency)), Arc::new(Semaphore::new(TOKENS_AT_ONCE)));
     let (all_in, all_in_rx) = tokio::sync::watch::channel(!args.hold_reports);
     let all_in = Arc::new(all_in);
     let mut tasks = tokio::task::JoinSet::new();
@@ -191,11 +195,12 @@ async fn agent(
     mut admin: OperatorClient<tonic::transport::Channel>,
     stats: Arc<Stats>,
     stop: CancellationToken,
-    gate: Arc<Semaphore>,
+    (gate, tokens): (Arc<Semaphore>, Arc<Semaphore>),
     mut pace: Pace,
 ) {
     let identity = {
         let _permit = gate.acquire().await;
+        let _token_permit = tokens.acquire().await;
         let req = CreateJoinTokenRequest {
             server_name: name.clone(),
             ttl_secs: 600,
@@ -211,6 +216,7 @@ async fn agent(
                 return;
             }
         };
+        drop(_token_permit);
         // A hub with a per-source enrollment limit answers RESOURCE_EXHAUSTED ("retry in …"): wait and retry,
         // as a fleet provisioned from one address would.
         let mut tries = 0u32;
