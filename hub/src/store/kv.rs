@@ -179,6 +179,20 @@ pub trait Engine: Send + Sync + 'static {
     fn close(&self) {}
 }
 
+/// Walks `iter` forwards (backwards with `rev`) until `each` says stop: an engine's `scan`.
+pub(crate) fn walk<I: DoubleEndedIterator>(
+    mut iter: I,
+    rev: bool,
+    mut each: impl FnMut(I::Item) -> Result<bool>,
+) -> Result<()> {
+    while let Some(item) = if rev { iter.next_back() } else { iter.next() } {
+        if !each(item)? {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// The conflict of a [`Op::TakeToken`] whose token is not live any more.
 pub(crate) fn token_taken() -> StoreError {
     StoreError::Conflict("this join token was used or replaced a moment ago; it is single-use: create a new one".into())

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::kv::{Engine, KvStore, Op, Tree, token_taken};
+use super::kv::{Engine, KvStore, Op, Tree, token_taken, walk};
 use super::{Result, StoreError};
 
 /// The store on redb.
@@ -139,15 +139,10 @@ impl Engine for RedbEngine {
     ) -> Result<()> {
         let txn = self.db.begin_read().map_err(err)?;
         let table = txn.open_table(def(t)).map_err(err)?;
-        let mut iter = table.range::<&[u8]>(range).map_err(err)?;
-        loop {
-            let item = if rev { iter.next_back() } else { iter.next() };
-            let Some(item) = item else { return Ok(()) };
+        walk(table.range::<&[u8]>(range).map_err(err)?, rev, |item| {
             let (k, v) = item.map_err(err)?;
-            if !visit(k.value(), v.value()) {
-                return Ok(());
-            }
-        }
+            Ok(visit(k.value(), v.value()))
+        })
     }
 
     fn apply(&self, group: &[Vec<Op>]) -> Vec<Result<()>> {

@@ -8,7 +8,7 @@
 use std::ops::Bound;
 use std::path::Path;
 
-use super::kv::{Engine, KvStore, Op, Tree, token_taken};
+use super::kv::{Engine, KvStore, Op, Tree, token_taken, walk};
 use super::{Result, StoreError};
 
 /// The store on sled.
@@ -117,15 +117,10 @@ impl Engine for SledEngine {
         rev: bool,
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<()> {
-        let mut iter = self.tree(t).range::<&[u8], _>(range);
-        loop {
-            let item = if rev { iter.next_back() } else { iter.next() };
-            let Some(item) = item else { return Ok(()) };
+        walk(self.tree(t).range::<&[u8], _>(range), rev, |item| {
             let (k, v) = item.map_err(err)?;
-            if !visit(&k, &v) {
-                return Ok(());
-            }
-        }
+            Ok(visit(&k, &v))
+        })
     }
 
     fn apply(&self, group: &[Vec<Op>]) -> Vec<Result<()>> {
