@@ -12,8 +12,10 @@
 //! outstanding token per server) is serialised by the writer or a lock here; ids come from counters loaded
 //! at open.
 
+mod log;
+
 use std::ops::Bound;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -24,8 +26,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     AlertRecord, AuditEntry, AuditLog, AuditQuery, BurnedToken, Commands, OperatorRevocation, OperatorStore,
     PendingRecord, PlanRecord, PlanUpdate, Queue, QueuedJob, Reports, Resolution, Result, Revocations, Revoked,
-    ServerRecord, Servers, SilenceRecord, Silences, StoreError, Submitted, TRIM_EVERY, TokenRecord, TokenState, Tokens,
-    Usage, UsageBucket, UsageCursor,
+    ServerRecord, Servers, SilenceRecord, Silences, StoreError, Submitted, TokenRecord, TokenState, Tokens, Usage,
+    UsageBucket, UsageCursor,
 };
 
 /// Trees of the store.
@@ -70,11 +72,14 @@ pub enum Tree {
     /// `c` server → [`UsageCursor`] (JSON); `h`|`d`, start (u64 BE), customer, 0, server → [`UsageBucket`]
     /// (protobuf)
     Usage,
+    /// id (u64 BE) → a report's point and progress, not folded into `History` and `Progress` yet
+    /// ([`log`])
+    Log,
 }
 
 impl Tree {
     /// In declaration order: `ALL[t.index()] == t`.
-    pub const ALL: [Tree; 18] = [
+    pub const ALL: [Tree; 19] = [
         Tree::Servers,
         Tree::Tokens,
         Tree::Burned,
@@ -93,6 +98,7 @@ impl Tree {
         Tree::TokenOf,
         Tree::Progress,
         Tree::Usage,
+        Tree::Log,
     ];
 
     pub fn name(self) -> &'static str {
@@ -115,6 +121,7 @@ impl Tree {
             Tree::Alerts => "alerts",
             Tree::Progress => "progress",
             Tree::TokenOf => "token_of",
+            Tree::Log => "report_log",
         }
     }
 
@@ -162,6 +169,10 @@ struct Batch {
 /// A key-value engine under [`KvStore`]: ordered trees of byte keys, and group writes.
 pub trait Engine: Send + Sync + 'static {
     fn get(&self, t: Tree, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// The values of `keys` in `t`, as one read (one snapshot).
+    fn get_many(&self, t: Tree, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        keys.iter().map(|k| self.get(t, k)).collect()
+    }
     /// Calls `visit` with every pair of `t` whose key is in the range, in key order (reversed with `rev`),
     /// until it returns false.
     fn scan(
@@ -198,6 +209,8 @@ pub(crate) fn token_taken() -> StoreError {
     StoreError::Conflict("this join token was used or replaced a moment ago; it is single-use: create a new one".into())
 }
 
+/// The least time between the starts of two group commits.
+const COMMIT_GAP: std::time::Duration = std::time::Duration::from_millis(4);
 /// How many batches one group commit may cover at most.
 const GROUP_MAX: usize = 1024;
 /// Audit records looked at per query at most (newest first), so one query cannot walk an unbounded log.
@@ -223,6 +236,13 @@ pub struct KvStore<E: Engine> {
     written: Mutex<std::collections::HashMap<String, u64>>,
     /// Leases, in memory: one process owns an embedded store, so they only order this hub's own tasks.
     leases: Mutex<std::collections::HashMap<String, (String, i64)>>,
+    /// What the report log holds that is not folded yet.
+    log: Mutex<log::Unfolded>,
+    /// Held by a fold's commit and by every other write of a server's progress (which reads it first):
+    /// neither takes the other's progress back.
+    gate: tokio::sync::Mutex<()>,
+    folding: AtomicBool,
+    fold_at: usize,
 }
 
 fn decode<T: DeserializeOwned>(tree: Tree, key: &[u8], v: &[u8]) -> Result<T> {
@@ -266,6 +286,7 @@ impl<E: Engine> KvStore<E> {
         if !index.is_empty() {
             engine.apply(&[index]).pop().expect("one batch, one result")?;
         }
+        let next_log = recover_log(&*engine)?;
         let (tx, rx) = mpsc::channel(1024);
         let (bulk_tx, bulk_rx) = mpsc::channel(4096);
         let task = tokio::spawn(writer(engine.clone(), (rx, bulk_rx)));
@@ -280,7 +301,76 @@ impl<E: Engine> KvStore<E> {
             alerts: tokio::sync::Mutex::new(()),
             written: Mutex::default(),
             leases: Mutex::default(),
+            log: Mutex::new(log::Unfolded::starting_at(next_log)),
+            gate: tokio::sync::Mutex::new(()),
+            folding: AtomicBool::new(false),
+            fold_at: log::FOLD_AT,
         })
+    }
+
+    /// Folds the report log once it holds `n` entries (tests: a few).
+    #[cfg(test)]
+    pub(crate) fn fold_at(mut self, n: usize) -> Self {
+        self.fold_at = n;
+        self
+    }
+
+    fn unfolded(&self) -> std::sync::MutexGuard<'_, log::Unfolded> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes `ops` of a report of `server` with its log entry, then folds the log when it is long enough.
+    async fn append(&self, server: &ServerRecord, mut ops: Vec<Op>, point: Option<(u64, u32, Vec<u8>)>) -> Result<()> {
+        let progress = progress_bytes(server);
+        let entry = log::Entry { server: server.name.clone(), agent_id: server.agent_id.clone(), progress, point };
+        ops.extend(self.static_ops(server));
+        let id = self.unfolded().begin();
+        ops.push(Op::Put(Tree::Log, log::key(id), entry.encode()));
+        // Ends the id whatever happens to this future: an id left open would hold every fold's cut.
+        let mut ending = Guard(Some(|| self.unfolded().end(id, None)));
+        let r = self.commit_server(&server.name, ops, true).await;
+        ending.disarm();
+        let long = {
+            let mut u = self.unfolded();
+            u.end(id, r.is_ok().then_some(&entry));
+            u.len() >= self.fold_at
+        };
+        r?;
+        if long && !self.folding.swap(true, Ordering::AcqRel) {
+            let _done = Guard(Some(|| self.folding.store(false, Ordering::Release)));
+            self.fold().await?;
+        }
+        Ok(())
+    }
+
+    /// Folds every settled log entry into the history and progress trees, a chunk per commit, then deletes
+    /// them from the log.
+    async fn fold(&self) -> Result<()> {
+        let cut = self.unfolded().settled();
+        let chunks = self.unfolded().chunks(cut);
+        let t = std::time::Instant::now();
+        let mut n = 0;
+        for servers in &chunks {
+            let _gate = self.gate.lock().await;
+            let taken = self.unfolded().take(servers, cut);
+            let mut ops = Vec::new();
+            for (name, agent_id, progress, ids) in taken {
+                n += ids.len();
+                let keys: Vec<Vec<u8>> = ids.iter().map(|id| log::key(*id)).collect();
+                let mut entries = Vec::with_capacity(ids.len());
+                for (id, v) in ids.iter().zip(self.engine.get_many(Tree::Log, &keys)?) {
+                    entries.extend(v.map(|v| log::Entry::decode(*id, &v)).transpose()?);
+                }
+                let record = self.get_json::<ServerRecord>(Tree::Servers, name.as_bytes())?;
+                let stored = self.get(Tree::Progress, name.as_bytes())?;
+                ops.extend(log::fold_ops(&name, &agent_id, &progress, entries, record.as_ref().map(|r| (r, stored))));
+            }
+            self.commit(ops).await?;
+            self.unfolded().folded(servers, cut);
+        }
+        self.commit(vec![Op::DelRange(Tree::Log, log::key(0), log::key(cut))]).await?;
+        tracing::debug!(entries = n, chunks = chunks.len(), ms = t.elapsed().as_millis() as u64, "report log folded");
+        Ok(())
     }
 
     /// The writer task, once: after the store is dropped it closes the engine and ends (shutdown waits
@@ -377,6 +467,63 @@ impl<E: Engine> KvStore<E> {
     }
 }
 
+/// Runs its closure when dropped, unless disarmed.
+struct Guard<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> Guard<F> {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl<F: FnOnce()> Drop for Guard<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
+/// Replays the report log at open: folds every entry into the history and progress trees, empties the
+/// log, and returns the next log id. Blocking; before the writer starts.
+fn recover_log<E: Engine>(engine: &E) -> Result<u64> {
+    let mut last = 0;
+    let mut by_server: std::collections::BTreeMap<String, Vec<log::Entry>> = Default::default();
+    let mut bad = None;
+    engine.scan(Tree::Log, ALL_KEYS, false, &mut |k, v| {
+        last = <[u8; 8]>::try_from(k).map_or(last, u64::from_be_bytes);
+        match log::Entry::decode(last, v) {
+            Ok(e) => by_server.entry(e.server.clone()).or_default().push(e),
+            Err(e) => bad = Some(e),
+        }
+        bad.is_none()
+    })?;
+    if let Some(e) = bad {
+        return Err(e);
+    }
+    if last == 0 {
+        return Ok(1);
+    }
+    let n: usize = by_server.values().map(Vec::len).sum();
+    let mut ops = Vec::new();
+    for (name, entries) in by_server {
+        // The newest identity's progress (an older identity's points still go to the history).
+        let agent_id = entries.last().map(|e| e.agent_id.clone()).unwrap_or_default();
+        let progress =
+            entries.iter().filter(|e| e.agent_id == agent_id).fold(Vec::new(), |p, e| log::forward(&p, &e.progress));
+        let record = engine
+            .get(Tree::Servers, name.as_bytes())?
+            .map(|v| decode::<ServerRecord>(Tree::Servers, name.as_bytes(), &v))
+            .transpose()?;
+        let stored = engine.get(Tree::Progress, name.as_bytes())?;
+        ops.extend(log::fold_ops(&name, &agent_id, &progress, entries, record.as_ref().map(|r| (r, stored))));
+    }
+    ops.push(Op::DelRange(Tree::Log, log::key(0), log::key(last + 1)));
+    engine.apply(&[ops]).pop().expect("one batch, one result")?;
+    tracing::info!(entries = n, "report log replayed into the store");
+    Ok(last + 1)
+}
+
 /// A record's progress fields, as stored in [`Tree::Progress`].
 fn progress_bytes(r: &ServerRecord) -> Vec<u8> {
     [r.last_seq, r.reports_received, r.last_seen_ms as u64, r.last_report_ms as u64, r.first_seen_ms as u64]
@@ -398,15 +545,24 @@ impl<E: Engine> KvStore<E> {
     /// The writes that store `r`: the whole record when more than its progress changed since it was last
     /// written whole (or `whole`), then its progress (last: it carries the high-water mark).
     fn server_ops(&self, r: &ServerRecord, whole: bool) -> Vec<Op> {
-        let h = r.static_hash();
-        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        let mut ops = Vec::with_capacity(2);
-        if whole || written.get(&r.name) != Some(&h) {
-            ops.push(put_json(Tree::Servers, r.name.clone(), r));
-            written.insert(r.name.clone(), h);
-        }
+        let mut ops = if whole { self.whole(r) } else { self.static_ops(r).into_iter().collect() };
         ops.push(Op::Put(Tree::Progress, r.name.as_bytes().to_vec(), progress_bytes(r)));
         ops
+    }
+
+    /// The write of `r` whole, when more than its progress changed since it was last written whole.
+    fn static_ops(&self, r: &ServerRecord) -> Option<Op> {
+        let h = r.static_hash();
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        (written.get(&r.name) != Some(&h)).then(|| {
+            written.insert(r.name.clone(), h);
+            put_json(Tree::Servers, r.name.clone(), r)
+        })
+    }
+
+    fn whole(&self, r: &ServerRecord) -> Vec<Op> {
+        self.written.lock().unwrap_or_else(|p| p.into_inner()).insert(r.name.clone(), r.static_hash());
+        vec![put_json(Tree::Servers, r.name.clone(), r)]
     }
 
     /// Audits `entry` and deletes record `id` of `t` (a pending command or a plan) in one write, unless a
@@ -470,6 +626,8 @@ impl<E: Engine> Servers for KvStore<E> {
             }
             out.push(r);
         }
+        let log = self.unfolded();
+        out.iter_mut().for_each(|r| log.merge(r));
         Ok(out)
     }
 
@@ -478,6 +636,7 @@ impl<E: Engine> Servers for KvStore<E> {
         if let Some(p) = self.get(Tree::Progress, name.as_bytes())? {
             apply_progress(&mut r, &p);
         }
+        self.unfolded().merge(&mut r);
         Ok(Some(r))
     }
 
@@ -488,12 +647,16 @@ impl<E: Engine> Servers for KvStore<E> {
     }
 
     async fn put_server(&self, record: &ServerRecord) -> Result<()> {
+        let _gate = self.gate.lock().await;
         let record = self.forward(record).await?;
         self.commit_server(&record.name, self.server_ops(&record, true), false).await
     }
 
     async fn remove_server(&self, name: &str) -> Result<()> {
+        let _gate = self.gate.lock().await;
         let mut ops = vec![Op::DropTokenOf(name.to_string())];
+        // Its reports in the log go too (a fold that has not reached them yet skips a removed server).
+        ops.extend(self.unfolded().forget(name).into_iter().map(|id| Op::Del(Tree::Log, log::key(id))));
         let (from, to) = (history_key(name, 0), history_key(name, u64::MAX));
         ops.push(Op::DelRange(Tree::History, from, to));
         ops.push(Op::Del(Tree::Apps, name.as_bytes().to_vec()));
@@ -523,6 +686,7 @@ impl<E: Engine> Tokens for KvStore<E> {
         let mut ops =
             vec![Op::ReplaceToken { server: token.server.clone(), hash: hash.to_string(), token: token_json }];
         ops.extend(self.server_ops(server, true));
+        let _gate = self.gate.lock().await;
         self.commit_server(&server.name, ops, false).await?;
         Ok(older)
     }
@@ -541,6 +705,7 @@ impl<E: Engine> Tokens for KvStore<E> {
         ops.extend(takeover.map(|e| self.audit_record(e).1));
         ops.push(put_json(Tree::Burned, hash, burned));
         ops.extend(self.server_ops(server, true));
+        let _gate = self.gate.lock().await;
         self.commit_server(&server.name, ops, false).await
     }
 
@@ -559,6 +724,7 @@ impl<E: Engine> Revocations for KvStore<E> {
 
     async fn revoke_identity(&self, server: &ServerRecord, serials: &[String], by: &Revoked) -> Result<()> {
         let mut ops: Vec<Op> = serials.iter().map(|s| put_json(Tree::Revoked, s.clone(), by)).collect();
+        let _gate = self.gate.lock().await;
         ops.extend(self.server_ops(&self.forward(server).await?, true));
         self.commit_server(&server.name, ops, false).await
     }
@@ -576,22 +742,13 @@ fn history_key(server: &str, seq: u64) -> Vec<u8> {
 #[async_trait]
 impl<E: Engine> Reports for KvStore<E> {
     async fn record_report(&self, server: &ServerRecord, seq: u64, point: Vec<u8>, keep: u32) -> Result<()> {
-        let name = &server.name;
-        let mut ops = vec![Op::Put(Tree::History, history_key(name, seq), point)];
-        let keep = u64::from(keep);
-        if seq > keep && seq.is_multiple_of(TRIM_EVERY) {
-            ops.push(Op::DelRange(Tree::History, history_key(name, 0), history_key(name, seq + 1 - keep)));
-        }
-        // Last: the high-water mark, so any recovered prefix of this batch is safe.
-        ops.extend(self.server_ops(server, false));
-        self.commit_server(name, ops, true).await
+        // Into the report log, folded into the history and progress later (see `log`).
+        self.append(server, Vec::new(), Some((seq, keep, point))).await
     }
 
     async fn record_apps(&self, server: &ServerRecord, _seq: u64, apps: Vec<u8>) -> Result<()> {
         // The state first, the high-water mark last: any recovered prefix is safe.
-        let mut ops = vec![Op::Put(Tree::Apps, server.name.as_bytes().to_vec(), apps)];
-        ops.extend(self.server_ops(server, false));
-        self.commit_server(&server.name, ops, true).await
+        self.append(server, vec![Op::Put(Tree::Apps, server.name.as_bytes().to_vec(), apps)], None).await
     }
 
     async fn apps(&self, server: &str) -> Result<Option<Vec<u8>>> {
@@ -599,15 +756,43 @@ impl<E: Engine> Reports for KvStore<E> {
     }
 
     async fn report(&self, server: &str, seq: u64) -> Result<Option<Vec<u8>>> {
+        let (in_log, floor) = {
+            let log = self.unfolded();
+            (log.point(server, seq), log.floor(server))
+        };
+        if seq < floor {
+            return Ok(None); // trimmed (or about to be, by the next fold)
+        }
+        if let Some(id) = in_log
+            && let Some(v) = self.get(Tree::Log, &log::key(id))?
+        {
+            return Ok(log::Entry::decode(id, &v)?.point.map(|(_, _, p)| p));
+        }
         self.get(Tree::History, &history_key(server, seq))
     }
 
     async fn history(&self, server: &str, n: usize) -> Result<Vec<Vec<u8>>> {
         let (from, to) = (history_key(server, 0), history_key(server, u64::MAX));
         let range = (Bound::Included(from.as_slice()), Bound::Included(to.as_slice()));
-        let mut points: Vec<Vec<u8>> = self.pairs(Tree::History, range, true, n)?.into_iter().map(|(_, v)| v).collect();
-        points.reverse();
-        Ok(points)
+        // The log's newest points first: the history has the rest (and, while a fold lands, some of them).
+        let (in_log, floor) = {
+            let log = self.unfolded();
+            (log.points(server, n), log.floor(server))
+        };
+        let keys: Vec<Vec<u8>> = in_log.iter().map(|(id, _)| log::key(*id)).collect();
+        let mut points = std::collections::BTreeMap::new();
+        for ((id, seq), v) in in_log.iter().zip(self.engine.get_many(Tree::Log, &keys)?) {
+            if let Some((_, _, p)) = v.map(|v| log::Entry::decode(*id, &v)).transpose()?.and_then(|e| e.point) {
+                points.insert(*seq, p);
+            }
+        }
+        for (k, v) in self.pairs(Tree::History, range, true, n)? {
+            let seq = k.len().checked_sub(8).map_or(0, |i| u64::from_be_bytes(k[i..].try_into().expect("8 bytes")));
+            points.entry(seq).or_insert(v);
+        }
+        points.retain(|seq, _| *seq >= floor);
+        let skip = points.len().saturating_sub(n);
+        Ok(points.into_values().skip(skip).collect())
     }
 }
 
@@ -944,9 +1129,7 @@ impl<E: Engine> Usage for KvStore<E> {
         pairs.push((cursor_key(&server.name), serde_json::to_vec(cursor).expect("store records serialise")));
         // The usage in one atomic batch, then the high-water mark: a crash between the two replays the
         // report, and the cursor's seq says it was counted already.
-        let mut ops = vec![Op::Atomic(Tree::Usage, pairs)];
-        ops.extend(self.server_ops(server, false));
-        self.commit_server(&server.name, ops, true).await
+        self.append(server, vec![Op::Atomic(Tree::Usage, pairs)], None).await
     }
 
     async fn usage_between(
@@ -997,6 +1180,7 @@ fn decode_bucket(key: &[u8], v: &[u8]) -> Result<UsageBucket> {
 async fn writer<E: Engine>(engine: Arc<E>, (mut first, mut bulk): (mpsc::Receiver<Batch>, mpsc::Receiver<Batch>)) {
     let mut group = Vec::with_capacity(GROUP_MAX);
     let (mut first_open, mut bulk_open) = (true, true);
+    let (mut last_commit, mut last_len) = (tokio::time::Instant::now(), 0);
     loop {
         // The non-bulk writes first; then whatever else is waiting, up to a group.
         let got = tokio::select! {
@@ -1012,6 +1196,14 @@ async fn writer<E: Engine>(engine: Arc<E>, (mut first, mut bulk): (mpsc::Receive
             else => break,
         };
         group.extend(got);
+        // At most one commit per COMMIT_GAP: what arrives meanwhile joins this group. A sync costs the same
+        // for one report as for a hundred, and under load they came a few at a time (10,000 reports/s made
+        // ~1,000 syncs/s, an eighth of hubd's CPU). One writer at a time (the last group was one batch)
+        // does not wait.
+        if last_len > 1 {
+            tokio::time::sleep_until(last_commit + COMMIT_GAP).await;
+        }
+        last_commit = tokio::time::Instant::now();
         while group.len() < GROUP_MAX {
             match first.try_recv() {
                 Ok(b) => group.push(b),
@@ -1027,6 +1219,7 @@ async fn writer<E: Engine>(engine: Arc<E>, (mut first, mut bulk): (mpsc::Receive
         if group.is_empty() {
             continue;
         }
+        last_len = group.len();
         let (ops, done): (Vec<Vec<Op>>, Vec<_>) = group.drain(..).map(|b| (b.ops, b.done)).unzip();
         let e = engine.clone();
         let results = match tokio::task::spawn_blocking(move || e.apply(&ops)).await {

@@ -182,6 +182,8 @@ mod tests {
                     Err(e) => panic!("{e}"),
                 }
             };
+            // The syncing variant also folds the report log every few reports.
+            let store = if self.power { store.fold_at(3) } else { store };
             self.writer = store.writer_task();
             Arc::new(store)
         }
@@ -196,6 +198,7 @@ mod tests {
         conformance::run(&mut Sled { dir: tempfile::tempdir().unwrap(), writer: None, power: false }).await;
     }
 
+    /// Syncing every commit, and folding the report log every few reports.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sled_syncing_every_commit_passes_the_conformance_suite() {
         conformance::run(&mut Sled { dir: tempfile::tempdir().unwrap(), writer: None, power: true }).await;
