@@ -209,7 +209,9 @@ impl Session {
                     break "certificate expired";
                 }
                 m = inbound.message() => match m {
-                    Ok(Some(m)) => match self.handle(m).await {
+                    // Boxed: a message's handling (a store write, a renewal) is a large future, and kept
+                    // inline it would make every idle stream's task as large (~4 KB an agent).
+                    Ok(Some(m)) => match Box::pin(self.handle(m)).await {
                         Ok(Some(not_after)) => expires = deadline(not_after),
                         Ok(None) => {}
                         Err(Close::Gone) => {

@@ -238,9 +238,10 @@ pub struct KvStore<E: Engine> {
     leases: Mutex<std::collections::HashMap<String, (String, i64)>>,
     /// What the report log holds that is not folded yet.
     log: Mutex<log::Unfolded>,
-    /// Held by a fold's commit and by every other write of a server's progress (which reads it first):
-    /// neither takes the other's progress back.
-    gate: tokio::sync::Mutex<()>,
+    /// Held exclusively by a fold's commit, shared by every other write of a server's progress (which
+    /// reads it first): neither takes the other's progress back, and those writes still share commits
+    /// (10,000 agents reconnecting at once each write their server).
+    gate: tokio::sync::RwLock<()>,
     folding: AtomicBool,
     fold_at: usize,
 }
@@ -302,7 +303,7 @@ impl<E: Engine> KvStore<E> {
             written: Mutex::default(),
             leases: Mutex::default(),
             log: Mutex::new(log::Unfolded::starting_at(next_log)),
-            gate: tokio::sync::Mutex::new(()),
+            gate: tokio::sync::RwLock::new(()),
             folding: AtomicBool::new(false),
             fold_at: log::FOLD_AT,
         })
@@ -351,7 +352,7 @@ impl<E: Engine> KvStore<E> {
         let t = std::time::Instant::now();
         let mut n = 0;
         for servers in &chunks {
-            let _gate = self.gate.lock().await;
+            let _gate = self.gate.write().await;
             let taken = self.unfolded().take(servers, cut);
             let mut ops = Vec::new();
             for (name, agent_id, progress, ids) in taken {
@@ -647,13 +648,13 @@ impl<E: Engine> Servers for KvStore<E> {
     }
 
     async fn put_server(&self, record: &ServerRecord) -> Result<()> {
-        let _gate = self.gate.lock().await;
+        let _gate = self.gate.read().await;
         let record = self.forward(record).await?;
         self.commit_server(&record.name, self.server_ops(&record, true), false).await
     }
 
     async fn remove_server(&self, name: &str) -> Result<()> {
-        let _gate = self.gate.lock().await;
+        let _gate = self.gate.read().await;
         let mut ops = vec![Op::DropTokenOf(name.to_string())];
         // Its reports in the log go too (a fold that has not reached them yet skips a removed server).
         ops.extend(self.unfolded().forget(name).into_iter().map(|id| Op::Del(Tree::Log, log::key(id))));
@@ -686,7 +687,7 @@ impl<E: Engine> Tokens for KvStore<E> {
         let mut ops =
             vec![Op::ReplaceToken { server: token.server.clone(), hash: hash.to_string(), token: token_json }];
         ops.extend(self.server_ops(server, true));
-        let _gate = self.gate.lock().await;
+        let _gate = self.gate.read().await;
         self.commit_server(&server.name, ops, false).await?;
         Ok(older)
     }
@@ -705,7 +706,7 @@ impl<E: Engine> Tokens for KvStore<E> {
         ops.extend(takeover.map(|e| self.audit_record(e).1));
         ops.push(put_json(Tree::Burned, hash, burned));
         ops.extend(self.server_ops(server, true));
-        let _gate = self.gate.lock().await;
+        let _gate = self.gate.read().await;
         self.commit_server(&server.name, ops, false).await
     }
 
@@ -724,7 +725,7 @@ impl<E: Engine> Revocations for KvStore<E> {
 
     async fn revoke_identity(&self, server: &ServerRecord, serials: &[String], by: &Revoked) -> Result<()> {
         let mut ops: Vec<Op> = serials.iter().map(|s| put_json(Tree::Revoked, s.clone(), by)).collect();
-        let _gate = self.gate.lock().await;
+        let _gate = self.gate.read().await;
         ops.extend(self.server_ops(&self.forward(server).await?, true));
         self.commit_server(&server.name, ops, false).await
     }
