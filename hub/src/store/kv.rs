@@ -15,7 +15,7 @@
 mod log;
 
 use std::ops::Bound;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -237,13 +237,106 @@ pub struct KvStore<E: Engine> {
     /// Leases, in memory: one process owns an embedded store, so they only order this hub's own tasks.
     leases: Mutex<std::collections::HashMap<String, (String, i64)>>,
     /// What the report log holds that is not folded yet.
-    log: Mutex<log::Unfolded>,
+    log: Arc<Mutex<log::Unfolded>>,
     /// Held exclusively by a fold's commit, shared by every other write of a server's progress (which
     /// reads it first): neither takes the other's progress back, and those writes still share commits
     /// (10,000 agents reconnecting at once each write their server).
-    gate: tokio::sync::RwLock<()>,
-    folding: AtomicBool,
-    fold_at: usize,
+    gate: Arc<tokio::sync::RwLock<()>>,
+    /// Wakes the fold task (once the log holds `fold_at` entries); cancelled when the store is dropped.
+    fold_wake: Arc<tokio::sync::Notify>,
+    fold_stop: tokio_util::sync::CancellationToken,
+    fold_at: Arc<AtomicUsize>,
+}
+
+impl<E: Engine> Drop for KvStore<E> {
+    fn drop(&mut self) {
+        self.fold_stop.cancel();
+    }
+}
+
+/// What the fold task holds: no engine and no writer between folds, so the store's drop ends the writer
+/// (which waits for this task before it closes the engine).
+struct Folder<E: Engine> {
+    engine: std::sync::Weak<E>,
+    writer: mpsc::WeakSender<Batch>,
+    log: Arc<Mutex<log::Unfolded>>,
+    gate: Arc<tokio::sync::RwLock<()>>,
+    fold_at: Arc<AtomicUsize>,
+}
+
+impl<E: Engine> Folder<E> {
+    fn unfolded(&self) -> std::sync::MutexGuard<'_, log::Unfolded> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn commit(&self, ops: Vec<Op>) -> Result<()> {
+        let writer = self.writer.upgrade().ok_or(StoreError::Closed)?;
+        let (done, wait) = oneshot::channel();
+        writer.send(Batch { ops, done }).await.map_err(|_| StoreError::Closed)?;
+        drop(writer);
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// The writes that fold `servers`' entries below `cut`.
+    fn chunk(&self, servers: &[String], cut: u64) -> Result<(Vec<Op>, usize)> {
+        let engine = self.engine.upgrade().ok_or(StoreError::Closed)?;
+        let taken = self.unfolded().take(servers, cut);
+        let (mut ops, mut n) = (Vec::new(), 0);
+        for (name, agent_id, progress, ids) in taken {
+            n += ids.len();
+            let keys: Vec<Vec<u8>> = ids.iter().map(|id| log::key(*id)).collect();
+            let mut entries = Vec::with_capacity(ids.len());
+            for (id, v) in ids.iter().zip(engine.get_many(Tree::Log, &keys)?) {
+                entries.extend(v.map(|v| log::Entry::decode(*id, &v)).transpose()?);
+            }
+            let record = engine
+                .get(Tree::Servers, name.as_bytes())?
+                .map(|v| decode::<ServerRecord>(Tree::Servers, name.as_bytes(), &v))
+                .transpose()?;
+            let stored = engine.get(Tree::Progress, name.as_bytes())?;
+            ops.extend(log::fold_ops(&name, &agent_id, &progress, entries, record.as_ref().map(|r| (r, stored))));
+        }
+        Ok((ops, n))
+    }
+
+    /// Folds every settled log entry into the history and progress trees, a chunk per commit, then deletes
+    /// them from the log.
+    async fn fold(&self) -> Result<()> {
+        let cut = self.unfolded().settled();
+        let chunks = self.unfolded().chunks(cut);
+        let t = std::time::Instant::now();
+        let mut n = 0;
+        for servers in &chunks {
+            let _gate = self.gate.write().await;
+            let (ops, folded) = self.chunk(servers, cut)?;
+            n += folded;
+            self.commit(ops).await?;
+            self.unfolded().folded(servers, cut);
+        }
+        self.commit(vec![Op::DelRange(Tree::Log, log::key(0), log::key(cut))]).await?;
+        tracing::debug!(entries = n, chunks = chunks.len(), ms = t.elapsed().as_millis() as u64, "report log folded");
+        Ok(())
+    }
+
+    /// The fold task: a fold each time the log is long enough, until the store is dropped.
+    async fn run(self, wake: Arc<tokio::sync::Notify>, stop: tokio_util::sync::CancellationToken) {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = wake.notified() => {}
+            }
+            if self.unfolded().len() < self.fold_at.load(Ordering::Relaxed) {
+                continue;
+            }
+            if let Err(error) = self.fold().await {
+                if stop.is_cancelled() {
+                    break;
+                }
+                // The reports are durable in the log; the next report that finds it long retries.
+                tracing::error!(%error, "folding the report log failed; it is retried");
+            }
+        }
+    }
 }
 
 fn decode<T: DeserializeOwned>(tree: Tree, key: &[u8], v: &[u8]) -> Result<T> {
@@ -290,7 +383,19 @@ impl<E: Engine> KvStore<E> {
         let next_log = recover_log(&*engine)?;
         let (tx, rx) = mpsc::channel(1024);
         let (bulk_tx, bulk_rx) = mpsc::channel(4096);
-        let task = tokio::spawn(writer(engine.clone(), (rx, bulk_rx)));
+        let log = Arc::new(Mutex::new(log::Unfolded::starting_at(next_log)));
+        let gate = Arc::new(tokio::sync::RwLock::new(()));
+        let fold_at = Arc::new(AtomicUsize::new(log::FOLD_AT));
+        let (fold_wake, fold_stop) = (Arc::new(tokio::sync::Notify::new()), tokio_util::sync::CancellationToken::new());
+        let folder = Folder {
+            engine: Arc::downgrade(&engine),
+            writer: tx.downgrade(),
+            log: log.clone(),
+            gate: gate.clone(),
+            fold_at: fold_at.clone(),
+        };
+        let fold_task = tokio::spawn(folder.run(fold_wake.clone(), fold_stop.clone()));
+        let task = tokio::spawn(writer(engine.clone(), (rx, bulk_rx), fold_task));
         Ok(KvStore {
             engine,
             writer: tx,
@@ -302,17 +407,18 @@ impl<E: Engine> KvStore<E> {
             alerts: tokio::sync::Mutex::new(()),
             written: Mutex::default(),
             leases: Mutex::default(),
-            log: Mutex::new(log::Unfolded::starting_at(next_log)),
-            gate: tokio::sync::RwLock::new(()),
-            folding: AtomicBool::new(false),
-            fold_at: log::FOLD_AT,
+            log,
+            gate,
+            fold_wake,
+            fold_stop,
+            fold_at,
         })
     }
 
     /// Folds the report log once it holds `n` entries (tests: a few).
     #[cfg(test)]
-    pub(crate) fn fold_at(mut self, n: usize) -> Self {
-        self.fold_at = n;
+    pub(crate) fn fold_at(self, n: usize) -> Self {
+        self.fold_at.store(n, Ordering::Relaxed);
         self
     }
 
@@ -334,44 +440,12 @@ impl<E: Engine> KvStore<E> {
         let long = {
             let mut u = self.unfolded();
             u.end(id, r.is_ok().then_some(&entry));
-            u.len() >= self.fold_at
+            u.len() >= self.fold_at.load(Ordering::Relaxed)
         };
-        r?;
-        if long && !self.folding.swap(true, Ordering::AcqRel) {
-            let _done = Guard(Some(|| self.folding.store(false, Ordering::Release)));
-            self.fold().await?;
+        if long {
+            self.fold_wake.notify_one();
         }
-        Ok(())
-    }
-
-    /// Folds every settled log entry into the history and progress trees, a chunk per commit, then deletes
-    /// them from the log.
-    async fn fold(&self) -> Result<()> {
-        let cut = self.unfolded().settled();
-        let chunks = self.unfolded().chunks(cut);
-        let t = std::time::Instant::now();
-        let mut n = 0;
-        for servers in &chunks {
-            let _gate = self.gate.write().await;
-            let taken = self.unfolded().take(servers, cut);
-            let mut ops = Vec::new();
-            for (name, agent_id, progress, ids) in taken {
-                n += ids.len();
-                let keys: Vec<Vec<u8>> = ids.iter().map(|id| log::key(*id)).collect();
-                let mut entries = Vec::with_capacity(ids.len());
-                for (id, v) in ids.iter().zip(self.engine.get_many(Tree::Log, &keys)?) {
-                    entries.extend(v.map(|v| log::Entry::decode(*id, &v)).transpose()?);
-                }
-                let record = self.get_json::<ServerRecord>(Tree::Servers, name.as_bytes())?;
-                let stored = self.get(Tree::Progress, name.as_bytes())?;
-                ops.extend(log::fold_ops(&name, &agent_id, &progress, entries, record.as_ref().map(|r| (r, stored))));
-            }
-            self.commit(ops).await?;
-            self.unfolded().folded(servers, cut);
-        }
-        self.commit(vec![Op::DelRange(Tree::Log, log::key(0), log::key(cut))]).await?;
-        tracing::debug!(entries = n, chunks = chunks.len(), ms = t.elapsed().as_millis() as u64, "report log folded");
-        Ok(())
+        r
     }
 
     /// The writer task, once: after the store is dropped it closes the engine and ends (shutdown waits
@@ -657,7 +731,7 @@ impl<E: Engine> Servers for KvStore<E> {
         let _gate = self.gate.read().await;
         let mut ops = vec![Op::DropTokenOf(name.to_string())];
         // Its reports in the log go too (a fold that has not reached them yet skips a removed server).
-        ops.extend(self.unfolded().forget(name).into_iter().map(|id| Op::Del(Tree::Log, log::key(id))));
+        ops.extend(self.unfolded().ids(name).into_iter().map(|id| Op::Del(Tree::Log, log::key(id))));
         let (from, to) = (history_key(name, 0), history_key(name, u64::MAX));
         ops.push(Op::DelRange(Tree::History, from, to));
         ops.push(Op::Del(Tree::Apps, name.as_bytes().to_vec()));
@@ -666,7 +740,9 @@ impl<E: Engine> Servers for KvStore<E> {
         ops.push(Op::Del(Tree::Progress, name.as_bytes().to_vec()));
         ops.push(Op::Del(Tree::Servers, name.as_bytes().to_vec()));
         self.written.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
-        self.commit(ops).await
+        self.commit(ops).await?;
+        self.unfolded().forget(name);
+        Ok(())
     }
 }
 
@@ -1178,7 +1254,11 @@ fn decode_bucket(key: &[u8], v: &[u8]) -> Result<UsageBucket> {
     })
 }
 
-async fn writer<E: Engine>(engine: Arc<E>, (mut first, mut bulk): (mpsc::Receiver<Batch>, mpsc::Receiver<Batch>)) {
+async fn writer<E: Engine>(
+    engine: Arc<E>,
+    (mut first, mut bulk): (mpsc::Receiver<Batch>, mpsc::Receiver<Batch>),
+    fold_task: tokio::task::JoinHandle<()>,
+) {
     let mut group = Vec::with_capacity(GROUP_MAX);
     let (mut first_open, mut bulk_open) = (true, true);
     let (mut last_commit, mut last_len) = (tokio::time::Instant::now(), 0);
@@ -1234,6 +1314,8 @@ async fn writer<E: Engine>(engine: Arc<E>, (mut first, mut bulk): (mpsc::Receive
             let _ = done.send(result);
         }
     }
+    // The fold task ends once the store is dropped; it must not read the engine after it is closed.
+    let _ = fold_task.await;
     let _ = tokio::task::spawn_blocking(move || engine.close()).await;
     tracing::debug!("store writer stopped");
 }

@@ -311,6 +311,50 @@ mod tests {
         conformance::Backend::close(&mut b, store).await;
     }
 
+    /// Past the threshold the fold task folds the log in the background: the log empties, the history
+    /// and progress are there, trimmed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_report_log_is_folded_once_long_enough() {
+        use crate::store::{Reports, ServerRecord};
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("store.redb"), 8).unwrap().fold_at(4);
+        let mut r = ServerRecord { name: "a".into(), agent_id: "agent-a".into(), ..Default::default() };
+        store.put_server(&r).await.unwrap();
+        for seq in 1..=10u64 {
+            r.last_seq = seq;
+            store.record_report(&r, seq, vec![seq as u8], 5).await.unwrap();
+        }
+        let logged = |store: &RedbStore| {
+            let mut n = 0;
+            store
+                .engine()
+                .scan(Tree::Log, (Bound::Unbounded, Bound::Unbounded), false, &mut |_, _| {
+                    n += 1;
+                    true
+                })
+                .unwrap();
+            n
+        };
+        // Nothing to await: the fold is the store's own business. Poll what it leaves behind.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while logged(&store) >= 4 {
+            assert!(std::time::Instant::now() < deadline, "the log was never folded");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let mut folded = 0;
+        store
+            .engine()
+            .scan(Tree::History, (Bound::Unbounded, Bound::Unbounded), false, &mut |_, _| {
+                folded += 1;
+                true
+            })
+            .unwrap();
+        assert!((1..=5).contains(&folded), "{folded} points folded into the history, trimmed to 5");
+        let seqs: Vec<u8> = store.history("a", 10).await.unwrap().into_iter().map(|p| p[0]).collect();
+        assert_eq!(seqs, vec![6, 7, 8, 9, 10]);
+        assert_eq!(store.server("a").await.unwrap().unwrap().last_seq, 10);
+    }
+
     /// A second hub on the same file is refused with a clear error while the first has it open.
     #[tokio::test]
     async fn a_store_in_use_is_refused() {

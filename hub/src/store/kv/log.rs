@@ -203,12 +203,16 @@ impl Unfolded {
         self.servers.get(server)?.entries.iter().find(|(_, s)| *s == Some(seq)).map(|(id, _)| *id)
     }
 
-    /// Forgets `server` (it was removed): its log ids, to delete.
-    pub fn forget(&mut self, server: &str) -> Vec<u64> {
-        let ids: Vec<u64> =
-            self.servers.remove(server).map(|p| p.entries.iter().map(|(id, _)| *id).collect()).unwrap_or_default();
-        self.len -= ids.len();
-        ids
+    /// The log ids of `server`'s entries.
+    pub fn ids(&self, server: &str) -> Vec<u64> {
+        self.servers.get(server).map(|p| p.entries.iter().map(|(id, _)| *id).collect()).unwrap_or_default()
+    }
+
+    /// Forgets `server` (it was removed).
+    pub fn forget(&mut self, server: &str) {
+        if let Some(p) = self.servers.remove(server) {
+            self.len -= p.entries.len();
+        }
     }
 
     /// The servers with entries below `cut`, in groups of about [`CHUNK`] entries.
@@ -337,6 +341,8 @@ mod tests {
         assert_eq!(u.len(), CHUNK + 1 - 7);
         assert_eq!(u.points("srv-a", 2).len(), 2);
         assert_eq!(u.floor("srv-a"), CHUNK as u64 + 3 - 60, "the newest point's seq + 1 - its keep");
-        assert_eq!(u.forget("srv-b"), vec![b]);
+        assert_eq!(u.ids("srv-b"), vec![b]);
+        u.forget("srv-b");
+        assert_eq!(u.len(), CHUNK - 7);
     }
 }
