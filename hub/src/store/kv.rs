@@ -289,12 +289,7 @@ impl<E: Engine> Folder<E> {
             for (id, v) in ids.iter().zip(engine.get_many(Tree::Log, &keys)?) {
                 entries.extend(v.map(|v| log::Entry::decode(*id, &v)).transpose()?);
             }
-            let record = engine
-                .get(Tree::Servers, name.as_bytes())?
-                .map(|v| decode::<ServerRecord>(Tree::Servers, name.as_bytes(), &v))
-                .transpose()?;
-            let stored = engine.get(Tree::Progress, name.as_bytes())?;
-            ops.extend(log::fold_ops(&name, &agent_id, &progress, entries, record.as_ref().map(|r| (r, stored))));
+            ops.extend(fold_server(&*engine, &name, &agent_id, &progress, entries)?);
         }
         Ok((ops, n))
     }
@@ -559,6 +554,23 @@ impl<F: FnOnce()> Drop for Guard<F> {
     }
 }
 
+/// The writes that fold `entries` (one server's, oldest first) into its history and progress, against its
+/// stored record and progress.
+fn fold_server<E: Engine>(
+    engine: &E,
+    name: &str,
+    agent_id: &str,
+    progress: &[u8],
+    entries: Vec<log::Entry>,
+) -> Result<Vec<Op>> {
+    let record = engine
+        .get(Tree::Servers, name.as_bytes())?
+        .map(|v| decode::<ServerRecord>(Tree::Servers, name.as_bytes(), &v))
+        .transpose()?;
+    let stored = engine.get(Tree::Progress, name.as_bytes())?;
+    Ok(log::fold_ops(name, agent_id, progress, entries, record.as_ref().map(|r| (r, stored))))
+}
+
 /// Replays the report log at open: folds every entry into the history and progress trees, empties the
 /// log, and returns the next log id. Blocking; before the writer starts.
 fn recover_log<E: Engine>(engine: &E) -> Result<u64> {
@@ -586,12 +598,7 @@ fn recover_log<E: Engine>(engine: &E) -> Result<u64> {
         let agent_id = entries.last().map(|e| e.agent_id.clone()).unwrap_or_default();
         let progress =
             entries.iter().filter(|e| e.agent_id == agent_id).fold(Vec::new(), |p, e| log::forward(&p, &e.progress));
-        let record = engine
-            .get(Tree::Servers, name.as_bytes())?
-            .map(|v| decode::<ServerRecord>(Tree::Servers, name.as_bytes(), &v))
-            .transpose()?;
-        let stored = engine.get(Tree::Progress, name.as_bytes())?;
-        ops.extend(log::fold_ops(&name, &agent_id, &progress, entries, record.as_ref().map(|r| (r, stored))));
+        ops.extend(fold_server(engine, &name, &agent_id, &progress, entries)?);
     }
     ops.push(Op::DelRange(Tree::Log, log::key(0), log::key(last + 1)));
     engine.apply(&[ops]).pop().expect("one batch, one result")?;
