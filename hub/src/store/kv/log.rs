@@ -111,7 +111,8 @@ struct Pending {
     agent_id: String,
     /// The newest progress of `agent_id` in the log.
     progress: Vec<u8>,
-    /// Log ids in order, with the seq of the report each holds (none: progress only).
+    /// Log ids as their writes returned (concurrent writes may return out of id order), with the seq of
+    /// the report each holds (none: progress only).
     entries: Vec<(u64, Option<u64>)>,
     /// The lowest seq the server's history keeps after its newest point in the log (a fold trims below).
     floor: u64,
@@ -220,7 +221,7 @@ impl Unfolded {
         let mut names: Vec<(&String, usize)> = self
             .servers
             .iter()
-            .map(|(name, p)| (name, p.entries.iter().take_while(|(id, _)| *id < cut).count()))
+            .map(|(name, p)| (name, p.entries.iter().filter(|(id, _)| *id < cut).count()))
             .filter(|(_, n)| *n > 0)
             .collect();
         names.sort();
@@ -243,7 +244,7 @@ impl Unfolded {
             .iter()
             .filter_map(|name| {
                 let p = self.servers.get(name)?;
-                let ids: Vec<u64> = p.entries.iter().map(|(id, _)| *id).take_while(|id| *id < cut).collect();
+                let ids: Vec<u64> = p.entries.iter().map(|(id, _)| *id).filter(|id| *id < cut).collect();
                 Some((name.clone(), p.agent_id.clone(), p.progress.clone(), ids))
             })
             .collect()
@@ -316,6 +317,27 @@ mod tests {
         let p = |v: [u64; 5]| v.iter().flat_map(|x| x.to_be_bytes()).collect::<Vec<u8>>();
         assert_eq!(forward(&p([5, 9, 100, 90, 10]), &p([4, 10, 99, 95, 20])), p([5, 10, 100, 95, 10]));
         assert_eq!(forward(&[], &p([4, 10, 99, 95, 20])), p([4, 10, 99, 95, 20]));
+    }
+
+    /// Writes of one server that return out of id order: each is taken by the cut it is below.
+    #[test]
+    fn entries_written_out_of_order_are_all_folded() {
+        let entry = |seq: u64| Entry {
+            server: "s".into(),
+            agent_id: "a".into(),
+            progress: Vec::new(),
+            point: Some((seq, 60, Vec::new())),
+        };
+        let mut u = Unfolded::starting_at(1);
+        let (c, d) = (u.begin(), u.begin());
+        u.end(d, Some(&entry(2)));
+        u.end(c, Some(&entry(1)));
+        let ids = |u: &Unfolded, cut| u.take(&["s".to_string()], cut).into_iter().map(|t| t.3).collect::<Vec<_>>();
+        assert_eq!(ids(&u, d), vec![vec![c]]);
+        assert_eq!(u.chunks(d + 1), vec![vec!["s".to_string()]]);
+        assert_eq!(ids(&u, d + 1), vec![vec![d, c]]);
+        u.folded(&["s".to_string()], d + 1);
+        assert_eq!(u.len(), 0);
     }
 
     #[test]
