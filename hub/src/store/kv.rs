@@ -246,6 +246,9 @@ pub struct KvStore<E: Engine> {
     fold_wake: Arc<tokio::sync::Notify>,
     fold_stop: tokio_util::sync::CancellationToken,
     fold_at: Arc<AtomicUsize>,
+    /// Folds finished so far (what a test awaits).
+    #[cfg(test)]
+    folds: tokio::sync::watch::Receiver<u64>,
 }
 
 impl<E: Engine> Drop for KvStore<E> {
@@ -262,6 +265,7 @@ struct Folder<E: Engine> {
     log: Arc<Mutex<log::Unfolded>>,
     gate: Arc<tokio::sync::RwLock<()>>,
     fold_at: Arc<AtomicUsize>,
+    folds: tokio::sync::watch::Sender<u64>,
 }
 
 impl<E: Engine> Folder<E> {
@@ -310,6 +314,7 @@ impl<E: Engine> Folder<E> {
         }
         self.commit(vec![Op::DelRange(Tree::Log, log::key(0), log::key(cut))]).await?;
         tracing::debug!(entries = n, chunks = chunks.len(), ms = t.elapsed().as_millis() as u64, "report log folded");
+        self.folds.send_modify(|n| *n += 1);
         Ok(())
     }
 
@@ -382,12 +387,16 @@ impl<E: Engine> KvStore<E> {
         let gate = Arc::new(tokio::sync::RwLock::new(()));
         let fold_at = Arc::new(AtomicUsize::new(log::FOLD_AT));
         let (fold_wake, fold_stop) = (Arc::new(tokio::sync::Notify::new()), tokio_util::sync::CancellationToken::new());
+        let folds_tx = tokio::sync::watch::Sender::new(0);
+        #[cfg(test)]
+        let folds = folds_tx.subscribe();
         let folder = Folder {
             engine: Arc::downgrade(&engine),
             writer: tx.downgrade(),
             log: log.clone(),
             gate: gate.clone(),
             fold_at: fold_at.clone(),
+            folds: folds_tx,
         };
         let fold_task = tokio::spawn(folder.run(fold_wake.clone(), fold_stop.clone()));
         let task = tokio::spawn(writer(engine.clone(), (rx, bulk_rx), fold_task));
@@ -407,6 +416,8 @@ impl<E: Engine> KvStore<E> {
             fold_wake,
             fold_stop,
             fold_at,
+            #[cfg(test)]
+            folds,
         })
     }
 
@@ -415,6 +426,12 @@ impl<E: Engine> KvStore<E> {
     pub(crate) fn fold_at(self, n: usize) -> Self {
         self.fold_at.store(n, Ordering::Relaxed);
         self
+    }
+
+    /// How many folds have finished, as they finish.
+    #[cfg(test)]
+    pub(crate) fn folds(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.folds.clone()
     }
 
     fn unfolded(&self) -> std::sync::MutexGuard<'_, log::Unfolded> {

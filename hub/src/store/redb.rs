@@ -324,23 +324,12 @@ mod tests {
             r.last_seq = seq;
             store.record_report(&r, seq, vec![seq as u8], 5).await.unwrap();
         }
-        let logged = |store: &RedbStore| {
-            let mut n = 0;
-            store
-                .engine()
-                .scan(Tree::Log, (Bound::Unbounded, Bound::Unbounded), false, &mut |_, _| {
-                    n += 1;
-                    true
-                })
-                .unwrap();
-            n
-        };
-        // Nothing to await: the fold is the store's own business. Poll what it leaves behind.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while logged(&store) >= 4 {
-            assert!(std::time::Instant::now() < deadline, "the log was never folded");
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        // The fold task says when it has folded; the history holds what it folded, trimmed.
+        let mut folds = store.folds();
+        tokio::time::timeout(std::time::Duration::from_secs(10), folds.wait_for(|n| *n >= 1))
+            .await
+            .expect("the log was never folded")
+            .unwrap();
         let mut folded = 0;
         store
             .engine()
