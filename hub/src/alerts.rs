@@ -526,11 +526,9 @@ impl Alerts {
                     continue;
                 }
                 let value = match r.metric.as_str() {
-                    "server_offline_seconds" => Some(if v.liveness == outpost_common::Liveness::Connected {
-                        0.0
-                    } else {
-                        (now_ms - v.liveness_since_ms).max(0) as f64 / 1000.0
-                    }),
+                    "server_offline_seconds" => {
+                        Some(v.offline_since_ms().map_or(0.0, |since| (now_ms - since).max(0) as f64 / 1000.0))
+                    }
                     "disk_used_percent" => h.and_then(|h| {
                         h.disks
                             .iter()

@@ -87,30 +87,26 @@ async fn replicas_share_one_fleet_fail_over_and_wait_out_the_database() {
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
     }
-    // Acknowledged on B, which does not evaluate (A, up first, holds the lease): both list it acknowledged.
-    // Right after a kill the alert may resolve and fire again once (the offline time restarts when the
-    // holder's release is seen); an acknowledgement goes with the firing it acknowledged, so a new firing is
-    // acknowledged again (at most twice more).
+    // Acknowledged once on B, which does not evaluate (A, up first, holds the lease): both list it
+    // acknowledged. The alert does not flap meanwhile: the offline time counts from r-5's last report, so
+    // neither the move to lost nor the holder's release seen late restarts it, and the acknowledgement
+    // (which goes with the firing it acknowledged) stays.
     let ack = pb::AckAlertRequest { alertname: "server_lost".into(), server: "r-5".into() };
-    let mut acks = 0;
+    let acked = b.client(Role::Support).ack_alert(ack).await.unwrap().into_inner().acknowledged;
+    assert_eq!(acked, 1);
     for hub in [&a, &b] {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let mut viewer = hub.client(Role::Viewer);
         loop {
             let alerts = viewer.list_alerts(pb::ListAlertsRequest {}).await.unwrap().into_inner().alerts;
             let r5 = alerts.iter().find(|a| a.labels.get("server").map(String::as_str) == Some("r-5"));
-            if r5.is_some_and(|a| !a.acked_by.is_empty()) {
+            if r5.is_some_and(|a| a.state == "firing" && a.acked_by == "test-support") {
                 break;
-            }
-            if r5.is_some_and(|a| a.acked_by.is_empty() && a.state == "firing") && acks < 3 {
-                let n = b.client(Role::Support).ack_alert(ack.clone()).await.map(|r| r.into_inner().acknowledged);
-                acks += usize::from(n.is_ok_and(|n| n == 1));
             }
             assert!(std::time::Instant::now() < deadline, "r-5's alert not acknowledged on {}: {alerts:#?}", hub.url);
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
     }
-    assert!((1..=3).contains(&acks), "acknowledged {acks} times");
 
     // A command runs on r-1 through A when A dies without warning. Its agents move to B within their
     // backoff and their reports keep coming; B takes over A's pending command once A has been silent for

@@ -30,6 +30,19 @@ pub struct ServerView {
     pub apps: Option<Arc<AppsState>>,
 }
 
+impl ServerView {
+    /// Since when the server has been out of touch: its agent's last report, or, never heard from, since
+    /// its liveness began; `None` while connected. Unlike `liveness_since_ms`, a move from disconnected to
+    /// lost, or another replica's view of the same silence, does not restart it (`server_offline_seconds`).
+    pub fn offline_since_ms(&self) -> Option<i64> {
+        match self.liveness {
+            Liveness::Connected => None,
+            _ if self.record.last_seen_ms > 0 => Some(self.record.last_seen_ms),
+            _ => Some(self.liveness_since_ms),
+        }
+    }
+}
+
 /// A change the fleet watch broadcasts.
 #[derive(Clone, Debug)]
 pub enum FleetDelta {
@@ -412,6 +425,27 @@ mod tests {
         reg.put_record(rec("new", ""));
         reg.put_record(rec("new", "agent-1"));
         assert_eq!(reg.get("new").unwrap().liveness, Liveness::Pending);
+    }
+
+    #[test]
+    fn offline_time_counts_from_the_last_report_through_disconnected_and_lost() {
+        let seen = now_ms() - 5_000;
+        let reg =
+            Registry::new(vec![ServerRecord { last_seen_ms: seen, ..rec("a", "x") }], |_| (None, None), Duration::ZERO);
+        let root = CancellationToken::new();
+        let (conn, _) = reg.attach("a", &root).unwrap();
+        assert_eq!(reg.get("a").unwrap().offline_since_ms(), None);
+        reg.detach("a", conn);
+        let disconnected = reg.get("a").unwrap();
+        assert_eq!((disconnected.liveness, disconnected.offline_since_ms()), (Liveness::Disconnected, Some(seen)));
+        reg.sweep();
+        let lost = reg.get("a").unwrap();
+        assert_eq!(lost.liveness, Liveness::Lost);
+        assert!(lost.liveness_since_ms > seen, "the liveness restarted at the sweep");
+        assert_eq!(lost.offline_since_ms(), Some(seen), "the offline time did not");
+        reg.put_record(rec("new", "agent-1"));
+        let pending = reg.get("new").unwrap();
+        assert_eq!(pending.offline_since_ms(), Some(pending.liveness_since_ms));
     }
 
     #[test]
