@@ -38,7 +38,11 @@ impl Fleet {
     pub async fn lock(&self, name: &str) -> tokio::sync::OwnedMutexGuard<()> {
         let lock = {
             let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
-            locks.entry(name.to_string()).or_default().clone()
+            // Looked up before inserting: a report takes this lock, and the name is not copied for it.
+            match locks.get(name) {
+                Some(lock) => lock.clone(),
+                None => locks.entry(name.to_string()).or_default().clone(),
+            }
         };
         lock.lock_owned().await
     }

@@ -151,12 +151,12 @@ impl Unfolded {
 
     fn add(&mut self, id: u64, e: &Entry) {
         let (agent_id, progress) = (&e.agent_id, &e.progress);
-        let p = self.servers.entry(e.server.clone()).or_insert_with(|| Pending {
-            agent_id: agent_id.clone(),
-            progress: Vec::new(),
-            entries: Vec::new(),
-            floor: 0,
-        });
+        // Looked up before inserting: the name is copied once per server, not once per entry.
+        if !self.servers.contains_key(&e.server) {
+            let p = Pending { agent_id: agent_id.clone(), progress: Vec::new(), entries: Vec::new(), floor: 0 };
+            self.servers.insert(e.server.clone(), p);
+        }
+        let Some(p) = self.servers.get_mut(&e.server) else { return };
         let seq = e.point.as_ref().map(|(seq, keep, _)| {
             p.floor = p.floor.max((seq + 1).saturating_sub(u64::from(*keep)));
             *seq
