@@ -74,3 +74,26 @@ async fn three_agents_liveness_and_exactly_once_across_hub_sigkill() {
     assert!(is(&f, "web-3", Liveness::Lost), "{:?}", f["web-3"]);
     assert!(f["web-3"].liveness_since_ms <= outage_start, "lost since the restart, not since it was lost");
 }
+
+/// A script may fire a thousand calls at once on one connection. The hub allows 100 streams at a time per
+/// connection (the client queues the rest): without a limit, h2's budget for small unread DATA frames ran
+/// out at a few hundred and the hub closed the connection (`ENHANCE_YOUR_CALM`), failing 1,000 of 1,000
+/// calls with "transport error" and nothing in its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_calls_on_one_connection_all_succeed() {
+    harness::init();
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = harness::HubProc::start(tmp.path(), harness::free_port(), "").await;
+    let client = hub.client(outpost_common::Role::Viewer);
+    let calls = (0..1000).map(|_| {
+        let mut c = client.clone();
+        tokio::spawn(async move { c.list_servers(outpost_proto::v1::ListServersRequest::default()).await })
+    });
+    let mut failed = Vec::new();
+    for call in calls.collect::<Vec<_>>() {
+        if let Err(e) = call.await.unwrap() {
+            failed.push(format!("{:?}: {} ({:?})", e.code(), e.message(), std::error::Error::source(&e)));
+        }
+    }
+    assert!(failed.is_empty(), "{} of 1000 failed, first: {:?}", failed.len(), failed.first());
+}

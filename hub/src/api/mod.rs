@@ -21,6 +21,9 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 /// HTTP/2 receive window per stream (the connection's is twice this): see `serve`.
 const STREAM_WINDOW: u32 = 64 * 1024;
+/// Concurrent streams per connection: 100 small DATA frames unread stay well inside h2's budget for them
+/// (`max(connection window / 2, 25,600)` bytes, each frame under 256 bytes counted as 256).
+const MAX_STREAMS: u32 = 100;
 
 /// Serves the three services on `listener` with the hub's certificate (`(chain, key)` PEM) until
 /// `shutdown`. Client certificates are optional at the TLS layer so that `Enroll` can share the port;
@@ -48,6 +51,10 @@ pub fn serve(
         // these it reads no faster than it stores, and the rest waits in the agents' outboxes.
         .initial_stream_window_size(Some(STREAM_WINDOW))
         .initial_connection_window_size(Some(2 * STREAM_WINDOW))
+        // Streams at a time per connection; a client queues the rest. Unlimited (tonic's default), a burst of
+        // small calls ran out h2's budget for unread small DATA frames (half the connection window) and the
+        // hub closed the connection with ENHANCE_YOUR_CALM: 1,000 concurrent calls, 1,000 transport errors.
+        .max_concurrent_streams(Some(MAX_STREAMS))
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         // Plain HTTPS routes on the same port (the agentd binaries new servers fetch).
