@@ -66,8 +66,19 @@ impl RedbEngine {
         let txn = self.db.begin_write().map_err(err)?;
         let mut results = Vec::with_capacity(group.len());
         {
-            let mut tables: Vec<Table> =
-                Tree::ALL.iter().map(|t| txn.open_table(def(*t))).collect::<Result<_, _>>().map_err(err)?;
+            // Only the tables the group writes: a group of reports touches one of the nineteen, and opening
+            // each costs a lookup in the table tree.
+            let mut used = vec![false; Tree::ALL.len()];
+            for op in group.iter().flatten() {
+                for t in op_trees(op) {
+                    used[t.index()] = true;
+                }
+            }
+            let mut tables: Vec<Option<Table>> = Tree::ALL
+                .iter()
+                .map(|t| used[t.index()].then(|| txn.open_table(def(*t))).transpose())
+                .collect::<Result<_, _>>()
+                .map_err(err)?;
             for ops in group {
                 results.push(apply_batch(&mut tables, ops)?);
             }
@@ -77,30 +88,52 @@ impl RedbEngine {
     }
 }
 
+/// The trees `op` writes.
+fn op_trees(op: &Op) -> &'static [Tree] {
+    const TOKENS: &[Tree] = &[Tree::Tokens, Tree::TokenOf];
+    const ALL: &[Tree] = &Tree::ALL;
+    match op {
+        Op::Put(t, ..) | Op::Del(t, _) | Op::DelRange(t, ..) | Op::Atomic(t, _) => {
+            std::slice::from_ref(&ALL[t.index()])
+        }
+        Op::ReplaceToken { .. } | Op::DropTokenOf(_) | Op::TakeToken { .. } => TOKENS,
+    }
+}
+
+/// The open table of `t` (opened for the group when one of its ops writes `t`).
+fn table<'t, 'a>(tables: &'t mut [Option<Table<'a>>], t: Tree) -> Result<&'t mut Table<'a>> {
+    tables[t.index()].as_mut().ok_or_else(|| StoreError::Write(format!("table {t:?} was not opened for this write")))
+}
+
+/// The two token tables, open.
+fn token_tables<'t, 'a>(tables: &'t mut [Option<Table<'a>>]) -> Result<[&'t mut Table<'a>; 2]> {
+    match tables.get_disjoint_mut([Tree::Tokens.index(), Tree::TokenOf.index()]) {
+        Ok([Some(tokens), Some(token_of)]) => Ok([tokens, token_of]),
+        _ => Err(StoreError::Write("the token tables were not opened for this write".into())),
+    }
+}
+
 /// Applies one batch; `Ok(Err(conflict))` when its token was taken (then it is its first op: nothing of the
 /// batch was written).
-fn apply_batch(tables: &mut [Table], ops: &[Op]) -> Result<Result<()>> {
+fn apply_batch(tables: &mut [Option<Table>], ops: &[Op]) -> Result<Result<()>> {
     let copy = |g: Option<redb::AccessGuard<&'static [u8]>>| g.map(|g| g.value().to_vec());
     for op in ops {
         match op {
             Op::ReplaceToken { server, hash, token } => {
-                let [tokens, token_of] =
-                    tables.get_disjoint_mut([Tree::Tokens.index(), Tree::TokenOf.index()]).expect("two tables");
+                let [tokens, token_of] = token_tables(tables)?;
                 if let Some(old) = copy(token_of.insert(server.as_bytes(), hash.as_bytes()).map_err(err)?) {
                     tokens.remove(old.as_slice()).map_err(err)?;
                 }
                 tokens.insert(hash.as_bytes(), token.as_slice()).map_err(err)?;
             }
             Op::DropTokenOf(server) => {
-                let [tokens, token_of] =
-                    tables.get_disjoint_mut([Tree::Tokens.index(), Tree::TokenOf.index()]).expect("two tables");
+                let [tokens, token_of] = token_tables(tables)?;
                 if let Some(old) = copy(token_of.remove(server.as_bytes()).map_err(err)?) {
                     tokens.remove(old.as_slice()).map_err(err)?;
                 }
             }
             Op::TakeToken { server, hash } => {
-                let [tokens, token_of] =
-                    tables.get_disjoint_mut([Tree::Tokens.index(), Tree::TokenOf.index()]).expect("two tables");
+                let [tokens, token_of] = token_tables(tables)?;
                 if tokens.remove(hash.as_bytes()).map_err(err)?.is_none() {
                     return Ok(Err(token_taken()));
                 }
@@ -108,14 +141,15 @@ fn apply_batch(tables: &mut [Table], ops: &[Op]) -> Result<Result<()>> {
                     token_of.remove(server.as_bytes()).map_err(err)?;
                 }
             }
-            Op::Put(t, k, v) => drop(tables[t.index()].insert(k.as_slice(), v.as_slice()).map_err(err)?),
-            Op::Del(t, k) => drop(tables[t.index()].remove(k.as_slice()).map_err(err)?),
+            Op::Put(t, k, v) => drop(table(tables, *t)?.insert(k.as_slice(), v.as_slice()).map_err(err)?),
+            Op::Del(t, k) => drop(table(tables, *t)?.remove(k.as_slice()).map_err(err)?),
             Op::DelRange(t, from, to) => {
-                tables[t.index()].retain_in::<&[u8], _>(from.as_slice()..to.as_slice(), |_, _| false).map_err(err)?
+                table(tables, *t)?.retain_in::<&[u8], _>(from.as_slice()..to.as_slice(), |_, _| false).map_err(err)?
             }
             Op::Atomic(t, pairs) => {
+                let table = table(tables, *t)?;
                 for (k, v) in pairs {
-                    tables[t.index()].insert(k.as_slice(), v.as_slice()).map_err(err)?;
+                    table.insert(k.as_slice(), v.as_slice()).map_err(err)?;
                 }
             }
         }
