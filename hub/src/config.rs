@@ -84,6 +84,9 @@ pub struct StoreConfig {
     /// group commit is followed by an fdatasync of the store file before anything in it is acknowledged).
     /// redb always syncs each group commit (`power`).
     pub durability: Durability,
+    /// The embedded store's group commits start at most this many milliseconds apart while writes arrive
+    /// together: each sync covers more reports, each acknowledged a little later (BENCHMARKS.md).
+    pub commit_gap_ms: u64,
     pub postgres: PostgresConfig,
 }
 
@@ -217,6 +220,7 @@ impl Default for StoreConfig {
             cache_mib: 16,
             history_len: 360,
             durability: Durability::Process,
+            commit_gap_ms: crate::store::kv::COMMIT_GAP_MS,
             postgres: PostgresConfig::default(),
         }
     }
@@ -323,6 +327,12 @@ impl HubConfig {
         }
         if !(4..=65536).contains(&self.store.cache_mib) {
             problems.push(format!("store.cache_mib: {} is outside 4..=65536", self.store.cache_mib));
+        }
+        if self.store.commit_gap_ms > 100 {
+            problems.push(format!(
+                "store.commit_gap_ms: {} is over 100 (every acknowledgement would wait that long under load)",
+                self.store.commit_gap_ms
+            ));
         }
         let pg = &self.store.postgres;
         if self.store.kind == StoreKind::Postgres {
@@ -433,8 +443,11 @@ mod tests {
         c.agents.grace_secs = 0;
         c.store.history_len = 0;
         c.audit.retention_days = 0;
+        c.store.commit_gap_ms = 101;
         let err = c.validate().unwrap_err().to_string();
-        for field in ["agents.grace_secs", "store.history_len", "advertise", "audit.retention_days"] {
+        for field in
+            ["agents.grace_secs", "store.history_len", "advertise", "audit.retention_days", "store.commit_gap_ms"]
+        {
             assert!(err.contains(field), "{field} missing from {err}");
         }
     }

@@ -108,7 +108,8 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     let (redb_path, sled_dir) = (data_dir.join("store.redb"), data_dir.join("store"));
     let (store, writer, pg): (Arc<dyn HubStore>, _, _) = match config.store.kind {
         config::StoreKind::Redb => {
-            let redb = store::redb::open_migrating(&redb_path, &sled_dir, config.store.cache_mib)?;
+            let redb = store::redb::open_migrating(&redb_path, &sled_dir, config.store.cache_mib)?
+                .with_commit_gap(config.store.commit_gap_ms);
             let writer = redb.writer_task();
             (Arc::new(redb), writer, None)
         }
@@ -125,7 +126,8 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
                 .into());
             }
             let power = config.store.durability == config::Durability::Power;
-            let sled = SledStore::open_durable(&sled_dir, config.store.cache_mib, power)?;
+            let sled = SledStore::open_durable(&sled_dir, config.store.cache_mib, power)?
+                .with_commit_gap(config.store.commit_gap_ms);
             let writer = sled.writer_task();
             (Arc::new(sled), writer, None)
         }

@@ -209,8 +209,9 @@ pub(crate) fn token_taken() -> StoreError {
     StoreError::Conflict("this join token was used or replaced a moment ago; it is single-use: create a new one".into())
 }
 
-/// The least time between the starts of two group commits.
-const COMMIT_GAP: std::time::Duration = std::time::Duration::from_millis(4);
+/// The least time between the starts of two group commits while batches arrive together, by default
+/// (`[store] commit_gap_ms`).
+pub const COMMIT_GAP_MS: u64 = 4;
 /// How many batches one group commit may cover at most.
 const GROUP_MAX: usize = 1024;
 /// Audit records looked at per query at most (newest first), so one query cannot walk an unbounded log.
@@ -246,6 +247,8 @@ pub struct KvStore<E: Engine> {
     fold_wake: Arc<tokio::sync::Notify>,
     fold_stop: tokio_util::sync::CancellationToken,
     fold_at: Arc<AtomicUsize>,
+    /// Milliseconds between the starts of two group commits while batches arrive together.
+    commit_gap: Arc<AtomicU64>,
     /// Folds finished so far (what a test awaits).
     #[cfg(test)]
     folds: tokio::sync::watch::Receiver<u64>,
@@ -386,6 +389,7 @@ impl<E: Engine> KvStore<E> {
         let log = Arc::new(Mutex::new(log::Unfolded::starting_at(next_log)));
         let gate = Arc::new(tokio::sync::RwLock::new(()));
         let fold_at = Arc::new(AtomicUsize::new(log::FOLD_AT));
+        let commit_gap = Arc::new(AtomicU64::new(COMMIT_GAP_MS));
         let (fold_wake, fold_stop) = (Arc::new(tokio::sync::Notify::new()), tokio_util::sync::CancellationToken::new());
         let folds_tx = tokio::sync::watch::Sender::new(0);
         #[cfg(test)]
@@ -399,7 +403,7 @@ impl<E: Engine> KvStore<E> {
             folds: folds_tx,
         };
         let fold_task = tokio::spawn(folder.run(fold_wake.clone(), fold_stop.clone()));
-        let task = tokio::spawn(writer(engine.clone(), (rx, bulk_rx), fold_task));
+        let task = tokio::spawn(writer(engine.clone(), (rx, bulk_rx), fold_task, commit_gap.clone()));
         Ok(KvStore {
             engine,
             writer: tx,
@@ -416,9 +420,17 @@ impl<E: Engine> KvStore<E> {
             fold_wake,
             fold_stop,
             fold_at,
+            commit_gap,
             #[cfg(test)]
             folds,
         })
+    }
+
+    /// Group commits start at most every `ms` milliseconds while batches arrive together (more reports per
+    /// sync, each acknowledged later).
+    pub fn with_commit_gap(self, ms: u64) -> Self {
+        self.commit_gap.store(ms, Ordering::Relaxed);
+        self
     }
 
     /// Folds the report log once it holds `n` entries (tests: a few).
@@ -1282,6 +1294,7 @@ async fn writer<E: Engine>(
     engine: Arc<E>,
     (mut first, mut bulk): (mpsc::Receiver<Batch>, mpsc::Receiver<Batch>),
     fold_task: tokio::task::JoinHandle<()>,
+    commit_gap: Arc<AtomicU64>,
 ) {
     let mut group = Vec::with_capacity(GROUP_MAX);
     let (mut first_open, mut bulk_open) = (true, true);
@@ -1301,12 +1314,13 @@ async fn writer<E: Engine>(
             else => break,
         };
         group.extend(got);
-        // At most one commit per COMMIT_GAP: what arrives meanwhile joins this group. A sync costs the same
+        // At most one commit per commit gap: what arrives meanwhile joins this group. A sync costs the same
         // for one report as for a hundred, and under load they came a few at a time (10,000 reports/s made
         // ~1,000 syncs/s, an eighth of hubd's CPU). One writer at a time (the last group was one batch)
         // does not wait.
         if last_len > 1 {
-            tokio::time::sleep_until(last_commit + COMMIT_GAP).await;
+            let gap = std::time::Duration::from_millis(commit_gap.load(Ordering::Relaxed));
+            tokio::time::sleep_until(last_commit + gap).await;
         }
         last_commit = tokio::time::Instant::now();
         while group.len() < GROUP_MAX {
