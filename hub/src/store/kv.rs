@@ -211,7 +211,7 @@ pub(crate) fn token_taken() -> StoreError {
 
 /// The least time between the starts of two group commits while batches arrive together, by default
 /// (`[store] commit_gap_ms`).
-pub const COMMIT_GAP_MS: u64 = 4;
+pub const COMMIT_GAP_MS: u64 = 8;
 /// How many batches one group commit may cover at most.
 const GROUP_MAX: usize = 1024;
 /// Audit records looked at per query at most (newest first), so one query cannot walk an unbounded log.
