@@ -22,7 +22,7 @@ use crate::fleet::identities::Identities;
 use crate::fleet::registry::Liveness;
 use crate::pki::operators::Operators;
 use crate::runtime::Runtime;
-use crate::store::postgres::PgStore;
+use crate::store::postgres::{PgStore, Replica};
 
 /// How often a replica looks even when nobody notified it, and beats its heart.
 pub const BEAT: Duration = Duration::from_secs(1);
@@ -107,6 +107,27 @@ impl Replication {
 
     pub fn spawn(self: Arc<Self>, rt: &Runtime) {
         let stop = rt.stopping().clone();
+        // The heartbeat beats on its own: a look can take seconds (thousands of changes to apply, a busy
+        // database), and a heartbeat that waited for it made the other replicas count this one's streams
+        // gone, half the fleet at a time (measured: 10,000 agents at 1 s on two replicas).
+        let (beats_tx, beats) = tokio::sync::watch::channel(None);
+        let beating = self.clone();
+        let beat_stop = stop.clone();
+        rt.spawn(async move {
+            while !beat_stop.is_cancelled() {
+                let read_at = outpost_common::now_ms();
+                match beating.store.heartbeat(&beating.me, &beating.url, beating.started_ms, read_at).await {
+                    Ok(replicas) => {
+                        beats_tx.send_replace(Some((read_at, replicas)));
+                    }
+                    Err(error) => tracing::warn!(%error, "replication: the heartbeat failed; trying again"),
+                }
+                tokio::select! {
+                    () = beat_stop.cancelled() => break,
+                    () = tokio::time::sleep(BEAT) => {}
+                }
+            }
+        });
         rt.spawn(async move {
             let mut state = State::default();
             let mut listen = None;
@@ -133,7 +154,8 @@ impl Replication {
                     what.insert(w);
                 }
                 let reload = last_reload.elapsed() >= RELOAD_EVERY;
-                if let Err(error) = self.look(&mut state, &what, reload).await {
+                let beat = beats.borrow().clone();
+                if let Err(error) = self.look(&mut state, &what, reload, beat).await {
                     tracing::warn!(%error, "replication: a look at the store failed; trying again");
                 } else if reload {
                     last_reload = std::time::Instant::now();
@@ -145,25 +167,32 @@ impl Replication {
         });
     }
 
-    /// One look: heartbeat, the streams held here, the servers changed, revocations.
+    /// One look: the replicas as the latest heartbeat read them (`beat`: when, and what; none yet: read
+    /// here), the streams held here, the servers changed, revocations.
     async fn look(
         &self,
         state: &mut State,
         what: &HashSet<String>,
         reload: bool,
+        beat: Option<(i64, Vec<Replica>)>,
     ) -> Result<(), crate::store::StoreError> {
         let now = outpost_common::now_ms();
-        let replicas = self.store.heartbeat(&self.me, &self.url, self.started_ms, now).await?;
+        // Another replica's heartbeat is judged by its age when it was read, not now: a late look (or a
+        // heartbeat of ours stuck in a busy database) must not declare live replicas dead.
+        let (read_at, replicas) = match beat {
+            Some(beat) => beat,
+            None => (now, self.store.heartbeat(&self.me, &self.url, self.started_ms, now).await?),
+        };
         // A replica silent for long enough is dead: its jobs are taken over (by one replica: the claim is
         // atomic), then it is forgotten.
-        for dead in replicas.iter().filter(|r| r.id != self.me && now - r.heartbeat_ms >= TAKE_OVER_AFTER_MS) {
+        for dead in replicas.iter().filter(|r| r.id != self.me && read_at - r.heartbeat_ms >= TAKE_OVER_AFTER_MS) {
             let taken = self.jobs.take_over(&dead.id).await?;
             self.store.forget_replica(&dead.id).await?;
             tracing::warn!(replica = %dead.id, commands = taken, "a replica stopped beating; its jobs are taken over");
         }
         let urls = replicas
             .iter()
-            .filter(|r| r.id != self.me && now - r.heartbeat_ms < DEAD_AFTER_MS)
+            .filter(|r| r.id != self.me && read_at - r.heartbeat_ms < DEAD_AFTER_MS)
             .map(|r| (r.id.clone(), r.url.clone()))
             .collect();
         state.heartbeats = replicas.into_iter().map(|r| (r.id, r.heartbeat_ms)).collect();
@@ -181,7 +210,7 @@ impl Replication {
         let top = changes.last().map_or(state.seen, |c| c.version.max(state.seen));
         // A full batch: no overlap next time, or a look could read the same batch again and again.
         let full = changes.len() as i64 == BATCH;
-        let alive = |holder: &str| state.heartbeats.get(holder).is_some_and(|hb| now - hb < DEAD_AFTER_MS);
+        let alive = |holder: &str| state.heartbeats.get(holder).is_some_and(|hb| read_at - hb < DEAD_AFTER_MS);
         for c in changes {
             if state.applied.get(&c.record.name) == Some(&c.version) {
                 continue;
