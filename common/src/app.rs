@@ -152,7 +152,7 @@ impl AppSpec {
         roots: &RepoRoots,
     ) -> Result<AppSpec, SpecError> {
         let parse = |what: &str, t: &str| {
-            t.parse::<toml::Table>().map_err(|e| SpecError(vec![format!("{what}: {}", e.message())]))
+            t.parse::<toml::Table>().map_err(|e| SpecError(vec![format!("{what}: {}", toml_problem(t, &e))]))
         };
         let mut base = parse("the repository's outpost.toml", repo)?;
         merge(&mut base, parse("the operator's spec", operator)?);
@@ -314,17 +314,52 @@ impl AppSpec {
     pub fn redacted(&self) -> AppSpec {
         let mut s = self.clone();
         s.secrets.values_mut().for_each(|v| *v = "<secret>".into());
+        s.repo.url = redact_url(&s.repo.url);
         s
     }
 }
 
-/// A TOML error as "line N (`key = value`): what is wrong", so it names the field.
+/// A TOML error as "line N, key K: what is wrong", so it names the field and never what it held: the
+/// line may be in `[secrets]`, or hold a URL with a password. What the parser says is kept only outside
+/// `[secrets]` (its type errors quote the value: "invalid type: integer `5`").
 fn toml_problem(text: &str, e: &toml::de::Error) -> String {
-    let Some(span) = e.span() else { return e.message().to_string() };
+    let Some(span) = e.span() else { return "not valid TOML".to_string() };
     let start = span.start.min(text.len());
     let line_no = text[..start].matches('\n').count() + 1;
-    let line = text.lines().nth(line_no - 1).unwrap_or_default().trim();
-    format!("line {line_no} ({}): {}", crate::text::excerpt(line, 80), e.message())
+    let lines: Vec<&str> = text.lines().collect();
+    let line = lines.get(line_no - 1).copied().unwrap_or_default().trim();
+    // The table the line is in: the nearest `[header]` above it (or on it).
+    let table = lines[..line_no.min(lines.len())]
+        .iter()
+        .rev()
+        .map(|l| l.trim())
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string())
+        .unwrap_or_default();
+    let key: String = line
+        .split('=')
+        .next()
+        .filter(|_| line.contains('=') && !line.starts_with('['))
+        .map(|k| k.trim().trim_matches('"'))
+        .filter(|k| {
+            !k.is_empty() && k.len() <= 64 && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+        })
+        .unwrap_or_default()
+        .to_string();
+    let place = match (table.is_empty(), key.is_empty()) {
+        (true, true) => format!("line {line_no}"),
+        (true, false) => format!("line {line_no}, key {key}"),
+        (false, true) => format!("line {line_no} (in [{}])", crate::text::truncate_bytes(&table, 64)),
+        (false, false) => format!("line {line_no}, key {key} (in [{}])", crate::text::truncate_bytes(&table, 64)),
+    };
+    let secret_bearing = table == "secrets" || table.starts_with("secrets.") || looks_secret(&key);
+    if secret_bearing {
+        format!("{place}: not a valid TOML string (the value is not shown: it is a secret)")
+    } else {
+        // toml's syntax messages describe what was expected; cut to one line and bounded.
+        let said = e.message().lines().next().unwrap_or_default();
+        format!("{place}: {}", crate::text::inert(crate::text::truncate_bytes(said, 200)))
+    }
 }
 
 fn merge(base: &mut toml::Table, over: toml::Table) {
@@ -362,7 +397,10 @@ fn dns_name(d: &str) -> bool {
 
 /// A repository URL git may fetch: `https://`, `ssh://`, `git@host:path`, or a local path under `roots`.
 /// Refused: other transports (`ext::` runs a command, `file://` and `git://` are unauthenticated or local),
-/// anything option-shaped, credentials in the URL, control characters.
+/// anything option-shaped (the URL, its user or its host: `ssh://-oProxyCommand=…/x`), credentials in the
+/// URL (a password in `https://user:pw@…` or `ssh://git:pw@…`; a bare ssh user name is not one), control
+/// characters. The one check, used by the hub before it audits a spec and by the agent before git runs.
+/// Its errors never quote the URL: it may hold a credential.
 pub fn check_repo_url(url: &str, roots: &RepoRoots) -> Result<(), String> {
     if url.is_empty() || url.len() > 1024 {
         return Err("1-1024 characters".into());
@@ -373,18 +411,32 @@ pub fn check_repo_url(url: &str, roots: &RepoRoots) -> Result<(), String> {
     if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err("no spaces or control characters".into());
     }
-    if url.contains("::") {
-        return Err(format!(
-            "{}: git remote helpers (`ext::`, `fd::`, …) are refused: they run commands",
-            crate::text::excerpt(url, 64)
-        ));
+    // `transport::address` makes git run `git-remote-transport` (an IPv6 host's `[::1]` is not that).
+    if url.split_once("::").is_some_and(|(t, _)| !t.contains('[')) {
+        return Err("git remote helpers (`ext::`, `fd::`, …) are refused: they run commands".into());
     }
-    if let Some(rest) = url.strip_prefix("https://").or_else(|| url.strip_prefix("ssh://")) {
-        let host = rest.split('/').next().unwrap_or_default();
-        if url.starts_with("https://") && host.contains('@') {
-            return Err("no credentials in the URL: use a deploy key (repo.deploy_key)".into());
-        }
-        if host.is_empty() || rest.len() <= host.len() + 1 {
+    if let Some((scheme, rest)) = url.split_once("://")
+        && (scheme == "https" || scheme == "ssh")
+    {
+        let authority = rest.split('/').next().unwrap_or_default();
+        let host_port = match authority.rsplit_once('@') {
+            None => authority,
+            Some(_) if scheme == "https" => {
+                return Err("no credentials in the URL: use a deploy key (repo.deploy_key)".into());
+            }
+            Some((user, _)) if user.contains(':') => {
+                return Err(
+                    "no credentials in the URL (a password after the user name): use a deploy key (repo.deploy_key)"
+                        .into(),
+                );
+            }
+            Some((user, host)) => {
+                check_url_user(user)?;
+                host
+            }
+        };
+        check_url_host(host_port, true)?;
+        if rest.len() <= authority.len() + 1 {
             return Err("needs a host and a repository path".into());
         }
         return Ok(());
@@ -398,10 +450,15 @@ pub fn check_repo_url(url: &str, roots: &RepoRoots) -> Result<(), String> {
         && !url.starts_with('/')
     {
         // scp-like: user@host:path
-        if user_host.contains('@') && !path.is_empty() && !user_host.contains('/') {
-            return Ok(());
+        let Some((user, host)) = user_host.split_once('@').filter(|_| !user_host.contains('/')) else {
+            return Err("not a URL git can use safely: https://, ssh://, git@host:path".into());
+        };
+        check_url_user(user)?;
+        check_url_host(host, false)?;
+        if path.is_empty() || path.starts_with('-') {
+            return Err("needs a repository path after the ':' (not starting with '-')".into());
         }
-        return Err("not a URL git can use safely: https://, ssh://, git@host:path".into());
+        return Ok(());
     }
     let path = Path::new(url);
     if !path.is_absolute() || path.components().any(|c| matches!(c, Component::ParentDir)) {
@@ -418,6 +475,78 @@ pub fn check_repo_url(url: &str, roots: &RepoRoots) -> Result<(), String> {
                 roots.0.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ")
             }
         ))
+    }
+}
+
+/// An ssh user name in a URL: letters, digits, `.`, `_`, `-`, not option-shaped.
+fn check_url_user(user: &str) -> Result<(), String> {
+    if user.is_empty()
+        || user.len() > 64
+        || user.starts_with('-')
+        || !user.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Err("the user name must be 1-64 of letters, digits, '.', '_' and '-', not starting with '-'".into());
+    }
+    Ok(())
+}
+
+/// A host (DNS name, IPv4, or `[IPv6]`), with a port when `port_ok`: never option-shaped.
+fn check_url_host(host_port: &str, port_ok: bool) -> Result<(), String> {
+    let (host, port) = if let Some(v6) = host_port.strip_prefix('[') {
+        match v6.split_once(']') {
+            Some((addr, rest)) if addr.parse::<std::net::Ipv6Addr>().is_ok() => {
+                (addr, rest.strip_prefix(':').map(Some).unwrap_or(if rest.is_empty() { None } else { Some("x") }))
+            }
+            _ => return Err("the host is not a valid [IPv6] address".into()),
+        }
+    } else {
+        match host_port.rsplit_once(':') {
+            Some((h, p)) if port_ok => (h, Some(p)),
+            _ => (host_port, None),
+        }
+    };
+    if let Some(p) = port
+        && !(port_ok && p.parse::<u16>().is_ok_and(|p| p > 0))
+    {
+        return Err("the port must be a number from 1 to 65535".into());
+    }
+    let name_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if name_ok || host.parse::<std::net::Ipv6Addr>().is_ok() {
+        Ok(())
+    } else {
+        Err("the host must be a DNS name or an IP address (letters, digits, '-' and '.'; never starting with '-')"
+            .into())
+    }
+}
+
+/// `url` as it may be shown or audited: a password in its user-info replaced with `<redacted>`.
+pub fn redact_url(url: &str) -> String {
+    let (prefix, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match authority.rsplit_once('@') {
+        Some((user, host)) => {
+            let user = user.split(':').next().unwrap_or_default();
+            let kept = if user.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+                user
+            } else {
+                "<redacted>"
+            };
+            let pw = if authority[..authority.len() - host.len() - 1].contains(':') { ":<redacted>" } else { "" };
+            format!("{prefix}{kept}{pw}@{host}{}", &rest[authority_end..])
+        }
+        None => url.to_string(),
     }
 }
 
@@ -694,5 +823,66 @@ path = "/healthz"
         assert!(cpu_millis("0").is_err() && cpu_millis("-1").is_err() && cpu_millis("1e9").is_err());
         assert_eq!((bytes("256Mi"), bytes("1Gi"), bytes("512M")), (Ok(256 << 20), Ok(1 << 30), Ok(512_000_000)));
         assert!(bytes("1Zi").is_err() && bytes("0").is_err() && bytes("99999999999Ti").is_err());
+    }
+
+    #[test]
+    fn credentials_and_option_shaped_hosts_are_refused_and_never_quoted() {
+        let r = roots();
+        for ok in [
+            "ssh://git@github.com:2222/a/b.git",
+            "ssh://github.com/a/b.git",
+            "ssh://git@[::1]:22/a.git",
+            "https://git.example.com:8443/a/b.git",
+            "deploy@10.0.0.7:a/b.git",
+        ] {
+            check_repo_url(ok, &r).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in [
+            "ssh://git:hunter2@github.com/a/b.git",
+            "ssh://:hunter2@github.com/a/b.git",
+            "https://hunter2@github.com/a/b.git",
+            "ssh://-oProxyCommand=touch%20/tmp/pwned/x.git",
+            "ssh://git@-oProxyCommand=x/x.git",
+            "ssh://-oProxyCommand=x@github.com/x.git",
+            "git@-oProxyCommand=x:x",
+            "-oProxyCommand=x@host:x",
+            "git@host:-x",
+            "ssh://git@host:notaport/x.git",
+            "ssh://git@ho$t/x.git",
+            "hunter2:x@host:a.git",
+        ] {
+            let e = check_repo_url(bad, &r).expect_err(bad);
+            assert!(!e.contains("hunter2") && !e.contains("ProxyCommand"), "{bad}: {e}");
+        }
+        // Through a whole spec: refused naming the field, the password in no problem.
+        let e =
+            AppSpec::parse(&with("https://github.com/acme/web.git", "ssh://git:hunter2@github.com/a/b.git"), None, &r)
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("repo.url: no credentials") && !e.contains("hunter2"), "{e}");
+        assert_eq!(redact_url("ssh://git:hunter2@github.com/a.git"), "ssh://git:<redacted>@github.com/a.git");
+        assert_eq!(redact_url("https://tok%20en@h/a.git"), "https://<redacted>@h/a.git");
+        assert_eq!(redact_url("git@github.com:a/b.git"), "git@github.com:a/b.git");
+        assert_eq!(redact_url("https://github.com/a/b.git"), "https://github.com/a/b.git");
+    }
+
+    #[test]
+    fn a_toml_error_says_where_and_never_what_a_secret_held() {
+        let r = roots();
+        for text in [
+            "name = \"web\"\nimage = \"nginx\"\nport = 80\n[repo]\nurl = \"/srv/repos/a\"\n[secrets]\nDB = \"hunter2\n",
+            "name = \"web\"\nimage = \"nginx\"\nport = 80\n[repo]\nurl = \"/srv/repos/a\"\n[secrets]\nDB = hunter2\n",
+            "name = \"web\"\nimage = \"nginx\"\nport = 80\n[repo]\nurl = \"/srv/repos/a\"\n[secrets]\nDB = 12345678\n",
+            "[secrets]\nDB = \"hunter2\" x\nname = \"web\"\n",
+        ] {
+            let e = AppSpec::parse(text, None, &r).unwrap_err().to_string();
+            assert!(!e.contains("hunter2") && !e.contains("12345678"), "{e}");
+            assert!(e.contains("line ") && e.contains("[secrets]"), "{e}");
+        }
+        let e = AppSpec::merged("", "[secrets]\nDB = \"hunter2\n", None, &r).unwrap_err().to_string();
+        assert!(!e.contains("hunter2") && e.contains("line 2"), "{e}");
+        // Outside [secrets] the parser's words stay, with the key.
+        let e = AppSpec::parse("name = \"web\"\nport = \"eighty\"\n", None, &r).unwrap_err().to_string();
+        assert!(e.contains("line 2, key port") && e.contains("invalid type"), "{e}");
     }
 }

@@ -118,6 +118,36 @@ pub fn excerpt(s: &str, max: usize) -> String {
     format!("{:?}… ({} bytes)", inert(truncate_bytes(s, max)), s.len())
 }
 
+/// Agent-supplied text on its way to a notifier (a webhook, Alertmanager, a chat): inert (see [`inert`]),
+/// on one line, and cut to `max` bytes with how long it was. What goes to people outside the operator
+/// surfaces is bounded like what is stored.
+pub fn for_notifier(s: &str, max: usize) -> String {
+    let one_line = inert(s);
+    if one_line.len() <= max {
+        return one_line.into_owned();
+    }
+    format!("{}… ({} bytes)", truncate_bytes(&one_line, max), s.len())
+}
+
+/// Text for Slack's `text` field (mrkdwn) from outside the hub: Slack's own escaping of `&`, `<` and `>` (so
+/// `<!channel>`, `<@U123>` and `<https://evil|click>` are shown, not obeyed), `@` made a full-width `＠` (no
+/// `@here` however the workspace parses names), and `://` shown as `[:]//` so no link is made from it: the
+/// only links in a notification are the ones the hub builds. Bounded and inert like [`for_notifier`].
+pub fn for_slack(s: &str, max: usize) -> String {
+    let s = for_notifier(s, max);
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '@' => out.push('＠'),
+            c => out.push(c),
+        }
+    }
+    out.replace("://", "[:]//")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,5 +188,17 @@ mod tests {
         assert_eq!(truncate_bytes("abc", 10), "abc");
         let e = excerpt(&"x".repeat(900_000), 40);
         assert!(e.len() < 80 && e.contains("900000 bytes"), "{e}");
+    }
+
+    #[test]
+    fn text_for_notifiers_is_bounded_and_slack_obeys_none_of_it() {
+        let hostile = "<!channel> <@U123ABC> <!here> @here <https://evil.example/login|click to re-auth> https://evil.example \u{1b}[2J &amp;";
+        let s = for_slack(hostile, 4096);
+        assert!(!s.contains('<') && !s.contains('>') && !s.contains('@') && !s.contains("://"), "{s}");
+        assert!(s.contains("&lt;!channel&gt;") && s.contains("&amp;amp;") && s.contains("\\u{1b}"), "{s}");
+        let long = for_notifier(&"x".repeat(100_000), 300);
+        assert!(long.len() < 330 && long.ends_with("(100000 bytes)"), "{long}");
+        assert_eq!(for_notifier("disk full on web-1", 300), "disk full on web-1");
+        assert!(!for_notifier("a\nb", 300).contains('\n'));
     }
 }

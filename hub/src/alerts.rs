@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use outpost_common::text;
 use serde::Deserialize;
 
 use crate::audit::{Audit, AuditEntry, Kind};
@@ -57,6 +58,10 @@ pub struct AlertsConfig {
     pub webhook_attempts: u32,
     pub webhook_backoff_initial_ms: u64,
     pub webhook_backoff_max_ms: u64,
+    /// Flap damping, on every delivery path: a firing alert resolves only once its condition has been clear
+    /// this long. A condition that comes back sooner keeps the alert firing (no resolve and fire again, so
+    /// no second page), and each such return is counted (`outpost_alert_flaps_damped_total`).
+    pub resolve_after_secs: u64,
 }
 
 /// One rule: `metric op threshold`, held for `for_secs`.
@@ -219,6 +224,7 @@ impl Default for AlertsConfig {
             webhook_attempts: 8,
             webhook_backoff_initial_ms: 1000,
             webhook_backoff_max_ms: 60_000,
+            resolve_after_secs: 60,
         }
     }
 }
@@ -241,6 +247,9 @@ impl AlertsConfig {
             && !(u.starts_with("http://") || u.starts_with("https://"))
         {
             p.push(format!("alerts.webhook_url {u:?}: an http:// or https:// URL"));
+        }
+        if self.resolve_after_secs > 86_400 {
+            p.push(format!("alerts.resolve_after_secs: {} is over a day (86400)", self.resolve_after_secs));
         }
         if !["generic", "slack"].contains(&self.webhook_format.as_str()) {
             p.push(format!("alerts.webhook_format {:?}: generic or slack", self.webhook_format));
@@ -319,6 +328,8 @@ pub struct Alert {
     pub acked_by: String,
     /// Its firing was notified (webhook): its resolution will be too.
     notified: bool,
+    /// When its condition last held (a firing alert resolves `resolve_after_secs` after this).
+    held_ms: i64,
 }
 
 /// The labels a silence may match.
@@ -369,10 +380,62 @@ async fn firing_in(store: &dyn crate::store::HubStore) -> Result<HashMap<String,
                 silenced_by: String::new(),
                 acked_by: r.acked_by,
                 notified: r.notified,
+                held_ms: outpost_common::now_ms(),
             };
             (key, alert)
         })
         .collect())
+}
+
+/// The most of an alert's summary (which quotes agent text: an app's `last_error`) a notifier gets.
+const SUMMARY_MAX: usize = 1024;
+/// The most of one label value a notifier gets.
+const LABEL_MAX: usize = 128;
+
+/// Labels as a notifier gets them: every value inert and bounded (a server or app name is checked when
+/// stored, but what leaves the hub is neutralised here, whatever it came from).
+fn notifier_labels(labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    labels.iter().map(|(k, v)| (text::for_notifier(k, LABEL_MAX), text::for_notifier(v, LABEL_MAX))).collect()
+}
+
+/// The webhook's body for `a` going `status`. Everything in it that did not come from the hub's own words is
+/// neutralised for its medium: Slack's `text` is escaped as Slack documents (`&`, `<`, `>`; no mention, no
+/// link the hub did not build); the generic JSON has every text inert and bounded.
+fn webhook_body(format: &str, a: &Alert, status: &str, now_ms: i64) -> serde_json::Value {
+    let labels = notifier_labels(&a.labels);
+    let l = |k: &str| labels.get(k).cloned().unwrap_or_default();
+    let summary = text::for_notifier(&a.summary, SUMMARY_MAX);
+    let head = |l: &dyn Fn(&str) -> String| {
+        format!(
+            "[{} {}] {}{} since {}",
+            status.to_uppercase(),
+            l("severity"),
+            l("alertname"),
+            if l("server").is_empty() { String::new() } else { format!(" on {}", l("server")) },
+            crate::error::rfc3339_ms(a.since_ms),
+        )
+    };
+    match format {
+        "slack" => {
+            let s = |k: &str| text::for_slack(&l(k), LABEL_MAX);
+            let line = format!(
+                "{}: {} — what to do: {}",
+                head(&s),
+                text::for_slack(&a.summary, SUMMARY_MAX),
+                text::for_slack(&a.action, SUMMARY_MAX)
+            );
+            // `parse: none`: Slack links and mentions nothing in the text by itself.
+            serde_json::json!({ "text": line, "parse": "none", "unfurl_links": false, "unfurl_media": false })
+        }
+        _ => {
+            let action = text::for_notifier(&a.action, SUMMARY_MAX);
+            let line = format!("{}: {summary} — what to do: {action}", head(&l));
+            serde_json::json!({
+                "status": status, "labels": labels, "summary": summary, "action": action,
+                "since": crate::error::rfc3339_ms(a.since_ms), "at": crate::error::rfc3339_ms(now_ms), "text": line,
+            })
+        }
+    }
 }
 
 impl Alerts {
@@ -613,10 +676,16 @@ impl Alerts {
                     silenced_by: String::new(),
                     acked_by: String::new(),
                     notified: false,
+                    held_ms: now_ms,
                 };
                 let key = alert.key();
                 seen.insert(key.clone());
                 let a = active.entry(key).or_insert(alert.clone());
+                if a.state == State::Firing && a.held_ms < now_ms - (self.config.eval_secs * 1000) as i64 {
+                    // Clear for a while, and back before it could resolve: a flap, not a new alert.
+                    self.metrics.alert_flap_damped();
+                }
+                a.held_ms = now_ms;
                 a.value = alert.value;
                 a.summary = alert.summary;
                 if a.state == State::Pending && now_ms - a.since_ms >= (rule.for_secs * 1000) as i64 {
@@ -625,8 +694,9 @@ impl Alerts {
                     fired.push(a.clone());
                 }
             }
+            let resolve_after = (self.config.resolve_after_secs * 1000) as i64;
             active.retain(|k, a| {
-                let keep = seen.contains(k);
+                let keep = seen.contains(k) || (a.state == State::Firing && now_ms - a.held_ms < resolve_after);
                 if !keep && a.state == State::Firing {
                     gone.push(a.clone());
                 }
@@ -691,24 +761,7 @@ impl Alerts {
     fn notify(&self, a: &Alert, status: &str, now_ms: i64) {
         let Some(url) = self.config.webhook_url.clone() else { return };
         let Some(rt) = self.rt.get() else { return };
-        let l = |k: &str| a.labels.get(k).cloned().unwrap_or_default();
-        let line = format!(
-            "[{} {}] {}{} since {}: {} — what to do: {}",
-            status.to_uppercase(),
-            l("severity"),
-            l("alertname"),
-            if l("server").is_empty() { String::new() } else { format!(" on {}", l("server")) },
-            crate::error::rfc3339_ms(a.since_ms),
-            a.summary,
-            a.action
-        );
-        let body = match self.config.webhook_format.as_str() {
-            "slack" => serde_json::json!({ "text": line }),
-            _ => serde_json::json!({
-                "status": status, "labels": a.labels, "summary": a.summary, "action": a.action,
-                "since": crate::error::rfc3339_ms(a.since_ms), "at": crate::error::rfc3339_ms(now_ms), "text": line,
-            }),
-        };
+        let body = webhook_body(&self.config.webhook_format, a, status, now_ms);
         let (client, audit, cfg, alert) = (self.client.clone(), self.audit.clone(), self.config.clone(), a.clone());
         let status = status.to_string();
         rt.spawn(async move {
@@ -926,10 +979,10 @@ impl Alerts {
             .chain(resolved.iter().map(|(a, end)| (a, Some(*end))))
             .map(|(a, end)| {
                 let mut v = serde_json::json!({
-                    "labels": a.labels,
+                    "labels": notifier_labels(&a.labels),
                     "annotations": {
-                        "summary": a.summary,
-                        "description": format!("since {}; what to do: {}", time(a.since_ms), a.action),
+                        "summary": text::for_notifier(&a.summary, SUMMARY_MAX),
+                        "description": text::for_notifier(&format!("since {}; what to do: {}", time(a.since_ms), a.action), SUMMARY_MAX),
                     },
                     "startsAt": time(a.since_ms),
                     "generatorURL": "",
@@ -964,5 +1017,60 @@ impl Alerts {
                 tracing::warn!(error = %why, %url, "Alertmanager unreachable; the alerts are sent again next round")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alert(summary: &str) -> Alert {
+        let labels: BTreeMap<String, String> =
+            [("alertname", "app_failing"), ("severity", "warning"), ("server", "web-1"), ("app", "<!here>")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        Alert {
+            labels,
+            state: State::Firing,
+            since_ms: 1_700_000_000_000,
+            fired_ms: 1_700_000_000_000,
+            value: 1.0,
+            summary: summary.into(),
+            action: "`outpost run app-logs`".into(),
+            silenced_by: String::new(),
+            acked_by: String::new(),
+            notified: false,
+            held_ms: 0,
+        }
+    }
+
+    const HOSTILE: &str = "crash: <!channel> <@U123ABC> <!here> @everyone <https://evil.example/login|click to re-auth> \u{1b}]8;;https://evil.example\u{7}";
+
+    #[test]
+    fn agent_text_reaches_a_slack_webhook_escaped_bounded_and_without_links_or_mentions() {
+        let body = webhook_body("slack", &alert(HOSTILE), "firing", 1_700_000_001_000);
+        let text = body["text"].as_str().unwrap();
+        for obeyed in ["<!channel>", "<@U123ABC>", "<!here>", "<https://", "@everyone", "https://", "\u{1b}"] {
+            assert!(!text.contains(obeyed), "{obeyed:?} reached Slack as is: {text}");
+        }
+        assert!(!text.contains('<') && !text.contains('>'), "{text}");
+        assert!(text.contains("&lt;!channel&gt;") && text.contains("click to re-auth"), "shown, not obeyed: {text}");
+        assert_eq!(body["parse"], "none");
+        let long = webhook_body("slack", &alert(&"<".repeat(900_000)), "firing", 0);
+        assert!(long["text"].as_str().unwrap().len() < 8 * 1024, "bounded");
+    }
+
+    #[test]
+    fn the_generic_webhook_and_alertmanager_get_inert_bounded_text() {
+        let body = webhook_body("generic", &alert(&format!("{HOSTILE}{}", "x".repeat(100_000))), "firing", 0);
+        let all = body.to_string();
+        assert!(all.len() < 8 * 1024, "bounded: {} bytes", all.len());
+        for field in ["summary", "text", "action"] {
+            let v = body[field].as_str().unwrap();
+            assert!(!v.chars().any(text::is_unsafe), "{field}: {v:?}");
+        }
+        let labels = notifier_labels(&[("app".to_string(), format!("a\u{202e}b{}", "y".repeat(1000)))].into());
+        assert!(labels["app"].len() < 200 && !labels["app"].chars().any(text::is_unsafe), "{labels:?}");
     }
 }

@@ -38,6 +38,7 @@ pub struct Metrics {
     alert_evaluation: Histogram,
     alert_deliveries: Family<Labels, Counter>,
     usage_dropped: Counter,
+    alert_flaps_damped: Counter,
     usage_resets: Counter,
 }
 
@@ -72,6 +73,7 @@ impl Metrics {
             alert_evaluation: latency(),
             alert_deliveries: Family::default(),
             usage_dropped: Counter::default(),
+            alert_flaps_damped: Counter::default(),
             usage_resets: Counter::default(),
             registry: Registry::default(),
         };
@@ -129,6 +131,11 @@ impl Metrics {
             m.usage_dropped.clone(),
         );
         registry.register(
+            "alert_flaps_damped",
+            "Times a firing alert's condition came back within alerts.resolve_after_secs of clearing: kept firing, no resolve and no second notification",
+            m.alert_flaps_damped.clone(),
+        );
+        registry.register(
             "usage_resets",
             "Usage counters that went down and were taken as resets",
             m.usage_resets.clone(),
@@ -162,6 +169,15 @@ impl Metrics {
     /// One delivery to Alertmanager: `delivered`, `refused` or `unreachable`.
     pub fn alert_delivery(&self, result: &str) {
         self.alert_deliveries.get_or_create(&vec![("result", result.to_string())]).inc();
+    }
+
+    /// A firing alert's condition came back before it could resolve: kept firing, nothing notified.
+    pub fn alert_flap_damped(&self) {
+        self.alert_flaps_damped.inc();
+    }
+
+    pub fn alert_flaps_damped(&self) -> u64 {
+        self.alert_flaps_damped.get()
     }
 
     pub fn usage_dropped(&self) {
