@@ -9,6 +9,7 @@ mod enroll_ssh;
 mod fanout;
 mod fleet;
 mod hostile;
+mod hostile2;
 mod k3s;
 mod metrics;
 mod ops;

@@ -101,7 +101,8 @@ impl OperatorApi {
     /// Any operator (the role is checked per action, so a refusal can be audited with who asked).
     fn caller<T>(&self, req: &Request<T>) -> Result<jobs::Caller, Status> {
         let (name, role) = self.auth.operator(req, Role::Viewer, "running actions")?;
-        Ok(jobs::Caller { name, role })
+        let session = Some(self.auth.operators().session(&name));
+        Ok(jobs::Caller { name, role, session })
     }
 }
 
@@ -283,7 +284,8 @@ impl Operator for OperatorApi {
         &self,
         req: Request<pb::WatchLifecycleJobRequest>,
     ) -> Result<Response<Self::WatchLifecycleJobStream>, Status> {
-        self.auth.operator(&req, Role::Viewer, "watching jobs")?;
+        let (name, _) = self.auth.operator(&req, Role::Viewer, "watching jobs")?;
+        let session = self.auth.operators().session(&name);
         let id = req.into_inner().id;
         let mut changed = self.lifecycle.subscribe();
         let first = self.lifecycle.job(id).await?;
@@ -299,6 +301,10 @@ impl Operator for OperatorApi {
                 tokio::select! {
                     () = stop.cancelled() => return,
                     () = tx.closed() => return,
+                    () = session.cancelled() => {
+                        let _ = tx.send(Err(Status::permission_denied(REVOKED))).await;
+                        return;
+                    }
                     r = changed.changed() => if r.is_err() { return },
                 }
                 let Ok(now) = lifecycle.job(id).await else { return };
@@ -456,13 +462,13 @@ impl Operator for OperatorApi {
             let targets = self.fleet.resolve(&convert::action_request(req.get_ref().clone()).selector);
             if let Some(url) = peers.route(&targets, |t| self.fleet.registry().is_attached(t)) {
                 let events = peers.run_action(&caller, &url, req.into_inner()).await?;
-                return Ok(Response::new(Box::pin(events)));
+                return Ok(Response::new(until_revoked(events, caller.session)));
             }
         }
         let events = self.jobs.submit(&caller, convert::action_request(req.into_inner())).await?;
         // Lazy: the job's bounded queue is read only as fast as the caller reads (output flow control).
         let stream = ReceiverStream::new(events).map(|e| Ok(convert::job_event(e)));
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(until_revoked(stream, caller.session)))
     }
 
     async fn cancel_job(&self, req: Request<pb::CancelJobRequest>) -> Result<Response<pb::CancelJobResponse>, Status> {
@@ -496,6 +502,27 @@ impl Operator for OperatorApi {
         let (name, role) = self.auth.operator(&req, Role::Viewer, "asking who you are")?;
         Ok(Response::new(pb::WhoAmIResponse { name, role: role.to_string() }))
     }
+}
+
+/// What a revoked operator's open calls end with.
+const REVOKED: &str = "this operator was revoked; the session is closed";
+
+/// `inner` until `session` is cancelled (the operator was revoked): then one `PERMISSION_DENIED` and the
+/// end. Every long-lived operator call (a job's events, a follow, a watch) ends at revocation, not at its
+/// own deadline.
+fn until_revoked<T: Send + 'static>(
+    inner: impl Stream<Item = Result<T, Status>> + Send + 'static,
+    session: Option<CancellationToken>,
+) -> Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>> {
+    let Some(session) = session else { return Box::pin(inner) };
+    Box::pin(futures::stream::unfold((Box::pin(inner), Some(session)), |(mut inner, session)| async move {
+        let session = session?;
+        tokio::select! {
+            biased;
+            () = session.cancelled() => Some((Err(Status::permission_denied(REVOKED)), (inner, None))),
+            item = inner.next() => item.map(|i| (i, (inner, Some(session)))),
+        }
+    }))
 }
 
 /// A snapshot as bounded parts (at least one, even for an empty fleet).
@@ -535,7 +562,7 @@ async fn watch(
             _ = stopping.cancelled() => break,
             _ = tx.closed() => break,
             _ = session.cancelled() => {
-                let _ = tx.send(Err(Status::permission_denied("this operator was revoked; the session is closed"))).await;
+                let _ = tx.send(Err(Status::permission_denied(REVOKED))).await;
                 break;
             }
             d = rx.recv() => d,

@@ -68,6 +68,9 @@ pub struct ActionRequest {
 pub struct Caller {
     pub name: String,
     pub role: Role,
+    /// Cancelled when the caller's operator is revoked: its jobs are cancelled with it (None: the hub's
+    /// own jobs).
+    pub session: Option<CancellationToken>,
 }
 
 /// Where one target is.
@@ -305,7 +308,23 @@ impl Jobs {
         let span = tracing::info_span!("job", job = %job.id, action = %job.action, operator = %caller.name);
         tracing::info!(parent: &span, targets = job.targets.len(), "job accepted");
         let engine = self.clone();
-        self.rt.spawn(async move { engine.run(job, Events(Some(tx)), cancel).await }.instrument(span));
+        let session = caller.session.clone();
+        let run = async move {
+            let stop = cancel.clone();
+            let run = engine.run(job, Events(Some(tx)), cancel);
+            tokio::pin!(run);
+            if let Some(session) = session {
+                tokio::select! {
+                    () = &mut run => return,
+                    () = session.cancelled() => {
+                        tracing::warn!("the operator was revoked; their job is cancelled");
+                        stop.cancel();
+                    }
+                }
+            }
+            run.await
+        };
+        self.rt.spawn(run.instrument(span));
         Ok(rx)
     }
 

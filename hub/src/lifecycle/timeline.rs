@@ -150,7 +150,7 @@ impl Lifecycle {
 
     /// Runs `action` on `server` as the lifecycle (an admin), waiting up to five minutes for it to be online.
     async fn run_action(&self, server: &str, action: &str, args: &[(&str, &str)]) -> Result<Ran, JobError> {
-        let caller = Caller { name: "lifecycle".into(), role: Role::Admin };
+        let caller = Caller { name: "lifecycle".into(), role: Role::Admin, session: None };
         let req = ActionRequest {
             action: action.into(),
             args: args.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),

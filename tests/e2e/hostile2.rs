@@ -1,0 +1,110 @@
+//! Issue 22, hostile peers round two: what leaves the hub, long calls at revocation, secrets at rest, and
+//! answers from outside bounded. Each test here failed on the main branch before the fix it names.
+
+use std::time::{Duration, Instant};
+
+use harness::{AgentProc, HubProc, WAIT, action, is, watch_until};
+use outpost_common::Role;
+use outpost_proto::v1::job_event::Event;
+use outpost_proto::v1::{
+    CreateJoinTokenRequest, DeprovisionRequest, ListLifecycleJobsRequest, Liveness, RevokeOperatorRequest,
+    WatchLifecycleJobRequest,
+};
+use tonic::Code;
+
+/// Reads `stream` until it ends; the status it ended with (None: a clean end). Panics after [`WAIT`].
+async fn end_of<T>(stream: &mut tonic::Streaming<T>) -> Option<tonic::Status> {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => break None,
+                Err(s) => break Some(s),
+            }
+        }
+    })
+    .await
+    .expect("the stream did not end")
+}
+
+/// Defect 2: a revoked operator's open `RunAction` (a `logs follow`) and `WatchLifecycleJob` end at the
+/// revocation, not at the action's deadline; the follow's job is cancelled with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_operators_follow_and_job_watch_end_at_once() {
+    harness::init();
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = HubProc::start(&tmp.path().join("hub"), harness::free_port(), "").await;
+    let log = tmp.path().join("follow.log");
+    std::fs::write(&log, "one\n").unwrap();
+    let extra = format!("log_files = [\"{}\"]\n", log.display());
+    let _agent = AgentProc::start(tmp.path(), "rv-1", &hub.token("rv-1").await, &extra);
+    let mut admin = hub.client(Role::Admin);
+    watch_until(&mut admin, "rv-1 connected", |f| is(f, "rv-1", Liveness::Connected)).await;
+
+    // A lifecycle job that stays open: the archive a deprovision schedules days ahead.
+    let req = CreateJoinTokenRequest {
+        server_name: "ghost".into(),
+        ttl_secs: 600,
+        customer: "ghostco".into(),
+        plan: "pro".into(),
+        ..Default::default()
+    };
+    admin.create_join_token(req).await.unwrap();
+    let req = DeprovisionRequest { customer: "ghostco".into(), confirm: "ghostco".into() };
+    let deprovision = admin.deprovision(req).await.unwrap().into_inner().jobs[0].id;
+    let archive = tokio::time::timeout(WAIT, async {
+        let mut watch =
+            admin.watch_lifecycle_job(WatchLifecycleJobRequest { id: deprovision }).await.unwrap().into_inner();
+        while watch.message().await.unwrap().is_some() {}
+        let list = admin.list_lifecycle_jobs(ListLifecycleJobsRequest { limit: 0 }).await.unwrap().into_inner();
+        list.jobs.iter().find(|j| j.kind == "archive" && j.target == "ghost").expect("an archive scheduled").id
+    })
+    .await
+    .unwrap();
+
+    let alice = hub.bundle("alice", Role::Support);
+    let mut client = outpost_proto::v1::operator_client::OperatorClient::new(alice.channel().unwrap());
+    let mut jobs = client.watch_lifecycle_job(WatchLifecycleJobRequest { id: archive }).await.unwrap().into_inner();
+    jobs.message().await.unwrap().expect("the job as it is");
+    let source = format!("file:{}", log.display());
+    let mut req = action("logs", &["rv-1"], &[("source", &source), ("lines", "1"), ("follow", "true")]);
+    req.deadline_ms = outpost_common::now_ms() + 120_000;
+    let mut follow = client.run_action(req).await.unwrap().into_inner();
+    // Following: the first line is back.
+    tokio::time::timeout(WAIT, async {
+        while let Some(m) = follow.message().await.unwrap() {
+            if let Some(Event::Target(t)) = m.event
+                && t.output.contains("one")
+            {
+                return;
+            }
+        }
+        panic!("the follow ended before its first line")
+    })
+    .await
+    .unwrap();
+
+    let revoked_at = Instant::now();
+    admin.revoke_operator(RevokeOperatorRequest { name: "alice".into() }).await.unwrap();
+    let end = end_of(&mut follow).await;
+    assert_eq!(end.as_ref().map(|s| s.code()), Some(Code::PermissionDenied), "{end:?}");
+    let end = end_of(&mut jobs).await;
+    assert_eq!(end.as_ref().map(|s| s.code()), Some(Code::PermissionDenied), "{end:?}");
+    assert!(revoked_at.elapsed() < Duration::from_secs(10), "ended {:?} after the revocation", revoked_at.elapsed());
+
+    // The follow's job was cancelled with the session: its result is audited as cancelled, long before
+    // its two-minute deadline.
+    let cancelled = tokio::time::timeout(WAIT, async {
+        loop {
+            let q = outpost_proto::v1::QueryAuditRequest { action: "logs".into(), limit: 50, ..Default::default() };
+            let records = admin.query_audit(q).await.unwrap().into_inner().records;
+            if let Some(r) = records.iter().find(|r| r.operator == "alice" && r.kind == "result") {
+                return r.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await; // polling the audit log: no event to await
+        }
+    })
+    .await
+    .expect("the revoked operator's follow was never ended");
+    assert_eq!(cancelled.outcome(), outpost_proto::v1::Outcome::Cancelled, "{cancelled:?}");
+}
