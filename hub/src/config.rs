@@ -41,7 +41,9 @@ pub struct HubConfig {
 }
 
 /// `[admin]`: the listener Prometheus scrapes (`/metrics`) and health checks call (`/healthz`, `/readyz`).
-/// Plain HTTP: keep it on loopback or a private network.
+/// Plain HTTP, on loopback by default. An address other than loopback needs `bearer_token_file` (then
+/// `/metrics` answers only `Authorization: Bearer <the file's token>`; Prometheus: `authorization:
+/// credentials_file`) or, on a network you trust, `allow_remote_without_auth = true`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
@@ -49,11 +51,37 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// `false`: no admin listener at all.
     pub enabled: bool,
+    /// A file (keep it 0600) whose one line is the token `/metrics` requires.
+    pub bearer_token_file: Option<PathBuf>,
+    /// Serve `/metrics` to anyone who can reach a non-loopback `listen`, without a token.
+    pub allow_remote_without_auth: bool,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { listen: "127.0.0.1:9464".parse().expect("literal"), enabled: true }
+        AdminConfig {
+            listen: "127.0.0.1:9464".parse().expect("literal"),
+            enabled: true,
+            bearer_token_file: None,
+            allow_remote_without_auth: false,
+        }
+    }
+}
+
+impl AdminConfig {
+    /// The token `/metrics` requires, read from `bearer_token_file` (None: no token configured).
+    pub fn bearer_token(&self) -> Result<Option<String>, String> {
+        let Some(path) = &self.bearer_token_file else { return Ok(None) };
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("admin.bearer_token_file {}: {e}", path.display()))?;
+        let token = text.trim();
+        if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!(
+                "admin.bearer_token_file {}: one line of at least 16 characters, no spaces (e.g. `openssl rand -hex 32`)",
+                path.display()
+            ));
+        }
+        Ok(Some(token.to_string()))
     }
 }
 
@@ -302,6 +330,22 @@ impl HubConfig {
             && let Err(e) = outpost_common::tls::HubAddr::parse_list(a)
         {
             problems.push(format!("advertise: {e}"));
+        }
+        if self.admin.enabled
+            && !self.admin.listen.ip().is_loopback()
+            && self.admin.bearer_token_file.is_none()
+            && !self.admin.allow_remote_without_auth
+        {
+            problems.push(format!(
+                "admin.listen {}: not a loopback address, so /metrics would be served to anyone who can reach it; set admin.bearer_token_file (a file with a token Prometheus sends), or admin.allow_remote_without_auth = true on a network you trust",
+                self.admin.listen
+            ));
+        }
+        if self.admin.enabled
+            && self.admin.bearer_token_file.is_some()
+            && let Err(e) = self.admin.bearer_token()
+        {
+            problems.push(e);
         }
         if self.ca.cert.is_some() != self.ca.key.is_some() {
             problems.push("ca.cert and ca.key: set both (an external CA) or neither (the hub creates one)".into());

@@ -61,6 +61,8 @@ pub enum StartError {
     Bind { addr: SocketAddr, error: std::io::Error },
     #[error("TLS set-up failed: {0}")]
     Tls(String),
+    #[error("{0}")]
+    Admin(String),
 }
 
 /// A running hub.
@@ -272,7 +274,18 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     );
     alerts.spawn(&rt);
     if let Some(l) = admin_listener {
-        let routes = metrics::router(metrics, fleet.clone(), (lifecycle.clone(), alerts.clone()), shutdown.clone());
+        // Checked by `validate`; read again here so a file that changed since is not served unread.
+        let token = config.admin.bearer_token().map_err(StartError::Admin)?;
+        match (&token, l.local_addr().map(|a| a.ip().is_loopback()).unwrap_or(true)) {
+            (Some(_), _) => tracing::info!("the admin listener's /metrics requires the bearer token"),
+            (None, false) => tracing::warn!(
+                admin = ?l.local_addr().ok(),
+                "the admin listener serves /metrics without authentication on a non-loopback address (admin.allow_remote_without_auth)"
+            ),
+            (None, true) => {}
+        }
+        let routes =
+            metrics::router(metrics, fleet.clone(), (lifecycle.clone(), alerts.clone()), shutdown.clone(), token);
         let stop = shutdown.clone();
         rt.spawn(async move {
             let served = axum::serve(l, routes).with_graceful_shutdown(async move { stop.cancelled().await }).await;

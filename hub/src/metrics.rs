@@ -258,11 +258,22 @@ pub fn classic_text(openmetrics: &str) -> String {
 }
 
 /// The admin listener's routes.
+/// Whether `headers` carry `Authorization: Bearer <token>` (compared in constant time).
+fn bearer_matches(headers: &axum::http::HeaderMap, token: &str) -> bool {
+    let got = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    got.len() == token.len() && got.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
 pub fn router(
     metrics: Arc<Metrics>,
     fleet: Arc<Fleet>,
     (lifecycle, alerts): (Arc<Lifecycle>, Arc<crate::alerts::Alerts>),
     ready: tokio_util::sync::CancellationToken,
+    token: Option<String>,
 ) -> axum::Router {
     use axum::http::{StatusCode, header};
     use axum::response::IntoResponse;
@@ -271,14 +282,25 @@ pub fn router(
     // (curl, `promtool check metrics`).
     let scrape = move |headers: axum::http::HeaderMap| {
         let (metrics, fleet, lifecycle, alerts) = (metrics.clone(), fleet.clone(), lifecycle.clone(), alerts.clone());
+        let allowed = token.as_deref().is_none_or(|t| bearer_matches(&headers, t));
         async move {
+            if !allowed {
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    [(header::WWW_AUTHENTICATE, "Bearer")],
+                    "a bearer token is required (admin.bearer_token_file)\n".to_string(),
+                )
+                    .into_response();
+            }
             metrics.set_alerts(&alerts.firing_by_severity());
             let body = metrics.render(&fleet, Some(&lifecycle)).await;
             let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default();
             if accept.contains("application/openmetrics-text") {
                 ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+                    .into_response()
             } else {
                 ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], classic_text(&body))
+                    .into_response()
             }
         }
     };

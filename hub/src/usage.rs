@@ -26,6 +26,12 @@ use crate::store::{ReportStore, Resolution, ScopeUsage, ServerRecord, UsageBucke
 const MAX_GAP_SECS: f64 = 900.0;
 /// CPU a sample may claim per second of wall time, at most (1,024 cores).
 const MAX_CORES: f64 = 1024.0;
+/// Bytes a server can send per second of wall time, at most (400 Gbit/s: more than any NIC a cloud sells).
+const MAX_EGRESS_PER_SEC: f64 = 50e9;
+/// The most memory one sample may claim (64 TiB: beyond the largest machines sold).
+const MAX_MEMORY_BYTES: u64 = 64 << 40;
+/// The most disk or database storage one sample may claim (1 PiB).
+const MAX_STORAGE_BYTES: u64 = 1 << 50;
 const GIB: f64 = (1u64 << 30) as f64;
 
 /// `[usage]`.
@@ -208,11 +214,11 @@ impl UsageBook {
             Ok(b)
         };
         let (mut hb, mut db) = (bucket(Resolution::Hour, hour).await?, bucket(Resolution::Day, day).await?);
+        // A customer's server runs one project, the customer's own namespace: whatever its apps report
+        // names, a row named after another project never gets into this customer's bill.
+        let known_project = |project: &str| !project.is_empty() && project == record.customer;
         let known_app = |project: &str, app: &str| {
-            apps.is_some_and(|a| a.apps.iter().any(|x| x.project == project && x.name == app))
-        };
-        let known_project = |project: &str| {
-            project == record.customer || apps.is_some_and(|a| a.apps.iter().any(|x| x.project == project))
+            known_project(project) && apps.is_some_and(|a| a.apps.iter().any(|x| x.project == project && x.name == app))
         };
         for s in &report.samples {
             let key = scope_key(&s.scope, &s.project, &s.app);
@@ -222,6 +228,18 @@ impl UsageBook {
             }
             if s.scope == "namespace" && !known_project(&s.project) {
                 self.drop_sample(log, server, &format!("{key}: no such project on this server"));
+                continue;
+            }
+            if s.memory_bytes > MAX_MEMORY_BYTES
+                || s.memory_peak_bytes > MAX_MEMORY_BYTES
+                || s.disk_bytes > MAX_STORAGE_BYTES
+                || s.database_bytes > MAX_STORAGE_BYTES
+            {
+                self.drop_sample(
+                    log,
+                    server,
+                    &format!("{key}: more memory (64 TiB) or storage (1 PiB) than a server has"),
+                );
                 continue;
             }
             let prev = cursor
@@ -250,19 +268,21 @@ impl UsageBook {
                     tracing::info!(server, scope = %key, repeated, "a usage counter went down: taken as a reset");
                 }
             }
-            if prev.is_some() && d.cpu_seconds > d.secs.max(1.0) * MAX_CORES {
+            let implausible = if d.cpu_seconds > d.secs.max(1.0) * MAX_CORES {
+                Some(format!("{:.0} CPU seconds in {:.0} s is more than {MAX_CORES} cores", d.cpu_seconds, d.secs))
+            } else if d.egress_bytes as f64 > d.secs.max(1.0) * MAX_EGRESS_PER_SEC {
+                Some(format!("{} bytes sent in {:.0} s is more than 400 Gbit/s", d.egress_bytes, d.secs))
+            } else {
+                None
+            };
+            if prev.is_some()
+                && let Some(why) = implausible
+            {
                 // The next difference is taken from the counters before this claim.
                 if let Some(p) = prev {
                     cursor.scopes.insert(key.clone(), p);
                 }
-                self.drop_sample(
-                    log,
-                    server,
-                    &format!(
-                        "{key}: {:.0} CPU seconds in {:.0} s is more than {MAX_CORES} cores",
-                        d.cpu_seconds, d.secs
-                    ),
-                );
+                self.drop_sample(log, server, &format!("{key}: {why}"));
                 continue;
             }
             for b in [&mut hb, &mut db] {
@@ -639,6 +659,52 @@ mod tests {
         assert!(book.trim(outpost_common::now_ms()).await.unwrap() >= 2);
         assert!(store.usage_between(Resolution::Hour, 0, i64::MAX, None).await.unwrap().is_empty());
         assert_eq!(store.usage_between(Resolution::Day, 0, i64::MAX, None).await.unwrap().len(), before);
+    }
+
+    /// An agent that names another customer's project, or claims more than a server can do, moves nothing.
+    #[tokio::test]
+    async fn another_customers_project_and_impossible_figures_never_reach_the_bill() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn crate::store::HubStore> =
+            Arc::new(crate::store::sled::SledStore::open(dir.path(), 8).unwrap());
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let book = UsageBook::new(UsageConfig::default(), store.clone(), Default::default(), metrics.clone());
+        let log = LogLimiter::default();
+        // The hostile apps report names the victim's project as if it ran here.
+        let apps = AppsState {
+            apps: vec![
+                AppState { name: "web".into(), project: "acme".into(), ..Default::default() },
+                AppState { name: "db".into(), project: "victim-prod".into(), ..Default::default() },
+            ],
+            ..Default::default()
+        };
+        let mut rec =
+            ServerRecord { name: "s1".into(), customer: "acme".into(), plan: "starter".into(), ..Default::default() };
+        let t0 = outpost_common::now_ms() - 3_600_000;
+        let victim = |cpu_s: u64| UsageSample { project: "victim-prod".into(), ..ns(cpu_s, 0, MIB, 0) };
+        let victim_app =
+            UsageSample { scope: "app".into(), project: "victim-prod".into(), app: "db".into(), ..Default::default() };
+        let huge = UsageSample { memory_bytes: 1 << 60, ..ns(0, 0, 0, 0) };
+        for (i, samples) in [
+            vec![victim(10), victim_app.clone(), ns(10, 0, MIB, 0)],
+            vec![victim(20), victim_app, huge, ns(20, 0, MIB, 0)],
+            // 1 EiB sent in a minute.
+            vec![ns(30, 1 << 60, MIB, 0)],
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            rec.last_seq += 1;
+            let t = t0 + i as i64 * 60_000;
+            book.ingest(&rec, (rec.last_seq, t), &UsageReport { samples }, Some(&apps), &log).await.unwrap();
+        }
+        let m = book.month("acme", &month_of(t0)).await.unwrap();
+        let scopes: Vec<&str> = m.rows.iter().map(|(_, u)| u.scope.as_str()).collect();
+        assert!(!scopes.iter().any(|s| s.contains("victim")), "{scopes:?}");
+        let n = m.rows.iter().find(|(_, u)| u.scope == "namespace/acme").map(|(_, u)| u.clone()).unwrap();
+        assert_eq!(n.egress_bytes, 0, "the exabyte was dropped");
+        assert!(n.memory_peak_bytes <= MIB, "the 2^60-byte sample was dropped: {}", n.memory_peak_bytes);
+        assert_eq!(metrics.usage_counts().0, 6, "victim ×4, memory, egress");
     }
 
     #[test]

@@ -108,3 +108,55 @@ async fn a_revoked_operators_follow_and_job_watch_end_at_once() {
     .expect("the revoked operator's follow was never ended");
     assert_eq!(cancelled.outcome(), outpost_proto::v1::Outcome::Cancelled, "{cancelled:?}");
 }
+
+/// `curl` with optional extra headers: (body, HTTP status).
+fn curl(url: &str, headers: &[&str]) -> (String, String) {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-s", "-w", "\n%{http_code}", url]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    let out = cmd.output().expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
+    (body.to_string(), code.to_string())
+}
+
+/// Defect 10: a non-loopback admin address without a token or an explicit opt-in is refused before anything
+/// is bound; with `bearer_token_file`, `/metrics` answers only the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_serves_metrics_to_the_token_or_only_on_loopback() {
+    harness::init();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("hubd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\n[admin]\nlisten = \"0.0.0.0:0\"\n",
+            harness::free_port(),
+            tmp.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(harness::bin("hubd")).arg("--config").arg(&config).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("admin.listen 0.0.0.0:0") && err.contains("bearer_token_file"), "{err}");
+    assert!(!tmp.path().join("data").exists(), "nothing is created on a refused config");
+
+    let token_file = tmp.path().join("metrics.token");
+    std::fs::write(&token_file, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let extra = format!("[admin]\nlisten = \"127.0.0.1:0\"\nbearer_token_file = \"{}\"\n", token_file.display());
+    let hub = HubProc::start(&tmp.path().join("hub"), harness::free_port(), &extra).await;
+    let url = format!("{}/metrics", hub.admin);
+    let (body, code) = curl(&url, &[]);
+    assert_eq!(code, "401", "{body}");
+    assert!(!body.contains("outpost_"), "{body}");
+    let (_, code) = curl(&url, &["Authorization: Bearer 0123456789abcdef0123456789abcdee"]);
+    assert_eq!(code, "401");
+    let (body, code) = curl(&url, &["Authorization: Bearer 0123456789abcdef0123456789abcdef"]);
+    assert_eq!(code, "200", "{body}");
+    assert!(body.contains("outpost_"), "{body}");
+    let (_, code) = curl(&format!("{}/healthz", hub.admin), &[]);
+    assert_eq!(code, "200", "health checks need no token");
+}

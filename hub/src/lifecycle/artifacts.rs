@@ -78,8 +78,8 @@ impl Artifacts {
 
 async fn serve(State(a): State<Arc<Artifacts>>, UrlPath((version, arch)): UrlPath<(String, String)>) -> Response {
     let Some(artifact) = a.get(&version, &arch) else {
-        return (StatusCode::NOT_FOUND, format!("no agentd {version} for {arch} on this hub; it has: {}\n", a.known()))
-            .into_response();
+        // Nothing of the request (a path is anyone's text: raw ESC included) and nothing of what is served.
+        return (StatusCode::NOT_FOUND, "not found\n").into_response();
     };
     // Streamed from the file: a hundred servers fetching a 20 MB binary at once must not hold it a hundred
     // times in memory.
@@ -113,5 +113,18 @@ mod tests {
         assert_eq!(got.sha256, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         assert_eq!(a.known(), "0.1.0/x86_64");
         assert!(Artifacts::scan(&dir.path().join("missing")).unwrap().get("0.1.0", "x86_64").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_404_says_nothing_of_the_request_or_of_what_is_served() {
+        use axum::response::IntoResponse as _;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("agentd-0.1.0-x86_64"), b"abc").unwrap();
+        let a = Arc::new(Artifacts::scan(dir.path()).unwrap());
+        let r = serve(State(a), UrlPath(("\u{1b}[2J9.9.9".to_string(), "x86_64".to_string()))).await.into_response();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        let body = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
+        let body = String::from_utf8_lossy(&body);
+        assert!(!body.contains('\u{1b}') && !body.contains("9.9.9") && !body.contains("0.1.0"), "{body}");
     }
 }

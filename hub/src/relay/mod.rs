@@ -114,8 +114,13 @@ pub fn cancel_message(id: &str) -> HubMessage {
     HubMessage { body: Some(hub_message::Body::Cancel(CancelCommand { command_id: id.to_string() })) }
 }
 
+/// The most of an agent's result message the hub keeps (it is audited, logged and shown): the agent's
+/// own messages are one line; the output is where long text goes.
+pub const RESULT_MESSAGE_MAX: usize = 4096;
+
 /// An agent's answer in the domain's terms. An outcome this hub does not know is `failed`: the command
-/// ran, or may have, and did not succeed as far as the hub can tell.
+/// ran, or may have, and did not succeed as far as the hub can tell. Its message is bounded here, at the
+/// edge, so every record made of it is.
 fn result_from_agent(r: pb::CommandResult) -> CommandResult {
     let outcome = match pb::Outcome::try_from(r.outcome) {
         Ok(pb::Outcome::Succeeded) => Outcome::Succeeded,
@@ -130,7 +135,15 @@ fn result_from_agent(r: pb::CommandResult) -> CommandResult {
     CommandResult {
         outcome,
         exit_code: r.exit_code,
-        message: r.message,
+        message: if r.message.len() > RESULT_MESSAGE_MAX {
+            format!(
+                "{}… (cut by the hub: {} bytes)",
+                outpost_common::text::truncate_bytes(&r.message, RESULT_MESSAGE_MAX),
+                r.message.len()
+            )
+        } else {
+            r.message
+        },
         output_dropped_bytes: r.output_dropped_bytes,
         replayed: r.replayed,
         duration_ms: r.duration_ms,
@@ -358,6 +371,15 @@ fn short(id: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_agents_result_message_is_bounded_at_the_edge() {
+        let r = pb::CommandResult { message: "x".repeat(900_000), ..Default::default() };
+        let m = result_from_agent(r).message;
+        assert!(m.len() <= RESULT_MESSAGE_MAX + 64 && m.ends_with("900000 bytes)"), "{} bytes", m.len());
+        let r = pb::CommandResult { message: "ok".into(), ..Default::default() };
+        assert_eq!(result_from_agent(r).message, "ok");
+    }
+
     use super::*;
 
     fn cmd(id: &str) -> Command {
