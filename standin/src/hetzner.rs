@@ -91,6 +91,10 @@ struct State {
     ssh_keys: BTreeMap<i64, (String, String)>,
     firewalls: BTreeMap<i64, (String, Value)>,
     faults: VecDeque<Fault>,
+    /// A broken or hostile API: listings ignore the label selector.
+    ignore_selector: bool,
+    /// A broken or hostile API: every listing says there is a next page.
+    endless_pages: bool,
     /// (server type, location) pairs that are sold out.
     sold_out: Vec<(String, String)>,
     /// Create actions that end in error (next n).
@@ -267,13 +271,20 @@ impl State {
             ("GET", ["v1", "servers"]) => {
                 let sel = q.get("label_selector").cloned().unwrap_or_default();
                 let name = q.get("name");
+                let ignore = self.ignore_selector;
                 let items = self
                     .servers
                     .values()
-                    .filter(|s| selects(&sel, &s.labels) && name.is_none_or(|n| *n == s.name))
+                    .filter(|s| (ignore || selects(&sel, &s.labels)) && name.is_none_or(|n| *n == s.name))
                     .map(Server::json)
                     .collect();
-                (StatusCode::OK, page("servers", items, q))
+                let mut answer = page("servers", items, q);
+                if self.endless_pages {
+                    let p = answer["meta"]["pagination"]["page"].as_u64().unwrap_or(1);
+                    answer["meta"]["pagination"]["next_page"] = json!(p + 1);
+                    answer["meta"]["pagination"]["last_page"] = json!(p + 1);
+                }
+                (StatusCode::OK, answer)
             }
             ("POST", ["v1", "servers"]) => self.create_server(&body),
             ("GET", ["v1", "servers", id]) => match id.parse().ok().and_then(|id: i64| self.servers.get(&id)) {
@@ -583,6 +594,16 @@ impl HetznerStandIn {
     /// The requests seen so far that are `what` ("METHOD /path"), held ones included.
     pub fn seen(&self, what: &str) -> usize {
         self.with(|s| s.requests.iter().filter(|r| *r == what).count())
+    }
+
+    /// Listings ignore their label selector from now on (an API answering wrongly).
+    pub fn ignore_label_selectors(&self, on: bool) {
+        self.with(|s| s.ignore_selector = on);
+    }
+
+    /// Every listing says there is a next page from now on.
+    pub fn endless_pages(&self, on: bool) {
+        self.with(|s| s.endless_pages = on);
     }
 
     /// The next answers, whatever is asked, are these faults.

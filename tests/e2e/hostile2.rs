@@ -160,3 +160,36 @@ async fn the_admin_listener_serves_metrics_to_the_token_or_only_on_loopback() {
     let (_, code) = curl(&format!("{}/healthz", hub.admin), &[]);
     assert_eq!(code, "200", "health checks need no token");
 }
+
+/// Defect 6: a cloud API that ignores the label selector never makes the hub adopt (or delete) a server
+/// labelled for another customer, and one that always says there is a next page ends in a bounded error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloud_answers_that_ignore_the_selector_or_never_end_are_not_trusted() {
+    use hub::lifecycle::cloud::{Cloud, Hetzner, Retry};
+    harness::init();
+    let api = standin::hetzner::HetznerStandIn::start("tok").await;
+    let victim = api.add_server("victim-prod-1", &[("managed-by", "outpost"), ("outpost-id", "victim-prod")]);
+    let retry = Retry {
+        attempts: 2,
+        initial: Duration::from_millis(10),
+        max: Duration::from_millis(20),
+        rate_per_sec: 10_000.0,
+        burst: 10_000,
+    };
+    let cloud = Hetzner::new(&api.url(), "tok", retry);
+    let mine = "managed-by=outpost,outpost-id=new-customer";
+    assert!(cloud.servers(mine).await.unwrap().is_empty());
+    api.ignore_label_selectors(true);
+    let listed = cloud.servers(mine).await.unwrap();
+    assert!(listed.iter().all(|s| s.id != victim), "a server labelled for another customer was taken: {listed:?}");
+
+    api.endless_pages(true);
+    let before = api.requests().len();
+    let started = Instant::now();
+    let e = cloud.servers("managed-by=outpost").await.expect_err("an endless listing must end in an error");
+    assert!(e.to_string().contains("next page"), "{e}");
+    let pages = api.requests().len() - before;
+    assert!(pages <= 201, "{pages} pages read");
+    assert!(started.elapsed() < Duration::from_secs(60), "{:?}", started.elapsed());
+    assert!(api.servers().iter().any(|s| s.id == victim), "the victim's server is still there");
+}

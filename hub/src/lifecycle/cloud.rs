@@ -150,6 +150,9 @@ pub struct Hetzner {
 }
 
 const PER_PAGE: i64 = 50;
+/// The most pages one listing reads (10,000 servers): an API that always says there is a next page must not
+/// hold a job, or the API budget every job shares, for good.
+const MAX_PAGES: i64 = 200;
 
 impl Hetzner {
     /// `base_url` is the API root (`https://api.hetzner.cloud/v1`, or a stand-in's).
@@ -220,7 +223,8 @@ fn classify<E>(e: ApiError<E>) -> CloudError {
     match e {
         ApiError::ResponseError(r) => {
             let body: serde_json::Value = serde_json::from_str(&r.content).unwrap_or_default();
-            let code = body["error"]["code"].as_str().unwrap_or_default().to_string();
+            // The API's words are bounded and inert before they go anywhere (a job's error, a log line).
+            let code = outpost_common::text::for_notifier(body["error"]["code"].as_str().unwrap_or_default(), 64);
             let message = outpost_common::text::excerpt(body["error"]["message"].as_str().unwrap_or(&r.content), 300);
             match (r.status.as_u16(), code.as_str()) {
                 (401, _) => CloudError::Unauthorized,
@@ -233,10 +237,24 @@ fn classify<E>(e: ApiError<E>) -> CloudError {
                 (s, _) => CloudError::Invalid(format!("{s} {code}: {message}")),
             }
         }
-        ApiError::Reqwest(e) => CloudError::Unavailable(format!("cannot reach the API: {e}")),
-        ApiError::Serde(e) => CloudError::Invalid(format!("the API's answer is not what its schema says: {e}")),
-        ApiError::Io(e) => CloudError::Unavailable(e.to_string()),
+        ApiError::Reqwest(e) => CloudError::Unavailable(format!(
+            "cannot reach the API: {}",
+            outpost_common::text::for_notifier(&e.to_string(), 300)
+        )),
+        ApiError::Serde(e) => CloudError::Invalid(format!(
+            "the API's answer is not what its schema says: {}",
+            outpost_common::text::for_notifier(&e.to_string(), 300)
+        )),
+        ApiError::Io(e) => CloudError::Unavailable(outpost_common::text::for_notifier(&e.to_string(), 300)),
     }
+}
+
+/// Whether `labels` satisfy `selector` (`k=v,k2=v2`: the equality selectors this hub sends).
+pub fn matches_selector(labels: &BTreeMap<String, String>, selector: &str) -> bool {
+    selector.split(',').filter(|t| !t.is_empty()).all(|term| match term.split_once('=') {
+        Some((k, v)) => labels.get(k.trim()).is_some_and(|l| l == v.trim()),
+        None => labels.contains_key(term.trim()),
+    })
 }
 
 fn server(s: models::Server) -> CloudServer {
@@ -263,9 +281,28 @@ impl Cloud for Hetzner {
                 ..Default::default()
             };
             let r = self.call("list servers", || servers_api::list_servers(&self.config, params.clone())).await?;
-            out.extend(r.servers.into_iter().map(server));
+            // Only what the selector asked for, whatever the answer holds: a server labelled for another
+            // customer is never adopted, or deleted, because an API ignored the selector.
+            let (matching, other): (Vec<CloudServer>, Vec<CloudServer>) =
+                r.servers.into_iter().map(server).partition(|s| matches_selector(&s.labels, selector));
+            if !other.is_empty() {
+                tracing::warn!(
+                    ignored = other.len(),
+                    selector,
+                    "the cloud API listed servers its label selector does not match; ignored"
+                );
+            }
+            out.extend(matching);
+            if out.len() > (MAX_PAGES * PER_PAGE) as usize {
+                return Err(CloudError::Invalid(format!("the API listed more than {} servers", MAX_PAGES * PER_PAGE)));
+            }
             match r.meta.pagination.next_page {
-                Some(next) if next > page => page = next,
+                Some(next) if next > page && page < MAX_PAGES => page = next,
+                Some(next) if next > page => {
+                    return Err(CloudError::Invalid(format!(
+                        "the API still said there was a next page after {MAX_PAGES} pages of {PER_PAGE}; not followed further"
+                    )));
+                }
                 _ => return Ok(out),
             }
         }

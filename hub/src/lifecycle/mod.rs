@@ -123,6 +123,17 @@ pub struct JobCtx {
     lease_ms: i64,
     clock: Clock,
     changed: watch::Sender<u64>,
+    /// Cancelled when the job's cancel request is seen (at the next lease renewal at the latest): the
+    /// running step is dropped wherever it waits (a cloud call, an SSH read), and the job is undone.
+    cancel: tokio_util::sync::CancellationToken,
+}
+
+/// The most of an error text (a cloud's or an SSH server's words, through a step) a job keeps.
+const JOB_TEXT_MAX: usize = 2048;
+
+/// `m` bounded and inert for a job's stored step message or error.
+fn job_text(m: &str) -> String {
+    outpost_common::text::for_notifier(m, JOB_TEXT_MAX)
 }
 
 impl JobCtx {
@@ -141,6 +152,9 @@ impl JobCtx {
         job.updated_ms = now;
         if let Some(stored) = self.store.job(job.id).await? {
             job.cancel_requested |= stored.cancel_requested;
+        }
+        if job.cancel_requested {
+            self.cancel.cancel();
         }
         self.store.update_job(job, &self.owner, None).await?;
         self.changed.send_modify(|v| *v += 1);
@@ -193,7 +207,7 @@ impl JobCtx {
             step.ended_ms = now;
             match &result {
                 Ok(message) => (step.ok, step.message) = (true, message.clone()),
-                Err(JobError::Retry(m) | JobError::Fail(m)) => step.message = m.clone(),
+                Err(JobError::Retry(m) | JobError::Fail(m)) => step.message = job_text(m),
                 Err(JobError::Cancelled) => step.message = "cancelled".into(),
                 Err(JobError::Lost | JobError::Stopping) => return result.map(drop),
             }
@@ -461,6 +475,7 @@ impl Lifecycle {
                 lease_ms,
                 clock: self.clock.clone(),
                 changed: self.changed.clone(),
+                cancel: tokio_util::sync::CancellationToken::new(),
             });
             // The lease is renewed while the job runs, whatever it waits for.
             let beat = {
@@ -478,6 +493,7 @@ impl Lifecycle {
             let result = tokio::select! {
                 r = self.run(&ctx) => r,
                 () = stop.cancelled() => Err(JobError::Stopping),
+                () = ctx.cancel.cancelled() => Err(JobError::Cancelled),
             };
             beat.abort();
             if let Err(error) = self.finish(&ctx, result).await {
@@ -557,7 +573,7 @@ impl Lifecycle {
                 );
                 job.state = JobState::Pending;
                 job.not_before_ms = now + wait.as_millis() as i64;
-                job.error = m;
+                job.error = job_text(&m);
                 job.lease_until_ms = 0;
                 tracing::warn!(job = job.id, attempt = job.attempt, error = %job.error, retry_in_ms = wait.as_millis() as u64, "job will be retried");
                 ctx.store.update_job(&job, &ctx.owner, None).await?;
@@ -565,9 +581,9 @@ impl Lifecycle {
                 return Ok(());
             }
             Err(JobError::Retry(m)) => {
-                Some((JobState::Failed, format!("{m} (gave up after {} attempts)", job.attempt)))
+                Some((JobState::Failed, format!("{} (gave up after {} attempts)", job_text(&m), job.attempt)))
             }
-            Err(JobError::Fail(m)) => Some((JobState::Failed, m)),
+            Err(JobError::Fail(m)) => Some((JobState::Failed, job_text(&m))),
             Err(JobError::Cancelled) => Some((JobState::Cancelled, "cancelled by an operator".to_string())),
         };
         if let Some((state, message)) = final_error {

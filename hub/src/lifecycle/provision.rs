@@ -310,7 +310,12 @@ impl Provisioner {
     /// The cloud server of record `name`, by its label.
     async fn find(&self, name: &str) -> Result<Option<super::cloud::CloudServer>, JobError> {
         let selector = format!("{}={},{ID_LABEL}={name}", MANAGED.0, MANAGED.1);
-        Ok(self.cloud.servers(&selector).await?.into_iter().next())
+        // Checked here too, whatever `Cloud` is: a server is adopted or deleted only when its own labels
+        // say it is this record's.
+        Ok(self.cloud.servers(&selector).await?.into_iter().find(|s| {
+            s.labels.get(ID_LABEL).is_some_and(|id| id == name)
+                && s.labels.get(MANAGED.0).is_some_and(|m| m == MANAGED.1)
+        }))
     }
 
     /// Undoes a provision that failed or was cancelled: deletes the cloud server (found by label, so one
@@ -373,6 +378,9 @@ impl Provisioner {
         let mut orphans = Vec::new();
         for s in servers {
             let id = s.labels.get(ID_LABEL).cloned().unwrap_or_default();
+            if s.labels.get(MANAGED.0).is_none_or(|m| m != MANAGED.1) || id.is_empty() {
+                continue; // not ours, whatever the answer says
+            }
             if records.contains(&id) || open.contains(&id) {
                 continue;
             }
