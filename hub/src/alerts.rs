@@ -330,6 +330,8 @@ pub struct Alert {
     notified: bool,
     /// When its condition last held (a firing alert resolves `resolve_after_secs` after this).
     held_ms: i64,
+    /// Firing, and its condition did not hold at the last round: it resolves unless the condition returns.
+    clearing: bool,
 }
 
 /// The labels a silence may match.
@@ -381,6 +383,7 @@ async fn firing_in(store: &dyn crate::store::HubStore) -> Result<HashMap<String,
                 acked_by: r.acked_by,
                 notified: r.notified,
                 held_ms: outpost_common::now_ms(),
+                clearing: false,
             };
             (key, alert)
         })
@@ -677,13 +680,15 @@ impl Alerts {
                     acked_by: String::new(),
                     notified: false,
                     held_ms: now_ms,
+                    clearing: false,
                 };
                 let key = alert.key();
                 seen.insert(key.clone());
                 let a = active.entry(key).or_insert(alert.clone());
-                if a.state == State::Firing && a.held_ms < now_ms - (self.config.eval_secs * 1000) as i64 {
+                if a.clearing {
                     // Clear for a while, and back before it could resolve: a flap, not a new alert.
                     self.metrics.alert_flap_damped();
+                    a.clearing = false;
                 }
                 a.held_ms = now_ms;
                 a.value = alert.value;
@@ -696,7 +701,9 @@ impl Alerts {
             }
             let resolve_after = (self.config.resolve_after_secs * 1000) as i64;
             active.retain(|k, a| {
-                let keep = seen.contains(k) || (a.state == State::Firing && now_ms - a.held_ms < resolve_after);
+                let held = seen.contains(k);
+                let keep = held || (a.state == State::Firing && now_ms - a.held_ms < resolve_after);
+                a.clearing = !held && keep;
                 if !keep && a.state == State::Firing {
                     gone.push(a.clone());
                 }
@@ -1042,6 +1049,7 @@ mod tests {
             acked_by: String::new(),
             notified: false,
             held_ms: 0,
+            clearing: false,
         }
     }
 

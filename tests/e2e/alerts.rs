@@ -80,7 +80,7 @@ async fn alerts_reach_alertmanager_fire_once_and_resolve() {
     am_alerts(&am_url, "its API up", |_| true);
 
     let config = format!(
-        "[agents]\ngrace_secs = 1\n[alerts]\neval_secs = 1\nalertmanager_url = \"{am_url}\"\n\
+        "[agents]\ngrace_secs = 1\n[alerts]\neval_secs = 1\nresolve_after_secs = 0\nalertmanager_url = \"{am_url}\"\n\
          [[alerts.rules]]\nname = \"disk_full\"\nmetric = \"disk_used_percent\"\nop = \">\"\nthreshold = 90\nseverity = \"warning\"\naction = \"free some space\"\n\
          [[alerts.rules]]\nname = \"server_lost\"\nmetric = \"server_offline_seconds\"\nop = \">\"\nthreshold = 2\nseverity = \"critical\"\n"
     );
@@ -166,7 +166,7 @@ async fn alert_rounds(hub: &HubProc, n: u64) {
 /// agent `disk-1` connected.
 async fn webhook_hub(dir: &std::path::Path, webhook: &str, attempts: u32) -> (HubProc, RawLink) {
     let config = format!(
-        "[alerts]\neval_secs = 1\nwebhook_url = \"{webhook}\"\nwebhook_format = \"slack\"\nwebhook_attempts = {attempts}\nwebhook_backoff_initial_ms = 50\nwebhook_backoff_max_ms = 200\n\
+        "[alerts]\neval_secs = 1\nresolve_after_secs = 0\nwebhook_url = \"{webhook}\"\nwebhook_format = \"slack\"\nwebhook_attempts = {attempts}\nwebhook_backoff_initial_ms = 50\nwebhook_backoff_max_ms = 200\n\
          [[alerts.rules]]\nname = \"disk_full\"\nmetric = \"disk_used_percent\"\nop = \">\"\nthreshold = 90\nseverity = \"warning\"\naction = \"free some space\"\n"
     );
     let hub = HubProc::start(dir, free_port(), &config).await;
@@ -240,7 +240,7 @@ async fn the_webhook_retries_then_delivers_once_and_dead_letters_what_never_arri
 /// fails); the hub lists them firing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failing_provision_fires_its_alerts() {
-    let rules = "\n[alerts]\neval_secs = 1\n\
+    let rules = "\n[alerts]\neval_secs = 1\nresolve_after_secs = 0\n\
         [[alerts.rules]]\nname = \"provision_failed\"\nmetric = \"provisions_failed_last_hour\"\nop = \">\"\nthreshold = 0\nseverity = \"warning\"\n\
         [[alerts.rules]]\nname = \"job_failures\"\nmetric = \"job_failure_rate_percent\"\nop = \">\"\nthreshold = 5\nseverity = \"warning\"\n";
     let c = harness::cloud::cloud_with("", rules, None).await;
@@ -421,7 +421,7 @@ async fn an_alertmanager_that_fails_or_hangs_delays_nothing_and_loses_nothing() 
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let tmp = tempfile::tempdir().unwrap();
     let config = format!(
-        "[alerts]\neval_secs = 1\nalertmanager_url = \"{am}\"\nalertmanager_timeout_secs = 1\n\
+        "[alerts]\neval_secs = 1\nresolve_after_secs = 0\nalertmanager_url = \"{am}\"\nalertmanager_timeout_secs = 1\n\
          [[alerts.rules]]\nname = \"disk_full\"\nmetric = \"disk_used_percent\"\nop = \">\"\nthreshold = 90\nseverity = \"warning\"\n"
     );
     let hub = HubProc::start(&tmp.path().join("hub"), free_port(), &config).await;
@@ -480,7 +480,7 @@ async fn usage_over_plan_version_skew_and_a_failing_app_fire() {
     use outpost_proto::v1::{AppState, AppsState, UsageReport, UsageSample, agent_message};
     init();
     let tmp = tempfile::tempdir().unwrap();
-    let config = "[alerts]\neval_secs = 1\n\
+    let config = "[alerts]\neval_secs = 1\nresolve_after_secs = 0\n\
          [[alerts.rules]]\nname = \"usage_over_plan\"\nmetric = \"usage_over_plan_percent\"\nop = \">\"\nthreshold = 100\nseverity = \"warning\"\n\
          [[alerts.rules]]\nname = \"agent_version_skew\"\nmetric = \"agent_version_skew\"\nop = \">\"\nthreshold = 0\nseverity = \"info\"\nlabels = { plan = \"pro\", customer = \"acme\" }\n\
          [[alerts.rules]]\nname = \"app_failing\"\nmetric = \"app_failing\"\nop = \">\"\nthreshold = 0\nseverity = \"warning\"\n\
@@ -537,4 +537,48 @@ async fn usage_over_plan_version_skew_and_a_failing_app_fire() {
         assert!(Instant::now() < deadline, "{alerts:#?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Issue 22, defect 9: a condition that clears and comes back within `resolve_after_secs` keeps its alert
+/// firing: one notification for a flapping disk, not one per flap, and each flap is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flapping_condition_pages_once_and_its_flaps_are_counted() {
+    use std::sync::{Arc, Mutex};
+    init();
+    let got: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let seen = got.clone();
+    let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
+        let seen = seen.clone();
+        async move {
+            seen.lock().unwrap().push(serde_json::from_slice(&body).unwrap_or_default());
+            axum::http::StatusCode::OK
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let tmp = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[alerts]\neval_secs = 1\nresolve_after_secs = 60\nwebhook_url = \"{url}\"\n\
+         [[alerts.rules]]\nname = \"disk_full\"\nmetric = \"disk_used_percent\"\nop = \">\"\nthreshold = 90\nseverity = \"warning\"\naction = \"free some space\"\n"
+    );
+    let hub = HubProc::start(&tmp.path().join("hub"), free_port(), &config).await;
+    let id = hostile::enroll(&hub.token("flap-1").await).await;
+    let mut link = RawLink::connect(&id).await.unwrap();
+    // Full, fine, full, fine, full: each state held for two evaluation rounds.
+    for (seq, pct) in [95, 50, 95, 50, 95].into_iter().enumerate() {
+        let seq = seq as u64 + 1;
+        link.send(hostile::report(seq, disk(pct))).await;
+        acked(&mut link, seq).await;
+        alert_rounds(&hub, 2).await;
+    }
+    let posts = got.lock().unwrap().clone();
+    let statuses: Vec<&str> = posts.iter().map(|p| p["status"].as_str().unwrap_or_default()).collect();
+    assert_eq!(statuses, ["firing"], "one page for a flapping disk: {posts:#?}");
+    let out = Command::new("curl").args(["-s", &format!("{}/metrics", hub.admin)]).output().unwrap();
+    let flaps: u64 = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("outpost_alert_flaps_damped_total ")?.trim().parse().ok())
+        .unwrap_or(0);
+    assert_eq!(flaps, 2, "the two returns of the condition are counted");
 }

@@ -45,7 +45,7 @@ async fn a_server_is_enrolled_once_over_ssh_and_an_unknown_or_changed_host_key_i
     let root = tmp.path();
     harness::git(
         root,
-        "ssh-keygen -q -t ed25519 -N '' -f host && ssh-keygen -q -t ed25519 -N '' -f other-host && ssh-keygen -q -t ed25519 -N '' -f admin && ssh-keygen -q -t ed25519 -N '' -f stranger && cp admin.pub authorized_keys",
+        "ssh-keygen -q -t ed25519 -N '' -f host && ssh-keygen -q -t ed25519 -N '' -f other-host && ssh-keygen -q -t ed25519 -N '' -f admin && ssh-keygen -q -t ed25519 -N '' -f stranger && ssh-keygen -q -t ed25519 -N '' -f flood && ssh-keygen -q -t ed25519 -N '' -f hang && cp admin.pub authorized_keys && printf 'command=\"head -c 50000000 /dev/zero\" %s\ncommand=\"sleep 600\" %s\n' \"$(cat flood.pub)\" \"$(cat hang.pub)\" >> authorized_keys",
     );
     let port = free_port();
     let _sshd = sshd(root, port);
@@ -108,6 +108,23 @@ async fn a_server_is_enrolled_once_over_ssh_and_an_unknown_or_changed_host_key_i
     let job = admin.enroll_ssh(req(String::new(), fingerprint(root, "host.pub"), &stranger, "byo-1")).await.unwrap();
     let job = wait_job(&mut admin, job.into_inner().job.unwrap().id, WAIT, is_final).await;
     assert!(job.state == "failed" && job.error.contains("refused the key"), "{job:#?}");
+
+    // A hostile sshd (issue 22, defect 7). 50 MB of output: the hub stops reading at 64 KiB and says so.
+    let flood = std::fs::read_to_string(root.join("flood")).unwrap();
+    let job = admin.enroll_ssh(req(String::new(), fingerprint(root, "host.pub"), &flood, "byo-1")).await.unwrap();
+    let job = wait_job(&mut admin, job.into_inner().job.unwrap().id, WAIT, is_final).await;
+    assert!(job.state == "failed" && job.error.contains("printed more than 64 KiB"), "{job:#?}");
+    // A command that never answers: cancelling the job ends it at once, not at an SSH timeout.
+    let hang = std::fs::read_to_string(root.join("hang")).unwrap();
+    let job = admin.enroll_ssh(req(String::new(), fingerprint(root, "host.pub"), &hang, "byo-1")).await.unwrap();
+    let id = job.into_inner().job.unwrap().id;
+    wait_job(&mut admin, id, WAIT, |j| j.progress.starts_with("connecting") || j.state == "running").await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // inside the silent `uname -m` (no event to await: the server says nothing)
+    let asked = std::time::Instant::now();
+    admin.cancel_lifecycle_job(pb::CancelLifecycleJobRequest { id }).await.unwrap();
+    let job = wait_job(&mut admin, id, WAIT, is_final).await;
+    assert_eq!(job.state, "cancelled", "{job:#?}");
+    assert!(asked.elapsed() < Duration::from_secs(10), "the cancel took {:?}", asked.elapsed());
 
     // The right host key and key: installed, started, online; the token is gone once enrolled.
     let ok = admin.enroll_ssh(req(host_line(root, "host.pub", port), String::new(), &key, "byo-1")).await.unwrap();

@@ -15,7 +15,7 @@ async fn replicas_share_one_fleet_fail_over_and_wait_out_the_database() {
     let ports = [harness::free_port(), harness::free_port()];
     let mut config = harness::replica_config(&pg, tmp.path(), &ports, "grace_secs = 3");
     config.push_str(
-        "[alerts]\neval_secs = 1\n[[alerts.rules]]\nname = \"server_lost\"\nmetric = \"server_offline_seconds\"\n\
+        "[alerts]\neval_secs = 1\nresolve_after_secs = 0\n[[alerts.rules]]\nname = \"server_lost\"\nmetric = \"server_offline_seconds\"\n\
          op = \">\"\nthreshold = 1\nseverity = \"critical\"\n",
     );
     let mut a = HubProc::start(&tmp.path().join("a"), ports[0], &config).await;

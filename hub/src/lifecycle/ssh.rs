@@ -119,10 +119,13 @@ impl SshEnroll {
             Ok(Ok(s)) => s,
         };
         let hash = session.best_supported_rsa_hash().await.ok().flatten().flatten();
-        let auth = session
-            .authenticate_publickey(&t.user, PrivateKeyWithHashAlg::new(Arc::new(key), hash))
-            .await
-            .map_err(|e| JobError::Retry(format!("SSH authentication: {e}")))?;
+        let auth = tokio::time::timeout(
+            Duration::from_secs(30),
+            session.authenticate_publickey(&t.user, PrivateKeyWithHashAlg::new(Arc::new(key), hash)),
+        )
+        .await
+        .map_err(|_| JobError::Retry(format!("{}:{} did not finish authentication within 30s", t.host, t.port)))?
+        .map_err(|e| JobError::Retry(format!("SSH authentication: {e}")))?;
         if !auth.success() {
             return Err(JobError::Fail(format!(
                 "{}@{} refused the key (public key authentication; passwords are never used): add its public key to ~{}/.ssh/authorized_keys",
@@ -185,11 +188,38 @@ impl SshEnroll {
     }
 }
 
-/// Runs `cmd`, feeding it `stdin`; returns its exit status and output (stdout and stderr).
+/// The most a command on a customer's server may print before the hub stops reading (its answers are a
+/// word, a hash, or an error line).
+const OUTPUT_MAX: usize = 64 << 10;
+/// How long a command may take, besides its upload at [`UPLOAD_FLOOR_BPS`] at least.
+const COMMAND_DEADLINE: Duration = Duration::from_secs(60);
+/// The slowest upload the hub waits for (bytes a second); a server slower than that is holding the job.
+const UPLOAD_FLOOR_BPS: u64 = 64 << 10;
+
+/// Runs `cmd`, feeding it `stdin`; returns its exit status and output (stdout and stderr). Bounded in
+/// time (a deadline for the whole command, however the server trickles) and in size (it stops reading
+/// at [`OUTPUT_MAX`]); the job's cancel drops it wherever it waits. The customer's sshd is not trusted.
 async fn run(
     session: &mut client::Handle<HostCheck>,
     cmd: &str,
     stdin: Option<&[u8]>,
+) -> Result<(u32, String), JobError> {
+    let what = cmd.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    let deadline = COMMAND_DEADLINE + Duration::from_secs(stdin.map_or(0, |b| b.len() as u64 / UPLOAD_FLOOR_BPS));
+    match tokio::time::timeout(deadline, run_unbounded_in_time(session, cmd, stdin, &what)).await {
+        Ok(r) => r,
+        Err(_) => Err(JobError::Retry(format!(
+            "`{what}` on the server did not finish within {}s (the SSH server went silent or answers too slowly)",
+            deadline.as_secs()
+        ))),
+    }
+}
+
+async fn run_unbounded_in_time(
+    session: &mut client::Handle<HostCheck>,
+    cmd: &str,
+    stdin: Option<&[u8]>,
+    what: &str,
 ) -> Result<(u32, String), JobError> {
     let ssh = |e: russh::Error| JobError::Retry(format!("SSH: {e}"));
     let mut channel = session.channel_open_session().await.map_err(ssh)?;
@@ -200,18 +230,32 @@ async fn run(
     channel.eof().await.map_err(ssh)?;
     let (mut code, mut out) = (None, Vec::new());
     while let Some(msg) = channel.wait().await {
-        match msg {
-            ChannelMsg::Data { data } => out.extend_from_slice(&data),
-            ChannelMsg::ExtendedData { data, .. } => out.extend_from_slice(&data),
-            ChannelMsg::ExitStatus { exit_status } => code = Some(exit_status),
-            _ => {}
+        let data = match msg {
+            ChannelMsg::Data { data } => data,
+            ChannelMsg::ExtendedData { data, .. } => data,
+            ChannelMsg::ExitStatus { exit_status } => {
+                code = Some(exit_status);
+                continue;
+            }
+            _ => continue,
+        };
+        if out.len() + data.len() > OUTPUT_MAX {
+            let _ = channel.close().await;
+            return Err(JobError::Fail(format!(
+                "`{what}` on the server printed more than {} KiB; the hub stopped reading",
+                OUTPUT_MAX >> 10
+            )));
         }
+        out.extend_from_slice(&data);
     }
+    let Some(code) = code else {
+        return Err(JobError::Retry(format!("`{what}`: the SSH server closed the channel without an exit status")));
+    };
     // What the server says goes into job errors (operator surfaces): inert, and bounded.
     let out =
         outpost_common::text::inert(outpost_common::text::truncate_bytes(String::from_utf8_lossy(&out).trim(), 2048))
             .into_owned();
-    Ok((code.unwrap_or(255), out))
+    Ok((code, out))
 }
 
 /// Checks the server's host key against what the operator gave.
