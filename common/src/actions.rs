@@ -539,6 +539,19 @@ pub fn valid_unit(v: &str) -> bool {
         && v.chars().all(|c| c.is_ascii_alphanumeric() || "._@-".contains(c))
 }
 
+/// Whether argument `arg` of `action` carries a secret the hub must never hold in the clear: a secret
+/// argument (by the catalog, or by a name that looks like one when the action or argument is unknown) or
+/// an app spec (its `[secrets]`).
+pub fn is_secret_bearing(action: &str, arg: &str) -> bool {
+    match lookup(action).and_then(|s| s.args.iter().find(|a| a.name == arg)) {
+        Some(a) => a.secret || a.kind == ArgKind::AppSpec,
+        None => {
+            let k = arg.to_ascii_lowercase();
+            ["secret", "token", "password", "key", "credential"].iter().any(|w| k.contains(w))
+        }
+    }
+}
+
 /// `args` as they may be written to the audit log: secret arguments (by spec, or by a name that looks
 /// like a secret when the action or argument is unknown) become `<redacted>`.
 pub fn redacted(action: &str, args: &BTreeMap<String, String>) -> BTreeMap<String, String> {

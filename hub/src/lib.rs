@@ -21,6 +21,7 @@ pub mod pki;
 pub mod relay;
 pub mod replicas;
 pub mod runtime;
+pub mod seal;
 pub mod store;
 pub mod usage;
 
@@ -172,6 +173,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     let audit = Arc::new(audit::Audit::new(store.clone()));
     let operators = Arc::new(Operators::load(store.clone()).await?);
     let relay = Arc::new(relay::Relay::default());
+    let sealer = Arc::new(seal::Sealer::new(ca.seal_secret(), ca.pin()));
     let jobs = Arc::new(jobs::Jobs::new(
         fleet.clone(),
         relay.clone(),
@@ -179,6 +181,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         store.clone(),
         rt.clone(),
         metrics.clone(),
+        sealer,
     ));
     let mut peers = None;
     let replicated = pg.is_some();

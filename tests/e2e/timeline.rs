@@ -128,7 +128,12 @@ async fn the_deprovision_timeline_with_the_clock_moved() {
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(path).unwrap().permissions().mode() & 0o777, 0o600);
     assert!(export.contains(&harness::cloud::sha256_hex(&bytes)), "the recorded checksum is the file's: {export}");
-    let doc: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    // Sealed: the secret is not in the file; the hub's key (derived from its CA) opens it.
+    assert!(bytes.starts_with(b"sealed:v1:") && !String::from_utf8_lossy(&bytes).contains("hunter2"));
+    let sealer = c.hub.sealer();
+    let plain = sealer.open(std::str::from_utf8(&bytes).unwrap(), &format!("archive/{}", archived.target)).unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&plain).unwrap();
+    assert!(String::from_utf8_lossy(&plain).contains("hunter2"), "the archive keeps the secret, sealed");
     assert_eq!(doc["apps"][0]["name"], "web");
     assert_eq!(doc["apps"][0]["live"]["commit"], commit.as_str());
     assert!(c.fake.servers().is_empty(), "the cloud server is deleted: {:?}", c.fake.servers());

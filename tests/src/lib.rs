@@ -135,6 +135,13 @@ impl HubProc {
         hub::cli::issue_bundle(&config, &ca, name, role, ttl).unwrap()
     }
 
+    /// What this hub seals its secrets with (its key derives from the CA, read from its data dir).
+    pub fn sealer(&self) -> hub::seal::Sealer {
+        let config = hub::HubConfig::load(&self.config).unwrap();
+        let ca = hub::pki::ca::FleetCa::load(&config.data_dir.join("ca"), config.external_ca()).unwrap();
+        hub::seal::Sealer::new(ca.seal_secret(), ca.pin())
+    }
+
     pub fn client(&self, role: Role) -> OperatorClient<Channel> {
         OperatorClient::new(self.bundle(&format!("test-{role}"), role).channel().unwrap())
             .max_decoding_message_size(256 << 20)

@@ -192,6 +192,8 @@ pub struct Jobs {
     metrics: Arc<crate::metrics::Metrics>,
     /// This hub's replica id when hubs share the store (see `set_hub`).
     hub: std::sync::OnceLock<String>,
+    /// Secret-bearing arguments are sealed in the pending and plan records (`crate::seal`).
+    sealer: Arc<crate::seal::Sealer>,
 }
 
 impl Jobs {
@@ -202,8 +204,14 @@ impl Jobs {
         store: Arc<dyn Commands>,
         rt: Runtime,
         metrics: Arc<crate::metrics::Metrics>,
+        sealer: Arc<crate::seal::Sealer>,
     ) -> Jobs {
-        Jobs { fleet, relay, audit, store, rt, live: Mutex::default(), metrics, hub: Default::default() }
+        Jobs { fleet, relay, audit, store, rt, live: Mutex::default(), metrics, hub: Default::default(), sealer }
+    }
+
+    /// What seals the secrets the hub holds (command arguments here; the lifecycle's archives).
+    pub fn sealer(&self) -> &Arc<crate::seal::Sealer> {
+        &self.sealer
     }
 
     /// Hubs share the store: the commands and plans this hub writes carry its replica id, so another

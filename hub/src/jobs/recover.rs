@@ -106,10 +106,16 @@ impl Jobs {
         let at = move |ms: i64| now + Duration::from_millis(ms.saturating_sub(now_ms).max(0) as u64);
         let nobody = Events(None);
         let mut running: FuturesUnordered<Running> = FuturesUnordered::new();
-        for (id, r) in commands {
+        for (id, mut r) in commands {
             let past = |t: Option<i64>| t.is_some_and(|t| t <= now_ms);
-            if past(r.deadline_ms) || past(r.queue_until_ms) {
-                let message = "its deadline or queue time passed while the hub was down; if it was delivered before, the agent's journal has its outcome";
+            let opened = self.sealer.open_args(&r.action, std::mem::take(&mut r.args));
+            let sealed_error = opened.as_ref().err().map(|e| format!("its sealed arguments cannot be opened: {e}"));
+            r.args = opened.unwrap_or_default();
+            if past(r.deadline_ms) || past(r.queue_until_ms) || sealed_error.is_some() {
+                let (outcome, message) = match &sealed_error {
+                    Some(m) => (audit::Outcome::Failed, m.as_str()),
+                    None => (audit::Outcome::TimedOut, "its deadline or queue time passed while the hub was down; if it was delivered before, the agent's journal has its outcome"),
+                };
                 let entry = AuditEntry {
                     operator: r.operator,
                     kind: Kind::Result,
@@ -117,7 +123,7 @@ impl Jobs {
                     servers: vec![r.server],
                     job_id: job_id.clone(),
                     command_id: id.clone(),
-                    outcome: audit::Outcome::TimedOut,
+                    outcome,
                     message: message.into(),
                     ..Default::default()
                 };
@@ -158,6 +164,13 @@ impl Jobs {
                 failed += 1;
             }
         }
+        let plan = plan.and_then(|mut p| match self.sealer.open_args(&p.action, std::mem::take(&mut p.args)) {
+            Ok(args) => Some(PlanRecord { args, ..p }),
+            Err(error) => {
+                tracing::error!(%error, job = %job_id, "the rest of a fan-out cannot be run: its sealed arguments cannot be opened");
+                None
+            }
+        });
         match plan {
             Some(p) if !self.rt.is_stopping() => {
                 let job = Job {

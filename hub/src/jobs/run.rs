@@ -97,7 +97,7 @@ impl Jobs {
             let plan = if bi + 1 < job.batches.len() {
                 PlanUpdate::Remaining(Box::new(PlanRecord {
                     action: job.action.clone(),
-                    args: job.args.clone(),
+                    args: self.sealer.seal_args(&job.action, &job.args),
                     operator: job.operator.clone(),
                     audit_id: job.audit_id,
                     targets: job.targets[next..].to_vec(),
@@ -355,6 +355,7 @@ impl Jobs {
             (None, hard) => Some(hard.map_or(now + job.run_for, |h| h.min(now + job.run_for))),
             (Some(_), hard) => hard,
         };
+        let args = self.sealer.seal_args(&job.action, &job.args);
         let records: Vec<(String, PendingRecord)> = batch
             .iter()
             .zip(ids)
@@ -363,7 +364,7 @@ impl Jobs {
                     server: server.clone(),
                     job_id: job.id.clone(),
                     action: job.action.clone(),
-                    args: job.args.clone(),
+                    args: args.clone(),
                     operator: job.operator.clone(),
                     run_for_ms: job.run_for.as_millis() as u64,
                     deadline_ms: deadline.map(wall),

@@ -265,9 +265,11 @@ impl Lifecycle {
             let doc = ran.output.trim_end();
             serde_json::from_str::<serde_json::Value>(doc)
                 .map_err(|e| JobError::Retry(format!("the export is not a whole JSON document ({e})")))?;
-            let path = self.archive_dir().join(format!("{name}-{}.json", record.suspended_ms));
-            let sha = write_private(&path, doc.as_bytes()).map_err(|e| JobError::Retry(e.to_string()))?;
-            let bytes = doc.len() as u64;
+            // The export holds the apps' secrets: what is written is sealed, never the clear document.
+            let sealed = self.jobs.sealer().seal(doc.as_bytes(), &archive_purpose(&name));
+            let path = self.archive_dir().join(format!("{name}-{}.sealed", record.suspended_ms));
+            let sha = write_private(&path, sealed.as_bytes()).map_err(|e| JobError::Retry(e.to_string()))?;
+            let bytes = sealed.len() as u64;
             self.update_record(&name, |r| {
                 r.archive = path.display().to_string();
                 r.archive_sha256 = sha.clone();
@@ -437,8 +439,18 @@ impl Lifecycle {
                 if sha != check {
                     return Err(JobError::Fail(format!("{archive} does not match its recorded SHA-256 {check}")));
                 }
+                let text = String::from_utf8_lossy(&bytes);
+                // Sealed by this hub; an archive an older hub wrote in the clear is read as it is.
+                let plain = if crate::seal::Sealer::is_sealed(&text) {
+                    self.jobs
+                        .sealer()
+                        .open(text.trim_end(), &archive_purpose(&name))
+                        .map_err(|e| JobError::Fail(format!("{archive}: {e}")))?
+                } else {
+                    bytes.clone()
+                };
                 let doc: serde_json::Value =
-                    serde_json::from_slice(&bytes).map_err(|e| JobError::Fail(format!("{archive}: {e}")))?;
+                    serde_json::from_slice(&plain).map_err(|e| JobError::Fail(format!("{archive}: {e}")))?;
                 let replicas = self.stopped_replicas(&name).await?;
                 let mut restored = Vec::new();
                 for app in doc["apps"].as_array().cloned().unwrap_or_default() {
@@ -501,6 +513,11 @@ impl Lifecycle {
 }
 
 /// Writes `bytes` to `path` (0600, through a temporary file and a rename, synced); returns its SHA-256.
+/// What a server's archive is sealed for (a sealed archive opens only as that server's).
+fn archive_purpose(name: &str) -> String {
+    format!("archive/{name}")
+}
+
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;

@@ -72,6 +72,8 @@ pub struct FleetCa {
     cert_der: Vec<u8>,
     issuer: Issuer<'static, KeyPair>,
     pin: String,
+    /// The key secrets the hub must keep are sealed with (`crate::seal`), derived from the CA key.
+    seal_secret: [u8; 32],
 }
 
 impl FleetCa {
@@ -107,12 +109,13 @@ impl FleetCa {
         let key_pem = read(&key_path)?;
         let invalid = |path: &Path, reason: String| CaError::Invalid { path: path.to_path_buf(), reason };
         let key = KeyPair::from_pem(&key_pem).map_err(|e| invalid(&key_path, e.to_string()))?;
+        let seal_secret = seal_secret(&key.serialize_der());
         let cert_der = outpost_common::cert::first_cert_der(&cert_pem)
             .ok_or_else(|| invalid(&cert_path, "no CERTIFICATE block".into()))?;
         let issuer =
             Issuer::from_ca_cert_der(&cert_der.clone().into(), key).map_err(|e| invalid(&cert_path, e.to_string()))?;
         let pin = ca_pin(&cert_der);
-        Ok(FleetCa { cert_pem, cert_der, issuer, pin })
+        Ok(FleetCa { cert_pem, cert_der, issuer, pin, seal_secret })
     }
 
     pub fn cert_pem(&self) -> &str {
@@ -126,6 +129,13 @@ impl FleetCa {
     /// `sha256:<hex>` of the CA certificate: what join tokens carry.
     pub fn pin(&self) -> &str {
         &self.pin
+    }
+
+    /// The secret the hub seals what it must hold with: HKDF-SHA256 of the CA's private key, so it lives
+    /// where the CA key lives (a file kept apart from the store, 0600) and every replica sharing the CA
+    /// shares it. Never stored.
+    pub fn seal_secret(&self) -> [u8; 32] {
+        self.seal_secret
     }
 
     /// Checks a CSR against the agent policy and returns its verified public key.
@@ -266,6 +276,22 @@ fn random_serial() -> SerialNumber {
     bytes[0] &= 0x7f;
     bytes[0] |= 0x01 << 6; // never a leading zero byte, so the hex serial has a stable width
     SerialNumber::from_slice(&bytes)
+}
+
+/// HKDF-SHA256 of `key_der` for the seal key (info "outpost seal v1").
+fn seal_secret(key_der: &[u8]) -> [u8; 32] {
+    struct Len32;
+    impl ring::hkdf::KeyType for Len32 {
+        fn len(&self) -> usize {
+            32
+        }
+    }
+    let mut out = [0u8; 32];
+    let prk = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"outpost-hub").extract(key_der);
+    prk.expand(&[b"outpost seal v1"], Len32)
+        .and_then(|okm| okm.fill(&mut out))
+        .expect("32 bytes is a valid HKDF-SHA256 output length");
+    out
 }
 
 pub fn random_bytes<const N: usize>() -> [u8; N] {
