@@ -58,7 +58,8 @@ impl Sealer {
         }
         let mut body = bytes.split_off(NONCE_LEN);
         let nonce = Nonce::try_assume_unique_for_key(&bytes).map_err(|_| SealError::Damaged)?;
-        let plain = self.key.open_in_place(nonce, Aad::from(purpose.as_bytes()), &mut body).map_err(|_| SealError::Damaged)?;
+        let plain =
+            self.key.open_in_place(nonce, Aad::from(purpose.as_bytes()), &mut body).map_err(|_| SealError::Damaged)?;
         Ok(plain.to_vec())
     }
 
@@ -83,7 +84,11 @@ impl Sealer {
 
     /// The arguments [`Sealer::seal_args`] stored, opened (a value stored in the clear by an older hub is
     /// taken as it is).
-    pub fn open_args(&self, action: &str, args: BTreeMap<String, String>) -> Result<BTreeMap<String, String>, SealError> {
+    pub fn open_args(
+        &self,
+        action: &str,
+        args: BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>, SealError> {
         args.into_iter()
             .map(|(k, v)| {
                 if Self::is_sealed(&v) {

@@ -95,6 +95,8 @@ struct State {
     ignore_selector: bool,
     /// A broken or hostile API: every listing says there is a next page.
     endless_pages: bool,
+    /// A broken or hostile API: listings carry this many bytes of padding (a field clients ignore).
+    listing_padding: usize,
     /// (server type, location) pairs that are sold out.
     sold_out: Vec<(String, String)>,
     /// Create actions that end in error (next n).
@@ -279,6 +281,9 @@ impl State {
                     .map(Server::json)
                     .collect();
                 let mut answer = page("servers", items, q);
+                if self.listing_padding > 0 {
+                    answer["padding"] = json!("x".repeat(self.listing_padding));
+                }
                 if self.endless_pages {
                     let p = answer["meta"]["pagination"]["page"].as_u64().unwrap_or(1);
                     answer["meta"]["pagination"]["next_page"] = json!(p + 1);
@@ -604,6 +609,11 @@ impl HetznerStandIn {
     /// Every listing says there is a next page from now on.
     pub fn endless_pages(&self, on: bool) {
         self.with(|s| s.endless_pages = on);
+    }
+
+    /// Listings carry `bytes` of padding from now on (0: none).
+    pub fn pad_listings(&self, bytes: usize) {
+        self.with(|s| s.listing_padding = bytes);
     }
 
     /// The next answers, whatever is asked, are these faults.

@@ -183,6 +183,12 @@ async fn cloud_answers_that_ignore_the_selector_or_never_end_are_not_trusted() {
     let listed = cloud.servers(mine).await.unwrap();
     assert!(listed.iter().all(|s| s.id != victim), "a server labelled for another customer was taken: {listed:?}");
 
+    // 20 MB in one answer: not read past 8 MiB.
+    api.pad_listings(20 << 20);
+    let e = cloud.servers(mine).await.expect_err("an answer too large to read");
+    assert!(e.to_string().contains("more than 8 MiB"), "{e}");
+    api.pad_listings(0);
+
     api.endless_pages(true);
     let before = api.requests().len();
     let started = Instant::now();
@@ -192,4 +198,82 @@ async fn cloud_answers_that_ignore_the_selector_or_never_end_are_not_trusted() {
     assert!(pages <= 201, "{pages} pages read");
     assert!(started.elapsed() < Duration::from_secs(60), "{:?}", started.elapsed());
     assert!(api.servers().iter().any(|s| s.id == victim), "the victim's server is still there");
+}
+
+/// Every file under `dir` that contains `needle`, as bytes.
+fn files_containing(dir: &std::path::Path, needle: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes())) {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
+/// Defects 3, 4 and 5, and the issue's last check: after every way a secret reaches the hub (an app spec
+/// queued for an offline server, a spec whose `[secrets]` line is bad TOML, a repository URL with a
+/// password), hubd's store, audit and log files hold none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hub_holds_no_secret_it_was_handed_in_the_clear() {
+    harness::init();
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = HubProc::start(&tmp.path().join("hub"), harness::free_port(), "").await;
+    let mut admin = hub.client(Role::Admin);
+    let req = CreateJoinTokenRequest {
+        server_name: "off-1".into(),
+        ttl_secs: 600,
+        customer: "acme".into(),
+        plan: "pro".into(),
+        ..Default::default()
+    };
+    admin.create_join_token(req).await.unwrap();
+    let spec = |secret_line: &str, url: &str| {
+        format!("name = \"web\"\nimage = \"nginx\"\nport = 80\n[repo]\nurl = \"{url}\"\n[secrets]\n{secret_line}\n")
+    };
+    let url = "https://github.com/acme/web.git";
+    let secrets = ["s3cr3t-queued-7f3a", "s3cr3t-toml-9b1c", "s3cr3t-url-4d2e"];
+
+    // Queued for a server that is not there: the command waits in the store, its spec sealed.
+    let mut queued = action("app-apply", &["off-1"], &[("spec", &spec("DB = \"s3cr3t-queued-7f3a\"", url))]);
+    queued.queue_secs = 600;
+    let mut events = admin.run_action(queued).await.unwrap().into_inner();
+    tokio::time::timeout(WAIT, async {
+        while let Some(m) = events.message().await.unwrap() {
+            if let Some(Event::Target(t)) = m.event
+                && t.state() == outpost_proto::v1::TargetState::Queued
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the command is queued");
+    // Bad TOML on the secret's own line: refused, the error says where.
+    let bad =
+        admin.run_action(action("app-apply", &["off-1"], &[("spec", &spec("DB = \"s3cr3t-toml-9b1c", url))])).await;
+    let e = bad.err().expect("refused");
+    assert!(e.message().contains("line 7") && !e.message().contains("s3cr3t"), "{e:?}");
+    // A password in an ssh URL: refused, never quoted.
+    let with_pw = spec("DB = \"x\"", "ssh://git:s3cr3t-url-4d2e@github.com/acme/web.git");
+    let e = admin.run_action(action("app-apply", &["off-1"], &[("spec", &with_pw)])).await.err().expect("refused");
+    assert!(e.message().contains("no credentials") && !e.message().contains("s3cr3t"), "{e:?}");
+
+    // The store (with the queued command), the audit log in it, and the hub's log.
+    let audit =
+        admin.query_audit(outpost_proto::v1::QueryAuditRequest { limit: 100, ..Default::default() }).await.unwrap();
+    let records = format!("{:?}", audit.into_inner().records);
+    assert!(records.contains("app-apply"), "the requests are audited");
+    for s in secrets {
+        assert!(!records.contains(s), "{s} in the audit log: {records}");
+        let found = files_containing(&tmp.path().join("hub"), s);
+        assert!(found.is_empty(), "{s} in the clear in {found:?}");
+    }
+    drop(events);
 }

@@ -114,7 +114,10 @@ impl Jobs {
             if past(r.deadline_ms) || past(r.queue_until_ms) || sealed_error.is_some() {
                 let (outcome, message) = match &sealed_error {
                     Some(m) => (audit::Outcome::Failed, m.as_str()),
-                    None => (audit::Outcome::TimedOut, "its deadline or queue time passed while the hub was down; if it was delivered before, the agent's journal has its outcome"),
+                    None => (
+                        audit::Outcome::TimedOut,
+                        "its deadline or queue time passed while the hub was down; if it was delivered before, the agent's journal has its outcome",
+                    ),
                 };
                 let entry = AuditEntry {
                     operator: r.operator,

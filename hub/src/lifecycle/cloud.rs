@@ -150,6 +150,9 @@ pub struct Hetzner {
 }
 
 const PER_PAGE: i64 = 50;
+/// The most one answer of the API may be before the hub stops reading it (a page of 50 servers is about
+/// 100 KB): a broken or hostile API cannot make the hub hold hundreds of megabytes.
+const ANSWER_MAX: usize = 8 << 20;
 /// The most pages one listing reads (10,000 servers): an API that always says there is a next page must not
 /// hold a job, or the API budget every job shares, for good.
 const MAX_PAGES: i64 = 200;
@@ -200,6 +203,45 @@ impl Hetzner {
             tokio::time::sleep(wait).await;
         }
         unreachable!("the loop returns on its last attempt")
+    }
+}
+
+impl Hetzner {
+    /// One page of `GET /servers`, read at most [`ANSWER_MAX`] bytes far (the generated client reads any
+    /// answer whole). The same request `servers_api::list_servers` makes, parsed into the same model.
+    async fn list_page(
+        &self,
+        params: &servers_api::ListServersParams,
+    ) -> Result<models::ListServersResponse, ApiError<()>> {
+        let base = self.config.get_base_path("https://api.hetzner.cloud/v1");
+        let mut req = self.config.client.get(format!("{base}/servers"));
+        if let Some(sel) = &params.label_selector {
+            req = req.query(&[("label_selector", sel)]);
+        }
+        req = req.query(&[("page", params.page.unwrap_or(1)), ("per_page", params.per_page.unwrap_or(PER_PAGE))]);
+        if let Some(ua) = &self.config.user_agent {
+            req = req.header(reqwest::header::USER_AGENT, ua);
+        }
+        if let Some(token) = &self.config.bearer_access_token {
+            req = req.bearer_auth(token);
+        }
+        let mut r = req.send().await.map_err(ApiError::Reqwest)?;
+        let status = r.status();
+        let mut body = Vec::new();
+        while let Some(chunk) = r.chunk().await.map_err(ApiError::Reqwest)? {
+            if body.len() + chunk.len() > ANSWER_MAX {
+                return Err(ApiError::Serde(<serde_json::Error as serde::de::Error>::custom(format!(
+                    "an answer of more than {} MiB was not read further",
+                    ANSWER_MAX >> 20
+                ))));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if !status.is_success() {
+            let content = String::from_utf8_lossy(&body).into_owned();
+            return Err(ApiError::ResponseError(hcloud::apis::ResponseContent { status, content, entity: None }));
+        }
+        serde_json::from_slice(&body).map_err(ApiError::Serde)
     }
 }
 
@@ -280,7 +322,7 @@ impl Cloud for Hetzner {
                 per_page: Some(PER_PAGE),
                 ..Default::default()
             };
-            let r = self.call("list servers", || servers_api::list_servers(&self.config, params.clone())).await?;
+            let r = self.call("list servers", || self.list_page(&params)).await?;
             // Only what the selector asked for, whatever the answer holds: a server labelled for another
             // customer is never adopted, or deleted, because an API ignored the selector.
             let (matching, other): (Vec<CloudServer>, Vec<CloudServer>) =

@@ -129,8 +129,8 @@ pub struct OperatorRevocation {
 }
 
 /// A dispatched command whose result is not audited yet, kept so a restarted hub delivers it again (the
-/// agent's journal answers one it already ran) and audits its result. Arguments are kept as sent, in the
-/// hub's store (its data directory is 0700), until the result is audited.
+/// agent's journal answers one it already ran) and audits its result. Arguments are kept as sent, except
+/// that every secret-bearing one is sealed (`crate::seal`), until the result is audited.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PendingRecord {
     pub server: String,
