@@ -258,11 +258,11 @@ async fn the_hub_holds_no_secret_it_was_handed_in_the_clear() {
     // Bad TOML on the secret's own line: refused, the error says where.
     let bad =
         admin.run_action(action("app-apply", &["off-1"], &[("spec", &spec("DB = \"s3cr3t-toml-9b1c", url))])).await;
-    let e = bad.err().expect("refused");
+    let e = bad.expect_err("refused");
     assert!(e.message().contains("line 7") && !e.message().contains("s3cr3t"), "{e:?}");
     // A password in an ssh URL: refused, never quoted.
     let with_pw = spec("DB = \"x\"", "ssh://git:s3cr3t-url-4d2e@github.com/acme/web.git");
-    let e = admin.run_action(action("app-apply", &["off-1"], &[("spec", &with_pw)])).await.err().expect("refused");
+    let e = admin.run_action(action("app-apply", &["off-1"], &[("spec", &with_pw)])).await.expect_err("refused");
     assert!(e.message().contains("no credentials") && !e.message().contains("s3cr3t"), "{e:?}");
 
     // The store (with the queued command), the audit log in it, and the hub's log.
