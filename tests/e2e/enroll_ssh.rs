@@ -45,7 +45,7 @@ async fn a_server_is_enrolled_once_over_ssh_and_an_unknown_or_changed_host_key_i
     let root = tmp.path();
     harness::git(
         root,
-        "ssh-keygen -q -t ed25519 -N '' -f host && ssh-keygen -q -t ed25519 -N '' -f other-host && ssh-keygen -q -t ed25519 -N '' -f admin && ssh-keygen -q -t ed25519 -N '' -f stranger && ssh-keygen -q -t ed25519 -N '' -f flood && ssh-keygen -q -t ed25519 -N '' -f hang && cp admin.pub authorized_keys && printf 'command=\"head -c 50000000 /dev/zero\" %s\ncommand=\"sleep 600\" %s\n' \"$(cat flood.pub)\" \"$(cat hang.pub)\" >> authorized_keys",
+        "ssh-keygen -q -t ed25519 -N '' -f host && ssh-keygen -q -t ed25519 -N '' -f other-host && ssh-keygen -q -t ed25519 -N '' -f admin && ssh-keygen -q -t ed25519 -N '' -f stranger && ssh-keygen -q -t ed25519 -N '' -f flood && ssh-keygen -q -t ed25519 -N '' -f hang && ssh-keygen -q -t ed25519 -N '' -f trickle && cp admin.pub authorized_keys && printf 'command=\"head -c 50000000 /dev/zero\" %s\ncommand=\"sleep 600\" %s\ncommand=\"while :; do printf x; sleep 5; done\" %s\n' \"$(cat flood.pub)\" \"$(cat hang.pub)\" \"$(cat trickle.pub)\" >> authorized_keys",
     );
     let port = free_port();
     let _sshd = sshd(root, port);
@@ -125,6 +125,18 @@ async fn a_server_is_enrolled_once_over_ssh_and_an_unknown_or_changed_host_key_i
     let job = wait_job(&mut admin, id, WAIT, is_final).await;
     assert_eq!(job.state, "cancelled", "{job:#?}");
     assert!(asked.elapsed() < Duration::from_secs(10), "the cancel took {:?}", asked.elapsed());
+
+    // A byte every 5 s keeps SSH's inactivity timeout from ever firing: the command's deadline ends it.
+    let trickle = std::fs::read_to_string(root.join("trickle")).unwrap();
+    let job = admin.enroll_ssh(req(String::new(), fingerprint(root, "host.pub"), &trickle, "byo-1")).await.unwrap();
+    let id = job.into_inner().job.unwrap().id;
+    let job = wait_job(&mut admin, id, Duration::from_secs(120), |j| {
+        j.error.contains("did not finish within") || is_final(j)
+    })
+    .await;
+    assert!(job.error.contains("`uname -m` on the server did not finish within 60s"), "{job:#?}");
+    admin.cancel_lifecycle_job(pb::CancelLifecycleJobRequest { id }).await.unwrap();
+    wait_job(&mut admin, id, WAIT, is_final).await;
 
     // The right host key and key: installed, started, online; the token is gone once enrolled.
     let ok = admin.enroll_ssh(req(host_line(root, "host.pub", port), String::new(), &key, "byo-1")).await.unwrap();

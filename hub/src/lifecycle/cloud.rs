@@ -430,3 +430,43 @@ impl Cloud for Hetzner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cloud's error text (100 KB, escapes in its message and its code) is bounded and inert in every
+    /// error it becomes, so in every job error and log line.
+    #[test]
+    fn an_api_error_text_is_bounded_and_inert() {
+        let nasty = format!("\u{1b}[2J\u{1b}]0;pwned\u{7}{}", "x".repeat(100_000));
+        for status in [422u16, 503, 409] {
+            let body = serde_json::json!({ "error": { "code": nasty, "message": nasty } }).to_string();
+            let content = hcloud::apis::ResponseContent {
+                status: reqwest::StatusCode::from_u16(status).unwrap(),
+                content: body,
+                entity: None::<()>,
+            };
+            let said = classify(ApiError::ResponseError(content)).to_string();
+            assert!(said.len() < 1024, "{status}: {} bytes", said.len());
+            assert!(!said.chars().any(outpost_common::text::is_unsafe), "{status}: {said:?}");
+        }
+        let content = hcloud::apis::ResponseContent {
+            status: reqwest::StatusCode::BAD_REQUEST,
+            content: nasty.clone(),
+            entity: None::<()>,
+        };
+        let said = classify(ApiError::ResponseError(content)).to_string();
+        assert!(said.len() < 1024 && !said.chars().any(outpost_common::text::is_unsafe), "{said:?}");
+    }
+
+    #[test]
+    fn selectors_match_equality_terms() {
+        let labels: BTreeMap<String, String> =
+            [("managed-by", "outpost"), ("outpost-id", "acme-1")].map(|(k, v)| (k.to_string(), v.to_string())).into();
+        assert!(matches_selector(&labels, "managed-by=outpost,outpost-id=acme-1"));
+        assert!(!matches_selector(&labels, "managed-by=outpost,outpost-id=victim-prod"));
+        assert!(matches_selector(&labels, "managed-by"));
+        assert!(!matches_selector(&labels, "other"));
+    }
+}

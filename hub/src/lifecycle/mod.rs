@@ -399,6 +399,8 @@ impl Lifecycle {
         };
         let job = self.store.cancel_job(id, audit).await?.ok_or_else(|| HubError::NotFound(format!("no job {id}")))?;
         self.changed.send_modify(|v| *v += 1);
+        // A job that ran and waits for a retry is made due to be undone: a worker takes it now.
+        self.wake.notify_waiters();
         Ok(job)
     }
 

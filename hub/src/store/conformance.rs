@@ -474,17 +474,30 @@ async fn the_queue_claims_once_in_order_and_checks_leases(store: Arc<dyn HubStor
     let pending = submit(&*store, QueuedJob { not_before_ms: i64::MAX, ..job("pending", 1, 11) }).await;
     let cancelled = store.cancel_job(pending, AuditEntry::default()).await.unwrap().unwrap();
     assert_eq!(cancelled.state, JobState::Cancelled);
+    // One that ran and waits for a retry is made due, asked to stop: its undo runs on the next claim.
+    let retried = submit(&*store, job("retried", 1, 12)).await;
+    let mut r = store.claim_job("w4", 0, 10).await.unwrap().expect("due");
+    assert_eq!(r.id, retried);
+    (r.state, r.not_before_ms) = (JobState::Pending, i64::MAX);
+    store.update_job(&r, "w4", None).await.unwrap();
+    let asked = store.cancel_job(retried, AuditEntry::default()).await.unwrap().unwrap();
+    assert!(asked.state == JobState::Pending && asked.cancel_requested && asked.not_before_ms == 0, "{asked:?}");
+    let claimed = store.claim_job("w5", 0, 10).await.unwrap().expect("claimed at once to be undone");
+    assert!(claimed.id == retried && claimed.cancel_requested);
+    let mut done = claimed;
+    done.state = JobState::Cancelled;
+    store.update_job(&done, "w5", None).await.unwrap();
     assert!(store.claim_job("w3", i64::MAX / 2, 10).await.unwrap().is_none(), "nothing open is left");
     assert!(store.cancel_job(9_999_999, AuditEntry::default()).await.unwrap().is_none());
     let listed: Vec<u64> = store.jobs(2).await.unwrap().iter().map(|j| j.id).collect();
-    assert_eq!(listed, [pending, race], "newest first, limited");
+    assert_eq!(listed, [retried, pending], "newest first, limited");
     // Retention: final jobs that ended before the cutoff go, with their keys (the key can be used again).
     assert_eq!(store.trim_jobs(0).await.unwrap(), 0, "nothing ended before 0");
     let before = store.jobs(0).await.unwrap().len();
     assert_eq!(store.trim_jobs(i64::MAX).await.unwrap(), before, "every job here is final");
     assert!(store.job(starter).await.unwrap().is_none());
     let again = submit(&*store, QueuedJob { not_before_ms: i64::MAX, ..job("starter", 1, 1) }).await;
-    assert!(again > pending, "ids are not reused after retention");
+    assert!(again > retried, "ids are not reused after retention");
     assert_eq!(store.cancel_job(again, AuditEntry::default()).await.unwrap().unwrap().state, JobState::Cancelled);
     again
 }

@@ -280,8 +280,15 @@ pub(crate) mod queue_rules {
 
     /// A pending job is cancelled at once, a running one asked to stop; `false` for one that has ended
     /// (nothing to write).
+    /// A pending job that never ran ends at once. One that ran and waits for a retry may have left
+    /// something (a cloud server, a record and token) its undo must remove: it is asked to stop and made
+    /// due now, so the next worker claims it, sees the request and undoes it.
     pub fn cancel(job: &mut QueuedJob, now_ms: i64) -> bool {
         match job.state {
+            JobState::Pending if job.attempt > 0 => {
+                job.cancel_requested = true;
+                job.not_before_ms = 0;
+            }
             JobState::Pending => {
                 job.state = JobState::Cancelled;
                 job.finished_ms = now_ms;
