@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-use outpost_common::backoff;
+use outpost_common::backoff::full_jitter;
 
 use crate::actions::{RenewWaiter, Runner, RunnerLink};
 use crate::config::AgentConfig;
@@ -129,7 +129,7 @@ impl Link {
                         attempt = 0;
                         continue;
                     }
-                    let d = backoff(attempt, initial, max);
+                    let d = full_jitter(attempt, initial, max);
                     attempt = attempt.saturating_add(1);
                     tracing::error!(
                         error = %outpost_common::text::Inert(status.message()),
@@ -144,7 +144,7 @@ impl Link {
                         attempt = 0;
                     }
                     turn = turn.map(|t| t.wrapping_add(1));
-                    let d = backoff(attempt, initial, max);
+                    let d = full_jitter(attempt, initial, max);
                     attempt = attempt.saturating_add(1);
                     tracing::warn!(%error, retry_in_ms = d.as_millis() as u64, attempt, "hub link down");
                     d

@@ -6,6 +6,7 @@
 
 pub mod actions;
 pub mod app;
+pub mod backoff;
 pub mod bundle;
 pub mod cert;
 pub mod config;
@@ -44,14 +45,16 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs(secs))
 }
 
-/// Reconnect delay with full jitter: uniform in [0, min(max, initial * 2^attempt)]. Spreads a fleet's
-/// reconnects after a hub outage instead of synchronising them (no reconnect storms).
-pub fn backoff(attempt: u32, initial: std::time::Duration, max: std::time::Duration) -> std::time::Duration {
-    let cap = initial.saturating_mul(1u32.checked_shl(attempt.min(30)).unwrap_or(u32::MAX)).min(max);
-    let mut b = [0u8; 8];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
-    let frac = (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64;
-    cap.mul_f64(frac)
+/// `N` bytes from the system's random source: every random id, secret and nonce in the workspace.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut out).expect("the system's random source");
+    out
+}
+
+/// `N` random bytes in lower-case hex: ids (jobs, commands, silences, replicas).
+pub fn random_hex<const N: usize>() -> String {
+    cert::hex(&random_bytes::<N>())
 }
 
 /// Like [`parse_duration`], also accepting milliseconds (`250ms`).
@@ -100,18 +103,6 @@ pub fn now_ms() -> i64 {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
-    #[test]
-    fn backoff_is_capped_and_jittered() {
-        let (i, m) = (Duration::from_millis(100), Duration::from_secs(5));
-        for attempt in 0..40 {
-            let d = super::backoff(attempt, i, m);
-            assert!(d <= m.min(i * 2u32.saturating_pow(attempt.min(20))), "attempt {attempt}: {d:?}");
-        }
-        let samples: std::collections::HashSet<_> = (0..20).map(|_| super::backoff(10, i, m)).collect();
-        assert!(samples.len() > 10, "full jitter spreads reconnects");
-    }
 
     #[test]
     fn durations() {

@@ -13,6 +13,19 @@ pub fn stamp(ms: i64) -> String {
     format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
+/// RFC 3339 in UTC, to the millisecond (`2026-11-30T21:05:09.123Z`; `.000` left out): for machines
+/// (Alertmanager's `startsAt`, webhooks) and for messages that must be exact.
+pub fn rfc3339(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    let frac = match ms.rem_euclid(1000) {
+        0 => String::new(),
+        f => format!(".{f:03}"),
+    };
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}{frac}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
 /// How far `then_ms` is from `now_ms`: `in 23 h`, `5 min ago`, `now`.
 pub fn relative(now_ms: i64, then_ms: i64) -> String {
     let d = (then_ms - now_ms) / 1000;
@@ -48,6 +61,14 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_to_the_millisecond() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(rfc3339(1_700_000_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59.999Z");
+    }
 
     #[test]
     fn utc_times_and_spans() {

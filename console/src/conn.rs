@@ -67,7 +67,7 @@ pub async fn watch(channel: Channel, tx: mpsc::Sender<ConnEvent>, stop: Cancella
                 }
             }
         };
-        let retry_in = outpost_common::backoff(attempt, INITIAL, MAX);
+        let retry_in = outpost_common::backoff::full_jitter(attempt, INITIAL, MAX);
         attempt += 1;
         if tx.send(ConnEvent::Down { error, retry_in }).await.is_err() {
             return;

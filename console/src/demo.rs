@@ -272,7 +272,7 @@ async fn demo_cloud(
     root: &std::path::Path,
 ) -> anyhow::Result<standin::hetzner::HetznerStandIn> {
     use std::os::unix::fs::PermissionsExt;
-    let token = outpost_common::cert::hex(&hub::pki::ca::random_bytes::<16>());
+    let token = outpost_common::random_hex::<16>();
     let cloud = standin::hetzner::HetznerStandIn::start(&token).await;
     cloud.set_boot_time(Duration::from_secs(3));
     let token_file = root.join("hcloud-token");

@@ -415,7 +415,7 @@ fn webhook_body(format: &str, a: &Alert, status: &str, now_ms: i64) -> serde_jso
             l("severity"),
             l("alertname"),
             if l("server").is_empty() { String::new() } else { format!(" on {}", l("server")) },
-            crate::error::rfc3339_ms(a.since_ms),
+            outpost_common::when::rfc3339(a.since_ms),
         )
     };
     match format {
@@ -435,7 +435,7 @@ fn webhook_body(format: &str, a: &Alert, status: &str, now_ms: i64) -> serde_jso
             let line = format!("{}: {summary} — what to do: {action}", head(&l));
             serde_json::json!({
                 "status": status, "labels": labels, "summary": summary, "action": action,
-                "since": crate::error::rfc3339_ms(a.since_ms), "at": crate::error::rfc3339_ms(now_ms), "text": line,
+                "since": outpost_common::when::rfc3339(a.since_ms), "at": outpost_common::when::rfc3339(now_ms), "text": line,
             })
         }
     }
@@ -780,10 +780,10 @@ impl Alerts {
                     Err(e) => last = e.to_string(),
                 }
                 if attempt < cfg.webhook_attempts {
-                    let wait = crate::lifecycle::cloud::full_jitter(
+                    let wait = outpost_common::backoff::full_jitter(
+                        attempt - 1,
                         Duration::from_millis(cfg.webhook_backoff_initial_ms),
                         Duration::from_millis(cfg.webhook_backoff_max_ms),
-                        attempt,
                     );
                     tokio::time::sleep(wait).await;
                 }
@@ -838,7 +838,7 @@ impl Alerts {
             return Err(crate::error::HubError::Invalid(problems.join("; ")));
         }
         let now = outpost_common::now_ms();
-        let id = format!("s-{}", outpost_common::cert::hex(&crate::pki::ca::random_bytes::<6>()));
+        let id = format!("s-{}", outpost_common::random_hex::<6>());
         let record = crate::store::SilenceRecord {
             matchers,
             starts_ms: now,
@@ -850,7 +850,7 @@ impl Alerts {
             &id,
             &record,
             by,
-            format!("silenced until {}: {comment}", crate::error::rfc3339_ms(record.expires_ms)),
+            format!("silenced until {}: {comment}", outpost_common::when::rfc3339(record.expires_ms)),
         )
         .await?;
         Ok((id, record))
@@ -979,7 +979,7 @@ impl Alerts {
         if firing.is_empty() && resolved.is_empty() {
             return;
         }
-        let time = |ms: i64| crate::error::rfc3339_ms(ms);
+        let time = |ms: i64| outpost_common::when::rfc3339(ms);
         let body: Vec<serde_json::Value> = firing
             .iter()
             .map(|a| (a, None))

@@ -35,11 +35,3 @@ pub enum HubError {
     #[error("{0}")]
     Internal(String),
 }
-
-/// RFC 3339 for messages.
-pub fn rfc3339_ms(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_else(|| format!("{ms} ms"))
-}

@@ -188,7 +188,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     if let Some(pg) = pg {
         // One id per process: a restarted replica is a new one (the old one's streams are gone, its jobs
         // are taken over by a live replica: see `replicas`).
-        let me = format!("{}-{}", addr, hex_id());
+        let me = format!("{}-{}", addr, outpost_common::random_hex::<8>());
         let url = replica_url(addr, &advertise);
         jobs.set_hub(me.clone());
         let replication = replicas::Replication::new(
@@ -409,13 +409,6 @@ pub fn sd_notify_ready() {
     if let Err(error) = sock.send_to(b"READY=1", &path) {
         tracing::warn!(%error, "sd_notify failed");
     }
-}
-
-/// 8 random bytes in hex.
-fn hex_id() -> String {
-    let mut b = [0u8; 8];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).expect("the system's random source");
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// The address other replicas reach this one at: the bound address, or, when it listens on every address,

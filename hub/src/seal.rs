@@ -35,7 +35,7 @@ impl Sealer {
 
     /// `plain` sealed for `purpose`.
     pub fn seal(&self, plain: &[u8], purpose: &str) -> String {
-        let nonce = crate::pki::ca::random_bytes::<NONCE_LEN>();
+        let nonce = outpost_common::random_bytes::<NONCE_LEN>();
         let mut buf = plain.to_vec();
         self.key
             .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(purpose.as_bytes()), &mut buf)

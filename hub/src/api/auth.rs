@@ -58,7 +58,7 @@ fn peer<T>(state: &Auth, req: &Request<T>) -> Result<CertInfo, Status> {
         if let Some(at) = state.operators.revoked_at(name, info.issued_ms) {
             return Err(Status::permission_denied(format!(
                 "operator {name}'s certificates issued until {} were revoked; ask an admin for a new bundle (`hubd operator issue --name {name} …`)",
-                crate::error::rfc3339_ms(at)
+                outpost_common::when::rfc3339(at)
             )));
         }
         let max = state.operator_cert_max_ttl.as_secs() as i64;

@@ -174,7 +174,7 @@ impl Operator for OperatorApi {
         };
         let server = request.server.clone();
         let created = self.identities.create_token(request, &by).await?;
-        let mut message = format!("expires {}", crate::error::rfc3339_ms(created.expires_ms));
+        let mut message = format!("expires {}", outpost_common::when::rfc3339(created.expires_ms));
         if created.invalidated > 0 {
             message.push_str(&format!("; {} older unused token(s) of this server invalidated", created.invalidated));
         }

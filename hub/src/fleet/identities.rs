@@ -6,12 +6,12 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use outpost_common::JoinToken;
-use outpost_common::cert::hex;
 
-use crate::error::{HubError, rfc3339_ms};
+use crate::error::HubError;
 use crate::fleet::Fleet;
-use crate::pki::ca::{FleetCa, SignError, random_bytes};
+use crate::pki::ca::{FleetCa, SignError};
 use crate::store::{AuditEntry, BurnedToken, IdentityStore, Kind, Revoked, ServerRecord, StoreError, TokenState};
+use outpost_common::when::rfc3339 as rfc3339_ms;
 
 /// Facts the agent tells about its host, bounded.
 #[derive(Clone, Debug, Default)]
@@ -125,7 +125,7 @@ impl Identities {
         let mut record = self.store.server(&token.server).await?.ok_or_else(|| {
             HubError::NotFound(format!("server {} no longer exists; create a new token", token.server))
         })?;
-        let agent_id = hex(&random_bytes::<12>());
+        let agent_id = outpost_common::random_hex::<12>();
         let issued = self.sign(csr_pem, &agent_id)?;
         // Every certificate the previous identity could still use dies with this enrollment (its agent id no
         // longer maps to the server).

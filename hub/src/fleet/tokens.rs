@@ -4,12 +4,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use outpost_common::JoinToken;
-use outpost_common::cert::{hex, valid_name};
+use outpost_common::cert::valid_name;
 
 use super::Liveness;
 use super::identities::Identities;
 use crate::error::HubError;
-use crate::pki::ca::random_bytes;
 use crate::store::{ServerRecord, TokenRecord};
 
 pub const MIN_TTL: Duration = Duration::from_secs(1);
@@ -92,7 +91,7 @@ impl Identities {
                 req.server
             )));
         }
-        let secret = hex(&random_bytes::<32>());
+        let secret = outpost_common::random_hex::<32>();
         let expires_ms = now + req.ttl.as_millis() as i64;
         let mut record = match existing {
             Some(v) => v.record.clone(),

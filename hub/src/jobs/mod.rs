@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use outpost_common::Role;
 use outpost_common::actions::{Action, ActionSpec, redacted};
-use outpost_common::cert::hex;
 use outpost_common::selector::Selector;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -21,9 +20,8 @@ use tracing::Instrument;
 
 use crate::audit::{self, Audit, AuditEntry, Kind};
 use crate::command::CommandResult;
-use crate::error::{HubError, rfc3339_ms};
+use crate::error::HubError;
 use crate::fleet::{Fleet, Liveness};
-use crate::pki::ca::random_bytes;
 use crate::relay::Relay;
 use crate::runtime::Runtime;
 use crate::store::Commands;
@@ -265,7 +263,7 @@ impl Jobs {
             selector: req.selector.to_string().chars().take(1024).collect(),
             ..Default::default()
         };
-        let id = hex(&random_bytes::<8>());
+        let id = outpost_common::random_hex::<8>();
         let checked = self.check(caller, &req, &mut entry).and_then(|(spec, targets)| {
             let cancel = self.register(&id, spec.role)?;
             Ok((spec, targets, cancel))
@@ -371,7 +369,7 @@ impl Jobs {
         if req.deadline_ms != 0 && req.deadline_ms <= outpost_common::now_ms() {
             return Err(HubError::Invalid(format!(
                 "the deadline {} is in the past; give a future time (or none for the action's default of {} s)",
-                rfc3339_ms(req.deadline_ms),
+                outpost_common::when::rfc3339(req.deadline_ms),
                 spec.default_deadline.as_secs()
             )));
         }

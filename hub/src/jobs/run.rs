@@ -5,13 +5,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use outpost_common::cert::hex;
 use tokio_util::sync::CancellationToken;
 
 use super::{ANSWER_GRACE, Events, Job, JobEvent, Jobs, Progress, TargetEvent, TargetState};
 use crate::audit::{self, AuditEntry, Kind};
 use crate::command::{Command, CommandResult, Outcome};
-use crate::pki::ca::random_bytes;
 use crate::relay::CmdEvent;
 use crate::store::StoreError;
 use crate::store::{PendingRecord, PlanRecord, PlanUpdate};
@@ -92,7 +90,7 @@ impl Jobs {
             next += size;
             c.running = size as u32;
             tx.send(progress(&c, false, "")).await;
-            let ids: Vec<String> = batch.iter().map(|_| hex(&random_bytes::<16>())).collect();
+            let ids: Vec<String> = batch.iter().map(|_| outpost_common::random_hex::<16>()).collect();
             // What is left after this batch goes to the store with the batch's pending records.
             let plan = if bi + 1 < job.batches.len() {
                 PlanUpdate::Remaining(Box::new(PlanRecord {

@@ -198,7 +198,7 @@ impl Hetzner {
                     e => e,
                 });
             }
-            let wait = full_jitter(self.retry.initial, self.retry.max, attempt);
+            let wait = outpost_common::backoff::full_jitter(attempt - 1, self.retry.initial, self.retry.max);
             tracing::debug!(what, attempt, %error, wait_ms = wait.as_millis() as u64, "cloud call retried");
             tokio::time::sleep(wait).await;
         }
@@ -252,13 +252,6 @@ fn reqwest_client() -> reqwest::Client {
         .timeout(Duration::from_secs(60))
         .build()
         .unwrap_or_default()
-}
-
-/// A random wait in `[0, min(max, initial * 2^(attempt-1))]` (exponential backoff with full jitter).
-pub fn full_jitter(initial: Duration, max: Duration, attempt: u32) -> Duration {
-    let ceiling = initial.saturating_mul(1u32 << attempt.saturating_sub(1).min(20)).min(max);
-    let r = u64::from_le_bytes(crate::pki::ca::random_bytes::<8>());
-    Duration::from_millis(r % (ceiling.as_millis() as u64 + 1))
 }
 
 fn classify<E>(e: ApiError<E>) -> CloudError {

@@ -254,7 +254,7 @@ impl Lifecycle {
         provisioner: Result<Arc<Provisioner>, String>,
         clock: Clock,
     ) -> Lifecycle {
-        let owner = format!("hub-{}", outpost_common::cert::hex(&crate::pki::ca::random_bytes::<6>()));
+        let owner = format!("hub-{}", outpost_common::random_hex::<6>());
         Lifecycle {
             store,
             fleet,
@@ -307,7 +307,7 @@ impl Lifecycle {
         ]
         .into();
         let key = if req.idempotency_key.is_empty() {
-            format!("provision/{}", outpost_common::cert::hex(&crate::pki::ca::random_bytes::<8>()))
+            format!("provision/{}", outpost_common::random_hex::<8>())
         } else {
             req.idempotency_key.clone()
         };
@@ -568,10 +568,10 @@ impl Lifecycle {
                 None
             }
             Err(JobError::Retry(m)) if job.attempt < job.max_attempts => {
-                let wait = cloud::full_jitter(
+                let wait = outpost_common::backoff::full_jitter(
+                    job.attempt.saturating_sub(1),
                     Duration::from_millis(self.config.retry_initial_ms),
                     Duration::from_millis(self.config.retry_max_ms),
-                    job.attempt,
                 );
                 job.state = JobState::Pending;
                 job.not_before_ms = now + wait.as_millis() as i64;

@@ -279,8 +279,7 @@ impl HostCheck {
                 ))
             };
         }
-        let file = std::env::temp_dir()
-            .join(format!("outpost-known-hosts-{}", outpost_common::cert::hex(&crate::pki::ca::random_bytes::<8>())));
+        let file = std::env::temp_dir().join(format!("outpost-known-hosts-{}", outpost_common::random_hex::<8>()));
         std::fs::write(&file, &t.known_hosts).map_err(|e| format!("known_hosts: {e}"))?;
         let r = russh::keys::check_known_hosts_path(&t.host, t.port, key, &file);
         let _ = std::fs::remove_file(&file);

@@ -123,12 +123,7 @@ impl Lifecycle {
         QueuedJob {
             kind,
             priority: self.priority(&s.plan),
-            idempotency_key: format!(
-                "{}/{}/{}",
-                kind.as_str(),
-                s.name,
-                outpost_common::cert::hex(&crate::pki::ca::random_bytes::<6>())
-            ),
+            idempotency_key: format!("{}/{}/{}", kind.as_str(), s.name, outpost_common::random_hex::<6>()),
             params,
             target: s.name.clone(),
             customer: s.customer.clone(),
@@ -240,7 +235,7 @@ impl Lifecycle {
             let (archive, _) =
                 self.submit(archive, &job.submitted_by).await.map_err(|e| JobError::Retry(e.to_string()))?;
             ctx.set_fact("archive_job", archive.id.to_string()).await?;
-            Ok(format!("archive (job {}) at {}", archive.id, crate::error::rfc3339_ms(at)))
+            Ok(format!("archive (job {}) at {}", archive.id, outpost_common::when::rfc3339(at)))
         })
         .await?;
         Ok(format!("{name} suspended; its data is archived and the server deleted at the scheduled time"))
@@ -306,7 +301,7 @@ impl Lifecycle {
             let del = self.new_job(JobKind::Delete, &r, &job.submitted_by, at, BTreeMap::new());
             let (del, _) = self.submit(del, &job.submitted_by).await.map_err(|e| JobError::Retry(e.to_string()))?;
             ctx.set_fact("delete_job", del.id.to_string()).await?;
-            Ok(format!("archive deleted (job {}) at {}", del.id, crate::error::rfc3339_ms(at)))
+            Ok(format!("archive deleted (job {}) at {}", del.id, outpost_common::when::rfc3339(at)))
         })
         .await?;
         Ok(format!("{name} archived, its cloud server deleted and its identity revoked"))

@@ -272,7 +272,7 @@ fn key_name(oid: &str, curve: Option<&str>) -> String {
 
 /// 128 random bits with the top bit clear (serials must be positive).
 fn random_serial() -> SerialNumber {
-    let mut bytes = random_bytes::<16>();
+    let mut bytes = outpost_common::random_bytes::<16>();
     bytes[0] &= 0x7f;
     bytes[0] |= 0x01 << 6; // never a leading zero byte, so the hex serial has a stable width
     SerialNumber::from_slice(&bytes)
@@ -291,13 +291,6 @@ fn seal_secret(key_der: &[u8]) -> [u8; 32] {
     prk.expand(&[b"outpost seal v1"], Len32)
         .and_then(|okm| okm.fill(&mut out))
         .expect("32 bytes is a valid HKDF-SHA256 output length");
-    out
-}
-
-pub fn random_bytes<const N: usize>() -> [u8; N] {
-    use ring::rand::SecureRandom;
-    let mut out = [0u8; N];
-    ring::rand::SystemRandom::new().fill(&mut out).expect("the OS random source works");
     out
 }
 

@@ -225,7 +225,7 @@ async fn agent(
                 Ok(id) => break id,
                 Err(e) if e.to_string().contains("retry in") && tries < 100 => {
                     tries += 1;
-                    tokio::time::sleep(outpost_common::backoff(
+                    tokio::time::sleep(outpost_common::backoff::full_jitter(
                         tries.min(6),
                         Duration::from_millis(50),
                         Duration::from_secs(2),
@@ -334,7 +334,7 @@ async fn agent(
         let result = session.await;
         if let Err(s) = result {
             stats.errors.fetch_add(1, Ordering::Relaxed);
-            let d = outpost_common::backoff(attempt, Duration::from_millis(500), Duration::from_secs(30));
+            let d = outpost_common::backoff::full_jitter(attempt, Duration::from_millis(500), Duration::from_secs(30));
             attempt += 1;
             eprintln!("{name}: {}; retry in {d:?}", s.message());
             tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(d) => {} }
