@@ -21,3 +21,4 @@ mod sim;
 mod ssh_repos;
 mod timeline;
 mod usage;
+mod vendored;
