@@ -130,15 +130,31 @@ async fn alerts_reach_alertmanager_fire_once_and_resolve() {
     assert_eq!(said, ["fired", "resolved"], "{audit:#?}");
 }
 
-/// A rule with an unknown metric, or an Alertmanager URL that is not HTTP, stops hubd before it starts.
+/// A rule with an unknown metric, comparison or severity is refused by the parser, naming it and what
+/// exists; the checks after parsing (labels, URLs) are reported all at once. Either stops hubd before it starts.
 #[test]
 fn bad_rules_are_refused_at_start() {
-    let config = "[alerts]\nalertmanager_url = \"ftp://am\"\n[[alerts.rules]]\nname = \"x\"\nmetric = \"cpu_temperature\"\nop = \"!\"\nthreshold = 1\nseverity = \"page\"\nlabels = { colour = \"red\" }\n";
-    let c = hub::HubConfig::from_toml(config).unwrap();
-    let err = c.validate().unwrap_err().to_string();
-    for needle in
-        ["unknown metric \"cpu_temperature\"", "op \"!\"", "severity \"page\"", "ftp://am", "unknown label \"colour\""]
-    {
+    let rule = |metric: &str, op: &str, severity: &str| {
+        format!(
+            "[[alerts.rules]]\nname = \"x\"\nmetric = \"{metric}\"\nop = \"{op}\"\nthreshold = 1\nseverity = \"{severity}\"\n"
+        )
+    };
+    for (config, needles) in [
+        (rule("cpu_temperature", ">", "info"), ["cpu_temperature", "disk_used_percent"]),
+        (rule("disk_used_percent", "!", "info"), ["`!`", "`>=`"]),
+        (rule("disk_used_percent", ">", "page"), ["`page`", "`critical`"]),
+    ] {
+        let err = hub::HubConfig::from_toml(&config).unwrap_err();
+        for needle in needles {
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
+    }
+    let config = format!(
+        "[alerts]\nalertmanager_url = \"ftp://am\"\n{}labels = {{ colour = \"red\" }}\n",
+        rule("disk_used_percent", ">", "info")
+    );
+    let err = hub::HubConfig::from_toml(&config).unwrap().validate().unwrap_err().to_string();
+    for needle in ["ftp://am", "unknown label \"colour\""] {
         assert!(err.contains(needle), "{needle}: {err}");
     }
 }
