@@ -5,6 +5,7 @@
 //! live, in the fleet registry ([`fleet`]). [`start`] is the composition root. See ARCHITECTURE.md for the
 //! map and the invariants.
 
+pub mod admin;
 pub mod alerts;
 pub mod api;
 pub mod audit;
@@ -191,13 +192,16 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         let me = format!("{}-{}", addr, outpost_common::random_hex::<8>());
         let url = replica_url(addr, &advertise);
         jobs.set_hub(me.clone());
-        let replication = replicas::Replication::new(
-            pg,
-            (me.clone(), url.clone()),
-            fleet.clone(),
-            (identities.clone(), operators.clone(), jobs.clone()),
-            config.grace(),
-        );
+        let replication = replicas::Replication::new(replicas::ReplicationParts {
+            store: pg,
+            me: me.clone(),
+            url: url.clone(),
+            fleet: fleet.clone(),
+            identities: identities.clone(),
+            operators: operators.clone(),
+            jobs: jobs.clone(),
+            grace: config.grace(),
+        });
         peers = Some(Arc::new(api::peer::Peers::new(replication.placement(), ca.clone())));
         Arc::new(replication).spawn(&rt);
         rt.share_leases(store.clone(), me.clone());
@@ -214,7 +218,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     names.extend(["localhost".into(), "127.0.0.1".into(), "::1".into()]);
     names.sort();
     names.dedup();
-    let server_cert = ca.issue_server(&names)?;
+    let (cert_chain, cert_key) = ca.issue_server(&names)?;
 
     // Replicas: the commands of a replica that died are taken over by a live one (`replicas`), never
     // all of them by whichever starts.
@@ -244,7 +248,8 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
             .map_err(|error| StartError::DataDir { path: artifacts_dir.display().to_string(), error })?,
     );
     let clock = lifecycle::Clock::from_env();
-    let provisioner = provisioner(&config, artifacts.clone(), (advertise.clone(), ca.cert_pem().to_string()), &clock);
+    let pins = lifecycle::provision::HubPins { advertise: advertise.clone(), ca_pem: ca.cert_pem().to_string() };
+    let provisioner = provisioner(&config, artifacts.clone(), pins, &clock);
     if let Err(why) = &provisioner {
         tracing::info!(%why, "provisioning is off");
     }
@@ -255,24 +260,33 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         artifacts.clone(),
         p.agent_version.clone(),
         ca.cert_pem().to_string(),
-        (p.ssh_private_key_file.clone(), p.enroll_root.clone(), p.enroll_start.clone()),
+        lifecycle::ssh::EnrollSettings {
+            key_file: p.ssh_private_key_file.clone(),
+            root: p.enroll_root.clone(),
+            start: p.enroll_start.clone(),
+        },
     );
-    let lifecycle = Arc::new(lifecycle::Lifecycle::new(
-        store.clone(),
-        (fleet.clone(), identities.clone(), jobs.clone()),
-        (lifecycle_config, ssh),
+    let lifecycle = Arc::new(lifecycle::Lifecycle::new(lifecycle::LifecycleParts {
+        store: store.clone(),
+        fleet: fleet.clone(),
+        identities: identities.clone(),
+        jobs: jobs.clone(),
+        config: lifecycle_config,
+        ssh,
         provisioner,
         clock,
-    ));
+    }));
     lifecycle.spawn(&rt);
     let alerts = Arc::new(
-        alerts::Alerts::new(
-            config.alerts.clone(),
-            fleet.clone(),
-            lifecycle.clone(),
-            audit.clone(),
-            (metrics.clone(), store.clone(), usage.clone()),
-        )
+        alerts::Alerts::new(alerts::AlertsParts {
+            config: config.alerts.clone(),
+            fleet: fleet.clone(),
+            lifecycle: lifecycle.clone(),
+            audit: audit.clone(),
+            metrics: metrics.clone(),
+            store: store.clone(),
+            usage: usage.clone(),
+        })
         .await,
     );
     alerts.spawn(&rt);
@@ -287,8 +301,14 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
             ),
             (None, true) => {}
         }
-        let routes =
-            metrics::router(metrics, fleet.clone(), (lifecycle.clone(), alerts.clone()), shutdown.clone(), token);
+        let routes = admin::router(admin::AdminParts {
+            metrics,
+            fleet: fleet.clone(),
+            lifecycle: lifecycle.clone(),
+            alerts: alerts.clone(),
+            stopping: shutdown.clone(),
+            token,
+        });
         let stop = shutdown.clone();
         rt.spawn(async move {
             let served = axum::serve(l, routes).with_graceful_shutdown(async move { stop.cancelled().await }).await;
@@ -297,27 +317,32 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
             }
         });
     }
-    let operator = OperatorApi::new(
+    let operator = OperatorApi::new(api::operator::OperatorParts {
         auth,
         fleet,
-        reports.clone(),
-        identities.clone(),
-        (jobs, lifecycle, alerts, usage),
+        reports: reports.clone(),
+        identities: identities.clone(),
+        jobs,
+        lifecycle,
+        alerts,
+        usage,
         audit,
-        rt.clone(),
-    );
+        rt: rt.clone(),
+    });
     let operator = match peers {
         Some(p) => operator.with_peers(p),
         None => operator,
     };
-    let serve = api::serve(
+    let serve = api::serve(api::ServeParts {
         listener,
-        server_cert,
-        ca.cert_pem(),
-        (agents.clone(), operator),
-        artifacts.router(),
-        shutdown.clone(),
-    )
+        cert_chain,
+        cert_key,
+        ca_pem: ca.cert_pem().to_string(),
+        agents: agents.clone(),
+        operator,
+        http: artifacts.router(),
+        shutdown: shutdown.clone(),
+    })
     .map_err(StartError::Tls)?;
     tracing::info!(%addr, %advertise, pin = %ca.pin(), admin = ?admin_addr, "hubd listening");
     Ok(Hub { addr, advertise, admin: admin_addr, identities, reports, agents, writer, rt, serve })
@@ -327,7 +352,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
 fn provisioner(
     config: &HubConfig,
     artifacts: Arc<lifecycle::artifacts::Artifacts>,
-    hub: (String, String),
+    hub: lifecycle::provision::HubPins,
     clock: &lifecycle::Clock,
 ) -> Result<Arc<lifecycle::provision::Provisioner>, String> {
     let p = &config.provision;

@@ -1,10 +1,9 @@
-//! What hubd tells Prometheus: OpenMetrics text at `/metrics` on the admin listener (loopback by default),
-//! with `/healthz` and `/readyz`. Counters and histograms are updated where things happen (reports,
-//! enrollments, renewals, action results); fleet and queue figures are read at scrape time from the registry
-//! and the job queue, so they are never stale.
+//! What hubd tells Prometheus, as a leaf: the subsystems report into it (counters and histograms where
+//! things happen: reports, enrollments, renewals, action results, alert rounds), and figures counted at
+//! scrape time come in as plain data (`FleetFigures`, `QueueFigures`, alerts by severity). It imports no
+//! subsystem; `crate::admin` is the one place that knows them together and serves the exposition.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -13,9 +12,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-
-use crate::fleet::Fleet;
-use crate::lifecycle::Lifecycle;
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -202,38 +198,50 @@ impl Metrics {
         self.action_rtt.get_or_create(&vec![("outcome", outcome.to_string())]).observe(rtt.as_secs_f64());
     }
 
-    /// The exposition, with the fleet and queue figures read now.
-    pub async fn render(&self, fleet: &Fleet, lifecycle: Option<&Lifecycle>) -> String {
+    /// The fleet's figures as the caller counted them now (at scrape).
+    pub fn set_fleet(&self, f: &FleetFigures) {
         self.servers.clear();
-        let mut streams = 0;
-        let mut soonest = i64::MAX;
-        for v in fleet.registry().list() {
-            let liveness = v.liveness.to_string();
-            streams += i64::from(v.liveness == outpost_common::Liveness::Connected);
-            self.servers.get_or_create(&vec![("liveness", liveness), ("plan", v.record.plan.clone())]).inc();
-            if !v.record.agent_id.is_empty() && v.record.revoked_ms == 0 && v.record.cert_not_after > 0 {
-                soonest = soonest.min(v.record.cert_not_after);
-            }
+        for ((liveness, plan), n) in &f.servers {
+            self.servers.get_or_create(&vec![("liveness", liveness.clone()), ("plan", plan.clone())]).set(*n);
         }
-        self.streams.set(streams);
-        self.soonest_expiry.set(if soonest == i64::MAX { 0.0 } else { soonest as f64 });
-        let stats = match lifecycle {
-            Some(l) => l.stats().await.ok(),
-            None => None,
-        };
-        if let Some(stats) = stats {
-            self.jobs.clear();
-            for (state, n) in [("pending", stats.pending), ("running", stats.running)] {
-                self.jobs.get_or_create(&vec![("state", state.to_string())]).set(n as i64);
-            }
-            self.queue_depth.set(stats.pending as i64);
-            self.jobs_failed_hour.set(stats.failed_last_hour as i64);
+        self.streams.set(f.streams);
+        self.soonest_expiry.set(f.soonest_cert_expiry_secs.map_or(0.0, |s| s as f64));
+    }
+
+    /// The lifecycle queue's figures as the caller read them now (at scrape).
+    pub fn set_queue(&self, q: &QueueFigures) {
+        self.jobs.clear();
+        for (state, n) in [("pending", q.pending), ("running", q.running)] {
+            self.jobs.get_or_create(&vec![("state", state.to_string())]).set(n as i64);
         }
+        self.queue_depth.set(q.pending as i64);
+        self.jobs_failed_hour.set(q.failed_last_hour as i64);
+    }
+
+    /// The exposition (OpenMetrics text) of everything reported so far.
+    pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
     }
+}
+
+/// The fleet, counted for the gauges: servers by (liveness, plan), connected streams, and the soonest
+/// certificate expiry (unix seconds) of a live identity.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FleetFigures {
+    pub servers: BTreeMap<(String, String), i64>,
+    pub streams: i64,
+    pub soonest_cert_expiry_secs: Option<i64>,
+}
+
+/// The lifecycle queue, counted for the gauges.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueFigures {
+    pub pending: u64,
+    pub running: u64,
+    pub failed_last_hour: u64,
 }
 
 /// OpenMetrics text as the classic Prometheus text format: a counter's HELP and TYPE name its `_total`
@@ -255,66 +263,4 @@ pub fn classic_text(openmetrics: &str) -> String {
         out.push('\n');
     }
     out
-}
-
-/// The admin listener's routes.
-/// Whether `headers` carry `Authorization: Bearer <token>` (compared in constant time).
-fn bearer_matches(headers: &axum::http::HeaderMap, token: &str) -> bool {
-    let got = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    got.len() == token.len() && got.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
-}
-
-pub fn router(
-    metrics: Arc<Metrics>,
-    fleet: Arc<Fleet>,
-    (lifecycle, alerts): (Arc<Lifecycle>, Arc<crate::alerts::Alerts>),
-    ready: tokio_util::sync::CancellationToken,
-    token: Option<String>,
-) -> axum::Router {
-    use axum::http::{StatusCode, header};
-    use axum::response::IntoResponse;
-    use axum::routing::get;
-    // OpenMetrics to those who ask for it (Prometheus does); the classic text format to everyone else
-    // (curl, `promtool check metrics`).
-    let scrape = move |headers: axum::http::HeaderMap| {
-        let (metrics, fleet, lifecycle, alerts) = (metrics.clone(), fleet.clone(), lifecycle.clone(), alerts.clone());
-        let allowed = token.as_deref().is_none_or(|t| bearer_matches(&headers, t));
-        async move {
-            if !allowed {
-                return (
-                    StatusCode::UNAUTHORIZED,
-                    [(header::WWW_AUTHENTICATE, "Bearer")],
-                    "a bearer token is required (admin.bearer_token_file)\n".to_string(),
-                )
-                    .into_response();
-            }
-            metrics.set_alerts(&alerts.firing_by_severity());
-            let body = metrics.render(&fleet, Some(&lifecycle)).await;
-            let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default();
-            if accept.contains("application/openmetrics-text") {
-                ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
-                    .into_response()
-            } else {
-                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], classic_text(&body))
-                    .into_response()
-            }
-        }
-    };
-    axum::Router::new().route("/metrics", get(scrape)).route("/healthz", get(|| async { "ok\n" })).route(
-        "/readyz",
-        get(move || {
-            let stopping = ready.is_cancelled();
-            async move {
-                if stopping {
-                    (StatusCode::SERVICE_UNAVAILABLE, "stopping\n").into_response()
-                } else {
-                    (StatusCode::OK, "ready\n").into_response()
-                }
-            }
-        }),
-    )
 }

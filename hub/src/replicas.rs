@@ -19,7 +19,7 @@ use prost::Message as _;
 
 use crate::fleet::Fleet;
 use crate::fleet::identities::Identities;
-use crate::fleet::registry::Liveness;
+use crate::fleet::registry::{Liveness, RemoteView};
 use crate::pki::operators::Operators;
 use crate::runtime::Runtime;
 use crate::store::postgres::{PgStore, Replica};
@@ -86,14 +86,23 @@ struct State {
     heartbeats: HashMap<String, i64>,
 }
 
+/// What a replica's loop is built from.
+pub struct ReplicationParts {
+    pub store: Arc<PgStore>,
+    /// This replica's id, and the URL other replicas reach it at.
+    pub me: String,
+    pub url: String,
+    pub fleet: Arc<Fleet>,
+    pub identities: Arc<Identities>,
+    pub operators: Arc<Operators>,
+    pub jobs: Arc<crate::jobs::Jobs>,
+    /// How long a server's stream may be gone before it counts as lost.
+    pub grace: Duration,
+}
+
 impl Replication {
-    pub fn new(
-        store: Arc<PgStore>,
-        (me, url): (String, String),
-        fleet: Arc<Fleet>,
-        (identities, operators, jobs): (Arc<Identities>, Arc<Operators>, Arc<crate::jobs::Jobs>),
-        grace: Duration,
-    ) -> Replication {
+    pub fn new(parts: ReplicationParts) -> Replication {
+        let ReplicationParts { store, me, url, fleet, identities, operators, jobs, grace } = parts;
         let started_ms = outpost_common::now_ms();
         let grace_ms = grace.as_millis() as i64;
         let placement = Arc::default();
@@ -223,7 +232,8 @@ impl Replication {
             let apps = c.apps.and_then(|a| AppsState::decode(a.as_slice()).ok());
             let (revoked, holder, holder_ms) = (c.record.revoked_ms != 0, c.holder, c.holder_ms);
             let attached_since = registry.get(&name).map(|v| v.liveness_since_ms);
-            if registry.apply_remote(c.record, (health, apps), liveness) {
+            let (liveness, since_ms) = liveness;
+            if registry.apply_remote(c.record, RemoteView { health, apps, liveness, since_ms }) {
                 // This replica's stream: closed when the identity was revoked elsewhere, or when the agent
                 // attached to another replica after it attached here.
                 let newer = remote && attached_since.is_some_and(|since| holder_ms > since);
@@ -245,8 +255,8 @@ impl Replication {
         for name in gone {
             state.remote.remove(&name);
             if let Some(v) = registry.get(&name) {
-                let offline = self.offline(&v.record, now);
-                registry.apply_remote(v.record.clone(), (None, None), offline);
+                let (liveness, since_ms) = self.offline(&v.record, now);
+                registry.apply_remote(v.record.clone(), RemoteView { health: None, apps: None, liveness, since_ms });
             }
         }
 

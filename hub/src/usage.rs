@@ -191,7 +191,8 @@ impl UsageBook {
     pub async fn ingest(
         &self,
         record: &ServerRecord,
-        (seq, taken_at_ms): (u64, i64),
+        seq: u64,
+        taken_at_ms: i64,
         report: &UsageReport,
         apps: Option<&AppsState>,
         log: &LogLimiter,
@@ -593,7 +594,7 @@ mod tests {
         let d0 = from + 9 * 86_400_000 + 10 * 3_600_000; // the 10th, 10:00
         let send = async |t: i64, samples: Vec<UsageSample>, rec: &mut ServerRecord| {
             rec.last_seq += 1;
-            book.ingest(rec, (rec.last_seq, t), &UsageReport { samples }, Some(&apps), &log).await.unwrap();
+            book.ingest(rec, rec.last_seq, t, &UsageReport { samples }, Some(&apps), &log).await.unwrap();
         };
         // The first report is where the counters start.
         send(d0, vec![host(1000), ns(10, 1000, 100 * MIB, 50 * MIB), app("web", 10)], &mut rec).await;
@@ -611,7 +612,8 @@ mod tests {
         // The same report again (the hub died after the usage write, before the mark): counted once.
         book.ingest(
             &rec,
-            (rec.last_seq, d0 + 120_000),
+            rec.last_seq,
+            d0 + 120_000,
             &UsageReport { samples: vec![ns(5, 1000 + 2 * GIB_U, 0, 0)] },
             Some(&apps),
             &log,
@@ -696,7 +698,7 @@ mod tests {
         {
             rec.last_seq += 1;
             let t = t0 + i as i64 * 60_000;
-            book.ingest(&rec, (rec.last_seq, t), &UsageReport { samples }, Some(&apps), &log).await.unwrap();
+            book.ingest(&rec, rec.last_seq, t, &UsageReport { samples }, Some(&apps), &log).await.unwrap();
         }
         let m = book.month("acme", &month_of(t0)).await.unwrap();
         let scopes: Vec<&str> = m.rows.iter().map(|(_, u)| u.scope.as_str()).collect();

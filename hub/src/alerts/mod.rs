@@ -27,8 +27,7 @@ use crate::lifecycle::Lifecycle;
 use crate::runtime::Runtime;
 
 pub use eval::{Alert, State};
-pub use rules::{AlertsConfig, Metric, Rule, default_rules};
-pub use silences::SILENCE_LABELS;
+pub use rules::{AlertsConfig, Metric, Rule, SILENCE_LABELS, default_rules};
 
 use eval::Condition;
 use rules::Metric as M;
@@ -80,18 +79,20 @@ async fn firing_in(store: &dyn crate::store::HubStore) -> Result<HashMap<String,
         .collect())
 }
 
+/// What the alert engine is built from.
+pub struct AlertsParts {
+    pub config: AlertsConfig,
+    pub fleet: Arc<Fleet>,
+    pub lifecycle: Arc<Lifecycle>,
+    pub audit: Arc<Audit>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub store: Arc<dyn crate::store::HubStore>,
+    pub usage: Arc<crate::usage::UsageBook>,
+}
+
 impl Alerts {
-    pub async fn new(
-        config: AlertsConfig,
-        fleet: Arc<Fleet>,
-        lifecycle: Arc<Lifecycle>,
-        audit: Arc<Audit>,
-        (metrics, store, usage): (
-            Arc<crate::metrics::Metrics>,
-            Arc<dyn crate::store::HubStore>,
-            Arc<crate::usage::UsageBook>,
-        ),
-    ) -> Alerts {
+    pub async fn new(parts: AlertsParts) -> Alerts {
+        let AlertsParts { config, fleet, lifecycle, audit, metrics, store, usage } = parts;
         let silences = Mutex::new(store.silences().await.unwrap_or_else(|error| {
             tracing::error!(%error, "cannot read the silences; starting without them");
             Vec::new()

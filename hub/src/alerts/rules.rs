@@ -164,6 +164,9 @@ pub struct Rule {
     pub labels: BTreeMap<String, String>,
 }
 
+/// The labels a silence may match.
+pub const SILENCE_LABELS: [&str; 6] = ["alertname", "severity", "server", "customer", "plan", "app"];
+
 /// The labels a rule may be scoped by.
 pub const RULE_LABELS: [&str; 4] = ["customer", "plan", "server", "app"];
 

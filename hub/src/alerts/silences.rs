@@ -8,8 +8,7 @@ use super::Alerts;
 use super::eval::{Alert, State};
 use crate::audit::{AuditEntry, Kind};
 
-/// The labels a silence may match.
-pub const SILENCE_LABELS: [&str; 6] = ["alertname", "severity", "server", "customer", "plan", "app"];
+use super::rules::SILENCE_LABELS;
 
 impl Alerts {
     /// Silences alerts whose labels include every matcher, for `duration`.

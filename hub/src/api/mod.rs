@@ -25,17 +25,27 @@ const STREAM_WINDOW: u32 = 64 * 1024;
 /// (`max(connection window / 2, 25,600)` bytes, each frame under 256 bytes counted as 256).
 const MAX_STREAMS: u32 = 100;
 
+/// What the hub's one port serves.
+pub struct ServeParts {
+    pub listener: tokio::net::TcpListener,
+    /// The hub's own certificate chain and key (PEM).
+    pub cert_chain: String,
+    pub cert_key: String,
+    /// The fleet CA, which client certificates must chain to.
+    pub ca_pem: String,
+    pub agents: agent_link::AgentApi,
+    pub operator: operator::OperatorApi,
+    /// Plain HTTP routes on the same port (the artifacts).
+    pub http: axum::Router,
+    pub shutdown: CancellationToken,
+}
+
 /// Serves the three services on `listener` with the hub's certificate (`(chain, key)` PEM) until
 /// `shutdown`. Client certificates are optional at the TLS layer so that `Enroll` can share the port;
 /// every other RPC demands one (`auth`).
-pub fn serve(
-    listener: tokio::net::TcpListener,
-    (chain, key): (String, String),
-    ca_pem: &str,
-    (agents, operator): (agent_link::AgentApi, operator::OperatorApi),
-    http: axum::Router,
-    shutdown: CancellationToken,
-) -> Result<tokio::task::JoinHandle<Result<(), String>>, String> {
+pub fn serve(parts: ServeParts) -> Result<tokio::task::JoinHandle<Result<(), String>>, String> {
+    let ServeParts { listener, cert_chain: chain, cert_key: key, ca_pem, agents, operator, http, shutdown } = parts;
+    let ca_pem = ca_pem.as_str();
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(chain, key))
         .client_ca_root(Certificate::from_pem(ca_pem))

@@ -52,22 +52,25 @@ pub struct OperatorApi {
     peers: Option<Arc<super::peer::Peers>>,
 }
 
+/// What the operator API is built from.
+pub struct OperatorParts {
+    pub auth: Arc<Auth>,
+    pub fleet: Arc<Fleet>,
+    pub reports: Arc<Reports>,
+    pub identities: Arc<Identities>,
+    /// The action jobs.
+    pub jobs: Arc<Jobs>,
+    /// The lifecycle jobs.
+    pub lifecycle: Arc<Lifecycle>,
+    pub alerts: Arc<crate::alerts::Alerts>,
+    pub usage: Arc<crate::usage::UsageBook>,
+    pub audit: Arc<Audit>,
+    pub rt: Runtime,
+}
+
 impl OperatorApi {
-    /// `work`: the action jobs and the lifecycle jobs.
-    pub fn new(
-        auth: Arc<Auth>,
-        fleet: Arc<Fleet>,
-        reports: Arc<Reports>,
-        identities: Arc<Identities>,
-        (jobs, lifecycle, alerts, usage): (
-            Arc<Jobs>,
-            Arc<Lifecycle>,
-            Arc<crate::alerts::Alerts>,
-            Arc<crate::usage::UsageBook>,
-        ),
-        audit: Arc<Audit>,
-        rt: Runtime,
-    ) -> OperatorApi {
+    pub fn new(parts: OperatorParts) -> OperatorApi {
+        let OperatorParts { auth, fleet, reports, identities, jobs, lifecycle, alerts, usage, audit, rt } = parts;
         OperatorApi { auth, fleet, reports, identities, jobs, audit, lifecycle, alerts, usage, rt, peers: None }
     }
 

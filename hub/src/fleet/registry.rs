@@ -76,6 +76,14 @@ struct Inner {
 /// Deltas buffered per watcher before it is considered lagging (it then gets a fresh snapshot).
 const WATCH_BUFFER: usize = 16 * 1024;
 
+/// A server's live state as another replica of the same store shows it.
+pub struct RemoteView {
+    pub health: Option<Health>,
+    pub apps: Option<AppsState>,
+    pub liveness: Liveness,
+    pub since_ms: i64,
+}
+
 impl Registry {
     pub fn new(
         records: Vec<ServerRecord>,
@@ -256,12 +264,8 @@ impl Registry {
     /// A server as another hub of the same store sees it. A server whose stream is attached here keeps
     /// its live state (this hub is its authority) and takes only the record, when more than its progress
     /// changed; any other takes the whole view. Returns whether the server's stream is attached here.
-    pub fn apply_remote(
-        &self,
-        record: ServerRecord,
-        (health, apps): (Option<Health>, Option<AppsState>),
-        (liveness, since): (Liveness, i64),
-    ) -> bool {
+    pub fn apply_remote(&self, record: ServerRecord, seen: RemoteView) -> bool {
+        let RemoteView { health, apps, liveness, since_ms: since } = seen;
         let mut guard = self.lock();
         let inner = &mut *guard;
         let name = record.name.clone();
@@ -366,7 +370,8 @@ mod tests {
         let mut theirs = rec("a", "x");
         theirs.labels.insert("tier".into(), "gold".into());
         (theirs.last_seq, theirs.reports_received) = (7, 7);
-        assert!(reg.apply_remote(theirs, (None, None), (Liveness::Connected, 0)), "held here");
+        let connected = RemoteView { health: None, apps: None, liveness: Liveness::Connected, since_ms: 0 };
+        assert!(reg.apply_remote(theirs, connected), "held here");
         let v = reg.get("a").unwrap();
         assert_eq!((v.record.labels.get("tier").map(String::as_str), v.record.last_seq), (Some("gold"), 10));
         assert_eq!(v.record.reports_received, 10);

@@ -106,7 +106,7 @@ impl Reports {
                 // The server's view is shared: its apps state is looked at, not copied.
                 let view = self.fleet.registry().get(server);
                 let apps = view.as_ref().and_then(|v| v.apps.as_deref());
-                self.usage.ingest(&record, (report.seq, report.taken_at_ms), &usage, apps, log_limit).await?;
+                self.usage.ingest(&record, report.seq, report.taken_at_ms, &usage, apps, log_limit).await?;
                 self.metrics.report_stored(t.elapsed(), arrived.elapsed());
                 self.fleet.registry().put_record(record);
             }

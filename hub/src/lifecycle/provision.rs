@@ -8,8 +8,8 @@ use std::time::Duration;
 use super::artifacts::Artifacts;
 use super::cloud::{ActionState, Cloud, CloudError, NewServer};
 use super::config::{PlanConfig, ProvisionConfig, valid_dns_label};
+use super::job::{Clock, JobCtx, JobError};
 use super::userdata::UserData;
-use super::{Clock, JobCtx, JobError};
 use crate::error::HubError;
 use crate::fleet::Fleet;
 use crate::fleet::identities::Identities;
@@ -32,14 +32,21 @@ pub struct Provisioner {
     clock: Clock,
 }
 
+/// What a new server is told of its hub: where it is, and its CA (the pin comes from it).
+pub struct HubPins {
+    pub advertise: String,
+    pub ca_pem: String,
+}
+
 impl Provisioner {
     pub fn new(
         cloud: Arc<dyn Cloud>,
         config: ProvisionConfig,
         artifacts: Arc<Artifacts>,
-        (advertise, ca_pem): (String, String),
+        hub: HubPins,
         clock: Clock,
     ) -> Provisioner {
+        let HubPins { advertise, ca_pem } = hub;
         Provisioner { cloud, config, artifacts, advertise, ca_pem, clock }
     }
 

@@ -13,7 +13,7 @@ use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicK
 use russh::{ChannelMsg, client};
 
 use super::artifacts::Artifacts;
-use super::{JobCtx, JobError};
+use super::job::{JobCtx, JobError};
 
 const UNIT: &str = include_str!("../../../systemd/outpost-agentd.service");
 
@@ -44,14 +44,24 @@ pub struct Target {
     pub fingerprint: String,
 }
 
+/// `[provision]`'s settings for SSH enrollment.
+pub struct EnrollSettings {
+    /// The hub's SSH private key, when requests do not bring one.
+    pub key_file: Option<PathBuf>,
+    /// Where files go on the server (`/` on a real one; a directory in tests).
+    pub root: String,
+    /// The command that starts agentd (`{root}` replaced).
+    pub start: String,
+}
+
 impl SshEnroll {
     pub fn new(
         artifacts: Arc<Artifacts>,
         agent_version: String,
         ca_pem: String,
-        settings: (Option<PathBuf>, String, String),
+        settings: EnrollSettings,
     ) -> SshEnroll {
-        let (key_file, root, start) = settings;
+        let EnrollSettings { key_file, root, start } = settings;
         SshEnroll { artifacts, agent_version, ca_pem, key_file, root, start, request_keys: Mutex::default() }
     }
 

@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use super::{Op, Tree, history_key};
+use super::layout::{Op, Tree, apply_progress, history_key, progress_bytes};
 use crate::store::{Result, ServerRecord, StoreError};
 
 /// Entries in the log that start a fold (about 5 s of reports at 10,000 a second).
@@ -182,7 +182,7 @@ impl Unfolded {
     /// `r` with the progress the log holds for it (same identity only).
     pub fn merge(&self, r: &mut ServerRecord) {
         if let Some(p) = self.servers.get(&r.name).filter(|p| p.agent_id == r.agent_id && !p.progress.is_empty()) {
-            super::apply_progress(r, &forward(&super::progress_bytes(r), &p.progress));
+            apply_progress(r, &forward(&progress_bytes(r), &p.progress));
         }
     }
 

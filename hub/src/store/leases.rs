@@ -1,0 +1,13 @@
+//! Leases on periodic work.
+
+use async_trait::async_trait;
+
+use super::error::Result;
+
+/// Leases on periodic work that must run on one hub at a time when several share a store.
+#[async_trait]
+pub trait Leases: Send + Sync {
+    /// Takes or renews lease `name` for `holder` until `now_ms + ttl_ms`. True when `holder` has it now
+    /// (it was free, had run out, or was `holder`'s already); false when another holder's is still running.
+    async fn hold_lease(&self, name: &str, holder: &str, now_ms: i64, ttl_ms: i64) -> Result<bool>;
+}
