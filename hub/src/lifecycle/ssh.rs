@@ -98,8 +98,14 @@ impl SshEnroll {
     }
 
     /// Connects, checks the host key, installs and starts agentd with `token`. Returns what it did.
-    pub async fn install(&self, ctx: &JobCtx, job: u64, t: &Target, files: (&str, &str)) -> Result<String, JobError> {
-        let (server, token) = files;
+    pub async fn install(
+        &self,
+        ctx: &JobCtx,
+        job: u64,
+        t: &Target,
+        server: &str,
+        token: &str,
+    ) -> Result<String, JobError> {
         let key = self.key(server)?;
         ctx.progress(format!("connecting to {}:{}", t.host, t.port)).await?;
         let config =

@@ -651,7 +651,7 @@ impl Lifecycle {
                 .await
                 .map_err(|e| JobError::Fail(e.to_string()))?
                 .token;
-            self.ssh.install(ctx, job.id, &target, (&name, &token)).await
+            self.ssh.install(ctx, job.id, &target, &name, &token).await
         })
         .await?;
         ctx.step("online", || async {

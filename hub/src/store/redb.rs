@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::kv::{Engine, KvStore, Op, Tree, token_taken, walk};
+use super::kv::{Engine, KeyRange, KvStore, Op, Tree, token_taken, walk};
 use super::{Result, StoreError};
 
 /// The store on redb.
@@ -170,13 +170,7 @@ impl Engine for RedbEngine {
         keys.iter().map(|k| Ok(table.get(k.as_slice()).map_err(err)?.map(|g| g.value().to_vec()))).collect()
     }
 
-    fn scan(
-        &self,
-        t: Tree,
-        range: (Bound<&[u8]>, Bound<&[u8]>),
-        rev: bool,
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<()> {
+    fn scan(&self, t: Tree, range: KeyRange<'_>, rev: bool, visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<()> {
         let txn = self.db.begin_read().map_err(err)?;
         let table = txn.open_table(def(t)).map_err(err)?;
         walk(table.range::<&[u8]>(range).map_err(err)?, rev, |item| {

@@ -5,10 +5,9 @@
 //! that any prefix is safe. Its `flush` syncs with `sync_file_range`, which survives a crash of the
 //! process, not a power loss; with `power`, every group is also followed by an fdatasync of sled's log.
 
-use std::ops::Bound;
 use std::path::Path;
 
-use super::kv::{Engine, KvStore, Op, Tree, token_taken, walk};
+use super::kv::{Engine, KeyRange, KvStore, Op, Tree, token_taken, walk};
 use super::{Result, StoreError};
 
 /// The store on sled.
@@ -110,13 +109,7 @@ impl Engine for SledEngine {
         Ok(self.tree(t).get(key).map_err(err)?.map(|v| v.to_vec()))
     }
 
-    fn scan(
-        &self,
-        t: Tree,
-        range: (Bound<&[u8]>, Bound<&[u8]>),
-        rev: bool,
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<()> {
+    fn scan(&self, t: Tree, range: KeyRange<'_>, rev: bool, visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<()> {
         walk(self.tree(t).range::<&[u8], _>(range), rev, |item| {
             let (k, v) = item.map_err(err)?;
             Ok(visit(&k, &v))

@@ -148,7 +148,10 @@ pub(super) fn decode<T: DeserializeOwned>(tree: Tree, key: &[u8], v: &[u8]) -> R
     })
 }
 
-pub(super) const ALL_KEYS: (Bound<&[u8]>, Bound<&[u8]>) = (Bound::Unbounded, Bound::Unbounded);
+/// A range of keys in a tree (what `Engine::scan` walks).
+pub type KeyRange<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+
+pub(super) const ALL_KEYS: KeyRange<'static> = (Bound::Unbounded, Bound::Unbounded);
 
 /// A record's progress fields, as stored in [`Tree::Progress`].
 pub(super) fn progress_bytes(r: &ServerRecord) -> Vec<u8> {

@@ -35,7 +35,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 
 use layout::*;
-pub use layout::{Op, Tree};
+pub use layout::{KeyRange, Op, Tree};
 
 use super::{
     AlertRecord, AuditEntry, AuditLog, AuditQuery, BurnedToken, Commands, OperatorRevocation, OperatorStore,
@@ -58,13 +58,7 @@ pub trait Engine: Send + Sync + 'static {
     }
     /// Calls `visit` with every pair of `t` whose key is in the range, in key order (reversed with `rev`),
     /// until it returns false.
-    fn scan(
-        &self,
-        t: Tree,
-        range: (Bound<&[u8]>, Bound<&[u8]>),
-        rev: bool,
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<()>;
+    fn scan(&self, t: Tree, range: KeyRange<'_>, rev: bool, visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<()>;
     /// Applies the batches of a group in order and makes them durable; one result per batch, each `Ok`
     /// only once the batch is durable. A batch that fails may leave a prefix of its ops (batches are
     /// ordered so any prefix is safe). Blocking.
@@ -384,13 +378,7 @@ impl<E: Engine> KvStore<E> {
     }
 
     /// Every pair of `t` in `range`, in key order (reversed with `rev`), at most `limit`.
-    fn pairs(
-        &self,
-        t: Tree,
-        range: (Bound<&[u8]>, Bound<&[u8]>),
-        rev: bool,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn pairs(&self, t: Tree, range: KeyRange<'_>, rev: bool, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut out = Vec::new();
         if limit > 0 {
             self.engine.scan(t, range, rev, &mut |k, v| {
