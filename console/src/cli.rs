@@ -29,7 +29,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// A local fleet in one command: embedded hub, real agents, the live console.
-    Demo(crate::demo::DemoArgs),
+
     /// The live fleet console (the default).
     Fleet,
     /// List the fleet.

@@ -7,7 +7,6 @@ use console::cli::{self, Cli, Command};
 
 async fn dispatch(cli: &Cli) -> anyhow::Result<String> {
     match &cli.command {
-        Some(Command::Demo(args)) => console::demo::run(args.clone()).await.map(|()| String::new()),
         Some(Command::Completions { shell }) => Ok(cli::completions(*shell)),
         Some(Command::Servers { output }) => cli::servers(&cli::load_bundle(cli)?, *output).await,
         Some(Command::Server { name, output, history }) => {

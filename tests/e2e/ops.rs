@@ -116,9 +116,9 @@ fn demo_runs_a_live_fleet_and_leaves_nothing_behind() {
     let _tmux = Tmux(socket.clone());
     let tmp = tempfile::tempdir().unwrap();
     let cmd = format!(
-        "TMPDIR={} {} demo --agents 3 --report-interval-ms 300",
+        "TMPDIR={} {} --agents 3 --report-interval-ms 300",
         tmp.path().display(),
-        harness::bin("outpost").display()
+        harness::bin("outpost-demo").display()
     );
     let ok = Command::new("tmux")
         .args(["-L", &socket, "new-session", "-d", "-s", "demo", "-x", "160", "-y", "30", &cmd])
@@ -136,7 +136,7 @@ fn demo_runs_a_live_fleet_and_leaves_nothing_behind() {
     // The session ends when outpost exits.
     let deadline = Instant::now() + harness::WAIT;
     while Command::new("tmux").args(["-L", &socket, "has-session", "-t", "demo"]).output().unwrap().status.success() {
-        assert!(Instant::now() < deadline, "outpost demo did not exit after q");
+        assert!(Instant::now() < deadline, "outpost-demo did not exit after q");
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(demo_processes(tmp.path()), Vec::<String>::new(), "agents left behind");
@@ -256,8 +256,8 @@ async fn every_catalog_action_works_in_the_demo() {
     use outpost_proto::v1::{Liveness, Outcome};
     harness::init();
     let tmp = tempfile::tempdir().unwrap();
-    let args = console::demo::DemoArgs { agents: 1, report_interval_ms: 500 };
-    let fleet = console::demo::DemoFleet::start(&args, &harness::bin("agentd"), tmp.path()).await.unwrap();
+    let args = demo::DemoArgs { agents: 1, report_interval_ms: 500 };
+    let fleet = demo::DemoFleet::start(&args, &harness::bin("agentd"), tmp.path()).await.unwrap();
     let mut client = outpost_proto::v1::operator_client::OperatorClient::new(fleet.bundle.channel().unwrap());
     let f = harness::watch_until(&mut client, "demo-01 connected", |f| {
         harness::is(f, "demo-01", Liveness::Connected) && f["demo-01"].log_files.len() == 1
@@ -267,7 +267,7 @@ async fn every_catalog_action_works_in_the_demo() {
     assert!(log_file.ends_with("demo-01.log"), "the agent announces its log file: {log_file}");
     let source = format!("file:{log_file}");
     let repos = fleet.repos.clone().expect("the demo made its sample repository (git is installed by scripts/test)");
-    let spec = console::demo::SAMPLE_SPEC.replace("{repos}", &repos.display().to_string());
+    let spec = demo::SAMPLE_SPEC.replace("{repos}", &repos.display().to_string());
     // (action, arguments, a piece of the expected output)
     type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
     let cases: Vec<Case> = vec![
@@ -368,8 +368,8 @@ async fn the_demo_provisions_servers_through_its_stand_in_cloud() {
     use outpost_proto::v1 as pb;
     harness::init();
     let tmp = tempfile::tempdir().unwrap();
-    let args = console::demo::DemoArgs { agents: 1, report_interval_ms: 500 };
-    let fleet = console::demo::DemoFleet::start(&args, &harness::bin("agentd"), tmp.path()).await.unwrap();
+    let args = demo::DemoArgs { agents: 1, report_interval_ms: 500 };
+    let fleet = demo::DemoFleet::start(&args, &harness::bin("agentd"), tmp.path()).await.unwrap();
     let mut client = pb::operator_client::OperatorClient::new(fleet.bundle.channel().unwrap());
     let req = pb::ProvisionRequest { customer: "stark".into(), plan: "team".into(), ..Default::default() };
     client.provision(req).await.unwrap();

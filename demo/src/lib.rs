@@ -1,4 +1,4 @@
-//! `outpost demo`: a whole local fleet from one command. An embedded hub (sled in a temporary directory),
+//! `outpost-demo` (`scripts/demo`): a whole local fleet from one command. An embedded hub (sled in a temporary directory),
 //! N real `agentd` processes enrolled through real join tokens over loopback mTLS, and the live console.
 //! Quitting stops the agents, the hub, and removes the directory; agents also exit by themselves if this
 //! process dies (`--exit-with-parent`), so nothing is left behind.
@@ -27,7 +27,9 @@ use tokio_util::sync::CancellationToken;
 const CUSTOMERS: [&str; 5] = ["acme", "globex", "initech", "umbrella", "hooli"];
 const PLANS: [&str; 3] = ["starter", "pro", "team"];
 
-#[derive(Clone, Debug, clap::Args)]
+/// `outpost-demo`: a local fleet (an embedded hub, real agentd processes, stand-in clouds) and the live console.
+#[derive(Clone, Debug, clap::Parser)]
+#[command(name = "outpost-demo", version)]
 pub struct DemoArgs {
     /// How many agents to run.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=200))]
@@ -56,9 +58,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&logs)?;
     let _log = outpost_common::logging::init("hubd", Some(&logs), "info", false).map_err(anyhow::Error::msg)?;
     let fleet = DemoFleet::start(&args, &agentd, dir.path()).await?;
-    let app = crate::state::App::new(&fleet.hub.advertise, &fleet.bundle.meta.name, &fleet.bundle.meta.role);
+    let app = console::state::App::new(&fleet.hub.advertise, &fleet.bundle.meta.name, &fleet.bundle.meta.role);
     let result = match fleet.bundle.channel() {
-        Ok(channel) => crate::app::run(app, channel).await,
+        Ok(channel) => console::app::run(app, channel).await,
         Err(e) => Err(e.into()),
     };
     fleet.stop().await?;
