@@ -174,3 +174,18 @@ pub fn is_month(m: &str) -> bool {
         && m[..4].bytes().all(|b| b.is_ascii_digit())
         && m[5..].parse::<u32>().is_ok_and(|x| (1..=12).contains(&x))
 }
+
+/// The step running now, or the last one.
+pub fn current_step(j: &pb::LifecycleJob) -> String {
+    match j.steps.last() {
+        Some(s) if s.ended_ms == 0 => {
+            if j.progress.is_empty() {
+                s.name.clone()
+            } else {
+                format!("{}: {}", s.name, inert(&j.progress))
+            }
+        }
+        Some(s) => format!("{} ({})", s.name, if s.ok { "done" } else { "failed" }),
+        None => "-".into(),
+    }
+}

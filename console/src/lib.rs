@@ -2,12 +2,11 @@
 //! [`conn`] keeps the hub stream alive, [`app`] is the one event loop. The demo is its own crate (`demo/`, `outpost-demo`), so this one links neither the hub nor the stand-ins.
 
 pub mod app;
-pub mod cli;
+pub mod args;
+pub mod client;
+pub mod cmd;
 pub mod conn;
 pub mod format;
 pub mod inert;
-pub mod lifecycle;
-pub mod run;
 pub mod state;
-pub mod usage;
 pub mod view;

@@ -3,45 +3,47 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use console::cli::{self, Cli, Command};
+use console::args::{Cli, Command};
+use console::client::load_bundle;
+use console::cmd;
 
 async fn dispatch(cli: &Cli) -> anyhow::Result<String> {
     match &cli.command {
-        Some(Command::Completions { shell }) => Ok(cli::completions(*shell)),
-        Some(Command::Servers { output }) => cli::servers(&cli::load_bundle(cli)?, *output).await,
+        Some(Command::Completions { shell }) => Ok(cmd::completions(*shell)),
+        Some(Command::Servers { output }) => cmd::servers(&load_bundle(cli)?, *output).await,
         Some(Command::Server { name, output, history }) => {
-            cli::server(&cli::load_bundle(cli)?, name, *output, *history).await
+            cmd::server(&load_bundle(cli)?, name, *output, *history).await
         }
-        Some(Command::Watch) => cli::watch(&cli::load_bundle(cli)?).await,
-        Some(Command::Run(a)) => console::run::run(&cli::load_bundle(cli)?, a).await,
-        Some(Command::Audit(a)) => console::run::audit(&cli::load_bundle(cli)?, a).await,
-        Some(Command::Actions) => Ok(console::run::catalog()),
+        Some(Command::Watch) => cmd::watch(&load_bundle(cli)?).await,
+        Some(Command::Run(a)) => cmd::run::run(&load_bundle(cli)?, a).await,
+        Some(Command::Audit(a)) => cmd::run::audit(&load_bundle(cli)?, a).await,
+        Some(Command::Actions) => Ok(cmd::run::catalog()),
         Some(Command::Silence { matchers, duration, comment }) => {
-            console::lifecycle::silence(&cli::load_bundle(cli)?, matchers, duration, comment).await
+            cmd::alerts::silence(&load_bundle(cli)?, matchers, duration, comment).await
         }
-        Some(Command::Silences) => console::lifecycle::silences(&cli::load_bundle(cli)?).await,
-        Some(Command::Unsilence { id }) => console::lifecycle::unsilence(&cli::load_bundle(cli)?, id).await,
+        Some(Command::Silences) => cmd::alerts::silences(&load_bundle(cli)?).await,
+        Some(Command::Unsilence { id }) => cmd::alerts::unsilence(&load_bundle(cli)?, id).await,
         Some(Command::Ack { alertname, server }) => {
-            console::lifecycle::ack(&cli::load_bundle(cli)?, alertname, server.as_deref().unwrap_or_default()).await
+            cmd::alerts::ack(&load_bundle(cli)?, alertname, server.as_deref().unwrap_or_default()).await
         }
-        Some(Command::Usage(a)) => console::usage::usage(&cli::load_bundle(cli)?, a).await,
-        Some(Command::Alerts { output }) => console::lifecycle::alerts(&cli::load_bundle(cli)?, *output).await,
-        Some(Command::Provision(a)) => console::lifecycle::provision(&cli::load_bundle(cli)?, a).await,
-        Some(Command::Jobs(c)) => console::lifecycle::jobs(&cli::load_bundle(cli)?, c).await,
-        Some(Command::EnrollSsh(a)) => console::lifecycle::enroll_ssh(&cli::load_bundle(cli)?, a).await,
-        Some(Command::Deprovision(a)) => console::lifecycle::customer_jobs(&cli::load_bundle(cli)?, a, false).await,
-        Some(Command::Reactivate(a)) => console::lifecycle::customer_jobs(&cli::load_bundle(cli)?, a, true).await,
-        Some(Command::Apps { on, failing, output }) => cli::apps(&cli::load_bundle(cli)?, on, *failing, *output).await,
+        Some(Command::Usage(a)) => cmd::usage::usage(&load_bundle(cli)?, a).await,
+        Some(Command::Alerts { output }) => cmd::alerts::alerts(&load_bundle(cli)?, *output).await,
+        Some(Command::Provision(a)) => cmd::lifecycle::provision(&load_bundle(cli)?, a).await,
+        Some(Command::Jobs(c)) => cmd::lifecycle::jobs(&load_bundle(cli)?, c).await,
+        Some(Command::EnrollSsh(a)) => cmd::lifecycle::enroll_ssh(&load_bundle(cli)?, a).await,
+        Some(Command::Deprovision(a)) => cmd::lifecycle::customer_jobs(&load_bundle(cli)?, a, false).await,
+        Some(Command::Reactivate(a)) => cmd::lifecycle::customer_jobs(&load_bundle(cli)?, a, true).await,
+        Some(Command::Apps { on, failing, output }) => cmd::apps(&load_bundle(cli)?, on, *failing, *output).await,
         Some(Command::Deploy { app, on, git_ref, output }) => {
-            let a = cli::app_action("app-deploy", on, &[("app", Some(app)), ("ref", git_ref.as_deref())], *output)?;
-            console::run::run(&cli::load_bundle(cli)?, &a).await
+            let a = cmd::app_action("app-deploy", on, &[("app", Some(app)), ("ref", git_ref.as_deref())], *output)?;
+            cmd::run::run(&load_bundle(cli)?, &a).await
         }
         Some(Command::Rollback { app, on, to, output }) => {
-            let a = cli::app_action("app-rollback", on, &[("app", Some(app)), ("to", to.as_deref())], *output)?;
-            console::run::run(&cli::load_bundle(cli)?, &a).await
+            let a = cmd::app_action("app-rollback", on, &[("app", Some(app)), ("to", to.as_deref())], *output)?;
+            cmd::run::run(&load_bundle(cli)?, &a).await
         }
         Some(Command::Fleet) | None => {
-            let b = cli::load_bundle(cli)?;
+            let b = load_bundle(cli)?;
             let app = console::state::App::new(&b.meta.hub, &b.meta.name, &b.meta.role);
             console::app::run(app, b.channel()?).await.map(|()| String::new())
         }

@@ -2,81 +2,13 @@
 //! fleet), argument entry, confirmation by typing the target for destructive actions, the job screen that
 //! streams output and progress, and the audit view.
 
-use std::collections::{BTreeMap, VecDeque};
-
+use super::pages::*;
+use super::{App, Key, Mode, Request, Screen};
 use outpost_common::Role;
 use outpost_common::actions::{self, Action as CatalogAction, ArgKind};
 use outpost_common::text::inert;
 use outpost_proto::v1 as pb;
-
-use super::{App, Key, Mode, Request, Screen};
-
-/// Output lines kept on the job screen.
-const JOB_LINES: usize = 2000;
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Menu {
-    pub targets: Vec<String>,
-    /// Catalog actions the operator's role allows.
-    pub items: Vec<&'static str>,
-    pub cursor: usize,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ArgsForm {
-    pub action: &'static str,
-    pub targets: Vec<String>,
-    /// (argument, value as typed)
-    pub fields: Vec<(&'static str, String)>,
-    pub at: usize,
-    /// Values worth offering per argument (ctrl-n / ctrl-p cycle through them): the units every agent
-    /// allows, and for `logs` the files all the targets report in their `log_files`.
-    pub choices: BTreeMap<&'static str, Vec<String>>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Confirm {
-    pub action: &'static str,
-    pub targets: Vec<String>,
-    pub args: BTreeMap<String, String>,
-    pub typed: String,
-}
-
-impl Confirm {
-    /// What must be typed: the server name, or the number of servers.
-    pub fn expected(&self) -> String {
-        actions::confirmation(&self.targets)
-    }
-}
-
-/// The job the operator started from this console, as it streams in.
-#[derive(Clone, Debug, Default)]
-pub struct JobView {
-    pub action: String,
-    pub targets: Vec<String>,
-    pub job_id: String,
-    pub progress: pb::JobProgress,
-    /// `server | line`, oldest first.
-    pub lines: VecDeque<String>,
-    /// (server, outcome word, message), in the order they ended.
-    pub results: Vec<(String, &'static str, String)>,
-    /// The hub refused the request (the message says why).
-    pub error: Option<String>,
-    pub cancelling: bool,
-}
-
-impl JobView {
-    pub fn finished(&self) -> bool {
-        self.progress.finished || self.error.is_some()
-    }
-
-    fn push_line(&mut self, line: String) {
-        self.lines.push_back(line);
-        while self.lines.len() > JOB_LINES {
-            self.lines.pop_front();
-        }
-    }
-}
+use std::collections::BTreeMap;
 
 impl App {
     fn role(&self) -> Role {

@@ -1,54 +1,10 @@
 //! The `:alerts` screen: the hub's alerts (firing first), polled every few seconds so the header counts
 //! the firing ones.
 
+use super::pages::*;
+use super::{App, Request, Screen};
 use outpost_common::text::inert;
 use outpost_proto::v1 as pb;
-
-use super::{App, Request, Screen};
-
-/// Seconds between polls while the screen is closed (the header's count); every second while open.
-const POLL_SECS: u64 = 5;
-
-#[derive(Clone, Debug, Default)]
-pub struct AlertsPage {
-    pub alerts: Vec<pb::AlertInfo>,
-    pub loaded: bool,
-    ticks: u64,
-}
-
-impl AlertsPage {
-    pub fn firing(&self) -> usize {
-        self.alerts.iter().filter(|a| a.state == "firing").count()
-    }
-
-    /// The alerts of one server, firing first.
-    pub fn of_server(&self, server: &str) -> Vec<&pb::AlertInfo> {
-        self.alerts.iter().filter(|a| a.labels.get("server").is_some_and(|s| s == server)).collect()
-    }
-
-    /// One line for a server's or an app's screen: `▲ disk_full firing 3m · …`, or that none fire.
-    pub fn line(alerts: &[&pb::AlertInfo], now_ms: i64) -> String {
-        if alerts.is_empty() {
-            return "none".into();
-        }
-        alerts
-            .iter()
-            .map(|a| {
-                let l = |k: &str| a.labels.get(k).cloned().unwrap_or_default();
-                let symbol = match l("severity").as_str() {
-                    "critical" => "✖",
-                    "warning" => "▲",
-                    _ => "●",
-                };
-                let secs = (now_ms - a.since_ms).max(0) / 1000;
-                let state = if a.silenced_by.is_empty() { a.state.as_str() } else { "silenced" };
-                let app = a.labels.get("app").map(|a| format!(" ({a})")).unwrap_or_default();
-                format!("{symbol} {}{app} {} {state} {}m", l("alertname"), l("severity"), secs / 60)
-            })
-            .collect::<Vec<_>>()
-            .join(" · ")
-    }
-}
 
 impl App {
     pub fn apply_alerts(&mut self, mut alerts: Vec<pb::AlertInfo>) {

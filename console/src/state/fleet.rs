@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use outpost_proto::v1::{Health, Liveness, Server, fleet_event};
 
-use super::Filter;
+use super::filter::Filter;
 use crate::format::{disk_pct, k3s_word, liveness, mem_pct, needs_attention, status_word};
 
 /// Liveness/certificate events remembered per server.

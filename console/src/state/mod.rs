@@ -2,23 +2,23 @@
 //! terminal. Rows are kept by name, so the selection follows the server, not the row number, whatever
 //! deltas arrive.
 
-pub mod actions;
-pub mod alerts;
+mod actions;
+mod alerts;
 pub mod filter;
 pub mod fleet;
 pub mod keymap;
-pub mod queue;
-pub mod usage;
+mod pages;
+mod queue;
+mod usage;
 
 use std::collections::VecDeque;
 
 use outpost_proto::v1::{FleetEvent, Health, Server, ServerDetail, fleet_event};
 
-pub use actions::{ArgsForm, Confirm, JobView, Menu};
 pub use filter::Filter;
 pub use fleet::{Column, Counts, FleetTable};
 pub use keymap::{Action, Key};
-pub use queue::QueuePage;
+pub use pages::{AlertsPage, ArgsForm, Confirm, JobView, Menu, QueuePage, UsagePage};
 
 /// History points kept for the open server (the hub keeps 360 by default: an hour at 10 s).
 pub const DETAIL_POINTS: usize = 360;
@@ -215,8 +215,8 @@ pub struct App {
     pub audit: AuditPage,
     pub apps_page: AppsPage,
     pub queue: QueuePage,
-    pub alerts: alerts::AlertsPage,
-    pub usage: usage::UsagePage,
+    pub alerts: AlertsPage,
+    pub usage: UsagePage,
 }
 
 impl App {
@@ -236,8 +236,8 @@ impl App {
             audit: AuditPage::default(),
             apps_page: AppsPage::default(),
             queue: QueuePage::default(),
-            alerts: alerts::AlertsPage::default(),
-            usage: usage::UsagePage::default(),
+            alerts: AlertsPage::default(),
+            usage: UsagePage::default(),
         }
     }
 

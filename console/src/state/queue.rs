@@ -1,58 +1,9 @@
 //! The `:jobs` screen: the hub's lifecycle job queue (provision, deprovision, ...), refreshed every second
 //! while it is open, and one job's steps.
 
-use outpost_common::text::inert;
-use outpost_proto::v1 as pb;
-
+use super::pages::*;
 use super::{App, Request, Screen};
-
-/// The queue as last loaded; the cursor is kept by job id.
-#[derive(Clone, Debug, Default)]
-pub struct QueuePage {
-    pub jobs: Vec<pb::LifecycleJob>,
-    pub stats: pb::QueueStats,
-    pub loaded: bool,
-    selected: Option<u64>,
-}
-
-impl QueuePage {
-    pub fn cursor(&self) -> usize {
-        self.selected.and_then(|id| self.jobs.iter().position(|j| j.id == id)).unwrap_or(0)
-    }
-
-    pub fn selected(&self) -> Option<&pb::LifecycleJob> {
-        self.jobs.get(self.cursor())
-    }
-
-    pub fn job(&self, id: u64) -> Option<&pb::LifecycleJob> {
-        self.jobs.iter().find(|j| j.id == id)
-    }
-
-    pub(super) fn move_by(&mut self, delta: isize) {
-        if self.jobs.is_empty() {
-            return;
-        }
-        let at = self.cursor().saturating_add_signed(delta).min(self.jobs.len() - 1);
-        self.selected = Some(self.jobs[at].id);
-    }
-}
-
-/// Job text comes from the hub, the cloud and (in progress lines) agents: inert before it is kept.
-fn inert_job(j: &mut pb::LifecycleJob) {
-    for f in
-        [&mut j.target, &mut j.customer, &mut j.progress, &mut j.error, &mut j.submitted_by, &mut j.kind, &mut j.state]
-    {
-        *f = inert(f).into_owned();
-    }
-    for s in &mut j.steps {
-        s.name = inert(&s.name).into_owned();
-        s.message = inert(&s.message).into_owned();
-    }
-    j.params = std::mem::take(&mut j.params)
-        .into_iter()
-        .map(|(k, v)| (inert(&k).into_owned(), inert(&v).into_owned()))
-        .collect();
-}
+use outpost_proto::v1 as pb;
 
 impl App {
     pub fn apply_queue(&mut self, mut r: pb::ListLifecycleJobsResponse) {

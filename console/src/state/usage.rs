@@ -1,17 +1,9 @@
 //! The `:usage [CUSTOMER [YYYY-MM]]` screen: a customer's month against the plan, as the hub computed it.
 
+use super::pages::*;
+use super::{App, Request, Screen};
 use outpost_common::text::inert;
 use outpost_proto::v1 as pb;
-
-use super::{App, Request, Screen};
-
-#[derive(Clone, Debug, Default)]
-pub struct UsagePage {
-    pub customer: String,
-    /// Empty: this month (the hub's).
-    pub month: String,
-    pub data: Option<pb::GetUsageResponse>,
-}
 
 impl App {
     pub fn apply_usage(&mut self, mut r: pb::GetUsageResponse) {

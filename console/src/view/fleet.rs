@@ -5,7 +5,7 @@ use ratatui::layout::{Constraint, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::widgets::{Cell, Paragraph, Row, Table, TableState};
 
-use super::{Theme, ago, status_symbol};
+use super::widgets::{Theme, ago, status_symbol};
 use crate::format::{disk_pct, k3s_word, mem_pct, status_word};
 use crate::state::{App, Column};
 

@@ -6,7 +6,7 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Clear, Paragraph, Wrap};
 
-use super::Theme;
+use super::widgets::Theme;
 use crate::state::{App, ArgsForm, Confirm, Menu};
 
 pub fn render_job(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {

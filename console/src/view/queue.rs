@@ -8,9 +8,9 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::Line;
 use ratatui::widgets::{Block, Paragraph, Wrap};
 
-use super::Theme;
+use super::widgets::Theme;
 use crate::format::clock;
-use crate::lifecycle::current_step;
+use crate::format::current_step;
 use crate::state::App;
 
 fn state_color(state: &str) -> Color {
@@ -42,7 +42,7 @@ pub fn render_queue(frame: &mut Frame, app: &App, area: Rect, now_ms: i64, theme
     let first = cursor.saturating_sub(rows.saturating_sub(1));
     for (i, j) in app.queue.jobs.iter().enumerate().skip(first).take(rows) {
         let retry = if j.state == "pending" && j.not_before_ms > now_ms {
-            format!("in {}", super::ago(j.not_before_ms, now_ms))
+            format!("in {}", super::widgets::ago(j.not_before_ms, now_ms))
         } else {
             "-".into()
         };
@@ -153,7 +153,7 @@ pub fn render_alerts(frame: &mut Frame, app: &App, area: Rect, now_ms: i64, them
                 state,
                 l("alertname"),
                 l("server"),
-                super::ago(now_ms, a.since_ms),
+                super::widgets::ago(now_ms, a.since_ms),
                 a.summary,
                 a.action
             ),

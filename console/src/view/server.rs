@@ -6,7 +6,7 @@ use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::Color;
 use ratatui::widgets::{Block, Paragraph, Row, Sparkline, Table};
 
-use super::{Theme, ago, facts, status_symbol};
+use super::widgets::{Theme, ago, facts, status_symbol};
 use crate::format::{bytes, disk_pct, k3s_word, mem_pct, status_word};
 use crate::state::App;
 
@@ -63,7 +63,7 @@ pub fn render(frame: &mut Frame, app: &App, name: &str, area: Rect, now_ms: i64,
         ("k3s".into(), format!("{} {}", k3s_word(&h), h.k3s.as_ref().map(|k| k.detail.as_str()).unwrap_or(""))),
         ("cluster".into(), cluster_line(s)),
         ("certificate".into(), cert),
-        ("alerts".into(), crate::state::alerts::AlertsPage::line(&app.alerts.of_server(&s.name), now_ms)),
+        ("alerts".into(), crate::state::AlertsPage::line(&app.alerts.of_server(&s.name), now_ms)),
         ("actions".into(), actions),
     ];
     if s.dropped_reports > 0 {
@@ -82,7 +82,7 @@ pub fn render(frame: &mut Frame, app: &App, name: &str, area: Rect, now_ms: i64,
             let row = Row::new(crate::format::app_cells(a));
             if crate::format::app_failing(a) { row.style(theme.fg(Color::Red)) } else { row }
         });
-        frame.render_widget(super::app_table(rows, &[]).block(Block::bordered().title(" apps ")), apps);
+        frame.render_widget(super::widgets::app_table(rows, &[]).block(Block::bordered().title(" apps ")), apps);
     }
     frame.render_widget(facts(lines).block(Block::bordered().title(" identity ")), info);
 

@@ -508,7 +508,7 @@ fn the_usage_screen_against_the_plan_with_charts_and_cost() {
     use outpost_proto::v1::{GetUsageResponse, PlanUse, UsageDay, UsageRow};
     const MIB: u64 = 1 << 20;
     let mut app = fixture();
-    app.usage = crate::state::usage::UsagePage { customer: "acme".into(), month: "2026-11".into(), data: None };
+    app.usage = crate::state::UsagePage { customer: "acme".into(), month: "2026-11".into(), data: None };
     app.screen = crate::state::Screen::Usage;
     both("usage_loading", &mut app);
     let day0 = 1_793_491_200_000; // 2026-11-01

@@ -7,7 +7,7 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::Line;
 use ratatui::widgets::{Bar, BarChart, Block, LineGauge, Paragraph, Row, Sparkline, Table};
 
-use super::Theme;
+use super::widgets::Theme;
 use crate::format::bytes;
 use crate::state::App;
 

@@ -1,32 +1,13 @@
 //! `outpost usage`: a customer's month of usage against the plan, and what it costs, as a table, JSON or
 //! CSV (one row per server and scope, for spreadsheets and billing).
 
-use clap::{Args, ValueEnum};
 use outpost_common::bundle::Bundle;
 use outpost_common::text::inert;
 use outpost_proto::v1 as pb;
 
-use crate::cli::{client, rpc};
+use crate::args::{UsageArgs, UsageOutput};
+use crate::client::{client, rpc};
 use crate::format::bytes;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum UsageOutput {
-    Table,
-    Json,
-    Csv,
-}
-
-#[derive(Clone, Debug, Args)]
-pub struct UsageArgs {
-    /// The customer (a DNS label: a-z, 0-9, '-').
-    #[arg(long)]
-    pub customer: String,
-    /// The month, YYYY-MM (UTC); default: this month.
-    #[arg(long)]
-    pub month: Option<String>,
-    #[arg(long, value_enum, default_value_t = UsageOutput::Table)]
-    pub output: UsageOutput,
-}
 
 /// `outpost usage`.
 pub async fn usage(bundle: &Bundle, a: &UsageArgs) -> anyhow::Result<String> {

@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
-use std::time::Duration;
 
 use outpost_common::actions::{self, Action};
 use outpost_common::bundle::Bundle;
@@ -11,53 +10,9 @@ use outpost_common::text::inert;
 use outpost_proto::v1 as pb;
 use pb::job_event::Event;
 
-use crate::cli::{Output, client, rpc};
+use crate::args::{AuditArgs, Output, RunArgs};
+use crate::client::{client, rpc};
 use crate::format::{audit_line, bar, outcome_word, summary};
-
-#[derive(Debug, Clone, clap::Args)]
-pub struct RunArgs {
-    /// The action (see `outpost actions`).
-    pub action: String,
-    /// Which servers: NAME[,NAME…], customer:X, plan:X, label:K=V, status:S, all (space or comma separated).
-    #[arg(long = "on", value_name = "SELECTOR")]
-    pub on: String,
-    /// An argument of the action, KEY=VALUE (repeatable); KEY=@FILE reads the value from FILE.
-    #[arg(long = "arg", value_name = "KEY=VALUE")]
-    pub args: Vec<String>,
-    /// Targets per batch.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub batch: u32,
-    /// Run this many targets first, alone, as a canary batch.
-    #[arg(long, default_value_t = 0)]
-    pub canary: u32,
-    /// Stop after a batch when failed/finished exceeds this: 0.2 or 20%. Default 0: stop at any failure.
-    #[arg(long, default_value = "0", value_parser = parse_rate)]
-    pub max_failure_rate: f64,
-    /// How long each command may run (e.g. 30s, 5m). Default: the action's own.
-    #[arg(long, value_parser = outpost_common::parse_duration)]
-    pub timeout: Option<Duration>,
-    /// Queue commands for offline servers for this long (e.g. 10m) instead of refusing them.
-    #[arg(long, value_parser = outpost_common::parse_duration)]
-    pub queue: Option<Duration>,
-    /// Confirm a destructive action without a prompt: the server name (one target) or the target count.
-    #[arg(long, value_name = "NAME|COUNT")]
-    pub yes: Option<String>,
-    #[arg(long, value_enum, default_value_t = Output::Table)]
-    pub output: Output,
-    /// For exec: the program and its arguments, after `--`.
-    #[arg(last = true)]
-    pub argv: Vec<String>,
-}
-
-fn parse_rate(s: &str) -> Result<f64, String> {
-    let (n, scale) = match s.strip_suffix('%') {
-        Some(p) => (p, 100.0),
-        None => (s, 1.0),
-    };
-    let v: f64 = n.trim().parse().map_err(|_| format!("{s:?} is not a rate like 0.2 or 20%"))?;
-    let v = v / scale;
-    if (0.0..=1.0).contains(&v) { Ok(v) } else { Err(format!("{s:?} is outside 0..=100%")) }
-}
 
 /// The request, checked locally first (the hub checks it again): unknown actions and bad arguments fail
 /// before anything is sent.
@@ -272,23 +227,6 @@ fn event_json(e: &Event) -> serde_json::Value {
     }
 }
 
-#[derive(Debug, Clone, clap::Args)]
-pub struct AuditArgs {
-    #[arg(long)]
-    pub operator: Option<String>,
-    #[arg(long)]
-    pub server: Option<String>,
-    #[arg(long)]
-    pub action: Option<String>,
-    /// Only records newer than this (e.g. 1h, 7d).
-    #[arg(long, value_parser = outpost_common::parse_duration)]
-    pub since: Option<Duration>,
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub limit: u32,
-    #[arg(long, value_enum, default_value_t = Output::Table)]
-    pub output: Output,
-}
-
 pub fn audit_request(a: &AuditArgs) -> pb::QueryAuditRequest {
     pb::QueryAuditRequest {
         operator: a.operator.clone().unwrap_or_default(),
@@ -383,8 +321,6 @@ mod tests {
         let (r, _) =
             request(&args(&["app-apply", "--on", "a", "--arg", &format!("spec=@{}", file.display())])).unwrap();
         assert!(r.args["spec"].starts_with("name = \"web\""), "{:?}", r.args);
-        assert!((parse_rate("20%").unwrap() - 0.2).abs() < 1e-9);
-        assert!(parse_rate("150%").is_err());
     }
 
     #[test]

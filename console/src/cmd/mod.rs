@@ -1,212 +1,19 @@
-//! The `outpost` command line: the live console and scriptable subcommands.
+//! The `outpost` subcommands (everything but the live console): each reads the hub through `client` and
+//! prints a table or JSON. The TUI (`state`, `view`, `app`, `conn`) and these never import each other.
+
+pub mod alerts;
+pub mod lifecycle;
+pub mod run;
+pub mod usage;
 
 use std::io::Write;
-use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
 use outpost_common::bundle::Bundle;
-use outpost_proto::v1::operator_client::OperatorClient;
 use outpost_proto::v1::{FleetEvent, GetServerRequest, ListServersRequest, Server, WatchFleetRequest, fleet_event};
-use serde::Deserialize;
 
+use crate::args::{Cli, Output};
+use crate::client::{client, rpc};
 use crate::format::{disk_pct, k3s_word, mem_pct, status_word};
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "outpost",
-    version,
-    about = "The Outpost console: a live view of the fleet, and scriptable subcommands."
-)]
-pub struct Cli {
-    /// Operator bundle directory (from `hubd operator issue`). Default: `bundle` in
-    /// $XDG_CONFIG_HOME/outpost/config.toml, else $XDG_CONFIG_HOME/outpost/bundle.
-    #[arg(long, global = true, env = "OUTPOST_BUNDLE")]
-    pub bundle: Option<PathBuf>,
-    #[command(subcommand)]
-    pub command: Option<Command>,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// A local fleet in one command: embedded hub, real agents, the live console.
-
-    /// The live fleet console (the default).
-    Fleet,
-    /// List the fleet.
-    Servers {
-        #[arg(long, value_enum, default_value_t = Output::Table)]
-        output: Output,
-    },
-    /// One server, with its recent history.
-    Server {
-        name: String,
-        #[arg(long, value_enum, default_value_t = Output::Table)]
-        output: Output,
-        /// History points to include (newest last).
-        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=2000))]
-        history: u32,
-    },
-    /// Stream the fleet as JSON lines: one snapshot, then one line per change.
-    Watch,
-    /// Run an action on the servers a selector matches, in batches, with a progress bar.
-    ///
-    /// Examples: `outpost run service-status --on web-1 --arg unit=k3s`;
-    /// `outpost run service-restart --on customer:acme --arg unit=k3s --canary 1 --batch 10 --max-failure-rate 10%`;
-    /// `outpost run exec --on web-1 --yes web-1 -- df -h`. Exit status 1 when any target did not succeed.
-    Run(crate::run::RunArgs),
-    /// The audit log, newest first.
-    Audit(crate::run::AuditArgs),
-    /// Every app on the servers a selector matches (default: all), as the agents last reported them.
-    Apps {
-        /// Which servers (as for `run --on`).
-        #[arg(long = "on", value_name = "SELECTOR", default_value = "all")]
-        on: String,
-        /// Only failing apps (failed, degraded, or a repository that cannot be read).
-        #[arg(long)]
-        failing: bool,
-        #[arg(long, value_enum, default_value_t = Output::Table)]
-        output: Output,
-    },
-    /// Deploy an app on a server: `app-deploy` with a progress bar (see `outpost run`).
-    Deploy {
-        /// The app's name.
-        app: String,
-        /// The server.
-        #[arg(long = "on", value_name = "SERVER")]
-        on: String,
-        /// Branch, tag or commit (default: the spec's repo.ref).
-        #[arg(long = "ref")]
-        git_ref: Option<String>,
-        #[arg(long, value_enum, default_value_t = Output::Table)]
-        output: Output,
-    },
-    /// Run an earlier deployment of an app again: `app-rollback`.
-    Rollback {
-        app: String,
-        #[arg(long = "on", value_name = "SERVER")]
-        on: String,
-        /// The deployment (e.g. web-3); default: the one before the live one.
-        #[arg(long)]
-        to: Option<String>,
-        #[arg(long, value_enum, default_value_t = Output::Table)]
-        output: Output,
-    },
-    /// Create a server for a customer (Hetzner Cloud, cloud-init, K3s, agentd) and follow the job until it
-    /// is online. Admin.
-    Provision(crate::lifecycle::ProvisionArgs),
-    /// Deprovision a customer: apps stopped and servers suspended at once; data archived and servers deleted
-    /// after [lifecycle] archive_after_secs (7 days); the archive deleted after delete_after_secs (30 days).
-    /// Admin; confirm with `--yes CUSTOMER`.
-    Deprovision(crate::lifecycle::CustomerArgs),
-    /// Bring a deprovisioned customer back: before the archive, its apps; after it, a new server with the
-    /// archive restored. Admin.
-    Reactivate(crate::lifecycle::CustomerArgs),
-    /// Enroll a server the customer brings, once, over SSH: agentd, its config, a join token and the unit
-    /// are uploaded, agentd is started, and from then on no SSH. The host key must be known. Admin.
-    EnrollSsh(crate::lifecycle::EnrollSshArgs),
-    /// The lifecycle job queue (provision, deprovision, ...).
-    #[command(subcommand)]
-    Jobs(crate::lifecycle::JobsCmd),
-    /// A customer's usage in a month against the plan, with its cost: `outpost usage --customer acme
-    /// --month 2026-11 --output csv`.
-    Usage(crate::usage::UsageArgs),
-    /// The alerts pending and firing now, firing first.
-    Alerts {
-        #[arg(long, value_enum, default_value_t = Output::Table)]
-        output: Output,
-    },
-    /// Silence alerts whose labels include every matcher: `outpost silence --match alertname=disk_full
-    /// --match server=web-1 --for 2h --comment "disk being resized"`. Support or admin.
-    Silence {
-        /// LABEL=VALUE (alertname, severity, server, customer, plan); at least one.
-        #[arg(long = "match", value_name = "LABEL=VALUE", required = true)]
-        matchers: Vec<String>,
-        /// How long: 30m, 2h, 1d (1 minute to 30 days).
-        #[arg(long = "for", value_name = "DURATION")]
-        duration: String,
-        /// Why (shown to everyone, audited).
-        #[arg(long)]
-        comment: String,
-    },
-    /// The silences in force.
-    Silences,
-    /// End a silence now.
-    Unsilence { id: String },
-    /// Say you are on a firing alert: `outpost ack disk_full [--server web-1]`. Support or admin.
-    Ack {
-        alertname: String,
-        #[arg(long)]
-        server: Option<String>,
-    },
-    /// The action catalog: names, required role, arguments.
-    Actions,
-    /// Print shell completions.
-    Completions { shell: clap_complete::Shell },
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum Output {
-    Table,
-    Json,
-}
-
-/// `$XDG_CONFIG_HOME/outpost/config.toml`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConsoleConfig {
-    /// Operator bundle directory.
-    bundle: Option<PathBuf>,
-}
-
-fn config_dir() -> Option<PathBuf> {
-    std::env::var_os("XDG_CONFIG_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
-        .map(|d| d.join("outpost"))
-}
-
-pub fn bundle_dir(cli: &Cli) -> anyhow::Result<PathBuf> {
-    if let Some(b) = &cli.bundle {
-        return Ok(b.clone());
-    }
-    let dir =
-        config_dir().ok_or_else(|| anyhow::anyhow!("no --bundle given and neither XDG_CONFIG_HOME nor HOME is set"))?;
-    let path = dir.join("config.toml");
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let c: ConsoleConfig = outpost_common::config::from_toml(&text)
-                .map_err(|e| anyhow::anyhow!("{} is invalid: {e}", path.display()))?;
-            Ok(c.bundle.unwrap_or_else(|| dir.join("bundle")))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(dir.join("bundle")),
-        Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
-    }
-}
-
-pub fn load_bundle(cli: &Cli) -> anyhow::Result<Bundle> {
-    let dir = bundle_dir(cli)?;
-    Bundle::load(&dir).map_err(|e| {
-        anyhow::anyhow!(
-            "{e}\n(get a bundle with `hubd operator issue --name NAME --role viewer --out DIR`, then pass --bundle DIR)"
-        )
-    })
-}
-
-pub fn client(bundle: &Bundle) -> anyhow::Result<OperatorClient<tonic::transport::Channel>> {
-    Ok(OperatorClient::new(bundle.channel()?).max_decoding_message_size(256 << 20))
-}
-
-pub fn rpc(bundle: &Bundle, s: tonic::Status) -> anyhow::Error {
-    if s.code() == tonic::Code::Unavailable {
-        let reason = outpost_common::tls::transport_reason(&s);
-        return anyhow::anyhow!(
-            "hub not reachable at {} ({reason}) — is hubd running? (`systemctl status outpost-hubd`)",
-            bundle.meta.hub
-        );
-    }
-    anyhow::anyhow!("hub {}: {}", bundle.meta.hub, outpost_common::text::inert(s.message()))
-}
 
 pub fn server_json(s: &Server) -> serde_json::Value {
     let h = s.health.clone().unwrap_or_default();
@@ -411,11 +218,11 @@ pub fn app_action(
     server: &str,
     args: &[(&str, Option<&str>)],
     output: Output,
-) -> anyhow::Result<crate::run::RunArgs> {
+) -> anyhow::Result<crate::args::RunArgs> {
     #[derive(clap::Parser)]
     struct Wrap {
         #[command(flatten)]
-        run: crate::run::RunArgs,
+        run: crate::args::RunArgs,
     }
     let mut argv = vec!["outpost".to_string(), action.to_string(), format!("--on={server}")];
     for (k, v) in args {

@@ -3,105 +3,13 @@
 
 use std::time::Duration;
 
-use clap::{Args, Subcommand};
 use outpost_common::bundle::Bundle;
 use outpost_common::text::inert;
 use outpost_proto::v1 as pb;
 
-use crate::cli::{Output, client, rpc};
-use crate::format::clock;
-
-#[derive(Clone, Debug, Args)]
-pub struct ProvisionArgs {
-    /// The customer (a DNS label: a-z, 0-9, '-').
-    #[arg(long)]
-    pub customer: String,
-    /// The plan (a plan of hubd's [provision.plans]).
-    #[arg(long)]
-    pub plan: String,
-    /// Where (default: the plan's first location; a sold-out one moves on to the plan's next).
-    #[arg(long)]
-    pub location: Option<String>,
-    /// The server's name (default: the customer's).
-    #[arg(long)]
-    pub name: Option<String>,
-    /// Submitting the same key again returns the same job (safe retries from scripts).
-    #[arg(long)]
-    pub idempotency_key: Option<String>,
-    /// Print the job id and return at once instead of following it.
-    #[arg(long)]
-    pub detach: bool,
-    #[arg(long, value_enum, default_value_t = Output::Table)]
-    pub output: Output,
-}
-
-#[derive(Clone, Debug, Args)]
-pub struct EnrollSshArgs {
-    /// USER@HOST of the server (the user must be root or able to write /etc and /usr/local/bin).
-    pub target: String,
-    #[arg(long, default_value_t = 22)]
-    pub port: u16,
-    /// An unencrypted OpenSSH private key; it is sent to the hub for this job only, never stored.
-    /// Default: the hub's provision.ssh_private_key_file.
-    #[arg(long, value_name = "KEY")]
-    pub identity: Option<std::path::PathBuf>,
-    /// A known_hosts file holding the server's host key.
-    #[arg(long, value_name = "FILE", conflicts_with = "fingerprint")]
-    pub known_hosts: Option<std::path::PathBuf>,
-    /// The server's host key fingerprint, `SHA256:…` (`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`).
-    #[arg(long, required_unless_present = "known_hosts")]
-    pub fingerprint: Option<String>,
-    #[arg(long)]
-    pub customer: String,
-    #[arg(long)]
-    pub plan: String,
-    /// The server's name (default: the customer's).
-    #[arg(long)]
-    pub name: Option<String>,
-    #[arg(long)]
-    pub detach: bool,
-    #[arg(long, value_enum, default_value_t = Output::Table)]
-    pub output: Output,
-}
-
-#[derive(Clone, Debug, Args)]
-pub struct CustomerArgs {
-    #[arg(long)]
-    pub customer: String,
-    /// Confirms a deprovision: the customer's name again.
-    #[arg(long, value_name = "CUSTOMER")]
-    pub yes: Option<String>,
-    /// Print the job ids and return at once instead of following them.
-    #[arg(long)]
-    pub detach: bool,
-    #[arg(long, value_enum, default_value_t = Output::Table)]
-    pub output: Output,
-}
-
-#[derive(Clone, Debug, Subcommand)]
-pub enum JobsCmd {
-    /// The queue, newest first, with its counters.
-    List {
-        #[arg(long, default_value_t = 50)]
-        limit: u32,
-        #[arg(long, value_enum, default_value_t = Output::Table)]
-        output: Output,
-    },
-    /// One job with its steps.
-    Show {
-        id: u64,
-        #[arg(long, value_enum, default_value_t = Output::Table)]
-        output: Output,
-    },
-    /// Follow a job until it ends (re-attaches when the hub restarts).
-    Watch {
-        id: u64,
-        #[arg(long, value_enum, default_value_t = Output::Table)]
-        output: Output,
-    },
-    /// Cancel a job: a pending one at once; a running one at its next step, undoing what it created.
-    Cancel { id: u64 },
-}
+use crate::args::{CustomerArgs, EnrollSshArgs, JobsCmd, Output, ProvisionArgs};
+use crate::client::{client, rpc};
+use crate::format::{clock, current_step};
 
 /// The steps of each kind, for the progress bar's length.
 fn step_count(kind: &str) -> u64 {
@@ -190,21 +98,6 @@ pub fn job_json(j: &pb::LifecycleJob) -> serde_json::Value {
         "steps": j.steps.iter().map(|s| serde_json::json!({"name": s.name, "started_ms": s.started_ms,
             "ended_ms": s.ended_ms, "ok": s.ok, "message": s.message})).collect::<Vec<_>>(),
     })
-}
-
-/// The step running now, or the last one.
-pub fn current_step(j: &pb::LifecycleJob) -> String {
-    match j.steps.last() {
-        Some(s) if s.ended_ms == 0 => {
-            if j.progress.is_empty() {
-                s.name.clone()
-            } else {
-                format!("{}: {}", s.name, inert(&j.progress))
-            }
-        }
-        Some(s) => format!("{} ({})", s.name, if s.ok { "done" } else { "failed" }),
-        None => "-".into(),
-    }
 }
 
 fn list_table(r: &pb::ListLifecycleJobsResponse) -> String {
@@ -405,102 +298,4 @@ pub async fn follow(bundle: &Bundle, id: u64, output: Output) -> anyhow::Result<
         print!("{}", outpost_common::text::json_inert(&text));
         anyhow::bail!("job {id} {}: {}", last.state, inert(&last.error))
     }
-}
-
-/// `outpost alerts`.
-pub async fn alerts(bundle: &Bundle, output: Output) -> anyhow::Result<String> {
-    let mut c = client(bundle)?;
-    let r = c.list_alerts(pb::ListAlertsRequest {}).await.map_err(|s| rpc(bundle, s))?.into_inner();
-    Ok(match output {
-        Output::Json => {
-            let v: Vec<serde_json::Value> = r
-                .alerts
-                .iter()
-                .map(|a| {
-                    let labels: std::collections::BTreeMap<_, _> = a.labels.iter().collect();
-                    serde_json::json!({"labels": labels, "state": a.state, "since_ms": a.since_ms,
-                        "fired_ms": a.fired_ms, "value": a.value, "summary": a.summary, "action": a.action})
-                })
-                .collect();
-            format!("{}\n", serde_json::Value::Array(v))
-        }
-        Output::Table if r.alerts.is_empty() => "no alerts: nothing pending or firing\n".into(),
-        Output::Table => {
-            let mut out = format!(
-                "{:<8} {:<9} {:<22} {:<20} {:<17} {}\n",
-                "STATE", "SEVERITY", "ALERT", "SERVER", "SINCE", "SUMMARY"
-            );
-            for a in &r.alerts {
-                let l = |k: &str| a.labels.get(k).map(|v| inert(v).into_owned()).unwrap_or_else(|| "-".into());
-                out.push_str(&format!(
-                    "{:<8} {:<9} {:<22} {:<20} {:<17} {}\n",
-                    a.state,
-                    l("severity"),
-                    l("alertname"),
-                    l("server"),
-                    clock(a.since_ms),
-                    inert(&a.summary)
-                ));
-            }
-            out
-        }
-    })
-}
-
-fn silence_line(s: &pb::SilenceInfo) -> String {
-    let matchers: std::collections::BTreeMap<_, _> = s.matchers.iter().collect();
-    let m: Vec<String> = matchers.iter().map(|(k, v)| format!("{k}={}", inert(v))).collect();
-    format!(
-        "{}  {}  until {}  by {}: {}\n",
-        inert(&s.id),
-        m.join(","),
-        clock(s.expires_ms),
-        inert(&s.creator),
-        inert(&s.comment)
-    )
-}
-
-/// `outpost silence`.
-pub async fn silence(bundle: &Bundle, matchers: &[String], duration: &str, comment: &str) -> anyhow::Result<String> {
-    let mut m = std::collections::HashMap::new();
-    for x in matchers {
-        let (k, v) = x
-            .split_once('=')
-            .ok_or_else(|| anyhow::anyhow!("--match {x:?}: give LABEL=VALUE, e.g. alertname=disk_full"))?;
-        m.insert(k.trim().to_string(), v.trim().to_string());
-    }
-    let d = outpost_common::parse_duration_ms(duration).map_err(|e| anyhow::anyhow!("--for {duration:?}: {e}"))?;
-    let req = pb::SilenceRequest {
-        matchers: m,
-        duration_secs: u32::try_from(d.as_secs()).unwrap_or(u32::MAX),
-        comment: comment.to_string(),
-    };
-    let s = client(bundle)?.silence(req).await.map_err(|s| rpc(bundle, s))?.into_inner();
-    Ok(format!("silenced: {}", silence_line(&s)))
-}
-
-/// `outpost silences`.
-pub async fn silences(bundle: &Bundle) -> anyhow::Result<String> {
-    let r = client(bundle)?.list_silences(pb::ListSilencesRequest {}).await.map_err(|s| rpc(bundle, s))?.into_inner();
-    if r.silences.is_empty() {
-        return Ok("no silence in force\n".into());
-    }
-    Ok(r.silences.iter().map(silence_line).collect())
-}
-
-/// `outpost unsilence`.
-pub async fn unsilence(bundle: &Bundle, id: &str) -> anyhow::Result<String> {
-    let s = client(bundle)?
-        .expire_silence(pb::ExpireSilenceRequest { id: id.to_string() })
-        .await
-        .map_err(|s| rpc(bundle, s))?
-        .into_inner();
-    Ok(format!("ended: {}", silence_line(&s)))
-}
-
-/// `outpost ack`.
-pub async fn ack(bundle: &Bundle, alertname: &str, server: &str) -> anyhow::Result<String> {
-    let req = pb::AckAlertRequest { alertname: alertname.to_string(), server: server.to_string() };
-    let r = client(bundle)?.ack_alert(req).await.map_err(|s| rpc(bundle, s))?.into_inner();
-    Ok(format!("acknowledged {} alert(s)\n", r.acknowledged))
 }
