@@ -5,9 +5,9 @@
 //! Crash ordering and single-use are the backend's job, not the caller's. Every method that changes
 //! something returns only once the change is durable.
 //!
-//! Backends: [`sled::SledStore`] (embedded, the default) and [`postgres::PgStore`] (several hubs on one
-//! database). Every backend must pass the conformance suite
-//! (`conformance`), which is written against these traits only.
+//! Backends: the embedded store ([`kv::KvStore`] over redb, the default, or sled) and [`postgres::PgStore`]
+//! (several hubs on one database), each mirroring this layout: one module per repository trait. Every
+//! backend must pass the conformance suite (`conformance`), which is written against these traits only.
 
 pub mod audit;
 pub mod commands;
