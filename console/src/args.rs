@@ -97,9 +97,10 @@ pub enum Command {
     /// Enroll a server the customer brings, once, over SSH: agentd, its config, a join token and the unit
     /// are uploaded, agentd is started, and from then on no SSH. The host key must be known. Admin.
     EnrollSsh(EnrollSshArgs),
-    /// The lifecycle job queue (provision, deprovision, ...).
-    #[command(subcommand)]
-    Jobs(JobsCmd),
+    /// Lifecycle jobs: the queue of provision, deprovision, reactivate, enroll-ssh, archive and delete jobs
+    /// (`outpost run` starts action jobs, which are another thing). `outpost jobs` is the old name.
+    #[command(subcommand, visible_alias = "jobs")]
+    Lifecycle(LifecycleCmd),
     /// A customer's usage in a month against the plan, with its cost: `outpost usage --customer acme
     /// --month 2026-11 --output csv`.
     Usage(UsageArgs),
@@ -273,7 +274,7 @@ pub struct CustomerArgs {
 }
 
 #[derive(Clone, Debug, Subcommand)]
-pub enum JobsCmd {
+pub enum LifecycleCmd {
     /// The queue, newest first, with its counters.
     List {
         #[arg(long, default_value_t = 50)]

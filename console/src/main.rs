@@ -29,7 +29,7 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<String> {
         Some(Command::Usage(a)) => cmd::usage::usage(&load_bundle(cli)?, a).await,
         Some(Command::Alerts { output }) => cmd::alerts::alerts(&load_bundle(cli)?, *output).await,
         Some(Command::Provision(a)) => cmd::lifecycle::provision(&load_bundle(cli)?, a).await,
-        Some(Command::Jobs(c)) => cmd::lifecycle::jobs(&load_bundle(cli)?, c).await,
+        Some(Command::Lifecycle(c)) => cmd::lifecycle::jobs(&load_bundle(cli)?, c).await,
         Some(Command::EnrollSsh(a)) => cmd::lifecycle::enroll_ssh(&load_bundle(cli)?, a).await,
         Some(Command::Deprovision(a)) => cmd::lifecycle::customer_jobs(&load_bundle(cli)?, a, false).await,
         Some(Command::Reactivate(a)) => cmd::lifecycle::customer_jobs(&load_bundle(cli)?, a, true).await,

@@ -121,7 +121,7 @@ impl DemoFleet {
             Ok(()) => Some(root.join("repos")),
             Err(error) => {
                 eprintln!(
-                    "outpost demo: no sample app repository ({error:#}); is git installed? The app actions have nothing to deploy."
+                    "outpost-demo: no sample app repository ({error:#}); is git installed? The app actions have nothing to deploy."
                 );
                 None
             }
@@ -151,7 +151,7 @@ impl DemoFleet {
             ..Default::default()
         };
         if let Err(s) = client.provision(req).await {
-            eprintln!("outpost demo: the sample provision was refused: {}", s.message());
+            eprintln!("outpost-demo: the sample provision was refused: {}", s.message());
         }
         Ok(fleet)
     }
@@ -238,7 +238,7 @@ fn token_in_user_data(user_data: &str) -> Option<String> {
 impl standin::hetzner::Machines for DemoMachines {
     fn boot(&self, server: &standin::hetzner::Booted) {
         let Some(token) = token_in_user_data(&server.user_data) else {
-            return eprintln!("outpost demo: server {} booted without a join token", server.name);
+            return eprintln!("outpost-demo: server {} booted without a join token", server.name);
         };
         let dir = self.agent.root.join("cloud").join(format!("{}-{}", server.name, server.id));
         let started = self.agent.prepare(&server.name, &dir, &token).and_then(|(config, log)| {
@@ -253,7 +253,7 @@ impl standin::hetzner::Machines for DemoMachines {
         });
         match started {
             Ok(child) => self.children.lock().unwrap_or_else(|p| p.into_inner()).push((server.id, child)),
-            Err(e) => eprintln!("outpost demo: server {} did not start its agent: {e:#}", server.name),
+            Err(e) => eprintln!("outpost-demo: server {} did not start its agent: {e:#}", server.name),
         }
     }
 

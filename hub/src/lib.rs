@@ -5,6 +5,7 @@
 //! live, in the fleet registry ([`fleet`]). [`start`] is the composition root. See ARCHITECTURE.md for the
 //! map and the invariants.
 
+pub mod actions;
 pub mod admin;
 pub mod alerts;
 pub mod api;
@@ -14,7 +15,6 @@ pub mod command;
 pub mod config;
 pub mod error;
 pub mod fleet;
-pub mod jobs;
 pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
@@ -175,7 +175,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     let operators = Arc::new(Operators::load(store.clone()).await?);
     let relay = Arc::new(relay::Relay::default());
     let sealer = Arc::new(seal::Sealer::new(ca.seal_secret(), ca.pin()));
-    let jobs = Arc::new(jobs::Jobs::new(
+    let actions = Arc::new(actions::Actions::new(
         fleet.clone(),
         relay.clone(),
         audit.clone(),
@@ -191,7 +191,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         // are taken over by a live replica: see `replicas`).
         let me = format!("{}-{}", addr, outpost_common::random_hex::<8>());
         let url = replica_url(addr, &advertise);
-        jobs.set_hub(me.clone());
+        actions.set_hub(me.clone());
         let replication = replicas::Replication::new(replicas::ReplicationParts {
             store: pg,
             me: me.clone(),
@@ -199,7 +199,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
             fleet: fleet.clone(),
             identities: identities.clone(),
             operators: operators.clone(),
-            jobs: jobs.clone(),
+            actions: actions.clone(),
             grace: config.grace(),
         });
         peers = Some(Arc::new(api::peer::Peers::new(replication.placement(), ca.clone())));
@@ -223,7 +223,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     // Replicas: the commands of a replica that died are taken over by a live one (`replicas`), never
     // all of them by whichever starts.
     if !replicated {
-        let recovered = jobs.recover().await?;
+        let recovered = actions.recover().await?;
         if recovered > 0 {
             tracing::info!(recovered, "commands pending before the restart are delivered again");
         }
@@ -270,7 +270,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         store: store.clone(),
         fleet: fleet.clone(),
         identities: identities.clone(),
-        jobs: jobs.clone(),
+        actions: actions.clone(),
         config: lifecycle_config,
         ssh,
         provisioner,
@@ -322,7 +322,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         fleet,
         reports: reports.clone(),
         identities: identities.clone(),
-        jobs,
+        actions,
         lifecycle,
         alerts,
         usage,

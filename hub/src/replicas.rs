@@ -45,7 +45,7 @@ pub struct Replication {
     fleet: Arc<Fleet>,
     identities: Arc<Identities>,
     operators: Arc<Operators>,
-    jobs: Arc<crate::jobs::Jobs>,
+    actions: Arc<crate::actions::Actions>,
     grace_ms: i64,
     placement: Arc<Placement>,
 }
@@ -95,18 +95,18 @@ pub struct ReplicationParts {
     pub fleet: Arc<Fleet>,
     pub identities: Arc<Identities>,
     pub operators: Arc<Operators>,
-    pub jobs: Arc<crate::jobs::Jobs>,
+    pub actions: Arc<crate::actions::Actions>,
     /// How long a server's stream may be gone before it counts as lost.
     pub grace: Duration,
 }
 
 impl Replication {
     pub fn new(parts: ReplicationParts) -> Replication {
-        let ReplicationParts { store, me, url, fleet, identities, operators, jobs, grace } = parts;
+        let ReplicationParts { store, me, url, fleet, identities, operators, actions, grace } = parts;
         let started_ms = outpost_common::now_ms();
         let grace_ms = grace.as_millis() as i64;
         let placement = Arc::default();
-        Replication { store, me, url, started_ms, fleet, identities, operators, jobs, grace_ms, placement }
+        Replication { store, me, url, started_ms, fleet, identities, operators, actions, grace_ms, placement }
     }
 
     /// Where the other replicas' streams are (kept up to date by the loop).
@@ -195,7 +195,7 @@ impl Replication {
         // A replica silent for long enough is dead: its jobs are taken over (by one replica: the claim is
         // atomic), then it is forgotten.
         for dead in replicas.iter().filter(|r| r.id != self.me && read_at - r.heartbeat_ms >= TAKE_OVER_AFTER_MS) {
-            let taken = self.jobs.take_over(&dead.id).await?;
+            let taken = self.actions.take_over(&dead.id).await?;
             self.store.forget_replica(&dead.id).await?;
             tracing::warn!(replica = %dead.id, commands = taken, "a replica stopped beating; its jobs are taken over");
         }

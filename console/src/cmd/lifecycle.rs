@@ -7,7 +7,7 @@ use outpost_common::bundle::Bundle;
 use outpost_common::text::inert;
 use outpost_proto::v1 as pb;
 
-use crate::args::{CustomerArgs, EnrollSshArgs, JobsCmd, Output, ProvisionArgs};
+use crate::args::{CustomerArgs, EnrollSshArgs, LifecycleCmd, Output, ProvisionArgs};
 use crate::client::{client, rpc};
 use crate::format::{clock, current_step};
 
@@ -183,10 +183,10 @@ pub async fn provision(bundle: &Bundle, a: &ProvisionArgs) -> anyhow::Result<Str
     follow(bundle, job.id, a.output).await
 }
 
-pub async fn jobs(bundle: &Bundle, cmd: &JobsCmd) -> anyhow::Result<String> {
+pub async fn jobs(bundle: &Bundle, cmd: &LifecycleCmd) -> anyhow::Result<String> {
     let mut c = client(bundle)?;
     match cmd {
-        JobsCmd::List { limit, output } => {
+        LifecycleCmd::List { limit, output } => {
             let r = c
                 .list_lifecycle_jobs(pb::ListLifecycleJobsRequest { limit: *limit })
                 .await
@@ -205,7 +205,7 @@ pub async fn jobs(bundle: &Bundle, cmd: &JobsCmd) -> anyhow::Result<String> {
                 }
             })
         }
-        JobsCmd::Show { id, output } => {
+        LifecycleCmd::Show { id, output } => {
             let mut s = c
                 .watch_lifecycle_job(pb::WatchLifecycleJobRequest { id: *id })
                 .await
@@ -217,8 +217,8 @@ pub async fn jobs(bundle: &Bundle, cmd: &JobsCmd) -> anyhow::Result<String> {
                 Output::Json => format!("{}\n", job_json(&job)),
             })
         }
-        JobsCmd::Watch { id, output } => follow(bundle, *id, *output).await,
-        JobsCmd::Cancel { id } => {
+        LifecycleCmd::Watch { id, output } => follow(bundle, *id, *output).await,
+        LifecycleCmd::Cancel { id } => {
             let j = c
                 .cancel_lifecycle_job(pb::CancelLifecycleJobRequest { id: *id })
                 .await

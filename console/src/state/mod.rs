@@ -149,7 +149,7 @@ pub const COMMANDS: [(&str, &str); 12] = [
     ("alerts", "the hub's alerts, firing first (the fleet filter is:alert shows servers that need a look)"),
     ("usage", "usage [CUSTOMER [YYYY-MM]]: a customer's month against the plan, with its cost"),
     ("audit", "the audit log"),
-    ("jobs", "the lifecycle job queue: provision, deprovision, ..."),
+    ("lifecycle", "lifecycle jobs: provision, deprovision, ... (:jobs too)"),
     ("provision", "provision CUSTOMER PLAN [LOCATION]: a new server for a customer (admin)"),
     ("cancel", "cancel JOB: stop a lifecycle job; a provision undoes what it created (admin)"),
     ("ack", "ack ALERT [SERVER]: say you are on a firing alert (support+)"),
@@ -520,8 +520,8 @@ impl App {
                 self.detail = None;
             }
             "job" if self.job.is_some() => self.screen = Screen::Job,
-            "job" => self.say("no action job started from this console yet; :jobs is the lifecycle queue", true),
-            "jobs" => self.open_queue(),
+            "job" => self.say("no action job started from this console yet; :lifecycle lists lifecycle jobs", true),
+            "lifecycle" | "jobs" => self.open_queue(),
             "alerts" => self.open_alerts(),
             other if other.starts_with("provision") || other.starts_with("cancel") => self.queue_command(other),
             other if other.starts_with("ack ") || other.starts_with("silence") => self.alert_command(other),

@@ -1,4 +1,4 @@
-//! The `:jobs` screen: the hub's lifecycle job queue (provision, deprovision, ...), refreshed every second
+//! The `:lifecycle` screen: the hub's lifecycle job queue (provision, deprovision, ...), refreshed every second
 //! while it is open, and one job's steps.
 
 use super::pages::*;
@@ -37,10 +37,10 @@ impl App {
             }
             ["cancel", id] => match id.parse() {
                 Ok(id) => self.requests.push(Request::CancelQueueJob(id)),
-                Err(_) => self.say(format!("{id:?} is not a job id (see :jobs)"), true),
+                Err(_) => self.say(format!("{id:?} is not a job id (see :lifecycle)"), true),
             },
             ["provision", ..] => self.say("usage: :provision CUSTOMER PLAN [LOCATION]", true),
-            _ => self.say("usage: :cancel JOB (a job id from :jobs)", true),
+            _ => self.say("usage: :cancel JOB (a job id from :lifecycle)", true),
         }
     }
 

@@ -2,8 +2,8 @@
 //! built, so a 10,000-server fleet costs what one screen costs. Status is always a symbol and a word, never
 //! colour alone; with `NO_COLOR` there is no colour at all.
 
+mod action;
 mod fleet;
-mod job;
 mod queue;
 mod server;
 mod usage;
@@ -29,8 +29,8 @@ pub fn render(frame: &mut Frame, app: &mut App, now_ms: i64, theme: Theme) {
     match app.screen.clone() {
         Screen::Fleet => fleet::render(frame, app, body, now_ms, theme),
         Screen::Server(name) => server::render(frame, app, &name, body, now_ms, theme),
-        Screen::Job => job::render_job(frame, app, body, theme),
-        Screen::Audit => job::render_audit(frame, app, body, theme),
+        Screen::Job => action::render_job(frame, app, body, theme),
+        Screen::Audit => action::render_audit(frame, app, body, theme),
         Screen::Apps => render_apps(frame, app, body, theme),
         Screen::App(server, name) => render_app(frame, app, &server, &name, body, now_ms, theme),
         Screen::Queue => queue::render_queue(frame, app, body, now_ms, theme),
@@ -41,9 +41,9 @@ pub fn render(frame: &mut Frame, app: &mut App, now_ms: i64, theme: Theme) {
     render_footer(frame, app, footer, theme);
     match &app.mode {
         Mode::Help => render_help(frame, app, theme),
-        Mode::Actions(m) => job::render_menu(frame, m, theme),
-        Mode::Args(f) => job::render_args(frame, f, theme),
-        Mode::Confirm(c) => job::render_confirm(frame, c, theme),
+        Mode::Actions(m) => action::render_menu(frame, m, theme),
+        Mode::Args(f) => action::render_args(frame, f, theme),
+        Mode::Confirm(c) => action::render_confirm(frame, c, theme),
         _ => {}
     }
 }

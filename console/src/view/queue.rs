@@ -1,4 +1,4 @@
-//! The `:jobs` screen (the lifecycle queue) and one job's steps.
+//! The `:lifecycle` screen (the lifecycle queue) and one job's steps.
 
 use std::collections::BTreeMap;
 

@@ -288,7 +288,7 @@ pub fn default_rules() -> Vec<Rule> {
             50.0,
             300,
             Severity::Warning,
-            "`outpost jobs list`: is the cloud API failing or rate limiting?",
+            "`outpost lifecycle list`: is the cloud API failing or rate limiting?",
         ),
         rule(
             "job_failures",
@@ -297,7 +297,7 @@ pub fn default_rules() -> Vec<Rule> {
             5.0,
             0,
             Severity::Warning,
-            "`outpost jobs list`: read the failed jobs' errors",
+            "`outpost lifecycle list`: read the failed jobs' errors",
         ),
         rule(
             "provision_failed",
@@ -306,7 +306,7 @@ pub fn default_rules() -> Vec<Rule> {
             0.0,
             0,
             Severity::Warning,
-            "`outpost jobs list`; the customer is waiting for a server",
+            "`outpost lifecycle list`; the customer is waiting for a server",
         ),
     ]
 }

@@ -3,10 +3,10 @@
 use outpost_common::selector::Selector;
 use outpost_proto::v1 as pb;
 
+use crate::actions::{ActionRequest, JobEvent, TargetState};
 use crate::command::{CommandResult, Outcome};
 use crate::fleet::identities::{Hello, HostFacts};
 use crate::fleet::{Liveness, ServerView};
-use crate::jobs::{ActionRequest, JobEvent, TargetState};
 use crate::store::AuditEntry;
 
 pub fn server(v: &ServerView) -> pb::Server {

@@ -17,12 +17,12 @@ use tracing::Instrument;
 
 use super::auth::Auth;
 use super::convert;
+use crate::actions::{self, Actions};
 use crate::audit::{Audit, AuditEntry, Kind, Query};
 use crate::fleet::identities::Identities;
 use crate::fleet::reports::Reports;
 use crate::fleet::tokens::TokenRequest;
 use crate::fleet::{Fleet, FleetDelta, ServerView};
-use crate::jobs::{self, Jobs};
 use crate::lifecycle::{Lifecycle, ProvisionRequest};
 use crate::runtime::Runtime;
 
@@ -42,7 +42,7 @@ pub struct OperatorApi {
     fleet: Arc<Fleet>,
     reports: Arc<Reports>,
     identities: Arc<Identities>,
-    jobs: Arc<Jobs>,
+    actions: Arc<Actions>,
     audit: Arc<Audit>,
     lifecycle: Arc<Lifecycle>,
     alerts: Arc<crate::alerts::Alerts>,
@@ -59,7 +59,7 @@ pub struct OperatorParts {
     pub reports: Arc<Reports>,
     pub identities: Arc<Identities>,
     /// The action jobs.
-    pub jobs: Arc<Jobs>,
+    pub actions: Arc<Actions>,
     /// The lifecycle jobs.
     pub lifecycle: Arc<Lifecycle>,
     pub alerts: Arc<crate::alerts::Alerts>,
@@ -70,8 +70,8 @@ pub struct OperatorParts {
 
 impl OperatorApi {
     pub fn new(parts: OperatorParts) -> OperatorApi {
-        let OperatorParts { auth, fleet, reports, identities, jobs, lifecycle, alerts, usage, audit, rt } = parts;
-        OperatorApi { auth, fleet, reports, identities, jobs, audit, lifecycle, alerts, usage, rt, peers: None }
+        let OperatorParts { auth, fleet, reports, identities, actions, lifecycle, alerts, usage, audit, rt } = parts;
+        OperatorApi { auth, fleet, reports, identities, actions, audit, lifecycle, alerts, usage, rt, peers: None }
     }
 
     /// Actions whose targets are all on another replica run there.
@@ -102,10 +102,10 @@ impl OperatorApi {
     }
 
     /// Any operator (the role is checked per action, so a refusal can be audited with who asked).
-    fn caller<T>(&self, req: &Request<T>) -> Result<jobs::Caller, Status> {
+    fn caller<T>(&self, req: &Request<T>) -> Result<actions::Caller, Status> {
         let (name, role) = self.auth.operator(req, Role::Viewer, "running actions")?;
         let session = Some(self.auth.operators().session(&name));
-        Ok(jobs::Caller { name, role, session })
+        Ok(actions::Caller { name, role, session })
     }
 }
 
@@ -468,7 +468,7 @@ impl Operator for OperatorApi {
                 return Ok(Response::new(until_revoked(events, caller.session)));
             }
         }
-        let events = self.jobs.submit(&caller, convert::action_request(req.into_inner())).await?;
+        let events = self.actions.submit(&caller, convert::action_request(req.into_inner())).await?;
         // Lazy: the job's bounded queue is read only as fast as the caller reads (output flow control).
         let stream = ReceiverStream::new(events).map(|e| Ok(convert::job_event(e)));
         Ok(Response::new(until_revoked(stream, caller.session)))
@@ -476,7 +476,7 @@ impl Operator for OperatorApi {
 
     async fn cancel_job(&self, req: Request<pb::CancelJobRequest>) -> Result<Response<pb::CancelJobResponse>, Status> {
         let caller = self.caller(&req)?;
-        self.jobs.cancel(&caller, &req.into_inner().job_id).await?;
+        self.actions.cancel(&caller, &req.into_inner().job_id).await?;
         Ok(Response::new(pb::CancelJobResponse {}))
     }
 

@@ -13,7 +13,7 @@ use outpost_proto::v1 as pb;
 use pb::operator_client::OperatorClient;
 use tonic::{Request, Status};
 
-use crate::jobs::Caller;
+use crate::actions::Caller;
 use crate::pki::ca::FleetCa;
 use crate::replicas::Placement;
 

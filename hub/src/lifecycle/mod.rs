@@ -26,10 +26,10 @@ use std::time::Duration;
 
 use tokio::sync::{Mutex, Notify, watch};
 
+use crate::actions::Actions;
 use crate::error::HubError;
 use crate::fleet::Fleet;
 use crate::fleet::identities::Identities;
-use crate::jobs::Jobs;
 use crate::runtime::Runtime;
 use crate::store::{AuditEntry, HubStore, JobKind, JobState, Kind, Outcome, QueuedJob, StoreError, Submitted};
 pub use config::{LifecycleConfig, PlanConfig, ProvisionConfig};
@@ -64,7 +64,7 @@ pub struct Lifecycle {
     fleet: Arc<Fleet>,
     identities: Arc<Identities>,
     /// Runs actions on agents (stop apps, export, restore).
-    jobs: Arc<Jobs>,
+    actions: Arc<Actions>,
     ssh: ssh::SshEnroll,
     config: LifecycleConfig,
     provisioner: Result<Arc<Provisioner>, String>,
@@ -91,7 +91,7 @@ pub struct LifecycleParts {
     pub fleet: Arc<Fleet>,
     pub identities: Arc<Identities>,
     /// Runs actions on agents (stop apps, export, restore).
-    pub jobs: Arc<Jobs>,
+    pub actions: Arc<Actions>,
     pub config: LifecycleConfig,
     pub ssh: ssh::SshEnroll,
     /// `Err(why)` when provisioning is not configured.
@@ -101,13 +101,13 @@ pub struct LifecycleParts {
 
 impl Lifecycle {
     pub fn new(parts: LifecycleParts) -> Lifecycle {
-        let LifecycleParts { store, fleet, identities, jobs, config, ssh, provisioner, clock } = parts;
+        let LifecycleParts { store, fleet, identities, actions, config, ssh, provisioner, clock } = parts;
         let owner = format!("hub-{}", outpost_common::random_hex::<6>());
         Lifecycle {
             store,
             fleet,
             identities,
-            jobs,
+            actions,
             ssh,
             config,
             provisioner,
@@ -173,7 +173,7 @@ impl Lifecycle {
             let open = jobs.into_iter().find(|j| j.target == name && !j.state.is_final() && Some(j.id) != within);
             if let Some(j) = open {
                 return Err(HubError::Invalid(format!(
-                    "job {} ({}) for {name} is still {}; wait for it or cancel it (`outpost jobs cancel {}`)",
+                    "job {} ({}) for {name} is still {}; wait for it or cancel it (`outpost lifecycle cancel {}`)",
                     j.id,
                     j.kind.as_str(),
                     j.state.as_str(),

@@ -18,8 +18,8 @@ use outpost_common::Role;
 use outpost_common::selector::Selector;
 
 use super::{JobCtx, JobError, Lifecycle, max_attempts};
+use crate::actions::{ActionRequest, Caller, JobEvent};
 use crate::error::HubError;
-use crate::jobs::{ActionRequest, Caller, JobEvent};
 use crate::store::{JobKind, JobState, Outcome, QueuedJob, ServerRecord};
 
 /// The label that shows a server's place in the timeline.
@@ -157,7 +157,8 @@ impl Lifecycle {
             queue_secs: 300,
             confirm: server.to_string(),
         };
-        let mut events = self.jobs.submit(&caller, req).await.map_err(|e| JobError::Fail(format!("{action}: {e}")))?;
+        let mut events =
+            self.actions.submit(&caller, req).await.map_err(|e| JobError::Fail(format!("{action}: {e}")))?;
         let (mut output, mut result) = (String::new(), None);
         while let Some(e) = events.recv().await {
             if let JobEvent::Target(t) = e {
@@ -261,7 +262,7 @@ impl Lifecycle {
             serde_json::from_str::<serde_json::Value>(doc)
                 .map_err(|e| JobError::Retry(format!("the export is not a whole JSON document ({e})")))?;
             // The export holds the apps' secrets: what is written is sealed, never the clear document.
-            let sealed = self.jobs.sealer().seal(doc.as_bytes(), &archive_purpose(&name));
+            let sealed = self.actions.sealer().seal(doc.as_bytes(), &archive_purpose(&name));
             let path = self.archive_dir().join(format!("{name}-{}.sealed", record.suspended_ms));
             let sha = write_private(&path, sealed.as_bytes()).map_err(|e| JobError::Retry(e.to_string()))?;
             let bytes = sealed.len() as u64;
@@ -437,7 +438,7 @@ impl Lifecycle {
                 let text = String::from_utf8_lossy(&bytes);
                 // Sealed by this hub; an archive an older hub wrote in the clear is read as it is.
                 let plain = if crate::seal::Sealer::is_sealed(&text) {
-                    self.jobs
+                    self.actions
                         .sealer()
                         .open(text.trim_end(), &archive_purpose(&name))
                         .map_err(|e| JobError::Fail(format!("{archive}: {e}")))?

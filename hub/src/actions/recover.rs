@@ -13,7 +13,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use outpost_common::Role;
 
 use super::run::Slot;
-use super::{Events, Job, Jobs, action_role};
+use super::{Actions, Events, Job, action_role};
 use crate::audit::{self, AuditEntry, Kind};
 use crate::command::{CommandResult, Outcome};
 use crate::store::{PendingRecord, PlanRecord, StoreError};
@@ -25,7 +25,7 @@ type Running = Pin<Box<dyn std::future::Future<Output = CommandResult> + Send>>;
 /// while: a job that would have refused an offline server waits this long for it instead.
 const RECONNECT_WAIT: Duration = Duration::from_secs(60);
 
-impl Jobs {
+impl Actions {
     /// Resumes what the last run of the hub left: pending commands and the remaining batches of fan-outs.
     /// Returns how many commands were pending.
     pub async fn recover(self: &Arc<Self>) -> Result<usize, StoreError> {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio_util::sync::CancellationToken;
 
-use super::{ANSWER_GRACE, Events, Job, JobEvent, Jobs, Progress, TargetEvent, TargetState};
+use super::{ANSWER_GRACE, Actions, Events, Job, JobEvent, Progress, TargetEvent, TargetState};
 use crate::audit::{self, AuditEntry, Kind};
 use crate::command::{Command, CommandResult, Outcome};
 use crate::relay::CmdEvent;
@@ -40,7 +40,7 @@ pub(super) fn batch_of(batches: &[usize], index: usize) -> u32 {
     batches.len().saturating_sub(1) as u32
 }
 
-impl Jobs {
+impl Actions {
     /// Runs `job` to its end. The caller may go away; the job and its audit records go on.
     pub(super) async fn run(self: Arc<Self>, job: Job, tx: Events, cancel: CancellationToken) {
         let job = Arc::new(job);

@@ -1,4 +1,4 @@
-//! Jobs: one action on the servers a selector matches, in batches (an optional canary first), stopping
+//! Action jobs (not the lifecycle jobs of `crate::lifecycle`): one action on the servers a selector matches, in batches (an optional canary first), stopping
 //! when the failure rate passes a threshold. Requests are checked and audited here before anything is sent.
 //!
 //! Everything here is in the domain's terms: a request ([`ActionRequest`]), refusals ([`HubError`]), the
@@ -179,7 +179,7 @@ pub fn action_role(action: &str) -> Role {
 }
 
 /// The job engine: checks, audits, runs and cancels jobs, and resumes them after a restart.
-pub struct Jobs {
+pub struct Actions {
     fleet: Arc<Fleet>,
     relay: Arc<Relay>,
     audit: Arc<Audit>,
@@ -194,7 +194,7 @@ pub struct Jobs {
     sealer: Arc<crate::seal::Sealer>,
 }
 
-impl Jobs {
+impl Actions {
     pub fn new(
         fleet: Arc<Fleet>,
         relay: Arc<Relay>,
@@ -203,8 +203,8 @@ impl Jobs {
         rt: Runtime,
         metrics: Arc<crate::metrics::Metrics>,
         sealer: Arc<crate::seal::Sealer>,
-    ) -> Jobs {
-        Jobs { fleet, relay, audit, store, rt, live: Mutex::default(), metrics, hub: Default::default(), sealer }
+    ) -> Actions {
+        Actions { fleet, relay, audit, store, rt, live: Mutex::default(), metrics, hub: Default::default(), sealer }
     }
 
     /// What seals the secrets the hub holds (command arguments here; the lifecycle's archives).
