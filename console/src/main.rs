@@ -3,9 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use console::args::{Cli, Command};
-use console::client::load_bundle;
-use console::cmd;
+use outpost_console::args::{Cli, Command};
+use outpost_console::client::load_bundle;
+use outpost_console::cmd;
 
 async fn dispatch(cli: &Cli) -> anyhow::Result<String> {
     match &cli.command {
@@ -44,8 +44,8 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<String> {
         }
         Some(Command::Fleet) | None => {
             let b = load_bundle(cli)?;
-            let app = console::state::App::new(&b.meta.hub, &b.meta.name, &b.meta.role);
-            console::app::run(app, b.channel()?).await.map(|()| String::new())
+            let app = outpost_console::state::App::new(&b.meta.hub, &b.meta.name, &b.meta.role);
+            outpost_console::app::run(app, b.channel()?).await.map(|()| String::new())
         }
     }
 }

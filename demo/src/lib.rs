@@ -58,9 +58,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&logs)?;
     let _log = outpost_common::logging::init("hubd", Some(&logs), "info", false).map_err(anyhow::Error::msg)?;
     let fleet = DemoFleet::start(&args, &agentd, dir.path()).await?;
-    let app = console::state::App::new(&fleet.hub.advertise, &fleet.bundle.meta.name, &fleet.bundle.meta.role);
+    let app = outpost_console::state::App::new(&fleet.hub.advertise, &fleet.bundle.meta.name, &fleet.bundle.meta.role);
     let result = match fleet.bundle.channel() {
-        Ok(channel) => console::app::run(app, channel).await,
+        Ok(channel) => outpost_console::app::run(app, channel).await,
         Err(e) => Err(e.into()),
     };
     fleet.stop().await?;

@@ -38,7 +38,7 @@ use api::operator::OperatorApi;
 pub use config::HubConfig;
 use fleet::identities::Identities;
 use fleet::registry::Registry;
-use fleet::reports::Reports;
+use fleet::reports::ReportIntake;
 use fleet::{Fleet, tokens};
 use pki::ca::{self, FleetCa};
 use pki::operators::Operators;
@@ -75,7 +75,7 @@ pub struct Hub {
     /// The admin listener (`/metrics`, `/healthz`, `/readyz`), when on.
     pub admin: Option<SocketAddr>,
     identities: Arc<Identities>,
-    reports: Arc<Reports>,
+    reports: Arc<ReportIntake>,
     agents: AgentApi,
     /// The embedded store's writer, to wait for its last write at shutdown.
     writer: Option<tokio::task::JoinHandle<()>>,
@@ -149,7 +149,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     let records = store.servers().await?;
     let mut latest = std::collections::HashMap::with_capacity(records.len());
     for r in &records {
-        latest.insert(r.name.clone(), Reports::latest(&*store, &r.name).await);
+        latest.insert(r.name.clone(), ReportIntake::latest(&*store, &r.name).await);
     }
     let registry = Registry::new(records, |name| latest.remove(name).unwrap_or_default(), config.grace());
     let fleet = Arc::new(Fleet::new(registry));
@@ -169,8 +169,13 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     let server_types = config.provision.plans.iter().map(|(k, v)| (k.clone(), v.server_type.clone())).collect();
     let usage = Arc::new(usage::UsageBook::new(config.usage.clone(), store.clone(), server_types, metrics.clone()));
     usage.spawn(&rt);
-    let reports =
-        Arc::new(Reports::new(fleet.clone(), store.clone(), config.store.history_len, metrics.clone(), usage.clone()));
+    let reports = Arc::new(ReportIntake::new(
+        fleet.clone(),
+        store.clone(),
+        config.store.history_len,
+        metrics.clone(),
+        usage.clone(),
+    ));
     let audit = Arc::new(audit::Audit::new(store.clone()));
     let operators = Arc::new(Operators::load(store.clone()).await?);
     let relay = Arc::new(relay::Relay::default());

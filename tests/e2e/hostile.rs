@@ -594,7 +594,7 @@ async fn every_agent_supplied_text_is_inert_on_every_operator_surface() {
 
     // The TUI: the console's own state and view, fed from this hub, rendered into a buffer.
     let mut ops = hub.client(Role::Admin);
-    let mut app = console::state::App::new(&hub.url, "ops", "admin");
+    let mut app = outpost_console::state::App::new(&hub.url, "ops", "admin");
     let mut watch = ops.watch_fleet(WatchFleetRequest {}).await.unwrap().into_inner();
     app.apply(watch.message().await.unwrap().unwrap(), outpost_common::now_ms());
     let records = ops
@@ -615,7 +615,7 @@ async fn every_agent_supplied_text_is_inert_on_every_operator_surface() {
     };
     app.job = Some(Default::default());
     app.apply_job(job_event);
-    let screens = console::view::render_all_for_test(&mut app, 200, 50);
+    let screens = outpost_console::view::render_all_for_test(&mut app, 200, 50);
     for (name, text) in &screens {
         assert_eq!(has_unsafe(text), None, "the {name} screen shows a raw dangerous character");
     }

@@ -20,7 +20,7 @@ use super::convert;
 use crate::error::HubError;
 use crate::fleet::Fleet;
 use crate::fleet::identities::Identities;
-use crate::fleet::reports::{Body as ReportBody, Report, Reports};
+use crate::fleet::reports::{Body as ReportBody, Report, ReportIntake};
 use crate::limits::RateLimiter;
 use crate::relay::{Rejected, Relay};
 use crate::runtime::Runtime;
@@ -44,7 +44,7 @@ struct AgentState {
     auth: Arc<Auth>,
     fleet: Arc<Fleet>,
     identities: Arc<Identities>,
-    reports: Arc<Reports>,
+    reports: Arc<ReportIntake>,
     relay: Arc<Relay>,
     rt: Runtime,
     /// Enroll calls per source address.
@@ -58,7 +58,7 @@ impl AgentApi {
         auth: Arc<Auth>,
         fleet: Arc<Fleet>,
         identities: Arc<Identities>,
-        reports: Arc<Reports>,
+        reports: Arc<ReportIntake>,
         relay: Arc<Relay>,
         rt: Runtime,
         enroll_limit: RateLimiter,

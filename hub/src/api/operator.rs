@@ -20,7 +20,7 @@ use super::convert;
 use crate::actions::{self, Actions};
 use crate::audit::{Audit, AuditEntry, Kind, Query};
 use crate::fleet::identities::Identities;
-use crate::fleet::reports::Reports;
+use crate::fleet::reports::ReportIntake;
 use crate::fleet::tokens::TokenRequest;
 use crate::fleet::{Fleet, FleetDelta, ServerView};
 use crate::lifecycle::{Lifecycle, ProvisionRequest};
@@ -40,7 +40,7 @@ const MAX_AUDIT: u32 = 1_000;
 pub struct OperatorApi {
     auth: Arc<Auth>,
     fleet: Arc<Fleet>,
-    reports: Arc<Reports>,
+    reports: Arc<ReportIntake>,
     identities: Arc<Identities>,
     actions: Arc<Actions>,
     audit: Arc<Audit>,
@@ -56,7 +56,7 @@ pub struct OperatorApi {
 pub struct OperatorParts {
     pub auth: Arc<Auth>,
     pub fleet: Arc<Fleet>,
-    pub reports: Arc<Reports>,
+    pub reports: Arc<ReportIntake>,
     pub identities: Arc<Identities>,
     /// The action jobs.
     pub actions: Arc<Actions>,

@@ -1,7 +1,7 @@
 //! The fleet: servers, their identities and their reports.
 //!
 //! [`Fleet`] holds the live registry and the per-server lock around every read-modify-write of a server
-//! record; [`identities::Identities`] enrolls, renews and revokes; [`reports::Reports`] stores health.
+//! record; [`identities::Identities`] enrolls, renews and revokes; [`reports::ReportIntake`] takes reports in and stores health (the store's `Reports` keeps them).
 //! The per-server locks assume one hub process (a PostgreSQL store for several hubs must check the record
 //! it read is still current when it writes).
 

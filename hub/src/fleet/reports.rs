@@ -14,7 +14,7 @@ use crate::error::HubError;
 use crate::limits::LogLimiter;
 use crate::store::ReportStore;
 
-pub struct Reports {
+pub struct ReportIntake {
     fleet: Arc<Fleet>,
     store: Arc<dyn ReportStore>,
     /// Reports kept per server.
@@ -41,15 +41,15 @@ pub enum Body {
     Usage(UsageReport),
 }
 
-impl Reports {
+impl ReportIntake {
     pub fn new(
         fleet: Arc<Fleet>,
         store: Arc<dyn ReportStore>,
         keep: u32,
         metrics: Arc<crate::metrics::Metrics>,
         usage: Arc<crate::usage::UsageBook>,
-    ) -> Reports {
-        Reports { fleet, store, keep, refused: AtomicU64::new(0), metrics, usage }
+    ) -> ReportIntake {
+        ReportIntake { fleet, store, keep, refused: AtomicU64::new(0), metrics, usage }
     }
 
     /// Stores `report` durably unless it is a duplicate. Returns the seq to acknowledge (everything up to it

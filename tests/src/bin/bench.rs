@@ -466,10 +466,10 @@ fn summary(mut v: Vec<f64>) -> String {
 }
 
 async fn console(root: &Path, servers: u32, interval: &str, seconds: u64) -> anyhow::Result<()> {
-    use console::app::apply;
-    use console::conn::{self, ConnEvent};
-    use console::state::App;
-    use console::view::{self, Theme};
+    use outpost_console::app::apply;
+    use outpost_console::conn::{self, ConnEvent};
+    use outpost_console::state::App;
+    use outpost_console::view::{self, Theme};
     use ratatui::Terminal;
     use ratatui::backend::TestBackend;
 
@@ -623,8 +623,8 @@ fn synthetic(i: u32, tick: u64) -> outpost_proto::v1::Server {
 }
 
 fn console_frame(servers: u32, frames: u32) -> anyhow::Result<()> {
-    use console::state::App;
-    use console::view::{self, Theme};
+    use outpost_console::state::App;
+    use outpost_console::view::{self, Theme};
     use outpost_proto::v1::{FleetEvent, FleetSnapshot, fleet_event};
     use ratatui::Terminal;
     use ratatui::backend::TestBackend;
@@ -662,9 +662,9 @@ fn console_frame(servers: u32, frames: u32) -> anyhow::Result<()> {
         println!("{w}x{h} update apply, µs each: {}", summary(apply));
     }
     // Sorting by CPU (order changes with every update): the rows are rebuilt every frame.
-    app.act(console::state::Action::SortNext);
-    while app.fleet.sort != console::state::Column::Cpu {
-        app.act(console::state::Action::SortNext);
+    app.act(outpost_console::state::Action::SortNext);
+    while app.fleet.sort != outpost_console::state::Column::Cpu {
+        app.act(outpost_console::state::Action::SortNext);
     }
     let mut term = Terminal::new(TestBackend::new(200, 50))?;
     let mut render = Vec::new();
