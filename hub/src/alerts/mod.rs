@@ -14,6 +14,7 @@
 
 mod deliver;
 mod eval;
+mod measure;
 pub mod rules;
 mod silences;
 
@@ -195,14 +196,12 @@ impl Alerts {
         let mut out = Vec::new();
         let views = self.fleet.registry().list();
         let over_plan = self.usage.over_plan();
-        let failing = |phase: &str| phase == "failed" || phase == "degraded";
         for r in self.config.rules.iter().filter(|r| !r.metric.hub_wide()) {
             for v in &views {
                 let rec = &v.record;
                 if rec.suspended_ms > 0 || rec.revoked_ms > 0 || rec.agent_id.is_empty() {
                     continue; // deprovisioned, revoked or never enrolled: nothing to watch
                 }
-                let h = v.health.as_ref();
                 let labels = |app: Option<&str>| -> BTreeMap<String, String> {
                     [
                         ("alertname", r.name.clone()),
@@ -223,7 +222,7 @@ impl Alerts {
                 }
                 if r.metric == M::AppFailing {
                     for a in v.apps.iter().flat_map(|s| s.apps.iter()).filter(|a| r.applies(rec, Some(&a.name))) {
-                        let value = f64::from(u8::from(failing(&a.phase)));
+                        let value = f64::from(u8::from(measure::failing(a)));
                         if r.holds(value) {
                             let why = if a.last_error.is_empty() { a.phase.clone() } else { a.last_error.clone() };
                             let summary = format!("{} on {}: app {} is {}: {why}", r.name, rec.name, a.name, a.phase);
@@ -232,38 +231,7 @@ impl Alerts {
                     }
                     continue;
                 }
-                let value = match r.metric {
-                    M::ServerOfflineSeconds => {
-                        Some(v.offline_since_ms().map_or(0.0, |since| (now_ms - since).max(0) as f64 / 1000.0))
-                    }
-                    M::DiskUsedPercent => h.and_then(|h| {
-                        h.disks
-                            .iter()
-                            .filter(|d| d.total_bytes > 0)
-                            .map(|d| {
-                                100.0 * (d.total_bytes - d.available_bytes.min(d.total_bytes)) as f64
-                                    / d.total_bytes as f64
-                            })
-                            .reduce(f64::max)
-                    }),
-                    M::MemoryUsedPercent => h
-                        .filter(|h| h.mem_total_bytes > 0)
-                        .map(|h| 100.0 * h.mem_used_bytes as f64 / h.mem_total_bytes as f64),
-                    M::CertificateExpiresInSeconds => {
-                        (rec.cert_not_after > 0).then(|| (rec.cert_not_after * 1000 - now_ms) as f64 / 1000.0)
-                    }
-                    M::K3sReady => {
-                        v.apps.as_ref().and_then(|a| a.cluster.as_ref()).map(|c| f64::from(u8::from(c.ready)))
-                    }
-                    M::UsageOverPlanPercent => over_plan.get(&rec.name).copied(),
-                    M::AgentVersionSkew => (!rec.agent_version.is_empty())
-                        .then(|| f64::from(u8::from(rec.agent_version != env!("CARGO_PKG_VERSION")))),
-                    M::AppsFailing => {
-                        v.apps.as_ref().map(|a| a.apps.iter().filter(|x| failing(&x.phase)).count() as f64)
-                    }
-                    // Per app (above) and hub-wide (below): never here.
-                    M::AppFailing | M::JobQueuePending | M::JobFailureRatePercent | M::ProvisionsFailedLastHour => None,
-                };
+                let value = measure::server_value(r.metric, v, now_ms, over_plan.get(&rec.name).copied());
                 let Some(value) = value else { continue };
                 if r.holds(value) {
                     let summary = format!(
@@ -280,15 +248,7 @@ impl Alerts {
         }
         if let Ok(s) = self.lifecycle.stats().await {
             for r in self.config.rules.iter().filter(|r| r.metric.hub_wide()) {
-                let value = match r.metric {
-                    M::JobQueuePending => s.pending as f64,
-                    M::JobFailureRatePercent if s.finished_last_hour > 0 => {
-                        100.0 * s.failed_last_hour as f64 / s.finished_last_hour as f64
-                    }
-                    M::JobFailureRatePercent => 0.0,
-                    M::ProvisionsFailedLastHour => s.provisions_failed_last_hour as f64,
-                    _ => continue,
-                };
+                let Some(value) = measure::hub_value(r.metric, &s) else { continue };
                 if r.holds(value) {
                     let labels = [("alertname", r.name.clone()), ("severity", r.severity.as_str().to_string())]
                         .into_iter()
