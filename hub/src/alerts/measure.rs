@@ -1,15 +1,13 @@
 //! What each metric reads, as pure functions of a server's view (or the lifecycle queue's counters) and the
 //! time: `Alerts::conditions` applies them to the fleet, and the tests here pin every metric down.
 
-use outpost_proto::v1::AppState;
-
 use super::rules::Metric;
 use crate::fleet::ServerView;
 use crate::lifecycle::QueueStats;
 
-/// An app phase that counts as failing (`app_failing`, `apps_failing`).
-pub fn failing(app: &AppState) -> bool {
-    app.phase == "failed" || app.phase == "degraded"
+/// An app phase (as the agent reports it) that counts as failing (`app_failing`, `apps_failing`).
+pub fn failing(phase: &str) -> bool {
+    phase == "failed" || phase == "degraded"
 }
 
 /// What a per-server `metric` reads on `v` at `now_ms` (`None`: nothing to read yet, e.g. no health report;
@@ -39,7 +37,7 @@ pub fn server_value(metric: Metric, v: &ServerView, now_ms: i64, over_plan: Opti
         Metric::AgentVersionSkew => {
             (!rec.agent_version.is_empty()).then(|| f64::from(u8::from(rec.agent_version != env!("CARGO_PKG_VERSION"))))
         }
-        Metric::AppsFailing => v.apps.as_ref().map(|a| a.apps.iter().filter(|x| failing(x)).count() as f64),
+        Metric::AppsFailing => v.apps.as_ref().map(|a| a.apps.iter().filter(|x| failing(&x.phase)).count() as f64),
         Metric::AppFailing
         | Metric::JobQueuePending
         | Metric::JobFailureRatePercent
@@ -64,7 +62,7 @@ pub fn hub_value(metric: Metric, s: &QueueStats) -> Option<f64> {
 mod tests {
     use std::sync::Arc;
 
-    use outpost_proto::v1::{AppsState, ClusterState, Disk, Health};
+    use outpost_proto::v1::{AppState, AppsState, ClusterState, Disk, Health};
 
     use super::*;
     use crate::fleet::Liveness;
@@ -151,6 +149,6 @@ mod tests {
         assert_eq!(hub_value(Metric::ProvisionsFailedLastHour, &s), Some(3.0));
         assert_eq!(hub_value(Metric::JobFailureRatePercent, &QueueStats::default()), Some(0.0), "nothing ended");
         assert_eq!(hub_value(Metric::DiskUsedPercent, &s), None);
-        assert!(failing(&app("failed")) && failing(&app("degraded")) && !failing(&app("available")));
+        assert!(failing("failed") && failing("degraded") && !failing("available"));
     }
 }

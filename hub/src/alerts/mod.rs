@@ -222,7 +222,7 @@ impl Alerts {
                 }
                 if r.metric == M::AppFailing {
                     for a in v.apps.iter().flat_map(|s| s.apps.iter()).filter(|a| r.applies(rec, Some(&a.name))) {
-                        let value = f64::from(u8::from(measure::failing(a)));
+                        let value = f64::from(u8::from(measure::failing(&a.phase)));
                         if r.holds(value) {
                             let why = if a.last_error.is_empty() { a.phase.clone() } else { a.last_error.clone() };
                             let summary = format!("{} on {}: app {} is {}: {why}", r.name, rec.name, a.name, a.phase);
