@@ -400,7 +400,8 @@ fn dns_name(d: &str) -> bool {
 /// anything option-shaped (the URL, its user or its host: `ssh://-oProxyCommand=…/x`), credentials in the
 /// URL (a password in `https://user:pw@…` or `ssh://git:pw@…`; a bare ssh user name is not one), control
 /// characters. The one check, used by the hub before it audits a spec and by the agent before git runs.
-/// Its errors never quote the URL: it may hold a credential.
+/// Its errors never quote a URL that could hold a credential; only a plain local path (no scheme, no `:`)
+/// is named back.
 pub fn check_repo_url(url: &str, roots: &RepoRoots) -> Result<(), String> {
     if url.is_empty() || url.len() > 1024 {
         return Err("1-1024 characters".into());

@@ -178,6 +178,23 @@ async fn alert_rounds(hub: &HubProc, n: u64) {
     }
 }
 
+/// A webhook receiver on loopback that answers 200 and keeps every body it got; its URL.
+async fn webhook_receiver() -> (std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>, String) {
+    let got: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>> = Default::default();
+    let seen = got.clone();
+    let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
+        let seen = seen.clone();
+        async move {
+            seen.lock().unwrap().push(serde_json::from_slice(&body).unwrap_or_default());
+            axum::http::StatusCode::OK
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (got, url)
+}
+
 /// A hub whose alerts go to `webhook` (attempts, 50 ms initial backoff), with the disk rule only; a raw
 /// agent `disk-1` connected.
 async fn webhook_hub(dir: &std::path::Path, webhook: &str, attempts: u32) -> (HubProc, RawLink) {
@@ -281,20 +298,8 @@ async fn a_failing_provision_fires_its_alerts() {
 /// a sensible duration and a reason, and a role; acknowledgements show who is on it. Both are audited.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silences_hold_notifications_back_and_acks_say_who_is_on_it() {
-    use std::sync::{Arc, Mutex};
     init();
-    let got: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
-    let seen = got.clone();
-    let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
-        let seen = seen.clone();
-        async move {
-            seen.lock().unwrap().push(serde_json::from_slice(&body).unwrap_or_default());
-            axum::http::StatusCode::OK
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (got, url) = webhook_receiver().await;
     let tmp = tempfile::tempdir().unwrap();
     let (mut hub, mut link) = webhook_hub(&tmp.path().join("hub"), &url, 3).await;
     let mut support = hub.client(Role::Support);
@@ -559,20 +564,8 @@ async fn usage_over_plan_version_skew_and_a_failing_app_fire() {
 /// firing: one notification for a flapping disk, not one per flap, and each flap is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flapping_condition_pages_once_and_its_flaps_are_counted() {
-    use std::sync::{Arc, Mutex};
     init();
-    let got: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
-    let seen = got.clone();
-    let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
-        let seen = seen.clone();
-        async move {
-            seen.lock().unwrap().push(serde_json::from_slice(&body).unwrap_or_default());
-            axum::http::StatusCode::OK
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (got, url) = webhook_receiver().await;
     let tmp = tempfile::tempdir().unwrap();
     let config = format!(
         "[alerts]\neval_secs = 1\nresolve_after_secs = 60\nwebhook_url = \"{url}\"\n\

@@ -118,8 +118,9 @@ async fn a_server_is_enrolled_once_over_ssh_and_an_unknown_or_changed_host_key_i
     let hang = std::fs::read_to_string(root.join("hang")).unwrap();
     let job = admin.enroll_ssh(req(String::new(), fingerprint(root, "host.pub"), &hang, "byo-1")).await.unwrap();
     let id = job.into_inner().job.unwrap().id;
-    wait_job(&mut admin, id, WAIT, |j| j.progress.starts_with("connecting") || j.state == "running").await;
-    tokio::time::sleep(Duration::from_millis(500)).await; // inside the silent `uname -m` (no event to await: the server says nothing)
+    // Inside the silent `uname -m`: the job says it asked.
+    let inside = wait_job(&mut admin, id, WAIT, |j| j.progress.contains("uname -m") || is_final(j)).await;
+    assert!(inside.progress.contains("uname -m"), "{inside:#?}");
     let asked = std::time::Instant::now();
     admin.cancel_lifecycle_job(pb::CancelLifecycleJobRequest { id }).await.unwrap();
     let job = wait_job(&mut admin, id, WAIT, is_final).await;

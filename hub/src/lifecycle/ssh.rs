@@ -148,6 +148,7 @@ impl SshEnroll {
                 t.user, t.host, t.user
             )));
         }
+        ctx.progress("asking the server what it runs on (uname -m)").await?;
         let (code, arch) = run(&mut session, "uname -m", None).await?;
         let arch = arch.to_string();
         if code != 0 || !super::artifacts::ARCHES.contains(&arch.as_str()) {
