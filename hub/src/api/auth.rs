@@ -37,6 +37,21 @@ impl Auth {
     pub fn operator<T>(&self, req: &Request<T>, need: Role, what: &str) -> Result<(String, Role), Status> {
         operator(self, req, need, what)
     }
+
+    /// As [`Auth::operator`], for a call that stays open: with a token cancelled when the operator is
+    /// revoked. The caller is checked again once the token exists, so a revocation that lands between the
+    /// check and the token is either seen by the second check or cancels the token: never missed.
+    pub fn operator_session<T>(
+        &self,
+        req: &Request<T>,
+        need: Role,
+        what: &str,
+    ) -> Result<(String, Role, tokio_util::sync::CancellationToken), Status> {
+        let (name, _) = operator(self, req, need, what)?;
+        let session = self.operators.session(&name);
+        let (name, role) = operator(self, req, need, what)?;
+        Ok((name, role, session))
+    }
 }
 
 fn peer<T>(state: &Auth, req: &Request<T>) -> Result<CertInfo, Status> {

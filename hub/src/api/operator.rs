@@ -103,9 +103,8 @@ impl OperatorApi {
 
     /// Any operator (the role is checked per action, so a refusal can be audited with who asked).
     fn caller<T>(&self, req: &Request<T>) -> Result<actions::Caller, Status> {
-        let (name, role) = self.auth.operator(req, Role::Viewer, "running actions")?;
-        let session = Some(self.auth.operators().session(&name));
-        Ok(actions::Caller { name, role, session })
+        let (name, role, session) = self.auth.operator_session(req, Role::Viewer, "running actions")?;
+        Ok(actions::Caller { name, role, session: Some(session) })
     }
 }
 
@@ -153,10 +152,9 @@ impl Operator for OperatorApi {
         &self,
         req: Request<pb::WatchFleetRequest>,
     ) -> Result<Response<Self::WatchFleetStream>, Status> {
-        let (name, _) = self.auth.operator(&req, Role::Viewer, "watching the fleet")?;
+        let (name, _, session) = self.auth.operator_session(&req, Role::Viewer, "watching the fleet")?;
         let (tx, rx) = mpsc::channel(1024);
         let span = tracing::info_span!("watch", operator = %name);
-        let session = self.auth.operators().session(&name);
         self.rt.spawn(watch(self.fleet.clone(), self.rt.stopping().clone(), tx, session).instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -287,8 +285,7 @@ impl Operator for OperatorApi {
         &self,
         req: Request<pb::WatchLifecycleJobRequest>,
     ) -> Result<Response<Self::WatchLifecycleJobStream>, Status> {
-        let (name, _) = self.auth.operator(&req, Role::Viewer, "watching jobs")?;
-        let session = self.auth.operators().session(&name);
+        let (_, _, session) = self.auth.operator_session(&req, Role::Viewer, "watching jobs")?;
         let id = req.into_inner().id;
         let mut changed = self.lifecycle.subscribe();
         let first = self.lifecycle.job(id).await?;
