@@ -62,6 +62,26 @@ pub(super) fn webhook_body(format: &str, a: &Alert, status: &str, now_ms: i64) -
     }
 }
 
+/// `scheme://host[:port]` of `url`, for logs: a webhook URL's path or query may be its secret (Slack's is).
+fn origin(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    format!("{scheme}://{host}")
+}
+
+/// At most `max` bytes of an answer's body, as text: an answer is never read whole.
+async fn first_bytes(mut r: reqwest::Response, max: usize) -> String {
+    let mut body = Vec::new();
+    while body.len() < max {
+        match r.chunk().await {
+            Ok(Some(c)) => body.extend_from_slice(&c[..c.len().min(max - body.len())]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&body).into_owned()
+}
+
 impl Alerts {
     /// One notification to the webhook, on its own task: retried with exponential backoff and full jitter,
     /// then a dead letter (audited) when it never got through.
@@ -77,7 +97,8 @@ impl Alerts {
                 match client.post(&url).json(&body).send().await {
                     Ok(r) if r.status().is_success() => return,
                     Ok(r) => last = format!("HTTP {}", r.status()),
-                    Err(e) => last = e.to_string(),
+                    // Without the URL: a Slack webhook's path is its secret.
+                    Err(e) => last = e.without_url().to_string(),
                 }
                 if attempt < cfg.webhook_attempts {
                     let wait = outpost_common::backoff::full_jitter(
@@ -88,7 +109,7 @@ impl Alerts {
                     tokio::time::sleep(wait).await;
                 }
             }
-            tracing::error!(%url, error = %last, "alert notification undeliverable; recorded as a dead letter");
+            tracing::error!(webhook = %origin(&url), error = %last, "alert notification undeliverable; recorded as a dead letter");
             let entry = AuditEntry {
                 operator: "alerts".into(),
                 kind: Kind::Alert,
@@ -146,17 +167,17 @@ impl Alerts {
             Ok(r) => {
                 self.metrics.alert_delivery("refused");
                 let status = r.status();
-                let said = r.text().await.unwrap_or_default();
-                tracing::warn!(%status, %url, answer = %outpost_common::text::excerpt(&said, 200), "Alertmanager refused the alerts; they are sent again next round");
+                let said = first_bytes(r, 4096).await;
+                tracing::warn!(%status, alertmanager = %origin(&url), answer = %outpost_common::text::excerpt(&said, 200), "Alertmanager refused the alerts; they are sent again next round");
             }
             Err(error) => {
                 self.metrics.alert_delivery("unreachable");
                 let why = if error.is_timeout() {
                     format!("no answer within {}s", timeout.as_secs())
                 } else {
-                    error.to_string()
+                    error.without_url().to_string()
                 };
-                tracing::warn!(error = %why, %url, "Alertmanager unreachable; the alerts are sent again next round")
+                tracing::warn!(error = %why, alertmanager = %origin(&url), "Alertmanager unreachable; the alerts are sent again next round")
             }
         }
     }
@@ -202,6 +223,12 @@ mod tests {
         assert_eq!(body["parse"], "none");
         let long = webhook_body("slack", &alert(&"<".repeat(900_000)), "firing", 0);
         assert!(long["text"].as_str().unwrap().len() < 8 * 1024, "bounded");
+    }
+
+    #[test]
+    fn logs_name_a_webhook_by_its_origin_only() {
+        assert_eq!(origin("https://hooks.slack.com/services/T0/B0/s3cr3t?x=1"), "https://hooks.slack.com");
+        assert_eq!(origin("http://user:pw@127.0.0.1:9093/api"), "http://127.0.0.1:9093");
     }
 
     #[test]
