@@ -115,6 +115,28 @@ impl PlanLimits {
             _ => return None,
         })
     }
+
+    /// What a container without resources of its own may use (the project's LimitRange default): half the
+    /// plan, at most 250m and 256 MiB.
+    pub fn container_default(&self) -> (u64, u64) {
+        ((self.cpu_millis / 2).clamp(1, 250), (self.memory_bytes / 2).min(256 << 20))
+    }
+}
+
+/// How a rollout replaces an app's pods within its plan's quota.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fit {
+    /// One extra pod first, then the old ones go (maxSurge 1, maxUnavailable 0): no capacity lost.
+    Surge,
+    /// No extra pod: one old pod goes before each new one starts (maxSurge 0, maxUnavailable 1). The
+    /// words say why and what it costs (for a single replica, a short outage).
+    OneAtATime(String),
+}
+
+impl Fit {
+    pub fn surge(&self) -> bool {
+        matches!(self, Fit::Surge)
+    }
 }
 
 /// Where a local repository may live (tests and mirrors); every other local path is refused.
@@ -135,6 +157,53 @@ impl RepoRoots {
 pub struct SpecError(pub Vec<String>);
 
 impl AppSpec {
+    /// What one pod holds against the quota (cpu millis, memory bytes): its limits, or the plan's
+    /// container default where it sets none (the LimitRange gives it that limit).
+    pub fn pod_limits(&self, plan: &PlanLimits) -> (u64, u64) {
+        let (cpu, mem) = plan.container_default();
+        let r = &self.resources;
+        (
+            r.cpu_limit.as_deref().and_then(|c| cpu_millis(c).ok()).unwrap_or(cpu),
+            r.memory_limit.as_deref().and_then(|m| bytes(m).ok()).unwrap_or(mem),
+        )
+    }
+
+    /// How a rollout of `replicas` pods fits the plan's quota beside `others` (what the project's other
+    /// apps hold, cpu millis and memory bytes). A rolling update with a surge needs room for one more pod
+    /// than the app runs; without that room it goes one pod at a time; `Err` when even the steady state
+    /// does not fit (said in words, before anything is applied).
+    pub fn rollout_fit(&self, plan: &PlanLimits, others: (u64, u64), replicas: u32) -> Result<Fit, String> {
+        let (cpu, mem) = self.pod_limits(plan);
+        let n = u64::from(replicas.max(1));
+        let need = |pods: u64| (others.0 + pods * cpu, others.1 + pods * mem);
+        let fits = |(c, m): (u64, u64)| c <= plan.cpu_millis && m <= plan.memory_bytes;
+        let (c, m) = need(n);
+        if !fits((c, m)) {
+            return Err(format!(
+                "{n} replica(s) × {cpu}m / {} MiB{} need {c}m / {} MiB, over the plan's {}m / {} MiB: lower replicas or resources, or move to a larger plan",
+                mem >> 20,
+                if others == (0, 0) { String::new() } else { format!(" beside the project's other apps ({}m / {} MiB)", others.0, others.1 >> 20) },
+                m >> 20,
+                plan.cpu_millis,
+                plan.memory_bytes >> 20
+            ));
+        }
+        if fits(need(n + 1)) {
+            return Ok(Fit::Surge);
+        }
+        let why = format!(
+            "the plan's quota ({}m / {} MiB) has no room for a surge pod ({cpu}m / {} MiB) beside {n} running",
+            plan.cpu_millis,
+            plan.memory_bytes >> 20,
+            mem >> 20
+        );
+        Ok(Fit::OneAtATime(if n == 1 {
+            format!("{why}: the old pod stops before the new one starts (a short outage); two replicas, or lower limits, roll without one")
+        } else {
+            format!("{why}: pods are replaced one at a time, {} of {n} serving meanwhile", n - 1)
+        }))
+    }
+
     /// Parses and validates a spec. `plan` bounds its resources (none: only the shape is checked, as the
     /// hub does for a server whose plan it does not know).
     pub fn parse(text: &str, plan: Option<PlanLimits>, roots: &RepoRoots) -> Result<AppSpec, SpecError> {
@@ -885,5 +954,31 @@ path = "/healthz"
         // Outside [secrets] the parser's words stay, with the key.
         let e = AppSpec::parse("name = \"web\"\nport = \"eighty\"\n", None, &r).unwrap_err().to_string();
         assert!(e.contains("line 2, key port") && e.contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn a_rollout_needs_room_for_its_surge_pod_or_goes_one_at_a_time() {
+        let starter = PlanLimits::named("starter").unwrap();
+        let mut spec = AppSpec::parse(
+            "name = \"web\"\nimage = \"registry.example/web:{commit}\"\nreplicas = 2\n[repo]\nurl = \"https://git.example/web.git\"\n",
+            Some(starter),
+            &RepoRoots::default(),
+        )
+        .unwrap();
+        // Two replicas at the default 250m / 256 MiB fill the starter quota: no room for a third pod.
+        assert_eq!(spec.pod_limits(&starter), (250, 256 << 20));
+        let fit = spec.rollout_fit(&starter, (0, 0), 2).unwrap();
+        assert!(matches!(&fit, Fit::OneAtATime(w) if w.contains("1 of 2 serving")), "{fit:?}");
+        // With smaller pods the surge fits.
+        spec.resources.memory_limit = Some("128Mi".into());
+        spec.resources.cpu_limit = Some("100m".into());
+        assert_eq!(spec.rollout_fit(&starter, (0, 0), 2).unwrap(), Fit::Surge);
+        // Beside another app that holds most of the plan, even the steady state is refused, in words.
+        let e = spec.rollout_fit(&starter, (400, 400 << 20), 2).unwrap_err();
+        assert!(e.contains("over the plan's 500m / 512 MiB") && e.contains("other apps"), "{e}");
+        // One replica with no room: said to cost a short outage.
+        spec.resources.memory_limit = Some("512Mi".into());
+        let fit = spec.rollout_fit(&starter, (0, 0), 1).unwrap();
+        assert!(matches!(&fit, Fit::OneAtATime(w) if w.contains("short outage")), "{fit:?}");
     }
 }

@@ -43,8 +43,17 @@ struct AppServer {
 
 impl AppServer {
     async fn start(root: &std::path::Path, name: &str, extra: &str) -> AppServer {
+        AppServer::start_on(root, name, extra, "pro", false).await
+    }
+
+    /// On `plan`; `controller`: the stand-in plays the Deployment controller (pods through admission).
+    async fn start_on(root: &std::path::Path, name: &str, extra: &str, plan: &str, controller: bool) -> AppServer {
         harness::init();
-        let kube = KubeStandIn::start(&root.join("kube")).await;
+        let kube = if controller {
+            KubeStandIn::start_with_controller(&root.join("kube")).await
+        } else {
+            KubeStandIn::start(&root.join("kube")).await
+        };
         harness::git(
             root,
             "git init -q --bare -b main web.git && git clone -q web.git dev 2>/dev/null && cd dev && echo v1 > app.txt && git add -A && git commit -qm v1 && git push -q origin HEAD:main",
@@ -55,7 +64,7 @@ impl AppServer {
             server_name: name.into(),
             ttl_secs: 600,
             customer: "acme".into(),
-            plan: "pro".into(),
+            plan: plan.into(),
             ..Default::default()
         };
         let token = hub.client(Role::Admin).create_join_token(request).await.unwrap().into_inner().token;
@@ -353,4 +362,61 @@ async fn auto_deploy_follows_the_tracked_branch() {
         })
     })
     .await;
+}
+
+/// A starter app with two replicas at the default limits fills its quota (2 × 250m / 256 MiB of 500m /
+/// 512 MiB). A rolling update with a surge pod then needs a third pod, which the API server's quota
+/// admission refuses, and the rollout stalls until its deadline. The agent renders no surge where the plan
+/// has no room, says so, and refuses in words what cannot fit at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starter_app_that_fills_its_quota_redeploys_and_restarts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let env = AppServer::start_on(root, "small-1", "rollout_deadline_secs = 20\n", "starter", true).await;
+    let (kube, hub) = (&env.kube, &env.hub);
+    let mut support = hub.client(Role::Support);
+    let spec = format!(
+        "name = \"web\"\nimage = \"registry.example/acme/web:{{commit}}\"\nport = 8080\nreplicas = 2\n[repo]\nurl = \"{}\"\n",
+        root.join("web.git").display()
+    );
+    let run = |action_name: &'static str, args: Vec<(&'static str, String)>| {
+        let mut c = hub.client(Role::Support);
+        async move {
+            let args: Vec<(&str, &str)> = args.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            run_job(&mut c, action(action_name, &["small-1"], &args)).await
+        }
+    };
+    let applied = run_job(&mut support, action("app-apply", &["small-1"], &[("spec", &spec)])).await;
+    assert_eq!(applied.result("small-1").outcome, Outcome::Succeeded as i32, "{:?}", applied.result("small-1"));
+    let first = run("app-deploy", vec![("app", "web".into())]).await;
+    assert_eq!(first.result("small-1").outcome, Outcome::Succeeded as i32, "{}", first.output["small-1"]);
+
+    // A new commit: the redeploy needs new pods while the quota is full.
+    harness::git(&root.join("dev"), "echo v2 > app.txt && git commit -qam v2 && git push -q origin HEAD:main");
+    let second = run("app-deploy", vec![("app", "web".into())]).await;
+    let out = &second.output["small-1"];
+    assert_eq!(second.result("small-1").outcome, Outcome::Succeeded as i32, "{:?}\n{out}", second.result("small-1"));
+    assert!(out.contains("no surge pod") && out.contains("1 of 2 serving"), "{out}");
+    let d = kube.get(DEPLOYMENT).unwrap();
+    assert_eq!(d["spec"]["strategy"]["rollingUpdate"], json!({"maxSurge": 0, "maxUnavailable": 1}), "{d:#}");
+    let conditions = d["status"]["conditions"].as_array().unwrap();
+    assert!(!conditions.iter().any(|c| c["type"] == "ReplicaFailure"), "no pod was refused: {conditions:?}");
+
+    // A restart rolls every pod the same way.
+    let restarted = run("app-restart", vec![("app", "web".into())]).await;
+    assert_eq!(restarted.result("small-1").outcome, Outcome::Succeeded as i32, "{}", restarted.output["small-1"]);
+    let pods = kube.list("api/v1/namespaces/acme/pods");
+    assert_eq!(pods.len(), 2, "two pods, all of the restarted template: {pods:#?}");
+    let quota = kube.get("api/v1/namespaces/acme/resourcequotas/outpost-plan").unwrap();
+    assert_eq!(quota["status"]["used"]["limits.memory"], "512Mi", "{quota:#}");
+
+    // A second app cannot fit beside it: refused in words before anything is applied.
+    let api = spec.replace("name = \"web\"", "name = \"api\"").replace("replicas = 2", "replicas = 1");
+    let applied = run_job(&mut support, action("app-apply", &["small-1"], &[("spec", &api)])).await;
+    assert_eq!(applied.result("small-1").outcome, Outcome::Succeeded as i32);
+    let refused = run("app-deploy", vec![("app", "api".into())]).await;
+    let r = refused.result("small-1");
+    assert_eq!(r.outcome, Outcome::Refused as i32, "{r:?}");
+    assert!(r.message.contains("over the plan's 500m / 512 MiB") && r.message.contains("other apps"), "{r:?}");
+    assert!(kube.get("apis/apps/v1/namespaces/acme/deployments/api").is_none(), "nothing applied");
 }

@@ -12,6 +12,7 @@ mod hostile;
 mod hostile2;
 mod k3s;
 mod metrics;
+mod official;
 mod ops;
 mod provision;
 mod renewal;

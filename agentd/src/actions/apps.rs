@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures::AsyncBufReadExt;
 use futures::StreamExt;
 use outpost_common::actions::Action;
-use outpost_common::app::{AppSpec, PlanLimits, RepoRoots};
+use outpost_common::app::{AppSpec, Fit, PlanLimits, RepoRoots};
 use outpost_proto::v1::{CommandResult, Outcome};
 use tokio::sync::watch;
 
@@ -156,6 +156,20 @@ impl Apps {
             Ok(None) => Err(failed(format!("no app named {name} on this server; apply its spec first (app-apply)"))),
             Err(e) => Err(failed(e.to_string())),
         }
+    }
+
+    /// How `spec` at `replicas` rolls out within the plan beside the project's other deployed apps.
+    fn fit(&self, project: &str, plan: &PlanLimits, spec: &AppSpec, replicas: u32) -> Result<Fit, String> {
+        let mut others = (0, 0);
+        for r in self.store.apps().unwrap_or_default() {
+            if r.project != project || r.spec.name == spec.name || !matches!(self.store.live(&r.spec.name), Ok(Some(_))) {
+                continue;
+            }
+            let (c, m) = r.spec.pod_limits(plan);
+            let n = u64::from(r.spec.replicas.max(1));
+            others = (others.0 + n * c, others.1 + n * m);
+        }
+        spec.rollout_fit(plan, others, replicas)
     }
 
     pub async fn execute(&self, action: &Action, operator: &str, ctx: &mut Ctx<'_>) -> CommandResult {
@@ -337,7 +351,7 @@ impl Apps {
     /// Desired state again: every app with a live deployment is compared with the cluster, and what drifted
     /// (an object deleted or edited by hand) is applied again and recorded. Returns what was repaired.
     pub async fn reconcile(&self) -> Vec<String> {
-        let Ok((project, _)) = self.placement() else { return Vec::new() };
+        let Ok((project, plan)) = self.placement() else { return Vec::new() };
         let Ok(records) = self.store.apps() else { return Vec::new() };
         let mut repaired = Vec::new();
         // One read of what Outpost manages in the project, for every app's check.
@@ -356,7 +370,15 @@ impl Apps {
                     }
                 };
             }
-            let rev = Revision { deployment_id: live.id.clone(), commit: live.commit.clone(), ..Default::default() };
+            let one_at_a_time = plan
+                .and_then(|plan| self.fit(&project, &plan, &spec, spec.replicas).ok())
+                .is_some_and(|f| !f.surge());
+            let rev = Revision {
+                deployment_id: live.id.clone(),
+                commit: live.commit.clone(),
+                one_at_a_time,
+                ..Default::default()
+            };
             let m = render::app(&project, &spec, &rev);
             let found = managed.as_ref().map(|x| x.drift(&name, &m)).unwrap_or_default();
             if found.is_empty() {
@@ -456,6 +478,12 @@ impl Apps {
                 ),
             );
         }
+        // A rollout that cannot fit the plan is refused here, in words, before anything changes.
+        if let Some(plan) = plan
+            && let Err(why) = self.fit(&project, &plan, &spec, spec.replicas)
+        {
+            return refused(format!("{name}: {why}"));
+        }
         let d = Deployment {
             app: name.into(),
             commit: state.head.clone(),
@@ -491,10 +519,18 @@ impl Apps {
         rev: &Revision,
         pr: &mut Progress<'_>,
     ) -> Result<(), String> {
+        let mut rev = rev.clone();
         if let Some(plan) = plan {
+            match self.fit(project, &plan, spec, rev.replicas.unwrap_or(spec.replicas))? {
+                Fit::Surge => {}
+                Fit::OneAtATime(why) => {
+                    pr.line(&format!("no surge pod: {why}")).await;
+                    rev.one_at_a_time = true;
+                }
+            }
             k3s.apply_project(&render::project(project, &plan)).await.map_err(|e| e.to_string())?;
         }
-        let m = render::app(project, spec, rev);
+        let m = render::app(project, spec, &rev);
         k3s.apply_app(project, &spec.name, &m, &render::app_policy(project, spec)).await.map_err(|e| e.to_string())?;
         pr.line("applied; watching the rollout").await;
         let left = pr.deadline.saturating_duration_since(Instant::now()).saturating_sub(Duration::from_secs(5));
@@ -608,7 +644,7 @@ impl Apps {
             deployment_id: live.id,
             commit: live.commit,
             restarted_at: Some(outpost_common::when::stamp(outpost_common::now_ms())),
-            replicas: None,
+            ..Default::default()
         };
         self.reapply(name, &spec, rev, pr).await
     }
@@ -620,6 +656,11 @@ impl Apps {
         spec.replicas = replicas;
         if let Err(e) = spec.validate(plan, &self.roots) {
             return refused(format!("{name}: {e}"));
+        }
+        if let Some(plan) = plan
+            && let Err(why) = self.fit(&project, &plan, &spec, replicas)
+        {
+            return refused(format!("{name}: {why}"));
         }
         if let Err(e) = self.store.put_app(&project, &spec, operator).await {
             return failed(e.to_string());

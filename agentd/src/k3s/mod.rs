@@ -424,8 +424,14 @@ impl K3s {
                 return Ok(Rollout::Available);
             }
             if Instant::now() >= until {
+                // The cluster's own words on why no pod could be made (a quota refusing one), when it has any.
+                let refused = condition("ReplicaFailure")
+                    .filter(|c| c.status == "True")
+                    .and_then(|c| c.message.clone())
+                    .map(|m| format!("; {}", outpost_common::text::excerpt(&m, 300)))
+                    .unwrap_or_default();
                 return Ok(Rollout::Failed(format!(
-                    "the rollout did not finish within {} s: {available} of {want} replica(s) available, {updated} updated",
+                    "the rollout did not finish within {} s: {available} of {want} replica(s) available, {updated} updated{refused}",
                     deadline.as_secs()
                 )));
             }

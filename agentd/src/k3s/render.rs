@@ -70,6 +70,8 @@ pub struct Revision {
     pub restarted_at: Option<String>,
     /// Overrides the spec's replicas (`app-scale`).
     pub replicas: Option<u32>,
+    /// No surge pod: the plan's quota has no room for one (see `AppSpec::rollout_fit`).
+    pub one_at_a_time: bool,
 }
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -109,8 +111,7 @@ pub fn project(name: &str, plan: &PlanLimits) -> ProjectManifests {
     .map(|(k, v)| (k.to_string(), q(v)))
     .collect();
     // A container without its own resources gets a small share of the plan.
-    let default_cpu = (plan.cpu_millis / 2).clamp(1, 250);
-    let default_mem = (plan.memory_bytes / 2).min(256 << 20);
+    let (default_cpu, default_mem) = plan.container_default();
     ProjectManifests {
         namespace: Namespace { metadata: meta(name, None, managed.clone()), ..Default::default() },
         quota: ResourceQuota {
@@ -230,9 +231,16 @@ pub fn app(namespace: &str, spec: &AppSpec, rev: &Revision) -> AppManifests {
             revision_history_limit: Some(3),
             strategy: Some(DeploymentStrategy {
                 type_: Some("RollingUpdate".into()),
-                rolling_update: Some(RollingUpdateDeployment {
-                    max_unavailable: Some(IntOrString::Int(0)),
-                    max_surge: Some(IntOrString::Int(1)),
+                rolling_update: Some(if rev.one_at_a_time {
+                    RollingUpdateDeployment {
+                        max_unavailable: Some(IntOrString::Int(1)),
+                        max_surge: Some(IntOrString::Int(0)),
+                    }
+                } else {
+                    RollingUpdateDeployment {
+                        max_unavailable: Some(IntOrString::Int(0)),
+                        max_surge: Some(IntOrString::Int(1)),
+                    }
                 }),
             }),
             template: PodTemplateSpec {
