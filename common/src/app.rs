@@ -182,7 +182,11 @@ impl AppSpec {
             return Err(format!(
                 "{n} replica(s) × {cpu}m / {} MiB{} need {c}m / {} MiB, over the plan's {}m / {} MiB: lower replicas or resources, or move to a larger plan",
                 mem >> 20,
-                if others == (0, 0) { String::new() } else { format!(" beside the project's other apps ({}m / {} MiB)", others.0, others.1 >> 20) },
+                if others == (0, 0) {
+                    String::new()
+                } else {
+                    format!(" beside the project's other apps ({}m / {} MiB)", others.0, others.1 >> 20)
+                },
                 m >> 20,
                 plan.cpu_millis,
                 plan.memory_bytes >> 20
@@ -198,7 +202,9 @@ impl AppSpec {
             mem >> 20
         );
         Ok(Fit::OneAtATime(if n == 1 {
-            format!("{why}: the old pod stops before the new one starts (a short outage); two replicas, or lower limits, roll without one")
+            format!(
+                "{why}: the old pod stops before the new one starts (a short outage); two replicas, or lower limits, roll without one"
+            )
         } else {
             format!("{why}: pods are replaced one at a time, {} of {n} serving meanwhile", n - 1)
         }))

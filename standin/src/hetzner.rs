@@ -4,7 +4,14 @@
 //! fail, `RateLimit-*` headers with 429) and is driven by the real client, the `hcloud` crate, whose base URL
 //! the hub takes from its config.
 //!
-//! What it serves: servers (create, get, list, delete), actions, SSH keys and firewalls (create, list).
+//! It answers in the shapes the API documents, with every required field, and the official clients accept
+//! it: Debian's `hcloud` CLI and the official Python `hcloud` library are driven against it in the suite
+//! (`tests/e2e/official.rs`). It checks inputs as the API does (server names, label keys and values,
+//! images, server types, locations, SSH keys and firewalls that must exist) and deletes as the API does: a
+//! server is `deleting` while its delete action runs, then gone.
+//!
+//! What it serves: servers (create, get, list, delete, their actions), actions (get, list), images, server
+//! types, locations and datacenters (get, list), SSH keys and firewalls (create, list).
 //! Faults a test can ask for: the next answers failing (429, 503), a server type sold out in a location
 //! (`resource_unavailable`), create actions that end in error, a rate limit (a token bucket as Hetzner's),
 //! a slow boot. When a create action succeeds, the server "boots": the [`Machines`] hook gets its user-data
@@ -57,6 +64,7 @@ struct Server {
     user_data: String,
     ssh_keys: Vec<String>,
     firewalls: Vec<i64>,
+    image: i64,
     status: &'static str,
     created: String,
 }
@@ -109,6 +117,8 @@ struct State {
     throttled: u64,
     /// Servers deleted since the last tick (for the machines hook).
     deleted: Vec<(i64, String)>,
+    /// How long a delete action runs (the server is `deleting` meanwhile).
+    delete_time: Duration,
 }
 
 /// A running fake. Dropping it stops the server.
@@ -130,15 +140,26 @@ impl Drop for HetznerStandIn {
     }
 }
 
-/// The server types the fake sells: name, architecture, cores, memory GB, disk GB, locations.
-const SERVER_TYPES: &[(&str, &str, i32, f64, f64)] = &[
-    ("cx22", "x86", 2, 4.0, 40.0),
-    ("cx32", "x86", 4, 8.0, 80.0),
-    ("cx42", "x86", 8, 16.0, 160.0),
-    ("cax11", "arm", 2, 4.0, 40.0),
+/// The server types the fake sells: name, architecture, cores, memory GB, disk GB.
+const SERVER_TYPES: &[(&str, &str, i32, f64, i64)] = &[
+    ("cx22", "x86", 2, 4.0, 40),
+    ("cx32", "x86", 4, 8.0, 80),
+    ("cx42", "x86", 8, 16.0, 160),
+    ("cax11", "arm", 2, 4.0, 40),
 ];
-const LOCATIONS: &[(&str, &str, &str)] =
-    &[("fsn1", "Falkenstein", "DE"), ("nbg1", "Nuremberg", "DE"), ("hel1", "Helsinki", "FI")];
+/// Locations: name, city, country, latitude, longitude, network zone, datacenter number.
+const LOCATIONS: &[(&str, &str, &str, f64, f64, &str, u32)] = &[
+    ("fsn1", "Falkenstein", "DE", 50.47612, 12.370071, "eu-central", 14),
+    ("nbg1", "Nuremberg", "DE", 49.452102, 11.076665, "eu-central", 3),
+    ("hel1", "Helsinki", "FI", 60.169855, 24.938379, "eu-central", 2),
+];
+/// System images: id, name, OS flavor, OS version, architecture.
+const IMAGES: &[(i64, &str, &str, &str, &str)] = &[
+    (114690387, "debian-12", "debian", "12", "x86"),
+    (114690389, "debian-12", "debian", "12", "arm"),
+    (161547269, "ubuntu-24.04", "ubuntu", "24.04", "x86"),
+    (161547270, "ubuntu-24.04", "ubuntu", "24.04", "arm"),
+];
 
 fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
@@ -148,36 +169,110 @@ fn error(status: StatusCode, code: &str, message: &str) -> (StatusCode, Value) {
     (status, json!({"error": {"code": code, "message": message, "details": {}}}))
 }
 
-fn location_json(name: &str) -> Value {
-    let (i, (n, city, country)) = LOCATIONS.iter().enumerate().find(|(_, l)| l.0 == name).unwrap_or((0, &LOCATIONS[0]));
-    json!({"id": i as i64 + 1, "name": n, "description": format!("{city} DC Park 1"), "country": country,
-           "city": city, "latitude": 50.0, "longitude": 12.0, "network_zone": "eu-central"})
+/// 400 `invalid_input` naming the field, as the API answers a bad request body.
+fn invalid(field: &str, why: &str) -> (StatusCode, Value) {
+    (
+        StatusCode::BAD_REQUEST,
+        json!({"error": {"code": "invalid_input", "message": format!("invalid input in field '{field}'"),
+            "details": {"fields": [{"name": field, "messages": [why]}]}}}),
+    )
 }
 
-fn server_type_json(name: &str) -> Value {
-    let (i, (n, arch, cores, mem, disk)) =
-        SERVER_TYPES.iter().enumerate().find(|(_, t)| t.0 == name).unwrap_or((0, &SERVER_TYPES[0]));
-    let price = json!({"net": "0.0060", "gross": "0.0071"});
+fn not_found(what: &str, id: &str) -> (StatusCode, Value) {
+    error(StatusCode::NOT_FOUND, "not_found", &format!("{what} with ID '{id}' not found"))
+}
+
+fn location_json(i: usize) -> Value {
+    let (n, city, country, lat, lon, zone, _) = LOCATIONS[i];
+    json!({"id": i as i64 + 1, "name": n, "description": format!("{city} DC Park 1"), "country": country,
+           "city": city, "latitude": lat, "longitude": lon, "network_zone": zone})
+}
+
+fn location_index(name: &str) -> Option<usize> {
+    LOCATIONS.iter().position(|l| {
+        l.0 == name
+            || name.parse::<usize>().is_ok_and(|id| id == LOCATIONS.iter().position(|x| x.0 == l.0).unwrap_or(0) + 1)
+    })
+}
+
+fn datacenter_json(i: usize, sold_out: &[(String, String)]) -> Value {
+    let (n, city, _, _, _, _, dc) = LOCATIONS[i];
+    let all: Vec<i64> = (1..=SERVER_TYPES.len() as i64).collect();
+    let available: Vec<i64> = SERVER_TYPES
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| !sold_out.iter().any(|(st, l)| st == t.0 && l == n))
+        .map(|(j, _)| j as i64 + 1)
+        .collect();
+    json!({"id": i as i64 + 1, "name": format!("{n}-dc{dc}"), "description": format!("{city} 1 virtual DC {dc}"),
+           "location": location_json(i),
+           "server_types": {"supported": all, "available": available, "available_for_migration": all}})
+}
+
+fn server_type_index(name: &str) -> Option<usize> {
+    SERVER_TYPES
+        .iter()
+        .position(|t| t.0 == name)
+        .or_else(|| name.parse::<usize>().ok().filter(|id| (1..=SERVER_TYPES.len()).contains(id)).map(|id| id - 1))
+}
+
+fn server_type_json(i: usize, sold_out: &[(String, String)]) -> Value {
+    let (n, arch, cores, mem, disk) = SERVER_TYPES[i];
+    let price = |net: &str| json!({"net": net, "gross": net});
     json!({"id": i as i64 + 1, "name": n, "description": n.to_uppercase(), "cores": cores, "memory": mem,
            "disk": disk, "architecture": arch, "cpu_type": "shared", "storage_type": "local", "deprecated": false,
-           "deprecation": null, "category": "shared",
-           "locations": LOCATIONS.iter().enumerate().map(|(i, l)| json!({"id": i as i64 + 1, "name": l.0, "deprecation": null})).collect::<Vec<_>>(),
-           "prices": [{"location": "fsn1", "included_traffic": 21990232555520i64, "price_hourly": price,
-                       "price_monthly": {"net": "3.79", "gross": "4.51"}, "price_per_tb_traffic": {"net": "1.00", "gross": "1.19"}}]})
+           "deprecation": null, "category": "shared", "included_traffic": 21990232555520i64,
+           "locations": LOCATIONS.iter().enumerate().map(|(j, l)| json!({"id": j as i64 + 1, "name": l.0, "deprecation": null,
+               "available": !sold_out.iter().any(|(t, loc)| t == n && loc == l.0), "recommended": true})).collect::<Vec<_>>(),
+           "prices": LOCATIONS.iter().map(|l| json!({"location": l.0, "included_traffic": 21990232555520i64,
+               "price_hourly": price("0.0060"), "price_monthly": price("3.7900"), "price_per_tb_traffic": price("1.0000")})).collect::<Vec<_>>()})
+}
+
+fn image_json(id: i64) -> Value {
+    let (id, name, flavor, version, arch) = IMAGES.iter().copied().find(|i| i.0 == id).unwrap_or(IMAGES[0]);
+    json!({"id": id, "type": "system", "status": "available", "name": name,
+           "description": format!("{} {version}", if flavor == "debian" { "Debian" } else { "Ubuntu" }),
+           "image_size": null, "disk_size": 5, "created": "2023-06-13T06:00:02+00:00", "created_from": null,
+           "bound_to": null, "os_flavor": flavor, "os_version": version, "rapid_deploy": true,
+           "protection": {"delete": false}, "deprecated": null, "deleted": null, "labels": {}, "architecture": arch})
+}
+
+/// A server name as the API takes it: a hostname (RFC 1123), at most 63 characters.
+fn valid_server_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+/// Every `key=value` of a query, repeated keys kept (`id=1&id=2`).
+fn query_all(q: Option<&str>) -> Vec<(String, String)> {
+    q.unwrap_or_default()
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), crate::kube::percent_decode(v)))
+        .collect()
 }
 
 impl Server {
-    fn json(&self) -> Value {
+    fn json(&self, sold_out: &[(String, String)]) -> Value {
+        let loc = location_index(&self.location).unwrap_or(0);
+        let t = server_type_index(&self.server_type).unwrap_or(0);
         json!({
             "id": self.id, "name": self.name, "status": self.status, "created": self.created,
-            "labels": self.labels, "locked": false, "rescue_enabled": false, "primary_disk_size": 40,
+            "labels": self.labels, "locked": false, "rescue_enabled": false, "primary_disk_size": SERVER_TYPES[t].4,
             "private_net": [], "protection": {"delete": false, "rebuild": false},
             "public_net": {"floating_ips": [], "firewalls": self.firewalls.iter().map(|id| json!({"id": id, "status": "applied"})).collect::<Vec<_>>(),
-                "ipv4": {"blocked": false, "dns_ptr": format!("static.{}.example", self.id), "ip": format!("203.0.113.{}", self.id % 250)},
-                "ipv6": null},
-            "server_type": server_type_json(&self.server_type),
-            "location": location_json(&self.location),
-            "image": null, "iso": null, "load_balancers": [], "volumes": [], "placement_group": null,
+                "ipv4": {"id": 1_000_000 + self.id, "blocked": false, "dns_ptr": format!("static.{}.example", self.id), "ip": format!("203.0.113.{}", self.id % 250)},
+                "ipv6": {"id": 2_000_000 + self.id, "blocked": false, "dns_ptr": [], "ip": format!("2001:db8:{:x}::/64", self.id)}},
+            "server_type": server_type_json(t, sold_out),
+            "datacenter": datacenter_json(loc, sold_out),
+            "location": location_json(loc),
+            "image": image_json(self.image), "iso": null, "load_balancers": [], "volumes": [], "placement_group": null,
             "included_traffic": 21990232555520i64, "ingoing_traffic": 0, "outgoing_traffic": 0, "backup_window": null,
         })
     }
@@ -197,19 +292,11 @@ impl Action {
     }
 }
 
-/// `k=v`, `k!=v`, `k`, `!k`, comma-separated (all must hold): Hetzner's label selector, minus set syntax.
-fn selects(selector: &str, labels: &BTreeMap<String, String>) -> bool {
-    selector.split(',').map(str::trim).filter(|t| !t.is_empty()).all(|term| {
-        if let Some((k, v)) = term.split_once("!=") {
-            labels.get(k.trim()).is_none_or(|x| x != v.trim())
-        } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
-            labels.get(k.trim()).is_some_and(|x| x == v.trim())
-        } else if let Some(k) = term.strip_prefix('!') {
-            !labels.contains_key(k.trim())
-        } else {
-            labels.contains_key(term)
-        }
-    })
+/// Hetzner's label selector (the Kubernetes syntax: `k=v`, `k!=v`, `k`, `!k`, `k in (a,b)`, `k notin (a)`);
+/// `Err` when it does not parse.
+fn selects(selector: &str, labels: &BTreeMap<String, String>) -> Result<bool, String> {
+    let terms = crate::kube::select::parse_labels(selector)?;
+    Ok(crate::kube::select::holds(&terms, |k| labels.get(k).map(String::as_str)))
 }
 
 /// One page of `items` as Hetzner pages: `page` from 1, `per_page` 25 by default and 50 at most.
@@ -259,7 +346,10 @@ impl State {
         Ok((b.limit, b.remaining as u32))
     }
 
-    fn handle(&mut self, method: &Method, path: &str, q: &HashMap<String, String>, body: &[u8]) -> (StatusCode, Value) {
+    fn handle(&mut self, method: &Method, path: &str, raw_query: Option<&str>, body: &[u8]) -> (StatusCode, Value) {
+        self.settle_deletes();
+        let q = query(raw_query);
+        let q = &q;
         let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
         let body: Value = if body.is_empty() {
             Value::Null
@@ -269,17 +359,22 @@ impl State {
                 Err(e) => return error(StatusCode::BAD_REQUEST, "json_error", &format!("invalid JSON: {e}")),
             }
         };
+        let sold_out = self.sold_out.clone();
+        let by_name = |n: &str| q.get("name").is_none_or(|x| x == n);
         match (method.as_str(), segs.as_slice()) {
             ("GET", ["v1", "servers"]) => {
                 let sel = q.get("label_selector").cloned().unwrap_or_default();
-                let name = q.get("name");
                 let ignore = self.ignore_selector;
-                let items = self
-                    .servers
-                    .values()
-                    .filter(|s| (ignore || selects(&sel, &s.labels)) && name.is_none_or(|n| *n == s.name))
-                    .map(Server::json)
-                    .collect();
+                let mut items = Vec::new();
+                for s in self.servers.values() {
+                    let picked = match selects(&sel, &s.labels) {
+                        Ok(m) => ignore || m,
+                        Err(e) => return invalid("label_selector", &e),
+                    };
+                    if picked && by_name(&s.name) && q.get("status").is_none_or(|st| st == s.status) {
+                        items.push(s.json(&sold_out));
+                    }
+                }
                 let mut answer = page("servers", items, q);
                 if self.listing_padding > 0 {
                     answer["padding"] = json!("x".repeat(self.listing_padding));
@@ -293,37 +388,117 @@ impl State {
             }
             ("POST", ["v1", "servers"]) => self.create_server(&body),
             ("GET", ["v1", "servers", id]) => match id.parse().ok().and_then(|id: i64| self.servers.get(&id)) {
-                Some(s) => (StatusCode::OK, json!({"server": s.json()})),
-                None => error(StatusCode::NOT_FOUND, "not_found", "server not found"),
+                Some(s) => (StatusCode::OK, json!({"server": s.json(&sold_out)})),
+                None => not_found("server", id),
             },
             ("DELETE", ["v1", "servers", id]) => {
-                let Some(s) = id.parse().ok().and_then(|id: i64| self.servers.remove(&id)) else {
-                    return error(StatusCode::NOT_FOUND, "not_found", "server not found");
+                let Some(s) = id.parse().ok().and_then(|id: i64| self.servers.get_mut(&id)) else {
+                    return not_found("server", id);
                 };
-                let a = self.action("delete_server", s.id, Duration::ZERO, None);
-                self.deleted.push((s.id, s.name));
+                if s.status == "deleting" {
+                    return error(StatusCode::LOCKED, "locked", "server is locked: an action is running on it");
+                }
+                s.status = "deleting";
+                let (sid, after) = (s.id, self.delete_time);
+                let a = self.action("delete_server", sid, after, None);
                 (StatusCode::OK, json!({"action": a}))
+            }
+            ("GET", ["v1", "servers", id, "actions"]) => {
+                let Some(sid) = id.parse::<i64>().ok().filter(|i| self.servers.contains_key(i)) else {
+                    return not_found("server", id);
+                };
+                let now = Instant::now();
+                let items = self.actions.values().filter(|a| a.server == sid).map(|a| a.json(now)).collect();
+                (StatusCode::OK, page("actions", items, q))
+            }
+            ("GET", ["v1", "actions"]) => {
+                let ids: Vec<i64> = query_all(raw_query)
+                    .into_iter()
+                    .filter(|(k, _)| k == "id")
+                    .filter_map(|(_, v)| v.parse().ok())
+                    .collect();
+                let status = q.get("status");
+                let now = Instant::now();
+                let items = self
+                    .actions
+                    .values()
+                    .filter(|a| ids.is_empty() || ids.contains(&a.id))
+                    .map(|a| a.json(now))
+                    .filter(|a| status.is_none_or(|s| a["status"] == s.as_str()))
+                    .collect();
+                (StatusCode::OK, page("actions", items, q))
             }
             ("GET", ["v1", "actions", id]) => match id.parse().ok().and_then(|id: i64| self.actions.get(&id)) {
                 Some(a) => (StatusCode::OK, json!({"action": a.json(Instant::now())})),
-                None => error(StatusCode::NOT_FOUND, "not_found", "action not found"),
+                None => not_found("action", id),
             },
+            ("GET", ["v1", "images"]) => {
+                let arch = q.get("architecture");
+                let items = IMAGES
+                    .iter()
+                    .filter(|i| by_name(i.1) && arch.is_none_or(|a| a == i.4))
+                    .filter(|_| q.get("type").is_none_or(|t| t == "system"))
+                    .map(|i| image_json(i.0))
+                    .collect();
+                (StatusCode::OK, page("images", items, q))
+            }
+            ("GET", ["v1", "images", id]) => match IMAGES.iter().find(|i| id.parse() == Ok(i.0)) {
+                Some(i) => (StatusCode::OK, json!({"image": image_json(i.0)})),
+                None => not_found("image", id),
+            },
+            ("GET", ["v1", "server_types"]) => {
+                let items = (0..SERVER_TYPES.len())
+                    .filter(|i| by_name(SERVER_TYPES[*i].0))
+                    .map(|i| server_type_json(i, &sold_out))
+                    .collect();
+                (StatusCode::OK, page("server_types", items, q))
+            }
+            ("GET", ["v1", "server_types", id]) => {
+                match id.parse::<usize>().ok().and_then(|i| server_type_index(&i.to_string())) {
+                    Some(i) => (StatusCode::OK, json!({"server_type": server_type_json(i, &sold_out)})),
+                    None => not_found("server_type", id),
+                }
+            }
+            ("GET", ["v1", "locations"]) => {
+                let items = (0..LOCATIONS.len()).filter(|i| by_name(LOCATIONS[*i].0)).map(location_json).collect();
+                (StatusCode::OK, page("locations", items, q))
+            }
+            ("GET", ["v1", "locations", id]) => {
+                match id.parse::<usize>().ok().filter(|i| (1..=LOCATIONS.len()).contains(i)) {
+                    Some(i) => (StatusCode::OK, json!({"location": location_json(i - 1)})),
+                    None => not_found("location", id),
+                }
+            }
+            ("GET", ["v1", "datacenters"]) => {
+                let items: Vec<Value> = (0..LOCATIONS.len())
+                    .map(|i| datacenter_json(i, &sold_out))
+                    .filter(|d| by_name(d["name"].as_str().unwrap_or_default()))
+                    .collect();
+                let mut answer = page("datacenters", items, q);
+                answer["recommendation"] = json!(1);
+                (StatusCode::OK, answer)
+            }
+            ("GET", ["v1", "datacenters", id]) => {
+                match id.parse::<usize>().ok().filter(|i| (1..=LOCATIONS.len()).contains(i)) {
+                    Some(i) => (StatusCode::OK, json!({"datacenter": datacenter_json(i - 1, &sold_out)})),
+                    None => not_found("datacenter", id),
+                }
+            }
             ("GET", ["v1", "ssh_keys"]) => {
-                let name = q.get("name");
                 let items = self
                     .ssh_keys
                     .iter()
-                    .filter(|(_, (n, _))| name.is_none_or(|x| x == n))
+                    .filter(|(_, (n, _))| by_name(n))
                     .map(|(id, (n, k))| ssh_key_json(*id, n, k))
                     .collect();
                 (StatusCode::OK, page("ssh_keys", items, q))
             }
             ("POST", ["v1", "ssh_keys"]) => {
                 let (Some(name), Some(key)) = (body["name"].as_str(), body["public_key"].as_str()) else {
-                    return error(StatusCode::BAD_REQUEST, "invalid_input", "name and public_key are required");
+                    return invalid("name", "name and public_key are required");
                 };
                 if !key.starts_with("ssh-") {
-                    return error(StatusCode::BAD_REQUEST, "invalid_input", "invalid public key");
+                    return invalid("public_key", "invalid public key");
                 }
                 if self.ssh_keys.values().any(|(n, _)| n == name) {
                     return error(
@@ -337,18 +512,17 @@ impl State {
                 (StatusCode::CREATED, json!({"ssh_key": ssh_key_json(id, name, key)}))
             }
             ("GET", ["v1", "firewalls"]) => {
-                let name = q.get("name");
                 let items = self
                     .firewalls
                     .iter()
-                    .filter(|(_, (n, _))| name.is_none_or(|x| x == n))
+                    .filter(|(_, (n, _))| by_name(n))
                     .map(|(id, (n, rules))| firewall_json(*id, n, rules))
                     .collect();
                 (StatusCode::OK, page("firewalls", items, q))
             }
             ("POST", ["v1", "firewalls"]) => {
                 let Some(name) = body["name"].as_str() else {
-                    return error(StatusCode::BAD_REQUEST, "invalid_input", "name is required");
+                    return invalid("name", "name is required");
                 };
                 if self.firewalls.values().any(|(n, _)| n == name) {
                     return error(
@@ -367,17 +541,64 @@ impl State {
     }
 
     fn create_server(&mut self, body: &Value) -> (StatusCode, Value) {
-        let (Some(name), Some(server_type), Some(_image)) =
-            (body["name"].as_str(), body["server_type"].as_str(), body["image"].as_str())
-        else {
-            return error(StatusCode::BAD_REQUEST, "invalid_input", "name, server_type and image are required");
-        };
-        if !SERVER_TYPES.iter().any(|t| t.0 == server_type) {
-            return error(StatusCode::BAD_REQUEST, "invalid_input", &format!("unknown server type {server_type}"));
+        let Some(name) = body["name"].as_str() else { return invalid("name", "Missing data for required field.") };
+        if !valid_server_name(name) {
+            return invalid("name", "must be a valid hostname (RFC 1123) of at most 63 characters");
         }
-        let location = body["location"].as_str().unwrap_or("fsn1");
-        if !LOCATIONS.iter().any(|l| l.0 == location) {
-            return error(StatusCode::BAD_REQUEST, "invalid_input", &format!("unknown location {location}"));
+        let text = |v: &Value| v.as_str().map(String::from).or_else(|| v.as_i64().map(|i| i.to_string()));
+        let Some(type_i) = text(&body["server_type"]).and_then(|t| server_type_index(&t)) else {
+            return invalid("server_type", "server type not found");
+        };
+        let server_type = SERVER_TYPES[type_i].0;
+        let arch = SERVER_TYPES[type_i].1;
+        let Some(image) = text(&body["image"])
+            .and_then(|i| IMAGES.iter().find(|x| (x.1 == i && x.4 == arch) || i.parse() == Ok(x.0)).map(|x| x.0))
+        else {
+            return invalid("image", &format!("image not found for architecture {arch}"));
+        };
+        let location = match (text(&body["location"]), text(&body["datacenter"])) {
+            (Some(l), _) => match location_index(&l) {
+                Some(i) => LOCATIONS[i].0,
+                None => return invalid("location", "location not found"),
+            },
+            (None, Some(dc)) => match LOCATIONS.iter().find(|l| dc.starts_with(l.0)) {
+                Some(l) => l.0,
+                None => return invalid("datacenter", "datacenter not found"),
+            },
+            (None, None) => "fsn1",
+        };
+        let labels: BTreeMap<String, String> = match &body["labels"] {
+            Value::Null => BTreeMap::new(),
+            v => match serde_json::from_value(v.clone()) {
+                Ok(l) => l,
+                Err(_) => return invalid("labels", "labels are an object of strings"),
+            },
+        };
+        if let Some(e) = labels.iter().find_map(|(k, v)| crate::kube::admit::label_problem(k, v)) {
+            return invalid("labels", &e);
+        }
+        let mut ssh_keys = Vec::new();
+        for k in body["ssh_keys"].as_array().into_iter().flatten() {
+            let found = match k {
+                Value::String(n) => self
+                    .ssh_keys
+                    .iter()
+                    .find(|(id, (name, _))| name == n || n.parse() == Ok(**id))
+                    .map(|(_, (n, _))| n.clone()),
+                Value::Number(id) => id.as_i64().and_then(|id| self.ssh_keys.get(&id)).map(|(n, _)| n.clone()),
+                _ => None,
+            };
+            match found {
+                Some(n) => ssh_keys.push(n),
+                None => return invalid("ssh_keys", &format!("SSH key {k} not found")),
+            }
+        }
+        let mut firewalls = Vec::new();
+        for f in body["firewalls"].as_array().into_iter().flatten() {
+            match f["firewall"].as_i64().filter(|id| self.firewalls.contains_key(id)) {
+                Some(id) => firewalls.push(id),
+                None => return invalid("firewalls", &format!("firewall {} not found", f["firewall"])),
+            }
         }
         if self.servers.values().any(|s| s.name == name) {
             return error(StatusCode::CONFLICT, "uniqueness_error", "server name is already used");
@@ -389,11 +610,14 @@ impl State {
                 &format!("server type {server_type} is unavailable in {location}"),
             );
         }
-        let user_data = body["user_data"].as_str().unwrap_or_default();
+        let user_data = match &body["user_data"] {
+            Value::Null => "",
+            Value::String(u) => u.as_str(),
+            _ => return invalid("user_data", "a string"),
+        };
         if user_data.len() > 32 * 1024 {
-            return error(StatusCode::BAD_REQUEST, "invalid_input", "user_data is longer than 32 KiB");
+            return invalid("user_data", "user_data is longer than 32 KiB");
         }
-        let labels: BTreeMap<String, String> = serde_json::from_value(body["labels"].clone()).unwrap_or_default();
         let id = self.id();
         let server = Server {
             id,
@@ -402,45 +626,67 @@ impl State {
             location: location.into(),
             labels,
             user_data: user_data.into(),
-            ssh_keys: serde_json::from_value(body["ssh_keys"].clone()).unwrap_or_default(),
-            firewalls: body["firewalls"]
-                .as_array()
-                .map(|a| a.iter().filter_map(|f| f["firewall"].as_i64()).collect())
-                .unwrap_or_default(),
+            ssh_keys,
+            firewalls,
+            image,
             status: "initializing",
             created: now_rfc3339(),
         };
-        let json = server.json();
+        let json = server.json(&self.sold_out);
         self.servers.insert(id, server);
         let failing = self.failing_creates > 0;
         self.failing_creates = self.failing_creates.saturating_sub(1);
         let error = failing.then(|| "the server could not be started (injected failure)".to_string());
         let action = self.action("create_server", id, self.boot, error);
-        (StatusCode::CREATED, json!({"server": json, "action": action, "next_actions": [], "root_password": null}))
+        let start = self.action("start_server", id, self.boot, None);
+        (StatusCode::CREATED, json!({"server": json, "action": action, "next_actions": [start], "root_password": null}))
     }
 
-    /// Ends the actions whose time came: a server whose create succeeded runs (and boots).
+    /// Ends the actions whose time came: a server whose create succeeded runs (and boots); one whose
+    /// delete ended is gone.
     fn tick(&mut self) -> Vec<Booted> {
         let now = Instant::now();
         let mut booted = Vec::new();
         for a in self.actions.values_mut() {
-            if a.booted || now < a.done_at || a.command != "create_server" {
+            if a.booted || now < a.done_at {
                 continue;
             }
-            a.booted = true;
-            if let Some(s) = self.servers.get_mut(&a.server) {
-                s.status = if a.error.is_none() { "running" } else { "off" };
-                if a.error.is_none() {
-                    booted.push(Booted {
-                        id: s.id,
-                        name: s.name.clone(),
-                        labels: s.labels.clone(),
-                        user_data: s.user_data.clone(),
-                    });
+            match a.command.as_str() {
+                "create_server" => {
+                    a.booted = true;
+                    if let Some(s) = self.servers.get_mut(&a.server).filter(|s| s.status == "initializing") {
+                        s.status = if a.error.is_none() { "running" } else { "off" };
+                        if a.error.is_none() {
+                            booted.push(Booted {
+                                id: s.id,
+                                name: s.name.clone(),
+                                labels: s.labels.clone(),
+                                user_data: s.user_data.clone(),
+                            });
+                        }
+                    }
                 }
+                "delete_server" => {}
+                _ => a.booted = true,
             }
         }
+        self.settle_deletes();
         booted
+    }
+
+    /// Servers whose delete action ended are gone (before any answer says the action succeeded).
+    fn settle_deletes(&mut self) {
+        let now = Instant::now();
+        let mut gone = Vec::new();
+        for a in self.actions.values_mut().filter(|a| a.command == "delete_server" && !a.booted && now >= a.done_at) {
+            a.booted = true;
+            gone.push(a.server);
+        }
+        for id in gone {
+            if let Some(s) = self.servers.remove(&id) {
+                self.deleted.push((s.id, s.name));
+            }
+        }
     }
 }
 
@@ -469,7 +715,11 @@ fn firewall_json(id: i64, name: &str, rules: &Value) -> Value {
 impl HetznerStandIn {
     /// Starts it on a free loopback port; requests must carry `Authorization: Bearer {token}`.
     pub async fn start(token: &str) -> HetznerStandIn {
-        let state = Arc::new(Mutex::new(State { token: token.into(), ..State::default() }));
+        let state = Arc::new(Mutex::new(State {
+            token: token.into(),
+            delete_time: Duration::from_millis(300),
+            ..State::default()
+        }));
         let machines: Arc<Mutex<Option<Arc<dyn Machines>>>> = Arc::default();
         let holds: Arc<Mutex<Vec<String>>> = Arc::default();
         let released = Arc::new(tokio::sync::Notify::new());
@@ -491,8 +741,7 @@ impl HetznerStandIn {
                 }
                 let bytes = to_bytes(body, 1 << 20).await.unwrap_or_default();
                 let auth = parts.headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
-                let q = query(parts.uri.query());
-                let mut state = state.lock().unwrap();
+                let mut state = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 let write = parts.method != Method::GET;
                 let bearer = auth.strip_prefix("Bearer ").unwrap_or_default();
                 let mut headers = Vec::new();
@@ -530,7 +779,7 @@ impl HetznerStandIn {
                         Ok((limit, remaining)) => {
                             headers.push(("ratelimit-limit", limit.to_string()));
                             headers.push(("ratelimit-remaining", remaining.to_string()));
-                            state.handle(&parts.method, parts.uri.path(), &q, &bytes)
+                            state.handle(&parts.method, parts.uri.path(), parts.uri.query(), &bytes)
                         }
                     }
                 };
@@ -635,6 +884,11 @@ impl HetznerStandIn {
         self.with(|s| s.boot = d);
     }
 
+    /// How long a delete action runs (the server is `deleting` meanwhile).
+    pub fn set_delete_time(&self, d: Duration) {
+        self.with(|s| s.delete_time = d);
+    }
+
     /// Hetzner's limit: `limit` requests, refilled at `per_sec`.
     pub fn rate_limit(&self, limit: u32, per_sec: f64) {
         self.with(|s| {
@@ -662,6 +916,7 @@ impl HetznerStandIn {
                     user_data: String::new(),
                     ssh_keys: vec![],
                     firewalls: vec![],
+                    image: IMAGES[0].0,
                     status: "running",
                     created: now_rfc3339(),
                 },
@@ -727,8 +982,10 @@ mod tests {
     #[test]
     fn label_selectors() {
         let l: BTreeMap<String, String> = [("a".to_string(), "1".to_string()), ("b".into(), "2".into())].into();
-        assert!(selects("a=1", &l) && selects("a==1,b", &l) && selects("a!=2,!c", &l) && selects("", &l));
-        assert!(!selects("a=2", &l) && !selects("c", &l) && !selects("!a", &l) && !selects("a=1,b=3", &l));
+        let sel = |s: &str| selects(s, &l).unwrap();
+        assert!(sel("a=1") && sel("a==1,b") && sel("a!=2,!c") && sel("") && sel("a in (1,3)") && sel("b notin (1)"));
+        assert!(!sel("a=2") && !sel("c") && !sel("!a") && !sel("a=1,b=3") && !sel("a in (2,3)"));
+        assert!(selects("a in 1", &l).is_err());
     }
 
     #[test]

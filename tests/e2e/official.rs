@@ -52,3 +52,42 @@ async fn the_official_kubernetes_clients_accept_the_stand_in() {
     assert!(kube.get("api/v1/namespaces/kube-system").is_some());
     assert!(kube.requests().iter().any(|r| r.starts_with("WATCH ")), "kubectl and the client watched");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_hetzner_clients_accept_the_stand_in() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cloud = standin::hetzner::HetznerStandIn::start("official-token").await;
+    cloud.set_boot_time(std::time::Duration::from_millis(100));
+    // Long enough that the CLI sees the server `deleting`.
+    cloud.set_delete_time(std::time::Duration::from_secs(2));
+    let url = cloud.url();
+    let py = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || {
+            run(
+                "the Python hcloud library",
+                Command::new(python())
+                    .arg(repo().join("tests/official/hcloud_client.py"))
+                    .arg(&url)
+                    .arg("official-token"),
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert!(py.contains("ok a set-based selector"), "{py}");
+    let dir = tmp.path().to_path_buf();
+    let cli = tokio::task::spawn_blocking(move || {
+        run(
+            "Debian's hcloud CLI",
+            Command::new("bash").arg(repo().join("tests/official/hcloud.sh")).arg(&url).arg("official-token").arg(&dir),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(cli.contains("ok deleting before gone"), "{cli}");
+    // What they made is what the stand-in holds: the CLI's arm server and the library's six left.
+    let names: Vec<String> = cloud.servers().into_iter().map(|s| s.name).collect();
+    assert!(names.contains(&"cli-2".to_string()) && names.contains(&"py-6".to_string()), "{names:?}");
+    assert!(!names.contains(&"cli-1".to_string()) && !names.contains(&"py-0".to_string()), "{names:?}");
+}

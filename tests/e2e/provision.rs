@@ -396,7 +396,9 @@ async fn the_hetzner_client_pages_selects_and_classifies() {
     assert_eq!(cloud.servers("tier=even").await.unwrap_err(), CloudError::RateLimited(3));
     assert_eq!(Hetzner::new(&fake.url(), "bad", retry).servers("").await.unwrap_err(), CloudError::Unauthorized);
     assert_eq!(cloud.delete_server(99_999).await, Ok(()), "a server that is gone is deleted");
-    let taken = hub::lifecycle::cloud::NewServer {
+    // The API checks what a create names, as the real one does: an SSH key or firewall that does not
+    // exist is refused, not dropped.
+    let unknown = hub::lifecycle::cloud::NewServer {
         name: "s-1".into(),
         server_type: "cx22".into(),
         image: "debian-12".into(),
@@ -406,6 +408,14 @@ async fn the_hetzner_client_pages_selects_and_classifies() {
         ssh_key: "k".into(),
         firewall: 0,
     };
+    let e = cloud.create_server(&unknown).await.unwrap_err();
+    assert!(matches!(&e, CloudError::Invalid(m) if m.contains("invalid_input")), "{e:?}");
+    let key = cloud
+        .ensure_ssh_key("k", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOutpostTestKeyOutpostTestKeyOutpost k")
+        .await
+        .unwrap();
+    let firewall = cloud.ensure_firewall("fw").await.unwrap();
+    let taken = hub::lifecycle::cloud::NewServer { ssh_key: key, firewall, ..unknown };
     assert!(matches!(cloud.create_server(&taken).await, Err(CloudError::Uniqueness(_))));
 }
 

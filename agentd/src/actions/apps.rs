@@ -162,7 +162,8 @@ impl Apps {
     fn fit(&self, project: &str, plan: &PlanLimits, spec: &AppSpec, replicas: u32) -> Result<Fit, String> {
         let mut others = (0, 0);
         for r in self.store.apps().unwrap_or_default() {
-            if r.project != project || r.spec.name == spec.name || !matches!(self.store.live(&r.spec.name), Ok(Some(_))) {
+            if r.project != project || r.spec.name == spec.name || !matches!(self.store.live(&r.spec.name), Ok(Some(_)))
+            {
                 continue;
             }
             let (c, m) = r.spec.pod_limits(plan);
@@ -370,9 +371,8 @@ impl Apps {
                     }
                 };
             }
-            let one_at_a_time = plan
-                .and_then(|plan| self.fit(&project, &plan, &spec, spec.replicas).ok())
-                .is_some_and(|f| !f.surge());
+            let one_at_a_time =
+                plan.and_then(|plan| self.fit(&project, &plan, &spec, spec.replicas).ok()).is_some_and(|f| !f.surge());
             let rev = Revision {
                 deployment_id: live.id.clone(),
                 commit: live.commit.clone(),

@@ -156,6 +156,8 @@ const ANSWER_MAX: usize = 8 << 20;
 /// The most pages one listing reads (10,000 servers): an API that always says there is a next page must not
 /// hold a job, or the API budget every job shares, for good.
 const MAX_PAGES: i64 = 200;
+/// How long a delete action may run before the delete is reported as not done (and retried).
+const DELETE_WAIT: Duration = Duration::from_secs(120);
 
 impl Hetzner {
     /// `base_url` is the API root (`https://api.hetzner.cloud/v1`, or a stand-in's).
@@ -268,6 +270,8 @@ fn classify<E>(e: ApiError<E>) -> CloudError {
                 (404, _) | (_, "not_found") => CloudError::NotFound,
                 (_, "uniqueness_error") => CloudError::Uniqueness(message),
                 (_, "resource_unavailable") => CloudError::ResourceUnavailable(message),
+                // An action already runs on the resource (a server being deleted): try again later.
+                (423, _) | (_, "locked") => CloudError::Unavailable(format!("locked: {message}")),
                 (s, _) if s >= 500 => CloudError::Unavailable(format!("{s} {code} {message}")),
                 (s, _) => CloudError::Invalid(format!("{s} {code}: {message}")),
             }
@@ -368,11 +372,39 @@ impl Cloud for Hetzner {
         })
     }
 
+    /// Deletes a server and waits until its delete action ends: the API keeps a server `deleting` while
+    /// the action runs, and "deleted" is said only once it is gone.
     async fn delete_server(&self, id: i64) -> Result<(), CloudError> {
         let params = servers_api::DeleteServerParams { id };
-        match self.call("delete server", || servers_api::delete_server(&self.config, params.clone())).await {
-            Ok(_) | Err(CloudError::NotFound) => Ok(()),
-            Err(e) => Err(e),
+        let action = match self.call("delete server", || servers_api::delete_server(&self.config, params.clone())).await
+        {
+            // An answer without an action: nothing to wait for.
+            Ok(r) => match r.action {
+                Some(a) => a.id,
+                None => return Ok(()),
+            },
+            Err(CloudError::NotFound) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let until = tokio::time::Instant::now() + DELETE_WAIT;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match self.action(action).await {
+                Ok(ActionState::Succeeded) | Err(CloudError::NotFound) => return Ok(()),
+                Ok(ActionState::Failed(why)) => {
+                    return Err(CloudError::Invalid(format!("the delete action failed: {why}")));
+                }
+                Ok(ActionState::Running(_)) if tokio::time::Instant::now() < until => {}
+                Ok(ActionState::Running(p)) => {
+                    return Err(CloudError::Unavailable(format!(
+                        "the delete action was still running ({p}%) after {} s",
+                        DELETE_WAIT.as_secs()
+                    )));
+                }
+                Err(e) => return Err(e),
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
         }
     }
 

@@ -319,7 +319,8 @@ impl Provisioner {
         let selector = format!("{}={},{ID_LABEL}={name}", MANAGED.0, MANAGED.1);
         // Checked here too, whatever `Cloud` is: a server is adopted or deleted only when its own labels
         // say it is this record's.
-        Ok(self.cloud.servers(&selector).await?.into_iter().find(|s| {
+        // A server the cloud is already deleting is going: never adopted, never deleted twice.
+        Ok(self.cloud.servers(&selector).await?.into_iter().filter(|s| s.status != "deleting").find(|s| {
             s.labels.get(ID_LABEL).is_some_and(|id| id == name)
                 && s.labels.get(MANAGED.0).is_some_and(|m| m == MANAGED.1)
         }))
@@ -388,7 +389,7 @@ impl Provisioner {
             if s.labels.get(MANAGED.0).is_none_or(|m| m != MANAGED.1) || id.is_empty() {
                 continue; // not ours, whatever the answer says
             }
-            if records.contains(&id) || open.contains(&id) {
+            if records.contains(&id) || open.contains(&id) || s.status == "deleting" {
                 continue;
             }
             orphans.push(s.id);

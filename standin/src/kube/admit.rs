@@ -44,7 +44,7 @@ fn show(resource: &str, m: i128) -> String {
     }
 }
 
-fn is_label(s: &str) -> bool {
+pub(crate) fn is_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
@@ -69,31 +69,36 @@ pub(crate) fn name_problem(plural: &str, name: &str) -> Option<String> {
     })
 }
 
+/// One label as the API server (and the Hetzner API, which has the same rules) checks it.
+pub(crate) fn label_problem(k: &str, v: &str) -> Option<String> {
+    let (prefix, name) = k.rsplit_once('/').map_or((None, k), |(p, n)| (Some(p), n));
+    let part_ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && s.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
+    };
+    if !part_ok(name) || !prefix.is_none_or(|p| p.len() <= 253 && p.split('.').all(is_label)) {
+        return Some(format!(
+            "label key {k:?}: a name of at most 63 alphanumerics, '-', '_' or '.', starting and ending alphanumeric, with an optional DNS subdomain prefix and '/'"
+        ));
+    }
+    if !(v.is_empty() || part_ok(v)) {
+        return Some(format!(
+            "label value {v:?}: empty, or at most 63 alphanumerics, '-', '_' or '.', starting and ending alphanumeric"
+        ));
+    }
+    None
+}
+
 /// Label keys and values as the API server checks them.
 pub(crate) fn labels_problem(obj: &Value) -> Option<String> {
     let labels = obj["metadata"]["labels"].as_object()?;
-    for (k, v) in labels {
-        let (prefix, name) = k.rsplit_once('/').map_or((None, k.as_str()), |(p, n)| (Some(p), n));
-        let name_ok = !name.is_empty()
-            && name.len() <= 63
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-            && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-            && name.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
-        let prefix_ok = prefix.is_none_or(|p| p.len() <= 253 && p.split('.').all(is_label));
-        if !name_ok || !prefix_ok {
-            return Some(format!("metadata.labels: Invalid value: {k:?}: name part must consist of alphanumeric characters, '-', '_' or '.'"));
-        }
-        let v = v.as_str().unwrap_or("");
-        let value_ok = v.is_empty()
-            || (v.len() <= 63
-                && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-                && v.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-                && v.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric()));
-        if !value_ok {
-            return Some(format!("metadata.labels: Invalid value: {v:?}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
-        }
-    }
-    None
+    labels
+        .iter()
+        .find_map(|(k, v)| label_problem(k, v.as_str().unwrap_or("")))
+        .map(|e| format!("metadata.labels: Invalid value: {e}"))
 }
 
 /// The LimitRanges' Container defaults applied to a pod, then their maxima checked (403 message on a breach).
@@ -194,7 +199,8 @@ pub(crate) fn quota(quota: &Value, pod: &Value, existing: &[&Value]) -> Result<(
         missing.sort();
         let containers: Vec<&str> =
             pod["spec"]["containers"].as_array().into_iter().flatten().filter_map(|c| c["name"].as_str()).collect();
-        return Err(format!("failed quota: {name}: must specify {}", missing.join(",")) + &format!(" for: {}", containers.join(",")));
+        return Err(format!("failed quota: {name}: must specify {}", missing.join(","))
+            + &format!(" for: {}", containers.join(",")));
     }
     if requested.is_empty() {
         return Ok(());
@@ -250,7 +256,11 @@ mod tests {
             "exceeded quota: outpost-plan, requested: limits.cpu=250m,limits.memory=256Mi, used: limits.cpu=500m,limits.memory=512Mi, limited: limits.cpu=500m,limits.memory=512Mi"
         );
         let bare = json!({"spec": {"containers": [{"name": "web"}]}});
-        assert!(quota(&q, &bare, &[]).unwrap_err().starts_with("failed quota: outpost-plan: must specify limits.cpu,limits.memory"));
+        assert!(
+            quota(&q, &bare, &[])
+                .unwrap_err()
+                .starts_with("failed quota: outpost-plan: must specify limits.cpu,limits.memory")
+        );
         assert_eq!(quota_status(&q, &[&pod])["used"]["limits.memory"], "256Mi");
     }
 }

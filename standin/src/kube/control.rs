@@ -85,8 +85,9 @@ impl Store {
             surge = 1;
         }
         let pods = self.pods_of(key);
-        let (new, old): (Vec<_>, Vec<_>) =
-            pods.iter().partition(|(_, p)| p["metadata"]["labels"]["pod-template-hash"].as_str() == Some(hash.as_str()));
+        let (new, old): (Vec<_>, Vec<_>) = pods
+            .iter()
+            .partition(|(_, p)| p["metadata"]["labels"]["pod-template-hash"].as_str() == Some(hash.as_str()));
         let ready_total = pods.iter().filter(|(_, p)| ready(p)).count() as i64;
         // Too many of the new revision (scaled down): the newest go.
         if new.len() as i64 > replicas {
@@ -186,7 +187,8 @@ impl Store {
         let had = conditions.iter().find(|c| c["type"] == "ReplicaFailure").cloned();
         conditions.retain(|c| c["type"] != "ReplicaFailure");
         if let Some(why) = &why {
-            conditions.push(json!({"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": why}));
+            conditions
+                .push(json!({"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": why}));
         }
         let now = conditions.iter().find(|c| c["type"] == "ReplicaFailure").cloned();
         if had.map(|c| c["message"].clone()) != now.map(|c| c["message"].clone()) {
@@ -204,7 +206,8 @@ impl Store {
         let hash = template_hash(&d["spec"]["template"]);
         let unavailable_allowed = amount(&d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], replicas, false);
         let pods = self.pods_of(key);
-        let updated = pods.iter().filter(|(_, p)| p["metadata"]["labels"]["pod-template-hash"] == hash.as_str()).count() as i64;
+        let updated =
+            pods.iter().filter(|(_, p)| p["metadata"]["labels"]["pod-template-hash"] == hash.as_str()).count() as i64;
         let available = pods.iter().filter(|(_, p)| ready(p)).count() as i64;
         let complete = updated == replicas && pods.len() as i64 == replicas && available == replicas;
         // Progress is timed from the last pod made, or from the spec's last change.

@@ -38,7 +38,15 @@ pub(crate) const RESOURCES: &[Resource] = &[
     r("api/v1", "resourcequotas", "resourcequota", "ResourceQuota", true, &["quota"], &["status"]),
     r("api/v1", "limitranges", "limitrange", "LimitRange", true, &["limits"], &[]),
     r("api/v1", "events", "event", "Event", true, &["ev"], &[]),
-    r("api/v1", "persistentvolumeclaims", "persistentvolumeclaim", "PersistentVolumeClaim", true, &["pvc"], &["status"]),
+    r(
+        "api/v1",
+        "persistentvolumeclaims",
+        "persistentvolumeclaim",
+        "PersistentVolumeClaim",
+        true,
+        &["pvc"],
+        &["status"],
+    ),
     r("api/v1", "serviceaccounts", "serviceaccount", "ServiceAccount", true, &["sa"], &[]),
     r("apis/apps/v1", "deployments", "deployment", "Deployment", true, &["deploy"], &["status"]),
     r("apis/apps/v1", "replicasets", "replicaset", "ReplicaSet", true, &["rs"], &["status"]),
@@ -91,12 +99,15 @@ pub(crate) fn document(path: &str) -> Option<Value> {
                 resources.push(json!({"name": r.plural, "singularName": r.singular, "namespaced": r.namespaced,
                     "kind": r.kind, "verbs": VERBS, "shortNames": r.short}));
                 for s in r.subs {
-                    let (kind, verbs) = if *s == "log" { ("Pod", vec!["get"]) } else { (r.kind, vec!["get", "patch", "update"]) };
+                    let (kind, verbs) =
+                        if *s == "log" { ("Pod", vec!["get"]) } else { (r.kind, vec!["get", "patch", "update"]) };
                     resources.push(json!({"name": format!("{}/{s}", r.plural), "singularName": "",
                         "namespaced": r.namespaced, "kind": kind, "verbs": verbs}));
                 }
             }
-            Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": api_version(gv), "resources": resources}))
+            Some(
+                json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": api_version(gv), "resources": resources}),
+            )
         }
     }
 }

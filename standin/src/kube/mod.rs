@@ -18,11 +18,11 @@
 //! Deployments ([`KubeStandIn::start_with_controller`]: rolling updates honouring maxSurge and
 //! maxUnavailable, pods created through admission, progress deadlines and `ReplicaFailure`).
 
-mod admit;
+pub(crate) mod admit;
 mod control;
 mod discovery;
 mod patch;
-mod select;
+pub(crate) mod select;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -291,8 +291,12 @@ impl Store {
         if key.starts_with("api/v1/namespaces//") {
             // A namespace takes what is in it.
             let ns = key.trim_start_matches("api/v1/namespaces//");
-            let inside: Vec<String> =
-                self.objects.keys().filter(|k| k.split('/').rev().nth(1) == Some(ns) && !k.starts_with("api/v1/namespaces/")).cloned().collect();
+            let inside: Vec<String> = self
+                .objects
+                .keys()
+                .filter(|k| k.split('/').rev().nth(1) == Some(ns) && !k.starts_with("api/v1/namespaces/"))
+                .cloned()
+                .collect();
             for k in inside {
                 self.remove(&k);
             }
@@ -322,9 +326,8 @@ impl Store {
             .and_then(|o| o["metadata"]["uid"].as_str().map(String::from))
             .unwrap_or_else(|| format!("00000000-0000-4000-8000-{:012x}", self.rv));
         obj["metadata"]["uid"] = json!(uid);
-        let created = old
-            .and_then(|o| o["metadata"]["creationTimestamp"].as_str().map(String::from))
-            .unwrap_or_else(now_rfc3339);
+        let created =
+            old.and_then(|o| o["metadata"]["creationTimestamp"].as_str().map(String::from)).unwrap_or_else(now_rfc3339);
         obj["metadata"]["creationTimestamp"] = json!(created);
         let generation = old.and_then(|o| o["metadata"]["generation"].as_i64()).unwrap_or(0);
         let changed = old.is_none_or(|o| o.get("spec") != obj.get("spec"));
@@ -343,7 +346,9 @@ impl Store {
     /// Admission of a new object: its name and labels, its namespace, and for pods LimitRanges and
     /// ResourceQuotas. `Err` is the refusal (status, reason, message).
     fn admit(&self, t: &Target, name: &str, obj: &mut Value) -> Result<(), Refusal> {
-        let invalid = |e: String| Refusal(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", format!("{} {name:?} is invalid: {e}", t.plural));
+        let invalid = |e: String| {
+            Refusal(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", format!("{} {name:?} is invalid: {e}", t.plural))
+        };
         if let Some(e) = admit::name_problem(&t.plural, name) {
             return Err(invalid(e));
         }
@@ -409,8 +414,13 @@ impl Store {
                 status(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", format!("{method} is not allowed on {path}"))
             };
         }
-        let not_found =
-            || status(StatusCode::NOT_FOUND, "NotFound", format!("the server could not find the requested resource ({path})"));
+        let not_found = || {
+            status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("the server could not find the requested resource ({path})"),
+            )
+        };
         let Some(t) = Target::parse(path) else { return not_found() };
         let Some(resource) = t.resource() else { return not_found() };
         if (t.namespace.is_some() && !resource.namespaced)
@@ -429,12 +439,16 @@ impl Store {
             }
         };
         if matches!(method.as_str(), "POST" | "PUT")
-            && !(content_type.is_empty() || content_type.starts_with("application/json") || content_type.starts_with("*/*"))
+            && !(content_type.is_empty()
+                || content_type.starts_with("application/json")
+                || content_type.starts_with("*/*"))
         {
             return status(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "UnsupportedMediaType",
-                format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (sent {content_type:?})"),
+                format!(
+                    "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (sent {content_type:?})"
+                ),
             );
         }
         if let Some(obj) = &parsed
@@ -496,13 +510,20 @@ impl Store {
                         return status(
                             StatusCode::UNPROCESSABLE_ENTITY,
                             "Invalid",
-                            format!("{} is invalid: metadata.name: Required value: name or generateName is required", resource.kind),
+                            format!(
+                                "{} is invalid: metadata.name: Required value: name or generateName is required",
+                                resource.kind
+                            ),
                         );
                     }
                 };
                 let key = t.key(&name);
                 if self.objects.contains_key(&key) {
-                    return status(StatusCode::CONFLICT, "AlreadyExists", format!("{} \"{name}\" already exists", t.qualified()));
+                    return status(
+                        StatusCode::CONFLICT,
+                        "AlreadyExists",
+                        format!("{} \"{name}\" already exists", t.qualified()),
+                    );
                 }
                 if let Err(r) = self.admit(&t, &name, &mut obj) {
                     return r.response();
@@ -562,7 +583,9 @@ impl Store {
             None => usize::MAX,
             Some(Ok(0)) => usize::MAX,
             Some(Ok(n)) => n,
-            Some(Err(_)) => return status(StatusCode::BAD_REQUEST, "BadRequest", "limit must be a whole number".into()),
+            Some(Err(_)) => {
+                return status(StatusCode::BAD_REQUEST, "BadRequest", "limit must be a whole number".into());
+            }
         };
         let mut matching = self
             .objects
@@ -579,7 +602,9 @@ impl Store {
             meta["remainingItemCount"] = json!(remaining);
         }
         let items: Vec<&Value> = items.into_iter().map(|(_, v)| v).collect();
-        ok(&json!({"kind": format!("{}List", resource.kind), "apiVersion": discovery::api_version(resource.gv), "metadata": meta, "items": items}))
+        ok(
+            &json!({"kind": format!("{}List", resource.kind), "apiVersion": discovery::api_version(resource.gv), "metadata": meta, "items": items}),
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -613,11 +638,17 @@ impl Store {
             return status(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "UnsupportedMediaType",
-                format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (sent {content_type:?})"),
+                format!(
+                    "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (sent {content_type:?})"
+                ),
             );
         };
         if kind == "apply" && q.get("fieldManager").is_none_or(|m| m.is_empty()) {
-            return status(StatusCode::BAD_REQUEST, "BadRequest", "PATCH, fieldManager is required for apply requests".into());
+            return status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                "PATCH, fieldManager is required for apply requests".into(),
+            );
         }
         let not_found = || status(StatusCode::NOT_FOUND, "NotFound", format!("{} \"{name}\" not found", t.qualified()));
         let creating = old.is_none();
@@ -627,14 +658,18 @@ impl Store {
             None => return not_found(),
         };
         // Optimistic concurrency: a resource version in what is sent must be the current one.
-        let sent_rv = if kind == "json" { None } else { patch["metadata"]["resourceVersion"].as_str().map(String::from) };
+        let sent_rv =
+            if kind == "json" { None } else { patch["metadata"]["resourceVersion"].as_str().map(String::from) };
         if let (Some(sent), Some(o)) = (sent_rv.filter(|s| !s.is_empty()), &old)
             && o["metadata"]["resourceVersion"].as_str() != Some(sent.as_str())
         {
             return status(
                 StatusCode::CONFLICT,
                 "Conflict",
-                format!("Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again", t.qualified()),
+                format!(
+                    "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                    t.qualified()
+                ),
             );
         }
         match (kind, sub) {
@@ -651,13 +686,21 @@ impl Store {
             }
             ("json", _) => {
                 if let Err(e) = patch::json_patch(&mut obj, &patch) {
-                    return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", format!("the JSON patch does not apply: {e}"));
+                    return status(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "Invalid",
+                        format!("the JSON patch does not apply: {e}"),
+                    );
                 }
             }
             (_, Some("status")) => patch::merge(&mut obj, &json!({"status": patch["status"]})),
             _ => {
                 if !patch.is_object() {
-                    return status(StatusCode::BAD_REQUEST, "BadRequest", "a merge patch or an applied configuration is a JSON object".into());
+                    return status(
+                        StatusCode::BAD_REQUEST,
+                        "BadRequest",
+                        "a merge patch or an applied configuration is a JSON object".into(),
+                    );
                 }
                 patch::merge(&mut obj, &patch)
             }
@@ -669,13 +712,20 @@ impl Store {
             return status(
                 StatusCode::BAD_REQUEST,
                 "BadRequest",
-                format!("the name of the object ({}) does not match the name on the URL ({name})", obj["metadata"]["name"]),
+                format!(
+                    "the name of the object ({}) does not match the name on the URL ({name})",
+                    obj["metadata"]["name"]
+                ),
             );
         }
         if let Some(kind) = obj["kind"].as_str()
             && t.resource().is_some_and(|r| r.kind != kind)
         {
-            return status(StatusCode::BAD_REQUEST, "BadRequest", format!("the kind in the body ({kind}) does not match the resource"));
+            return status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!("the kind in the body ({kind}) does not match the resource"),
+            );
         }
         obj["metadata"]["name"] = json!(name);
         if creating {
@@ -683,7 +733,11 @@ impl Store {
                 return r.response();
             }
         } else if let Some(e) = admit::labels_problem(&obj) {
-            return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", format!("{} {name:?} is invalid: {e}", t.plural));
+            return status(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid",
+                format!("{} {name:?} is invalid: {e}", t.plural),
+            );
         }
         if dry_run {
             return ok(&obj);
@@ -750,7 +804,9 @@ fn watch(
         let s = lock(&store);
         match asked {
             Some(Ok(rv)) => rv,
-            Some(Err(_)) => return status(StatusCode::BAD_REQUEST, "BadRequest", "resourceVersion is not a number".into()),
+            Some(Err(_)) => {
+                return status(StatusCode::BAD_REQUEST, "BadRequest", "resourceVersion is not a number".into());
+            }
             None => {
                 for (_, o) in s.collection(prefix.clone()).filter(|(_, o)| filter.admits(o)) {
                     first.push_back(Bytes::from(json!({"type": "ADDED", "object": o}).to_string() + "\n"));
@@ -849,7 +905,11 @@ impl KubeStandIn {
                 let bytes = match to_bytes(body, 16 << 20).await {
                     Ok(b) => b,
                     Err(_) => {
-                        return status(StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge", "the request is larger than 16 MiB".into());
+                        return status(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "RequestEntityTooLarge",
+                            "the request is larger than 16 MiB".into(),
+                        );
                     }
                 };
                 let ct =
@@ -873,7 +933,11 @@ impl KubeStandIn {
                         r
                     }));
                     handled.unwrap_or_else(|_| {
-                        status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "the stand-in failed on this request".into())
+                        status(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "InternalError",
+                            "the stand-in failed on this request".into(),
+                        )
                     })
                 };
                 notify.notify_waiters();

@@ -42,7 +42,8 @@ fn add(doc: &mut Value, path: &str, value: Value) -> Result<(), String> {
             Ok(())
         }
         Some(Value::Array(a)) => {
-            let i = if last == "-" { a.len() } else { last.parse().map_err(|_| format!("invalid index in {path:?}"))? };
+            let i =
+                if last == "-" { a.len() } else { last.parse().map_err(|_| format!("invalid index in {path:?}"))? };
             if i > a.len() {
                 return Err(format!("index out of bounds in {path:?}"));
             }
@@ -119,7 +120,13 @@ mod tests {
         .unwrap();
         assert_eq!(d, json!({"metadata": {"labels": {"a": "1", "b/c": "2"}}, "spec": {"replicas": 3, "l": [2, 3]}}));
         let before = d.clone();
-        assert!(json_patch(&mut d, &json!([{"op": "remove", "path": "/spec/replicas"}, {"op": "test", "path": "/x", "value": 1}])).is_err());
+        assert!(
+            json_patch(
+                &mut d,
+                &json!([{"op": "remove", "path": "/spec/replicas"}, {"op": "test", "path": "/x", "value": 1}])
+            )
+            .is_err()
+        );
         assert_eq!(d, before, "a failed patch changes nothing");
         assert!(json_patch(&mut d, &json!({"op": "add"})).is_err());
         assert!(json_patch(&mut d, &json!([{"op": "add", "path": "/nowhere/deep", "value": 1}])).is_err());

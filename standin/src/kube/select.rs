@@ -47,11 +47,9 @@ fn key(k: &str) -> Result<String, String> {
 }
 
 fn set(rest: &str) -> Result<Vec<String>, String> {
-    let inner = rest
-        .trim()
-        .strip_prefix('(')
-        .and_then(|r| r.strip_suffix(')'))
-        .ok_or_else(|| format!("unable to parse requirement: expected '(' … ')' after a set operator, found {rest:?}"))?;
+    let inner = rest.trim().strip_prefix('(').and_then(|r| r.strip_suffix(')')).ok_or_else(|| {
+        format!("unable to parse requirement: expected '(' … ')' after a set operator, found {rest:?}")
+    })?;
     Ok(inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect())
 }
 
@@ -138,7 +136,8 @@ mod tests {
 
     #[test]
     fn selectors_parse_as_the_api_server_parses_them() {
-        let o = json!({"metadata": {"name": "a", "labels": {"app": "web", "tier": "x"}}, "status": {"phase": "Running"}});
+        let o =
+            json!({"metadata": {"name": "a", "labels": {"app": "web", "tier": "x"}}, "status": {"phase": "Running"}});
         let l = |s: &str| labels_hold(&parse_labels(s).unwrap(), &o);
         assert!(l("app=web,tier") && l("app==web") && l("app!=api") && l("!gone") && l(""));
         assert!(l("app in (web, api)") && l("tier notin (y)") && l("gone notin (y)") && l("app in (api,web),tier=x"));
