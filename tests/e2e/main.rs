@@ -10,6 +10,7 @@ mod fanout;
 mod fleet;
 mod hostile;
 mod hostile2;
+mod hosts;
 mod k3s;
 mod metrics;
 mod official;

@@ -307,6 +307,7 @@ fn rendered_user_data_passes_cloud_init_schema_and_shellcheck() {
         token: "outpost-join-v1.abc",
         ca_pem: ca,
         k3s_version: "v1.33.5+k3s1",
+        k3s_installer: "https://get.k3s.io",
         k3s_flags: "--write-kubeconfig-mode=0600 --disable=servicelb",
         agentd_url: "https://hub.example.com:7443/artifacts/agentd/0.1.0/x86_64",
         agentd_sha256: &"0123456789abcdef".repeat(4),

@@ -233,11 +233,11 @@ impl Machines for TestMachines {
     }
 }
 
-pub struct Cloud {
+pub struct Cloud<M = TestMachines> {
     pub fake: HetznerStandIn,
-    pub machines: Arc<TestMachines>,
+    pub machines: Arc<M>,
     pub hub: HubProc,
-    _kube: KubeStandIn,
+    pub kube: KubeStandIn,
     pub dir: tempfile::TempDir,
 }
 
@@ -249,19 +249,38 @@ pub async fn cloud(extra: &str) -> Cloud {
 
 /// As [`cloud`], with `[lifecycle]` lines and a clock file (milliseconds added to hubd's lifecycle clock).
 pub async fn cloud_with(extra: &str, lifecycle: &str, clock: Option<&std::path::Path>) -> Cloud {
+    cloud_of(extra, lifecycle, clock, |dir, kube| {
+        TestMachines::new(
+            &dir.join("machines"),
+            &kube.kubeconfig,
+            &format!(
+                "report_interval_ms = 200\nbackoff_initial_ms = 100\nbackoff_max_ms = 1000\napps_report_secs = 1\nrollout_poll_ms = 20\nrepo_roots = [\"{}\"]\n",
+                dir.display()
+            ),
+        )
+    })
+    .await
+}
+
+/// As [`cloud`], whose servers are machines booted by real systemd running real cloud-init on the
+/// user-data as rendered ([`crate::host`]); K3s's installer is the suite's stand-in, on the image.
+pub async fn cloud_on_test_hosts(extra: &str) -> Cloud<crate::host::HostMachines> {
+    let extra = format!("k3s_installer = \"file://{}\"\n{extra}", crate::host::K3S_INSTALLER);
+    cloud_of(&extra, "", None, |dir, kube| crate::host::HostMachines::new(&dir.join("hosts"), &kube.kubeconfig)).await
+}
+
+async fn cloud_of<M: Machines + 'static>(
+    extra: &str,
+    lifecycle: &str,
+    clock: Option<&std::path::Path>,
+    machines: impl FnOnce(&Path, &KubeStandIn) -> Arc<M>,
+) -> Cloud<M> {
     init();
     let dir = tempfile::tempdir().unwrap();
     let kube = KubeStandIn::start_with_controller(&dir.path().join("kube")).await;
     let fake = HetznerStandIn::start(TOKEN).await;
     fake.set_boot_time(Duration::from_millis(300));
-    let machines = TestMachines::new(
-        &dir.path().join("machines"),
-        &kube.kubeconfig,
-        &format!(
-            "report_interval_ms = 200\nbackoff_initial_ms = 100\nbackoff_max_ms = 1000\napps_report_secs = 1\nrollout_poll_ms = 20\nrepo_roots = [\"{}\"]\n",
-            dir.path().display()
-        ),
-    );
+    let machines = machines(dir.path(), &kube);
     fake.set_machines(machines.clone());
     let hub_dir = dir.path().join("hub");
     let artifacts = hub_dir.join("data/artifacts");
@@ -297,5 +316,5 @@ pub async fn cloud_with(extra: &str, lifecycle: &str, clock: Option<&std::path::
     );
     let env = clock.map(|c| vec![("OUTPOST_TEST_CLOCK_FILE".to_string(), c.display().to_string())]).unwrap_or_default();
     let hub = HubProc::start_env(&hub_dir, free_port(), &config, env).await;
-    Cloud { fake, machines, hub, _kube: kube, dir }
+    Cloud { fake, machines, hub, kube, dir }
 }

@@ -4,6 +4,7 @@
 
 pub mod boundaries;
 pub mod cloud;
+pub mod host;
 pub mod hostile;
 
 use std::collections::BTreeMap;

@@ -18,6 +18,9 @@ pub struct ProvisionConfig {
     pub image: String,
     /// The K3s version new servers install (pinned).
     pub k3s_version: String,
+    /// Where new servers fetch K3s's install script: `https://get.k3s.io` by default, or a `file:///`
+    /// path already on the image (a mirror for air-gapped sites; the suite's test hosts use a stand-in).
+    pub k3s_installer: String,
     /// The agentd version new servers fetch from this hub (`artifacts_dir/agentd-{version}-{arch}`).
     pub agent_version: String,
     /// Default: `data_dir/artifacts`.
@@ -87,6 +90,7 @@ impl Default for ProvisionConfig {
             token_file: None,
             image: "debian-12".into(),
             k3s_version: "v1.33.5+k3s1".into(),
+            k3s_installer: "https://get.k3s.io".into(),
             agent_version: env!("CARGO_PKG_VERSION").into(),
             artifacts_dir: None,
             ssh_public_key: String::new(),
@@ -169,6 +173,12 @@ impl ProvisionConfig {
         }
         if !super::userdata::valid_k3s_version(&self.k3s_version) {
             p.push(format!("provision.k3s_version {:?} is not a K3s version like v1.33.5+k3s1", self.k3s_version));
+        }
+        if !super::userdata::valid_installer(&self.k3s_installer) {
+            p.push(format!(
+                "provision.k3s_installer {:?}: an https:// URL or a file:/// path of letters, digits and -._~:/%+",
+                self.k3s_installer
+            ));
         }
         if !self.ssh_public_key.is_empty()
             && !self.ssh_public_key.starts_with("ssh-")

@@ -184,6 +184,7 @@ impl Provisioner {
                 token: &token,
                 ca_pem: &self.ca_pem,
                 k3s_version: &self.config.k3s_version,
+                k3s_installer: &self.config.k3s_installer,
                 k3s_flags: &plan.k3s_flags,
                 agentd_url: &url,
                 agentd_sha256: &artifact.sha256,

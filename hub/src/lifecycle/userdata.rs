@@ -22,6 +22,8 @@ pub struct UserData<'a> {
     pub token: &'a str,
     pub ca_pem: &'a str,
     pub k3s_version: &'a str,
+    /// K3s's install script: an https URL or a file:/// path on the image.
+    pub k3s_installer: &'a str,
     pub k3s_flags: &'a str,
     pub agentd_url: &'a str,
     pub agentd_sha256: &'a str,
@@ -46,6 +48,15 @@ fn valid_url(v: &str) -> bool {
         && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~:/[]@%+".contains(&b))
 }
 
+/// Where K3s's install script comes from: an https URL, or a `file:///` path on the image.
+pub fn valid_installer(v: &str) -> bool {
+    valid_url(v)
+        || (v.starts_with("file:///")
+            && v.len() <= 512
+            && !v.contains("/../")
+            && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~:/%+".contains(&b)))
+}
+
 fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }
@@ -60,6 +71,9 @@ impl UserData<'_> {
         if !valid_k3s_flags(self.k3s_flags) {
             problems.push(format!("k3s_flags {:?}: only letters, digits, spaces and -=,./:_", self.k3s_flags));
         }
+        if !valid_installer(self.k3s_installer) {
+            problems.push(format!("k3s installer {:?} is not an https URL or a file:/// path", self.k3s_installer));
+        }
         if !valid_url(self.agentd_url) {
             problems.push(format!("agentd URL {:?} is not a plain https URL", self.agentd_url));
         }
@@ -72,6 +86,7 @@ impl UserData<'_> {
         let install = INSTALL
             .replace("{{k3s_version}}", self.k3s_version)
             .replace("{{k3s_flags}}", self.k3s_flags)
+            .replace("{{k3s_installer}}", self.k3s_installer)
             .replace("{{agentd_url}}", self.agentd_url)
             .replace("{{agentd_sha256}}", self.agentd_sha256);
         let config = format!(
@@ -110,6 +125,7 @@ mod tests {
             token: "outpost-join-v1.secret",
             ca_pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
             k3s_version: "v1.33.5+k3s1",
+            k3s_installer: "https://get.k3s.io",
             k3s_flags: "--disable=traefik --write-kubeconfig-mode=0600",
             agentd_url: "https://hub.example:7443/artifacts/agentd/0.1.0/x86_64",
             agentd_sha256: "ab".repeat(32).leak(),
@@ -125,6 +141,8 @@ mod tests {
         for bad in [
             UserData { k3s_version: "v1.33'; rm -rf /", ..sample() },
             UserData { k3s_flags: "--x=$(reboot)", ..sample() },
+            UserData { k3s_installer: "file:///tmp/x';reboot;'", ..sample() },
+            UserData { k3s_installer: "http://get.k3s.io", ..sample() },
             UserData { agentd_url: "http://hub/agentd", ..sample() },
             UserData { agentd_sha256: "zz", ..sample() },
         ] {
