@@ -17,7 +17,16 @@ pub struct Collector {
     networks: Networks,
     k3s_unit: String,
     systemctl: String,
+    /// What the Kubernetes API last said about the cluster (the apps reporter writes it).
+    cluster: ClusterSeen,
 }
+
+/// When the Kubernetes API last answered with every node Ready, and what it said ("v1.33.5+k3s1, 1 node(s)
+/// Ready"). Shared by the apps reporter (which asks) and the health collector (which reports K3s's state).
+pub type ClusterSeen = std::sync::Arc<std::sync::Mutex<Option<(std::time::Instant, String)>>>;
+
+/// How recent an answer from the API must be to count as "K3s is up".
+const CLUSTER_FRESH: Duration = Duration::from_secs(120);
 
 impl Collector {
     pub fn new(k3s_unit: &str, systemctl: &str) -> Result<Collector, String> {
@@ -29,7 +38,14 @@ impl Collector {
             networks: Networks::new_with_refreshed_list().map_err(|e| format!("sysinfo networks: {e}"))?,
             k3s_unit: k3s_unit.to_string(),
             systemctl: systemctl.to_string(),
+            cluster: ClusterSeen::default(),
         })
+    }
+
+    /// K3s's state also from what the Kubernetes API says (see [`ClusterSeen`]).
+    pub fn with_cluster(mut self, cluster: ClusterSeen) -> Collector {
+        self.cluster = cluster;
+        self
     }
 
     pub async fn sample(&mut self, cert_not_after: i64) -> Health {
@@ -67,7 +83,7 @@ impl Collector {
             net_tx_bytes: tx,
             uptime_secs: System::uptime().unwrap_or(0),
             process_count: process_count(),
-            k3s: Some(k3s_state(&self.k3s_unit, &self.systemctl).await),
+            k3s: Some(k3s_state(&self.k3s_unit, &self.systemctl, self.cluster_answer()).await),
             agent_version: crate::VERSION.to_string(),
             cert_not_after,
         }
@@ -85,11 +101,26 @@ fn process_count() -> u32 {
         .unwrap_or(0)
 }
 
-/// K3s absent (no unit file) is a valid state, reported as such; otherwise ask systemd.
-async fn k3s_state(unit: &str, systemctl: &str) -> K3s {
+impl Collector {
+    /// The cluster's own word, when the API answered recently with every node Ready.
+    fn cluster_answer(&self) -> Option<String> {
+        let seen = self.cluster.lock().unwrap_or_else(|p| p.into_inner());
+        seen.as_ref().filter(|(at, _)| at.elapsed() < CLUSTER_FRESH).map(|(_, what)| what.clone())
+    }
+}
+
+/// K3s's state, one truth: systemd's word on its unit where there is one; where there is none, the
+/// Kubernetes API's (a cluster that answers Ready is up, whoever runs it); "absent" only when neither.
+async fn k3s_state(unit: &str, systemctl: &str, cluster: Option<String>) -> K3s {
     let file = format!("{unit}.service");
     if !UNIT_DIRS.iter().any(|d| Path::new(d).join(&file).exists()) {
-        return K3s { state: k3s::State::Absent as i32, detail: format!("no {file} unit installed") };
+        return match cluster {
+            Some(what) => K3s {
+                state: k3s::State::Active as i32,
+                detail: format!("{what} (the Kubernetes API's word; no {file} unit here)"),
+            },
+            None => K3s { state: k3s::State::Absent as i32, detail: format!("no {file} unit installed") },
+        };
     }
     let out = tokio::time::timeout(
         Duration::from_secs(5),
@@ -127,5 +158,10 @@ mod tests {
         assert!(h.process_count > 0 && h.uptime_secs > 0);
         assert_eq!(h.k3s.unwrap().state, k3s::State::Absent as i32);
         assert_eq!(h.cert_not_after, 42);
+        // A cluster whose API answers Ready is up, even without a unit here.
+        *c.cluster.lock().unwrap() = Some((std::time::Instant::now(), "v1.33.5+k3s1, 1 node(s) Ready".into()));
+        let k = c.sample(42).await.k3s.unwrap();
+        assert_eq!(k.state, k3s::State::Active as i32, "{k:?}");
+        assert!(k.detail.starts_with("v1.33.5+k3s1, 1 node(s) Ready"), "{k:?}");
     }
 }

@@ -89,6 +89,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let app_store = apps::AppStore::open(&db, sealer).map_err(|e| store_err(e.to_string()))?;
     let (placement_tx, placement) = tokio::sync::watch::channel(actions::apps::Placement::default());
     let app_actions = std::sync::Arc::new(actions::apps::Apps::new(&config, app_store, placement));
+    collector = collector.with_cluster(app_actions.cluster_seen());
     let (runner, runner_link) =
         actions::Runner::new(config.clone(), Some(app_actions.clone()), journal, tasks.clone(), shutdown.clone());
     let reconcile_stop = shutdown.clone();

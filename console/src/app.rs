@@ -175,8 +175,8 @@ async fn request(ch: Channel, tx: mpsc::Sender<ConnEvent>, r: Request) {
                 let _ = tx.send(ConnEvent::Error(format!("cancel: {}", s.message()))).await;
             }
         }
-        Request::Provision { customer, plan, location } => {
-            let req = outpost_proto::v1::ProvisionRequest { customer, plan, location, ..Default::default() };
+        Request::Provision { customer, plan, name, location } => {
+            let req = outpost_proto::v1::ProvisionRequest { customer, plan, name, location, ..Default::default() };
             let ev = match client.provision(req).await {
                 Ok(r) => {
                     let j = r.into_inner().job.unwrap_or_default();

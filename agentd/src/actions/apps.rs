@@ -61,6 +61,8 @@ pub struct Apps {
     /// What each plan allows (the server's plan comes from the hub).
     plans: std::collections::BTreeMap<String, PlanLimits>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The API's last Ready answer, for the health report's K3s state.
+    cluster_seen: crate::collect::ClusterSeen,
 }
 
 fn short(c: &str) -> &str {
@@ -105,6 +107,7 @@ impl Apps {
             plans: config.plans.clone(),
             rollout_deadline: Duration::from_secs(config.rollout_deadline_secs),
             locks: Mutex::default(),
+            cluster_seen: Default::default(),
         }
     }
 
@@ -207,6 +210,11 @@ impl Apps {
         })
     }
 
+    /// Where the cluster's last Ready answer is kept (see [`crate::collect::ClusterSeen`]).
+    pub fn cluster_seen(&self) -> crate::collect::ClusterSeen {
+        self.cluster_seen.clone()
+    }
+
     /// What runs on this server, for a report: every app with its deployment, rollout and repository, and the
     /// cluster. `None` when there is nothing to tell (no apps and no K3s kubeconfig).
     pub async fn state(&self) -> Option<outpost_proto::v1::AppsState> {
@@ -220,6 +228,13 @@ impl Apps {
             Some(k) => k.overview().await.map_err(|e| e.to_string()),
             None => Err(format!("no Kubernetes API: cannot use {}", self.kubeconfig.display())),
         };
+        if let Ok((c, _)) = &overview {
+            let mut seen = self.cluster_seen.lock().unwrap_or_else(|p| p.into_inner());
+            *seen = c.ready.then(|| {
+                let ready = c.nodes.len();
+                (std::time::Instant::now(), format!("{}, {ready} node(s) Ready", c.version))
+            });
+        }
         let (cluster, statuses) = match overview {
             Ok((c, statuses)) => (
                 pb::ClusterState {

@@ -10,6 +10,22 @@ use outpost_common::text::inert;
 use outpost_proto::v1 as pb;
 use std::collections::BTreeMap;
 
+/// The most a form reads from an `@FILE` value.
+const MAX_FILE_VALUE: u64 = 256 << 10;
+
+/// The content of `@PATH` in a form field: a text file of at most 256 KiB.
+fn read_value(path: &str) -> Result<String, String> {
+    use std::io::Read;
+    let path = path.trim();
+    let f = std::fs::File::open(path).map_err(|e| format!("cannot read @{path}: {e}"))?;
+    let mut text = String::new();
+    f.take(MAX_FILE_VALUE + 1).read_to_string(&mut text).map_err(|e| format!("cannot read @{path} as text: {e}"))?;
+    if text.len() as u64 > MAX_FILE_VALUE {
+        return Err(format!("@{path} is over {} KiB", MAX_FILE_VALUE >> 10));
+    }
+    Ok(text)
+}
+
 impl App {
     fn role(&self) -> Role {
         self.role.parse().unwrap_or(Role::Viewer)
@@ -118,6 +134,16 @@ impl App {
                     if value.is_empty() {
                         continue;
                     }
+                    // `@PATH`: the value is the file's content (an app spec is many lines).
+                    let value = match value.strip_prefix('@').map(read_value) {
+                        Some(Ok(text)) => text,
+                        Some(Err(e)) => {
+                            self.say(format!("{name}: {e}"), true);
+                            self.mode = Mode::Args(f);
+                            return;
+                        }
+                        None => value.clone(),
+                    };
                     let kind = spec.args.iter().find(|a| a.name == *name).map(|a| a.kind);
                     let value = if kind == Some(ArgKind::Argv) && !value.trim_start().starts_with('[') {
                         serde_json::to_string(&value.split_whitespace().collect::<Vec<_>>()).unwrap_or_default()
@@ -159,6 +185,9 @@ impl App {
                         files.unwrap_or_default().into_iter().map(|f| format!("file:{f}")).collect();
                     offered.extend(units());
                     out.insert(a.name, offered);
+                }
+                ArgKind::AppSpec => {
+                    out.insert(a.name, self.spec_files.iter().map(|p| format!("@{p}")).collect());
                 }
                 ArgKind::AppName => {
                     // The apps the targets report; the open app first.

@@ -118,6 +118,8 @@ pub enum Request {
     Provision {
         customer: String,
         plan: String,
+        /// Empty: the hub's default (the customer's name).
+        name: String,
         location: String,
     },
     /// Cancel a lifecycle job (admin).
@@ -150,7 +152,7 @@ pub const COMMANDS: [(&str, &str); 12] = [
     ("usage", "usage [CUSTOMER [YYYY-MM]]: a customer's month against the plan, with its cost"),
     ("audit", "the audit log"),
     ("lifecycle", "lifecycle jobs: provision, deprovision, ... (:jobs too)"),
-    ("provision", "provision CUSTOMER PLAN [LOCATION]: a new server for a customer (admin)"),
+    ("provision", "provision CUSTOMER PLAN [NAME] [LOCATION]: a new server for a customer (admin)"),
     ("cancel", "cancel JOB: stop a lifecycle job; a provision undoes what it created (admin)"),
     ("ack", "ack ALERT [SERVER]: say you are on a firing alert (support+)"),
     ("silence", "silence ALERT SERVER DURATION REASON…: hold its notifications back (support+)"),
@@ -217,6 +219,8 @@ pub struct App {
     pub queue: QueuePage,
     pub alerts: AlertsPage,
     pub usage: UsagePage,
+    /// App spec files offered in the app-apply form (as `@PATH`; Ctrl-n cycles): the demo's samples.
+    pub spec_files: Vec<String>,
 }
 
 impl App {
@@ -238,7 +242,13 @@ impl App {
             queue: QueuePage::default(),
             alerts: AlertsPage::default(),
             usage: UsagePage::default(),
+            spec_files: Vec::new(),
         }
+    }
+
+    /// A message on the status line (what an embedder wants the operator to read first).
+    pub fn notice(&mut self, text: impl Into<String>) {
+        self.say(text, false);
     }
 
     /// A viewer sees no action and cannot run one.

@@ -19,18 +19,21 @@ impl App {
         self.requests.push(Request::Queue);
     }
 
-    /// `:provision CUSTOMER PLAN [LOCATION]` and `:cancel JOB`: admin only; the hub checks again.
+    /// `:provision CUSTOMER PLAN [NAME] [LOCATION]` (NAME `-`: the hub's default, the customer's name) and
+    /// `:cancel JOB`: admin only; the hub checks again.
     pub(super) fn queue_command(&mut self, cmd: &str) {
         let words: Vec<&str> = cmd.split_whitespace().collect();
         if self.role != "admin" {
             return self.say(format!(":{} needs role admin (you are {})", words[0], self.role), true);
         }
         match words.as_slice() {
-            ["provision", customer, plan] | ["provision", customer, plan, _] => {
-                let location = words.get(3).map(|l| l.to_string()).unwrap_or_default();
+            ["provision", customer, plan, rest @ ..] if rest.len() <= 2 => {
+                let name = rest.first().filter(|n| **n != "-").map(|n| n.to_string()).unwrap_or_default();
+                let location = rest.get(1).map(|l| l.to_string()).unwrap_or_default();
                 self.requests.push(Request::Provision {
                     customer: customer.to_string(),
                     plan: plan.to_string(),
+                    name,
                     location,
                 });
                 self.open_queue();
@@ -39,7 +42,9 @@ impl App {
                 Ok(id) => self.requests.push(Request::CancelQueueJob(id)),
                 Err(_) => self.say(format!("{id:?} is not a job id (see :lifecycle)"), true),
             },
-            ["provision", ..] => self.say("usage: :provision CUSTOMER PLAN [LOCATION]", true),
+            ["provision", ..] => {
+                self.say("usage: :provision CUSTOMER PLAN [NAME] [LOCATION] (NAME - for the default)", true)
+            }
             _ => self.say("usage: :cancel JOB (a job id from :lifecycle)", true),
         }
     }

@@ -414,13 +414,22 @@ fn provision_and_cancel_from_the_command_line_need_admin() {
     );
 
     let mut admin = App::new("https://hub:7443", "root", "admin");
-    typ(&mut admin, ":provision acme pro nbg1");
+    typ(&mut admin, ":provision acme pro acme-2 nbg1");
     admin.key(Key::Enter);
     assert_eq!(admin.screen, Screen::Queue);
-    assert_eq!(
-        admin.requests.drain(..).collect::<Vec<_>>(),
-        [Request::Provision { customer: "acme".into(), plan: "pro".into(), location: "nbg1".into() }, Request::Queue]
-    );
+    let provision = |name: &str, location: &str| Request::Provision {
+        customer: "acme".into(),
+        plan: "pro".into(),
+        name: name.into(),
+        location: location.into(),
+    };
+    assert_eq!(admin.requests.drain(..).collect::<Vec<_>>(), [provision("acme-2", "nbg1"), Request::Queue]);
+    typ(&mut admin, ":provision acme pro - hel1");
+    admin.key(Key::Enter);
+    assert_eq!(admin.requests.drain(..).collect::<Vec<_>>(), [provision("", "hel1"), Request::Queue]);
+    typ(&mut admin, ":provision acme pro acme-3");
+    admin.key(Key::Enter);
+    assert_eq!(admin.requests.drain(..).collect::<Vec<_>>(), [provision("acme-3", ""), Request::Queue]);
     typ(&mut admin, ":cancel 7");
     admin.key(Key::Enter);
     assert_eq!(admin.requests.drain(..).collect::<Vec<_>>(), [Request::CancelQueueJob(7)]);
@@ -497,4 +506,46 @@ fn usage_opens_for_the_selected_servers_customer_or_a_named_one_and_checks_the_m
             a.message
         );
     }
+}
+
+/// An app spec is many lines: `@PATH` in a form field reads the file, and the embedder's spec files are
+/// offered (the demo's sample), so an app can be applied by keys alone.
+#[test]
+fn a_form_field_reads_at_file_and_offers_spec_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("hello.toml");
+    std::fs::write(&spec, "name = \"hello\"\nimage = \"r.example/hello:{commit}\"\nport = 8080\n[repo]\nurl = \"https://git.example/h.git\"\n")
+        .unwrap();
+    let mut a = app();
+    a.spec_files = vec![spec.display().to_string()];
+    a.key(Key::Enter);
+    a.key(Key::Char('a'));
+    let Mode::Actions(m) = &a.mode else { panic!("{:?}", a.mode) };
+    let at = m.items.iter().position(|i| *i == "app-apply").unwrap();
+    for _ in 0..at {
+        a.key(Key::Char('j'));
+    }
+    a.key(Key::Enter);
+    let offered = format!("@{}", spec.display());
+    assert!(matches!(&a.mode, Mode::Args(f) if f.fields[0].1 == offered), "{:?}", a.mode);
+    a.key(Key::Enter);
+    match a.requests.as_slice() {
+        [.., Request::Run(r)] => assert!(r.args["spec"].starts_with("name = \"hello\"\n"), "{:?}", r.args),
+        other => panic!("{other:?} {:?} {:?}", a.mode, a.message),
+    }
+    // A file that cannot be read: said, and the form stays.
+    a.mode = Mode::Normal;
+    a.screen = Screen::Server("db-1".into());
+    a.requests.clear();
+    a.key(Key::Char('a'));
+    for _ in 0..at {
+        a.key(Key::Char('j'));
+    }
+    a.key(Key::Enter);
+    a.key(Key::Ctrl('u'));
+    typ(&mut a, "@/nonexistent/spec.toml");
+    a.key(Key::Enter);
+    assert!(matches!(a.mode, Mode::Args(_)), "{:?}", a.mode);
+    assert!(a.message.as_ref().is_some_and(|m| m.error && m.text.contains("cannot read @/nonexistent/spec.toml")));
+    assert!(!a.requests.iter().any(|r| matches!(r, Request::Run(_))));
 }

@@ -75,6 +75,11 @@ fn render_header(frame: &mut Frame, app: &mut App, header: Rect, counts: Rect, t
         Span::styled(format!("● {} connected  ", c.connected), theme.fg(Color::Green)),
         Span::styled(format!("◐ {} disconnected  ", c.disconnected), theme.fg(Color::Yellow)),
         Span::styled(format!("✖ {} lost  ", c.lost), theme.fg(Color::Red)),
+        // Enrolling or provisioning (shown when there are any): the figures add up to the total.
+        Span::styled(
+            if c.pending > 0 { format!("○ {} pending  ", c.pending) } else { String::new() },
+            theme.fg(Color::Cyan),
+        ),
         // The hub's firing alerts once known; until then the servers that need a look.
         Span::styled(
             format!("⚠ {} alerts", if app.alerts.loaded { app.alerts.firing() } else { c.alerts }),
