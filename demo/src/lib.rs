@@ -13,6 +13,8 @@
 //! console (or `outpost provision` with the demo's bundle) queues a job, `:jobs` shows it, and the server
 //! appears in the fleet. The demo provisions one server itself at start so `:jobs` has a story to tell.
 
+mod living;
+
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -31,8 +33,9 @@ const PLANS: [&str; 3] = ["starter", "pro", "team"];
 #[derive(Clone, Debug, clap::Parser)]
 #[command(name = "outpost-demo", version)]
 pub struct DemoArgs {
-    /// How many agents to run.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=200))]
+    /// How many agents to run (customers and plans are dealt round-robin: with six or more, acme has
+    /// servers on two plans).
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u16).range(1..=200))]
     pub agents: u16,
     /// How often each agent reports, in milliseconds.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
@@ -56,14 +59,44 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new().prefix("outpost-demo-").tempdir().context("creating the demo directory")?;
     let logs = dir.path().join("logs");
     std::fs::create_dir_all(&logs)?;
+    // Everything but the console writes to files: nothing else may draw on the terminal.
     let _log = outpost_common::logging::init("hubd", Some(&logs), "info", false).map_err(anyhow::Error::msg)?;
+    // A panic anywhere (the console, the hub, a stand-in) ends the demo: the terminal is restored (the
+    // console's guard), the panic is logged, and the fleet is stopped; its words are printed at the end.
+    let panicked = tokio_util::sync::CancellationToken::new();
+    let panic_words: std::sync::Arc<std::sync::Mutex<Option<String>>> = Default::default();
+    {
+        let (token, words) = (panicked.clone(), panic_words.clone());
+        std::panic::set_hook(Box::new(move |info| {
+            let text = info.to_string();
+            tracing::error!(panic = %text, "a part of the demo panicked; ending the demo");
+            words.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(text);
+            token.cancel();
+        }));
+    }
     let fleet = DemoFleet::start(&args, &agentd, dir.path()).await?;
-    let app = outpost_console::state::App::new(&fleet.hub.advertise, &fleet.bundle.meta.name, &fleet.bundle.meta.role);
+    let bundle_dir = dir.path().join("operator");
+    fleet.bundle.write(&bundle_dir).context("writing the demo's operator bundle")?;
+    let reach = format!("outpost --bundle {} fleet", bundle_dir.display());
+    // Printed before the console takes the screen: it is there again when the demo ends.
+    eprintln!("outpost-demo: a fleet in {} (removed when you quit)", dir.path().display());
+    eprintln!("outpost-demo: from another terminal, while it runs: {reach}");
+    eprintln!("outpost-demo: logs in {}", logs.display());
+    let mut app =
+        outpost_console::state::App::new(&fleet.hub.advertise, &fleet.bundle.meta.name, &fleet.bundle.meta.role);
+    app.spec_files = fleet.spec_files.iter().map(|p| p.display().to_string()).collect();
+    app.notice(format!("demo: {reach} · :apps · :usage · :alerts · ? for help"));
     let result = match fleet.bundle.channel() {
-        Ok(channel) => outpost_console::app::run(app, channel).await,
+        Ok(channel) => tokio::select! {
+            r = outpost_console::app::run(app, channel) => r,
+            () = panicked.cancelled() => Err(anyhow::anyhow!("a part of the demo panicked")),
+        },
         Err(e) => Err(e.into()),
     };
     fleet.stop().await?;
+    if let Some(words) = panic_words.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        eprintln!("outpost-demo: ended by a panic: {words}");
+    }
     result
 }
 
@@ -92,6 +125,8 @@ pub struct DemoFleet {
     pub kube: standin::kube::KubeStandIn,
     /// Where the sample repository lives (`hello.git`), if git is installed.
     pub repos: Option<PathBuf>,
+    /// The sample app specs (`specs/hello.toml`, `specs/worker.toml`), offered in the console's forms.
+    pub spec_files: Vec<PathBuf>,
     agents: Vec<Child>,
     stop: CancellationToken,
     /// The stand-in Hetzner Cloud API provisioning talks to, and the agents its servers run.
@@ -117,15 +152,17 @@ impl DemoFleet {
         config.advertise = Some(hub.advertise.clone());
         let bundle = hub::cli::issue_bundle(&config, hub.ca(), "demo-admin", Role::Admin, Duration::from_secs(86_400))?;
         let kube = standin::kube::KubeStandIn::start_with_controller(&root.join("kube")).await;
-        let repos = match sample_repository(&root.join("repos")) {
-            Ok(()) => Some(root.join("repos")),
+        let (repos, commits) = match sample_repository(&root.join("repos")) {
+            Ok(commits) => (Some(root.join("repos")), Some(commits)),
             Err(error) => {
-                eprintln!(
-                    "outpost-demo: no sample app repository ({error:#}); is git installed? The app actions have nothing to deploy."
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "no sample app repository (is git installed?): the app actions have nothing to deploy"
                 );
-                None
+                (None, None)
             }
         };
+        let spec_files = write_specs(root)?;
         let machines = std::sync::Arc::new(DemoMachines {
             agent: AgentSetup {
                 agentd: agentd.to_path_buf(),
@@ -137,10 +174,17 @@ impl DemoFleet {
             children: std::sync::Mutex::default(),
         });
         cloud.set_machines(machines.clone());
-        let mut fleet = DemoFleet { hub, bundle, kube, repos, agents: Vec::new(), stop, cloud, machines };
+        let mut fleet = DemoFleet { hub, bundle, kube, repos, spec_files, agents: Vec::new(), stop, cloud, machines };
         if let Err(e) = start_agents(args, &fleet.hub, &fleet.machines.agent, &mut fleet.agents).await {
             fleet.stop().await?;
             return Err(e);
+        }
+        if let Some((_, v2)) = &commits {
+            // main's newest commit crashes on initech's server (its deploy is rolled back) and the worker
+            // crashes on umbrella's (its first deploy has nothing to go back to: the app stays failing).
+            fleet.kube.fail_image_in("initech", &format!("registry.example/demo/hello:{v2}"));
+            fleet.kube.fail_image_in("umbrella", &format!("registry.example/demo/worker:{v2}"));
+            tokio::spawn(populate(fleet.bundle.channel()?, fleet.spec_files.clone()));
         }
         // One server through the provisioning queue, as a customer signing up would get it.
         let mut client = outpost_proto::v1::operator_client::OperatorClient::new(fleet.bundle.channel()?);
@@ -151,7 +195,7 @@ impl DemoFleet {
             ..Default::default()
         };
         if let Err(s) = client.provision(req).await {
-            eprintln!("outpost-demo: the sample provision was refused: {}", s.message());
+            tracing::warn!(error = s.message(), "the demo's sample provision was refused");
         }
         Ok(fleet)
     }
@@ -238,7 +282,7 @@ fn token_in_user_data(user_data: &str) -> Option<String> {
 impl standin::hetzner::Machines for DemoMachines {
     fn boot(&self, server: &standin::hetzner::Booted) {
         let Some(token) = token_in_user_data(&server.user_data) else {
-            return eprintln!("outpost-demo: server {} booted without a join token", server.name);
+            return tracing::warn!(server = %server.name, "a server booted without a join token");
         };
         let dir = self.agent.root.join("cloud").join(format!("{}-{}", server.name, server.id));
         let started = self.agent.prepare(&server.name, &dir, &token).and_then(|(config, log)| {
@@ -253,7 +297,9 @@ impl standin::hetzner::Machines for DemoMachines {
         });
         match started {
             Ok(child) => self.children.lock().unwrap_or_else(|p| p.into_inner()).push((server.id, child)),
-            Err(e) => eprintln!("outpost-demo: server {} did not start its agent: {e:#}", server.name),
+            Err(e) => {
+                tracing::warn!(server = %server.name, error = format!("{e:#}"), "a server did not start its agent")
+            }
         }
     }
 
@@ -301,18 +347,28 @@ async fn start_agents(
     setup: &AgentSetup,
     agents: &mut Vec<Child>,
 ) -> anyhow::Result<()> {
+    let mut seats = Vec::new();
+    let mut tokens = Vec::new();
     for i in 0..usize::from(args.agents) {
         let name = format!("demo-{:02}", i + 1);
+        let (customer, plan) = (CUSTOMERS[i % CUSTOMERS.len()], PLANS[i % PLANS.len()]);
         let req = TokenRequest {
             server: name.clone(),
             ttl: Duration::from_secs(600),
-            customer: CUSTOMERS[i % CUSTOMERS.len()].into(),
-            plan: PLANS[i % PLANS.len()].into(),
+            customer: customer.into(),
+            plan: plan.into(),
             labels: [("env".to_string(), "demo".to_string())].into(),
             replace: false,
         };
-        let token = hub.create_token(req, "outpost-demo").await?.token;
-        let (config, log_path) = setup.prepare(&name, &setup.root.join("agents").join(&name), &token)?;
+        tokens.push(hub.create_token(req, "outpost-demo").await?.token);
+        seats.push((name, customer.to_string(), plan.to_string()));
+    }
+    // A week of history before the agents add to it (umbrella's server runs over its plan's memory).
+    if let Err(error) = living::seed_usage(hub, &seats, "demo-04", outpost_common::now_ms()).await {
+        tracing::warn!(error = format!("{error:#}"), "no usage history for the demo");
+    }
+    for ((name, _, _), token) in seats.iter().zip(tokens) {
+        let (config, log_path) = setup.prepare(name, &setup.root.join("agents").join(name), &token)?;
         let log = std::fs::File::create(&log_path)?;
         let agentd = &setup.agentd;
         let child = Command::new(agentd)
@@ -329,6 +385,68 @@ async fn start_agents(
     }
     Ok(())
 }
+
+/// The apps a visitor finds: hello on acme's and globex's servers; on initech's, v1 and then main, which
+/// crashes and is rolled back automatically; on umbrella's, a worker that keeps crashing (an alert).
+async fn populate(channel: tonic::transport::Channel, specs: Vec<PathBuf>) {
+    let mut client = outpost_proto::v1::operator_client::OperatorClient::new(channel);
+    if !living::connected(&mut client, &["demo-01", "demo-02", "demo-03", "demo-04"], Duration::from_secs(60)).await {
+        return tracing::warn!("the demo's first servers did not connect within 60 s: no apps deployed");
+    }
+    let read = |i: usize| specs.get(i).and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default();
+    let (hello, worker) = (read(0), read(1));
+    let plan: [(&str, &str, &str, &[Option<&str>]); 4] = [
+        ("demo-01", "hello", hello.as_str(), &[None]),
+        ("demo-02", "hello", hello.as_str(), &[None]),
+        ("demo-03", "hello", hello.as_str(), &[Some("v1"), None]),
+        ("demo-04", "worker", worker.as_str(), &[None]),
+    ];
+    let runs = plan.into_iter().map(|(server, app, spec, deploys)| {
+        let mut client = client.clone();
+        async move {
+            if let Err(e) = living::run(&mut client, "app-apply", server, &[("spec", spec)]).await {
+                return tracing::warn!(server, app, error = %e, "demo: app-apply failed");
+            }
+            for git_ref in deploys {
+                let mut args = vec![("app", app)];
+                args.extend(git_ref.iter().map(|r| ("ref", *r)));
+                match living::run(&mut client, "app-deploy", server, &args).await {
+                    Ok(m) => tracing::info!(server, app, result = %m, "demo: deployed"),
+                    Err(e) => {
+                        tracing::info!(server, app, result = %e, "demo: a deploy failed, as the demo means it to")
+                    }
+                }
+            }
+        }
+    });
+    futures::future::join_all(runs).await;
+}
+
+/// The sample specs in `root/specs`, their `{repos}` made the demo's repository directory.
+fn write_specs(root: &std::path::Path) -> anyhow::Result<Vec<PathBuf>> {
+    let dir = root.join("specs");
+    std::fs::create_dir_all(&dir)?;
+    let repos = root.join("repos").display().to_string();
+    let mut out = Vec::new();
+    for (name, text) in [("hello.toml", SAMPLE_SPEC), ("worker.toml", WORKER_SPEC)] {
+        let path = dir.join(name);
+        std::fs::write(&path, text.replace("{repos}", &repos))?;
+        out.push(path);
+    }
+    Ok(out)
+}
+
+/// A second sample: a background worker (no HTTP health check).
+pub const WORKER_SPEC: &str = r#"name = "worker"
+image = "registry.example/demo/worker:{commit}"
+port = 9090
+replicas = 1
+[repo]
+url = "{repos}/hello.git"
+ref = "main"
+[env]
+QUEUE = "jobs"
+"#;
 
 /// The demo runs in a container or on a laptop without systemd: its agents get small stand-ins for
 /// `systemctl` and `journalctl` that answer like systemd does for the units the catalog names (every unit is
@@ -373,7 +491,8 @@ fn write_stand_ins(root: &std::path::Path) -> anyhow::Result<std::path::PathBuf>
 }
 
 /// `dir/hello.git`: a bare repository with two commits on main, tagged v1 and v2 (made with the git CLI).
-fn sample_repository(dir: &std::path::Path) -> anyhow::Result<()> {
+/// Returns their commits.
+fn sample_repository(dir: &std::path::Path) -> anyhow::Result<(String, String)> {
     std::fs::create_dir_all(dir)?;
     let work = dir.join("hello-work");
     let git = |args: &[&str], cwd: &std::path::Path| -> anyhow::Result<()> {
@@ -404,5 +523,9 @@ fn sample_repository(dir: &std::path::Path) -> anyhow::Result<()> {
     }
     let bare = dir.join("hello.git");
     git(&["push", "-q", "--tags", bare.to_str().unwrap_or_default(), "main"], &work)?;
-    Ok(())
+    let sha = |r: &str| -> anyhow::Result<String> {
+        let out = std::process::Command::new("git").args(["rev-parse", r]).current_dir(&work).output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    Ok((sha("v1")?, sha("v2")?))
 }

@@ -79,6 +79,7 @@ pub struct Hub {
     agents: AgentApi,
     /// The embedded store's writer, to wait for its last write at shutdown.
     writer: Option<tokio::task::JoinHandle<()>>,
+    store: Arc<dyn HubStore>,
     rt: Runtime,
     serve: tokio::task::JoinHandle<Result<(), String>>,
 }
@@ -350,7 +351,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     })
     .map_err(StartError::Tls)?;
     tracing::info!(%addr, %advertise, pin = %ca.pin(), admin = ?admin_addr, "hubd listening");
-    Ok(Hub { addr, advertise, admin: admin_addr, identities, reports, agents, writer, rt, serve })
+    Ok(Hub { addr, advertise, admin: admin_addr, identities, reports, agents, writer, store: store.clone(), rt, serve })
 }
 
 /// The provisioner, or why provisioning is off (no break-glass key, no API token).
@@ -385,6 +386,11 @@ impl Hub {
     /// Creates a join token, as `hubd token create` does through the API (for embedders: the demo).
     pub async fn create_token(&self, req: tokens::TokenRequest, by: &str) -> Result<tokens::Created, error::HubError> {
         self.identities.create_token(req, by).await
+    }
+
+    /// The hub's store, for embedders that bring history with them (the demo seeds a week of usage).
+    pub fn store(&self) -> Arc<dyn HubStore> {
+        self.store.clone()
     }
 
     /// Waits until the hub has stopped (after `shutdown` is cancelled), draining with a deadline.

@@ -349,10 +349,11 @@ impl UsageBook {
         let buckets = self.store.usage_between(Resolution::Day, from, to, Some(customer)).await?;
         let mut rows: BTreeMap<(String, String), ScopeUsage> = BTreeMap::new();
         let mut days: BTreeMap<i64, DayUsage> = BTreeMap::new();
-        let mut plan = String::new();
         let mut host_secs: BTreeMap<String, (f64, String)> = BTreeMap::new();
+        // A customer may have servers on several plans: each plan's servers against that plan's limits
+        // (a plan's limits are per server: n servers on a plan allow n times them).
+        let mut per_plan: BTreeMap<String, (ScopeUsage, std::collections::BTreeSet<String>)> = BTreeMap::new();
         for (start, server, b) in &buckets {
-            plan.clone_from(&b.plan);
             let day = days.entry(*start).or_insert(DayUsage { start_ms: *start, ..Default::default() });
             for s in &b.scopes {
                 add(rows.entry((server.clone(), s.scope.clone())).or_default(), s);
@@ -362,6 +363,8 @@ impl UsageBook {
                     day.memory_peak_bytes = day.memory_peak_bytes.saturating_add(s.memory_peak_bytes);
                     day.database_bytes = day.database_bytes.saturating_add(s.database_bytes_max);
                     day.egress_bytes = day.egress_bytes.saturating_add(s.egress_bytes);
+                    let e = per_plan.entry(b.plan.clone()).or_default();
+                    e.1.insert(server.clone());
                 }
                 if s.scope == "host" {
                     let e = host_secs.entry(server.clone()).or_insert((0.0, b.plan.clone()));
@@ -370,19 +373,49 @@ impl UsageBook {
                 }
             }
         }
-        let limits = self.limits(&plan);
-        // The customer's projects, all servers together.
+        // The customer's projects, all servers together, and per plan.
         let mut projects = ScopeUsage::default();
-        for ((_, scope), u) in &rows {
+        for ((server, scope), u) in &rows {
             if scope.starts_with("namespace/") {
                 add(&mut projects, u);
+                if let Some((_, (sum, _))) = per_plan.iter_mut().find(|(_, (_, servers))| servers.contains(server)) {
+                    add(sum, u);
+                }
             }
         }
-        let projects_bucket = UsageBucket {
-            scopes: vec![ScopeUsage { scope: "namespace/*".into(), ..projects.clone() }],
-            ..Default::default()
-        };
-        let over_plan = limits.map(|l| plan_use(&projects_bucket, &l)).unwrap_or_default();
+        let several = per_plan.len() > 1;
+        let mut limits: Option<PlanLimits> = None;
+        let mut over_plan = Vec::new();
+        for (plan, (u, servers)) in &per_plan {
+            let Some(l) = self.limits(plan) else { continue };
+            let n = servers.len().max(1) as u64;
+            let l = PlanLimits {
+                cpu_millis: l.cpu_millis * n,
+                memory_bytes: l.memory_bytes * n,
+                storage_bytes: l.storage_bytes * n,
+            };
+            limits = Some(match limits {
+                None => l,
+                Some(t) => PlanLimits {
+                    cpu_millis: t.cpu_millis + l.cpu_millis,
+                    memory_bytes: t.memory_bytes + l.memory_bytes,
+                    storage_bytes: t.storage_bytes + l.storage_bytes,
+                },
+            });
+            let bucket = UsageBucket {
+                scopes: vec![ScopeUsage { scope: "namespace/*".into(), ..u.clone() }],
+                ..Default::default()
+            };
+            for (what, pct, words) in plan_use(&bucket, &l) {
+                let on = if n > 1 { format!("{plan} ×{n}") } else { plan.clone() };
+                over_plan.push(if several {
+                    (format!("{plan} {what}"), pct, format!("{on}: {words}"))
+                } else {
+                    (what.to_string(), pct, if n > 1 { format!("{on}: {words}") } else { words })
+                });
+            }
+        }
+        let plan = per_plan.keys().cloned().collect::<Vec<_>>().join(" + ");
         let p = &self.config.prices;
         let month_secs = ((to - from) / 1000) as f64;
         let server_cost: f64 = host_secs
@@ -524,8 +557,9 @@ pub struct MonthUsage {
     /// (server, the scope's month).
     pub rows: Vec<(String, ScopeUsage)>,
     pub days: Vec<DayUsage>,
-    /// (what, percent of the plan, in words) for the projects' peak use in the month.
-    pub over_plan: Vec<(&'static str, f64, String)>,
+    /// (what, percent of the plan, in words) for the projects' peak use in the month; per plan ("starter
+    /// cpu") when the customer's servers are on several.
+    pub over_plan: Vec<(String, f64, String)>,
     pub cost: Cost,
 }
 

@@ -392,3 +392,112 @@ async fn the_demo_provisions_servers_through_its_stand_in_cloud() {
     assert_eq!(fleet.cloud.servers().len(), 2);
     fleet.stop().await.unwrap();
 }
+
+/// The demo as a new user meets it: within 60 s of its start every screen has something to show (apps
+/// deployed, one rolled back, one failing with its alert firing, a week of usage for a customer on two
+/// plans, the provision job, the audit log, charts with their axes), and an app deployed from the console
+/// by keys alone (its spec offered as `@FILE` in the form) reaches Available.
+#[test]
+fn the_demo_is_a_living_fleet_and_an_app_deploys_from_the_console_by_keys() {
+    tool("tmux");
+    tool("git");
+    harness::bin("agentd");
+    let socket = format!("outpost-living-{}", std::process::id());
+    let _tmux = Tmux(socket.clone());
+    let tmp = tempfile::tempdir().unwrap();
+    let cmd =
+        format!("TMPDIR={} {} --report-interval-ms 500", tmp.path().display(), harness::bin("outpost-demo").display());
+    let started = Instant::now();
+    let ok = Command::new("tmux")
+        .args(["-L", &socket, "new-session", "-d", "-s", "demo", "-x", "170", "-y", "45", &cmd])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let keys = |k: &[&str]| {
+        for key in k {
+            Command::new("tmux").args(["-L", &socket, "send-keys", "-t", "demo", key]).status().unwrap();
+        }
+    };
+    let command = |c: &str| keys(&[":", c, "Enter"]);
+    // The fleet: six servers and the one it provisions, K3s one truth (the cluster answers Ready).
+    let fleet = wait_for_pane(&socket, "7 servers  ● 7 connected");
+    assert!(fleet.contains("demo-06") && fleet.contains("wayne"), "{fleet}");
+    assert!(!fleet.contains("absent"), "K3s answers on every server: {fleet}");
+    assert!(fleet.contains("outpost --bundle") && fleet.contains("/operator fleet"), "how to reach it: {fleet}");
+
+    command("apps");
+    let apps = wait_for_pane_where(&socket, "four apps, one failing, one rolled back", |s| {
+        s.contains("4 on 4 server(s)")
+            && s.contains("worker")
+            && s.contains("failed")
+            && s.contains("hello-2: CrashLoopBackOff")
+    });
+    assert!(apps.matches("available").count() >= 3, "{apps}");
+
+    command("alerts");
+    let alerts = wait_for_pane_where(&socket, "the failing app's alert firing", |s| {
+        s.contains("firing") && s.contains("app_failing") && s.contains("demo-04")
+    });
+    assert!(alerts.contains("⚠ 1 alerts") || alerts.contains("alerts · 1 firing"), "{alerts}");
+
+    command("usage acme");
+    let usage = wait_for_pane_where(&socket, "a week of acme's usage on two plans", |s| {
+        s.contains("plan starter + team") && s.contains("starter cpu") && s.contains("team memory")
+    });
+    assert!(usage.contains("CPU cores a day, 0–") && usage.contains("memory peak a day, 0–"), "{usage}");
+    for day in ["01", "03", "05"] {
+        assert!(usage.contains(&format!(" {day} ")), "day {day} on the time axis: {usage}");
+    }
+
+    command("lifecycle");
+    wait_for_pane_where(&socket, "the demo's provision job", |s| s.contains("provision") && s.contains("wayne"));
+    command("audit");
+    wait_for_pane_where(&socket, "the audit log", |s| s.contains("app-deploy") && s.contains("demo-admin"));
+
+    // A server's screen: the cluster's word on K3s, charts with their scale and time axis.
+    command("fleet");
+    keys(&["g", "j", "j", "Enter"]);
+    let server = wait_for_pane_where(&socket, "demo-03's screen with charts", |s| {
+        s.contains("server      demo-03") && s.contains("0–100%") && s.contains(" now ")
+    });
+    assert!(server.contains("k3s         active"), "{server}");
+    assert!(started.elapsed() < Duration::from_secs(60), "every screen had content only after {:?}", started.elapsed());
+
+    // An app by keys alone on demo-05: app-apply with the offered spec file, then app-deploy.
+    let position = |name: &str| outpost_common::actions::CATALOG.iter().position(|a| a.name == name).unwrap();
+    keys(&["Escape"]);
+    command("fleet");
+    keys(&["g", "j", "j", "j", "j"]);
+    wait_for_pane_where(&socket, "demo-05 selected", |s| s.lines().any(|l| l.starts_with("▶ demo-05")));
+    keys(&["a"]);
+    wait_for_pane(&socket, "actions on demo-05");
+    for _ in 0..position("app-apply") {
+        keys(&["j"]);
+    }
+    keys(&["Enter"]);
+    wait_for_pane_where(&socket, "the spec file offered", |s| s.contains("specs/hello.toml"));
+    keys(&["Enter"]);
+    wait_for_pane(&socket, "hello: spec stored in project hooli");
+    keys(&["Escape"]);
+    keys(&["a"]);
+    wait_for_pane(&socket, "actions on demo-05");
+    for _ in 0..position("app-deploy") {
+        keys(&["j"]);
+    }
+    // The app's name typed (the form offers it once the agent has reported the stored app).
+    keys(&["Enter", "C-u"]);
+    keys(&["hello", "Enter"]);
+    wait_for_pane(&socket, "hello: hello-1 is live");
+    keys(&["Escape"]);
+    command("apps");
+    wait_for_pane_where(&socket, "hello available on demo-05", |s| {
+        s.lines().any(|l| l.contains("demo-05") && l.contains("hello") && l.contains("available"))
+    });
+    keys(&["q"]);
+    let deadline = Instant::now() + harness::WAIT;
+    while Command::new("tmux").args(["-L", &socket, "has-session", "-t", "demo"]).output().unwrap().status.success() {
+        assert!(Instant::now() < deadline, "outpost-demo did not exit after q");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(demo_processes(tmp.path()), Vec::<String>::new(), "agents left behind");
+}

@@ -4,6 +4,7 @@
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::Color;
+use ratatui::text::Line;
 use ratatui::widgets::{Block, Paragraph, Row, Sparkline, Table};
 
 use super::widgets::{Theme, ago, facts, status_symbol};
@@ -142,10 +143,20 @@ pub fn render(frame: &mut Frame, app: &App, name: &str, area: Rect, now_ms: i64,
         // Right-align: the newest point at the right edge, as much history as fits.
         let fit = area.width.saturating_sub(2) as usize;
         let data = &data[data.len().saturating_sub(fit)..];
-        let mut spark = Sparkline::default()
-            .block(Block::bordered().title(title))
-            .data(data.iter().copied())
-            .style(theme.fg(color));
+        // The scale on the right of the title, the time axis along the bottom: from the oldest point shown
+        // to now.
+        let scale = match max {
+            Some(m) => format!(" 0–{m}% "),
+            None => format!(" 0–{}/s ", bytes(data.iter().copied().max().unwrap_or(0))),
+        };
+        let oldest = points.get(points.len().saturating_sub(data.len())).map(|(t, _)| *t);
+        let mut block = Block::bordered().title(title).title_top(Line::from(scale).right_aligned());
+        if let Some(t) = oldest.filter(|_| !data.is_empty()) {
+            block = block
+                .title_bottom(Line::from(format!(" {} ago ", ago(now_ms, t))))
+                .title_bottom(Line::from(" now ").right_aligned());
+        }
+        let mut spark = Sparkline::default().block(block).data(data.iter().copied()).style(theme.fg(color));
         if let Some(m) = max {
             spark = spark.max(m);
         }

@@ -5,7 +5,7 @@ use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::Line;
-use ratatui::widgets::{Bar, BarChart, Block, LineGauge, Paragraph, Row, Sparkline, Table};
+use ratatui::widgets::{Bar, BarChart, Block, LineGauge, Paragraph, Row, Table};
 
 use super::widgets::Theme;
 use crate::format::bytes;
@@ -40,8 +40,9 @@ pub fn render(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
     ])
     .areas(inner);
 
-    // Against the plan: the month's peak use of each limit.
+    // Against the plan: the month's peak use of each limit (per plan when the customer has several).
     let rows = Layout::vertical(vec![Constraint::Length(1); u.plan_use.len()]).split(gauges);
+    let width = u.plan_use.iter().map(|p| p.what.chars().count()).max().unwrap_or(8);
     for (p, row) in u.plan_use.iter().zip(rows.iter()) {
         let over = p.percent > 100.0;
         let color = if over {
@@ -51,7 +52,7 @@ pub fn render(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
         } else {
             Color::Green
         };
-        let label = format!("{:<8} {:>4.0}%{} ", p.what, p.percent, if over { " OVER" } else { "     " });
+        let label = format!("{:<width$} {:>4.0}%{} ", p.what, p.percent, if over { " OVER" } else { "     " });
         let gauge = LineGauge::default()
             .ratio((p.percent / 100.0).clamp(0.0, 1.0))
             .label(Line::from(format!("{label}{}", p.words)))
@@ -60,7 +61,7 @@ pub fn render(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
     }
 
     // Per day: CPU (cores, against the plan's line), memory peak and egress.
-    let [cpu, right] = Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(charts);
+    let [cpu, mem, egress] = Layout::horizontal([Constraint::Ratio(1, 3); 3]).areas(charts);
     let limit_m = u.plan_cpu_millis.max(1);
     // The newest days that fit (a bar and its gap are 5 columns).
     let fits = (cpu.width.saturating_sub(2) / 5).max(1) as usize;
@@ -77,33 +78,58 @@ pub fn render(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
         .collect();
     let peak = u.days.iter().map(|d| (d.cpu_cores_avg * 1000.0).round() as u64).max().unwrap_or(0);
     frame.render_widget(
-        BarChart::vertical(bars).bar_width(4).bar_gap(1).max(limit_m.max(peak)).block(
-            Block::bordered().title(format!(" CPU cores a day (plan {:.2}) ", u.plan_cpu_millis as f64 / 1000.0)),
-        ),
+        BarChart::vertical(bars).bar_width(4).bar_gap(1).max(limit_m.max(peak)).block(Block::bordered().title(
+            format!(
+                " CPU cores a day, 0–{:.2} (plan {:.2}) ",
+                limit_m.max(peak) as f64 / 1000.0,
+                u.plan_cpu_millis as f64 / 1000.0
+            ),
+        )),
         cpu,
     );
-    let [mem, egress] = Layout::vertical([Constraint::Ratio(1, 2); 2]).areas(right);
-    let fit = |a: Rect| a.width.saturating_sub(2) as usize;
+    // Memory peak and egress a day: the same time axis (the day of the month under each bar), the values
+    // on the bars and the scale in the title.
+    let day_bars = |area: Rect, values: Vec<u64>, over: u64, color: Color| -> Vec<Bar<'static>> {
+        let fits = (area.width.saturating_sub(2) / 5).max(1) as usize;
+        u.days[u.days.len().saturating_sub(fits)..]
+            .iter()
+            .zip(values[values.len().saturating_sub(fits)..].iter())
+            .map(|(d, v)| {
+                let day = crate::format::clock(d.start_ms).get(8..10).unwrap_or("").to_string();
+                Bar::new(*v)
+                    .label(Line::from(day))
+                    .text_value(short_bytes(*v))
+                    .style(theme.fg(if over > 0 && *v > over { Color::Red } else { color }))
+            })
+            .collect()
+    };
     let mem_data: Vec<u64> = u.days.iter().map(|d| d.memory_peak_bytes).collect();
     let peak_mem = mem_data.iter().copied().max().unwrap_or(0);
     frame.render_widget(
-        Sparkline::default()
-            .data(mem_data[mem_data.len().saturating_sub(fit(mem))..].iter().copied())
-            .max(peak_mem.max(u.plan_memory_bytes))
-            .style(theme.fg(if peak_mem > u.plan_memory_bytes { Color::Red } else { Color::Blue }))
+        BarChart::vertical(day_bars(mem, mem_data, u.plan_memory_bytes, Color::Blue))
+            .bar_width(4)
+            .bar_gap(1)
+            .max(peak_mem.max(u.plan_memory_bytes).max(1))
             .block(Block::bordered().title(format!(
-                " memory peak {} (plan {}) ",
-                bytes(peak_mem),
+                " memory peak a day, 0–{} (plan {}) ",
+                bytes(peak_mem.max(u.plan_memory_bytes)),
                 bytes(u.plan_memory_bytes)
             ))),
         mem,
     );
     let egress_data: Vec<u64> = u.days.iter().map(|d| d.egress_bytes).collect();
+    let egress_total: u64 = egress_data.iter().sum();
+    let egress_max = egress_data.iter().copied().max().unwrap_or(0);
     frame.render_widget(
-        Sparkline::default()
-            .data(egress_data[egress_data.len().saturating_sub(fit(egress))..].iter().copied())
-            .style(theme.fg(Color::Cyan))
-            .block(Block::bordered().title(format!(" egress {} ", bytes(egress_data.iter().sum())))),
+        BarChart::vertical(day_bars(egress, egress_data, 0, Color::Cyan))
+            .bar_width(4)
+            .bar_gap(1)
+            .max(egress_max.max(1))
+            .block(Block::bordered().title(format!(
+                " egress a day, 0–{} ({} in all) ",
+                bytes(egress_max),
+                bytes(egress_total)
+            ))),
         egress,
     );
 
@@ -142,4 +168,16 @@ pub fn render(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
         .style(Style::new().add_modifier(Modifier::BOLD)),
         cost,
     );
+}
+
+/// Bytes in at most four characters, for a bar's label (`512M`, `1.7G`).
+fn short_bytes(b: u64) -> String {
+    let units = [(1u64 << 40, "T"), (1 << 30, "G"), (1 << 20, "M"), (1 << 10, "K")];
+    for (size, unit) in units {
+        if b >= size {
+            let v = b as f64 / size as f64;
+            return if v < 10.0 { format!("{v:.1}{unit}") } else { format!("{:.0}{unit}", v.min(999.0)) };
+        }
+    }
+    format!("{b}")
 }

@@ -228,11 +228,7 @@ pub fn month_usage(m: crate::usage::MonthUsage) -> pb::GetUsageResponse {
                 egress_bytes: d.egress_bytes,
             })
             .collect(),
-        plan_use: m
-            .over_plan
-            .into_iter()
-            .map(|(what, percent, words)| pb::PlanUse { what: what.into(), percent, words })
-            .collect(),
+        plan_use: m.over_plan.into_iter().map(|(what, percent, words)| pb::PlanUse { what, percent, words }).collect(),
         cost_total: m.cost.total(),
         cost_server: m.cost.server,
         cost_cpu: m.cost.cpu,

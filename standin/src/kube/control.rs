@@ -146,7 +146,11 @@ impl Store {
         self.admit(&t, &pod_name, &mut pod).map_err(|r| r.2)?;
         self.next_pod += 1;
         let containers = pod["spec"]["containers"].as_array().cloned().unwrap_or_default();
-        let failing = containers.iter().any(|c| c["image"].as_str().is_some_and(|i| self.failing_images.contains(i)));
+        let failing = containers.iter().any(|c| {
+            c["image"]
+                .as_str()
+                .is_some_and(|i| self.failing_images.contains(i) || self.failing_images.contains(&format!("{ns}/{i}")))
+        });
         let statuses: Vec<Value> = containers
             .iter()
             .map(|c| {

@@ -1055,6 +1055,11 @@ impl KubeStandIn {
         self.lock().failing_images.insert(image.into());
     }
 
+    /// As [`KubeStandIn::fail_image`], in one namespace only.
+    pub fn fail_image_in(&self, namespace: &str, image: &str) {
+        self.lock().failing_images.insert(format!("{namespace}/{image}"));
+    }
+
     pub fn set_logs(&self, namespace: &str, pod: &str, text: &str) {
         self.lock().logs.insert((namespace.into(), pod.into()), text.into());
     }
