@@ -48,7 +48,8 @@ pub struct AgentConfig {
     pub auto_rollback: bool,
     /// How long a rollout may take before it counts as failed.
     pub rollout_deadline_secs: u64,
-    /// How often a rollout is looked at.
+    /// A rollout is watched (each change looked at when it happens); this is the longest wait between looks
+    /// when no change comes.
     pub rollout_poll_ms: u64,
     /// How often live apps are compared with the cluster and drift is repaired.
     pub reconcile_secs: u64,
@@ -94,7 +95,7 @@ impl Default for AgentConfig {
             git: "git".into(),
             auto_rollback: true,
             rollout_deadline_secs: 300,
-            rollout_poll_ms: 1000,
+            rollout_poll_ms: 10_000,
             reconcile_secs: 60,
             apps_report_secs: 30,
             auto_deploy_secs: 300,

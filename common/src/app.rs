@@ -123,6 +123,23 @@ impl PlanLimits {
     }
 }
 
+/// What pods hold against a project's quota: CPU millicores and memory bytes (their limits).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Footprint {
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+}
+
+impl Footprint {
+    /// `n` pods of this footprint, added to `self`.
+    pub fn plus(self, n: u64, pod: Footprint) -> Footprint {
+        Footprint {
+            cpu_millis: self.cpu_millis + n * pod.cpu_millis,
+            memory_bytes: self.memory_bytes + n * pod.memory_bytes,
+        }
+    }
+}
+
 /// How a rollout replaces an app's pods within its plan's quota.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Fit {
@@ -159,40 +176,45 @@ pub struct SpecError(pub Vec<String>);
 impl AppSpec {
     /// What one pod holds against the quota (cpu millis, memory bytes): its limits, or the plan's
     /// container default where it sets none (the LimitRange gives it that limit).
-    pub fn pod_limits(&self, plan: &PlanLimits) -> (u64, u64) {
+    pub fn pod_limits(&self, plan: &PlanLimits) -> Footprint {
         let (cpu, mem) = plan.container_default();
         let r = &self.resources;
-        (
-            r.cpu_limit.as_deref().and_then(|c| cpu_millis(c).ok()).unwrap_or(cpu),
-            r.memory_limit.as_deref().and_then(|m| bytes(m).ok()).unwrap_or(mem),
-        )
+        Footprint {
+            cpu_millis: r.cpu_limit.as_deref().and_then(|c| cpu_millis(c).ok()).unwrap_or(cpu),
+            memory_bytes: r.memory_limit.as_deref().and_then(|m| bytes(m).ok()).unwrap_or(mem),
+        }
     }
 
     /// How a rollout of `replicas` pods fits the plan's quota beside `others` (what the project's other
     /// apps hold, cpu millis and memory bytes). A rolling update with a surge needs room for one more pod
     /// than the app runs; without that room it goes one pod at a time; `Err` when even the steady state
     /// does not fit (said in words, before anything is applied).
-    pub fn rollout_fit(&self, plan: &PlanLimits, others: (u64, u64), replicas: u32) -> Result<Fit, String> {
-        let (cpu, mem) = self.pod_limits(plan);
+    pub fn rollout_fit(&self, plan: &PlanLimits, others: Footprint, replicas: u32) -> Result<Fit, String> {
+        let pod = self.pod_limits(plan);
+        let (cpu, mem) = (pod.cpu_millis, pod.memory_bytes);
         let n = u64::from(replicas.max(1));
-        let need = |pods: u64| (others.0 + pods * cpu, others.1 + pods * mem);
-        let fits = |(c, m): (u64, u64)| c <= plan.cpu_millis && m <= plan.memory_bytes;
-        let (c, m) = need(n);
-        if !fits((c, m)) {
+        let fits = |f: Footprint| f.cpu_millis <= plan.cpu_millis && f.memory_bytes <= plan.memory_bytes;
+        let steady = others.plus(n, pod);
+        let (c, m) = (steady.cpu_millis, steady.memory_bytes);
+        if !fits(steady) {
             return Err(format!(
                 "{n} replica(s) × {cpu}m / {} MiB{} need {c}m / {} MiB, over the plan's {}m / {} MiB: lower replicas or resources, or move to a larger plan",
                 mem >> 20,
-                if others == (0, 0) {
+                if others == Footprint::default() {
                     String::new()
                 } else {
-                    format!(" beside the project's other apps ({}m / {} MiB)", others.0, others.1 >> 20)
+                    format!(
+                        " beside the project's other apps ({}m / {} MiB)",
+                        others.cpu_millis,
+                        others.memory_bytes >> 20
+                    )
                 },
                 m >> 20,
                 plan.cpu_millis,
                 plan.memory_bytes >> 20
             ));
         }
-        if fits(need(n + 1)) {
+        if fits(others.plus(n + 1, pod)) {
             return Ok(Fit::Surge);
         }
         let why = format!(
@@ -966,25 +988,26 @@ path = "/healthz"
     fn a_rollout_needs_room_for_its_surge_pod_or_goes_one_at_a_time() {
         let starter = PlanLimits::named("starter").unwrap();
         let mut spec = AppSpec::parse(
-            "name = \"web\"\nimage = \"registry.example/web:{commit}\"\nreplicas = 2\n[repo]\nurl = \"https://git.example/web.git\"\n",
+            "name = \"web\"\nimage = \"registry.example/web:{commit}\"\nport = 8080\nreplicas = 2\n[repo]\nurl = \"https://git.example/web.git\"\n",
             Some(starter),
             &RepoRoots::default(),
         )
         .unwrap();
         // Two replicas at the default 250m / 256 MiB fill the starter quota: no room for a third pod.
-        assert_eq!(spec.pod_limits(&starter), (250, 256 << 20));
-        let fit = spec.rollout_fit(&starter, (0, 0), 2).unwrap();
+        assert_eq!(spec.pod_limits(&starter), Footprint { cpu_millis: 250, memory_bytes: 256 << 20 });
+        let none = Footprint::default();
+        let fit = spec.rollout_fit(&starter, none, 2).unwrap();
         assert!(matches!(&fit, Fit::OneAtATime(w) if w.contains("1 of 2 serving")), "{fit:?}");
         // With smaller pods the surge fits.
         spec.resources.memory_limit = Some("128Mi".into());
         spec.resources.cpu_limit = Some("100m".into());
-        assert_eq!(spec.rollout_fit(&starter, (0, 0), 2).unwrap(), Fit::Surge);
+        assert_eq!(spec.rollout_fit(&starter, none, 2).unwrap(), Fit::Surge);
         // Beside another app that holds most of the plan, even the steady state is refused, in words.
-        let e = spec.rollout_fit(&starter, (400, 400 << 20), 2).unwrap_err();
+        let e = spec.rollout_fit(&starter, Footprint { cpu_millis: 400, memory_bytes: 400 << 20 }, 2).unwrap_err();
         assert!(e.contains("over the plan's 500m / 512 MiB") && e.contains("other apps"), "{e}");
         // One replica with no room: said to cost a short outage.
         spec.resources.memory_limit = Some("512Mi".into());
-        let fit = spec.rollout_fit(&starter, (0, 0), 1).unwrap();
+        let fit = spec.rollout_fit(&starter, none, 1).unwrap();
         assert!(matches!(&fit, Fit::OneAtATime(w) if w.contains("short outage")), "{fit:?}");
     }
 }

@@ -61,6 +61,10 @@ pub enum StartError {
     Store(#[from] store::StoreError),
     #[error("cannot listen on {addr}: {error}")]
     Bind { addr: SocketAddr, error: std::io::Error },
+    #[error(
+        "cannot listen on {addr} for the admin endpoint (/metrics, /healthz, /readyz): {error}; set [admin] listen = \"127.0.0.1:PORT\" to a free port in hubd.toml, or [admin] enabled = false"
+    )]
+    AdminBind { addr: SocketAddr, error: std::io::Error },
     #[error("TLS set-up failed: {0}")]
     Tls(String),
     #[error("{0}")]
@@ -99,7 +103,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         true => Some(
             tokio::net::TcpListener::bind(config.admin.listen)
                 .await
-                .map_err(|error| StartError::Bind { addr: config.admin.listen, error })?,
+                .map_err(|error| StartError::AdminBind { addr: config.admin.listen, error })?,
         ),
         false => None,
     };
@@ -395,14 +399,14 @@ impl Hub {
 
     /// Waits until the hub has stopped (after `shutdown` is cancelled), draining with a deadline.
     pub async fn wait(self) -> anyhow::Result<()> {
-        let Hub { identities, reports, agents, writer, rt, serve, .. } = self;
+        let Hub { identities, reports, agents, writer, store, rt, serve, .. } = self;
         rt.stopping().cancelled().await;
         // Counted, not logged one by one (metrics will expose them): what a flood or a churn cost.
         tracing::info!(agents_gone = agents.agents_gone(), reports_refused = reports.refused_count(), "hub stopping");
         let drained = tokio::time::timeout(DRAIN_DEADLINE, async move {
             let served = serve.await; // the services (and their store handles) are gone after this
             rt.drain().await;
-            drop((identities, reports, agents, rt)); // the last store handles: the writer flushes and stops
+            drop((identities, reports, agents, store, rt)); // the last store handles: the writer flushes and stops
             if let Some(w) = writer {
                 let _ = w.await;
             }

@@ -770,4 +770,38 @@ mod tests {
             "{p}"
         );
     }
+
+    /// A customer with servers on two plans is measured against each plan, not the last one seen.
+    #[tokio::test]
+    async fn a_customer_on_two_plans_is_measured_against_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn crate::store::HubStore> =
+            Arc::new(crate::store::sled::SledStore::open(dir.path(), 8).unwrap());
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let book = UsageBook::new(UsageConfig::default(), store.clone(), BTreeMap::new(), metrics);
+        let log = LogLimiter::default();
+        let (from, _) = month_range(&month_of(outpost_common::now_ms() - 40 * 86_400_000)).unwrap();
+        let t0 = from + 3 * 86_400_000;
+        // 400 MiB on the starter server (of 512), 1.5 GiB on the team server (of 2 GiB): both under their
+        // own plan, though 1.9 GiB is far over starter's and would look fine against team's alone.
+        for (name, plan, mem) in [("s1", "starter", 400 * MIB), ("t1", "team", 1536 * MIB)] {
+            let mut rec =
+                ServerRecord { name: name.into(), customer: "acme".into(), plan: plan.into(), ..Default::default() };
+            for (i, t) in [t0, t0 + 60_000].into_iter().enumerate() {
+                rec.last_seq += 1;
+                let report = UsageReport { samples: vec![ns(10 * i as u64, 0, mem, 0)] };
+                book.ingest(&rec, rec.last_seq, t, &report, None, &log).await.unwrap();
+            }
+        }
+        let m = book.month("acme", &month_of(t0)).await.unwrap();
+        assert_eq!(m.plan, "starter + team");
+        let memory = |what: &str| m.over_plan.iter().find(|(w, _, _)| w == what).unwrap().clone();
+        let (_, starter, words) = memory("starter memory");
+        assert!((starter - 400.0 / 512.0 * 100.0).abs() < 1e-9 && words.starts_with("starter: "), "{words}");
+        let (_, team, _) = memory("team memory");
+        assert!((team - 75.0).abs() < 1e-9, "{team}");
+        // The charts' plan line is both plans together.
+        let limits = m.limits.unwrap();
+        assert_eq!(limits.memory_bytes, (512 + 2048) * MIB);
+    }
 }

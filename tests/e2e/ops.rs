@@ -501,3 +501,37 @@ fn the_demo_is_a_living_fleet_and_an_app_deploys_from_the_console_by_keys() {
     }
     assert_eq!(demo_processes(tmp.path()), Vec::<String>::new(), "agents left behind");
 }
+
+/// The README's smallest configs parse and validate as written.
+#[test]
+fn the_readme_minimal_configs_are_valid() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).unwrap();
+    let block = |first_line: &str| -> String {
+        let start = readme.find(&format!("```toml\n{first_line}\n")).unwrap_or_else(|| panic!("no block {first_line}"));
+        readme[start + 8..].split("```").next().unwrap().to_string()
+    };
+    let hub = hub::HubConfig::from_toml(&block("# /etc/outpost/hubd.toml")).unwrap();
+    hub.validate().unwrap();
+    assert_eq!(hub.advertise.as_deref(), Some("https://hub.example.com:7443"));
+    let agent = agentd::config::AgentConfig::from_toml(&block("# /etc/outpost/agentd.toml")).unwrap();
+    agent.validate().unwrap();
+    assert_eq!(agent.token_file, Path::new("/etc/outpost/join-token"));
+}
+
+/// A busy admin port says which setting to change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_admin_port_names_the_setting_to_change() {
+    harness::init();
+    let tmp = tempfile::tempdir().unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut config = hub::HubConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: tmp.path().join("hub"),
+        ..hub::HubConfig::default()
+    };
+    config.admin.listen = busy.local_addr().unwrap();
+    let e =
+        hub::start(config, tokio_util::sync::CancellationToken::new()).await.err().expect("a busy port").to_string();
+    assert!(e.contains("admin endpoint") && e.contains("[admin] listen") && e.contains("enabled = false"), "{e}");
+    assert!(!tmp.path().join("hub").exists(), "nothing created before the ports are bound");
+}

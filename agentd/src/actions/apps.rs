@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures::AsyncBufReadExt;
 use futures::StreamExt;
 use outpost_common::actions::Action;
-use outpost_common::app::{AppSpec, Fit, PlanLimits, RepoRoots};
+use outpost_common::app::{AppSpec, Fit, Footprint, PlanLimits, RepoRoots};
 use outpost_proto::v1::{CommandResult, Outcome};
 use tokio::sync::watch;
 
@@ -163,15 +163,13 @@ impl Apps {
 
     /// How `spec` at `replicas` rolls out within the plan beside the project's other deployed apps.
     fn fit(&self, project: &str, plan: &PlanLimits, spec: &AppSpec, replicas: u32) -> Result<Fit, String> {
-        let mut others = (0, 0);
+        let mut others = Footprint::default();
         for r in self.store.apps().unwrap_or_default() {
             if r.project != project || r.spec.name == spec.name || !matches!(self.store.live(&r.spec.name), Ok(Some(_)))
             {
                 continue;
             }
-            let (c, m) = r.spec.pod_limits(plan);
-            let n = u64::from(r.spec.replicas.max(1));
-            others = (others.0 + n * c, others.1 + n * m);
+            others = others.plus(u64::from(r.spec.replicas.max(1)), r.spec.pod_limits(plan));
         }
         spec.rollout_fit(plan, others, replicas)
     }

@@ -11,11 +11,12 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret, Service};
 use k8s_openapi::api::core::v1::{LimitRange, ResourceQuota};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
-use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, WatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use serde::{Deserialize, Serialize};
@@ -136,7 +137,8 @@ pub enum Rollout {
 #[derive(Clone)]
 pub struct K3s {
     client: Client,
-    /// How often a rollout is looked at.
+    /// A rollout is watched (each change looked at when it happens); this is the longest wait between looks
+    /// when no change comes.
     poll: Duration,
 }
 
@@ -376,7 +378,9 @@ impl K3s {
     }
 
     /// Watches deployment `app` (revision `deployment_id`) until it is Available or fails, for at most
-    /// `deadline`.
+    /// `deadline`. The Deployment and its pods are watched (the API's watch, through kube-rs): each change
+    /// is looked at when it happens; `poll` is only the longest wait when none comes (a watch that ends is
+    /// opened again).
     pub async fn rollout(
         &self,
         ns: &str,
@@ -388,9 +392,36 @@ impl K3s {
         let pods = Api::<Pod>::namespaced(self.client.clone(), ns);
         let lp = ListParams::default().labels(&format!("{DEPLOYMENT_LABEL}={deployment_id}"));
         let until = Instant::now() + deadline;
-        let mut tick = tokio::time::interval(self.poll);
+        let dwp = WatchParams::default().fields(&format!("metadata.name={app}")).timeout(290);
+        let pwp = WatchParams::default().labels(&format!("{DEPLOYMENT_LABEL}={deployment_id}")).timeout(290);
+        let mut changes: Option<futures::stream::BoxStream<'static, ()>> = None;
+        let mut first = true;
         loop {
-            tick.tick().await;
+            if !first {
+                if changes.is_none() {
+                    // Both watches from "any version": what exists now comes first, then every change.
+                    let d = deployments.watch(&dwp, "0").await.map(|s| s.map(|_| ()).boxed());
+                    let p = pods.watch(&pwp, "0").await.map(|s| s.map(|_| ()).boxed());
+                    changes = match (d, p) {
+                        (Ok(d), Ok(p)) => Some(futures::stream::select(d, p).boxed()),
+                        (Err(error), _) | (_, Err(error)) => {
+                            tracing::debug!(%error, "cannot watch the rollout; looking every poll interval");
+                            None
+                        }
+                    };
+                }
+                let left = until.saturating_duration_since(Instant::now());
+                let wait = self.poll.min(left).max(Duration::from_millis(10));
+                match &mut changes {
+                    Some(stream) => {
+                        if let Ok(None) = tokio::time::timeout(wait, stream.next()).await {
+                            changes = None; // the watch ended: opened again next time
+                        }
+                    }
+                    None => tokio::time::sleep(wait).await,
+                }
+            }
+            first = false;
             let d = deployments.get(app).await.map_err(api_err(format!("reading deployment {app}")))?;
             let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
             let generation = d.metadata.generation.unwrap_or(0);
