@@ -507,7 +507,7 @@ fn the_demo_is_a_living_fleet_and_an_app_deploys_from_the_console_by_keys() {
 fn the_readme_minimal_configs_are_valid() {
     let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).unwrap();
     let block = |first_line: &str| -> String {
-        let start = readme.find(&format!("```toml\n{first_line}\n")).unwrap_or_else(|| panic!("no block {first_line}"));
+        let start = readme.find(&format!("```toml\n{first_line}")).unwrap_or_else(|| panic!("no block {first_line}"));
         readme[start + 8..].split("```").next().unwrap().to_string()
     };
     let hub = hub::HubConfig::from_toml(&block("# /etc/outpost/hubd.toml")).unwrap();

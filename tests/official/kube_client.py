@@ -107,6 +107,34 @@ check("a third pod exceeds the quota (403)", ok and "exceeded quota: outpost-pla
 quota = core.read_namespaced_resource_quota("outpost-plan", ns)
 check(f"the quota's status counts the pods {quota.status.used}", quota.status.used["limits.memory"] == "512Mi")
 
+# Requests no client should send are answered as the API answers them, and poison nothing.
+import json
+import urllib.error
+import urllib.request
+
+server = client.Configuration.get_default_copy().host
+
+
+def raw(method, path, body=None, content_type="application/json"):
+    req = urllib.request.Request(server + path, method=method, data=body, headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+cm2 = f"/api/v1/namespaces/{ns}/configmaps/cm-2"
+check("an unknown patch type is 415", raw("PATCH", cm2, b"{}", "text/plain") == 415)
+check("a body that is not JSON is 400", raw("PUT", cm2, b"{not json") == 400)
+check("a JSON patch that would make the object a list is refused",
+      raw("PATCH", cm2, json.dumps([{"op": "replace", "path": "", "value": [1]}]).encode(), "application/json-patch+json") in (400, 422))
+check("a merge patch that is a list is 400", raw("PATCH", cm2, b"[1, 2]", "application/merge-patch+json") == 400)
+check("POST on an object is 405", raw("POST", cm2, b"{}") == 405)
+check("an unknown resource is 404", raw("GET", "/api/v1/widgets") == 404)
+check("an apply without a field manager is 400", raw("PATCH", cm2, b"{}", "application/apply-patch+yaml") == 400)
+check("the object is intact after all that", core.read_namespaced_config_map("cm-2", ns).data["i"] == "patched")
+
 core.delete_namespaced_config_map("cm-3", ns)
 ok, _ = refused(404, core.read_namespaced_config_map, "cm-3", ns)
 check("a deleted object is gone", ok)
