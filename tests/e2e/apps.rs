@@ -68,8 +68,9 @@ impl AppServer {
             ..Default::default()
         };
         let token = hub.client(Role::Admin).create_join_token(request).await.unwrap().into_inner().token;
+        let poll = if extra.contains("rollout_poll_ms") { "" } else { "rollout_poll_ms = 20\n" };
         let config = format!(
-            "kubeconfig = \"{}\"\nrepo_roots = [\"{}\"]\nrollout_poll_ms = 20\n{extra}",
+            "kubeconfig = \"{}\"\nrepo_roots = [\"{}\"]\n{poll}{extra}",
             kube.kubeconfig.display(),
             root.display()
         );
@@ -86,7 +87,10 @@ impl AppServer {
 async fn an_app_deploys_from_git_and_a_bad_commit_is_rolled_back_automatically() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let env = AppServer::start(root, "app-1", "reconcile_secs = 1\napps_report_secs = 1\n").await;
+    // The rollout is watched: with a minute between looks when nothing changes, only the watch's events
+    // (this test plays the controller) can end these deploys as fast as they end.
+    let env =
+        AppServer::start(root, "app-1", "reconcile_secs = 1\napps_report_secs = 1\nrollout_poll_ms = 60000\n").await;
     let (kube, hub, good) = (&env.kube, &env.hub, env.first.clone());
     let mut admin = hub.client(Role::Admin);
 

@@ -77,7 +77,8 @@ async fn the_k3s_layer_applies_watches_repairs_and_prunes_through_kube_rs() {
     harness::init();
     let tmp = tempfile::tempdir().unwrap();
     let kube = KubeStandIn::start(tmp.path()).await;
-    let k3s = K3s::connect(&kube.kubeconfig, Duration::from_millis(20)).await.unwrap();
+    // A minute between looks when nothing changes: only the watch's events can end a rollout sooner.
+    let k3s = K3s::connect(&kube.kubeconfig, Duration::from_secs(60)).await.unwrap();
 
     // Cluster state: nodes, pods, system pods.
     kube.put("api/v1/nodes/node-1", json!({"apiVersion": "v1", "kind": "Node", "status": {
@@ -122,12 +123,16 @@ async fn the_k3s_layer_applies_watches_repairs_and_prunes_through_kube_rs() {
         kube.requests().iter().any(|r| r.starts_with("PATCH /apis/apps/v1/namespaces/acme/deployments/web")),
         "server-side apply"
     );
+    let started = std::time::Instant::now();
     let watching = tokio::spawn({
         let k3s = k3s.clone();
         async move { k3s.rollout("acme", "web", "web-1", Duration::from_secs(30)).await }
     });
+    // The rollout is not done at its first look: it watches, and the controller's change wakes it.
+    kube.wait_for_request("WATCH /apis/apps/v1/namespaces/acme/deployments", Duration::from_secs(10)).await;
     mark_available(&kube);
     assert_eq!(watching.await.unwrap().unwrap(), Rollout::Available);
+    assert!(started.elapsed() < Duration::from_secs(10), "woken by the watch, not the minute's look");
 
     // A bad commit: the container crash-loops; the reason is the container's last words.
     let bad = render::app("acme", &s, &rev("web-2", "badbad"));

@@ -424,6 +424,20 @@ fn the_demo_is_a_living_fleet_and_an_app_deploys_from_the_console_by_keys() {
     assert!(fleet.contains("demo-06") && fleet.contains("wayne"), "{fleet}");
     assert!(!fleet.contains("absent"), "K3s answers on every server: {fleet}");
     assert!(fleet.contains("outpost --bundle") && fleet.contains("/operator fleet"), "how to reach it: {fleet}");
+    // And the command line reaches it with the bundle it wrote.
+    let demo_dir = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("outpost-demo-"));
+    let bundle = demo_dir.expect("the demo's directory").path().join("operator");
+    let out = Command::new(harness::bin("outpost"))
+        .arg("--bundle")
+        .arg(&bundle)
+        .args(["servers", "--output", "json"])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && listed.contains("demo-06"), "{listed}{}", String::from_utf8_lossy(&out.stderr));
 
     command("apps");
     let apps = wait_for_pane_where(&socket, "four apps, one failing, one rolled back", |s| {

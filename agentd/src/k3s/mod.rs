@@ -400,8 +400,8 @@ impl K3s {
             if !first {
                 if changes.is_none() {
                     // Both watches from "any version": what exists now comes first, then every change.
-                    let d = deployments.watch(&dwp, "0").await.map(|s| s.map(|_| ()).boxed());
-                    let p = pods.watch(&pwp, "0").await.map(|s| s.map(|_| ()).boxed());
+                    let d = deployments.watch_metadata(&dwp, "0").await.map(|s| s.map(|_| ()).boxed());
+                    let p = pods.watch_metadata(&pwp, "0").await.map(|s| s.map(|_| ()).boxed());
                     changes = match (d, p) {
                         (Ok(d), Ok(p)) => Some(futures::stream::select(d, p).boxed()),
                         (Err(error), _) | (_, Err(error)) => {

@@ -752,7 +752,7 @@ impl Store {
 
     /// The events of a watch after `from` that the filter admits, as newline-delimited JSON; `Err(())`
     /// when `from` is older than what is kept (410 Gone).
-    fn events_after(&self, prefix: &str, from: u64, filter: &Filter) -> Result<Vec<Bytes>, ()> {
+    fn events_after(&self, prefix: &str, from: u64, filter: &Filter, metadata_only: bool) -> Result<Vec<Bytes>, ()> {
         if self.events.front().is_some_and(|e| e.rv > from + 1) && self.rv > from {
             return Err(());
         }
@@ -761,7 +761,7 @@ impl Store {
             .events
             .range(start..)
             .filter(|e| e.key.starts_with(prefix) && filter.admits(&e.obj))
-            .map(|e| Bytes::from(json!({"type": e.kind, "object": e.obj}).to_string() + "\n"))
+            .map(|e| event_line(e.kind, &e.obj, metadata_only))
             .collect())
     }
 }
@@ -783,6 +783,17 @@ fn lock(store: &Mutex<Store>) -> MutexGuard<'_, Store> {
     store.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// An event line; with `metadata_only`, its object as a PartialObjectMetadata (what a client asks for with
+/// `Accept: …;as=PartialObjectMetadata;…`).
+fn event_line(kind: &str, obj: &Value, metadata_only: bool) -> Bytes {
+    let obj = if metadata_only {
+        json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"]})
+    } else {
+        obj.clone()
+    };
+    Bytes::from(json!({"type": kind, "object": obj}).to_string() + "\n")
+}
+
 /// A watch: the events after the asked resource version (or every current object as ADDED, then what
 /// follows), until `timeoutSeconds` or the client goes.
 fn watch(
@@ -790,6 +801,7 @@ fn watch(
     changed: Arc<tokio::sync::Notify>,
     t: &Target,
     q: &HashMap<String, String>,
+    metadata_only: bool,
 ) -> Response<Body> {
     let filter = match Filter::of(t, q) {
         Ok(f) => f,
@@ -809,7 +821,7 @@ fn watch(
             }
             None => {
                 for (_, o) in s.collection(prefix.clone()).filter(|(_, o)| filter.admits(o)) {
-                    first.push_back(Bytes::from(json!({"type": "ADDED", "object": o}).to_string() + "\n"));
+                    first.push_back(event_line("ADDED", o, metadata_only));
                 }
                 s.rv
             }
@@ -824,8 +836,9 @@ fn watch(
         pending: VecDeque<Bytes>,
         deadline: tokio::time::Instant,
         done: bool,
+        metadata_only: bool,
     }
-    let w = W { store, changed, prefix, filter, cursor, pending: first, deadline, done: false };
+    let w = W { store, changed, prefix, filter, cursor, pending: first, deadline, done: false, metadata_only };
     let stream = futures::stream::unfold(w, |mut w| async move {
         loop {
             if let Some(b) = w.pending.pop_front() {
@@ -838,7 +851,7 @@ fn watch(
             let next = next.notified();
             {
                 let s = lock(&w.store);
-                match s.events_after(&w.prefix, w.cursor, &w.filter) {
+                match s.events_after(&w.prefix, w.cursor, &w.filter, w.metadata_only) {
                     Ok(events) => w.pending.extend(events),
                     Err(()) => {
                         w.pending.push_back(gone());
@@ -921,7 +934,11 @@ impl KubeStandIn {
                     && let Some(t) = Target::parse(&path).filter(|t| t.name.is_none() && t.resource().is_some())
                 {
                     lock(&store).requests.push(format!("WATCH {path}"));
-                    return watch(store, notify, &t, &q);
+                    let accept = parts.headers.get("accept").and_then(|v| v.to_str().ok()).unwrap_or_default();
+                    let metadata_only = accept.contains("as=PartialObjectMetadata");
+                    let response = watch(store, notify.clone(), &t, &q, metadata_only);
+                    notify.notify_waiters(); // a test may wait for a watch to be open
+                    return response;
                 }
                 let response = {
                     let mut s = lock(&store);
@@ -991,6 +1008,21 @@ impl KubeStandIn {
             }
             if tokio::time::timeout_at(until, next).await.is_err() {
                 panic!("{path} did not reach the state waited for; it is {:#?}", self.get(path));
+            }
+        }
+    }
+
+    /// Waits until a request starting with `what` ("METHOD /path", or "WATCH /path") was seen, for at most
+    /// `within`.
+    pub async fn wait_for_request(&self, what: &str, within: std::time::Duration) {
+        let until = tokio::time::Instant::now() + within;
+        loop {
+            let next = self.changed.notified();
+            if self.requests().iter().any(|r| r.starts_with(what)) {
+                return;
+            }
+            if tokio::time::timeout_at(until, next).await.is_err() {
+                panic!("no request {what} within {within:?}");
             }
         }
     }

@@ -899,7 +899,7 @@ async fn deploy(root: &Path, runs: u32) -> anyhow::Result<()> {
     }
     println!("deploy (operator call → fetch, render, apply, rollout → audited result), ms: {}", summary(times));
     println!(
-        "(stand-in Kubernetes API with an immediate controller; rollout polled every 20 ms; local bare repository)"
+        "(stand-in Kubernetes API with an immediate controller; rollout watched, looked at on each change (fallback every 20 ms); local bare repository)"
     );
     Ok(())
 }
