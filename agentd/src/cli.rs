@@ -42,6 +42,18 @@ pub enum Command {
     },
     /// Print the identity this agent has.
     Status,
+    /// Check an agentd release against the pinned `release_keys`: its signature, what it says it is, and
+    /// whether this machine may install it (its architecture; no downgrade unless --allow-downgrade).
+    VerifyRelease {
+        /// The agentd binary.
+        file: PathBuf,
+        /// Its minisign signature (default: FILE.minisig).
+        #[arg(long)]
+        signature: Option<PathBuf>,
+        /// Accept a version older than this agentd's.
+        #[arg(long)]
+        allow_downgrade: bool,
+    },
 }
 
 impl Cli {
@@ -67,6 +79,43 @@ pub enum CommandError {
     Enroll(#[from] EnrollError),
     #[error("not enrolled: run `agentd enroll --token TOKEN` (a token comes from `hubd token create`)")]
     NotEnrolled,
+    #[error("cannot read {path}: {error}")]
+    Read { path: String, error: std::io::Error },
+    #[error("no release key pinned: set release_keys in agentd.toml (the `RW…` line of the release key's .pub file)")]
+    NoReleaseKeys,
+    #[error("{file} refused: {error}")]
+    Release { file: String, error: outpost_common::release::ReleaseError },
+}
+
+/// `agentd verify-release`: the release `file` checked as an update would check it. Returns what to print.
+pub fn verify_release(
+    config: &AgentConfig,
+    file: &std::path::Path,
+    signature: Option<&std::path::Path>,
+    allow_downgrade: bool,
+) -> Result<String, CommandError> {
+    use outpost_common::release::{PublicKey, Signature, verify};
+    let keys: Vec<PublicKey> = config.release_keys.iter().filter_map(|k| PublicKey::parse(k).ok()).collect();
+    if keys.is_empty() {
+        return Err(CommandError::NoReleaseKeys);
+    }
+    let sig_path = signature.map(PathBuf::from).unwrap_or_else(|| PathBuf::from(format!("{}.minisig", file.display())));
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|error| CommandError::Read { path: p.display().to_string(), error })
+    };
+    let data = read(file)?;
+    let sig = String::from_utf8_lossy(&read(&sig_path)?).into_owned();
+    let refused = |error| CommandError::Release { file: file.display().to_string(), error };
+    let release = verify(&data, &sig, &keys).map_err(refused)?;
+    release.installable(std::env::consts::ARCH, crate::VERSION, allow_downgrade).map_err(refused)?;
+    let by = Signature::parse(&sig).map(|s| s.key_id_hex()).unwrap_or_default();
+    Ok(format!(
+        "{}: agentd {} for {}, signed by release key {by}; installable here (running {})",
+        file.display(),
+        release.version,
+        release.arch,
+        crate::VERSION
+    ))
 }
 
 /// `agentd enroll`: enrolls and stores the identity; a token file is deleted once used (it is a secret).

@@ -31,6 +31,8 @@ pub struct AgentConfig {
     pub exec_enabled: bool,
     /// Units that service-status, service-restart and logs may touch besides k3s and outpost-agentd.
     pub allowed_units: Vec<String>,
+    /// The release public keys (minisign, `RW…`) an agentd binary must be signed with to be installed.
+    pub release_keys: Vec<String>,
     /// Files the logs action may read (exact absolute paths).
     pub log_files: Vec<PathBuf>,
     /// The systemctl and journalctl programs the actions run.
@@ -86,6 +88,7 @@ impl Default for AgentConfig {
             backoff_max_ms: 60_000,
             exec_enabled: false,
             allowed_units: Vec::new(),
+            release_keys: Vec::new(),
             log_files: Vec::new(),
             systemctl: "systemctl".into(),
             journalctl: "journalctl".into(),
@@ -143,6 +146,11 @@ impl AgentConfig {
         }
         if self.k3s_unit.is_empty() || !self.k3s_unit.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c)) {
             p.push(format!("k3s_unit: {:?} is not a systemd unit name", self.k3s_unit));
+        }
+        for k in &self.release_keys {
+            if let Err(e) = outpost_common::release::PublicKey::parse(k) {
+                p.push(format!("release_keys: {e}"));
+            }
         }
         for u in self.allowed_units.iter().filter(|u| !outpost_common::actions::valid_unit(u)) {
             p.push(format!("allowed_units: {u:?} is not a systemd unit name"));

@@ -37,6 +37,9 @@ fn main() -> ExitCode {
                 print_result(agentd::cli::enroll(&config, token.as_deref(), token_file.as_ref()).await)
             }
             Some(Command::Status) => print_result(agentd::cli::status(&config)),
+            Some(Command::VerifyRelease { file, signature, allow_downgrade }) => {
+                print_result(agentd::cli::verify_release(&config, &file, signature.as_deref(), allow_downgrade))
+            }
             Some(Command::Run) | None => {
                 let shutdown = tokio_util::sync::CancellationToken::new();
                 let stop = shutdown.clone();

@@ -12,6 +12,7 @@ pub mod cert;
 pub mod config;
 pub mod liveness;
 pub mod logging;
+pub mod release;
 pub mod report;
 pub mod selector;
 pub mod text;

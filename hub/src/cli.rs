@@ -47,11 +47,29 @@ pub enum Command {
     /// Operator certificates.
     #[command(subcommand)]
     Operator(OperatorCmd),
+    /// Signed agentd releases in the artifact store (served to servers at /artifacts/agentd/VERSION/ARCH).
+    #[command(subcommand)]
+    Release(ReleaseCmd),
     /// Revoke a server's certificate; its live stream is closed at once.
     Revoke {
         #[arg(long)]
         server: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReleaseCmd {
+    /// Store an agentd binary and its minisign signature, checked against `[releases] public_keys`. The
+    /// signature's trusted comment says what it is: `minisign -S -m agentd -t "outpost-agentd version=0.2.0 arch=x86_64"`.
+    Add {
+        /// The agentd binary.
+        file: PathBuf,
+        /// Its signature (default: FILE.minisig).
+        #[arg(long)]
+        signature: Option<PathBuf>,
+    },
+    /// The releases stored: version, architecture, size, SHA-256, signing key.
+    List,
 }
 
 #[derive(Debug, Subcommand)]

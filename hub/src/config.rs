@@ -38,6 +38,24 @@ pub struct HubConfig {
     pub admin: AdminConfig,
     pub alerts: crate::alerts::AlertsConfig,
     pub usage: crate::usage::UsageConfig,
+    pub releases: ReleasesConfig,
+}
+
+/// `[releases]`: the release public keys (minisign, `RW…`) `hubd release add` checks a release against
+/// before storing it. The hub never holds the release key itself; agents pin the same public keys.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReleasesConfig {
+    pub public_keys: Vec<String>,
+}
+
+impl ReleasesConfig {
+    pub fn keys(&self) -> Result<Vec<outpost_common::release::PublicKey>, String> {
+        self.public_keys
+            .iter()
+            .map(|k| outpost_common::release::PublicKey::parse(k).map_err(|e| format!("releases.public_keys: {e}")))
+            .collect()
+    }
 }
 
 /// `[admin]`: the listener Prometheus scrapes (`/metrics`) and health checks call (`/healthz`, `/readyz`).
@@ -237,6 +255,7 @@ impl Default for HubConfig {
             admin: AdminConfig::default(),
             alerts: Default::default(),
             usage: Default::default(),
+            releases: Default::default(),
         }
     }
 }
@@ -294,6 +313,11 @@ const MOVED: [(&str, &str, &str); 10] = [
 pub use outpost_common::config::ConfigError;
 
 impl HubConfig {
+    /// Where the agentd releases live: `provision.artifacts_dir`, else `data_dir/artifacts`.
+    pub fn artifacts_dir(&self) -> PathBuf {
+        self.provision.artifacts_dir.clone().unwrap_or_else(|| self.data_dir.join("artifacts"))
+    }
+
     /// Reads `path`; a missing file at the default path means "all defaults".
     pub fn load(path: &Path) -> Result<HubConfig, ConfigError> {
         match std::fs::read_to_string(path) {
@@ -345,6 +369,9 @@ impl HubConfig {
             && self.admin.bearer_token_file.is_some()
             && let Err(e) = self.admin.bearer_token()
         {
+            problems.push(e);
+        }
+        if let Err(e) = self.releases.keys() {
             problems.push(e);
         }
         if self.ca.cert.is_some() != self.ca.key.is_some() {

@@ -252,13 +252,17 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         rt.clone(),
         enroll_limit,
     );
-    let artifacts_dir = config.provision.artifacts_dir.clone().unwrap_or_else(|| data_dir.join("artifacts"));
+    let artifacts_dir = config.artifacts_dir();
     let artifacts = Arc::new(
         lifecycle::artifacts::Artifacts::scan(&artifacts_dir)
             .map_err(|error| StartError::DataDir { path: artifacts_dir.display().to_string(), error })?,
     );
     let clock = lifecycle::Clock::from_env();
-    let pins = lifecycle::provision::HubPins { advertise: advertise.clone(), ca_pem: ca.cert_pem().to_string() };
+    let pins = lifecycle::provision::HubPins {
+        advertise: advertise.clone(),
+        ca_pem: ca.cert_pem().to_string(),
+        release_keys: config.releases.public_keys.clone(),
+    };
     let provisioner = provisioner(&config, artifacts.clone(), pins, &clock);
     if let Err(why) = &provisioner {
         tracing::info!(%why, "provisioning is off");

@@ -16,6 +16,7 @@ mod metrics;
 mod official;
 mod ops;
 mod provision;
+mod releases;
 mod renewal;
 mod replicas;
 mod shutdown;

@@ -306,6 +306,7 @@ fn rendered_user_data_passes_cloud_init_schema_and_shellcheck() {
         job: 42,
         token: "outpost-join-v1.abc",
         ca_pem: ca,
+        release_keys: &["RWTcM5PYzuYuP5qFyshXCbndhBo5SA19cVFbzt0kOmWF8G4vErCgGba7".to_string()],
         k3s_version: "v1.33.5+k3s1",
         k3s_installer: "https://get.k3s.io",
         k3s_flags: "--write-kubeconfig-mode=0600 --disable=servicelb",
@@ -329,7 +330,14 @@ fn rendered_user_data_passes_cloud_init_schema_and_shellcheck() {
     let bad = std::process::Command::new("cloud-init").args(["schema", "--config-file"]).arg(&path).output().unwrap();
     assert!(!bad.status.success(), "cloud-init accepted a bad document");
 
-    let install = written_files(&parse_user_data(&doc))["/usr/local/lib/outpost/install.sh"].1.clone();
+    // The agent pins the hub's release keys, as it pins the CA: its config parses and validates as written.
+    let files = written_files(&parse_user_data(&doc));
+    let agent_toml = String::from_utf8(files["/etc/outpost/agentd.toml"].1.clone()).unwrap();
+    let agent = agentd::config::AgentConfig::from_toml(&agent_toml).unwrap();
+    agent.validate().unwrap();
+    assert_eq!(agent.release_keys, ["RWTcM5PYzuYuP5qFyshXCbndhBo5SA19cVFbzt0kOmWF8G4vErCgGba7"]);
+
+    let install = files["/usr/local/lib/outpost/install.sh"].1.clone();
     let script = dir.path().join("install.sh");
     std::fs::write(&script, install).unwrap();
     let sc = std::process::Command::new("shellcheck").arg(&script).output().unwrap();

@@ -7,7 +7,9 @@ use outpost_common::Role;
 use outpost_proto::v1 as pb;
 use pb::operator_client::OperatorClient;
 
-use crate::cli::{Cli, Command, OperatorCmd, TokenCmd, issue_bundle, load_ca};
+use std::path::PathBuf;
+
+use crate::cli::{Cli, Command, OperatorCmd, ReleaseCmd, TokenCmd, issue_bundle, load_ca};
 use crate::config::HubConfig;
 
 async fn admin_client(config: &HubConfig) -> anyhow::Result<(OperatorClient<tonic::transport::Channel>, String)> {
@@ -31,6 +33,15 @@ fn rpc_error(hub: &str, s: tonic::Status) -> anyhow::Error {
 /// Runs an admin command; returns what to print.
 pub async fn admin(cli: &Cli, config: &HubConfig) -> anyhow::Result<String> {
     match cli.command.as_ref() {
+        Some(Command::Release(ReleaseCmd::Add { file, signature })) => {
+            let keys = config.releases.keys().map_err(anyhow::Error::msg)?;
+            let sig = signature.clone().unwrap_or_else(|| PathBuf::from(format!("{}.minisig", file.display())));
+            crate::lifecycle::artifacts::add_release(&config.artifacts_dir(), file, &sig, &keys)
+                .map_err(anyhow::Error::msg)
+        }
+        Some(Command::Release(ReleaseCmd::List)) => {
+            crate::lifecycle::artifacts::list_releases(&config.artifacts_dir()).map_err(anyhow::Error::msg)
+        }
         Some(Command::Token(TokenCmd::Create(a))) => {
             let (mut client, hub) = admin_client(config).await?;
             let req = pb::CreateJoinTokenRequest {

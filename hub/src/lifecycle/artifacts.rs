@@ -2,6 +2,11 @@
 //! its SHA-256 (computed once at start; the user-data carries it, so a file changed afterwards is refused by
 //! the installer). Served over the hub's TLS port at `/artifacts/agentd/{version}/{arch}` (HTTP/2, the
 //! fleet CA's server certificate), no client certificate needed: the binary is not a secret.
+//!
+//! Signed releases (`hubd release add`) are stored the same way, with their minisign signature beside them
+//! (`agentd-{version}-{arch}.minisig`, served at `/artifacts/agentd/{version}/{arch}.minisig`): the hub checks
+//! a release against `[releases] public_keys` before storing it and never holds the release key; agents check
+//! it again against the keys they pin. A release added while the hub runs is served from the disk at once.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,6 +28,12 @@ pub struct Artifact {
 #[derive(Clone, Debug, Default)]
 pub struct Artifacts {
     by: BTreeMap<(String, String), Artifact>,
+    /// Where they are (releases added later are found there).
+    dir: PathBuf,
+}
+
+fn valid_version(v: &str) -> bool {
+    !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b".-+".contains(&b))
 }
 
 pub const ARCHES: [&str; 2] = ["x86_64", "aarch64"];
@@ -33,7 +44,9 @@ impl Artifacts {
         let mut by = BTreeMap::new();
         let entries = match std::fs::read_dir(dir) {
             Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Artifacts::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Artifacts { dir: dir.to_path_buf(), ..Artifacts::default() });
+            }
             Err(e) => return Err(e),
         };
         for entry in entries {
@@ -42,7 +55,7 @@ impl Artifacts {
             let Some(rest) = name.strip_prefix("agentd-") else { continue };
             let Some(arch) = ARCHES.iter().find(|a| rest.ends_with(&format!("-{a}"))) else { continue };
             let version = &rest[..rest.len() - arch.len() - 1];
-            if version.is_empty() || !version.bytes().all(|b| b.is_ascii_alphanumeric() || b".-+".contains(&b)) {
+            if !valid_version(version) {
                 continue;
             }
             let bytes = std::fs::read(entry.path())?;
@@ -52,7 +65,7 @@ impl Artifacts {
                 Artifact { path: entry.path(), sha256, size: bytes.len() as u64 },
             );
         }
-        Ok(Artifacts { by })
+        Ok(Artifacts { by, dir: dir.to_path_buf() })
     }
 
     pub fn get(&self, version: &str, arch: &str) -> Option<&Artifact> {
@@ -72,15 +85,33 @@ impl Artifacts {
 
     /// The routes that serve them.
     pub fn router(self: Arc<Self>) -> axum::Router {
-        axum::Router::new().route("/artifacts/agentd/{version}/{arch}", axum::routing::get(serve)).with_state(self)
+        axum::Router::new().route("/artifacts/agentd/{version}/{file}", axum::routing::get(serve)).with_state(self)
+    }
+
+    /// The file for `{version}/{file}` (an arch, or `{arch}.minisig`), known at start or added since.
+    fn path_of(&self, version: &str, file: &str) -> Option<PathBuf> {
+        let (arch, sig) = match file.strip_suffix(".minisig") {
+            Some(arch) => (arch, true),
+            None => (file, false),
+        };
+        if !valid_version(version) || !ARCHES.contains(&arch) {
+            return None;
+        }
+        let binary = self
+            .get(version, arch)
+            .map(|a| a.path.clone())
+            .unwrap_or_else(|| self.dir.join(format!("agentd-{version}-{arch}")));
+        let path = if sig { PathBuf::from(format!("{}.minisig", binary.display())) } else { binary };
+        path.is_file().then_some(path)
     }
 }
 
-async fn serve(State(a): State<Arc<Artifacts>>, UrlPath((version, arch)): UrlPath<(String, String)>) -> Response {
-    let Some(artifact) = a.get(&version, &arch) else {
+async fn serve(State(a): State<Arc<Artifacts>>, UrlPath((version, file)): UrlPath<(String, String)>) -> Response {
+    let Some(path) = a.path_of(&version, &file) else {
         // Nothing of the request (a path is anyone's text: raw ESC included) and nothing of what is served.
         return (StatusCode::NOT_FOUND, "not found\n").into_response();
     };
+    let artifact = Artifact { path, sha256: String::new(), size: 0 };
     // Streamed from the file: a hundred servers fetching a 20 MB binary at once must not hold it a hundred
     // times in memory.
     match tokio::fs::File::open(&artifact.path).await {
@@ -96,6 +127,79 @@ async fn serve(State(a): State<Arc<Artifacts>>, UrlPath((version, arch)): UrlPat
             (StatusCode::INTERNAL_SERVER_ERROR, "artifact unreadable\n").into_response()
         }
     }
+}
+
+/// `hubd release add`: checks `file` and its signature against `keys`, then stores both in `dir` (written
+/// aside and renamed: a reader never sees half a release). Returns what was stored, in words.
+pub fn add_release(
+    dir: &Path,
+    file: &Path,
+    signature: &Path,
+    keys: &[outpost_common::release::PublicKey],
+) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    if keys.is_empty() {
+        return Err("no release public key to check it against: set [releases] public_keys in hubd.toml (the `RW…` line of the key's .pub file)".into());
+    }
+    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+    let data = read(file)?;
+    let sig_bytes = read(signature)?;
+    if sig_bytes.len() > outpost_common::release::MAX_SIGNATURE {
+        return Err(format!("{} is not a minisign signature (over 4 KiB)", signature.display()));
+    }
+    let sig_text = String::from_utf8(sig_bytes)
+        .map_err(|_| format!("{} is not a minisign signature (not text)", signature.display()))?;
+    let release = outpost_common::release::verify(&data, &sig_text, keys)
+        .map_err(|e| format!("{} refused: {e}", file.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let name = format!("agentd-{}-{}", release.version, release.arch);
+    let target = dir.join(&name);
+    if target.exists() {
+        let same = std::fs::read(&target).is_ok_and(|old| old == data);
+        return if same {
+            Ok(format!("{name} is already stored, the same binary; nothing changed"))
+        } else {
+            Err(format!(
+                "{name} is already stored with another binary: a version is published once; sign a new version"
+            ))
+        };
+    }
+    let write = |path: &Path, bytes: &[u8], mode: u32| -> Result<(), String> {
+        let tmp = dir.join(format!(".{}.tmp", path.file_name().unwrap_or_default().to_string_lossy()));
+        std::fs::write(&tmp, bytes).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(|e| e.to_string())?;
+        std::fs::rename(&tmp, path).map_err(|e| format!("cannot store {}: {e}", path.display()))
+    };
+    // The signature first: a binary is never there without it.
+    write(&dir.join(format!("{name}.minisig")), sig_text.as_bytes(), 0o644)?;
+    write(&target, &data, 0o755)?;
+    let sha = outpost_common::cert::hex(ring::digest::digest(&ring::digest::SHA256, &data).as_ref());
+    Ok(format!(
+        "stored agentd {} for {} ({} bytes, sha256 {sha}), signed by key {}; served at {}",
+        release.version,
+        release.arch,
+        data.len(),
+        outpost_common::release::Signature::parse(&sig_text).map(|s| s.key_id_hex()).unwrap_or_default(),
+        Artifacts::url_path(&release.version, &release.arch)
+    ))
+}
+
+/// `hubd release list`: one line per stored binary; unsigned ones (placed by hand) say so.
+pub fn list_releases(dir: &Path) -> Result<String, String> {
+    let a = Artifacts::scan(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    if a.by.is_empty() {
+        return Ok(format!("no agentd release in {} (add one with `hubd release add FILE`)", dir.display()));
+    }
+    let mut out = vec![format!("{:<12} {:<8} {:>10}  {:<64}  SIGNED BY", "VERSION", "ARCH", "BYTES", "SHA256")];
+    for ((version, arch), art) in &a.by {
+        let sig = std::fs::read_to_string(format!("{}.minisig", art.path.display())).ok();
+        let by = sig
+            .and_then(|s| outpost_common::release::Signature::parse(&s).ok())
+            .map(|s| format!("key {}", s.key_id_hex()))
+            .unwrap_or_else(|| "unsigned (placed by hand)".into());
+        out.push(format!("{version:<12} {arch:<8} {:>10}  {}  {by}", art.size, art.sha256));
+    }
+    Ok(out.join("\n"))
 }
 
 #[cfg(test)]

@@ -29,6 +29,8 @@ pub struct Provisioner {
     /// The hub's URL (`https://host:port`) and its CA, for the user-data.
     advertise: String,
     ca_pem: String,
+    /// The release public keys new agents pin (`[releases] public_keys`).
+    release_keys: Vec<String>,
     clock: Clock,
 }
 
@@ -36,6 +38,8 @@ pub struct Provisioner {
 pub struct HubPins {
     pub advertise: String,
     pub ca_pem: String,
+    /// The release public keys new agents pin, as `[releases] public_keys` gives them.
+    pub release_keys: Vec<String>,
 }
 
 impl Provisioner {
@@ -46,8 +50,8 @@ impl Provisioner {
         hub: HubPins,
         clock: Clock,
     ) -> Provisioner {
-        let HubPins { advertise, ca_pem } = hub;
-        Provisioner { cloud, config, artifacts, advertise, ca_pem, clock }
+        let HubPins { advertise, ca_pem, release_keys } = hub;
+        Provisioner { cloud, config, artifacts, advertise, ca_pem, release_keys, clock }
     }
 
     /// Checks a request; returns its plan.
@@ -183,6 +187,7 @@ impl Provisioner {
                 job: job.id,
                 token: &token,
                 ca_pem: &self.ca_pem,
+                release_keys: &self.release_keys,
                 k3s_version: &self.config.k3s_version,
                 k3s_installer: &self.config.k3s_installer,
                 k3s_flags: &plan.k3s_flags,

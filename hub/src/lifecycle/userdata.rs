@@ -21,6 +21,8 @@ pub struct UserData<'a> {
     /// The join token (a secret: never logged).
     pub token: &'a str,
     pub ca_pem: &'a str,
+    /// Release public keys the agent pins (checked by the hub's config: base64 only).
+    pub release_keys: &'a [String],
     pub k3s_version: &'a str,
     /// K3s's install script: an https URL or a file:/// path on the image.
     pub k3s_installer: &'a str,
@@ -80,6 +82,13 @@ impl UserData<'_> {
         if self.agentd_sha256.len() != 64 || !self.agentd_sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
             problems.push("agentd SHA-256 is not 64 hex digits".into());
         }
+        for k in self.release_keys {
+            if outpost_common::release::PublicKey::parse(k).is_err()
+                || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))
+            {
+                problems.push("a release key is not a minisign public key".into());
+            }
+        }
         if !problems.is_empty() {
             return Err(problems.join("; "));
         }
@@ -94,9 +103,11 @@ impl UserData<'_> {
              data_dir = \"/var/lib/outpost-agentd\"\n\
              token_file = \"/etc/outpost/join-token\"\n\
              log_dir = \"/var/log/outpost-agentd\"\n\
-             kubeconfig = \"/etc/rancher/k3s/k3s.yaml\"\n",
+             kubeconfig = \"/etc/rancher/k3s/k3s.yaml\"\n\
+             release_keys = [{keys}]\n",
             server = self.server,
-            job = self.job
+            job = self.job,
+            keys = self.release_keys.iter().map(|k| format!("\"{k}\"")).collect::<Vec<_>>().join(", ")
         );
         let doc = TEMPLATE
             .replace("{{agentd_toml}}", &b64(&config))
@@ -123,6 +134,7 @@ mod tests {
             server: "acme-1",
             job: 7,
             token: "outpost-join-v1.secret",
+            release_keys: &[],
             ca_pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
             k3s_version: "v1.33.5+k3s1",
             k3s_installer: "https://get.k3s.io",
