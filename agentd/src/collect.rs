@@ -111,7 +111,16 @@ impl Collector {
 
 /// K3s's state, one truth: systemd's word on its unit where there is one; where there is none, the
 /// Kubernetes API's (a cluster that answers Ready is up, whoever runs it); "absent" only when neither.
+/// Its detail quotes outside words (the API's version, systemctl's output): made inert and cut to what the
+/// hub takes (`report::MAX_TEXT`), so they can never get the whole report refused.
 async fn k3s_state(unit: &str, systemctl: &str, cluster: Option<String>) -> K3s {
+    let mut k = k3s_said(unit, systemctl, cluster).await;
+    let inert = outpost_common::text::inert(&k.detail);
+    k.detail = outpost_common::text::truncate_bytes(&inert, outpost_common::report::MAX_TEXT).to_string();
+    k
+}
+
+async fn k3s_said(unit: &str, systemctl: &str, cluster: Option<String>) -> K3s {
     let file = format!("{unit}.service");
     if !UNIT_DIRS.iter().any(|d| Path::new(d).join(&file).exists()) {
         return match cluster {
@@ -163,5 +172,13 @@ mod tests {
         let k = c.sample(42).await.k3s.unwrap();
         assert_eq!(k.state, k3s::State::Active as i32, "{k:?}");
         assert!(k.detail.starts_with("v1.33.5+k3s1, 1 node(s) Ready"), "{k:?}");
+        // Whatever the API calls its version, the report stays one the hub takes.
+        *c.cluster.lock().unwrap() =
+            Some((std::time::Instant::now(), format!("v1\u{1b}[2J\u{202e}{}", "x".repeat(400))));
+        let k = c.sample(42).await.k3s.unwrap();
+        assert!(
+            k.detail.len() <= outpost_common::report::MAX_TEXT && outpost_common::text::is_printable(&k.detail),
+            "{k:?}"
+        );
     }
 }
