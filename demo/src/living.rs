@@ -80,20 +80,7 @@ pub async fn seed_usage(hub: &hub::Hub, seats: &[Seat], over: &str, now_ms: i64)
                 scopes: Vec::new(),
             });
             for s in &bucket.scopes {
-                match day.scopes.iter_mut().find(|d| d.scope == s.scope) {
-                    Some(d) => {
-                        d.cpu_seconds += s.cpu_seconds;
-                        d.memory_byte_seconds += s.memory_byte_seconds;
-                        d.covered_secs += s.covered_secs;
-                        d.memory_peak_bytes = d.memory_peak_bytes.max(s.memory_peak_bytes);
-                        d.memory_last_bytes = s.memory_last_bytes;
-                        d.disk_bytes_max = d.disk_bytes_max.max(s.disk_bytes_max);
-                        d.database_bytes_max = d.database_bytes_max.max(s.database_bytes_max);
-                        d.egress_bytes += s.egress_bytes;
-                        d.samples += s.samples;
-                    }
-                    None => day.scopes.push(s.clone()),
-                }
+                hub::usage::add(hub::usage::scope_of(day, &s.scope), s);
             }
             buckets.push((Resolution::Hour, start, bucket));
         }
@@ -133,23 +120,37 @@ pub async fn run(
     }
 }
 
-/// Waits until every one of `names` is connected (at most `within`).
+/// Waits until every one of `names` is connected (at most `within`), following the hub's fleet watch.
 pub async fn connected(client: &mut OperatorClient<Channel>, names: &[&str], within: Duration) -> bool {
-    let until = tokio::time::Instant::now() + within;
-    while tokio::time::Instant::now() < until {
-        if let Ok(r) = client.list_servers(pb::ListServersRequest::default()).await {
-            let up: Vec<String> = r
-                .into_inner()
-                .servers
-                .into_iter()
-                .filter(|s| s.liveness == pb::Liveness::Connected as i32)
-                .map(|s| s.name)
-                .collect();
-            if names.iter().all(|n| up.iter().any(|u| u == n)) {
-                return true;
+    let follow = async {
+        let mut stream = client.watch_fleet(pb::WatchFleetRequest {}).await.ok()?.into_inner();
+        let mut up = std::collections::BTreeSet::new();
+        while let Some(ev) = stream.message().await.ok()? {
+            let seen = |up: &mut std::collections::BTreeSet<String>, s: pb::Server| {
+                if s.liveness == pb::Liveness::Connected as i32 {
+                    up.insert(s.name);
+                } else {
+                    up.remove(&s.name);
+                }
+            };
+            match ev.event {
+                Some(pb::fleet_event::Event::Snapshot(snap)) => {
+                    if snap.part == 0 {
+                        up.clear();
+                    }
+                    snap.servers.into_iter().for_each(|s| seen(&mut up, s));
+                }
+                Some(pb::fleet_event::Event::Upsert(s)) => seen(&mut up, s),
+                Some(pb::fleet_event::Event::Removed(name)) => {
+                    up.remove(&name);
+                }
+                None => {}
+            }
+            if names.iter().all(|n| up.contains(*n)) {
+                return Some(());
             }
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    false
+        None
+    };
+    matches!(tokio::time::timeout(within, follow).await, Ok(Some(())))
 }

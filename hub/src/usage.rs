@@ -140,7 +140,8 @@ fn scope_key(scope: &str, project: &str, app: &str) -> String {
     }
 }
 
-fn scope_of<'a>(b: &'a mut UsageBucket, key: &str) -> &'a mut ScopeUsage {
+/// The bucket's usage of scope `key`, added empty when it has none.
+pub fn scope_of<'a>(b: &'a mut UsageBucket, key: &str) -> &'a mut ScopeUsage {
     let i = match b.scopes.iter().position(|s| s.scope == key) {
         Some(i) => i,
         None => {
@@ -446,7 +447,8 @@ impl UsageBook {
     }
 }
 
-fn add(to: &mut ScopeUsage, s: &ScopeUsage) {
+/// `s` added into `to`, as a longer period holds its parts (sums, maxima, the last value).
+pub fn add(to: &mut ScopeUsage, s: &ScopeUsage) {
     to.scope.clone_from(&s.scope);
     to.cpu_seconds += s.cpu_seconds;
     to.memory_byte_seconds += s.memory_byte_seconds;
