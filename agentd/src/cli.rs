@@ -79,8 +79,8 @@ pub enum CommandError {
     Enroll(#[from] EnrollError),
     #[error("not enrolled: run `agentd enroll --token TOKEN` (a token comes from `hubd token create`)")]
     NotEnrolled,
-    #[error("cannot read {path}: {error}")]
-    Read { path: String, error: std::io::Error },
+    #[error("{0}")]
+    Unreadable(String),
     #[error("no release key pinned: set release_keys in agentd.toml (the `RW…` line of the release key's .pub file)")]
     NoReleaseKeys,
     #[error("{file} refused: {error}")]
@@ -100,11 +100,10 @@ pub fn verify_release(
         return Err(CommandError::NoReleaseKeys);
     }
     let sig_path = signature.map(PathBuf::from).unwrap_or_else(|| PathBuf::from(format!("{}.minisig", file.display())));
-    let read = |p: &std::path::Path| {
-        std::fs::read(p).map_err(|error| CommandError::Read { path: p.display().to_string(), error })
-    };
-    let data = read(file)?;
-    let sig = String::from_utf8_lossy(&read(&sig_path)?).into_owned();
+    use outpost_common::release::{MAX_BINARY, MAX_SIGNATURE, read_bounded};
+    let data = read_bounded(file, MAX_BINARY).map_err(CommandError::Unreadable)?;
+    let sig = read_bounded(&sig_path, MAX_SIGNATURE as u64).map_err(CommandError::Unreadable)?;
+    let sig = String::from_utf8_lossy(&sig).into_owned();
     let refused = |error| CommandError::Release { file: file.display().to_string(), error };
     let release = verify(&data, &sig, &keys).map_err(refused)?;
     release.installable(std::env::consts::ARCH, crate::VERSION, allow_downgrade).map_err(refused)?;

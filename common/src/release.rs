@@ -10,6 +10,21 @@ use blake2::Digest;
 /// The most a signature file may be (a real one is about 300 bytes).
 pub const MAX_SIGNATURE: usize = 4096;
 
+/// The most a release binary may be (agentd is about 17–21 MB).
+pub const MAX_BINARY: u64 = 256 << 20;
+
+/// Reads a release file of at most `max` bytes; the error says which file and why, for a person.
+pub fn read_bounded(path: &std::path::Path, max: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut data = Vec::new();
+    f.take(max + 1).read_to_end(&mut data).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if data.len() as u64 > max {
+        return Err(format!("{} is over {} MiB: not an agentd release or its signature", path.display(), max >> 20));
+    }
+    Ok(data)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReleaseError {
     #[error("release public key {0}: not a minisign public key (the base64 line of a .pub file, `RW…`)")]

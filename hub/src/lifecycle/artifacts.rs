@@ -141,12 +141,9 @@ pub fn add_release(
     if keys.is_empty() {
         return Err("no release public key to check it against: set [releases] public_keys in hubd.toml (the `RW…` line of the key's .pub file)".into());
     }
-    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
-    let data = read(file)?;
-    let sig_bytes = read(signature)?;
-    if sig_bytes.len() > outpost_common::release::MAX_SIGNATURE {
-        return Err(format!("{} is not a minisign signature (over 4 KiB)", signature.display()));
-    }
+    use outpost_common::release::{MAX_BINARY, MAX_SIGNATURE, read_bounded};
+    let data = read_bounded(file, MAX_BINARY)?;
+    let sig_bytes = read_bounded(signature, MAX_SIGNATURE as u64)?;
     let sig_text = String::from_utf8(sig_bytes)
         .map_err(|_| format!("{} is not a minisign signature (not text)", signature.display()))?;
     let release = outpost_common::release::verify(&data, &sig_text, keys)
