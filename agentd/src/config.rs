@@ -33,6 +33,9 @@ pub struct AgentConfig {
     pub allowed_units: Vec<String>,
     /// The release public keys (minisign, `RW…`) an agentd binary must be signed with to be installed.
     pub release_keys: Vec<String>,
+    /// How long a new agentd has, after an update's restart, to reconnect, replay its outbox and have a
+    /// health report acknowledged; otherwise the previous agentd comes back.
+    pub update_probation_secs: u64,
     /// Files the logs action may read (exact absolute paths).
     pub log_files: Vec<PathBuf>,
     /// The systemctl and journalctl programs the actions run.
@@ -89,6 +92,7 @@ impl Default for AgentConfig {
             exec_enabled: false,
             allowed_units: Vec::new(),
             release_keys: Vec::new(),
+            update_probation_secs: 120,
             log_files: Vec::new(),
             systemctl: "systemctl".into(),
             journalctl: "journalctl".into(),
@@ -151,6 +155,9 @@ impl AgentConfig {
             if let Err(e) = outpost_common::release::PublicKey::parse(k) {
                 p.push(format!("release_keys: {e}"));
             }
+        }
+        if !(10..=3600).contains(&self.update_probation_secs) {
+            p.push(format!("update_probation_secs: {} is outside 10..=3600", self.update_probation_secs));
         }
         for u in self.allowed_units.iter().filter(|u| !outpost_common::actions::valid_unit(u)) {
             p.push(format!("allowed_units: {u:?} is not a systemd unit name"));

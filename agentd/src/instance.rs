@@ -249,6 +249,14 @@ impl InstanceDb {
             .map_or(0, u64::from_be_bytes)
     }
 
+    /// Stamps the database at `path` with schema `version`, as a newer agentd would have.
+    #[cfg(test)]
+    pub(crate) fn set_schema_for_test(path: &Path, version: u64) {
+        let db = InstanceDb::reopen_for_test(path);
+        db.db.open_tree(META).unwrap().insert(SCHEMA_KEY, &version.to_be_bytes()).unwrap();
+        db.db.flush().unwrap();
+    }
+
     /// Reopens in a test, waiting for a previous handle's background flusher to let go of the file lock (it
     /// does so shortly after the last handle is dropped).
     #[cfg(test)]

@@ -15,6 +15,7 @@ pub mod k3s;
 pub mod link;
 pub mod outbox;
 pub mod repos;
+pub mod update;
 pub mod usage;
 
 use std::time::Duration;
@@ -68,15 +69,29 @@ pub async fn try_enroll_from_token_file(config: &AgentConfig) -> bool {
     }
 }
 
-/// Runs the agent until `shutdown`.
-pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), RunError> {
+/// How a run ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    Stopped,
+    /// An update was staged, or the new version failed its probation: start again (`update::restart`).
+    Restart,
+}
+
+/// Runs the agent until `shutdown`; `probation_until` (unix ms) when this is a new version on trial
+/// (`update::launch`).
+pub async fn run(
+    config: AgentConfig,
+    shutdown: CancellationToken,
+    probation_until: Option<i64>,
+) -> Result<Ended, RunError> {
+    let started = std::time::Instant::now();
     if AgentIdentity::load(&config.data_dir)?.is_none() && !try_enroll_from_token_file(&config).await {
         return Err(RunError::NotEnrolled(config.token_file.display().to_string()));
     }
     let store_dir = config.data_dir.join("instance.db");
     outpost_common::private_dir(&config.data_dir)
         .map_err(|error| RunError::DataDir { path: config.data_dir.display().to_string(), error })?;
-    let db = instance::InstanceDb::open(&store_dir)
+    let db = update::open_instance(&config.data_dir)
         .map_err(|e| RunError::Store { path: store_dir.display().to_string(), error: e.to_string() })?;
     let outbox = outbox::Outbox::open(&db, config.outbox_max)
         .map_err(|e| RunError::Store { path: store_dir.display().to_string(), error: e.to_string() })?;
@@ -92,6 +107,36 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     collector = collector.with_cluster(app_actions.cluster_seen());
     let (runner, runner_link) =
         actions::Runner::new(config.clone(), Some(app_actions.clone()), journal, tasks.clone(), shutdown.clone());
+    let restart = runner.restart_requested();
+    // An update that ended (committed, or rolled back to this version) is answered by the agent that runs.
+    if let Some((id, r)) = update::unanswered(&config.data_dir) {
+        tracing::info!(command_id = %id, message = %r.message, "answering the update");
+        runner.conclude(&id, r).await;
+        update::mark_answered(&config.data_dir);
+    }
+    let (health_seq_tx, health_seq) = tokio::sync::watch::channel(0u64);
+    if let Some(until_ms) = probation_until {
+        let probation = update::Probation { until_ms, health_seq, acked: outbox.acked() };
+        let (dir, runner, restart, stop) = (config.data_dir.clone(), runner.clone(), restart.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                r = probation.run(&dir, started) => match r {
+                    Ok(_) => {
+                        if let Some((id, r)) = update::unanswered(&dir) {
+                            tracing::info!(command_id = %id, message = %r.message, "update committed");
+                            runner.conclude(&id, r).await;
+                            update::mark_answered(&dir);
+                        }
+                    }
+                    Err(reason) => {
+                        tracing::error!(%reason, "this version failed its probation; the previous one comes back");
+                        restart.cancel();
+                    }
+                },
+            }
+        });
+    }
     let reconcile_stop = shutdown.clone();
     let every = Duration::from_secs(config.reconcile_secs);
     let reconciler = app_actions.clone();
@@ -209,7 +254,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             outpost_common::report::conform(&mut health);
             health_tx.send_replace(Some(health.clone()));
             match outbox.push(outpost_common::now_ms(), health).await {
-                Ok(seq) => tracing::debug!(seq, "report queued"),
+                Ok(seq) => {
+                    tracing::debug!(seq, "report queued");
+                    health_seq_tx.send_replace(seq);
+                }
                 Err(error) => tracing::error!(%error, "cannot store report"),
             }
         }
@@ -217,7 +265,13 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     });
 
     tracing::info!(version = VERSION, "agentd running");
-    shutdown.cancelled().await;
+    let ended = tokio::select! {
+        _ = shutdown.cancelled() => Ended::Stopped,
+        _ = restart.cancelled() => {
+            shutdown.cancel();
+            Ended::Restart
+        }
+    };
     tasks.close();
     if tokio::time::timeout(DRAIN_DEADLINE, tasks.wait()).await.is_err() {
         tracing::warn!("tasks did not stop within the drain deadline");
@@ -225,6 +279,6 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     if let Err(error) = db.flush().await {
         tracing::error!(%error, "final flush failed");
     }
-    tracing::info!("agentd stopped");
-    Ok(())
+    tracing::info!(?ended, "agentd stopped");
+    Ok(ended)
 }

@@ -41,9 +41,14 @@ fn main() -> ExitCode {
                 print_result(agentd::cli::verify_release(&config, &file, signature.as_deref(), allow_downgrade))
             }
             Some(Command::Run) | None => {
+                let probation_until = match agentd::update::launch(&config).await {
+                    agentd::update::Launch::Here { probation_until } => probation_until,
+                    agentd::update::Launch::Exit(code) => return ExitCode::from(code),
+                };
                 let shutdown = tokio_util::sync::CancellationToken::new();
                 let stop = shutdown.clone();
-                let exit_with_parent = cli.exit_with_parent;
+                // A version on probation stops with its watcher.
+                let exit_with_parent = cli.exit_with_parent || agentd::update::supervised();
                 tokio::spawn(async move {
                     tokio::select! {
                         _ = outpost_common::shutdown_signal() => tracing::info!("signal received; stopping"),
@@ -51,8 +56,9 @@ fn main() -> ExitCode {
                     }
                     stop.cancel();
                 });
-                match agentd::run(config, shutdown).await {
-                    Ok(()) => ExitCode::SUCCESS,
+                match agentd::run(config, shutdown, probation_until).await {
+                    Ok(agentd::Ended::Stopped) => ExitCode::SUCCESS,
+                    Ok(agentd::Ended::Restart) => ExitCode::from(agentd::update::restart()),
                     Err(error) => {
                         tracing::error!(%error, "agentd failed");
                         eprintln!("agentd: {error}");

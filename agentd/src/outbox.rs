@@ -39,6 +39,8 @@ pub struct Outbox {
     len: Arc<AtomicU64>,
     /// Signalled on every push; the link waits on it.
     pub pushed: Arc<Notify>,
+    /// The highest seq the hub acknowledged (or refused) on this run.
+    acked: Arc<tokio::sync::watch::Sender<u64>>,
     /// Pushes one at a time.
     pushing: Arc<tokio::sync::Mutex<()>>,
 }
@@ -71,6 +73,7 @@ impl Outbox {
             refused: Arc::new(AtomicU64::new(refused)),
             len: Arc::new(AtomicU64::new(len)),
             pushed: Arc::new(Notify::new()),
+            acked: Arc::new(tokio::sync::watch::Sender::new(0)),
             pushing: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
@@ -129,7 +132,17 @@ impl Outbox {
                 self.len.fetch_sub(1, Ordering::SeqCst);
             }
         }
+        self.acked.send_if_modified(|a| {
+            let moved = up_to > *a;
+            *a = up_to.max(*a);
+            moved
+        });
         Ok(())
+    }
+
+    /// Follows the highest seq acknowledged on this run.
+    pub fn acked(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.acked.subscribe()
     }
 
     /// The hub refused report `seq` as invalid (it will never take it): it is dropped and counted. The hub

@@ -32,6 +32,8 @@ pub enum ArgKind {
     GitRef,
     /// A deployment id, `APP-N` (empty: the one before the live one).
     DeploymentId,
+    /// A release version, `MAJOR.MINOR.PATCH` with an optional `-pre` or `+build` suffix.
+    Version,
 }
 
 #[derive(Debug)]
@@ -294,6 +296,30 @@ pub static CATALOG: &[ActionSpec] = &[
         args: &[],
     },
     ActionSpec {
+        name: "agent-update",
+        summary: "install a signed agentd release from the hub: staged beside the running one, committed once it reconnects, replays its outbox and reports healthy, rolled back by itself otherwise",
+        role: Role::Admin,
+        destructive: false,
+        default_deadline: Duration::from_secs(900),
+        max_deadline: Duration::from_secs(7200),
+        args: &[
+            ArgSpec {
+                name: "version",
+                help: "the agentd release to install (hubd release list)",
+                kind: ArgKind::Version,
+                default: None,
+                secret: false,
+            },
+            ArgSpec {
+                name: "allow_downgrade",
+                help: "accept a version older than the running one",
+                kind: ArgKind::Flag,
+                default: Some("false"),
+                secret: false,
+            },
+        ],
+    },
+    ActionSpec {
         name: "k3s-status",
         summary: "K3s nodes, versions, pods and system pods, from the Kubernetes API",
         role: Role::Support,
@@ -303,6 +329,11 @@ pub static CATALOG: &[ActionSpec] = &[
         args: &[],
     },
 ];
+
+/// The characters a release version may have (it names files and URL paths).
+pub fn valid_version_text(v: &str) -> bool {
+    !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b".-+".contains(&b))
+}
 
 /// Longest path `logs` reads (and an agent may list in its `log_files`).
 pub const MAX_LOG_PATH: usize = 512;
@@ -366,6 +397,7 @@ pub enum Action {
     RepoSync { app: String },
     K3sStatus,
     InstanceExport,
+    AgentUpdate { version: String, allow_downgrade: bool },
 }
 
 impl Action {
@@ -467,6 +499,10 @@ impl Action {
             "repo-sync" => Action::RepoSync { app: get("app")?.to_string() },
             "k3s-status" => Action::K3sStatus,
             "instance-export" => Action::InstanceExport,
+            "agent-update" => Action::AgentUpdate {
+                version: get("version")?.to_string(),
+                allow_downgrade: get("allow_downgrade")? == "true",
+            },
             other => unreachable!("catalog action {other} has no parser"),
         };
         Ok((action, spec))
@@ -511,6 +547,9 @@ fn check(action: &'static str, a: &ArgSpec, v: &str) -> Result<(), ActionError> 
             .map_err(|e| ActionError::Invalid { action, arg: a.name, problem: e.to_string() }),
         ArgKind::GitRef if !v.is_empty() => {
             crate::app::check_ref(v).map_err(|problem| ActionError::Invalid { action, arg: a.name, problem })
+        }
+        ArgKind::Version if v.len() > 64 || crate::release::parse_version(v).is_none() || !valid_version_text(v) => {
+            bad(format!("{} is not a release version (MAJOR.MINOR.PATCH, e.g. 0.2.0)", crate::text::excerpt(v, 64)))
         }
         ArgKind::DeploymentId if !v.is_empty() && !valid_deployment_id(v) => {
             bad(format!("{} is not a deployment id (APP-N, e.g. web-3)", crate::text::excerpt(v, 64)))

@@ -137,7 +137,6 @@ impl Signature {
     pub fn verify(&self, data: &[u8], keys: &[PublicKey]) -> Result<&str, ReleaseError> {
         let key =
             keys.iter().find(|k| k.id == self.key_id).ok_or_else(|| ReleaseError::UnknownKey(self.key_id_hex()))?;
-        let verifier = ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &key.key);
         let digest;
         let signed: &[u8] = if self.prehashed {
             digest = blake2::Blake2b512::digest(data);
@@ -145,6 +144,41 @@ impl Signature {
         } else {
             data
         };
+        self.verify_signed(signed, key)
+    }
+
+    /// Checks the signature of the file at `path` (at most [`MAX_BINARY`] bytes): a prehashed signature
+    /// (minisign's default) is checked while the file is read, so a binary is never held in memory whole.
+    pub fn verify_file(&self, path: &std::path::Path, keys: &[PublicKey]) -> Result<&str, String> {
+        use std::io::Read;
+        if !self.prehashed {
+            let data = read_bounded(path, MAX_BINARY)?;
+            return self.verify(&data, keys).map_err(|e| e.to_string());
+        }
+        let key = keys
+            .iter()
+            .find(|k| k.id == self.key_id)
+            .ok_or_else(|| ReleaseError::UnknownKey(self.key_id_hex()).to_string())?;
+        let cannot = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+        let mut f = std::fs::File::open(path).map_err(cannot)?.take(MAX_BINARY + 1);
+        let mut hash = blake2::Blake2b512::new();
+        let (mut buf, mut total) = (vec![0u8; 256 << 10], 0u64);
+        loop {
+            let n = f.read(&mut buf).map_err(cannot)?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+            hash.update(&buf[..n]);
+        }
+        if total > MAX_BINARY {
+            return Err(format!("{} is over {} MiB: not an agentd release", path.display(), MAX_BINARY >> 20));
+        }
+        self.verify_signed(hash.finalize().as_slice(), key).map_err(|e| e.to_string())
+    }
+
+    fn verify_signed(&self, signed: &[u8], key: &PublicKey) -> Result<&str, ReleaseError> {
+        let verifier = ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &key.key);
         verifier.verify(signed, &self.sig).map_err(|_| ReleaseError::Mismatch)?;
         let mut global = self.sig.clone();
         global.extend_from_slice(self.trusted.as_bytes());
@@ -225,6 +259,16 @@ mod tests {
         let want = Release { version: "0.2.0".into(), arch: "x86_64".into() };
         assert_eq!(verify(BIN, SIG, &keys).unwrap(), want);
         assert_eq!(verify(BIN, LEGACY, &keys).unwrap(), want);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bin");
+        std::fs::write(&path, BIN).unwrap();
+        for sig in [SIG, LEGACY] {
+            let comment = Signature::parse(sig).unwrap().verify_file(&path, &keys).unwrap().to_string();
+            assert_eq!(Release::from_comment(&comment).unwrap(), want);
+        }
+        std::fs::write(&path, [BIN, b"x"].concat()).unwrap();
+        let e = Signature::parse(SIG).unwrap().verify_file(&path, &keys).unwrap_err();
+        assert!(e.contains("does not match"), "{e}");
         // A byte changed in the binary; the comment edited; another key; a mangled file.
         let mut tampered = BIN.to_vec();
         tampered[0] ^= 1;

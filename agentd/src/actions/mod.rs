@@ -77,6 +77,8 @@ struct Inner {
     window: AtomicUsize,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+    /// Cancelled when an update is staged: the agent stops and starts again into it.
+    restart: CancellationToken,
 }
 
 /// What an action gets to work with.
@@ -120,8 +122,19 @@ impl Runner {
             window: AtomicUsize::new(0),
             tasks,
             shutdown,
+            restart: CancellationToken::new(),
         };
         (Runner { inner: Arc::new(inner) }, RunnerLink { updates: updates_rx, renewals })
+    }
+
+    /// Cancelled when the agent must stop and start again (an update was staged).
+    pub fn restart_requested(&self) -> CancellationToken {
+        self.inner.restart.clone()
+    }
+
+    /// Answers `id` now (journaled, then sent): an update's result, given by the agent that runs after it.
+    pub async fn conclude(&self, id: &str, r: CommandResult) {
+        self.finish(id, String::new(), r).await;
     }
 
     fn commands(&self) -> std::sync::MutexGuard<'_, Commands> {
@@ -146,6 +159,11 @@ impl Runner {
         }
         if self.commands().running.contains_key(&id) {
             tracing::info!(command_id = %id, "command redelivered while it runs; its result follows when it ends");
+            self.send(CommandUpdate { command_id: id, started: true, ..Default::default() }).await;
+            return;
+        }
+        if crate::update::in_flight(&self.inner.config.data_dir, &id) {
+            tracing::info!(command_id = %id, "update redelivered while it is on probation; its result follows when it is committed or rolled back");
             self.send(CommandUpdate { command_id: id, started: true, ..Default::default() }).await;
             return;
         }
@@ -238,6 +256,20 @@ impl Runner {
                 };
                 let mut r = if cancel.is_cancelled() {
                     result(Outcome::Cancelled, -1, "cancelled before it started") // replaced below when stopping
+                } else if let Action::AgentUpdate { version, allow_downgrade } = &action {
+                    match crate::update::stage(ctx.config, &id, version, *allow_downgrade, &mut ctx.out).await {
+                        Ok(crate::update::Staged::Ready(what)) => {
+                            // Answered by the agent that runs after the restart (`update::unanswered`).
+                            tracing::info!(%what, "restarting into the update");
+                            ctx.out.finish().await;
+                            runner.commands().running.remove(&id);
+                            runner.flush_updates().await;
+                            runner.inner.restart.cancel();
+                            return;
+                        }
+                        Ok(crate::update::Staged::Current(m)) => result(Outcome::Succeeded, 0, m),
+                        Err((outcome, m)) => result(outcome, 1, m),
+                    }
                 } else {
                     system::execute(&action, &mut ctx).await
                 };
@@ -303,6 +335,14 @@ impl Runner {
         }
         // The output was streamed already; the journaled tail is for a replay only.
         self.send(CommandUpdate { output: String::new(), ..last }).await;
+    }
+
+    /// Waits (at most 3 s) until the link has taken every queued update.
+    async fn flush_updates(&self) {
+        let until = Instant::now() + Duration::from_secs(3);
+        while self.inner.updates.capacity() < self.inner.updates.max_capacity() && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn send(&self, u: CommandUpdate) {

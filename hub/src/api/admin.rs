@@ -36,8 +36,14 @@ pub async fn admin(cli: &Cli, config: &HubConfig) -> anyhow::Result<String> {
         Some(Command::Release(ReleaseCmd::Add { file, signature })) => {
             let keys = config.releases.keys().map_err(anyhow::Error::msg)?;
             let sig = signature.clone().unwrap_or_else(|| PathBuf::from(format!("{}.minisig", file.display())));
-            crate::lifecycle::artifacts::add_release(&config.artifacts_dir(), file, &sig, &keys)
-                .map_err(anyhow::Error::msg)
+            crate::lifecycle::artifacts::add_release(
+                &config.artifacts_dir(),
+                file,
+                &sig,
+                &keys,
+                config.releases.zstd_level,
+            )
+            .map_err(anyhow::Error::msg)
         }
         Some(Command::Release(ReleaseCmd::List)) => {
             crate::lifecycle::artifacts::list_releases(&config.artifacts_dir()).map_err(anyhow::Error::msg)

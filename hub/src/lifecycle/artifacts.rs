@@ -25,11 +25,13 @@ pub struct Artifact {
 }
 
 /// The binaries by (version, arch).
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct Artifacts {
     by: BTreeMap<(String, String), Artifact>,
     /// Where they are (releases added later are found there).
     dir: PathBuf,
+    /// Bytes of artifacts sent (the body, whole or ranged), since the start.
+    served: std::sync::atomic::AtomicU64,
 }
 
 fn valid_version(v: &str) -> bool {
@@ -65,7 +67,7 @@ impl Artifacts {
                 Artifact { path: entry.path(), sha256, size: bytes.len() as u64 },
             );
         }
-        Ok(Artifacts { by, dir: dir.to_path_buf() })
+        Ok(Artifacts { by, dir: dir.to_path_buf(), served: Default::default() })
     }
 
     pub fn get(&self, version: &str, arch: &str) -> Option<&Artifact> {
@@ -88,11 +90,12 @@ impl Artifacts {
         axum::Router::new().route("/artifacts/agentd/{version}/{file}", axum::routing::get(serve)).with_state(self)
     }
 
-    /// The file for `{version}/{file}` (an arch, or `{arch}.minisig`), known at start or added since.
+    /// The file for `{version}/{file}` (an arch, `{arch}.minisig` or `{arch}.zst`), known at start or added
+    /// since.
     fn path_of(&self, version: &str, file: &str) -> Option<PathBuf> {
-        let (arch, sig) = match file.strip_suffix(".minisig") {
-            Some(arch) => (arch, true),
-            None => (file, false),
+        let (arch, suffix) = match file.rsplit_once('.') {
+            Some((arch, s @ ("minisig" | "zst"))) => (arch, Some(s)),
+            _ => (file, None),
         };
         if !valid_version(version) || !ARCHES.contains(&arch) {
             return None;
@@ -101,32 +104,76 @@ impl Artifacts {
             .get(version, arch)
             .map(|a| a.path.clone())
             .unwrap_or_else(|| self.dir.join(format!("agentd-{version}-{arch}")));
-        let path = if sig { PathBuf::from(format!("{}.minisig", binary.display())) } else { binary };
+        let path = match suffix {
+            Some(s) => PathBuf::from(format!("{}.{s}", binary.display())),
+            None => binary,
+        };
         path.is_file().then_some(path)
+    }
+
+    pub fn bytes_served(&self) -> u64 {
+        self.served.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
-async fn serve(State(a): State<Arc<Artifacts>>, UrlPath((version, file)): UrlPath<(String, String)>) -> Response {
+/// `Range: bytes=N-` (the one form a resumed download sends); anything else is served whole.
+fn range_start(headers: &axum::http::HeaderMap) -> Option<u64> {
+    headers.get(header::RANGE)?.to_str().ok()?.strip_prefix("bytes=")?.strip_suffix('-')?.parse().ok()
+}
+
+async fn serve(
+    State(a): State<Arc<Artifacts>>,
+    UrlPath((version, file)): UrlPath<(String, String)>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    use tokio::io::AsyncSeekExt;
     let Some(path) = a.path_of(&version, &file) else {
         // Nothing of the request (a path is anyone's text: raw ESC included) and nothing of what is served.
         return (StatusCode::NOT_FOUND, "not found\n").into_response();
     };
-    let artifact = Artifact { path, sha256: String::new(), size: 0 };
-    // Streamed from the file: a hundred servers fetching a 20 MB binary at once must not hold it a hundred
-    // times in memory.
-    match tokio::fs::File::open(&artifact.path).await {
-        Ok(file) => (
-            // No length promised: the file is what it is now; the installer checks it against the SHA-256
-            // taken at start (a file changed since is refused there).
-            [(header::CONTENT_TYPE, "application/octet-stream")],
-            axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 256 << 10)),
-        )
-            .into_response(),
-        Err(e) => {
-            tracing::error!(path = %artifact.path.display(), error = %e, "artifact unreadable");
-            (StatusCode::INTERNAL_SERVER_ERROR, "artifact unreadable\n").into_response()
+    let unreadable = |e: std::io::Error| {
+        tracing::error!(path = %path.display(), error = %e, "artifact unreadable");
+        (StatusCode::INTERNAL_SERVER_ERROR, "artifact unreadable\n").into_response()
+    };
+    let mut f = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) => return unreadable(e),
+    };
+    let size = match f.metadata().await {
+        Ok(m) => m.len(),
+        Err(e) => return unreadable(e),
+    };
+    let start = range_start(&headers);
+    if let Some(start) = start {
+        if start >= size {
+            return (StatusCode::RANGE_NOT_SATISFIABLE, [(header::CONTENT_RANGE, format!("bytes */{size}"))])
+                .into_response();
+        }
+        if let Err(e) = f.seek(std::io::SeekFrom::Start(start)).await {
+            return unreadable(e);
         }
     }
+    let from = start.unwrap_or(0);
+    a.served.fetch_add(size - from, std::sync::atomic::Ordering::Relaxed);
+    // Streamed from the file: a hundred servers fetching a 20 MB binary at once must not hold it a hundred
+    // times in memory. What was taken is checked by the taker (the installer against the SHA-256 in its
+    // user-data, agentd against the release signature).
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(f, 256 << 10));
+    let mut r = (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, (size - from).to_string()),
+        ],
+        body,
+    )
+        .into_response();
+    if start.is_some() {
+        *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+        let range = format!("bytes {from}-{}/{size}", size - 1);
+        r.headers_mut().insert(header::CONTENT_RANGE, range.parse().expect("ascii"));
+    }
+    r.headers_mut().insert(header::ACCEPT_RANGES, "bytes".parse().expect("ascii"));
+    r
 }
 
 /// `hubd release add`: checks `file` and its signature against `keys`, then stores both in `dir` (written
@@ -136,6 +183,7 @@ pub fn add_release(
     file: &Path,
     signature: &Path,
     keys: &[outpost_common::release::PublicKey],
+    zstd_level: i32,
 ) -> Result<String, String> {
     use std::os::unix::fs::PermissionsExt;
     if keys.is_empty() {
@@ -167,15 +215,20 @@ pub fn add_release(
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(|e| e.to_string())?;
         std::fs::rename(&tmp, path).map_err(|e| format!("cannot store {}: {e}", path.display()))
     };
+    // What agents download: the same bytes compressed (they check the signature on what it unpacks to).
+    let zst =
+        zstd::bulk::compress(&data, zstd_level).map_err(|e| format!("cannot compress {}: {e}", file.display()))?;
     // The signature first: a binary is never there without it.
     write(&dir.join(format!("{name}.minisig")), sig_text.as_bytes(), 0o644)?;
+    write(&dir.join(format!("{name}.zst")), &zst, 0o644)?;
     write(&target, &data, 0o755)?;
     let sha = outpost_common::cert::hex(ring::digest::digest(&ring::digest::SHA256, &data).as_ref());
     Ok(format!(
-        "stored agentd {} for {} ({} bytes, sha256 {sha}), signed by key {}; served at {}",
+        "stored agentd {} for {} ({} bytes, {} compressed, sha256 {sha}), signed by key {}; served at {}",
         release.version,
         release.arch,
         data.len(),
+        zst.len(),
         outpost_common::release::Signature::parse(&sig_text).map(|s| s.key_id_hex()).unwrap_or_default(),
         Artifacts::url_path(&release.version, &release.arch)
     ))
@@ -222,10 +275,37 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("agentd-0.1.0-x86_64"), b"abc").unwrap();
         let a = Arc::new(Artifacts::scan(dir.path()).unwrap());
-        let r = serve(State(a), UrlPath(("\u{1b}[2J9.9.9".to_string(), "x86_64".to_string()))).await.into_response();
+        let r = serve(State(a), UrlPath(("\u{1b}[2J9.9.9".to_string(), "x86_64".to_string())), Default::default())
+            .await
+            .into_response();
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
         let body = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
         let body = String::from_utf8_lossy(&body);
         assert!(!body.contains('\u{1b}') && !body.contains("9.9.9") && !body.contains("0.1.0"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_resumed_download_gets_the_rest_and_bytes_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("agentd-0.1.0-x86_64"), b"0123456789").unwrap();
+        std::fs::write(dir.path().join("agentd-0.1.0-x86_64.zst"), b"zz").unwrap();
+        let a = Arc::new(Artifacts::scan(dir.path()).unwrap());
+        let get = |file: &str, range: Option<&str>| {
+            let mut h = axum::http::HeaderMap::new();
+            if let Some(r) = range {
+                h.insert(header::RANGE, r.parse().unwrap());
+            }
+            serve(State(a.clone()), UrlPath(("0.1.0".to_string(), file.to_string())), h)
+        };
+        let r = get("x86_64", Some("bytes=6-")).await;
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(r.headers()[header::CONTENT_RANGE], "bytes 6-9/10");
+        assert_eq!(&axum::body::to_bytes(r.into_body(), 100).await.unwrap()[..], b"6789");
+        let r = get("x86_64.zst", None).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(&axum::body::to_bytes(r.into_body(), 100).await.unwrap()[..], b"zz");
+        assert_eq!(get("x86_64", Some("bytes=10-")).await.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+        assert_eq!(get("x86_64.gz", None).await.status(), StatusCode::NOT_FOUND);
+        assert_eq!(a.bytes_served(), 6);
     }
 }
