@@ -122,12 +122,10 @@ pub async fn run(
             tokio::select! {
                 _ = stop.cancelled() => {}
                 r = probation.run(&dir, started) => match r {
-                    Ok(_) => {
-                        if let Some((id, r)) = update::unanswered(&dir) {
-                            tracing::info!(command_id = %id, message = %r.message, "update committed");
-                            runner.conclude(&id, r).await;
-                            update::mark_answered(&dir);
-                        }
+                    Ok((id, r)) => {
+                        tracing::info!(command_id = %id, message = %r.message, "update committed");
+                        runner.conclude(&id, r).await;
+                        update::mark_answered(&dir);
                     }
                     Err(reason) => {
                         tracing::error!(%reason, "this version failed its probation; the previous one comes back");

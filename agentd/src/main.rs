@@ -47,12 +47,13 @@ fn main() -> ExitCode {
                 };
                 let shutdown = tokio_util::sync::CancellationToken::new();
                 let stop = shutdown.clone();
-                // A version on probation stops with its watcher.
+                // A version on probation stops with its watcher (even one that died before this line).
+                let parent = agentd::update::watcher().unwrap_or_else(std::os::unix::process::parent_id);
                 let exit_with_parent = cli.exit_with_parent || agentd::update::supervised();
                 tokio::spawn(async move {
                     tokio::select! {
                         _ = outpost_common::shutdown_signal() => tracing::info!("signal received; stopping"),
-                        _ = parent_exit(), if exit_with_parent => tracing::info!("parent exited; stopping"),
+                        _ = parent_exit(parent), if exit_with_parent => tracing::info!("parent exited; stopping"),
                     }
                     stop.cancel();
                 });
@@ -83,13 +84,9 @@ fn print_result(r: Result<String, agentd::cli::CommandError>) -> ExitCode {
     }
 }
 
-/// Resolves when our parent process is gone (we get re-parented).
-async fn parent_exit() {
-    let parent = std::os::unix::process::parent_id();
-    loop {
+/// Resolves when our parent is no longer `parent` (it died and we were re-parented).
+async fn parent_exit(parent: u32) {
+    while std::os::unix::process::parent_id() == parent {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        if std::os::unix::process::parent_id() != parent {
-            return;
-        }
     }
 }

@@ -39,10 +39,11 @@ const ENV_SLOT: &str = "OUTPOST_AGENTD_SLOT";
 const ENV_BASE: &str = "OUTPOST_AGENTD_BASE";
 /// Unix ms: the end of a probation.
 const ENV_PROBATION: &str = "OUTPOST_AGENTD_PROBATION_UNTIL_MS";
-/// Set on a child its watcher waits for: it exits to restart, the watcher decides.
+/// Set on a child its watcher waits for, to the watcher's pid: it exits to restart (the watcher decides), and
+/// stops when its parent is no longer that watcher.
 const ENV_SUPERVISED: &str = "OUTPOST_AGENTD_SUPERVISED";
 /// A child past its deadline gets this long to roll itself back before the watcher kills it.
-const KILL_GRACE: Duration = Duration::from_secs(10);
+const KILL_GRACE: Duration = Duration::from_secs(5);
 /// The state file is a few hundred bytes; anything larger is not ours.
 const MAX_STATE: u64 = 64 * 1024;
 
@@ -207,7 +208,7 @@ fn exec(path: &Path, env: &[(&str, &str)]) -> std::io::Error {
 /// After `agentd run` asked to be started again: a watched child exits (its watcher decides), under systemd
 /// the unit starts it again, otherwise the installed binary is exec'd.
 pub fn restart() -> u8 {
-    if std::env::var_os(ENV_SUPERVISED).is_some() || std::env::var_os("INVOCATION_ID").is_some() {
+    if supervised() || under_systemd() {
         return EXIT_RESTART;
     }
     let Some(base) = std::env::var_os(ENV_BASE).map(PathBuf::from).or_else(|| std::env::current_exe().ok()) else {
@@ -219,9 +220,19 @@ pub fn restart() -> u8 {
     EXIT_RESTART
 }
 
+/// Whether systemd started this process as a service (it restarts the unit on [`EXIT_RESTART`]).
+fn under_systemd() -> bool {
+    std::env::var_os("INVOCATION_ID").is_some() && std::os::unix::process::parent_id() == 1
+}
+
 /// Whether this process runs under a watcher that exits when it does.
 pub fn supervised() -> bool {
     std::env::var_os(ENV_SUPERVISED).is_some()
+}
+
+/// The pid of this process's watcher, when it has one.
+pub fn watcher() -> Option<u32> {
+    std::env::var(ENV_SUPERVISED).ok()?.parse().ok()
 }
 
 fn rollback(dir: &Path, state: &mut UpdateState, reason: String, stopping: bool) -> Launch {
@@ -231,6 +242,9 @@ fn rollback(dir: &Path, state: &mut UpdateState, reason: String, stopping: bool)
     state.answered = false;
     if let Err(error) = state.save(dir) {
         tracing::error!(%error, "cannot record the rollback");
+    }
+    if state.to != state.from {
+        let _ = std::fs::remove_file(binary_of(dir, &state.to));
     }
     if stopping { Launch::Exit(0) } else { run_version(dir, &state.from) }
 }
@@ -257,7 +271,7 @@ async fn supervise(dir: &Path, mut state: UpdateState) -> Launch {
     cmd.args(std::env::args_os().skip(1))
         .env(ENV_SLOT, &state.to)
         .env(ENV_PROBATION, state.deadline_ms.to_string())
-        .env(ENV_SUPERVISED, "1")
+        .env(ENV_SUPERVISED, std::process::id().to_string())
         .env(ENV_BASE, &base);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
@@ -371,7 +385,15 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
 /// from before the update opened instead (the new version migrated it before it failed).
 pub fn open_instance(dir: &Path) -> Result<crate::instance::InstanceDb, crate::instance::InstanceError> {
     let path = dir.join("instance.db");
-    match crate::instance::InstanceDb::open(&path) {
+    // An agentd that was just stopped (a watched child whose watcher died, a process being restarted) may
+    // still hold the database's lock for a moment.
+    let until = Instant::now() + Duration::from_secs(5);
+    let mut opened = crate::instance::InstanceDb::open(&path);
+    while matches!(opened, Err(crate::instance::InstanceError::Open { .. })) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+        opened = crate::instance::InstanceDb::open(&path);
+    }
+    match opened {
         Err(crate::instance::InstanceError::Newer { found, .. }) if dir.join(SNAPSHOT_DIR).is_dir() => {
             let aside = dir.join(format!("instance.db.schema-{found}"));
             tracing::warn!(aside = %aside.display(), "the instance database was migrated by a newer agentd that was rolled back; opening the copy from before the update (reports that version queued and did not send are in the one set aside)");
@@ -432,9 +454,13 @@ pub struct Probation {
 
 impl Probation {
     /// Waits for the proof (a health report queued after the start, acknowledged: the stream is up and
-    /// everything before it was replayed), then commits; or rolls back at the deadline. Returns `true` when
-    /// the agent must restart (rolled back).
-    pub async fn run(mut self, dir: &Path, started: Instant) -> Result<String, String> {
+    /// everything before it was replayed), then commits and returns the update command's answer; or rolls
+    /// back at the deadline and says why (the agent must then restart).
+    pub async fn run(
+        mut self,
+        dir: &Path,
+        started: Instant,
+    ) -> Result<(String, outpost_proto::v1::CommandResult), String> {
         let left = Duration::from_millis((self.until_ms - outpost_common::now_ms()).max(0) as u64);
         let deadline = tokio::time::Instant::now() + left;
         let proof = async {
@@ -451,13 +477,19 @@ impl Probation {
             Some(seq) => {
                 state.phase = Phase::Committed;
                 state.reason = format!(
-                    "agentd {VERSION} committed {:.1} s after its start: reconnected, outbox replayed, health report #{seq} acknowledged",
+                    "agentd {} committed {:.1} s after its start: reconnected, outbox replayed, health report #{seq} acknowledged",
+                    state.to,
                     started.elapsed().as_secs_f64()
                 );
                 state.save(dir)?;
                 let _ = std::fs::remove_dir_all(dir.join(SNAPSHOT_DIR));
                 prune_releases(dir, &[&state.to, &state.from]);
-                Ok(state.reason)
+                let r = crate::actions::result(
+                    outpost_proto::v1::Outcome::Succeeded,
+                    0,
+                    format!("healthy: {}", state.reason),
+                );
+                Ok((state.command_id, r))
             }
             None => {
                 let stage = if *self.acked.borrow() > 0 {
@@ -468,7 +500,8 @@ impl Probation {
                     "took no health report"
                 };
                 state.phase = Phase::RolledBack;
-                state.reason = format!("agentd {VERSION} {stage} within its probation of {} s", state.probation_secs);
+                state.reason =
+                    format!("agentd {} {stage} within its probation of {} s", state.to, state.probation_secs);
                 state.answered = false;
                 state.save(dir)?;
                 Err(state.reason)

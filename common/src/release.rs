@@ -233,6 +233,49 @@ pub fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
     parts.next().is_none().then_some(r)
 }
 
+/// Where an agent's version stands against its hub's (the one published rule, ARCHITECTURE.md "Version
+/// skew"): a hub `MAJOR.MINOR` works with agents of its own `MAJOR.MINOR` (any patch: a patch never
+/// changes the contract or the stored data) and of the minor before it (for `MAJOR.0`, any minor of the
+/// major before). Older agents still connect and report (so they can be updated without SSH) but are
+/// flagged; an agent newer than its hub's `MAJOR.MINOR` is never rolled out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Skew {
+    Supported,
+    Older,
+    Newer,
+    /// Not a version this rule can read.
+    Unknown,
+}
+
+impl Skew {
+    pub fn of(hub: &str, agent: &str) -> Skew {
+        let (Some((hm, hn, _)), Some((am, an, _))) = (parse_version(hub), parse_version(agent)) else {
+            return Skew::Unknown;
+        };
+        if (am, an) > (hm, hn) {
+            Skew::Newer
+        } else if am == hm && (an == hn || an + 1 == hn) || (hn == 0 && am + 1 == hm) {
+            Skew::Supported
+        } else {
+            Skew::Older
+        }
+    }
+
+    /// `Err` says why a hub of version `hub` must not roll out agentd `agent`.
+    pub fn rollout(hub: &str, agent: &str) -> Result<(), String> {
+        match Skew::of(hub, agent) {
+            Skew::Newer => Err(format!(
+                "agentd {agent} is newer than this hub ({hub}): a hub supports agents of its own MAJOR.MINOR and the one before; upgrade the hub first"
+            )),
+            Skew::Older => Err(format!(
+                "agentd {agent} is older than this hub ({hub}) supports (its own MAJOR.MINOR and the one before)"
+            )),
+            Skew::Unknown => Err(format!("{agent:?} is not a version (MAJOR.MINOR.PATCH)")),
+            Skew::Supported => Ok(()),
+        }
+    }
+}
+
 /// Checks a release binary and its signature file against the pinned keys; what it is, or why not.
 pub fn verify(data: &[u8], signature: &str, keys: &[PublicKey]) -> Result<Release, ReleaseError> {
     let sig = Signature::parse(signature)?;
@@ -288,6 +331,16 @@ mod tests {
         assert!(e.to_string().contains("older than the running 0.10.0"), "{e}");
         assert!(want.installable("x86_64", "0.10.0", true).is_ok(), "a downgrade asked for explicitly");
         assert!(Release::from_comment("outpost-agentd version=0.2 arch=x86_64").is_err());
+        // The version-skew rule.
+        assert_eq!(Skew::of("0.2.0", "0.2.7"), Skew::Supported);
+        assert_eq!(Skew::of("0.2.3", "0.1.9"), Skew::Supported, "the previous minor");
+        assert_eq!(Skew::of("0.2.3", "0.0.9"), Skew::Older);
+        assert_eq!(Skew::of("2.0.0", "1.7.0"), Skew::Supported, "MAJOR.0 supports the major before");
+        assert_eq!(Skew::of("2.1.0", "1.7.0"), Skew::Older);
+        assert_eq!(Skew::of("0.1.0", "0.1.5"), Skew::Supported, "a newer patch is the same contract");
+        assert_eq!(Skew::of("0.1.0", "0.2.0"), Skew::Newer);
+        assert_eq!(Skew::of("0.1.0", "x"), Skew::Unknown);
+        assert!(Skew::rollout("0.1.0", "0.2.0").unwrap_err().contains("upgrade the hub first"));
         assert!(Release::from_comment("outpost-agentd version=0.2.0 arch=mips").is_err());
         assert!(Release::from_comment("something-else version=0.2.0 arch=x86_64").is_err());
     }

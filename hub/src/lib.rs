@@ -194,6 +194,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         metrics.clone(),
         sealer,
     ));
+    actions.set_releases_dir(config.artifacts_dir());
     let mut peers = None;
     let replicated = pg.is_some();
     if let Some(pg) = pg {

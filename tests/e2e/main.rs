@@ -23,5 +23,6 @@ mod shutdown;
 mod sim;
 mod ssh_repos;
 mod timeline;
+mod updates;
 mod usage;
 mod vendored;

@@ -192,6 +192,8 @@ pub struct Actions {
     hub: std::sync::OnceLock<String>,
     /// Secret-bearing arguments are sealed in the pending and plan records (`crate::seal`).
     sealer: Arc<crate::seal::Sealer>,
+    /// Where the agentd releases are (`agent-update` needs its version there).
+    releases: std::sync::OnceLock<std::path::PathBuf>,
 }
 
 impl Actions {
@@ -204,7 +206,18 @@ impl Actions {
         metrics: Arc<crate::metrics::Metrics>,
         sealer: Arc<crate::seal::Sealer>,
     ) -> Actions {
-        Actions { fleet, relay, audit, store, rt, live: Mutex::default(), metrics, hub: Default::default(), sealer }
+        Actions {
+            fleet,
+            relay,
+            audit,
+            store,
+            rt,
+            live: Mutex::default(),
+            metrics,
+            hub: Default::default(),
+            sealer,
+            releases: Default::default(),
+        }
     }
 
     /// What seals the secrets the hub holds (command arguments here; the lifecycle's archives).
@@ -216,6 +229,11 @@ impl Actions {
     /// replica can take them over if this one dies.
     pub fn set_hub(&self, id: String) {
         let _ = self.hub.set(id);
+    }
+
+    /// Where `agent-update` finds the releases it may roll out.
+    pub fn set_releases_dir(&self, dir: std::path::PathBuf) {
+        let _ = self.releases.set(dir);
     }
 
     pub(super) fn hub(&self) -> &str {
@@ -341,7 +359,19 @@ impl Actions {
         entry: &mut AuditEntry,
     ) -> Result<(&'static ActionSpec, Vec<String>), HubError> {
         let sel = &req.selector;
-        let (_, spec) = Action::parse(&req.action, &req.args).map_err(|e| HubError::Invalid(e.to_string()))?;
+        let (action, spec) = Action::parse(&req.action, &req.args).map_err(|e| HubError::Invalid(e.to_string()))?;
+        if let Action::AgentUpdate { version, .. } = &action {
+            outpost_common::release::Skew::rollout(env!("CARGO_PKG_VERSION"), version).map_err(HubError::Invalid)?;
+            let dir = self.releases.get();
+            let stored = dir.is_some_and(|d| {
+                crate::lifecycle::artifacts::ARCHES.iter().any(|a| d.join(format!("agentd-{version}-{a}")).is_file())
+            });
+            if !stored {
+                return Err(HubError::NotFound(format!(
+                    "no agentd {version} is stored on this hub: add it with `hubd release add FILE` (see `hubd release list`)"
+                )));
+            }
+        }
         if caller.role < spec.role {
             return Err(HubError::Denied(format!(
                 "operator {} has role {}; {} needs role {} or higher",

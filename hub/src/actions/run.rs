@@ -239,11 +239,21 @@ impl Actions {
         let mut tail = Vec::new();
         let mut keep_pending = false;
         let relay = &self.relay;
+        let was_recorded = recorded.is_ok();
         let dispatched = match recorded {
             Ok(()) => relay.dispatch(server, command, job.run_for, job.hard_deadline, job.queue.is_some()).await,
             Err(why) => Err(CommandResult::refused(why)),
         };
         let mut r = match dispatched {
+            // Not sent because the hub is stopping (it closes the agents' streams first): its durable pending
+            // record stays, and the next start delivers it, as for a command the stop interrupted.
+            Err(_) if was_recorded && self.rt.is_stopping() => {
+                keep_pending = true;
+                CommandResult::not_run(
+                    Outcome::Interrupted,
+                    "the hub is restarting; the command stays pending: the next hub start delivers it (outpost audit)",
+                )
+            }
             Err(r) => r,
             Ok(mut d) => {
                 let first = if d.queued { TargetState::Queued } else { TargetState::Pending };

@@ -1,0 +1,389 @@
+//! Upgrading the fleet without SSH (issue 25): real hubd and agentd processes, releases signed by Debian's
+//! minisign, stored with `hubd release add` and rolled out with the `agent-update` action as a fan-out job
+//! (canary, batches, failure threshold, audit, resumed after a hub restart). Other versions are this build's
+//! agentd with its version string stamped (`0.1.0` → `0.1.1`, same length; the contract is unchanged, as
+//! between patch releases); bad builds are signed scripts. Every report is counted exactly once throughout.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use harness::{AgentProc, HubProc, bin, follow_job};
+use outpost_common::Role;
+use outpost_proto::v1::{Outcome, RunActionRequest, Selector};
+
+use crate::ops::tool;
+
+fn run(cmd: &mut Command) -> (bool, String) {
+    let out = cmd.output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// A release workshop: the release keys, this build's agentd stripped, and the hub's `release add`.
+struct Releases {
+    dir: PathBuf,
+    public: String,
+    stripped: PathBuf,
+    hub_config: PathBuf,
+    arch: &'static str,
+}
+
+impl Releases {
+    fn new(dir: &Path, hub_config: &Path) -> Releases {
+        tool("minisign");
+        let keygen = |name: &str| {
+            let (p, s) = (dir.join(format!("{name}.pub")), dir.join(format!("{name}.key")));
+            let (ok, out) = run(Command::new("minisign").args(["-G", "-W", "-p"]).arg(&p).arg("-s").arg(&s));
+            assert!(ok, "minisign -G: {out}");
+            std::fs::read_to_string(&p).unwrap().lines().last().unwrap().to_string()
+        };
+        let public = keygen("release");
+        keygen("other");
+        // Stripped: 40 MB instead of 67 to download, decompress and hash per agent.
+        let stripped = dir.join("agentd-stripped");
+        let (ok, out) = run(Command::new("strip").arg("-o").arg(&stripped).arg(bin("agentd")));
+        assert!(ok, "strip: {out}");
+        Releases {
+            dir: dir.to_path_buf(),
+            public,
+            stripped,
+            hub_config: hub_config.to_path_buf(),
+            arch: std::env::consts::ARCH,
+        }
+    }
+
+    /// This build with its version stamped as `version` (five characters, like 0.1.0).
+    fn stamped(&self, version: &str) -> PathBuf {
+        assert_eq!(version.len(), env!("CARGO_PKG_VERSION").len());
+        let bytes = std::fs::read(&self.stripped).unwrap();
+        let (from, to) = (env!("CARGO_PKG_VERSION").as_bytes(), version.as_bytes());
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        let mut stamped = 0;
+        while i < bytes.len() {
+            if bytes[i..].starts_with(from) {
+                out.extend_from_slice(to);
+                i += from.len();
+                stamped += 1;
+            } else {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+        assert!(stamped > 0, "no version string in the binary");
+        self.file(&format!("agentd-{version}"), &out)
+    }
+
+    /// A script standing in for a bad build.
+    fn script(&self, name: &str, body: &str) -> PathBuf {
+        self.file(name, format!("#!/bin/sh\n{body}\n").as_bytes())
+    }
+
+    fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    /// Signs `file` as `version` for `arch` with key `key`.
+    fn sign(&self, file: &Path, version: &str, arch: &str, key: &str) {
+        let comment = format!("outpost-agentd version={version} arch={arch}");
+        let (ok, out) = run(Command::new("minisign")
+            .arg("-S")
+            .arg("-s")
+            .arg(self.dir.join(format!("{key}.key")))
+            .arg("-m")
+            .arg(file)
+            .args(["-t", &comment]));
+        assert!(ok, "minisign: {out}");
+    }
+
+    /// Signs and stores `file` as release `version` on the hub.
+    fn publish(&self, file: &Path, version: &str) {
+        self.sign(file, version, self.arch, "release");
+        let (ok, out) =
+            run(Command::new(bin("hubd")).arg("--config").arg(&self.hub_config).args(["release", "add"]).arg(file));
+        assert!(ok && out.contains(&format!("stored agentd {version}")), "{out}");
+    }
+
+    /// Puts `file` and its signature in the hub's store by hand, as `version` (bypassing `release add`'s
+    /// checks: what an attacker with the hub's disk, or a careless admin, could do).
+    fn place(&self, hub: &HubProc, file: &Path, version: &str) {
+        let store = hub.dir.join("data/artifacts");
+        std::fs::create_dir_all(&store).unwrap();
+        let name = format!("agentd-{version}-{}", self.arch);
+        std::fs::copy(file, store.join(&name)).unwrap();
+        std::fs::copy(format!("{}.minisig", file.display()), store.join(format!("{name}.minisig"))).unwrap();
+    }
+
+    fn hub_toml(public: &str) -> String {
+        format!("[releases]\npublic_keys = [\"{public}\"]\nzstd_level = 3\n")
+    }
+
+    fn agent_toml(&self) -> String {
+        format!("release_keys = [\"{}\"]\nupdate_probation_secs = 10\n", self.public)
+    }
+}
+
+/// An `agent-update` job on `selector`.
+fn update(version: &str, selector: Selector, canary: u32, batch: u32, max_failure_rate: f64) -> RunActionRequest {
+    RunActionRequest {
+        action: "agent-update".into(),
+        args: [("version".to_string(), version.to_string())].into(),
+        selector: Some(selector),
+        canary,
+        batch,
+        max_failure_rate,
+        ..Default::default()
+    }
+}
+
+fn names(n: &[&str]) -> Selector {
+    Selector { names: n.iter().map(|s| s.to_string()).collect(), ..Default::default() }
+}
+
+/// Waits until every server in `names` is connected, runs `version`, and has stored every report it sent
+/// exactly once (its high-water mark equals the number of reports stored, and moved past `min_seq`).
+async fn all_on(hub: &HubProc, names: &[String], version: &str, min_seq: &BTreeMap<String, u64>) {
+    let mut client = hub.client(Role::Admin);
+    harness::watch_until(&mut client, &format!("{names:?} on agentd {version}, reports exactly once"), |f| {
+        names.iter().all(|n| {
+            f.get(n).is_some_and(|s| {
+                harness::liveness(s) == outpost_proto::v1::Liveness::Connected
+                    && s.agent_version == version
+                    && s.reports_received == s.last_seq
+                    && s.last_seq > min_seq.get(n).copied().unwrap_or(0)
+            })
+        })
+    })
+    .await;
+}
+
+async fn seqs(hub: &HubProc) -> BTreeMap<String, u64> {
+    let mut client = hub.client(Role::Admin);
+    harness::watch_until(&mut client, "a fleet", |_| true).await.into_iter().map(|(n, s)| (n, s.last_seq)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_updates_twenty_agents_in_canary_and_batches_and_resumes_after_a_hub_restart() {
+    harness::init();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let rel_dir = d.join("releases");
+    std::fs::create_dir_all(&rel_dir).unwrap();
+    let hub_dir = d.join("hub");
+    let releases = Releases::new(&rel_dir, &hub_dir.join("hubd.toml"));
+    let mut hub = HubProc::start(&hub_dir, harness::free_port(), &Releases::hub_toml(&releases.public)).await;
+    let b = releases.stamped("0.1.1");
+    releases.publish(&b, "0.1.1");
+    let c = releases.stamped("0.1.2");
+    releases.publish(&c, "0.1.2");
+
+    let names: Vec<String> = (0..20).map(|i| format!("u{i:02}")).collect();
+    let mut agents = Vec::new();
+    for n in &names {
+        agents.push(AgentProc::start(&d.join("agents"), n, &hub.token(n).await, &releases.agent_toml()));
+    }
+    all_on(&hub, &names, env!("CARGO_PKG_VERSION"), &BTreeMap::new()).await;
+
+    // A → B: a canary of 2, then batches of 6; nothing may fail.
+    let all = Selector { customer: "acme".into(), ..Default::default() };
+    let mut client = hub.client(Role::Admin);
+    let mut stream = client.run_action(update("0.1.1", all.clone(), 2, 6, 0.0)).await.unwrap().into_inner();
+    let job = follow_job(&mut stream, |_| {}).await;
+    assert_eq!(job.plan.batches, [2, 6, 6, 6]);
+    for n in &names {
+        let r = job.result(n);
+        assert_eq!(r.outcome, Outcome::Succeeded as i32, "{n}: {r:?}\n{}", job.output[n]);
+        assert!(r.message.starts_with("healthy: agentd 0.1.1 committed"), "{n}: {}", r.message);
+        let out = &job.output[n];
+        for phase in ["phase: downloading agentd 0.1.1", "phase: staged agentd 0.1.1", "phase: restarting"] {
+            assert!(out.contains(phase), "{n}: {phase:?} not in {out}");
+        }
+    }
+    let before = seqs(&hub).await;
+    all_on(&hub, &names, "0.1.1", &before).await;
+    // Sent compressed: 20 binaries of 40 MB did not mean 800 MB.
+    let raw = std::fs::metadata(&b).unwrap().len();
+    let zst =
+        std::fs::metadata(hub_dir.join(format!("data/artifacts/agentd-0.1.1-{}.zst", releases.arch))).unwrap().len();
+    assert!(zst * 2 < raw, "compressed {zst} of {raw}");
+
+    // B → C in batches of 5; the hub is stopped once the first batch has succeeded, and the rest of the
+    // rollout runs when it starts again.
+    let mut stream = client.run_action(update("0.1.2", all, 0, 5, 0.0)).await.unwrap().into_inner();
+    let mut succeeded = 0;
+    while succeeded < 5 {
+        let m = tokio::time::timeout(harness::WAIT, stream.message()).await.unwrap().unwrap().expect("job events");
+        if let Some(outpost_proto::v1::job_event::Event::Progress(p)) = m.event {
+            succeeded = p.succeeded;
+        }
+    }
+    drop(stream);
+    hub.stop().await;
+    hub.restart().await;
+    let before = seqs(&hub).await;
+    all_on(&hub, &names, "0.1.2", &before).await;
+    let log = std::fs::read_to_string(hub_dir.join("hubd.log")).unwrap();
+    assert!(log.contains("resuming the remaining batches of a job"), "the restarted hub resumed the rollout");
+    drop(agents);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_builds_roll_back_by_themselves_and_bad_releases_are_refused_in_words() {
+    harness::init();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let rel_dir = d.join("releases");
+    std::fs::create_dir_all(&rel_dir).unwrap();
+    let hub_dir = d.join("hub");
+    let r = Releases::new(&rel_dir, &hub_dir.join("hubd.toml"));
+    let hub = HubProc::start(&hub_dir, harness::free_port(), &Releases::hub_toml(&r.public)).await;
+    let base = bin("agentd");
+    // Crashes at start; starts but never reaches the hub; reaches the hub but never reports; hangs.
+    let crash = r.script("crash", "echo 'agentd 0.1.3: cannot start' >&2\nexit 3");
+    r.publish(&crash, "0.1.3");
+    let lost = r.script("lost", &format!("exec {} --hub https://127.0.0.1:1 \"$@\"", base.display()));
+    r.publish(&lost, "0.1.4");
+    let mute = r.script(
+        "mute",
+        &format!(
+            "sed 's/^report_interval_ms.*/report_interval_ms = 3600000/' \"$2\" > \"$2.mute\"\nexec {} --config \"$2.mute\"",
+            base.display()
+        ),
+    );
+    r.publish(&mute, "0.1.5");
+    let hang = r.script("hang", "exec sleep 600");
+    r.publish(&hang, "0.1.6");
+
+    let names = ["a", "b", "c", "e"];
+    let mut agents = BTreeMap::new();
+    for n in names {
+        agents.insert(n, AgentProc::start(&d.join("agents"), n, &hub.token(n).await, &r.agent_toml()));
+    }
+    let all: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    let v = env!("CARGO_PKG_VERSION");
+    all_on(&hub, &all, v, &BTreeMap::new()).await;
+
+    // Each bad build on its own server at once; each comes back by itself and says why.
+    let mut jobs = Vec::new();
+    for (server, version) in [("a", "0.1.3"), ("b", "0.1.4"), ("c", "0.1.5"), ("e", "0.1.6")] {
+        let mut client = hub.client(Role::Admin);
+        jobs.push(tokio::spawn(async move {
+            let mut s = client.run_action(update(version, names_of(server), 0, 0, 1.0)).await.unwrap().into_inner();
+            (server, follow_job(&mut s, |_| {}).await)
+        }));
+    }
+    let started = std::time::Instant::now();
+    for j in jobs {
+        let (server, job) = j.await.unwrap();
+        let res = job.result(server);
+        assert_eq!(res.outcome, Outcome::Failed as i32, "{server}: {res:?}");
+        let want = match server {
+            "a" => "agentd 0.1.3 exited with status 3 before it was committed",
+            "b" => "agentd 0.1.4 took a health report but had none acknowledged by the hub",
+            "c" => "agentd 0.1.5 reconnected, but no health report of it was acknowledged",
+            _ => "agentd 0.1.6 had not committed 10 s after its start",
+        };
+        assert!(res.message.starts_with(&format!("rolled back to agentd {v}: ")), "{server}: {}", res.message);
+        assert!(res.message.contains(want), "{server}: {}", res.message);
+    }
+    // The slowest is the hung one: its probation (10 s) and the watcher's grace (5 s).
+    assert!(started.elapsed() < Duration::from_secs(40), "rollbacks took {:?}", started.elapsed());
+    let before = seqs(&hub).await;
+    all_on(&hub, &all, v, &before).await;
+
+    // Refused, in words, before anything is swapped.
+    let mut client = hub.client(Role::Admin);
+    let older = r.stamped("0.0.9");
+    r.publish(&older, "0.0.9");
+    let job = harness::run_job(&mut client, update("0.0.9", names_of("a"), 0, 0, 1.0)).await;
+    let res = job.result("a");
+    assert_eq!(res.outcome, Outcome::Refused as i32, "{res:?}");
+    assert!(res.message.contains(&format!("older than the running {v}")), "{}", res.message);
+    let e = client.run_action(update("0.2.0", names_of("a"), 0, 0, 1.0)).await.unwrap_err();
+    assert!(e.message().contains("newer than this hub") && e.message().contains("upgrade the hub first"), "{e}");
+    let e = client.run_action(update("0.1.9", names_of("a"), 0, 0, 1.0)).await.unwrap_err();
+    assert!(e.message().contains("no agentd 0.1.9 is stored"), "{e}");
+    // A stored release tampered with on the hub's disk (its compressed copy gone, a byte of it flipped);
+    // one signed as another architecture; one signed by a key the agents do not pin.
+    let good = r.stamped("0.1.7");
+    r.publish(&good, "0.1.7");
+    let stored = hub_dir.join(format!("data/artifacts/agentd-0.1.7-{}", r.arch));
+    std::fs::remove_file(format!("{}.zst", stored.display())).unwrap();
+    let mut bytes = std::fs::read(&stored).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&stored, bytes).unwrap();
+    let foreign = r.stamped("0.1.8");
+    r.sign(&foreign, "0.1.8", if r.arch == "x86_64" { "aarch64" } else { "x86_64" }, "release");
+    r.place(&hub, &foreign, "0.1.8");
+    let stranger = r.file("stranger", &std::fs::read(&good).unwrap());
+    r.sign(&stranger, "0.1.9", r.arch, "other");
+    r.place(&hub, &stranger, "0.1.9");
+    for (version, want) in [
+        ("0.1.7", "agentd 0.1.7 refused: the signature does not match the binary"),
+        ("0.1.8", "this machine is"),
+        ("0.1.9", "not a pinned release key"),
+    ] {
+        let job = harness::run_job(&mut client, update(version, names_of("a"), 0, 0, 1.0)).await;
+        let res = job.result("a");
+        assert_eq!(res.outcome, Outcome::Refused as i32, "{version}: {res:?}");
+        assert!(res.message.contains(want), "{version}: {}", res.message);
+    }
+    let releases_dir = d.join("agents/a/data/releases");
+    let left: Vec<_> = std::fs::read_dir(&releases_dir).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "a refused download leaves nothing behind: {left:?}");
+
+    // SIGKILL of the new version during its probation: its watcher rolls back at once.
+    let mut client = hub.client(Role::Admin);
+    let mut stream = client.run_action(update("0.1.5", names_of("b"), 0, 0, 1.0)).await.unwrap().into_inner();
+    let pid = next_probation(&d.join("agents/b/agentd.log"), 1).await;
+    assert!(Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap().success());
+    let job = follow_job(&mut stream, |_| {}).await;
+    let res = job.result("b");
+    assert!(res.message.contains("agentd 0.1.5 was killed by signal 9 before it was committed"), "{}", res.message);
+
+    // SIGKILL of the watcher during a probation: the new version stops with it, and the next start rolls
+    // back (the documented case of a machine that loses power mid-update).
+    let mut stream = client.run_action(update("0.1.5", names_of("c"), 0, 0, 1.0)).await.unwrap().into_inner();
+    let child = next_probation(&d.join("agents/c/agentd.log"), 1).await;
+    let mut watcher = agents.remove("c").unwrap();
+    watcher.kill9().await;
+    // The child notices its watcher is gone (it polls its parent every 500 ms) and stops.
+    let gone = std::time::Instant::now();
+    while Path::new(&format!("/proc/{child}")).exists() && gone.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cdir = d.join("agents/c");
+    agents.insert("c", AgentProc::spawn("c", &cdir, &cdir.join("agentd.toml")));
+    let job = follow_job(&mut stream, |_| {}).await;
+    let res = job.result("c");
+    assert!(res.message.contains("interrupted during its probation"), "{}", res.message);
+    let before = seqs(&hub).await;
+    all_on(&hub, &all, v, &before).await;
+    drop(agents);
+}
+
+fn names_of(server: &str) -> Selector {
+    names(&[server])
+}
+
+/// The pid of the version put on probation after the first `seen` ones in an agent's log (another
+/// process's log is not an event this test can await: it is polled, with a deadline).
+async fn next_probation(log: &Path, seen: usize) -> u32 {
+    const LINE: &str = "started on probation";
+    let deadline = std::time::Instant::now() + harness::WAIT;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(line) = text.lines().filter(|l| l.contains(LINE)).nth(seen) {
+            let at = line.find("pid=").expect("the line names the pid") + 4;
+            return line[at..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "no probation #{} in {}:\n{text}", seen + 1, log.display());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
