@@ -86,6 +86,7 @@ impl Collector {
             k3s: Some(k3s_state(&self.k3s_unit, &self.systemctl, self.cluster_answer()).await),
             agent_version: crate::VERSION.to_string(),
             cert_not_after,
+            update: None,
         }
     }
 }

@@ -237,6 +237,7 @@ pub async fn run(
 
     let interval = config.report_interval();
     let collect_stop = shutdown.clone();
+    let update_dir = config.data_dir.clone();
     tasks.spawn(async move {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -248,6 +249,7 @@ pub async fn run(
             }
             let not_after = *cert_rx.borrow();
             let mut health = collector.sample(not_after).await;
+            health.update = update::status(&update_dir);
             // Shaped by the code the hub checks with: a sample the hub would refuse never enters the outbox.
             outpost_common::report::conform(&mut health);
             health_tx.send_replace(Some(health.clone()));

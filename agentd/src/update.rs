@@ -77,6 +77,9 @@ pub struct UpdateState {
     /// The command's result is journaled (and on its way to the hub).
     #[serde(default)]
     pub answered: bool,
+    /// Unix ms of the last change (written by `save`).
+    #[serde(default)]
+    pub at_ms: i64,
 }
 
 impl UpdateState {
@@ -96,7 +99,8 @@ impl UpdateState {
 
     /// Written aside, synced and renamed: a crash leaves the old state or the new one.
     pub fn save(&self, data_dir: &Path) -> Result<(), String> {
-        write_atomic(&Self::path(data_dir), &serde_json::to_vec_pretty(self).expect("plain data serialises"), 0o600)
+        let stamped = UpdateState { at_ms: outpost_common::now_ms(), ..self.clone() };
+        write_atomic(&Self::path(data_dir), &serde_json::to_vec_pretty(&stamped).expect("plain data serialises"), 0o600)
     }
 }
 
@@ -443,6 +447,61 @@ pub fn in_flight(dir: &Path, command_id: &str) -> bool {
         .is_some_and(|s| s.command_id == command_id && matches!(s.phase, Phase::Staged | Phase::Trying))
 }
 
+/// A download under way (the version), for the health report: the state file knows only what was staged.
+static DOWNLOADING: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// How long an ended update is still reported.
+const REPORT_ENDED_FOR_MS: i64 = 24 * 3600 * 1000;
+
+/// The update this agent reports in its health: one under way, or one that ended within the last day.
+pub fn status(dir: &Path) -> Option<outpost_proto::v1::UpdateStatus> {
+    let now = outpost_common::now_ms();
+    if let Some(to) = DOWNLOADING.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        let from = VERSION.to_string();
+        return Some(outpost_proto::v1::UpdateStatus {
+            phase: "downloading".into(),
+            from_version: from,
+            to_version: to,
+            reason: String::new(),
+            at_ms: now,
+        });
+    }
+    let s = UpdateState::load(dir).ok().flatten()?;
+    let under_way = matches!(s.phase, Phase::Staged | Phase::Trying);
+    if !under_way && now - s.at_ms > REPORT_ENDED_FOR_MS {
+        return None;
+    }
+    let phase = match s.phase {
+        Phase::Staged => "staged",
+        Phase::Trying => "trying",
+        Phase::Committed => "committed",
+        Phase::RolledBack => "rolled_back",
+    };
+    Some(outpost_proto::v1::UpdateStatus {
+        phase: phase.into(),
+        from_version: s.from,
+        to_version: s.to,
+        reason: s.reason,
+        at_ms: s.at_ms,
+    })
+}
+
+/// Marks a download under way until dropped.
+struct Downloading;
+
+impl Downloading {
+    fn start(version: &str) -> Downloading {
+        *DOWNLOADING.lock().unwrap_or_else(|p| p.into_inner()) = Some(version.to_string());
+        Downloading
+    }
+}
+
+impl Drop for Downloading {
+    fn drop(&mut self) {
+        *DOWNLOADING.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
 /// What a new version on probation must show before it is committed.
 pub struct Probation {
     pub until_ms: i64,
@@ -569,6 +628,7 @@ pub async fn stage(
     let bin_part = releases.join(format!(".agentd-{version}.part"));
     let url = format!("/artifacts/agentd/{version}/{arch}");
     out.line(&format!("phase: downloading agentd {version} for {arch} from the hub")).await;
+    let _downloading = Downloading::start(version);
     let mut last_error = String::new();
     let mut fetched = None;
     'addrs: for addr in &addrs {
@@ -665,6 +725,7 @@ pub async fn stage(
         probation_secs: config.update_probation_secs,
         deadline_ms: 0,
         answered: false,
+        at_ms: 0,
     };
     state.save(dir).map_err(failed)?;
     out.line(&format!(
@@ -861,6 +922,7 @@ mod tests {
             probation_secs: 60,
             deadline_ms: 0,
             answered: false,
+            at_ms: 0,
         }
     }
 

@@ -289,7 +289,14 @@ fn validate_health(r: &Report) -> Result<&Health, String> {
         .iter()
         .map(|d| ("disks.mount", &d.mount))
         .chain([("agent_version", &h.agent_version)])
-        .chain(h.k3s.iter().map(|k| ("k3s.detail", &k.detail)));
+        .chain(h.k3s.iter().map(|k| ("k3s.detail", &k.detail)))
+        .chain(h.update.iter().flat_map(|u| {
+            [
+                ("update.from_version", &u.from_version),
+                ("update.to_version", &u.to_version),
+                ("update.reason", &u.reason),
+            ]
+        }));
     for (field, t) in texts {
         if t.len() > MAX_TEXT {
             return Err(format!("report {seq}: {field} is {} bytes; at most {MAX_TEXT}", t.len()));
@@ -319,8 +326,20 @@ fn validate_health(r: &Report) -> Result<&Health, String> {
     {
         return Err(format!("report {seq}: k3s.state {} is not a known state", k.state));
     }
+    if let Some(u) = &h.update
+        && !UPDATE_PHASES.contains(&u.phase.as_str())
+    {
+        return Err(format!(
+            "report {seq}: update.phase {} is not one of {}",
+            text::excerpt(&u.phase, 40),
+            UPDATE_PHASES.join(", ")
+        ));
+    }
     Ok(h)
 }
+
+/// The phases of an agent's self-update a health report may name.
+pub const UPDATE_PHASES: [&str; 5] = ["downloading", "staged", "trying", "committed", "rolled_back"];
 
 /// The health a report carries, if it is a health report.
 pub fn health(r: &Report) -> Option<&Health> {
@@ -391,6 +410,14 @@ pub fn conform(h: &mut Health) {
         d.available_bytes = d.available_bytes.min(d.total_bytes);
     }
     fit(&mut h.agent_version);
+    if let Some(u) = &mut h.update {
+        for s in [&mut u.from_version, &mut u.to_version, &mut u.reason] {
+            fit(s);
+        }
+        if !UPDATE_PHASES.contains(&u.phase.as_str()) {
+            h.update = None;
+        }
+    }
     if let Some(k) = &mut h.k3s {
         fit(&mut k.detail);
         if k3s::State::try_from(k.state).is_err() {

@@ -58,6 +58,66 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
+/// A daily maintenance window in UTC, `HH:MM-HH:MM` (it may span midnight: `22:00-06:00`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    /// Minutes after midnight UTC.
+    pub start: u32,
+    pub end: u32,
+}
+
+const DAY_MS: i64 = 24 * 3600 * 1000;
+
+impl std::str::FromStr for Window {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Window, String> {
+        let bad = || format!("{:?} is not a window like 22:00-06:00 (HH:MM-HH:MM, UTC)", crate::text::excerpt(s, 40));
+        let minutes = |t: &str| -> Option<u32> {
+            let (h, m) = t.trim().split_once(':')?;
+            let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+            (h < 24 && m < 60 && t.trim().len() == 5).then_some(h * 60 + m)
+        };
+        let (a, b) = s.split_once('-').ok_or_else(bad)?;
+        let w = Window { start: minutes(a).ok_or_else(bad)?, end: minutes(b).ok_or_else(bad)? };
+        if w.start == w.end {
+            return Err(format!("window {s}: start and end are the same; leave the window out to run at any time"));
+        }
+        Ok(w)
+    }
+}
+
+impl std::fmt::Display for Window {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} UTC", self.spec())
+    }
+}
+
+impl Window {
+    /// `HH:MM-HH:MM`, as it is parsed.
+    pub fn spec(&self) -> String {
+        format!("{:02}:{:02}-{:02}:{:02}", self.start / 60, self.start % 60, self.end / 60, self.end % 60)
+    }
+
+    fn minute_of(ms: i64) -> u32 {
+        (ms.rem_euclid(DAY_MS) / 60_000) as u32
+    }
+
+    pub fn contains(&self, ms: i64) -> bool {
+        let m = Window::minute_of(ms);
+        if self.start < self.end { (self.start..self.end).contains(&m) } else { m >= self.start || m < self.end }
+    }
+
+    /// The next time (unix ms) the window opens at or after `ms` (`ms` itself when it is open).
+    pub fn next_open(&self, ms: i64) -> i64 {
+        if self.contains(ms) {
+            return ms;
+        }
+        let day = ms - ms.rem_euclid(DAY_MS);
+        let today = day + i64::from(self.start) * 60_000;
+        if today > ms { today } else { today + DAY_MS }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,5 +139,21 @@ mod tests {
         assert_eq!(relative(300_000, 0), "5 min ago");
         assert_eq!(relative(0, 500), "now");
         assert_eq!(relative(0, 3 * 86_400_000), "in 3 d");
+    }
+
+    #[test]
+    fn windows_span_midnight_and_say_when_they_open() {
+        use super::Window;
+        let w: Window = "22:00-06:00".parse().unwrap();
+        let at = |h: i64, m: i64| 3 * super::DAY_MS + h * 3_600_000 + m * 60_000;
+        assert!(w.contains(at(23, 0)) && w.contains(at(5, 59)) && !w.contains(at(6, 0)) && !w.contains(at(12, 0)));
+        assert_eq!(w.next_open(at(12, 0)), at(22, 0));
+        assert_eq!(w.next_open(at(23, 30)), at(23, 30));
+        let d: Window = "09:00-17:00".parse().unwrap();
+        assert_eq!(d.next_open(at(18, 0)), at(24 + 9, 0));
+        assert_eq!(d.to_string(), "09:00-17:00 UTC");
+        for bad in ["9-17", "25:00-01:00", "10:00-10:00", "10:00", "1\u{1b}:00-02:00"] {
+            assert!(bad.parse::<Window>().is_err(), "{bad}");
+        }
     }
 }

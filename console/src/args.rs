@@ -132,10 +132,68 @@ pub enum Command {
         #[arg(long)]
         server: Option<String>,
     },
+    /// Agent rollouts: a signed agentd release put on the servers a selector matches, as a fan-out job
+    /// (canary, batches, failure threshold, maintenance window); each server installs it beside the running
+    /// one and rolls back by itself if the new one does not reconnect and report healthy. Admin.
+    #[command(subcommand)]
+    Rollout(RolloutCmd),
     /// The action catalog: names, required role, arguments.
     Actions,
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCmd {
+    /// Start one: `outpost rollout start agentd 0.2.0 --on plan:pro --canary 2 --batch 50
+    /// --max-failure-rate 5% --window 22:00-06:00`. Follows it with a progress bar; Ctrl-C aborts it.
+    Start(RolloutStartArgs),
+    /// The fleet's agentd versions and each server's latest update (phase, and why one failed).
+    Status {
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Start no further batch of a rollout (updates under way finish).
+    Pause { job: String },
+    /// Let a paused rollout go on.
+    Resume { job: String },
+    /// Stop a rollout: no further batch; servers already updating finish or roll back by themselves.
+    Abort { job: String },
+}
+
+/// What a rollout installs.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Component {
+    Agentd,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RolloutStartArgs {
+    /// What to roll out (agentd).
+    #[arg(value_enum)]
+    pub component: Component,
+    /// The release version (`hubd release list` shows what the hub has).
+    pub version: String,
+    /// Which servers (as for `run --on`).
+    #[arg(long = "on", value_name = "SELECTOR")]
+    pub on: String,
+    /// Servers updated first, alone, as a canary batch.
+    #[arg(long, default_value_t = 0)]
+    pub canary: u32,
+    /// Servers per batch.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub batch: u32,
+    /// Stop after a batch when failed/finished exceeds this: 0.05 or 5%. Default 0: stop at any failure.
+    #[arg(long, default_value = "0", value_parser = parse_rate)]
+    pub max_failure_rate: f64,
+    /// Start batches only inside this daily window, HH:MM-HH:MM in UTC.
+    #[arg(long, value_name = "HH:MM-HH:MM")]
+    pub window: Option<String>,
+    /// Install a version older than the running one.
+    #[arg(long)]
+    pub allow_downgrade: bool,
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -169,6 +227,9 @@ pub struct RunArgs {
     /// Queue commands for offline servers for this long (e.g. 10m) instead of refusing them.
     #[arg(long, value_parser = outpost_common::parse_duration)]
     pub queue: Option<Duration>,
+    /// Start batches only inside this daily maintenance window, HH:MM-HH:MM in UTC (e.g. 22:00-06:00).
+    #[arg(long, value_name = "HH:MM-HH:MM")]
+    pub window: Option<String>,
     /// Confirm a destructive action without a prompt: the server name (one target) or the target count.
     #[arg(long, value_name = "NAME|COUNT")]
     pub yes: Option<String>,

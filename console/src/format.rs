@@ -189,3 +189,15 @@ pub fn current_step(j: &pb::LifecycleJob) -> String {
         None => "-".into(),
     }
 }
+
+/// An agent's update phase for people (`committed` is `healthy`: it reconnected and reported).
+pub fn update_phase(u: &outpost_proto::v1::UpdateStatus) -> &'static str {
+    match u.phase.as_str() {
+        "downloading" => "downloading",
+        "staged" => "restarting",
+        "trying" => "on probation",
+        "committed" => "healthy",
+        "rolled_back" => "rolled back",
+        _ => "unknown",
+    }
+}

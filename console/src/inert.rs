@@ -39,6 +39,11 @@ pub fn server(s: &mut Server) {
         if let Some(k) = &mut h.k3s {
             fix(&mut k.detail);
         }
+        if let Some(u) = &mut h.update {
+            for f in [&mut u.phase, &mut u.from_version, &mut u.to_version, &mut u.reason] {
+                fix(f);
+            }
+        }
     }
     // The hub refuses unsafe text in an apps report; this is the console's own guard, as for every field.
     if let Some(a) = &mut s.apps {

@@ -18,6 +18,7 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<String> {
         Some(Command::Run(a)) => cmd::run::run(&load_bundle(cli)?, a).await,
         Some(Command::Audit(a)) => cmd::run::audit(&load_bundle(cli)?, a).await,
         Some(Command::Actions) => Ok(cmd::run::catalog()),
+        Some(Command::Rollout(c)) => cmd::rollout::rollout(&load_bundle(cli)?, c).await,
         Some(Command::Silence { matchers, duration, comment }) => {
             cmd::alerts::silence(&load_bundle(cli)?, matchers, duration, comment).await
         }

@@ -365,7 +365,69 @@ async fn bad_builds_roll_back_by_themselves_and_bad_releases_are_refused_in_word
     assert!(res.message.contains("interrupted during its probation"), "{}", res.message);
     let before = seqs(&hub).await;
     all_on(&hub, &all, v, &before).await;
+
+    // From the command line: where the fleet stands, as the agents report it.
+    let bundle = d.join("bundle");
+    hub.bundle("ann", Role::Admin).write(&bundle).unwrap();
+    let outpost = |args: &[&str]| {
+        let out = Command::new(bin("outpost")).arg("--bundle").arg(&bundle).args(args).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    };
+    let (ok, status) = outpost(&["rollout", "status"]);
+    assert!(ok, "{status}");
+    assert!(status.contains(&format!("{v:<14}       4   100%")), "every server back on {v}:\n{status}");
+    for why in
+        ["exited with status 3 before it was committed", "was killed by signal 9", "interrupted during its probation"]
+    {
+        assert!(status.contains(why), "{why:?} not in:\n{status}");
+    }
+    assert!(status.contains("rolled back"), "{status}");
+
+    // A rollout outside its maintenance window waits, paused it says so, resumed it waits for the window
+    // again, aborted it ends with nothing run.
+    let now_min = (outpost_common::now_ms() / 60_000 % 1440) as u32;
+    let (start, end) = ((now_min + 120) % 1440, (now_min + 180) % 1440);
+    let window = format!("{:02}:{:02}-{:02}:{:02}", start / 60, start % 60, end / 60, end % 60);
+    let mut req = update("0.1.3", Selector { names: vec!["a".into(), "b".into()], ..Default::default() }, 0, 1, 0.0);
+    req.window = window.clone();
+    let mut stream = client.run_action(req).await.unwrap().into_inner();
+    let (plan, p) = next_waiting(&mut stream).await;
+    let job_id = plan.expect("the plan comes first");
+    assert!(p.waiting.contains(&format!("waiting for its maintenance window {window} UTC")), "{p:?}");
+    assert_eq!(p.succeeded + p.running, 0, "nothing started outside the window: {p:?}");
+    let (ok, out) = outpost(&["rollout", "pause", &job_id]);
+    assert!(ok && out.contains("paused"), "{out}");
+    let p = next_waiting(&mut stream).await.1;
+    assert!(p.waiting.contains("paused by an operator"), "{p:?}");
+    let (ok, out) = outpost(&["rollout", "resume", &job_id]);
+    assert!(ok, "{out}");
+    let p = next_waiting(&mut stream).await.1;
+    assert!(p.waiting.contains("maintenance window"), "resumed, it waits for its window again: {p:?}");
+    let (ok, out) = outpost(&["rollout", "abort", &job_id]);
+    assert!(ok && out.contains("aborted"), "{out}");
+    let p = next_waiting(&mut stream).await.1;
+    assert!(p.finished && p.skipped == 2 && p.succeeded == 0, "{p:?}");
+    let (ok, out) = outpost(&["rollout", "pause", &job_id]);
+    assert!(!ok && out.contains("no running job"), "{out}");
     drop(agents);
+}
+
+/// The next progress event of a job that waits (or ends), and the job's id if its plan came before it.
+async fn next_waiting(
+    stream: &mut tonic::Streaming<outpost_proto::v1::JobEvent>,
+) -> (Option<String>, outpost_proto::v1::JobProgress) {
+    let mut plan = None;
+    loop {
+        let m = tokio::time::timeout(harness::WAIT, stream.message()).await.unwrap().unwrap().expect("job events");
+        match m.event {
+            Some(outpost_proto::v1::job_event::Event::Plan(p)) => plan = Some(p.job_id),
+            Some(outpost_proto::v1::job_event::Event::Progress(p)) if !p.waiting.is_empty() || p.finished => {
+                return (plan, p);
+            }
+            _ => {}
+        }
+    }
 }
 
 fn names_of(server: &str) -> Selector {

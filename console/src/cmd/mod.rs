@@ -3,6 +3,7 @@
 
 pub mod alerts;
 pub mod lifecycle;
+pub mod rollout;
 pub mod run;
 pub mod usage;
 

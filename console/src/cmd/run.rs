@@ -44,6 +44,10 @@ pub fn request(a: &RunArgs) -> anyhow::Result<(pb::RunActionRequest, Selector)> 
         deadline_ms,
         queue_secs: a.queue.map(|q| q.as_secs().min(u64::from(u32::MAX)) as u32).unwrap_or(0),
         confirm: a.yes.clone().unwrap_or_default(),
+        window: match &a.window {
+            Some(w) => w.parse::<outpost_common::when::Window>().map_err(|e| anyhow::anyhow!("--window: {e}"))?.spec(),
+            None => String::new(),
+        },
     };
     Ok((req, sel))
 }
@@ -182,6 +186,9 @@ pub async fn run(bundle: &Bundle, a: &RunArgs) -> anyhow::Result<String> {
                 }
             }
             Event::Progress(p) => {
+                if !p.waiting.is_empty() && p.waiting != last.waiting && matches!(a.output, Output::Table) {
+                    eprintln!("{}job {job_id} waits: {}", if tty { "\r\x1b[2K" } else { "" }, inert(&p.waiting));
+                }
                 if tty {
                     eprint!("\r\x1b[2K{}", bar(&p));
                 }
@@ -223,7 +230,7 @@ fn event_json(e: &Event) -> serde_json::Value {
             "output": t.output, "result": t.result.as_ref().map(result)}),
         Event::Progress(p) => serde_json::json!({"type": "progress", "total": p.total, "succeeded": p.succeeded,
             "failed": p.failed, "running": p.running, "pending": p.pending, "skipped": p.skipped,
-            "finished": p.finished, "stopped": p.stopped}),
+            "finished": p.finished, "stopped": p.stopped, "waiting": p.waiting}),
     }
 }
 

@@ -189,6 +189,29 @@ impl FleetTable {
         self.counts
     }
 
+    /// The servers the filter matches by agentd version, newest first, and those reporting an update (under
+    /// way first, then rolled back, then committed; by name within each).
+    pub fn rollouts(&self) -> (Vec<(String, usize)>, Vec<(&Server, &outpost_proto::v1::UpdateStatus)>) {
+        let shown: Vec<&Server> = self.servers.values().filter(|s| self.filter.matches(s, status_word(s))).collect();
+        let mut versions: std::collections::BTreeMap<String, usize> = Default::default();
+        for s in &shown {
+            *versions
+                .entry(if s.agent_version.is_empty() { "unknown".into() } else { s.agent_version.clone() })
+                .or_default() += 1;
+        }
+        let mut versions: Vec<(String, usize)> = versions.into_iter().collect();
+        versions.sort_by_key(|(v, _)| std::cmp::Reverse(outpost_common::release::parse_version(v)));
+        let rank = |p: &str| match p {
+            "committed" => 2,
+            "rolled_back" => 1,
+            _ => 0,
+        };
+        let mut updates: Vec<(&Server, &outpost_proto::v1::UpdateStatus)> =
+            shown.into_iter().filter_map(|s| s.health.as_ref()?.update.as_ref().map(|u| (s, u))).collect();
+        updates.sort_by(|a, b| rank(&a.1.phase).cmp(&rank(&b.1.phase)).then(a.0.name.cmp(&b.0.name)));
+        (versions, updates)
+    }
+
     /// Every app of every server the filter matches: (server, app), failing apps first, then by server and app.
     pub fn apps(&self) -> Vec<(&Server, &outpost_proto::v1::AppState)> {
         let mut out: Vec<(&Server, &outpost_proto::v1::AppState)> = self

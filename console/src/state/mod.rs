@@ -54,6 +54,8 @@ pub enum Screen {
     Alerts,
     /// A customer's month of usage against the plan (`:usage`).
     Usage,
+    /// Agent rollouts: the fleet's agentd versions and each server's update (`:rollouts`).
+    Rollouts,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -145,9 +147,10 @@ pub enum Request {
     },
 }
 
-pub const COMMANDS: [(&str, &str); 12] = [
+pub const COMMANDS: [(&str, &str); 13] = [
     ("servers", "the fleet view"),
     ("apps", "every app on every server (the fleet filter applies), failing first"),
+    ("rollouts", "agentd versions across the fleet and each server's update: phase, and why one rolled back"),
     ("alerts", "the hub's alerts, firing first (the fleet filter is:alert shows servers that need a look)"),
     ("usage", "usage [CUSTOMER [YYYY-MM]]: a customer's month against the plan, with its cost"),
     ("audit", "the audit log"),
@@ -469,9 +472,13 @@ impl App {
                 }
             }
             Action::Back => match self.screen {
-                Screen::Job | Screen::Audit | Screen::Apps | Screen::Queue | Screen::Alerts | Screen::Usage => {
-                    self.screen = Screen::Fleet
-                }
+                Screen::Job
+                | Screen::Audit
+                | Screen::Apps
+                | Screen::Queue
+                | Screen::Alerts
+                | Screen::Usage
+                | Screen::Rollouts => self.screen = Screen::Fleet,
                 Screen::App(..) => self.screen = Screen::Apps,
                 Screen::QueueJob(_) => self.screen = Screen::Queue,
                 Screen::Server(_) => {
@@ -527,6 +534,10 @@ impl App {
             "audit" => self.open_audit(),
             "apps" => {
                 self.screen = Screen::Apps;
+                self.detail = None;
+            }
+            "rollouts" => {
+                self.screen = Screen::Rollouts;
                 self.detail = None;
             }
             "job" if self.job.is_some() => self.screen = Screen::Job,

@@ -37,6 +37,7 @@ pub fn render(frame: &mut Frame, app: &mut App, now_ms: i64, theme: Theme) {
         Screen::QueueJob(id) => queue::render_queue_job(frame, app, id, body, theme),
         Screen::Alerts => queue::render_alerts(frame, app, body, now_ms, theme),
         Screen::Usage => usage::render(frame, app, body, theme),
+        Screen::Rollouts => render_rollouts(frame, app, body, now_ms, theme),
     }
     render_footer(frame, app, footer, theme);
     match &app.mode {
@@ -126,7 +127,7 @@ fn render_footer(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
                 }
                 Screen::Queue => " q quit  esc back  j/k move  enter open  r refresh  ? help  : command",
                 Screen::QueueJob(_) => " q quit  esc back  ? help  : command",
-                Screen::Alerts | Screen::Usage => " q quit  esc back  r refresh  ? help  : command",
+                Screen::Alerts | Screen::Usage | Screen::Rollouts => " q quit  esc back  r refresh  ? help  : command",
             }),
         },
     };
@@ -173,6 +174,7 @@ pub fn render_all_for_test(app: &mut App, width: u16, height: u16) -> Vec<(&'sta
         ("apps", Screen::Apps),
         ("jobs", Screen::Queue),
         ("alerts", Screen::Alerts),
+        ("rollouts", Screen::Rollouts),
     ];
     if let Some(name) = first {
         screens.push(("server", Screen::Server(name)));
@@ -189,6 +191,61 @@ pub fn render_all_for_test(app: &mut App, width: u16, height: u16) -> Vec<(&'sta
             (label, text)
         })
         .collect()
+}
+
+/// `:rollouts`: the agentd versions of the servers the fleet filter matches (a bar each), and every server
+/// reporting an update: under way first, then rolled back (with why), then healthy.
+fn render_rollouts(frame: &mut Frame, app: &App, area: Rect, now_ms: i64, theme: Theme) {
+    use ratatui::layout::{Constraint, Layout};
+    use ratatui::widgets::{Block, Row, Table};
+    let (versions, updates) = app.fleet.rollouts();
+    let total: usize = versions.iter().map(|(_, n)| n).sum::<usize>().max(1);
+    let top = (versions.len() as u16 + 2).min(area.height / 2).max(3);
+    let [vers, list] = Layout::vertical([Constraint::Length(top), Constraint::Min(3)]).areas(area);
+    let width = vers.width.saturating_sub(34) as usize;
+    let lines: Vec<Line> = versions
+        .iter()
+        .map(|(v, n)| {
+            let filled = n * width / total;
+            Line::from(format!(" {:<14} {:>6} {:>4}%  {}", v, n, n * 100 / total, "█".repeat(filled)))
+        })
+        .collect();
+    let title = format!(" rollouts · agentd versions of {} server(s) ", versions.iter().map(|(_, n)| n).sum::<usize>());
+    frame.render_widget(Paragraph::new(lines).block(Block::bordered().title(title)), vers);
+    let visible = list.height.saturating_sub(3) as usize;
+    let rows = updates.iter().take(visible).map(|(s, u)| {
+        let phase = crate::format::update_phase(u);
+        let row = Row::new([
+            s.name.clone(),
+            phase.to_string(),
+            format!("{} → {}", u.from_version, u.to_version),
+            ago(now_ms, u.at_ms),
+            u.reason.clone(),
+        ]);
+        match u.phase.as_str() {
+            "rolled_back" => row.style(theme.fg(Color::Red)),
+            "committed" => row,
+            _ => row.style(theme.fg(Color::Yellow)),
+        }
+    });
+    let under_way = updates.iter().filter(|(_, u)| !matches!(u.phase.as_str(), "committed" | "rolled_back")).count();
+    let rolled = updates.iter().filter(|(_, u)| u.phase == "rolled_back").count();
+    let title = format!(" updates · {under_way} under way · {rolled} rolled back (the last day) ");
+    let header = Row::new(["SERVER", "PHASE", "UPDATE", "WHEN", "WHY"])
+        .style(ratatui::style::Style::new().add_modifier(ratatui::style::Modifier::BOLD));
+    let table = Table::new(
+        rows,
+        [
+            Constraint::Length(18),
+            Constraint::Length(13),
+            Constraint::Length(17),
+            Constraint::Length(9),
+            Constraint::Min(20),
+        ],
+    )
+    .header(header)
+    .block(Block::bordered().title(title));
+    frame.render_widget(table, list);
 }
 
 /// `:apps`: every app on every server the fleet filter matches, failing first.

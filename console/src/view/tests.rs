@@ -585,3 +585,64 @@ fn the_usage_screen_against_the_plan_with_charts_and_cost() {
     app.usage.data.as_mut().unwrap().rows.clear();
     assert!(draw(&mut app, 200, 50).contains("no usage reported for acme in 2026-11"));
 }
+
+#[test]
+fn the_rollouts_screen_shows_versions_and_why_a_server_rolled_back() {
+    use outpost_proto::v1::UpdateStatus;
+    let mut app = fixture();
+    let update = |name: &str, version: &str, u: UpdateStatus| {
+        let mut s = app.fleet.server(name).cloned().unwrap();
+        s.agent_version = version.into();
+        s.health.get_or_insert_with(Default::default).update = Some(u);
+        FleetEvent { event: Some(fleet_event::Event::Upsert(s)) }
+    };
+    let events = [
+        update(
+            "srv-000",
+            "0.2.0",
+            UpdateStatus {
+                phase: "committed".into(),
+                from_version: "0.1.0".into(),
+                to_version: "0.2.0".into(),
+                reason: "agentd 0.2.0 committed 1.2 s after its start".into(),
+                at_ms: NOW - 120_000,
+            },
+        ),
+        update(
+            "srv-001",
+            "0.1.0",
+            UpdateStatus {
+                phase: "rolled_back".into(),
+                from_version: "0.1.0".into(),
+                to_version: "0.2.0".into(),
+                reason: "agentd 0.2.0 exited with status 3 before it was committed".into(),
+                at_ms: NOW - 60_000,
+            },
+        ),
+        update(
+            "srv-002",
+            "0.1.0",
+            UpdateStatus {
+                phase: "downloading".into(),
+                from_version: "0.1.0".into(),
+                to_version: "0.2.0".into(),
+                reason: String::new(),
+                at_ms: NOW,
+            },
+        ),
+    ];
+    for e in events {
+        app.apply(e, NOW);
+    }
+    app.screen = crate::state::Screen::Rollouts;
+    let text = draw(&mut app, 200, 50);
+    assert!(text.contains("0.2.0") && text.contains("1 under way · 1 rolled back"), "{text}");
+    let (under_way, rolled, healthy) = (
+        text.find("downloading   0.1.0 → 0.2.0").unwrap(),
+        text.find("rolled back   0.1.0 → 0.2.0").unwrap(),
+        text.find("healthy       0.1.0 → 0.2.0").unwrap(),
+    );
+    assert!(under_way < rolled && rolled < healthy, "under way first, then rolled back, then healthy:\n{text}");
+    assert!(text.contains("exited with status 3 before it was committed"), "{text}");
+    both("rollouts", &mut app);
+}

@@ -60,6 +60,8 @@ pub struct ActionRequest {
     pub queue_secs: u32,
     /// For a destructive action: the server name, or the number of targets.
     pub confirm: String,
+    /// A daily maintenance window (`HH:MM-HH:MM`, UTC) a batch must start in; empty: any time.
+    pub window: String,
 }
 
 /// The caller, as the audit log names it.
@@ -101,6 +103,8 @@ pub struct Progress {
     pub finished: bool,
     /// Why the job stopped early, if it did.
     pub stopped: String,
+    /// Why the next batch waits (paused, its window closed), while it does.
+    pub waiting: String,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -126,6 +130,7 @@ struct Job {
     queue: Option<Duration>,
     operator: String,
     audit_id: u64,
+    window: Option<outpost_common::when::Window>,
     /// Targets that succeeded / failed before this run (a job resumed after a restart): they count towards
     /// the failure threshold.
     succeeded_before: u32,
@@ -194,6 +199,8 @@ pub struct Actions {
     sealer: Arc<crate::seal::Sealer>,
     /// Where the agentd releases are (`agent-update` needs its version there).
     releases: std::sync::OnceLock<std::path::PathBuf>,
+    /// Running jobs an operator paused (true) or not: a paused job starts no further batch.
+    paused: Mutex<HashMap<String, tokio::sync::watch::Sender<bool>>>,
 }
 
 impl Actions {
@@ -217,6 +224,7 @@ impl Actions {
             hub: Default::default(),
             sealer,
             releases: Default::default(),
+            paused: Mutex::default(),
         }
     }
 
@@ -259,6 +267,16 @@ impl Actions {
 
     fn unregister(&self, id: &str) {
         self.live().remove(id);
+        self.pauses().remove(id);
+    }
+
+    fn pauses(&self) -> std::sync::MutexGuard<'_, HashMap<String, tokio::sync::watch::Sender<bool>>> {
+        self.paused.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Follows whether job `id` is paused.
+    fn pause_watch(&self, id: &str) -> tokio::sync::watch::Receiver<bool> {
+        self.pauses().entry(id.to_string()).or_insert_with(|| tokio::sync::watch::Sender::new(false)).subscribe()
     }
 
     /// Jobs running now.
@@ -286,6 +304,10 @@ impl Actions {
             let cancel = self.register(&id, spec.role)?;
             Ok((spec, targets, cancel))
         });
+        let window = match req.window.trim() {
+            "" => None,
+            w => w.parse().ok(), // checked in `check`
+        };
         let (spec, targets, cancel) = match checked {
             Ok(ok) => ok,
             Err(refusal) => {
@@ -325,6 +347,7 @@ impl Actions {
             queue: (req.queue_secs > 0).then(|| Duration::from_secs(u64::from(req.queue_secs))),
             operator: caller.name.clone(),
             audit_id,
+            window,
             succeeded_before: 0,
             failed_before: 0,
         };
@@ -410,6 +433,12 @@ impl Actions {
                 spec.name
             )));
         }
+        if !req.window.trim().is_empty() {
+            req.window
+                .trim()
+                .parse::<outpost_common::when::Window>()
+                .map_err(|e| HubError::Invalid(format!("window: {e}")))?;
+        }
         if req.batch as usize > MAX_BATCH {
             return Err(HubError::Invalid(format!("batch {} is over the limit of {MAX_BATCH}", req.batch)));
         }
@@ -482,6 +511,78 @@ impl Actions {
             t.cancel();
         }
         Ok(())
+    }
+}
+
+impl Actions {
+    /// Pauses (no further batch starts; running commands go on) or resumes a running job. Needs the role
+    /// of the job's action, as cancelling does; audited, refusals too.
+    pub async fn pause(&self, caller: &Caller, job_id: &str, paused: bool) -> Result<(), HubError> {
+        let verb = if paused { "pause" } else { "resume" };
+        let mut entry = AuditEntry {
+            operator: caller.name.clone(),
+            role: caller.role.to_string(),
+            kind: Kind::Pause,
+            action: verb.into(),
+            job_id: job_id.chars().take(64).collect(),
+            ..Default::default()
+        };
+        let running = self.live().get(job_id).map(|(_, role)| *role);
+        let refusal = match running {
+            None => Some(HubError::NotFound(format!(
+                "no running job {} on this hub (it finished, or never existed)",
+                outpost_common::text::excerpt(job_id, 64)
+            ))),
+            Some(need) if caller.role < need.max(Role::Support) => Some(HubError::Denied(format!(
+                "operator {} has role {}; to {verb} this job needs role {need}, as its action does",
+                caller.name, caller.role
+            ))),
+            Some(_) => None,
+        };
+        if let Some(refusal) = refusal {
+            entry.kind = Kind::Refused;
+            entry.outcome = audit::Outcome::Refused;
+            entry.message = refusal.to_string();
+            self.audit.append(entry).await?;
+            return Err(refusal);
+        }
+        self.audit.append(entry).await?;
+        self.pause_watch(job_id);
+        if let Some(tx) = self.pauses().get(job_id) {
+            tx.send_replace(paused);
+        }
+        Ok(())
+    }
+
+    /// Before a batch: why job `job` must wait (paused, or outside its maintenance window), if it must.
+    /// `paused` is the job's [`Actions::pause_watch`]: what it says is taken as seen.
+    fn held(&self, job: &Job, paused: &mut tokio::sync::watch::Receiver<bool>) -> Option<String> {
+        let now = outpost_common::now_ms();
+        if *paused.borrow_and_update() {
+            return Some(format!("paused by an operator; resume with `outpost rollout resume {}`", job.id));
+        }
+        let w = job.window.filter(|w| !w.contains(now))?;
+        Some(format!(
+            "waiting for its maintenance window {w}: the next batch starts at {}",
+            outpost_common::when::utc(w.next_open(now))
+        ))
+    }
+
+    /// Waits until what holds `job` may have changed: a pause or resume, the window opening, a cancel.
+    async fn hold_changed(
+        &self,
+        job: &Job,
+        cancel: &CancellationToken,
+        paused: &mut tokio::sync::watch::Receiver<bool>,
+    ) {
+        let now = outpost_common::now_ms();
+        let wake = job.window.map_or(now + 3_600_000, |w| w.next_open(now));
+        let sleep = Duration::from_millis((wake - now).clamp(1000, 3_600_000) as u64);
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = paused.changed() => {}
+            _ = tokio::time::sleep(sleep) => {}
+        }
     }
 }
 

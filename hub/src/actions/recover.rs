@@ -152,6 +152,7 @@ impl Actions {
                 queue: Some(until.saturating_duration_since(Instant::now())),
                 operator: r.operator,
                 audit_id: 0,
+                window: None,
                 succeeded_before: 0,
                 failed_before: 0,
             };
@@ -188,6 +189,7 @@ impl Actions {
                     queue: Some(p.queue_secs.map_or(RECONNECT_WAIT, Duration::from_secs).max(RECONNECT_WAIT)),
                     operator: p.operator,
                     audit_id: p.audit_id,
+                    window: p.window.parse().ok(),
                     succeeded_before: p.succeeded + succeeded,
                     failed_before: p.failed + failed,
                 };

@@ -64,6 +64,7 @@ impl Actions {
                 skipped: c.skipped,
                 finished,
                 stopped: stopped.to_string(),
+                waiting: String::new(),
             })
         };
         let stopping = || if self.rt.is_stopping() { "the hub shut down" } else { "cancelled" }.to_string();
@@ -79,7 +80,16 @@ impl Actions {
             );
         }
         let mut next = 0;
+        let mut paused = self.pause_watch(&job.id);
         for (bi, &size) in job.batches.iter().enumerate() {
+            while stopped.is_empty() && !cancel.is_cancelled() {
+                let Some(why) = self.held(&job, &mut paused) else { break };
+                if let JobEvent::Progress(mut p) = progress(&c, false, "") {
+                    p.waiting = why;
+                    tx.send(JobEvent::Progress(p)).await;
+                }
+                self.hold_changed(&job, &cancel, &mut paused).await;
+            }
             if cancel.is_cancelled() {
                 stopped = stopping();
             }
@@ -109,6 +119,7 @@ impl Actions {
                     succeeded: c.succeeded,
                     failed: c.failed,
                     hub: self.hub().to_string(),
+                    window: job.window.map(|w| w.spec()).unwrap_or_default(),
                 }))
             } else {
                 PlanUpdate::Done

@@ -102,6 +102,7 @@ pub fn job_event(e: JobEvent) -> pb::JobEvent {
             skipped: p.skipped,
             finished: p.finished,
             stopped: p.stopped,
+            waiting: p.waiting,
         }),
         JobEvent::Target(t) => Event::Target(pb::TargetEvent {
             server: t.server,
@@ -150,6 +151,7 @@ pub fn action_request(r: pb::RunActionRequest) -> ActionRequest {
         deadline_ms: r.deadline_ms,
         queue_secs: r.queue_secs,
         confirm: r.confirm,
+        window: r.window,
     }
 }
 

@@ -477,6 +477,13 @@ impl Operator for OperatorApi {
         Ok(Response::new(pb::CancelJobResponse {}))
     }
 
+    async fn pause_job(&self, req: Request<pb::PauseJobRequest>) -> Result<Response<pb::PauseJobResponse>, Status> {
+        let caller = self.caller(&req)?;
+        let r = req.into_inner();
+        self.actions.pause(&caller, &r.job_id, r.paused).await?;
+        Ok(Response::new(pb::PauseJobResponse {}))
+    }
+
     async fn query_audit(
         &self,
         req: Request<pb::QueryAuditRequest>,

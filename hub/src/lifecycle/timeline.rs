@@ -156,6 +156,7 @@ impl Lifecycle {
             deadline_ms: 0,
             queue_secs: 300,
             confirm: server.to_string(),
+            window: String::new(),
         };
         let mut events =
             self.actions.submit(&caller, req).await.map_err(|e| JobError::Fail(format!("{action}: {e}")))?;

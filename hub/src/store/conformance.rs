@@ -70,6 +70,7 @@ fn plan(targets: &[&str]) -> PlanRecord {
         succeeded: 1,
         failed: 0,
         hub: String::new(),
+        window: "22:00-06:00".into(),
     }
 }
 

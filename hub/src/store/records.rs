@@ -170,6 +170,9 @@ pub struct PlanRecord {
     /// The hub (replica id) running the job; empty on a store one hub owns.
     #[serde(default)]
     pub hub: String,
+    /// The job's maintenance window (`HH:MM-HH:MM`, UTC), if it has one.
+    #[serde(default)]
+    pub window: String,
 }
 
 /// What kind of event an audit record is.
@@ -184,6 +187,8 @@ pub enum Kind {
     /// One target's outcome.
     Result,
     Cancel,
+    /// A running job paused or resumed.
+    Pause,
     Token,
     Revoke,
     /// A lifecycle job queued or ended (provision, deprovision, ...).
@@ -199,6 +204,7 @@ impl Kind {
             Kind::Refused => "refused",
             Kind::Result => "result",
             Kind::Cancel => "cancel",
+            Kind::Pause => "pause",
             Kind::Token => "token",
             Kind::Revoke => "revoke",
             Kind::Job => "job",
