@@ -164,6 +164,9 @@ impl Default for FleetTable {
     }
 }
 
+/// A server and the update its agent reports.
+pub type ServerUpdate<'a> = (&'a Server, &'a outpost_proto::v1::UpdateStatus);
+
 impl FleetTable {
     pub fn server(&self, name: &str) -> Option<&Server> {
         self.servers.get(name)
@@ -191,7 +194,7 @@ impl FleetTable {
 
     /// The servers the filter matches by agentd version, newest first, and those reporting an update (under
     /// way first, then rolled back, then committed; by name within each).
-    pub fn rollouts(&self) -> (Vec<(String, usize)>, Vec<(&Server, &outpost_proto::v1::UpdateStatus)>) {
+    pub fn rollouts(&self) -> (Vec<(String, usize)>, Vec<ServerUpdate<'_>>) {
         let shown: Vec<&Server> = self.servers.values().filter(|s| self.filter.matches(s, status_word(s))).collect();
         let mut versions: std::collections::BTreeMap<String, usize> = Default::default();
         for s in &shown {
@@ -206,7 +209,7 @@ impl FleetTable {
             "rolled_back" => 1,
             _ => 0,
         };
-        let mut updates: Vec<(&Server, &outpost_proto::v1::UpdateStatus)> =
+        let mut updates: Vec<ServerUpdate<'_>> =
             shown.into_iter().filter_map(|s| s.health.as_ref()?.update.as_ref().map(|u| (s, u))).collect();
         updates.sort_by(|a, b| rank(&a.1.phase).cmp(&rank(&b.1.phase)).then(a.0.name.cmp(&b.0.name)));
         (versions, updates)
