@@ -315,7 +315,7 @@ async fn supervise(dir: &Path, mut state: UpdateState) -> Launch {
             status = child.wait() => {
                 let now = UpdateState::load(dir).ok().flatten();
                 let code = status.as_ref().ok().and_then(|s| s.code());
-                if committed || now.as_ref().is_some_and(|s| s.phase == Phase::Committed) {
+                if committed || now.as_ref().is_some_and(|s| proven(s, &state)) {
                     return match code {
                         Some(c) if c == i32::from(EXIT_RESTART) && !stopping => Launch::Exit(restart()),
                         Some(c) => Launch::Exit(c.clamp(0, 255) as u8),
@@ -332,7 +332,7 @@ async fn supervise(dir: &Path, mut state: UpdateState) -> Launch {
             _ = term.recv() => { stopping = true; forward(pid); }
             _ = int.recv() => { stopping = true; forward(pid); }
             _ = tick.tick(), if !committed => {
-                if UpdateState::load(dir).ok().flatten().is_some_and(|s| s.phase == Phase::Committed) {
+                if UpdateState::load(dir).ok().flatten().is_some_and(|s| proven(&s, &state)) {
                     committed = true;
                     tracing::info!("agentd {} is committed; agentd {VERSION} stays its parent until it exits", state.to);
                 } else if outpost_common::now_ms() > state.deadline_ms + KILL_GRACE.as_millis() as i64 {
@@ -347,6 +347,12 @@ async fn supervise(dir: &Path, mut state: UpdateState) -> Launch {
             }
         }
     }
+}
+
+/// Whether the update state `now` shows that the version on trial (`ours`) was committed: it says so, or
+/// it is already another update (only a committed version stages the next one).
+fn proven(now: &UpdateState, ours: &UpdateState) -> bool {
+    now.command_id != ours.command_id || now.phase == Phase::Committed
 }
 
 fn describe_exit(status: &std::io::Result<std::process::ExitStatus>) -> String {

@@ -69,3 +69,63 @@ async fn a_server_boots_its_user_data_under_real_cloud_init_and_systemd_and_enro
     assert_eq!(logs.result("nspawn").outcome, Outcome::Succeeded as i32, "{:?}", logs.result("nspawn"));
     assert!(logs.output["nspawn"].contains("outpost-agentd"), "journalctl's lines: {}", logs.output["nspawn"]);
 }
+
+/// The update path under real systemd: the old agentd exits to be restarted by its unit, the unit's start
+/// runs the new version on probation under the installed binary, a committed update stays; a build that
+/// crashes at start is rolled back and the previous version runs again, with nobody at the machine. The
+/// journal shows each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_update_under_systemd_restarts_by_the_unit_and_a_crashing_build_rolls_back() {
+    use crate::updates::Releases;
+    harness::host::test_host(&["root"]).expect("a Debian root for the test hosts");
+    let keys = tempfile::tempdir().unwrap();
+    let mut releases = Releases::new(keys.path(), std::path::Path::new("unset"));
+    let c = harness::cloud::cloud_on_test_hosts_with("ready_timeout_secs = 240", &Releases::hub_toml(&releases.public))
+        .await;
+    releases.hub_config = c.hub.dir.join("hubd.toml");
+    let b = releases.stamped("0.1.1");
+    releases.publish(&b, "0.1.1");
+    let crash = releases.script("crash", "echo 'agentd 0.1.3: cannot start' >&2\nexit 3");
+    releases.publish(&crash, "0.1.3");
+    let mut admin = c.hub.client(Role::Admin);
+    let id = admin.provision(provision_req("upd", "pro")).await.unwrap().into_inner().job.unwrap().id;
+    let job = wait_job(&mut admin, id, Duration::from_secs(300), is_final).await;
+    assert_eq!(job.state, "succeeded", "{job:#?}");
+    let host = c.machines.host("upd").expect("the server booted").expect("a machine");
+    let journal = || host.exec(&["journalctl", "-u", "outpost-agentd", "--no-pager", "-o", "cat"]).1;
+    let restarts = || host.exec(&["systemctl", "show", "-p", "NRestarts", "--value", "outpost-agentd"]).1;
+    let key_line = host.exec(&["grep", "-c", &releases.public, "/etc/outpost/agentd.toml"]).1;
+    assert_eq!(key_line.trim(), "1", "cloud-init pinned the hub's release key");
+
+    let job = run_job(&mut admin, action("agent-update", &["upd"], &[("version", "0.1.1")])).await;
+    let r = job.result("upd");
+    assert_eq!(r.outcome, Outcome::Succeeded as i32, "{r:?}\n{}\n{}", journal(), host.exec(&["journalctl", "--no-pager", "-n", "60"]).1);
+    assert!(r.message.starts_with("healthy: agentd 0.1.1 committed"), "{}", r.message);
+    watch_until(&mut c.hub.client(Role::Viewer), "upd on 0.1.1", |f| {
+        f.get("upd").is_some_and(|s| s.liveness == Liveness::Connected as i32 && s.agent_version == "0.1.1")
+    })
+    .await;
+    let j = journal();
+    assert!(j.contains("agentd stopped ended=Restart"), "the old agentd exited for its unit to restart it:\n{j}");
+    assert!(j.contains("agentd 0.1.1 started on probation; agentd 0.1.0 watches it"), "{j}");
+    assert!(j.contains("update committed"), "{j}");
+    assert_eq!(restarts().trim(), "1", "systemd restarted the unit once");
+    assert_eq!(host.exec(&["systemctl", "is-active", "outpost-agentd"]).1.trim(), "active");
+
+    let job = run_job(&mut admin, action("agent-update", &["upd"], &[("version", "0.1.3")])).await;
+    let r = job.result("upd");
+    assert_eq!(r.outcome, Outcome::Failed as i32, "{r:?}\n{}", journal());
+    assert!(
+        r.message.contains("rolled back to agentd 0.1.1: agentd 0.1.3 exited with status 3 before it was committed"),
+        "{}",
+        r.message
+    );
+    watch_until(&mut c.hub.client(Role::Viewer), "upd back on 0.1.1", |f| {
+        f.get("upd").is_some_and(|s| s.liveness == Liveness::Connected as i32 && s.agent_version == "0.1.1")
+    })
+    .await;
+    let j = journal();
+    assert!(j.contains("agentd 0.1.3: cannot start"), "the bad build's own words are in the journal:\n{j}");
+    assert!(j.contains("update rolled back"), "{j}");
+    assert_eq!(host.exec(&["systemctl", "is-active", "outpost-agentd"]).1.trim(), "active");
+}

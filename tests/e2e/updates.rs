@@ -21,16 +21,17 @@ fn run(cmd: &mut Command) -> (bool, String) {
 }
 
 /// A release workshop: the release keys, this build's agentd stripped, and the hub's `release add`.
-struct Releases {
+pub(crate) struct Releases {
     dir: PathBuf,
-    public: String,
+    pub(crate) public: String,
     stripped: PathBuf,
-    hub_config: PathBuf,
+    /// The hubd.toml `release add` runs with.
+    pub(crate) hub_config: PathBuf,
     arch: &'static str,
 }
 
 impl Releases {
-    fn new(dir: &Path, hub_config: &Path) -> Releases {
+    pub(crate) fn new(dir: &Path, hub_config: &Path) -> Releases {
         tool("minisign");
         let keygen = |name: &str| {
             let (p, s) = (dir.join(format!("{name}.pub")), dir.join(format!("{name}.key")));
@@ -54,7 +55,7 @@ impl Releases {
     }
 
     /// This build with its version stamped as `version` (five characters, like 0.1.0).
-    fn stamped(&self, version: &str) -> PathBuf {
+    pub(crate) fn stamped(&self, version: &str) -> PathBuf {
         assert_eq!(version.len(), env!("CARGO_PKG_VERSION").len());
         let bytes = std::fs::read(&self.stripped).unwrap();
         let (from, to) = (env!("CARGO_PKG_VERSION").as_bytes(), version.as_bytes());
@@ -76,7 +77,7 @@ impl Releases {
     }
 
     /// A script standing in for a bad build.
-    fn script(&self, name: &str, body: &str) -> PathBuf {
+    pub(crate) fn script(&self, name: &str, body: &str) -> PathBuf {
         self.file(name, format!("#!/bin/sh\n{body}\n").as_bytes())
     }
 
@@ -102,7 +103,7 @@ impl Releases {
     }
 
     /// Signs and stores `file` as release `version` on the hub.
-    fn publish(&self, file: &Path, version: &str) {
+    pub(crate) fn publish(&self, file: &Path, version: &str) {
         self.sign(file, version, self.arch, "release");
         let (ok, out) =
             run(Command::new(bin("hubd")).arg("--config").arg(&self.hub_config).args(["release", "add"]).arg(file));
@@ -119,7 +120,7 @@ impl Releases {
         std::fs::copy(format!("{}.minisig", file.display()), store.join(format!("{name}.minisig"))).unwrap();
     }
 
-    fn hub_toml(public: &str) -> String {
+    pub(crate) fn hub_toml(public: &str) -> String {
         format!("[releases]\npublic_keys = [\"{public}\"]\nzstd_level = 3\n")
     }
 

@@ -265,8 +265,16 @@ pub async fn cloud_with(extra: &str, lifecycle: &str, clock: Option<&std::path::
 /// As [`cloud`], whose servers are machines booted by real systemd running real cloud-init on the
 /// user-data as rendered ([`crate::host`]); K3s's installer is the suite's stand-in, on the image.
 pub async fn cloud_on_test_hosts(extra: &str) -> Cloud<crate::host::HostMachines> {
+    cloud_on_test_hosts_with(extra, "").await
+}
+
+/// [`cloud_on_test_hosts`] with more sections of hubd.toml (`[releases]`, …) after the others.
+pub async fn cloud_on_test_hosts_with(extra: &str, sections: &str) -> Cloud<crate::host::HostMachines> {
     let extra = format!("k3s_installer = \"file://{}\"\n{extra}", crate::host::K3S_INSTALLER);
-    cloud_of(&extra, "", None, |dir, kube| crate::host::HostMachines::new(&dir.join("hosts"), &kube.kubeconfig)).await
+    cloud_of(&extra, &format!("\n{sections}"), None, |dir, kube| {
+        crate::host::HostMachines::new(&dir.join("hosts"), &kube.kubeconfig)
+    })
+    .await
 }
 
 async fn cloud_of<M: Machines + 'static>(
