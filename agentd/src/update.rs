@@ -854,6 +854,31 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// GETs `path` from the hub on `channel` and counts its bytes, keeping none (the fleet simulator's download).
+pub async fn fetch_len(channel: &mut tonic::transport::Channel, path: &str) -> Result<u64, String> {
+    let mut sink = Discard(0);
+    download(channel, path, None, &mut sink, outpost_common::release::MAX_BINARY).await.map_err(|e| match e {
+        Fetch::NotFound => format!("{path}: not found"),
+        Fetch::Broken(e) => e,
+    })
+}
+
+struct Discard(u64);
+
+impl DownloadSink for Discard {
+    fn put(&mut self, data: &[u8]) -> Result<(), String> {
+        self.0 += data.len() as u64;
+        Ok(())
+    }
+    fn len(&self) -> u64 {
+        self.0
+    }
+    fn restart(&mut self) -> Result<(), String> {
+        self.0 = 0;
+        Ok(())
+    }
+}
+
 /// Where a download goes: memory (the signature) or a file.
 trait DownloadSink {
     fn put(&mut self, data: &[u8]) -> Result<(), String>;

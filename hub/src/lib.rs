@@ -256,7 +256,8 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     let artifacts_dir = config.artifacts_dir();
     let artifacts = Arc::new(
         lifecycle::artifacts::Artifacts::scan(&artifacts_dir)
-            .map_err(|error| StartError::DataDir { path: artifacts_dir.display().to_string(), error })?,
+            .map_err(|error| StartError::DataDir { path: artifacts_dir.display().to_string(), error })?
+            .counting_into(metrics.artifact_bytes()),
     );
     let clock = lifecycle::Clock::from_env();
     let pins = lifecycle::provision::HubPins {

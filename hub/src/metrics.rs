@@ -36,6 +36,7 @@ pub struct Metrics {
     usage_dropped: Counter,
     alert_flaps_damped: Counter,
     usage_resets: Counter,
+    artifact_bytes: Counter,
 }
 
 fn latency() -> Histogram {
@@ -71,6 +72,7 @@ impl Metrics {
             usage_dropped: Counter::default(),
             alert_flaps_damped: Counter::default(),
             usage_resets: Counter::default(),
+            artifact_bytes: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("reports_stored", "Health and apps reports stored durably", m.reports_stored.clone());
@@ -136,6 +138,11 @@ impl Metrics {
             "Usage counters that went down and were taken as resets",
             m.usage_resets.clone(),
         );
+        registry.register(
+            "artifact_bytes_served",
+            "Bytes of agentd binaries and releases sent (whole or ranged; the compressed form when asked for)",
+            m.artifact_bytes.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -182,6 +189,11 @@ impl Metrics {
 
     pub fn usage_reset(&self) {
         self.usage_resets.inc();
+    }
+
+    /// What the artifact server counts the bytes it sends into.
+    pub fn artifact_bytes(&self) -> Counter {
+        self.artifact_bytes.clone()
     }
 
     /// (usage samples dropped, usage counter resets) so far.

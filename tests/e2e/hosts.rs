@@ -76,7 +76,7 @@ async fn a_server_boots_its_user_data_under_real_cloud_init_and_systemd_and_enro
 /// journal shows each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_update_under_systemd_restarts_by_the_unit_and_a_crashing_build_rolls_back() {
-    use crate::updates::Releases;
+    use harness::releases::Releases;
     harness::host::test_host(&["root"]).expect("a Debian root for the test hosts");
     let keys = tempfile::tempdir().unwrap();
     let mut releases = Releases::new(keys.path(), std::path::Path::new("unset"));
@@ -99,7 +99,13 @@ async fn an_update_under_systemd_restarts_by_the_unit_and_a_crashing_build_rolls
 
     let job = run_job(&mut admin, action("agent-update", &["upd"], &[("version", "0.1.1")])).await;
     let r = job.result("upd");
-    assert_eq!(r.outcome, Outcome::Succeeded as i32, "{r:?}\n{}\n{}", journal(), host.exec(&["journalctl", "--no-pager", "-n", "60"]).1);
+    assert_eq!(
+        r.outcome,
+        Outcome::Succeeded as i32,
+        "{r:?}\n{}\n{}",
+        journal(),
+        host.exec(&["journalctl", "--no-pager", "-n", "60"]).1
+    );
     assert!(r.message.starts_with("healthy: agentd 0.1.1 committed"), "{}", r.message);
     watch_until(&mut c.hub.client(Role::Viewer), "upd on 0.1.1", |f| {
         f.get("upd").is_some_and(|s| s.liveness == Liveness::Connected as i32 && s.agent_version == "0.1.1")

@@ -6,6 +6,7 @@ pub mod boundaries;
 pub mod cloud;
 pub mod host;
 pub mod hostile;
+pub mod releases;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -30,8 +30,9 @@ pub struct Artifacts {
     by: BTreeMap<(String, String), Artifact>,
     /// Where they are (releases added later are found there).
     dir: PathBuf,
-    /// Bytes of artifacts sent (the body, whole or ranged), since the start.
-    served: std::sync::atomic::AtomicU64,
+    /// Bytes of artifacts sent (the body, whole or ranged), since the start: the hub's
+    /// `outpost_artifact_bytes_served` metric.
+    served: prometheus_client::metrics::counter::Counter,
 }
 
 fn valid_version(v: &str) -> bool {
@@ -112,7 +113,12 @@ impl Artifacts {
     }
 
     pub fn bytes_served(&self) -> u64 {
-        self.served.load(std::sync::atomic::Ordering::Relaxed)
+        self.served.get()
+    }
+
+    /// Counts the bytes sent into `counter` (a metric) from now on.
+    pub fn counting_into(self, counter: prometheus_client::metrics::counter::Counter) -> Artifacts {
+        Artifacts { served: counter, ..self }
     }
 }
 
@@ -154,7 +160,7 @@ async fn serve(
         }
     }
     let from = start.unwrap_or(0);
-    a.served.fetch_add(size - from, std::sync::atomic::Ordering::Relaxed);
+    a.served.inc_by(size - from);
     // Streamed from the file: a hundred servers fetching a 20 MB binary at once must not hold it a hundred
     // times in memory. What was taken is checked by the taker (the installer against the SHA-256 in its
     // user-data, agentd against the release signature).

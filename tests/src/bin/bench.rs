@@ -131,6 +131,20 @@ enum Cmd {
         #[arg(long, default_value_t = 200)]
         runs: u32,
     },
+    /// An agentd rollout (`agent-update` as a fan-out job) over N agents, R of them real agentd and the rest
+    /// simulated (they download the release's compressed form from the hub as agentd does, then reconnect
+    /// with the new version): time to the whole fleet, bytes the hub served, hubd's CPU and peak RSS; then a
+    /// build that crashes at start on one real agent: the time from its start to the rollback.
+    Rollout {
+        #[arg(long, default_value_t = 1000)]
+        agents: u32,
+        #[arg(long, default_value_t = 20)]
+        real: u32,
+        #[arg(long, default_value_t = 100)]
+        batch: u32,
+        #[arg(long, default_value = "10s")]
+        interval: String,
+    },
     /// The client half of `echo` (started by it).
     #[command(hide = true)]
     EchoClient {
@@ -279,6 +293,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Replicas { agents, interval, minutes, replicas: n, runs } => {
             replicas(tmp.path(), (agents, n), &interval, minutes, runs).await
         }
+        Cmd::Rollout { agents, real, batch, interval } => rollout(tmp.path(), (agents, real), batch, &interval).await,
         Cmd::Echo { streams, interval, seconds } => echo::server(tmp.path(), streams, &interval, seconds).await,
         Cmd::EchoClient { addr, dir, streams, interval, seconds } => {
             echo::client(&addr, &dir, streams, &interval, seconds).await
@@ -1439,4 +1454,160 @@ async fn replicas(root: &Path, (agents, n): (u32, u32), interval: &str, minutes:
     }
     sim.kill().await?;
     Ok(())
+}
+
+async fn rollout(root: &Path, (agents, real): (u32, u32), batch: u32, interval: &str) -> anyhow::Result<()> {
+    use outpost_proto::v1::{RunActionRequest, Selector, job_event::Event};
+    anyhow::ensure!(real >= 1 && real <= agents, "--real must be 1..=--agents");
+    let releases = harness::releases::Releases::new(
+        &std::fs::create_dir_all(root.join("rel")).map(|()| root.join("rel"))?,
+        &root.join("hub/hubd.toml"),
+    );
+    let config = format!("{BENCH_HUB}\n{}", harness::releases::Releases::hub_toml_level(&releases.public, 19));
+    let hub = HubProc::start(&root.join("hub"), harness::free_port(), &config).await;
+    let hub_pid = hub.child.id().ok_or_else(|| anyhow::anyhow!("hubd has no pid"))?;
+    let t = Instant::now();
+    let b = releases.stamped("0.1.1");
+    releases.publish(&b, "0.1.1");
+    let raw = std::fs::metadata(&b)?.len();
+    let zst = std::fs::metadata(root.join(format!("hub/data/artifacts/agentd-0.1.1-{}.zst", releases.arch)))?.len();
+    println!(
+        "release: this build's agentd stripped, {:.1} MB, {:.1} MB compressed (zstd -19, `hubd release add` took {:.1} s)",
+        raw as f64 / 1e6,
+        zst as f64 / 1e6,
+        t.elapsed().as_secs_f64()
+    );
+    let crash = releases.script("crash", "exit 3");
+    releases.publish(&crash, "0.1.3");
+    let (mut sim, _ops) = start_fleet(&hub, root, agents - real, interval, &["--concurrency", "64"]).await?;
+    let mut real_agents = Vec::new();
+    let extra = format!(
+        "{}report_interval_ms = 2000\nupdate_probation_secs = 120\n",
+        releases.agent_toml().replace("update_probation_secs = 10\n", "")
+    );
+    for i in 0..real {
+        let name = format!("real-{i:02}");
+        let token = harness::create_token(&mut hub.client(Role::Admin), &name).await;
+        real_agents.push(harness::AgentProc::start(root, &name, &token, &extra));
+    }
+    harness::watch_until_for(&mut hub.client(Role::Viewer), "every agent connected", Duration::from_secs(600), |f| {
+        f.values().filter(|s| harness::liveness(s) == Liveness::Connected).count() == agents as usize
+    })
+    .await;
+    let served = |hub: &HubProc| -> anyhow::Result<f64> {
+        let out = std::process::Command::new("curl").args(["-s", &format!("{}/metrics", hub.admin)]).output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix("outpost_artifact_bytes_served_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0))
+    };
+    let served_before = served(&hub)?;
+    let start = sample(hub_pid);
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(start.rss_kib));
+    let watch = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                peak.fetch_max(sample(hub_pid).rss_kib, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+    };
+    let req = RunActionRequest {
+        action: "agent-update".into(),
+        args: [("version".to_string(), "0.1.1".to_string())].into(),
+        selector: Some(Selector { all: true, ..Default::default() }),
+        batch,
+        max_failure_rate: 0.05,
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let mut stream = hub.client(Role::Admin).run_action(req).await?.into_inner();
+    let mut last = None;
+    let mut failures = Vec::new();
+    while let Some(e) = stream.message().await? {
+        match e.event {
+            Some(Event::Progress(p)) => last = Some(p),
+            Some(Event::Target(te)) => {
+                if let Some(r) = te.result.filter(|r| r.outcome != outpost_proto::v1::Outcome::Succeeded as i32) {
+                    failures.push(format!("{}: {}", te.server, r.message));
+                }
+            }
+            _ => {}
+        }
+    }
+    let took = t.elapsed().as_secs_f64();
+    let end = sample(hub_pid);
+    watch.abort();
+    let p = last.unwrap_or_default();
+    let bytes = served(&hub)? - served_before;
+    let cpu = (end.ticks - start.ticks) as f64 / clk_tck() / took * 100.0;
+    println!(
+        "rollout of {agents} agents ({real} real agentd) in batches of {batch}: {took:.1} s; {} succeeded, {} failed{}",
+        p.succeeded,
+        p.failed,
+        if failures.is_empty() { String::new() } else { format!(" (first: {})", failures[0]) }
+    );
+    println!(
+        "hub served {:.1} MB for it ({:.2} MB per agent; the binary is {:.1} MB), hubd CPU {cpu:.0}% of one core on average, peak RSS {:.0} MiB (it was {:.0} MiB before)",
+        bytes / 1e6,
+        bytes / 1e6 / f64::from(agents),
+        raw as f64 / 1e6,
+        peak.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0,
+        start.rss_kib as f64 / 1024.0
+    );
+    // A build that crashes at start, on one real agent: from the new binary's start to the previous one
+    // running again (the agent's own log), and the whole job.
+    let t = Instant::now();
+    let mut req2 = RunActionRequest {
+        action: "agent-update".into(),
+        args: [("version".to_string(), "0.1.3".to_string())].into(),
+        selector: Some(Selector { names: vec!["real-00".into()], ..Default::default() }),
+        max_failure_rate: 1.0,
+        ..Default::default()
+    };
+    req2.batch = 1;
+    let job = harness::run_job(&mut hub.client(Role::Admin), req2).await;
+    let r = job.result("real-00");
+    let log = strip_ansi(&std::fs::read_to_string(root.join("real-00/agentd.log"))?);
+    let stamp = |needle: &str| -> Option<f64> {
+        let line = log.lines().rfind(|l| l.contains(needle))?;
+        let ts = line.split_whitespace().next()?;
+        let t = ts.get(11..ts.len().saturating_sub(1))?; // HH:MM:SS.ffffff
+        let mut parts = t.split(':');
+        let (h, m, s): (f64, f64, f64) =
+            (parts.next()?.parse().ok()?, parts.next()?.parse().ok()?, parts.next()?.parse().ok()?);
+        Some(h * 3600.0 + m * 60.0 + s)
+    };
+    let rolled = match (stamp("started on probation"), stamp("agentd running")) {
+        (Some(a), Some(b)) if b >= a => format!("{:.0} ms", (b - a) * 1000.0),
+        _ => "not found in the log".into(),
+    };
+    println!(
+        "a build that crashes at start: rolled back {rolled} after its start ({:.1} s for the whole job: download, verify, restart, rollback, answer): {}",
+        t.elapsed().as_secs_f64(),
+        r.message
+    );
+    sim.kill().await?;
+    Ok(())
+}
+
+/// `text` without terminal colour sequences (ESC [ … m).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

@@ -245,6 +245,10 @@ async fn agent(
     }
     let mut metrics = harness::SimHealth::new(u64::from(i));
     let mut seq = 0u64;
+    // An `agent-update` is simulated as the agent does it: the release downloaded from the hub (bytes
+    // counted, not kept), the stream closed, a new one opened with the new version, and the command answered.
+    let mut version = agentd::VERSION.to_string();
+    let mut updated: Option<String> = None;
     let mut attempt = 0;
     let started = std::time::Instant::now();
     while !stop.is_cancelled() {
@@ -263,9 +267,23 @@ async fn agent(
         let (tx, rx) = mpsc::channel(64);
         let _ = tx
             .send(AgentMessage {
-                body: Some(agent_message::Body::Hello(Hello { last_seq: seq, ..Default::default() })),
+                body: Some(agent_message::Body::Hello(Hello {
+                    last_seq: seq,
+                    agent_version: version.clone(),
+                    ..Default::default()
+                })),
             })
             .await;
+        if let Some(id) = updated.take() {
+            let result = CommandResult {
+                outcome: Outcome::Succeeded as i32,
+                message: format!("healthy: agentd {version} (simulated)"),
+                ..Default::default()
+            };
+            let u = CommandUpdate { command_id: id, result: Some(result), ..Default::default() };
+            let _ = tx.send(AgentMessage { body: Some(agent_message::Body::CommandUpdate(u)) }).await;
+        }
+        let mut download = channel.clone();
         let session = async {
             let mut inbound = AgentLinkClient::new(channel).connect(ReceiverStream::new(rx)).await?.into_inner();
             let _live = Live::new(&stats);
@@ -317,6 +335,24 @@ async fn agent(
                             Some(hub_message::Body::Ack(_)) => { stats.acked.fetch_add(1, Ordering::Relaxed); }
                             // A simulated agent answers every command at once (no journal, nothing runs):
                             // enough to measure the hub's relay path; the real agent is in the e2e tests.
+                            Some(hub_message::Body::Command(c)) if c.action == "agent-update" && c.args.get("version") != Some(&version) => {
+                                let to = c.args.get("version").cloned().unwrap_or_default();
+                                let path = format!("/artifacts/agentd/{to}/{}.zst", std::env::consts::ARCH);
+                                match agentd::update::fetch_len(&mut download, &path).await {
+                                    Ok(_) => {
+                                        version = to;
+                                        updated = Some(c.command_id);
+                                        return Err(tonic::Status::unavailable("restarting into the update"));
+                                    }
+                                    Err(e) => {
+                                        let result = CommandResult { outcome: Outcome::Failed as i32, message: e, ..Default::default() };
+                                        let u = CommandUpdate { command_id: c.command_id, result: Some(result), started: true, ..Default::default() };
+                                        if tx.send(AgentMessage { body: Some(agent_message::Body::CommandUpdate(u)) }).await.is_err() {
+                                            return Err(tonic::Status::cancelled("stream closed"));
+                                        }
+                                    }
+                                }
+                            }
                             Some(hub_message::Body::Command(c)) => {
                                 let result = CommandResult { outcome: Outcome::Succeeded as i32, message: "simulated".into(), ..Default::default() };
                                 let u = CommandUpdate { command_id: c.command_id, output: format!("{name}\n"), result: Some(result), started: true };
