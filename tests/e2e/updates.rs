@@ -190,6 +190,38 @@ async fn bad_builds_roll_back_by_themselves_and_bad_releases_are_refused_in_word
     let res = job.result("a");
     assert_eq!(res.outcome, Outcome::Refused as i32, "{res:?}");
     assert!(res.message.contains(&format!("older than the running {v}")), "{}", res.message);
+    // The version-skew rule with two builds: an agent of the previous minor (0.0.9) against this hub, and
+    // this build against the data the old one wrote (its instance database and outbox), after an update.
+    let old_dir = d.join("agents/old");
+    std::fs::create_dir_all(&old_dir).unwrap();
+    std::fs::write(old_dir.join("join-token"), hub.token("old").await).unwrap();
+    std::fs::write(
+        old_dir.join("agentd.toml"),
+        format!(
+            "data_dir = \"{0}/data\"\ntoken_file = \"{0}/join-token\"\nreport_interval_ms = 200\nbackoff_initial_ms = 100\nbackoff_max_ms = 1000\n{1}",
+            old_dir.display(),
+            r.agent_toml()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(old_dir.join("agentd.log")).unwrap();
+    let _old = tokio::process::Command::new(&older)
+        .arg("--config")
+        .arg(old_dir.join("agentd.toml"))
+        .env("OUTPOST_AGENTD_BASE", &older)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let old = vec!["old".to_string()];
+    all_on(&hub, &old, "0.0.9", &BTreeMap::new()).await;
+    let current = r.stamped(v);
+    r.publish(&current, v);
+    let job = harness::run_job(&mut client, update(v, names_of("old"), 0, 0, 1.0)).await;
+    let res = job.result("old");
+    assert_eq!(res.outcome, Outcome::Succeeded as i32, "{res:?}");
+    let before = seqs(&hub).await;
+    all_on(&hub, &old, v, &before).await;
     let e = client.run_action(update("0.2.0", names_of("a"), 0, 0, 1.0)).await.unwrap_err();
     assert!(e.message().contains("newer than this hub") && e.message().contains("upgrade the hub first"), "{e}");
     let e = client.run_action(update("0.1.9", names_of("a"), 0, 0, 1.0)).await.unwrap_err();
@@ -262,7 +294,8 @@ async fn bad_builds_roll_back_by_themselves_and_bad_releases_are_refused_in_word
     };
     let (ok, status) = outpost(&["rollout", "status"]);
     assert!(ok, "{status}");
-    assert!(status.contains(&format!("{v:<14}       4   100%")), "every server back on {v}:\n{status}");
+    assert!(status.contains(&format!("{v:<14}       5   100%")), "every server on {v}:\n{status}");
+    assert!(status.contains(&format!("healthy       0.0.9 → {v}")), "{status}");
     for why in
         ["exited with status 3 before it was committed", "was killed by signal 9", "interrupted during its probation"]
     {
