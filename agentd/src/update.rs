@@ -733,12 +733,13 @@ pub async fn stage(
         answered: false,
         at_ms: 0,
     };
-    state.save(dir).map_err(failed)?;
     out.line(&format!(
         "phase: restarting into agentd {version}; it is committed once it reconnects, replays its outbox and has a health report acknowledged within {} s, else agentd {VERSION} comes back",
         config.update_probation_secs
     ))
     .await;
+    // Nothing awaits after this: a cancel or deadline that stops `stage` leaves it staged or not, never half.
+    state.save(dir).map_err(failed)?;
     Ok(Staged::Ready(format!("staged agentd {version}")))
 }
 

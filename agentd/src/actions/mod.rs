@@ -257,7 +257,13 @@ impl Runner {
                 let mut r = if cancel.is_cancelled() {
                     result(Outcome::Cancelled, -1, "cancelled before it started") // replaced below when stopping
                 } else if let Action::AgentUpdate { version, allow_downgrade } = &action {
-                    match crate::update::stage(ctx.config, &id, version, *allow_downgrade, &mut ctx.out).await {
+                    // The download is bounded by the command's deadline and its cancel, however the hub trickles.
+                    let staged = tokio::select! {
+                        r = crate::update::stage(ctx.config, &id, version, *allow_downgrade, &mut ctx.out) => r,
+                        _ = cancel.cancelled() => Err((Outcome::Cancelled, "cancelled before the release was staged; nothing was swapped".into())),
+                        _ = tokio::time::sleep_until(deadline.into()) => Err((Outcome::TimedOut, "the deadline passed before the release was staged; nothing was swapped (a new update resumes the download)".into())),
+                    };
+                    match staged {
                         Ok(crate::update::Staged::Ready(what)) => {
                             // Answered by the agent that runs after the restart (`update::unanswered`).
                             tracing::info!(%what, "restarting into the update");

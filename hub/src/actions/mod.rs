@@ -327,6 +327,9 @@ impl Actions {
         entry.servers = targets.clone();
         entry.job_id = id.clone();
         entry.message = format!("{} target(s), batch {batch}, canary {}", targets.len(), req.canary);
+        if let Some(w) = window {
+            entry.message.push_str(&format!(", window {w}"));
+        }
         // Durable before anything is dispatched.
         let audit_id = match self.audit.append(entry).await {
             Ok(id) => id,
