@@ -586,8 +586,9 @@ pub enum Staged {
 
 /// Stalls longer than this break a download (it resumes where it stopped).
 const STALL: Duration = Duration::from_secs(60);
-/// Attempts per hub address before the next one.
-const ATTEMPTS: u32 = 4;
+/// Attempts per hub address before the next one, with backoff between them (a hub restarting meanwhile is
+/// back within them).
+const ATTEMPTS: u32 = 6;
 
 /// `agent-update`: downloads `version` from the hub (zstd-compressed when the hub has it, resuming a broken
 /// transfer with a range request), verifies it against the pinned release keys, its version, this machine's
@@ -604,12 +605,12 @@ pub async fn stage(
     use outpost_proto::v1::Outcome;
     let refused = |m: String| (Outcome::Refused, m);
     let failed = |m: String| (Outcome::Failed, m);
+    if version == VERSION {
+        return Ok(Staged::Current(format!("healthy: agentd {VERSION} already runs here")));
+    }
     let keys: Vec<PublicKey> = config.release_keys.iter().filter_map(|k| PublicKey::parse(k).ok()).collect();
     if keys.is_empty() {
         return Err(refused("no release key is pinned on this agent (release_keys in agentd.toml, written by cloud-init from the hub's [releases] public_keys): it installs no update".into()));
-    }
-    if version == VERSION {
-        return Ok(Staged::Current(format!("healthy: agentd {VERSION} already runs here")));
     }
     if !allow_downgrade && newer(VERSION, version) {
         return Err(refused(format!(
@@ -658,7 +659,20 @@ pub async fn stage(
                 }
                 Err(Fetch::Broken(e)) => {
                     last_error = format!("{}: {e}", addr.url);
-                    out.line(&format!("download interrupted ({last_error}); resuming (attempt {})", attempt + 2)).await;
+                    if attempt + 1 < ATTEMPTS {
+                        let wait = outpost_common::backoff::full_jitter(
+                            attempt + 1,
+                            Duration::from_millis(500),
+                            Duration::from_secs(15),
+                        );
+                        out.line(&format!(
+                            "download interrupted ({last_error}); resuming in {} ms (attempt {} of {ATTEMPTS})",
+                            wait.as_millis(),
+                            attempt + 2
+                        ))
+                        .await;
+                        tokio::time::sleep(wait).await;
+                    }
                 }
             }
         }

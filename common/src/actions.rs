@@ -638,6 +638,7 @@ mod tests {
                 let v = match arg.kind {
                     ArgKind::Argv => "[\"true\"]",
                     ArgKind::Count { .. } => "1",
+                    ArgKind::Version => "0.2.0",
                     ArgKind::AppSpec => {
                         "name = \"web\"\nimage = \"nginx\"\nport = 80\n[repo]\nurl = \"https://github.com/a/b.git\"\n"
                     }

@@ -291,6 +291,8 @@ async fn every_catalog_action_works_in_the_demo() {
         ("k3s-status", vec![], "node demo-node: Ready"),
         ("instance-export", vec![], "\"format\":\"outpost-instance-export/1\""),
         ("app-remove", vec![("app", "hello")], ""),
+        // The version it runs: nothing to download (the demo pins no release key; a rollout is in updates.rs).
+        ("agent-update", vec![("version", env!("CARGO_PKG_VERSION"))], ""),
     ];
     assert_eq!(
         cases.iter().map(|c| c.0).collect::<std::collections::BTreeSet<_>>().len(),

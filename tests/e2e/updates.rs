@@ -209,6 +209,7 @@ async fn bad_builds_roll_back_by_themselves_and_bad_releases_are_refused_in_word
         .arg("--config")
         .arg(old_dir.join("agentd.toml"))
         .env("OUTPOST_AGENTD_BASE", &older)
+        .stdout(std::process::Stdio::null())
         .stderr(log)
         .kill_on_drop(true)
         .spawn()

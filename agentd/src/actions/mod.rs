@@ -249,7 +249,7 @@ impl Runner {
                     config: &runner.inner.config,
                     apps: runner.inner.apps.clone(),
                     operator: operator.clone(),
-                    out: Output::new(&id, runner.inner.updates.clone(), credit, cancel.clone(), deadline, &action),
+                    out: Output::new(&id, runner.inner.updates.clone(), credit.clone(), cancel.clone(), deadline, &action),
                     cancel: cancel.clone(),
                     deadline,
                     renew: runner.inner.renew.clone(),
@@ -268,8 +268,11 @@ impl Runner {
                             // Answered by the agent that runs after the restart (`update::unanswered`).
                             tracing::info!(%what, "restarting into the update");
                             ctx.out.finish().await;
-                            runner.commands().running.remove(&id);
                             runner.flush_updates().await;
+                            // Its phases reach the operator before the restart: the hub has passed every byte
+                            // of output on once all the credit is back (bounded: output is not worth a stall).
+                            let _ = tokio::time::timeout(Duration::from_secs(3), credit.settled()).await;
+                            runner.commands().running.remove(&id);
                             runner.inner.restart.cancel();
                             return;
                         }

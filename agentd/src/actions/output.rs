@@ -59,6 +59,17 @@ impl Credit {
         }
     }
 
+    /// Resolves once the hub has passed on everything sent (the whole window is back); at once without flow
+    /// control.
+    pub async fn settled(&self) {
+        let window = self.window.load(Ordering::Relaxed);
+        if window == 0 {
+            return;
+        }
+        // Every permit at once, then given back.
+        let _all = self.sem.acquire_many(window as u32).await;
+    }
+
     async fn take(&self, n: usize) {
         if self.window.load(Ordering::Relaxed) == 0 {
             return;
