@@ -1008,6 +1008,17 @@ mod tests {
     }
 
     #[test]
+    fn a_watcher_takes_a_commit_or_a_newer_update_as_proof() {
+        let ours = state(Phase::Trying);
+        assert!(!proven(&ours, &ours));
+        assert!(proven(&UpdateState { phase: Phase::Committed, ..ours.clone() }, &ours));
+        assert!(!proven(&UpdateState { phase: Phase::RolledBack, ..ours.clone() }, &ours));
+        // The committed version staged the next update before the watcher looked.
+        let next = UpdateState { command_id: "d".into(), phase: Phase::Staged, ..ours.clone() };
+        assert!(proven(&next, &ours));
+    }
+
+    #[test]
     fn a_database_migrated_by_a_rolled_back_version_is_swapped_for_the_copy() {
         let dir = tempfile::tempdir().unwrap();
         drop(crate::instance::InstanceDb::open(&dir.path().join("instance.db")).unwrap());

@@ -48,6 +48,15 @@ async fn all_on(hub: &HubProc, names: &[String], version: &str, min_seq: &BTreeM
     .await;
 }
 
+/// A hub in `d/hub` that trusts a fresh release key, and the workshop that signs with it.
+async fn hub_with_releases(d: &Path) -> (HubProc, Releases) {
+    let rel_dir = d.join("releases");
+    std::fs::create_dir_all(&rel_dir).unwrap();
+    let releases = Releases::new(&rel_dir, &d.join("hub/hubd.toml"));
+    let hub = HubProc::start(&d.join("hub"), harness::free_port(), &Releases::hub_toml(&releases.public)).await;
+    (hub, releases)
+}
+
 async fn seqs(hub: &HubProc) -> BTreeMap<String, u64> {
     let mut client = hub.client(Role::Admin);
     harness::watch_until(&mut client, "a fleet", |_| true).await.into_iter().map(|(n, s)| (n, s.last_seq)).collect()
@@ -58,11 +67,8 @@ async fn a_rollout_updates_twenty_agents_in_canary_and_batches_and_resumes_after
     harness::init();
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let rel_dir = d.join("releases");
-    std::fs::create_dir_all(&rel_dir).unwrap();
-    let hub_dir = d.join("hub");
-    let releases = Releases::new(&rel_dir, &hub_dir.join("hubd.toml"));
-    let mut hub = HubProc::start(&hub_dir, harness::free_port(), &Releases::hub_toml(&releases.public)).await;
+    let (mut hub, releases) = hub_with_releases(d).await;
+    let hub_dir = hub.dir.clone();
     let b = releases.stamped("0.1.1");
     releases.publish(&b, "0.1.1");
     let c = releases.stamped("0.1.2");
@@ -123,11 +129,8 @@ async fn bad_builds_roll_back_by_themselves_and_bad_releases_are_refused_in_word
     harness::init();
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let rel_dir = d.join("releases");
-    std::fs::create_dir_all(&rel_dir).unwrap();
-    let hub_dir = d.join("hub");
-    let r = Releases::new(&rel_dir, &hub_dir.join("hubd.toml"));
-    let hub = HubProc::start(&hub_dir, harness::free_port(), &Releases::hub_toml(&r.public)).await;
+    let (hub, r) = hub_with_releases(d).await;
+    let hub_dir = hub.dir.clone();
     let base = bin("agentd");
     // Crashes at start; starts but never reaches the hub; reaches the hub but never reports; hangs.
     let crash = r.script("crash", "echo 'agentd 0.1.3: cannot start' >&2\nexit 3");
