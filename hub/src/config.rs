@@ -24,6 +24,9 @@ pub struct HubConfig {
     /// Extra DNS names / IPs for the hub's server certificate (the advertise host, localhost and 127.0.0.1
     /// are always included).
     pub tls_names: Vec<String>,
+    /// How long the hub's own serving certificate is valid (issued at start, renewed two thirds into its
+    /// life while the hub runs). Default 90 days.
+    pub server_cert_validity_secs: u64,
     /// Where the store and the CA live.
     pub data_dir: PathBuf,
     /// Rolling log files go here when set.
@@ -252,6 +255,7 @@ impl Default for HubConfig {
             listen: "0.0.0.0:7443".parse().expect("valid literal"),
             advertise: None,
             tls_names: Vec::new(),
+            server_cert_validity_secs: 90 * 86_400,
             data_dir: PathBuf::from("/var/lib/outpost-hubd"),
             log_dir: None,
             ca: CaConfig::default(),
@@ -379,6 +383,12 @@ impl HubConfig {
             && let Err(e) = self.admin.bearer_token()
         {
             problems.push(e);
+        }
+        if !(10..=397 * 86_400).contains(&self.server_cert_validity_secs) {
+            problems.push(format!(
+                "server_cert_validity_secs: {} is outside 10..=34300800 (397 days)",
+                self.server_cert_validity_secs
+            ));
         }
         if !(1..=22).contains(&self.releases.zstd_level) {
             problems.push(format!("releases.zstd_level: {} is outside 1..=22", self.releases.zstd_level));

@@ -229,7 +229,31 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     names.extend(["localhost".into(), "127.0.0.1".into(), "::1".into()]);
     names.sort();
     names.dedup();
-    let (cert_chain, cert_key) = ca.issue_server(&names)?;
+    let validity = Duration::from_secs(config.server_cert_validity_secs);
+    let (cert_chain, cert_key) = ca.issue_server_for(&names, validity)?;
+    let tls = Arc::new(api::tls::ServerTls::new(&cert_chain, &cert_key, ca.cert_pem()).map_err(StartError::Tls)?);
+    {
+        // The serving certificate renewed two thirds into its life, while the hub runs; open connections
+        // keep theirs.
+        let (tls, ca, names) = (tls.clone(), ca.clone(), names.clone());
+        let every = (validity / 30).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+        rt.every("serving certificate renewal", every, move || {
+            let (tls, ca, names) = (tls.clone(), ca.clone(), names.clone());
+            async move {
+                if !tls.renewal_due(outpost_common::now_secs()) {
+                    return;
+                }
+                match ca
+                    .issue_server_for(&names, validity)
+                    .map_err(|e| e.to_string())
+                    .and_then(|(c, k)| tls.replace(&c, &k))
+                {
+                    Ok(()) => tracing::info!(not_after = tls.not_after(), "serving certificate renewed"),
+                    Err(error) => tracing::error!(%error, "cannot renew the serving certificate; trying again"),
+                }
+            }
+        });
+    }
 
     // Replicas: the commands of a replica that died are taken over by a live one (`replicas`), never
     // all of them by whichever starts.
@@ -351,9 +375,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     };
     let serve = api::serve(api::ServeParts {
         listener,
-        cert_chain,
-        cert_key,
-        ca_pem: ca.cert_pem().to_string(),
+        tls,
         agents: agents.clone(),
         operator,
         http: artifacts.router(),

@@ -9,6 +9,7 @@ pub mod convert;
 pub mod error;
 pub mod operator;
 pub mod peer;
+pub mod tls;
 
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use outpost_proto::v1::{
     agent_link_server::AgentLinkServer, enrollment_server::EnrollmentServer, operator_server::OperatorServer,
 };
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 /// HTTP/2 receive window per stream (the connection's is twice this): see `serve`.
 const STREAM_WINDOW: u32 = 64 * 1024;
@@ -28,11 +29,8 @@ const MAX_STREAMS: u32 = 100;
 /// What the hub's one port serves.
 pub struct ServeParts {
     pub listener: tokio::net::TcpListener,
-    /// The hub's own certificate chain and key (PEM).
-    pub cert_chain: String,
-    pub cert_key: String,
-    /// The fleet CA, which client certificates must chain to.
-    pub ca_pem: String,
+    /// The hub's certificate and the CA client certificates must chain to, replaceable while serving.
+    pub tls: std::sync::Arc<tls::ServerTls>,
     pub agents: agent_link::AgentApi,
     pub operator: operator::OperatorApi,
     /// Plain HTTP routes on the same port (the artifacts).
@@ -44,17 +42,8 @@ pub struct ServeParts {
 /// `shutdown`. Client certificates are optional at the TLS layer so that `Enroll` can share the port;
 /// every other RPC demands one (`auth`).
 pub fn serve(parts: ServeParts) -> Result<tokio::task::JoinHandle<Result<(), String>>, String> {
-    let ServeParts { listener, cert_chain: chain, cert_key: key, ca_pem, agents, operator, http, shutdown } = parts;
-    let ca_pem = ca_pem.as_str();
-    let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(chain, key))
-        .client_ca_root(Certificate::from_pem(ca_pem))
-        .client_auth_optional(true)
-        .timeout(Duration::from_secs(10));
+    let ServeParts { listener, tls, agents, operator, http, shutdown } = parts;
     let router = Server::builder()
-        .tls_config(tls)
-        .map_err(|e| e.to_string())?
-        .tcp_nodelay(true)
         // Push-back under overload: what an agent may send before the hub reads it is bounded per stream and
         // per connection (a report is ~100 bytes; 64 KiB is hundreds in flight). With hyper's defaults a hub
         // past its ingest ceiling buffered up to a MiB per agent and its memory grew without bound; with
@@ -86,11 +75,9 @@ pub fn serve(parts: ServeParts) -> Result<tokio::task::JoinHandle<Result<(), Str
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(64 << 20),
         );
-    // `tcp_nodelay` on the builder applies only to sockets tonic accepts itself, not to this stream: without
-    // it, Nagle plus delayed ACKs added ~40 ms to every small message (measured: action round trip 44 ms).
-    let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |s| {
-        s.and_then(|s| s.set_nodelay(true).map(|()| s))
-    });
+    // TLS is done by `tls::incoming` (its certificate can be replaced while the hub serves); tonic sees the
+    // TLS streams, so `Request::peer_certs` works as with its own TLS.
+    let incoming = tls::incoming(listener, tls, shutdown.clone());
     let serve = router.serve_with_incoming_shutdown(incoming, async move { shutdown.cancelled().await });
     Ok(tokio::spawn(async move { serve.await.map_err(|e| e.to_string()) }))
 }

@@ -214,8 +214,13 @@ impl FleetCa {
         Ok(Issued { chain_pem: format!("{}{}", cert.pem(), self.cert_pem), info })
     }
 
-    /// The hub's own server certificate (fresh key each start; the key never touches disk).
+    /// The hub's own server certificate (fresh key each start; the key never touches disk), for 90 days.
     pub fn issue_server(&self, names: &[String]) -> Result<(String, String), CaError> {
+        self.issue_server_for(names, SERVER_CERT_VALIDITY)
+    }
+
+    /// The hub's own server certificate for `validity` (a fresh key each time, never on disk).
+    pub fn issue_server_for(&self, names: &[String], validity: Duration) -> Result<(String, String), CaError> {
         let key = KeyPair::generate().map_err(|e| CaError::Sign(e.to_string()))?;
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(|e| CaError::Sign(e.to_string()))?;
         params.distinguished_name = DistinguishedName::new();
@@ -238,7 +243,7 @@ impl FleetCa {
         params.use_authority_key_identifier_extension = true;
         let now = OffsetDateTime::now_utc();
         params.not_before = now - BACKDATE;
-        params.not_after = now + SERVER_CERT_VALIDITY;
+        params.not_after = now + validity;
         params.serial_number = Some(random_serial());
         let cert = params.signed_by(&key, &self.issuer).map_err(|e| CaError::Sign(e.to_string()))?;
         Ok((format!("{}{}", cert.pem(), self.cert_pem), key.serialize_pem()))
