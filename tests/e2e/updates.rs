@@ -129,7 +129,7 @@ async fn bad_builds_roll_back_by_themselves_and_bad_releases_are_refused_in_word
     harness::init();
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let (hub, r) = hub_with_releases(d).await;
+    let (mut hub, r) = hub_with_releases(d).await;
     let hub_dir = hub.dir.clone();
     let base = bin("agentd");
     // Crashes at start; starts but never reaches the hub; reaches the hub but never reports; hangs.
@@ -333,6 +333,24 @@ async fn bad_builds_roll_back_by_themselves_and_bad_releases_are_refused_in_word
     assert!(p.finished && p.skipped == 2 && p.succeeded == 0, "{p:?}");
     let (ok, out) = outpost(&["rollout", "pause", &job_id]);
     assert!(!ok && out.contains("no running job"), "{out}");
+
+    // A pause survives a hub restart: the restarted hub resumes the job paused, and it can be resumed.
+    let mut req = update("0.1.3", Selector { names: vec!["a".into(), "b".into()], ..Default::default() }, 0, 1, 0.0);
+    req.window = window.clone();
+    let mut stream = client.run_action(req).await.unwrap().into_inner();
+    let (plan, _) = next_waiting(&mut stream).await;
+    let job_id = plan.expect("the plan comes first");
+    let (ok, out) = outpost(&["rollout", "pause", &job_id]);
+    assert!(ok, "{out}");
+    assert!(next_waiting(&mut stream).await.1.waiting.contains("paused by an operator"));
+    drop(stream);
+    hub.stop().await;
+    hub.restart().await;
+    harness::wait_for_file(&d.join("hub/hubd.log"), "the job was paused before the restart").await;
+    let (ok, out) = outpost(&["rollout", "resume", &job_id]);
+    assert!(ok && out.contains("resumed"), "the restarted hub runs the job: {out}");
+    let (ok, out) = outpost(&["rollout", "abort", &job_id]);
+    assert!(ok && out.contains("aborted"), "{out}");
     drop(agents);
 }
 

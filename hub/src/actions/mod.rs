@@ -554,6 +554,10 @@ impl Actions {
         if let Some(tx) = self.pauses().get(job_id) {
             tx.send_replace(paused);
         }
+        // Kept with the plan, so a restarted hub resumes the job paused (a job on its last batch has none).
+        if let Err(error) = self.store.set_plan_paused(job_id, paused).await {
+            tracing::error!(%error, job = %job_id, "cannot record the pause; a restart would resume the job unpaused");
+        }
         Ok(())
     }
 

@@ -193,6 +193,13 @@ impl Actions {
                     succeeded_before: p.succeeded + succeeded,
                     failed_before: p.failed + failed,
                 };
+                if p.paused {
+                    self.pause_watch(&job_id);
+                    if let Some(tx) = self.pauses().get(&job_id) {
+                        tx.send_replace(true);
+                    }
+                    tracing::info!(job = %job_id, "the job was paused before the restart: it waits to be resumed");
+                }
                 tracing::info!(remaining = job.targets.len(), "resuming the remaining batches of a job");
                 // `run` applies the failure threshold to the outcomes so far before each batch.
                 self.run(job, nobody, cancel).await;

@@ -81,9 +81,39 @@ impl Actions {
         }
         let mut next = 0;
         let mut paused = self.pause_watch(&job.id);
+        // The plan of the batches from `from` (targets from `at`) on, as the store keeps it.
+        let plan_from = |at: usize, from: usize, c: &Counts, paused: bool| PlanRecord {
+            action: job.action.clone(),
+            args: self.sealer.seal_args(&job.action, &job.args),
+            operator: job.operator.clone(),
+            audit_id: job.audit_id,
+            targets: job.targets[at..].to_vec(),
+            batches: job.batches[from..].to_vec(),
+            max_failure_rate: job.max_failure_rate,
+            run_for_ms: job.run_for.as_millis() as u64,
+            deadline_ms: job
+                .hard_deadline
+                .map(|h| outpost_common::now_ms() + h.saturating_duration_since(Instant::now()).as_millis() as i64),
+            queue_secs: job.queue.map(|q| q.as_secs()),
+            succeeded: c.succeeded,
+            failed: c.failed,
+            hub: self.hub().to_string(),
+            window: job.window.map(|w| w.spec()).unwrap_or_default(),
+            paused,
+        };
         for (bi, &size) in job.batches.iter().enumerate() {
+            let mut held_once = false;
             while stopped.is_empty() && !cancel.is_cancelled() {
                 let Some(why) = self.held(&job, &mut paused) else { break };
+                if !held_once && bi == 0 {
+                    // A job that waits before its first batch has no plan in the store yet: a restart meanwhile
+                    // would lose it. Its whole plan goes there now (no command with it).
+                    held_once = true;
+                    let plan = PlanUpdate::Remaining(Box::new(plan_from(next, bi, &c, *paused.borrow())));
+                    if let Err(error) = self.store.dispatch_batch(&job.id, &[], plan).await {
+                        tracing::error!(%error, job = %job.id, "cannot record the plan of a waiting job");
+                    }
+                }
                 if let JobEvent::Progress(mut p) = progress(&c, false, "") {
                     p.waiting = why;
                     tx.send(JobEvent::Progress(p)).await;
@@ -103,24 +133,7 @@ impl Actions {
             let ids: Vec<String> = batch.iter().map(|_| outpost_common::random_hex::<16>()).collect();
             // What is left after this batch goes to the store with the batch's pending records.
             let plan = if bi + 1 < job.batches.len() {
-                PlanUpdate::Remaining(Box::new(PlanRecord {
-                    action: job.action.clone(),
-                    args: self.sealer.seal_args(&job.action, &job.args),
-                    operator: job.operator.clone(),
-                    audit_id: job.audit_id,
-                    targets: job.targets[next..].to_vec(),
-                    batches: job.batches[bi + 1..].to_vec(),
-                    max_failure_rate: job.max_failure_rate,
-                    run_for_ms: job.run_for.as_millis() as u64,
-                    deadline_ms: job.hard_deadline.map(|h| {
-                        outpost_common::now_ms() + h.saturating_duration_since(Instant::now()).as_millis() as i64
-                    }),
-                    queue_secs: job.queue.map(|q| q.as_secs()),
-                    succeeded: c.succeeded,
-                    failed: c.failed,
-                    hub: self.hub().to_string(),
-                    window: job.window.map(|w| w.spec()).unwrap_or_default(),
-                }))
+                PlanUpdate::Remaining(Box::new(plan_from(next, bi + 1, &c, *paused.borrow())))
             } else {
                 PlanUpdate::Done
             };

@@ -36,6 +36,9 @@ pub trait Commands: Send + Sync {
     async fn pending_commands(&self) -> Result<Vec<(String, Result<PendingRecord, String>)>>;
     /// Every stored plan, by job id.
     async fn plans(&self) -> Result<Vec<(String, Result<PlanRecord, String>)>>;
+    /// Marks job `job_id`'s stored plan paused or not (a restarted hub keeps it so); `false` when it has
+    /// none (its last batch is under way).
+    async fn set_plan_paused(&self, job_id: &str, paused: bool) -> Result<bool>;
     /// Makes hub `to` the owner of every pending command and plan of hub `from` (a replica that died) and
     /// returns them. Atomic: of several hubs claiming at once, one gets each record.
     async fn claim_commands(&self, from: &str, to: &str) -> Result<Claimed>;

@@ -71,6 +71,7 @@ fn plan(targets: &[&str]) -> PlanRecord {
         failed: 0,
         hub: String::new(),
         window: "22:00-06:00".into(),
+        paused: false,
     }
 }
 
@@ -320,6 +321,13 @@ async fn commands_and_plans_end_with_their_audit_record(store: &dyn HubStore) {
     got.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(got, batch);
     assert_eq!(store.plans().await.unwrap(), vec![("j1".to_string(), Ok(plan(&["c", "d"])))]);
+    // Paused and resumed, the plan otherwise unchanged; a job without a plan says so.
+    assert!(store.set_plan_paused("j1", true).await.unwrap());
+    let paused = PlanRecord { paused: true, ..plan(&["c", "d"]) };
+    assert_eq!(store.plans().await.unwrap(), vec![("j1".to_string(), Ok(paused))]);
+    assert!(store.set_plan_paused("j1", false).await.unwrap());
+    assert_eq!(store.plans().await.unwrap(), vec![("j1".to_string(), Ok(plan(&["c", "d"])))]);
+    assert!(!store.set_plan_paused("nope", true).await.unwrap());
 
     let result =
         AuditEntry { kind: Kind::Result, command_id: "c1".into(), outcome: Outcome::Succeeded, ..Default::default() };

@@ -173,6 +173,9 @@ pub struct PlanRecord {
     /// The job's maintenance window (`HH:MM-HH:MM`, UTC), if it has one.
     #[serde(default)]
     pub window: String,
+    /// An operator paused the job: no further batch starts until resumed.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 /// What kind of event an audit record is.

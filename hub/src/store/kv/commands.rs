@@ -56,4 +56,13 @@ impl<E: Engine> Commands for KvStore<E> {
     async fn plans(&self) -> Result<Vec<(String, Result<PlanRecord, String>)>> {
         self.each_json(Tree::Plans)
     }
+
+    async fn set_plan_paused(&self, job_id: &str, paused: bool) -> Result<bool> {
+        let _queue = self.queue.lock().await;
+        let Some((_, p)) = self.all_json::<PlanRecord>(Tree::Plans)?.into_iter().find(|(id, _)| id == job_id) else {
+            return Ok(false);
+        };
+        self.commit(vec![put_json(Tree::Plans, job_id.as_bytes(), &PlanRecord { paused, ..p })]).await?;
+        Ok(true)
+    }
 }

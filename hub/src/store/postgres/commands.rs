@@ -97,4 +97,18 @@ impl Commands for PgStore {
     async fn plans(&self) -> Result<Vec<(String, Result<PlanRecord, String>)>> {
         self.each("SELECT job_id, record::text FROM plans ORDER BY job_id").await
     }
+
+    async fn set_plan_paused(&self, job_id: &str, paused: bool) -> Result<bool> {
+        self.in_tx(async |tx| {
+            let n = tx
+                .execute(
+                    "UPDATE plans SET record = jsonb_set(record, '{paused}', to_jsonb($2::bool)) WHERE job_id = $1",
+                    &[&job_id, &paused],
+                )
+                .await
+                .map_err(|e| self.err(e))?;
+            Ok(n > 0)
+        })
+        .await
+    }
 }
