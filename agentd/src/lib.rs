@@ -92,6 +92,7 @@ pub async fn run(
     outpost_common::private_dir(&config.data_dir)
         .map_err(|error| RunError::DataDir { path: config.data_dir.display().to_string(), error })?;
     let db = update::open_instance(&config.data_dir)
+        .await
         .map_err(|e| RunError::Store { path: store_dir.display().to_string(), error: e.to_string() })?;
     let outbox = outbox::Outbox::open(&db, config.outbox_max)
         .map_err(|e| RunError::Store { path: store_dir.display().to_string(), error: e.to_string() })?;

@@ -393,14 +393,14 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
 
 /// Opens the instance database; one written by a newer agentd that was rolled back is set aside and the copy
 /// from before the update opened instead (the new version migrated it before it failed).
-pub fn open_instance(dir: &Path) -> Result<crate::instance::InstanceDb, crate::instance::InstanceError> {
+pub async fn open_instance(dir: &Path) -> Result<crate::instance::InstanceDb, crate::instance::InstanceError> {
     let path = dir.join("instance.db");
     // An agentd that was just stopped (a watched child whose watcher died, a process being restarted) may
     // still hold the database's lock for a moment.
     let until = Instant::now() + Duration::from_secs(5);
     let mut opened = crate::instance::InstanceDb::open(&path);
     while matches!(opened, Err(crate::instance::InstanceError::Open { .. })) && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_millis(100)).await;
         opened = crate::instance::InstanceDb::open(&path);
     }
     match opened {
@@ -1018,8 +1018,8 @@ mod tests {
         assert!(proven(&next, &ours));
     }
 
-    #[test]
-    fn a_database_migrated_by_a_rolled_back_version_is_swapped_for_the_copy() {
+    #[tokio::test]
+    async fn a_database_migrated_by_a_rolled_back_version_is_swapped_for_the_copy() {
         let dir = tempfile::tempdir().unwrap();
         drop(crate::instance::InstanceDb::open(&dir.path().join("instance.db")).unwrap());
         snapshot(dir.path()).unwrap();
@@ -1027,9 +1027,9 @@ mod tests {
         // The handle's background flusher lets go of the file lock shortly after the drop.
         let deadline = Instant::now() + Duration::from_secs(10);
         let db = loop {
-            match open_instance(dir.path()) {
+            match open_instance(dir.path()).await {
                 Err(crate::instance::InstanceError::Open { .. }) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
+                    tokio::time::sleep(Duration::from_millis(20)).await
                 }
                 r => break r.unwrap(),
             }

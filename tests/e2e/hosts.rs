@@ -94,6 +94,12 @@ async fn an_update_under_systemd_restarts_by_the_unit_and_a_crashing_build_rolls
     let host = c.machines.host("upd").expect("the server booted").expect("a machine");
     let journal = || host.exec(&["journalctl", "-u", "outpost-agentd", "--no-pager", "-o", "cat"]).1;
     let restarts = || host.exec(&["systemctl", "show", "-p", "NRestarts", "--value", "outpost-agentd"]).1;
+    let on_b = async || {
+        watch_until(&mut c.hub.client(Role::Viewer), "upd connected on 0.1.1", |f| {
+            f.get("upd").is_some_and(|s| s.liveness == Liveness::Connected as i32 && s.agent_version == "0.1.1")
+        })
+        .await
+    };
     let key_line = host.exec(&["grep", "-c", &releases.public, "/etc/outpost/agentd.toml"]).1;
     assert_eq!(key_line.trim(), "1", "cloud-init pinned the hub's release key");
 
@@ -107,10 +113,7 @@ async fn an_update_under_systemd_restarts_by_the_unit_and_a_crashing_build_rolls
         host.exec(&["journalctl", "--no-pager", "-n", "60"]).1
     );
     assert!(r.message.starts_with("healthy: agentd 0.1.1 committed"), "{}", r.message);
-    watch_until(&mut c.hub.client(Role::Viewer), "upd on 0.1.1", |f| {
-        f.get("upd").is_some_and(|s| s.liveness == Liveness::Connected as i32 && s.agent_version == "0.1.1")
-    })
-    .await;
+    on_b().await;
     let j = journal();
     assert!(j.contains("agentd stopped ended=Restart"), "the old agentd exited for its unit to restart it:\n{j}");
     assert!(j.contains("agentd 0.1.1 started on probation; agentd 0.1.0 watches it"), "{j}");
@@ -126,10 +129,7 @@ async fn an_update_under_systemd_restarts_by_the_unit_and_a_crashing_build_rolls
         "{}",
         r.message
     );
-    watch_until(&mut c.hub.client(Role::Viewer), "upd back on 0.1.1", |f| {
-        f.get("upd").is_some_and(|s| s.liveness == Liveness::Connected as i32 && s.agent_version == "0.1.1")
-    })
-    .await;
+    on_b().await;
     let j = journal();
     assert!(j.contains("agentd 0.1.3: cannot start"), "the bad build's own words are in the journal:\n{j}");
     assert!(j.contains("update rolled back"), "{j}");

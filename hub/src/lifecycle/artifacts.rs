@@ -15,6 +15,7 @@ use std::sync::Arc;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use outpost_common::actions::valid_version_text as valid_version;
 
 /// One binary.
 #[derive(Clone, Debug, PartialEq)]
@@ -33,10 +34,6 @@ pub struct Artifacts {
     /// Bytes of artifacts sent (the body, whole or ranged), since the start: the hub's
     /// `outpost_artifact_bytes_served` metric.
     served: prometheus_client::metrics::counter::Counter,
-}
-
-fn valid_version(v: &str) -> bool {
-    !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b".-+".contains(&b))
 }
 
 pub const ARCHES: [&str; 2] = ["x86_64", "aarch64"];
