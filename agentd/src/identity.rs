@@ -11,7 +11,7 @@ use outpost_common::tls::{HubAddr, TlsError, fetch_pinned_ca};
 use outpost_common::{CertInfo, Identity, JoinToken, TokenError, ca_pin};
 use outpost_proto::v1::enrollment_client::EnrollmentClient;
 use outpost_proto::v1::{EnrollRequest, HostFacts};
-use rcgen::{CertificateParams, DistinguishedName, KeyPair};
+use rcgen::KeyPair;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -100,11 +100,7 @@ impl AgentIdentity {
 
 /// A fresh P-256 key and a CSR with an empty subject and no extensions: the hub decides names and usages.
 pub fn new_key_and_csr() -> Result<(KeyPair, String), EnrollError> {
-    let key = KeyPair::generate().map_err(|e| EnrollError::Key(e.to_string()))?;
-    let mut params = CertificateParams::default();
-    params.distinguished_name = DistinguishedName::new();
-    let csr = params.serialize_request(&key).and_then(|c| c.pem()).map_err(|e| EnrollError::Key(e.to_string()))?;
-    Ok((key, csr))
+    outpost_common::cert::key_and_csr().map_err(EnrollError::Key)
 }
 
 pub fn host_facts() -> HostFacts {

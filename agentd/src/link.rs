@@ -140,13 +140,30 @@ impl Link {
                     d
                 }
                 Err(error) => {
+                    // The hub and this agent trust different CAs: the fleet CA was rotated while this agent
+                    // was away. Only a new join token helps (picked up from the token file as above).
+                    let untrusted = matches!(&error, LinkError::Down(why) if why.contains("UnknownIssuer") || why.contains("UnknownCA"));
+                    if untrusted && crate::try_enroll_from_token_file(&self.config).await {
+                        attempt = 0;
+                        continue;
+                    }
                     if started.elapsed() >= STABLE {
                         attempt = 0;
                     }
                     turn = turn.map(|t| t.wrapping_add(1));
                     let d = full_jitter(attempt, initial, max);
                     attempt = attempt.saturating_add(1);
-                    tracing::warn!(%error, retry_in_ms = d.as_millis() as u64, attempt, "hub link down");
+                    if untrusted {
+                        tracing::error!(
+                            %error,
+                            retry_in_ms = d.as_millis() as u64,
+                            "the hub and this agent do not trust the same fleet CA: it was rotated while this agent was offline. Recover: create a new join token (`hubd token create --server {}`) and write it to {} (picked up by the running agent) or run `agentd enroll --token TOKEN`",
+                            identity_server(&self.config),
+                            self.config.token_file.display()
+                        );
+                    } else {
+                        tracing::warn!(%error, retry_in_ms = d.as_millis() as u64, attempt, "hub link down");
+                    }
                     d
                 }
             };
@@ -177,6 +194,7 @@ impl Link {
             dropped_reports: self.outbox.dropped(),
             refused_reports: self.outbox.refused_count(),
             log_files: self.config.log_files.iter().map(|f| f.display().to_string()).collect(),
+            ca_pins: outpost_common::cert::pins_of(&identity.ca_pem),
         };
         let send = |body| AgentMessage { body: Some(body) };
         tx.send(send(agent_message::Body::Hello(hello)))
@@ -246,7 +264,8 @@ impl Link {
                 _ = tokio::time::sleep_until(renew_at.into()), if pending_key.is_none() => {
                     let (key, csr_pem) = new_key_and_csr()?;
                     tracing::info!(not_after = cert.not_after, "renewing certificate over the stream");
-                    tx.send(send(agent_message::Body::Renew(RenewRequest { csr_pem }))).await.map_err(|_| LinkError::Broken("stream closed".into()))?;
+                    let ca_pins = outpost_common::cert::pins_of(&identity.ca_pem);
+                    tx.send(send(agent_message::Body::Renew(RenewRequest { csr_pem, ca_pins }))).await.map_err(|_| LinkError::Broken("stream closed".into()))?;
                     pending_key = Some(key);
                 }
                 m = next(&mut inbound, shutdown) => match m? {
@@ -296,8 +315,17 @@ impl Link {
                         identity = renewed;
                     }
                     Some(hub_message::Body::RenewCertificate(r)) => {
-                        tracing::info!(reason = %r.reason, "hub asked for renewal");
-                        renew_at = Instant::now();
+                        if !r.ca_bundle_pem.is_empty() {
+                            // A CA rotation: what to trust from now on, stored before anything else.
+                            let pins = outpost_common::cert::check_ca_bundle(&r.ca_bundle_pem).map_err(LinkError::Protocol)?;
+                            identity.ca_pem = r.ca_bundle_pem;
+                            identity.save(&self.config.data_dir)?;
+                            tracing::info!(?pins, "the hub rotates the fleet CA: trusting these CAs from now on");
+                        }
+                        if !r.trust_only {
+                            tracing::info!(reason = %outpost_common::text::Inert(&r.reason), "hub asked for renewal");
+                            renew_at = Instant::now();
+                        }
                     }
                     Some(hub_message::Body::Reconnect(r)) => {
                         return Ok(Ended::Reconnect(Duration::from_secs(u64::from(r.after_secs.min(3600))), r.reason));
@@ -327,6 +355,11 @@ async fn next(
             Err(s) => Err(LinkError::Broken(s.to_string())),
         }
     }
+}
+
+/// The server name of the stored identity (for a message).
+fn identity_server(config: &crate::config::AgentConfig) -> String {
+    AgentIdentity::load(&config.data_dir).ok().flatten().map_or_else(|| "NAME".into(), |i| i.server)
 }
 
 /// About two thirds into the certificate's life.

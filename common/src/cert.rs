@@ -175,6 +175,53 @@ pub fn ca_pin(ca_der: &[u8]) -> String {
     format!("sha256:{}", hex(ring::digest::digest(&ring::digest::SHA256, ca_der).as_ref()))
 }
 
+/// The most bytes a CA bundle may have (two P-256 CAs are about 1.2 KB).
+pub const MAX_CA_BUNDLE: usize = 32 * 1024;
+
+/// The pins of a bundle of CA certificates from the hub (a CA rotation's trust): 1 to
+/// [`crate::report::MAX_CA_PINS`] certificates, each one a CA, within [`MAX_CA_BUNDLE`] bytes.
+pub fn check_ca_bundle(pem: &str) -> Result<Vec<String>, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    if pem.len() > MAX_CA_BUNDLE {
+        return Err(format!("the CA bundle is {} bytes; at most {MAX_CA_BUNDLE}", pem.len()));
+    }
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("the CA bundle is not PEM certificates: {e}"))?;
+    if certs.is_empty() || certs.len() > crate::report::MAX_CA_PINS {
+        return Err(format!("the CA bundle holds {} certificates; 1 to {}", certs.len(), crate::report::MAX_CA_PINS));
+    }
+    certs
+        .iter()
+        .map(|der| {
+            let (_, cert) =
+                X509Certificate::from_der(der).map_err(|e| format!("a certificate of the CA bundle: {e}"))?;
+            match cert.basic_constraints() {
+                Ok(Some(bc)) if bc.value.ca => Ok(ca_pin(der)),
+                _ => Err("the CA bundle holds a certificate that is not a CA".to_string()),
+            }
+        })
+        .collect()
+}
+
+/// A fresh P-256 key and a CSR for it with nothing in it (the hub decides names and usages): what agents
+/// enroll and renew with, and what an operator renews its bundle with.
+pub fn key_and_csr() -> Result<(rcgen::KeyPair, String), String> {
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let csr = params.serialize_request(&key).and_then(|c| c.pem()).map_err(|e| e.to_string())?;
+    Ok((key, csr))
+}
+
+/// The pins of the certificates in `pem` (those that parse).
+pub fn pins_of(pem: &str) -> Vec<String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(pem.as_bytes()).flatten().map(|c| ca_pin(&c)).collect()
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
@@ -226,4 +273,43 @@ mod tests {
             assert!(!valid_name(bad), "{bad:?}");
         }
     }
+}
+
+/// A CA rotation's status in words (`hubd ca rotate status`, `outpost ca status`). The hub's names are
+/// server names (validated at enrollment), printed as they are.
+pub fn rotation_summary(s: &outpost_proto::v1::CaRotationStatus) -> String {
+    use crate::when::rfc3339;
+    let mut out = String::new();
+    if !s.message.is_empty() {
+        out.push_str(&format!("{}\n", crate::text::Inert(&s.message)));
+    }
+    if s.phase == "standby" {
+        out.push_str(&format!("no rotation in progress; the fleet CA is {}\n", s.current_pin));
+        return out;
+    }
+    out.push_str(&format!(
+        "phase {} since {} (rotation started {} by {})\ncurrent CA {}\nnext CA    {}\n",
+        s.phase,
+        rfc3339(s.phase_ms),
+        rfc3339(s.started_ms),
+        crate::text::Inert(&s.by),
+        s.current_pin,
+        s.next_pin
+    ));
+    let list = |n: u32, names: &[String]| {
+        let mut l = names.join(", ");
+        if n as usize > names.len() {
+            l.push_str(&format!(" and {} more", n as usize - names.len()));
+        }
+        l
+    };
+    out.push_str(&format!("servers {}: {} done", s.servers, s.done));
+    if s.lagging > 0 {
+        out.push_str(&format!(", {} connected and not yet done ({})", s.lagging, list(s.lagging, &s.lagging_names)));
+    }
+    if s.offline > 0 {
+        out.push_str(&format!(", {} offline ({})", s.offline, list(s.offline, &s.offline_names)));
+    }
+    out.push('\n');
+    out
 }

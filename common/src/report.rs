@@ -388,6 +388,23 @@ pub fn validate_hello(h: &Hello) -> Result<(), String> {
             "Hello: agent_version must be at most {MAX_TEXT} bytes without control, bidi or invisible characters"
         ));
     }
+    check_ca_pins(&h.ca_pins).map_err(|e| format!("Hello: {e}"))
+}
+
+/// The most CAs an agent trusts at once (two during a rotation; room for one more).
+pub const MAX_CA_PINS: usize = 4;
+
+/// `ca_pins` (Hello, RenewRequest): at most [`MAX_CA_PINS`], each `sha256:` and 64 lowercase hex digits.
+pub fn check_ca_pins(pins: &[String]) -> Result<(), String> {
+    if pins.len() > MAX_CA_PINS {
+        return Err(format!("ca_pins has {} pins; at most {MAX_CA_PINS}", pins.len()));
+    }
+    for p in pins {
+        let hex = p.strip_prefix("sha256:").unwrap_or("");
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err(format!("ca_pins holds {}, not sha256:<64 hex digits>", text::excerpt(p, 80)));
+        }
+    }
     Ok(())
 }
 

@@ -137,6 +137,9 @@ pub enum Command {
     /// one and rolls back by itself if the new one does not reconnect and report healthy. Admin.
     #[command(subcommand)]
     Rollout(RolloutCmd),
+    /// The fleet CA's rotation: the phase and how far the servers are (`hubd ca rotate` drives it).
+    #[command(subcommand)]
+    Ca(CaCmd),
     /// The action catalog: names, required role, arguments.
     Actions,
     /// Print shell completions.
@@ -387,4 +390,10 @@ mod tests {
         assert!((parse_rate("20%").unwrap() - 0.2).abs() < 1e-9);
         assert!(parse_rate("150%").is_err());
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCmd {
+    /// The rotation's phase, and which servers are lagging or offline.
+    Status,
 }

@@ -43,6 +43,11 @@ pub fn bundle_dir(cli: &Cli) -> anyhow::Result<PathBuf> {
     }
 }
 
+/// The bundle, renewed first if the hub's CA moved on ([`follow_ca`]).
+pub async fn bundle(cli: &Cli) -> anyhow::Result<Bundle> {
+    Ok(follow_ca(cli, load_bundle(cli)?).await)
+}
+
 pub fn load_bundle(cli: &Cli) -> anyhow::Result<Bundle> {
     let dir = bundle_dir(cli)?;
     Bundle::load(&dir).map_err(|e| {
@@ -50,6 +55,48 @@ pub fn load_bundle(cli: &Cli) -> anyhow::Result<Bundle> {
             "{e}\n(get a bundle with `hubd operator issue --name NAME --role viewer --out DIR`, then pass --bundle DIR)"
         )
     })
+}
+
+/// The bundle, renewed first when the hub's CA moved on (a rotation in progress or just finished): a
+/// certificate from the CA that signs now, trusting the CAs the hub trusts, written back where it was. Best
+/// effort: when the hub cannot be asked, the bundle is used as it is (the command then says why).
+pub async fn follow_ca(cli: &Cli, bundle: Bundle) -> Bundle {
+    match renew_if_behind(cli, &bundle).await {
+        Ok(Some(renewed)) => renewed,
+        Ok(None) => bundle,
+        Err(e) => {
+            eprintln!("outpost: could not renew the bundle for the hub's new fleet CA ({e}); using it as it is");
+            bundle
+        }
+    }
+}
+
+async fn renew_if_behind(cli: &Cli, bundle: &Bundle) -> anyhow::Result<Option<Bundle>> {
+    use outpost_common::cert::{check_ca_bundle, key_and_csr, pins_of};
+    use outpost_proto::v1::{RenewOperatorRequest, WhoAmIRequest};
+    let mut c = client(bundle)?;
+    let who = match c.who_am_i(WhoAmIRequest {}).await {
+        Ok(w) => w.into_inner(),
+        // Not reachable, or refused: the command itself will say so.
+        Err(_) => return Ok(None),
+    };
+    let issuer = pins_of(&bundle.cert_pem).get(1).cloned().unwrap_or_default();
+    if who.signing_pin.is_empty() || (pins_of(&bundle.ca_pem) == who.ca_pins && issuer == who.signing_pin) {
+        return Ok(None);
+    }
+    let (key, csr_pem) = key_and_csr().map_err(anyhow::Error::msg)?;
+    let r = c.renew_operator(RenewOperatorRequest { csr_pem }).await.map_err(|s| rpc(bundle, s))?.into_inner();
+    check_ca_bundle(&r.ca_bundle_pem).map_err(anyhow::Error::msg)?;
+    let renewed = Bundle {
+        meta: bundle.meta.clone(),
+        ca_pem: r.ca_bundle_pem,
+        cert_pem: r.cert_chain_pem,
+        key_pem: key.serialize_pem(),
+    };
+    let dir = bundle_dir(cli)?;
+    renewed.write(&dir)?;
+    eprintln!("outpost: the hub's fleet CA is rotating; bundle {} renewed", dir.display());
+    Ok(Some(renewed))
 }
 
 pub fn client(bundle: &Bundle) -> anyhow::Result<OperatorClient<tonic::transport::Channel>> {

@@ -4,47 +4,48 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use outpost_console::args::{Cli, Command};
-use outpost_console::client::load_bundle;
+use outpost_console::client::bundle;
 use outpost_console::cmd;
 
 async fn dispatch(cli: &Cli) -> anyhow::Result<String> {
     match &cli.command {
         Some(Command::Completions { shell }) => Ok(cmd::completions(*shell)),
-        Some(Command::Servers { output }) => cmd::servers(&load_bundle(cli)?, *output).await,
+        Some(Command::Servers { output }) => cmd::servers(&bundle(cli).await?, *output).await,
         Some(Command::Server { name, output, history }) => {
-            cmd::server(&load_bundle(cli)?, name, *output, *history).await
+            cmd::server(&bundle(cli).await?, name, *output, *history).await
         }
-        Some(Command::Watch) => cmd::watch(&load_bundle(cli)?).await,
-        Some(Command::Run(a)) => cmd::run::run(&load_bundle(cli)?, a).await,
-        Some(Command::Audit(a)) => cmd::run::audit(&load_bundle(cli)?, a).await,
+        Some(Command::Watch) => cmd::watch(&bundle(cli).await?).await,
+        Some(Command::Run(a)) => cmd::run::run(&bundle(cli).await?, a).await,
+        Some(Command::Audit(a)) => cmd::run::audit(&bundle(cli).await?, a).await,
         Some(Command::Actions) => Ok(cmd::run::catalog()),
-        Some(Command::Rollout(c)) => cmd::rollout::rollout(&load_bundle(cli)?, c).await,
+        Some(Command::Ca(outpost_console::args::CaCmd::Status)) => cmd::ca_status(&bundle(cli).await?).await,
+        Some(Command::Rollout(c)) => cmd::rollout::rollout(&bundle(cli).await?, c).await,
         Some(Command::Silence { matchers, duration, comment }) => {
-            cmd::alerts::silence(&load_bundle(cli)?, matchers, duration, comment).await
+            cmd::alerts::silence(&bundle(cli).await?, matchers, duration, comment).await
         }
-        Some(Command::Silences) => cmd::alerts::silences(&load_bundle(cli)?).await,
-        Some(Command::Unsilence { id }) => cmd::alerts::unsilence(&load_bundle(cli)?, id).await,
+        Some(Command::Silences) => cmd::alerts::silences(&bundle(cli).await?).await,
+        Some(Command::Unsilence { id }) => cmd::alerts::unsilence(&bundle(cli).await?, id).await,
         Some(Command::Ack { alertname, server }) => {
-            cmd::alerts::ack(&load_bundle(cli)?, alertname, server.as_deref().unwrap_or_default()).await
+            cmd::alerts::ack(&bundle(cli).await?, alertname, server.as_deref().unwrap_or_default()).await
         }
-        Some(Command::Usage(a)) => cmd::usage::usage(&load_bundle(cli)?, a).await,
-        Some(Command::Alerts { output }) => cmd::alerts::alerts(&load_bundle(cli)?, *output).await,
-        Some(Command::Provision(a)) => cmd::lifecycle::provision(&load_bundle(cli)?, a).await,
-        Some(Command::Lifecycle(c)) => cmd::lifecycle::jobs(&load_bundle(cli)?, c).await,
-        Some(Command::EnrollSsh(a)) => cmd::lifecycle::enroll_ssh(&load_bundle(cli)?, a).await,
-        Some(Command::Deprovision(a)) => cmd::lifecycle::customer_jobs(&load_bundle(cli)?, a, false).await,
-        Some(Command::Reactivate(a)) => cmd::lifecycle::customer_jobs(&load_bundle(cli)?, a, true).await,
-        Some(Command::Apps { on, failing, output }) => cmd::apps(&load_bundle(cli)?, on, *failing, *output).await,
+        Some(Command::Usage(a)) => cmd::usage::usage(&bundle(cli).await?, a).await,
+        Some(Command::Alerts { output }) => cmd::alerts::alerts(&bundle(cli).await?, *output).await,
+        Some(Command::Provision(a)) => cmd::lifecycle::provision(&bundle(cli).await?, a).await,
+        Some(Command::Lifecycle(c)) => cmd::lifecycle::jobs(&bundle(cli).await?, c).await,
+        Some(Command::EnrollSsh(a)) => cmd::lifecycle::enroll_ssh(&bundle(cli).await?, a).await,
+        Some(Command::Deprovision(a)) => cmd::lifecycle::customer_jobs(&bundle(cli).await?, a, false).await,
+        Some(Command::Reactivate(a)) => cmd::lifecycle::customer_jobs(&bundle(cli).await?, a, true).await,
+        Some(Command::Apps { on, failing, output }) => cmd::apps(&bundle(cli).await?, on, *failing, *output).await,
         Some(Command::Deploy { app, on, git_ref, output }) => {
             let a = cmd::app_action("app-deploy", on, &[("app", Some(app)), ("ref", git_ref.as_deref())], *output)?;
-            cmd::run::run(&load_bundle(cli)?, &a).await
+            cmd::run::run(&bundle(cli).await?, &a).await
         }
         Some(Command::Rollback { app, on, to, output }) => {
             let a = cmd::app_action("app-rollback", on, &[("app", Some(app)), ("to", to.as_deref())], *output)?;
-            cmd::run::run(&load_bundle(cli)?, &a).await
+            cmd::run::run(&bundle(cli).await?, &a).await
         }
         Some(Command::Fleet) | None => {
-            let b = load_bundle(cli)?;
+            let b = bundle(cli).await?;
             let app = outpost_console::state::App::new(&b.meta.hub, &b.meta.name, &b.meta.role);
             outpost_console::app::run(app, b.channel()?).await.map(|()| String::new())
         }

@@ -150,7 +150,8 @@ impl DemoFleet {
         let cloud = demo_cloud(&mut config, agentd, root).await?;
         let hub = hub::start(config.clone(), stop.clone()).await.context("starting the embedded hub")?;
         config.advertise = Some(hub.advertise.clone());
-        let bundle = hub::cli::issue_bundle(&config, hub.ca(), "demo-admin", Role::Admin, Duration::from_secs(86_400))?;
+        let bundle =
+            hub::cli::issue_bundle(&config, &hub.pki().keys(), "demo-admin", Role::Admin, Duration::from_secs(86_400))?;
         let kube = standin::kube::KubeStandIn::start_with_controller(&root.join("kube")).await;
         let (repos, commits) = match sample_repository(&root.join("repos")) {
             Ok(commits) => (Some(root.join("repos")), Some(commits)),

@@ -12,7 +12,7 @@ use outpost_common::Role;
 use outpost_common::bundle::{Bundle, BundleMeta};
 
 use crate::config::{DEFAULT_CONFIG_PATH, HubConfig};
-use crate::pki::ca::FleetCa;
+use crate::pki::rotation::{Keys, Pki};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -50,11 +50,39 @@ pub enum Command {
     /// Signed agentd releases in the artifact store (served to servers at /artifacts/agentd/VERSION/ARCH).
     #[command(subcommand)]
     Release(ReleaseCmd),
+    /// The fleet CA: rotate it in phases (init → update_clients → update_servers → standby), with the agents
+    /// following over their live streams; roll back until the last step.
+    #[command(subcommand)]
+    Ca(CaCmd),
     /// Revoke a server's certificate; its live stream is closed at once.
     Revoke {
         #[arg(long)]
         server: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCmd {
+    /// Rotate the fleet CA (see README, "Rotating the fleet CA").
+    #[command(subcommand)]
+    Rotate(RotateCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RotateCmd {
+    /// Make a new CA and have every party trust both (phase init).
+    Start,
+    /// The phase, and how many servers have done what it needs (which are lagging or offline).
+    Status,
+    /// Go to the next phase once every connected server has done this one: update_clients (agents get
+    /// certificates from the new CA), update_servers (the hub serves with it), standby (the old CA is dropped).
+    Advance {
+        /// End the rotation although offline servers have not caught up: they will need a join token.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Go back to the current CA (from any phase before the end); `advance` then drops the new one.
+    Rollback,
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,22 +178,23 @@ impl Cli {
     }
 }
 
-pub fn load_ca(config: &HubConfig) -> anyhow::Result<FleetCa> {
+pub fn load_ca(config: &HubConfig) -> anyhow::Result<Pki> {
     let external = config.external_ca();
-    FleetCa::load(&config.data_dir.join("ca"), external)
+    Pki::read(&config.data_dir.join("ca"), external)
         .map_err(|e| anyhow::anyhow!("{e}\n(has hubd been started once with this data_dir? it creates the CA)"))
 }
 
-/// A bundle for `name` with `role`, signed by the CA on disk.
-pub fn issue_bundle(config: &HubConfig, ca: &FleetCa, name: &str, role: Role, ttl: Duration) -> anyhow::Result<Bundle> {
+/// A bundle for `name` with `role`, signed by the CA that signs now (during a CA rotation, the bundle
+/// trusts both CAs).
+pub fn issue_bundle(config: &HubConfig, keys: &Keys, name: &str, role: Role, ttl: Duration) -> anyhow::Result<Bundle> {
     if !outpost_common::cert::valid_name(name) {
         anyhow::bail!("operator name {name:?} must be 1-63 of a-z, 0-9 and '-'");
     }
-    let (issued, key_pem) = ca.issue_operator(name, role, ttl)?;
+    let (issued, key_pem) = keys.signing().issue_operator(name, role, ttl)?;
     let hub = config.advertise.clone().unwrap_or_else(|| config.advertise_url(config.listen));
     Ok(Bundle {
         meta: BundleMeta { hub, name: name.to_string(), role: role.to_string() },
-        ca_pem: ca.cert_pem().to_string(),
+        ca_pem: keys.trust_pem(),
         cert_pem: issued.chain_pem,
         key_pem,
     })

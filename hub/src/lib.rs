@@ -40,8 +40,9 @@ use fleet::identities::Identities;
 use fleet::registry::Registry;
 use fleet::reports::ReportIntake;
 use fleet::{Fleet, tokens};
-use pki::ca::{self, FleetCa};
+use pki::ca;
 use pki::operators::Operators;
+use pki::rotation::Pki;
 use runtime::Runtime;
 use store::HubStore;
 use store::sled::SledStore;
@@ -113,7 +114,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         .map_err(|error| StartError::DataDir { path: data_dir.display().to_string(), error })?;
     let rt = Runtime::new(shutdown.clone());
     let external = config.external_ca();
-    let ca = Arc::new(FleetCa::load_or_create(&data_dir.join("ca"), external)?);
+    let ca = Arc::new(Pki::open(&data_dir.join("ca"), external)?);
     let (redb_path, sled_dir) = (data_dir.join("store.redb"), data_dir.join("store"));
     let (store, writer, pg): (Arc<dyn HubStore>, _, _) = match config.store.kind {
         config::StoreKind::Redb => {
@@ -184,7 +185,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     let audit = Arc::new(audit::Audit::new(store.clone()));
     let operators = Arc::new(Operators::load(store.clone()).await?);
     let relay = Arc::new(relay::Relay::default());
-    let sealer = Arc::new(seal::Sealer::new(ca.seal_secret(), ca.pin()));
+    let sealer = Arc::new(seal::Sealer::of(&ca.keys()));
     let actions = Arc::new(actions::Actions::new(
         fleet.clone(),
         relay.clone(),
@@ -192,7 +193,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         store.clone(),
         rt.clone(),
         metrics.clone(),
-        sealer,
+        sealer.clone(),
     ));
     actions.set_releases_dir(config.artifacts_dir());
     let mut peers = None;
@@ -230,24 +231,33 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     names.sort();
     names.dedup();
     let validity = Duration::from_secs(config.server_cert_validity_secs);
-    let (cert_chain, cert_key) = ca.issue_server_for(&names, validity)?;
-    let tls = Arc::new(api::tls::ServerTls::new(&cert_chain, &cert_key, ca.cert_pem()).map_err(StartError::Tls)?);
+    let serving = fleet::rotation::Serving { names, validity };
+    let tls = {
+        let keys = ca.keys();
+        let (chain, key) = serving.issue(&keys)?;
+        Arc::new(api::tls::ServerTls::new(&chain, &key, &keys.trust_pem()).map_err(StartError::Tls)?)
+    };
+    let rotation = Arc::new(fleet::rotation::CaRotation::new(fleet::rotation::Parts {
+        pki: ca.clone(),
+        fleet: fleet.clone(),
+        relay: relay.clone(),
+        tls: tls.clone(),
+        sealer,
+        serving: serving.clone(),
+        replicated,
+    }));
     {
         // The serving certificate renewed two thirds into its life, while the hub runs; open connections
         // keep theirs.
-        let (tls, ca, names) = (tls.clone(), ca.clone(), names.clone());
+        let (tls, ca, serving) = (tls.clone(), ca.clone(), serving.clone());
         let every = (validity / 30).clamp(Duration::from_secs(1), Duration::from_secs(3600));
         rt.every("serving certificate renewal", every, move || {
-            let (tls, ca, names) = (tls.clone(), ca.clone(), names.clone());
+            let (tls, ca, serving) = (tls.clone(), ca.clone(), serving.clone());
             async move {
                 if !tls.renewal_due(outpost_common::now_secs()) {
                     return;
                 }
-                match ca
-                    .issue_server_for(&names, validity)
-                    .map_err(|e| e.to_string())
-                    .and_then(|(c, k)| tls.replace(&c, &k))
-                {
+                match serving.renew(&ca.keys(), &tls) {
                     Ok(()) => tracing::info!(not_after = tls.not_after(), "serving certificate renewed"),
                     Err(error) => tracing::error!(%error, "cannot renew the serving certificate; trying again"),
                 }
@@ -268,15 +278,16 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
 
     let enroll_limit =
         limits::RateLimiter::new(config.agents.enroll_rate_per_source, config.agents.enroll_burst_per_source);
-    let agents = AgentApi::new(
-        auth.clone(),
-        fleet.clone(),
-        identities.clone(),
-        reports.clone(),
+    let agents = AgentApi::new(api::agent_link::AgentParts {
+        auth: auth.clone(),
+        fleet: fleet.clone(),
+        identities: identities.clone(),
+        reports: reports.clone(),
         relay,
-        rt.clone(),
+        rotation: rotation.clone(),
+        rt: rt.clone(),
         enroll_limit,
-    );
+    });
     let artifacts_dir = config.artifacts_dir();
     let artifacts = Arc::new(
         lifecycle::artifacts::Artifacts::scan(&artifacts_dir)
@@ -286,7 +297,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     let clock = lifecycle::Clock::from_env();
     let pins = lifecycle::provision::HubPins {
         advertise: advertise.clone(),
-        ca_pem: ca.cert_pem().to_string(),
+        pki: ca.clone(),
         release_keys: config.releases.public_keys.clone(),
     };
     let provisioner = provisioner(&config, artifacts.clone(), pins, &clock);
@@ -299,7 +310,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     let ssh = lifecycle::ssh::SshEnroll::new(
         artifacts.clone(),
         p.agent_version.clone(),
-        ca.cert_pem().to_string(),
+        ca.clone(),
         lifecycle::ssh::EnrollSettings {
             key_file: p.ssh_private_key_file.clone(),
             root: p.enroll_root.clone(),
@@ -367,6 +378,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         alerts,
         usage,
         audit,
+        rotation,
         rt: rt.clone(),
     });
     let operator = match peers {
@@ -382,7 +394,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         shutdown: shutdown.clone(),
     })
     .map_err(StartError::Tls)?;
-    tracing::info!(%addr, %advertise, pin = %ca.pin(), admin = ?admin_addr, "hubd listening");
+    tracing::info!(%addr, %advertise, pin = %ca.keys().token_pin(), admin = ?admin_addr, "hubd listening");
     Ok(Hub { addr, advertise, admin: admin_addr, identities, reports, agents, writer, store: store.clone(), rt, serve })
 }
 
@@ -410,9 +422,9 @@ fn provisioner(
 }
 
 impl Hub {
-    /// The fleet CA (its pin goes into tokens; bundles are signed with it).
-    pub fn ca(&self) -> &FleetCa {
-        self.identities.ca()
+    /// The fleet CA and its rotation (its pin goes into tokens; bundles are signed with it).
+    pub fn pki(&self) -> &Arc<Pki> {
+        self.identities.pki()
     }
 
     /// Creates a join token, as `hubd token create` does through the API (for embedders: the demo).
@@ -458,8 +470,8 @@ impl Hub {
 pub async fn run(config: HubConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let hub = start(config, shutdown).await?;
     match hub.admin {
-        Some(a) => println!("READY {} {} http://{a}", hub.advertise, hub.ca().pin()),
-        None => println!("READY {} {}", hub.advertise, hub.ca().pin()),
+        Some(a) => println!("READY {} {} http://{a}", hub.advertise, hub.pki().keys().token_pin()),
+        None => println!("READY {} {}", hub.advertise, hub.pki().keys().token_pin()),
     }
     sd_notify_ready();
     hub.wait().await

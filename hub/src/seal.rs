@@ -4,8 +4,9 @@
 //! Architecture invariant: the hub holds no secret in the clear. What it writes (the store, the archive
 //! directory) carries only `sealed:v1:KID:BASE64`, ChaCha20-Poly1305 under a key derived from the fleet CA's
 //! private key (`FleetCa::seal_secret`), with the record's purpose as associated data, so a sealed value
-//! cannot be moved to another use. KID names the key (the CA pin's first 16 hex digits): a rotation of the
-//! CA must keep the old key until what it sealed is gone.
+//! cannot be moved to another use. KID names the key (from the CA pin, `pki::rotation::kid`): after a rotation of
+//! the CA, values are sealed with the new CA's key and the retired CA's key (`ca/retired/KID.key`) still
+//! opens what it sealed (`pki::rotation`).
 
 use std::collections::BTreeMap;
 
@@ -22,36 +23,60 @@ pub enum SealError {
     Damaged,
 }
 
+/// The seal key, and the keys of retired CAs (open only).
 pub struct Sealer {
-    key: LessSafeKey,
-    kid: String,
+    keys: std::sync::RwLock<Vec<(LessSafeKey, String)>>,
+}
+
+fn key(secret: &[u8; 32], kid: &str) -> (LessSafeKey, String) {
+    let key = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, secret).expect("a 32-byte key"));
+    (key, crate::pki::rotation::kid(kid))
 }
 
 impl Sealer {
     pub fn new(secret: [u8; 32], kid: &str) -> Sealer {
-        let key = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &secret).expect("a 32-byte key"));
-        Sealer { key, kid: kid.chars().filter(char::is_ascii_alphanumeric).take(16).collect() }
+        Sealer { keys: std::sync::RwLock::new(vec![key(&secret, kid)]) }
+    }
+
+    /// Seals with `secret` from now on; opens with it and with each of `retired` (a rotated CA's keys).
+    pub fn rekey(&self, secret: [u8; 32], kid: &str, retired: &[([u8; 32], String)]) {
+        let keys = std::iter::once(key(&secret, kid)).chain(retired.iter().map(|(s, k)| key(s, k))).collect();
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
+    }
+
+    /// The sealer of the fleet CA's `keys`: the current CA's key seals, retired ones open.
+    pub fn of(keys: &crate::pki::rotation::Keys) -> Sealer {
+        let sealer = Sealer::new(keys.current.seal_secret(), keys.current.pin());
+        sealer.follow(keys);
+        sealer
+    }
+
+    /// After a rotation: [`Sealer::of`] the new `keys`.
+    pub fn follow(&self, keys: &crate::pki::rotation::Keys) {
+        self.rekey(keys.current.seal_secret(), keys.current.pin(), &keys.retired);
     }
 
     /// `plain` sealed for `purpose`.
     pub fn seal(&self, plain: &[u8], purpose: &str) -> String {
         let nonce = outpost_common::random_bytes::<NONCE_LEN>();
         let mut buf = plain.to_vec();
-        self.key
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(purpose.as_bytes()), &mut buf)
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        let (key, kid) = &keys[0];
+        key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(purpose.as_bytes()), &mut buf)
             .expect("sealing a message shorter than 256 GiB");
         let mut out = nonce.to_vec();
         out.extend_from_slice(&buf);
-        format!("{PREFIX}{}:{}", self.kid, base64::engine::general_purpose::STANDARD_NO_PAD.encode(out))
+        format!("{PREFIX}{kid}:{}", base64::engine::general_purpose::STANDARD_NO_PAD.encode(out))
     }
 
     /// The plain bytes of `sealed` (made by [`Sealer::seal`] with the same `purpose`).
     pub fn open(&self, sealed: &str, purpose: &str) -> Result<Vec<u8>, SealError> {
         let rest = sealed.strip_prefix(PREFIX).ok_or(SealError::Damaged)?;
         let (kid, b64) = rest.split_once(':').ok_or(SealError::Damaged)?;
-        if kid != self.kid {
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        let Some((key, _)) = keys.iter().find(|(_, k)| k == kid) else {
             return Err(SealError::OtherKey(kid.chars().take(16).collect()));
-        }
+        };
         let mut bytes = base64::engine::general_purpose::STANDARD_NO_PAD.decode(b64).map_err(|_| SealError::Damaged)?;
         if bytes.len() < NONCE_LEN {
             return Err(SealError::Damaged);
@@ -59,7 +84,7 @@ impl Sealer {
         let mut body = bytes.split_off(NONCE_LEN);
         let nonce = Nonce::try_assume_unique_for_key(&bytes).map_err(|_| SealError::Damaged)?;
         let plain =
-            self.key.open_in_place(nonce, Aad::from(purpose.as_bytes()), &mut body).map_err(|_| SealError::Damaged)?;
+            key.open_in_place(nonce, Aad::from(purpose.as_bytes()), &mut body).map_err(|_| SealError::Damaged)?;
         Ok(plain.to_vec())
     }
 
@@ -121,6 +146,10 @@ mod tests {
         bad.pop();
         assert!(s.open(&bad, "archive/web-1").is_err());
         assert_ne!(s.seal(b"x", "p"), s.seal(b"x", "p"), "a fresh nonce each time");
+        // After a CA rotation: new values are sealed with the new key, old ones still open.
+        s.rekey([9; 32], "9999888877776666", &[([7; 32], "abcdef0123456789".into())]);
+        assert_eq!(s.open(&sealed, "archive/web-1").unwrap(), b"hunter2");
+        assert!(s.seal(b"x", "p").starts_with("sealed:v1:9999888877776666:"));
     }
 
     #[test]

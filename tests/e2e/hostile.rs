@@ -40,6 +40,7 @@ async fn a_revoked_identity_stays_revoked_whatever_certificate_it_presents() {
     for _ in 0..20 {
         link.send(body(agent_message::Body::Renew(outpost_proto::v1::RenewRequest {
             csr_pem: hostile::key_and_csr().1,
+            ca_pins: Vec::new(),
         })))
         .await;
     }

@@ -10,7 +10,6 @@ use outpost_proto::v1::{
     AgentMessage, CommandUpdate, EnrollRequest, Health, Hello, HostFacts, HubMessage, RenewRequest, agent_message,
     hub_message,
 };
-use rcgen::{CertificateParams, DistinguishedName, KeyPair};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -40,10 +39,7 @@ impl RawIdentity {
 
 /// A fresh P-256 key and a CSR with no subject and no extensions.
 pub fn key_and_csr() -> (String, String) {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::default();
-    params.distinguished_name = DistinguishedName::new();
-    let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+    let (key, csr) = outpost_common::cert::key_and_csr().unwrap();
     (key.serialize_pem(), csr)
 }
 
@@ -149,7 +145,7 @@ impl RawLink {
     /// Renews over the stream; returns the new certificate chain and its key, or the hub's refusal text.
     pub async fn renew(&mut self) -> Result<(String, String), String> {
         let (key_pem, csr_pem) = key_and_csr();
-        self.send(body(agent_message::Body::Renew(RenewRequest { csr_pem }))).await;
+        self.send(body(agent_message::Body::Renew(RenewRequest { csr_pem, ca_pins: Vec::new() }))).await;
         let r = self
             .until(|m| match m {
                 hub_message::Body::Renewed(r) => Some(r.clone()),

@@ -133,15 +133,15 @@ impl HubProc {
         // This hub's own config (its CA may be a file several hubs share), addressed at this hub alone.
         let mut config = hub::HubConfig::load(&self.config).unwrap();
         config.advertise = None;
-        let ca = hub::pki::ca::FleetCa::load(&config.data_dir.join("ca"), config.external_ca()).unwrap();
-        hub::cli::issue_bundle(&config, &ca, name, role, ttl).unwrap()
+        let ca = hub::pki::rotation::Pki::read(&config.data_dir.join("ca"), config.external_ca()).unwrap();
+        hub::cli::issue_bundle(&config, &ca.keys(), name, role, ttl).unwrap()
     }
 
     /// What this hub seals its secrets with (its key derives from the CA, read from its data dir).
     pub fn sealer(&self) -> hub::seal::Sealer {
         let config = hub::HubConfig::load(&self.config).unwrap();
-        let ca = hub::pki::ca::FleetCa::load(&config.data_dir.join("ca"), config.external_ca()).unwrap();
-        hub::seal::Sealer::new(ca.seal_secret(), ca.pin())
+        let ca = hub::pki::rotation::Pki::read(&config.data_dir.join("ca"), config.external_ca()).unwrap();
+        hub::seal::Sealer::of(&ca.keys())
     }
 
     pub fn client(&self, role: Role) -> OperatorClient<Channel> {

@@ -74,6 +74,13 @@ pub async fn servers(bundle: &Bundle, output: Output) -> anyhow::Result<String> 
     })
 }
 
+/// `outpost ca status`.
+pub async fn ca_status(bundle: &Bundle) -> anyhow::Result<String> {
+    let req = outpost_proto::v1::CaRotationRequest { action: "status".into(), force: false };
+    let s = client(bundle)?.ca_rotation(req).await.map_err(|s| rpc(bundle, s))?.into_inner();
+    Ok(outpost_common::cert::rotation_summary(&s))
+}
+
 pub async fn server(bundle: &Bundle, name: &str, output: Output, history: u32) -> anyhow::Result<String> {
     let d = client(bundle)?
         .get_server(GetServerRequest { name: name.to_string(), history })

@@ -9,12 +9,12 @@ use pb::operator_client::OperatorClient;
 
 use std::path::PathBuf;
 
-use crate::cli::{Cli, Command, OperatorCmd, ReleaseCmd, TokenCmd, issue_bundle, load_ca};
+use crate::cli::{CaCmd, Cli, Command, OperatorCmd, ReleaseCmd, RotateCmd, TokenCmd, issue_bundle, load_ca};
 use crate::config::HubConfig;
 
 async fn admin_client(config: &HubConfig) -> anyhow::Result<(OperatorClient<tonic::transport::Channel>, String)> {
     let ca = load_ca(config)?;
-    let bundle = issue_bundle(config, &ca, "hubd-cli", Role::Admin, Duration::from_secs(300))?;
+    let bundle = issue_bundle(config, &ca.keys(), "hubd-cli", Role::Admin, Duration::from_secs(300))?;
     let client = OperatorClient::new(bundle.channel()?);
     Ok((client, bundle.meta.hub))
 }
@@ -61,6 +61,18 @@ pub async fn admin(cli: &Cli, config: &HubConfig) -> anyhow::Result<String> {
             let r = client.create_join_token(req).await.map_err(|s| rpc_error(&hub, s))?.into_inner();
             Ok(r.token)
         }
+        Some(Command::Ca(CaCmd::Rotate(cmd))) => {
+            let (mut client, hub) = admin_client(config).await?;
+            let (action, force) = match cmd {
+                RotateCmd::Start => ("start", false),
+                RotateCmd::Status => ("status", false),
+                RotateCmd::Advance { force } => ("advance", *force),
+                RotateCmd::Rollback => ("rollback", false),
+            };
+            let req = pb::CaRotationRequest { action: action.into(), force };
+            let r = client.ca_rotation(req).await.map_err(|s| rpc_error(&hub, s))?.into_inner();
+            Ok(outpost_common::cert::rotation_summary(&r).trim_end().to_string())
+        }
         Some(Command::Revoke { server }) => {
             let (mut client, hub) = admin_client(config).await?;
             let req = pb::RevokeServerRequest { name: server.clone() };
@@ -77,7 +89,7 @@ pub async fn admin(cli: &Cli, config: &HubConfig) -> anyhow::Result<String> {
                 );
             }
             let ca = load_ca(config)?;
-            issue_bundle(config, &ca, name, *role, *ttl)?.write(out)?;
+            issue_bundle(config, &ca.keys(), name, *role, *ttl)?.write(out)?;
             Ok(format!("wrote operator bundle for {name} ({role}) to {}", out.display()))
         }
         Some(Command::Operator(OperatorCmd::List)) => {

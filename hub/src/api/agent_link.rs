@@ -21,6 +21,7 @@ use crate::error::HubError;
 use crate::fleet::Fleet;
 use crate::fleet::identities::Identities;
 use crate::fleet::reports::{Body as ReportBody, Report, ReportIntake};
+use crate::fleet::rotation::CaRotation;
 use crate::limits::RateLimiter;
 use crate::relay::{Rejected, Relay};
 use crate::runtime::Runtime;
@@ -34,18 +35,13 @@ const MAX_UPDATE_OUTPUT: usize = 256 * 1024;
 /// Renewals on one stream, at most one per this long.
 const RENEW_EVERY: Duration = Duration::from_secs(1);
 
-/// `Enrollment` and `AgentLink`: what agents call.
-#[derive(Clone)]
-pub struct AgentApi {
-    state: Arc<AgentState>,
-}
-
 struct AgentState {
     auth: Arc<Auth>,
     fleet: Arc<Fleet>,
     identities: Arc<Identities>,
     reports: Arc<ReportIntake>,
     relay: Arc<Relay>,
+    rotation: Arc<CaRotation>,
     rt: Runtime,
     /// Enroll calls per source address.
     enroll_limit: RateLimiter,
@@ -53,18 +49,38 @@ struct AgentState {
     agents_gone: AtomicU64,
 }
 
+/// What the agent API is made of.
+pub struct AgentParts {
+    pub auth: Arc<Auth>,
+    pub fleet: Arc<Fleet>,
+    pub identities: Arc<Identities>,
+    pub reports: Arc<ReportIntake>,
+    pub relay: Arc<Relay>,
+    pub rotation: Arc<CaRotation>,
+    pub rt: Runtime,
+    pub enroll_limit: RateLimiter,
+}
+
+/// `Enrollment` and `AgentLink`: what agents call.
+#[derive(Clone)]
+pub struct AgentApi {
+    state: Arc<AgentState>,
+}
+
 impl AgentApi {
-    pub fn new(
-        auth: Arc<Auth>,
-        fleet: Arc<Fleet>,
-        identities: Arc<Identities>,
-        reports: Arc<ReportIntake>,
-        relay: Arc<Relay>,
-        rt: Runtime,
-        enroll_limit: RateLimiter,
-    ) -> AgentApi {
-        let state =
-            AgentState { auth, fleet, identities, reports, relay, rt, enroll_limit, agents_gone: AtomicU64::new(0) };
+    pub fn new(p: AgentParts) -> AgentApi {
+        let AgentParts { auth, fleet, identities, reports, relay, rotation, rt, enroll_limit } = p;
+        let state = AgentState {
+            auth,
+            fleet,
+            identities,
+            reports,
+            relay,
+            rotation,
+            rt,
+            enroll_limit,
+            agents_gone: AtomicU64::new(0),
+        };
         AgentApi { state: Arc::new(state) }
     }
 
@@ -168,7 +184,11 @@ impl AgentLink for AgentApi {
             Session { state: state.clone(), server: server.clone(), agent_id, conn_id, last_renewal: None, tx };
         // Commands pending for this server (queued while it was away, or unanswered on its last stream). Sent
         // by the session task: here, before the response is returned, nobody reads the channel yet.
-        let pending = state.relay.attach(&server, conn_id, session.tx.clone());
+        let mut pending = state.relay.attach(&server, conn_id, session.tx.clone());
+        // A CA rotation in progress: what this agent still lacks (its record as `connect` left it).
+        if let Some(m) = state.fleet.record(&server).ok().and_then(|r| state.rotation.on_connect(&r)) {
+            pending.insert(0, m);
+        }
         // No span: entering one on every poll costs ~1 % of the hub's CPU at 10,000 reports a second; the
         // session's log lines name the server and the stream themselves.
         state.rt.spawn(session.run(inbound, close, cert.not_after, pending));
@@ -323,7 +343,12 @@ impl Session {
                     }
                     _ => {
                         self.last_renewal = Some(now);
-                        self.state.identities.renew(&self.server, &self.agent_id, &r.csr_pem).await
+                        match outpost_common::report::check_ca_pins(&r.ca_pins) {
+                            Ok(()) => {
+                                self.state.identities.renew(&self.server, &self.agent_id, &r.csr_pem, r.ca_pins).await
+                            }
+                            Err(e) => Err(HubError::Invalid(format!("RenewRequest: {e}"))),
+                        }
                     }
                 };
                 match result {

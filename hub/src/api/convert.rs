@@ -160,7 +160,12 @@ pub fn host_facts(h: pb::HostFacts) -> HostFacts {
 }
 
 pub fn hello(h: &pb::Hello) -> Hello {
-    Hello { dropped_reports: h.dropped_reports, refused_reports: h.refused_reports, log_files: h.log_files.clone() }
+    Hello {
+        dropped_reports: h.dropped_reports,
+        refused_reports: h.refused_reports,
+        log_files: h.log_files.clone(),
+        ca_pins: h.ca_pins.clone(),
+    }
 }
 
 pub fn lifecycle_job(j: crate::store::QueuedJob) -> pb::LifecycleJob {

@@ -47,6 +47,7 @@ pub struct OperatorApi {
     lifecycle: Arc<Lifecycle>,
     alerts: Arc<crate::alerts::Alerts>,
     usage: Arc<crate::usage::UsageBook>,
+    rotation: Arc<crate::fleet::rotation::CaRotation>,
     rt: Runtime,
     /// The other replicas, when hubs share a store.
     peers: Option<Arc<super::peer::Peers>>,
@@ -65,13 +66,28 @@ pub struct OperatorParts {
     pub alerts: Arc<crate::alerts::Alerts>,
     pub usage: Arc<crate::usage::UsageBook>,
     pub audit: Arc<Audit>,
+    pub rotation: Arc<crate::fleet::rotation::CaRotation>,
     pub rt: Runtime,
 }
 
 impl OperatorApi {
     pub fn new(parts: OperatorParts) -> OperatorApi {
-        let OperatorParts { auth, fleet, reports, identities, actions, lifecycle, alerts, usage, audit, rt } = parts;
-        OperatorApi { auth, fleet, reports, identities, actions, audit, lifecycle, alerts, usage, rt, peers: None }
+        let OperatorParts { auth, fleet, reports, identities, actions, lifecycle, alerts, usage, audit, rotation, rt } =
+            parts;
+        OperatorApi {
+            auth,
+            fleet,
+            reports,
+            identities,
+            actions,
+            audit,
+            lifecycle,
+            alerts,
+            usage,
+            rotation,
+            rt,
+            peers: None,
+        }
     }
 
     /// Actions whose targets are all on another replica run there.
@@ -507,7 +523,91 @@ impl Operator for OperatorApi {
 
     async fn who_am_i(&self, req: Request<pb::WhoAmIRequest>) -> Result<Response<pb::WhoAmIResponse>, Status> {
         let (name, role) = self.auth.operator(&req, Role::Viewer, "asking who you are")?;
-        Ok(Response::new(pb::WhoAmIResponse { name, role: role.to_string() }))
+        let keys = self.rotation.keys();
+        Ok(Response::new(pb::WhoAmIResponse {
+            name,
+            role: role.to_string(),
+            ca_pins: keys.trust_pins(),
+            signing_pin: keys.signing().pin().to_string(),
+        }))
+    }
+
+    async fn renew_operator(
+        &self,
+        req: Request<pb::RenewOperatorRequest>,
+    ) -> Result<Response<pb::RenewOperatorResponse>, Status> {
+        let (name, role) = self.auth.operator(&req, Role::Viewer, "renewing its certificate")?;
+        let cert = self.auth.peer(&req)?;
+        // No longer than the certificate it replaces: a renewal follows the CA, it does not extend a bundle.
+        let left = cert.not_after - outpost_common::now_secs();
+        if left < 60 {
+            return Err(Status::failed_precondition(
+                "this certificate ends within a minute; ask an admin for a new bundle (`hubd operator issue`)",
+            ));
+        }
+        let keys = self.rotation.keys();
+        let issued = keys
+            .signing()
+            .sign_operator(&req.get_ref().csr_pem, &name, role, Duration::from_secs(left as u64))
+            .map_err(|e| match e {
+                crate::pki::ca::SignError::Csr(c) => crate::error::HubError::Csr(c),
+                crate::pki::ca::SignError::Ca(c) => crate::error::HubError::Internal(c.to_string()),
+            })?;
+        tracing::info!(operator = %name, serial = %issued.info.serial, "operator certificate renewed");
+        Ok(Response::new(pb::RenewOperatorResponse {
+            cert_chain_pem: issued.chain_pem,
+            ca_bundle_pem: keys.trust_pem(),
+        }))
+    }
+
+    async fn ca_rotation(&self, req: Request<pb::CaRotationRequest>) -> Result<Response<pb::CaRotationStatus>, Status> {
+        let action = req.get_ref().action.clone();
+        let force = req.get_ref().force;
+        let message = if action == "status" {
+            self.auth.operator(&req, Role::Viewer, "seeing the CA rotation")?;
+            String::new()
+        } else {
+            let (by, _) = self.auth.operator(&req, Role::Admin, "rotating the fleet CA")?;
+            let done = match action.as_str() {
+                "start" => self.rotation.start(&by).await,
+                "advance" => self.rotation.advance(&by, force).await,
+                "rollback" => self.rotation.rollback(&by).await,
+                other => {
+                    return Err(Status::invalid_argument(format!(
+                        "action {} is not one of status, start, advance, rollback",
+                        outpost_common::text::excerpt(other, 32)
+                    )));
+                }
+            };
+            let message = match done {
+                Ok(m) => m,
+                Err(e) => {
+                    let refused = format!("refused: {e}");
+                    self.audit_admin(by, Kind::Ca, &format!("ca-rotate-{action}"), String::new(), refused).await?;
+                    return Err(e.into());
+                }
+            };
+            self.audit_admin(by, Kind::Ca, &format!("ca-rotate-{action}"), String::new(), message.clone()).await?;
+            message
+        };
+        let keys = self.rotation.keys();
+        let p = self.rotation.progress();
+        let r = keys.rotation.clone();
+        Ok(Response::new(pb::CaRotationStatus {
+            phase: keys.phase().as_str().into(),
+            started_ms: r.as_ref().map_or(0, |r| r.started_ms),
+            phase_ms: r.as_ref().map_or(0, |r| r.phase_ms),
+            by: r.as_ref().map(|r| r.by.clone()).unwrap_or_default(),
+            current_pin: keys.current.pin().into(),
+            next_pin: keys.next.as_ref().map(|n| n.pin().to_string()).unwrap_or_default(),
+            servers: p.servers as u32,
+            done: p.done as u32,
+            lagging: p.lagging.len() as u32,
+            offline: p.offline.len() as u32,
+            lagging_names: p.lagging.into_iter().take(20).collect(),
+            offline_names: p.offline.into_iter().take(20).collect(),
+            message,
+        }))
     }
 }
 

@@ -14,7 +14,7 @@ use pb::operator_client::OperatorClient;
 use tonic::{Request, Status};
 
 use crate::actions::Caller;
-use crate::pki::ca::FleetCa;
+use crate::pki::rotation::Pki;
 use crate::replicas::Placement;
 
 /// The metadata key that marks a request one replica forwarded to another.
@@ -24,11 +24,11 @@ const FORWARD_CERT_TTL: Duration = Duration::from_secs(300);
 
 pub struct Peers {
     placement: Arc<Placement>,
-    ca: Arc<FleetCa>,
+    ca: Arc<Pki>,
 }
 
 impl Peers {
-    pub fn new(placement: Arc<Placement>, ca: Arc<FleetCa>) -> Peers {
+    pub fn new(placement: Arc<Placement>, ca: Arc<Pki>) -> Peers {
         Peers { placement, ca }
     }
 
@@ -50,11 +50,14 @@ impl Peers {
         req: pb::RunActionRequest,
     ) -> Result<tonic::Streaming<pb::JobEvent>, Status> {
         let internal = |e: String| Status::internal(format!("forwarding to the replica at {url}: {e}"));
-        let (issued, key) =
-            self.ca.issue_operator(&caller.name, caller.role, FORWARD_CERT_TTL).map_err(|e| internal(e.to_string()))?;
+        let keys = self.ca.keys();
+        let (issued, key) = keys
+            .signing()
+            .issue_operator(&caller.name, caller.role, FORWARD_CERT_TTL)
+            .map_err(|e| internal(e.to_string()))?;
         let addr = outpost_common::tls::HubAddr::parse(url).map_err(|e| internal(e.to_string()))?;
         let channel =
-            addr.channel(self.ca.cert_pem(), Some((&issued.chain_pem, &key))).map_err(|e| internal(e.to_string()))?;
+            addr.channel(&keys.trust_pem(), Some((&issued.chain_pem, &key))).map_err(|e| internal(e.to_string()))?;
         let mut client = OperatorClient::new(channel)
             .max_decoding_message_size(outpost_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(outpost_proto::MAX_MESSAGE_BYTES);

@@ -23,7 +23,6 @@ const MAX_HANDSHAKES: usize = 1024;
 /// The hub's TLS configuration, replaceable while it serves.
 pub struct ServerTls {
     config: RwLock<Arc<ServerConfig>>,
-    ca_pem: String,
     /// When the serving certificate was put in (its `not_before` is backdated for clock skew) and when it
     /// ends (unix seconds).
     since: AtomicI64,
@@ -31,20 +30,19 @@ pub struct ServerTls {
 }
 
 impl ServerTls {
-    /// From the hub's certificate chain and key (PEM) and the CA client certificates must chain to.
-    pub fn new(chain: &str, key: &str, ca_pem: &str) -> Result<ServerTls, String> {
-        let (config, na) = build(chain, key, ca_pem)?;
+    /// From the hub's certificate chain and key (PEM) and the CAs client certificates must chain to.
+    pub fn new(chain: &str, key: &str, trust_pem: &str) -> Result<ServerTls, String> {
+        let (config, na) = build(chain, key, trust_pem)?;
         Ok(ServerTls {
             config: RwLock::new(Arc::new(config)),
-            ca_pem: ca_pem.to_string(),
             since: AtomicI64::new(outpost_common::now_secs()),
             not_after: AtomicI64::new(na),
         })
     }
 
-    /// Serves `chain` and `key` on every connection from now on.
-    pub fn replace(&self, chain: &str, key: &str) -> Result<(), String> {
-        let (config, na) = build(chain, key, &self.ca_pem)?;
+    /// Serves `chain` and `key`, and trusts the CAs in `trust_pem`, on every connection from now on.
+    pub fn set(&self, chain: &str, key: &str, trust_pem: &str) -> Result<(), String> {
+        let (config, na) = build(chain, key, trust_pem)?;
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
         self.since.store(outpost_common::now_secs(), Ordering::Relaxed);
         self.not_after.store(na, Ordering::Relaxed);
@@ -68,7 +66,7 @@ impl ServerTls {
 }
 
 /// The configuration, and when the certificate ends (unix seconds).
-fn build(chain: &str, key: &str, ca_pem: &str) -> Result<(ServerConfig, i64), String> {
+fn build(chain: &str, key: &str, trust_pem: &str) -> Result<(ServerConfig, i64), String> {
     let certs = CertificateDer::pem_slice_iter(chain.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("the hub's certificate chain: {e}"))?;
@@ -77,7 +75,7 @@ fn build(chain: &str, key: &str, ca_pem: &str) -> Result<(ServerConfig, i64), St
     let not_after = parsed.validity().not_after.timestamp();
     let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| format!("the hub's key: {e}"))?;
     let mut roots = RootCertStore::empty();
-    for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+    for ca in CertificateDer::pem_slice_iter(trust_pem.as_bytes()) {
         roots.add(ca.map_err(|e| format!("the fleet CA: {e}"))?).map_err(|e| format!("the fleet CA: {e}"))?;
     }
     let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
@@ -213,9 +211,12 @@ mod tests {
         assert!(!tls.renewal_due(now) && !tls.renewal_due(now + 19 * day));
         assert!(tls.renewal_due(now + 21 * day));
         let (chain, key) = ca.issue_server_for(&names, Duration::from_secs(60 * day as u64)).unwrap();
-        tls.replace(&chain, &key).unwrap();
+        tls.set(&chain, &key, ca.cert_pem()).unwrap();
         assert!(tls.not_after() > now + 59 * day && !tls.renewal_due(now + 21 * day));
-        assert!(tls.replace("not a certificate", &key).is_err(), "a bad certificate is refused and the old kept");
+        assert!(
+            tls.set("not a certificate", &key, ca.cert_pem()).is_err(),
+            "a bad certificate is refused and the old kept"
+        );
         assert!(tls.not_after() > now + 59 * day);
     }
 }

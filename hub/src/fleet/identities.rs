@@ -10,6 +10,7 @@ use outpost_common::JoinToken;
 use crate::error::HubError;
 use crate::fleet::Fleet;
 use crate::pki::ca::{FleetCa, SignError};
+use crate::pki::rotation::{Keys, Pki};
 use crate::store::{AuditEntry, BurnedToken, IdentityStore, Kind, Revoked, ServerRecord, StoreError, TokenState};
 use outpost_common::when::rfc3339 as rfc3339_ms;
 
@@ -48,6 +49,7 @@ pub struct Hello {
     pub dropped_reports: u64,
     pub refused_reports: u64,
     pub log_files: Vec<String>,
+    pub ca_pins: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -61,7 +63,7 @@ pub struct Enrolled {
 pub struct Identities {
     pub(super) fleet: Arc<Fleet>,
     pub(super) store: Arc<dyn IdentityStore>,
-    pub(super) ca: Arc<FleetCa>,
+    pub(super) ca: Arc<Pki>,
     /// `https://host:port` that goes into tokens.
     pub(super) advertise: String,
     agent_cert_ttl: Duration,
@@ -76,7 +78,7 @@ impl Identities {
     pub async fn new(
         fleet: Arc<Fleet>,
         store: Arc<dyn IdentityStore>,
-        ca: Arc<FleetCa>,
+        ca: Arc<Pki>,
         advertise: String,
         agent_cert_ttl: Duration,
         metrics: Arc<crate::metrics::Metrics>,
@@ -85,15 +87,19 @@ impl Identities {
         Ok(Identities { fleet, store, ca, advertise, agent_cert_ttl, revoked, metrics, shared: Default::default() })
     }
 
-    pub fn ca(&self) -> &FleetCa {
+    /// The fleet CA (and its rotation).
+    pub fn pki(&self) -> &Arc<Pki> {
         &self.ca
     }
 
-    fn sign(&self, csr_pem: &str, agent_id: &str) -> Result<crate::pki::ca::Issued, HubError> {
-        self.ca.sign_agent(csr_pem, agent_id, self.agent_cert_ttl).map_err(|e| match e {
+    /// Signs with the CA that signs now; returns what it signed and that CA's pin.
+    fn sign(&self, keys: &Keys, csr_pem: &str, agent_id: &str) -> Result<(crate::pki::ca::Issued, String), HubError> {
+        let ca = keys.signing();
+        let issued = ca.sign_agent(csr_pem, agent_id, self.agent_cert_ttl).map_err(|e| match e {
             SignError::Csr(c) => HubError::Csr(c),
             SignError::Ca(c) => HubError::Internal(c.to_string()),
-        })
+        })?;
+        Ok((issued, ca.pin().to_string()))
     }
 
     pub async fn enroll(&self, secret: &str, csr_pem: &str, host: HostFacts) -> Result<Enrolled, HubError> {
@@ -126,7 +132,8 @@ impl Identities {
             HubError::NotFound(format!("server {} no longer exists; create a new token", token.server))
         })?;
         let agent_id = outpost_common::random_hex::<12>();
-        let issued = self.sign(csr_pem, &agent_id)?;
+        let keys = self.ca.keys();
+        let (issued, issuer) = self.sign(&keys, csr_pem, &agent_id)?;
         // Every certificate the previous identity could still use dies with this enrollment (its agent id no
         // longer maps to the server).
         let superseded: Vec<String> =
@@ -137,6 +144,9 @@ impl Identities {
         record.prev_serial = String::new();
         record.revoked_ms = 0;
         record.cert_not_after = issued.info.not_after;
+        record.cert_issuer = issuer;
+        // It is given every CA trusted now.
+        record.ca_pins = keys.trust_pins();
         record.hostname = host.hostname;
         record.os = host.os;
         record.kernel = host.kernel;
@@ -189,7 +199,7 @@ impl Identities {
             None => tracing::info!(server = %server, %agent_id, serial = %issued.info.serial, "agent enrolled"),
         }
         self.metrics.enrolled();
-        Ok(Enrolled { agent_id, server, chain_pem: issued.chain_pem, ca_pem: self.ca.cert_pem().to_string() })
+        Ok(Enrolled { agent_id, server, chain_pem: issued.chain_pem, ca_pem: keys.trust_pem() })
     }
 
     /// Revokes the server's identity: every certificate it ever held is refused from now on, at connect and
@@ -284,6 +294,8 @@ impl Identities {
         self.check_serial(&record, serial)?;
         record.connections += 1;
         record.dropped_reports = hello.dropped_reports;
+        record.ca_pins = hello.ca_pins;
+        record.connected_ms = outpost_common::now_ms();
         record.refused_reports = hello.refused_reports;
         record.log_files = hello.log_files;
         record.last_seen_ms = outpost_common::now_ms();
@@ -305,7 +317,13 @@ impl Identities {
     /// a burst of renewals leaves two valid certificates, not one per renewal. The stream itself was checked
     /// when it opened and is closed on revocation or re-enrollment, so a long-lived stream may renew again
     /// after the certificate it opened with was replaced.
-    pub async fn renew(&self, server: &str, agent_id: &str, csr_pem: &str) -> Result<(String, i64), HubError> {
+    pub async fn renew(
+        &self,
+        server: &str,
+        agent_id: &str,
+        csr_pem: &str,
+        ca_pins: Vec<String>,
+    ) -> Result<(String, i64), HubError> {
         let _server = self.fleet.lock(server).await;
         let mut record = self.fleet.record(server)?;
         if record.agent_id != agent_id {
@@ -319,11 +337,13 @@ impl Identities {
                 rfc3339_ms(record.revoked_ms)
             )));
         }
-        let issued = self.sign(csr_pem, agent_id)?;
+        let (issued, issuer) = self.sign(&self.ca.keys(), csr_pem, agent_id)?;
         // The identity accepts only its current and previous serial: what came before is dead from now on.
         record.prev_serial = std::mem::take(&mut record.cert_serial);
         record.cert_serial = issued.info.serial.clone();
         record.cert_not_after = issued.info.not_after;
+        record.cert_issuer = issuer;
+        record.ca_pins = ca_pins;
         self.store.put_server(&record).await?;
         self.fleet.registry().put_record(record);
         tracing::info!(server, serial = %issued.info.serial, not_after = issued.info.not_after, "certificate renewed");

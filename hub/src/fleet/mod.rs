@@ -8,6 +8,7 @@
 pub mod identities;
 pub mod registry;
 pub mod reports;
+pub mod rotation;
 pub mod tokens;
 
 use std::collections::HashMap;

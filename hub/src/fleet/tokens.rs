@@ -108,7 +108,7 @@ impl Identities {
         let invalidated = self.store.issue_token(&JoinToken::hash_secret(&secret), &token, &record).await?;
         self.fleet.registry().put_record(record);
         tracing::info!(server = %req.server, ttl_secs = req.ttl.as_secs(), by, invalidated, replace = live, "join token created");
-        let token = JoinToken { hub: self.advertise.clone(), pin: self.ca.pin().to_string(), secret };
+        let token = JoinToken { hub: self.advertise.clone(), pin: self.ca.keys().token_pin().to_string(), secret };
         Ok(Created { token: token.encode(), expires_ms, invalidated, replaces_live_agent: live })
     }
 }

@@ -28,7 +28,7 @@ pub struct Provisioner {
     artifacts: Arc<Artifacts>,
     /// The hub's URL (`https://host:port`) and its CA, for the user-data.
     advertise: String,
-    ca_pem: String,
+    pki: Arc<crate::pki::rotation::Pki>,
     /// The release public keys new agents pin (`[releases] public_keys`).
     release_keys: Vec<String>,
     clock: Clock,
@@ -37,7 +37,8 @@ pub struct Provisioner {
 /// What a new server is told of its hub: where it is, and its CA (the pin comes from it).
 pub struct HubPins {
     pub advertise: String,
-    pub ca_pem: String,
+    /// The fleet CA: new servers trust the CAs trusted when their user-data is written.
+    pub pki: Arc<crate::pki::rotation::Pki>,
     /// The release public keys new agents pin, as `[releases] public_keys` gives them.
     pub release_keys: Vec<String>,
 }
@@ -50,8 +51,8 @@ impl Provisioner {
         hub: HubPins,
         clock: Clock,
     ) -> Provisioner {
-        let HubPins { advertise, ca_pem, release_keys } = hub;
-        Provisioner { cloud, config, artifacts, advertise, ca_pem, release_keys, clock }
+        let HubPins { advertise, pki, release_keys } = hub;
+        Provisioner { cloud, config, artifacts, advertise, pki, release_keys, clock }
     }
 
     /// Checks a request; returns its plan.
@@ -182,11 +183,12 @@ impl Provisioner {
                 JobError::Fail(format!("no agentd {} for {} on this hub", self.config.agent_version, plan.arch))
             })?;
             let url = format!("{}{}", self.advertise, Artifacts::url_path(&self.config.agent_version, &plan.arch));
+            let ca_pem = self.pki.keys().trust_pem();
             let user_data = UserData {
                 server: &name,
                 job: job.id,
                 token: &token,
-                ca_pem: &self.ca_pem,
+                ca_pem: &ca_pem,
                 release_keys: &self.release_keys,
                 k3s_version: &self.config.k3s_version,
                 k3s_installer: &self.config.k3s_installer,

@@ -21,8 +21,8 @@ const UNIT: &str = include_str!("../../../systemd/outpost-agentd.service");
 pub struct SshEnroll {
     artifacts: Arc<Artifacts>,
     agent_version: String,
-    /// The hub's CA (written for the agent's reference).
-    ca_pem: String,
+    /// The fleet CA (what it trusts is written for the agent's reference).
+    pki: Arc<crate::pki::rotation::Pki>,
     /// A key the hub may use when the request brings none (a resumed job needs it).
     key_file: Option<PathBuf>,
     /// Where on the server files go (`/`; tests install under a directory).
@@ -58,11 +58,11 @@ impl SshEnroll {
     pub fn new(
         artifacts: Arc<Artifacts>,
         agent_version: String,
-        ca_pem: String,
+        pki: Arc<crate::pki::rotation::Pki>,
         settings: EnrollSettings,
     ) -> SshEnroll {
         let EnrollSettings { key_file, root, start } = settings;
-        SshEnroll { artifacts, agent_version, ca_pem, key_file, root, start, request_keys: Mutex::default() }
+        SshEnroll { artifacts, agent_version, pki, key_file, root, start, request_keys: Mutex::default() }
     }
 
     /// Keeps the private key for the enrollment of `server` in memory for its job's run. Held before the
@@ -171,10 +171,11 @@ impl SshEnroll {
              token_file = \"{root}/etc/outpost/join-token\"\n\
              log_dir = \"{root}/var/log/outpost-agentd\"\n"
         );
+        let ca_pem = self.pki.keys().trust_pem();
         let uploads: [(&str, &[u8], &str); 5] = [
             ("/usr/local/bin/agentd", &binary, "755"),
             ("/etc/outpost/agentd.toml", config.as_bytes(), "644"),
-            ("/etc/outpost/fleet-ca.pem", self.ca_pem.as_bytes(), "644"),
+            ("/etc/outpost/fleet-ca.pem", ca_pem.as_bytes(), "644"),
             ("/etc/outpost/join-token", token.as_bytes(), "600"),
             ("/etc/systemd/system/outpost-agentd.service", UNIT.as_bytes(), "644"),
         ];

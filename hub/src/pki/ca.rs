@@ -82,17 +82,7 @@ impl FleetCa {
         let (cert_path, key_path) = paths(dir, external);
         if external.is_none() && !cert_path.exists() && !key_path.exists() {
             create_dir(dir)?;
-            let key = KeyPair::generate().map_err(|e| CaError::Sign(e.to_string()))?;
-            let mut params = CertificateParams::default();
-            params.distinguished_name = DistinguishedName::new();
-            params.distinguished_name.push(DnType::CommonName, "Outpost fleet CA");
-            params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-            params.key_usages =
-                vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-            let now = OffsetDateTime::now_utc();
-            params.not_before = now - BACKDATE;
-            params.not_after = now + CA_VALIDITY;
-            params.serial_number = Some(random_serial());
+            let (params, key) = ca_params("Outpost fleet CA")?;
             let cert = params.self_signed(&key).map_err(|e| CaError::Sign(e.to_string()))?;
             write_private(&key_path, key.serialize_pem().as_bytes())?;
             write_public(&cert_path, cert.pem().as_bytes())?;
@@ -101,9 +91,38 @@ impl FleetCa {
         Self::load(dir, external)
     }
 
+    /// A new CA in `cert_path`/`key_path` (the next one of a rotation), and its certificate signed by this
+    /// CA too (PEM): a party that trusts only this CA still verifies what the new one signed, through it.
+    /// Its name carries the time, so that the two CAs' names differ.
+    pub fn create_successor(&self, cert_path: &Path, key_path: &Path) -> Result<(FleetCa, String), CaError> {
+        let stamp = OffsetDateTime::now_utc();
+        let cn = format!(
+            "Outpost fleet CA {:04}{:02}{:02}{:02}{:02}{:02}",
+            stamp.year(),
+            u8::from(stamp.month()),
+            stamp.day(),
+            stamp.hour(),
+            stamp.minute(),
+            stamp.second()
+        );
+        let (params, key) = ca_params(&cn)?;
+        let cert = params.self_signed(&key).map_err(|e| CaError::Sign(e.to_string()))?;
+        let cross = params.signed_by(&key, &self.issuer).map_err(|e| CaError::Sign(e.to_string()))?;
+        write_private(key_path, key.serialize_pem().as_bytes())?;
+        write_public(cert_path, cert.pem().as_bytes())?;
+        let next = Self::load_files(cert_path, key_path)?;
+        Ok((next, cross.pem()))
+    }
+
     /// Loads an existing CA (never creates one).
     pub fn load(dir: &Path, external: Option<(&Path, &Path)>) -> Result<FleetCa, CaError> {
         let (cert_path, key_path) = paths(dir, external);
+        Self::load_files(&cert_path, &key_path)
+    }
+
+    /// Loads the CA certificate `cert_path` with its key `key_path` (which must be 0600).
+    pub fn load_files(cert_path: &Path, key_path: &Path) -> Result<FleetCa, CaError> {
+        let (cert_path, key_path) = (cert_path.to_path_buf(), key_path.to_path_buf());
         let cert_pem = read(&cert_path)?;
         check_private(&key_path)?;
         let key_pem = read(&key_path)?;
@@ -116,6 +135,16 @@ impl FleetCa {
             Issuer::from_ca_cert_der(&cert_der.clone().into(), key).map_err(|e| invalid(&cert_path, e.to_string()))?;
         let pin = ca_pin(&cert_der);
         Ok(FleetCa { cert_pem, cert_der, issuer, pin, seal_secret })
+    }
+
+    /// The seal secret of a CA key kept after its CA was retired (`ca/retired/KID.key`): it only opens what
+    /// was sealed before the rotation.
+    pub fn seal_secret_of(key_path: &Path) -> Result<[u8; 32], CaError> {
+        check_private(key_path)?;
+        let key_pem = read(key_path)?;
+        let key = KeyPair::from_pem(&key_pem)
+            .map_err(|e| CaError::Invalid { path: key_path.to_path_buf(), reason: e.to_string() })?;
+        Ok(seal_secret(&key.serialize_der()))
     }
 
     pub fn cert_pem(&self) -> &str {
@@ -172,6 +201,19 @@ impl FleetCa {
         let public_key = Self::check_csr(csr_pem)?;
         let identity = Identity::Agent { id: agent_id.to_string() };
         self.issue(&public_key, &identity, agent_id, ttl).map_err(SignError::Ca)
+    }
+
+    /// Issues an operator certificate for a checked CSR (an operator renewing its own bundle).
+    pub fn sign_operator(
+        &self,
+        csr_pem: &str,
+        name: &str,
+        role: outpost_common::Role,
+        ttl: Duration,
+    ) -> Result<Issued, SignError> {
+        let public_key = Self::check_csr(csr_pem)?;
+        let identity = Identity::Operator { name: name.to_string(), role };
+        self.issue(&public_key, &identity, name, ttl).map_err(SignError::Ca)
     }
 
     /// Issues an operator certificate with a fresh key; returns (chain, key PEM).
@@ -263,6 +305,21 @@ fn paths(dir: &Path, external: Option<(&Path, &Path)>) -> (PathBuf, PathBuf) {
         Some((c, k)) => (c.to_path_buf(), k.to_path_buf()),
         None => (dir.join("ca.pem"), dir.join("ca.key")),
     }
+}
+
+/// A CA's parameters (ten years, may sign leaf certificates only) and a fresh key.
+fn ca_params(cn: &str) -> Result<(CertificateParams, KeyPair), CaError> {
+    let key = KeyPair::generate().map_err(|e| CaError::Sign(e.to_string()))?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - BACKDATE;
+    params.not_after = now + CA_VALIDITY;
+    params.serial_number = Some(random_serial());
+    Ok((params, key))
 }
 
 fn key_name(oid: &str, curve: Option<&str>) -> String {

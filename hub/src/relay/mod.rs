@@ -177,6 +177,13 @@ impl Relay {
         out
     }
 
+    /// Sends `message` on `server`'s stream now, if it has one and room in its queue (a message that can be
+    /// sent again later: a full queue drops it). Whether it was queued.
+    pub fn send(&self, server: &str, message: HubMessage) -> bool {
+        let inner = self.lock();
+        inner.links.get(server).is_some_and(|l| l.tx.try_send(Ok(Box::new(message))).is_ok())
+    }
+
     pub fn detach(&self, server: &str, conn_id: u64) {
         let mut inner = self.lock();
         if inner.links.get(server).is_some_and(|l| l.conn_id == conn_id) {

@@ -48,6 +48,12 @@ pub struct ServerRecord {
     pub archive: String,
     pub archive_sha256: String,
     pub archive_bytes: u64,
+    /// The pins of the CAs the agent says it trusts (Hello, renewal), and of the CA that signed its current
+    /// certificate: a CA rotation's progress.
+    pub ca_pins: Vec<String>,
+    pub cert_issuer: String,
+    /// When its latest stream opened.
+    pub connected_ms: i64,
 }
 
 impl ServerRecord {
@@ -85,12 +91,16 @@ impl ServerRecord {
             archive,
             archive_sha256,
             archive_bytes,
+            ca_pins,
+            cert_issuer,
+            connected_ms,
         } = self;
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (name, labels, customer, plan, agent_id, cert_serial, cert_not_after, prev_serial).hash(&mut h);
         (revoked_ms, agent_version, hostname, os, kernel, arch, created_ms, connections).hash(&mut h);
         (dropped_reports, refused_reports, log_files, suspended_ms, archive, archive_sha256, archive_bytes)
             .hash(&mut h);
+        (ca_pins, cert_issuer, connected_ms).hash(&mut h);
         h.finish()
     }
 }
@@ -198,6 +208,8 @@ pub enum Kind {
     Job,
     /// An alert fired or resolved.
     Alert,
+    /// The fleet CA's rotation started, advanced or rolled back.
+    Ca,
 }
 
 impl Kind {
@@ -212,6 +224,7 @@ impl Kind {
             Kind::Revoke => "revoke",
             Kind::Job => "job",
             Kind::Alert => "alert",
+            Kind::Ca => "ca",
         }
     }
 }
