@@ -23,6 +23,8 @@ const WINDOW: u64 = 256;
 const STABLE: Duration = Duration::from_secs(30);
 /// After a refused renewal, try again this much later.
 const RENEW_RETRY: Duration = Duration::from_secs(60);
+/// After a refused renewal the hub asked for, try again this much later.
+const HUB_ASKED_RETRY: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -231,6 +233,9 @@ impl Link {
         self.cert_not_after.send_replace(cert.not_after);
         let mut renew_at = renewal_instant(cert.not_before, cert.not_after);
         let mut pending_key: Option<rcgen::KeyPair> = None;
+        // The hub asked for this renewal (a CA rotation): a refusal (at most one renewal a second) is retried
+        // soon, not at RENEW_RETRY.
+        let mut hub_asked = false;
         let mut renew_waiters: Vec<RenewWaiter> = Vec::new();
         let mut runner_link = self.runner_link.lock().await;
         let RunnerLink { updates, renewals } = &mut *runner_link;
@@ -294,7 +299,7 @@ impl Link {
                             for w in renew_waiters.drain(..) {
                                 let _ = w.send(Err(r.error.clone()));
                             }
-                            renew_at = Instant::now() + RENEW_RETRY;
+                            renew_at = Instant::now() + if hub_asked { HUB_ASKED_RETRY } else { RENEW_RETRY };
                             continue;
                         }
                         let mut renewed = identity.clone();
@@ -305,6 +310,7 @@ impl Link {
                             return Err(LinkError::Protocol(format!("renewed certificate is for {}", info.identity)));
                         }
                         renewed.save(&self.config.data_dir)?;
+                        hub_asked = false;
                         tracing::info!(serial = %info.serial, not_after = info.not_after, "certificate renewed; the stream stays up");
                         renew_at = renewal_instant(info.not_before, info.not_after);
                         for w in renew_waiters.drain(..) {
@@ -325,6 +331,7 @@ impl Link {
                         if !r.trust_only {
                             tracing::info!(reason = %outpost_common::text::Inert(&r.reason), "hub asked for renewal");
                             renew_at = Instant::now();
+                            hub_asked = true;
                         }
                     }
                     Some(hub_message::Body::Reconnect(r)) => {

@@ -106,8 +106,20 @@ pub fn client(bundle: &Bundle) -> anyhow::Result<OperatorClient<tonic::transport
 pub fn rpc(bundle: &Bundle, s: tonic::Status) -> anyhow::Error {
     if s.code() == tonic::Code::Unavailable {
         let reason = outpost_common::tls::transport_reason(&s);
+        if reason.contains("UnknownIssuer") || reason.contains("UnknownCA") {
+            return anyhow::anyhow!(
+                "the hub at {} and this bundle do not trust the same fleet CA ({reason}): the CA was rotated since this bundle was last used. Ask an admin for a new bundle (`hubd operator issue`)",
+                bundle.meta.hub
+            );
+        }
         return anyhow::anyhow!(
             "hub not reachable at {} ({reason}) — is hubd running? (`systemctl status outpost-hubd`)",
+            bundle.meta.hub
+        );
+    }
+    if s.message() == "transport error" {
+        return anyhow::anyhow!(
+            "hub {}: the connection was refused during its TLS handshake. If the fleet CA was rotated since this bundle was last used, ask an admin for a new bundle (`hubd operator issue`)",
             bundle.meta.hub
         );
     }

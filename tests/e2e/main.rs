@@ -19,6 +19,7 @@ mod provision;
 mod releases;
 mod renewal;
 mod replicas;
+mod rotation;
 mod shutdown;
 mod sim;
 mod ssh_repos;

@@ -56,7 +56,7 @@ pub struct HubProc {
     pub pin: String,
     /// `http://127.0.0.1:PORT` of the admin listener (metrics, health).
     pub admin: String,
-    config: PathBuf,
+    pub config: PathBuf,
     /// Environment given to hubd (kept across restarts).
     env: Vec<(String, String)>,
 }
@@ -309,6 +309,16 @@ pub async fn wait_for_file(path: &Path, needle: &str) -> String {
             return text;
         }
         assert!(std::time::Instant::now() < deadline, "{} never contained {needle:?}:\n{text}", path.display());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until `done()` holds, for a state another process keeps in files (not an event this process can
+/// await): polls, with a deadline.
+pub async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
