@@ -63,6 +63,7 @@ pub fn apply(app: &mut App, ev: ConnEvent) {
         ConnEvent::Queue(r) => app.apply_queue(*r),
         ConnEvent::Alerts(a) => app.apply_alerts(a),
         ConnEvent::Usage(u) => app.apply_usage(*u),
+        ConnEvent::CaRotation(r) => app.ca_rotation = Some(*r),
         ConnEvent::Info(text) => {
             app.message = Some(Message { text: outpost_common::text::inert(&text).into_owned(), error: false })
         }
@@ -218,6 +219,11 @@ async fn request(ch: Channel, tx: mpsc::Sender<ConnEvent>, r: Request) {
             // An older hub without alerts: the header keeps its own count, and nothing is said.
             if let Ok(r) = client.list_alerts(outpost_proto::v1::ListAlertsRequest {}).await {
                 let _ = tx.send(ConnEvent::Alerts(r.into_inner().alerts)).await;
+            }
+            // The header's other hub-wide figure: a CA rotation's progress (nothing from an older hub).
+            let req = outpost_proto::v1::CaRotationRequest { action: "status".into(), force: false };
+            if let Ok(r) = client.ca_rotation(req).await {
+                let _ = tx.send(ConnEvent::CaRotation(Box::new(r.into_inner()))).await;
             }
         }
         Request::Usage { customer, month } => {

@@ -24,6 +24,8 @@ pub enum ConnEvent {
     Queue(Box<outpost_proto::v1::ListLifecycleJobsResponse>),
     Alerts(Vec<outpost_proto::v1::AlertInfo>),
     Usage(Box<outpost_proto::v1::GetUsageResponse>),
+    /// The fleet CA's rotation, as the header shows it.
+    CaRotation(Box<outpost_proto::v1::CaRotationStatus>),
     /// Something the operator should read that is not an error (a job queued, cancelled).
     Info(String),
     Down {

@@ -224,6 +224,8 @@ pub struct App {
     pub usage: UsagePage,
     /// App spec files offered in the app-apply form (as `@PATH`; Ctrl-n cycles): the demo's samples.
     pub spec_files: Vec<String>,
+    /// The fleet CA's rotation, polled with the header's alerts (shown while one is in progress).
+    pub ca_rotation: Option<outpost_proto::v1::CaRotationStatus>,
 }
 
 impl App {
@@ -246,6 +248,7 @@ impl App {
             alerts: AlertsPage::default(),
             usage: UsagePage::default(),
             spec_files: Vec::new(),
+            ca_rotation: None,
         }
     }
 

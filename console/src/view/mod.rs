@@ -87,6 +87,13 @@ fn render_header(frame: &mut Frame, app: &mut App, header: Rect, counts: Rect, t
             theme.fg(Color::Magenta),
         ),
     ];
+    if let Some(r) = app.ca_rotation.as_ref().filter(|r| r.phase != "standby") {
+        let offline = if r.offline > 0 { format!(", {} offline", r.offline) } else { String::new() };
+        spans.push(Span::styled(
+            format!("  ⟳ CA rotation: {} {}/{} done{offline}", outpost_common::text::inert(&r.phase), r.done, r.servers),
+            theme.fg(Color::Cyan),
+        ));
+    }
     if let Conn::Reconnecting { error, .. } = &app.conn {
         spans.push(Span::styled(format!("  │ last known state; hub: {error}"), theme.fg(Color::Red)));
     } else if !app.fleet.filter.is_empty() {

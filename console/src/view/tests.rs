@@ -646,3 +646,20 @@ fn the_rollouts_screen_shows_versions_and_why_a_server_rolled_back() {
     assert!(text.contains("exited with status 3 before it was committed"), "{text}");
     both("rollouts", &mut app);
 }
+
+#[test]
+fn a_ca_rotation_in_progress_shows_in_the_header() {
+    let mut app = fixture();
+    assert!(!draw(&mut app, 200, 10).contains("CA rotation"), "nothing while none runs");
+    app.ca_rotation = Some(outpost_proto::v1::CaRotationStatus {
+        phase: "update_clients".into(),
+        servers: 20,
+        done: 17,
+        offline: 1,
+        ..Default::default()
+    });
+    let screen = draw(&mut app, 200, 10);
+    assert!(screen.contains("⟳ CA rotation: update_clients 17/20 done, 1 offline"), "{screen}");
+    app.ca_rotation.as_mut().unwrap().phase = "standby".into();
+    assert!(!draw(&mut app, 200, 10).contains("CA rotation"), "gone when it ends");
+}
