@@ -77,7 +77,8 @@ pub enum RotateCmd {
     /// Go to the next phase once every connected server has done this one: update_clients (agents get
     /// certificates from the new CA), update_servers (the hub serves with it), standby (the old CA is dropped).
     Advance {
-        /// End the rotation although offline servers have not caught up: they will need a join token.
+        /// Go on although some servers have not done the phase (offline ones, or connected ones that do not
+        /// follow); at the end, those are stranded and need a join token.
         #[arg(long)]
         force: bool,
     },

@@ -161,10 +161,12 @@ impl CaRotation {
             }
         };
         let p = self.progress();
-        if !p.lagging.is_empty() {
+        // A connected agent that never follows (a broken or hostile one) must not hold the rotation up
+        // forever: --force goes on without it.
+        if !p.lagging.is_empty() && !force {
             let asked = self.push(&keys, &p.lagging);
             return Err(HubError::Unconfirmed(format!(
-                "{} connected servers have not finished phase {} ({}); {asked} were asked again: run advance again in a moment",
+                "{} connected servers have not finished phase {} ({}); {asked} were asked again: run advance again in a moment, or with --force to go on without them",
                 p.lagging.len(),
                 phase.as_str(),
                 names(&p.lagging)
@@ -185,10 +187,13 @@ impl CaRotation {
             (_, Phase::Standby) => format!(
                 "rotation finished: the fleet CA is {}; the old one is no longer trusted{}",
                 keys.current.pin(),
-                if p.offline.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({} offline servers stranded: {})", p.offline.len(), names(&p.offline))
+                {
+                    let stranded: Vec<String> = p.offline.iter().chain(&p.lagging).cloned().collect();
+                    if stranded.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({} servers stranded: {})", stranded.len(), names(&stranded))
+                    }
                 }
             ),
             _ => format!("phase {}: {asked} connected agents asked to follow", next.as_str()),

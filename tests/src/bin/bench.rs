@@ -145,6 +145,15 @@ enum Cmd {
         #[arg(long, default_value = "10s")]
         interval: String,
     },
+    /// A rotation of the fleet CA over N simulated agents (each follows it as agentd does: stores the trust,
+    /// renews when asked, reconnects in update_servers): the time each phase takes until every agent has done
+    /// it, and hubd's CPU during it.
+    CaRotation {
+        #[arg(long, default_value_t = 10_000)]
+        agents: u32,
+        #[arg(long, default_value = "10s")]
+        interval: String,
+    },
     /// The client half of `echo` (started by it).
     #[command(hide = true)]
     EchoClient {
@@ -294,6 +303,7 @@ async fn main() -> anyhow::Result<()> {
             replicas(tmp.path(), (agents, n), &interval, minutes, runs).await
         }
         Cmd::Rollout { agents, real, batch, interval } => rollout(tmp.path(), (agents, real), batch, &interval).await,
+        Cmd::CaRotation { agents, interval } => ca_rotation(tmp.path(), agents, &interval).await,
         Cmd::Echo { streams, interval, seconds } => echo::server(tmp.path(), streams, &interval, seconds).await,
         Cmd::EchoClient { addr, dir, streams, interval, seconds } => {
             echo::client(&addr, &dir, streams, &interval, seconds).await
@@ -1590,6 +1600,66 @@ async fn rollout(root: &Path, (agents, real): (u32, u32), batch: u32, interval: 
         t.elapsed().as_secs_f64(),
         r.message
     );
+    sim.kill().await?;
+    Ok(())
+}
+
+async fn ca_rotation(root: &Path, agents: u32, interval: &str) -> anyhow::Result<()> {
+    use outpost_proto::v1::CaRotationRequest;
+    let hub = HubProc::start(&root.join("hub"), harness::free_port(), BENCH_HUB).await;
+    let hub_pid = hub.child.id().ok_or_else(|| anyhow::anyhow!("hubd has no pid"))?;
+    let (mut sim, _ops) = start_fleet(&hub, root, agents, interval, &["--concurrency", "64"]).await?;
+    let mut admin = hub.client(Role::Admin);
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(sample(hub_pid).rss_kib));
+    let watch = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                peak.fetch_max(sample(hub_pid).rss_kib, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+    };
+    let before = peak.load(std::sync::atomic::Ordering::Relaxed);
+    let total = Instant::now();
+    for (action, phase) in
+        [("start", "init"), ("advance", "update_clients"), ("advance", "update_servers"), ("advance", "standby")]
+    {
+        let (t, cpu0) = (Instant::now(), sample(hub_pid).ticks);
+        let said = admin.ca_rotation(CaRotationRequest { action: action.into(), force: false }).await?.into_inner();
+        let asked = t.elapsed().as_secs_f64();
+        if phase == "standby" {
+            // The end: the new CA is the only one; agents are told to drop the old one and nothing waits.
+            println!("{phase:>14}: {:6.1} s ({})", asked, said.message);
+            continue;
+        }
+        // Until every agent has done the phase (the rotation's progress is polled: it has no event stream).
+        let s = loop {
+            let s = admin.ca_rotation(CaRotationRequest { action: "status".into(), force: false }).await?.into_inner();
+            if s.phase == phase && s.lagging == 0 && s.done == s.servers {
+                break s;
+            }
+            anyhow::ensure!(t.elapsed() < Duration::from_secs(900), "phase {phase} not done in 15 min: {s:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let took = t.elapsed().as_secs_f64();
+        let cpu = (sample(hub_pid).ticks - cpu0) as f64 / clk_tck() / took * 100.0;
+        println!(
+            "{phase:>14}: {took:6.1} s until all {} agents had done it (the request itself {:.0} ms: {}); hubd CPU {cpu:.0}% of one core",
+            s.servers,
+            asked * 1000.0,
+            said.message
+        );
+    }
+    watch.abort();
+    println!(
+        "whole rotation over {agents} agents: {:.1} s; hubd peak RSS {:.0} MiB (it was {:.0} MiB before)",
+        total.elapsed().as_secs_f64(),
+        peak.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0,
+        before as f64 / 1024.0
+    );
+    let log = std::fs::read_to_string(root.join("sim.log")).unwrap_or_default();
+    println!("simulator errors logged: {}", log.lines().filter(|l| !l.contains("asked for a reconnect")).count());
     sim.kill().await?;
     Ok(())
 }

@@ -16,8 +16,8 @@ use outpost_common::bundle::Bundle;
 use outpost_proto::v1::agent_link_client::AgentLinkClient;
 use outpost_proto::v1::operator_client::OperatorClient;
 use outpost_proto::v1::{
-    AgentMessage, AppState, AppsState, CommandResult, CommandUpdate, CreateJoinTokenRequest, Hello, Outcome, Report,
-    UsageReport, UsageSample, agent_message, hub_message, report,
+    AgentMessage, AppState, AppsState, CommandResult, CommandUpdate, CreateJoinTokenRequest, Hello, Outcome,
+    RenewRequest, Report, UsageReport, UsageSample, agent_message, hub_message, report,
 };
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -66,6 +66,9 @@ struct Stats {
     sent: AtomicU64,
     acked: AtomicU64,
     errors: AtomicU64,
+    /// Certificates renewed when the hub asked (a CA rotation), and reconnects it asked for.
+    renewed: AtomicU64,
+    reconnects: AtomicU64,
 }
 
 #[tokio::main]
@@ -113,12 +116,14 @@ async fn main() -> anyhow::Result<()> {
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tick.tick() => println!(
-                "enrolled={} connected={} sent={} acked={} errors={}",
+                "enrolled={} connected={} sent={} acked={} errors={} renewed={} reconnects={}",
                 stats.enrolled.load(Ordering::Relaxed),
                 stats.connected.load(Ordering::Relaxed),
                 stats.sent.load(Ordering::Relaxed),
                 stats.acked.load(Ordering::Relaxed),
                 stats.errors.load(Ordering::Relaxed),
+                stats.renewed.load(Ordering::Relaxed),
+                stats.reconnects.load(Ordering::Relaxed),
             ),
         }
     }
@@ -198,7 +203,7 @@ async fn agent(
     (gate, tokens): (Arc<Semaphore>, Arc<Semaphore>),
     mut pace: Pace,
 ) {
-    let identity = {
+    let mut identity = {
         let _permit = gate.acquire().await;
         let _token_permit = tokens.acquire().await;
         let req = CreateJoinTokenRequest {
@@ -270,6 +275,7 @@ async fn agent(
                 body: Some(agent_message::Body::Hello(Hello {
                     last_seq: seq,
                     agent_version: version.clone(),
+                    ca_pins: outpost_common::cert::pins_of(&identity.ca_pem),
                     ..Default::default()
                 })),
             })
@@ -284,6 +290,11 @@ async fn agent(
             let _ = tx.send(AgentMessage { body: Some(agent_message::Body::CommandUpdate(u)) }).await;
         }
         let mut download = channel.clone();
+        // A CA rotation, as agentd follows it: the trust stored, a renewal the hub asked for (retried when
+        // refused), a reconnect when asked.
+        let mut renewing: Option<rcgen::KeyPair> = None;
+        let mut retry_renewal: Option<tokio::time::Instant> = None;
+        let mut reconnect_after: Option<Duration> = None;
         let session = async {
             let mut inbound = AgentLinkClient::new(channel).connect(ReceiverStream::new(rx)).await?.into_inner();
             let _live = Live::new(&stats);
@@ -330,9 +341,42 @@ async fn agent(
                         }
                         stats.sent.fetch_add(1, Ordering::Relaxed);
                     }
+                    _ = tokio::time::sleep_until(retry_renewal.unwrap_or_else(tokio::time::Instant::now)), if retry_renewal.is_some() => {
+                        retry_renewal = None;
+                        let (key, csr_pem) = outpost_common::cert::key_and_csr().map_err(tonic::Status::internal)?;
+                        let ca_pins = outpost_common::cert::pins_of(&identity.ca_pem);
+                        if tx.send(AgentMessage { body: Some(agent_message::Body::Renew(RenewRequest { csr_pem, ca_pins })) }).await.is_err() {
+                            return Err(tonic::Status::cancelled("stream closed"));
+                        }
+                        renewing = Some(key);
+                    }
                     m = inbound.message() => match m? {
                         Some(m) => match m.body {
                             Some(hub_message::Body::Ack(_)) => { stats.acked.fetch_add(1, Ordering::Relaxed); }
+                            Some(hub_message::Body::RenewCertificate(r)) => {
+                                if !r.ca_bundle_pem.is_empty() {
+                                    outpost_common::cert::check_ca_bundle(&r.ca_bundle_pem).map_err(tonic::Status::internal)?;
+                                    identity.ca_pem = r.ca_bundle_pem;
+                                }
+                                if !r.trust_only && renewing.is_none() {
+                                    retry_renewal = Some(tokio::time::Instant::now());
+                                }
+                            }
+                            Some(hub_message::Body::Renewed(r)) => {
+                                if let Some(key) = renewing.take() {
+                                    if r.error.is_empty() {
+                                        identity.cert_pem = r.cert_chain_pem;
+                                        identity.key_pem = key.serialize_pem();
+                                        stats.renewed.fetch_add(1, Ordering::Relaxed);
+                                    } else {
+                                        retry_renewal = Some(tokio::time::Instant::now() + Duration::from_secs(2));
+                                    }
+                                }
+                            }
+                            Some(hub_message::Body::Reconnect(r)) => {
+                                reconnect_after = Some(Duration::from_secs(u64::from(r.after_secs.min(60))));
+                                return Err(tonic::Status::unavailable("the hub asked for a reconnect"));
+                            }
                             // A simulated agent answers every command at once (no journal, nothing runs):
                             // enough to measure the hub's relay path; the real agent is in the e2e tests.
                             Some(hub_message::Body::Command(c)) if c.action == "agent-update" && c.args.get("version") != Some(&version) => {
@@ -368,6 +412,11 @@ async fn agent(
             }
         };
         let result = session.await;
+        if let Some(d) = reconnect_after.take() {
+            stats.reconnects.fetch_add(1, Ordering::Relaxed);
+            tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(d) => {} }
+            continue;
+        }
         if let Err(s) = result {
             stats.errors.fetch_add(1, Ordering::Relaxed);
             let d = outpost_common::backoff::full_jitter(attempt, Duration::from_millis(500), Duration::from_secs(30));
