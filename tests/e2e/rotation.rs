@@ -110,8 +110,10 @@ async fn the_fleet_ca_rotates_in_phases_under_twenty_agents_and_a_live_console()
     }
     // A hub restarted mid-rotation goes on from where it was.
     hub.restart().await;
-    watch_until(&mut ops, "20 agents back after the hub's restart", |f| names.iter().all(|n| is(f, n, Liveness::Connected)))
-        .await;
+    watch_until(&mut ops, "20 agents back after the hub's restart", |f| {
+        names.iter().all(|n| is(f, n, Liveness::Connected))
+    })
+    .await;
     let s = phase_done(&hub, &mut admin, "update_clients", 1).await;
     assert_eq!(s.next_pin, new);
     // From here on no agent may fail to connect: their logs are read from this point.

@@ -90,7 +90,12 @@ fn render_header(frame: &mut Frame, app: &mut App, header: Rect, counts: Rect, t
     if let Some(r) = app.ca_rotation.as_ref().filter(|r| r.phase != "standby") {
         let offline = if r.offline > 0 { format!(", {} offline", r.offline) } else { String::new() };
         spans.push(Span::styled(
-            format!("  ⟳ CA rotation: {} {}/{} done{offline}", outpost_common::text::inert(&r.phase), r.done, r.servers),
+            format!(
+                "  ⟳ CA rotation: {} {}/{} done{offline}",
+                outpost_common::text::inert(&r.phase),
+                r.done,
+                r.servers
+            ),
             theme.fg(Color::Cyan),
         ));
     }
