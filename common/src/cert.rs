@@ -230,6 +230,45 @@ pub fn hex(bytes: &[u8]) -> String {
     })
 }
 
+/// A CA rotation's status in words (`hubd ca rotate status`, `outpost ca status`). The hub's names are
+/// server names (validated at enrollment), printed as they are.
+pub fn rotation_summary(s: &outpost_proto::v1::CaRotationStatus) -> String {
+    use crate::when::rfc3339;
+    let mut out = String::new();
+    if !s.message.is_empty() {
+        out.push_str(&format!("{}\n", crate::text::Inert(&s.message)));
+    }
+    if s.phase == "standby" {
+        out.push_str(&format!("no rotation in progress; the fleet CA is {}\n", s.current_pin));
+        return out;
+    }
+    out.push_str(&format!(
+        "phase {} since {} (rotation started {} by {})\ncurrent CA {}\nnext CA    {}\n",
+        s.phase,
+        rfc3339(s.phase_ms),
+        rfc3339(s.started_ms),
+        crate::text::Inert(&s.by),
+        s.current_pin,
+        s.next_pin
+    ));
+    let list = |n: u32, names: &[String]| {
+        let mut l = names.join(", ");
+        if n as usize > names.len() {
+            l.push_str(&format!(" and {} more", n as usize - names.len()));
+        }
+        l
+    };
+    out.push_str(&format!("servers {}: {} done", s.servers, s.done));
+    if s.lagging > 0 {
+        out.push_str(&format!(", {} connected and not yet done ({})", s.lagging, list(s.lagging, &s.lagging_names)));
+    }
+    if s.offline > 0 {
+        out.push_str(&format!(", {} offline ({})", s.offline, list(s.offline, &s.offline_names)));
+    }
+    out.push('\n');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,43 +312,27 @@ mod tests {
             assert!(!valid_name(bad), "{bad:?}");
         }
     }
-}
 
-/// A CA rotation's status in words (`hubd ca rotate status`, `outpost ca status`). The hub's names are
-/// server names (validated at enrollment), printed as they are.
-pub fn rotation_summary(s: &outpost_proto::v1::CaRotationStatus) -> String {
-    use crate::when::rfc3339;
-    let mut out = String::new();
-    if !s.message.is_empty() {
-        out.push_str(&format!("{}\n", crate::text::Inert(&s.message)));
+    #[test]
+    fn a_ca_bundle_from_the_hub_holds_one_to_four_ca_certificates_and_nothing_else() {
+        let cert = |ca: bool| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut p = rcgen::CertificateParams::new(vec!["x.example".to_string()]).unwrap();
+            if ca {
+                p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            }
+            p.self_signed(&key).unwrap().pem()
+        };
+        let (a, b) = (cert(true), cert(true));
+        let pins = check_ca_bundle(&format!("{a}{b}")).unwrap();
+        assert_eq!(pins, pins_of(&format!("{a}{b}")));
+        assert_eq!(pins.len(), 2);
+        let err = check_ca_bundle(&format!("{a}{}", cert(false))).unwrap_err();
+        assert!(err.contains("not a CA"), "{err}");
+        assert!(check_ca_bundle(&a.repeat(5)).unwrap_err().contains("1 to 4"));
+        assert!(check_ca_bundle("").unwrap_err().contains("1 to 4"));
+        assert!(check_ca_bundle(&"x".repeat(MAX_CA_BUNDLE + 1)).unwrap_err().contains("bytes"));
+        let (key, csr) = key_and_csr().unwrap();
+        assert!(csr.contains("CERTIFICATE REQUEST") && !key.serialize_pem().is_empty());
     }
-    if s.phase == "standby" {
-        out.push_str(&format!("no rotation in progress; the fleet CA is {}\n", s.current_pin));
-        return out;
-    }
-    out.push_str(&format!(
-        "phase {} since {} (rotation started {} by {})\ncurrent CA {}\nnext CA    {}\n",
-        s.phase,
-        rfc3339(s.phase_ms),
-        rfc3339(s.started_ms),
-        crate::text::Inert(&s.by),
-        s.current_pin,
-        s.next_pin
-    ));
-    let list = |n: u32, names: &[String]| {
-        let mut l = names.join(", ");
-        if n as usize > names.len() {
-            l.push_str(&format!(" and {} more", n as usize - names.len()));
-        }
-        l
-    };
-    out.push_str(&format!("servers {}: {} done", s.servers, s.done));
-    if s.lagging > 0 {
-        out.push_str(&format!(", {} connected and not yet done ({})", s.lagging, list(s.lagging, &s.lagging_names)));
-    }
-    if s.offline > 0 {
-        out.push_str(&format!(", {} offline ({})", s.offline, list(s.offline, &s.offline_names)));
-    }
-    out.push('\n');
-    out
 }

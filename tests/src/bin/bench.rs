@@ -1515,16 +1515,7 @@ async fn rollout(root: &Path, (agents, real): (u32, u32), batch: u32, interval: 
     };
     let served_before = served(&hub)?;
     let start = sample(hub_pid);
-    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(start.rss_kib));
-    let watch = {
-        let peak = peak.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                peak.fetch_max(sample(hub_pid).rss_kib, std::sync::atomic::Ordering::Relaxed);
-            }
-        })
-    };
+    let (peak, watch) = peak_rss(hub_pid);
     let req = RunActionRequest {
         action: "agent-update".into(),
         args: [("version".to_string(), "0.1.1".to_string())].into(),
@@ -1604,22 +1595,28 @@ async fn rollout(root: &Path, (agents, real): (u32, u32), batch: u32, interval: 
     Ok(())
 }
 
+/// The peak RSS (KiB) of `pid`, sampled every 500 ms by a task until it is aborted.
+fn peak_rss(pid: u32) -> (std::sync::Arc<std::sync::atomic::AtomicU64>, tokio::task::JoinHandle<()>) {
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(sample(pid).rss_kib));
+    let watch = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                peak.fetch_max(sample(pid).rss_kib, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+    };
+    (peak, watch)
+}
+
 async fn ca_rotation(root: &Path, agents: u32, interval: &str) -> anyhow::Result<()> {
     use outpost_proto::v1::CaRotationRequest;
     let hub = HubProc::start(&root.join("hub"), harness::free_port(), BENCH_HUB).await;
     let hub_pid = hub.child.id().ok_or_else(|| anyhow::anyhow!("hubd has no pid"))?;
     let (mut sim, _ops) = start_fleet(&hub, root, agents, interval, &["--concurrency", "64"]).await?;
     let mut admin = hub.client(Role::Admin);
-    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(sample(hub_pid).rss_kib));
-    let watch = {
-        let peak = peak.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                peak.fetch_max(sample(hub_pid).rss_kib, std::sync::atomic::Ordering::Relaxed);
-            }
-        })
-    };
+    let (peak, watch) = peak_rss(hub_pid);
     let before = peak.load(std::sync::atomic::Ordering::Relaxed);
     let total = Instant::now();
     for (action, phase) in
