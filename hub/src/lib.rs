@@ -295,7 +295,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
             .counting_into(metrics.artifact_bytes()),
     );
     let clock = lifecycle::Clock::from_env();
-    let pins = lifecycle::provision::HubPins {
+    let pins = lifecycle::provision::HubParts {
         advertise: advertise.clone(),
         pki: ca.clone(),
         release_keys: config.releases.public_keys.clone(),
@@ -402,7 +402,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
 fn provisioner(
     config: &HubConfig,
     artifacts: Arc<lifecycle::artifacts::Artifacts>,
-    hub: lifecycle::provision::HubPins,
+    hub: lifecycle::provision::HubParts,
     clock: &lifecycle::Clock,
 ) -> Result<Arc<lifecycle::provision::Provisioner>, String> {
     let p = &config.provision;

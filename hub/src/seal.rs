@@ -46,14 +46,14 @@ impl Sealer {
 
     /// The sealer of the fleet CA's `keys`: the current CA's key seals, retired ones open.
     pub fn of(keys: &crate::pki::rotation::Keys) -> Sealer {
-        let sealer = Sealer::new(keys.current.seal_secret(), keys.current.pin());
+        let sealer = Sealer::new(keys.current().seal_secret(), keys.current().pin());
         sealer.follow(keys);
         sealer
     }
 
     /// After a rotation: [`Sealer::of`] the new `keys`.
     pub fn follow(&self, keys: &crate::pki::rotation::Keys) {
-        self.rekey(keys.current.seal_secret(), keys.current.pin(), &keys.retired);
+        self.rekey(keys.current().seal_secret(), keys.current().pin(), &keys.retired);
     }
 
     /// `plain` sealed for `purpose`.

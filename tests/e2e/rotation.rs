@@ -109,6 +109,7 @@ async fn the_fleet_ca_rotates_in_phases_under_twenty_agents_and_a_live_console()
         assert_eq!(agent_trust(a).1, new, "{}", a.name);
     }
     // A hub restarted mid-rotation goes on from where it was.
+    hub.stop().await;
     hub.restart().await;
     watch_until(&mut ops, "20 agents back after the hub's restart", |f| {
         names.iter().all(|n| is(f, n, Liveness::Connected))

@@ -186,8 +186,9 @@ impl AgentLink for AgentApi {
         // by the session task: here, before the response is returned, nobody reads the channel yet.
         let mut pending = state.relay.attach(&server, conn_id, session.tx.clone());
         // A CA rotation in progress: what this agent still lacks (its record as `connect` left it).
-        if let Some(m) = state.fleet.record(&server).ok().and_then(|r| state.rotation.on_connect(&r)) {
-            pending.insert(0, m);
+        if let Some((bundle, trust_only)) = state.fleet.record(&server).ok().and_then(|r| state.rotation.on_connect(&r))
+        {
+            pending.insert(0, crate::relay::trust_message(&bundle, trust_only));
         }
         // No span: entering one on every poll costs ~1 % of the hub's CPU at 10,000 reports a second; the
         // session's log lines name the server and the stream themselves.

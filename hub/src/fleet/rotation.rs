@@ -12,8 +12,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use outpost_proto::v1::{HubMessage, Reconnect, RenewCertificate, hub_message};
-
 use crate::api::tls::ServerTls;
 use crate::error::HubError;
 use crate::fleet::Fleet;
@@ -94,10 +92,11 @@ impl CaRotation {
         self.pki.keys()
     }
 
-    /// What an agent whose stream just opened must be told, if anything.
-    pub fn on_connect(&self, record: &ServerRecord) -> Option<HubMessage> {
+    /// What an agent whose stream just opened must be told, if anything: the CAs to trust, and whether
+    /// that is all (`true`) or it must also renew.
+    pub fn on_connect(&self, record: &ServerRecord) -> Option<(String, bool)> {
         let keys = self.pki.keys();
-        keys.needs(&record.ca_pins, &record.cert_issuer).map(|push| message(&keys, push))
+        keys.needs(&record.ca_pins, &record.cert_issuer).map(|push| (keys.trust_pem(), push == Push::TrustOnly))
     }
 
     fn done(keys: &Keys, r: &ServerRecord) -> bool {
@@ -183,10 +182,10 @@ impl CaRotation {
         let asked = self.apply()?;
         let keys = self.pki.keys();
         let said = match (phase, next) {
-            (Phase::Rollback, _) => format!("rotation rolled back: the fleet CA stays {}", keys.current.pin()),
+            (Phase::Rollback, _) => format!("rotation rolled back: the fleet CA stays {}", keys.current().pin()),
             (_, Phase::Standby) => format!(
                 "rotation finished: the fleet CA is {}; the old one is no longer trusted{}",
-                keys.current.pin(),
+                keys.current().pin(),
                 {
                     let stranded: Vec<String> = p.offline.iter().chain(&p.lagging).cloned().collect();
                     if stranded.is_empty() {
@@ -211,7 +210,7 @@ impl CaRotation {
         tracing::warn!(by, "fleet CA rotation rolling back");
         Ok(format!(
             "rolling back: the hub serves and signs with {} again; {asked} connected agents asked to follow; advance when they have",
-            self.pki.keys().current.pin()
+            self.pki.keys().current().pin()
         ))
     }
 
@@ -230,11 +229,8 @@ impl CaRotation {
             let spread = (attached.len() / 500).clamp(1, 60) as u32;
             for name in &attached {
                 let after_secs = u32::from_le_bytes(outpost_common::random_bytes::<4>()) % (spread + 1);
-                let m = hub_message::Body::Reconnect(Reconnect {
-                    after_secs,
-                    reason: "the hub now serves with the new fleet CA; reconnect to verify it".into(),
-                });
-                told += usize::from(self.relay.send(name, HubMessage { body: Some(m) }));
+                let why = "the hub now serves with the new fleet CA; reconnect to verify it";
+                told += usize::from(self.relay.ask_reconnect(name, after_secs, why));
             }
         }
         Ok(told)
@@ -243,22 +239,14 @@ impl CaRotation {
     /// Tells each of `servers` (connected) what it lacks; how many were told.
     fn push(&self, keys: &Keys, servers: &[String]) -> usize {
         let registry = self.fleet.registry();
+        let bundle = keys.trust_pem();
         servers
             .iter()
             .filter_map(|name| registry.get(name))
             .filter_map(|v| keys.needs(&v.record.ca_pins, &v.record.cert_issuer).map(|p| (v, p)))
-            .filter(|(v, push)| self.relay.send(&v.record.name, message(keys, *push)))
+            .filter(|(v, push)| self.relay.ask_trust(&v.record.name, &bundle, *push == Push::TrustOnly))
             .count()
     }
-}
-
-fn message(keys: &Keys, push: Push) -> HubMessage {
-    let body = hub_message::Body::RenewCertificate(RenewCertificate {
-        reason: "the fleet CA is being rotated".into(),
-        ca_bundle_pem: keys.trust_pem(),
-        trust_only: push == Push::TrustOnly,
-    });
-    HubMessage { body: Some(body) }
 }
 
 /// The first names of a list, for a message.

@@ -35,7 +35,7 @@ pub struct Provisioner {
 }
 
 /// What a new server is told of its hub: where it is, and its CA (the pin comes from it).
-pub struct HubPins {
+pub struct HubParts {
     pub advertise: String,
     /// The fleet CA: new servers trust the CAs trusted when their user-data is written.
     pub pki: Arc<crate::pki::rotation::Pki>,
@@ -48,10 +48,10 @@ impl Provisioner {
         cloud: Arc<dyn Cloud>,
         config: ProvisionConfig,
         artifacts: Arc<Artifacts>,
-        hub: HubPins,
+        hub: HubParts,
         clock: Clock,
     ) -> Provisioner {
-        let HubPins { advertise, pki, release_keys } = hub;
+        let HubParts { advertise, pki, release_keys } = hub;
         Provisioner { cloud, config, artifacts, advertise, pki, release_keys, clock }
     }
 

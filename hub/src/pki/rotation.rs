@@ -74,8 +74,8 @@ pub struct Rotation {
 
 /// What the hub trusts, signs and serves with at one moment: replaced whole at each phase change.
 pub struct Keys {
-    pub current: Arc<FleetCa>,
-    pub next: Option<Arc<FleetCa>>,
+    current: Arc<FleetCa>,
+    next: Option<Arc<FleetCa>>,
     pub rotation: Option<Rotation>,
     cross_pem: String,
     /// (seal secret, KID) of retired CAs: open only.
@@ -83,12 +83,22 @@ pub struct Keys {
 }
 
 impl Keys {
+    /// The CA kept at the end of a rotation unless it is rolled back (in standby, the only one).
+    pub fn current(&self) -> &FleetCa {
+        &self.current
+    }
+
+    /// The CA a rotation makes (none in standby).
+    pub fn next(&self) -> Option<&FleetCa> {
+        self.next.as_deref()
+    }
+
     pub fn phase(&self) -> Phase {
         self.rotation.as_ref().map_or(Phase::Standby, |r| r.phase)
     }
 
     /// The CA that signs certificates now.
-    pub fn signing(&self) -> &Arc<FleetCa> {
+    pub fn signing(&self) -> &FleetCa {
         match (self.phase(), &self.next) {
             (Phase::UpdateClients | Phase::UpdateServers, Some(next)) => next,
             _ => &self.current,
@@ -96,7 +106,7 @@ impl Keys {
     }
 
     /// The CA the hub's own TLS certificate comes from.
-    pub fn serving(&self) -> &Arc<FleetCa> {
+    pub fn serving(&self) -> &FleetCa {
         match (self.phase(), &self.next) {
             (Phase::UpdateServers, Some(next)) => next,
             _ => &self.current,

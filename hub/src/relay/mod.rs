@@ -110,6 +110,16 @@ struct Inner {
     pending: HashMap<String, Pending>,
 }
 
+/// The CAs to trust (a CA rotation), and a renewal unless `trust_only`.
+pub fn trust_message(bundle_pem: &str, trust_only: bool) -> HubMessage {
+    let body = hub_message::Body::RenewCertificate(pb::RenewCertificate {
+        reason: "the fleet CA is being rotated".into(),
+        ca_bundle_pem: bundle_pem.into(),
+        trust_only,
+    });
+    HubMessage { body: Some(body) }
+}
+
 pub fn cancel_message(id: &str) -> HubMessage {
     HubMessage { body: Some(hub_message::Body::Cancel(CancelCommand { command_id: id.to_string() })) }
 }
@@ -179,9 +189,21 @@ impl Relay {
 
     /// Sends `message` on `server`'s stream now, if it has one and room in its queue (a message that can be
     /// sent again later: a full queue drops it). Whether it was queued.
-    pub fn send(&self, server: &str, message: HubMessage) -> bool {
+    fn send(&self, server: &str, message: HubMessage) -> bool {
         let inner = self.lock();
         inner.links.get(server).is_some_and(|l| l.tx.try_send(Ok(Box::new(message))).is_ok())
+    }
+
+    /// Tells `server`'s agent the CAs to trust from now on (a CA rotation) and, unless `trust_only`, to renew
+    /// its certificate. Whether it was queued on a stream.
+    pub fn ask_trust(&self, server: &str, bundle_pem: &str, trust_only: bool) -> bool {
+        self.send(server, trust_message(bundle_pem, trust_only))
+    }
+
+    /// Asks `server`'s agent to reconnect after `after_secs`, saying why. Whether it was queued on a stream.
+    pub fn ask_reconnect(&self, server: &str, after_secs: u32, reason: &str) -> bool {
+        let body = hub_message::Body::Reconnect(pb::Reconnect { after_secs, reason: reason.into() });
+        self.send(server, HubMessage { body: Some(body) })
     }
 
     pub fn detach(&self, server: &str, conn_id: u64) {
