@@ -142,6 +142,15 @@ pub enum Command {
     Ca(CaCmd),
     /// The action catalog: names, required role, arguments.
     Actions,
+    /// Install an operator bundle (a directory from `hubd operator issue` or `hubd init`) where the console
+    /// looks ($XDG_CONFIG_HOME/outpost/bundle, or --bundle), and check it with the hub.
+    Login {
+        /// The bundle directory you were given.
+        from: std::path::PathBuf,
+        /// Replace a bundle already there (for another operator or hub).
+        #[arg(long)]
+        force: bool,
+    },
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
 }

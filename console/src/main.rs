@@ -10,6 +10,7 @@ use outpost_console::cmd;
 async fn dispatch(cli: &Cli) -> anyhow::Result<String> {
     match &cli.command {
         Some(Command::Completions { shell }) => Ok(cmd::completions(*shell)),
+        Some(Command::Login { from, force }) => cmd::login(cli, from, *force).await,
         Some(Command::Servers { output }) => cmd::servers(&bundle(cli).await?, *output).await,
         Some(Command::Server { name, output, history }) => {
             cmd::server(&bundle(cli).await?, name, *output, *history).await

@@ -41,6 +41,10 @@ pub struct Cli {
 pub enum Command {
     /// Run the hub (the default).
     Serve,
+    /// Set up a new hub: asks for (or takes as flags) the addresses, data directory and store, writes the
+    /// config, creates the fleet CA and the first admin's bundle, and says what to do next. Never overwrites
+    /// an installation.
+    Init(crate::init::InitArgs),
     /// Join tokens.
     #[command(subcommand)]
     Token(TokenCmd),

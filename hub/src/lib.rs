@@ -15,6 +15,7 @@ pub mod command;
 pub mod config;
 pub mod error;
 pub mod fleet;
+pub mod init;
 pub mod lifecycle;
 pub mod limits;
 pub mod metrics;

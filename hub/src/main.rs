@@ -33,6 +33,21 @@ fn no_huge_pages() {
 async fn run() -> ExitCode {
     outpost_common::install_crypto_provider();
     let cli = Cli::parse();
+    if let Some(Command::Init(args)) = &cli.command {
+        // No config to load: this writes it. The global flags answer their questions.
+        let given =
+            hub::init::Given { listen: cli.listen, advertise: cli.advertise.clone(), data_dir: cli.data_dir.clone() };
+        return match hub::init::init(&cli.config, &hub::HubConfig::default(), &given, args) {
+            Ok(out) => {
+                println!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("hubd init: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let config = match cli.config() {
         Ok(c) => c,
         Err(error) => {

@@ -11,6 +11,7 @@ mod fleet;
 mod hostile;
 mod hostile2;
 mod hosts;
+mod install;
 mod k3s;
 mod metrics;
 mod official;

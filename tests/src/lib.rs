@@ -78,6 +78,12 @@ impl HubProc {
             format!("listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n{extra}{admin}\n", dir.join("data").display()),
         )
         .unwrap();
+        HubProc::spawn(dir, port, config, env).await
+    }
+
+    /// Starts hubd with the config file `config` as it is (its `listen` port is `port`); logs go to
+    /// `dir/hubd.log`.
+    pub async fn spawn(dir: &Path, port: u16, config: PathBuf, env: Vec<(String, String)>) -> HubProc {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("hubd.log")).unwrap();
         let mut child = Command::new(bin("hubd"))
             .arg("--config")

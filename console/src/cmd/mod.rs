@@ -74,6 +74,41 @@ pub async fn servers(bundle: &Bundle, output: Output) -> anyhow::Result<String> 
     })
 }
 
+/// `outpost login DIR`: the bundle checked, copied where the console looks (0700, key 0600), and tried.
+pub async fn login(cli: &Cli, from: &std::path::Path, force: bool) -> anyhow::Result<String> {
+    let bundle = Bundle::load(from).map_err(|e| {
+        anyhow::anyhow!("{e}\n(give the directory `hubd operator issue --out DIR` or `hubd init` wrote)")
+    })?;
+    let dest = crate::client::bundle_dir(cli)?;
+    if let Ok(there) = Bundle::load(&dest)
+        && !force
+        && (there.meta.name != bundle.meta.name || there.meta.hub != bundle.meta.hub)
+    {
+        anyhow::bail!(
+            "{} already holds the bundle of {} for {}; --force replaces it",
+            dest.display(),
+            outpost_common::text::inert(&there.meta.name),
+            outpost_common::text::inert(&there.meta.hub)
+        );
+    }
+    bundle.write(&dest)?;
+    let mut out =
+        format!("installed the bundle of {} for {} in {}\n", bundle.meta.name, bundle.meta.hub, dest.display());
+    let who = tokio::time::timeout(std::time::Duration::from_secs(15), async {
+        client(&bundle)?.who_am_i(outpost_proto::v1::WhoAmIRequest {}).await.map_err(|s| rpc(&bundle, s))
+    })
+    .await;
+    match who {
+        Ok(Ok(w)) => {
+            let w = w.into_inner();
+            out.push_str(&format!("the hub knows you as {} ({}); run `outpost` for the console\n", w.name, w.role));
+        }
+        Ok(Err(e)) => out.push_str(&format!("warning: the hub did not answer: {e}\n")),
+        Err(_) => out.push_str("warning: the hub did not answer within 15 s\n"),
+    }
+    Ok(out)
+}
+
 /// `outpost ca status`.
 pub async fn ca_status(bundle: &Bundle) -> anyhow::Result<String> {
     let req = outpost_proto::v1::CaRotationRequest { action: "status".into(), force: false };

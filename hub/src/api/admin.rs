@@ -119,6 +119,6 @@ pub async fn admin(cli: &Cli, config: &HubConfig) -> anyhow::Result<String> {
                 r.sessions_closed
             ))
         }
-        Some(Command::Serve) | None => unreachable!("serve is handled by main"),
+        Some(Command::Serve | Command::Init(_)) | None => unreachable!("serve and init are handled by main"),
     }
 }
