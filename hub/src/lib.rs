@@ -10,6 +10,7 @@ pub mod admin;
 pub mod alerts;
 pub mod api;
 pub mod audit;
+pub mod backup;
 pub mod cli;
 pub mod command;
 pub mod config;

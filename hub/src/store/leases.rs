@@ -11,3 +11,11 @@ pub trait Leases: Send + Sync {
     /// (it was free, had run out, or was `holder`'s already); false when another holder's is still running.
     async fn hold_lease(&self, name: &str, holder: &str, now_ms: i64, ttl_ms: i64) -> Result<bool>;
 }
+
+/// A consistent copy of the whole store, for backups.
+#[async_trait]
+pub trait Snapshot: Send + Sync {
+    /// Writes everything committed until now, as of one instant, to a new store file `out` (0600); returns
+    /// its size. Writes go on meanwhile.
+    async fn snapshot(&self, out: &std::path::Path) -> Result<u64>;
+}

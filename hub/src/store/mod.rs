@@ -34,7 +34,7 @@ pub use audit::AuditLog;
 pub(crate) use commands::taken_over;
 pub use commands::{Claimed, Commands, PlanUpdate};
 pub use error::{Result, StoreError};
-pub use leases::Leases;
+pub use leases::{Leases, Snapshot};
 pub use operators::OperatorStore;
 pub(crate) use queue::queue_rules;
 pub use queue::{Queue, Submitted};
@@ -63,11 +63,12 @@ impl<T: Servers + Reports + Usage + ?Sized> ReportStore for T {}
 /// A whole hub store: every repository. Services take the narrower trait they use (a `dyn HubStore`
 /// coerces to each).
 pub trait HubStore:
-    IdentityStore + ReportStore + AuditLog + Commands + OperatorStore + Queue + Silences + Leases
+    IdentityStore + ReportStore + AuditLog + Commands + OperatorStore + Queue + Silences + Leases + Snapshot
 {
 }
 
-impl<T: IdentityStore + ReportStore + AuditLog + Commands + OperatorStore + Queue + Silences + Leases + ?Sized> HubStore
-    for T
+impl<
+    T: IdentityStore + ReportStore + AuditLog + Commands + OperatorStore + Queue + Silences + Leases + Snapshot + ?Sized,
+> HubStore for T
 {
 }

@@ -13,3 +13,14 @@ impl<E: Engine> crate::store::Leases for KvStore<E> {
         Ok(!held)
     }
 }
+
+#[async_trait]
+impl<E: Engine> crate::store::Snapshot for KvStore<E> {
+    async fn snapshot(&self, out: &std::path::Path) -> Result<u64> {
+        // A copy of a large store takes a while: off the async threads' turn, where the runtime allows it.
+        match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(|| self.engine.snapshot(out)),
+            _ => self.engine.snapshot(out),
+        }
+    }
+}

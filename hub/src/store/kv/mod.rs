@@ -65,6 +65,12 @@ pub trait Engine: Send + Sync + 'static {
     fn apply(&self, group: &[Vec<Op>]) -> Vec<Result<()>>;
     /// Called once, after the last group, when the store closes.
     fn close(&self) {}
+    /// A consistent copy of every tree, as of one instant, in a new store file `out` (0600); its size.
+    fn snapshot(&self, _out: &std::path::Path) -> Result<u64> {
+        Err(StoreError::Write(
+            "this embedded store (sled) cannot be copied while it runs: stop hubd once so that it moves the store to redb, or stop it and copy DATA/store".into(),
+        ))
+    }
 }
 
 /// Walks `iter` forwards (backwards with `rev`) until `each` says stop: an engine's `scan`.

@@ -16,3 +16,12 @@ impl crate::store::Leases for PgStore {
         Ok(!rows.is_empty())
     }
 }
+
+#[async_trait]
+impl crate::store::Snapshot for PgStore {
+    async fn snapshot(&self, _out: &std::path::Path) -> crate::store::Result<u64> {
+        Err(crate::store::StoreError::Write(
+            "the hub's store is PostgreSQL: back it up with pg_dump, and DATA/ca and hubd.toml with it (README, \"Backup and restore\")".into(),
+        ))
+    }
+}
