@@ -12,6 +12,41 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+/// Copies of the store the running hub takes for backups (`DATA/backups`, 0700; each file 0600).
+pub struct Snapshots {
+    store: std::sync::Arc<dyn crate::store::HubStore>,
+    dir: PathBuf,
+    one: tokio::sync::Mutex<()>,
+}
+
+impl Snapshots {
+    pub fn new(store: std::sync::Arc<dyn crate::store::HubStore>, data_dir: &Path) -> Snapshots {
+        Snapshots { store, dir: data_dir.join("backups"), one: Default::default() }
+    }
+
+    /// A consistent copy of the store, one at a time; copies older than an hour (their backup failed
+    /// without deleting them) are removed first.
+    pub async fn take(&self) -> Result<(PathBuf, u64), crate::error::HubError> {
+        let _one = self.one.lock().await;
+        let internal = |e: String| crate::error::HubError::Internal(e);
+        outpost_common::private_dir(&self.dir).map_err(|e| internal(format!("{}: {e}", self.dir.display())))?;
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+            for e in entries.flatten() {
+                if e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < hour_ago) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        let path = self.dir.join(format!("store-{}.redb", outpost_common::now_ms()));
+        let bytes = self.store.snapshot(&path).await.map_err(|e| {
+            let _ = std::fs::remove_file(&path);
+            internal(e.to_string())
+        })?;
+        Ok((path, bytes))
+    }
+}
+
 const MAGIC: &str = "outpost-hub-backup 1";
 /// The manifest line, at most.
 const MAX_MANIFEST: u64 = 1 << 20;
@@ -110,8 +145,11 @@ pub fn write(out: &Path, files: &[(String, PathBuf, bool)], seal: &Seal) -> anyh
         let (bytes, sha256) = sha256_file(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
         entries.push(Entry { name: name.clone(), bytes, sha256, private: *private });
     }
-    let manifest =
-        Manifest { hub_version: env!("CARGO_PKG_VERSION").into(), created_ms: outpost_common::now_ms(), files: entries };
+    let manifest = Manifest {
+        hub_version: env!("CARGO_PKG_VERSION").into(),
+        created_ms: outpost_common::now_ms(),
+        files: entries,
+    };
     let tmp = out.with_extension("partial");
     let _ = std::fs::remove_file(&tmp);
     let file = std::fs::OpenOptions::new()
@@ -248,6 +286,163 @@ impl<W: Write> Write for HashingWriter<'_, W> {
     }
 }
 
+/// An age identity file: its `AGE-SECRET-KEY-PQ-1…` lines (the file must be 0600).
+fn identity_file(path: &Path) -> anyhow::Result<Vec<age::pq::Identity>> {
+    let mode = std::fs::metadata(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        anyhow::bail!(
+            "{} is readable by others (mode {:o}); run `chmod 600 {}`",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        );
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let ids: Vec<age::pq::Identity> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| l.parse().map_err(|_| anyhow::anyhow!("{} holds a line that is not an age identity", path.display())))
+        .collect::<anyhow::Result<_>>()?;
+    anyhow::ensure!(!ids.is_empty(), "{} holds no age identity", path.display());
+    Ok(ids)
+}
+
+/// `hubd backup`: the store copied by the running hub (or, with hubd stopped, here), packed with the CA and
+/// the config, encrypted. Returns what to print.
+pub async fn backup(
+    config_path: &Path,
+    config: &crate::HubConfig,
+    args: &crate::cli::BackupArgs,
+    hub: Result<(outpost_proto::v1::operator_client::OperatorClient<tonic::transport::Channel>, String), anyhow::Error>,
+) -> anyhow::Result<String> {
+    let seal = match (&args.passphrase_file, args.recipients.as_slice()) {
+        (Some(f), []) => Seal::Passphrase(passphrase_file(f)?),
+        (None, r) if !r.is_empty() => Seal::Recipients(
+            r.iter()
+                .map(|r| r.parse().map_err(|e| anyhow::anyhow!("--recipient {r:?} is not an age recipient: {e}")))
+                .collect::<anyhow::Result<_>>()?,
+        ),
+        _ => {
+            anyhow::bail!("say how to encrypt the backup: --passphrase-file FILE, or --recipient age1pq1… (repeatable)")
+        }
+    };
+    if !config.store.kind.embedded() {
+        anyhow::bail!(
+            "this hub's store is PostgreSQL: back the database up with pg_dump, and DATA/ca and hubd.toml with it (README, \"Backup and restore\")"
+        );
+    }
+    let (mut client, url) = hub?;
+    let (snapshot, by) = match client.snapshot_store(outpost_proto::v1::SnapshotStoreRequest {}).await {
+        Ok(r) => (PathBuf::from(r.into_inner().path), "copied by the running hub"),
+        Err(s) if s.code() == tonic::Code::Unavailable => {
+            // hubd is not running: the store is copied here (redb refuses a store another process has open).
+            let store = config.data_dir.join("store.redb");
+            anyhow::ensure!(store.exists(), "hubd is not reachable at {url}, and {} does not exist", store.display());
+            let engine = crate::store::redb::RedbEngine::open(&store, 16).map_err(|e| {
+                anyhow::anyhow!("hubd is not reachable at {url} and its store cannot be opened here: {e}")
+            })?;
+            let dir = config.data_dir.join("backups");
+            outpost_common::private_dir(&dir)?;
+            let path = dir.join(format!("store-{}.redb", outpost_common::now_ms()));
+            crate::store::kv::Engine::snapshot(&engine, &path)?;
+            (path, "copied with hubd stopped")
+        }
+        Err(s) => anyhow::bail!("{}", s.message()),
+    };
+    let files = files(&snapshot, &config.data_dir.join("ca"), Some(config_path));
+    let written = files.and_then(|f| {
+        let store = std::fs::metadata(&snapshot)?.len();
+        let n = write(&args.out, &f, &seal)?;
+        Ok((n, store, f.len()))
+    });
+    let _ = std::fs::remove_file(&snapshot);
+    let (bytes, store, count) = written?;
+    Ok(format!(
+        "wrote {} ({:.1} MB, encrypted {}): the store ({:.1} MB, {by}), the fleet CA and hubd.toml ({} files), hubd {}.\nRestore it with `hubd restore {}` onto an empty data directory.",
+        args.out.display(),
+        bytes as f64 / 1e6,
+        if matches!(seal, Seal::Passphrase(_)) { "with the passphrase" } else { "to its recipients" },
+        store as f64 / 1e6,
+        count,
+        env!("CARGO_PKG_VERSION"),
+        args.out.display()
+    ))
+}
+
+/// `hubd restore`: the backup unpacked next to the data directory, checked whole, then moved into it.
+pub fn restore(
+    config_path: &Path,
+    data_dir_flag: Option<&Path>,
+    args: &crate::cli::RestoreArgs,
+) -> anyhow::Result<String> {
+    let unseal = match (&args.passphrase_file, &args.identity) {
+        (Some(f), None) => Unseal::Passphrase(passphrase_file(f)?),
+        (None, Some(f)) => Unseal::Identities(identity_file(f)?),
+        _ => anyhow::bail!("say how to open the backup: --passphrase-file FILE or --identity FILE"),
+    };
+    let existing = config_path.exists();
+    let data_dir = match (data_dir_flag, existing) {
+        (Some(d), _) => d.to_path_buf(),
+        (None, true) => crate::HubConfig::load(config_path).map_err(|e| anyhow::anyhow!("{e}"))?.data_dir,
+        (None, false) => crate::HubConfig::default().data_dir,
+    };
+    for held in ["store.redb", "store", "ca/ca.key"] {
+        if data_dir.join(held).exists() {
+            anyhow::bail!(
+                "{} already holds a hub ({held}); restore only onto an empty data directory: stop hubd and move it aside first",
+                data_dir.display()
+            );
+        }
+    }
+    let staging = PathBuf::from(format!("{}.restoring", data_dir.display()));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)?;
+    }
+    let manifest = match unpack(&args.file, &unseal, &staging) {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
+    outpost_common::private_dir(&data_dir)?;
+    std::fs::rename(staging.join("store.redb"), data_dir.join("store.redb"))?;
+    std::fs::rename(staging.join("ca"), data_dir.join("ca"))?;
+    let config_note = match (staging.join("hubd.toml").exists(), existing) {
+        (true, false) => {
+            let text = std::fs::read_to_string(staging.join("hubd.toml"))?;
+            let mut table: toml::Table =
+                toml::from_str(&text).map_err(|e| anyhow::anyhow!("the backup's hubd.toml: {e}"))?;
+            table.insert("data_dir".into(), toml::Value::String(data_dir.display().to_string()));
+            if let Some(dir) = config_path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            crate::pki::ca::write_public(config_path, toml::to_string(&table)?.as_bytes())?;
+            format!("{} written from the backup (data_dir set to {})", config_path.display(), data_dir.display())
+        }
+        (true, true) => {
+            let kept = PathBuf::from(format!("{}.from-backup", config_path.display()));
+            std::fs::rename(staging.join("hubd.toml"), &kept)?;
+            format!("{} kept; the backup's is {}", config_path.display(), kept.display())
+        }
+        (false, _) => "the backup holds no hubd.toml".into(),
+    };
+    let _ = std::fs::remove_dir_all(&staging);
+    let pin = crate::pki::rotation::Pki::read(&data_dir.join("ca"), None)
+        .map(|p| p.keys().token_pin().to_string())
+        .unwrap_or_else(|e| format!("(unreadable: {e})"));
+    Ok(format!(
+        "restored the backup hubd {} took at {} into {} (fleet CA {pin}); {config_note}.\nStart hubd: agents reconnect without enrolling again when they reach it at the address they know (`advertise`).",
+        manifest.hub_version,
+        outpost_common::when::rfc3339(manifest.created_ms),
+        data_dir.display()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,7 +478,8 @@ mod tests {
         let at = bytes.len() - 1000;
         bytes[at] ^= 1;
         std::fs::write(&out, &bytes).unwrap();
-        let err = unpack(&out, &Unseal::Passphrase("correct horse battery".into()), &dir.path().join("s3")).unwrap_err();
+        let err =
+            unpack(&out, &Unseal::Passphrase("correct horse battery".into()), &dir.path().join("s3")).unwrap_err();
         assert!(err.to_string().contains("damaged or was altered"), "{err}");
 
         let key = age::pq::Identity::generate();
@@ -294,6 +490,8 @@ mod tests {
 
         assert!(check_version("99.0.0").unwrap_err().to_string().contains("newer than this hubd"));
         check_version("0.0.1").unwrap();
-        assert!(!valid_name("../etc/passwd") && !valid_name("ca/../../x") && !valid_name("other") && valid_name("ca/x.pem"));
+        assert!(
+            !valid_name("../etc/passwd") && !valid_name("ca/../../x") && !valid_name("other") && valid_name("ca/x.pem")
+        );
     }
 }

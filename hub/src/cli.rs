@@ -58,11 +58,42 @@ pub enum Command {
     /// following over their live streams; roll back until the last step.
     #[command(subcommand)]
     Ca(CaCmd),
+    /// Back the hub up while it runs: a consistent copy of its store, the fleet CA's files and hubd.toml, in
+    /// one file encrypted with a passphrase or to age recipients (the CA key is in it).
+    Backup(BackupArgs),
+    /// Restore a backup onto an empty data directory (this machine or a new one), with hubd stopped. Agents
+    /// reconnect without enrolling again when the hub is reached at the same address.
+    Restore(RestoreArgs),
     /// Revoke a server's certificate; its live stream is closed at once.
     Revoke {
         #[arg(long)]
         server: String,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The backup file to write (0600; replaced only once complete).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Encrypt with the passphrase in this file (its first line; the file must be 0600).
+    #[arg(long)]
+    pub passphrase_file: Option<PathBuf>,
+    /// Encrypt to this age recipient (`age1pq1…`, from `age-keygen -pq` or rage); repeatable.
+    #[arg(long = "recipient")]
+    pub recipients: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup file.
+    pub file: PathBuf,
+    /// The passphrase it was encrypted with, in a 0600 file.
+    #[arg(long)]
+    pub passphrase_file: Option<PathBuf>,
+    /// An age identity file (`AGE-SECRET-KEY-PQ-1…` lines, 0600) matching one of its recipients.
+    #[arg(long)]
+    pub identity: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

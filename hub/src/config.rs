@@ -157,6 +157,13 @@ pub enum StoreKind {
     Postgres,
 }
 
+impl StoreKind {
+    /// In the data directory (not a database server).
+    pub fn embedded(self) -> bool {
+        self != StoreKind::Postgres
+    }
+}
+
 /// `[store.postgres]`: the database several hubs share.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -381,6 +381,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         usage,
         audit,
         rotation,
+        snapshots: Arc::new(backup::Snapshots::new(store.clone(), data_dir)),
         rt: rt.clone(),
     });
     let operator = match peers {

@@ -48,6 +48,19 @@ async fn run() -> ExitCode {
             }
         };
     }
+    if let Some(Command::Restore(args)) = &cli.command {
+        // Onto a fresh machine there may be no config yet: the backup brings one.
+        return match hub::backup::restore(&cli.config, cli.data_dir.as_deref(), args) {
+            Ok(out) => {
+                println!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("hubd restore: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let config = match cli.config() {
         Ok(c) => c,
         Err(error) => {

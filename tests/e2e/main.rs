@@ -3,6 +3,7 @@
 mod actions;
 mod alerts;
 mod apps;
+mod backup;
 mod bad_input;
 mod console;
 mod enroll_ssh;

@@ -61,6 +61,9 @@ pub async fn admin(cli: &Cli, config: &HubConfig) -> anyhow::Result<String> {
             let r = client.create_join_token(req).await.map_err(|s| rpc_error(&hub, s))?.into_inner();
             Ok(r.token)
         }
+        Some(Command::Backup(args)) => {
+            crate::backup::backup(&cli.config, config, args, admin_client(config).await).await
+        }
         Some(Command::Ca(CaCmd::Rotate(cmd))) => {
             let (mut client, hub) = admin_client(config).await?;
             let (action, force) = match cmd {
@@ -119,6 +122,8 @@ pub async fn admin(cli: &Cli, config: &HubConfig) -> anyhow::Result<String> {
                 r.sessions_closed
             ))
         }
-        Some(Command::Serve | Command::Init(_)) | None => unreachable!("serve and init are handled by main"),
+        Some(Command::Serve | Command::Init(_) | Command::Restore(_)) | None => {
+            unreachable!("serve, init and restore are handled by main")
+        }
     }
 }

@@ -48,6 +48,7 @@ pub struct OperatorApi {
     alerts: Arc<crate::alerts::Alerts>,
     usage: Arc<crate::usage::UsageBook>,
     rotation: Arc<crate::fleet::rotation::CaRotation>,
+    snapshots: Arc<crate::backup::Snapshots>,
     rt: Runtime,
     /// The other replicas, when hubs share a store.
     peers: Option<Arc<super::peer::Peers>>,
@@ -67,13 +68,26 @@ pub struct OperatorParts {
     pub usage: Arc<crate::usage::UsageBook>,
     pub audit: Arc<Audit>,
     pub rotation: Arc<crate::fleet::rotation::CaRotation>,
+    pub snapshots: Arc<crate::backup::Snapshots>,
     pub rt: Runtime,
 }
 
 impl OperatorApi {
     pub fn new(parts: OperatorParts) -> OperatorApi {
-        let OperatorParts { auth, fleet, reports, identities, actions, lifecycle, alerts, usage, audit, rotation, rt } =
-            parts;
+        let OperatorParts {
+            auth,
+            fleet,
+            reports,
+            identities,
+            actions,
+            lifecycle,
+            alerts,
+            usage,
+            audit,
+            rotation,
+            snapshots,
+            rt,
+        } = parts;
         OperatorApi {
             auth,
             fleet,
@@ -85,6 +99,7 @@ impl OperatorApi {
             alerts,
             usage,
             rotation,
+            snapshots,
             rt,
             peers: None,
         }
@@ -558,6 +573,17 @@ impl Operator for OperatorApi {
             cert_chain_pem: issued.chain_pem,
             ca_bundle_pem: keys.trust_pem(),
         }))
+    }
+
+    async fn snapshot_store(
+        &self,
+        req: Request<pb::SnapshotStoreRequest>,
+    ) -> Result<Response<pb::SnapshotStoreResponse>, Status> {
+        let (by, _) = self.auth.operator(&req, Role::Admin, "copying the store for a backup")?;
+        let (path, bytes) = self.snapshots.take().await?;
+        let message = format!("the store copied for a backup ({bytes} bytes)");
+        self.audit_admin(by, Kind::Backup, "snapshot-store", String::new(), message).await?;
+        Ok(Response::new(pb::SnapshotStoreResponse { path: path.display().to_string(), bytes }))
     }
 
     async fn ca_rotation(&self, req: Request<pb::CaRotationRequest>) -> Result<Response<pb::CaRotationStatus>, Status> {

@@ -210,6 +210,8 @@ pub enum Kind {
     Alert,
     /// The fleet CA's rotation started, advanced or rolled back.
     Ca,
+    /// A copy of the store was taken for a backup.
+    Backup,
 }
 
 impl Kind {
@@ -225,6 +227,7 @@ impl Kind {
             Kind::Job => "job",
             Kind::Alert => "alert",
             Kind::Ca => "ca",
+            Kind::Backup => "backup",
         }
     }
 }
