@@ -47,6 +47,45 @@ impl Snapshots {
     }
 }
 
+/// `[backup]`: a backup every `every_secs` into `dir`, encrypted to its recipients, the newest `keep` kept.
+pub struct Schedule {
+    pub snapshots: std::sync::Arc<Snapshots>,
+    pub ca_dir: PathBuf,
+    pub config: Option<PathBuf>,
+    pub dir: PathBuf,
+    pub keep: u32,
+    pub recipients: Vec<age::pq::Recipient>,
+}
+
+impl Schedule {
+    /// One scheduled backup; its path.
+    pub async fn run(&self) -> anyhow::Result<PathBuf> {
+        outpost_common::private_dir(&self.dir).map_err(|e| anyhow::anyhow!("{}: {e}", self.dir.display()))?;
+        let (snapshot, _) = self.snapshots.take().await?;
+        let out = self.dir.join(format!("hub-{}.backup", outpost_common::now_ms()));
+        let (files, seal) =
+            (files(&snapshot, &self.ca_dir, self.config.as_deref()), Seal::Recipients(self.recipients.clone()));
+        let target = out.clone();
+        let written = tokio::task::spawn_blocking(move || write(&target, &files?, &seal)).await;
+        let _ = std::fs::remove_file(&snapshot);
+        written.map_err(|e| anyhow::anyhow!("{e}"))??;
+        // The newest `keep` stay (names sort by time).
+        let mut ours: Vec<PathBuf> = std::fs::read_dir(&self.dir)?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("hub-") && n.ends_with(".backup"))
+            })
+            .collect();
+        ours.sort();
+        let extra = ours.len().saturating_sub(self.keep as usize);
+        for old in &ours[..extra] {
+            let _ = std::fs::remove_file(old);
+        }
+        Ok(out)
+    }
+}
+
 const MAGIC: &str = "outpost-hub-backup 1";
 /// The manifest line, at most.
 const MAX_MANIFEST: u64 = 1 << 20;
@@ -311,15 +350,14 @@ fn identity_file(path: &Path) -> anyhow::Result<Vec<age::pq::Identity>> {
     Ok(ids)
 }
 
-/// `hubd backup`: the store copied by the running hub (or, with hubd stopped, here), packed with the CA and
-/// the config, encrypted. Returns what to print.
-pub async fn backup(
-    config_path: &Path,
-    config: &crate::HubConfig,
-    args: &crate::cli::BackupArgs,
-    hub: Result<(outpost_proto::v1::operator_client::OperatorClient<tonic::transport::Channel>, String), anyhow::Error>,
-) -> anyhow::Result<String> {
-    let seal = match (&args.passphrase_file, args.recipients.as_slice()) {
+/// What `hubd backup` encrypts with, from its flags; and whether this hub's store can be backed up so.
+pub fn seal_of(args: &crate::cli::BackupArgs, config: &crate::HubConfig) -> anyhow::Result<Seal> {
+    if !config.store.kind.embedded() {
+        anyhow::bail!(
+            "this hub's store is PostgreSQL: back the database up with pg_dump, and DATA/ca and hubd.toml with it (README, \"Backup and restore\")"
+        );
+    }
+    Ok(match (&args.passphrase_file, args.recipients.as_slice()) {
         (Some(f), []) => Seal::Passphrase(passphrase_file(f)?),
         (None, r) if !r.is_empty() => Seal::Recipients(
             r.iter()
@@ -329,29 +367,32 @@ pub async fn backup(
         _ => {
             anyhow::bail!("say how to encrypt the backup: --passphrase-file FILE, or --recipient age1pq1… (repeatable)")
         }
-    };
-    if !config.store.kind.embedded() {
-        anyhow::bail!(
-            "this hub's store is PostgreSQL: back the database up with pg_dump, and DATA/ca and hubd.toml with it (README, \"Backup and restore\")"
-        );
-    }
-    let (mut client, url) = hub?;
-    let (snapshot, by) = match client.snapshot_store(outpost_proto::v1::SnapshotStoreRequest {}).await {
-        Ok(r) => (PathBuf::from(r.into_inner().path), "copied by the running hub"),
-        Err(s) if s.code() == tonic::Code::Unavailable => {
-            // hubd is not running: the store is copied here (redb refuses a store another process has open).
+    })
+}
+
+/// `hubd backup`: the store's copy `from_hub` made by the running hub (`None`: hubd is not running, and the
+/// store is copied here), packed with the CA and the config, encrypted. Returns what to print.
+pub fn backup(
+    config_path: &Path,
+    config: &crate::HubConfig,
+    args: &crate::cli::BackupArgs,
+    seal: Seal,
+    from_hub: Option<PathBuf>,
+) -> anyhow::Result<String> {
+    let (snapshot, by) = match from_hub {
+        Some(p) => (p, "copied by the running hub"),
+        None => {
+            // redb refuses a store another process has open: this never copies under a running hub.
             let store = config.data_dir.join("store.redb");
-            anyhow::ensure!(store.exists(), "hubd is not reachable at {url}, and {} does not exist", store.display());
-            let engine = crate::store::redb::RedbEngine::open(&store, 16).map_err(|e| {
-                anyhow::anyhow!("hubd is not reachable at {url} and its store cannot be opened here: {e}")
-            })?;
+            anyhow::ensure!(store.exists(), "hubd is not reachable, and {} does not exist", store.display());
+            let engine = crate::store::redb::RedbEngine::open(&store, 16)
+                .map_err(|e| anyhow::anyhow!("hubd is not reachable and its store cannot be opened here: {e}"))?;
             let dir = config.data_dir.join("backups");
             outpost_common::private_dir(&dir)?;
             let path = dir.join(format!("store-{}.redb", outpost_common::now_ms()));
             crate::store::kv::Engine::snapshot(&engine, &path)?;
             (path, "copied with hubd stopped")
         }
-        Err(s) => anyhow::bail!("{}", s.message()),
     };
     let files = files(&snapshot, &config.data_dir.join("ca"), Some(config_path));
     let written = files.and_then(|f| {
@@ -397,6 +438,9 @@ pub fn restore(
                 data_dir.display()
             );
         }
+    }
+    if let Some(parent) = data_dir.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", parent.display()))?;
     }
     let staging = PathBuf::from(format!("{}.restoring", data_dir.display()));
     if staging.exists() {

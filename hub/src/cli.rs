@@ -44,7 +44,7 @@ pub enum Command {
     /// Set up a new hub: asks for (or takes as flags) the addresses, data directory and store, writes the
     /// config, creates the fleet CA and the first admin's bundle, and says what to do next. Never overwrites
     /// an installation.
-    Init(crate::init::InitArgs),
+    Init(InitArgs),
     /// Join tokens.
     #[command(subcommand)]
     Token(TokenCmd),
@@ -69,6 +69,30 @@ pub enum Command {
         #[arg(long)]
         server: String,
     },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct InitArgs {
+    /// The embedded store (`redb`, one hub) or PostgreSQL (`postgres`, several replicas; then
+    /// `--postgres-url` and `--postgres-password-file`).
+    #[arg(long, value_parser = ["redb", "postgres"])]
+    pub store: Option<String>,
+    /// `[store.postgres] url` (a libpq connection string without the password).
+    #[arg(long)]
+    pub postgres_url: Option<String>,
+    /// A 0600 file holding the database password.
+    #[arg(long)]
+    pub postgres_password_file: Option<PathBuf>,
+    /// The first admin's name (shown in every audit record).
+    #[arg(long)]
+    pub admin: Option<String>,
+    /// Where the first admin's bundle goes (created 0700; the key 0600). Default: DATA_DIR/../admin-bundle
+    /// next to the config.
+    #[arg(long)]
+    pub bundle_out: Option<PathBuf>,
+    /// Never ask: take the flags and the defaults (the default when stdin is not a terminal).
+    #[arg(long)]
+    pub non_interactive: bool,
 }
 
 #[derive(Debug, Args)]

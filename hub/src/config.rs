@@ -42,6 +42,39 @@ pub struct HubConfig {
     pub alerts: crate::alerts::AlertsConfig,
     pub usage: crate::usage::UsageConfig,
     pub releases: ReleasesConfig,
+    pub backup: BackupConfig,
+    /// The file this was read from (what a scheduled backup includes).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+/// `[backup]`: backups the hub takes by itself, encrypted to age recipients (unattended: no passphrase on
+/// the host). `hubd backup` takes one by hand.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupConfig {
+    /// How often; 0: no scheduled backups.
+    pub every_secs: u64,
+    /// The newest this many are kept; older ones are deleted.
+    pub keep: u32,
+    /// Where they go (another disk, or a mount that leaves the machine). Default: DATA/scheduled-backups.
+    pub dir: Option<PathBuf>,
+    /// age recipients (`age1pq1…`); required when `every_secs` is set.
+    pub recipients: Vec<String>,
+    /// The `backup_too_old` alert fires when the last good backup is older than this; 0: twice `every_secs`.
+    pub max_age_secs: u64,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig { every_secs: 0, keep: 7, dir: None, recipients: Vec::new(), max_age_secs: 0 }
+    }
+}
+
+impl BackupConfig {
+    pub fn max_age(&self) -> Duration {
+        Duration::from_secs(if self.max_age_secs > 0 { self.max_age_secs } else { self.every_secs * 2 })
+    }
 }
 
 /// `[releases]`: the release public keys (minisign, `RW…`) `hubd release add` checks a release against
@@ -276,6 +309,8 @@ impl Default for HubConfig {
             alerts: Default::default(),
             usage: Default::default(),
             releases: Default::default(),
+            backup: Default::default(),
+            source: None,
         }
     }
 }
@@ -341,7 +376,9 @@ impl HubConfig {
     /// Reads `path`; a missing file at the default path means "all defaults".
     pub fn load(path: &Path) -> Result<HubConfig, ConfigError> {
         match std::fs::read_to_string(path) {
-            Ok(text) => HubConfig::from_toml(&text).map_err(|error| ConfigError::Parse { path: path.into(), error }),
+            Ok(text) => HubConfig::from_toml(&text)
+                .map(|c| HubConfig { source: Some(path.to_path_buf()), ..c })
+                .map_err(|error| ConfigError::Parse { path: path.into(), error }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && path == Path::new(DEFAULT_CONFIG_PATH) => {
                 Ok(HubConfig::default())
             }
@@ -370,6 +407,19 @@ impl HubConfig {
     /// Checks every field; returns all problems at once.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
+        if self.backup.every_secs > 0 {
+            if self.backup.recipients.is_empty() {
+                problems.push("backup.recipients: scheduled backups are encrypted to age recipients (age1pq1…); give at least one".into());
+            }
+            for r in &self.backup.recipients {
+                if r.parse::<age::pq::Recipient>().is_err() {
+                    problems.push(format!("backup.recipients: {r:?} is not an age recipient (age1pq1…)"));
+                }
+            }
+            if self.backup.keep == 0 {
+                problems.push("backup.keep: must be at least 1".into());
+            }
+        }
         if let Some(a) = &self.advertise
             && let Err(e) = outpost_common::tls::HubAddr::parse_list(a)
         {

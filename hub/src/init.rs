@@ -6,34 +6,10 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use clap::Args;
 use outpost_common::Role;
 
+use crate::cli::InitArgs;
 use crate::config::HubConfig;
-
-#[derive(Debug, Clone, Args)]
-pub struct InitArgs {
-    /// The embedded store (`redb`, one hub) or PostgreSQL (`postgres`, several replicas; then
-    /// `--postgres-url` and `--postgres-password-file`).
-    #[arg(long, value_parser = ["redb", "postgres"])]
-    pub store: Option<String>,
-    /// `[store.postgres] url` (a libpq connection string without the password).
-    #[arg(long)]
-    pub postgres_url: Option<String>,
-    /// A 0600 file holding the database password.
-    #[arg(long)]
-    pub postgres_password_file: Option<PathBuf>,
-    /// The first admin's name (shown in every audit record).
-    #[arg(long)]
-    pub admin: Option<String>,
-    /// Where the first admin's bundle goes (created 0700; the key 0600). Default: DATA_DIR/../admin-bundle
-    /// next to the config.
-    #[arg(long)]
-    pub bundle_out: Option<PathBuf>,
-    /// Never ask: take the flags and the defaults (the default when stdin is not a terminal).
-    #[arg(long)]
-    pub non_interactive: bool,
-}
 
 /// What `hubd init` decided.
 struct Answers {

@@ -355,7 +355,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
             (None, true) => {}
         }
         let routes = admin::router(admin::AdminParts {
-            metrics,
+            metrics: metrics.clone(),
             fleet: fleet.clone(),
             lifecycle: lifecycle.clone(),
             alerts: alerts.clone(),
@@ -370,6 +370,35 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
             }
         });
     }
+    let snapshots = Arc::new(backup::Snapshots::new(store.clone(), data_dir));
+    if config.backup.every_secs > 0 {
+        let schedule = Arc::new(backup::Schedule {
+            snapshots: snapshots.clone(),
+            ca_dir: data_dir.join("ca"),
+            config: config.source.clone(),
+            dir: config.backup.dir.clone().unwrap_or_else(|| data_dir.join("scheduled-backups")),
+            keep: config.backup.keep,
+            // Checked by `HubConfig::validate`.
+            recipients: config.backup.recipients.iter().filter_map(|r| r.parse().ok()).collect(),
+        });
+        metrics.backup_schedule(config.backup.max_age());
+        let m = metrics.clone();
+        rt.every("scheduled backup", Duration::from_secs(config.backup.every_secs), move || {
+            let (schedule, m) = (schedule.clone(), m.clone());
+            async move {
+                match schedule.run().await {
+                    Ok(path) => {
+                        m.backup_done(outpost_common::now_ms());
+                        tracing::info!(path = %path.display(), "scheduled backup written");
+                    }
+                    Err(error) => {
+                        m.backup_failed();
+                        tracing::error!(error = %format!("{error:#}"), "scheduled backup failed");
+                    }
+                }
+            }
+        });
+    }
     let operator = OperatorApi::new(api::operator::OperatorParts {
         auth,
         fleet,
@@ -381,7 +410,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         usage,
         audit,
         rotation,
-        snapshots: Arc::new(backup::Snapshots::new(store.clone(), data_dir)),
+        snapshots: snapshots.clone(),
         rt: rt.clone(),
     });
     let operator = match peers {

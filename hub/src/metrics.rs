@@ -37,6 +37,10 @@ pub struct Metrics {
     alert_flaps_damped: Counter,
     usage_resets: Counter,
     artifact_bytes: Counter,
+    backup_last_success: Gauge,
+    backup_failures: Counter,
+    /// Scheduled backups: (the age past which one is overdue, when the schedule began), in ms; (0, 0): off.
+    backup_policy: std::sync::Mutex<(i64, i64)>,
 }
 
 fn latency() -> Histogram {
@@ -73,6 +77,9 @@ impl Metrics {
             alert_flaps_damped: Counter::default(),
             usage_resets: Counter::default(),
             artifact_bytes: Counter::default(),
+            backup_last_success: Gauge::default(),
+            backup_failures: Counter::default(),
+            backup_policy: std::sync::Mutex::new((0, 0)),
             registry: Registry::default(),
         };
         registry.register("reports_stored", "Health and apps reports stored durably", m.reports_stored.clone());
@@ -143,7 +150,39 @@ impl Metrics {
             "Bytes of agentd binaries and releases sent (whole or ranged; the compressed form when asked for)",
             m.artifact_bytes.clone(),
         );
+        registry.register_with_unit(
+            "backup_last_success_timestamp",
+            "When the hub's last scheduled backup was written (Unix time; 0: none since it started)",
+            prometheus_client::registry::Unit::Seconds,
+            m.backup_last_success.clone(),
+        );
+        registry.register("backup_failures", "Scheduled backups that failed", m.backup_failures.clone());
         Metrics { registry, ..m }
+    }
+
+    /// Scheduled backups are on: one is overdue past `max_age`.
+    pub fn backup_schedule(&self, max_age: Duration) {
+        *self.backup_policy.lock().unwrap_or_else(|p| p.into_inner()) =
+            (max_age.as_millis() as i64, outpost_common::now_ms());
+    }
+
+    pub fn backup_done(&self, at_ms: i64) {
+        self.backup_last_success.set(at_ms / 1000);
+    }
+
+    pub fn backup_failed(&self) {
+        self.backup_failures.inc();
+    }
+
+    /// 1 when scheduled backups are on and the last good one (or the schedule's start, before the first) is
+    /// older than their `max_age`; 0 when not; `None` when they are off.
+    pub fn backup_overdue(&self, now_ms: i64) -> Option<f64> {
+        let (max_age, since) = *self.backup_policy.lock().unwrap_or_else(|p| p.into_inner());
+        if max_age == 0 {
+            return None;
+        }
+        let last = (self.backup_last_success.get() * 1000).max(since);
+        Some(f64::from(u8::from(now_ms - last > max_age)))
     }
 
     /// A report stored: how long the write took, and the whole path to its ack.

@@ -151,3 +151,70 @@ async fn a_backup_under_load_restores_onto_a_fresh_data_dir_and_agents_come_back
     watch_until(&mut ops, "keep-1 reporting to the restored hub", |f| f["keep-1"].last_seq > later["keep-1"].last_seq)
         .await;
 }
+
+/// `[backup]`: the hub backs itself up on schedule, keeps the newest, says when the last one succeeded, and
+/// alerts when none has for too long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_backups_are_kept_restorable_and_alerted_on_when_they_stop() {
+    harness::init();
+    let tmp = tempfile::tempdir().unwrap();
+    let key = age::pq::Identity::generate();
+    let identity = tmp.path().join("backup.key");
+    {
+        use age::secrecy::ExposeSecret;
+        secret(&identity, &format!("{}\n", key.to_string().expose_secret()));
+    }
+    let dir = tmp.path().join("backups");
+    let config = format!(
+        "[backup]\nevery_secs = 1\nkeep = 2\ndir = \"{}\"\nrecipients = [\"{}\"]\n[alerts]\neval_secs = 1\nresolve_after_secs = 0\n",
+        dir.display(),
+        key.to_public()
+    );
+    let mut hub = HubProc::start(&tmp.path().join("hub"), harness::free_port(), &config).await;
+    let _agent = AgentProc::start(tmp.path(), "sched-1", &hub.token("sched-1").await, "");
+    let log = tmp.path().join("hub/hubd.log");
+    harness::wait_until("three scheduled backups", || {
+        std::fs::read_to_string(&log).unwrap_or_default().matches("scheduled backup written").count() >= 3
+    })
+    .await;
+    let kept: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(kept.len(), 2, "the newest two are kept: {kept:?}");
+    let metrics = String::from_utf8_lossy(
+        &Command::new("curl").args(["-s", &format!("{}/metrics", hub.admin)]).output().unwrap().stdout,
+    )
+    .into_owned();
+    let last = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("outpost_backup_last_success_timestamp_seconds "))
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .unwrap_or(0);
+    assert!(last > outpost_common::now_secs() - 60, "{metrics}");
+    // One of them restores with the recipient's identity.
+    let (ok, out) = run(Command::new(bin("hubd"))
+        .arg("--config")
+        .arg(tmp.path().join("restored/hubd.toml"))
+        .args(["--data-dir", tmp.path().join("restored/data").to_str().unwrap(), "restore"])
+        .arg(&kept[0])
+        .args(["--identity", identity.to_str().unwrap()]));
+    assert!(ok && out.contains("restored the backup"), "{out}");
+
+    // Backups that stop succeeding (their directory became a file) fire backup_too_old past max_age.
+    hub.stop().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::write(&dir, "not a directory").unwrap();
+    let extra = std::fs::read_to_string(&hub.config).unwrap().replace("keep = 2\n", "keep = 2\nmax_age_secs = 2\n");
+    std::fs::write(&hub.config, extra).unwrap();
+    hub.restart().await;
+    harness::wait_for_file(&tmp.path().join("hub/hubd.log"), "scheduled backup failed").await;
+    let mut viewer = hub.client(Role::Viewer);
+    let deadline = std::time::Instant::now() + harness::WAIT;
+    loop {
+        let alerts = viewer.list_alerts(outpost_proto::v1::ListAlertsRequest {}).await.unwrap().into_inner().alerts;
+        if let Some(a) = alerts.iter().find(|a| a.labels.get("alertname").is_some_and(|n| n == "backup_too_old")) {
+            assert_eq!(a.state, "firing", "{a:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "backup_too_old never fired: {alerts:#?}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

@@ -41,7 +41,8 @@ pub fn server_value(metric: Metric, v: &ServerView, now_ms: i64, over_plan: Opti
         Metric::AppFailing
         | Metric::JobQueuePending
         | Metric::JobFailureRatePercent
-        | Metric::ProvisionsFailedLastHour => None,
+        | Metric::ProvisionsFailedLastHour
+        | Metric::BackupOverdue => None,
     }
 }
 

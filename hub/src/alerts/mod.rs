@@ -248,7 +248,11 @@ impl Alerts {
         }
         if let Ok(s) = self.lifecycle.stats().await {
             for r in self.config.rules.iter().filter(|r| r.metric.hub_wide()) {
-                let Some(value) = measure::hub_value(r.metric, &s) else { continue };
+                let value = match r.metric {
+                    Metric::BackupOverdue => self.metrics.backup_overdue(outpost_common::now_ms()),
+                    m => measure::hub_value(m, &s),
+                };
+                let Some(value) = value else { continue };
                 if r.holds(value) {
                     let labels = [("alertname", r.name.clone()), ("severity", r.severity.as_str().to_string())]
                         .into_iter()

@@ -34,10 +34,13 @@ pub enum Metric {
     JobFailureRatePercent,
     /// Provisions that failed in the last hour (hub-wide).
     ProvisionsFailedLastHour,
+    /// 1 when scheduled backups are on and the last good one is older than `[backup] max_age_secs`
+    /// (hub-wide).
+    BackupOverdue,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 12] = [
+    pub const ALL: [Metric; 13] = [
         Metric::ServerOfflineSeconds,
         Metric::DiskUsedPercent,
         Metric::MemoryUsedPercent,
@@ -50,6 +53,7 @@ impl Metric {
         Metric::JobQueuePending,
         Metric::JobFailureRatePercent,
         Metric::ProvisionsFailedLastHour,
+        Metric::BackupOverdue,
     ];
 
     /// Its name in the configuration and in summaries.
@@ -67,12 +71,19 @@ impl Metric {
             Metric::JobQueuePending => "job_queue_pending",
             Metric::JobFailureRatePercent => "job_failure_rate_percent",
             Metric::ProvisionsFailedLastHour => "provisions_failed_last_hour",
+            Metric::BackupOverdue => "backup_overdue",
         }
     }
 
     /// Measured once for the hub (the lifecycle queue), not per server.
     pub fn hub_wide(self) -> bool {
-        matches!(self, Metric::JobQueuePending | Metric::JobFailureRatePercent | Metric::ProvisionsFailedLastHour)
+        matches!(
+            self,
+            Metric::JobQueuePending
+                | Metric::JobFailureRatePercent
+                | Metric::ProvisionsFailedLastHour
+                | Metric::BackupOverdue
+        )
     }
 }
 
@@ -307,6 +318,15 @@ pub fn default_rules() -> Vec<Rule> {
             0,
             Severity::Warning,
             "`outpost lifecycle list`; the customer is waiting for a server",
+        ),
+        rule(
+            "backup_too_old",
+            Metric::BackupOverdue,
+            Op::Ge,
+            1.0,
+            0,
+            Severity::Critical,
+            "no scheduled backup succeeded within [backup] max_age_secs: see hubd's log (\"scheduled backup failed\") and outpost_backup_failures_total; `hubd backup` takes one by hand",
         ),
     ]
 }

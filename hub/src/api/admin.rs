@@ -62,7 +62,14 @@ pub async fn admin(cli: &Cli, config: &HubConfig) -> anyhow::Result<String> {
             Ok(r.token)
         }
         Some(Command::Backup(args)) => {
-            crate::backup::backup(&cli.config, config, args, admin_client(config).await).await
+            let seal = crate::backup::seal_of(args, config)?;
+            let (mut client, hub) = admin_client(config).await?;
+            let from_hub = match client.snapshot_store(pb::SnapshotStoreRequest {}).await {
+                Ok(r) => Some(PathBuf::from(r.into_inner().path)),
+                Err(s) if s.code() == tonic::Code::Unavailable => None,
+                Err(s) => return Err(rpc_error(&hub, s)),
+            };
+            crate::backup::backup(&cli.config, config, args, seal, from_hub)
         }
         Some(Command::Ca(CaCmd::Rotate(cmd))) => {
             let (mut client, hub) = admin_client(config).await?;
