@@ -154,6 +154,18 @@ enum Cmd {
         #[arg(long, default_value = "10s")]
         interval: String,
     },
+    /// `hubd backup` of a hub whose store holds N servers with history, while they report: the time, the
+    /// backup's size, the ingest rate during the backup against the rate before it; then `hubd restore`'s time.
+    Backup {
+        #[arg(long, default_value_t = 10_000)]
+        agents: u32,
+        /// Reports per agent this often while the history builds and during the backup.
+        #[arg(long, default_value = "1s")]
+        interval: String,
+        /// How long the history builds before the backup (at 1 s, this many health points a server).
+        #[arg(long, default_value_t = 180)]
+        fill_secs: u64,
+    },
     /// The client half of `echo` (started by it).
     #[command(hide = true)]
     EchoClient {
@@ -304,6 +316,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::Rollout { agents, real, batch, interval } => rollout(tmp.path(), (agents, real), batch, &interval).await,
         Cmd::CaRotation { agents, interval } => ca_rotation(tmp.path(), agents, &interval).await,
+        Cmd::Backup { agents, interval, fill_secs } => backup(tmp.path(), agents, &interval, fill_secs).await,
         Cmd::Echo { streams, interval, seconds } => echo::server(tmp.path(), streams, &interval, seconds).await,
         Cmd::EchoClient { addr, dir, streams, interval, seconds } => {
             echo::client(&addr, &dir, streams, &interval, seconds).await
@@ -1592,6 +1605,63 @@ async fn rollout(root: &Path, (agents, real): (u32, u32), batch: u32, interval: 
         r.message
     );
     sim.kill().await?;
+    Ok(())
+}
+
+async fn backup(root: &Path, agents: u32, interval: &str, fill_secs: u64) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let hub = HubProc::start(&root.join("hub"), harness::free_port(), BENCH_HUB).await;
+    let (mut sim, _ops) = start_fleet(&hub, root, agents, interval, &["--concurrency", "64"]).await?;
+    println!("building history for {fill_secs} s…");
+    tokio::time::sleep(Duration::from_secs(fill_secs)).await;
+    let stored = |hub: &HubProc| -> anyhow::Result<f64> {
+        let out = std::process::Command::new("curl").args(["-s", &format!("{}/metrics", hub.admin)]).output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix("outpost_reports_stored_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0))
+    };
+    let window = Duration::from_secs(20);
+    let (t, before) = (Instant::now(), stored(&hub)?);
+    tokio::time::sleep(window).await;
+    let rate_without = (stored(&hub)? - before) / t.elapsed().as_secs_f64();
+    let pass = root.join("pass");
+    std::fs::write(&pass, "a benchmark passphrase\n")?;
+    std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600))?;
+    let out = root.join("hub.backup");
+    let (t, before) = (Instant::now(), stored(&hub)?);
+    let done = tokio::process::Command::new(harness::bin("hubd"))
+        .arg("--config")
+        .arg(&hub.config)
+        .args(["backup", "--out", out.to_str().unwrap(), "--passphrase-file", pass.to_str().unwrap()])
+        .output()
+        .await?;
+    let took = t.elapsed().as_secs_f64();
+    let rate_during = (stored(&hub)? - before) / took;
+    anyhow::ensure!(done.status.success(), "hubd backup failed: {}", String::from_utf8_lossy(&done.stderr));
+    let store = store_size(&root.join("hub/data"));
+    println!(
+        "hubd backup of {agents} servers ({:.0} MiB store) while they report every {interval}: {took:.1} s; the backup is {:.0} MiB",
+        store as f64 / (1 << 20) as f64,
+        std::fs::metadata(&out)?.len() as f64 / (1 << 20) as f64
+    );
+    println!(
+        "reports stored: {rate_without:.0}/s before, {rate_during:.0}/s during the backup ({:+.0} %)",
+        (rate_during / rate_without - 1.0) * 100.0
+    );
+    sim.kill().await?;
+    let t = Instant::now();
+    let restored = tokio::process::Command::new(harness::bin("hubd"))
+        .arg("--config")
+        .arg(root.join("restored/hubd.toml"))
+        .args(["--data-dir", root.join("restored/data").to_str().unwrap(), "restore", out.to_str().unwrap()])
+        .args(["--passphrase-file", pass.to_str().unwrap()])
+        .output()
+        .await?;
+    anyhow::ensure!(restored.status.success(), "hubd restore failed: {}", String::from_utf8_lossy(&restored.stderr));
+    println!("hubd restore onto an empty data directory: {:.1} s", t.elapsed().as_secs_f64());
     Ok(())
 }
 
