@@ -30,6 +30,7 @@ async fn a_backup_under_load_restores_onto_a_fresh_data_dir_and_agents_come_back
     for n in ["keep-1", "keep-2"] {
         real.push(AgentProc::start(tmp.path(), n, &hub.token(n).await, ""));
     }
+    let mut away = AgentProc::start(tmp.path(), "away-1", &hub.token("away-1").await, "");
     let admin = tmp.path().join("admin");
     hub.bundle("load", Role::Admin).write(&admin).unwrap();
     let mut sim = tokio::process::Command::new(bin("outpost-sim"))
@@ -41,10 +42,18 @@ async fn a_backup_under_load_restores_onto_a_fresh_data_dir_and_agents_come_back
         .unwrap();
     let mut ops = hub.client(Role::Viewer);
     let connected = |f: &harness::Fleet| f.values().filter(|s| harness::liveness(s) == Liveness::Connected).count();
-    watch_until_for(&mut ops, "1,002 agents connected and reporting", std::time::Duration::from_secs(180), |f| {
-        connected(f) == 1002 && f.values().all(|s| s.last_seq > 0)
+    watch_until_for(&mut ops, "1,003 agents connected and reporting", std::time::Duration::from_secs(180), |f| {
+        connected(f) == 1003 && f.values().all(|s| s.last_seq > 0)
     })
     .await;
+    // A command waits at the hub for a server that is away: it is in the backup, and runs after the restore.
+    away.kill9().await;
+    watch_until(&mut ops, "away-1 away", |f| !is(f, "away-1", Liveness::Connected)).await;
+    let mut queued = harness::action("rotate-cert", &["away-1"], &[]);
+    queued.queue_secs = 600;
+    let mut waiting = hub.client(Role::Admin).run_action(queued).await.unwrap().into_inner();
+    let first = waiting.message().await.unwrap();
+    assert!(first.is_some(), "the job was accepted");
 
     // Under that load: what the hub has acknowledged, then the backup.
     let acked: BTreeMap<String, u64> = ops
@@ -135,7 +144,7 @@ async fn a_backup_under_load_restores_onto_a_fresh_data_dir_and_agents_come_back
         is(f, "keep-1", Liveness::Connected) && is(f, "keep-2", Liveness::Connected)
     })
     .await;
-    assert_eq!(f.len(), 1002, "every server is in the restored store");
+    assert_eq!(f.len(), 1003, "every server is in the restored store");
     for (name, seq) in &acked {
         assert!(
             f[name].last_seq >= *seq,
@@ -150,6 +159,26 @@ async fn a_backup_under_load_restores_onto_a_fresh_data_dir_and_agents_come_back
     // It goes on from its own numbering (what the lost hub acknowledged after the backup is not in it).
     watch_until(&mut ops, "keep-1 reporting to the restored hub", |f| f["keep-1"].last_seq > later["keep-1"].last_seq)
         .await;
+    // The server that was away comes back to the restored hub, and the command queued before the backup runs.
+    drop(waiting);
+    let _away = AgentProc::spawn("away-1", &away.dir, &away.dir.join("agentd.toml"));
+    let mut admin = hub.client(Role::Admin);
+    let deadline = std::time::Instant::now() + harness::WAIT;
+    loop {
+        let req = outpost_proto::v1::QueryAuditRequest { limit: 1000, ..Default::default() };
+        let records = admin.query_audit(req).await.unwrap().into_inner().records;
+        let done: Vec<_> = records
+            .iter()
+            .filter(|r| r.kind == "result" && r.action == "rotate-cert" && r.servers.iter().any(|s| s == "away-1"))
+            .collect();
+        if let Some(r) = done.first() {
+            assert_eq!(done.len(), 1, "{done:#?}");
+            assert_eq!(r.outcome, outpost_proto::v1::Outcome::Succeeded as i32, "{r:#?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the queued command never ran after the restore");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 /// `[backup]`: the hub backs itself up on schedule, keeps the newest, says when the last one succeeded, and
