@@ -58,8 +58,8 @@ async fn the_official_hetzner_clients_accept_the_stand_in() {
     let tmp = tempfile::tempdir().unwrap();
     let cloud = standin::hetzner::HetznerStandIn::start("official-token").await;
     cloud.set_boot_time(std::time::Duration::from_millis(100));
-    // Long enough that the CLI sees the server `deleting` even on a loaded machine (at 2 s a CI run lost
-    // the race between two CLI starts); the script waits for the end of it.
+    // Long enough that the CLI sees the server `deleting` even on a loaded machine; the script waits for the
+    // end of it.
     cloud.set_delete_time(std::time::Duration::from_secs(8));
     let url = cloud.url();
     let py = tokio::task::spawn_blocking({

@@ -27,7 +27,7 @@ if h server create --name Not_Valid --type cx22 --image debian-12 2>"$dir/err"; 
 if h server create --name cli-3 --type cx22 --image no-such-image 2>"$dir/err"; then exit 1; fi
 { grep "image not found" "$dir/err" >/dev/null; } || fail "an unknown image is refused"; ok "an unknown image is refused"
 { h server delete cli-1 | grep deleted >/dev/null; } || fail "delete"; ok "delete"
-{ h server list -o noheader -o columns=name,status | grep -Eq '^cli-1 +deleting$' >/dev/null; } || fail "deleting before gone"; ok "deleting before gone"
+{ h server list -o noheader -o columns=name,status | grep -E '^cli-1 +deleting$' >/dev/null; } || fail "deleting before gone"; ok "deleting before gone"
 for _ in $(seq 300); do h server describe cli-1 >/dev/null 2>&1 || break; sleep 0.1; done
 if h server describe cli-1 2>"$dir/err"; then exit 1; fi
 { grep "not found" "$dir/err" >/dev/null; } || fail "then gone"; ok "then gone"
