@@ -122,14 +122,9 @@ pub enum Unseal {
     Identities(Vec<age::pq::Identity>),
 }
 
-/// A passphrase from a file only its owner can read (its first line).
+/// A passphrase from a file only its owner can read (`common::config::read_secret_file`; its first line).
 pub fn passphrase_file(path: &Path) -> anyhow::Result<String> {
-    let meta = std::fs::metadata(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        anyhow::bail!("{} is readable by others (mode {mode:o}); run `chmod 600 {}`", path.display(), path.display());
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let text = outpost_common::config::read_secret_file(path, "--passphrase-file").map_err(anyhow::Error::msg)?;
     let pass = text.lines().next().unwrap_or("").to_string();
     if pass.len() < 8 {
         anyhow::bail!("the passphrase in {} is shorter than 8 characters", path.display());
@@ -327,19 +322,7 @@ impl<W: Write> Write for HashingWriter<'_, W> {
 
 /// An age identity file: its `AGE-SECRET-KEY-PQ-1…` lines (the file must be 0600).
 fn identity_file(path: &Path) -> anyhow::Result<Vec<age::pq::Identity>> {
-    let mode = std::fs::metadata(path)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
-        anyhow::bail!(
-            "{} is readable by others (mode {:o}); run `chmod 600 {}`",
-            path.display(),
-            mode & 0o777,
-            path.display()
-        );
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let text = outpost_common::config::read_secret_file(path, "--identity").map_err(anyhow::Error::msg)?;
     let ids: Vec<age::pq::Identity> = text
         .lines()
         .map(str::trim)

@@ -92,8 +92,13 @@ pub async fn login(cli: &Cli, from: &std::path::Path, force: bool) -> anyhow::Re
         );
     }
     bundle.write(&dest)?;
-    let mut out =
-        format!("installed the bundle of {} for {} in {}\n", bundle.meta.name, bundle.meta.hub, dest.display());
+    let inert = outpost_common::text::inert;
+    let mut out = format!(
+        "installed the bundle of {} for {} in {}\n",
+        inert(&bundle.meta.name),
+        inert(&bundle.meta.hub),
+        dest.display()
+    );
     let who = tokio::time::timeout(std::time::Duration::from_secs(15), async {
         client(&bundle)?.who_am_i(outpost_proto::v1::WhoAmIRequest {}).await.map_err(|s| rpc(&bundle, s))
     })
@@ -101,7 +106,11 @@ pub async fn login(cli: &Cli, from: &std::path::Path, force: bool) -> anyhow::Re
     match who {
         Ok(Ok(w)) => {
             let w = w.into_inner();
-            out.push_str(&format!("the hub knows you as {} ({}); run `outpost` for the console\n", w.name, w.role));
+            out.push_str(&format!(
+                "the hub knows you as {} ({}); run `outpost` for the console\n",
+                inert(&w.name),
+                inert(&w.role)
+            ));
         }
         Ok(Err(e)) => out.push_str(&format!("warning: the hub did not answer: {e}\n")),
         Err(_) => out.push_str("warning: the hub did not answer within 15 s\n"),

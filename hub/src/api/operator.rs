@@ -617,7 +617,8 @@ impl Operator for OperatorApi {
             message
         };
         let keys = self.rotation.keys();
-        let p = self.rotation.progress();
+        // Progress reads every server: only while a rotation runs (the console polls this).
+        let p = if keys.rotation.is_some() { self.rotation.progress() } else { Default::default() };
         let r = keys.rotation.clone();
         Ok(Response::new(pb::CaRotationStatus {
             phase: keys.phase().as_str().into(),
